@@ -1,0 +1,224 @@
+//! A key in use: seals with a counter that only increases, opens with replay protection.
+
+use super::{nonce, Aead, CryptoError, ReplayWindow, TAG_LEN};
+use crate::keys::{Key, KeyKind};
+use crate::time::Instant;
+use crate::wire::{Envelope, Header, KeyId, Message, Sender, HEADER_LEN};
+use core::ops::Range;
+use zeroize::Zeroizing;
+
+/// One symmetric key of kind `K` as held by one role: the only way to seal or open under
+/// it. Sealing takes the next counter of `local`'s nonce space; opening checks that the
+/// sender may use `K`, is not `local` (a reflection), and that the counter is fresh in
+/// that sender's replay window.
+#[derive(Debug)]
+pub struct Channel<K: KeyKind> {
+    key: Key<K>,
+    aead: Aead,
+    id: KeyId,
+    local: Sender,
+    next_counter: u64,
+    /// One window per peer sender; at most two peers for any key kind.
+    windows: heapless::Vec<(Sender, ReplayWindow), 2>,
+    expires: Instant,
+}
+
+impl<K: KeyKind> Channel<K> {
+    /// Takes `key` into use as `local`, named `id`, until `expires`. Fails if `local` may
+    /// not seal under `K` (API misuse).
+    pub fn new(key: Key<K>, id: KeyId, local: Sender, expires: Instant) -> Result<Self, CryptoError> {
+        if !K::SENDERS.contains(&local) {
+            return Err(CryptoError::SenderNotAllowed(local));
+        }
+        let aead = Aead::new(&key);
+        Ok(Channel { key, aead, id, local, next_counter: 0, windows: heapless::Vec::new(), expires })
+    }
+
+    /// The key (to hand it on, e.g. K_tun from DC to RS).
+    pub fn key(&self) -> &Key<K> {
+        &self.key
+    }
+
+    /// The key id carried in headers.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// Our role under this key.
+    pub fn local(&self) -> Sender {
+        self.local
+    }
+
+    /// When the key stops being usable.
+    pub fn expires(&self) -> Instant {
+        self.expires
+    }
+
+    /// Moves the expiry (a re-login or re-share extended the key).
+    pub fn set_expires(&mut self, at: Instant) {
+        self.expires = at;
+    }
+
+    /// True once the lifetime is over.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        now >= self.expires
+    }
+
+    /// The next counter this channel will seal with (for persistence: a restored channel
+    /// must resume above every counter it ever used).
+    pub fn next_counter(&self) -> u64 {
+        self.next_counter
+    }
+
+    /// Resumes sealing at `counter` (after restoring from storage). Never lowers it.
+    pub fn resume_at(&mut self, counter: u64) {
+        self.next_counter = self.next_counter.max(counter);
+    }
+
+    fn take_counter(&mut self) -> Result<u64, CryptoError> {
+        let c = self.next_counter;
+        // u64::MAX is never used, so `c + 1` cannot overflow and the window's top stays
+        // representable.
+        if c == u64::MAX {
+            return Err(CryptoError::CounterExhausted);
+        }
+        self.next_counter = c + 1;
+        Ok(c)
+    }
+
+    /// Seals `msg` into a new buffer: header, ciphertext, tag.
+    pub fn seal(&mut self, now: Instant, msg: &Message) -> Result<Vec<u8>, CryptoError> {
+        let body_len = msg.body_len();
+        let mut buf = vec![0u8; HEADER_LEN + body_len + TAG_LEN];
+        let body = buf
+            .get_mut(HEADER_LEN..HEADER_LEN + body_len)
+            .ok_or(CryptoError::Wire(crate::wire::WireError::BufferTooSmall))?;
+        msg.emit_body(body)?;
+        self.seal_in_place(now, msg.msg_type(), &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Seals in place. `buf` is `[header space | plaintext body | tag space]`; the header
+    /// and tag are written here. This is the data plane's path: no allocation.
+    pub fn seal_in_place(
+        &mut self,
+        now: Instant,
+        msg_type: crate::wire::MsgType,
+        buf: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        if self.is_expired(now) {
+            return Err(CryptoError::Expired);
+        }
+        let body_end = buf
+            .len()
+            .checked_sub(TAG_LEN)
+            .filter(|&e| e >= HEADER_LEN)
+            .ok_or(CryptoError::Wire(crate::wire::WireError::BufferTooSmall))?;
+        let counter = self.take_counter()?;
+        let header = Header { msg_type, sealed: true, sender: self.local, key_id: self.id, counter };
+        let hbytes = header.to_bytes();
+        let (head, rest) = buf.split_at_mut(HEADER_LEN);
+        head.copy_from_slice(&hbytes);
+        let (body, tag_space) = rest.split_at_mut(body_end - HEADER_LEN);
+        let tag = self.aead.seal(&nonce(self.local, counter), &hbytes, body)?;
+        tag_space.copy_from_slice(&tag);
+        Ok(())
+    }
+
+    /// Checks the header of `buf` against this channel and returns (sender, counter).
+    fn admit(&self, now: Instant, env: &Envelope<&[u8]>) -> Result<(Sender, u64), CryptoError> {
+        if !env.sealed() {
+            return Err(CryptoError::NotSealed);
+        }
+        if env.key_id() != self.id {
+            return Err(CryptoError::WrongKeyId);
+        }
+        let sender = env.sender();
+        if sender == self.local {
+            return Err(CryptoError::Reflected);
+        }
+        if !K::SENDERS.contains(&sender) {
+            return Err(CryptoError::SenderNotAllowed(sender));
+        }
+        if self.is_expired(now) {
+            return Err(CryptoError::Expired);
+        }
+        let counter = env.counter();
+        if let Some((_, w)) = self.windows.iter().find(|(s, _)| *s == sender) {
+            w.check(counter)?;
+        }
+        Ok((sender, counter))
+    }
+
+    /// Opens a sealed message in place and returns the range of the plaintext body in
+    /// `buf`. On any error `buf`'s body may hold garbage and the window is unchanged.
+    pub fn open_in_place(&mut self, now: Instant, buf: &mut [u8]) -> Result<Range<usize>, CryptoError> {
+        let (sender, counter) = {
+            let env = Envelope::new_checked(&buf[..])?;
+            self.admit(now, &env)?
+        };
+        let body_end = buf
+            .len()
+            .checked_sub(TAG_LEN)
+            .filter(|&e| e >= HEADER_LEN)
+            .ok_or(CryptoError::Wire(crate::wire::WireError::Truncated))?;
+        let (head, rest) = buf.split_at_mut(HEADER_LEN);
+        let (body, tag) = rest.split_at_mut(body_end - HEADER_LEN);
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(tag);
+        self.aead.open(&nonce(sender, counter), head, body, &t)?;
+        self.window_for(sender).commit(counter);
+        Ok(HEADER_LEN..body_end)
+    }
+
+    fn window_for(&mut self, sender: Sender) -> &mut ReplayWindow {
+        if let Some(i) = self.windows.iter().position(|(s, _)| *s == sender) {
+            // `i` came from `position`, so it is in bounds.
+            #[allow(clippy::indexing_slicing)]
+            return &mut self.windows[i].1;
+        }
+        // `admit` let through only senders in K::SENDERS other than `local`. No kind has
+        // more than three senders, so there are at most two peers and the push succeeds.
+        let _ = self.windows.push((sender, ReplayWindow::new()));
+        let last = self.windows.len() - 1;
+        #[allow(clippy::indexing_slicing)]
+        &mut self.windows[last].1
+    }
+
+    /// Opens a sealed message into a new, self-zeroizing buffer and parses its body.
+    pub fn open(&mut self, now: Instant, bytes: &[u8]) -> Result<(Header, Message), CryptoError> {
+        let mut buf = Zeroizing::new(bytes.to_vec());
+        let range = self.open_in_place(now, &mut buf)?;
+        let env = Envelope::new_checked(&buf[..])?;
+        let header = Header::parse(&env);
+        let body = buf.get(range).ok_or(CryptoError::Wire(crate::wire::WireError::Truncated))?;
+        let msg = Message::parse_body(header.msg_type, body)?;
+        Ok((header, msg))
+    }
+}
+
+/// Encodes a plain (TLS-carried) message: header then body, no tag.
+pub fn plain(sender: Sender, msg: &Message) -> Vec<u8> {
+    let header = Header::plain(msg.msg_type(), sender);
+    let mut out = header.to_bytes().to_vec();
+    out.extend_from_slice(&msg.body_to_vec());
+    out
+}
+
+/// Parses a plain message (one that TLS protects).
+pub fn parse_plain(bytes: &[u8]) -> Result<(Header, Message), CryptoError> {
+    let env = Envelope::new_checked(bytes)?;
+    if env.sealed() {
+        return Err(CryptoError::Wire(crate::wire::WireError::BadValue("sealed message where plain expected")));
+    }
+    let header = Header::parse(&env);
+    let msg = Message::parse_body(header.msg_type, env.body())?;
+    Ok((header, msg))
+}
+
+impl<K: KeyKind> Channel<K> {
+    /// Encoded length helper for callers sizing buffers.
+    pub fn sealed_len(msg: &Message) -> usize {
+        HEADER_LEN + msg.body_len() + TAG_LEN
+    }
+}

@@ -1,0 +1,130 @@
+//! A sliding replay window over 64-bit counters (the scheme of RFC 6479).
+
+use super::CryptoError;
+
+const WORDS: usize = 16;
+/// Size of the window: the newest accepted counter and the `WINDOW_BITS - 1` before it
+/// are tracked; anything older is refused.
+pub const WINDOW_BITS: u64 = (WORDS as u64) * 64;
+
+/// Remembers which of the last [`WINDOW_BITS`] counters were accepted.
+///
+/// The bitmap is a ring indexed by `counter % WINDOW_BITS`; advancing the top clears the
+/// slots of the counters skipped over. Checking and committing are separate so that a
+/// counter is committed only after its tag verified.
+#[derive(Clone, Debug)]
+pub struct ReplayWindow {
+    /// One more than the newest accepted counter; 0 while nothing was accepted.
+    top: u64,
+    bits: [u64; WORDS],
+}
+
+impl Default for ReplayWindow {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReplayWindow {
+    /// An empty window.
+    pub const fn new() -> Self {
+        ReplayWindow { top: 0, bits: [0; WORDS] }
+    }
+
+    fn slot(counter: u64) -> (usize, u64) {
+        let bit = counter % WINDOW_BITS;
+        // `bit / 64 < WORDS` because `bit < WINDOW_BITS`.
+        ((bit / 64) as usize, 1u64 << (bit % 64))
+    }
+
+    fn is_set(&self, counter: u64) -> bool {
+        let (w, m) = Self::slot(counter);
+        self.bits.get(w).is_some_and(|word| word & m != 0)
+    }
+
+    /// Would `counter` be accepted?
+    pub fn check(&self, counter: u64) -> Result<(), CryptoError> {
+        if counter >= self.top {
+            return Ok(());
+        }
+        if self.top - counter > WINDOW_BITS {
+            return Err(CryptoError::TooOld);
+        }
+        if self.is_set(counter) {
+            return Err(CryptoError::Replayed);
+        }
+        Ok(())
+    }
+
+    /// Records `counter` as accepted. Call only after [`ReplayWindow::check`] passed and
+    /// the message authenticated.
+    pub fn commit(&mut self, counter: u64) {
+        if counter >= self.top {
+            let advance = counter - self.top + 1;
+            if advance >= WINDOW_BITS {
+                self.bits = [0; WORDS];
+            } else {
+                for c in self.top..=counter {
+                    let (w, m) = Self::slot(c);
+                    if let Some(word) = self.bits.get_mut(w) {
+                        *word &= !m;
+                    }
+                }
+            }
+            // Saturating: counter u64::MAX is never sealed (Channel refuses it).
+            self.top = counter.saturating_add(1);
+        }
+        let (w, m) = Self::slot(counter);
+        if let Some(word) = self.bits.get_mut(w) {
+            *word |= m;
+        }
+    }
+
+    /// Checks and commits in one step (for callers that authenticated already).
+    pub fn accept(&mut self, counter: u64) -> Result<(), CryptoError> {
+        self.check(counter)?;
+        self.commit(counter);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepts_once_in_any_order_within_the_window() {
+        let mut w = ReplayWindow::new();
+        assert_eq!(w.accept(5), Ok(()));
+        assert_eq!(w.accept(5), Err(CryptoError::Replayed));
+        assert_eq!(w.accept(3), Ok(()));
+        assert_eq!(w.accept(0), Ok(()));
+        assert_eq!(w.accept(3), Err(CryptoError::Replayed));
+        assert_eq!(w.accept(5000), Ok(()));
+        // The window holds the newest accepted counter and the WINDOW_BITS - 1 before it.
+        assert_eq!(w.accept(5000 - (WINDOW_BITS - 1)), Ok(()));
+        assert_eq!(w.accept(5000 - WINDOW_BITS), Err(CryptoError::TooOld));
+        assert_eq!(w.accept(6), Err(CryptoError::TooOld));
+        // A slot reused after wrapping around the ring is clear again.
+        assert_eq!(w.accept(5000 + WINDOW_BITS - 1), Ok(()));
+        assert_eq!(w.accept(5000 + 2 * WINDOW_BITS), Ok(()));
+    }
+
+    proptest! {
+        /// Against a model that remembers every counter: the window accepts exactly the
+        /// counters not seen before and not older than the window.
+        #[test]
+        fn matches_a_model(counters in proptest::collection::vec(0u64..3000, 1..400)) {
+            let mut w = ReplayWindow::new();
+            let mut seen = std::collections::BTreeSet::new();
+            for c in counters {
+                let top = seen.iter().next_back().map_or(0, |m| m + 1);
+                let expect_ok = !seen.contains(&c) && (c >= top || top - c <= WINDOW_BITS);
+                let got = w.accept(c);
+                prop_assert_eq!(got.is_ok(), expect_ok, "counter {}", c);
+                if got.is_ok() { seen.insert(c); }
+            }
+        }
+    }
+}
