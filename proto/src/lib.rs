@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod crypto;
+pub mod engine;
 pub mod keys;
 pub mod time;
 pub mod wire;

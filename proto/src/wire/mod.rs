@@ -11,6 +11,7 @@
 //! body with trailing bytes is refused.
 
 mod codec;
+pub mod frame;
 mod header;
 mod message;
 mod name;
