@@ -21,6 +21,8 @@
 mod retransmit;
 
 // ENGINES-BEGIN (the role engines are added here as they land)
+#[cfg(feature = "servers")]
+pub mod oidc;
 // ENGINES-END
 
 pub use retransmit::{Backoff, Retry};
