@@ -22,7 +22,18 @@ mod retransmit;
 
 // ENGINES-BEGIN (the role engines are added here as they land)
 #[cfg(feature = "servers")]
+pub mod account;
+#[cfg(feature = "servers")]
+pub mod dc;
+#[cfg(feature = "servers")]
+pub(crate) mod keyshare;
+pub mod node;
+#[cfg(feature = "servers")]
+pub mod ns;
+#[cfg(feature = "servers")]
 pub mod oidc;
+#[cfg(feature = "servers")]
+pub mod rs;
 // ENGINES-END
 
 pub use retransmit::{Backoff, Retry};
@@ -282,5 +293,28 @@ impl IdSource {
             self.0 = 1;
         }
         crate::wire::RequestId(self.0)
+    }
+}
+
+/// A configuration value an engine cannot work with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The offending field.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}: {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError { field, problem: problem.into() }
     }
 }

@@ -295,8 +295,14 @@ impl<T: Codec> Codec for Option<T> {
 }
 
 /// A list of at most `MAX` values (`MAX` <= 255): a count byte, then the values.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct List<T, const MAX: usize>(Vec<T>);
+
+impl<T, const MAX: usize> Default for List<T, MAX> {
+    fn default() -> Self {
+        List(Vec::new())
+    }
+}
 
 impl<T, const MAX: usize> List<T, MAX> {
     /// An empty list.

@@ -14,21 +14,22 @@ use core::str::FromStr;
 pub const FQDN_MAX: usize = 253;
 const LABEL_MAX: usize = 63;
 
-/// A canonical fully qualified domain name.
+/// A canonical fully qualified domain name. Stored on the heap at its exact length, so
+/// that messages and tables holding names stay small to move.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Fqdn(heapless::String<FQDN_MAX>);
+pub struct Fqdn(Box<str>);
 
 impl Fqdn {
     /// Parses a name as a user or a config file writes it: case-insensitive, an optional
     /// trailing dot.
     pub fn new(name: &str) -> Result<Self, WireError> {
         let name = name.strip_suffix('.').unwrap_or(name);
-        let mut s = heapless::String::new();
-        for c in name.chars() {
-            s.push(c.to_ascii_lowercase()).map_err(|_| WireError::TooLong("name"))?;
+        if name.len() > FQDN_MAX {
+            return Err(WireError::TooLong("name"));
         }
+        let s = name.to_ascii_lowercase();
         Self::check(s.as_bytes())?;
-        Ok(Fqdn(s))
+        Ok(Fqdn(s.into_boxed_str()))
     }
 
     fn check(name: &[u8]) -> Result<(), WireError> {
@@ -94,9 +95,7 @@ impl Codec for Fqdn {
         let bytes = r.take(n)?;
         Self::check(bytes)?;
         let text = core::str::from_utf8(bytes).map_err(|_| WireError::BadValue("name character"))?;
-        let mut s = heapless::String::new();
-        s.push_str(text).map_err(|_| WireError::TooLong("name"))?;
-        Ok(Fqdn(s))
+        Ok(Fqdn(text.into()))
     }
     fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
         let n = u8::try_from(self.0.len()).map_err(|_| WireError::TooLong("name"))?;

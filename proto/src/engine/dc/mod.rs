@@ -1,0 +1,646 @@
+//! The Direction Coordinator engine (spec section 2 and 4).
+//!
+//! A DC owns one or more DNS zones. It takes its nodes' keys from the AS (Key
+//! Distribution, over mutual TLS), registers them and assigns virtual addresses
+//! (`nodes.rs`), keeps their NAT state, and coordinates every tunnel one of its nodes asks
+//! for (`negotiation.rs`): it finds the peer's DC through DNS, asks it for the peer's
+//! information, decides direct or relayed (and which RS), makes K_tun and K_tmp, and sends
+//! the Route Directions. It talks to other DCs, RSs and NSs with keys it shares over
+//! mutual TLS ([`super::keyshare`]).
+//!
+//! Inputs: [`Engine`] calls. Outputs: [`Engine::poll_transmit`], [`Engine::poll_dns`],
+//! [`Engine::poll_timeout`], [`Dc::poll_event`].
+
+mod negotiation;
+mod nodes;
+mod pool;
+
+pub use negotiation::{decide, Decision};
+pub use nodes::NodeStatus;
+pub use pool::VirtualPool;
+
+use super::keyshare::{LinkAction, ServerLink, SharedKind};
+use super::{
+    Backoff, ConfigError, DcLocation, DnsAnswer, DnsQuery, Drop, DropCounters, Engine, IdSource, PeerIdentity,
+    Received, Rng, Role, StreamKind, Transmit, Via,
+};
+use crate::crypto::parse_plain;
+use crate::keys::{DcDc, DcNs, DcRs};
+use crate::time::{Duration, Instant};
+use crate::wire::{Envelope, Fqdn, KeyId, Message, MsgType, SessionId, VirtualAddrs};
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::collections::{HashMap, VecDeque};
+
+use negotiation::{Forward, Negotiation};
+use nodes::{NodeRecord, PendingNsKey};
+
+/// A server the DC talks to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerRef {
+    /// Its name (its certificate must carry it).
+    pub name: Fqdn,
+    /// Its control address (UDP for sealed messages, TCP for TLS).
+    pub addr: SocketAddr,
+}
+
+/// A Notification Server the DC hands nodes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NsRef {
+    /// Its name and control address.
+    pub server: ServerRef,
+    /// The TCP address nodes connect to.
+    pub node_addr: SocketAddr,
+}
+
+/// How a DC is set up. [`DcConfig::new`] fills in the defaults.
+#[derive(Clone, Debug)]
+pub struct DcConfig {
+    /// The DC's own name (the target of its zones' NS records).
+    pub name: Fqdn,
+    /// The zones whose nodes this DC manages.
+    pub zones: Vec<Fqdn>,
+    /// The virtual IPv4 prefix (address, length).
+    pub virtual_v4: (Ipv4Addr, u8),
+    /// The virtual IPv6 prefix (address, length).
+    pub virtual_v6: (Ipv6Addr, u8),
+    /// UDP keepalive interval asked of nodes.
+    pub keepalive_interval: Duration,
+    /// Relay Servers to choose from.
+    pub relays: Vec<ServerRef>,
+    /// Notification Servers to hand nodes to.
+    pub notification_servers: Vec<NsRef>,
+    /// DCs of other zones known without DNS (small sites): zone -> DC.
+    pub static_peers: Vec<(Fqdn, DcLocation)>,
+    /// Lifetime of K_dcdc, K_dcrs, K_dcns.
+    pub server_key_lifetime: Duration,
+    /// Lifetime of K_tun (it protects the hole punches that keep a relay session alive,
+    /// so it lasts as long as a tunnel may).
+    pub tunnel_key_lifetime: Duration,
+    /// Lifetime of K_ntmns.
+    pub ntmns_lifetime: Duration,
+    /// Retransmission policy.
+    pub backoff: Backoff,
+    /// Most nodes.
+    pub max_nodes: usize,
+    /// Most negotiations in progress.
+    pub max_negotiations: usize,
+    /// How often to ask each RS for its load (and measure its round-trip time).
+    pub relay_status_interval: Duration,
+    /// Longest a negotiation may take.
+    pub negotiation_timeout: Duration,
+}
+
+impl DcConfig {
+    /// A configuration with defaults.
+    pub fn new(name: Fqdn, zones: Vec<Fqdn>, virtual_v4: (Ipv4Addr, u8), virtual_v6: (Ipv6Addr, u8)) -> Self {
+        DcConfig {
+            name,
+            zones,
+            virtual_v4,
+            virtual_v6,
+            keepalive_interval: Duration::from_secs(20),
+            relays: Vec::new(),
+            notification_servers: Vec::new(),
+            static_peers: Vec::new(),
+            server_key_lifetime: Duration::from_secs(24 * 3600),
+            tunnel_key_lifetime: Duration::from_secs(24 * 3600),
+            ntmns_lifetime: Duration::from_secs(24 * 3600),
+            backoff: Backoff::DEFAULT,
+            max_nodes: 100_000,
+            max_negotiations: 4096,
+            relay_status_interval: Duration::from_secs(30),
+            negotiation_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What happened, for logs, status and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DcEvent {
+    /// The AS distributed a node's key.
+    NodeKeyReceived {
+        /// The node.
+        fqdn: Fqdn,
+    },
+    /// A node registered (in one family).
+    NodeRegistered {
+        /// The node.
+        fqdn: Fqdn,
+        /// Its virtual addresses.
+        virtual_addrs: VirtualAddrs,
+        /// Where the DC saw it.
+        observed: SocketAddr,
+        /// The NAT verdict.
+        behind_nat: bool,
+    },
+    /// A negotiation sent both Route Directions and both were acknowledged.
+    TunnelDirected {
+        /// The session.
+        session: SessionId,
+        /// The asking node.
+        mn: Fqdn,
+        /// The asked-for node.
+        cn: Fqdn,
+        /// The RS, if relayed.
+        relay: Option<Fqdn>,
+    },
+    /// A negotiation failed.
+    TunnelRefused {
+        /// The session.
+        session: SessionId,
+        /// The asking node.
+        mn: Fqdn,
+        /// The asked-for node.
+        cn: Fqdn,
+        /// Why.
+        reason: crate::wire::refusal::Reason,
+    },
+}
+
+/// An RS as the DC sees it.
+struct RelayLink {
+    link: ServerLink<DcRs>,
+    rtt: Option<Duration>,
+    sessions: u32,
+    capacity: u32,
+    addrs: Vec<SocketAddr>,
+    status: Option<(crate::wire::RequestId, Instant)>,
+    next_status: Instant,
+}
+
+/// An NS as the DC sees it.
+struct NsLink {
+    link: ServerLink<DcNs>,
+    node_addr: SocketAddr,
+}
+
+/// Most events buffered for the driver.
+const EVENTS_MAX: usize = 1024;
+/// Most messages buffered for sending.
+const OUT_MAX: usize = 8192;
+
+/// The DC engine.
+pub struct Dc {
+    cfg: DcConfig,
+    rng: Rng,
+    ids: IdSource,
+    pool: VirtualPool,
+    nodes: HashMap<Fqdn, NodeRecord>,
+    keys: HashMap<KeyId, Fqdn>,
+    peers: Vec<ServerLink<DcDc>>,
+    relays: Vec<RelayLink>,
+    ns: Vec<NsLink>,
+    negotiations: Vec<Negotiation>,
+    forwards: Vec<Forward>,
+    pending_ns: Vec<PendingNsKey>,
+    dns_waits: HashMap<u64, SessionId>,
+    next_query: u64,
+    out: VecDeque<Transmit>,
+    queries: VecDeque<DnsQuery>,
+    events: VecDeque<DcEvent>,
+    drops: DropCounters,
+    /// The current second, and plain refusals sent in it (rate limit).
+    now_second: u64,
+    plain_refusals: (u64, u32),
+    /// Next sweep of expired node keys (periodic, so `poll_timeout` stays cheap).
+    next_sweep: Instant,
+}
+
+impl core::fmt::Debug for Dc {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Dc")
+            .field("name", &self.cfg.name)
+            .field("nodes", &self.nodes.len())
+            .field("negotiations", &self.negotiations.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dc {
+    /// A DC; fails on a configuration it cannot work with.
+    pub fn new(cfg: DcConfig, mut rng: Rng, now: Instant) -> Result<Self, ConfigError> {
+        if cfg.zones.is_empty() {
+            return Err(ConfigError::new("zones", "at least one zone is needed"));
+        }
+        let pool = VirtualPool::new(cfg.virtual_v4.0, cfg.virtual_v4.1, cfg.virtual_v6.0, cfg.virtual_v6.1)?;
+        let ids = IdSource::new(&mut *rng);
+        let relays = cfg
+            .relays
+            .iter()
+            .map(|r| RelayLink {
+                link: ServerLink::new(r.name.clone(), r.addr),
+                rtt: None,
+                sessions: 0,
+                capacity: 0,
+                addrs: Vec::new(),
+                status: None,
+                next_status: now,
+            })
+            .collect();
+        let ns = cfg
+            .notification_servers
+            .iter()
+            .map(|n| NsLink { link: ServerLink::new(n.server.name.clone(), n.server.addr), node_addr: n.node_addr })
+            .collect();
+        Ok(Dc {
+            cfg,
+            rng,
+            ids,
+            pool,
+            nodes: HashMap::new(),
+            keys: HashMap::new(),
+            peers: Vec::new(),
+            relays,
+            ns,
+            negotiations: Vec::new(),
+            forwards: Vec::new(),
+            pending_ns: Vec::new(),
+            dns_waits: HashMap::new(),
+            next_query: 1,
+            out: VecDeque::new(),
+            queries: VecDeque::new(),
+            events: VecDeque::new(),
+            drops: DropCounters::default(),
+            now_second: now.as_millis() / 1000,
+            plain_refusals: (0, 0),
+            next_sweep: now,
+        })
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<DcEvent> {
+        self.events.pop_front()
+    }
+
+    /// The DC's configuration.
+    pub fn config(&self) -> &DcConfig {
+        &self.cfg
+    }
+
+    /// The virtual address assignments (to persist them, and for status).
+    pub fn pool(&self) -> &VirtualPool {
+        &self.pool
+    }
+
+    /// Restores a virtual address assignment (from the DC's database at start-up).
+    pub fn restore_assignment(&mut self, fqdn: &Fqdn, addrs: VirtualAddrs) -> Result<(), ConfigError> {
+        self.pool.restore(fqdn, addrs)
+    }
+
+    /// Number of nodes whose key the DC holds.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Negotiations in progress or recently finished.
+    pub fn negotiation_count(&self) -> usize {
+        self.negotiations.len()
+    }
+
+    /// Keys the DC holds now, as (kind, fingerprint), for status and custody tests.
+    pub fn held_keys(&self) -> Vec<(&'static str, u64)> {
+        let mut v = Vec::new();
+        for n in self.nodes.values() {
+            n.held_keys(&mut v);
+        }
+        for p in &self.peers {
+            p.held_keys(&mut v);
+        }
+        for r in &self.relays {
+            r.link.held_keys(&mut v);
+        }
+        for n in &self.ns {
+            n.link.held_keys(&mut v);
+        }
+        for n in &self.negotiations {
+            n.held_keys(&mut v);
+        }
+        for f in &self.forwards {
+            f.held_keys(&mut v);
+        }
+        v
+    }
+
+    fn owns(&self, fqdn: &Fqdn) -> bool {
+        self.cfg.zones.iter().any(|z| fqdn.is_within(z))
+    }
+
+    fn emit(&mut self, ev: DcEvent) {
+        if self.events.len() >= EVENTS_MAX {
+            self.events.pop_front();
+        }
+        self.events.push_back(ev);
+    }
+
+    fn transmit(&mut self, via: Via, dst: SocketAddr, payload: Vec<u8>) {
+        if self.out.len() >= OUT_MAX {
+            self.drops.count(Drop::Limit);
+            return;
+        }
+        self.out.push_back(Transmit { via, dst, payload });
+    }
+
+    fn reply_tls(&mut self, dst: SocketAddr, msg: &Message) {
+        let bytes = crate::crypto::plain(crate::wire::Sender::Dc, msg);
+        self.transmit(Via::Stream { kind: StreamKind::Tls, server: None }, dst, bytes);
+    }
+
+    fn query(&mut self, name: Fqdn, session: SessionId) -> u64 {
+        let id = self.next_query;
+        self.next_query += 1;
+        self.dns_waits.insert(id, session);
+        self.queries.push_back(DnsQuery { id, name });
+        id
+    }
+
+    /// Sends `msg` to a server over `link`, sharing a key first if needed.
+    fn send_server<K: SharedKind>(
+        now: Instant,
+        link: &mut ServerLink<K>,
+        rng: &mut Rng,
+        ids: &mut IdSource,
+        name: &Fqdn,
+        lifetime: Duration,
+        msg: Message,
+    ) -> Vec<Transmit> {
+        let (sealed, action) = link.seal_or_queue(now, &mut **rng, ids, name, lifetime, msg);
+        let mut out = Vec::new();
+        if let LinkAction::Share(share) = action {
+            let via = Via::Stream { kind: StreamKind::Tls, server: Some(link.name.clone()) };
+            out.push(Transmit { via, dst: link.addr, payload: crate::crypto::plain(crate::wire::Sender::Dc, &share) });
+        }
+        if let Some(bytes) = sealed {
+            out.push(Transmit { via: Via::Udp, dst: link.addr, payload: bytes });
+        }
+        out
+    }
+
+    fn send_to_peer(&mut self, now: Instant, peer: usize, msg: Message) {
+        let Some(link) = self.peers.get_mut(peer) else { return };
+        let out = Self::send_server(
+            now,
+            link,
+            &mut self.rng,
+            &mut self.ids,
+            &self.cfg.name,
+            self.cfg.server_key_lifetime,
+            msg,
+        );
+        for t in out {
+            self.transmit(t.via, t.dst, t.payload);
+        }
+    }
+
+    fn send_to_relay(&mut self, now: Instant, relay: usize, msg: Message) {
+        let Some(r) = self.relays.get_mut(relay) else { return };
+        let out = Self::send_server(
+            now,
+            &mut r.link,
+            &mut self.rng,
+            &mut self.ids,
+            &self.cfg.name,
+            self.cfg.server_key_lifetime,
+            msg,
+        );
+        for t in out {
+            self.transmit(t.via, t.dst, t.payload);
+        }
+    }
+
+    fn send_to_ns(&mut self, now: Instant, ns: usize, msg: Message) {
+        let Some(n) = self.ns.get_mut(ns) else { return };
+        let out = Self::send_server(
+            now,
+            &mut n.link,
+            &mut self.rng,
+            &mut self.ids,
+            &self.cfg.name,
+            self.cfg.server_key_lifetime,
+            msg,
+        );
+        for t in out {
+            self.transmit(t.via, t.dst, t.payload);
+        }
+    }
+
+    /// The link to the DC named `name`, created if new.
+    fn peer_index(&mut self, name: &Fqdn, addr: SocketAddr) -> usize {
+        if let Some(i) = self.peers.iter().position(|p| p.name == *name) {
+            return i;
+        }
+        self.peers.push(ServerLink::new(name.clone(), addr));
+        self.peers.len() - 1
+    }
+
+    /// A framed message on a TLS stream: Key Distribution from the AS, Key Shares and
+    /// their acknowledgements between servers.
+    fn handle_tls(&mut self, now: Instant, from: SocketAddr, peer: Option<&PeerIdentity>, frame: &[u8]) -> Received {
+        let Some(peer) = peer else { return self.drops.count(Drop::Unauthorized) };
+        let msg = match parse_plain(frame) {
+            Ok((_, m)) => m,
+            Err(e) => return self.drops.count(Drop::from(e)),
+        };
+        match (peer.role, msg) {
+            (Role::As, Message::KeyDistribution(kd)) => self.handle_key_distribution(now, from, kd),
+            (Role::Dc, Message::KeyShare(ks)) => {
+                if ks.from != peer.name {
+                    return self.drops.count(Drop::Unauthorized);
+                }
+                let Some(grant) = DcDc::unwrap(ks.key) else { return self.drops.count(Drop::Unexpected) };
+                let i = self.peer_index(&peer.name, from);
+                let flushed = self.peers.get_mut(i).map(|l| l.accept_theirs(now, ks.key_id, grant)).unwrap_or_default();
+                let ack = Message::KeyShareAck(crate::wire::keyshare::KeyShareAck {
+                    request_id: ks.request_id,
+                    key_id: ks.key_id,
+                });
+                self.reply_tls(from, &ack);
+                let addr = self.peers.get(i).map(|l| l.addr);
+                if let Some(addr) = addr {
+                    for b in flushed {
+                        self.transmit(Via::Udp, addr, b);
+                    }
+                }
+                Received::Handled
+            }
+            (role, Message::KeyShareAck(ack)) => {
+                let lifetime = self.cfg.server_key_lifetime;
+                let flushed = match role {
+                    Role::Dc => self
+                        .peers
+                        .iter_mut()
+                        .find(|l| l.name == peer.name)
+                        .map(|l| (l.addr, l.handle_ack(now, &ack, lifetime))),
+                    Role::Rs => self
+                        .relays
+                        .iter_mut()
+                        .find(|r| r.link.name == peer.name)
+                        .map(|r| (r.link.addr, r.link.handle_ack(now, &ack, lifetime))),
+                    Role::Ns => self
+                        .ns
+                        .iter_mut()
+                        .find(|n| n.link.name == peer.name)
+                        .map(|n| (n.link.addr, n.link.handle_ack(now, &ack, lifetime))),
+                    _ => None,
+                };
+                let Some((addr, sealed)) = flushed else { return self.drops.count(Drop::Unexpected) };
+                for b in sealed {
+                    self.transmit(Via::Udp, addr, b);
+                }
+                Received::Handled
+            }
+            _ => self.drops.count(Drop::Unexpected),
+        }
+    }
+
+    /// A sealed datagram from another server: find the key by id among the links.
+    fn handle_server_datagram(&mut self, now: Instant, from: SocketAddr, key_id: KeyId, buf: &[u8]) -> Received {
+        if let Some(i) = self.peers.iter_mut().position(|p| p.channel_for(key_id).is_some()) {
+            let opened = self.peers.get_mut(i).and_then(|p| p.channel_for(key_id)).map(|c| c.open(now, buf));
+            return match opened {
+                Some(Ok((_, msg))) => {
+                    if let Some(p) = self.peers.get_mut(i) {
+                        // The peer's UDP address is where its authenticated datagrams come
+                        // from (its TLS connection came from another port).
+                        p.addr = from;
+                    }
+                    self.handle_peer_message(now, i, msg)
+                }
+                Some(Err(e)) => self.drops.count(Drop::from(e)),
+                None => self.drops.count(Drop::UnknownKey),
+            };
+        }
+        if let Some(i) = self.relays.iter_mut().position(|r| r.link.channel_for(key_id).is_some()) {
+            let opened = self.relays.get_mut(i).and_then(|r| r.link.channel_for(key_id)).map(|c| c.open(now, buf));
+            return match opened {
+                Some(Ok((_, msg))) => self.handle_relay_message(now, i, msg),
+                Some(Err(e)) => self.drops.count(Drop::from(e)),
+                None => self.drops.count(Drop::UnknownKey),
+            };
+        }
+        if let Some(i) = self.ns.iter_mut().position(|n| n.link.channel_for(key_id).is_some()) {
+            let opened = self.ns.get_mut(i).and_then(|n| n.link.channel_for(key_id)).map(|c| c.open(now, buf));
+            return match opened {
+                Some(Ok((_, msg))) => self.handle_ns_message(now, i, msg),
+                Some(Err(e)) => self.drops.count(Drop::from(e)),
+                None => self.drops.count(Drop::UnknownKey),
+            };
+        }
+        self.drops.count(Drop::UnknownKey)
+    }
+
+    fn drive_relay_status(&mut self, now: Instant) {
+        for i in 0..self.relays.len() {
+            let Some(r) = self.relays.get_mut(i) else { continue };
+            if now < r.next_status {
+                continue;
+            }
+            r.next_status = now + self.cfg.relay_status_interval;
+            let request_id = self.ids.next();
+            r.status = Some((request_id, now));
+            self.send_to_relay(now, i, Message::RelayStatus(crate::wire::relay::RelayStatus { request_id }));
+        }
+    }
+
+    fn handle_relay_message(&mut self, now: Instant, i: usize, msg: Message) -> Received {
+        match msg {
+            Message::RelayStatusAck(a) => {
+                let Some(r) = self.relays.get_mut(i) else { return Received::Handled };
+                if let Some((id, sent)) = r.status {
+                    if id == a.request_id {
+                        r.rtt = Some(now.saturating_duration_since(sent));
+                        r.status = None;
+                    }
+                }
+                r.sessions = a.sessions;
+                r.capacity = a.capacity;
+                r.addrs = a.relay_addrs.as_slice().to_vec();
+                Received::Handled
+            }
+            Message::RelayDirectionAck(a) => self.handle_relay_ack(now, i, a),
+            Message::Refusal(r) => self.handle_server_refusal(now, r),
+            _ => self.drops.count(Drop::Unexpected),
+        }
+    }
+}
+
+impl Engine for Dc {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
+        let (ty, sealed, key_id) = match Envelope::new_checked(&buf[..]) {
+            Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
+            Err(e) => return self.drops.count(Drop::from(e)),
+        };
+        if !sealed {
+            return self.drops.count(Drop::Unauthorized);
+        }
+        if self.keys.contains_key(&key_id) {
+            return self.handle_node_datagram(now, from, key_id, buf);
+        }
+        match ty {
+            MsgType::RegistrationRequest | MsgType::Keepalive | MsgType::DirectionRequest => {
+                // A node whose key we do not hold (expired, or we lost it): tell it, in
+                // the clear since we cannot seal, to log in again.
+                self.refuse_unknown_key(from, ty, buf);
+                self.drops.count(Drop::UnknownKey)
+            }
+            MsgType::Unknown(_) => self.drops.count(Drop::Malformed),
+            _ => self.handle_server_datagram(now, from, key_id, buf),
+        }
+    }
+
+    fn handle_stream(
+        &mut self,
+        now: Instant,
+        kind: StreamKind,
+        from: SocketAddr,
+        peer: Option<&PeerIdentity>,
+        frame: &[u8],
+    ) -> Received {
+        match kind {
+            StreamKind::Tls => self.handle_tls(now, from, peer, frame),
+            StreamKind::Tcp => self.drops.count(Drop::Unexpected),
+        }
+    }
+
+    fn handle_stream_closed(&mut self, _now: Instant, _kind: StreamKind, peer: SocketAddr) {
+        for p in self.peers.iter_mut().filter(|p| p.addr == peer && p.sharing()) {
+            p.share_failed();
+        }
+        for r in self.relays.iter_mut().filter(|r| r.link.addr == peer && r.link.sharing()) {
+            r.link.share_failed();
+        }
+        for n in self.ns.iter_mut().filter(|n| n.link.addr == peer && n.link.sharing()) {
+            n.link.share_failed();
+        }
+    }
+
+    fn handle_dns(&mut self, now: Instant, id: u64, answer: DnsAnswer) {
+        if let Some(session) = self.dns_waits.remove(&id) {
+            self.handle_cn_location(now, session, answer);
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.drive_relay_status(now);
+        self.drive_nodes(now);
+        self.drive_negotiations(now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    fn poll_dns(&mut self) -> Option<DnsQuery> {
+        self.queries.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let relay = self.relays.iter().map(|r| r.next_status).min();
+        let neg = self.negotiations.iter().filter_map(Negotiation::deadline).min();
+        let fwd = self.forwards.iter().filter_map(Forward::deadline).min();
+        [relay, neg, fwd, self.nodes_deadline()].into_iter().flatten().min()
+    }
+
+    fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+}

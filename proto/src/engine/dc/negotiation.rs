@@ -1,0 +1,810 @@
+//! Tunnel negotiation (spec 4.3-4.4, Fig. 5-7).
+//!
+//! As DC_MN, a [`Negotiation`] runs from a node's Direction Request to the two Route
+//! Direction acknowledgements:
+//!
+//! ```text
+//! ExpectDcLocation -> ExpectNodeInfo -> [ExpectRelayAck] -> ExpectFirstAck -> ExpectSecondAck -> Finished
+//!  (DNS: NS record     (K_dcdc to        (K_dcrs to RS,     (the awaiting      (the initiating
+//!   of FQDN_CN)         DC_CN)            relayed only)       node first)        node second)
+//! ```
+//!
+//! The node that awaits the Tunnel Request is directed first, so that it is ready when
+//! the initiator's request arrives. Once both acknowledged, the DC forgets K_tun and K_tmp.
+//! As DC_CN, a [`Forward`] carries DC_MN's Route Direction to the CN by the CN's
+//! keepalive method and returns the acknowledgement.
+//!
+//! Route decision ([`decide`]): per family (IPv6 first), direct if at least one side is
+//! reachable there, the NATed side initiating (both global: MN initiates); if both are
+//! behind NAT in every shared family, or they share none (IPv4-only to IPv6-only), via the
+//! best RS that has both families, MN initiating.
+
+use super::{Dc, DcEvent};
+use crate::engine::{Drop, Received, Retry};
+use crate::keys::{KTmp, KTun, KeyGrant};
+use crate::time::Instant;
+use crate::wire::direction::{DirectionRequest, NodeInfo, NodeInfoAnswer, NodeInfoRequest};
+use crate::wire::refusal::{Reason, Refusal};
+use crate::wire::relay::{RelayDirection, RelayDirectionAck};
+use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, TunnelRole};
+use crate::wire::{Fqdn, Lifetime, List, Message, MsgType, RequestId, SessionId};
+use core::net::SocketAddr;
+
+/// Where the CN's DC is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Home {
+    Local,
+    Remote(usize),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum State {
+    ExpectDcLocation,
+    ExpectNodeInfo { request_id: RequestId, retry: Retry },
+    ExpectRelayAck { request_id: RequestId, retry: Retry, relay: usize },
+    ExpectFirstAck { request_id: RequestId, retry: Retry },
+    ExpectSecondAck { request_id: RequestId, retry: Retry },
+    Finished { until: Instant },
+}
+
+/// The route chosen for a pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Direct in one family; `initiator` sends the Tunnel Request.
+    Direct {
+        /// The family.
+        v4: bool,
+        /// Who sends the Tunnel Request.
+        initiator: Side,
+    },
+    /// Through an RS; MN's side in `mn_v4`'s family, CN's in `cn_v4`'s.
+    Relay {
+        /// MN's family.
+        mn_v4: bool,
+        /// CN's family.
+        cn_v4: bool,
+    },
+    /// No shared family and nothing to relay between.
+    NoRoute,
+}
+
+fn endpoint(info: &NodeInfo, v4: bool) -> Option<&crate::wire::direction::Endpoint> {
+    info.endpoints.iter().find(|e| e.observed.is_ipv4() == v4)
+}
+
+/// The route decision, without the RS choice (see the module documentation).
+pub fn decide(mn: &NodeInfo, cn: &NodeInfo) -> Decision {
+    for v4 in [false, true] {
+        if let (Some(m), Some(c)) = (endpoint(mn, v4), endpoint(cn, v4)) {
+            match (m.behind_nat, c.behind_nat) {
+                (_, false) => return Decision::Direct { v4, initiator: Side::Mn },
+                (false, true) => return Decision::Direct { v4, initiator: Side::Cn },
+                (true, true) => {}
+            }
+        }
+    }
+    for (mn_v4, cn_v4) in [(true, true), (false, false), (true, false), (false, true)] {
+        if endpoint(mn, mn_v4).is_some() && endpoint(cn, cn_v4).is_some() {
+            return Decision::Relay { mn_v4, cn_v4 };
+        }
+    }
+    Decision::NoRoute
+}
+
+/// One negotiation at DC_MN.
+pub(super) struct Negotiation {
+    session: SessionId,
+    mn: Fqdn,
+    mn_request: RequestId,
+    cn: Fqdn,
+    home: Option<Home>,
+    state: State,
+    cn_info: Option<NodeInfo>,
+    decision: Option<Decision>,
+    k_tun: Option<KTun>,
+    k_tmp: Option<KTmp>,
+    relay: Option<(usize, SocketAddr, SocketAddr)>,
+    expires: Instant,
+}
+
+impl Negotiation {
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        let state = match &self.state {
+            State::ExpectDcLocation => None,
+            State::ExpectNodeInfo { retry, .. }
+            | State::ExpectRelayAck { retry, .. }
+            | State::ExpectFirstAck { retry, .. }
+            | State::ExpectSecondAck { retry, .. } => Some(retry.deadline()),
+            State::Finished { until } => return Some(*until),
+        };
+        Some(state.map_or(self.expires, |d| d.min(self.expires)))
+    }
+
+    pub(super) fn held_keys(&self, out: &mut Vec<(&'static str, u64)>) {
+        if let Some(k) = &self.k_tun {
+            out.push(("K_tun", k.fingerprint()));
+        }
+        if let Some(k) = &self.k_tmp {
+            out.push(("K_tmp", k.fingerprint()));
+        }
+    }
+
+    fn finished(&self) -> bool {
+        matches!(self.state, State::Finished { .. })
+    }
+
+    fn first_side(&self) -> Side {
+        match self.decision {
+            Some(Decision::Direct { initiator: Side::Cn, .. }) => Side::Mn,
+            _ => Side::Cn,
+        }
+    }
+}
+
+/// DC_MN's Route Direction for one of our nodes, on its way to the CN.
+pub(super) struct Forward {
+    session: SessionId,
+    peer: usize,
+    dc_request: RequestId,
+    cn: Fqdn,
+    request_id: RequestId,
+    retry: Retry,
+    rd: Option<RouteDirection>,
+    done_until: Option<Instant>,
+}
+
+impl Forward {
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.done_until.or(Some(self.retry.deadline()))
+    }
+
+    pub(super) fn held_keys(&self, out: &mut Vec<(&'static str, u64)>) {
+        if let Some(rd) = &self.rd {
+            out.push(("K_tun", rd.k_tun.key.fingerprint()));
+            if let Some(k) = &rd.k_tmp {
+                out.push(("K_tmp", k.fingerprint()));
+            }
+        }
+    }
+}
+
+/// How long finished negotiations are kept to recognise duplicates.
+const KEEP_FINISHED: crate::time::Duration = crate::time::Duration::from_secs(30);
+
+impl Dc {
+    fn neg_index(&self, session: SessionId) -> Option<usize> {
+        self.negotiations.iter().position(|n| n.session == session)
+    }
+
+    fn new_session(&mut self) -> SessionId {
+        loop {
+            let s = SessionId(self.rng.next_u32());
+            if s.0 != 0 && self.neg_index(s).is_none() {
+                return s;
+            }
+        }
+    }
+
+    /// A node asks for a peer (spec 4.3 step 1).
+    pub(super) fn handle_direction_request(&mut self, now: Instant, mn: &Fqdn, d: DirectionRequest) -> Received {
+        if self.negotiations.iter().any(|n| n.mn == *mn && n.mn_request == d.request_id) {
+            return Received::Handled; // a retransmission; the negotiation is under way
+        }
+        let refusal = |reason, detail: &str| {
+            Message::Refusal(Refusal::new(MsgType::DirectionRequest, d.request_id, reason, detail))
+        };
+        if d.peer == *mn {
+            let msg = refusal(Reason::Conflict, "a node cannot direct a tunnel to itself");
+            self.send_to_node(now, mn, &msg, None);
+            return Received::Handled;
+        }
+        let active = self.negotiations.iter().filter(|n| !n.finished()).count();
+        if active >= self.cfg.max_negotiations {
+            let msg = refusal(Reason::Overloaded, "too many negotiations");
+            self.send_to_node(now, mn, &msg, None);
+            return self.drops.count(Drop::Limit);
+        }
+        let session = self.new_session();
+        match d.previous {
+            Some(p) => {
+                log::info!("{mn} asks for {} again after a network change (session {session} replaces {p})", d.peer)
+            }
+            None => log::info!("{mn} asks for {} (session {session})", d.peer),
+        }
+        self.negotiations.push(Negotiation {
+            session,
+            mn: mn.clone(),
+            mn_request: d.request_id,
+            cn: d.peer.clone(),
+            home: None,
+            state: State::ExpectDcLocation,
+            cn_info: None,
+            decision: None,
+            k_tun: None,
+            k_tmp: None,
+            relay: None,
+            expires: now + self.cfg.negotiation_timeout,
+        });
+        if self.owns(&d.peer) {
+            self.cn_is_local(now, session);
+        } else if let Some((_, loc)) = self.cfg.static_peers.iter().find(|(z, _)| d.peer.is_within(z)).cloned() {
+            self.handle_cn_location(now, session, crate::engine::DnsAnswer::Dc(loc));
+        } else {
+            self.query(d.peer, session);
+        }
+        Received::Handled
+    }
+
+    fn cn_is_local(&mut self, now: Instant, session: SessionId) {
+        let Some(i) = self.neg_index(session) else { return };
+        let Some(n) = self.negotiations.get_mut(i) else { return };
+        n.home = Some(Home::Local);
+        let cn = n.cn.clone();
+        match self.node_info(&cn) {
+            Some(info) => {
+                if let Some(n) = self.negotiations.get_mut(i) {
+                    n.cn_info = Some(info);
+                }
+                self.plan(now, i);
+            }
+            None if self.knows_node(&cn) => self.fail(now, i, Reason::PeerUnreachable, "peer is not registered"),
+            None => self.fail(now, i, Reason::NotFound, "no such node"),
+        }
+    }
+
+    /// The DNS answer naming DC_CN (spec 4.3 step 2).
+    pub(super) fn handle_cn_location(&mut self, now: Instant, session: SessionId, answer: crate::engine::DnsAnswer) {
+        let Some(i) = self.neg_index(session) else { return };
+        if !matches!(self.negotiations.get(i).map(|n| &n.state), Some(State::ExpectDcLocation)) {
+            return;
+        }
+        let loc = match answer {
+            crate::engine::DnsAnswer::Dc(loc) if !loc.addrs.is_empty() => loc,
+            _ => return self.fail(now, i, Reason::NotNtm, "not an NTMobile name"),
+        };
+        if loc.name == self.cfg.name {
+            return self.cn_is_local(now, session);
+        }
+        let Some(&addr) = loc.addrs.first() else { return };
+        let peer = self.peer_index(&loc.name, addr);
+        let request_id = self.ids.next();
+        let Some(n) = self.negotiations.get_mut(i) else { return };
+        n.home = Some(Home::Remote(peer));
+        n.state = State::ExpectNodeInfo { request_id, retry: Retry::new(now, self.cfg.backoff) };
+        let msg = Message::NodeInfoRequest(NodeInfoRequest { request_id, fqdn: n.cn.clone(), requester: n.mn.clone() });
+        self.send_to_peer(now, peer, msg);
+    }
+
+    /// Messages from another DC, sealed with K_dcdc.
+    pub(super) fn handle_peer_message(&mut self, now: Instant, peer: usize, msg: Message) -> Received {
+        match msg {
+            Message::NodeInfoRequest(r) => {
+                let reply = match self.node_info(&r.fqdn).filter(|_| self.owns(&r.fqdn)) {
+                    Some(info) => Message::NodeInfoAnswer(NodeInfoAnswer { request_id: r.request_id, info }),
+                    None => Message::Refusal(Refusal::new(
+                        MsgType::NodeInfoRequest,
+                        r.request_id,
+                        Reason::NotFound,
+                        "no such registered node",
+                    )),
+                };
+                self.send_to_peer(now, peer, reply);
+                Received::Handled
+            }
+            Message::NodeInfoAnswer(a) => {
+                let Some(i) = self.negotiations.iter().position(|n| {
+                    n.home == Some(Home::Remote(peer))
+                        && matches!(n.state, State::ExpectNodeInfo { request_id, .. } if request_id == a.request_id)
+                }) else {
+                    return self.drops.count(Drop::Stale);
+                };
+                if self.negotiations.get(i).is_some_and(|n| n.cn != a.info.fqdn) {
+                    return self.drops.count(Drop::Unauthorized);
+                }
+                if let Some(n) = self.negotiations.get_mut(i) {
+                    n.cn_info = Some(a.info);
+                }
+                self.plan(now, i);
+                Received::Handled
+            }
+            Message::RouteDirection(rd) => self.handle_forward(now, peer, rd),
+            Message::RouteDirectionAck(a) => self.handle_route_ack(now, Some(peer), a),
+            Message::Refusal(r) => {
+                // A refusal of our NodeInfoRequest or of a Route Direction we sent.
+                let found = self.negotiations.iter().position(|n| {
+                    n.home == Some(Home::Remote(peer))
+                        && match n.state {
+                            State::ExpectNodeInfo { request_id, .. }
+                            | State::ExpectFirstAck { request_id, .. }
+                            | State::ExpectSecondAck { request_id, .. } => request_id == r.request_id,
+                            _ => false,
+                        }
+                });
+                match found {
+                    Some(i) => {
+                        self.fail(now, i, r.reason, r.detail.as_str());
+                        Received::Handled
+                    }
+                    None => self.drops.count(Drop::Stale),
+                }
+            }
+            _ => self.drops.count(Drop::Unexpected),
+        }
+    }
+
+    /// The best RS for a pair (spec 4.4, "RS selection"): one with both families, not
+    /// full, lowest measured round-trip time plus a load penalty. An RS whose status is
+    /// unknown is a last resort.
+    pub fn select_relay(&self, mn_v4: bool, cn_v4: bool) -> Option<usize> {
+        self.relays
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.addrs.is_empty()
+                    || (r.addrs.iter().any(|a| a.is_ipv4() == mn_v4) && r.addrs.iter().any(|a| a.is_ipv4() == cn_v4))
+            })
+            .filter(|(_, r)| r.capacity == 0 || r.sessions < r.capacity)
+            .min_by_key(|(_, r)| {
+                let rtt = r.rtt.map_or(60_000, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                let load = if r.capacity > 0 { u64::from(r.sessions) * 1000 / u64::from(r.capacity) } else { 0 };
+                rtt.saturating_add(load)
+            })
+            .map(|(i, _)| i)
+    }
+
+    /// Both ends are known: decide the route and start directing.
+    fn plan(&mut self, now: Instant, i: usize) {
+        let Some(n) = self.negotiations.get(i) else { return };
+        let mn = n.mn.clone();
+        let Some(mn_info) = self.node_info(&mn) else {
+            return self.fail(now, i, Reason::Internal, "asking node is not registered");
+        };
+        let Some(cn_info) = n.cn_info.clone() else { return };
+        let decision = decide(&mn_info, &cn_info);
+        let k_tun = KTun::generate(&mut *self.rng);
+        // Public-key mode when both ends have attested keys: then no DC holds K_tmp and
+        // none can unwrap K_mncn (spec section 3).
+        let k_tmp = match (&mn_info.attestation, &cn_info.attestation) {
+            (Some(_), Some(_)) => None,
+            _ => Some(KTmp::generate(&mut *self.rng)),
+        };
+        let session = {
+            let Some(n) = self.negotiations.get_mut(i) else { return };
+            n.decision = Some(decision);
+            n.k_tun = Some(k_tun.clone());
+            n.k_tmp = k_tmp;
+            n.session
+        };
+        match decision {
+            Decision::NoRoute => self.fail(now, i, Reason::NoRoute, "no address family to reach the peer"),
+            Decision::Direct { .. } => self.send_direction(now, i, true),
+            Decision::Relay { mn_v4, cn_v4 } => {
+                let Some(relay) = self.select_relay(mn_v4, cn_v4) else {
+                    return self.fail(now, i, Reason::NoRelay, "no relay server with both address families");
+                };
+                let request_id = self.ids.next();
+                if let Some(n) = self.negotiations.get_mut(i) {
+                    n.state = State::ExpectRelayAck { request_id, retry: Retry::new(now, self.cfg.backoff), relay };
+                }
+                let lifetime = Lifetime::from_duration(self.cfg.tunnel_key_lifetime);
+                let msg = Message::RelayDirection(RelayDirection {
+                    request_id,
+                    session,
+                    k_tun: KeyGrant { key: k_tun, lifetime },
+                });
+                self.send_to_relay(now, relay, msg);
+            }
+        }
+    }
+
+    pub(super) fn handle_relay_ack(&mut self, now: Instant, relay: usize, a: RelayDirectionAck) -> Received {
+        let Some(i) = self.negotiations.iter().position(|n| {
+            n.session == a.session
+                && matches!(n.state, State::ExpectRelayAck { request_id, relay: r, .. } if request_id == a.request_id && r == relay)
+        }) else {
+            return self.drops.count(Drop::Stale);
+        };
+        let Some(Decision::Relay { mn_v4, cn_v4 }) = self.negotiations.get(i).and_then(|n| n.decision) else {
+            return Received::Handled;
+        };
+        let pick = |v4: bool| a.relay_addrs.iter().find(|x| x.is_ipv4() == v4).copied();
+        match (pick(mn_v4), pick(cn_v4)) {
+            (Some(m), Some(c)) => {
+                if let Some(n) = self.negotiations.get_mut(i) {
+                    n.relay = Some((relay, m, c));
+                }
+                self.send_direction(now, i, true);
+            }
+            _ => self.fail(now, i, Reason::NoRelay, "relay lacks an address family"),
+        }
+        Received::Handled
+    }
+
+    /// The Route Direction for `side` of negotiation `i`.
+    fn route_direction(&mut self, i: usize, side: Side) -> Option<RouteDirection> {
+        let n = self.negotiations.get(i)?;
+        let mn_info = self.node_info(&n.mn)?;
+        let cn_info = n.cn_info.clone()?;
+        let decision = n.decision?;
+        let (me, peer) = if side == Side::Mn { (&mn_info, &cn_info) } else { (&cn_info, &mn_info) };
+        let role = match decision {
+            Decision::Direct { initiator, .. } if initiator == side => TunnelRole::Initiate,
+            Decision::Direct { .. } => TunnelRole::Await,
+            _ if side == Side::Mn => TunnelRole::Initiate,
+            _ => TunnelRole::Await,
+        };
+        let path = match (n.relay, side) {
+            (Some((_, m, _)), Side::Mn) => Path::Relay(m),
+            (Some((_, _, c)), _) => Path::Relay(c),
+            (None, _) => Path::Direct,
+        };
+        // The peer's endpoints, the decided family first.
+        let mut eps: Vec<SocketAddr> = peer.endpoints.iter().map(|e| e.observed).collect();
+        if let Decision::Direct { v4, .. } = decision {
+            eps.sort_by_key(|a| a.is_ipv4() != v4);
+        }
+        let endpoints = List::from_vec(eps.into_iter().take(4).collect()).ok()?;
+        let k_tun = n.k_tun.clone()?;
+        let peer_attestation = if n.k_tmp.is_none() { peer.attestation.clone() } else { None };
+        Some(RouteDirection {
+            request_id: self.ids.next(),
+            session: n.session,
+            node: me.fqdn.clone(),
+            side,
+            role,
+            peer: PeerInfo { fqdn: peer.fqdn.clone(), virtual_addrs: peer.virtual_addrs, endpoints },
+            path,
+            k_tun: KeyGrant { key: k_tun, lifetime: Lifetime::from_duration(self.cfg.tunnel_key_lifetime) },
+            k_tmp: n.k_tmp.clone(),
+            peer_attestation,
+        })
+    }
+
+    /// Sends the first or second Route Direction (fresh state) and arms its retry.
+    fn send_direction(&mut self, now: Instant, i: usize, first: bool) {
+        let Some(n) = self.negotiations.get(i) else { return };
+        let side = if first { n.first_side() } else { other(n.first_side()) };
+        let Some(rd) = self.route_direction(i, side) else {
+            return self.fail(now, i, Reason::Internal, "cannot build Route Direction");
+        };
+        let request_id = rd.request_id;
+        let retry = Retry::new(now, self.cfg.backoff);
+        if let Some(n) = self.negotiations.get_mut(i) {
+            n.state = if first {
+                State::ExpectFirstAck { request_id, retry }
+            } else {
+                State::ExpectSecondAck { request_id, retry }
+            };
+        }
+        self.deliver_direction(now, i, side, rd);
+    }
+
+    fn deliver_direction(&mut self, now: Instant, i: usize, side: Side, rd: RouteDirection) {
+        let Some(n) = self.negotiations.get(i) else { return };
+        let prefer_v4 = match n.decision {
+            Some(Decision::Direct { v4, .. }) => Some(v4),
+            Some(Decision::Relay { mn_v4, cn_v4 }) => Some(if side == Side::Mn { mn_v4 } else { cn_v4 }),
+            _ => None,
+        };
+        let msg = Message::RouteDirection(rd);
+        match (side, n.home) {
+            (Side::Cn, Some(Home::Remote(peer))) => self.send_to_peer(now, peer, msg),
+            (Side::Cn, _) => {
+                let cn = n.cn.clone();
+                self.send_to_node(now, &cn, &msg, prefer_v4);
+            }
+            _ => {
+                let mn = n.mn.clone();
+                self.send_to_node(now, &mn, &msg, prefer_v4);
+            }
+        }
+    }
+
+    /// An acknowledgement of a Route Direction, from one of our nodes (`peer` None) or
+    /// from DC_CN.
+    fn handle_route_ack(&mut self, now: Instant, peer: Option<usize>, a: RouteDirectionAck) -> Received {
+        let Some(i) = self.negotiations.iter().position(|n| {
+            n.session == a.session
+                && match n.state {
+                    State::ExpectFirstAck { request_id, .. } | State::ExpectSecondAck { request_id, .. } => {
+                        request_id == a.request_id
+                    }
+                    _ => false,
+                }
+        }) else {
+            return self.drops.count(Drop::Stale);
+        };
+        let Some(n) = self.negotiations.get_mut(i) else { return Received::Handled };
+        // Only the side the direction went to may acknowledge it.
+        let expected_side = match n.state {
+            State::ExpectFirstAck { .. } => n.first_side(),
+            _ => other(n.first_side()),
+        };
+        let from_ok = match (expected_side, n.home, peer) {
+            (Side::Cn, Some(Home::Remote(p)), Some(q)) => p == q,
+            (_, _, None) => true,
+            _ => false,
+        };
+        if !from_ok {
+            return self.drops.count(Drop::Unauthorized);
+        }
+        match n.state {
+            State::ExpectFirstAck { .. } => self.send_direction(now, i, false),
+            _ => {
+                n.state = State::Finished { until: now + KEEP_FINISHED };
+                // The DC's part is done: it forgets the tunnel keys.
+                n.k_tun = None;
+                n.k_tmp = None;
+                let relay = n.relay.and_then(|(r, _, _)| self.relays.get(r)).map(|r| r.link.name.clone());
+                let ev = DcEvent::TunnelDirected { session: n.session, mn: n.mn.clone(), cn: n.cn.clone(), relay };
+                self.emit(ev);
+            }
+        }
+        Received::Handled
+    }
+
+    /// A node acknowledged a Route Direction: ours (as DC_MN) or one we forwarded (as
+    /// DC_CN).
+    pub(super) fn handle_route_ack_from_node(&mut self, now: Instant, fqdn: &Fqdn, a: RouteDirectionAck) -> Received {
+        if let Some(f) =
+            self.forwards.iter_mut().find(|f| f.session == a.session && f.request_id == a.request_id && f.cn == *fqdn)
+        {
+            if f.done_until.is_none() {
+                f.done_until = Some(now + KEEP_FINISHED);
+                f.rd = None;
+            }
+            let (peer, msg) = (
+                f.peer,
+                Message::RouteDirectionAck(RouteDirectionAck { request_id: f.dc_request, session: f.session }),
+            );
+            self.send_to_peer(now, peer, msg);
+            return Received::Handled;
+        }
+        let ours = self.negotiations.iter().any(|n| n.session == a.session && (n.mn == *fqdn || n.cn == *fqdn));
+        if !ours {
+            return self.drops.count(Drop::Stale);
+        }
+        self.handle_route_ack(now, None, a)
+    }
+
+    /// A node refused a Route Direction (full, or an attestation that did not verify).
+    pub(super) fn handle_node_refusal(&mut self, now: Instant, fqdn: &Fqdn, r: Refusal) -> Received {
+        if r.in_reply_to != MsgType::RouteDirection {
+            return self.drops.count(Drop::Unexpected);
+        }
+        if let Some(fi) = self.forwards.iter().position(|f| f.request_id == r.request_id && f.cn == *fqdn) {
+            let f = self.forwards.swap_remove(fi);
+            let msg =
+                Message::Refusal(Refusal::new(MsgType::RouteDirection, f.dc_request, r.reason, r.detail.as_str()));
+            self.send_to_peer(now, f.peer, msg);
+            return Received::Handled;
+        }
+        let found = self.negotiations.iter().position(|n| match n.state {
+            State::ExpectFirstAck { request_id, .. } | State::ExpectSecondAck { request_id, .. } => {
+                request_id == r.request_id && (n.mn == *fqdn || n.cn == *fqdn)
+            }
+            _ => false,
+        });
+        match found {
+            Some(i) => {
+                self.fail(now, i, r.reason, r.detail.as_str());
+                Received::Handled
+            }
+            None => self.drops.count(Drop::Stale),
+        }
+    }
+
+    /// As DC_CN: deliver DC_MN's Route Direction to our node.
+    fn handle_forward(&mut self, now: Instant, peer: usize, rd: RouteDirection) -> Received {
+        if let Some(f) = self.forwards.iter().find(|f| f.session == rd.session && f.peer == peer) {
+            if f.done_until.is_some() {
+                let msg =
+                    Message::RouteDirectionAck(RouteDirectionAck { request_id: rd.request_id, session: rd.session });
+                self.send_to_peer(now, peer, msg);
+            }
+            return Received::Handled;
+        }
+        if !self.owns(&rd.node) || !self.knows_node(&rd.node) {
+            let msg = Message::Refusal(Refusal::new(
+                MsgType::RouteDirection,
+                rd.request_id,
+                Reason::NotFound,
+                "no such node here",
+            ));
+            self.send_to_peer(now, peer, msg);
+            return Received::Handled;
+        }
+        let dc_request = rd.request_id;
+        let mut ours = rd;
+        ours.request_id = self.ids.next();
+        let cn = ours.node.clone();
+        let prefer_v4 = ours.peer.endpoints.iter().next().map(SocketAddr::is_ipv4);
+        self.send_to_node(now, &cn, &Message::RouteDirection(ours.clone()), prefer_v4);
+        self.forwards.push(Forward {
+            session: ours.session,
+            peer,
+            dc_request,
+            cn,
+            request_id: ours.request_id,
+            retry: Retry::new(now, self.cfg.backoff),
+            rd: Some(ours),
+            done_until: None,
+        });
+        Received::Handled
+    }
+
+    /// Ends negotiation `i` with a refusal to MN.
+    fn fail(&mut self, now: Instant, i: usize, reason: Reason, detail: &str) {
+        let Some(n) = self.negotiations.get_mut(i) else { return };
+        if n.finished() {
+            return;
+        }
+        log::info!("negotiation {} ({} -> {}) failed: {reason:?} ({detail})", n.session, n.mn, n.cn);
+        n.state = State::Finished { until: now + KEEP_FINISHED };
+        n.k_tun = None;
+        n.k_tmp = None;
+        let (mn, cn, session, request_id) = (n.mn.clone(), n.cn.clone(), n.session, n.mn_request);
+        let msg = Message::Refusal(Refusal::new(MsgType::DirectionRequest, request_id, reason, detail));
+        self.send_to_node(now, &mn, &msg, None);
+        self.emit(DcEvent::TunnelRefused { session, mn, cn, reason });
+    }
+
+    /// Retransmissions and timeouts of negotiations and forwards.
+    pub(super) fn drive_negotiations(&mut self, now: Instant) {
+        self.negotiations.retain(|n| !matches!(n.state, State::Finished { until } if now >= until));
+        for i in 0..self.negotiations.len() {
+            let Some(n) = self.negotiations.get_mut(i) else { continue };
+            if n.finished() {
+                continue;
+            }
+            if now >= n.expires {
+                self.fail(now, i, Reason::PeerUnreachable, "negotiation timed out");
+                continue;
+            }
+            let retry = match &mut n.state {
+                State::ExpectNodeInfo { retry, .. }
+                | State::ExpectRelayAck { retry, .. }
+                | State::ExpectFirstAck { retry, .. }
+                | State::ExpectSecondAck { retry, .. } => retry,
+                _ => continue,
+            };
+            if !retry.due(now) {
+                continue;
+            }
+            if !retry.again(now) {
+                let reason = match n.state {
+                    State::ExpectRelayAck { .. } => Reason::NoRelay,
+                    _ => Reason::PeerUnreachable,
+                };
+                self.fail(now, i, reason, "no answer");
+                continue;
+            }
+            let (session, cn, mn, home) = (n.session, n.cn.clone(), n.mn.clone(), n.home);
+            match n.state {
+                State::ExpectNodeInfo { request_id, .. } => {
+                    if let Some(Home::Remote(peer)) = home {
+                        if self.peers.get(peer).is_some_and(|p| p.ready(now)) {
+                            let msg = Message::NodeInfoRequest(NodeInfoRequest { request_id, fqdn: cn, requester: mn });
+                            self.send_to_peer(now, peer, msg);
+                        }
+                    }
+                }
+                State::ExpectRelayAck { request_id, relay, .. } => {
+                    if let Some(k_tun) = n.k_tun.clone() {
+                        let lifetime = Lifetime::from_duration(self.cfg.tunnel_key_lifetime);
+                        let msg = Message::RelayDirection(RelayDirection {
+                            request_id,
+                            session,
+                            k_tun: KeyGrant { key: k_tun, lifetime },
+                        });
+                        if self.relays.get(relay).is_some_and(|r| r.link.ready(now)) {
+                            self.send_to_relay(now, relay, msg);
+                        }
+                    }
+                }
+                State::ExpectFirstAck { request_id, .. } | State::ExpectSecondAck { request_id, .. } => {
+                    let first = matches!(n.state, State::ExpectFirstAck { .. });
+                    let side = if first { n.first_side() } else { other(n.first_side()) };
+                    if let Some(mut rd) = self.route_direction(i, side) {
+                        rd.request_id = request_id;
+                        self.deliver_direction(now, i, side, rd);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Forwards (as DC_CN).
+        self.forwards.retain(|f| f.done_until.is_none_or(|u| now < u));
+        let mut resend = Vec::new();
+        let mut failed = Vec::new();
+        for (i, f) in self.forwards.iter_mut().enumerate() {
+            if f.done_until.is_some() || !f.retry.due(now) {
+                continue;
+            }
+            if f.retry.again(now) {
+                if let Some(rd) = &f.rd {
+                    resend.push((f.cn.clone(), rd.clone()));
+                }
+            } else {
+                failed.push(i);
+            }
+        }
+        for (cn, rd) in resend {
+            let prefer_v4 = rd.peer.endpoints.iter().next().map(SocketAddr::is_ipv4);
+            self.send_to_node(now, &cn, &Message::RouteDirection(rd), prefer_v4);
+        }
+        for i in failed.into_iter().rev() {
+            let f = self.forwards.swap_remove(i);
+            let msg = Message::Refusal(Refusal::new(
+                MsgType::RouteDirection,
+                f.dc_request,
+                Reason::PeerUnreachable,
+                "node does not answer",
+            ));
+            self.send_to_peer(now, f.peer, msg);
+        }
+    }
+
+    /// A refusal from an RS.
+    pub(super) fn handle_server_refusal(&mut self, now: Instant, r: Refusal) -> Received {
+        let found = self
+            .negotiations
+            .iter()
+            .position(|n| matches!(n.state, State::ExpectRelayAck { request_id, .. } if request_id == r.request_id));
+        match found {
+            Some(i) => {
+                self.fail(now, i, Reason::NoRelay, r.detail.as_str());
+                Received::Handled
+            }
+            None => self.drops.count(Drop::Stale),
+        }
+    }
+}
+
+fn other(side: Side) -> Side {
+    if side == Side::Mn {
+        Side::Cn
+    } else {
+        Side::Mn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::direction::Endpoint;
+    use crate::wire::VirtualAddrs;
+
+    fn info(eps: &[(&str, bool)]) -> NodeInfo {
+        let mut endpoints = List::new();
+        for (a, nat) in eps {
+            endpoints.push(Endpoint { observed: a.parse().unwrap(), behind_nat: *nat }).unwrap();
+        }
+        NodeInfo {
+            fqdn: Fqdn::new("n.example").unwrap(),
+            virtual_addrs: VirtualAddrs { v4: "198.18.0.2".parse().unwrap(), v6: "2001:db8:ff::2".parse().unwrap() },
+            endpoints,
+            local_addrs: List::new(),
+            via_ns: false,
+            attestation: None,
+        }
+    }
+
+    #[test]
+    fn route_decisions_for_each_placement() {
+        let global4 = info(&[("192.0.2.1:4500", false)]);
+        let nat4 = info(&[("203.0.113.9:1024", true)]);
+        let nat4b = info(&[("198.51.100.9:2048", true)]);
+        let only6 = info(&[("[2001:db8:2::5]:4500", false)]);
+        let dual = info(&[("203.0.113.7:999", true), ("[2001:db8:3::5]:4500", false)]);
+        assert_eq!(decide(&global4, &global4), Decision::Direct { v4: true, initiator: Side::Mn });
+        assert_eq!(decide(&nat4, &global4), Decision::Direct { v4: true, initiator: Side::Mn });
+        assert_eq!(decide(&global4, &nat4), Decision::Direct { v4: true, initiator: Side::Cn });
+        assert_eq!(decide(&nat4, &nat4b), Decision::Relay { mn_v4: true, cn_v4: true });
+        assert_eq!(decide(&nat4, &only6), Decision::Relay { mn_v4: true, cn_v4: false });
+        assert_eq!(decide(&only6, &nat4), Decision::Relay { mn_v4: false, cn_v4: true });
+        // IPv6 is preferred: no NAT there.
+        assert_eq!(decide(&dual, &only6), Decision::Direct { v4: false, initiator: Side::Mn });
+        assert_eq!(decide(&info(&[]), &global4), Decision::NoRoute);
+    }
+}

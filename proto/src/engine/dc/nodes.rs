@@ -1,0 +1,480 @@
+//! The DC's nodes: keys from the AS, registration with NAT detection and virtual
+//! addresses, keepalive, and delivery of DC messages by UDP or through the NS.
+
+use super::{Dc, DcEvent};
+use crate::crypto::Channel;
+use crate::engine::{Drop, Received, Retry, Via};
+use crate::keys::{KNtmNs, KeyGrant, NtmDc};
+use crate::time::Instant;
+use crate::wire::direction::{Endpoint, NodeInfo};
+use crate::wire::login::{KeyDistribution, NtmAck};
+use crate::wire::notification::{Notify, NsKeyDistribution};
+use crate::wire::refusal::{Reason, Refusal};
+use crate::wire::registration::{
+    Keepalive, KeepaliveAck, KeepaliveMethod, NsGrant, RegistrationRequest, RegistrationResponse, LOCAL_ADDRS_MAX,
+};
+use crate::wire::{Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, VirtualAddrs};
+use core::net::SocketAddr;
+
+/// Where the DC last saw a node in one family.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Seen {
+    pub(super) observed: SocketAddr,
+    pub(super) behind_nat: bool,
+    last_seen: Instant,
+}
+
+/// A node's K_ntmns and the NS that holds it.
+pub(super) struct NsBinding {
+    ns: usize,
+    key_id: KeyId,
+    key: KNtmNs,
+    expires: Instant,
+    acked: bool,
+}
+
+/// Everything the DC keeps about one node.
+pub(super) struct NodeRecord {
+    pub(super) fqdn: Fqdn,
+    pub(super) channel: Channel<NtmDc>,
+    pub(super) attestation: Option<crate::crypto::pk::Attestation>,
+    pub(super) virtual_addrs: Option<VirtualAddrs>,
+    /// Where the node was seen: [IPv4, IPv6].
+    pub(super) seen: [Option<Seen>; 2],
+    local_addrs: List<SocketAddr, LOCAL_ADDRS_MAX>,
+    method: KeepaliveMethod,
+    ns: Option<NsBinding>,
+    /// Registrations waiting for the NS to acknowledge K_ntmns.
+    waiting: Vec<(RequestId, SocketAddr)>,
+}
+
+impl NodeRecord {
+    pub(super) fn held_keys(&self, out: &mut Vec<(&'static str, u64)>) {
+        out.push(("K_ntmdc", self.channel.key().fingerprint()));
+        if let Some(b) = &self.ns {
+            out.push(("K_ntmns", b.key.fingerprint()));
+        }
+    }
+
+    fn via_ns(&self) -> bool {
+        let behind = self.seen.iter().flatten().all(|s| s.behind_nat);
+        matches!(self.method, KeepaliveMethod::Ns) && self.ns.as_ref().is_some_and(|b| b.acked) && behind
+    }
+}
+
+/// An NsKeyDistribution waiting for its acknowledgement.
+pub(super) struct PendingNsKey {
+    fqdn: Fqdn,
+    request_id: RequestId,
+    msg: Message,
+    ns: usize,
+    pub(super) retry: Retry,
+}
+
+fn family(addr: &SocketAddr) -> usize {
+    if addr.is_ipv4() {
+        0
+    } else {
+        1
+    }
+}
+
+/// Plain refusals (for unknown keys) allowed per second: they are unauthenticated, so
+/// they are rate-limited to stay useless for reflection.
+const PLAIN_REFUSALS_PER_SECOND: u32 = 50;
+
+impl Dc {
+    /// Key Distribution from the AS (spec 4.1 step 2): hold the node's K_ntmdc.
+    pub(super) fn handle_key_distribution(&mut self, now: Instant, from: SocketAddr, kd: KeyDistribution) -> Received {
+        let refuse = |reason, detail: &str| {
+            Message::Refusal(Refusal::new(MsgType::KeyDistribution, kd.request_id, reason, detail))
+        };
+        if !self.owns(&kd.fqdn) {
+            let msg = refuse(Reason::NotFound, "name is not in this DC's zones");
+            self.reply_tls(from, &msg);
+            return self.drops.count(Drop::Unauthorized);
+        }
+        if !self.nodes.contains_key(&kd.fqdn) && self.nodes.len() >= self.cfg.max_nodes {
+            let msg = refuse(Reason::Overloaded, "node table full");
+            self.reply_tls(from, &msg);
+            return self.drops.count(Drop::Limit);
+        }
+        let KeyGrant { key, lifetime } = kd.k_ntmdc;
+        let channel = match Channel::new(key, kd.key_id, Sender::Dc, now + lifetime.duration()) {
+            Ok(c) => c,
+            Err(_) => return self.drops.count(Drop::Malformed),
+        };
+        match self.nodes.get_mut(&kd.fqdn) {
+            Some(rec) => {
+                // Re-login: the new key replaces the old; registration state stays.
+                self.keys.remove(&rec.channel.id());
+                rec.channel = channel;
+                rec.attestation = kd.attestation;
+            }
+            None => {
+                self.nodes.insert(
+                    kd.fqdn.clone(),
+                    NodeRecord {
+                        fqdn: kd.fqdn.clone(),
+                        channel,
+                        attestation: kd.attestation,
+                        virtual_addrs: None,
+                        seen: [None, None],
+                        local_addrs: List::new(),
+                        method: KeepaliveMethod::Udp,
+                        ns: None,
+                        waiting: Vec::new(),
+                    },
+                );
+            }
+        }
+        self.keys.insert(kd.key_id, kd.fqdn.clone());
+        log::info!("key {} for {} from the AS", kd.key_id, kd.fqdn);
+        let ack = Message::NtmAck(NtmAck { request_id: kd.request_id, key_id: kd.key_id });
+        self.reply_tls(from, &ack);
+        self.emit(DcEvent::NodeKeyReceived { fqdn: kd.fqdn });
+        Received::Handled
+    }
+
+    /// A datagram sealed with a node's K_ntmdc.
+    pub(super) fn handle_node_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        key_id: KeyId,
+        buf: &[u8],
+    ) -> Received {
+        let Some(fqdn) = self.keys.get(&key_id).cloned() else { return self.drops.count(Drop::UnknownKey) };
+        let Some(rec) = self.nodes.get_mut(&fqdn) else { return self.drops.count(Drop::UnknownKey) };
+        let (_, msg) = match rec.channel.open(now, buf) {
+            Ok(m) => m,
+            Err(e) => return self.drops.count(Drop::from(e)),
+        };
+        match msg {
+            Message::RegistrationRequest(r) => self.handle_registration(now, &fqdn, from, r),
+            Message::Keepalive(k) => self.handle_keepalive(now, &fqdn, from, k),
+            Message::DirectionRequest(d) => self.handle_direction_request(now, &fqdn, d),
+            Message::RouteDirectionAck(a) => self.handle_route_ack_from_node(now, &fqdn, a),
+            Message::Refusal(r) => self.handle_node_refusal(now, &fqdn, r),
+            _ => self.drops.count(Drop::Unexpected),
+        }
+    }
+
+    fn handle_registration(&mut self, now: Instant, fqdn: &Fqdn, from: SocketAddr, r: RegistrationRequest) -> Received {
+        let Some(virtual_addrs) = self.pool.assign(fqdn) else {
+            let msg = Message::Refusal(Refusal::new(
+                MsgType::RegistrationRequest,
+                r.request_id,
+                Reason::Overloaded,
+                "virtual address pool exhausted",
+            ));
+            self.send_to_node_at(now, fqdn, from, &msg);
+            return self.drops.count(Drop::Limit);
+        };
+        let ns_count = self.ns.len();
+        let ns_lifetime = self.cfg.ntmns_lifetime;
+        let Some(rec) = self.nodes.get_mut(fqdn) else { return self.drops.count(Drop::UnknownKey) };
+        // NAT detection (spec 4.2 step 2): the source we see is none of the node's own
+        // addresses, so something between us rewrote it.
+        let behind_nat = !r.local_addrs.iter().any(|a| *a == from);
+        let fam = family(&from);
+        if let Some(slot) = rec.seen.get_mut(fam) {
+            *slot = Some(Seen { observed: from, behind_nat, last_seen: now });
+        }
+        rec.virtual_addrs = Some(virtual_addrs);
+        rec.local_addrs = r.local_addrs;
+        rec.method = r.keepalive;
+        self.emit(DcEvent::NodeRegistered { fqdn: fqdn.clone(), virtual_addrs, observed: from, behind_nat });
+        let wants_ns = matches!(self.nodes.get(fqdn).map(|n| &n.method), Some(KeepaliveMethod::Ns)) && ns_count > 0;
+        if !wants_ns {
+            self.respond_registration(now, fqdn, r.request_id, from);
+            return Received::Handled;
+        }
+        let Some(rec) = self.nodes.get_mut(fqdn) else { return Received::Handled };
+        let renew = rec.ns.as_ref().is_none_or(|b| now >= b.expires - ns_lifetime / 10);
+        if !renew && rec.ns.as_ref().is_some_and(|b| b.acked) {
+            self.respond_registration(now, fqdn, r.request_id, from);
+            return Received::Handled;
+        }
+        if !rec.waiting.iter().any(|(id, _)| *id == r.request_id) {
+            rec.waiting.push((r.request_id, from));
+        }
+        if renew {
+            self.bind_ns(now, fqdn);
+        }
+        Received::Handled
+    }
+
+    /// Makes K_ntmns for a node and gives it to the node's NS (spec 4.2, Fig. 4).
+    fn bind_ns(&mut self, now: Instant, fqdn: &Fqdn) {
+        let Some(ns) = fqdn.as_str().bytes().map(usize::from).sum::<usize>().checked_rem(self.ns.len()) else { return };
+        let key = KNtmNs::generate(&mut *self.rng);
+        let key_id = KeyId(self.rng.next_u32());
+        let lifetime = self.cfg.ntmns_lifetime;
+        let Some(rec) = self.nodes.get_mut(fqdn) else { return };
+        rec.ns = Some(NsBinding { ns, key_id, key: key.clone(), expires: now + lifetime, acked: false });
+        let request_id = self.ids.next();
+        let msg = Message::NsKeyDistribution(NsKeyDistribution {
+            request_id,
+            fqdn: fqdn.clone(),
+            key_id,
+            k_ntmns: KeyGrant { key, lifetime: Lifetime::from_duration(lifetime) },
+        });
+        self.pending_ns.retain(|p| p.fqdn != *fqdn);
+        self.pending_ns.push(PendingNsKey {
+            fqdn: fqdn.clone(),
+            request_id,
+            msg: msg.clone(),
+            ns,
+            retry: Retry::new(now, self.cfg.backoff),
+        });
+        self.send_to_ns(now, ns, msg);
+    }
+
+    fn respond_registration(&mut self, now: Instant, fqdn: &Fqdn, request_id: RequestId, to: SocketAddr) {
+        let keepalive_secs = u16::try_from(self.cfg.keepalive_interval.as_secs()).unwrap_or(u16::MAX);
+        let Some(rec) = self.nodes.get(fqdn) else { return };
+        let Some(virtual_addrs) = rec.virtual_addrs else { return };
+        let behind_nat = rec.seen.get(family(&to)).copied().flatten().is_some_and(|s| s.behind_nat);
+        let ns = match (&rec.method, &rec.ns) {
+            (KeepaliveMethod::Ns, Some(b)) if b.acked => self.ns.get(b.ns).map(|n| NsGrant {
+                ns_fqdn: n.link.name.clone(),
+                ns_addr: n.node_addr,
+                key_id: b.key_id,
+                k_ntmns: KeyGrant {
+                    key: b.key.clone(),
+                    lifetime: Lifetime::from_duration(b.expires.saturating_duration_since(now)),
+                },
+            }),
+            _ => None,
+        };
+        let keepalive_interval = if ns.is_some() { 0 } else { keepalive_secs };
+        let msg = Message::RegistrationResponse(RegistrationResponse {
+            request_id,
+            virtual_addrs,
+            observed: to,
+            behind_nat,
+            keepalive_interval,
+            ns,
+        });
+        self.send_to_node_at(now, fqdn, to, &msg);
+    }
+
+    fn handle_keepalive(&mut self, now: Instant, fqdn: &Fqdn, from: SocketAddr, k: Keepalive) -> Received {
+        let Some(rec) = self.nodes.get_mut(fqdn) else { return self.drops.count(Drop::UnknownKey) };
+        let fam = family(&from);
+        if let Some(Some(seen)) = rec.seen.get_mut(fam) {
+            if seen.observed != from {
+                log::info!("{fqdn}: NAT rebinding, now seen at {from}");
+                seen.observed = from;
+            }
+            seen.last_seen = now;
+        }
+        let msg = Message::KeepaliveAck(KeepaliveAck { request_id: k.request_id, observed: from });
+        self.send_to_node_at(now, fqdn, from, &msg);
+        Received::Handled
+    }
+
+    /// Seals `msg` for the node and sends it to `to` over UDP.
+    pub(super) fn send_to_node_at(&mut self, now: Instant, fqdn: &Fqdn, to: SocketAddr, msg: &Message) {
+        let Some(rec) = self.nodes.get_mut(fqdn) else { return };
+        match rec.channel.seal(now, msg) {
+            Ok(bytes) => self.transmit(Via::Udp, to, bytes),
+            Err(e) => log::warn!("cannot seal for {fqdn}: {e}"),
+        }
+    }
+
+    /// Delivers a message to a node by its keepalive method (spec 4.2 step 4): through
+    /// its NS if it keeps its NAT state there, else by UDP to where it was last seen
+    /// (`prefer_v4` picks the family when it has both). False if the node is unreachable.
+    pub(super) fn send_to_node(&mut self, now: Instant, fqdn: &Fqdn, msg: &Message, prefer_v4: Option<bool>) -> bool {
+        let Some(rec) = self.nodes.get_mut(fqdn) else { return false };
+        let bytes = match rec.channel.seal(now, msg) {
+            Ok(b) => b,
+            Err(e) => {
+                log::warn!("cannot seal for {fqdn}: {e}");
+                return false;
+            }
+        };
+        if rec.via_ns() {
+            let Some(b) = rec.ns.as_ref() else { return false };
+            let (ns, node_key_id) = (b.ns, b.key_id);
+            let Ok(payload) = Bytes::new(bytes) else { return false };
+            let request_id = self.ids.next();
+            self.send_to_ns(now, ns, Message::Notify(Notify { request_id, node_key_id, payload }));
+            return true;
+        }
+        let order: [usize; 2] = if prefer_v4 == Some(false) { [1, 0] } else { [0, 1] };
+        let to = order.iter().filter_map(|&f| rec.seen.get(f).copied().flatten()).map(|s| s.observed).next();
+        match to {
+            Some(to) => {
+                self.transmit(Via::Udp, to, bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// What DC_MN needs to know about one of our nodes (spec 4.3 step 2).
+    pub(super) fn node_info(&self, fqdn: &Fqdn) -> Option<NodeInfo> {
+        let rec = self.nodes.get(fqdn)?;
+        let virtual_addrs = rec.virtual_addrs?;
+        let mut endpoints = List::new();
+        for s in rec.seen.iter().flatten() {
+            // At most two families, within the list's capacity of two.
+            let _ = endpoints.push(Endpoint { observed: s.observed, behind_nat: s.behind_nat });
+        }
+        if endpoints.is_empty() {
+            return None;
+        }
+        Some(NodeInfo {
+            fqdn: fqdn.clone(),
+            virtual_addrs,
+            endpoints,
+            local_addrs: rec.local_addrs.clone(),
+            via_ns: rec.via_ns(),
+            attestation: rec.attestation.clone(),
+        })
+    }
+
+    /// True if the node's key is held (it logged in) even if it never registered.
+    pub(super) fn knows_node(&self, fqdn: &Fqdn) -> bool {
+        self.nodes.contains_key(fqdn)
+    }
+
+    /// A datagram under a key id we do not know, of a type only nodes send: answer in
+    /// the clear so the node logs in again. The refusal's header names the key id (a node
+    /// acts only on refusals naming its own key), its body cannot name the request.
+    pub(super) fn refuse_unknown_key(&mut self, from: SocketAddr, ty: MsgType, buf: &[u8]) {
+        let second = self.now_second;
+        if self.plain_refusals.0 != second {
+            self.plain_refusals = (second, 0);
+        }
+        if self.plain_refusals.1 >= PLAIN_REFUSALS_PER_SECOND {
+            return;
+        }
+        self.plain_refusals.1 += 1;
+        let Ok(env) = crate::wire::Envelope::new_checked(buf) else { return };
+        let refusal = Message::Refusal(Refusal::new(ty, RequestId(0), Reason::UnknownKey, "unknown key; log in again"));
+        let mut header = Header::plain(MsgType::Refusal, Sender::Dc);
+        header.key_id = env.key_id();
+        let mut bytes = header.to_bytes().to_vec();
+        bytes.extend_from_slice(&refusal.body_to_vec());
+        self.transmit(Via::Udp, from, bytes);
+    }
+
+    pub(super) fn handle_ns_message(&mut self, now: Instant, _i: usize, msg: Message) -> Received {
+        match msg {
+            Message::NsKeyAck(a) => {
+                let Some(p) = self.pending_ns.iter().position(|p| p.request_id == a.request_id) else {
+                    return self.drops.count(Drop::Stale);
+                };
+                let p = self.pending_ns.swap_remove(p);
+                let waiting = match self.nodes.get_mut(&p.fqdn) {
+                    Some(rec) => {
+                        if let Some(b) = rec.ns.as_mut().filter(|b| b.key_id == a.key_id) {
+                            b.acked = true;
+                        }
+                        core::mem::take(&mut rec.waiting)
+                    }
+                    None => Vec::new(),
+                };
+                for (request_id, to) in waiting {
+                    self.respond_registration(now, &p.fqdn, request_id, to);
+                }
+                Received::Handled
+            }
+            Message::NotifyAck(a) => {
+                if !a.delivered {
+                    log::info!("NS could not deliver notification {} (node not connected)", a.request_id);
+                }
+                Received::Handled
+            }
+            Message::Refusal(r) => {
+                log::warn!("NS refused {:?}: {:?} ({})", r.in_reply_to, r.reason, r.detail.as_str());
+                Received::Handled
+            }
+            _ => self.drops.count(Drop::Unexpected),
+        }
+    }
+
+    pub(super) fn drive_nodes(&mut self, now: Instant) {
+        self.now_second = now.as_millis() / 1000;
+        let mut resend = Vec::new();
+        let mut failed = Vec::new();
+        for (i, p) in self.pending_ns.iter_mut().enumerate() {
+            if p.retry.due(now) {
+                if p.retry.again(now) {
+                    resend.push((p.ns, p.msg.clone()));
+                } else {
+                    failed.push(i);
+                }
+            }
+        }
+        for (ns, msg) in resend {
+            self.send_to_ns(now, ns, msg);
+        }
+        for i in failed.into_iter().rev() {
+            let p = self.pending_ns.swap_remove(i);
+            log::warn!("NS does not acknowledge K_ntmns for {}; answering with UDP keepalive", p.fqdn);
+            let waiting = self.nodes.get_mut(&p.fqdn).map(|r| {
+                r.ns = None;
+                core::mem::take(&mut r.waiting)
+            });
+            for (request_id, to) in waiting.unwrap_or_default() {
+                self.respond_registration(now, &p.fqdn, request_id, to);
+            }
+        }
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + crate::time::Duration::from_secs(60);
+        // Forget nodes whose key expired; their virtual addresses stay assigned.
+        let expired: Vec<Fqdn> =
+            self.nodes.values().filter(|n| n.channel.is_expired(now)).map(|n| n.fqdn.clone()).collect();
+        for f in expired {
+            if let Some(rec) = self.nodes.remove(&f) {
+                self.keys.remove(&rec.channel.id());
+                log::info!("{f}: K_ntmdc expired; node forgotten until it logs in again");
+            }
+        }
+    }
+
+    /// When node state next needs attention.
+    pub(super) fn nodes_deadline(&self) -> Option<Instant> {
+        let ns = self.pending_ns.iter().map(|p| p.retry.deadline()).min();
+        [ns, Some(self.next_sweep)].into_iter().flatten().min()
+    }
+
+    /// Status: every node with its addresses and NAT verdicts.
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        let mut v: Vec<NodeStatus> = self
+            .nodes
+            .values()
+            .map(|r| NodeStatus {
+                fqdn: r.fqdn.clone(),
+                virtual_addrs: r.virtual_addrs,
+                endpoints: r.seen.iter().flatten().map(|s| (s.observed, s.behind_nat)).collect(),
+                via_ns: r.via_ns(),
+                key_expires: r.channel.expires(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
+        v
+    }
+}
+
+/// One node, as DC status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The node.
+    pub fqdn: Fqdn,
+    /// Its virtual addresses, once registered.
+    pub virtual_addrs: Option<VirtualAddrs>,
+    /// Where it was seen, with the NAT verdict.
+    pub endpoints: Vec<(SocketAddr, bool)>,
+    /// True if the DC reaches it through an NS.
+    pub via_ns: bool,
+    /// When its K_ntmdc expires.
+    pub key_expires: Instant,
+}

@@ -1,0 +1,284 @@
+//! Key Sharing between servers (spec section 3): the sharing side's [`ServerLink`] and
+//! the receiving side's [`SharedKeys`].
+//!
+//! A DC that must talk to another DC, an RS or an NS for the first time (or whose key is
+//! about to expire) makes a key and sends it in a Key Share over mutual TLS; until the Key
+//! Share Ack arrives, messages for that server wait in a bounded queue. Afterwards every
+//! message is a sealed UDP datagram. Keys are renewed at 90% of their lifetime; the old key
+//! stays usable for receiving until it expires.
+
+use crate::crypto::Channel;
+use crate::keys::{DcDc, DcNs, DcRs, Key, KeyGrant, KeyKind};
+use crate::time::{Duration, Instant};
+use crate::wire::keyshare::{KeyShare, KeyShareAck, SharedKey};
+use crate::wire::{Fqdn, KeyId, Lifetime, Message, RequestId, Sender};
+use core::net::SocketAddr;
+use std::collections::VecDeque;
+
+/// A server key kind that travels in Key Shares.
+pub trait SharedKind: KeyKind + Sized {
+    /// Puts a grant of this kind into the Key Share's typed field.
+    fn wrap(g: KeyGrant<Self>) -> SharedKey;
+    /// Takes a grant of this kind out of a Key Share, if it is of this kind.
+    fn unwrap(k: SharedKey) -> Option<KeyGrant<Self>>;
+}
+
+macro_rules! shared_kind {
+    ($k:ident) => {
+        impl SharedKind for $k {
+            fn wrap(g: KeyGrant<Self>) -> SharedKey {
+                SharedKey::$k(g)
+            }
+            fn unwrap(k: SharedKey) -> Option<KeyGrant<Self>> {
+                match k {
+                    SharedKey::$k(g) => Some(g),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+shared_kind!(DcDc);
+shared_kind!(DcRs);
+shared_kind!(DcNs);
+
+/// Most messages queued for a server while its key is being shared.
+const QUEUE_MAX: usize = 64;
+/// How long the TLS Key Share may take before we try again.
+const SHARE_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Sharing<K: KeyKind> {
+    request_id: RequestId,
+    key_id: KeyId,
+    key: Key<K>,
+    deadline: Instant,
+}
+
+/// The sharing side's view of one server: the keys in use and the share in flight.
+pub struct ServerLink<K: KeyKind> {
+    /// The server's name (its certificate must carry it).
+    pub name: Fqdn,
+    /// Its address (UDP for sealed messages, TCP for the TLS Key Share).
+    pub addr: SocketAddr,
+    /// The key we made and shared (we seal as `Sender::Dc`).
+    own: Option<Channel<K>>,
+    /// The previous own key, still accepted until it expires.
+    previous: Option<Channel<K>>,
+    /// A key the peer made and shared with us (DC to DC only; we seal as `DcPeer`).
+    theirs: Option<Channel<K>>,
+    sharing: Option<Sharing<K>>,
+    queue: VecDeque<Message>,
+}
+
+impl<K: KeyKind> core::fmt::Debug for ServerLink<K> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ServerLink").field("name", &self.name).field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+/// What a link wants done after an input.
+#[derive(Debug)]
+pub enum LinkAction {
+    /// Nothing.
+    None,
+    /// Send this Key Share over TLS.
+    Share(Box<Message>),
+}
+
+impl<K: SharedKind> ServerLink<K> {
+    /// A link to a server we have not shared a key with yet.
+    pub fn new(name: Fqdn, addr: SocketAddr) -> Self {
+        ServerLink { name, addr, own: None, previous: None, theirs: None, sharing: None, queue: VecDeque::new() }
+    }
+
+    /// True if a key is usable for sending now.
+    pub fn ready(&self, now: Instant) -> bool {
+        self.own.as_ref().is_some_and(|c| !c.is_expired(now))
+            || self.theirs.as_ref().is_some_and(|c| !c.is_expired(now))
+    }
+
+    /// Seals `msg` with the best usable key, or queues it and asks for a Key Share.
+    pub fn seal_or_queue(
+        &mut self,
+        now: Instant,
+        rng: &mut dyn rand_core::CryptoRngCore,
+        ids: &mut super::IdSource,
+        own_name: &Fqdn,
+        lifetime: Duration,
+        msg: Message,
+    ) -> (Option<Vec<u8>>, LinkAction) {
+        let action = self.maybe_share(now, rng, ids, own_name, lifetime);
+        let ch = match (&mut self.own, &mut self.theirs) {
+            (Some(c), _) if !c.is_expired(now) => Some(c),
+            (_, Some(c)) if !c.is_expired(now) => Some(c),
+            _ => None,
+        };
+        if let Some(ch) = ch {
+            match ch.seal(now, &msg) {
+                Ok(bytes) => return (Some(bytes), action),
+                Err(e) => log::warn!("cannot seal for {}: {e}", self.name),
+            }
+        }
+        if self.queue.len() >= QUEUE_MAX {
+            self.queue.pop_front();
+        }
+        self.queue.push_back(msg);
+        (None, action)
+    }
+
+    /// Starts a Key Share if no key is usable, ours is near its end, or a share timed out.
+    pub fn maybe_share(
+        &mut self,
+        now: Instant,
+        rng: &mut dyn rand_core::CryptoRngCore,
+        ids: &mut super::IdSource,
+        own_name: &Fqdn,
+        lifetime: Duration,
+    ) -> LinkAction {
+        if let Some(s) = &self.sharing {
+            if now < s.deadline {
+                return LinkAction::None;
+            }
+            log::warn!("Key Share with {} timed out; trying again", self.name);
+        }
+        let renew_at = |c: &Channel<K>| c.expires() - lifetime / 10;
+        let needed = match &self.own {
+            Some(c) => now >= renew_at(c),
+            None => !self.theirs.as_ref().is_some_and(|c| !c.is_expired(now) && now < renew_at(c)),
+        };
+        if !needed {
+            return LinkAction::None;
+        }
+        let key = Key::<K>::generate(rng);
+        let key_id = KeyId(rng.next_u32());
+        let request_id = ids.next();
+        let grant = KeyGrant { key: key.clone(), lifetime: Lifetime::from_duration(lifetime) };
+        self.sharing = Some(Sharing { request_id, key_id, key, deadline: now + SHARE_TIMEOUT });
+        LinkAction::Share(Box::new(Message::KeyShare(KeyShare {
+            request_id,
+            key_id,
+            key: K::wrap(grant),
+            from: own_name.clone(),
+        })))
+    }
+
+    /// The Key Share Ack arrived: the key is in use; returns the queued messages sealed.
+    pub fn handle_ack(&mut self, now: Instant, ack: &KeyShareAck, lifetime: Duration) -> Vec<Vec<u8>> {
+        let Some(s) = self.sharing.take_if(|s| s.request_id == ack.request_id && s.key_id == ack.key_id) else {
+            return Vec::new();
+        };
+        match Channel::new(s.key, s.key_id, Sender::Dc, now + lifetime) {
+            Ok(ch) => {
+                self.previous = self.own.replace(ch);
+            }
+            Err(e) => {
+                log::error!("shared key unusable: {e}");
+                return Vec::new();
+            }
+        }
+        self.flush(now)
+    }
+
+    /// The peer shared its own key with us (DC to DC).
+    pub fn accept_theirs(&mut self, now: Instant, key_id: KeyId, grant: KeyGrant<K>) -> Vec<Vec<u8>> {
+        if let Ok(ch) = Channel::new(grant.key, key_id, Sender::DcPeer, now + grant.lifetime.duration()) {
+            self.theirs = Some(ch);
+        }
+        self.flush(now)
+    }
+
+    fn flush(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let queued: Vec<Message> = self.queue.drain(..).collect();
+        for msg in queued {
+            let ch = match (&mut self.own, &mut self.theirs) {
+                (Some(c), _) if !c.is_expired(now) => c,
+                (_, Some(c)) if !c.is_expired(now) => c,
+                _ => break,
+            };
+            if let Ok(b) = ch.seal(now, &msg) {
+                out.push(b);
+            }
+        }
+        out
+    }
+
+    /// The channel named `id`, if this link has it.
+    pub fn channel_for(&mut self, id: KeyId) -> Option<&mut Channel<K>> {
+        [&mut self.own, &mut self.previous, &mut self.theirs].into_iter().flatten().find(|c| c.id() == id)
+    }
+
+    /// The TLS stream to this server failed before the ack: forget the share so the next
+    /// message starts a new one.
+    pub fn share_failed(&mut self) {
+        self.sharing = None;
+    }
+
+    /// True if a Key Share is waiting for its ack.
+    pub fn sharing(&self) -> bool {
+        self.sharing.is_some()
+    }
+
+    /// Key fingerprints held, for custody checks.
+    pub fn held_keys(&self, out: &mut Vec<(&'static str, u64)>) {
+        for c in [&self.own, &self.previous, &self.theirs].into_iter().flatten() {
+            out.push((K::NAME, c.key().fingerprint()));
+        }
+    }
+}
+
+/// The receiving side (RS, NS; a DC for K_dcdc uses [`ServerLink::accept_theirs`]): keys
+/// shared with us, by id, with the name of the server that shared each.
+pub struct SharedKeys<K: KeyKind> {
+    keys: Vec<(Fqdn, Channel<K>)>,
+    max: usize,
+}
+
+impl<K: KeyKind> core::fmt::Debug for SharedKeys<K> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "SharedKeys({} keys)", self.keys.len())
+    }
+}
+
+impl<K: SharedKind> SharedKeys<K> {
+    /// An empty table holding at most `max` keys.
+    pub fn new(max: usize) -> Self {
+        SharedKeys { keys: Vec::new(), max }
+    }
+
+    /// Handles a Key Share from `peer` (already authenticated by TLS); `local` is our
+    /// sender role. Returns the ack to send, or None if the share is not acceptable.
+    pub fn accept(&mut self, now: Instant, peer: &Fqdn, local: Sender, share: KeyShare) -> Option<Message> {
+        if &share.from != peer {
+            log::warn!("Key Share names {} but TLS authenticated {peer}", share.from);
+            return None;
+        }
+        let grant = K::unwrap(share.key)?;
+        let ch = Channel::new(grant.key, share.key_id, local, now + grant.lifetime.duration()).ok()?;
+        self.keys.retain(|(_, c)| !c.is_expired(now) && c.id() != share.key_id);
+        // A server keeps its two newest keys from each peer (current and previous).
+        let from_peer = self.keys.iter().filter(|(n, _)| n == peer).count();
+        if from_peer >= 2 {
+            if let Some(i) = self.keys.iter().position(|(n, _)| n == peer) {
+                self.keys.remove(i);
+            }
+        }
+        if self.keys.len() >= self.max {
+            return None;
+        }
+        self.keys.push((peer.clone(), ch));
+        Some(Message::KeyShareAck(KeyShareAck { request_id: share.request_id, key_id: share.key_id }))
+    }
+
+    /// The channel named `id`, and who shared it.
+    pub fn get(&mut self, id: KeyId) -> Option<(&Fqdn, &mut Channel<K>)> {
+        self.keys.iter_mut().find(|(_, c)| c.id() == id).map(|(n, c)| (&*n, c))
+    }
+
+    /// Key fingerprints held, for custody checks.
+    pub fn held_keys(&self, out: &mut Vec<(&'static str, u64)>) {
+        for (_, c) in &self.keys {
+            out.push((K::NAME, c.key().fingerprint()));
+        }
+    }
+}

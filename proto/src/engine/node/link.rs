@@ -1,0 +1,406 @@
+//! Registration and keepalive (spec 4.2): one [`Link`] per address family the node and
+//! its DC share, each registered and kept alive on its own, so a dual-stack node is
+//! reachable in both families and an IPv4-only or IPv6-only one in its own. With the NS
+//! method, an [`NsLink`] holds the TCP connection to the NS.
+
+use super::{Node, NodeEvent};
+use crate::crypto::Channel;
+use crate::engine::{Backoff, Drop, Received, Retry, StreamKind, Via};
+use crate::keys::NtmNs;
+use crate::time::{Duration, Instant};
+use crate::wire::notification::{NotificationRegistration, NsKeepalive};
+use crate::wire::registration::{
+    Keepalive, KeepaliveAck, KeepaliveMethod, RegistrationRequest, RegistrationResponse, LOCAL_ADDRS_MAX,
+};
+use crate::wire::{Fqdn, List, Message, RequestId, Sender};
+use core::net::SocketAddr;
+
+/// Wait before registering again after every attempt failed.
+const REREGISTER_AFTER: Duration = Duration::from_secs(30);
+/// Longest wait before reconnecting to the NS.
+const NS_RECONNECT_MAX: Duration = Duration::from_secs(60);
+
+enum LinkState {
+    ExpectRegistrationResponse { request_id: RequestId, retry: Retry },
+    Registered { interval: Option<Duration>, next_keepalive: Option<Instant>, pending: Option<(RequestId, Retry)> },
+    Failed { retry_at: Instant },
+}
+
+/// The node's registration with its DC in one address family.
+pub(super) struct Link {
+    /// The DC's address in this family.
+    pub(super) dc_addr: SocketAddr,
+    /// What the DC saw as our address.
+    pub(super) observed: Option<SocketAddr>,
+    /// The DC's NAT verdict.
+    pub(super) behind_nat: bool,
+    state: LinkState,
+}
+
+impl Link {
+    /// One link per family in which both the node and the DC have an address.
+    pub(super) fn for_addrs(local: &[SocketAddr], dc: &[SocketAddr]) -> Vec<Link> {
+        [true, false]
+            .into_iter()
+            .filter(|&v4| local.iter().any(|a| a.is_ipv4() == v4))
+            .filter_map(|v4| dc.iter().find(|a| a.is_ipv4() == v4))
+            .map(|&dc_addr| Link {
+                dc_addr,
+                observed: None,
+                behind_nat: false,
+                state: LinkState::Failed { retry_at: Instant::ZERO },
+            })
+            .collect()
+    }
+
+    pub(super) fn is_registered(&self) -> bool {
+        matches!(self.state, LinkState::Registered { .. })
+    }
+
+    /// Is `id` one of this link's requests in flight?
+    pub(super) fn outstanding(&self, id: RequestId) -> bool {
+        match &self.state {
+            LinkState::ExpectRegistrationResponse { request_id, .. } => *request_id == id,
+            LinkState::Registered { pending: Some((request_id, _)), .. } => *request_id == id,
+            _ => false,
+        }
+    }
+
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match &self.state {
+            LinkState::ExpectRegistrationResponse { retry, .. } => Some(retry.deadline()),
+            LinkState::Registered { next_keepalive, pending, .. } => {
+                [*next_keepalive, pending.as_ref().map(|(_, r)| r.deadline())].into_iter().flatten().min()
+            }
+            LinkState::Failed { retry_at } => Some(*retry_at),
+        }
+    }
+}
+
+enum NsState {
+    ExpectAck { request_id: RequestId, retry: Retry },
+    Active { interval: Duration, next_keepalive: Instant, pending: Option<(RequestId, Retry)> },
+    Reconnect { at: Instant, failures: u32 },
+}
+
+/// The node's TCP connection to its NS.
+pub(super) struct NsLink {
+    name: Fqdn,
+    addr: SocketAddr,
+    channel: Channel<NtmNs>,
+    state: NsState,
+}
+
+impl NsLink {
+    pub(super) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub(super) fn is_active(&self) -> bool {
+        matches!(self.state, NsState::Active { .. })
+    }
+
+    pub(super) fn key_fingerprint(&self) -> u64 {
+        self.channel.key().fingerprint()
+    }
+
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match &self.state {
+            NsState::ExpectAck { retry, .. } => Some(retry.deadline()),
+            NsState::Active { next_keepalive, pending, .. } => {
+                Some(pending.as_ref().map_or(*next_keepalive, |(_, r)| r.deadline().min(*next_keepalive)))
+            }
+            NsState::Reconnect { at, .. } => Some(*at),
+        }
+    }
+
+    pub(super) fn connection_lost(&mut self, now: Instant) {
+        let failures = match self.state {
+            NsState::Reconnect { failures, .. } => failures + 1,
+            _ => 0,
+        };
+        log::info!("connection to NS {} lost; reconnecting", self.name);
+        let wait = Duration::from_secs(1u64 << failures.min(6)).min(NS_RECONNECT_MAX);
+        self.state = NsState::Reconnect { at: now + wait, failures };
+    }
+}
+
+impl Node {
+    fn registration_request(&self, request_id: RequestId) -> Message {
+        let mut local_addrs = List::new();
+        for a in self.cfg.local_addrs.iter().take(LOCAL_ADDRS_MAX) {
+            // `take` keeps us within the list's capacity.
+            let _ = local_addrs.push(*a);
+        }
+        Message::RegistrationRequest(RegistrationRequest {
+            request_id,
+            local_addrs,
+            keepalive: self.cfg.keepalive.clone(),
+        })
+    }
+
+    fn register_link(&mut self, now: Instant, i: usize) {
+        let request_id = self.ids.next();
+        let msg = self.registration_request(request_id);
+        let Some(link) = self.links.get_mut(i) else { return };
+        link.state = LinkState::ExpectRegistrationResponse { request_id, retry: Retry::new(now, self.cfg.backoff) };
+        let dst = link.dc_addr;
+        self.send_to_dc(now, dst, &msg);
+    }
+
+    /// Sends a Registration Request on every link (start-up, network change, new key).
+    pub(super) fn register_all(&mut self, now: Instant) {
+        for i in 0..self.links.len() {
+            self.register_link(now, i);
+        }
+    }
+
+    /// Mobility (spec 4.5): the node's addresses changed. Register again from the new
+    /// addresses and re-establish every live tunnel; the virtual addresses stay.
+    pub fn handle_network_change(&mut self, now: Instant, local_addrs: Vec<SocketAddr>) {
+        log::info!("network change: local addresses now {local_addrs:?}");
+        self.cfg.local_addrs = local_addrs;
+        if self.session.is_none() {
+            return;
+        }
+        self.links = Link::for_addrs(&self.cfg.local_addrs, &self.session_dc_addrs());
+        self.register_all(now);
+        self.begin_handover(now);
+    }
+
+    pub(super) fn handle_registration_response(
+        &mut self,
+        now: Instant,
+        _from: Option<SocketAddr>,
+        r: RegistrationResponse,
+    ) -> Received {
+        let Some(link) = self.links.iter_mut().find(|l| {
+            matches!(l.state, LinkState::ExpectRegistrationResponse { request_id, .. } if request_id == r.request_id)
+        }) else {
+            return self.drops.count(Drop::Stale);
+        };
+        // UDP keepalive when that is our method, and also when we asked for the NS path
+        // but the DC has no NS for us (it then asks for UDP keepalives instead).
+        let udp = matches!(self.cfg.keepalive, KeepaliveMethod::Udp)
+            || (matches!(self.cfg.keepalive, KeepaliveMethod::Ns) && r.ns.is_none());
+        let interval = match (udp, self.cfg.udp_keepalive_interval, r.keepalive_interval) {
+            (true, Some(d), _) => Some(d),
+            (true, None, s) if s > 0 => Some(Duration::from_secs(u64::from(s))),
+            _ => None,
+        };
+        link.observed = Some(r.observed);
+        link.behind_nat = r.behind_nat;
+        link.state = LinkState::Registered { interval, next_keepalive: interval.map(|d| now + d), pending: None };
+        log::info!(
+            "registered: virtual {} / {}, seen as {} ({})",
+            r.virtual_addrs.v4,
+            r.virtual_addrs.v6,
+            r.observed,
+            if r.behind_nat { "behind NAT" } else { "global" }
+        );
+        self.virtual_addrs = Some(r.virtual_addrs);
+        self.emit(NodeEvent::Registered {
+            virtual_addrs: r.virtual_addrs,
+            observed: r.observed,
+            behind_nat: r.behind_nat,
+        });
+        if let (KeepaliveMethod::Ns, Some(grant)) = (&self.cfg.keepalive, r.ns) {
+            let fresh = self.ns.as_ref().is_none_or(|ns| ns.channel.id() != grant.key_id);
+            if fresh {
+                self.setup_ns(now, grant);
+            }
+        }
+        self.on_registered(now);
+        Received::Handled
+    }
+
+    pub(super) fn handle_keepalive_ack(&mut self, now: Instant, a: KeepaliveAck) -> Received {
+        let Some(i) = self.links.iter().position(
+            |l| matches!(l.state, LinkState::Registered { pending: Some((id, _)), .. } if id == a.request_id),
+        ) else {
+            return self.drops.count(Drop::Stale);
+        };
+        let rebound = {
+            let Some(link) = self.links.get_mut(i) else { return Received::Handled };
+            if let LinkState::Registered { pending, .. } = &mut link.state {
+                *pending = None;
+            }
+            link.observed.is_some_and(|o| o != a.observed)
+        };
+        if rebound {
+            // The NAT gave us a new outside address (rebinding): tell the DC, and follow
+            // with every tunnel as after a handover.
+            log::info!("NAT rebinding detected (now seen as {}); registering again", a.observed);
+            self.register_link(now, i);
+            self.begin_handover(now);
+        }
+        Received::Handled
+    }
+
+    pub(super) fn drive_links(&mut self, now: Instant) {
+        for i in 0..self.links.len() {
+            let Some(link) = self.links.get_mut(i) else { continue };
+            let dst = link.dc_addr;
+            let mut resend = None;
+            let mut reregister = false;
+            match &mut link.state {
+                LinkState::ExpectRegistrationResponse { request_id, retry } if retry.due(now) => {
+                    if retry.again(now) {
+                        resend = Some(*request_id);
+                    } else {
+                        log::warn!("DC {dst} does not answer our registration; retrying in {REREGISTER_AFTER:?}");
+                        link.state = LinkState::Failed { retry_at: now + REREGISTER_AFTER };
+                    }
+                }
+                LinkState::Registered { interval, next_keepalive, pending } => {
+                    if let Some((id, retry)) = pending {
+                        if retry.due(now) {
+                            if retry.again(now) {
+                                let msg = Message::Keepalive(Keepalive { request_id: *id });
+                                self.send_to_dc(now, dst, &msg);
+                            } else {
+                                log::warn!("DC {dst} stopped acknowledging keepalives; registering again");
+                                reregister = true;
+                            }
+                        }
+                    } else if let (Some(at), Some(d)) = (*next_keepalive, *interval) {
+                        if now >= at {
+                            let request_id = self.ids.next();
+                            *pending = Some((request_id, Retry::new(now, self.cfg.backoff)));
+                            *next_keepalive = Some(now + d);
+                            let msg = Message::Keepalive(Keepalive { request_id });
+                            self.send_to_dc(now, dst, &msg);
+                        }
+                    }
+                }
+                LinkState::Failed { retry_at } if now >= *retry_at => reregister = true,
+                _ => {}
+            }
+            if let Some(request_id) = resend {
+                let msg = self.registration_request(request_id);
+                self.send_to_dc(now, dst, &msg);
+            }
+            if reregister {
+                self.register_link(now, i);
+            }
+        }
+    }
+
+    fn setup_ns(&mut self, now: Instant, grant: crate::wire::registration::NsGrant) {
+        let expires = now + grant.k_ntmns.lifetime.duration();
+        let channel = match Channel::new(grant.k_ntmns.key, grant.key_id, Sender::Node, expires) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("unusable K_ntmns: {e}");
+                return;
+            }
+        };
+        let request_id = self.ids.next();
+        let retry = Retry::new(now, self.cfg.backoff);
+        self.ns = Some(NsLink {
+            name: grant.ns_fqdn,
+            addr: grant.ns_addr,
+            channel,
+            state: NsState::ExpectAck { request_id, retry },
+        });
+        self.send_notification_registration(now, request_id);
+    }
+
+    fn send_to_ns(&mut self, now: Instant, msg: &Message) {
+        let Some(ns) = self.ns.as_mut() else { return };
+        match ns.channel.seal(now, msg) {
+            Ok(bytes) => {
+                let via = Via::Stream { kind: StreamKind::Tcp, server: Some(ns.name.clone()) };
+                let dst = ns.addr;
+                self.transmit(via, dst, bytes);
+            }
+            Err(e) => log::warn!("cannot seal for the NS: {e}"),
+        }
+    }
+
+    fn send_notification_registration(&mut self, now: Instant, request_id: RequestId) {
+        let Some(fqdn) = self.fqdn().cloned() else { return };
+        let msg = Message::NotificationRegistration(NotificationRegistration { request_id, fqdn });
+        self.send_to_ns(now, &msg);
+    }
+
+    pub(super) fn handle_ns_frame(&mut self, now: Instant, frame: &[u8]) -> Received {
+        let Some(ns) = self.ns.as_mut() else { return self.drops.count(Drop::Unexpected) };
+        let msg = match ns.channel.open(now, frame) {
+            Ok((_, m)) => m,
+            Err(e) => return self.drops.count(Drop::from(e)),
+        };
+        match msg {
+            Message::NotificationAck(a) => {
+                let NsState::ExpectAck { request_id, .. } = ns.state else { return self.drops.count(Drop::Stale) };
+                if request_id != a.request_id {
+                    return self.drops.count(Drop::Stale);
+                }
+                let interval = Duration::from_secs(u64::from(a.keepalive_interval.max(1)));
+                ns.state = NsState::Active { interval, next_keepalive: now + interval, pending: None };
+                log::info!("NS {} holds our notifications; keepalive every {interval:?}", ns.name);
+                self.emit(NodeEvent::NotificationsReady);
+                Received::Handled
+            }
+            Message::NsKeepaliveAck(a) => {
+                if let NsState::Active { pending, .. } = &mut ns.state {
+                    if pending.as_ref().is_some_and(|(id, _)| *id == a.request_id) {
+                        *pending = None;
+                        return Received::Handled;
+                    }
+                }
+                self.drops.count(Drop::Stale)
+            }
+            Message::Notify(n) => {
+                // A DC message sealed for us with K_ntmdc; the NS could not read it.
+                let payload = n.payload.as_slice().to_vec();
+                self.handle_dc_message(now, None, &payload)
+            }
+            _ => self.drops.count(Drop::Unexpected),
+        }
+    }
+
+    pub(super) fn drive_ns(&mut self, now: Instant) {
+        let backoff: Backoff = self.cfg.backoff;
+        let Some(ns) = self.ns.as_mut() else { return };
+        let mut send_reg = None;
+        let mut send_keepalive = None;
+        match &mut ns.state {
+            NsState::ExpectAck { request_id, retry } if retry.due(now) => {
+                if retry.again(now) {
+                    send_reg = Some(*request_id);
+                } else {
+                    ns.connection_lost(now);
+                }
+            }
+            NsState::Active { interval, next_keepalive, pending } => match pending {
+                Some((id, retry)) if retry.due(now) => {
+                    if retry.again(now) {
+                        send_keepalive = Some(*id);
+                    } else {
+                        ns.connection_lost(now);
+                    }
+                }
+                None if now >= *next_keepalive => {
+                    let id = self.ids.next();
+                    *pending = Some((id, Retry::new(now, backoff)));
+                    *next_keepalive = now + *interval;
+                    send_keepalive = Some(id);
+                }
+                _ => {}
+            },
+            NsState::Reconnect { at, .. } if now >= *at => {
+                let request_id = self.ids.next();
+                ns.state = NsState::ExpectAck { request_id, retry: Retry::new(now, backoff) };
+                send_reg = Some(request_id);
+            }
+            _ => {}
+        }
+        if let Some(id) = send_reg {
+            self.send_notification_registration(now, id);
+        }
+        if let Some(request_id) = send_keepalive {
+            self.send_to_ns(now, &Message::NsKeepalive(NsKeepalive { request_id }));
+        }
+    }
+}

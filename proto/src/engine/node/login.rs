@@ -1,0 +1,216 @@
+//! Login (spec 4.1): Login Request over TLS to the AS, then the NS record of the node's
+//! own name to find its DC. Re-login before K_ntmdc expires, and when the DC says it no
+//! longer knows the key.
+
+use super::link::Link;
+use super::{DcSession, Node, NodeEvent, ResolveError};
+use crate::crypto::{parse_plain, Channel};
+use crate::engine::{DcLocation, DnsAnswer, Drop, Received, StreamKind, Via};
+use crate::time::{Duration, Instant};
+use crate::wire::login::{LoginRequest, LoginResponse};
+use crate::wire::refusal::{Reason, Refusal};
+use crate::wire::{Message, MsgType, RequestId, Sender};
+
+/// How long the AS may take to answer over TLS.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait between failed login attempts.
+const LOGIN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Where the login sequence stands.
+pub(super) enum Login {
+    /// Not started.
+    Idle,
+    /// Send a Login Request at `at`; `failures` attempts failed before.
+    Start { at: Instant, failures: u32 },
+    /// Waiting for the AS.
+    ExpectLoginResponse { request_id: RequestId, deadline: Instant, failures: u32 },
+    /// Logged in at the AS; waiting for the DNS answer naming our DC.
+    ExpectDcLocation { query: u64, response: Box<LoginResponse>, failures: u32 },
+    /// Logged in; log in again at `relogin_at`.
+    Done { relogin_at: Instant },
+    /// The AS refused the credential; nothing more until `start`.
+    Failed,
+}
+
+impl Login {
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match self {
+            Login::Start { at, .. } => Some(*at),
+            Login::ExpectLoginResponse { deadline, .. } => Some(*deadline),
+            Login::Done { relogin_at } => Some(*relogin_at),
+            Login::Idle | Login::ExpectDcLocation { .. } | Login::Failed => None,
+        }
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(6)).min(LOGIN_BACKOFF_MAX)
+}
+
+impl Node {
+    pub(super) fn drive_login(&mut self, now: Instant) {
+        let failures = match self.login {
+            Login::Start { at, failures } if now >= at => failures,
+            Login::ExpectLoginResponse { deadline, failures, .. } if now >= deadline => {
+                log::warn!("no Login Response from the AS within {LOGIN_TIMEOUT:?}");
+                self.login = Login::Start { at: now + backoff(failures), failures: failures + 1 };
+                return;
+            }
+            Login::Done { relogin_at } if now >= relogin_at => 0,
+            _ => return,
+        };
+        let request_id = self.ids.next();
+        let public_key = self.cfg.key_pair.as_ref().map(|k| k.public());
+        let req = LoginRequest { request_id, credential: self.cfg.credential.clone(), public_key };
+        let bytes = crate::crypto::plain(Sender::Node, &Message::LoginRequest(req));
+        let via = Via::Stream { kind: StreamKind::Tls, server: Some(self.cfg.account_server_name.clone()) };
+        self.transmit(via, self.cfg.account_server, bytes);
+        self.login = Login::ExpectLoginResponse { request_id, deadline: now + LOGIN_TIMEOUT, failures };
+    }
+
+    fn login_failed_retry(&mut self, now: Instant, failures: u32) {
+        self.login = Login::Start { at: now + backoff(failures), failures: failures + 1 };
+    }
+
+    pub(super) fn handle_as_closed(&mut self, now: Instant) {
+        if let Login::ExpectLoginResponse { failures, .. } = self.login {
+            log::warn!("TLS connection to the AS closed before the Login Response");
+            self.login_failed_retry(now, failures);
+        }
+    }
+
+    pub(super) fn handle_as_frame(&mut self, now: Instant, frame: &[u8]) -> Received {
+        let Login::ExpectLoginResponse { request_id, failures, .. } = self.login else {
+            return self.drops.count(Drop::Stale);
+        };
+        let msg = match parse_plain(frame) {
+            Ok((_, m)) => m,
+            Err(e) => return self.drops.count(Drop::from(e)),
+        };
+        match msg {
+            Message::LoginResponse(r) if r.request_id == request_id => {
+                if self.cfg.key_pair.is_some() && (r.attestation.is_none() || r.as_public_key.is_none()) {
+                    log::warn!("the AS did not attest our public key; public-key mode needs it");
+                    self.login_failed_retry(now, failures);
+                    return Received::Handled;
+                }
+                let same_dc = self.session.as_ref().filter(|s| s.fqdn == r.fqdn).map(|s| s.dc.clone());
+                match (same_dc, self.cfg.static_dc.clone()) {
+                    (Some(dc), _) | (None, Some(dc)) => self.complete_login(now, r, dc),
+                    (None, None) => {
+                        let query = self.query(r.fqdn.clone());
+                        self.login = Login::ExpectDcLocation { query, response: Box::new(r), failures };
+                    }
+                }
+                Received::Handled
+            }
+            Message::Refusal(r) if r.request_id == request_id => {
+                match r.reason {
+                    Reason::BadCredential | Reason::AccountDisabled | Reason::Unauthorized => {
+                        log::error!("the AS refused our login: {:?} ({})", r.reason, r.detail.as_str());
+                        self.login = Login::Failed;
+                        self.emit(NodeEvent::LoginFailed { reason: r.reason });
+                    }
+                    _ => {
+                        log::warn!("login refused for now: {:?} ({})", r.reason, r.detail.as_str());
+                        self.login_failed_retry(now, failures);
+                    }
+                }
+                Received::Handled
+            }
+            _ => self.drops.count(Drop::Unexpected),
+        }
+    }
+
+    pub(super) fn handle_dc_location(&mut self, now: Instant, id: u64, answer: DnsAnswer) {
+        let Login::ExpectDcLocation { query, .. } = &self.login else { return };
+        if *query != id {
+            return;
+        }
+        let Login::ExpectDcLocation { response, failures, .. } = core::mem::replace(&mut self.login, Login::Idle)
+        else {
+            return;
+        };
+        match answer {
+            DnsAnswer::Dc(dc) if !dc.addrs.is_empty() => self.complete_login(now, *response, dc),
+            other => {
+                log::warn!("cannot locate the DC of {}: {other:?}", response.fqdn);
+                self.login_failed_retry(now, failures);
+            }
+        }
+    }
+
+    fn complete_login(&mut self, now: Instant, r: LoginResponse, dc: DcLocation) {
+        let lifetime = r.k_ntmdc.lifetime.duration();
+        let expires = now + lifetime;
+        let channel = match Channel::new(r.k_ntmdc.key, r.key_id, Sender::Node, expires) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("unusable K_ntmdc: {e}");
+                return;
+            }
+        };
+        // Log in again ahead of expiry; for very short lifetimes, at half-life.
+        let margin = self.cfg.relogin_before_expiry.min(lifetime / 2);
+        self.login = Login::Done { relogin_at: expires - margin };
+        let relogin = self.session.is_some();
+        log::info!("logged in as {} (key {}), DC {}", r.fqdn, r.key_id, dc.name);
+        self.emit(NodeEvent::LoggedIn { fqdn: r.fqdn.clone() });
+        self.session =
+            Some(DcSession { fqdn: r.fqdn, dc, channel, attestation: r.attestation, as_key: r.as_public_key });
+        if relogin && !self.links.is_empty() {
+            // Same DC, new key id: register again so the DC binds us to the new key.
+            self.register_all(now);
+        } else {
+            self.links = Link::for_addrs(&self.cfg.local_addrs, &self.session_dc_addrs());
+            self.register_all(now);
+        }
+    }
+
+    pub(super) fn session_dc_addrs(&self) -> Vec<core::net::SocketAddr> {
+        self.session.as_ref().map(|s| s.dc.addrs.clone()).unwrap_or_default()
+    }
+
+    /// Log in again at once (the DC lost or expired our key).
+    pub(super) fn relogin_now(&mut self, now: Instant) {
+        if let Login::Done { .. } = self.login {
+            log::info!("the DC no longer accepts our key; logging in again");
+            self.login = Login::Start { at: now, failures: 0 };
+            self.drive_login(now);
+        }
+    }
+
+    /// A plain Refusal: the DC could not seal it, typically because it does not know our
+    /// key id (it restarted without state, or the key expired there). Unauthenticated, so
+    /// it only counts if it names a request we have outstanding, and at most triggers a
+    /// re-login (which the AS authenticates).
+    pub(super) fn handle_plain_refusal(&mut self, now: Instant, buf: &[u8]) -> Received {
+        let r = match parse_plain(buf) {
+            Ok((_, Message::Refusal(r))) => r,
+            Ok(_) => return self.drops.count(Drop::Unexpected),
+            Err(e) => return self.drops.count(Drop::from(e)),
+        };
+        let ours = self.links.iter().any(|l| l.outstanding(r.request_id))
+            || self.directions.iter().any(|d| d.request_id == r.request_id);
+        if ours && matches!(r.reason, Reason::UnknownKey | Reason::KeyExpired) {
+            self.relogin_now(now);
+            Received::Handled
+        } else {
+            self.drops.count(Drop::Unauthorized)
+        }
+    }
+
+    /// A sealed Refusal from the DC.
+    pub(super) fn handle_dc_refusal(&mut self, now: Instant, r: Refusal) -> Received {
+        log::info!("DC refused {:?}: {:?} ({})", r.in_reply_to, r.reason, r.detail.as_str());
+        match (r.in_reply_to, r.reason) {
+            (_, Reason::UnknownKey | Reason::KeyExpired) => self.relogin_now(now),
+            (MsgType::DirectionRequest, reason) => {
+                let error = if reason == Reason::NotNtm { ResolveError::NotNtm } else { ResolveError::Refused(reason) };
+                self.fail_direction(r.request_id, error);
+            }
+            _ => {}
+        }
+        Received::Handled
+    }
+}

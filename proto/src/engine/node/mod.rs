@@ -1,0 +1,508 @@
+//! The node engine: everything an NTM node (the agent `ntmd`) does, without I/O.
+//!
+//! Sequences (spec section 4): login at the AS over TLS (`login.rs`), finding the DC from
+//! the NS record of the node's own name, registration and keepalive by UDP or through an
+//! NS (`link.rs`), name resolution by Direction Request, Route Directions from the DC,
+//! Tunnel Request/Response directly or through an RS, route optimization, the data plane
+//! and handover (`tunnel.rs`).
+//!
+//! Inputs: the [`Engine`] calls, plus [`Node::start`], [`Node::resolve`] (the DNS hook),
+//! [`Node::handle_network_change`] (mobility), [`Node::send_ip`] / [`Node::seal_ip`] (a
+//! packet from the TUN device). Outputs: [`Engine::poll_transmit`], [`Engine::poll_dns`],
+//! [`Engine::poll_timeout`] and [`Node::poll_event`]. Decrypted packets for the TUN device
+//! come back from [`Engine::handle_datagram`] as [`Received::Ip`].
+
+mod link;
+mod login;
+mod tunnel;
+
+use super::{
+    Backoff, DcLocation, DnsAnswer, DnsQuery, Drop, DropCounters, Engine, IdSource, PeerIdentity, Received, Rng,
+    StreamKind, Transmit, Via,
+};
+use crate::crypto::pk::{Attestation, KeyPair, PublicKey};
+use crate::crypto::Channel;
+use crate::keys::NtmDc;
+use crate::time::{Duration, Instant};
+use crate::wire::login::Credential;
+use crate::wire::refusal::Reason;
+use crate::wire::registration::KeepaliveMethod;
+use crate::wire::{Envelope, Fqdn, Message, MsgType, SessionId, VirtualAddrs};
+use core::net::{IpAddr, SocketAddr};
+use std::collections::VecDeque;
+
+use link::{Link, NsLink};
+use login::Login;
+use tunnel::{Direction, PendingResolve, Tunnel};
+pub use tunnel::{SendError, TunnelInfo};
+
+/// How a node is set up. [`NodeConfig::new`] fills in the defaults.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The AS's address.
+    pub account_server: SocketAddr,
+    /// The AS's name, which its TLS certificate must carry.
+    pub account_server_name: Fqdn,
+    /// What the node logs in with; kept for re-login.
+    pub credential: Credential,
+    /// The node's key pair, for public-key mode (K_mncn wrapped for the peer).
+    pub key_pair: Option<KeyPair>,
+    /// Refuse tunnels whose K_mncn would be wrapped with K_tmp (which the DC knows):
+    /// only peers with attested public keys. Stops a DC from downgrading public-key mode.
+    pub strict_public_key_mode: bool,
+    /// How the DC reaches the node later.
+    pub keepalive: KeepaliveMethod,
+    /// Overrides the DC's UDP keepalive interval.
+    pub udp_keepalive_interval: Option<Duration>,
+    /// The node's own addresses with its tunnel port, one or more per family it has.
+    pub local_addrs: Vec<SocketAddr>,
+    /// The DC to use without a DNS lookup (small static sites).
+    pub static_dc: Option<DcLocation>,
+    /// Log in again this long before K_ntmdc expires.
+    pub relogin_before_expiry: Duration,
+    /// Retransmission policy for every request.
+    pub backoff: Backoff,
+    /// Most tunnels at once (further Route Directions are refused).
+    pub max_tunnels: usize,
+    /// Most DNS-hook queries waiting at once.
+    pub max_pending_resolves: usize,
+    /// How long a DNS-hook query may wait for its tunnel.
+    pub resolve_timeout: Duration,
+    /// Try a direct path once a relayed tunnel runs (route optimization).
+    pub route_optimization: bool,
+    /// Send a keepalive on a tunnel after this much silence while behind NAT, so the
+    /// NAT keeps the tunnel's mapping.
+    pub tunnel_keepalive: Duration,
+    /// Close a tunnel after this long without traffic.
+    pub tunnel_idle_timeout: Duration,
+    /// Lifetime of K_mncn; the tunnel is renegotiated before it ends.
+    pub tunnel_key_lifetime: Duration,
+}
+
+impl NodeConfig {
+    /// A configuration with defaults for everything but the essentials.
+    pub fn new(
+        account_server: SocketAddr,
+        account_server_name: Fqdn,
+        credential: Credential,
+        local_addrs: Vec<SocketAddr>,
+    ) -> Self {
+        NodeConfig {
+            account_server,
+            account_server_name,
+            credential,
+            key_pair: None,
+            strict_public_key_mode: false,
+            keepalive: KeepaliveMethod::Udp,
+            udp_keepalive_interval: None,
+            local_addrs,
+            static_dc: None,
+            relogin_before_expiry: Duration::from_secs(300),
+            backoff: Backoff::DEFAULT,
+            max_tunnels: 64,
+            max_pending_resolves: 64,
+            resolve_timeout: Duration::from_secs(10),
+            route_optimization: true,
+            tunnel_keepalive: Duration::from_secs(15),
+            tunnel_idle_timeout: Duration::from_secs(600),
+            tunnel_key_lifetime: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Names one DNS-hook query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ResolveId(pub u64);
+
+/// How a tunnel's packets travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathKind {
+    /// Straight to the peer.
+    Direct,
+    /// Through an RS.
+    Relay,
+}
+
+/// Why a DNS-hook query got no virtual address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResolveError {
+    /// Not an NTMobile node: answer it as ordinary DNS.
+    NotNtm,
+    /// The DC refused (no route, peer unreachable, ...).
+    Refused(Reason),
+    /// No tunnel in time.
+    Timeout,
+    /// Too many queries waiting.
+    Overloaded,
+}
+
+/// What happened, for the driver (logs, status, the DNS stub).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// Logged in at the AS; K_ntmdc received.
+    LoggedIn {
+        /// The node's name.
+        fqdn: Fqdn,
+    },
+    /// The AS refused the credential. The node stops trying until [`Node::start`].
+    LoginFailed {
+        /// The AS's reason.
+        reason: Reason,
+    },
+    /// Registered with the DC in one address family.
+    Registered {
+        /// The node's virtual addresses.
+        virtual_addrs: VirtualAddrs,
+        /// The address the DC saw.
+        observed: SocketAddr,
+        /// The DC's NAT verdict.
+        behind_nat: bool,
+    },
+    /// The NS accepted the node's Notification Registration.
+    NotificationsReady,
+    /// A DNS-hook query is answered.
+    Resolved {
+        /// The query.
+        id: ResolveId,
+        /// The name asked for.
+        name: Fqdn,
+        /// The peer's virtual addresses.
+        virtual_addrs: VirtualAddrs,
+    },
+    /// A DNS-hook query failed.
+    ResolveFailed {
+        /// The query.
+        id: ResolveId,
+        /// The name asked for.
+        name: Fqdn,
+        /// Why.
+        error: ResolveError,
+    },
+    /// A tunnel is up.
+    TunnelUp {
+        /// Its session.
+        session: SessionId,
+        /// The peer.
+        peer: Fqdn,
+        /// Direct or relayed.
+        path: PathKind,
+    },
+    /// A tunnel moved to another path (route optimization).
+    PathChanged {
+        /// Its session.
+        session: SessionId,
+        /// The peer.
+        peer: Fqdn,
+        /// The new path.
+        path: PathKind,
+    },
+    /// A tunnel ended (idle, superseded after handover, or its key expired).
+    TunnelDown {
+        /// Its session.
+        session: SessionId,
+        /// The peer.
+        peer: Fqdn,
+    },
+}
+
+/// What the node holds after login.
+struct DcSession {
+    fqdn: Fqdn,
+    dc: DcLocation,
+    channel: Channel<NtmDc>,
+    attestation: Option<Attestation>,
+    as_key: Option<PublicKey>,
+}
+
+/// The node engine. See the module documentation for the order of calls.
+pub struct Node {
+    cfg: NodeConfig,
+    rng: Rng,
+    ids: IdSource,
+    login: Login,
+    session: Option<DcSession>,
+    links: Vec<Link>,
+    virtual_addrs: Option<VirtualAddrs>,
+    ns: Option<NsLink>,
+    tunnels: Vec<Tunnel>,
+    directions: Vec<Direction>,
+    resolves: Vec<PendingResolve>,
+    next_resolve: u64,
+    next_query: u64,
+    out: VecDeque<Transmit>,
+    events: VecDeque<NodeEvent>,
+    queries: VecDeque<DnsQuery>,
+    drops: DropCounters,
+}
+
+impl core::fmt::Debug for Node {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Node")
+            .field("fqdn", &self.session.as_ref().map(|s| &s.fqdn))
+            .field("virtual_addrs", &self.virtual_addrs)
+            .field("tunnels", &self.tunnels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most events buffered for the driver; older ones are discarded first. A driver that
+/// never polls events must not make the node grow.
+const EVENTS_MAX: usize = 256;
+/// Most messages buffered for sending.
+const OUT_MAX: usize = 1024;
+
+impl Node {
+    /// A node that has not started yet.
+    pub fn new(cfg: NodeConfig, mut rng: Rng) -> Self {
+        let ids = IdSource::new(&mut *rng);
+        Node {
+            cfg,
+            rng,
+            ids,
+            login: Login::Idle,
+            session: None,
+            links: Vec::new(),
+            virtual_addrs: None,
+            ns: None,
+            tunnels: Vec::new(),
+            directions: Vec::new(),
+            resolves: Vec::new(),
+            next_resolve: 1,
+            next_query: 1,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            queries: VecDeque::new(),
+            drops: DropCounters::default(),
+        }
+    }
+
+    /// Starts (or restarts after a refused login): log in now.
+    pub fn start(&mut self, now: Instant) {
+        self.login = Login::Start { at: now, failures: 0 };
+        self.drive_login(now);
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// The node's name, once logged in.
+    pub fn fqdn(&self) -> Option<&Fqdn> {
+        self.session.as_ref().map(|s| &s.fqdn)
+    }
+
+    /// The node's virtual addresses, once registered.
+    pub fn virtual_addrs(&self) -> Option<VirtualAddrs> {
+        self.virtual_addrs
+    }
+
+    /// The AS's attestation of our public key (public-key mode), once logged in.
+    pub fn attestation(&self) -> Option<&Attestation> {
+        self.session.as_ref().and_then(|s| s.attestation.as_ref())
+    }
+
+    /// True once at least one family is registered with the DC.
+    pub fn is_registered(&self) -> bool {
+        self.links.iter().any(Link::is_registered)
+    }
+
+    /// True if the NS accepted our Notification Registration.
+    pub fn notifications_ready(&self) -> bool {
+        self.ns.as_ref().is_some_and(NsLink::is_active)
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// Keys the node holds now, as (kind, fingerprint): for status output and for tests of
+    /// key custody. Fingerprints reveal nothing about the keys.
+    pub fn held_keys(&self) -> Vec<(&'static str, u64)> {
+        let mut v = Vec::new();
+        if let Some(s) = &self.session {
+            v.push(("K_ntmdc", s.channel.key().fingerprint()));
+        }
+        if let Some(ns) = &self.ns {
+            v.push(("K_ntmns", ns.key_fingerprint()));
+        }
+        for t in &self.tunnels {
+            t.held_keys(&mut v);
+        }
+        v
+    }
+
+    fn emit(&mut self, ev: NodeEvent) {
+        if self.events.len() >= EVENTS_MAX {
+            self.events.pop_front();
+        }
+        self.events.push_back(ev);
+    }
+
+    fn transmit(&mut self, via: Via, dst: SocketAddr, payload: Vec<u8>) {
+        if self.out.len() >= OUT_MAX {
+            self.drops.count(Drop::Limit);
+            return;
+        }
+        self.out.push_back(Transmit { via, dst, payload });
+    }
+
+    fn query(&mut self, name: Fqdn) -> u64 {
+        let id = self.next_query;
+        self.next_query += 1;
+        self.queries.push_back(DnsQuery { id, name });
+        id
+    }
+
+    /// Seals `msg` for the DC and sends it to the DC address of `family`'s link (or any
+    /// link's if that family has none).
+    fn send_to_dc(&mut self, now: Instant, dst: SocketAddr, msg: &Message) {
+        let Some(s) = self.session.as_mut() else { return };
+        match s.channel.seal(now, msg) {
+            Ok(bytes) => self.transmit(Via::Udp, dst, bytes),
+            Err(e) => log::warn!("cannot seal {:?} for the DC: {e}", msg.msg_type()),
+        }
+    }
+
+    /// The DC address to use when no particular link is implied: the first registered
+    /// link's, else the first link's.
+    fn any_dc_addr(&self) -> Option<SocketAddr> {
+        self.links.iter().find(|l| l.is_registered()).or(self.links.first()).map(|l| l.dc_addr)
+    }
+
+    /// Does the node have a registered link in `addr`'s family?
+    fn has_family(&self, addr: &SocketAddr) -> bool {
+        self.links.iter().any(|l| l.is_registered() && l.dc_addr.is_ipv4() == addr.is_ipv4())
+    }
+
+    /// True if the DC says we are behind NAT in `addr`'s family.
+    fn behind_nat_for(&self, addr: &SocketAddr) -> bool {
+        self.links.iter().any(|l| l.dc_addr.is_ipv4() == addr.is_ipv4() && l.behind_nat)
+    }
+
+    /// A message sealed with K_ntmdc arrived (over UDP, or inside an NS notification).
+    fn handle_dc_message(&mut self, now: Instant, from: Option<SocketAddr>, buf: &[u8]) -> Received {
+        let Some(s) = self.session.as_mut() else { return self.drops.count(Drop::UnknownKey) };
+        let (_, msg) = match s.channel.open(now, buf) {
+            Ok(m) => m,
+            Err(e) => return self.drops.count(Drop::from(e)),
+        };
+        match msg {
+            Message::RegistrationResponse(r) => self.handle_registration_response(now, from, r),
+            Message::KeepaliveAck(a) => self.handle_keepalive_ack(now, a),
+            Message::RouteDirection(rd) => self.handle_route_direction(now, rd),
+            Message::Refusal(r) => self.handle_dc_refusal(now, r),
+            _ => self.drops.count(Drop::Unexpected),
+        }
+    }
+}
+
+impl Engine for Node {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
+        let (ty, sealed, key_id) = match Envelope::new_checked(&buf[..]) {
+            Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
+            Err(e) => return self.drops.count(Drop::from(e)),
+        };
+        let from_dc = self.session.as_ref().is_some_and(|s| s.channel.id() == key_id);
+        match ty {
+            MsgType::Data => self.handle_data(now, from, buf),
+            MsgType::TunnelRequest | MsgType::HolePunchAck => self.handle_tun_message(now, from, buf),
+            MsgType::TunnelResponse | MsgType::PathProbe | MsgType::PathProbeAck => {
+                self.handle_mncn_message(now, from, buf)
+            }
+            MsgType::Refusal if !sealed => self.handle_plain_refusal(now, buf),
+            MsgType::RegistrationResponse | MsgType::KeepaliveAck | MsgType::RouteDirection | MsgType::Refusal
+                if from_dc =>
+            {
+                self.handle_dc_message(now, Some(from), buf)
+            }
+            MsgType::RegistrationResponse | MsgType::KeepaliveAck | MsgType::RouteDirection | MsgType::Refusal => {
+                self.drops.count(Drop::UnknownKey)
+            }
+            MsgType::Unknown(_) => self.drops.count(Drop::Malformed),
+            _ => self.drops.count(Drop::Unexpected),
+        }
+    }
+
+    fn handle_stream(
+        &mut self,
+        now: Instant,
+        kind: StreamKind,
+        from: SocketAddr,
+        _peer: Option<&PeerIdentity>,
+        frame: &[u8],
+    ) -> Received {
+        match kind {
+            StreamKind::Tls if from == self.cfg.account_server => self.handle_as_frame(now, frame),
+            StreamKind::Tcp if self.ns.as_ref().is_some_and(|ns| ns.addr() == from) => self.handle_ns_frame(now, frame),
+            _ => self.drops.count(Drop::Unexpected),
+        }
+    }
+
+    fn handle_stream_closed(&mut self, now: Instant, kind: StreamKind, peer: SocketAddr) {
+        match kind {
+            StreamKind::Tls if peer == self.cfg.account_server => self.handle_as_closed(now),
+            StreamKind::Tcp => {
+                if let Some(ns) = self.ns.as_mut().filter(|ns| ns.addr() == peer) {
+                    ns.connection_lost(now);
+                }
+            }
+            StreamKind::Tls => {}
+        }
+    }
+
+    fn handle_dns(&mut self, now: Instant, id: u64, answer: DnsAnswer) {
+        self.handle_dc_location(now, id, answer);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.drive_login(now);
+        self.drive_links(now);
+        self.drive_ns(now);
+        self.drive_directions(now);
+        self.drive_tunnels(now);
+        self.drive_resolves(now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    fn poll_dns(&mut self) -> Option<DnsQuery> {
+        self.queries.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let deadlines = [
+            self.login.deadline(),
+            self.links.iter().filter_map(Link::deadline).min(),
+            self.ns.as_ref().and_then(NsLink::deadline),
+            self.directions.iter().map(Direction::deadline).min(),
+            self.tunnels.iter().filter_map(|t| t.deadline(&self.cfg)).min(),
+            self.resolves.iter().map(|r| r.deadline).min(),
+        ];
+        deadlines.into_iter().flatten().min()
+    }
+
+    fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+}
+
+/// The source and destination of an IP packet, if it is one.
+pub(crate) fn ip_endpoints(pkt: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    match pkt.first()? >> 4 {
+        4 => {
+            let src: [u8; 4] = pkt.get(12..16)?.try_into().ok()?;
+            let dst: [u8; 4] = pkt.get(16..20)?.try_into().ok()?;
+            Some((IpAddr::from(src), IpAddr::from(dst)))
+        }
+        6 => {
+            let src: [u8; 16] = pkt.get(8..24)?.try_into().ok()?;
+            let dst: [u8; 16] = pkt.get(24..40)?.try_into().ok()?;
+            Some((IpAddr::from(src), IpAddr::from(dst)))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,951 @@
+//! Name resolution, tunnels and the data plane (spec 4.3-4.5 and section 5).
+//!
+//! A DNS-hook query becomes a Direction Request to the DC; the DC answers with a Route
+//! Direction (the MN's part), and the CN gets one unasked. Each Route Direction creates a
+//! [`Tunnel`] whose state says what it waits for: the RS's hole-punch acknowledgement, the
+//! peer's Tunnel Request, or the peer's Tunnel Response. The node behaves the same with or
+//! without an RS (spec section 7, "one sequence for all cases"); only where it sends
+//! differs.
+//!
+//! Once a relayed tunnel runs, both nodes probe each other's observed addresses (route
+//! optimization); a probe acknowledged on the direct path moves the tunnel there and
+//! releases the relay. On a network change the node re-registers, tells its peers its new
+//! address at once (a probe or hole punch from the new address), and asks the DC for a
+//! fresh negotiation of every live tunnel; the new session supersedes the old one, which
+//! keeps receiving for a grace period so nothing in flight is lost.
+
+use super::{ip_endpoints, Node, NodeEvent, PathKind, ResolveError, ResolveId};
+use crate::crypto::pk::{unwrap_from_peer, unwrap_with_tmp, wrap_for_peer, wrap_with_tmp, AttestedKey};
+use crate::crypto::{Channel, CryptoError, TAG_LEN};
+use crate::engine::{Drop, Received, Retry, Via};
+use crate::keys::{KMnCn, KTmp, MnCn, Tun};
+use crate::time::{Duration, Instant};
+use crate::wire::direction::DirectionRequest;
+use crate::wire::refusal::{Reason, Refusal};
+use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, TunnelRole};
+use crate::wire::tunnel::{
+    HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
+};
+use crate::wire::{
+    Envelope, Fqdn, Header, KeyId, Message, MsgType, RequestId, Sender, SessionId, VirtualAddrs, HEADER_LEN,
+};
+use core::net::{IpAddr, SocketAddr};
+
+/// How long a superseded session keeps receiving after its replacement is up.
+const SUPERSEDED_GRACE: Duration = Duration::from_secs(5);
+/// How long to wait for the peer's Tunnel Request.
+const AWAIT_TUNNEL_REQUEST: Duration = Duration::from_secs(60);
+/// Route-optimization probes: every 250 ms, 12 times (3 s), then stay on the relay.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+const PROBE_ATTEMPTS: u32 = 12;
+
+/// Why a packet from the TUN device could not be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The buffer does not hold an IP packet with header and tag room.
+    NotIp,
+    /// No tunnel is up for this destination.
+    NoTunnel(IpAddr),
+    /// Sealing failed (expired key, exhausted counter).
+    Crypto(CryptoError),
+}
+
+/// A Direction Request in flight.
+pub(super) struct Direction {
+    pub(super) peer: Fqdn,
+    pub(super) request_id: RequestId,
+    retry: Retry,
+    previous: Option<SessionId>,
+    sent: bool,
+}
+
+impl Direction {
+    pub(super) fn deadline(&self) -> Instant {
+        self.retry.deadline()
+    }
+}
+
+/// A DNS-hook query waiting for its tunnel.
+pub(super) struct PendingResolve {
+    id: ResolveId,
+    name: Fqdn,
+    pub(super) deadline: Instant,
+}
+
+enum TunnelState {
+    /// Hole punching to the RS, waiting for its acknowledgement.
+    Punching { retry: Retry },
+    /// Waiting for the peer's Tunnel Request.
+    ExpectTunnelRequest { until: Instant },
+    /// Sent the Tunnel Request; waiting for the Tunnel Response.
+    ExpectTunnelResponse { retry: Retry, request: Box<TunnelRequest> },
+    /// Up.
+    Established,
+}
+
+/// A route-optimization probe round.
+struct Probe {
+    id: u32,
+    targets: Vec<SocketAddr>,
+    retry: Retry,
+}
+
+/// One tunnel negotiation and, once up, its data path.
+pub(super) struct Tunnel {
+    session: SessionId,
+    peer: PeerInfo,
+    side: Side,
+    role: TunnelRole,
+    relay: Option<SocketAddr>,
+    k_tun: Channel<Tun>,
+    k_tmp: Option<KTmp>,
+    peer_key: Option<AttestedKey>,
+    state: TunnelState,
+    mncn: Option<Channel<MnCn>>,
+    send_to: Option<SocketAddr>,
+    on_relay: bool,
+    probe: Option<Probe>,
+    established_at: Option<Instant>,
+    last_rx: Instant,
+    last_tx: Instant,
+    /// Last data packet either way: what the idle timeout looks at.
+    last_data: Instant,
+    superseded_until: Option<Instant>,
+    reestablish: bool,
+    rx_packets: u64,
+    tx_packets: u64,
+}
+
+/// A tunnel as status output shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunnelInfo {
+    /// The session.
+    pub session: SessionId,
+    /// The peer's name.
+    pub peer: Fqdn,
+    /// The peer's virtual addresses.
+    pub peer_virtual: VirtualAddrs,
+    /// True once the Tunnel Response confirmed K_mncn.
+    pub established: bool,
+    /// Direct or relayed now.
+    pub path: PathKind,
+    /// Where packets go now (the peer or the RS).
+    pub remote: Option<SocketAddr>,
+    /// True if a newer session to the same peer replaced this one.
+    pub superseded: bool,
+    /// Data packets received.
+    pub rx_packets: u64,
+    /// Data packets sent.
+    pub tx_packets: u64,
+}
+
+fn side_sender(side: Side) -> Sender {
+    match side {
+        Side::Cn => Sender::Cn,
+        _ => Sender::Mn,
+    }
+}
+
+impl Tunnel {
+    fn is_established(&self) -> bool {
+        matches!(self.state, TunnelState::Established)
+    }
+
+    fn is_live(&self) -> bool {
+        self.superseded_until.is_none()
+    }
+
+    fn path(&self) -> PathKind {
+        if self.on_relay {
+            PathKind::Relay
+        } else {
+            PathKind::Direct
+        }
+    }
+
+    fn carries(&self, dst: IpAddr) -> bool {
+        match dst {
+            IpAddr::V4(a) => a == self.peer.virtual_addrs.v4,
+            IpAddr::V6(a) => a == self.peer.virtual_addrs.v6,
+        }
+    }
+
+    pub(super) fn held_keys(&self, out: &mut Vec<(&'static str, u64)>) {
+        out.push(("K_tun", self.k_tun.key().fingerprint()));
+        if let Some(k) = &self.k_tmp {
+            out.push(("K_tmp", k.fingerprint()));
+        }
+        if let Some(m) = &self.mncn {
+            out.push(("K_mncn", m.key().fingerprint()));
+        }
+    }
+
+    pub(super) fn deadline(&self, cfg: &super::NodeConfig) -> Option<Instant> {
+        let state = match &self.state {
+            TunnelState::Punching { retry } | TunnelState::ExpectTunnelResponse { retry, .. } => Some(retry.deadline()),
+            TunnelState::ExpectTunnelRequest { until } => Some(*until),
+            TunnelState::Established => {
+                let keepalive = self.last_tx + cfg.tunnel_keepalive;
+                let idle = self.last_data + cfg.tunnel_idle_timeout;
+                Some(keepalive.min(idle))
+            }
+        };
+        let probe = self.probe.as_ref().map(|p| p.retry.deadline());
+        let expiry = self.mncn.as_ref().map(Channel::expires);
+        [state, probe, expiry, self.superseded_until].into_iter().flatten().min()
+    }
+
+    fn info(&self) -> TunnelInfo {
+        TunnelInfo {
+            session: self.session,
+            peer: self.peer.fqdn.clone(),
+            peer_virtual: self.peer.virtual_addrs,
+            established: self.is_established(),
+            path: self.path(),
+            remote: self.send_to,
+            superseded: !self.is_live(),
+            rx_packets: self.rx_packets,
+            tx_packets: self.tx_packets,
+        }
+    }
+}
+
+impl Node {
+    /// The DNS hook (spec 4.3): an application asked for `name`. The answer comes as a
+    /// [`NodeEvent::Resolved`] once a tunnel to `name` is up, or a
+    /// [`NodeEvent::ResolveFailed`] (with [`ResolveError::NotNtm`] the driver answers the
+    /// query as ordinary DNS).
+    pub fn resolve(&mut self, now: Instant, name: Fqdn) -> ResolveId {
+        let id = ResolveId(self.next_resolve);
+        self.next_resolve += 1;
+        if let (Some(me), Some(v)) = (self.fqdn(), self.virtual_addrs) {
+            if *me == name {
+                self.emit(NodeEvent::Resolved { id, name, virtual_addrs: v });
+                return id;
+            }
+        }
+        if let Some(t) = self.best_tunnel_to(&name) {
+            let virtual_addrs = t.peer.virtual_addrs;
+            self.emit(NodeEvent::Resolved { id, name, virtual_addrs });
+            return id;
+        }
+        if self.resolves.len() >= self.cfg.max_pending_resolves {
+            self.emit(NodeEvent::ResolveFailed { id, name, error: ResolveError::Overloaded });
+            return id;
+        }
+        let negotiating = self.tunnels.iter().any(|t| t.peer.fqdn == name && t.is_live());
+        if !negotiating {
+            self.request_direction(now, name.clone(), None);
+        }
+        self.resolves.push(PendingResolve { id, name, deadline: now + self.cfg.resolve_timeout });
+        id
+    }
+
+    /// The tunnels, for status output.
+    pub fn tunnels(&self) -> Vec<TunnelInfo> {
+        self.tunnels.iter().map(Tunnel::info).collect()
+    }
+
+    fn best_tunnel_to(&self, name: &Fqdn) -> Option<&Tunnel> {
+        self.tunnels
+            .iter()
+            .filter(|t| t.peer.fqdn == *name && t.is_established() && t.is_live())
+            .max_by_key(|t| t.established_at)
+    }
+
+    fn request_direction(&mut self, now: Instant, peer: Fqdn, previous: Option<SessionId>) {
+        if self.directions.iter().any(|d| d.peer == peer) {
+            return;
+        }
+        let request_id = self.ids.next();
+        let retry = Retry::new(now, self.cfg.backoff);
+        self.directions.push(Direction { peer, request_id, retry, previous, sent: false });
+        if self.is_registered() {
+            self.send_pending_directions(now);
+        }
+    }
+
+    fn send_pending_directions(&mut self, now: Instant) {
+        let Some(dst) = self.any_dc_addr() else { return };
+        let unsent: Vec<Message> = self
+            .directions
+            .iter_mut()
+            .filter(|d| !d.sent)
+            .map(|d| {
+                d.sent = true;
+                d.retry = Retry::new(now, self.cfg.backoff);
+                Message::DirectionRequest(DirectionRequest {
+                    request_id: d.request_id,
+                    peer: d.peer.clone(),
+                    previous: d.previous,
+                })
+            })
+            .collect();
+        for msg in unsent {
+            self.send_to_dc(now, dst, &msg);
+        }
+    }
+
+    /// A link registered: send what waited for it.
+    pub(super) fn on_registered(&mut self, now: Instant) {
+        let renew: Vec<(Fqdn, SessionId)> = self
+            .tunnels
+            .iter_mut()
+            .filter(|t| t.reestablish)
+            .map(|t| {
+                t.reestablish = false;
+                (t.peer.fqdn.clone(), t.session)
+            })
+            .collect();
+        for (peer, session) in renew {
+            self.request_direction(now, peer, Some(session));
+        }
+        self.send_pending_directions(now);
+    }
+
+    /// After a network change: tell each peer (or its RS) our new address at once, and
+    /// mark every live tunnel for renegotiation once we are registered again.
+    pub(super) fn begin_handover(&mut self, now: Instant) {
+        for i in 0..self.tunnels.len() {
+            let Some(t) = self.tunnels.get_mut(i) else { continue };
+            if !t.is_live() || !t.is_established() {
+                continue;
+            }
+            t.reestablish = true;
+            if t.on_relay {
+                self.send_hole_punch(now, i, false);
+            } else {
+                let id = self.rng.next_u32();
+                self.send_probe(now, i, id, None);
+            }
+        }
+        if self.is_registered() {
+            self.on_registered(now);
+        }
+    }
+
+    pub(super) fn fail_direction(&mut self, request_id: RequestId, error: ResolveError) {
+        let Some(i) = self.directions.iter().position(|d| d.request_id == request_id) else { return };
+        let d = self.directions.swap_remove(i);
+        self.fail_resolves(&d.peer, error);
+    }
+
+    fn fail_resolves(&mut self, name: &Fqdn, error: ResolveError) {
+        let (failed, kept): (Vec<_>, Vec<_>) =
+            core::mem::take(&mut self.resolves).into_iter().partition(|r| r.name == *name);
+        self.resolves = kept;
+        for r in failed {
+            self.emit(NodeEvent::ResolveFailed { id: r.id, name: r.name, error });
+        }
+    }
+
+    fn complete_resolves(&mut self, name: &Fqdn, virtual_addrs: VirtualAddrs) {
+        let (done, kept): (Vec<_>, Vec<_>) =
+            core::mem::take(&mut self.resolves).into_iter().partition(|r| r.name == *name);
+        self.resolves = kept;
+        for r in done {
+            self.emit(NodeEvent::Resolved { id: r.id, name: r.name, virtual_addrs });
+        }
+    }
+
+    pub(super) fn drive_directions(&mut self, now: Instant) {
+        let Some(dst) = self.any_dc_addr() else { return };
+        let mut resend = Vec::new();
+        let mut failed = Vec::new();
+        for d in self.directions.iter_mut().filter(|d| d.sent && d.retry.due(now)) {
+            if d.retry.again(now) {
+                resend.push(Message::DirectionRequest(DirectionRequest {
+                    request_id: d.request_id,
+                    peer: d.peer.clone(),
+                    previous: d.previous,
+                }));
+            } else {
+                failed.push(d.request_id);
+            }
+        }
+        for msg in resend {
+            self.send_to_dc(now, dst, &msg);
+        }
+        for id in failed {
+            log::warn!("DC does not answer our Direction Request {id}");
+            self.fail_direction(id, ResolveError::Timeout);
+        }
+    }
+
+    pub(super) fn drive_resolves(&mut self, now: Instant) {
+        let (late, kept): (Vec<_>, Vec<_>) =
+            core::mem::take(&mut self.resolves).into_iter().partition(|r| now >= r.deadline);
+        self.resolves = kept;
+        for r in late {
+            self.emit(NodeEvent::ResolveFailed { id: r.id, name: r.name, error: ResolveError::Timeout });
+        }
+    }
+
+    fn refuse_to_dc(
+        &mut self,
+        now: Instant,
+        in_reply_to: MsgType,
+        request_id: RequestId,
+        reason: Reason,
+        detail: &str,
+    ) {
+        if let Some(dst) = self.any_dc_addr() {
+            let msg = Message::Refusal(Refusal::new(in_reply_to, request_id, reason, detail));
+            self.send_to_dc(now, dst, &msg);
+        }
+    }
+
+    /// A Route Direction from our DC (spec 4.4): set up our end of a tunnel.
+    pub(super) fn handle_route_direction(&mut self, now: Instant, rd: RouteDirection) -> Received {
+        let Some(me) = self.fqdn().cloned() else { return self.drops.count(Drop::Stale) };
+        if rd.node != me {
+            return self.drops.count(Drop::Unauthorized);
+        }
+        let ack = Message::RouteDirectionAck(RouteDirectionAck { request_id: rd.request_id, session: rd.session });
+        if self.tunnels.iter().any(|t| t.session == rd.session) {
+            // The DC retransmitted: our acknowledgement was lost.
+            if let Some(dst) = self.any_dc_addr() {
+                self.send_to_dc(now, dst, &ack);
+            }
+            return Received::Handled;
+        }
+        let live = self.tunnels.iter().filter(|t| t.is_live()).count();
+        if live >= self.cfg.max_tunnels {
+            self.refuse_to_dc(now, MsgType::RouteDirection, rd.request_id, Reason::Overloaded, "tunnel table full");
+            return self.drops.count(Drop::Limit);
+        }
+        // Which wrapping: the peer's attested public key if both ends have key pairs,
+        // else K_tmp. A node set to strict public-key mode refuses K_tmp, so a DC cannot
+        // downgrade it to a mode in which the DC could learn K_mncn.
+        let peer_key = match (&self.cfg.key_pair, &rd.peer_attestation) {
+            (Some(_), Some(att)) => {
+                let verified = self
+                    .session
+                    .as_ref()
+                    .and_then(|s| s.as_key.as_ref())
+                    .map(|as_key| att.verify(as_key, &rd.peer.fqdn));
+                match verified {
+                    Some(Ok(k)) => Some(k),
+                    _ => {
+                        log::warn!("Route Direction for {} with an attestation that does not verify", rd.peer.fqdn);
+                        self.refuse_to_dc(
+                            now,
+                            MsgType::RouteDirection,
+                            rd.request_id,
+                            Reason::Unauthorized,
+                            "peer attestation invalid",
+                        );
+                        return self.drops.count(Drop::Unauthorized);
+                    }
+                }
+            }
+            _ => None,
+        };
+        if peer_key.is_none() && (rd.k_tmp.is_none() || self.cfg.strict_public_key_mode) {
+            self.refuse_to_dc(
+                now,
+                MsgType::RouteDirection,
+                rd.request_id,
+                Reason::Unauthorized,
+                "no usable key wrapping",
+            );
+            return self.drops.count(Drop::Unauthorized);
+        }
+        let expires = now + rd.k_tun.lifetime.duration();
+        let k_tun = match Channel::new(rd.k_tun.key, KeyId(rd.session.0), side_sender(rd.side), expires) {
+            Ok(c) => c,
+            Err(_) => return self.drops.count(Drop::Malformed),
+        };
+        if rd.side == Side::Mn {
+            if let Some(i) = self.directions.iter().position(|d| d.peer == rd.peer.fqdn) {
+                self.directions.swap_remove(i);
+            }
+        }
+        let relay = match rd.path {
+            Path::Relay(a) => Some(a),
+            Path::Direct => None,
+        };
+        log::info!(
+            "Route Direction {}: {:?} {:?} with {} {}",
+            rd.session,
+            rd.side,
+            rd.role,
+            rd.peer.fqdn,
+            relay.map_or("directly".to_string(), |a| format!("via RS {a}"))
+        );
+        self.tunnels.push(Tunnel {
+            session: rd.session,
+            peer: rd.peer,
+            side: rd.side,
+            role: rd.role,
+            relay,
+            k_tun,
+            k_tmp: rd.k_tmp,
+            peer_key,
+            state: TunnelState::ExpectTunnelRequest { until: now + AWAIT_TUNNEL_REQUEST },
+            mncn: None,
+            send_to: None,
+            on_relay: relay.is_some(),
+            probe: None,
+            established_at: None,
+            last_rx: now,
+            last_tx: now,
+            last_data: now,
+            superseded_until: None,
+            reestablish: false,
+            rx_packets: 0,
+            tx_packets: 0,
+        });
+        if let Some(dst) = self.any_dc_addr() {
+            self.send_to_dc(now, dst, &ack);
+        }
+        let i = self.tunnels.len() - 1;
+        if relay.is_some() {
+            if let Some(t) = self.tunnels.get_mut(i) {
+                t.state = TunnelState::Punching { retry: Retry::new(now, self.cfg.backoff) };
+            }
+            self.send_hole_punch(now, i, false);
+        } else if rd.role == TunnelRole::Initiate {
+            self.start_tunnel_request(now, i);
+        }
+        Received::Handled
+    }
+
+    fn seal_tun(&mut self, now: Instant, i: usize, dst: SocketAddr, msg: &Message) {
+        let Some(t) = self.tunnels.get_mut(i) else { return };
+        match t.k_tun.seal(now, msg) {
+            Ok(bytes) => self.transmit(Via::Udp, dst, bytes),
+            Err(e) => log::warn!("cannot seal {:?} with K_tun: {e}", msg.msg_type()),
+        }
+    }
+
+    fn seal_mncn(&mut self, now: Instant, i: usize, dst: SocketAddr, msg: &Message) {
+        let Some(t) = self.tunnels.get_mut(i) else { return };
+        let Some(ch) = t.mncn.as_mut() else { return };
+        match ch.seal(now, msg) {
+            Ok(bytes) => {
+                t.last_tx = now;
+                self.transmit(Via::Udp, dst, bytes)
+            }
+            Err(e) => log::warn!("cannot seal {:?} with K_mncn: {e}", msg.msg_type()),
+        }
+    }
+
+    fn send_hole_punch(&mut self, now: Instant, i: usize, release: bool) {
+        let Some(t) = self.tunnels.get(i) else { return };
+        let Some(relay) = t.relay else { return };
+        let msg = Message::HolePunch(HolePunch { side: t.side, release });
+        self.seal_tun(now, i, relay, &msg);
+    }
+
+    fn send_probe(&mut self, now: Instant, i: usize, probe_id: u32, to: Option<SocketAddr>) {
+        let Some(t) = self.tunnels.get(i) else { return };
+        let Some(dst) = to.or(t.send_to) else { return };
+        self.seal_mncn(now, i, dst, &Message::PathProbe(PathProbe { probe_id }));
+    }
+
+    /// Where the Tunnel Request goes: the RS, or the peer's first endpoint in a family we
+    /// are registered in.
+    fn tunnel_request_target(&self, t: &Tunnel) -> Option<SocketAddr> {
+        t.relay.or_else(|| {
+            let eps = t.peer.endpoints.as_slice();
+            eps.iter().find(|a| self.has_family(a)).or(eps.first()).copied()
+        })
+    }
+
+    /// Makes K_mncn, wraps it for the peer and sends the Tunnel Request (spec 4.4 step 4).
+    fn start_tunnel_request(&mut self, now: Instant, i: usize) {
+        let (Some(me), Some(my_virtual)) = (self.fqdn().cloned(), self.virtual_addrs) else { return };
+        let lifetime = self.cfg.tunnel_key_lifetime;
+        let Some(t) = self.tunnels.get(i) else { return };
+        let session = t.session;
+        let k_mncn = KMnCn::generate(&mut *self.rng);
+        let wrapped = match (&t.peer_key, &self.cfg.key_pair, &t.k_tmp) {
+            (Some(peer), Some(own), _) => {
+                wrap_for_peer(&mut *self.rng, own, peer, session, &me, &k_mncn).map(WrappedKey::Public)
+            }
+            (_, _, Some(k_tmp)) => wrap_with_tmp(k_tmp, session, &me, &t.peer.fqdn, &k_mncn).map(WrappedKey::Tmp),
+            _ => Err(CryptoError::BadPublicKey),
+        };
+        let wrapped = match wrapped {
+            Ok(w) => w,
+            Err(e) => {
+                log::warn!("cannot wrap K_mncn for {}: {e}", t.peer.fqdn);
+                return;
+            }
+        };
+        let Some(dst) = self.tunnel_request_target(t) else { return };
+        let Ok(mncn) = Channel::new(k_mncn, KeyId(session.0), Sender::Initiator, now + lifetime) else { return };
+        let request = TunnelRequest { initiator: me, virtual_addrs: my_virtual, wrapped };
+        let msg = Message::TunnelRequest(request.clone());
+        if let Some(t) = self.tunnels.get_mut(i) {
+            t.mncn = Some(mncn);
+            t.state = TunnelState::ExpectTunnelResponse {
+                retry: Retry::new(now, self.cfg.backoff),
+                request: Box::new(request),
+            };
+        }
+        self.seal_tun(now, i, dst, &msg);
+    }
+
+    fn tunnel_index(&self, session: SessionId) -> Option<usize> {
+        self.tunnels.iter().position(|t| t.session == session)
+    }
+
+    /// Tunnel Request (from the peer) and Hole Punch Ack (from the RS), sealed with K_tun.
+    pub(super) fn handle_tun_message(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) -> Received {
+        let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(Drop::Malformed) };
+        let Some(i) = self.tunnel_index(SessionId(env.key_id().0)) else { return self.drops.count(Drop::UnknownKey) };
+        let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(Drop::UnknownKey) };
+        let (header, msg) = match t.k_tun.open(now, buf) {
+            Ok(m) => m,
+            Err(e) => return self.drops.count(Drop::from(e)),
+        };
+        match msg {
+            Message::TunnelRequest(tr) => self.handle_tunnel_request(now, i, from, header, tr),
+            Message::HolePunchAck(a) => self.handle_hole_punch_ack(now, i, header, a),
+            _ => self.drops.count(Drop::Unexpected),
+        }
+    }
+
+    fn handle_hole_punch_ack(&mut self, now: Instant, i: usize, header: Header, _a: HolePunchAck) -> Received {
+        let Some(t) = self.tunnels.get_mut(i) else { return Received::Handled };
+        if header.sender != Sender::Rs {
+            return self.drops.count(Drop::Unauthorized);
+        }
+        if !matches!(t.state, TunnelState::Punching { .. }) {
+            return Received::Handled; // a keepalive punch's acknowledgement
+        }
+        if t.role == TunnelRole::Initiate {
+            self.start_tunnel_request(now, i);
+        } else {
+            t.state = TunnelState::ExpectTunnelRequest { until: now + AWAIT_TUNNEL_REQUEST };
+        }
+        Received::Handled
+    }
+
+    fn handle_tunnel_request(
+        &mut self,
+        now: Instant,
+        i: usize,
+        from: SocketAddr,
+        header: Header,
+        tr: TunnelRequest,
+    ) -> Received {
+        let Some(me) = self.fqdn().cloned() else { return self.drops.count(Drop::Stale) };
+        let Some(my_virtual) = self.virtual_addrs else { return self.drops.count(Drop::Stale) };
+        let lifetime = self.cfg.tunnel_key_lifetime;
+        let Some(t) = self.tunnels.get_mut(i) else { return Received::Handled };
+        let peer_sender = side_sender(if t.side == Side::Mn { Side::Cn } else { Side::Mn });
+        if header.sender != peer_sender || t.role != TunnelRole::Await {
+            return self.drops.count(Drop::Unauthorized);
+        }
+        if tr.initiator != t.peer.fqdn || tr.virtual_addrs != t.peer.virtual_addrs {
+            return self.drops.count(Drop::Unauthorized);
+        }
+        let k_mncn = match (&tr.wrapped, &t.k_tmp, &t.peer_key, &self.cfg.key_pair) {
+            (WrappedKey::Tmp(w), Some(k_tmp), _, _) => unwrap_with_tmp(k_tmp, t.session, &t.peer.fqdn, &me, w),
+            (WrappedKey::Public(w), _, Some(peer), Some(own)) => unwrap_from_peer(own, &me, peer, t.session, w),
+            _ => Err(CryptoError::BadPublicKey),
+        };
+        let k_mncn = match k_mncn {
+            Ok(k) => k,
+            Err(e) => {
+                log::warn!("Tunnel Request from {} does not unwrap: {e}", t.peer.fqdn);
+                return self.drops.count(Drop::Crypto);
+            }
+        };
+        match &t.mncn {
+            // The initiator retransmitted (our response was lost): answer again.
+            Some(existing) if *existing.key() == k_mncn => {}
+            Some(_) => return self.drops.count(Drop::Stale),
+            None => {
+                let Ok(ch) = Channel::new(k_mncn, KeyId(t.session.0), Sender::Responder, now + lifetime) else {
+                    return self.drops.count(Drop::Malformed);
+                };
+                t.mncn = Some(ch);
+                t.send_to = Some(from);
+                t.on_relay = t.relay == Some(from);
+                self.tunnel_established(now, i);
+            }
+        }
+        let msg = Message::TunnelResponse(TunnelResponse { virtual_addrs: my_virtual });
+        self.seal_mncn(now, i, from, &msg);
+        Received::Handled
+    }
+
+    fn tunnel_established(&mut self, now: Instant, i: usize) {
+        let route_opt = self.cfg.route_optimization;
+        let Some(t) = self.tunnels.get_mut(i) else { return };
+        t.state = TunnelState::Established;
+        t.established_at = Some(now);
+        t.last_rx = now;
+        t.last_data = now;
+        let (session, peer, virtual_addrs, path) = (t.session, t.peer.fqdn.clone(), t.peer.virtual_addrs, t.path());
+        log::info!("tunnel {session} to {peer} is up ({path:?}, via {:?})", t.send_to);
+        // A newer session to the same peer replaces older ones after a grace period.
+        for other in self.tunnels.iter_mut() {
+            if other.peer.fqdn == peer && other.session != session && other.is_live() {
+                other.superseded_until = Some(now + SUPERSEDED_GRACE);
+            }
+        }
+        self.emit(NodeEvent::TunnelUp { session, peer: peer.clone(), path });
+        self.complete_resolves(&peer, virtual_addrs);
+        if route_opt && path == PathKind::Relay {
+            self.start_probe(now, i);
+        }
+    }
+
+    /// Route optimization: probe the peer's observed addresses directly.
+    fn start_probe(&mut self, now: Instant, i: usize) {
+        let Some(t) = self.tunnels.get(i) else { return };
+        let targets: Vec<SocketAddr> = t.peer.endpoints.iter().filter(|a| self.has_family(a)).copied().collect();
+        if targets.is_empty() {
+            return;
+        }
+        let id = self.rng.next_u32();
+        let policy = crate::engine::Backoff { initial: PROBE_INTERVAL, max: PROBE_INTERVAL, attempts: PROBE_ATTEMPTS };
+        for &dst in &targets {
+            self.send_probe(now, i, id, Some(dst));
+        }
+        if let Some(t) = self.tunnels.get_mut(i) {
+            t.probe = Some(Probe { id, targets, retry: Retry::new(now, policy) });
+        }
+    }
+
+    /// Tunnel Response, Path Probe and Path Probe Ack, sealed with K_mncn.
+    pub(super) fn handle_mncn_message(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) -> Received {
+        let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(Drop::Malformed) };
+        let Some(i) = self.tunnel_index(SessionId(env.key_id().0)) else { return self.drops.count(Drop::UnknownKey) };
+        let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(Drop::UnknownKey) };
+        let Some(ch) = t.mncn.as_mut() else { return self.drops.count(Drop::Stale) };
+        let (_, msg) = match ch.open(now, buf) {
+            Ok(m) => m,
+            Err(e) => return self.drops.count(Drop::from(e)),
+        };
+        t.last_rx = now;
+        match msg {
+            Message::TunnelResponse(r) => {
+                if !matches!(t.state, TunnelState::ExpectTunnelResponse { .. }) {
+                    return Received::Handled; // duplicate response
+                }
+                if r.virtual_addrs != t.peer.virtual_addrs {
+                    return self.drops.count(Drop::Unauthorized);
+                }
+                t.send_to = Some(from);
+                t.on_relay = t.relay == Some(from);
+                self.tunnel_established(now, i);
+                Received::Handled
+            }
+            Message::PathProbe(p) => {
+                self.follow_peer(now, i, from);
+                let msg = Message::PathProbeAck(PathProbeAck { probe_id: p.probe_id, observed: from });
+                self.seal_mncn(now, i, from, &msg);
+                Received::Handled
+            }
+            Message::PathProbeAck(a) => {
+                let probing = t.probe.as_ref().is_some_and(|p| p.id == a.probe_id);
+                if probing && t.on_relay && t.relay != Some(from) {
+                    self.switch_to_direct(now, i, from);
+                } else {
+                    self.follow_peer(now, i, from);
+                }
+                Received::Handled
+            }
+            _ => self.drops.count(Drop::Unexpected),
+        }
+    }
+
+    /// An authenticated packet came from `from`. On a direct path the newest source is
+    /// where the peer is now (it moved, or its NAT rebound); on a relayed path, a packet
+    /// straight from the peer means it found the direct path.
+    fn follow_peer(&mut self, now: Instant, i: usize, from: SocketAddr) {
+        let Some(t) = self.tunnels.get_mut(i) else { return };
+        if !t.is_established() || t.send_to == Some(from) {
+            return;
+        }
+        if t.on_relay {
+            if t.relay != Some(from) {
+                self.switch_to_direct(now, i, from);
+            }
+        } else {
+            log::info!("peer {} of tunnel {} now at {from}", t.peer.fqdn, t.session);
+            t.send_to = Some(from);
+        }
+    }
+
+    fn switch_to_direct(&mut self, now: Instant, i: usize, to: SocketAddr) {
+        let Some(t) = self.tunnels.get_mut(i) else { return };
+        t.send_to = Some(to);
+        t.on_relay = false;
+        t.probe = None;
+        let (session, peer) = (t.session, t.peer.fqdn.clone());
+        log::info!("tunnel {session} to {peer}: direct path {to} works; leaving the relay");
+        self.send_hole_punch(now, i, true);
+        self.emit(NodeEvent::PathChanged { session, peer, path: PathKind::Direct });
+    }
+
+    /// A data packet: open it in place and hand back the inner packet if it is from the
+    /// peer's virtual address to ours (anything else is dropped: a peer may only send as
+    /// itself).
+    pub(super) fn handle_data(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
+        let Ok(env) = Envelope::new_checked(&buf[..]) else { return self.drops.count(Drop::Malformed) };
+        let Some(i) = self.tunnel_index(SessionId(env.key_id().0)) else { return self.drops.count(Drop::UnknownKey) };
+        let my_virtual = self.virtual_addrs;
+        let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(Drop::UnknownKey) };
+        let Some(ch) = t.mncn.as_mut() else { return self.drops.count(Drop::Stale) };
+        let range = match ch.open_in_place(now, buf) {
+            Ok(r) => r,
+            Err(e) => return self.drops.count(Drop::from(e)),
+        };
+        let inner = buf.get(range.clone()).unwrap_or(&[]);
+        let ok = match (ip_endpoints(inner), my_virtual) {
+            (Some((src, dst)), Some(me)) => t.carries(src) && (dst == IpAddr::V4(me.v4) || dst == IpAddr::V6(me.v6)),
+            _ => false,
+        };
+        if !ok {
+            return self.drops.count(Drop::Unauthorized);
+        }
+        t.last_rx = now;
+        t.last_data = now;
+        t.rx_packets += 1;
+        self.follow_peer(now, i, from);
+        Received::Ip(range)
+    }
+
+    /// Seals a packet from the TUN device in place for its tunnel and returns where to
+    /// send it. `buf` is `[HEADER_LEN spare bytes | IP packet | TAG_LEN spare bytes]`.
+    pub fn seal_ip(&mut self, now: Instant, buf: &mut [u8]) -> Result<SocketAddr, SendError> {
+        let end = buf.len().checked_sub(TAG_LEN).filter(|&e| e > HEADER_LEN).ok_or(SendError::NotIp)?;
+        let (_, dst) = buf.get(HEADER_LEN..end).and_then(ip_endpoints).ok_or(SendError::NotIp)?;
+        let i = self
+            .tunnels
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.is_established() && t.carries(dst))
+            .max_by_key(|(_, t)| (t.is_live(), t.established_at))
+            .map(|(i, _)| i)
+            .ok_or(SendError::NoTunnel(dst))?;
+        let t = self.tunnels.get_mut(i).ok_or(SendError::NoTunnel(dst))?;
+        let to = t.send_to.ok_or(SendError::NoTunnel(dst))?;
+        let ch = t.mncn.as_mut().ok_or(SendError::NoTunnel(dst))?;
+        ch.seal_in_place(now, MsgType::Data, buf).map_err(SendError::Crypto)?;
+        t.last_tx = now;
+        t.last_data = now;
+        t.tx_packets += 1;
+        Ok(to)
+    }
+
+    /// Convenience over [`Node::seal_ip`] for callers that do not manage buffers: seals a
+    /// copy of `packet` and queues it for [`crate::engine::Engine::poll_transmit`].
+    pub fn send_ip(&mut self, now: Instant, packet: &[u8]) -> Result<(), SendError> {
+        let mut buf = vec![0u8; HEADER_LEN + packet.len() + TAG_LEN];
+        buf.get_mut(HEADER_LEN..HEADER_LEN + packet.len()).ok_or(SendError::NotIp)?.copy_from_slice(packet);
+        let dst = self.seal_ip(now, &mut buf)?;
+        self.transmit(Via::Udp, dst, buf);
+        Ok(())
+    }
+
+    pub(super) fn drive_tunnels(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.tunnels.len() {
+            if self.drive_tunnel(now, i) {
+                i += 1;
+            } else {
+                let t = self.tunnels.remove(i);
+                let peer = t.peer.fqdn.clone();
+                let still = self.tunnels.iter().any(|o| o.peer.fqdn == peer && o.is_established());
+                if t.is_established() && !still {
+                    self.emit(NodeEvent::TunnelDown { session: t.session, peer });
+                } else if !t.is_established() && !still {
+                    self.fail_resolves(&peer, ResolveError::Timeout);
+                }
+            }
+        }
+    }
+
+    /// Runs one tunnel's timers; false when the tunnel is over.
+    fn drive_tunnel(&mut self, now: Instant, i: usize) -> bool {
+        let cfg_keepalive = self.cfg.tunnel_keepalive;
+        let idle = self.cfg.tunnel_idle_timeout;
+        let Some(t) = self.tunnels.get_mut(i) else { return false };
+        if t.superseded_until.is_some_and(|u| now >= u) || t.mncn.as_ref().is_some_and(|c| c.is_expired(now)) {
+            return false;
+        }
+        enum Act {
+            None,
+            Punch,
+            Request(Box<TunnelRequest>, SocketAddr),
+            Probe(u32, Vec<SocketAddr>),
+            Keepalive,
+        }
+        let mut act = Act::None;
+        match &mut t.state {
+            TunnelState::Punching { retry } if retry.due(now) => {
+                if !retry.again(now) {
+                    log::warn!("RS does not answer hole punching for tunnel {}", t.session);
+                    return false;
+                }
+                act = Act::Punch;
+            }
+            TunnelState::ExpectTunnelResponse { retry, request } if retry.due(now) => {
+                if !retry.again(now) {
+                    log::warn!("no Tunnel Response from {} for tunnel {}", t.peer.fqdn, t.session);
+                    return false;
+                }
+                let dst = t.relay.or_else(|| t.peer.endpoints.as_slice().first().copied());
+                if let Some(dst) = dst {
+                    act = Act::Request(request.clone(), dst);
+                }
+            }
+            TunnelState::ExpectTunnelRequest { until } if now >= *until => return false,
+            TunnelState::Established => {
+                if now >= t.last_data + idle {
+                    log::info!("tunnel {} to {} idle; closing", t.session, t.peer.fqdn);
+                    return false;
+                }
+                if let Some(p) = &mut t.probe {
+                    if p.retry.due(now) {
+                        if p.retry.again(now) {
+                            act = Act::Probe(p.id, p.targets.clone());
+                        } else {
+                            log::info!("no direct path to {}; staying on the relay", t.peer.fqdn);
+                            t.probe = None;
+                        }
+                    }
+                }
+                if matches!(act, Act::None) && now >= t.last_tx + cfg_keepalive && t.is_live() {
+                    act = Act::Keepalive;
+                }
+            }
+            _ => {}
+        }
+        match act {
+            Act::None => {}
+            Act::Punch => self.send_hole_punch(now, i, false),
+            Act::Request(req, dst) => self.seal_tun(now, i, dst, &Message::TunnelRequest(*req)),
+            Act::Probe(id, targets) => {
+                for dst in targets {
+                    self.send_probe(now, i, id, Some(dst));
+                }
+            }
+            Act::Keepalive => {
+                // Keep the NAT mappings on the path open: punch the RS, or probe the peer
+                // when we are behind NAT (a global node needs no keepalive).
+                let (on_relay, send_to) = self.tunnels.get(i).map_or((false, None), |t| (t.on_relay, t.send_to));
+                if on_relay {
+                    self.send_hole_punch(now, i, false);
+                    if let Some(t) = self.tunnels.get_mut(i) {
+                        t.last_tx = now;
+                    }
+                } else if send_to.is_some_and(|a| self.behind_nat_for(&a)) {
+                    let id = self.rng.next_u32();
+                    self.send_probe(now, i, id, None);
+                } else if let Some(t) = self.tunnels.get_mut(i) {
+                    t.last_tx = now;
+                }
+            }
+        }
+        true
+    }
+}

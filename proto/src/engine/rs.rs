@@ -1,0 +1,407 @@
+//! The Relay Server engine (spec 4.4, Fig. 7).
+//!
+//! A DC sets up a relay session with a Relay Direction that carries K_tun and nothing
+//! else: the RS never holds K_tmp or K_mncn (spec section 3), and nothing in its state
+//! could hold them. Both nodes hole-punch to the RS with K_tun, which tells the RS where
+//! each one's NAT mapping is; from then on the RS forwards the session's packets between
+//! the two learned endpoints. It authenticates what it can (hole punches and Tunnel
+//! Requests, under K_tun) and forwards what it cannot read (Tunnel Responses, data and
+//! probes under K_mncn) only between those two endpoints, within per-session and global
+//! limits.
+//!
+//! Inputs: [`Engine`] calls. Forwarded packets come back from
+//! [`Engine::handle_datagram`] as [`Received::Forward`]: the driver sends the unchanged
+//! buffer to that address.
+
+use super::keyshare::SharedKeys;
+use super::{
+    ConfigError, DnsAnswer, DnsQuery, Drop, DropCounters, Engine, PeerIdentity, Received, Role, StreamKind, Transmit,
+    Via,
+};
+use crate::crypto::{parse_plain, plain, Channel};
+use crate::keys::{DcRs, Tun};
+use crate::time::{Duration, Instant};
+use crate::wire::refusal::{Reason, Refusal};
+use crate::wire::relay::{RelayDirection, RelayDirectionAck, RelayStatusAck};
+use crate::wire::route::Side;
+use crate::wire::tunnel::HolePunchAck;
+use crate::wire::{Envelope, Fqdn, KeyId, List, Message, MsgType, Sender, SessionId};
+use core::net::SocketAddr;
+use std::collections::{HashMap, VecDeque};
+
+/// How an RS is set up. [`RsConfig::new`] fills in the defaults.
+#[derive(Clone, Debug)]
+pub struct RsConfig {
+    /// The RS's name (its certificate carries it).
+    pub name: Fqdn,
+    /// The addresses nodes send to (one per family the RS has), advertised to DCs.
+    pub relay_addrs: Vec<SocketAddr>,
+    /// Most relay sessions at once.
+    pub max_sessions: usize,
+    /// A session with no packet for this long ends.
+    pub session_idle_timeout: Duration,
+    /// Most packets per second one session may relay (both directions together).
+    pub max_session_pps: u32,
+    /// Most DC keys held.
+    pub max_dc_keys: usize,
+}
+
+impl RsConfig {
+    /// A configuration with defaults.
+    pub fn new(name: Fqdn, relay_addrs: Vec<SocketAddr>) -> Self {
+        RsConfig {
+            name,
+            relay_addrs,
+            max_sessions: 10_000,
+            session_idle_timeout: Duration::from_secs(90),
+            max_session_pps: 200_000,
+            max_dc_keys: 256,
+        }
+    }
+}
+
+/// One relayed tunnel.
+struct Session {
+    k_tun: Channel<Tun>,
+    mn: Option<SocketAddr>,
+    cn: Option<SocketAddr>,
+    mn_released: bool,
+    cn_released: bool,
+    last_activity: Instant,
+    /// Token bucket: packets allowed in the current second.
+    second: u64,
+    budget: u32,
+    relayed: u64,
+}
+
+impl Session {
+    fn endpoint(&self, side: Side) -> Option<SocketAddr> {
+        if side == Side::Mn {
+            self.mn
+        } else {
+            self.cn
+        }
+    }
+
+    /// Which side `from` is, if it is one.
+    fn side_of(&self, from: SocketAddr) -> Option<Side> {
+        if self.mn == Some(from) {
+            Some(Side::Mn)
+        } else if self.cn == Some(from) {
+            Some(Side::Cn)
+        } else {
+            None
+        }
+    }
+}
+
+/// A relay session as status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelaySessionInfo {
+    /// The session.
+    pub session: SessionId,
+    /// MN's endpoint, once it punched.
+    pub mn: Option<SocketAddr>,
+    /// CN's endpoint, once it punched.
+    pub cn: Option<SocketAddr>,
+    /// Packets relayed.
+    pub relayed: u64,
+}
+
+/// The RS engine.
+pub struct Rs {
+    cfg: RsConfig,
+    dc_keys: SharedKeys<DcRs>,
+    sessions: HashMap<SessionId, Session>,
+    out: VecDeque<Transmit>,
+    drops: DropCounters,
+}
+
+impl core::fmt::Debug for Rs {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Rs")
+            .field("name", &self.cfg.name)
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn sender_side(s: Sender) -> Option<Side> {
+    match s {
+        Sender::Mn => Some(Side::Mn),
+        Sender::Cn => Some(Side::Cn),
+        _ => None,
+    }
+}
+
+fn other(side: Side) -> Side {
+    if side == Side::Mn {
+        Side::Cn
+    } else {
+        Side::Mn
+    }
+}
+
+impl Rs {
+    /// An RS; fails on a configuration it cannot work with.
+    pub fn new(cfg: RsConfig) -> Result<Self, ConfigError> {
+        if cfg.relay_addrs.is_empty() {
+            return Err(ConfigError::new("relay_addrs", "at least one address nodes can reach"));
+        }
+        if cfg.relay_addrs.len() > 4 {
+            return Err(ConfigError::new("relay_addrs", "at most four addresses"));
+        }
+        Ok(Rs {
+            dc_keys: SharedKeys::new(cfg.max_dc_keys),
+            cfg,
+            sessions: HashMap::new(),
+            out: VecDeque::new(),
+            drops: DropCounters::default(),
+        })
+    }
+
+    /// The relay sessions.
+    pub fn sessions(&self) -> Vec<RelaySessionInfo> {
+        let mut v: Vec<_> = self
+            .sessions
+            .iter()
+            .map(|(id, s)| RelaySessionInfo { session: *id, mn: s.mn, cn: s.cn, relayed: s.relayed })
+            .collect();
+        v.sort_by_key(|s| s.session);
+        v
+    }
+
+    /// Keys the RS holds, as (kind, fingerprint): only K_dcrs and K_tun, ever.
+    pub fn held_keys(&self) -> Vec<(&'static str, u64)> {
+        let mut v = Vec::new();
+        self.dc_keys.held_keys(&mut v);
+        for s in self.sessions.values() {
+            v.push(("K_tun", s.k_tun.key().fingerprint()));
+        }
+        v
+    }
+
+    fn relay_addrs(&self) -> List<SocketAddr, 4> {
+        // `new` checked there are at most four.
+        List::from_vec(self.cfg.relay_addrs.clone()).unwrap_or_default()
+    }
+
+    fn send_dc(&mut self, now: Instant, key_id: KeyId, to: SocketAddr, msg: &Message) {
+        let Some((_, ch)) = self.dc_keys.get(key_id) else { return };
+        match ch.seal(now, msg) {
+            Ok(bytes) => self.out.push_back(Transmit { via: Via::Udp, dst: to, payload: bytes }),
+            Err(e) => log::warn!("cannot seal for the DC: {e}"),
+        }
+    }
+
+    fn handle_dc_message(&mut self, now: Instant, from: SocketAddr, key_id: KeyId, buf: &[u8]) -> Received {
+        let Some((_, ch)) = self.dc_keys.get(key_id) else { return self.drops.count(Drop::UnknownKey) };
+        let (_, msg) = match ch.open(now, buf) {
+            Ok(m) => m,
+            Err(e) => return self.drops.count(Drop::from(e)),
+        };
+        let reply = match msg {
+            Message::RelayDirection(rd) => self.handle_relay_direction(now, rd),
+            Message::RelayStatus(s) => Message::RelayStatusAck(RelayStatusAck {
+                request_id: s.request_id,
+                sessions: u32::try_from(self.sessions.len()).unwrap_or(u32::MAX),
+                capacity: u32::try_from(self.cfg.max_sessions).unwrap_or(u32::MAX),
+                relay_addrs: self.relay_addrs(),
+            }),
+            _ => return self.drops.count(Drop::Unexpected),
+        };
+        self.send_dc(now, key_id, from, &reply);
+        Received::Handled
+    }
+
+    fn handle_relay_direction(&mut self, now: Instant, rd: RelayDirection) -> Message {
+        let ack = Message::RelayDirectionAck(RelayDirectionAck {
+            request_id: rd.request_id,
+            session: rd.session,
+            relay_addrs: self.relay_addrs(),
+        });
+        if self.sessions.contains_key(&rd.session) {
+            return ack; // a retransmission
+        }
+        if self.sessions.len() >= self.cfg.max_sessions {
+            self.drops.count(Drop::Limit);
+            return Message::Refusal(Refusal::new(
+                MsgType::RelayDirection,
+                rd.request_id,
+                Reason::Overloaded,
+                "relay session table full",
+            ));
+        }
+        let expires = now + rd.k_tun.lifetime.duration();
+        let Ok(k_tun) = Channel::new(rd.k_tun.key, KeyId(rd.session.0), Sender::Rs, expires) else {
+            return Message::Refusal(Refusal::new(
+                MsgType::RelayDirection,
+                rd.request_id,
+                Reason::Internal,
+                "unusable K_tun",
+            ));
+        };
+        log::info!("relay session {} set up", rd.session);
+        self.sessions.insert(
+            rd.session,
+            Session {
+                k_tun,
+                mn: None,
+                cn: None,
+                mn_released: false,
+                cn_released: false,
+                last_activity: now,
+                second: 0,
+                budget: 0,
+                relayed: 0,
+            },
+        );
+        ack
+    }
+
+    /// A hole punch: authenticate it with K_tun and record the sender's endpoint.
+    fn handle_hole_punch(&mut self, now: Instant, from: SocketAddr, session: SessionId, buf: &[u8]) -> Received {
+        let Some(s) = self.sessions.get_mut(&session) else { return self.drops.count(Drop::UnknownKey) };
+        let (header, msg) = match s.k_tun.open(now, buf) {
+            Ok(m) => m,
+            Err(e) => return self.drops.count(Drop::from(e)),
+        };
+        let Message::HolePunch(p) = msg else { return self.drops.count(Drop::Unexpected) };
+        if sender_side(header.sender) != Some(p.side) {
+            return self.drops.count(Drop::Unauthorized);
+        }
+        s.last_activity = now;
+        match p.side {
+            Side::Mn => {
+                s.mn = Some(from);
+                s.mn_released |= p.release;
+            }
+            _ => {
+                s.cn = Some(from);
+                s.cn_released |= p.release;
+            }
+        }
+        let done = s.mn_released && s.cn_released;
+        let ack = Message::HolePunchAck(HolePunchAck { observed: from });
+        match s.k_tun.seal(now, &ack) {
+            Ok(bytes) => self.out.push_back(Transmit { via: Via::Udp, dst: from, payload: bytes }),
+            Err(e) => log::warn!("cannot seal hole-punch ack: {e}"),
+        }
+        if done {
+            // Route optimization moved both nodes to a direct path.
+            log::info!("relay session {session} released by both nodes");
+            self.sessions.remove(&session);
+        }
+        Received::Handled
+    }
+
+    /// Anything else for a session: forward between the two learned endpoints.
+    fn forward(&mut self, now: Instant, from: SocketAddr, session: SessionId, ty: MsgType, buf: &[u8]) -> Received {
+        let max_pps = self.cfg.max_session_pps;
+        let Some(s) = self.sessions.get_mut(&session) else { return self.drops.count(Drop::UnknownKey) };
+        let Some(side) = s.side_of(from) else { return self.drops.count(Drop::Unauthorized) };
+        if ty == MsgType::TunnelRequest {
+            // Under K_tun, so the RS can and does check it before passing it on. Only the
+            // outer layer: K_mncn inside is wrapped with K_tmp or a public key.
+            match s.k_tun.open(now, buf) {
+                Ok((h, _)) if sender_side(h.sender) == Some(side) => {}
+                Ok(_) => return self.drops.count(Drop::Unauthorized),
+                Err(e) => return self.drops.count(Drop::from(e)),
+            }
+        }
+        let Some(to) = s.endpoint(other(side)) else { return self.drops.count(Drop::Stale) };
+        let second = now.as_millis() / 1000;
+        if s.second != second {
+            s.second = second;
+            s.budget = max_pps;
+        }
+        if s.budget == 0 {
+            return self.drops.count(Drop::Limit);
+        }
+        s.budget -= 1;
+        s.last_activity = now;
+        s.relayed += 1;
+        Received::Forward(to)
+    }
+}
+
+impl Engine for Rs {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
+        let (ty, sealed, key_id) = match Envelope::new_checked(&buf[..]) {
+            Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
+            Err(e) => return self.drops.count(Drop::from(e)),
+        };
+        if !sealed {
+            return self.drops.count(Drop::Unauthorized);
+        }
+        let session = SessionId(key_id.0);
+        match ty {
+            MsgType::RelayDirection | MsgType::RelayStatus => self.handle_dc_message(now, from, key_id, buf),
+            MsgType::HolePunch => self.handle_hole_punch(now, from, session, buf),
+            MsgType::TunnelRequest
+            | MsgType::TunnelResponse
+            | MsgType::Data
+            | MsgType::PathProbe
+            | MsgType::PathProbeAck => self.forward(now, from, session, ty, buf),
+            MsgType::Unknown(_) => self.drops.count(Drop::Malformed),
+            _ => self.drops.count(Drop::Unexpected),
+        }
+    }
+
+    fn handle_stream(
+        &mut self,
+        now: Instant,
+        kind: StreamKind,
+        from: SocketAddr,
+        peer: Option<&PeerIdentity>,
+        frame: &[u8],
+    ) -> Received {
+        let Some(peer) = peer.filter(|p| kind == StreamKind::Tls && p.role == Role::Dc) else {
+            return self.drops.count(Drop::Unauthorized);
+        };
+        match parse_plain(frame) {
+            Ok((_, Message::KeyShare(ks))) => match self.dc_keys.accept(now, &peer.name, Sender::Rs, ks) {
+                Some(ack) => {
+                    let via = Via::Stream { kind: StreamKind::Tls, server: None };
+                    self.out.push_back(Transmit { via, dst: from, payload: plain(Sender::Rs, &ack) });
+                    Received::Handled
+                }
+                None => self.drops.count(Drop::Unauthorized),
+            },
+            Ok(_) => self.drops.count(Drop::Unexpected),
+            Err(e) => self.drops.count(Drop::from(e)),
+        }
+    }
+
+    fn handle_stream_closed(&mut self, _now: Instant, _kind: StreamKind, _peer: SocketAddr) {}
+
+    fn handle_dns(&mut self, _now: Instant, _id: u64, _answer: DnsAnswer) {}
+
+    fn handle_timeout(&mut self, now: Instant) {
+        let idle = self.cfg.session_idle_timeout;
+        self.sessions.retain(|id, s| {
+            let keep = now < s.last_activity + idle && !s.k_tun.is_expired(now);
+            if !keep {
+                log::info!("relay session {id} ended (idle or key expired)");
+            }
+            keep
+        });
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    fn poll_dns(&mut self) -> Option<DnsQuery> {
+        None
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let idle = self.cfg.session_idle_timeout;
+        self.sessions.values().map(|s| (s.last_activity + idle).min(s.k_tun.expires())).min()
+    }
+
+    fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+}
