@@ -282,6 +282,11 @@ impl Node {
         self.drive_login(now);
     }
 
+    /// Replaces the credential for the next login (a fresh ID token, a changed password).
+    pub fn set_credential(&mut self, credential: Credential) {
+        self.cfg.credential = credential;
+    }
+
     /// The next event.
     pub fn poll_event(&mut self) -> Option<NodeEvent> {
         self.events.pop_front()

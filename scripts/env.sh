@@ -1,0 +1,18 @@
+# Shared set-up for the project's scripts: find or install a Rust toolchain.
+# Sourced, not run.
+set -eu
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v cargo >/dev/null 2>&1; then
+	echo "cargo not found: installing the stable toolchain with rustup" >&2
+	if ! command -v curl >/dev/null 2>&1; then
+		if [ "$(id -u)" = 0 ]; then
+			apt-get update -qq && apt-get install -y -qq curl ca-certificates build-essential >/dev/null
+		else
+			echo "error: need curl (apt-get install curl) or a Rust toolchain" >&2
+			exit 1
+		fi
+	fi
+	curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component clippy,rustfmt >&2
+	export PATH="$HOME/.cargo/bin:$PATH"
+fi
+cd "$(dirname "$0")/.."

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Runs every test of the project: formatting, lints, unit and property tests, the
+# simulator's sequence scenarios, and the replay of the committed fuzz corpus.
+. "$(dirname "$0")/env.sh"
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test (release profile for the crypto-heavy simulations)"
+cargo test --workspace --locked --release
+echo "== proto without the server engines (the agent's build)"
+cargo test -p ntm-proto --locked --no-default-features --lib
+echo "all tests passed"

@@ -1,0 +1,375 @@
+//! The complete sequences of the paper (spec section 4), run by the real engines over the
+//! simulated network, each from a seed. Read each test as a script over virtual time.
+
+mod deploy;
+
+use deploy::*;
+use ntm_proto::engine::account::{AccountServer, AsEvent};
+use ntm_proto::engine::dc::{Dc, DcEvent};
+use ntm_proto::engine::node::{NodeEvent, PathKind, ResolveError};
+use ntm_proto::engine::ns::Ns;
+use ntm_proto::engine::rs::Rs;
+use ntm_proto::engine::{Engine, StreamKind};
+use ntm_proto::time::Duration;
+use ntm_proto::wire::refusal::Reason;
+use ntm_proto::wire::registration::KeepaliveMethod;
+use ntm_sim::{Carrier, Direction, NatConfig, RealmConfig, RealmId};
+
+fn global(d: &mut Deployment, fqdn: &str, n: u8, opts: NodeOpts) -> ntm_sim::HostId {
+    let v4 = ip(&format!("198.51.100.{n}"));
+    let v6 = ip(&format!("2001:db8:100::{n}"));
+    d.add_node(fqdn, RealmId::INTERNET, &[v4, v6], opts)
+}
+
+fn behind_nat(d: &mut Deployment, fqdn: &str, nat: NatConfig, opts: NodeOpts) -> ntm_sim::HostId {
+    let realm = d.home(|o| RealmConfig::v4_only(o).with_nat(nat));
+    d.add_node(fqdn, realm, &[ip("192.168.1.2")], opts)
+}
+
+fn as_events(d: &mut Deployment) -> Vec<AsEvent> {
+    let mut v = Vec::new();
+    while let Some(e) = d.sim.engine::<AccountServer<TestAccounts>>(d.as_host).poll_event() {
+        v.push(e);
+    }
+    v
+}
+
+fn dc_events(d: &mut Deployment, dc: ntm_sim::HostId) -> Vec<DcEvent> {
+    let mut v = Vec::new();
+    while let Some(e) = d.sim.engine::<Dc>(dc).poll_event() {
+        v.push(e);
+    }
+    v
+}
+
+// ---- login (spec 4.1) ---------------------------------------------------------------
+
+#[test]
+fn login_with_password_then_registration_gives_virtual_addresses() {
+    let mut d = Deployment::new(1, Options::default());
+    let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    assert!(d.bring_up(mn), "node registers");
+    let ev = d.events(mn);
+    assert!(ev.contains(&NodeEvent::LoggedIn { fqdn: name("mn.zone-a.example") }), "{ev:?}");
+    // Dual-stack: one registration per family, both global.
+    let regs: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::Registered { observed, behind_nat, .. } => Some((*observed, *behind_nat)),
+            _ => None,
+        })
+        .collect();
+    d.run_for(Duration::from_secs(2));
+    let mut more = d.events(mn);
+    more.retain(|e| matches!(e, NodeEvent::Registered { .. }));
+    let all = regs.len() + more.len();
+    assert_eq!(all, 2, "registered in IPv4 and IPv6");
+    assert!(regs.iter().all(|(_, nat)| !nat));
+    let v = d.node(mn).virtual_addrs().unwrap();
+    assert_eq!(v.v4, "198.18.1.2".parse::<std::net::Ipv4Addr>().unwrap());
+    assert_eq!(v.v6, "2001:db8:ffa::2".parse::<std::net::Ipv6Addr>().unwrap());
+    // The DC got the key from the AS before the node got it (NTM ACK before response).
+    let dc_a = d.dc_a;
+    let dc = dc_events(&mut d, dc_a);
+    assert!(matches!(dc.first(), Some(DcEvent::NodeKeyReceived { .. })));
+    assert_eq!(
+        as_events(&mut d),
+        vec![AsEvent::LoggedIn {
+            fqdn: name("mn.zone-a.example"),
+            credential: ntm_proto::wire::login::CredentialKind::Password
+        }]
+    );
+    // The node found its DC from the NS record of its own name.
+    assert!(d.sim.dns().lookups_within(Some(mn), &d.zone_a) >= 1);
+}
+
+#[test]
+fn wrong_password_is_refused_and_no_key_is_issued() {
+    let mut d = Deployment::new(2, Options::default());
+    let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    d.accounts().passwords.get_mut("owner@mn.zone-a.example").unwrap().0 = b"another".to_vec();
+    d.start(mn);
+    d.run_for(Duration::from_secs(5));
+    let ev = d.events(mn);
+    assert!(ev.contains(&NodeEvent::LoginFailed { reason: Reason::BadCredential }), "{ev:?}");
+    assert!(d.node(mn).fqdn().is_none());
+    assert!(d.node(mn).held_keys().is_empty(), "no key after a refusal");
+    assert_eq!(d.sim.engine::<Dc>(d.dc_a).node_count(), 0, "the DC never got a key");
+}
+
+#[test]
+fn disabled_account_is_refused() {
+    let mut d = Deployment::new(3, Options::default());
+    let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    d.accounts().disabled.push(name("mn.zone-a.example"));
+    d.start(mn);
+    d.run_for(Duration::from_secs(5));
+    assert!(d.events(mn).contains(&NodeEvent::LoginFailed { reason: Reason::AccountDisabled }));
+}
+
+#[test]
+fn login_with_device_certificate() {
+    let mut d = Deployment::new(4, Options::default());
+    let mn = global(&mut d, "box.zone-a.example", 10, NodeOpts { login: Login::Device, ..NodeOpts::default() });
+    assert!(d.bring_up(mn));
+    assert_eq!(d.node(mn).fqdn(), Some(&name("box.zone-a.example")));
+    // A device whose certificate is not bound to an account is refused.
+    let other = global(&mut d, "stray.zone-a.example", 11, NodeOpts { login: Login::Device, ..NodeOpts::default() });
+    d.accounts().devices.clear();
+    d.start(other);
+    d.run_for(Duration::from_secs(5));
+    assert!(d.events(other).contains(&NodeEvent::LoginFailed { reason: Reason::BadCredential }));
+}
+
+#[test]
+fn device_certificate_credential_without_a_certificate_is_refused() {
+    let mut d = Deployment::new(5, Options::default());
+    // A node whose TLS carries no client certificate claims the device credential.
+    let mn = global(&mut d, "liar.zone-a.example", 10, NodeOpts::default());
+    d.accounts().devices.insert(name("liar.zone-a.example"), name("liar.zone-a.example"));
+    d.node(mn).set_credential(ntm_proto::wire::login::Credential::DeviceCertificate);
+    d.start(mn);
+    d.run_for(Duration::from_secs(5));
+    assert!(d.events(mn).contains(&NodeEvent::LoginFailed { reason: Reason::BadCredential }));
+}
+
+#[test]
+fn login_with_openid_token_and_refusal_of_expired_or_foreign_tokens() {
+    let mut d = Deployment::new(6, Options { oidc: true, ..Options::default() });
+    let mn = global(&mut d, "oidc.zone-a.example", 10, NodeOpts { login: Login::Oidc, ..NodeOpts::default() });
+    assert!(d.bring_up(mn));
+    assert_eq!(
+        as_events(&mut d),
+        vec![AsEvent::LoggedIn {
+            fqdn: name("oidc.zone-a.example"),
+            credential: ntm_proto::wire::login::CredentialKind::OidcToken
+        }]
+    );
+
+    for (i, (aud, valid)) in [("ntmobile", -600i64), ("someone-else", 3600)].into_iter().enumerate() {
+        let fqdn = format!("o{i}.zone-a.example");
+        let h = global(
+            &mut d,
+            &fqdn,
+            20 + u8::try_from(i).unwrap(),
+            NodeOpts { login: Login::Oidc, ..NodeOpts::default() },
+        );
+        let token = d.id_token(&format!("sub-{fqdn}"), aud, valid);
+        d.node(h).set_credential(ntm_proto::wire::login::Credential::OidcToken(
+            ntm_proto::wire::login::IdToken::new(token.as_bytes()).unwrap(),
+        ));
+        d.start(h);
+        d.run_for(Duration::from_secs(5));
+        assert!(d.events(h).contains(&NodeEvent::LoginFailed { reason: Reason::BadCredential }), "token {i} refused");
+    }
+}
+
+// ---- registration, NAT detection, keepalive (spec 4.2) -----------------------------
+
+#[test]
+fn registration_detects_nat_and_udp_keepalive_keeps_the_node_reachable() {
+    let mut d = Deployment::new(7, Options::default());
+    let nat = NatConfig { udp_timeout: Duration::from_secs(30), ..NatConfig::port_restricted_cone() };
+    let cn = behind_nat(&mut d, "cn.zone-a.example", nat, NodeOpts::default());
+    assert!(d.bring_up(cn));
+    let ev = d.events(cn);
+    let reg = ev
+        .iter()
+        .find_map(|e| match e {
+            NodeEvent::Registered { observed, behind_nat, .. } => Some((*observed, *behind_nat)),
+            _ => None,
+        })
+        .unwrap();
+    assert!(reg.1, "behind NAT");
+    assert_eq!(reg.0.ip(), ip("203.0.113.1"), "the DC saw the NAT's outside address");
+    // Ten minutes: the 30 s NAT timeout would have closed the mapping without the 20 s
+    // keepalives. A global MN can still reach the CN.
+    d.run_for(Duration::from_secs(600));
+    let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    assert!(d.bring_up(mn));
+    assert!(d.resolve(mn, "cn.zone-a.example").is_ok());
+    assert!(d.ping4(mn, cn, 1) && d.ping4(cn, mn, 2));
+}
+
+#[test]
+fn ns_path_delivers_route_direction_after_the_udp_mapping_expired() {
+    let mut d = Deployment::new(8, Options::default());
+    let nat = NatConfig { udp_timeout: Duration::from_secs(30), ..NatConfig::port_restricted_cone() };
+    let cn = behind_nat(
+        &mut d,
+        "cn.zone-b.example",
+        nat,
+        NodeOpts { keepalive: KeepaliveMethod::Ns, ..NodeOpts::default() },
+    );
+    assert!(d.bring_up(cn));
+    assert!(d.sim.run_until_cond(d.now() + Duration::from_secs(10), |s| s
+        .engine::<ntm_proto::engine::node::Node>(cn)
+        .notifications_ready()));
+    assert_eq!(d.sim.engine::<Ns>(d.ns).connected(), 1);
+    // No UDP keepalive on the NS path: after 15 minutes the NAT forgot the UDP mapping.
+    let cn_realm = d.sim.host_realm(cn);
+    let observed = d.sim.engine::<Dc>(d.dc_b).nodes()[0].endpoints[0].0;
+    d.sim.enable_capture(cn);
+    d.sim.enable_capture(d.ns);
+    d.run_for(Duration::from_secs(900));
+    let udp_out = d.sim.capture(cn).iter().filter(|c| c.dir == Direction::Out && c.carrier == Carrier::Udp).count();
+    assert_eq!(udp_out, 0, "no UDP traffic while idle");
+    // The DC's UDP path to the CN is gone: a datagram to the old mapping is dropped.
+    let dc_addr = d.sim.addr_v4(d.dc_b).unwrap();
+    d.sim.inject(RealmId::INTERNET, dc_addr, observed, vec![0; 32]);
+    d.run_for(Duration::from_secs(1));
+    assert_eq!(d.sim.nat_stats(cn_realm).mappings_expired, 1, "the UDP mapping expired");
+
+    let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    assert!(d.bring_up(mn));
+    let v = d.resolve(mn, "cn.zone-b.example").expect("reached through the NS");
+    assert_eq!(v, d.node(cn).virtual_addrs().unwrap());
+    // The Route Direction went DC -> NS -> node over the node's TCP connection.
+    let notified = d
+        .sim
+        .capture(d.ns)
+        .iter()
+        .filter(|c| {
+            c.dir == Direction::Out && c.carrier == Carrier::Stream(StreamKind::Tcp) && c.bytes.get(1) == Some(&0x26)
+        })
+        .count();
+    assert!(notified >= 1, "a Notify went to the node");
+    assert!(d.ping4(mn, cn, 7) && d.ping4(cn, mn, 8));
+}
+
+// ---- name resolution and tunnels (spec 4.3, 4.4) --------------------------------------
+
+#[test]
+fn direct_tunnel_both_global_across_two_dcs_found_by_dns() {
+    let mut d = Deployment::new(9, Options::default());
+    let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    let cn = global(&mut d, "cn.zone-b.example", 11, NodeOpts::default());
+    assert!(d.bring_up(mn) && d.bring_up(cn));
+    let v = d.resolve(mn, "cn.zone-b.example").unwrap();
+    assert_eq!(v, d.node(cn).virtual_addrs().unwrap());
+    // DC_MN looked up the NS record of CN's zone.
+    assert!(d.sim.dns().lookups_within(Some(d.dc_a), &d.zone_b) >= 1);
+    assert_eq!(d.path(mn, "cn.zone-b.example"), Some(PathKind::Direct));
+    assert!(d.ping4(mn, cn, 1) && d.ping4(cn, mn, 2) && d.ping6(mn, cn, 3) && d.ping6(cn, mn, 4));
+    // An ordinary name is answered as ordinary DNS.
+    assert_eq!(d.resolve(mn, "www.example.org"), Err(ResolveError::NotNtm));
+}
+
+#[test]
+fn direct_tunnel_mn_behind_nat() {
+    let mut d = Deployment::new(10, Options::default());
+    let mn = behind_nat(&mut d, "mn.zone-a.example", NatConfig::symmetric(), NodeOpts::default());
+    let cn = global(&mut d, "cn.zone-b.example", 11, NodeOpts::default());
+    assert!(d.bring_up(mn) && d.bring_up(cn));
+    assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
+    assert_eq!(d.path(mn, "cn.zone-b.example"), Some(PathKind::Direct));
+    assert!(d.ping4(mn, cn, 1) && d.ping4(cn, mn, 2));
+}
+
+#[test]
+fn direct_tunnel_cn_behind_nat_cn_opens_it() {
+    let mut d = Deployment::new(11, Options::default());
+    let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    let cn = behind_nat(&mut d, "cn.zone-b.example", NatConfig::symmetric(), NodeOpts::default());
+    assert!(d.bring_up(mn) && d.bring_up(cn));
+    assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
+    d.run_for(Duration::from_millis(500));
+    assert_eq!(d.path(cn, "mn.zone-a.example"), Some(PathKind::Direct));
+    assert!(d.ping4(mn, cn, 1) && d.ping4(cn, mn, 2));
+}
+
+#[test]
+fn relayed_tunnel_when_both_are_behind_symmetric_nats_stays_on_the_relay() {
+    let mut d = Deployment::new(12, Options::default());
+    let mn = behind_nat(&mut d, "mn.zone-a.example", NatConfig::symmetric(), NodeOpts::default());
+    let cn = behind_nat(&mut d, "cn.zone-b.example", NatConfig::symmetric(), NodeOpts::default());
+    assert!(d.bring_up(mn) && d.bring_up(cn));
+    assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
+    assert_eq!(d.path(mn, "cn.zone-b.example"), Some(PathKind::Relay));
+    assert!(d.ping4(mn, cn, 1) && d.ping4(cn, mn, 2));
+    // Route optimization cannot work through two symmetric NATs: still relayed later.
+    d.run_for(Duration::from_secs(10));
+    assert_eq!(d.path(mn, "cn.zone-b.example"), Some(PathKind::Relay));
+    assert_eq!(d.path(cn, "mn.zone-a.example"), Some(PathKind::Relay));
+    assert!(d.ping4(mn, cn, 3) && d.ping4(cn, mn, 4));
+    assert_eq!(d.sim.engine::<Rs>(d.relays[0]).sessions().len(), 1);
+}
+
+#[test]
+fn route_optimization_moves_a_relayed_tunnel_to_the_direct_path() {
+    let mut d = Deployment::new(13, Options::default());
+    let mn = behind_nat(&mut d, "mn.zone-a.example", NatConfig::port_restricted_cone(), NodeOpts::default());
+    let cn = behind_nat(&mut d, "cn.zone-b.example", NatConfig::restricted_cone(), NodeOpts::default());
+    assert!(d.bring_up(mn) && d.bring_up(cn));
+    assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
+    let up = d.events(mn);
+    assert!(up.iter().any(|e| matches!(e, NodeEvent::TunnelUp { path: PathKind::Relay, .. })), "{up:?}");
+    d.run_for(Duration::from_secs(5));
+    assert_eq!(d.path(mn, "cn.zone-b.example"), Some(PathKind::Direct));
+    assert_eq!(d.path(cn, "mn.zone-a.example"), Some(PathKind::Direct));
+    assert!(d.events(mn).iter().any(|e| matches!(e, NodeEvent::PathChanged { path: PathKind::Direct, .. })));
+    assert!(d.sim.engine::<Rs>(d.relays[0]).sessions().is_empty(), "the relay session was released");
+    assert!(d.ping4(mn, cn, 1) && d.ping4(cn, mn, 2));
+}
+
+#[test]
+fn ipv4_only_to_ipv6_only_goes_through_the_relay() {
+    let mut d = Deployment::new(14, Options::default());
+    let mn = behind_nat(&mut d, "mn.zone-a.example", NatConfig::port_restricted_cone(), NodeOpts::default());
+    let v6 = d.sim.add_realm("v6only", RealmId::INTERNET, RealmConfig::v6_only());
+    let cn = d.add_node("cn.zone-b.example", v6, &[ip("2001:db8:200::5")], NodeOpts::default());
+    assert!(d.bring_up(mn) && d.bring_up(cn));
+    assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
+    assert_eq!(d.path(mn, "cn.zone-b.example"), Some(PathKind::Relay));
+    // Both virtual address families work over the relay whatever the real families are.
+    assert!(d.ping4(mn, cn, 1) && d.ping6(cn, mn, 2));
+    d.run_for(Duration::from_secs(5));
+    assert_eq!(d.path(mn, "cn.zone-b.example"), Some(PathKind::Relay), "no direct path between families");
+}
+
+#[test]
+fn handover_keeps_the_virtual_addresses_and_the_flow() {
+    let mut d = Deployment::new(15, Options::default());
+    let mn = behind_nat(&mut d, "mn.zone-a.example", NatConfig::port_restricted_cone(), NodeOpts::default());
+    let cn = global(&mut d, "cn.zone-b.example", 11, NodeOpts::default());
+    assert!(d.bring_up(mn) && d.bring_up(cn));
+    assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
+    let before = d.node(mn).virtual_addrs().unwrap();
+    assert!(d.ping4(mn, cn, 1));
+
+    // MN moves to another access network (LTE, behind a symmetric CGN).
+    let lte = d.home(|o| RealmConfig::v4_only(o).with_nat(NatConfig::symmetric()));
+    d.sim.move_host(mn, lte, &[ip("10.20.0.7")]);
+    let t0 = d.now();
+    d.node(mn).handle_network_change(t0, vec![std::net::SocketAddr::new(ip("10.20.0.7"), NODE_PORT)]);
+    // Data keeps flowing on the same virtual addresses.
+    let mut tag = 100;
+    let ok = d.sim.run_until_cond(t0 + Duration::from_secs(10), |_| true);
+    assert!(ok);
+    let mut first_ok = None;
+    for _ in 0..50 {
+        tag += 1;
+        if d.ping4(cn, mn, tag) {
+            first_ok = Some(d.now().saturating_duration_since(t0));
+            break;
+        }
+    }
+    let handover = first_ok.expect("CN reaches MN after the move");
+    assert!(handover < Duration::from_secs(3), "handover took {handover:?}");
+    assert_eq!(d.node(mn).virtual_addrs().unwrap(), before);
+    assert!(d.ping4(mn, cn, 999));
+}
+
+#[test]
+fn dc_state_is_per_node_and_stray_datagrams_are_counted_not_fatal() {
+    let mut d = Deployment::new(16, Options::default());
+    let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    assert!(d.bring_up(mn));
+    let dc = d.sim.addr_v4(d.dc_a).unwrap();
+    for junk in [vec![], vec![1u8; 3], vec![1, 0x10, 1, 1, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3], vec![9; 64]] {
+        d.sim.inject(RealmId::INTERNET, "198.51.100.99:1".parse().unwrap(), dc, junk);
+    }
+    d.run_for(Duration::from_secs(1));
+    assert!(d.sim.engine::<Dc>(d.dc_a).drops().total() >= 4);
+    assert!(d.node(mn).is_registered());
+}
