@@ -19,6 +19,8 @@
 
 pub mod crypto;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod time;
 pub mod wire;
