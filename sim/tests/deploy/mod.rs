@@ -74,8 +74,8 @@ impl Accounts for TestAccounts {
 pub struct Options {
     /// Loss on every uplink and core link.
     pub loss: f64,
-    /// Relay servers: (name suffix, extra one-way latency to reach it).
-    pub relays: Vec<Duration>,
+    /// Relay servers: (extra one-way latency to reach it, session capacity).
+    pub relays: Vec<(Duration, usize)>,
     /// Sign attestations (public-key mode available).
     pub attest: bool,
     /// An OpenID Connect provider whose key the test holds.
@@ -84,7 +84,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { loss: 0.0, relays: vec![Duration::from_millis(20)], attest: false, oidc: false }
+        Options { loss: 0.0, relays: vec![(Duration::ZERO, 10_000)], attest: false, oidc: false }
     }
 }
 
@@ -139,8 +139,12 @@ impl Deployment {
     pub fn new(seed: u64, opts: Options) -> Self {
         let mut sim = Sim::new(seed);
         if opts.loss > 0.0 {
-            sim.set_default_uplink(
-                LinkConfig::new(Duration::from_millis(10)).with_jitter(Duration::from_millis(4)).with_loss(opts.loss),
+            // Loss and reordering on every hop: access uplinks and the core's last hops.
+            let jitter = Duration::from_millis(8);
+            sim.set_default_uplink(LinkConfig::new(Duration::from_millis(10)).with_jitter(jitter).with_loss(opts.loss));
+            sim.set_lan(
+                RealmId::INTERNET,
+                LinkConfig::new(Duration::from_millis(20)).with_jitter(jitter).with_loss(opts.loss),
             );
         }
         let now = sim.now();
@@ -168,12 +172,12 @@ impl Deployment {
         // Relay servers, dual-stack.
         let mut relay_refs = Vec::new();
         let mut relay_specs = Vec::new();
-        for (i, extra) in opts.relays.iter().enumerate() {
+        for (i, (extra, capacity)) in opts.relays.iter().enumerate() {
             let v4 = ip(&format!("192.0.2.{}", 30 + i));
             let v6 = ip(&format!("2001:db8::{}", 30 + i));
             let rname = format!("rs{}.example", i + 1);
             relay_refs.push(ServerRef { name: name(&rname), addr: SocketAddr::new(v4, SERVER_PORT) });
-            relay_specs.push((rname, v4, v6, *extra));
+            relay_specs.push((rname, v4, v6, *extra, *capacity));
         }
         let ns_ref = NsRef {
             server: ServerRef { name: name("ns1.example"), addr: SocketAddr::new(ip("192.0.2.40"), SERVER_PORT) },
@@ -209,15 +213,15 @@ impl Deployment {
         );
 
         let mut relays = Vec::new();
-        for (rname, v4, v6, extra) in relay_specs {
-            let realm = RealmId::INTERNET;
-            let _ = extra;
-            let rs = Rs::new(RsConfig::new(
-                name(&rname),
-                vec![SocketAddr::new(v4, SERVER_PORT), SocketAddr::new(v6, SERVER_PORT)],
-            ))
-            .unwrap();
-            relays.push(sim.add_host(&rname, realm, &[v4, v6], SERVER_PORT, server_identity(&rname, Role::Rs), rs));
+        for (rname, v4, v6, extra, capacity) in relay_specs {
+            let mut cfg =
+                RsConfig::new(name(&rname), vec![SocketAddr::new(v4, SERVER_PORT), SocketAddr::new(v6, SERVER_PORT)]);
+            cfg.max_sessions = capacity;
+            let rs = Rs::new(cfg).unwrap();
+            let h =
+                sim.add_host(&rname, RealmId::INTERNET, &[v4, v6], SERVER_PORT, server_identity(&rname, Role::Rs), rs);
+            sim.set_host_delay(h, extra);
+            relays.push(h);
         }
 
         let ns = Ns::new(NsConfig::new(name("ns1.example"))).unwrap();

@@ -78,8 +78,11 @@ pub struct DcConfig {
     pub tunnel_key_lifetime: Duration,
     /// Lifetime of K_ntmns.
     pub ntmns_lifetime: Duration,
-    /// Retransmission policy.
+    /// Retransmission policy for messages to the NS.
     pub backoff: Backoff,
+    /// Retransmission policy for the steps of a tunnel negotiation: faster than
+    /// `backoff`, because an application waits for its DNS answer meanwhile.
+    pub negotiation_backoff: Backoff,
     /// Most nodes.
     pub max_nodes: usize,
     /// Most negotiations in progress.
@@ -106,6 +109,11 @@ impl DcConfig {
             tunnel_key_lifetime: Duration::from_secs(24 * 3600),
             ntmns_lifetime: Duration::from_secs(24 * 3600),
             backoff: Backoff::DEFAULT,
+            negotiation_backoff: Backoff {
+                initial: Duration::from_millis(300),
+                max: Duration::from_secs(2),
+                attempts: 24,
+            },
             max_nodes: 100_000,
             max_negotiations: 4096,
             relay_status_interval: Duration::from_secs(30),
@@ -557,7 +565,7 @@ impl Dc {
                 Received::Handled
             }
             Message::RelayDirectionAck(a) => self.handle_relay_ack(now, i, a),
-            Message::Refusal(r) => self.handle_server_refusal(now, r),
+            Message::Refusal(r) => self.handle_server_refusal(now, i, r),
             _ => self.drops.count(Drop::Unexpected),
         }
     }

@@ -270,7 +270,7 @@ impl Dc {
         let request_id = self.ids.next();
         let Some(n) = self.negotiations.get_mut(i) else { return };
         n.home = Some(Home::Remote(peer));
-        n.state = State::ExpectNodeInfo { request_id, retry: Retry::new(now, self.cfg.backoff) };
+        n.state = State::ExpectNodeInfo { request_id, retry: Retry::new(now, self.cfg.negotiation_backoff) };
         let msg = Message::NodeInfoRequest(NodeInfoRequest { request_id, fqdn: n.cn.clone(), requester: n.mn.clone() });
         self.send_to_peer(now, peer, msg);
     }
@@ -384,7 +384,11 @@ impl Dc {
                 };
                 let request_id = self.ids.next();
                 if let Some(n) = self.negotiations.get_mut(i) {
-                    n.state = State::ExpectRelayAck { request_id, retry: Retry::new(now, self.cfg.backoff), relay };
+                    n.state = State::ExpectRelayAck {
+                        request_id,
+                        retry: Retry::new(now, self.cfg.negotiation_backoff),
+                        relay,
+                    };
                 }
                 let lifetime = Lifetime::from_duration(self.cfg.tunnel_key_lifetime);
                 let msg = Message::RelayDirection(RelayDirection {
@@ -412,6 +416,11 @@ impl Dc {
             (Some(m), Some(c)) => {
                 if let Some(n) = self.negotiations.get_mut(i) {
                     n.relay = Some((relay, m, c));
+                }
+                // Count the session until the next status report says otherwise, so a
+                // burst of negotiations spreads over the relays by load.
+                if let Some(r) = self.relays.get_mut(relay) {
+                    r.sessions = r.sessions.saturating_add(1);
                 }
                 self.send_direction(now, i, true);
             }
@@ -468,7 +477,7 @@ impl Dc {
             return self.fail(now, i, Reason::Internal, "cannot build Route Direction");
         };
         let request_id = rd.request_id;
-        let retry = Retry::new(now, self.cfg.backoff);
+        let retry = Retry::new(now, self.cfg.negotiation_backoff);
         if let Some(n) = self.negotiations.get_mut(i) {
             n.state = if first {
                 State::ExpectFirstAck { request_id, retry }
@@ -626,7 +635,7 @@ impl Dc {
             dc_request,
             cn,
             request_id: ours.request_id,
-            retry: Retry::new(now, self.cfg.backoff),
+            retry: Retry::new(now, self.cfg.negotiation_backoff),
             rd: Some(ours),
             done_until: None,
         });
@@ -746,18 +755,47 @@ impl Dc {
     }
 
     /// A refusal from an RS.
-    pub(super) fn handle_server_refusal(&mut self, now: Instant, r: Refusal) -> Received {
-        let found = self
-            .negotiations
-            .iter()
-            .position(|n| matches!(n.state, State::ExpectRelayAck { request_id, .. } if request_id == r.request_id));
-        match found {
-            Some(i) => {
-                self.fail(now, i, Reason::NoRelay, r.detail.as_str());
-                Received::Handled
+    pub(super) fn handle_server_refusal(&mut self, now: Instant, relay: usize, r: Refusal) -> Received {
+        let found = self.negotiations.iter().position(
+            |n| matches!(n.state, State::ExpectRelayAck { request_id, relay: x, .. } if request_id == r.request_id && x == relay),
+        );
+        let Some(i) = found else { return self.drops.count(Drop::Stale) };
+        // A full relay: note it and try the next best one, if any.
+        if r.reason == Reason::Overloaded {
+            if let Some(rl) = self.relays.get_mut(relay) {
+                rl.capacity = rl.capacity.max(1);
+                rl.sessions = rl.capacity;
             }
-            None => self.drops.count(Drop::Stale),
+            let fams = match self.negotiations.get(i).and_then(|n| n.decision) {
+                Some(Decision::Relay { mn_v4, cn_v4 }) => Some((mn_v4, cn_v4)),
+                _ => None,
+            };
+            let next = fams.and_then(|(m, c)| self.select_relay(m, c)).filter(|&x| x != relay);
+            if let (Some(next), Some(n)) = (next, self.negotiations.get(i)) {
+                let (session, k_tun) = (n.session, n.k_tun.clone());
+                if let Some(k_tun) = k_tun {
+                    log::info!("relay {} is full; trying relay {next} for session {session}", relay);
+                    let request_id = self.ids.next();
+                    if let Some(n) = self.negotiations.get_mut(i) {
+                        n.state = State::ExpectRelayAck {
+                            request_id,
+                            retry: Retry::new(now, self.cfg.negotiation_backoff),
+                            relay: next,
+                        };
+                    }
+                    let lifetime = Lifetime::from_duration(self.cfg.tunnel_key_lifetime);
+                    let msg = Message::RelayDirection(RelayDirection {
+                        request_id,
+                        session,
+                        k_tun: KeyGrant { key: k_tun, lifetime },
+                    });
+                    self.send_to_relay(now, next, msg);
+                    return Received::Handled;
+                }
+            }
         }
+        self.fail(now, i, Reason::NoRelay, r.detail.as_str());
+        Received::Handled
     }
 }
 

@@ -165,6 +165,12 @@ impl Node {
         }
         self.links = Link::for_addrs(&self.cfg.local_addrs, &self.session_dc_addrs());
         self.register_all(now);
+        // The TCP connection to the NS left from the old address: open a new one now
+        // rather than when the next hourly keepalive finds it dead.
+        if let Some(ns) = self.ns.as_mut() {
+            ns.state = NsState::Reconnect { at: now, failures: 0 };
+        }
+        self.drive_ns(now);
         self.begin_handover(now);
     }
 

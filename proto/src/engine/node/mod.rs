@@ -60,8 +60,12 @@ pub struct NodeConfig {
     pub static_dc: Option<DcLocation>,
     /// Log in again this long before K_ntmdc expires.
     pub relogin_before_expiry: Duration,
-    /// Retransmission policy for every request.
+    /// Retransmission policy for requests to servers.
     pub backoff: Backoff,
+    /// Retransmission policy for tunnel set-up (hole punches, Tunnel Requests): faster
+    /// and longer than `backoff`, because these cross up to four lossy links and an
+    /// application is waiting for its DNS answer.
+    pub tunnel_backoff: Backoff,
     /// Most tunnels at once (further Route Directions are refused).
     pub max_tunnels: usize,
     /// Most DNS-hook queries waiting at once.
@@ -99,6 +103,7 @@ impl NodeConfig {
             static_dc: None,
             relogin_before_expiry: Duration::from_secs(300),
             backoff: Backoff::DEFAULT,
+            tunnel_backoff: Backoff { initial: Duration::from_millis(300), max: Duration::from_secs(2), attempts: 16 },
             max_tunnels: 64,
             max_pending_resolves: 64,
             resolve_timeout: Duration::from_secs(10),
@@ -229,6 +234,7 @@ pub struct Node {
     resolves: Vec<PendingResolve>,
     next_resolve: u64,
     next_query: u64,
+    next_tunnel_seq: u64,
     out: VecDeque<Transmit>,
     events: VecDeque<NodeEvent>,
     queries: VecDeque<DnsQuery>,
@@ -269,6 +275,7 @@ impl Node {
             resolves: Vec::new(),
             next_resolve: 1,
             next_query: 1,
+            next_tunnel_seq: 0,
             out: VecDeque::new(),
             events: VecDeque::new(),
             queries: VecDeque::new(),

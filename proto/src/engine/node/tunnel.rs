@@ -88,6 +88,13 @@ struct Probe {
     id: u32,
     targets: Vec<SocketAddr>,
     retry: Retry,
+    /// Probing the RS with hole punches (after a handover on a relayed tunnel) rather
+    /// than the peer with path probes.
+    punch: bool,
+}
+
+fn probe_policy() -> crate::engine::Backoff {
+    crate::engine::Backoff { initial: PROBE_INTERVAL, max: PROBE_INTERVAL, attempts: PROBE_ATTEMPTS }
 }
 
 /// One tunnel negotiation and, once up, its data path.
@@ -112,6 +119,8 @@ pub(super) struct Tunnel {
     last_data: Instant,
     superseded_until: Option<Instant>,
     reestablish: bool,
+    /// Creation order: a later negotiation with the same peer supersedes an earlier one.
+    seq: u64,
     rx_packets: u64,
     tx_packets: u64,
 }
@@ -308,14 +317,24 @@ impl Node {
     pub(super) fn begin_handover(&mut self, now: Instant) {
         for i in 0..self.tunnels.len() {
             let Some(t) = self.tunnels.get_mut(i) else { continue };
-            if !t.is_live() || !t.is_established() {
+            if !t.is_live() {
                 continue;
             }
+            // Every live tunnel is renegotiated, also one still being set up: the peer
+            // may be about to answer at our old address.
             t.reestablish = true;
-            if t.on_relay {
+            if !t.is_established() {
+                continue;
+            }
+            // Tell the peer (or the RS) where we are now, repeating until it answers: the
+            // fast path of a handover, before the renegotiation through the DCs ends.
+            let punch = t.on_relay;
+            let id = self.rng.next_u32();
+            let targets: Vec<SocketAddr> = t.send_to.into_iter().collect();
+            t.probe = Some(Probe { id, targets, retry: Retry::new(now, probe_policy()), punch });
+            if punch {
                 self.send_hole_punch(now, i, false);
             } else {
-                let id = self.rng.next_u32();
                 self.send_probe(now, i, id, None);
             }
         }
@@ -473,6 +492,7 @@ impl Node {
             rd.peer.fqdn,
             relay.map_or("directly".to_string(), |a| format!("via RS {a}"))
         );
+        self.next_tunnel_seq += 1;
         self.tunnels.push(Tunnel {
             session: rd.session,
             peer: rd.peer,
@@ -493,6 +513,7 @@ impl Node {
             last_data: now,
             superseded_until: None,
             reestablish: false,
+            seq: self.next_tunnel_seq,
             rx_packets: 0,
             tx_packets: 0,
         });
@@ -502,7 +523,7 @@ impl Node {
         let i = self.tunnels.len() - 1;
         if relay.is_some() {
             if let Some(t) = self.tunnels.get_mut(i) {
-                t.state = TunnelState::Punching { retry: Retry::new(now, self.cfg.backoff) };
+                t.state = TunnelState::Punching { retry: Retry::new(now, self.cfg.tunnel_backoff) };
             }
             self.send_hole_punch(now, i, false);
         } else if rd.role == TunnelRole::Initiate {
@@ -581,7 +602,7 @@ impl Node {
         if let Some(t) = self.tunnels.get_mut(i) {
             t.mncn = Some(mncn);
             t.state = TunnelState::ExpectTunnelResponse {
-                retry: Retry::new(now, self.cfg.backoff),
+                retry: Retry::new(now, self.cfg.tunnel_backoff),
                 request: Box::new(request),
             };
         }
@@ -614,7 +635,11 @@ impl Node {
             return self.drops.count(Drop::Unauthorized);
         }
         if !matches!(t.state, TunnelState::Punching { .. }) {
-            return Received::Handled; // a keepalive punch's acknowledgement
+            // A keepalive's or a handover's punch was acknowledged.
+            if t.probe.as_ref().is_some_and(|p| p.punch) {
+                t.probe = None;
+            }
+            return Received::Handled;
         }
         if t.role == TunnelRole::Initiate {
             self.start_tunnel_request(now, i);
@@ -656,8 +681,13 @@ impl Node {
             }
         };
         match &t.mncn {
-            // The initiator retransmitted (our response was lost): answer again.
-            Some(existing) if *existing.key() == k_mncn => {}
+            // The initiator retransmitted (our response was lost): answer again, where it
+            // is now (it may have moved since).
+            Some(existing) if *existing.key() == k_mncn => {
+                if !t.on_relay {
+                    t.send_to = Some(from);
+                }
+            }
             Some(_) => return self.drops.count(Drop::Stale),
             None => {
                 let Ok(ch) = Channel::new(k_mncn, KeyId(t.session.0), Sender::Responder, now + lifetime) else {
@@ -683,9 +713,15 @@ impl Node {
         t.last_data = now;
         let (session, peer, virtual_addrs, path) = (t.session, t.peer.fqdn.clone(), t.peer.virtual_addrs, t.path());
         log::info!("tunnel {session} to {peer} is up ({path:?}, via {:?})", t.send_to);
-        // A newer session to the same peer replaces older ones after a grace period.
+        // A newer negotiation with the same peer replaces older ones after a grace
+        // period. An older one that comes up late (its response was delayed past a
+        // handover) is itself the one replaced.
+        let seq = t.seq;
+        let newer_up = self.tunnels.iter().any(|o| o.peer.fqdn == peer && o.seq > seq && o.is_established());
         for other in self.tunnels.iter_mut() {
-            if other.peer.fqdn == peer && other.session != session && other.is_live() {
+            let older = other.seq < seq && other.peer.fqdn == peer;
+            let me = other.seq == seq;
+            if other.is_live() && ((older && !newer_up) || (me && newer_up)) {
                 other.superseded_until = Some(now + SUPERSEDED_GRACE);
             }
         }
@@ -704,12 +740,11 @@ impl Node {
             return;
         }
         let id = self.rng.next_u32();
-        let policy = crate::engine::Backoff { initial: PROBE_INTERVAL, max: PROBE_INTERVAL, attempts: PROBE_ATTEMPTS };
         for &dst in &targets {
             self.send_probe(now, i, id, Some(dst));
         }
         if let Some(t) = self.tunnels.get_mut(i) {
-            t.probe = Some(Probe { id, targets, retry: Retry::new(now, policy) });
+            t.probe = Some(Probe { id, targets, retry: Retry::new(now, probe_policy()), punch: false });
         }
     }
 
@@ -744,10 +779,13 @@ impl Node {
                 Received::Handled
             }
             Message::PathProbeAck(a) => {
-                let probing = t.probe.as_ref().is_some_and(|p| p.id == a.probe_id);
+                let probing = t.probe.as_ref().is_some_and(|p| p.id == a.probe_id && !p.punch);
                 if probing && t.on_relay && t.relay != Some(from) {
                     self.switch_to_direct(now, i, from);
                 } else {
+                    if probing {
+                        t.probe = None; // the handover probe got through
+                    }
                     self.follow_peer(now, i, from);
                 }
                 Received::Handled
@@ -876,7 +914,7 @@ impl Node {
             None,
             Punch,
             Request(Box<TunnelRequest>, SocketAddr),
-            Probe(u32, Vec<SocketAddr>),
+            Probe(u32, Vec<SocketAddr>, bool),
             Keepalive,
         }
         let mut act = Act::None;
@@ -907,9 +945,11 @@ impl Node {
                 if let Some(p) = &mut t.probe {
                     if p.retry.due(now) {
                         if p.retry.again(now) {
-                            act = Act::Probe(p.id, p.targets.clone());
+                            act = Act::Probe(p.id, p.targets.clone(), p.punch);
                         } else {
-                            log::info!("no direct path to {}; staying on the relay", t.peer.fqdn);
+                            if t.on_relay && !p.punch {
+                                log::info!("no direct path to {}; staying on the relay", t.peer.fqdn);
+                            }
                             t.probe = None;
                         }
                     }
@@ -924,7 +964,8 @@ impl Node {
             Act::None => {}
             Act::Punch => self.send_hole_punch(now, i, false),
             Act::Request(req, dst) => self.seal_tun(now, i, dst, &Message::TunnelRequest(*req)),
-            Act::Probe(id, targets) => {
+            Act::Probe(_, _, true) => self.send_hole_punch(now, i, false),
+            Act::Probe(id, targets, false) => {
                 for dst in targets {
                     self.send_probe(now, i, id, Some(dst));
                 }
