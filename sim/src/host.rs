@@ -9,6 +9,7 @@ use crate::topology::RealmId;
 use core::any::Any;
 use core::net::{IpAddr, SocketAddr};
 use ntm_proto::engine::{Engine, PeerIdentity, StreamKind};
+use ntm_proto::time::Duration;
 use ntm_proto::time::Instant;
 
 /// A host of the simulated network.
@@ -111,6 +112,8 @@ pub(crate) struct Host {
     pub(crate) ip_inbox: Vec<Vec<u8>>,
     pub(crate) capture: Option<Vec<Captured>>,
     pub(crate) stats: HostStats,
+    /// Extra one-way delay of datagrams delivered to this host (a server farther away).
+    pub(crate) extra_delay: Duration,
 }
 
 /// First ephemeral port (RFC 6335's dynamic range).

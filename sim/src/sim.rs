@@ -322,6 +322,7 @@ impl Sim {
             ip_inbox: Vec::new(),
             capture: None,
             stats: HostStats::default(),
+            extra_delay: Duration::ZERO,
         });
         HostId(self.hosts.len() - 1)
     }
@@ -342,6 +343,12 @@ impl Sim {
             IpAddr::V4(v4) => self.host_at(realm, ip).is_some() || self.child_behind(realm, v4).is_some(),
             IpAddr::V6(_) => self.hosts.iter().any(|h| h.owns(ip)),
         }
+    }
+
+    /// Adds `delay` to every datagram delivered to `host`: a server farther away than
+    /// its realm's last hop (for tests of choosing the nearest relay).
+    pub fn set_host_delay(&mut self, host: HostId, delay: Duration) {
+        self.host_mut(host).extra_delay = delay;
     }
 
     /// Finds a host by the name it was added with.
@@ -744,9 +751,10 @@ impl Sim {
     /// through this realm's NAT.
     fn route(&mut self, realm: RealmId, mut pkt: Packet) {
         let dst_ip = pkt.dst.ip();
-        if self.host_at(realm, dst_ip).is_some() {
+        if let Some(h) = self.host_at(realm, dst_ip) {
+            let extra = self.host(h).extra_delay;
             if let Some(d) = self.traverse(LinkId::Lan(realm)) {
-                self.schedule(self.now + d, Event::Deliver { realm, pkt });
+                self.schedule(self.now + d + extra, Event::Deliver { realm, pkt });
             }
             return;
         }
