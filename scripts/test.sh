@@ -9,5 +9,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (release profile for the crypto-heavy simulations)"
 cargo test --workspace --locked --release
 echo "== proto without the server engines (the agent's build)"
+cargo clippy -p ntm-proto --locked --no-default-features -- -D warnings
 cargo test -p ntm-proto --locked --no-default-features --lib
 echo "all tests passed"

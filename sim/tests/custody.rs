@@ -50,8 +50,11 @@ fn the_relay_never_sees_k_tmp_or_k_mncn() {
     let now = d.now();
     let id = d.node(mn).resolve(now, name("cn.zone-b.example"));
     let mut kinds = BTreeSet::new();
+    let mut node_keys = Vec::new();
     d.sim.run_until_cond(d.now() + Duration::from_secs(20), |s| {
         kinds.extend(s.engine::<Rs>(rs).held_keys().into_iter().map(|(k, _)| k));
+        node_keys.extend(s.engine::<Node>(mn).held_keys());
+        node_keys.extend(s.engine::<Node>(cn).held_keys());
         s.engine::<Node>(mn).tunnels().iter().any(|t| t.established)
     });
     let _ = id;
@@ -60,11 +63,9 @@ fn the_relay_never_sees_k_tmp_or_k_mncn() {
     assert_eq!(kinds, BTreeSet::from(["K_dcrs", "K_tun"]), "the RS only ever held K_dcrs and K_tun");
 
     // Nothing the RS received or sent contains K_tmp or K_mncn in the clear.
-    let mut node_keys = d.node(mn).held_keys();
-    node_keys.extend(d.node(cn).held_keys());
     let tmp = fingerprints(&node_keys, "K_tmp");
     let mncn = fingerprints(&node_keys, "K_mncn");
-    assert_eq!(tmp.len(), 1, "MN and CN hold the same K_tmp");
+    assert_eq!(tmp.len(), 1, "MN and CN held the same K_tmp");
     assert_eq!(mncn.len(), 1, "MN and CN hold the same K_mncn");
     let captured = d.sim.capture(rs);
     assert!(captured.len() > 10);
@@ -72,6 +73,10 @@ fn the_relay_never_sees_k_tmp_or_k_mncn() {
         assert!(!contains_key::<Tmp>(&c.bytes, &tmp), "K_tmp on the wire at the RS");
         assert!(!contains_key::<MnCn>(&c.bytes, &mncn), "K_mncn on the wire at the RS");
     }
+    // K_tmp served one negotiation: neither node keeps it once the tunnel is settled.
+    d.run_for(Duration::from_secs(31));
+    assert!(fingerprints(&d.node(mn).held_keys(), "K_tmp").is_empty());
+    assert!(fingerprints(&d.node(cn).held_keys(), "K_tmp").is_empty());
 }
 
 #[test]

@@ -373,3 +373,100 @@ fn dc_state_is_per_node_and_stray_datagrams_are_counted_not_fatal() {
     assert!(d.sim.engine::<Dc>(d.dc_a).drops().total() >= 4);
     assert!(d.node(mn).is_registered());
 }
+
+// ---- recovery and lifetimes ------------------------------------------------------
+
+#[test]
+fn a_dc_that_lost_its_state_makes_its_nodes_log_in_again() {
+    let mut d = Deployment::new(17, Options::default());
+    let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    assert!(d.bring_up(mn));
+    let before = d.node(mn).virtual_addrs();
+    let _ = d.events(mn);
+    // The DC restarts with empty memory (no database yet).
+    let now = d.now();
+    let cfg = d.sim.engine::<Dc>(d.dc_a).config().clone();
+    let fresh = Dc::new(cfg, d.sim.rng_for("dc-a-2"), now).unwrap();
+    d.sim.replace_engine(d.dc_a, fresh);
+    // The next keepalive meets an unknown key; the DC's plain refusal names it; the
+    // node logs in again, and the AS gives the new DC its key.
+    d.run_for(Duration::from_secs(60));
+    let ev = d.events(mn);
+    assert!(ev.iter().any(|e| matches!(e, NodeEvent::LoggedIn { .. })), "{ev:?}");
+    assert!(ev.iter().any(|e| matches!(e, NodeEvent::Registered { .. })));
+    assert_eq!(d.sim.engine::<Dc>(d.dc_a).node_count(), 1);
+    assert_eq!(d.node(mn).virtual_addrs(), before, "assigned in the same order, so the same");
+}
+
+#[test]
+fn a_plain_refusal_naming_another_key_is_ignored() {
+    let mut d = Deployment::new(18, Options::default());
+    let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    assert!(d.bring_up(mn));
+    let _ = d.events(mn);
+    // An off-path attacker forges "unknown key" refusals from the DC's address.
+    let refusal = ntm_proto::wire::Message::Refusal(ntm_proto::wire::refusal::Refusal::new(
+        ntm_proto::wire::MsgType::Keepalive,
+        ntm_proto::wire::RequestId(0),
+        Reason::UnknownKey,
+        "",
+    ));
+    let mut forged = ntm_proto::crypto::plain(ntm_proto::wire::Sender::Dc, &refusal);
+    forged[4..8].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    let dc = d.sim.addr_v4(d.dc_a).unwrap();
+    let node = d.sim.addr_v4(mn).unwrap();
+    d.sim.inject(RealmId::INTERNET, dc, node, forged);
+    d.run_for(Duration::from_secs(2));
+    assert!(!d.events(mn).iter().any(|e| matches!(e, NodeEvent::LoggedIn { .. })), "no re-login");
+    assert!(d.sim.drops(mn).get(ntm_proto::engine::Drop::Unauthorized) >= 1);
+}
+
+#[test]
+fn tunnels_are_renegotiated_before_k_mncn_expires() {
+    let mut d = Deployment::new(19, Options::default());
+    let short = NodeOpts { tunnel_key_lifetime: Some(Duration::from_secs(60)), ..NodeOpts::default() };
+    let mn = global(&mut d, "mn.zone-a.example", 10, short.clone());
+    let cn = global(&mut d, "cn.zone-b.example", 11, short);
+    assert!(d.bring_up(mn) && d.bring_up(cn));
+    assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
+    let first: Vec<u64> = d.node(mn).held_keys().into_iter().filter(|(k, _)| *k == "K_mncn").map(|(_, f)| f).collect();
+    // Keep traffic going through several key lifetimes.
+    for i in 0..30 {
+        d.run_for(Duration::from_secs(5));
+        assert!((0..3).any(|j| d.ping4(mn, cn, i * 10 + j)), "round {i}");
+    }
+    let now: Vec<u64> = d.node(mn).held_keys().into_iter().filter(|(k, _)| *k == "K_mncn").map(|(_, f)| f).collect();
+    assert!(now.iter().all(|k| !first.contains(k)), "K_mncn was replaced");
+}
+
+#[test]
+fn a_failed_dns_lookup_is_not_taken_for_an_ordinary_name() {
+    let mut d = Deployment::new(20, Options::default());
+    let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    assert!(d.bring_up(mn));
+    // No zone, no ordinary entry: the lookup fails (SERVFAIL, timeout).
+    assert_eq!(d.resolve(mn, "cn.unknown.example"), Err(ResolveError::Refused(Reason::PeerUnreachable)));
+    assert_eq!(d.resolve(mn, "www.example.org"), Err(ResolveError::NotNtm));
+}
+
+#[test]
+fn a_push_node_is_woken_through_the_push_interface() {
+    let mut d = Deployment::new(21, Options::default());
+    let token = ntm_proto::wire::Bytes::new(b"fcm-token-123".to_vec()).unwrap();
+    let phone = behind_nat(
+        &mut d,
+        "phone.zone-b.example",
+        NatConfig::symmetric(),
+        NodeOpts { keepalive: KeepaliveMethod::Push(token), ..NodeOpts::default() },
+    );
+    let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    assert!(d.bring_up(phone) && d.bring_up(mn));
+    let now = d.now();
+    d.node(mn).resolve(now, name("phone.zone-b.example"));
+    d.run_for(Duration::from_secs(3));
+    let dc_b = d.dc_b;
+    let pushed = dc_events(&mut d, dc_b)
+        .into_iter()
+        .any(|e| matches!(e, DcEvent::PushNeeded { ref token, .. } if token == b"fcm-token-123"));
+    assert!(pushed, "the DC asked its driver to send a push notification");
+}

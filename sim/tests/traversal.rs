@@ -24,7 +24,8 @@ fn nat_type_pairs_end_direct_or_relayed_as_rfc4787_predicts() {
     let rc = NatConfig::restricted_cone;
     let prc = NatConfig::port_restricted_cone;
     let sym = NatConfig::symmetric;
-    let cases: [(&str, fn() -> NatConfig, fn() -> NatConfig, PathKind); 8] = [
+    type Case = (&'static str, fn() -> NatConfig, fn() -> NatConfig, PathKind);
+    let cases: [Case; 8] = [
         ("full/full", full, full, PathKind::Direct),
         ("prc/prc", prc, prc, PathKind::Direct),
         ("rc/prc", rc, prc, PathKind::Direct),

@@ -73,7 +73,9 @@ pub struct AsConfig {
     pub oidc_leeway: Duration,
     /// DCs known without DNS: zone -> DC.
     pub static_dcs: Vec<(Fqdn, DcLocation)>,
-    /// How long the DC may take to acknowledge a Key Distribution.
+    /// How long the DNS lookup of the node's DC, and then the DC's acknowledgement of the
+    /// Key Distribution, may each take. Both together stay under the node's 30 s wait
+    /// for its Login Response, so a slow DC never leads to a second key.
     pub dc_timeout: Duration,
     /// Most logins in progress.
     pub max_pending: usize,
@@ -378,7 +380,12 @@ impl<A: Accounts> Engine for AccountServer<A> {
             Ok((_, Message::LoginRequest(req))) => self.handle_login(now, from, peer, req),
             Ok((_, Message::NtmAck(ack))) if peer.is_some_and(|p| p.role == Role::Dc) => self.handle_ntm_ack(peer, ack),
             Ok((_, Message::Refusal(r))) if peer.is_some_and(|p| p.role == Role::Dc) => {
-                let found = self.pending.iter().position(|p| p.key_id.0 == r.request_id.0);
+                // Only the DC the key went to may refuse it.
+                let from = peer.map(|p| &p.name);
+                let found = self.pending.iter().position(|p| {
+                    p.key_id.0 == r.request_id.0
+                        && matches!(&p.step, Step::ExpectNtmAck { dc, .. } if Some(&dc.name) == from)
+                });
                 match found {
                     Some(i) => {
                         self.fail_pending(i, "the DC refused the key");
@@ -424,7 +431,7 @@ impl<A: Accounts> Engine for AccountServer<A> {
             .enumerate()
             .filter(|(_, p)| match &p.step {
                 Step::ExpectNtmAck { deadline, .. } => now >= *deadline,
-                Step::ExpectDcLocation { .. } => now >= p.started + self.cfg.dc_timeout * 2,
+                Step::ExpectDcLocation { .. } => now >= p.started + self.cfg.dc_timeout,
             })
             .map(|(i, _)| i)
             .collect();
@@ -446,7 +453,7 @@ impl<A: Accounts> Engine for AccountServer<A> {
             .iter()
             .map(|p| match &p.step {
                 Step::ExpectNtmAck { deadline, .. } => *deadline,
-                Step::ExpectDcLocation { .. } => p.started + self.cfg.dc_timeout * 2,
+                Step::ExpectDcLocation { .. } => p.started + self.cfg.dc_timeout,
             })
             .min()
     }

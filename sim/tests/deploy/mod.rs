@@ -102,6 +102,7 @@ pub struct NodeOpts {
     pub keepalive: KeepaliveMethod,
     pub public_key_mode: bool,
     pub udp_keepalive: Option<Duration>,
+    pub tunnel_key_lifetime: Option<Duration>,
 }
 
 impl Default for NodeOpts {
@@ -111,6 +112,7 @@ impl Default for NodeOpts {
             keepalive: KeepaliveMethod::Udp,
             public_key_mode: false,
             udp_keepalive: None,
+            tunnel_key_lifetime: None,
         }
     }
 }
@@ -319,8 +321,11 @@ impl Deployment {
         let mut cfg = NodeConfig::new(SocketAddr::new(as_ip, SERVER_PORT), name("as.example"), credential, local);
         cfg.keepalive = opts.keepalive;
         cfg.udp_keepalive_interval = opts.udp_keepalive;
+        if let Some(l) = opts.tunnel_key_lifetime {
+            cfg.tunnel_key_lifetime = l;
+        }
         cfg.key_pair = if opts.public_key_mode { key_pair.clone() } else { None };
-        let node = Node::new(cfg, self.sim.rng_for(fqdn));
+        let node = Node::new(cfg, self.sim.rng_for(fqdn)).unwrap();
         let identity = match (&opts.login, &key_pair) {
             (Login::Device, Some(k)) => Some(PeerIdentity { name: f, role: Role::Node, public_key: Some(k.public()) }),
             _ => None,
@@ -431,7 +436,7 @@ impl Deployment {
             .into_iter()
             .filter(|t| t.peer == p && t.established && !t.superseded)
             .map(|t| t.path)
-            .last()
+            .next_back()
     }
 
     pub fn run_for(&mut self, d: Duration) {

@@ -152,6 +152,15 @@ pub enum DcEvent {
         /// The RS, if relayed.
         relay: Option<Fqdn>,
     },
+    /// The DC must wake a node that keeps no connection (push keepalive method): the
+    /// driver sends a push notification with this token (FCM/APNs). The node then
+    /// registers again and the DC's retransmission reaches it.
+    PushNeeded {
+        /// The node.
+        fqdn: Fqdn,
+        /// Its push service token.
+        token: Vec<u8>,
+    },
     /// A negotiation failed.
     TunnelRefused {
         /// The session.
@@ -573,6 +582,7 @@ impl Dc {
 
 impl Engine for Dc {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
+        self.now_second = now.as_millis() / 1000;
         let (ty, sealed, key_id) = match Envelope::new_checked(&buf[..]) {
             Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
             Err(e) => return self.drops.count(Drop::from(e)),

@@ -30,6 +30,15 @@ use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side
 use crate::wire::{Fqdn, Lifetime, List, Message, MsgType, RequestId, SessionId};
 use core::net::SocketAddr;
 
+/// Who acknowledged a Route Direction.
+#[derive(Clone, Copy)]
+enum AckFrom<'a> {
+    /// One of our nodes.
+    Node(&'a Fqdn),
+    /// Another DC (for its CN).
+    Peer(usize),
+}
+
 /// Where the CN's DC is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Home {
@@ -105,6 +114,8 @@ pub(super) struct Negotiation {
     k_tmp: Option<KTmp>,
     relay: Option<(usize, SocketAddr, SocketAddr)>,
     expires: Instant,
+    /// Why it failed, to answer retransmitted Direction Requests.
+    failure: Option<(Reason, String)>,
 }
 
 impl Negotiation {
@@ -187,8 +198,14 @@ impl Dc {
 
     /// A node asks for a peer (spec 4.3 step 1).
     pub(super) fn handle_direction_request(&mut self, now: Instant, mn: &Fqdn, d: DirectionRequest) -> Received {
-        if self.negotiations.iter().any(|n| n.mn == *mn && n.mn_request == d.request_id) {
-            return Received::Handled; // a retransmission; the negotiation is under way
+        if let Some(n) = self.negotiations.iter().find(|n| n.mn == *mn && n.mn_request == d.request_id) {
+            // A retransmission: the negotiation is under way, or it failed and our refusal
+            // was lost, in which case it is sent again.
+            if let Some((reason, detail)) = n.failure.clone() {
+                let msg = Message::Refusal(Refusal::new(MsgType::DirectionRequest, d.request_id, reason, &detail));
+                self.send_to_node(now, mn, &msg, None);
+            }
+            return Received::Handled;
         }
         let refusal = |reason, detail: &str| {
             Message::Refusal(Refusal::new(MsgType::DirectionRequest, d.request_id, reason, detail))
@@ -224,6 +241,7 @@ impl Dc {
             k_tmp: None,
             relay: None,
             expires: now + self.cfg.negotiation_timeout,
+            failure: None,
         });
         if self.owns(&d.peer) {
             self.cn_is_local(now, session);
@@ -260,7 +278,10 @@ impl Dc {
         }
         let loc = match answer {
             crate::engine::DnsAnswer::Dc(loc) if !loc.addrs.is_empty() => loc,
-            _ => return self.fail(now, i, Reason::NotNtm, "not an NTMobile name"),
+            crate::engine::DnsAnswer::NotNtm => return self.fail(now, i, Reason::NotNtm, "not an NTMobile name"),
+            // A lookup that failed says nothing about the name: a temporary refusal, so
+            // the node does not take an NTMobile name for an ordinary one.
+            _ => return self.fail(now, i, Reason::PeerUnreachable, "DNS lookup of the peer's zone failed"),
         };
         if loc.name == self.cfg.name {
             return self.cn_is_local(now, session);
@@ -308,7 +329,7 @@ impl Dc {
                 Received::Handled
             }
             Message::RouteDirection(rd) => self.handle_forward(now, peer, rd),
-            Message::RouteDirectionAck(a) => self.handle_route_ack(now, Some(peer), a),
+            Message::RouteDirectionAck(a) => self.handle_route_ack(now, AckFrom::Peer(peer), a),
             Message::Refusal(r) => {
                 // A refusal of our NodeInfoRequest or of a Route Direction we sent.
                 let found = self.negotiations.iter().position(|n| {
@@ -511,7 +532,7 @@ impl Dc {
 
     /// An acknowledgement of a Route Direction, from one of our nodes (`peer` None) or
     /// from DC_CN.
-    fn handle_route_ack(&mut self, now: Instant, peer: Option<usize>, a: RouteDirectionAck) -> Received {
+    fn handle_route_ack(&mut self, now: Instant, from: AckFrom<'_>, a: RouteDirectionAck) -> Received {
         let Some(i) = self.negotiations.iter().position(|n| {
             n.session == a.session
                 && match n.state {
@@ -529,9 +550,10 @@ impl Dc {
             State::ExpectFirstAck { .. } => n.first_side(),
             _ => other(n.first_side()),
         };
-        let from_ok = match (expected_side, n.home, peer) {
-            (Side::Cn, Some(Home::Remote(p)), Some(q)) => p == q,
-            (_, _, None) => true,
+        let from_ok = match (expected_side, n.home, from) {
+            (Side::Cn, Some(Home::Remote(p)), AckFrom::Peer(q)) => p == q,
+            (Side::Cn, Some(Home::Local), AckFrom::Node(f)) => *f == n.cn,
+            (Side::Mn, _, AckFrom::Node(f)) => *f == n.mn,
             _ => false,
         };
         if !from_ok {
@@ -573,7 +595,7 @@ impl Dc {
         if !ours {
             return self.drops.count(Drop::Stale);
         }
-        self.handle_route_ack(now, None, a)
+        self.handle_route_ack(now, AckFrom::Node(fqdn), a)
     }
 
     /// A node refused a Route Direction (full, or an attestation that did not verify).
@@ -652,6 +674,7 @@ impl Dc {
         n.state = State::Finished { until: now + KEEP_FINISHED };
         n.k_tun = None;
         n.k_tmp = None;
+        n.failure = Some((reason, detail.to_string()));
         let (mn, cn, session, request_id) = (n.mn.clone(), n.cn.clone(), n.session, n.mn_request);
         let msg = Message::Refusal(Refusal::new(MsgType::DirectionRequest, request_id, reason, detail));
         self.send_to_node(now, &mn, &msg, None);

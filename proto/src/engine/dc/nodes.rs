@@ -181,6 +181,13 @@ impl Dc {
         if let Some(slot) = rec.seen.get_mut(fam) {
             *slot = Some(Seen { observed: from, behind_nat, last_seen: now });
         }
+        // A family the node no longer has an address in is no longer a way to reach it
+        // (it moved from a dual-stack network to a single-stack one).
+        for (f, slot) in rec.seen.iter_mut().enumerate() {
+            if !r.local_addrs.iter().any(|a| family(a) == f) {
+                *slot = None;
+            }
+        }
         rec.virtual_addrs = Some(virtual_addrs);
         rec.local_addrs = r.local_addrs;
         rec.method = r.keepalive;
@@ -296,6 +303,18 @@ impl Dc {
                 return false;
             }
         };
+        if let KeepaliveMethod::Push(token) = &rec.method {
+            if rec.seen.iter().flatten().all(|s| s.behind_nat) {
+                let ev = DcEvent::PushNeeded { fqdn: fqdn.clone(), token: token.as_slice().to_vec() };
+                // Still try UDP: the mapping may be alive.
+                let to = rec.seen.iter().flatten().map(|s| s.observed).next();
+                self.emit(ev);
+                if let Some(to) = to {
+                    self.transmit(Via::Udp, to, bytes);
+                }
+                return true;
+            }
+        }
         if rec.via_ns() {
             let Some(b) = rec.ns.as_ref() else { return false };
             let (ns, node_key_id) = (b.ns, b.key_id);
@@ -455,6 +474,7 @@ impl Dc {
                 fqdn: r.fqdn.clone(),
                 virtual_addrs: r.virtual_addrs,
                 endpoints: r.seen.iter().flatten().map(|s| (s.observed, s.behind_nat)).collect(),
+                last_seen: r.seen.iter().flatten().map(|s| s.last_seen).max(),
                 via_ns: r.via_ns(),
                 key_expires: r.channel.expires(),
             })
@@ -475,6 +495,8 @@ pub struct NodeStatus {
     pub endpoints: Vec<(SocketAddr, bool)>,
     /// True if the DC reaches it through an NS.
     pub via_ns: bool,
+    /// When it last registered or kept alive.
+    pub last_seen: Option<Instant>,
     /// When its K_ntmdc expires.
     pub key_expires: Instant,
 }

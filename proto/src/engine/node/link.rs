@@ -57,15 +57,6 @@ impl Link {
         matches!(self.state, LinkState::Registered { .. })
     }
 
-    /// Is `id` one of this link's requests in flight?
-    pub(super) fn outstanding(&self, id: RequestId) -> bool {
-        match &self.state {
-            LinkState::ExpectRegistrationResponse { request_id, .. } => *request_id == id,
-            LinkState::Registered { pending: Some((request_id, _)), .. } => *request_id == id,
-            _ => false,
-        }
-    }
-
     pub(super) fn deadline(&self) -> Option<Instant> {
         match &self.state {
             LinkState::ExpectRegistrationResponse { retry, .. } => Some(retry.deadline()),
@@ -80,7 +71,7 @@ impl Link {
 enum NsState {
     ExpectAck { request_id: RequestId, retry: Retry },
     Active { interval: Duration, next_keepalive: Instant, pending: Option<(RequestId, Retry)> },
-    Reconnect { at: Instant, failures: u32 },
+    Reconnect { at: Instant },
 }
 
 /// The node's TCP connection to its NS.
@@ -89,6 +80,8 @@ pub(super) struct NsLink {
     addr: SocketAddr,
     channel: Channel<NtmNs>,
     state: NsState,
+    /// Connection attempts that failed in a row (reset by a Notification Ack).
+    failures: u32,
 }
 
 impl NsLink {
@@ -115,13 +108,14 @@ impl NsLink {
     }
 
     pub(super) fn connection_lost(&mut self, now: Instant) {
-        let failures = match self.state {
-            NsState::Reconnect { failures, .. } => failures + 1,
-            _ => 0,
-        };
+        // Back off while attempts keep failing; a registered connection that drops is
+        // retried at once-ish.
+        if !matches!(self.state, NsState::Active { .. }) {
+            self.failures = self.failures.saturating_add(1);
+        }
         log::info!("connection to NS {} lost; reconnecting", self.name);
-        let wait = Duration::from_secs(1u64 << failures.min(6)).min(NS_RECONNECT_MAX);
-        self.state = NsState::Reconnect { at: now + wait, failures };
+        let wait = Duration::from_secs(1u64 << self.failures.min(6)).min(NS_RECONNECT_MAX);
+        self.state = NsState::Reconnect { at: now + wait };
     }
 }
 
@@ -168,7 +162,7 @@ impl Node {
         // The TCP connection to the NS left from the old address: open a new one now
         // rather than when the next hourly keepalive finds it dead.
         if let Some(ns) = self.ns.as_mut() {
-            ns.state = NsState::Reconnect { at: now, failures: 0 };
+            ns.state = NsState::Reconnect { at: now };
         }
         self.drive_ns(now);
         self.begin_handover(now);
@@ -308,6 +302,7 @@ impl Node {
             addr: grant.ns_addr,
             channel,
             state: NsState::ExpectAck { request_id, retry },
+            failures: 0,
         });
         self.send_notification_registration(now, request_id);
     }
@@ -344,6 +339,7 @@ impl Node {
                 }
                 let interval = Duration::from_secs(u64::from(a.keepalive_interval.max(1)));
                 ns.state = NsState::Active { interval, next_keepalive: now + interval, pending: None };
+                ns.failures = 0;
                 log::info!("NS {} holds our notifications; keepalive every {interval:?}", ns.name);
                 self.emit(NodeEvent::NotificationsReady);
                 Received::Handled

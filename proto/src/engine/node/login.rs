@@ -12,7 +12,9 @@ use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::{Message, MsgType, RequestId, Sender};
 
 /// How long the AS may take to answer over TLS.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most one re-login per this interval on the DC's unauthenticated hint.
+pub(super) const RELOGIN_HINT_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest wait between failed login attempts.
 const LOGIN_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -180,24 +182,27 @@ impl Node {
         }
     }
 
-    /// A plain Refusal: the DC could not seal it, typically because it does not know our
-    /// key id (it restarted without state, or the key expired there). Unauthenticated, so
-    /// it only counts if it names a request we have outstanding, and at most triggers a
-    /// re-login (which the AS authenticates).
+    /// A plain Refusal: the DC could not seal it, because it does not know our key id (it
+    /// restarted without state, or the key expired there). The DC names the key id in the
+    /// header; the refusal is unauthenticated, so it counts only if that is our current
+    /// key, and at most triggers a re-login (which the AS authenticates), at most once per
+    /// [`RELOGIN_HINT_INTERVAL`].
     pub(super) fn handle_plain_refusal(&mut self, now: Instant, buf: &[u8]) -> Received {
-        let r = match parse_plain(buf) {
-            Ok((_, Message::Refusal(r))) => r,
+        let (header, r) = match parse_plain(buf) {
+            Ok((h, Message::Refusal(r))) => (h, r),
             Ok(_) => return self.drops.count(Drop::Unexpected),
             Err(e) => return self.drops.count(Drop::from(e)),
         };
-        let ours = self.links.iter().any(|l| l.outstanding(r.request_id))
-            || self.directions.iter().any(|d| d.request_id == r.request_id);
-        if ours && matches!(r.reason, Reason::UnknownKey | Reason::KeyExpired) {
-            self.relogin_now(now);
-            Received::Handled
-        } else {
-            self.drops.count(Drop::Unauthorized)
+        let ours = self.session.as_ref().is_some_and(|s| s.channel.id() == header.key_id);
+        if !ours || !matches!(r.reason, Reason::UnknownKey | Reason::KeyExpired) {
+            return self.drops.count(Drop::Unauthorized);
         }
+        if self.last_relogin_hint.is_some_and(|t| now < t + RELOGIN_HINT_INTERVAL) {
+            return self.drops.count(Drop::Limit);
+        }
+        self.last_relogin_hint = Some(now);
+        self.relogin_now(now);
+        Received::Handled
     }
 
     /// A sealed Refusal from the DC.

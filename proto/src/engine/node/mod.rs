@@ -17,8 +17,8 @@ mod login;
 mod tunnel;
 
 use super::{
-    Backoff, DcLocation, DnsAnswer, DnsQuery, Drop, DropCounters, Engine, IdSource, PeerIdentity, Received, Rng,
-    StreamKind, Transmit, Via,
+    Backoff, ConfigError, DcLocation, DnsAnswer, DnsQuery, Drop, DropCounters, Engine, IdSource, PeerIdentity,
+    Received, Rng, StreamKind, Transmit, Via,
 };
 use crate::crypto::pk::{Attestation, KeyPair, PublicKey};
 use crate::crypto::Channel;
@@ -84,6 +84,26 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// Checks the values the node cannot work with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.local_addrs.is_empty() {
+            return Err(ConfigError::new("local_addrs", "the node needs at least one address"));
+        }
+        if self.account_server.port() == 0 {
+            return Err(ConfigError::new("account_server", "port 0"));
+        }
+        if self.max_tunnels == 0 || self.max_pending_resolves == 0 {
+            return Err(ConfigError::new("max_tunnels", "limits must be at least 1"));
+        }
+        if self.tunnel_key_lifetime < Duration::from_secs(60) {
+            return Err(ConfigError::new("tunnel_key_lifetime", "at least 60 seconds"));
+        }
+        if self.strict_public_key_mode && self.key_pair.is_none() {
+            return Err(ConfigError::new("strict_public_key_mode", "needs a key pair"));
+        }
+        Ok(())
+    }
+
     /// A configuration with defaults for everything but the essentials.
     pub fn new(
         account_server: SocketAddr,
@@ -235,6 +255,7 @@ pub struct Node {
     next_resolve: u64,
     next_query: u64,
     next_tunnel_seq: u64,
+    last_relogin_hint: Option<Instant>,
     out: VecDeque<Transmit>,
     events: VecDeque<NodeEvent>,
     queries: VecDeque<DnsQuery>,
@@ -258,10 +279,11 @@ const EVENTS_MAX: usize = 256;
 const OUT_MAX: usize = 1024;
 
 impl Node {
-    /// A node that has not started yet.
-    pub fn new(cfg: NodeConfig, mut rng: Rng) -> Self {
+    /// A node that has not started yet; fails on a configuration it cannot work with.
+    pub fn new(cfg: NodeConfig, mut rng: Rng) -> Result<Self, ConfigError> {
+        cfg.validate()?;
         let ids = IdSource::new(&mut *rng);
-        Node {
+        Ok(Node {
             cfg,
             rng,
             ids,
@@ -276,11 +298,12 @@ impl Node {
             next_resolve: 1,
             next_query: 1,
             next_tunnel_seq: 0,
+            last_relogin_hint: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
             queries: VecDeque::new(),
             drops: DropCounters::default(),
-        }
+        })
     }
 
     /// Starts (or restarts after a refused login): log in now.

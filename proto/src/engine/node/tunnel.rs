@@ -35,6 +35,9 @@ use core::net::{IpAddr, SocketAddr};
 const SUPERSEDED_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for the peer's Tunnel Request.
 const AWAIT_TUNNEL_REQUEST: Duration = Duration::from_secs(60);
+/// The responder keeps K_tmp this long after the tunnel is up, to answer a retransmitted
+/// Tunnel Request; then K_tmp is gone (it protects one negotiation only).
+const K_TMP_AFTER_SETUP: Duration = Duration::from_secs(30);
 /// Route-optimization probes: every 250 ms, 12 times (3 s), then stay on the relay.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 const PROBE_ATTEMPTS: u32 = 12;
@@ -78,7 +81,7 @@ enum TunnelState {
     /// Waiting for the peer's Tunnel Request.
     ExpectTunnelRequest { until: Instant },
     /// Sent the Tunnel Request; waiting for the Tunnel Response.
-    ExpectTunnelResponse { retry: Retry, request: Box<TunnelRequest> },
+    ExpectTunnelResponse { retry: Retry, request: Box<TunnelRequest>, target: SocketAddr },
     /// Up.
     Established,
 }
@@ -121,6 +124,8 @@ pub(super) struct Tunnel {
     reestablish: bool,
     /// Creation order: a later negotiation with the same peer supersedes an earlier one.
     seq: u64,
+    /// A renegotiation before K_mncn expires was asked for.
+    rekey_requested: bool,
     rx_packets: u64,
     tx_packets: u64,
 }
@@ -201,7 +206,17 @@ impl Tunnel {
         };
         let probe = self.probe.as_ref().map(|p| p.retry.deadline());
         let expiry = self.mncn.as_ref().map(Channel::expires);
-        [state, probe, expiry, self.superseded_until].into_iter().flatten().min()
+        let rekey = self.rekey_at(cfg);
+        let tmp = self.k_tmp.as_ref().and(self.established_at).map(|t| t + K_TMP_AFTER_SETUP);
+        [state, probe, expiry, rekey, tmp, self.superseded_until].into_iter().flatten().min()
+    }
+
+    /// When MN asks for a fresh negotiation, ahead of K_mncn's expiry.
+    fn rekey_at(&self, cfg: &super::NodeConfig) -> Option<Instant> {
+        if self.side != Side::Mn || self.rekey_requested || !self.is_live() || !self.is_established() {
+            return None;
+        }
+        self.mncn.as_ref().map(|c| c.expires() - cfg.tunnel_key_lifetime / 10)
     }
 
     fn info(&self) -> TunnelInfo {
@@ -514,6 +529,7 @@ impl Node {
             superseded_until: None,
             reestablish: false,
             seq: self.next_tunnel_seq,
+            rekey_requested: false,
             rx_packets: 0,
             tx_packets: 0,
         });
@@ -604,6 +620,7 @@ impl Node {
             t.state = TunnelState::ExpectTunnelResponse {
                 retry: Retry::new(now, self.cfg.tunnel_backoff),
                 request: Box::new(request),
+                target: dst,
             };
         }
         self.seal_tun(now, i, dst, &msg);
@@ -708,6 +725,9 @@ impl Node {
         let route_opt = self.cfg.route_optimization;
         let Some(t) = self.tunnels.get_mut(i) else { return };
         t.state = TunnelState::Established;
+        if t.role == TunnelRole::Initiate {
+            t.k_tmp = None; // wrapped once, confirmed: no further use
+        }
         t.established_at = Some(now);
         t.last_rx = now;
         t.last_data = now;
@@ -910,6 +930,16 @@ impl Node {
         if t.superseded_until.is_some_and(|u| now >= u) || t.mncn.as_ref().is_some_and(|c| c.is_expired(now)) {
             return false;
         }
+        if t.k_tmp.is_some() && t.established_at.is_some_and(|e| now >= e + K_TMP_AFTER_SETUP) {
+            t.k_tmp = None;
+        }
+        if t.rekey_at(&self.cfg).is_some_and(|at| now >= at) {
+            t.rekey_requested = true;
+            let (peer, session) = (t.peer.fqdn.clone(), t.session);
+            log::info!("K_mncn of tunnel {session} to {peer} nears its end; renegotiating");
+            self.request_direction(now, peer, Some(session));
+        }
+        let Some(t) = self.tunnels.get_mut(i) else { return false };
         enum Act {
             None,
             Punch,
@@ -926,15 +956,12 @@ impl Node {
                 }
                 act = Act::Punch;
             }
-            TunnelState::ExpectTunnelResponse { retry, request } if retry.due(now) => {
+            TunnelState::ExpectTunnelResponse { retry, request, target } if retry.due(now) => {
                 if !retry.again(now) {
                     log::warn!("no Tunnel Response from {} for tunnel {}", t.peer.fqdn, t.session);
                     return false;
                 }
-                let dst = t.relay.or_else(|| t.peer.endpoints.as_slice().first().copied());
-                if let Some(dst) = dst {
-                    act = Act::Request(request.clone(), dst);
-                }
+                act = Act::Request(request.clone(), *target);
             }
             TunnelState::ExpectTunnelRequest { until } if now >= *until => return false,
             TunnelState::Established => {
