@@ -45,6 +45,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod deploy;
 pub mod dns;
 pub mod host;
 pub mod nat;

@@ -1,9 +1,7 @@
 //! Key custody (spec section 3): the RS never holds K_tmp or K_mncn; in public-key mode no
 //! DC holds K_mncn or K_tmp; K_mncn is fresh per negotiation and shared by MN and CN only.
 
-mod deploy;
-
-use deploy::*;
+use ntm_sim::deploy::*;
 use ntm_proto::engine::dc::Dc;
 use ntm_proto::engine::node::{Node, PathKind};
 use ntm_proto::engine::rs::Rs;

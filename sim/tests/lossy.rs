@@ -1,9 +1,7 @@
 //! The same sequences with 10% loss and jitter-induced reordering on every link:
 //! retransmission with backoff makes each of them converge. Many seeds each.
 
-mod deploy;
-
-use deploy::*;
+use ntm_sim::deploy::*;
 use ntm_proto::engine::node::PathKind;
 use ntm_proto::time::Duration;
 use ntm_proto::wire::registration::KeepaliveMethod;

@@ -1,9 +1,7 @@
 //! The complete sequences of the paper (spec section 4), run by the real engines over the
 //! simulated network, each from a seed. Read each test as a script over virtual time.
 
-mod deploy;
-
-use deploy::*;
+use ntm_sim::deploy::*;
 use ntm_proto::engine::account::{AccountServer, AsEvent};
 use ntm_proto::engine::dc::{Dc, DcEvent};
 use ntm_proto::engine::node::{NodeEvent, PathKind, ResolveError};

@@ -1,4 +1,4 @@
-//! A whole NTMobile deployment in the simulator, for the sequence tests: an AS, two DCs
+//! A whole NTMobile deployment in the simulator, for the sequence tests and the demo: an AS, two DCs
 //! with a zone each, relay servers, an NS, the DNS delegations, and helpers to add nodes
 //! behind any kind of access network and to drive them like applications would.
 //!
@@ -6,7 +6,9 @@
 //! global nodes in 198.51.100.0/24 and 2001:db8:100::/48, NAT outsides in 203.0.113.0/24,
 //! CGN inside 100.64.0.0/10, homes in 192.168.0.0/16 and 10.0.0.0/8.
 
-#![allow(dead_code)]
+// Test support with fixed, known-good constants (documentation addresses, names): a failed
+// unwrap here is a bug in the harness, reported with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use ntm_proto::crypto::pk::KeyPair;
 use ntm_proto::engine::account::{Account, AccountServer, Accounts, AsConfig, Verdict};
@@ -20,7 +22,7 @@ use ntm_proto::time::{Duration, Instant};
 use ntm_proto::wire::login::{Credential, Password};
 use ntm_proto::wire::registration::KeepaliveMethod;
 use ntm_proto::wire::{Fqdn, Text, VirtualAddrs};
-use ntm_sim::{HostId, LinkConfig, RealmConfig, RealmId, Sim};
+use crate::{HostId, LinkConfig, RealmConfig, RealmId, Sim};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -117,6 +119,7 @@ impl Default for NodeOpts {
     }
 }
 
+#[derive(Debug)]
 pub struct Deployment {
     pub sim: Sim,
     pub as_host: HostId,
