@@ -44,6 +44,11 @@ impl ReplayWindow {
 
     /// Would `counter` be accepted?
     pub fn check(&self, counter: u64) -> Result<(), CryptoError> {
+        // No sender ever seals with u64::MAX (Channel refuses it), and accepting it would
+        // leave the window unable to record it as the newest counter.
+        if counter == u64::MAX {
+            return Err(CryptoError::TooOld);
+        }
         if counter >= self.top {
             return Ok(());
         }
@@ -109,6 +114,9 @@ mod tests {
         // A slot reused after wrapping around the ring is clear again.
         assert_eq!(w.accept(5000 + WINDOW_BITS - 1), Ok(()));
         assert_eq!(w.accept(5000 + 2 * WINDOW_BITS), Ok(()));
+        assert_eq!(w.accept(u64::MAX), Err(CryptoError::TooOld));
+        assert_eq!(w.accept(u64::MAX - 1), Ok(()));
+        assert_eq!(w.accept(u64::MAX - 1), Err(CryptoError::Replayed));
     }
 
     proptest! {
