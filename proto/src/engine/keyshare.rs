@@ -78,7 +78,7 @@ impl<K: KeyKind> core::fmt::Debug for ServerLink<K> {
 
 /// What a link wants done after an input.
 #[derive(Debug)]
-pub enum LinkAction {
+enum LinkAction {
     /// Nothing.
     None,
     /// Send this Key Share over TLS.
@@ -97,8 +97,31 @@ impl<K: SharedKind> ServerLink<K> {
             || self.theirs.as_ref().is_some_and(|c| !c.is_expired(now))
     }
 
+    /// Seals `msg` for this server, sharing a key first over TLS if none is usable (the
+    /// message then waits in the queue): the transmissions to make, in order.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        rng: &mut dyn rand_core::CryptoRngCore,
+        ids: &mut super::IdSource,
+        own_name: &Fqdn,
+        lifetime: Duration,
+        msg: Message,
+    ) -> Vec<super::Transmit> {
+        let (sealed, action) = self.seal_or_queue(now, rng, ids, own_name, lifetime, msg);
+        let mut out = Vec::new();
+        if let LinkAction::Share(share) = action {
+            let via = super::Via::Stream { kind: super::StreamKind::Tls, server: Some(self.name.clone()) };
+            out.push(super::Transmit { via, dst: self.addr, payload: crate::crypto::plain(Sender::Dc, &share) });
+        }
+        if let Some(payload) = sealed {
+            out.push(super::Transmit { via: super::Via::Udp, dst: self.addr, payload });
+        }
+        out
+    }
+
     /// Seals `msg` with the best usable key, or queues it and asks for a Key Share.
-    pub fn seal_or_queue(
+    fn seal_or_queue(
         &mut self,
         now: Instant,
         rng: &mut dyn rand_core::CryptoRngCore,
@@ -127,7 +150,7 @@ impl<K: SharedKind> ServerLink<K> {
     }
 
     /// Starts a Key Share if no key is usable, ours is near its end, or a share timed out.
-    pub fn maybe_share(
+    fn maybe_share(
         &mut self,
         now: Instant,
         rng: &mut dyn rand_core::CryptoRngCore,

@@ -19,7 +19,7 @@ pub use negotiation::{decide, Decision};
 pub use nodes::NodeStatus;
 pub use pool::VirtualPool;
 
-use super::keyshare::{LinkAction, ServerLink, SharedKind};
+use super::keyshare::{ServerLink, SharedKind};
 use super::{
     Backoff, ConfigError, DcLocation, DnsAnswer, DnsQuery, Drop, DropCounters, Engine, IdSource, PeerIdentity,
     Received, Rng, Role, StreamKind, Transmit, Via,
@@ -172,6 +172,17 @@ pub enum DcEvent {
         /// Why.
         reason: crate::wire::refusal::Reason,
     },
+}
+
+/// Another server, by its table and index.
+#[derive(Clone, Copy, Debug)]
+enum To {
+    /// A DC in `peers`.
+    Peer(usize),
+    /// An RS in `relays`.
+    Relay(usize),
+    /// An NS in `ns`.
+    Ns(usize),
 }
 
 /// An RS as the DC sees it.
@@ -370,72 +381,15 @@ impl Dc {
         id
     }
 
-    /// Sends `msg` to a server over `link`, sharing a key first if needed.
-    fn send_server<K: SharedKind>(
-        now: Instant,
-        link: &mut ServerLink<K>,
-        rng: &mut Rng,
-        ids: &mut IdSource,
-        name: &Fqdn,
-        lifetime: Duration,
-        msg: Message,
-    ) -> Vec<Transmit> {
-        let (sealed, action) = link.seal_or_queue(now, &mut **rng, ids, name, lifetime, msg);
-        let mut out = Vec::new();
-        if let LinkAction::Share(share) = action {
-            let via = Via::Stream { kind: StreamKind::Tls, server: Some(link.name.clone()) };
-            out.push(Transmit { via, dst: link.addr, payload: crate::crypto::plain(crate::wire::Sender::Dc, &share) });
-        }
-        if let Some(bytes) = sealed {
-            out.push(Transmit { via: Via::Udp, dst: link.addr, payload: bytes });
-        }
-        out
-    }
-
-    fn send_to_peer(&mut self, now: Instant, peer: usize, msg: Message) {
-        let Some(link) = self.peers.get_mut(peer) else { return };
-        let out = Self::send_server(
-            now,
-            link,
-            &mut self.rng,
-            &mut self.ids,
-            &self.cfg.name,
-            self.cfg.server_key_lifetime,
-            msg,
-        );
-        for t in out {
-            self.transmit(t.via, t.dst, t.payload);
-        }
-    }
-
-    fn send_to_relay(&mut self, now: Instant, relay: usize, msg: Message) {
-        let Some(r) = self.relays.get_mut(relay) else { return };
-        let out = Self::send_server(
-            now,
-            &mut r.link,
-            &mut self.rng,
-            &mut self.ids,
-            &self.cfg.name,
-            self.cfg.server_key_lifetime,
-            msg,
-        );
-        for t in out {
-            self.transmit(t.via, t.dst, t.payload);
-        }
-    }
-
-    fn send_to_ns(&mut self, now: Instant, ns: usize, msg: Message) {
-        let Some(n) = self.ns.get_mut(ns) else { return };
-        let out = Self::send_server(
-            now,
-            &mut n.link,
-            &mut self.rng,
-            &mut self.ids,
-            &self.cfg.name,
-            self.cfg.server_key_lifetime,
-            msg,
-        );
-        for t in out {
+    /// Sends `msg` to another server, sharing a key with it first if needed.
+    fn send_server(&mut self, now: Instant, to: To, msg: Message) {
+        let (rng, ids, name, lifetime) = (&mut *self.rng, &mut self.ids, &self.cfg.name, self.cfg.server_key_lifetime);
+        let out = match to {
+            To::Peer(i) => self.peers.get_mut(i).map(|l| l.send(now, rng, ids, name, lifetime, msg)),
+            To::Relay(i) => self.relays.get_mut(i).map(|r| r.link.send(now, rng, ids, name, lifetime, msg)),
+            To::Ns(i) => self.ns.get_mut(i).map(|n| n.link.send(now, rng, ids, name, lifetime, msg)),
+        };
+        for t in out.unwrap_or_default() {
             self.transmit(t.via, t.dst, t.payload);
         }
     }
@@ -554,7 +508,7 @@ impl Dc {
             r.next_status = now + self.cfg.relay_status_interval;
             let request_id = self.ids.next();
             r.status = Some((request_id, now));
-            self.send_to_relay(now, i, Message::RelayStatus(crate::wire::relay::RelayStatus { request_id }));
+            self.send_server(now, To::Relay(i), Message::RelayStatus(crate::wire::relay::RelayStatus { request_id }));
         }
     }
 

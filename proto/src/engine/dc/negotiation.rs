@@ -19,7 +19,7 @@
 //! behind NAT in every shared family, or they share none (IPv4-only to IPv6-only), via the
 //! best RS that has both families, MN initiating.
 
-use super::{Dc, DcEvent};
+use super::{Dc, DcEvent, To};
 use crate::engine::{Drop, Received, Retry};
 use crate::keys::{KTmp, KTun, KeyGrant};
 use crate::time::Instant;
@@ -293,7 +293,7 @@ impl Dc {
         n.home = Some(Home::Remote(peer));
         n.state = State::ExpectNodeInfo { request_id, retry: Retry::new(now, self.cfg.negotiation_backoff) };
         let msg = Message::NodeInfoRequest(NodeInfoRequest { request_id, fqdn: n.cn.clone(), requester: n.mn.clone() });
-        self.send_to_peer(now, peer, msg);
+        self.send_server(now, To::Peer(peer), msg);
     }
 
     /// Messages from another DC, sealed with K_dcdc.
@@ -309,7 +309,7 @@ impl Dc {
                         "no such registered node",
                     )),
                 };
-                self.send_to_peer(now, peer, reply);
+                self.send_server(now, To::Peer(peer), reply);
                 Received::Handled
             }
             Message::NodeInfoAnswer(a) => {
@@ -389,13 +389,12 @@ impl Dc {
             (Some(_), Some(_)) => None,
             _ => Some(KTmp::generate(&mut *self.rng)),
         };
-        let session = {
+        {
             let Some(n) = self.negotiations.get_mut(i) else { return };
             n.decision = Some(decision);
-            n.k_tun = Some(k_tun.clone());
+            n.k_tun = Some(k_tun);
             n.k_tmp = k_tmp;
-            n.session
-        };
+        }
         match decision {
             Decision::NoRoute => self.fail(now, i, Reason::NoRoute, "no address family to reach the peer"),
             Decision::Direct { .. } => self.send_direction(now, i, true),
@@ -403,23 +402,27 @@ impl Dc {
                 let Some(relay) = self.select_relay(mn_v4, cn_v4) else {
                     return self.fail(now, i, Reason::NoRelay, "no relay server with both address families");
                 };
-                let request_id = self.ids.next();
-                if let Some(n) = self.negotiations.get_mut(i) {
-                    n.state = State::ExpectRelayAck {
-                        request_id,
-                        retry: Retry::new(now, self.cfg.negotiation_backoff),
-                        relay,
-                    };
-                }
-                let lifetime = Lifetime::from_duration(self.cfg.tunnel_key_lifetime);
-                let msg = Message::RelayDirection(RelayDirection {
-                    request_id,
-                    session,
-                    k_tun: KeyGrant { key: k_tun, lifetime },
-                });
-                self.send_to_relay(now, relay, msg);
+                self.direct_relay(now, i, relay, None);
             }
         }
+    }
+
+    /// Sends negotiation `i`'s Relay Direction (K_tun only) to `relay`: a new request, or
+    /// a retransmission of `again`.
+    fn direct_relay(&mut self, now: Instant, i: usize, relay: usize, again: Option<RequestId>) {
+        let lifetime = Lifetime::from_duration(self.cfg.tunnel_key_lifetime);
+        let request_id = again.unwrap_or_else(|| self.ids.next());
+        let Some(n) = self.negotiations.get_mut(i) else { return };
+        let Some(key) = n.k_tun.clone() else { return };
+        if again.is_none() {
+            n.state = State::ExpectRelayAck { request_id, retry: Retry::new(now, self.cfg.negotiation_backoff), relay };
+        }
+        let msg = Message::RelayDirection(RelayDirection {
+            request_id,
+            session: n.session,
+            k_tun: KeyGrant { key, lifetime },
+        });
+        self.send_server(now, To::Relay(relay), msg);
     }
 
     pub(super) fn handle_relay_ack(&mut self, now: Instant, relay: usize, a: RelayDirectionAck) -> Received {
@@ -518,7 +521,7 @@ impl Dc {
         };
         let msg = Message::RouteDirection(rd);
         match (side, n.home) {
-            (Side::Cn, Some(Home::Remote(peer))) => self.send_to_peer(now, peer, msg),
+            (Side::Cn, Some(Home::Remote(peer))) => self.send_server(now, To::Peer(peer), msg),
             (Side::Cn, _) => {
                 let cn = n.cn.clone();
                 self.send_to_node(now, &cn, &msg, prefer_v4);
@@ -588,7 +591,7 @@ impl Dc {
                 f.peer,
                 Message::RouteDirectionAck(RouteDirectionAck { request_id: f.dc_request, session: f.session }),
             );
-            self.send_to_peer(now, peer, msg);
+            self.send_server(now, To::Peer(peer), msg);
             return Received::Handled;
         }
         let ours = self.negotiations.iter().any(|n| n.session == a.session && (n.mn == *fqdn || n.cn == *fqdn));
@@ -607,7 +610,7 @@ impl Dc {
             let f = self.forwards.swap_remove(fi);
             let msg =
                 Message::Refusal(Refusal::new(MsgType::RouteDirection, f.dc_request, r.reason, r.detail.as_str()));
-            self.send_to_peer(now, f.peer, msg);
+            self.send_server(now, To::Peer(f.peer), msg);
             return Received::Handled;
         }
         let found = self.negotiations.iter().position(|n| match n.state {
@@ -631,7 +634,7 @@ impl Dc {
             if f.done_until.is_some() {
                 let msg =
                     Message::RouteDirectionAck(RouteDirectionAck { request_id: rd.request_id, session: rd.session });
-                self.send_to_peer(now, peer, msg);
+                self.send_server(now, To::Peer(peer), msg);
             }
             return Received::Handled;
         }
@@ -642,7 +645,7 @@ impl Dc {
                 Reason::NotFound,
                 "no such node here",
             ));
-            self.send_to_peer(now, peer, msg);
+            self.send_server(now, To::Peer(peer), msg);
             return Received::Handled;
         }
         let dc_request = rd.request_id;
@@ -711,28 +714,20 @@ impl Dc {
                 self.fail(now, i, reason, "no answer");
                 continue;
             }
-            let (session, cn, mn, home) = (n.session, n.cn.clone(), n.mn.clone(), n.home);
+            let (cn, mn, home) = (n.cn.clone(), n.mn.clone(), n.home);
             match n.state {
                 State::ExpectNodeInfo { request_id, .. } => {
                     if let Some(Home::Remote(peer)) = home {
                         if self.peers.get(peer).is_some_and(|p| p.ready(now)) {
                             let msg = Message::NodeInfoRequest(NodeInfoRequest { request_id, fqdn: cn, requester: mn });
-                            self.send_to_peer(now, peer, msg);
+                            self.send_server(now, To::Peer(peer), msg);
                         }
                     }
                 }
-                State::ExpectRelayAck { request_id, relay, .. } => {
-                    if let Some(k_tun) = n.k_tun.clone() {
-                        let lifetime = Lifetime::from_duration(self.cfg.tunnel_key_lifetime);
-                        let msg = Message::RelayDirection(RelayDirection {
-                            request_id,
-                            session,
-                            k_tun: KeyGrant { key: k_tun, lifetime },
-                        });
-                        if self.relays.get(relay).is_some_and(|r| r.link.ready(now)) {
-                            self.send_to_relay(now, relay, msg);
-                        }
-                    }
+                State::ExpectRelayAck { request_id, relay, .. }
+                    if self.relays.get(relay).is_some_and(|r| r.link.ready(now)) =>
+                {
+                    self.direct_relay(now, i, relay, Some(request_id));
                 }
                 State::ExpectFirstAck { request_id, .. } | State::ExpectSecondAck { request_id, .. } => {
                     let first = matches!(n.state, State::ExpectFirstAck { .. });
@@ -773,7 +768,7 @@ impl Dc {
                 Reason::PeerUnreachable,
                 "node does not answer",
             ));
-            self.send_to_peer(now, f.peer, msg);
+            self.send_server(now, To::Peer(f.peer), msg);
         }
     }
 
@@ -794,27 +789,10 @@ impl Dc {
                 _ => None,
             };
             let next = fams.and_then(|(m, c)| self.select_relay(m, c)).filter(|&x| x != relay);
-            if let (Some(next), Some(n)) = (next, self.negotiations.get(i)) {
-                let (session, k_tun) = (n.session, n.k_tun.clone());
-                if let Some(k_tun) = k_tun {
-                    log::info!("relay {} is full; trying relay {next} for session {session}", relay);
-                    let request_id = self.ids.next();
-                    if let Some(n) = self.negotiations.get_mut(i) {
-                        n.state = State::ExpectRelayAck {
-                            request_id,
-                            retry: Retry::new(now, self.cfg.negotiation_backoff),
-                            relay: next,
-                        };
-                    }
-                    let lifetime = Lifetime::from_duration(self.cfg.tunnel_key_lifetime);
-                    let msg = Message::RelayDirection(RelayDirection {
-                        request_id,
-                        session,
-                        k_tun: KeyGrant { key: k_tun, lifetime },
-                    });
-                    self.send_to_relay(now, next, msg);
-                    return Received::Handled;
-                }
+            if let Some(next) = next {
+                log::info!("relay {relay} is full; trying relay {next}");
+                self.direct_relay(now, i, next, None);
+                return Received::Handled;
             }
         }
         self.fail(now, i, Reason::NoRelay, r.detail.as_str());

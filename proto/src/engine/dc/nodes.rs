@@ -1,7 +1,7 @@
 //! The DC's nodes: keys from the AS, registration with NAT detection and virtual
 //! addresses, keepalive, and delivery of DC messages by UDP or through the NS.
 
-use super::{Dc, DcEvent};
+use super::{Dc, DcEvent, To};
 use crate::crypto::Channel;
 use crate::engine::{Drop, Received, Retry, Via};
 use crate::keys::{KNtmNs, KeyGrant, NtmDc};
@@ -235,7 +235,7 @@ impl Dc {
             ns,
             retry: Retry::new(now, self.cfg.backoff),
         });
-        self.send_to_ns(now, ns, msg);
+        self.send_server(now, To::Ns(ns), msg);
     }
 
     fn respond_registration(&mut self, now: Instant, fqdn: &Fqdn, request_id: RequestId, to: SocketAddr) {
@@ -320,7 +320,7 @@ impl Dc {
             let (ns, node_key_id) = (b.ns, b.key_id);
             let Ok(payload) = Bytes::new(bytes) else { return false };
             let request_id = self.ids.next();
-            self.send_to_ns(now, ns, Message::Notify(Notify { request_id, node_key_id, payload }));
+            self.send_server(now, To::Ns(ns), Message::Notify(Notify { request_id, node_key_id, payload }));
             return true;
         }
         let order: [usize; 2] = if prefer_v4 == Some(false) { [1, 0] } else { [0, 1] };
@@ -431,7 +431,7 @@ impl Dc {
             }
         }
         for (ns, msg) in resend {
-            self.send_to_ns(now, ns, msg);
+            self.send_server(now, To::Ns(ns), msg);
         }
         for i in failed.into_iter().rev() {
             let p = self.pending_ns.swap_remove(i);
