@@ -13,11 +13,7 @@ use ntm_sim::{HostId, NatConfig, RealmConfig};
 use std::net::SocketAddr;
 
 fn main() {
-    let seed = std::env::args()
-        .skip_while(|a| a != "--seed")
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2026);
+    let seed = std::env::args().skip_while(|a| a != "--seed").nth(1).and_then(|s| s.parse().ok()).unwrap_or(2026);
     println!("NTMobile demo (simulated network, seed {seed}; times are virtual)\n");
 
     let mut d = Deployment::new(seed, Options::default());
@@ -34,7 +30,11 @@ fn main() {
     let c = d.add_node("box-c.zone-b.example", office, &[ip("10.1.0.5")], device);
 
     println!("1. Three boxes log in with their device certificates and register.");
-    for (h, what) in [(a, "home router, port-restricted NAT"), (b, "LTE gateway, symmetric CGN, NS keepalive"), (c, "office, full-cone NAT")] {
+    for (h, what) in [
+        (a, "home router, port-restricted NAT"),
+        (b, "LTE gateway, symmetric CGN, NS keepalive"),
+        (c, "office, full-cone NAT"),
+    ] {
         let t0 = d.now();
         assert!(d.bring_up(h), "{} registers", d.sim.host_name(h));
         let ms = d.now().saturating_duration_since(t0).as_millis();
@@ -56,14 +56,20 @@ fn main() {
     let setup = d.now().saturating_duration_since(t0).as_millis();
     println!("   The DNS hook answers {} / {} after {setup} ms:", v.v4, v.v6);
     println!("   DC_MN found DC_CN by DNS, reached box-b through the NS, and both NATs block");
-    println!("   direct traffic (one is symmetric), so the tunnel runs via the relay: {:?}.", d.path(a, "box-b.zone-b.example").unwrap());
+    println!(
+        "   direct traffic (one is symmetric), so the tunnel runs via the relay: {:?}.",
+        d.path(a, "box-b.zone-b.example").unwrap()
+    );
     let ok = d.ping4(a, b, 1) && d.ping4(b, a, 2) && d.ping6(a, b, 3) && d.ping6(b, a, 4);
     println!("   IPv4 and IPv6 packets both ways over the virtual addresses: {}", verdict(ok));
 
     println!("\n4. box-a looks up box-c.zone-b.example (full-cone NAT).");
     let t0 = d.now();
     d.resolve(a, "box-c.zone-b.example").expect("resolved");
-    println!("   Tunnel up via the relay after {} ms; route optimization probes the direct path...", d.now().saturating_duration_since(t0).as_millis());
+    println!(
+        "   Tunnel up via the relay after {} ms; route optimization probes the direct path...",
+        d.now().saturating_duration_since(t0).as_millis()
+    );
     let switched = wait_for_direct(&mut d, a, "box-c.zone-b.example", t0);
     match switched {
         Some(ms) => println!("   ...direct after {ms} ms, and the relay session was released."),
@@ -84,7 +90,8 @@ fn main() {
     for k in ka.intersection(&kb) {
         println!("   box-a and box-b share K_mncn {k:016x}; nobody else holds it.");
     }
-    let rs_kinds: std::collections::BTreeSet<&str> = d.sim.engine::<Rs>(d.relays[0]).held_keys().into_iter().map(|(k, _)| k).collect();
+    let rs_kinds: std::collections::BTreeSet<&str> =
+        d.sim.engine::<Rs>(d.relays[0]).held_keys().into_iter().map(|(k, _)| k).collect();
     println!("   rs1.example            {rs_kinds:?} -- never K_tmp or K_mncn: it relays ciphertext only.");
     println!("\nDone.");
 }
@@ -114,7 +121,10 @@ fn wait_for_direct(d: &mut Deployment, h: HostId, peer: &str, since: Instant) ->
     let deadline = d.now() + Duration::from_secs(10);
     let p = name(peer);
     let done = d.sim.run_until_cond(deadline, |s| {
-        s.engine::<Node>(h).tunnels().iter().any(|t| t.peer == p && t.established && t.path == PathKind::Direct && !t.superseded)
+        s.engine::<Node>(h)
+            .tunnels()
+            .iter()
+            .any(|t| t.peer == p && t.established && t.path == PathKind::Direct && !t.superseded)
     });
     done.then(|| d.now().saturating_duration_since(since).as_millis())
 }

@@ -10,6 +10,7 @@
 // unwrap here is a bug in the harness, reported with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use crate::{HostId, LinkConfig, RealmConfig, RealmId, Sim};
 use ntm_proto::crypto::pk::KeyPair;
 use ntm_proto::engine::account::{Account, AccountServer, Accounts, AsConfig, Verdict};
 use ntm_proto::engine::dc::{Dc, DcConfig, NsRef, ServerRef};
@@ -22,7 +23,6 @@ use ntm_proto::time::{Duration, Instant};
 use ntm_proto::wire::login::{Credential, Password};
 use ntm_proto::wire::registration::KeepaliveMethod;
 use ntm_proto::wire::{Fqdn, Text, VirtualAddrs};
-use crate::{HostId, LinkConfig, RealmConfig, RealmId, Sim};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

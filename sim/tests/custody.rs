@@ -1,12 +1,12 @@
 //! Key custody (spec section 3): the RS never holds K_tmp or K_mncn; in public-key mode no
 //! DC holds K_mncn or K_tmp; K_mncn is fresh per negotiation and shared by MN and CN only.
 
-use ntm_sim::deploy::*;
 use ntm_proto::engine::dc::Dc;
 use ntm_proto::engine::node::{Node, PathKind};
 use ntm_proto::engine::rs::Rs;
 use ntm_proto::keys::{Key, KeyKind, MnCn, Tmp};
 use ntm_proto::time::Duration;
+use ntm_sim::deploy::*;
 use ntm_sim::{HostId, NatConfig, RealmConfig};
 use std::collections::BTreeSet;
 

@@ -1,10 +1,10 @@
 //! The same sequences with 10% loss and jitter-induced reordering on every link:
 //! retransmission with backoff makes each of them converge. Many seeds each.
 
-use ntm_sim::deploy::*;
 use ntm_proto::engine::node::PathKind;
 use ntm_proto::time::Duration;
 use ntm_proto::wire::registration::KeepaliveMethod;
+use ntm_sim::deploy::*;
 use ntm_sim::{HostId, NatConfig, RealmConfig, RealmId};
 
 const LOSS: f64 = 0.10;

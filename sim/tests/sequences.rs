@@ -1,7 +1,6 @@
 //! The complete sequences of the paper (spec section 4), run by the real engines over the
 //! simulated network, each from a seed. Read each test as a script over virtual time.
 
-use ntm_sim::deploy::*;
 use ntm_proto::engine::account::{AccountServer, AsEvent};
 use ntm_proto::engine::dc::{Dc, DcEvent};
 use ntm_proto::engine::node::{NodeEvent, PathKind, ResolveError};
@@ -11,6 +10,7 @@ use ntm_proto::engine::{Engine, StreamKind};
 use ntm_proto::time::Duration;
 use ntm_proto::wire::refusal::Reason;
 use ntm_proto::wire::registration::KeepaliveMethod;
+use ntm_sim::deploy::*;
 use ntm_sim::{Carrier, Direction, NatConfig, RealmConfig, RealmId};
 
 fn global(d: &mut Deployment, fqdn: &str, n: u8, opts: NodeOpts) -> ntm_sim::HostId {

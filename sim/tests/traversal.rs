@@ -2,10 +2,10 @@
 //! NAT (CGN), IPv4-only and IPv6-only access networks, the choice of relay, and handover
 //! between families.
 
-use ntm_sim::deploy::*;
 use ntm_proto::engine::node::{Node, PathKind};
 use ntm_proto::engine::rs::Rs;
 use ntm_proto::time::Duration;
+use ntm_sim::deploy::*;
 use ntm_sim::{HostId, NatConfig, RealmConfig, RealmId};
 use std::net::SocketAddr;
 
