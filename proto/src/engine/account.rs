@@ -436,7 +436,11 @@ impl<A: Accounts> Engine for AccountServer<A> {
             .map(|(i, _)| i)
             .collect();
         for i in late.into_iter().rev() {
-            self.fail_pending(i, "the DC did not acknowledge the key");
+            let detail = match self.pending.get(i).map(|p| &p.step) {
+                Some(Step::ExpectDcLocation { .. }) => "the node's DC could not be located in time",
+                _ => "the DC did not acknowledge the key",
+            };
+            self.fail_pending(i, detail);
         }
     }
 

@@ -153,8 +153,9 @@ pub enum DcEvent {
         relay: Option<Fqdn>,
     },
     /// The DC must wake a node that keeps no connection (push keepalive method): the
-    /// driver sends a push notification with this token (FCM/APNs). The node then
-    /// registers again and the DC's retransmission reaches it.
+    /// driver sends a push notification with this token (FCM/APNs). The node's driver
+    /// passes it to `Node::handle_push`, the node registers again from a fresh mapping,
+    /// and the DC's retransmission reaches it. Raised at most every 10 s per node.
     PushNeeded {
         /// The node.
         fqdn: Fqdn,

@@ -144,6 +144,26 @@ impl Negotiation {
         matches!(self.state, State::Finished { .. })
     }
 
+    /// The Route Direction in flight: its request id and the side it went to.
+    fn direction_in_flight(&self) -> Option<(RequestId, Side)> {
+        match self.state {
+            State::ExpectFirstAck { request_id, .. } => Some((request_id, self.first_side())),
+            State::ExpectSecondAck { request_id, .. } => Some((request_id, other(self.first_side()))),
+            _ => None,
+        }
+    }
+
+    /// True if `from` is where the direction to `side` went: MN (always ours), or the CN
+    /// if it is ours, or DC_CN if it is not.
+    fn directed_at(&self, side: Side, from: AckFrom<'_>) -> bool {
+        match (side, self.home, from) {
+            (Side::Mn, _, AckFrom::Node(f)) => *f == self.mn,
+            (Side::Cn, Some(Home::Local), AckFrom::Node(f)) => *f == self.cn,
+            (Side::Cn, Some(Home::Remote(p)), AckFrom::Peer(q)) => p == q,
+            _ => false,
+        }
+    }
+
     fn first_side(&self) -> Side {
         match self.decision {
             Some(Decision::Direct { initiator: Side::Cn, .. }) => Side::Mn,
@@ -332,14 +352,12 @@ impl Dc {
             Message::RouteDirectionAck(a) => self.handle_route_ack(now, AckFrom::Peer(peer), a),
             Message::Refusal(r) => {
                 // A refusal of our NodeInfoRequest or of a Route Direction we sent.
-                let found = self.negotiations.iter().position(|n| {
-                    n.home == Some(Home::Remote(peer))
-                        && match n.state {
-                            State::ExpectNodeInfo { request_id, .. }
-                            | State::ExpectFirstAck { request_id, .. }
-                            | State::ExpectSecondAck { request_id, .. } => request_id == r.request_id,
-                            _ => false,
-                        }
+                let from = AckFrom::Peer(peer);
+                let found = self.negotiations.iter().position(|n| match n.state {
+                    State::ExpectNodeInfo { request_id, .. } => {
+                        request_id == r.request_id && n.home == Some(Home::Remote(peer))
+                    }
+                    _ => n.direction_in_flight().is_some_and(|(id, side)| id == r.request_id && n.directed_at(side, from)),
                 });
                 match found {
                     Some(i) => {
@@ -537,29 +555,13 @@ impl Dc {
     /// from DC_CN.
     fn handle_route_ack(&mut self, now: Instant, from: AckFrom<'_>, a: RouteDirectionAck) -> Received {
         let Some(i) = self.negotiations.iter().position(|n| {
-            n.session == a.session
-                && match n.state {
-                    State::ExpectFirstAck { request_id, .. } | State::ExpectSecondAck { request_id, .. } => {
-                        request_id == a.request_id
-                    }
-                    _ => false,
-                }
+            n.session == a.session && n.direction_in_flight().is_some_and(|(id, _)| id == a.request_id)
         }) else {
             return self.drops.count(Drop::Stale);
         };
         let Some(n) = self.negotiations.get_mut(i) else { return Received::Handled };
         // Only the side the direction went to may acknowledge it.
-        let expected_side = match n.state {
-            State::ExpectFirstAck { .. } => n.first_side(),
-            _ => other(n.first_side()),
-        };
-        let from_ok = match (expected_side, n.home, from) {
-            (Side::Cn, Some(Home::Remote(p)), AckFrom::Peer(q)) => p == q,
-            (Side::Cn, Some(Home::Local), AckFrom::Node(f)) => *f == n.cn,
-            (Side::Mn, _, AckFrom::Node(f)) => *f == n.mn,
-            _ => false,
-        };
-        if !from_ok {
+        if !n.direction_in_flight().is_some_and(|(_, side)| n.directed_at(side, from)) {
             return self.drops.count(Drop::Unauthorized);
         }
         match n.state {
@@ -613,11 +615,9 @@ impl Dc {
             self.send_server(now, To::Peer(f.peer), msg);
             return Received::Handled;
         }
-        let found = self.negotiations.iter().position(|n| match n.state {
-            State::ExpectFirstAck { request_id, .. } | State::ExpectSecondAck { request_id, .. } => {
-                request_id == r.request_id && (n.mn == *fqdn || n.cn == *fqdn)
-            }
-            _ => false,
+        let from = AckFrom::Node(fqdn);
+        let found = self.negotiations.iter().position(|n| {
+            n.direction_in_flight().is_some_and(|(id, side)| id == r.request_id && n.directed_at(side, from))
         });
         match found {
             Some(i) => {

@@ -46,6 +46,8 @@ pub(super) struct NodeRecord {
     ns: Option<NsBinding>,
     /// Registrations waiting for the NS to acknowledge K_ntmns.
     waiting: Vec<(RequestId, SocketAddr)>,
+    /// When the DC last asked for a push to this node.
+    last_push: Option<Instant>,
 }
 
 impl NodeRecord {
@@ -78,6 +80,9 @@ fn family(addr: &SocketAddr) -> usize {
         1
     }
 }
+
+/// Least time between two push requests for one node.
+const PUSH_INTERVAL: crate::time::Duration = crate::time::Duration::from_secs(10);
 
 /// Plain refusals (for unknown keys) allowed per second: they are unauthenticated, so
 /// they are rate-limited to stay useless for reflection.
@@ -124,6 +129,7 @@ impl Dc {
                         method: KeepaliveMethod::Udp,
                         ns: None,
                         waiting: Vec::new(),
+                        last_push: None,
                     },
                 );
             }
@@ -305,10 +311,17 @@ impl Dc {
         };
         if let KeepaliveMethod::Push(token) = &rec.method {
             if rec.seen.iter().flatten().all(|s| s.behind_nat) {
-                let ev = DcEvent::PushNeeded { fqdn: fqdn.clone(), token: token.as_slice().to_vec() };
+                // One push per PUSH_INTERVAL, however often the message is retransmitted.
+                let due = rec.last_push.is_none_or(|t| now >= t + PUSH_INTERVAL);
+                let ev = due.then(|| DcEvent::PushNeeded { fqdn: fqdn.clone(), token: token.as_slice().to_vec() });
+                if due {
+                    rec.last_push = Some(now);
+                }
                 // Still try UDP: the mapping may be alive.
                 let to = rec.seen.iter().flatten().map(|s| s.observed).next();
-                self.emit(ev);
+                if let Some(ev) = ev {
+                    self.emit(ev);
+                }
                 if let Some(to) = to {
                     self.transmit(Via::Udp, to, bytes);
                 }
