@@ -215,7 +215,12 @@ impl Ns {
                 if let Some(old) = n.conn.replace(from) {
                     self.conns.remove(&old);
                 }
-                self.conns.insert(from, key_id);
+                // The connection was another node's: that node no longer has one.
+                if let Some(prev) = self.conns.insert(from, key_id).filter(|p| *p != key_id) {
+                    if let Some(p) = self.nodes.get_mut(&prev) {
+                        p.conn = None;
+                    }
+                }
                 log::info!("{} registered for notifications from {from}", r.fqdn);
                 Message::NotificationAck(NotificationAck { request_id: r.request_id, keepalive_interval: interval })
             }

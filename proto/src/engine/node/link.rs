@@ -61,7 +61,7 @@ impl Link {
         match &self.state {
             LinkState::ExpectRegistrationResponse { retry, .. } => Some(retry.deadline()),
             LinkState::Registered { next_keepalive, pending, .. } => {
-                [*next_keepalive, pending.as_ref().map(|(_, r)| r.deadline())].into_iter().flatten().min()
+                pending.as_ref().map_or(*next_keepalive, |(_, r)| Some(r.deadline()))
             }
             LinkState::Failed { retry_at } => Some(*retry_at),
         }
@@ -101,7 +101,7 @@ impl NsLink {
         match &self.state {
             NsState::ExpectAck { retry, .. } => Some(retry.deadline()),
             NsState::Active { next_keepalive, pending, .. } => {
-                Some(pending.as_ref().map_or(*next_keepalive, |(_, r)| r.deadline().min(*next_keepalive)))
+                Some(pending.as_ref().map_or(*next_keepalive, |(_, r)| r.deadline()))
             }
             NsState::Reconnect { at, .. } => Some(*at),
         }

@@ -64,7 +64,12 @@ pub(super) struct Direction {
 
 impl Direction {
     pub(super) fn deadline(&self) -> Instant {
-        self.retry.deadline()
+        // An unsent request waits for a registration, not for a time.
+        if self.sent {
+            self.retry.deadline()
+        } else {
+            Instant::FAR_FUTURE
+        }
     }
 }
 
@@ -383,7 +388,8 @@ impl Node {
     }
 
     pub(super) fn drive_directions(&mut self, now: Instant) {
-        let Some(dst) = self.any_dc_addr() else { return };
+        // With no link (no address at all) the attempts still run out: the deadline moves.
+        let dst = self.any_dc_addr();
         let mut resend = Vec::new();
         let mut failed = Vec::new();
         for d in self.directions.iter_mut().filter(|d| d.sent && d.retry.due(now)) {
@@ -397,7 +403,7 @@ impl Node {
                 failed.push(d.request_id);
             }
         }
-        for msg in resend {
+        for (dst, msg) in resend.into_iter().filter_map(|m| dst.map(|d| (d, m))) {
             self.send_to_dc(now, dst, &msg);
         }
         for id in failed {
