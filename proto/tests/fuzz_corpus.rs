@@ -2,9 +2,13 @@
 //! `fuzz/corpus/<target>/` goes through the same `ntm_proto::fuzzing` entry point as the
 //! fuzzer calls, so an input that once crashed stays fixed. A target without a corpus
 //! directory, or with an empty one, fails the test: add seeds with the target.
+//!
+//! The hand-built seeds of the engine targets (`ntm_proto::fuzzing::seeds`) must be in the
+//! corpus byte for byte; after changing one, `NTM_WRITE_SEEDS=1 cargo test -p ntm-proto
+//! --test fuzz_corpus` writes them.
 #![allow(clippy::disallowed_methods)] // the test harness reads corpus files; the library never does
 
-use ntm_proto::fuzzing::{Target, TARGETS};
+use ntm_proto::fuzzing::{seeds, Target, SERVER_TARGETS, TARGETS};
 use std::path::{Path, PathBuf};
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -41,7 +45,9 @@ fn every_corpus_directory_belongs_to_a_target() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("fuzz").join("corpus");
     for entry in std::fs::read_dir(&root).expect("fuzz/corpus exists") {
         let name = entry.expect("readable").file_name().into_string().expect("UTF-8 name");
-        assert!(TARGETS.iter().any(|t| t.name == name), "fuzz/corpus/{name} has no target in ntm_proto::fuzzing");
+        // Without the `servers` feature the server roles' targets do not exist.
+        let known = TARGETS.iter().any(|t| t.name == name) || SERVER_TARGETS.contains(&name.as_str());
+        assert!(known, "fuzz/corpus/{name} has no target in ntm_proto::fuzzing");
     }
 }
 
@@ -54,5 +60,19 @@ fn every_target_has_a_fuzz_binary() {
         let src = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let call = format!("ntm_proto::fuzzing::{}(", target.name);
         assert!(String::from_utf8_lossy(&src).contains(&call), "{} does not call {call}..)", path.display());
+    }
+}
+
+/// The hand-built seeds, which drive each engine target down its main paths, are kept.
+#[test]
+fn hand_built_seeds_are_in_the_corpus() {
+    let write = std::env::var_os("NTM_WRITE_SEEDS").is_some();
+    for (target, name, data) in seeds() {
+        let path = corpus_dir(target).join(name);
+        if write {
+            std::fs::write(&path, &data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+        let kept = std::fs::read(&path).unwrap_or_else(|e| panic!("seed {}: {e}", path.display()));
+        assert!(kept == data, "{} differs from the seed of that name", path.display());
     }
 }
