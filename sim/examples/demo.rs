@@ -4,6 +4,9 @@
 //!
 //! Run: `./scripts/demo.sh` (or `cargo run --release -p ntm-sim --example demo -- --seed 7`).
 
+// A narrating example: its output is the point.
+#![allow(clippy::print_stdout)]
+
 use ntm_proto::engine::node::{Node, PathKind};
 use ntm_proto::engine::rs::Rs;
 use ntm_proto::time::{Duration, Instant};

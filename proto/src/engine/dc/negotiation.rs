@@ -235,8 +235,9 @@ impl Dc {
             self.send_to_node(now, mn, &msg, None);
             return Received::Handled;
         }
-        let active = self.negotiations.iter().filter(|n| !n.finished()).count();
-        if active >= self.cfg.max_negotiations {
+        // Finished negotiations count too: they are kept for a while to answer
+        // retransmissions, and a flood of requests must not grow the table.
+        if self.negotiations.len() >= self.cfg.max_negotiations {
             let msg = refusal(Reason::Overloaded, "too many negotiations");
             self.send_to_node(now, mn, &msg, None);
             return self.drops.count(Drop::Limit);
@@ -357,7 +358,9 @@ impl Dc {
                     State::ExpectNodeInfo { request_id, .. } => {
                         request_id == r.request_id && n.home == Some(Home::Remote(peer))
                     }
-                    _ => n.direction_in_flight().is_some_and(|(id, side)| id == r.request_id && n.directed_at(side, from)),
+                    _ => n
+                        .direction_in_flight()
+                        .is_some_and(|(id, side)| id == r.request_id && n.directed_at(side, from)),
                 });
                 match found {
                     Some(i) => {
@@ -554,9 +557,11 @@ impl Dc {
     /// An acknowledgement of a Route Direction, from one of our nodes (`peer` None) or
     /// from DC_CN.
     fn handle_route_ack(&mut self, now: Instant, from: AckFrom<'_>, a: RouteDirectionAck) -> Received {
-        let Some(i) = self.negotiations.iter().position(|n| {
-            n.session == a.session && n.direction_in_flight().is_some_and(|(id, _)| id == a.request_id)
-        }) else {
+        let Some(i) = self
+            .negotiations
+            .iter()
+            .position(|n| n.session == a.session && n.direction_in_flight().is_some_and(|(id, _)| id == a.request_id))
+        else {
             return self.drops.count(Drop::Stale);
         };
         let Some(n) = self.negotiations.get_mut(i) else { return Received::Handled };
@@ -638,6 +643,16 @@ impl Dc {
             }
             return Received::Handled;
         }
+        if self.forwards.len() >= self.cfg.max_negotiations {
+            let msg = Message::Refusal(Refusal::new(
+                MsgType::RouteDirection,
+                rd.request_id,
+                Reason::Overloaded,
+                "too many negotiations",
+            ));
+            self.send_server(now, To::Peer(peer), msg);
+            return self.drops.count(Drop::Limit);
+        }
         if !self.owns(&rd.node) || !self.knows_node(&rd.node) {
             let msg = Message::Refusal(Refusal::new(
                 MsgType::RouteDirection,
@@ -687,6 +702,14 @@ impl Dc {
     /// Retransmissions and timeouts of negotiations and forwards.
     pub(super) fn drive_negotiations(&mut self, now: Instant) {
         self.negotiations.retain(|n| !matches!(n.state, State::Finished { until } if now >= until));
+        // DNS queries whose negotiation is over (or whose answer never came) are forgotten.
+        let waiting: std::collections::HashSet<SessionId> = self
+            .negotiations
+            .iter()
+            .filter(|n| matches!(n.state, State::ExpectDcLocation))
+            .map(|n| n.session)
+            .collect();
+        self.dns_waits.retain(|_, s| waiting.contains(s));
         for i in 0..self.negotiations.len() {
             let Some(n) = self.negotiations.get_mut(i) else { continue };
             if n.finished() {

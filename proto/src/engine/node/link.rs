@@ -168,6 +168,15 @@ impl Node {
         self.begin_handover(now);
     }
 
+    /// A push notification arrived (push keepalive method): the DC wants to reach us.
+    /// Register again on every link, which opens fresh NAT mappings the DC can answer
+    /// through; its retransmitted message then arrives.
+    pub fn handle_push(&mut self, now: Instant) {
+        if self.session.is_some() {
+            self.register_all(now);
+        }
+    }
+
     pub(super) fn handle_registration_response(
         &mut self,
         now: Instant,

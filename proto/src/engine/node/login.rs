@@ -13,6 +13,8 @@ use crate::wire::{Message, MsgType, RequestId, Sender};
 
 /// How long the AS may take to answer over TLS.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the driver's DNS lookup of our DC may take.
+const DNS_TIMEOUT: Duration = Duration::from_secs(15);
 /// At most one re-login per this interval on the DC's unauthenticated hint.
 pub(super) const RELOGIN_HINT_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest wait between failed login attempts.
@@ -27,7 +29,7 @@ pub(super) enum Login {
     /// Waiting for the AS.
     ExpectLoginResponse { request_id: RequestId, deadline: Instant, failures: u32 },
     /// Logged in at the AS; waiting for the DNS answer naming our DC.
-    ExpectDcLocation { query: u64, response: Box<LoginResponse>, failures: u32 },
+    ExpectDcLocation { query: u64, response: Box<LoginResponse>, failures: u32, deadline: Instant },
     /// Logged in; log in again at `relogin_at`.
     Done { relogin_at: Instant },
     /// The AS refused the credential; nothing more until `start`.
@@ -40,7 +42,8 @@ impl Login {
             Login::Start { at, .. } => Some(*at),
             Login::ExpectLoginResponse { deadline, .. } => Some(*deadline),
             Login::Done { relogin_at } => Some(*relogin_at),
-            Login::Idle | Login::ExpectDcLocation { .. } | Login::Failed => None,
+            Login::ExpectDcLocation { deadline, .. } => Some(*deadline),
+            Login::Idle | Login::Failed => None,
         }
     }
 }
@@ -55,6 +58,11 @@ impl Node {
             Login::Start { at, failures } if now >= at => failures,
             Login::ExpectLoginResponse { deadline, failures, .. } if now >= deadline => {
                 log::warn!("no Login Response from the AS within {LOGIN_TIMEOUT:?}");
+                self.login = Login::Start { at: now + backoff(failures), failures: failures + 1 };
+                return;
+            }
+            Login::ExpectDcLocation { deadline, failures, .. } if now >= deadline => {
+                log::warn!("no DNS answer locating our DC within {DNS_TIMEOUT:?}");
                 self.login = Login::Start { at: now + backoff(failures), failures: failures + 1 };
                 return;
             }
@@ -101,7 +109,12 @@ impl Node {
                     (Some(dc), _) | (None, Some(dc)) => self.complete_login(now, r, dc),
                     (None, None) => {
                         let query = self.query(r.fqdn.clone());
-                        self.login = Login::ExpectDcLocation { query, response: Box::new(r), failures };
+                        self.login = Login::ExpectDcLocation {
+                            query,
+                            response: Box::new(r),
+                            failures,
+                            deadline: now + DNS_TIMEOUT,
+                        };
                     }
                 }
                 Received::Handled
@@ -196,6 +209,9 @@ impl Node {
         let ours = self.session.as_ref().is_some_and(|s| s.channel.id() == header.key_id);
         if !ours || !matches!(r.reason, Reason::UnknownKey | Reason::KeyExpired) {
             return self.drops.count(Drop::Unauthorized);
+        }
+        if !matches!(self.login, Login::Done { .. }) {
+            return Received::Handled; // a login is already under way
         }
         if self.last_relogin_hint.is_some_and(|t| now < t + RELOGIN_HINT_INTERVAL) {
             return self.drops.count(Drop::Limit);

@@ -216,12 +216,21 @@ impl Tunnel {
         [state, probe, expiry, rekey, tmp, self.superseded_until].into_iter().flatten().min()
     }
 
-    /// When MN asks for a fresh negotiation, ahead of K_mncn's expiry.
+    /// When this node asks for a fresh negotiation, ahead of K_mncn's expiry.
+    ///
+    /// Each node applies its own key lifetime, so either end may be the first to need a
+    /// new key: MN renews at 90% of its lifetime and CN at 95% of its own. With equal
+    /// settings MN's renewal supersedes the tunnel before CN's comes due, so there is one
+    /// renegotiation, not two.
     fn rekey_at(&self, cfg: &super::NodeConfig) -> Option<Instant> {
-        if self.side != Side::Mn || self.rekey_requested || !self.is_live() || !self.is_established() {
+        if self.rekey_requested || !self.is_live() || !self.is_established() {
             return None;
         }
-        self.mncn.as_ref().map(|c| c.expires() - cfg.tunnel_key_lifetime / 10)
+        let margin = match self.side {
+            Side::Mn => cfg.tunnel_key_lifetime / 10,
+            _ => cfg.tunnel_key_lifetime / 20,
+        };
+        self.mncn.as_ref().map(|c| c.expires() - margin)
     }
 
     fn info(&self) -> TunnelInfo {
