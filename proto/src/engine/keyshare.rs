@@ -76,15 +76,6 @@ impl<K: KeyKind> core::fmt::Debug for ServerLink<K> {
     }
 }
 
-/// What a link wants done after an input.
-#[derive(Debug)]
-enum LinkAction {
-    /// Nothing.
-    None,
-    /// Send this Key Share over TLS.
-    Share(Box<Message>),
-}
-
 impl<K: SharedKind> ServerLink<K> {
     /// A link to a server we have not shared a key with yet.
     pub fn new(name: Fqdn, addr: SocketAddr) -> Self {
@@ -108,45 +99,34 @@ impl<K: SharedKind> ServerLink<K> {
         lifetime: Duration,
         msg: Message,
     ) -> Vec<super::Transmit> {
-        let (sealed, action) = self.seal_or_queue(now, rng, ids, own_name, lifetime, msg);
         let mut out = Vec::new();
-        if let LinkAction::Share(share) = action {
+        if let Some(share) = self.maybe_share(now, rng, ids, own_name, lifetime) {
             let via = super::Via::Stream { kind: super::StreamKind::Tls, server: Some(self.name.clone()) };
             out.push(super::Transmit { via, dst: self.addr, payload: crate::crypto::plain(Sender::Dc, &share) });
         }
-        if let Some(payload) = sealed {
-            out.push(super::Transmit { via: super::Via::Udp, dst: self.addr, payload });
+        let sealed = self.usable(now).map(|ch| ch.seal(now, &msg));
+        match sealed {
+            Some(Ok(payload)) => out.push(super::Transmit { via: super::Via::Udp, dst: self.addr, payload }),
+            other => {
+                if let Some(Err(e)) = other {
+                    log::warn!("cannot seal for {}: {e}", self.name);
+                }
+                if self.queue.len() >= QUEUE_MAX {
+                    self.queue.pop_front();
+                }
+                self.queue.push_back(msg);
+            }
         }
         out
     }
 
-    /// Seals `msg` with the best usable key, or queues it and asks for a Key Share.
-    fn seal_or_queue(
-        &mut self,
-        now: Instant,
-        rng: &mut dyn rand_core::CryptoRngCore,
-        ids: &mut super::IdSource,
-        own_name: &Fqdn,
-        lifetime: Duration,
-        msg: Message,
-    ) -> (Option<Vec<u8>>, LinkAction) {
-        let action = self.maybe_share(now, rng, ids, own_name, lifetime);
-        let ch = match (&mut self.own, &mut self.theirs) {
+    /// The key to seal with now: ours, else the one the peer shared.
+    fn usable(&mut self, now: Instant) -> Option<&mut Channel<K>> {
+        match (&mut self.own, &mut self.theirs) {
             (Some(c), _) if !c.is_expired(now) => Some(c),
             (_, Some(c)) if !c.is_expired(now) => Some(c),
             _ => None,
-        };
-        if let Some(ch) = ch {
-            match ch.seal(now, &msg) {
-                Ok(bytes) => return (Some(bytes), action),
-                Err(e) => log::warn!("cannot seal for {}: {e}", self.name),
-            }
         }
-        if self.queue.len() >= QUEUE_MAX {
-            self.queue.pop_front();
-        }
-        self.queue.push_back(msg);
-        (None, action)
     }
 
     /// Starts a Key Share if no key is usable, ours is near its end, or a share timed out.
@@ -157,10 +137,10 @@ impl<K: SharedKind> ServerLink<K> {
         ids: &mut super::IdSource,
         own_name: &Fqdn,
         lifetime: Duration,
-    ) -> LinkAction {
+    ) -> Option<Message> {
         if let Some(s) = &self.sharing {
             if now < s.deadline {
-                return LinkAction::None;
+                return None;
             }
             log::warn!("Key Share with {} timed out; trying again", self.name);
         }
@@ -170,19 +150,14 @@ impl<K: SharedKind> ServerLink<K> {
             None => !self.theirs.as_ref().is_some_and(|c| !c.is_expired(now) && now < renew_at(c)),
         };
         if !needed {
-            return LinkAction::None;
+            return None;
         }
         let key = Key::<K>::generate(rng);
         let key_id = KeyId(rng.next_u32());
         let request_id = ids.next();
         let grant = KeyGrant { key: key.clone(), lifetime: Lifetime::from_duration(lifetime) };
         self.sharing = Some(Sharing { request_id, key_id, key, deadline: now + SHARE_TIMEOUT });
-        LinkAction::Share(Box::new(Message::KeyShare(KeyShare {
-            request_id,
-            key_id,
-            key: K::wrap(grant),
-            from: own_name.clone(),
-        })))
+        Some(Message::KeyShare(KeyShare { request_id, key_id, key: K::wrap(grant), from: own_name.clone() }))
     }
 
     /// The Key Share Ack arrived: the key is in use; returns the queued messages sealed.
@@ -214,11 +189,7 @@ impl<K: SharedKind> ServerLink<K> {
         let mut out = Vec::new();
         let queued: Vec<Message> = self.queue.drain(..).collect();
         for msg in queued {
-            let ch = match (&mut self.own, &mut self.theirs) {
-                (Some(c), _) if !c.is_expired(now) => c,
-                (_, Some(c)) if !c.is_expired(now) => c,
-                _ => break,
-            };
+            let Some(ch) = self.usable(now) else { break };
             if let Ok(b) = ch.seal(now, &msg) {
                 out.push(b);
             }
