@@ -1,0 +1,12 @@
+//! The four NTMobile servers as daemons: thin drivers around the library's engines.
+//!
+//! - [`config`]: one JSON file per daemon, with one-line errors naming the bad field.
+//! - [`pki`]: the deployment CA, certificates with roles, and rustls configurations.
+//! - [`store`]: the embedded databases (AS accounts, DC node state), SQLite.
+//! - [`driver`]: one mio event loop hosting any engine: UDP, TCP and TLS streams,
+//!   DNS, timers, signals and the status socket.
+
+pub mod config;
+pub mod driver;
+pub mod pki;
+pub mod store;
