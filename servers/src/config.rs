@@ -1,1 +1,553 @@
-//! (being written)
+//! Configuration files: one JSON document per daemon.
+//!
+//! Every field is documented here and in `docs/servers.md`, with an example per daemon
+//! under `board/default/`. Unknown fields are refused (a typo must not silently fall back
+//! to a default), and every error is one line naming the file and the field:
+//! `dc.json: field "zones": at least one zone is needed`.
+
+use ntm_proto::engine::DcLocation;
+use ntm_proto::time::Duration;
+use ntm_proto::wire::Fqdn;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// A configuration that could not be used.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// What is wrong, naming the field.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and parses a configuration file, then checks it.
+pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
+    let err = |problem: String| ConfigError { file: path.to_path_buf(), problem };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let cfg: T = serde_json::from_str(&text).map_err(|e| err(describe_json_error(&e)))?;
+    cfg.validate().map_err(|(field, problem)| err(format!("field \"{field}\": {problem}")))?;
+    Ok(cfg)
+}
+
+/// serde_json says "missing field `zones` at line 1 column 2"; keep that, it names the
+/// field and the place.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => format!("not valid JSON: {e}"),
+        _ => e.to_string(),
+    }
+}
+
+/// Checks a parsed configuration; the error names the field.
+pub trait Validate {
+    /// `Err((field, problem))` for the first problem found.
+    fn validate(&self) -> Result<(), (&'static str, String)>;
+}
+
+/// Log verbosity.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Normal operation (the default).
+    #[default]
+    Info,
+    /// Detail for debugging.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The `log` crate's filter.
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// The TLS files of a server: the deployment CA and the server's own certificate.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The deployment CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This server's certificate chain (PEM), issued by the CA.
+    pub cert: PathBuf,
+    /// This server's private key (PEM, PKCS#8). Keep it mode 0600.
+    pub key: PathBuf,
+}
+
+/// Settings every daemon has.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Common {
+    /// The server's name; its certificate carries it.
+    pub name: Fqdn,
+    /// Addresses to listen on (UDP, and TCP for TLS). Give one IPv4 and one IPv6
+    /// address to serve both families, e.g. `["0.0.0.0:4460", "[::]:4460"]`.
+    pub listen: Vec<SocketAddr>,
+    /// The TLS files.
+    pub tls: TlsFiles,
+    /// A Unix socket where `<daemon> status` reads the state; none if absent.
+    #[serde(default)]
+    pub status_socket: Option<PathBuf>,
+    /// Log verbosity.
+    #[serde(default)]
+    pub log_level: LogLevel,
+    /// Most TCP/TLS connections at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+impl Common {
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.listen.is_empty() {
+            return Err(("listen", "at least one address".into()));
+        }
+        if self.max_connections == 0 {
+            return Err(("max_connections", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// How to find other DCs (and, for the AS, the node's DC) by DNS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSettings {
+    /// Recursive resolvers (or authoritative servers) to ask, with port.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+    /// The domains under which names are NTMobile nodes; other names are ordinary DNS.
+    #[serde(default)]
+    pub ntm_domains: Vec<Fqdn>,
+    /// The port DCs listen on (NS records carry no port).
+    #[serde(default = "default_dc_port")]
+    pub dc_port: u16,
+    /// Zones whose DC is known without DNS.
+    #[serde(default)]
+    pub static_dcs: Vec<StaticDc>,
+}
+
+fn default_dc_port() -> u16 {
+    4460
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            nameservers: Vec::new(),
+            ntm_domains: Vec::new(),
+            dc_port: default_dc_port(),
+            static_dcs: Vec::new(),
+        }
+    }
+}
+
+/// A zone served by a known DC.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticDc {
+    /// The zone.
+    pub zone: Fqdn,
+    /// The DC's name (its certificate carries it).
+    pub dc: Fqdn,
+    /// The DC's addresses with port.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl StaticDc {
+    /// As the engines take it.
+    pub fn location(&self) -> (Fqdn, DcLocation) {
+        (self.zone.clone(), DcLocation { name: self.dc.clone(), addrs: self.addrs.clone() })
+    }
+}
+
+impl DnsSettings {
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.nameservers.is_empty() && self.static_dcs.is_empty() && !self.ntm_domains.is_empty() {
+            return Err(("dns.nameservers", "needed to look up the NTM domains (or list static_dcs)".into()));
+        }
+        if self.dc_port == 0 {
+            return Err(("dns.dc_port", "port 0".into()));
+        }
+        for s in &self.static_dcs {
+            if s.addrs.is_empty() {
+                return Err(("dns.static_dcs", format!("zone {} has no addresses", s.zone)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A prefix written `address/length`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix<A> {
+    /// The address.
+    pub addr: A,
+    /// The length in bits.
+    pub len: u8,
+}
+
+impl<'de> Deserialize<'de> for Prefix<Ipv4Addr> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_prefix(&String::deserialize(d)?, 32).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for Prefix<Ipv6Addr> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_prefix(&String::deserialize(d)?, 128).map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_prefix<A: std::str::FromStr>(s: &str, max: u8) -> Result<Prefix<A>, String> {
+    let (a, l) = s.split_once('/').ok_or_else(|| format!("\"{s}\" is not address/length"))?;
+    let addr = a.parse().map_err(|_| format!("\"{a}\" is not an address of this family"))?;
+    let len: u8 = l.parse().map_err(|_| format!("\"{l}\" is not a prefix length"))?;
+    if len > max {
+        return Err(format!("prefix length {len} is over {max}"));
+    }
+    Ok(Prefix { addr, len })
+}
+
+/// A relay server the DC may use.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayEntry {
+    /// Its name.
+    pub name: Fqdn,
+    /// Its control address (UDP and TLS).
+    pub addr: SocketAddr,
+}
+
+/// A notification server the DC may hand nodes to.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NsEntry {
+    /// Its name.
+    pub name: Fqdn,
+    /// Its control address (UDP and TLS).
+    pub addr: SocketAddr,
+    /// The TCP address nodes connect to.
+    pub node_addr: SocketAddr,
+}
+
+/// `ntm-dc`'s configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DcFile {
+    /// Name, listen addresses, TLS, status, logs.
+    #[serde(flatten)]
+    pub common: Common,
+    /// The zones this DC manages.
+    pub zones: Vec<Fqdn>,
+    /// Virtual IPv4 prefix, e.g. "198.18.0.0/16".
+    pub virtual_ipv4: Prefix<Ipv4Addr>,
+    /// Virtual IPv6 prefix, e.g. "2001:db8:ffff::/96".
+    pub virtual_ipv6: Prefix<Ipv6Addr>,
+    /// The database file (node keys, virtual addresses), kept across restarts.
+    pub state: PathBuf,
+    /// UDP keepalive interval asked of nodes, seconds (default 20).
+    #[serde(default = "default_keepalive")]
+    pub keepalive_interval_secs: u64,
+    /// Relay servers.
+    #[serde(default)]
+    pub relays: Vec<RelayEntry>,
+    /// Notification servers.
+    #[serde(default)]
+    pub notification_servers: Vec<NsEntry>,
+    /// Finding other DCs.
+    #[serde(default)]
+    pub dns: DnsSettings,
+    /// Most nodes (default 100000).
+    #[serde(default = "default_max_nodes")]
+    pub max_nodes: usize,
+}
+
+fn default_keepalive() -> u64 {
+    20
+}
+
+fn default_max_nodes() -> usize {
+    100_000
+}
+
+impl Validate for DcFile {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.common.check()?;
+        self.dns.check()?;
+        if self.zones.is_empty() {
+            return Err(("zones", "at least one zone is needed".into()));
+        }
+        if self.keepalive_interval_secs == 0 || self.keepalive_interval_secs > 3600 {
+            return Err(("keepalive_interval_secs", "between 1 and 3600".into()));
+        }
+        if self.max_nodes == 0 {
+            return Err(("max_nodes", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// An OpenID Connect provider the AS accepts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcEntry {
+    /// The issuer (`iss`), exactly.
+    pub issuer: String,
+    /// Our client id at the provider (`aud`).
+    pub audience: String,
+    /// The provider's signing keys: a JWKS document saved from its `jwks_uri`.
+    pub jwks: PathBuf,
+}
+
+/// `ntm-as`'s configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsFile {
+    /// Name, listen addresses, TLS, status, logs.
+    #[serde(flatten)]
+    pub common: Common,
+    /// The accounts database.
+    pub accounts: PathBuf,
+    /// Lifetime of K_ntmdc, seconds (default 43200: 12 h).
+    #[serde(default = "default_key_lifetime")]
+    pub key_lifetime_secs: u64,
+    /// A P-256 private key (PEM) that signs attestations of node keys (public-key
+    /// mode); none disables the mode.
+    #[serde(default)]
+    pub attestation_key: Option<PathBuf>,
+    /// Accepted OpenID Connect providers.
+    #[serde(default)]
+    pub oidc: Vec<OidcEntry>,
+    /// Finding the node's DC.
+    #[serde(default)]
+    pub dns: DnsSettings,
+}
+
+fn default_key_lifetime() -> u64 {
+    12 * 3600
+}
+
+impl Validate for AsFile {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.common.check()?;
+        self.dns.check()?;
+        if self.key_lifetime_secs < 60 {
+            return Err(("key_lifetime_secs", "at least 60".into()));
+        }
+        if self.dns.ntm_domains.is_empty() && self.dns.static_dcs.is_empty() {
+            return Err(("dns", "list the NTM domains (with nameservers) or static_dcs to find nodes' DCs".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `ntm-rs`'s configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RsFile {
+    /// Name, listen addresses, TLS, status, logs.
+    #[serde(flatten)]
+    pub common: Common,
+    /// The addresses nodes send to, as they reach us (one per family); default: the
+    /// `listen` addresses that are not wildcards.
+    #[serde(default)]
+    pub relay_addrs: Vec<SocketAddr>,
+    /// Most relay sessions (default 10000).
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Idle time that ends a session, seconds (default 90).
+    #[serde(default = "default_session_idle")]
+    pub session_idle_secs: u64,
+    /// Most packets per second one session relays (default 200000).
+    #[serde(default = "default_session_pps")]
+    pub max_session_pps: u32,
+}
+
+fn default_max_sessions() -> usize {
+    10_000
+}
+
+fn default_session_idle() -> u64 {
+    90
+}
+
+fn default_session_pps() -> u32 {
+    200_000
+}
+
+impl RsFile {
+    /// The advertised relay addresses.
+    pub fn advertised(&self) -> Vec<SocketAddr> {
+        if !self.relay_addrs.is_empty() {
+            return self.relay_addrs.clone();
+        }
+        self.common.listen.iter().filter(|a| !a.ip().is_unspecified()).copied().collect()
+    }
+}
+
+impl Validate for RsFile {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.common.check()?;
+        let adv = self.advertised();
+        if adv.is_empty() {
+            return Err(("relay_addrs", "the listen addresses are wildcards: say where nodes reach the relay".into()));
+        }
+        if adv.len() > 4 {
+            return Err(("relay_addrs", "at most four".into()));
+        }
+        if adv.iter().any(|a| a.ip().is_unspecified() || a.port() == 0) {
+            return Err(("relay_addrs", "need concrete addresses and ports".into()));
+        }
+        if self.max_sessions == 0 || self.session_idle_secs == 0 || self.max_session_pps == 0 {
+            return Err(("max_sessions", "limits must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `ntm-ns`'s configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NsFile {
+    /// Name, listen addresses (UDP and TLS, for DCs), TLS, status, logs.
+    #[serde(flatten)]
+    pub common: Common,
+    /// TCP addresses nodes connect to.
+    pub node_listen: Vec<SocketAddr>,
+    /// Keepalive interval asked of nodes, seconds (default 3600).
+    #[serde(default = "default_ns_keepalive")]
+    pub keepalive_interval_secs: u64,
+    /// Most nodes (connections) held (default 200000).
+    #[serde(default = "default_ns_nodes")]
+    pub max_nodes: usize,
+}
+
+fn default_ns_keepalive() -> u64 {
+    3600
+}
+
+fn default_ns_nodes() -> usize {
+    200_000
+}
+
+impl Validate for NsFile {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.common.check()?;
+        if self.node_listen.is_empty() {
+            return Err(("node_listen", "at least one address".into()));
+        }
+        if self.keepalive_interval_secs < 10 {
+            return Err(("keepalive_interval_secs", "at least 10".into()));
+        }
+        if self.max_nodes == 0 {
+            return Err(("max_nodes", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Seconds as a duration.
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// True if `addr` can be bound here: a wildcard, or an address of this host (checked by
+/// binding when the daemon starts; this only catches obvious mistakes).
+pub fn plausible_listen(addr: &SocketAddr) -> bool {
+    !matches!(addr.ip(), IpAddr::V4(v) if v.is_broadcast() || v.is_multicast()) && !addr.ip().is_multicast()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse<T: DeserializeOwned + Validate>(json: &str) -> Result<T, String> {
+        let cfg: T = serde_json::from_str(json).map_err(|e| describe_json_error(&e))?;
+        cfg.validate().map_err(|(f, p)| format!("field \"{f}\": {p}"))?;
+        Ok(cfg)
+    }
+
+    const DC: &str = r#"{
+        "name": "dc.zone-a.example", "listen": ["127.0.0.1:4460"],
+        "tls": {"ca": "ca.pem", "cert": "dc.pem", "key": "dc.key"},
+        "zones": ["zone-a.example"], "virtual_ipv4": "198.18.0.0/16",
+        "virtual_ipv6": "2001:db8:ffff::/96", "state": "dc.db"
+    }"#;
+
+    #[test]
+    fn a_minimal_dc_file_parses_with_defaults() {
+        let c: DcFile = parse(DC).unwrap();
+        assert_eq!(c.keepalive_interval_secs, 20);
+        assert_eq!(c.virtual_ipv4, Prefix { addr: "198.18.0.0".parse().unwrap(), len: 16 });
+        assert_eq!(c.dns.dc_port, 4460);
+        assert_eq!(c.common.log_level, LogLevel::Info);
+    }
+
+    #[test]
+    fn each_required_dc_field_missing_is_named() {
+        let full: serde_json::Value = serde_json::from_str(DC).unwrap();
+        for field in ["name", "listen", "tls", "zones", "virtual_ipv4", "virtual_ipv6", "state"] {
+            let mut v = full.clone();
+            v.as_object_mut().unwrap().remove(field);
+            let err = parse::<DcFile>(&v.to_string()).unwrap_err();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_field_named() {
+        let full: serde_json::Value = serde_json::from_str(DC).unwrap();
+        let cases = [
+            ("zones", serde_json::json!([]), "zones"),
+            ("virtual_ipv4", serde_json::json!("198.18.0.0"), "address/length"),
+            ("virtual_ipv4", serde_json::json!("2001:db8::/64"), "not an address"),
+            ("virtual_ipv6", serde_json::json!("2001:db8::/129"), "over 128"),
+            ("keepalive_interval_secs", serde_json::json!(0), "keepalive_interval_secs"),
+            ("name", serde_json::json!("not a name!"), "invalid name"),
+            ("surprise", serde_json::json!(1), "unknown field"),
+        ];
+        for (field, value, expect) in cases {
+            let mut v = full.clone();
+            v.as_object_mut().unwrap().insert(field.into(), value);
+            let err = parse::<DcFile>(&v.to_string()).map(|_| ()).unwrap_err();
+            assert!(err.contains(expect), "{field}: {err}");
+        }
+        assert!(parse::<DcFile>("{").unwrap_err().starts_with("not valid JSON"));
+    }
+
+    #[test]
+    fn relay_needs_concrete_advertised_addresses() {
+        let rs = r#"{"name": "rs.example", "listen": ["0.0.0.0:4460"], "tls": {"ca": "a", "cert": "b", "key": "c"}}"#;
+        assert!(parse::<RsFile>(rs).unwrap_err().contains("relay_addrs"));
+        let rs =
+            r#"{"name": "rs.example", "listen": ["192.0.2.30:4460"], "tls": {"ca": "a", "cert": "b", "key": "c"}}"#;
+        assert_eq!(parse::<RsFile>(rs).unwrap().advertised(), vec!["192.0.2.30:4460".parse().unwrap()]);
+    }
+}

@@ -88,6 +88,32 @@ impl fmt::Debug for Fqdn {
     }
 }
 
+/// In configuration files a name is a string, written as a user would (any case, an
+/// optional trailing dot).
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Fqdn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Fqdn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a domain name")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Fqdn, E> {
+                Fqdn::new(s).map_err(|e| E::custom(format_args!("\"{s}\": {e}")))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for Fqdn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// A length byte, then the canonical name.
 impl Codec for Fqdn {
     fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
