@@ -397,6 +397,40 @@ fn a_dc_that_lost_its_state_makes_its_nodes_log_in_again() {
 }
 
 #[test]
+fn a_dc_restarted_from_its_saved_state_serves_nodes_without_a_new_login() {
+    let mut d = Deployment::new(23, Options::default());
+    let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    let cn = global(&mut d, "cn.zone-b.example", 11, NodeOpts::default());
+    assert!(d.bring_up(mn) && d.bring_up(cn));
+    let before = d.node(mn).virtual_addrs();
+    let _ = d.events(mn);
+    // What the daemon writes to its database, then a restart that reads it back (with the
+    // counter reserved ahead, as the database does).
+    let dc_a = d.dc_a;
+    let saved: Vec<_> = {
+        let dc = d.sim.engine::<Dc>(dc_a);
+        dc.node_names().iter().filter_map(|f| dc.export_node(f)).collect()
+    };
+    assert_eq!(saved.len(), 1);
+    assert!(format!("{saved:?}").contains("K_ntmdc(redacted)"), "keys stay redacted in debug output");
+    let now = d.now();
+    let cfg = d.sim.engine::<Dc>(dc_a).config().clone();
+    let mut fresh = Dc::new(cfg, d.sim.rng_for("dc-a-restored"), now).unwrap();
+    for s in saved {
+        let floor = s.next_counter + (1 << 20);
+        fresh.restore_node(now, s, floor).unwrap();
+    }
+    d.sim.replace_engine(dc_a, fresh);
+    d.run_for(Duration::from_secs(60));
+    let ev = d.events(mn);
+    assert!(!ev.iter().any(|e| matches!(e, NodeEvent::LoggedIn { .. })), "no re-login: {ev:?}");
+    assert_eq!(d.node(mn).virtual_addrs(), before);
+    // The restored DC still directs tunnels for its node.
+    assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
+    assert!(d.ping4(mn, cn, 1));
+}
+
+#[test]
 fn a_plain_refusal_naming_another_key_is_ignored() {
     let mut d = Deployment::new(18, Options::default());
     let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());

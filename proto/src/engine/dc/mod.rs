@@ -16,7 +16,7 @@ mod nodes;
 mod pool;
 
 pub use negotiation::{decide, Decision};
-pub use nodes::NodeStatus;
+pub use nodes::{NodeState, NodeStatus, NsState};
 pub use pool::VirtualPool;
 
 use super::keyshare::{ServerLink, SharedKind};

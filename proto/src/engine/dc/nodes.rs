@@ -3,8 +3,9 @@
 
 use super::{Dc, DcEvent, To};
 use crate::crypto::Channel;
+use crate::engine::ConfigError;
 use crate::engine::{Drop, Received, Retry, Via};
-use crate::keys::{KNtmNs, KeyGrant, NtmDc};
+use crate::keys::{KNtmDc, KNtmNs, KeyGrant, NtmDc};
 use crate::time::Instant;
 use crate::wire::direction::{Endpoint, NodeInfo};
 use crate::wire::login::{KeyDistribution, NtmAck};
@@ -478,6 +479,90 @@ impl Dc {
         [ns, Some(self.next_sweep)].into_iter().flatten().min()
     }
 
+    /// A node's whole state, for the DC's database: with it a restarted DC serves the
+    /// node without a new login. Contains K_ntmdc and K_ntmns: store it as a secret.
+    pub fn export_node(&self, fqdn: &Fqdn) -> Option<NodeState> {
+        let r = self.nodes.get(fqdn)?;
+        Some(NodeState {
+            fqdn: r.fqdn.clone(),
+            key_id: r.channel.id(),
+            key: r.channel.key().clone(),
+            expires: r.channel.expires(),
+            next_counter: r.channel.next_counter(),
+            attestation: r.attestation.clone(),
+            virtual_addrs: r.virtual_addrs,
+            endpoints: r.seen.iter().flatten().map(|s| (s.observed, s.behind_nat)).collect(),
+            local_addrs: r.local_addrs.as_slice().to_vec(),
+            keepalive: r.method.clone(),
+            ns: r.ns.as_ref().filter(|b| b.acked).and_then(|b| {
+                let name = self.ns.get(b.ns)?.link.name.clone();
+                Some(NsState { ns: name, key_id: b.key_id, key: b.key.clone(), expires: b.expires })
+            }),
+        })
+    }
+
+    /// Takes a node back from the database at start-up. `counter_floor` must be above
+    /// every counter the DC may have sealed with before (the database reserves ahead), so
+    /// no nonce is ever used twice. An expired key is refused.
+    pub fn restore_node(&mut self, now: Instant, state: NodeState, counter_floor: u64) -> Result<(), ConfigError> {
+        if now >= state.expires {
+            return Err(ConfigError::new("node state", format!("{}: key expired", state.fqdn)));
+        }
+        if !self.owns(&state.fqdn) {
+            return Err(ConfigError::new("node state", format!("{} is not in this DC's zones", state.fqdn)));
+        }
+        let mut channel = Channel::new(state.key, state.key_id, Sender::Dc, state.expires)
+            .map_err(|e| ConfigError::new("node state", e.to_string()))?;
+        channel.resume_at(state.next_counter.max(counter_floor));
+        if let Some(v) = state.virtual_addrs {
+            self.pool.restore(&state.fqdn, v)?;
+        }
+        let mut seen = [None, None];
+        for (observed, behind_nat) in state.endpoints {
+            if let Some(slot) = seen.get_mut(family(&observed)) {
+                *slot = Some(Seen { observed, behind_nat, last_seen: now });
+            }
+        }
+        let ns = state.ns.and_then(|n| {
+            let i = self.ns.iter().position(|l| l.link.name == n.ns)?;
+            Some(NsBinding { ns: i, key_id: n.key_id, key: n.key, expires: n.expires, acked: true })
+        });
+        let local_addrs =
+            List::from_vec(state.local_addrs.into_iter().take(LOCAL_ADDRS_MAX).collect()).unwrap_or_default();
+        if let Some(old) = self.nodes.get(&state.fqdn) {
+            self.keys.remove(&old.channel.id());
+        }
+        self.keys.insert(state.key_id, state.fqdn.clone());
+        self.nodes.insert(
+            state.fqdn.clone(),
+            NodeRecord {
+                fqdn: state.fqdn,
+                channel,
+                attestation: state.attestation,
+                virtual_addrs: state.virtual_addrs,
+                seen,
+                local_addrs,
+                method: state.keepalive,
+                ns,
+                waiting: Vec::new(),
+                last_push: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// The names of the nodes whose key the DC holds.
+    pub fn node_names(&self) -> Vec<Fqdn> {
+        let mut v: Vec<Fqdn> = self.nodes.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// A node's sealing counter now (to know when its database row must reserve more).
+    pub fn node_counter(&self, fqdn: &Fqdn) -> Option<u64> {
+        self.nodes.get(fqdn).map(|r| r.channel.next_counter())
+    }
+
     /// Status: every node with its addresses and NAT verdicts.
     pub fn nodes(&self) -> Vec<NodeStatus> {
         let mut v: Vec<NodeStatus> = self
@@ -495,6 +580,47 @@ impl Dc {
         v.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
         v
     }
+}
+
+/// A node's state as the DC's database keeps it ([`Dc::export_node`],
+/// [`Dc::restore_node`]). Holds keys: never log it, store it readable by the DC only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeState {
+    /// The node.
+    pub fqdn: Fqdn,
+    /// Its K_ntmdc id.
+    pub key_id: KeyId,
+    /// K_ntmdc.
+    pub key: KNtmDc,
+    /// When K_ntmdc expires.
+    pub expires: Instant,
+    /// The DC's next sealing counter under K_ntmdc.
+    pub next_counter: u64,
+    /// Its attested public key.
+    pub attestation: Option<crate::crypto::pk::Attestation>,
+    /// Its virtual addresses, once registered.
+    pub virtual_addrs: Option<VirtualAddrs>,
+    /// Where it was seen, with the NAT verdict.
+    pub endpoints: Vec<(SocketAddr, bool)>,
+    /// Its own addresses.
+    pub local_addrs: Vec<SocketAddr>,
+    /// Its keepalive method.
+    pub keepalive: KeepaliveMethod,
+    /// Its NS and K_ntmns, if it keeps alive through one.
+    pub ns: Option<NsState>,
+}
+
+/// A node's NS binding as the database keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NsState {
+    /// The NS's name.
+    pub ns: Fqdn,
+    /// K_ntmns's id.
+    pub key_id: KeyId,
+    /// K_ntmns.
+    pub key: KNtmNs,
+    /// When it expires.
+    pub expires: Instant,
 }
 
 /// One node, as DC status shows it.
