@@ -1,0 +1,1233 @@
+//! A sans-IO DNS client that answers the engines' [`DnsQuery`]: "which DC serves this
+//! name?" (spec section 2, "Discovery is DNS": the NS record of a name's zone names its DC).
+//!
+//! [`Locator`] builds and parses real DNS messages with `hickory-proto` (no DNS encoding is
+//! written by hand, and every length from the wire goes through its decoder); the driver
+//! owns the UDP socket and the clock. The calls follow the engines' shape:
+//!
+//! - **input**: [`Locator::start`] (a query from an engine), [`Locator::handle_response`]
+//!   (a UDP datagram from a nameserver), [`Locator::handle_timeout`];
+//! - **output**: [`Locator::poll_transmit`] (UDP queries to send), [`Locator::poll_answer`]
+//!   (finished lookups, to hand to the engine's `handle_dns`), [`Locator::poll_timeout`].
+//!
+//! After any input the driver drains both `poll_*` queues, then sleeps until the next
+//! datagram or `poll_timeout`.
+//!
+//! How a name is located:
+//!
+//! 1. A name within a configured static zone answers that zone's [`DcLocation`] at once (the
+//!    most specific zone wins; a static zone counts as an NTM domain of its own). A name
+//!    within none of the NTM domains answers [`DnsAnswer::NotNtm`] at once, without traffic:
+//!    ordinary names never wait on NTMobile.
+//! 2. Ask NS for the name, recursion desired. The response settles the zone: (a) NS records
+//!    in the answer make the name a zone apex; (c) otherwise an SOA in the authority
+//!    section (NODATA, or NXDOMAIN: a node's FQDN need not own any record) names the zone,
+//!    and NS is asked for it; (b) otherwise NS records in the authority section (a referral
+//!    from an authoritative parent) name the zone and its servers, taken as they are (no
+//!    iterative resolution below them; a referral upward, to a zone above the NTM
+//!    domains, fails); (d) a CNAME is followed: a chain inside one response is chased (at
+//!    most 8 links), and a CNAME that ends without an answer is asked once more, for its
+//!    target. Anything else is [`DnsAnswer::Failed`].
+//! 3. A zone (or CNAME target) that lies outside every NTM domain answers `NotNtm`: its NS
+//!    records name ordinary nameservers, not DCs.
+//! 4. The NS targets are taken in canonical order (RFC 4034, 6.1), so every run picks the
+//!    same DC. For the first one, glue A/AAAA records in the additional section are used if
+//!    present; otherwise A and AAAA are asked (in parallel, and both awaited). The answer
+//!    is the target's name with its IPv4 then its IPv6 addresses (each sorted) at the DC
+//!    port. A target with no address moves on to the next; when none has one, the lookup
+//!    fails.
+//!
+//! Every query is sent up to `attempts` times, `timeout` apart, rotating through the
+//! nameservers; retransmissions keep the DNS id, so a late answer from an earlier server is
+//! still taken. A reply counts only if its id, its question (name, type, class) and its
+//! source address (one of the servers this query went to) all match; anything else is
+//! ignored and counted in [`LocatorStats`]. An answer with the TC bit, or an rcode other
+//! than NOERROR and NXDOMAIN, fails that try and the next one is sent at once. There is no
+//! TCP fallback: NS, A and AAAA answers are small, queries advertise an EDNS payload of
+//! 1232 bytes, and a truncated answer is treated like a lost one. An address query whose
+//! tries all fail counts as "no address of that family". Randomness (the DNS ids) comes
+//! from the RNG handed to [`Locator::new`]; the driver should send from a socket with an
+//! OS-chosen (random) source port, and report `from` as the nameserver was configured (an
+//! IPv4 server reached over a dual-stack socket must not show up as `::ffff:a.b.c.d`).
+
+use crate::engine::{DcLocation, DnsAnswer, DnsQuery, Rng};
+use crate::time::{Duration, Instant};
+use crate::wire::Fqdn;
+use core::fmt;
+use core::net::{IpAddr, SocketAddr};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use std::collections::{BTreeMap, VecDeque};
+
+/// The UDP payload size advertised with EDNS(0) (the DNS Flag Day 2020 value: no
+/// fragmentation on any common path).
+const EDNS_PAYLOAD: u16 = 1232;
+/// Longest CNAME chain chased inside one response.
+const CNAME_CHAIN_MAX: usize = 8;
+
+/// How a [`Locator`] finds DCs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocatorConfig {
+    /// Recursive resolvers (or authoritative servers) to ask, with port; tried in order,
+    /// rotating on each retransmission.
+    pub nameservers: Vec<SocketAddr>,
+    /// The port DCs listen on (NS records carry no port).
+    pub dc_port: u16,
+    /// The domains under which zones are served by DCs; other names are ordinary DNS.
+    pub ntm_domains: Vec<Fqdn>,
+    /// Zones whose DC is known without DNS: (zone, location).
+    pub static_dcs: Vec<(Fqdn, DcLocation)>,
+    /// Wait for an answer before sending a query again (per try).
+    pub timeout: Duration,
+    /// Sends of each query in all, the first included.
+    pub attempts: u32,
+    /// Lookups in progress at once; a lookup beyond it fails at once.
+    pub max_pending: usize,
+}
+
+impl Default for LocatorConfig {
+    /// No nameservers, no domains, DC port 4460, 2 s per try, 3 tries, 256 lookups.
+    fn default() -> Self {
+        LocatorConfig {
+            nameservers: Vec::new(),
+            dc_port: 4460,
+            ntm_domains: Vec::new(),
+            static_dcs: Vec::new(),
+            timeout: Duration::from_secs(2),
+            attempts: 3,
+            max_pending: 256,
+        }
+    }
+}
+
+/// What a [`Locator`] refused or lost, for status output.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocatorStats {
+    /// Datagrams that did not decode as DNS messages.
+    pub malformed: u64,
+    /// Replies with an unknown id, from a source the query was not sent to, with another
+    /// question, or that were not responses.
+    pub ignored: u64,
+    /// Replies with the TC bit (no TCP fallback: the try failed).
+    pub truncated: u64,
+    /// Replies with an rcode other than NOERROR and NXDOMAIN (SERVFAIL, REFUSED, ...).
+    pub server_errors: u64,
+    /// Tries that went unanswered.
+    pub timeouts: u64,
+    /// Lookups refused because `max_pending` were in progress.
+    pub over_limit: u64,
+}
+
+/// Where a lookup is: what its outstanding queries wait for.
+#[derive(Clone, Debug)]
+enum Expect {
+    /// NS was asked for `name` (the query's name, or a CNAME target); the response names
+    /// the zone.
+    Zone { name: Name, followed_cname: bool },
+    /// NS was asked for the zone an SOA named.
+    ZoneNs { zone: Name },
+    /// A and AAAA were asked for an NS target.
+    Addresses(Targets),
+}
+
+/// The zone's NS targets and what is known of the current one.
+#[derive(Clone, Debug)]
+struct Targets {
+    /// NS targets that are valid names, in canonical order, without duplicates.
+    targets: Vec<(Name, Fqdn)>,
+    /// Index of the target being resolved.
+    current: usize,
+    /// Glue from the response that named the targets.
+    glue: Vec<(Name, IpAddr)>,
+    /// The current target's IPv4 addresses, once its A query finished.
+    v4: Option<Vec<IpAddr>>,
+    /// The current target's IPv6 addresses, once its AAAA query finished.
+    v6: Option<Vec<IpAddr>>,
+}
+
+/// What a step of a lookup leads to.
+enum Step {
+    /// The lookup is over.
+    Done(DnsAnswer),
+    /// Send these questions (dropping the lookup's older queries) and wait for their replies.
+    Ask(Expect, Vec<(Name, RecordType)>),
+    /// Keep waiting for the queries already out.
+    Wait(Expect),
+}
+
+/// A lookup in progress.
+#[derive(Debug)]
+struct Lookup {
+    /// The engine's query id.
+    id: u64,
+    expect: Expect,
+}
+
+/// A query on the wire.
+#[derive(Debug)]
+struct Outstanding {
+    /// The lookup it belongs to.
+    lookup: u64,
+    /// What was asked; a reply must carry exactly this question.
+    question: Query,
+    /// The encoded query, sent again as it is.
+    bytes: Vec<u8>,
+    /// Sends so far.
+    tries: u32,
+    /// Servers it was sent to (at most the configured ones: a server is listed once).
+    sent_to: Vec<SocketAddr>,
+    /// When the current try times out.
+    deadline: Instant,
+}
+
+/// Locates DCs by DNS; see the module documentation.
+pub struct Locator {
+    cfg: LocatorConfig,
+    rng: Rng,
+    next_slot: u64,
+    lookups: BTreeMap<u64, Lookup>,
+    outstanding: BTreeMap<u16, Outstanding>,
+    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    answers: VecDeque<(u64, DnsAnswer)>,
+    stats: LocatorStats,
+}
+
+impl fmt::Debug for Locator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Locator")
+            .field("cfg", &self.cfg)
+            .field("lookups", &self.lookups.len())
+            .field("outstanding", &self.outstanding.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Locator {
+    /// A locator with no lookups in progress. DNS ids are drawn from `rng`.
+    pub fn new(cfg: LocatorConfig, rng: Rng) -> Self {
+        Locator {
+            cfg,
+            rng,
+            next_slot: 0,
+            lookups: BTreeMap::new(),
+            outstanding: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            answers: VecDeque::new(),
+            stats: LocatorStats::default(),
+        }
+    }
+
+    /// Begins a lookup. Static zones, names outside the NTM domains and lookups over the
+    /// `max_pending` cap are answered at once (see [`Locator::poll_answer`]).
+    pub fn start(&mut self, now: Instant, query: DnsQuery) {
+        if let Some(answer) = self.classify(&query.name) {
+            self.answers.push_back((query.id, answer));
+            return;
+        }
+        if self.lookups.len() >= self.cfg.max_pending {
+            self.stats.over_limit = self.stats.over_limit.saturating_add(1);
+            self.answers.push_back((query.id, DnsAnswer::Failed));
+            return;
+        }
+        let Some(name) = to_name(&query.name) else {
+            self.answers.push_back((query.id, DnsAnswer::Failed));
+            return;
+        };
+        let slot = self.next_slot;
+        self.next_slot = self.next_slot.wrapping_add(1);
+        let ask = vec![(name.clone(), RecordType::NS)];
+        self.apply(now, slot, query.id, Step::Ask(Expect::Zone { name, followed_cname: false }, ask));
+    }
+
+    /// A UDP datagram arrived from `from`. Anything that is not the awaited reply is
+    /// ignored and counted.
+    pub fn handle_response(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let Ok(msg) = Message::from_vec(bytes) else {
+            self.stats.malformed = self.stats.malformed.saturating_add(1);
+            return;
+        };
+        let id = msg.metadata.id;
+        let matches = self.outstanding.get(&id).is_some_and(|out| {
+            out.sent_to.contains(&from)
+                && msg.metadata.message_type == MessageType::Response
+                && msg.metadata.op_code == OpCode::Query
+                && msg.queries.len() == 1
+                && msg.queries.first() == Some(&out.question)
+        });
+        if !matches {
+            self.stats.ignored = self.stats.ignored.saturating_add(1);
+            return;
+        }
+        if msg.metadata.truncation {
+            self.stats.truncated = self.stats.truncated.saturating_add(1);
+            self.try_failed(now, id);
+            return;
+        }
+        if !matches!(msg.metadata.response_code, ResponseCode::NoError | ResponseCode::NXDomain) {
+            self.stats.server_errors = self.stats.server_errors.saturating_add(1);
+            self.try_failed(now, id);
+            return;
+        }
+        if let Some(out) = self.outstanding.remove(&id) {
+            self.on_reply(now, out, &msg);
+        }
+    }
+
+    /// The deadline from [`Locator::poll_timeout`] passed: queries due are sent again, or
+    /// fail when their attempts are used up.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<u16> = self.outstanding.iter().filter(|(_, out)| out.deadline <= now).map(|(&id, _)| id).collect();
+        for id in due {
+            // An earlier failure in this loop may have ended the lookup and its queries.
+            if self.outstanding.contains_key(&id) {
+                self.stats.timeouts = self.stats.timeouts.saturating_add(1);
+                self.try_failed(now, id);
+            }
+        }
+    }
+
+    /// The next UDP query to send: (nameserver, DNS message).
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next finished lookup: (the [`DnsQuery`]'s id, its answer).
+    pub fn poll_answer(&mut self) -> Option<(u64, DnsAnswer)> {
+        self.answers.pop_front()
+    }
+
+    /// When to call [`Locator::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.outstanding.values().map(|out| out.deadline).min()
+    }
+
+    /// Lookups in progress.
+    pub fn pending(&self) -> usize {
+        self.lookups.len()
+    }
+
+    /// Input refused or lost so far.
+    pub fn stats(&self) -> &LocatorStats {
+        &self.stats
+    }
+
+    /// Answers that need no DNS: a static zone's DC, or `NotNtm` outside the NTM domains.
+    fn classify(&self, name: &Fqdn) -> Option<DnsAnswer> {
+        let static_dc = self
+            .cfg
+            .static_dcs
+            .iter()
+            .filter(|(zone, _)| name.is_within(zone))
+            .max_by_key(|(zone, _)| zone.as_str().len());
+        if let Some((_, location)) = static_dc {
+            return Some(DnsAnswer::Dc(location.clone()));
+        }
+        if !self.cfg.ntm_domains.iter().any(|domain| name.is_within(domain)) {
+            return Some(DnsAnswer::NotNtm);
+        }
+        None
+    }
+
+    /// Carries out a step of lookup `slot` (whose [`Lookup`] is not in the table).
+    fn apply(&mut self, now: Instant, slot: u64, id: u64, step: Step) {
+        match step {
+            Step::Done(answer) => {
+                self.outstanding.retain(|_, out| out.lookup != slot);
+                self.answers.push_back((id, answer));
+            }
+            Step::Wait(stage) => {
+                self.lookups.insert(slot, Lookup { id, expect: stage });
+            }
+            Step::Ask(stage, questions) => {
+                self.outstanding.retain(|_, out| out.lookup != slot);
+                self.lookups.insert(slot, Lookup { id, expect: stage });
+                for (name, rtype) in questions {
+                    if !self.send(now, slot, name, rtype) {
+                        self.lookups.remove(&slot);
+                        self.apply(now, slot, id, Step::Done(DnsAnswer::Failed));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a new query to the first nameserver. False if there is no nameserver, no
+    /// free DNS id or the message does not encode.
+    fn send(&mut self, now: Instant, lookup: u64, name: Name, rtype: RecordType) -> bool {
+        let Some(&server) = self.cfg.nameservers.first() else { return false };
+        let Some(id) = self.free_id() else { return false };
+        let question = Query::query(name, rtype);
+        let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
+        msg.metadata.recursion_desired = true;
+        msg.add_query(question.clone());
+        let mut edns = Edns::new();
+        edns.set_max_payload(EDNS_PAYLOAD);
+        msg.set_edns(edns);
+        let Ok(bytes) = msg.to_vec() else { return false };
+        self.transmits.push_back((server, bytes.clone()));
+        let deadline = now + self.cfg.timeout;
+        self.outstanding.insert(id, Outstanding { lookup, question, bytes, tries: 1, sent_to: vec![server], deadline });
+        true
+    }
+
+    /// A random DNS id no outstanding query uses.
+    fn free_id(&mut self) -> Option<u16> {
+        let start = self.rng.next_u32().to_be_bytes();
+        let start = u16::from_be_bytes([start[2], start[3]]);
+        // Probe from the random start: at most 2 x max_pending ids are taken, so this
+        // ends at once unless the table is close to full.
+        (0..=u16::MAX).map(|i| start.wrapping_add(i)).find(|id| !self.outstanding.contains_key(id))
+    }
+
+    /// The current try of query `id` failed: send it to the next nameserver, or fail it.
+    fn try_failed(&mut self, now: Instant, id: u16) {
+        let attempts = self.cfg.attempts.max(1);
+        let servers = &self.cfg.nameservers;
+        let Some(out) = self.outstanding.get_mut(&id) else { return };
+        let next = usize::try_from(out.tries).ok().and_then(|t| servers.get(t.checked_rem(servers.len())?));
+        match next {
+            Some(&server) if out.tries < attempts => {
+                out.tries = out.tries.saturating_add(1);
+                out.deadline = now + self.cfg.timeout;
+                if !out.sent_to.contains(&server) {
+                    out.sent_to.push(server);
+                }
+                self.transmits.push_back((server, out.bytes.clone()));
+            }
+            _ => {
+                if let Some(out) = self.outstanding.remove(&id) {
+                    self.on_failure(now, out);
+                }
+            }
+        }
+    }
+
+    /// Every try of a query failed.
+    fn on_failure(&mut self, now: Instant, out: Outstanding) {
+        let Some(lookup) = self.lookups.remove(&out.lookup) else { return };
+        let step = match lookup.expect {
+            Expect::Addresses(st) => self.address_result(st, out.question.query_type, Vec::new()),
+            Expect::Zone { .. } | Expect::ZoneNs { .. } => Step::Done(DnsAnswer::Failed),
+        };
+        self.apply(now, out.lookup, lookup.id, step);
+    }
+
+    /// A reply (NOERROR or NXDOMAIN) to query `out` arrived.
+    fn on_reply(&mut self, now: Instant, out: Outstanding, msg: &Message) {
+        let Some(lookup) = self.lookups.remove(&out.lookup) else { return };
+        let step = match lookup.expect {
+            Expect::Zone { name, followed_cname } => self.on_zone(&name, followed_cname, msg),
+            Expect::ZoneNs { zone } => self.on_zone_ns(&zone, msg),
+            Expect::Addresses(st) => {
+                let owner = chase(&msg.answers, &out.question.name);
+                let addrs = in_class(&msg.answers)
+                    .filter(|r| r.name == owner)
+                    .filter_map(|r| address(r, out.question.query_type))
+                    .collect();
+                self.address_result(st, out.question.query_type, addrs)
+            }
+        };
+        self.apply(now, out.lookup, lookup.id, step);
+    }
+
+    /// The reply to NS for `name`: cases (a) to (d) of the module documentation.
+    fn on_zone(&self, name: &Name, followed_cname: bool, msg: &Message) -> Step {
+        let current = chase(&msg.answers, name);
+        // (a) The name (or the end of its CNAME chain) is a zone apex.
+        let targets = ns_targets(&msg.answers, &current);
+        if !targets.is_empty() {
+            return self.zone_found(&current, targets, msg);
+        }
+        // (c) NODATA or NXDOMAIN: the SOA's owner is the zone. An SOA owned by the name we
+        // asked NS for is a broken zone (an apex has NS records); asking again would loop.
+        if let Some(zone) = closest_owner(&msg.authorities, &current, RecordType::SOA) {
+            if zone == *name {
+                return Step::Done(DnsAnswer::Failed);
+            }
+            if let Some(answer) = self.classify_name(&zone) {
+                return Step::Done(answer);
+            }
+            return Step::Ask(Expect::ZoneNs { zone: zone.clone() }, vec![(zone, RecordType::NS)]);
+        }
+        // (b) A referral: the delegated zone and its servers.
+        if let Some(zone) = closest_owner(&msg.authorities, &current, RecordType::NS) {
+            // A referral points down into the zone that holds the name. One to a zone
+            // above the NTM domains (an upward referral from a server outside the NTM
+            // tree) says nothing about the name's zone.
+            if self.classify_name(&zone) == Some(DnsAnswer::NotNtm) {
+                return Step::Done(DnsAnswer::Failed);
+            }
+            let targets = ns_targets(&msg.authorities, &zone);
+            return self.zone_found(&zone, targets, msg);
+        }
+        // (d) A CNAME whose target the server did not resolve: ask once for the target.
+        if current != *name && !followed_cname {
+            if let Some(answer) = self.classify_name(&current) {
+                return Step::Done(answer);
+            }
+            let ask = vec![(current.clone(), RecordType::NS)];
+            return Step::Ask(Expect::Zone { name: current, followed_cname: true }, ask);
+        }
+        Step::Done(DnsAnswer::Failed)
+    }
+
+    /// The reply to NS for a zone an SOA named: its NS records, in the answer or as a
+    /// referral to exactly that zone.
+    fn on_zone_ns(&self, zone: &Name, msg: &Message) -> Step {
+        let mut targets = ns_targets(&msg.answers, zone);
+        if targets.is_empty() {
+            targets = ns_targets(&msg.authorities, zone);
+        }
+        if targets.is_empty() {
+            return Step::Done(DnsAnswer::Failed);
+        }
+        self.zone_found(zone, targets, msg)
+    }
+
+    /// [`Locator::classify`] for a name from the wire.
+    fn classify_name(&self, name: &Name) -> Option<DnsAnswer> {
+        match to_fqdn(name) {
+            Some(fqdn) => self.classify(&fqdn),
+            None => Some(DnsAnswer::Failed),
+        }
+    }
+
+    /// The zone and its NS targets are known: resolve the first target.
+    fn zone_found(&self, zone: &Name, targets: Vec<Name>, msg: &Message) -> Step {
+        if let Some(answer) = self.classify_name(zone) {
+            return Step::Done(answer);
+        }
+        let mut targets: Vec<(Name, Fqdn)> =
+            targets.into_iter().filter_map(|t| Some((t.to_lowercase(), to_fqdn(&t)?))).collect();
+        targets.sort();
+        targets.dedup();
+        let glue = in_class(&msg.additionals)
+            .filter_map(|r| Some((r.name.clone(), address(r, RecordType::A).or_else(|| address(r, RecordType::AAAA))?)))
+            .collect();
+        self.next_target(Targets { targets, current: 0, glue, v4: None, v6: None })
+    }
+
+    /// Resolves the current target: from glue, else by asking A and AAAA.
+    fn next_target(&self, st: Targets) -> Step {
+        let Some((name, fqdn)) = st.targets.get(st.current) else { return Step::Done(DnsAnswer::Failed) };
+        let glue: Vec<IpAddr> = st.glue.iter().filter(|(owner, _)| owner == name).map(|&(_, ip)| ip).collect();
+        if !glue.is_empty() {
+            return Step::Done(self.location(fqdn, glue));
+        }
+        let ask = vec![(name.clone(), RecordType::A), (name.clone(), RecordType::AAAA)];
+        Step::Ask(Expect::Addresses(st), ask)
+    }
+
+    /// The A or AAAA query for the current target finished with `addrs` (empty if it
+    /// failed): answer when both did, or move on to the next target.
+    fn address_result(&self, mut st: Targets, rtype: RecordType, addrs: Vec<IpAddr>) -> Step {
+        match rtype {
+            RecordType::A => st.v4 = Some(addrs),
+            _ => st.v6 = Some(addrs),
+        }
+        let (Some(v4), Some(v6)) = (&st.v4, &st.v6) else { return Step::Wait(Expect::Addresses(st)) };
+        let addrs: Vec<IpAddr> = v4.iter().chain(v6).copied().collect();
+        if !addrs.is_empty() {
+            if let Some((_, fqdn)) = st.targets.get(st.current) {
+                return Step::Done(self.location(fqdn, addrs));
+            }
+        }
+        st.current = st.current.saturating_add(1);
+        st.v4 = None;
+        st.v6 = None;
+        self.next_target(st)
+    }
+
+    /// The answer for DC `name` at `addrs`: IPv4 first, each family sorted, at the DC port.
+    fn location(&self, name: &Fqdn, mut addrs: Vec<IpAddr>) -> DnsAnswer {
+        // IpAddr orders every V4 before every V6.
+        addrs.sort();
+        addrs.dedup();
+        let addrs = addrs.into_iter().map(|ip| SocketAddr::new(ip, self.cfg.dc_port)).collect();
+        DnsAnswer::Dc(DcLocation { name: name.clone(), addrs })
+    }
+}
+
+/// The records of class IN in a section.
+fn in_class(section: &[Record]) -> impl Iterator<Item = &Record> {
+    section.iter().filter(|r| r.dns_class == DNSClass::IN)
+}
+
+/// Follows the CNAME chain from `name` inside a section; returns where it ends.
+fn chase(section: &[Record], name: &Name) -> Name {
+    let mut current = name.clone();
+    for _ in 0..CNAME_CHAIN_MAX {
+        let next = in_class(section).find_map(|r| match &r.data {
+            RData::CNAME(target) if r.name == current => Some(target.0.clone()),
+            _ => None,
+        });
+        match next {
+            Some(target) => current = target,
+            None => break,
+        }
+    }
+    current
+}
+
+/// The targets of the NS records owned by `owner` in a section.
+fn ns_targets(section: &[Record], owner: &Name) -> Vec<Name> {
+    in_class(section)
+        .filter(|r| r.name == *owner)
+        .filter_map(|r| match &r.data {
+            RData::NS(ns) => Some(ns.0.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The owner, closest to `name`, of a record of type `rtype` at `name` or above it.
+fn closest_owner(section: &[Record], name: &Name, rtype: RecordType) -> Option<Name> {
+    in_class(section)
+        .filter(|r| r.record_type() == rtype && r.name.zone_of(name))
+        .max_by_key(|r| r.name.num_labels())
+        .map(|r| r.name.clone())
+}
+
+/// The address in an A (or AAAA) record, if the record is of type `rtype`.
+fn address(record: &Record, rtype: RecordType) -> Option<IpAddr> {
+    match (&record.data, rtype) {
+        (RData::A(a), RecordType::A) => Some(IpAddr::V4(a.0)),
+        (RData::AAAA(aaaa), RecordType::AAAA) => Some(IpAddr::V6(aaaa.0)),
+        _ => None,
+    }
+}
+
+/// A canonical name as hickory spells it (fully qualified).
+fn to_name(fqdn: &Fqdn) -> Option<Name> {
+    Name::from_ascii(format!("{}.", fqdn.as_str())).ok()
+}
+
+/// A name from the wire as the engines spell it, if it is a valid [`Fqdn`] (not the root,
+/// only letters, digits, hyphens and underscores).
+fn to_fqdn(name: &Name) -> Option<Fqdn> {
+    Fqdn::new(&name.to_ascii()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA};
+    use rand_chacha::rand_core::SeedableRng;
+
+    const NS1: &str = "192.0.2.53:53";
+    const NS2: &str = "198.51.100.53:53";
+    const T0: Instant = Instant::ZERO;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn fq(s: &str) -> Fqdn {
+        Fqdn::new(s).unwrap()
+    }
+
+    fn n(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    fn cfg() -> LocatorConfig {
+        LocatorConfig {
+            nameservers: vec![sa(NS1), sa(NS2)],
+            ntm_domains: vec![fq("ntm.test")],
+            static_dcs: vec![
+                (
+                    fq("static.ntm.test"),
+                    DcLocation { name: fq("dc.static.ntm.test"), addrs: vec![sa("10.0.0.1:4460")] },
+                ),
+                (fq("inner.static.ntm.test"), DcLocation { name: fq("dc2.x"), addrs: vec![sa("10.0.0.2:4460")] }),
+                (fq("lab.example"), DcLocation { name: fq("dc.lab.example"), addrs: vec![sa("10.0.0.3:4460")] }),
+            ],
+            max_pending: 4,
+            ..LocatorConfig::default()
+        }
+    }
+
+    fn locator(cfg: LocatorConfig) -> Locator {
+        Locator::new(cfg, Box::new(rand_chacha::ChaCha8Rng::seed_from_u64(7)))
+    }
+
+    fn q(id: u64, name: &str) -> DnsQuery {
+        DnsQuery { id, name: fq(name) }
+    }
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    /// Drains the queries sent, parsed.
+    fn sent(loc: &mut Locator) -> Vec<(SocketAddr, Message)> {
+        core::iter::from_fn(|| loc.poll_transmit()).map(|(to, b)| (to, Message::from_vec(&b).unwrap())).collect()
+    }
+
+    /// The one query sent, checked for its question.
+    fn one_query(loc: &mut Locator, name: &str, rtype: RecordType) -> Message {
+        let mut s = sent(loc);
+        assert_eq!(s.len(), 1, "{s:?}");
+        let (to, m) = s.remove(0);
+        assert_eq!(to, sa(NS1));
+        assert_question(&m, name, rtype);
+        m
+    }
+
+    fn assert_question(m: &Message, name: &str, rtype: RecordType) {
+        assert_eq!(m.metadata.message_type, MessageType::Query);
+        assert!(m.metadata.recursion_desired);
+        assert_eq!(m.queries, vec![Query::query(n(name), rtype)]);
+        assert_eq!(m.edns.as_ref().map(|e| e.max_payload()), Some(EDNS_PAYLOAD));
+    }
+
+    /// A response to `query` with no records.
+    fn reply(query: &Message, rcode: ResponseCode) -> Message {
+        let mut r = Message::response(query.metadata.id, OpCode::Query);
+        r.metadata.recursion_desired = true;
+        r.metadata.recursion_available = true;
+        r.metadata.response_code = rcode;
+        r.add_queries(query.queries.clone());
+        r
+    }
+
+    fn rec(name: &str, data: RData) -> Record {
+        Record::from_rdata(n(name), 300, data)
+    }
+    fn ns(owner: &str, target: &str) -> Record {
+        rec(owner, RData::NS(NS(n(target))))
+    }
+    fn a(owner: &str, ip: &str) -> Record {
+        rec(owner, RData::A(A(ip.parse().unwrap())))
+    }
+    fn aaaa(owner: &str, ip: &str) -> Record {
+        rec(owner, RData::AAAA(AAAA(ip.parse().unwrap())))
+    }
+    fn cname(owner: &str, target: &str) -> Record {
+        rec(owner, RData::CNAME(CNAME(n(target))))
+    }
+    fn soa(owner: &str) -> Record {
+        rec(owner, RData::SOA(SOA::new(n("ns.ntm.test."), n("hostmaster.ntm.test."), 1, 3600, 600, 86400, 300)))
+    }
+
+    fn deliver(loc: &mut Locator, now: Instant, from: &str, m: &Message) {
+        loc.handle_response(now, sa(from), &m.to_vec().unwrap());
+    }
+
+    fn answers(loc: &mut Locator) -> Vec<(u64, DnsAnswer)> {
+        core::iter::from_fn(|| loc.poll_answer()).collect()
+    }
+
+    fn dc(name: &str, addrs: &[&str]) -> DnsAnswer {
+        DnsAnswer::Dc(DcLocation { name: fq(name), addrs: addrs.iter().map(|s| sa(s)).collect() })
+    }
+
+    /// Answers the A and AAAA queries for `target` with these addresses.
+    fn answer_addresses(loc: &mut Locator, target: &str, v4: &[&str], v6: &[&str]) {
+        let s = sent(loc);
+        assert_eq!(s.len(), 2, "{s:?}");
+        for (to, m) in s {
+            assert_eq!(to, sa(NS1));
+            let mut r = reply(&m, ResponseCode::NoError);
+            let rtype = m.queries[0].query_type;
+            assert_question(&m, target, rtype);
+            for ip in if rtype == RecordType::A { v4 } else { v6 } {
+                r.add_answer(if rtype == RecordType::A { a(target, ip) } else { aaaa(target, ip) });
+            }
+            deliver(loc, T0, NS1, &r);
+        }
+    }
+
+    #[test]
+    fn names_outside_the_ntm_domains_answer_at_once_without_traffic() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "www.example.org"));
+        loc.start(T0, q(2, "ntm.test.example"));
+        loc.start(T0, q(3, "xntm.test"));
+        assert_eq!(answers(&mut loc), vec![(1, DnsAnswer::NotNtm), (2, DnsAnswer::NotNtm), (3, DnsAnswer::NotNtm)]);
+        assert!(loc.poll_transmit().is_none());
+        assert_eq!(loc.poll_timeout(), None);
+        assert_eq!(loc.pending(), 0);
+    }
+
+    #[test]
+    fn static_zones_answer_at_once_most_specific_first() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "node.static.ntm.test"));
+        loc.start(T0, q(2, "node.inner.static.ntm.test"));
+        // A static zone outside the NTM domains is an NTM domain of its own.
+        loc.start(T0, q(3, "lab.example"));
+        assert_eq!(
+            answers(&mut loc),
+            vec![
+                (1, dc("dc.static.ntm.test", &["10.0.0.1:4460"])),
+                (2, dc("dc2.x", &["10.0.0.2:4460"])),
+                (3, dc("dc.lab.example", &["10.0.0.3:4460"])),
+            ]
+        );
+        assert!(loc.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn a_zone_apex_uses_its_ns_records_and_glue() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(9, "zone.ntm.test"));
+        let m = one_query(&mut loc, "zone.ntm.test.", RecordType::NS);
+        assert_eq!(loc.poll_timeout(), Some(at(2000)));
+        let mut r = reply(&m, ResponseCode::NoError);
+        // Canonical order picks dc1 whatever the order on the wire.
+        r.add_answer(ns("zone.ntm.test.", "dc2.zone.ntm.test."));
+        r.add_answer(ns("zone.ntm.test.", "DC1.zone.ntm.test."));
+        r.add_additional(aaaa("dc1.zone.ntm.test.", "2001:db8::1"));
+        r.add_additional(a("dc1.zone.ntm.test.", "192.0.2.9"));
+        r.add_additional(a("dc1.zone.ntm.test.", "192.0.2.1"));
+        r.add_additional(a("dc2.zone.ntm.test.", "192.0.2.2"));
+        deliver(&mut loc, T0, NS1, &r);
+        assert_eq!(
+            answers(&mut loc),
+            vec![(9, dc("dc1.zone.ntm.test", &["192.0.2.1:4460", "192.0.2.9:4460", "[2001:db8::1]:4460"]))]
+        );
+        assert!(loc.poll_transmit().is_none());
+        assert_eq!(loc.poll_timeout(), None);
+        assert_eq!(loc.pending(), 0);
+        assert_eq!(loc.stats(), &LocatorStats::default());
+    }
+
+    #[test]
+    fn a_referral_names_the_zone_and_its_servers() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "node.a.ntm.test"));
+        let m = one_query(&mut loc, "node.a.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.metadata.recursion_available = false;
+        r.add_authority(ns("a.ntm.test.", "dc.a.ntm.test."));
+        r.add_additional(a("dc.a.ntm.test.", "192.0.2.10"));
+        r.add_additional(aaaa("dc.a.ntm.test.", "2001:db8::10"));
+        // Glue for another name is not this target's.
+        r.add_additional(a("other.ntm.test.", "192.0.2.99"));
+        deliver(&mut loc, T0, NS1, &r);
+        assert_eq!(answers(&mut loc), vec![(1, dc("dc.a.ntm.test", &["192.0.2.10:4460", "[2001:db8::10]:4460"]))]);
+    }
+
+    #[test]
+    fn an_upward_referral_fails() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "node.a.ntm.test"));
+        let m = one_query(&mut loc, "node.a.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_authority(ns("test.", "ns.nic.test."));
+        r.add_additional(a("ns.nic.test.", "192.0.2.100"));
+        deliver(&mut loc, T0, NS1, &r);
+        assert_eq!(answers(&mut loc), vec![(1, DnsAnswer::Failed)]);
+    }
+
+    #[test]
+    fn nxdomain_with_an_soa_asks_ns_for_the_zone_then_the_addresses() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "node.b.ntm.test"));
+        let m = one_query(&mut loc, "node.b.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NXDomain);
+        r.add_authority(soa("ntm.test."));
+        r.add_authority(soa("b.ntm.test."));
+        deliver(&mut loc, T0, NS1, &r);
+        assert!(answers(&mut loc).is_empty());
+        let m = one_query(&mut loc, "b.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_answer(ns("b.ntm.test.", "dc.hosts.example."));
+        deliver(&mut loc, T0, NS1, &r);
+        assert!(answers(&mut loc).is_empty());
+        answer_addresses(&mut loc, "dc.hosts.example.", &["192.0.2.20"], &["2001:db8::20", "2001:db8::3"]);
+        assert_eq!(
+            answers(&mut loc),
+            vec![(1, dc("dc.hosts.example", &["192.0.2.20:4460", "[2001:db8::3]:4460", "[2001:db8::20]:4460"]))]
+        );
+        assert_eq!(loc.poll_timeout(), None);
+    }
+
+    #[test]
+    fn nodata_with_an_soa_asks_ns_for_the_zone() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "host.c.ntm.test"));
+        let m = one_query(&mut loc, "host.c.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_authority(soa("c.ntm.test."));
+        deliver(&mut loc, T0, NS1, &r);
+        let m = one_query(&mut loc, "c.ntm.test.", RecordType::NS);
+        // An authoritative parent may answer with a referral to exactly that zone.
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_authority(ns("c.ntm.test.", "dc.c.ntm.test."));
+        r.add_additional(a("dc.c.ntm.test.", "192.0.2.30"));
+        deliver(&mut loc, T0, NS1, &r);
+        assert_eq!(answers(&mut loc), vec![(1, dc("dc.c.ntm.test", &["192.0.2.30:4460"]))]);
+    }
+
+    #[test]
+    fn an_soa_for_the_name_itself_or_nothing_at_all_fails() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "broken.ntm.test"));
+        let m = one_query(&mut loc, "broken.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_authority(soa("broken.ntm.test."));
+        deliver(&mut loc, T0, NS1, &r);
+        loc.start(T0, q(2, "empty.ntm.test"));
+        let m = one_query(&mut loc, "empty.ntm.test.", RecordType::NS);
+        deliver(&mut loc, T0, NS1, &reply(&m, ResponseCode::NXDomain));
+        // The SOA's zone answers NS without any: no zone.
+        loc.start(T0, q(3, "x.d.ntm.test"));
+        let m = one_query(&mut loc, "x.d.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NXDomain);
+        r.add_authority(soa("d.ntm.test."));
+        deliver(&mut loc, T0, NS1, &r);
+        let m = one_query(&mut loc, "d.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_authority(soa("d.ntm.test."));
+        deliver(&mut loc, T0, NS1, &r);
+        assert_eq!(answers(&mut loc), vec![(1, DnsAnswer::Failed), (2, DnsAnswer::Failed), (3, DnsAnswer::Failed)]);
+        assert_eq!(loc.pending(), 0);
+        assert_eq!(loc.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_zone_outside_the_ntm_domains_is_not_ntm() {
+        let mut c = cfg();
+        c.ntm_domains = vec![fq("nodes.ntm.test")];
+        let mut loc = locator(c);
+        loc.start(T0, q(1, "x.nodes.ntm.test"));
+        let m = one_query(&mut loc, "x.nodes.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NXDomain);
+        r.add_authority(soa("ntm.test."));
+        deliver(&mut loc, T0, NS1, &r);
+        assert_eq!(answers(&mut loc), vec![(1, DnsAnswer::NotNtm)]);
+        assert!(loc.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn a_cname_is_followed_once() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "alias.ntm.test"));
+        let m = one_query(&mut loc, "alias.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_answer(cname("alias.ntm.test.", "node.e.ntm.test."));
+        deliver(&mut loc, T0, NS1, &r);
+        let m = one_query(&mut loc, "node.e.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_answer(cname("node.e.ntm.test.", "again.ntm.test."));
+        deliver(&mut loc, T0, NS1, &r);
+        // A second CNAME without an answer is not followed.
+        assert_eq!(answers(&mut loc), vec![(1, DnsAnswer::Failed)]);
+        assert!(loc.poll_transmit().is_none());
+
+        loc.start(T0, q(2, "alias.ntm.test"));
+        let m = one_query(&mut loc, "alias.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_answer(cname("alias.ntm.test.", "node.e.ntm.test."));
+        deliver(&mut loc, T0, NS1, &r);
+        let m = one_query(&mut loc, "node.e.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NXDomain);
+        r.add_authority(soa("e.ntm.test."));
+        deliver(&mut loc, T0, NS1, &r);
+        let m = one_query(&mut loc, "e.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_answer(ns("e.ntm.test.", "dc.e.ntm.test."));
+        r.add_additional(aaaa("dc.e.ntm.test.", "2001:db8::e"));
+        deliver(&mut loc, T0, NS1, &r);
+        assert_eq!(answers(&mut loc), vec![(2, dc("dc.e.ntm.test", &["[2001:db8::e]:4460"]))]);
+    }
+
+    #[test]
+    fn a_cname_chain_inside_one_response_is_chased() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "alias.ntm.test"));
+        let m = one_query(&mut loc, "alias.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NXDomain);
+        r.add_answer(cname("alias.ntm.test.", "mid.ntm.test."));
+        r.add_answer(cname("mid.ntm.test.", "node.f.ntm.test."));
+        r.add_authority(soa("f.ntm.test."));
+        deliver(&mut loc, T0, NS1, &r);
+        one_query(&mut loc, "f.ntm.test.", RecordType::NS);
+
+        // A CNAME out of the NTM domains is ordinary DNS.
+        loc.start(T0, q(2, "out.ntm.test"));
+        let m = one_query(&mut loc, "out.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_answer(cname("out.ntm.test.", "www.example.org."));
+        deliver(&mut loc, T0, NS1, &r);
+        assert_eq!(answers(&mut loc), vec![(2, DnsAnswer::NotNtm)]);
+
+        // A CNAME loop ends after a bounded chase, then fails.
+        loc.start(T0, q(3, "loop.ntm.test"));
+        let m = one_query(&mut loc, "loop.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_answer(cname("loop.ntm.test.", "pool.ntm.test."));
+        r.add_answer(cname("pool.ntm.test.", "loop.ntm.test."));
+        deliver(&mut loc, T0, NS1, &r);
+        assert_eq!(answers(&mut loc), vec![(3, DnsAnswer::Failed)]);
+    }
+
+    #[test]
+    fn the_next_target_is_tried_when_one_has_no_address() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "g.ntm.test"));
+        let m = one_query(&mut loc, "g.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_answer(ns("g.ntm.test.", "b.dc.example."));
+        r.add_answer(ns("g.ntm.test.", "a.dc.example."));
+        r.add_answer(ns("g.ntm.test.", "."));
+        deliver(&mut loc, T0, NS1, &r);
+        answer_addresses(&mut loc, "a.dc.example.", &[], &[]);
+        assert!(answers(&mut loc).is_empty());
+        answer_addresses(&mut loc, "b.dc.example.", &[], &["2001:db8::b"]);
+        assert_eq!(answers(&mut loc), vec![(1, dc("b.dc.example", &["[2001:db8::b]:4460"]))]);
+
+        // None resolves: Failed.
+        loc.start(T0, q(2, "g.ntm.test"));
+        let m = one_query(&mut loc, "g.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_answer(ns("g.ntm.test.", "b.dc.example."));
+        r.add_answer(ns("g.ntm.test.", "a.dc.example."));
+        deliver(&mut loc, T0, NS1, &r);
+        answer_addresses(&mut loc, "a.dc.example.", &[], &[]);
+        answer_addresses(&mut loc, "b.dc.example.", &[], &[]);
+        assert_eq!(answers(&mut loc), vec![(2, DnsAnswer::Failed)]);
+        assert_eq!(loc.pending(), 0);
+    }
+
+    #[test]
+    fn address_answers_follow_a_cname_and_skip_other_owners() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "h.ntm.test"));
+        let m = one_query(&mut loc, "h.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_answer(ns("h.ntm.test.", "dc.h.ntm.test."));
+        deliver(&mut loc, T0, NS1, &r);
+        for (_, m) in sent(&mut loc) {
+            let mut r = reply(&m, ResponseCode::NoError);
+            if m.queries[0].query_type == RecordType::A {
+                r.add_answer(cname("dc.h.ntm.test.", "real.h.ntm.test."));
+                r.add_answer(a("real.h.ntm.test.", "192.0.2.40"));
+                r.add_answer(a("unrelated.h.ntm.test.", "192.0.2.41"));
+            }
+            deliver(&mut loc, T0, NS1, &r);
+        }
+        assert_eq!(answers(&mut loc), vec![(1, dc("dc.h.ntm.test", &["192.0.2.40:4460"]))]);
+    }
+
+    #[test]
+    fn queries_are_retransmitted_rotating_servers_then_fail() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "slow.ntm.test"));
+        let first = one_query(&mut loc, "slow.ntm.test.", RecordType::NS);
+        assert_eq!(loc.poll_timeout(), Some(at(2000)));
+        loc.handle_timeout(at(1999));
+        assert!(loc.poll_transmit().is_none());
+        loc.handle_timeout(at(2000));
+        let s = sent(&mut loc);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].0, sa(NS2));
+        assert_eq!(s[0].1.metadata.id, first.metadata.id);
+        assert_eq!(loc.poll_timeout(), Some(at(4000)));
+        loc.handle_timeout(at(4000));
+        let s = sent(&mut loc);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].0, sa(NS1));
+        assert!(answers(&mut loc).is_empty());
+        loc.handle_timeout(at(6000));
+        assert!(loc.poll_transmit().is_none());
+        assert_eq!(answers(&mut loc), vec![(1, DnsAnswer::Failed)]);
+        assert_eq!(loc.stats().timeouts, 3);
+        assert_eq!(loc.poll_timeout(), None);
+        assert_eq!(loc.pending(), 0);
+    }
+
+    #[test]
+    fn a_late_answer_from_an_earlier_server_is_taken() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "late.ntm.test"));
+        let m = one_query(&mut loc, "late.ntm.test.", RecordType::NS);
+        loc.handle_timeout(at(2000));
+        assert_eq!(sent(&mut loc).len(), 1);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_answer(ns("late.ntm.test.", "dc.late.ntm.test."));
+        r.add_additional(a("dc.late.ntm.test.", "192.0.2.50"));
+        deliver(&mut loc, at(2100), NS1, &r);
+        assert_eq!(answers(&mut loc), vec![(1, dc("dc.late.ntm.test", &["192.0.2.50:4460"]))]);
+        // The duplicate from the second server finds nothing waiting.
+        deliver(&mut loc, at(2200), NS2, &r);
+        assert_eq!(loc.stats().ignored, 1);
+        assert!(answers(&mut loc).is_empty());
+    }
+
+    #[test]
+    fn a_failed_address_family_counts_as_empty() {
+        let mut c = cfg();
+        c.attempts = 1;
+        let mut loc = locator(c);
+        loc.start(T0, q(1, "i.ntm.test"));
+        let m = one_query(&mut loc, "i.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_answer(ns("i.ntm.test.", "dc.i.ntm.test."));
+        deliver(&mut loc, T0, NS1, &r);
+        for (_, m) in sent(&mut loc) {
+            if m.queries[0].query_type == RecordType::A {
+                let mut r = reply(&m, ResponseCode::NoError);
+                r.add_answer(a("dc.i.ntm.test.", "192.0.2.60"));
+                deliver(&mut loc, T0, NS1, &r);
+            }
+        }
+        assert!(answers(&mut loc).is_empty());
+        loc.handle_timeout(at(2000));
+        assert_eq!(answers(&mut loc), vec![(1, dc("dc.i.ntm.test", &["192.0.2.60:4460"]))]);
+    }
+
+    #[test]
+    fn wrong_id_source_or_question_is_ignored_and_counted() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "j.ntm.test"));
+        let m = one_query(&mut loc, "j.ntm.test.", RecordType::NS);
+        let mut good = reply(&m, ResponseCode::NoError);
+        good.add_answer(ns("j.ntm.test.", "dc.j.ntm.test."));
+        good.add_additional(a("dc.j.ntm.test.", "192.0.2.70"));
+
+        let mut wrong_id = good.clone();
+        wrong_id.metadata.id = m.metadata.id.wrapping_add(1);
+        deliver(&mut loc, T0, NS1, &wrong_id);
+        // NS2 was not asked yet.
+        deliver(&mut loc, T0, NS2, &good);
+        deliver(&mut loc, T0, "192.0.2.53:5353", &good);
+        let mut wrong_question = good.clone();
+        wrong_question.queries = vec![Query::query(n("evil.ntm.test."), RecordType::NS)];
+        deliver(&mut loc, T0, NS1, &wrong_question);
+        let mut wrong_type = good.clone();
+        wrong_type.queries = vec![Query::query(n("j.ntm.test."), RecordType::A)];
+        deliver(&mut loc, T0, NS1, &wrong_type);
+        let mut two_questions = good.clone();
+        two_questions.add_query(Query::query(n("j.ntm.test."), RecordType::NS));
+        deliver(&mut loc, T0, NS1, &two_questions);
+        let mut not_a_response = good.clone();
+        not_a_response.metadata.message_type = MessageType::Query;
+        deliver(&mut loc, T0, NS1, &not_a_response);
+        loc.handle_response(T0, sa(NS1), b"\x12");
+        assert!(answers(&mut loc).is_empty());
+        assert_eq!(loc.stats().ignored, 7);
+        assert_eq!(loc.stats().malformed, 1);
+        assert!(loc.poll_transmit().is_none());
+
+        // The question's name matches whatever its case.
+        let mut upper = good.clone();
+        upper.queries = vec![Query::query(n("J.NTM.test."), RecordType::NS)];
+        deliver(&mut loc, T0, NS1, &upper);
+        assert_eq!(answers(&mut loc), vec![(1, dc("dc.j.ntm.test", &["192.0.2.70:4460"]))]);
+    }
+
+    #[test]
+    fn truncated_or_server_failure_moves_to_the_next_try_at_once() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "k.ntm.test"));
+        let m = one_query(&mut loc, "k.ntm.test.", RecordType::NS);
+        let mut tc = reply(&m, ResponseCode::NoError);
+        tc.metadata.truncation = true;
+        deliver(&mut loc, at(10), NS1, &tc);
+        let s = sent(&mut loc);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].0, sa(NS2));
+        assert_eq!(loc.poll_timeout(), Some(at(2010)));
+        deliver(&mut loc, at(20), NS2, &reply(&m, ResponseCode::ServFail));
+        assert_eq!(sent(&mut loc).len(), 1);
+        deliver(&mut loc, at(30), NS1, &reply(&m, ResponseCode::Refused));
+        assert!(loc.poll_transmit().is_none());
+        assert_eq!(answers(&mut loc), vec![(1, DnsAnswer::Failed)]);
+        assert_eq!(loc.stats().truncated, 1);
+        assert_eq!(loc.stats().server_errors, 2);
+    }
+
+    #[test]
+    fn pending_lookups_are_capped() {
+        let mut loc = locator(cfg());
+        for id in 0..4 {
+            loc.start(T0, q(id, &format!("n{id}.ntm.test")));
+        }
+        assert_eq!(sent(&mut loc).len(), 4);
+        loc.start(T0, q(4, "n4.ntm.test"));
+        assert!(loc.poll_transmit().is_none());
+        assert_eq!(answers(&mut loc), vec![(4, DnsAnswer::Failed)]);
+        assert_eq!(loc.stats().over_limit, 1);
+        // Outside names and static zones are not lookups and are still answered.
+        loc.start(T0, q(5, "www.example.org"));
+        loc.start(T0, q(6, "a.static.ntm.test"));
+        assert_eq!(answers(&mut loc).len(), 2);
+        // Once lookups end, there is room again.
+        for t in [2000, 4000, 6000] {
+            loc.handle_timeout(at(t));
+        }
+        assert_eq!(sent(&mut loc).len(), 8);
+        assert_eq!(answers(&mut loc).len(), 4);
+        loc.start(at(6000), q(7, "n7.ntm.test"));
+        assert_eq!(sent(&mut loc).len(), 1);
+    }
+
+    #[test]
+    fn without_nameservers_lookups_fail_at_once() {
+        let mut c = cfg();
+        c.nameservers.clear();
+        let mut loc = locator(c);
+        loc.start(T0, q(1, "l.ntm.test"));
+        assert_eq!(answers(&mut loc), vec![(1, DnsAnswer::Failed)]);
+        assert_eq!(loc.pending(), 0);
+        assert_eq!(loc.poll_timeout(), None);
+    }
+
+    #[test]
+    fn ids_are_distinct_and_drawn_from_the_rng() {
+        let ids = |seed| {
+            let mut loc = Locator::new(cfg(), Box::new(rand_chacha::ChaCha8Rng::seed_from_u64(seed)));
+            for id in 0..4 {
+                loc.start(T0, q(id, &format!("n{id}.ntm.test")));
+            }
+            sent(&mut loc).into_iter().map(|(_, m)| m.metadata.id).collect::<Vec<_>>()
+        };
+        let a = ids(1);
+        assert_eq!(a, ids(1));
+        assert_ne!(a, ids(2));
+        let mut d = a.clone();
+        d.sort();
+        d.dedup();
+        assert_eq!(d.len(), a.len());
+    }
+
+    #[test]
+    fn no_input_panics() {
+        // Every prefix of a valid answer, and every single-byte corruption of it.
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "m.ntm.test"));
+        let m = one_query(&mut loc, "m.ntm.test.", RecordType::NS);
+        let mut r = reply(&m, ResponseCode::NoError);
+        r.add_answer(ns("m.ntm.test.", "dc.m.ntm.test."));
+        r.add_answer(cname("m.ntm.test.", "m.ntm.test."));
+        r.add_authority(soa("ntm.test."));
+        r.add_additional(a("dc.m.ntm.test.", "192.0.2.80"));
+        let bytes = r.to_vec().unwrap();
+        for len in 0..bytes.len() {
+            loc.handle_response(T0, sa(NS1), &bytes[..len]);
+        }
+        for i in 0..bytes.len() {
+            for v in [0u8, 0x3f, 0xc0, 0xff] {
+                let mut b = bytes.clone();
+                b[i] = v;
+                let mut fresh = locator(cfg());
+                fresh.start(T0, q(1, "m.ntm.test"));
+                let id = sent(&mut fresh)[0].1.metadata.id.to_be_bytes();
+                b[0] = id[0];
+                b[1] = id[1];
+                fresh.handle_response(T0, sa(NS1), &b);
+                for (_, m) in sent(&mut fresh) {
+                    let mut r = reply(&m, ResponseCode::NoError);
+                    r.add_answer(a("dc.m.ntm.test.", "192.0.2.81"));
+                    fresh.handle_response(T0, sa(NS1), &r.to_vec().unwrap());
+                }
+                fresh.handle_timeout(at(60_000));
+            }
+        }
+    }
+}
