@@ -401,7 +401,18 @@ fn a_dc_restarted_from_its_saved_state_serves_nodes_without_a_new_login() {
     let mut d = Deployment::new(23, Options::default());
     let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
     let cn = global(&mut d, "cn.zone-b.example", 11, NodeOpts::default());
+    d.sim.enable_capture(d.dc_a);
     assert!(d.bring_up(mn) && d.bring_up(cn));
+    d.run_for(Duration::from_secs(30)); // a keepalive or two
+    let mn_addr = d.sim.addr_v4(mn).unwrap();
+    let old = d
+        .sim
+        .capture(d.dc_a)
+        .iter()
+        .rev()
+        .find(|c| c.src == mn_addr && c.carrier == ntm_sim::Carrier::Udp)
+        .unwrap()
+        .clone();
     let before = d.node(mn).virtual_addrs();
     let _ = d.events(mn);
     // What the daemon writes to its database, then a restart that reads it back (with the
@@ -421,6 +432,10 @@ fn a_dc_restarted_from_its_saved_state_serves_nodes_without_a_new_login() {
         fresh.restore_node(now, s, floor).unwrap();
     }
     d.sim.replace_engine(dc_a, fresh);
+    // A message the node sent before the restart is still a replay after it.
+    d.sim.inject(RealmId::INTERNET, old.src, old.dst, old.bytes.clone());
+    d.run_for(Duration::from_millis(100));
+    assert_eq!(d.sim.engine::<Dc>(dc_a).drops().get(ntm_proto::engine::Drop::Crypto), 1, "replay refused");
     d.run_for(Duration::from_secs(60));
     let ev = d.events(mn);
     assert!(!ev.iter().any(|e| matches!(e, NodeEvent::LoggedIn { .. })), "no re-login: {ev:?}");

@@ -75,6 +75,27 @@ impl<K: KeyKind> Channel<K> {
         self.next_counter = self.next_counter.max(counter);
     }
 
+    /// One more than the newest counter accepted from `peer` (0 if none), to store with a
+    /// key so that a restored channel can refuse replays of older messages.
+    pub fn peer_top(&self, peer: Sender) -> u64 {
+        self.windows.iter().find(|(s, _)| *s == peer).map_or(0, |(_, w)| w.top())
+    }
+
+    /// Refuses every counter from `peer` below `floor` (after restoring from storage).
+    pub fn set_peer_floor(&mut self, peer: Sender, floor: u64) {
+        if !K::SENDERS.contains(&peer) || peer == self.local {
+            return;
+        }
+        match self.windows.iter_mut().find(|(s, _)| *s == peer) {
+            Some((_, w)) if w.top() >= floor => {}
+            Some((_, w)) => *w = ReplayWindow::with_floor(floor),
+            None => {
+                // At most two peers per kind (see `window_for`), so this fits.
+                let _ = self.windows.push((peer, ReplayWindow::with_floor(floor)));
+            }
+        }
+    }
+
     fn take_counter(&mut self) -> Result<u64, CryptoError> {
         let c = self.next_counter;
         // u64::MAX is never used, so `c + 1` cannot overflow and the window's top stays

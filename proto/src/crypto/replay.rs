@@ -31,6 +31,18 @@ impl ReplayWindow {
         ReplayWindow { top: 0, bits: [0; WORDS] }
     }
 
+    /// A window that refuses every counter below `floor`, as if all had been seen: for a
+    /// key restored from storage, whose earlier counters must stay unusable.
+    pub const fn with_floor(floor: u64) -> Self {
+        ReplayWindow { top: floor, bits: [u64::MAX; WORDS] }
+    }
+
+    /// One more than the newest accepted counter (0 if none): what to store to build a
+    /// [`ReplayWindow::with_floor`] later.
+    pub const fn top(&self) -> u64 {
+        self.top
+    }
+
     fn slot(counter: u64) -> (usize, u64) {
         let bit = counter % WINDOW_BITS;
         // `bit / 64 < WORDS` because `bit < WINDOW_BITS`.
@@ -117,6 +129,18 @@ mod tests {
         assert_eq!(w.accept(u64::MAX), Err(CryptoError::TooOld));
         assert_eq!(w.accept(u64::MAX - 1), Ok(()));
         assert_eq!(w.accept(u64::MAX - 1), Err(CryptoError::Replayed));
+    }
+
+    #[test]
+    fn a_floor_refuses_everything_below_it() {
+        let mut w = ReplayWindow::with_floor(5000);
+        assert_eq!(w.accept(4999), Err(CryptoError::Replayed));
+        assert_eq!(w.accept(10), Err(CryptoError::TooOld));
+        assert_eq!(w.accept(5000), Ok(()));
+        assert_eq!(w.accept(5002), Ok(()));
+        assert_eq!(w.accept(5001), Ok(()));
+        assert_eq!(w.top(), 5003);
+        assert_eq!(ReplayWindow::with_floor(0).accept(0), Ok(()));
     }
 
     proptest! {

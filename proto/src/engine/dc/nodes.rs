@@ -489,6 +489,7 @@ impl Dc {
             key: r.channel.key().clone(),
             expires: r.channel.expires(),
             next_counter: r.channel.next_counter(),
+            peer_counter: r.channel.peer_top(Sender::Node),
             attestation: r.attestation.clone(),
             virtual_addrs: r.virtual_addrs,
             endpoints: r.seen.iter().flatten().map(|s| (s.observed, s.behind_nat)).collect(),
@@ -514,6 +515,8 @@ impl Dc {
         let mut channel = Channel::new(state.key, state.key_id, Sender::Dc, state.expires)
             .map_err(|e| ConfigError::new("node state", e.to_string()))?;
         channel.resume_at(state.next_counter.max(counter_floor));
+        // Messages the node sent before the restart stay replays.
+        channel.set_peer_floor(Sender::Node, state.peer_counter);
         if let Some(v) = state.virtual_addrs {
             self.pool.restore(&state.fqdn, v)?;
         }
@@ -558,9 +561,11 @@ impl Dc {
         v
     }
 
-    /// A node's sealing counter now (to know when its database row must reserve more).
-    pub fn node_counter(&self, fqdn: &Fqdn) -> Option<u64> {
-        self.nodes.get(fqdn).map(|r| r.channel.next_counter())
+    /// A node's channel counters now: (our next sealing counter, one more than the
+    /// newest counter accepted from the node). The database saves a node again when the
+    /// first nears its reservation or the second moved.
+    pub fn node_counters(&self, fqdn: &Fqdn) -> Option<(u64, u64)> {
+        self.nodes.get(fqdn).map(|r| (r.channel.next_counter(), r.channel.peer_top(Sender::Node)))
     }
 
     /// Status: every node with its addresses and NAT verdicts.
@@ -596,6 +601,9 @@ pub struct NodeState {
     pub expires: Instant,
     /// The DC's next sealing counter under K_ntmdc.
     pub next_counter: u64,
+    /// One more than the newest counter accepted from the node: a restored DC refuses
+    /// the node's older messages (replays of them).
+    pub peer_counter: u64,
     /// Its attested public key.
     pub attestation: Option<crate::crypto::pk::Attestation>,
     /// Its virtual addresses, once registered.
