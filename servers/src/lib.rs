@@ -6,7 +6,9 @@
 //! - [`driver`]: one mio event loop hosting any engine: UDP, TCP and TLS streams,
 //!   DNS, timers, signals and the status socket.
 
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod driver;
 pub mod pki;
 pub mod store;

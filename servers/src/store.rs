@@ -29,7 +29,7 @@ use ntm_proto::crypto::pk::Attestation;
 use ntm_proto::engine::account::{Account, Accounts, Verdict};
 use ntm_proto::engine::oidc::IdClaims;
 use ntm_proto::engine::{PeerIdentity, Role};
-use ntm_proto::keys::KNtmDc;
+use ntm_proto::keys::{KNtmDc, KNtmNs};
 use ntm_proto::wire::registration::KeepaliveMethod;
 use ntm_proto::wire::{Codec, Fqdn, KeyId, VirtualAddrs};
 use rand_core::{OsRng, RngCore};
@@ -781,6 +781,13 @@ const DC_MIGRATIONS: &[&str] = &["
         saved_ms     INTEGER NOT NULL,
         CHECK ((v4 IS NULL) = (v6 IS NULL))
     ) STRICT;
+    CREATE TABLE node_ns (
+        fqdn       TEXT PRIMARY KEY,                          -- a row of nodes
+        ns         TEXT NOT NULL,                             -- the NS's name
+        key_id     INTEGER NOT NULL,
+        key        BLOB NOT NULL CHECK (length(key) = 16),    -- K_ntmns: secret
+        expires_ms INTEGER NOT NULL
+    ) STRICT;
 "];
 
 /// How far ahead of the channel's next counter [`DcStore::save_node`] reserves. A DC that
@@ -836,6 +843,21 @@ pub struct NodeSnapshot {
     pub local_addrs: Vec<SocketAddr>,
     /// How the DC reaches it.
     pub keepalive: KeepaliveMethod,
+    /// Its NS and K_ntmns, if it keeps alive through one.
+    pub ns: Option<NsSnapshot>,
+}
+
+/// A node's NS binding: which NS holds its K_ntmns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NsSnapshot {
+    /// The NS's name.
+    pub ns: Fqdn,
+    /// The id of K_ntmns.
+    pub key_id: KeyId,
+    /// K_ntmns (zeroized on drop, redacted in `Debug`).
+    pub key: KNtmNs,
+    /// When it expires, UNIX ms.
+    pub expires_ms: u64,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -954,6 +976,9 @@ impl DcStore {
 
     /// Forgets a node's key state (its assignment stays). True if there was a row.
     pub fn remove_node(&mut self, fqdn: &Fqdn) -> Result<bool> {
+        self.conn
+            .execute("DELETE FROM node_ns WHERE fqdn = ?1", [fqdn.as_str()])
+            .map_err(sql_err(&self.path, "removing node state"))?;
         let n = self
             .conn
             .execute("DELETE FROM nodes WHERE fqdn = ?1", [fqdn.as_str()])
@@ -963,6 +988,12 @@ impl DcStore {
 
     /// Deletes node rows whose key expired by `now_ms` (UNIX ms); returns how many.
     pub fn prune_expired(&mut self, now_ms: u64) -> Result<usize> {
+        self.conn
+            .execute(
+                "DELETE FROM node_ns WHERE fqdn IN (SELECT fqdn FROM nodes WHERE expires_ms <= ?1)",
+                [time_to_sql(now_ms)],
+            )
+            .map_err(sql_err(&self.path, "pruning expired node state"))?;
         self.conn
             .execute("DELETE FROM nodes WHERE expires_ms <= ?1", [time_to_sql(now_ms)])
             .map_err(sql_err(&self.path, "pruning expired node state"))
@@ -992,6 +1023,29 @@ impl DcStore {
             match key.and_then(|key| decode_node(cols, key)) {
                 Ok(n) => out.push(n),
                 Err(detail) => log::warn!("database {}: node {name:?} skipped: {detail}", self.path),
+            }
+        }
+        drop(rows);
+        drop(stmt);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT fqdn, ns, key_id, key, expires_ms FROM node_ns")
+            .map_err(sql_err(&self.path, "loading node state"))?;
+        let mut rows = stmt.query([]).map_err(sql_err(&self.path, "loading node state"))?;
+        while let Some(row) = rows.next().map_err(sql_err(&self.path, "loading node state"))? {
+            let fqdn: String = row.get(0).map_err(sql_err(&self.path, "loading node state"))?;
+            let decoded = (|| {
+                let ns: String = row.get(1).map_err(|_| "bad NS name")?;
+                let key_id: i64 = row.get(2).map_err(|_| "bad NS key id")?;
+                let key =
+                    row.get_ref(3).and_then(|v| v.as_blob().map_err(Into::into)).map_err(|_| "NS key is not a blob")?;
+                let expires: i64 = row.get(4).map_err(|_| "bad NS key expiry")?;
+                decode_ns(ns, key_id, key, expires)
+            })();
+            match (decoded, out.iter_mut().find(|n| n.fqdn.as_str() == fqdn)) {
+                (Ok(ns), Some(node)) => node.ns = Some(ns),
+                (Err(detail), _) => log::warn!("database {}: NS binding of {fqdn:?} skipped: {detail}", self.path),
+                (Ok(_), None) => {}
             }
         }
         Ok(out)
@@ -1048,6 +1102,21 @@ fn insert_node(tx: &rusqlite::Transaction<'_>, path: &str, node: &NodeSnapshot) 
         ],
     )
     .map_err(sql_err(path, "saving node state"))?;
+    tx.execute("DELETE FROM node_ns WHERE fqdn = ?1", [node.fqdn.as_str()])
+        .map_err(sql_err(path, "saving node state"))?;
+    if let Some(ns) = &node.ns {
+        tx.execute(
+            "INSERT INTO node_ns (fqdn, ns, key_id, key, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                node.fqdn.as_str(),
+                ns.ns.as_str(),
+                i64::from(ns.key_id.0),
+                ns.key.expose_secret().as_slice(),
+                time_to_sql(ns.expires_ms),
+            ],
+        )
+        .map_err(sql_err(path, "saving node state"))?;
+    }
     Ok(reserved)
 }
 
@@ -1082,6 +1151,16 @@ fn decode_node(cols: NodeColumns, key: KNtmDc) -> Result<NodeSnapshot, &'static 
         endpoints: endpoints.into_iter().map(|e| (e.addr, e.nat)).collect(),
         local_addrs,
         keepalive,
+        ns: None,
+    })
+}
+
+fn decode_ns(ns: String, key_id: i64, key: &[u8], expires_ms: i64) -> Result<NsSnapshot, &'static str> {
+    Ok(NsSnapshot {
+        ns: Fqdn::new(&ns).map_err(|_| "bad NS name")?,
+        key_id: KeyId(u32::try_from(key_id).map_err(|_| "NS key id out of range")?),
+        key: <KNtmNs as Codec>::from_bytes(key).map_err(|_| "NS key is not 16 bytes")?,
+        expires_ms: u64::try_from(expires_ms).map_err(|_| "negative NS key expiry")?,
     })
 }
 

@@ -5,12 +5,12 @@ use ntm_proto::crypto::pk::{Attestation, KeyPair};
 use ntm_proto::engine::account::{Account, Accounts, Verdict};
 use ntm_proto::engine::oidc::IdClaims;
 use ntm_proto::engine::{PeerIdentity, Role};
-use ntm_proto::keys::KNtmDc;
+use ntm_proto::keys::{KNtmDc, KNtmNs};
 use ntm_proto::wire::registration::KeepaliveMethod;
 use ntm_proto::wire::{Bytes, Fqdn, KeyId, VirtualAddrs};
 use ntm_servers::store::{
-    needs_refresh, reserved_counter, AccountStore, DcStore, HashCost, NodeSnapshot, OidcBinding, StoreError,
-    COUNTER_RESERVE,
+    needs_refresh, reserved_counter, AccountStore, DcStore, HashCost, NodeSnapshot, NsSnapshot, OidcBinding,
+    StoreError, COUNTER_RESERVE,
 };
 use rand_chacha::rand_core::SeedableRng;
 use std::path::{Path, PathBuf};
@@ -288,6 +288,12 @@ fn snapshot(name: &str, seed: u64) -> NodeSnapshot {
         endpoints: vec![("203.0.113.7:4500".parse().unwrap(), true), ("[2001:db8::7]:4500".parse().unwrap(), false)],
         local_addrs: vec!["192.168.1.10:4500".parse().unwrap(), "[2001:db8::7]:4500".parse().unwrap()],
         keepalive: KeepaliveMethod::Push(Bytes::new(b"device-token".to_vec()).unwrap()),
+        ns: (seed % 2 == 1).then(|| NsSnapshot {
+            ns: fqdn("ns1.example"),
+            key_id: KeyId(77 + seed as u32),
+            key: KNtmNs::generate(&mut rng),
+            expires_ms: 1_900_000_000_000,
+        }),
     }
 }
 

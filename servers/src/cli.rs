@@ -1,0 +1,194 @@
+//! What every daemon's command line has in common:
+//!
+//! ```text
+//! ntm-xx [run] -c FILE      run the daemon (the default command)
+//! ntm-xx check -c FILE      parse and check the configuration, then exit
+//! ntm-xx status -c FILE     print the running daemon's state (JSON) from its status socket
+//! ntm-xx status -s SOCKET   the same, naming the socket
+//! ```
+//! Exit codes: 0 success, 1 the daemon failed, 2 bad usage or configuration.
+
+// The command line talks to a person: printing is its job.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use crate::config::{self, Common, LogLevel, Validate};
+use serde::de::DeserializeOwned;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// A parsed command line.
+#[derive(Debug)]
+pub enum Command {
+    /// Run the daemon.
+    Run(PathBuf),
+    /// Check the configuration.
+    Check(PathBuf),
+    /// Print the running daemon's status.
+    Status { config: Option<PathBuf>, socket: Option<PathBuf> },
+    /// Anything else (the daemon's own subcommands): the first word and the rest.
+    Other(String, Vec<std::ffi::OsString>),
+}
+
+/// Parses `args` (without the program name).
+pub fn parse(args: Vec<std::ffi::OsString>) -> Result<Command, String> {
+    let mut it = args.into_iter().peekable();
+    let first = it.peek().and_then(|a| a.to_str()).map(str::to_owned);
+    let cmd = match first.as_deref() {
+        Some("run") | Some("check") | Some("status") => {
+            it.next();
+            first.unwrap_or_default()
+        }
+        Some(w) if !w.starts_with('-') => {
+            let w = w.to_owned();
+            it.next();
+            return Ok(Command::Other(w, it.collect()));
+        }
+        _ => "run".to_owned(),
+    };
+    let mut parser = lexopt::Parser::from_args(it);
+    let (mut config, mut socket) = (None, None);
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            lexopt::Arg::Short('c') | lexopt::Arg::Long("config") => {
+                config = Some(PathBuf::from(parser.value().map_err(|e| e.to_string())?))
+            }
+            lexopt::Arg::Short('s') | lexopt::Arg::Long("socket") => {
+                socket = Some(PathBuf::from(parser.value().map_err(|e| e.to_string())?))
+            }
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    match cmd.as_str() {
+        "status" => Ok(Command::Status { config, socket }),
+        "check" => config.map(Command::Check).ok_or_else(|| "check needs -c FILE".into()),
+        _ => config.map(Command::Run).ok_or_else(|| "run needs -c FILE".into()),
+    }
+}
+
+/// Starts logging to stderr at `level`.
+pub fn init_logging(level: LogLevel) {
+    // A second call (tests running several daemons in one process) keeps the first logger.
+    let _ = simple_logger::SimpleLogger::new().with_level(level.filter()).init();
+    log::set_max_level(level.filter());
+}
+
+/// Loads a configuration, printing the one-line error and exiting with 2 if it is bad.
+pub fn load_or_exit<T: DeserializeOwned + Validate>(program: &str, path: &Path) -> T {
+    match config::load::<T>(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Prints the status a running daemon reports on its socket.
+pub fn print_status(program: &str, socket: &Path) -> i32 {
+    match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(mut s) => {
+            let mut text = String::new();
+            if let Err(e) = s.read_to_string(&mut text) {
+                eprintln!("{program}: reading {}: {e}", socket.display());
+                return 1;
+            }
+            print!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{program}: cannot reach the daemon at {}: {e}", socket.display());
+            1
+        }
+    }
+}
+
+/// The status socket named by `-s`, or by the configuration file's `status_socket`.
+pub fn status_socket<T: DeserializeOwned + Validate>(
+    program: &str,
+    config: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    common: impl Fn(&T) -> &Common,
+) -> Result<PathBuf, String> {
+    if let Some(s) = socket {
+        return Ok(s);
+    }
+    let path = config.ok_or("status needs -s SOCKET or -c FILE")?;
+    let cfg: T = config::load(&path).map_err(|e| e.to_string())?;
+    common(&cfg).status_socket.clone().ok_or_else(|| format!("{program}: {} sets no status_socket", path.display()))
+}
+
+/// A daemon's own subcommands (the AS's administration).
+pub type Admin = fn(&str, Vec<std::ffi::OsString>) -> Result<(), String>;
+
+/// The whole `main` of a daemon: run, check, status, and its own subcommands if any.
+pub fn main_with<T, D, B>(program: &str, common: fn(&T) -> &Common, build: B, admin: Option<Admin>) -> i32
+where
+    T: DeserializeOwned + Validate,
+    D: crate::driver::Daemon,
+    B: FnOnce(T) -> Result<crate::driver::Driver<D>, crate::daemon::StartError>,
+{
+    match parse(std::env::args_os().skip(1).collect()) {
+        Ok(Command::Run(path)) => {
+            let cfg: T = load_or_exit(program, &path);
+            init_logging(common(&cfg).log_level);
+            match build(cfg) {
+                Ok(driver) => crate::daemon::run(program, driver),
+                Err(e) => {
+                    eprintln!("{program}: {e}");
+                    1
+                }
+            }
+        }
+        Ok(Command::Check(path)) => {
+            let _: T = load_or_exit(program, &path);
+            println!("{program}: {} is valid", path.display());
+            0
+        }
+        Ok(Command::Status { config, socket }) => match status_socket::<T>(program, config, socket, common) {
+            Ok(s) => print_status(program, &s),
+            Err(e) => {
+                eprintln!("{program}: {e}");
+                2
+            }
+        },
+        Ok(Command::Other(w, rest)) => match admin {
+            Some(f) => match f(&w, rest) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("{program}: {e}");
+                    2
+                }
+            },
+            None => {
+                eprintln!("{program}: unknown command \"{w}\" (run, check, status)");
+                2
+            }
+        },
+        Err(e) => {
+            eprintln!("{program}: {e}\nusage: {program} [run|check] -c FILE | {program} status (-c FILE | -s SOCKET)");
+            2
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<std::ffi::OsString> {
+        s.split_whitespace().map(Into::into).collect()
+    }
+
+    #[test]
+    fn commands_parse() {
+        assert!(matches!(parse(args("-c x.json")), Ok(Command::Run(p)) if p == Path::new("x.json")));
+        assert!(matches!(parse(args("run --config x.json")), Ok(Command::Run(_))));
+        assert!(matches!(parse(args("check -c x.json")), Ok(Command::Check(_))));
+        assert!(matches!(parse(args("status -s /run/x.sock")), Ok(Command::Status { socket: Some(_), .. })));
+        assert!(
+            matches!(parse(args("account add --email a@b")), Ok(Command::Other(w, rest)) if w == "account" && rest.len() == 3)
+        );
+        assert!(parse(args("run")).is_err());
+        assert!(parse(args("-c x.json --bogus")).is_err());
+    }
+}

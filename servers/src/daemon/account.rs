@@ -1,0 +1,335 @@
+//! `ntm-as`: the Account Server, and its administration commands.
+//!
+//! ```text
+//! ntm-as [run] -c as.json                      run the AS
+//! ntm-as ca init --out DIR [--name CN] [--days N]
+//!                                              a new deployment CA: DIR/ca.pem, DIR/ca.key
+//! ntm-as ca issue --ca DIR --role ROLE --name FQDN --out DIR [--days N]
+//!                                              a certificate and key: DIR/FQDN.pem, DIR/FQDN.key
+//! ntm-as ca sign-csr --ca DIR --role node --name FQDN --csr FILE --out FILE [--days N]
+//!                                              sign a device's request (its key never leaves it)
+//! ntm-as attestation-key --out FILE            a P-256 key for signing attestations
+//! ntm-as account add -c as.json --email E --fqdn N [--password-stdin] [--device N]
+//! ntm-as account list -c as.json
+//! ntm-as account disable|enable|remove -c as.json --account E|N
+//! ntm-as account set-password -c as.json --account E|N   (password on stdin)
+//! ntm-as account bind-device -c as.json --account E|N --device N
+//! ntm-as account bind-oidc -c as.json --account E|N --issuer URL --subject S
+//! ntm-as account bind-fqdn -c as.json --account E|N --fqdn N
+//! ```
+//! ROLE is one of node, as, dc, rs, ns. Keys are written with mode 0600.
+
+// The administration commands talk to a person.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use super::{drops_json, identify, os_rng, tls_configs, StartError};
+use crate::config::{secs, AsFile};
+use crate::driver::{Daemon, Driver, DriverConfig, Reload};
+use crate::pki::{self, Ca, ClientAuth};
+use crate::store::{AccountStore, HashCost};
+use ntm_proto::crypto::pk::KeyPair;
+use ntm_proto::dns::{Locator, LocatorConfig};
+use ntm_proto::engine::account::{AccountServer, AsConfig, AsEvent};
+use ntm_proto::engine::oidc::{parse_jwks, OidcProvider};
+use ntm_proto::engine::Engine;
+use ntm_proto::time::{Duration, Instant};
+use ntm_proto::wire::Fqdn;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The AS daemon.
+pub struct AsDaemon {
+    server: AccountServer<AccountStore>,
+    cfg: AsFile,
+    logins: u64,
+    refusals: u64,
+}
+
+impl std::fmt::Debug for AsDaemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsDaemon").field("server", &self.server).finish_non_exhaustive()
+    }
+}
+
+impl Daemon for AsDaemon {
+    type Engine = AccountServer<AccountStore>;
+
+    fn engine(&mut self) -> &mut Self::Engine {
+        &mut self.server
+    }
+
+    fn after(&mut self, _now: Instant) {
+        while let Some(ev) = self.server.poll_event() {
+            match ev {
+                AsEvent::LoggedIn { fqdn, credential } => {
+                    self.logins += 1;
+                    log::info!("{fqdn} logged in ({credential:?})");
+                }
+                AsEvent::Refused { credential, reason } => {
+                    self.refusals += 1;
+                    log::info!("login refused ({credential:?}): {reason:?}");
+                }
+            }
+        }
+    }
+
+    fn status(&mut self, _now: Instant) -> serde_json::Value {
+        let accounts = self.server.accounts().list().map(|l| l.len()).unwrap_or(0);
+        serde_json::json!({
+            "role": "as",
+            "name": self.cfg.common.name.as_str(),
+            "accounts": accounts,
+            "logins": self.logins,
+            "refusals": self.refusals,
+            "public_key_mode": self.server.attestation_public_key().is_some(),
+            "dropped": drops_json(self.server.drops()),
+        })
+    }
+
+    fn reload(&mut self) -> Reload {
+        match tls_configs(&self.cfg.common.tls, ClientAuth::Optional) {
+            Ok((server, client)) => Reload { tls_server: Some(server), tls_client: Some(client) },
+            Err(e) => {
+                log::error!("reload: keeping the old TLS files: {e}");
+                Reload::default()
+            }
+        }
+    }
+}
+
+fn read_key_pair(path: &Path) -> Result<KeyPair, StartError> {
+    use p256::pkcs8::DecodePrivateKey;
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let secret = p256::SecretKey::from_pkcs8_pem(&pem)
+        .map_err(|e| format!("{}: not a P-256 PKCS#8 key: {e}", path.display()))?;
+    Ok(KeyPair::from_secret(secret))
+}
+
+/// Builds the AS from its configuration.
+pub fn build(cfg: AsFile) -> Result<Driver<AsDaemon>, StartError> {
+    let (server_tls, client_tls) = tls_configs(&cfg.common.tls, ClientAuth::Optional)?;
+    let mut ac = AsConfig::new(cfg.common.name.clone());
+    ac.key_lifetime = secs(cfg.key_lifetime_secs);
+    ac.static_dcs = cfg.dns.static_dcs.iter().map(|s| s.location()).collect();
+    if let Some(path) = &cfg.attestation_key {
+        ac.attestation_key = Some(read_key_pair(path)?);
+    }
+    for p in &cfg.oidc {
+        let jwks = std::fs::read_to_string(&p.jwks).map_err(|e| format!("{}: {e}", p.jwks.display()))?;
+        let keys = parse_jwks(&jwks).map_err(|e| format!("{}: {e}", p.jwks.display()))?;
+        ac.oidc_providers.push(OidcProvider { issuer: p.issuer.clone(), audience: p.audience.clone(), keys });
+    }
+    let accounts = AccountStore::open(&cfg.accounts)?;
+    let server = AccountServer::new(ac, accounts, os_rng())?;
+    let locator = Locator::new(
+        LocatorConfig {
+            nameservers: cfg.dns.nameservers.clone(),
+            dc_port: cfg.dns.dc_port,
+            ntm_domains: cfg.dns.ntm_domains.clone(),
+            static_dcs: cfg.dns.static_dcs.iter().map(|s| s.location()).collect(),
+            ..LocatorConfig::default()
+        },
+        os_rng(),
+    );
+    let dc = DriverConfig {
+        udp: Vec::new(),
+        tls: cfg.common.listen.clone(),
+        tcp: Vec::new(),
+        tls_server: Some(server_tls),
+        tls_client: Some(client_tls),
+        identify,
+        locator: Some(locator),
+        status_socket: cfg.common.status_socket.clone(),
+        max_connections: cfg.common.max_connections,
+        // A login takes a round trip or two; a connection idle for long is abandoned.
+        tls_idle_timeout: Some(Duration::from_secs(60)),
+        signals: true,
+    };
+    Ok(Driver::new(dc, AsDaemon { server, cfg, logins: 0, refusals: 0 })?)
+}
+
+/// Options of the administration commands.
+#[derive(Debug, Default)]
+struct Opts {
+    config: Option<PathBuf>,
+    out: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    name: Option<String>,
+    role: Option<String>,
+    days: Option<u32>,
+    csr: Option<PathBuf>,
+    email: Option<String>,
+    fqdn: Option<String>,
+    account: Option<String>,
+    device: Option<String>,
+    issuer: Option<String>,
+    subject: Option<String>,
+    password_stdin: bool,
+}
+
+fn parse_opts(args: Vec<OsString>) -> Result<Opts, String> {
+    let mut p = lexopt::Parser::from_args(args);
+    let mut o = Opts::default();
+    let text = |p: &mut lexopt::Parser| -> Result<String, String> {
+        p.value().map_err(|e| e.to_string())?.into_string().map_err(|_| "not UTF-8".to_string())
+    };
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            lexopt::Arg::Short('c') | lexopt::Arg::Long("config") => o.config = Some(text(&mut p)?.into()),
+            lexopt::Arg::Long("out") => o.out = Some(text(&mut p)?.into()),
+            lexopt::Arg::Long("ca") => o.ca = Some(text(&mut p)?.into()),
+            lexopt::Arg::Long("name") => o.name = Some(text(&mut p)?),
+            lexopt::Arg::Long("role") => o.role = Some(text(&mut p)?),
+            lexopt::Arg::Long("days") => o.days = Some(text(&mut p)?.parse().map_err(|_| "--days takes a number")?),
+            lexopt::Arg::Long("csr") => o.csr = Some(text(&mut p)?.into()),
+            lexopt::Arg::Long("email") => o.email = Some(text(&mut p)?),
+            lexopt::Arg::Long("fqdn") => o.fqdn = Some(text(&mut p)?),
+            lexopt::Arg::Long("account") => o.account = Some(text(&mut p)?),
+            lexopt::Arg::Long("device") => o.device = Some(text(&mut p)?),
+            lexopt::Arg::Long("issuer") => o.issuer = Some(text(&mut p)?),
+            lexopt::Arg::Long("subject") => o.subject = Some(text(&mut p)?),
+            lexopt::Arg::Long("password-stdin") => o.password_stdin = true,
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    Ok(o)
+}
+
+fn need<T: Clone>(v: &Option<T>, flag: &str) -> Result<T, String> {
+    v.clone().ok_or_else(|| format!("{flag} is needed"))
+}
+
+fn fqdn(s: &str) -> Result<Fqdn, String> {
+    Fqdn::new(s).map_err(|e| format!("\"{s}\": {e}"))
+}
+
+/// Writes a file; a key readable by its owner only.
+fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true).mode(if secret { 0o600 } else { 0o644 });
+    let mut f = opts.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn load_ca(dir: &Path) -> Result<Ca, String> {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| format!("{}: {e}", dir.join(f).display()));
+    Ca::from_pem(&read("ca.pem")?, &read("ca.key")?).map_err(|e| e.to_string())
+}
+
+fn read_password() -> Result<Vec<u8>, String> {
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).map_err(|e| format!("reading the password: {e}"))?;
+    let pw = s.trim_end_matches(['\n', '\r']).as_bytes().to_vec();
+    if pw.is_empty() {
+        return Err("empty password".into());
+    }
+    Ok(pw)
+}
+
+fn accounts(o: &Opts) -> Result<AccountStore, String> {
+    let cfg_path = need(&o.config, "-c as.json")?;
+    let cfg: AsFile = crate::config::load(&cfg_path).map_err(|e| e.to_string())?;
+    AccountStore::open_with(&cfg.accounts, HashCost::Default).map_err(|e| e.to_string())
+}
+
+/// Runs an administration command (`ca`, `attestation-key`, `account`).
+pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), String> {
+    let mut args = args.into_iter();
+    let sub = match word {
+        "attestation-key" => String::new(),
+        _ => args.next().and_then(|s| s.into_string().ok()).ok_or_else(|| format!("{word}: which command?"))?,
+    };
+    let o = parse_opts(args.collect())?;
+    let days = o.days.unwrap_or(825);
+    match (word, sub.as_str()) {
+        ("ca", "init") => {
+            let out = need(&o.out, "--out DIR")?;
+            std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            let ca = Ca::generate(o.name.as_deref().unwrap_or("NTMobile deployment CA"), o.days.unwrap_or(3650))
+                .map_err(|e| e.to_string())?;
+            write_file(&out.join("ca.pem"), ca.cert_pem(), false)?;
+            write_file(&out.join("ca.key"), &ca.key_pem(), true)?;
+            println!("deployment CA written to {}/ca.pem and ca.key (keep ca.key offline)", out.display());
+        }
+        ("ca", "issue") => {
+            let ca = load_ca(&need(&o.ca, "--ca DIR")?)?;
+            let role = pki::role_from_label(&need(&o.role, "--role")?).ok_or("--role: node, as, dc, rs or ns")?;
+            let name = fqdn(&need(&o.name, "--name FQDN")?)?;
+            let out = need(&o.out, "--out DIR")?;
+            std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            let issued = ca.issue(role, &name, days).map_err(|e| e.to_string())?;
+            write_file(&out.join(format!("{name}.pem")), &issued.cert_pem, false)?;
+            write_file(&out.join(format!("{name}.key")), &issued.key_pem, true)?;
+            println!("{} certificate for {name} written to {}", pki::role_label(role), out.display());
+        }
+        ("ca", "sign-csr") => {
+            let ca = load_ca(&need(&o.ca, "--ca DIR")?)?;
+            let role =
+                pki::role_from_label(o.role.as_deref().unwrap_or("node")).ok_or("--role: node, as, dc, rs or ns")?;
+            let name = fqdn(&need(&o.name, "--name FQDN")?)?;
+            let csr_path = need(&o.csr, "--csr FILE")?;
+            let csr = std::fs::read_to_string(&csr_path).map_err(|e| format!("{}: {e}", csr_path.display()))?;
+            let cert = ca.sign_csr(role, &name, &csr, days).map_err(|e| e.to_string())?;
+            write_file(&need(&o.out, "--out FILE")?, &cert, false)?;
+            println!("signed {name} as {}", pki::role_label(role));
+        }
+        ("attestation-key", _) => {
+            use p256::pkcs8::EncodePrivateKey;
+            let out = need(&o.out, "--out FILE")?;
+            let kp = KeyPair::generate(&mut rand_core::OsRng);
+            let scalar = kp.expose_scalar();
+            let secret = p256::SecretKey::from_slice(&*scalar).map_err(|e| e.to_string())?;
+            let pem = secret.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).map_err(|e| e.to_string())?;
+            write_file(&out, &pem, true)?;
+            println!("attestation key written to {}", out.display());
+        }
+        ("account", "add") => {
+            let mut store = accounts(&o)?;
+            let email = need(&o.email, "--email")?;
+            let name = fqdn(&need(&o.fqdn, "--fqdn")?)?;
+            let password = if o.password_stdin { Some(read_password()?) } else { None };
+            store.add_account(&email, password.as_deref(), &name).map_err(|e| e.to_string())?;
+            if let Some(dev) = &o.device {
+                store.bind_device(&email, &fqdn(dev)?).map_err(|e| e.to_string())?;
+            }
+            println!("account {email} bound to {name}");
+        }
+        ("account", "list") => {
+            let store = accounts(&o)?;
+            for a in store.list().map_err(|e| e.to_string())? {
+                println!(
+                    "{}\t{}\t{}{}{}{}",
+                    a.email,
+                    a.fqdn,
+                    if a.has_password { "password " } else { "" },
+                    a.device.as_ref().map(|d| format!("device={d} ")).unwrap_or_default(),
+                    a.oidc.as_ref().map(|b| format!("oidc={}#{} ", b.issuer, b.subject)).unwrap_or_default(),
+                    if a.disabled { "DISABLED" } else { "" }
+                );
+            }
+        }
+        ("account", cmd) => {
+            let mut store = accounts(&o)?;
+            let who = need(&o.account, "--account E|FQDN")?;
+            let r = match cmd {
+                "disable" => store.disable(&who),
+                "enable" => store.enable(&who),
+                "remove" => store.remove(&who),
+                "set-password" => {
+                    let pw = read_password()?;
+                    store.set_password(&who, Some(&pw))
+                }
+                "bind-device" => store.bind_device(&who, &fqdn(&need(&o.device, "--device")?)?),
+                "bind-fqdn" => store.bind_fqdn(&who, &fqdn(&need(&o.fqdn, "--fqdn")?)?),
+                "bind-oidc" => store.bind_oidc(&who, &need(&o.issuer, "--issuer")?, &need(&o.subject, "--subject")?),
+                other => return Err(format!("account {other}: unknown command")),
+            };
+            r.map_err(|e| e.to_string())?;
+            println!("account {who}: {cmd} done");
+        }
+        (w, s) => return Err(format!("unknown command \"{w} {s}\"")),
+    }
+    Ok(())
+}
