@@ -127,6 +127,8 @@ pub struct DriverStats {
     pub connect_failures: u64,
     /// Stream messages with no connection to go on.
     pub no_stream: u64,
+    /// DNS lookups started for the engine.
+    pub dns_lookups: u64,
 }
 
 struct Conn {
@@ -457,6 +459,20 @@ impl<D: Daemon> Driver<D> {
                     if let Some(obj) = status.as_object_mut() {
                         obj.insert("driver".into(), serde_json::to_value(&self.stats).unwrap_or_default());
                         obj.insert("connections".into(), self.conns.len().into());
+                        if let Some(l) = &self.locator {
+                            let st = l.stats();
+                            obj.insert(
+                                "dns".into(),
+                                serde_json::json!({
+                                    "lookups": self.stats.dns_lookups,
+                                    "pending": l.pending(),
+                                    "timeouts": st.timeouts,
+                                    "server_errors": st.server_errors,
+                                    "malformed": st.malformed,
+                                    "ignored": st.ignored,
+                                }),
+                            );
+                        }
                     }
                     let mut text = serde_json::to_string_pretty(&status).unwrap_or_default();
                     text.push('\n');
@@ -855,6 +871,7 @@ impl<D: Daemon> Driver<D> {
             }
             while let Some(q) = self.daemon.engine().poll_dns() {
                 busy = true;
+                self.stats.dns_lookups += 1;
                 match self.locator.as_mut() {
                     Some(l) => l.start(now, q),
                     None => self.daemon.engine().handle_dns(now, q.id, DnsAnswer::Failed),
