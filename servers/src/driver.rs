@@ -340,6 +340,11 @@ impl<D: Daemon> Driver<D> {
         self.listeners.iter().filter_map(|(l, _)| l.local_addr().ok()).collect()
     }
 
+    /// What the driver itself dropped or refused.
+    pub fn stats(&self) -> &DriverStats {
+        &self.stats
+    }
+
     /// The daemon.
     pub fn daemon(&mut self) -> &mut D {
         &mut self.daemon

@@ -248,3 +248,60 @@ fn the_whole_sequence_over_ipv6_loopback() {
     assert!(resolve(&mut [&mut mn, &mut cn], 0, "cn.zone-b.test").is_ok());
     assert!(ping(&mut [&mut mn, &mut cn], 0, 1) && ping(&mut [&mut mn, &mut cn], 1, 0));
 }
+
+/// A man in the middle holding a device's key signs a certificate for the AS's name with
+/// it and answers the node's login: the node (rustls, deployment CA) refuses the chain.
+#[test]
+fn a_server_certificate_signed_by_a_device_certificate_is_refused_by_the_node() {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let site = Site::start(SiteOptions { relay: false, ns: false, ..SiteOptions::default() });
+    let (dev_cert, dev_key) = site.add_device("box.zone-a.test");
+    let dev_cert_pem = std::fs::read_to_string(&dev_cert).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(
+        &dev_cert_pem,
+        KeyPair::from_pem(&std::fs::read_to_string(&dev_key).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let fake_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::new(vec!["as.test".to_owned()]).unwrap();
+    params.subject_alt_names.push(SanType::URI("urn:ntmobile:role:as".try_into().unwrap()));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let fake = params.signed_by(&fake_key, &issuer).unwrap();
+    let chain = vec![fake.der().clone(), CertificateDer::from_pem_slice(dev_cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(fake_key.serialize_pem().as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(ntm_servers::pki::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    // The rogue AS: accepts one connection and runs the handshake.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let rogue = listener.local_addr().unwrap();
+    let config = std::sync::Arc::new(config);
+    let server = std::thread::spawn(move || {
+        let (mut sock, _) = listener.accept().unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let mut conn = rustls::ServerConnection::new(config).unwrap();
+        let mut result = Ok(());
+        while conn.is_handshaking() {
+            match conn.complete_io(&mut sock) {
+                Ok(_) => {}
+                Err(e) => {
+                    result = Err(e.to_string());
+                    break;
+                }
+            }
+        }
+        result
+    });
+    let mut setup = site.setup("zone-a.test");
+    setup.as_addr = rogue;
+    let mut node = TestNode::new(&setup, Cred::Device(dev_cert, dev_key));
+    node.start();
+    assert!(!run_until(&mut [&mut node], 3, |ns| ns[0].node().fqdn().is_some()), "no login through the rogue AS");
+    assert!(node.driver.stats().tls_errors >= 1, "the node's TLS refused the chain");
+    let server_side = server.join().unwrap();
+    assert!(server_side.is_err(), "the handshake never completed: {server_side:?}");
+}
