@@ -1,0 +1,3 @@
+//! `ntmd`, the NTMobile agent (being built: issue 4).
+
+fn main() {}
