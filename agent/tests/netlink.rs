@@ -1,0 +1,368 @@
+//! The rtnetlink driver (`agent/src/netlink.rs`) against the real kernel.
+//!
+//! Isolation: every test that touches the kernel runs inside its own network namespace and
+//! changes nothing outside it. The test creates `ntmtest-<pid>-<n>` and re-executes this test
+//! binary inside it (`ip netns exec NAME <this binary> <test> --exact --nocapture`, with
+//! `NTM_NETLINK_NETNS=NAME`); the child runs the body. Before touching anything the child
+//! checks that its network namespace is NAME's (the same inode as `/run/netns/NAME`), so a
+//! stray environment variable can never make it configure the host. A guard deletes the
+//! namespace when the test ends, also when it panics. Re-executing (rather than `setns` on a
+//! thread) needs no unsafe code and no extra nix feature, and the `ip` commands the child runs
+//! are in the namespace without `-n`.
+//!
+//! The kernel tests are skipped with a notice when not run as root, when `ip` is missing, or
+//! when network namespaces cannot be created.
+
+#![allow(clippy::print_stderr)]
+
+// The agent is a binary crate; the module is compiled into this test directly.
+#[path = "../src/netlink.rs"]
+#[allow(dead_code)]
+mod netlink;
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use netlink::{usable_local_addrs, AddrFlags, AddrScope, IfAddr, NetEvent, Netlink};
+
+const ENV: &str = "NTM_NETLINK_NETNS";
+const PREFIX: &str = "ntmtest-";
+
+/// Deletes the namespace on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create() -> Result<Self, String> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{PREFIX}{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let out = Command::new("ip").args(["netns", "add", &name]).output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(Self { name })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        match Command::new("ip").args(["netns", "del", &self.name]).status() {
+            Ok(s) if s.success() => {}
+            other => eprintln!("could not delete network namespace {}: {other:?}", self.name),
+        }
+    }
+}
+
+fn skip_reason() -> Option<String> {
+    // The owner of /proc/self is the process's effective user.
+    match std::fs::metadata("/proc/self") {
+        Ok(m) if m.uid() == 0 => {}
+        _ => return Some("not root".into()),
+    }
+    match Command::new("ip").arg("-V").output() {
+        Ok(o) if o.status.success() => None,
+        _ => Some("`ip` (iproute2) is missing".into()),
+    }
+}
+
+/// Runs `body` inside a fresh network namespace (see the module doc).
+fn in_netns(test: &str, body: fn()) {
+    if let Ok(name) = std::env::var(ENV) {
+        assert_inside(&name);
+        body();
+        return;
+    }
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping {test}: {why}");
+        return;
+    }
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(e) => {
+            eprintln!("skipping {test}: cannot create a network namespace: {e}");
+            return;
+        }
+    };
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(&exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ENV, &ns.name)
+        .output()
+        .expect("run ip netns exec");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test} in {} failed ({}):\n{stdout}\n{stderr}",
+        ns.name,
+        out.status
+    );
+}
+
+/// The child's safety check: it is in the namespace it was told, never the host's.
+fn assert_inside(name: &str) {
+    assert!(name.starts_with(PREFIX), "{ENV}={name} is not one of ours");
+    let ours = std::fs::metadata("/proc/self/ns/net").expect("own network namespace");
+    let named = std::fs::metadata(format!("/run/netns/{name}"))
+        .or_else(|_| std::fs::metadata(format!("/var/run/netns/{name}")))
+        .expect("the named network namespace");
+    assert_eq!(
+        (ours.dev(), ours.ino()),
+        (named.dev(), named.ino()),
+        "not inside network namespace {name}; refusing to touch the network"
+    );
+}
+
+/// Runs `ip ARGS` (inside the namespace) and returns its standard output.
+fn ip(args: &str) -> String {
+    let out = Command::new("ip").args(args.split_whitespace()).output().expect("run ip");
+    assert!(out.status.success(), "ip {args}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Adds an Ethernet-like test interface: a dummy, or where the kernel has no dummy driver, one
+/// end of a veth pair whose other end (`<name>p`) is up, so that `name` has carrier when up.
+fn add_test_link(name: &str) {
+    let dummy = Command::new("ip").args(["link", "add", name, "type", "dummy"]).output().expect("run ip");
+    if !dummy.status.success() {
+        ip(&format!("link add {name} type veth peer name {name}p"));
+        ip(&format!("link set {name}p up"));
+    }
+}
+
+fn addr(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Waits (with mio, as the agent does) until an event satisfies `want`; returns all events seen.
+fn wait_for(nl: &mut Netlink, want: impl Fn(&NetEvent) -> bool) -> Vec<NetEvent> {
+    let mut poll = Poll::new().unwrap();
+    let fd: RawFd = nl.as_raw_fd();
+    poll.registry().register(&mut SourceFd(&fd), Token(0), Interest::READABLE).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    let mut events = Events::with_capacity(4);
+    loop {
+        seen.extend(nl.read_events().unwrap());
+        if seen.iter().any(&want) {
+            return seen;
+        }
+        let now = Instant::now();
+        assert!(now < deadline, "event not seen; got {seen:?}");
+        poll.poll(&mut events, Some(deadline - now)).unwrap();
+    }
+}
+
+#[test]
+fn dump_lists_the_addresses_of_an_interface() {
+    in_netns("dump_lists_the_addresses_of_an_interface", || {
+        ip("link set lo up");
+        add_test_link("d0");
+        ip("link set d0 up");
+        ip("addr add 192.0.2.10/24 dev d0");
+        // Without duplicate address detection, which would hold the address tentative.
+        ip("addr add 2001:db8:1::10/64 dev d0 nodad");
+
+        let mut nl = Netlink::open().unwrap();
+        let d0 = nl.link_index("d0").unwrap().expect("d0 exists");
+        let addrs = nl.addresses().unwrap();
+        let find =
+            |a: &str| addrs.iter().find(|x| x.addr == addr(a)).unwrap_or_else(|| panic!("{a} not in {addrs:#?}"));
+        for (a, len) in [("192.0.2.10", 24), ("2001:db8:1::10", 64)] {
+            let x = find(a);
+            assert_eq!((x.ifindex, x.ifname.as_str()), (d0, "d0"));
+            assert_eq!(x.prefix_len, len);
+            assert_eq!(x.scope, AddrScope::Universe);
+            assert_eq!(x.flags, AddrFlags::default());
+        }
+        let lo = find("127.0.0.1");
+        assert_eq!((lo.ifname.as_str(), lo.scope), ("lo", AddrScope::Host));
+        assert_eq!(find("::1").ifname, "lo");
+        assert!(
+            addrs.iter().any(|x| x.ifindex == d0 && x.scope == AddrScope::Link),
+            "d0 has an IPv6 link-local address: {addrs:#?}"
+        );
+
+        // What the node would report: only the two global addresses of d0.
+        let mut usable = usable_local_addrs(&addrs, &[], &[], 4000);
+        usable.sort();
+        let expected: Vec<SocketAddr> =
+            vec!["192.0.2.10:4000".parse().unwrap(), "[2001:db8:1::10]:4000".parse().unwrap()];
+        assert_eq!(usable, expected);
+        assert!(usable_local_addrs(&addrs, &[d0], &[], 4000).is_empty());
+    });
+}
+
+#[test]
+fn events_follow_address_and_link_changes() {
+    in_netns("events_follow_address_and_link_changes", || {
+        let mut nl = Netlink::open().unwrap();
+        add_test_link("d0");
+        ip("link set d0 up");
+        let d0 = nl.link_index("d0").unwrap().expect("d0 exists");
+        wait_for(&mut nl, |e| *e == NetEvent::LinkChanged { ifindex: d0, up: true });
+
+        let v4 = addr("198.51.100.7");
+        ip("addr add 198.51.100.7/24 dev d0");
+        let seen = wait_for(&mut nl, |e| matches!(e, NetEvent::AddressAdded(a) if a.addr == v4 && a.prefix_len == 24));
+        let added = seen
+            .iter()
+            .find_map(|e| match e {
+                NetEvent::AddressAdded(a) if a.addr == v4 => Some(a),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!((added.ifindex, added.ifname.as_str()), (d0, "d0"));
+        // The kernel adds the prefix route with the address.
+        if !seen.contains(&NetEvent::RouteChanged) {
+            wait_for(&mut nl, |e| *e == NetEvent::RouteChanged);
+        }
+
+        ip("addr del 198.51.100.7/24 dev d0");
+        wait_for(&mut nl, |e| matches!(e, NetEvent::AddressRemoved(a) if a.addr == v4));
+
+        // IPv6 messages carry no interface name: it comes from the link events.
+        let v6 = addr("2001:db8:2::7");
+        ip("addr add 2001:db8:2::7/64 dev d0");
+        wait_for(&mut nl, |e| matches!(e, NetEvent::AddressAdded(a) if a.addr == v6 && a.ifname == "d0"));
+        ip("addr del 2001:db8:2::7/64 dev d0");
+        wait_for(&mut nl, |e| matches!(e, NetEvent::AddressRemoved(a) if a.addr == v6));
+
+        ip("link set d0 down");
+        wait_for(&mut nl, |e| *e == NetEvent::LinkChanged { ifindex: d0, up: false });
+        ip("link del d0");
+        wait_for(&mut nl, |e| *e == NetEvent::LinkChanged { ifindex: d0, up: false });
+
+        // Drained: nothing more without a change.
+        assert_eq!(nl.read_events().unwrap(), vec![]);
+        assert_eq!(nl.undecodable(), 0);
+    });
+}
+
+#[test]
+fn configures_an_interface_like_the_tun() {
+    in_netns("configures_an_interface_like_the_tun", || {
+        // A TUN device (persistent, no process attached: no carrier, which does not matter).
+        ip("tuntap add d1 mode tun");
+        let mut nl = Netlink::open().unwrap();
+        assert_eq!(nl.link_index("absent0").unwrap(), None);
+        let d1 = nl.link_index("d1").unwrap().expect("d1 exists");
+
+        nl.set_link_up(d1, Some(1400)).unwrap();
+        let link = ip("-j link show d1");
+        assert!(link.contains("\"mtu\":1400"), "{link}");
+        assert!(link.contains("\"UP\""), "{link}");
+
+        // Twice each: the second add meets EEXIST, which is success.
+        for _ in 0..2 {
+            nl.add_address(d1, addr("10.77.0.1"), 24).unwrap();
+            nl.add_address(d1, addr("fd00:77::1"), 64).unwrap();
+        }
+        let addrs = ip("-j addr show dev d1");
+        assert!(addrs.contains("\"local\":\"10.77.0.1\",\"prefixlen\":24"), "{addrs}");
+        assert!(addrs.contains("\"local\":\"fd00:77::1\",\"prefixlen\":64"), "{addrs}");
+        // No duplicate address detection on the virtual address: usable at once.
+        assert!(!addrs.contains("tentative"), "{addrs}");
+
+        for _ in 0..2 {
+            nl.add_route(d1, addr("10.78.1.2"), 16, Some(1300)).unwrap();
+            nl.add_route(d1, addr("fd00:78::"), 48, Some(1300)).unwrap();
+        }
+        for (family, dst) in [("-4", "10.78.0.0/16"), ("-6", "fd00:78::/48")] {
+            let route = ip(&format!("{family} -j route show {dst}"));
+            assert!(route.contains(&format!("\"dst\":\"{dst}\"")), "{route}");
+            assert!(route.contains("\"dev\":\"d1\""), "{route}");
+            assert!(route.contains("\"mtu\":1300"), "{route}");
+            assert_eq!(route.matches("\"dst\"").count(), 1, "one route: {route}");
+        }
+        // A changed MTU replaces the route.
+        nl.add_route(d1, addr("10.78.0.0"), 16, Some(1280)).unwrap();
+        let route = ip("-4 -j route show 10.78.0.0/16");
+        assert!(route.contains("\"mtu\":1280"), "{route}");
+
+        // The driver sees what it configured.
+        let seen = nl.addresses().unwrap();
+        assert!(seen.iter().any(|a| a.ifname == "d1" && a.addr == addr("10.77.0.1")));
+
+        for _ in 0..2 {
+            nl.del_route(d1, addr("10.78.0.0"), 16).unwrap();
+            nl.del_route(d1, addr("fd00:78::"), 48).unwrap();
+        }
+        assert_eq!(ip("-4 -j route show 10.78.0.0/16").trim(), "[]");
+        assert_eq!(ip("-6 -j route show fd00:78::/48").trim(), "[]");
+
+        // Real errors are reported.
+        let absent = d1 + 1000;
+        assert!(nl.add_address(absent, addr("10.79.0.1"), 24).is_err());
+        assert!(nl.add_route(absent, addr("10.80.0.0"), 16, None).is_err());
+        assert!(nl.set_link_up(absent, None).is_err());
+    });
+}
+
+fn ifaddr(ifindex: u32, a: &str, prefix_len: u8) -> IfAddr {
+    IfAddr {
+        ifindex,
+        ifname: format!("if{ifindex}"),
+        addr: addr(a),
+        prefix_len,
+        scope: AddrScope::Universe,
+        flags: AddrFlags::default(),
+    }
+}
+
+#[test]
+fn usable_local_addrs_filters() {
+    let tun = 9;
+    let mut addrs = vec![
+        ifaddr(2, "192.0.2.10", 24),       // kept
+        ifaddr(2, "10.0.0.5", 8),          // kept: private, the DC detects the NAT
+        ifaddr(3, "2001:db8::5", 64),      // kept
+        ifaddr(3, "fd12::5", 64),          // kept: unique local
+        ifaddr(1, "127.0.0.1", 8),         // loopback
+        ifaddr(1, "::1", 128),             // loopback
+        ifaddr(2, "169.254.3.4", 16),      // link-local
+        ifaddr(3, "fe80::1", 64),          // link-local
+        ifaddr(3, "fec0::1", 64),          // site-local (deprecated)
+        ifaddr(3, "ff02::1", 64),          // multicast
+        ifaddr(2, "224.0.0.1", 4),         // multicast
+        ifaddr(2, "0.0.0.0", 0),           // unspecified
+        ifaddr(3, "::ffff:192.0.2.1", 96), // IPv4-mapped
+        ifaddr(tun, "198.18.0.1", 15),     // on the TUN
+        ifaddr(2, "100.64.7.7", 10),       // inside a virtual prefix
+        ifaddr(3, "fd00:ffff::7", 64),     // inside a virtual prefix
+        ifaddr(2, "192.0.2.10", 24),       // duplicate
+    ];
+    let mut flagged = |a: &str, f: AddrFlags| {
+        let mut x = ifaddr(3, a, 64);
+        x.flags = f;
+        addrs.push(x);
+    };
+    flagged("2001:db8::6", AddrFlags { tentative: true, ..Default::default() });
+    flagged("2001:db8::7", AddrFlags { deprecated: true, ..Default::default() });
+    flagged("2001:db8::8", AddrFlags { dad_failed: true, ..Default::default() });
+    let mut site = ifaddr(2, "192.0.2.11", 24);
+    site.scope = AddrScope::Link;
+    addrs.push(site);
+
+    let virtual_prefixes = [(addr("100.64.0.0"), 10), (addr("fd00:ffff::"), 32)];
+    let got = usable_local_addrs(&addrs, &[tun], &virtual_prefixes, 7000);
+    let want: Vec<SocketAddr> = ["192.0.2.10:7000", "10.0.0.5:7000", "[2001:db8::5]:7000", "[fd12::5]:7000"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(got, want);
+
+    // Without exclusions the TUN's and the virtual addresses would be reported.
+    assert_eq!(usable_local_addrs(&addrs, &[], &[], 7000).len(), 7);
+    assert!(usable_local_addrs(&[], &[], &[], 7000).is_empty());
+}
