@@ -1,7 +1,7 @@
 //! A sans-IO DNS client that answers the engines' [`DnsQuery`]: "which DC serves this
 //! name?" (spec section 2, "Discovery is DNS": the NS record of a name's zone names its DC).
 //!
-//! [`Locator`] builds and parses real DNS messages with `hickory-proto` (no DNS encoding is
+//! [`Locator`] builds and parses real DNS messages with `simple-dns` (no DNS encoding is
 //! written by hand, and every length from the wire goes through its decoder); the driver
 //! owns the UDP socket and the clock. The calls follow the engines' shape:
 //!
@@ -53,10 +53,13 @@
 use crate::engine::{DcLocation, DnsAnswer, DnsQuery, Rng};
 use crate::time::{Duration, Instant};
 use crate::wire::Fqdn;
+use core::cmp::Ordering;
 use core::fmt;
-use core::net::{IpAddr, SocketAddr};
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use simple_dns::rdata::{RData, OPT};
+use simple_dns::{
+    header_buffer, Label, Name, Packet, PacketFlag, ResourceRecord, CLASS, OPCODE, QCLASS, QTYPE, RCODE, TYPE,
+};
 use std::collections::{BTreeMap, VecDeque};
 
 /// The UDP payload size advertised with EDNS(0) (the DNS Flag Day 2020 value: no
@@ -64,6 +67,12 @@ use std::collections::{BTreeMap, VecDeque};
 const EDNS_PAYLOAD: u16 = 1232;
 /// Longest CNAME chain chased inside one response.
 const CNAME_CHAIN_MAX: usize = 8;
+/// Length of the DNS header.
+const HEADER_LEN: usize = 12;
+/// Shortest question on the wire: the root name, type and class.
+const QUESTION_MIN: usize = 5;
+/// Shortest resource record on the wire: the root name, type, class, TTL and RDLENGTH.
+const RECORD_MIN: usize = 11;
 
 /// How a [`Locator`] finds DCs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,9 +132,9 @@ pub struct LocatorStats {
 enum Expect {
     /// NS was asked for `name` (the query's name, or a CNAME target); the response names
     /// the zone.
-    Zone { name: Name, followed_cname: bool },
+    Zone { name: DName, followed_cname: bool },
     /// NS was asked for the zone an SOA named.
-    ZoneNs { zone: Name },
+    ZoneNs { zone: DName },
     /// A and AAAA were asked for an NS target.
     Addresses(Targets),
 }
@@ -134,11 +143,11 @@ enum Expect {
 #[derive(Clone, Debug)]
 struct Targets {
     /// NS targets that are valid names, in canonical order, without duplicates.
-    targets: Vec<(Name, Fqdn)>,
+    targets: Vec<(DName, Fqdn)>,
     /// Index of the target being resolved.
     current: usize,
     /// Glue from the response that named the targets.
-    glue: Vec<(Name, IpAddr)>,
+    glue: Vec<(DName, IpAddr)>,
     /// The current target's IPv4 addresses, once its A query finished.
     v4: Option<Vec<IpAddr>>,
     /// The current target's IPv6 addresses, once its AAAA query finished.
@@ -150,7 +159,7 @@ enum Step {
     /// The lookup is over.
     Done(DnsAnswer),
     /// Send these questions (dropping the lookup's older queries) and wait for their replies.
-    Ask(Expect, Vec<(Name, RecordType)>),
+    Ask(Expect, Vec<(DName, TYPE)>),
     /// Keep waiting for the queries already out.
     Wait(Expect),
 }
@@ -169,7 +178,7 @@ struct Outstanding {
     /// The lookup it belongs to.
     lookup: u64,
     /// What was asked; a reply must carry exactly this question.
-    question: Query,
+    question: Asked,
     /// The encoded query, sent again as it is.
     bytes: Vec<u8>,
     /// Sends so far.
@@ -230,47 +239,44 @@ impl Locator {
             self.answers.push_back((query.id, DnsAnswer::Failed));
             return;
         }
-        let Some(name) = to_name(&query.name) else {
-            self.answers.push_back((query.id, DnsAnswer::Failed));
-            return;
-        };
+        let name = DName::from_fqdn(&query.name);
         let slot = self.next_slot;
         self.next_slot = self.next_slot.wrapping_add(1);
-        let ask = vec![(name.clone(), RecordType::NS)];
+        let ask = vec![(name.clone(), TYPE::NS)];
         self.apply(now, slot, query.id, Step::Ask(Expect::Zone { name, followed_cname: false }, ask));
     }
 
     /// A UDP datagram arrived from `from`. Anything that is not the awaited reply is
     /// ignored and counted.
     pub fn handle_response(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
-        let Ok(msg) = Message::from_vec(bytes) else {
+        let Some(msg) = decode(bytes) else {
             self.stats.malformed = self.stats.malformed.saturating_add(1);
             return;
         };
-        let id = msg.metadata.id;
+        let id = msg.id();
         let matches = self.outstanding.get(&id).is_some_and(|out| {
             out.sent_to.contains(&from)
-                && msg.metadata.message_type == MessageType::Response
-                && msg.metadata.op_code == OpCode::Query
-                && msg.queries.len() == 1
-                && msg.queries.first() == Some(&out.question)
+                && msg.has_flags(PacketFlag::RESPONSE)
+                && msg.opcode() == OPCODE::StandardQuery
+                && msg.questions.len() == 1
+                && msg.questions.first().is_some_and(|q| out.question.matches(q))
         });
         if !matches {
             self.stats.ignored = self.stats.ignored.saturating_add(1);
             return;
         }
-        if msg.metadata.truncation {
+        if msg.has_flags(PacketFlag::TRUNCATION) {
             self.stats.truncated = self.stats.truncated.saturating_add(1);
             self.try_failed(now, id);
             return;
         }
-        if !matches!(msg.metadata.response_code, ResponseCode::NoError | ResponseCode::NXDomain) {
+        if !matches!(msg.rcode(), RCODE::NoError | RCODE::NameError) {
             self.stats.server_errors = self.stats.server_errors.saturating_add(1);
             self.try_failed(now, id);
             return;
         }
         if let Some(out) = self.outstanding.remove(&id) {
-            self.on_reply(now, out, &msg);
+            self.on_reply(now, out, &Reply::new(&msg));
         }
     }
 
@@ -355,17 +361,11 @@ impl Locator {
 
     /// Sends a new query to the first nameserver. False if there is no nameserver, no
     /// free DNS id or the message does not encode.
-    fn send(&mut self, now: Instant, lookup: u64, name: Name, rtype: RecordType) -> bool {
+    fn send(&mut self, now: Instant, lookup: u64, name: DName, rtype: TYPE) -> bool {
         let Some(&server) = self.cfg.nameservers.first() else { return false };
         let Some(id) = self.free_id() else { return false };
-        let question = Query::query(name, rtype);
-        let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
-        msg.metadata.recursion_desired = true;
-        msg.add_query(question.clone());
-        let mut edns = Edns::new();
-        edns.set_max_payload(EDNS_PAYLOAD);
-        msg.set_edns(edns);
-        let Ok(bytes) = msg.to_vec() else { return false };
+        let question = Asked { name, rtype };
+        let Ok(bytes) = question.encode(id) else { return false };
         self.transmits.push_back((server, bytes.clone()));
         let deadline = now + self.cfg.timeout;
         self.outstanding.insert(id, Outstanding { lookup, question, bytes, tries: 1, sent_to: vec![server], deadline });
@@ -408,32 +408,34 @@ impl Locator {
     fn on_failure(&mut self, now: Instant, out: Outstanding) {
         let Some(lookup) = self.lookups.remove(&out.lookup) else { return };
         let step = match lookup.expect {
-            Expect::Addresses(st) => self.address_result(st, out.question.query_type, Vec::new()),
+            Expect::Addresses(st) => self.address_result(st, out.question.rtype, Vec::new()),
             Expect::Zone { .. } | Expect::ZoneNs { .. } => Step::Done(DnsAnswer::Failed),
         };
         self.apply(now, out.lookup, lookup.id, step);
     }
 
     /// A reply (NOERROR or NXDOMAIN) to query `out` arrived.
-    fn on_reply(&mut self, now: Instant, out: Outstanding, msg: &Message) {
+    fn on_reply(&mut self, now: Instant, out: Outstanding, msg: &Reply) {
         let Some(lookup) = self.lookups.remove(&out.lookup) else { return };
         let step = match lookup.expect {
             Expect::Zone { name, followed_cname } => self.on_zone(&name, followed_cname, msg),
             Expect::ZoneNs { zone } => self.on_zone_ns(&zone, msg),
             Expect::Addresses(st) => {
                 let owner = chase(&msg.answers, &out.question.name);
-                let addrs = in_class(&msg.answers)
-                    .filter(|r| r.name == owner)
-                    .filter_map(|r| address(r, out.question.query_type))
+                let addrs = msg
+                    .answers
+                    .iter()
+                    .filter(|r| r.owner == owner)
+                    .filter_map(|r| address(r, out.question.rtype))
                     .collect();
-                self.address_result(st, out.question.query_type, addrs)
+                self.address_result(st, out.question.rtype, addrs)
             }
         };
         self.apply(now, out.lookup, lookup.id, step);
     }
 
     /// The reply to NS for `name`: cases (a) to (d) of the module documentation.
-    fn on_zone(&self, name: &Name, followed_cname: bool, msg: &Message) -> Step {
+    fn on_zone(&self, name: &DName, followed_cname: bool, msg: &Reply) -> Step {
         let current = chase(&msg.answers, name);
         // (a) The name (or the end of its CNAME chain) is a zone apex.
         let targets = ns_targets(&msg.answers, &current);
@@ -442,17 +444,17 @@ impl Locator {
         }
         // (c) NODATA or NXDOMAIN: the SOA's owner is the zone. An SOA owned by the name we
         // asked NS for is a broken zone (an apex has NS records); asking again would loop.
-        if let Some(zone) = closest_owner(&msg.authorities, &current, RecordType::SOA) {
+        if let Some(zone) = closest_owner(&msg.authorities, &current, TYPE::SOA) {
             if zone == *name {
                 return Step::Done(DnsAnswer::Failed);
             }
             if let Some(answer) = self.classify_name(&zone) {
                 return Step::Done(answer);
             }
-            return Step::Ask(Expect::ZoneNs { zone: zone.clone() }, vec![(zone, RecordType::NS)]);
+            return Step::Ask(Expect::ZoneNs { zone: zone.clone() }, vec![(zone, TYPE::NS)]);
         }
         // (b) A referral: the delegated zone and its servers.
-        if let Some(zone) = closest_owner(&msg.authorities, &current, RecordType::NS) {
+        if let Some(zone) = closest_owner(&msg.authorities, &current, TYPE::NS) {
             // A referral points down into the zone that holds the name. One to a zone
             // above the NTM domains (an upward referral from a server outside the NTM
             // tree) says nothing about the name's zone.
@@ -467,7 +469,7 @@ impl Locator {
             if let Some(answer) = self.classify_name(&current) {
                 return Step::Done(answer);
             }
-            let ask = vec![(current.clone(), RecordType::NS)];
+            let ask = vec![(current.clone(), TYPE::NS)];
             return Step::Ask(Expect::Zone { name: current, followed_cname: true }, ask);
         }
         Step::Done(DnsAnswer::Failed)
@@ -475,7 +477,7 @@ impl Locator {
 
     /// The reply to NS for a zone an SOA named: its NS records, in the answer or as a
     /// referral to exactly that zone.
-    fn on_zone_ns(&self, zone: &Name, msg: &Message) -> Step {
+    fn on_zone_ns(&self, zone: &DName, msg: &Reply) -> Step {
         let mut targets = ns_targets(&msg.answers, zone);
         if targets.is_empty() {
             targets = ns_targets(&msg.authorities, zone);
@@ -487,24 +489,26 @@ impl Locator {
     }
 
     /// [`Locator::classify`] for a name from the wire.
-    fn classify_name(&self, name: &Name) -> Option<DnsAnswer> {
-        match to_fqdn(name) {
+    fn classify_name(&self, name: &DName) -> Option<DnsAnswer> {
+        match name.to_fqdn() {
             Some(fqdn) => self.classify(&fqdn),
             None => Some(DnsAnswer::Failed),
         }
     }
 
     /// The zone and its NS targets are known: resolve the first target.
-    fn zone_found(&self, zone: &Name, targets: Vec<Name>, msg: &Message) -> Step {
+    fn zone_found(&self, zone: &DName, targets: Vec<DName>, msg: &Reply) -> Step {
         if let Some(answer) = self.classify_name(zone) {
             return Step::Done(answer);
         }
-        let mut targets: Vec<(Name, Fqdn)> =
-            targets.into_iter().filter_map(|t| Some((t.to_lowercase(), to_fqdn(&t)?))).collect();
+        let mut targets: Vec<(DName, Fqdn)> =
+            targets.into_iter().filter_map(|t| Some((t.to_lowercase(), t.to_fqdn()?))).collect();
         targets.sort();
         targets.dedup();
-        let glue = in_class(&msg.additionals)
-            .filter_map(|r| Some((r.name.clone(), address(r, RecordType::A).or_else(|| address(r, RecordType::AAAA))?)))
+        let glue = msg
+            .additionals
+            .iter()
+            .filter_map(|r| Some((r.owner.clone(), address(r, TYPE::A).or_else(|| address(r, TYPE::AAAA))?)))
             .collect();
         self.next_target(Targets { targets, current: 0, glue, v4: None, v6: None })
     }
@@ -516,16 +520,17 @@ impl Locator {
         if !glue.is_empty() {
             return Step::Done(self.location(fqdn, glue));
         }
-        let ask = vec![(name.clone(), RecordType::A), (name.clone(), RecordType::AAAA)];
+        let ask = vec![(name.clone(), TYPE::A), (name.clone(), TYPE::AAAA)];
         Step::Ask(Expect::Addresses(st), ask)
     }
 
     /// The A or AAAA query for the current target finished with `addrs` (empty if it
     /// failed): answer when both did, or move on to the next target.
-    fn address_result(&self, mut st: Targets, rtype: RecordType, addrs: Vec<IpAddr>) -> Step {
-        match rtype {
-            RecordType::A => st.v4 = Some(addrs),
-            _ => st.v6 = Some(addrs),
+    fn address_result(&self, mut st: Targets, rtype: TYPE, addrs: Vec<IpAddr>) -> Step {
+        if rtype == TYPE::A {
+            st.v4 = Some(addrs);
+        } else {
+            st.v6 = Some(addrs);
         }
         let (Some(v4), Some(v6)) = (&st.v4, &st.v6) else { return Step::Wait(Expect::Addresses(st)) };
         let addrs: Vec<IpAddr> = v4.iter().chain(v6).copied().collect();
@@ -550,17 +555,200 @@ impl Locator {
     }
 }
 
-/// The records of class IN in a section.
-fn in_class(section: &[Record]) -> impl Iterator<Item = &Record> {
-    section.iter().filter(|r| r.dns_class == DNSClass::IN)
+/// A domain name as a lookup holds it: its labels, leftmost first, spelled as they came.
+/// Equality and order ignore ASCII case, as DNS does; the order is the canonical one of
+/// RFC 4034, 6.1 (labels compared from the root down, as octet strings).
+#[derive(Clone, Debug)]
+struct DName(Vec<Vec<u8>>);
+
+impl DName {
+    /// An engine's name (always a valid DNS name: labels of 1-63 bytes, 253 bytes at most).
+    fn from_fqdn(fqdn: &Fqdn) -> DName {
+        DName(fqdn.as_str().split('.').map(|label| label.as_bytes().to_vec()).collect())
+    }
+
+    /// A name decoded by simple-dns (its lengths already checked by the decoder).
+    fn from_wire(name: &Name<'_>) -> DName {
+        DName(name.as_bytes().map(<[u8]>::to_vec).collect())
+    }
+
+    /// The name for simple-dns to encode.
+    fn to_wire(&self) -> Name<'_> {
+        let labels: Vec<Label<'_>> = self.0.iter().map(|label| Label::new_unchecked(label.as_slice())).collect();
+        Name::new_with_labels(&labels)
+    }
+
+    /// The name in lowercase.
+    fn to_lowercase(&self) -> DName {
+        DName(self.0.iter().map(|label| label.to_ascii_lowercase()).collect())
+    }
+
+    /// True if `self` is `name` or one of its ancestors.
+    fn zone_of(&self, name: &DName) -> bool {
+        self.0.len() <= name.0.len()
+            && self.0.iter().rev().zip(name.0.iter().rev()).all(|(a, b)| a.eq_ignore_ascii_case(b))
+    }
+
+    /// The number of labels, a leading wildcard (`*`) not counted.
+    fn num_labels(&self) -> usize {
+        match self.0.first() {
+            Some(first) if first.as_slice() == b"*" => self.0.len().saturating_sub(1),
+            _ => self.0.len(),
+        }
+    }
+
+    /// The name as the engines spell it, if it is a valid [`Fqdn`] (not the root, only
+    /// letters, digits, hyphens and underscores).
+    fn to_fqdn(&self) -> Option<Fqdn> {
+        let mut text = String::new();
+        for label in &self.0 {
+            if !label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return None;
+            }
+            if !text.is_empty() {
+                text.push('.');
+            }
+            text.extend(label.iter().map(|&b| char::from(b)));
+        }
+        Fqdn::new(&text).ok()
+    }
+}
+
+impl PartialEq for DName {
+    fn eq(&self, other: &DName) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| a.eq_ignore_ascii_case(b))
+    }
+}
+
+impl Eq for DName {}
+
+impl PartialOrd for DName {
+    fn partial_cmp(&self, other: &DName) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for DName {
+    fn cmp(&self, other: &DName) -> Ordering {
+        for (a, b) in self.0.iter().rev().zip(other.0.iter().rev()) {
+            let order = a.iter().map(u8::to_ascii_lowercase).cmp(b.iter().map(u8::to_ascii_lowercase));
+            if order != Ordering::Equal {
+                return order;
+            }
+        }
+        self.0.len().cmp(&other.0.len())
+    }
+}
+
+/// A question a query carries (class IN).
+#[derive(Clone, Debug)]
+struct Asked {
+    name: DName,
+    rtype: TYPE,
+}
+
+impl Asked {
+    /// The query: this question, recursion desired, an EDNS(0) payload of [`EDNS_PAYLOAD`].
+    fn encode(&self, id: u16) -> simple_dns::Result<Vec<u8>> {
+        let mut msg = Packet::new_query(id);
+        msg.set_flags(PacketFlag::RECURSION_DESIRED);
+        msg.questions.push(simple_dns::Question::new(self.name.to_wire(), self.rtype.into(), CLASS::IN.into(), false));
+        *msg.opt_mut() = Some(OPT { opt_codes: Vec::new(), udp_packet_size: EDNS_PAYLOAD, version: 0 });
+        msg.build_bytes_vec()
+    }
+
+    /// True if a reply's question is exactly this one (the name in any case). A class
+    /// with the top bit set (mDNS "unicast response") is another class.
+    fn matches(&self, question: &simple_dns::Question<'_>) -> bool {
+        question.qtype == QTYPE::TYPE(self.rtype)
+            && question.qclass == QCLASS::CLASS(CLASS::IN)
+            && !question.unicast_response
+            && DName::from_wire(&question.qname) == self.name
+    }
+}
+
+/// A record of class IN, as far as a lookup reads it.
+#[derive(Clone, Debug)]
+struct Rec {
+    owner: DName,
+    rtype: TYPE,
+    data: Data,
+}
+
+/// The part of a record's data a lookup reads.
+#[derive(Clone, Debug)]
+enum Data {
+    Ns(DName),
+    Cname(DName),
+    A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
+    Other,
+}
+
+/// The sections of a reply, reduced to their records of class IN.
+#[derive(Debug)]
+struct Reply {
+    answers: Vec<Rec>,
+    authorities: Vec<Rec>,
+    additionals: Vec<Rec>,
+}
+
+impl Reply {
+    fn new(msg: &Packet<'_>) -> Reply {
+        Reply {
+            answers: in_class(&msg.answers),
+            authorities: in_class(&msg.name_servers),
+            additionals: in_class(&msg.additional_records),
+        }
+    }
+}
+
+/// The records of class IN in a section. simple-dns reads the class's top bit as the mDNS
+/// cache-flush flag; in unicast DNS that is another class, so such records are left out.
+fn in_class(section: &[ResourceRecord<'_>]) -> Vec<Rec> {
+    section
+        .iter()
+        .filter(|r| r.class == CLASS::IN && !r.cache_flush)
+        .map(|r| Rec {
+            owner: DName::from_wire(&r.name),
+            rtype: r.rdata.type_code(),
+            data: match &r.rdata {
+                RData::NS(ns) => Data::Ns(DName::from_wire(&ns.0)),
+                RData::CNAME(cname) => Data::Cname(DName::from_wire(&cname.0)),
+                RData::A(a) => Data::A(Ipv4Addr::from(a.address)),
+                RData::AAAA(aaaa) => Data::Aaaa(Ipv6Addr::from(aaaa.address)),
+                _ => Data::Other,
+            },
+        })
+        .collect()
+}
+
+/// Decodes a datagram as a DNS message with simple-dns. The section counts are checked
+/// against the datagram's length first (a question takes 5 bytes at least, a record 11):
+/// the decoder reserves room for every counted entry before reading any, so a short
+/// datagram must not make it reserve megabytes.
+fn decode(bytes: &[u8]) -> Option<Packet<'_>> {
+    // header_buffer's readers index the buffer: only call them on a whole header.
+    if bytes.len() < HEADER_LEN {
+        return None;
+    }
+    let count = |read: fn(&[u8]) -> simple_dns::Result<u16>| read(bytes).ok().map(usize::from);
+    let questions = count(header_buffer::questions)?;
+    let records = count(header_buffer::answers)?
+        + count(header_buffer::name_servers)?
+        + count(header_buffer::additional_records)?;
+    if HEADER_LEN + QUESTION_MIN * questions + RECORD_MIN * records > bytes.len() {
+        return None;
+    }
+    Packet::parse(bytes).ok()
 }
 
 /// Follows the CNAME chain from `name` inside a section; returns where it ends.
-fn chase(section: &[Record], name: &Name) -> Name {
+fn chase(section: &[Rec], name: &DName) -> DName {
     let mut current = name.clone();
     for _ in 0..CNAME_CHAIN_MAX {
-        let next = in_class(section).find_map(|r| match &r.data {
-            RData::CNAME(target) if r.name == current => Some(target.0.clone()),
+        let next = section.iter().find_map(|r| match &r.data {
+            Data::Cname(target) if r.owner == current => Some(target.clone()),
             _ => None,
         });
         match next {
@@ -572,49 +760,41 @@ fn chase(section: &[Record], name: &Name) -> Name {
 }
 
 /// The targets of the NS records owned by `owner` in a section.
-fn ns_targets(section: &[Record], owner: &Name) -> Vec<Name> {
-    in_class(section)
-        .filter(|r| r.name == *owner)
+fn ns_targets(section: &[Rec], owner: &DName) -> Vec<DName> {
+    section
+        .iter()
+        .filter(|r| r.owner == *owner)
         .filter_map(|r| match &r.data {
-            RData::NS(ns) => Some(ns.0.clone()),
+            Data::Ns(target) => Some(target.clone()),
             _ => None,
         })
         .collect()
 }
 
 /// The owner, closest to `name`, of a record of type `rtype` at `name` or above it.
-fn closest_owner(section: &[Record], name: &Name, rtype: RecordType) -> Option<Name> {
-    in_class(section)
-        .filter(|r| r.record_type() == rtype && r.name.zone_of(name))
-        .max_by_key(|r| r.name.num_labels())
-        .map(|r| r.name.clone())
+fn closest_owner(section: &[Rec], name: &DName, rtype: TYPE) -> Option<DName> {
+    section
+        .iter()
+        .filter(|r| r.rtype == rtype && r.owner.zone_of(name))
+        .max_by_key(|r| r.owner.num_labels())
+        .map(|r| r.owner.clone())
 }
 
 /// The address in an A (or AAAA) record, if the record is of type `rtype`.
-fn address(record: &Record, rtype: RecordType) -> Option<IpAddr> {
+fn address(record: &Rec, rtype: TYPE) -> Option<IpAddr> {
     match (&record.data, rtype) {
-        (RData::A(a), RecordType::A) => Some(IpAddr::V4(a.0)),
-        (RData::AAAA(aaaa), RecordType::AAAA) => Some(IpAddr::V6(aaaa.0)),
+        (Data::A(a), TYPE::A) => Some(IpAddr::V4(*a)),
+        (Data::Aaaa(aaaa), TYPE::AAAA) => Some(IpAddr::V6(*aaaa)),
         _ => None,
     }
-}
-
-/// A canonical name as hickory spells it (fully qualified).
-fn to_name(fqdn: &Fqdn) -> Option<Name> {
-    Name::from_ascii(format!("{}.", fqdn.as_str())).ok()
-}
-
-/// A name from the wire as the engines spell it, if it is a valid [`Fqdn`] (not the root,
-/// only letters, digits, hyphens and underscores).
-fn to_fqdn(name: &Name) -> Option<Fqdn> {
-    Fqdn::new(&name.to_ascii()).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA};
     use rand_chacha::rand_core::SeedableRng;
+    use simple_dns::rdata::{A, AAAA, CNAME, NS, SOA};
+    use simple_dns::Question;
 
     const NS1: &str = "192.0.2.53:53";
     const NS2: &str = "198.51.100.53:53";
@@ -628,8 +808,33 @@ mod tests {
         Fqdn::new(s).unwrap()
     }
 
-    fn n(s: &str) -> Name {
-        Name::from_ascii(s).unwrap()
+    fn n(s: &str) -> Name<'static> {
+        Name::new(s).unwrap().into_owned()
+    }
+
+    /// A question of class IN.
+    fn question(name: &str, rtype: TYPE) -> Question<'static> {
+        Question::new(n(name), rtype.into(), CLASS::IN.into(), false)
+    }
+
+    /// A query as the locator sent it, decoded.
+    #[derive(Debug)]
+    struct Sent {
+        id: u16,
+        response: bool,
+        opcode: OPCODE,
+        recursion_desired: bool,
+        edns_payload: Option<u16>,
+        questions: Vec<Question<'static>>,
+    }
+
+    impl Sent {
+        fn rtype(&self) -> TYPE {
+            match self.questions[0].qtype {
+                QTYPE::TYPE(t) => t,
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     fn cfg() -> LocatorConfig {
@@ -662,12 +867,25 @@ mod tests {
     }
 
     /// Drains the queries sent, parsed.
-    fn sent(loc: &mut Locator) -> Vec<(SocketAddr, Message)> {
-        core::iter::from_fn(|| loc.poll_transmit()).map(|(to, b)| (to, Message::from_vec(&b).unwrap())).collect()
+    fn sent(loc: &mut Locator) -> Vec<(SocketAddr, Sent)> {
+        core::iter::from_fn(|| loc.poll_transmit())
+            .map(|(to, b)| {
+                let m = Packet::parse(&b).unwrap();
+                let sent = Sent {
+                    id: m.id(),
+                    response: m.has_flags(PacketFlag::RESPONSE),
+                    opcode: m.opcode(),
+                    recursion_desired: m.has_flags(PacketFlag::RECURSION_DESIRED),
+                    edns_payload: m.opt().map(|o| o.udp_packet_size),
+                    questions: m.questions.iter().map(|q| q.clone().into_owned()).collect(),
+                };
+                (to, sent)
+            })
+            .collect()
     }
 
     /// The one query sent, checked for its question.
-    fn one_query(loc: &mut Locator, name: &str, rtype: RecordType) -> Message {
+    fn one_query(loc: &mut Locator, name: &str, rtype: TYPE) -> Sent {
         let mut s = sent(loc);
         assert_eq!(s.len(), 1, "{s:?}");
         let (to, m) = s.remove(0);
@@ -676,44 +894,61 @@ mod tests {
         m
     }
 
-    fn assert_question(m: &Message, name: &str, rtype: RecordType) {
-        assert_eq!(m.metadata.message_type, MessageType::Query);
-        assert!(m.metadata.recursion_desired);
-        assert_eq!(m.queries, vec![Query::query(n(name), rtype)]);
-        assert_eq!(m.edns.as_ref().map(|e| e.max_payload()), Some(EDNS_PAYLOAD));
+    fn assert_question(m: &Sent, name: &str, rtype: TYPE) {
+        assert!(!m.response);
+        assert_eq!(m.opcode, OPCODE::StandardQuery);
+        assert!(m.recursion_desired);
+        assert_eq!(m.questions.len(), 1);
+        let q = &m.questions[0];
+        assert_eq!(q.qname, n(name));
+        assert_eq!(q.qtype, QTYPE::TYPE(rtype));
+        assert_eq!(q.qclass, QCLASS::CLASS(CLASS::IN));
+        assert!(!q.unicast_response);
+        assert_eq!(m.edns_payload, Some(EDNS_PAYLOAD));
     }
 
     /// A response to `query` with no records.
-    fn reply(query: &Message, rcode: ResponseCode) -> Message {
-        let mut r = Message::response(query.metadata.id, OpCode::Query);
-        r.metadata.recursion_desired = true;
-        r.metadata.recursion_available = true;
-        r.metadata.response_code = rcode;
-        r.add_queries(query.queries.clone());
+    fn reply(query: &Sent, rcode: RCODE) -> Packet<'static> {
+        let mut r = Packet::new_reply(query.id);
+        r.set_flags(PacketFlag::RECURSION_DESIRED | PacketFlag::RECURSION_AVAILABLE);
+        *r.rcode_mut() = rcode;
+        r.questions = query.questions.clone();
         r
     }
 
-    fn rec(name: &str, data: RData) -> Record {
-        Record::from_rdata(n(name), 300, data)
+    fn rec(name: &str, data: RData<'static>) -> ResourceRecord<'static> {
+        ResourceRecord::new(n(name), CLASS::IN, 300, data)
     }
-    fn ns(owner: &str, target: &str) -> Record {
+    fn ns(owner: &str, target: &str) -> ResourceRecord<'static> {
         rec(owner, RData::NS(NS(n(target))))
     }
-    fn a(owner: &str, ip: &str) -> Record {
-        rec(owner, RData::A(A(ip.parse().unwrap())))
+    fn a(owner: &str, ip: &str) -> ResourceRecord<'static> {
+        rec(owner, RData::A(A::from(ip.parse::<Ipv4Addr>().unwrap())))
     }
-    fn aaaa(owner: &str, ip: &str) -> Record {
-        rec(owner, RData::AAAA(AAAA(ip.parse().unwrap())))
+    fn aaaa(owner: &str, ip: &str) -> ResourceRecord<'static> {
+        rec(owner, RData::AAAA(AAAA::from(ip.parse::<Ipv6Addr>().unwrap())))
     }
-    fn cname(owner: &str, target: &str) -> Record {
+    fn cname(owner: &str, target: &str) -> ResourceRecord<'static> {
         rec(owner, RData::CNAME(CNAME(n(target))))
     }
-    fn soa(owner: &str) -> Record {
-        rec(owner, RData::SOA(SOA::new(n("ns.ntm.test."), n("hostmaster.ntm.test."), 1, 3600, 600, 86400, 300)))
+    fn soa(owner: &str) -> ResourceRecord<'static> {
+        rec(
+            owner,
+            RData::SOA(SOA {
+                mname: n("ns.ntm.test."),
+                rname: n("hostmaster.ntm.test."),
+                serial: 1,
+                refresh: 3600,
+                retry: 600,
+                expire: 86400,
+                minimum: 300,
+            }),
+        )
     }
 
-    fn deliver(loc: &mut Locator, now: Instant, from: &str, m: &Message) {
-        loc.handle_response(now, sa(from), &m.to_vec().unwrap());
+    /// Delivers `m`, encoded with name compression as servers do.
+    fn deliver(loc: &mut Locator, now: Instant, from: &str, m: &Packet<'_>) {
+        loc.handle_response(now, sa(from), &m.build_bytes_vec_compressed().unwrap());
     }
 
     fn answers(loc: &mut Locator) -> Vec<(u64, DnsAnswer)> {
@@ -730,11 +965,11 @@ mod tests {
         assert_eq!(s.len(), 2, "{s:?}");
         for (to, m) in s {
             assert_eq!(to, sa(NS1));
-            let mut r = reply(&m, ResponseCode::NoError);
-            let rtype = m.queries[0].query_type;
+            let mut r = reply(&m, RCODE::NoError);
+            let rtype = m.rtype();
             assert_question(&m, target, rtype);
-            for ip in if rtype == RecordType::A { v4 } else { v6 } {
-                r.add_answer(if rtype == RecordType::A { a(target, ip) } else { aaaa(target, ip) });
+            for ip in if rtype == TYPE::A { v4 } else { v6 } {
+                r.answers.push(if rtype == TYPE::A { a(target, ip) } else { aaaa(target, ip) });
             }
             deliver(loc, T0, NS1, &r);
         }
@@ -774,16 +1009,16 @@ mod tests {
     fn a_zone_apex_uses_its_ns_records_and_glue() {
         let mut loc = locator(cfg());
         loc.start(T0, q(9, "zone.ntm.test"));
-        let m = one_query(&mut loc, "zone.ntm.test.", RecordType::NS);
+        let m = one_query(&mut loc, "zone.ntm.test.", TYPE::NS);
         assert_eq!(loc.poll_timeout(), Some(at(2000)));
-        let mut r = reply(&m, ResponseCode::NoError);
+        let mut r = reply(&m, RCODE::NoError);
         // Canonical order picks dc1 whatever the order on the wire.
-        r.add_answer(ns("zone.ntm.test.", "dc2.zone.ntm.test."));
-        r.add_answer(ns("zone.ntm.test.", "DC1.zone.ntm.test."));
-        r.add_additional(aaaa("dc1.zone.ntm.test.", "2001:db8::1"));
-        r.add_additional(a("dc1.zone.ntm.test.", "192.0.2.9"));
-        r.add_additional(a("dc1.zone.ntm.test.", "192.0.2.1"));
-        r.add_additional(a("dc2.zone.ntm.test.", "192.0.2.2"));
+        r.answers.push(ns("zone.ntm.test.", "dc2.zone.ntm.test."));
+        r.answers.push(ns("zone.ntm.test.", "DC1.zone.ntm.test."));
+        r.additional_records.push(aaaa("dc1.zone.ntm.test.", "2001:db8::1"));
+        r.additional_records.push(a("dc1.zone.ntm.test.", "192.0.2.9"));
+        r.additional_records.push(a("dc1.zone.ntm.test.", "192.0.2.1"));
+        r.additional_records.push(a("dc2.zone.ntm.test.", "192.0.2.2"));
         deliver(&mut loc, T0, NS1, &r);
         assert_eq!(
             answers(&mut loc),
@@ -799,14 +1034,14 @@ mod tests {
     fn a_referral_names_the_zone_and_its_servers() {
         let mut loc = locator(cfg());
         loc.start(T0, q(1, "node.a.ntm.test"));
-        let m = one_query(&mut loc, "node.a.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.metadata.recursion_available = false;
-        r.add_authority(ns("a.ntm.test.", "dc.a.ntm.test."));
-        r.add_additional(a("dc.a.ntm.test.", "192.0.2.10"));
-        r.add_additional(aaaa("dc.a.ntm.test.", "2001:db8::10"));
+        let m = one_query(&mut loc, "node.a.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.remove_flags(PacketFlag::RECURSION_AVAILABLE);
+        r.name_servers.push(ns("a.ntm.test.", "dc.a.ntm.test."));
+        r.additional_records.push(a("dc.a.ntm.test.", "192.0.2.10"));
+        r.additional_records.push(aaaa("dc.a.ntm.test.", "2001:db8::10"));
         // Glue for another name is not this target's.
-        r.add_additional(a("other.ntm.test.", "192.0.2.99"));
+        r.additional_records.push(a("other.ntm.test.", "192.0.2.99"));
         deliver(&mut loc, T0, NS1, &r);
         assert_eq!(answers(&mut loc), vec![(1, dc("dc.a.ntm.test", &["192.0.2.10:4460", "[2001:db8::10]:4460"]))]);
     }
@@ -815,10 +1050,10 @@ mod tests {
     fn an_upward_referral_fails() {
         let mut loc = locator(cfg());
         loc.start(T0, q(1, "node.a.ntm.test"));
-        let m = one_query(&mut loc, "node.a.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_authority(ns("test.", "ns.nic.test."));
-        r.add_additional(a("ns.nic.test.", "192.0.2.100"));
+        let m = one_query(&mut loc, "node.a.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.name_servers.push(ns("test.", "ns.nic.test."));
+        r.additional_records.push(a("ns.nic.test.", "192.0.2.100"));
         deliver(&mut loc, T0, NS1, &r);
         assert_eq!(answers(&mut loc), vec![(1, DnsAnswer::Failed)]);
     }
@@ -827,15 +1062,15 @@ mod tests {
     fn nxdomain_with_an_soa_asks_ns_for_the_zone_then_the_addresses() {
         let mut loc = locator(cfg());
         loc.start(T0, q(1, "node.b.ntm.test"));
-        let m = one_query(&mut loc, "node.b.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NXDomain);
-        r.add_authority(soa("ntm.test."));
-        r.add_authority(soa("b.ntm.test."));
+        let m = one_query(&mut loc, "node.b.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NameError);
+        r.name_servers.push(soa("ntm.test."));
+        r.name_servers.push(soa("b.ntm.test."));
         deliver(&mut loc, T0, NS1, &r);
         assert!(answers(&mut loc).is_empty());
-        let m = one_query(&mut loc, "b.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_answer(ns("b.ntm.test.", "dc.hosts.example."));
+        let m = one_query(&mut loc, "b.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.answers.push(ns("b.ntm.test.", "dc.hosts.example."));
         deliver(&mut loc, T0, NS1, &r);
         assert!(answers(&mut loc).is_empty());
         answer_addresses(&mut loc, "dc.hosts.example.", &["192.0.2.20"], &["2001:db8::20", "2001:db8::3"]);
@@ -850,15 +1085,15 @@ mod tests {
     fn nodata_with_an_soa_asks_ns_for_the_zone() {
         let mut loc = locator(cfg());
         loc.start(T0, q(1, "host.c.ntm.test"));
-        let m = one_query(&mut loc, "host.c.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_authority(soa("c.ntm.test."));
+        let m = one_query(&mut loc, "host.c.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.name_servers.push(soa("c.ntm.test."));
         deliver(&mut loc, T0, NS1, &r);
-        let m = one_query(&mut loc, "c.ntm.test.", RecordType::NS);
+        let m = one_query(&mut loc, "c.ntm.test.", TYPE::NS);
         // An authoritative parent may answer with a referral to exactly that zone.
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_authority(ns("c.ntm.test.", "dc.c.ntm.test."));
-        r.add_additional(a("dc.c.ntm.test.", "192.0.2.30"));
+        let mut r = reply(&m, RCODE::NoError);
+        r.name_servers.push(ns("c.ntm.test.", "dc.c.ntm.test."));
+        r.additional_records.push(a("dc.c.ntm.test.", "192.0.2.30"));
         deliver(&mut loc, T0, NS1, &r);
         assert_eq!(answers(&mut loc), vec![(1, dc("dc.c.ntm.test", &["192.0.2.30:4460"]))]);
     }
@@ -867,22 +1102,22 @@ mod tests {
     fn an_soa_for_the_name_itself_or_nothing_at_all_fails() {
         let mut loc = locator(cfg());
         loc.start(T0, q(1, "broken.ntm.test"));
-        let m = one_query(&mut loc, "broken.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_authority(soa("broken.ntm.test."));
+        let m = one_query(&mut loc, "broken.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.name_servers.push(soa("broken.ntm.test."));
         deliver(&mut loc, T0, NS1, &r);
         loc.start(T0, q(2, "empty.ntm.test"));
-        let m = one_query(&mut loc, "empty.ntm.test.", RecordType::NS);
-        deliver(&mut loc, T0, NS1, &reply(&m, ResponseCode::NXDomain));
+        let m = one_query(&mut loc, "empty.ntm.test.", TYPE::NS);
+        deliver(&mut loc, T0, NS1, &reply(&m, RCODE::NameError));
         // The SOA's zone answers NS without any: no zone.
         loc.start(T0, q(3, "x.d.ntm.test"));
-        let m = one_query(&mut loc, "x.d.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NXDomain);
-        r.add_authority(soa("d.ntm.test."));
+        let m = one_query(&mut loc, "x.d.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NameError);
+        r.name_servers.push(soa("d.ntm.test."));
         deliver(&mut loc, T0, NS1, &r);
-        let m = one_query(&mut loc, "d.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_authority(soa("d.ntm.test."));
+        let m = one_query(&mut loc, "d.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.name_servers.push(soa("d.ntm.test."));
         deliver(&mut loc, T0, NS1, &r);
         assert_eq!(answers(&mut loc), vec![(1, DnsAnswer::Failed), (2, DnsAnswer::Failed), (3, DnsAnswer::Failed)]);
         assert_eq!(loc.pending(), 0);
@@ -895,9 +1130,9 @@ mod tests {
         c.ntm_domains = vec![fq("nodes.ntm.test")];
         let mut loc = locator(c);
         loc.start(T0, q(1, "x.nodes.ntm.test"));
-        let m = one_query(&mut loc, "x.nodes.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NXDomain);
-        r.add_authority(soa("ntm.test."));
+        let m = one_query(&mut loc, "x.nodes.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NameError);
+        r.name_servers.push(soa("ntm.test."));
         deliver(&mut loc, T0, NS1, &r);
         assert_eq!(answers(&mut loc), vec![(1, DnsAnswer::NotNtm)]);
         assert!(loc.poll_transmit().is_none());
@@ -907,31 +1142,31 @@ mod tests {
     fn a_cname_is_followed_once() {
         let mut loc = locator(cfg());
         loc.start(T0, q(1, "alias.ntm.test"));
-        let m = one_query(&mut loc, "alias.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_answer(cname("alias.ntm.test.", "node.e.ntm.test."));
+        let m = one_query(&mut loc, "alias.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.answers.push(cname("alias.ntm.test.", "node.e.ntm.test."));
         deliver(&mut loc, T0, NS1, &r);
-        let m = one_query(&mut loc, "node.e.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_answer(cname("node.e.ntm.test.", "again.ntm.test."));
+        let m = one_query(&mut loc, "node.e.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.answers.push(cname("node.e.ntm.test.", "again.ntm.test."));
         deliver(&mut loc, T0, NS1, &r);
         // A second CNAME without an answer is not followed.
         assert_eq!(answers(&mut loc), vec![(1, DnsAnswer::Failed)]);
         assert!(loc.poll_transmit().is_none());
 
         loc.start(T0, q(2, "alias.ntm.test"));
-        let m = one_query(&mut loc, "alias.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_answer(cname("alias.ntm.test.", "node.e.ntm.test."));
+        let m = one_query(&mut loc, "alias.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.answers.push(cname("alias.ntm.test.", "node.e.ntm.test."));
         deliver(&mut loc, T0, NS1, &r);
-        let m = one_query(&mut loc, "node.e.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NXDomain);
-        r.add_authority(soa("e.ntm.test."));
+        let m = one_query(&mut loc, "node.e.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NameError);
+        r.name_servers.push(soa("e.ntm.test."));
         deliver(&mut loc, T0, NS1, &r);
-        let m = one_query(&mut loc, "e.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_answer(ns("e.ntm.test.", "dc.e.ntm.test."));
-        r.add_additional(aaaa("dc.e.ntm.test.", "2001:db8::e"));
+        let m = one_query(&mut loc, "e.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.answers.push(ns("e.ntm.test.", "dc.e.ntm.test."));
+        r.additional_records.push(aaaa("dc.e.ntm.test.", "2001:db8::e"));
         deliver(&mut loc, T0, NS1, &r);
         assert_eq!(answers(&mut loc), vec![(2, dc("dc.e.ntm.test", &["[2001:db8::e]:4460"]))]);
     }
@@ -940,28 +1175,28 @@ mod tests {
     fn a_cname_chain_inside_one_response_is_chased() {
         let mut loc = locator(cfg());
         loc.start(T0, q(1, "alias.ntm.test"));
-        let m = one_query(&mut loc, "alias.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NXDomain);
-        r.add_answer(cname("alias.ntm.test.", "mid.ntm.test."));
-        r.add_answer(cname("mid.ntm.test.", "node.f.ntm.test."));
-        r.add_authority(soa("f.ntm.test."));
+        let m = one_query(&mut loc, "alias.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NameError);
+        r.answers.push(cname("alias.ntm.test.", "mid.ntm.test."));
+        r.answers.push(cname("mid.ntm.test.", "node.f.ntm.test."));
+        r.name_servers.push(soa("f.ntm.test."));
         deliver(&mut loc, T0, NS1, &r);
-        one_query(&mut loc, "f.ntm.test.", RecordType::NS);
+        one_query(&mut loc, "f.ntm.test.", TYPE::NS);
 
         // A CNAME out of the NTM domains is ordinary DNS.
         loc.start(T0, q(2, "out.ntm.test"));
-        let m = one_query(&mut loc, "out.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_answer(cname("out.ntm.test.", "www.example.org."));
+        let m = one_query(&mut loc, "out.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.answers.push(cname("out.ntm.test.", "www.example.org."));
         deliver(&mut loc, T0, NS1, &r);
         assert_eq!(answers(&mut loc), vec![(2, DnsAnswer::NotNtm)]);
 
         // A CNAME loop ends after a bounded chase, then fails.
         loc.start(T0, q(3, "loop.ntm.test"));
-        let m = one_query(&mut loc, "loop.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_answer(cname("loop.ntm.test.", "pool.ntm.test."));
-        r.add_answer(cname("pool.ntm.test.", "loop.ntm.test."));
+        let m = one_query(&mut loc, "loop.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.answers.push(cname("loop.ntm.test.", "pool.ntm.test."));
+        r.answers.push(cname("pool.ntm.test.", "loop.ntm.test."));
         deliver(&mut loc, T0, NS1, &r);
         assert_eq!(answers(&mut loc), vec![(3, DnsAnswer::Failed)]);
     }
@@ -970,11 +1205,11 @@ mod tests {
     fn the_next_target_is_tried_when_one_has_no_address() {
         let mut loc = locator(cfg());
         loc.start(T0, q(1, "g.ntm.test"));
-        let m = one_query(&mut loc, "g.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_answer(ns("g.ntm.test.", "b.dc.example."));
-        r.add_answer(ns("g.ntm.test.", "a.dc.example."));
-        r.add_answer(ns("g.ntm.test.", "."));
+        let m = one_query(&mut loc, "g.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.answers.push(ns("g.ntm.test.", "b.dc.example."));
+        r.answers.push(ns("g.ntm.test.", "a.dc.example."));
+        r.answers.push(ns("g.ntm.test.", "."));
         deliver(&mut loc, T0, NS1, &r);
         answer_addresses(&mut loc, "a.dc.example.", &[], &[]);
         assert!(answers(&mut loc).is_empty());
@@ -983,10 +1218,10 @@ mod tests {
 
         // None resolves: Failed.
         loc.start(T0, q(2, "g.ntm.test"));
-        let m = one_query(&mut loc, "g.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_answer(ns("g.ntm.test.", "b.dc.example."));
-        r.add_answer(ns("g.ntm.test.", "a.dc.example."));
+        let m = one_query(&mut loc, "g.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.answers.push(ns("g.ntm.test.", "b.dc.example."));
+        r.answers.push(ns("g.ntm.test.", "a.dc.example."));
         deliver(&mut loc, T0, NS1, &r);
         answer_addresses(&mut loc, "a.dc.example.", &[], &[]);
         answer_addresses(&mut loc, "b.dc.example.", &[], &[]);
@@ -998,16 +1233,16 @@ mod tests {
     fn address_answers_follow_a_cname_and_skip_other_owners() {
         let mut loc = locator(cfg());
         loc.start(T0, q(1, "h.ntm.test"));
-        let m = one_query(&mut loc, "h.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_answer(ns("h.ntm.test.", "dc.h.ntm.test."));
+        let m = one_query(&mut loc, "h.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.answers.push(ns("h.ntm.test.", "dc.h.ntm.test."));
         deliver(&mut loc, T0, NS1, &r);
         for (_, m) in sent(&mut loc) {
-            let mut r = reply(&m, ResponseCode::NoError);
-            if m.queries[0].query_type == RecordType::A {
-                r.add_answer(cname("dc.h.ntm.test.", "real.h.ntm.test."));
-                r.add_answer(a("real.h.ntm.test.", "192.0.2.40"));
-                r.add_answer(a("unrelated.h.ntm.test.", "192.0.2.41"));
+            let mut r = reply(&m, RCODE::NoError);
+            if m.rtype() == TYPE::A {
+                r.answers.push(cname("dc.h.ntm.test.", "real.h.ntm.test."));
+                r.answers.push(a("real.h.ntm.test.", "192.0.2.40"));
+                r.answers.push(a("unrelated.h.ntm.test.", "192.0.2.41"));
             }
             deliver(&mut loc, T0, NS1, &r);
         }
@@ -1018,7 +1253,7 @@ mod tests {
     fn queries_are_retransmitted_rotating_servers_then_fail() {
         let mut loc = locator(cfg());
         loc.start(T0, q(1, "slow.ntm.test"));
-        let first = one_query(&mut loc, "slow.ntm.test.", RecordType::NS);
+        let first = one_query(&mut loc, "slow.ntm.test.", TYPE::NS);
         assert_eq!(loc.poll_timeout(), Some(at(2000)));
         loc.handle_timeout(at(1999));
         assert!(loc.poll_transmit().is_none());
@@ -1026,7 +1261,7 @@ mod tests {
         let s = sent(&mut loc);
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].0, sa(NS2));
-        assert_eq!(s[0].1.metadata.id, first.metadata.id);
+        assert_eq!(s[0].1.id, first.id);
         assert_eq!(loc.poll_timeout(), Some(at(4000)));
         loc.handle_timeout(at(4000));
         let s = sent(&mut loc);
@@ -1045,12 +1280,12 @@ mod tests {
     fn a_late_answer_from_an_earlier_server_is_taken() {
         let mut loc = locator(cfg());
         loc.start(T0, q(1, "late.ntm.test"));
-        let m = one_query(&mut loc, "late.ntm.test.", RecordType::NS);
+        let m = one_query(&mut loc, "late.ntm.test.", TYPE::NS);
         loc.handle_timeout(at(2000));
         assert_eq!(sent(&mut loc).len(), 1);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_answer(ns("late.ntm.test.", "dc.late.ntm.test."));
-        r.add_additional(a("dc.late.ntm.test.", "192.0.2.50"));
+        let mut r = reply(&m, RCODE::NoError);
+        r.answers.push(ns("late.ntm.test.", "dc.late.ntm.test."));
+        r.additional_records.push(a("dc.late.ntm.test.", "192.0.2.50"));
         deliver(&mut loc, at(2100), NS1, &r);
         assert_eq!(answers(&mut loc), vec![(1, dc("dc.late.ntm.test", &["192.0.2.50:4460"]))]);
         // The duplicate from the second server finds nothing waiting.
@@ -1065,14 +1300,14 @@ mod tests {
         c.attempts = 1;
         let mut loc = locator(c);
         loc.start(T0, q(1, "i.ntm.test"));
-        let m = one_query(&mut loc, "i.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_answer(ns("i.ntm.test.", "dc.i.ntm.test."));
+        let m = one_query(&mut loc, "i.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.answers.push(ns("i.ntm.test.", "dc.i.ntm.test."));
         deliver(&mut loc, T0, NS1, &r);
         for (_, m) in sent(&mut loc) {
-            if m.queries[0].query_type == RecordType::A {
-                let mut r = reply(&m, ResponseCode::NoError);
-                r.add_answer(a("dc.i.ntm.test.", "192.0.2.60"));
+            if m.rtype() == TYPE::A {
+                let mut r = reply(&m, RCODE::NoError);
+                r.answers.push(a("dc.i.ntm.test.", "192.0.2.60"));
                 deliver(&mut loc, T0, NS1, &r);
             }
         }
@@ -1085,28 +1320,28 @@ mod tests {
     fn wrong_id_source_or_question_is_ignored_and_counted() {
         let mut loc = locator(cfg());
         loc.start(T0, q(1, "j.ntm.test"));
-        let m = one_query(&mut loc, "j.ntm.test.", RecordType::NS);
-        let mut good = reply(&m, ResponseCode::NoError);
-        good.add_answer(ns("j.ntm.test.", "dc.j.ntm.test."));
-        good.add_additional(a("dc.j.ntm.test.", "192.0.2.70"));
+        let m = one_query(&mut loc, "j.ntm.test.", TYPE::NS);
+        let mut good = reply(&m, RCODE::NoError);
+        good.answers.push(ns("j.ntm.test.", "dc.j.ntm.test."));
+        good.additional_records.push(a("dc.j.ntm.test.", "192.0.2.70"));
 
         let mut wrong_id = good.clone();
-        wrong_id.metadata.id = m.metadata.id.wrapping_add(1);
+        wrong_id.set_id(m.id.wrapping_add(1));
         deliver(&mut loc, T0, NS1, &wrong_id);
         // NS2 was not asked yet.
         deliver(&mut loc, T0, NS2, &good);
         deliver(&mut loc, T0, "192.0.2.53:5353", &good);
         let mut wrong_question = good.clone();
-        wrong_question.queries = vec![Query::query(n("evil.ntm.test."), RecordType::NS)];
+        wrong_question.questions = vec![question("evil.ntm.test.", TYPE::NS)];
         deliver(&mut loc, T0, NS1, &wrong_question);
         let mut wrong_type = good.clone();
-        wrong_type.queries = vec![Query::query(n("j.ntm.test."), RecordType::A)];
+        wrong_type.questions = vec![question("j.ntm.test.", TYPE::A)];
         deliver(&mut loc, T0, NS1, &wrong_type);
         let mut two_questions = good.clone();
-        two_questions.add_query(Query::query(n("j.ntm.test."), RecordType::NS));
+        two_questions.questions.push(question("j.ntm.test.", TYPE::NS));
         deliver(&mut loc, T0, NS1, &two_questions);
         let mut not_a_response = good.clone();
-        not_a_response.metadata.message_type = MessageType::Query;
+        not_a_response.remove_flags(PacketFlag::RESPONSE);
         deliver(&mut loc, T0, NS1, &not_a_response);
         loc.handle_response(T0, sa(NS1), b"\x12");
         assert!(answers(&mut loc).is_empty());
@@ -1116,7 +1351,7 @@ mod tests {
 
         // The question's name matches whatever its case.
         let mut upper = good.clone();
-        upper.queries = vec![Query::query(n("J.NTM.test."), RecordType::NS)];
+        upper.questions = vec![question("J.NTM.test.", TYPE::NS)];
         deliver(&mut loc, T0, NS1, &upper);
         assert_eq!(answers(&mut loc), vec![(1, dc("dc.j.ntm.test", &["192.0.2.70:4460"]))]);
     }
@@ -1125,17 +1360,17 @@ mod tests {
     fn truncated_or_server_failure_moves_to_the_next_try_at_once() {
         let mut loc = locator(cfg());
         loc.start(T0, q(1, "k.ntm.test"));
-        let m = one_query(&mut loc, "k.ntm.test.", RecordType::NS);
-        let mut tc = reply(&m, ResponseCode::NoError);
-        tc.metadata.truncation = true;
+        let m = one_query(&mut loc, "k.ntm.test.", TYPE::NS);
+        let mut tc = reply(&m, RCODE::NoError);
+        tc.set_flags(PacketFlag::TRUNCATION);
         deliver(&mut loc, at(10), NS1, &tc);
         let s = sent(&mut loc);
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].0, sa(NS2));
         assert_eq!(loc.poll_timeout(), Some(at(2010)));
-        deliver(&mut loc, at(20), NS2, &reply(&m, ResponseCode::ServFail));
+        deliver(&mut loc, at(20), NS2, &reply(&m, RCODE::ServerFailure));
         assert_eq!(sent(&mut loc).len(), 1);
-        deliver(&mut loc, at(30), NS1, &reply(&m, ResponseCode::Refused));
+        deliver(&mut loc, at(30), NS1, &reply(&m, RCODE::Refused));
         assert!(loc.poll_transmit().is_none());
         assert_eq!(answers(&mut loc), vec![(1, DnsAnswer::Failed)]);
         assert_eq!(loc.stats().truncated, 1);
@@ -1185,7 +1420,7 @@ mod tests {
             for id in 0..4 {
                 loc.start(T0, q(id, &format!("n{id}.ntm.test")));
             }
-            sent(&mut loc).into_iter().map(|(_, m)| m.metadata.id).collect::<Vec<_>>()
+            sent(&mut loc).into_iter().map(|(_, m)| m.id).collect::<Vec<_>>()
         };
         let a = ids(1);
         assert_eq!(a, ids(1));
@@ -1201,13 +1436,13 @@ mod tests {
         // Every prefix of a valid answer, and every single-byte corruption of it.
         let mut loc = locator(cfg());
         loc.start(T0, q(1, "m.ntm.test"));
-        let m = one_query(&mut loc, "m.ntm.test.", RecordType::NS);
-        let mut r = reply(&m, ResponseCode::NoError);
-        r.add_answer(ns("m.ntm.test.", "dc.m.ntm.test."));
-        r.add_answer(cname("m.ntm.test.", "m.ntm.test."));
-        r.add_authority(soa("ntm.test."));
-        r.add_additional(a("dc.m.ntm.test.", "192.0.2.80"));
-        let bytes = r.to_vec().unwrap();
+        let m = one_query(&mut loc, "m.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.answers.push(ns("m.ntm.test.", "dc.m.ntm.test."));
+        r.answers.push(cname("m.ntm.test.", "m.ntm.test."));
+        r.name_servers.push(soa("ntm.test."));
+        r.additional_records.push(a("dc.m.ntm.test.", "192.0.2.80"));
+        let bytes = r.build_bytes_vec_compressed().unwrap();
         for len in 0..bytes.len() {
             loc.handle_response(T0, sa(NS1), &bytes[..len]);
         }
@@ -1217,17 +1452,157 @@ mod tests {
                 b[i] = v;
                 let mut fresh = locator(cfg());
                 fresh.start(T0, q(1, "m.ntm.test"));
-                let id = sent(&mut fresh)[0].1.metadata.id.to_be_bytes();
+                let id = sent(&mut fresh)[0].1.id.to_be_bytes();
                 b[0] = id[0];
                 b[1] = id[1];
                 fresh.handle_response(T0, sa(NS1), &b);
                 for (_, m) in sent(&mut fresh) {
-                    let mut r = reply(&m, ResponseCode::NoError);
-                    r.add_answer(a("dc.m.ntm.test.", "192.0.2.81"));
-                    fresh.handle_response(T0, sa(NS1), &r.to_vec().unwrap());
+                    let mut r = reply(&m, RCODE::NoError);
+                    r.answers.push(a("dc.m.ntm.test.", "192.0.2.81"));
+                    deliver(&mut fresh, T0, NS1, &r);
                 }
                 fresh.handle_timeout(at(60_000));
             }
+        }
+    }
+
+    #[test]
+    fn section_counts_beyond_the_datagram_are_malformed() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "o.ntm.test"));
+        let m = one_query(&mut loc, "o.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.answers.push(ns("o.ntm.test.", "dc.o.ntm.test."));
+        r.additional_records.push(a("dc.o.ntm.test.", "192.0.2.90"));
+        let good = r.build_bytes_vec_compressed().unwrap();
+        // A header alone claiming 65535 entries in every section; then the reply with one
+        // answer more than it holds.
+        let id = m.id.to_be_bytes();
+        loc.handle_response(T0, sa(NS1), &[id[0], id[1], 0x81, 0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        let mut more = good.clone();
+        more[7] += 1;
+        loc.handle_response(T0, sa(NS1), &more);
+        // Short datagrams, the empty one included.
+        for len in 0..HEADER_LEN {
+            loc.handle_response(T0, sa(NS1), &good[..len]);
+        }
+        assert_eq!(loc.stats().malformed, 2 + HEADER_LEN as u64);
+        assert!(answers(&mut loc).is_empty());
+        loc.handle_response(T0, sa(NS1), &good);
+        assert_eq!(answers(&mut loc), vec![(1, dc("dc.o.ntm.test", &["192.0.2.90:4460"]))]);
+    }
+
+    #[test]
+    fn only_class_in_counts() {
+        let mut loc = locator(cfg());
+        loc.start(T0, q(1, "p.ntm.test"));
+        let m = one_query(&mut loc, "p.ntm.test.", TYPE::NS);
+        // A question of class IN with the top bit set (mDNS "unicast response") is another
+        // question.
+        let mut unicast = reply(&m, RCODE::NoError);
+        unicast.questions[0].unicast_response = true;
+        deliver(&mut loc, T0, NS1, &unicast);
+        let mut chaos = reply(&m, RCODE::NoError);
+        chaos.questions[0].qclass = QCLASS::CLASS(CLASS::CH);
+        deliver(&mut loc, T0, NS1, &chaos);
+        assert_eq!(loc.stats().ignored, 2);
+        // Records of class CH, or IN with the top bit set (mDNS "cache flush"), are not read.
+        let mut r = reply(&m, RCODE::NoError);
+        let mut other = ns("p.ntm.test.", "dc.p.ntm.test.");
+        other.class = CLASS::CH;
+        r.answers.push(other);
+        r.answers.push(ns("p.ntm.test.", "dc.p.ntm.test.").with_cache_flush(true));
+        r.additional_records.push(a("dc.p.ntm.test.", "192.0.2.91"));
+        deliver(&mut loc, T0, NS1, &r);
+        assert_eq!(answers(&mut loc), vec![(1, DnsAnswer::Failed)]);
+
+        loc.start(T0, q(2, "p.ntm.test"));
+        let m = one_query(&mut loc, "p.ntm.test.", TYPE::NS);
+        let mut r = reply(&m, RCODE::NoError);
+        r.answers.push(ns("p.ntm.test.", "dc.p.ntm.test."));
+        r.additional_records.push(a("dc.p.ntm.test.", "192.0.2.91").with_cache_flush(true));
+        r.additional_records.push(a("dc.p.ntm.test.", "192.0.2.92"));
+        deliver(&mut loc, T0, NS1, &r);
+        assert_eq!(answers(&mut loc), vec![(2, dc("dc.p.ntm.test", &["192.0.2.92:4460"]))]);
+    }
+
+    #[test]
+    fn names_compare_without_case_in_canonical_order() {
+        let d = |s: &str| DName::from_wire(&Name::new_unchecked(s));
+        // The example of RFC 4034, 6.1 (less its labels \001 and \200), below a TLD.
+        let rfc =
+            ["example", "a.example", "yljkjljk.a.example", "Z.a.example", "zABC.a.EXAMPLE", "z.example", "*.z.example"];
+        let mut names: Vec<DName> = rfc.iter().rev().map(|s| d(s)).collect();
+        names.sort();
+        let sorted: Vec<String> = names.iter().map(|n| String::from_utf8(n.0.join(&b'.')).unwrap()).collect();
+        assert_eq!(sorted, rfc);
+        assert_eq!(d("A.Example"), d("a.example"));
+        assert_ne!(d("a.example"), d("a.example.net"));
+        assert!(d("EXAMPLE").zone_of(&d("a.example")));
+        assert!(d("a.example").zone_of(&d("a.example")));
+        assert!(!d("a.example").zone_of(&d("example")));
+        assert!(d("").zone_of(&d("example")));
+        assert_eq!(d("*.z.example").num_labels(), 2);
+        // Spelled as the engines spell names, when it is one.
+        assert_eq!(d("Dc1.Zone.ntm.test").to_fqdn(), Some(fq("dc1.zone.ntm.test")));
+        assert_eq!(d("").to_fqdn(), None);
+        assert_eq!(d("*.ntm.test").to_fqdn(), None);
+        assert_eq!(d("-a.ntm.test").to_fqdn(), None);
+        let dotted = DName(vec![b"a.b".to_vec(), b"test".to_vec()]);
+        assert_eq!(dotted.to_fqdn(), None);
+        let spaced = DName(vec![b"a b".to_vec(), b"test".to_vec()]);
+        assert_eq!(spaced.to_fqdn(), None);
+        let high = DName(vec![vec![0xc3, 0xa9], b"test".to_vec()]);
+        assert_eq!(high.to_fqdn(), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_datagram_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..600), flags in 0u16..) {
+            // Any bytes after the awaited id, and any header flags.
+            let mut loc = locator(cfg());
+            loc.start(T0, q(1, "r.ntm.test"));
+            let id = sent(&mut loc)[0].1.id;
+            let mut b = id.to_be_bytes().to_vec();
+            b.extend_from_slice(&flags.to_be_bytes());
+            b.extend_from_slice(&body);
+            loc.handle_response(T0, sa(NS1), &b);
+            for (_, m) in sent(&mut loc) {
+                let mut r = reply(&m, RCODE::NoError);
+                r.answers.push(a("dc.r.ntm.test.", "192.0.2.93"));
+                deliver(&mut loc, T0, NS1, &r);
+            }
+            loc.handle_timeout(at(60_000));
+        }
+
+        #[test]
+        fn no_patched_reply_panics(at_byte in 0usize..200, patch in proptest::collection::vec(proptest::num::u8::ANY, 1..24)) {
+            // A full reply (compressed names, every section, EDNS) with a run of bytes
+            // overwritten anywhere after the id.
+            let mut loc = locator(cfg());
+            loc.start(T0, q(1, "s.ntm.test"));
+            let m = one_query(&mut loc, "s.ntm.test.", TYPE::NS);
+            let mut r = reply(&m, RCODE::NoError);
+            r.answers.push(cname("s.ntm.test.", "t.s.ntm.test."));
+            r.answers.push(ns("t.s.ntm.test.", "dc.s.ntm.test."));
+            r.name_servers.push(soa("ntm.test."));
+            r.additional_records.push(a("dc.s.ntm.test.", "192.0.2.94"));
+            r.additional_records.push(aaaa("dc.s.ntm.test.", "2001:db8::94"));
+            *r.opt_mut() = Some(OPT { opt_codes: Vec::new(), udp_packet_size: 1232, version: 0 });
+            let mut b = r.build_bytes_vec_compressed().unwrap();
+            let start = 2 + at_byte % (b.len() - 2);
+            for (i, v) in patch.into_iter().enumerate() {
+                if let Some(x) = b.get_mut(start + i) {
+                    *x = v;
+                }
+            }
+            loc.handle_response(T0, sa(NS1), &b);
+            for (_, m) in sent(&mut loc) {
+                let mut r = reply(&m, RCODE::NoError);
+                r.answers.push(a("dc.s.ntm.test.", "192.0.2.95"));
+                deliver(&mut loc, T0, NS1, &r);
+            }
+            loc.handle_timeout(at(60_000));
         }
     }
 }
