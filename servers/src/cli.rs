@@ -87,6 +87,8 @@ pub fn load_or_exit<T: DeserializeOwned + Validate>(program: &str, path: &Path) 
 pub fn print_status(program: &str, socket: &Path) -> i32 {
     match std::os::unix::net::UnixStream::connect(socket) {
         Ok(mut s) => {
+            // A daemon that hangs must not hang the command with it.
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(30)));
             let mut text = String::new();
             if let Err(e) = s.read_to_string(&mut text) {
                 eprintln!("{program}: reading {}: {e}", socket.display());

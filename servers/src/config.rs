@@ -133,6 +133,18 @@ impl Common {
         }
         Ok(())
     }
+
+    /// For daemons that also serve UDP on `listen`: the driver sends every datagram from
+    /// its socket of the destination's family, so a second address of one family would
+    /// answer nodes from an address they did not send to (which their NATs drop).
+    fn check_udp(&self) -> Result<(), (&'static str, String)> {
+        for v4 in [true, false] {
+            if self.listen.iter().filter(|a| a.is_ipv4() == v4).count() > 1 {
+                return Err(("listen", "at most one IPv4 and one IPv6 address (UDP answers leave from it)".into()));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How to find other DCs (and, for the AS, the node's DC) by DNS.
@@ -195,6 +207,12 @@ impl DnsSettings {
         if self.dc_port == 0 {
             return Err(("dns.dc_port", "port 0".into()));
         }
+        // The driver's DNS sockets are one per family (the IPv6 one IPv6-only), so replies
+        // come from the address as configured; a mapped address would be sent to from the
+        // IPv6 socket, which cannot reach it.
+        if let Some(ns) = self.nameservers.iter().find(|a| is_v4_mapped(a)) {
+            return Err(("dns.nameservers", format!("write {ns} as an IPv4 address")));
+        }
         for s in &self.static_dcs {
             if s.addrs.is_empty() {
                 return Err(("dns.static_dcs", format!("zone {} has no addresses", s.zone)));
@@ -202,6 +220,10 @@ impl DnsSettings {
         }
         Ok(())
     }
+}
+
+fn is_v4_mapped(a: &SocketAddr) -> bool {
+    matches!(a, SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some())
 }
 
 /// A prefix written `address/length`.
@@ -300,6 +322,7 @@ fn default_max_nodes() -> usize {
 impl Validate for DcFile {
     fn validate(&self) -> Result<(), (&'static str, String)> {
         self.common.check()?;
+        self.common.check_udp()?;
         self.dns.check()?;
         if self.zones.is_empty() {
             return Err(("zones", "at least one zone is needed".into()));
@@ -415,6 +438,7 @@ impl RsFile {
 impl Validate for RsFile {
     fn validate(&self) -> Result<(), (&'static str, String)> {
         self.common.check()?;
+        self.common.check_udp()?;
         let adv = self.advertised();
         if adv.is_empty() {
             return Err(("relay_addrs", "the listen addresses are wildcards: say where nodes reach the relay".into()));
@@ -460,6 +484,7 @@ fn default_ns_nodes() -> usize {
 impl Validate for NsFile {
     fn validate(&self) -> Result<(), (&'static str, String)> {
         self.common.check()?;
+        self.common.check_udp()?;
         if self.node_listen.is_empty() {
             return Err(("node_listen", "at least one address".into()));
         }
@@ -540,6 +565,29 @@ mod tests {
             assert!(err.contains(expect), "{field}: {err}");
         }
         assert!(parse::<DcFile>("{").unwrap_err().starts_with("not valid JSON"));
+    }
+
+    #[test]
+    fn udp_daemons_listen_on_one_address_per_family() {
+        let mut v: serde_json::Value = serde_json::from_str(DC).unwrap();
+        v["listen"] = serde_json::json!(["192.0.2.1:4460", "[2001:db8::1]:4460"]);
+        assert!(parse::<DcFile>(&v.to_string()).is_ok());
+        v["listen"] = serde_json::json!(["192.0.2.1:4460", "198.51.100.1:4460"]);
+        assert!(parse::<DcFile>(&v.to_string()).unwrap_err().contains("\"listen\""));
+        // The AS serves TLS only: any number of addresses.
+        let as_file = r#"{"name": "as.example", "listen": ["192.0.2.1:4443", "198.51.100.1:4443"],
+            "tls": {"ca": "a", "cert": "b", "key": "c"}, "accounts": "a.db",
+            "dns": {"static_dcs": [{"zone": "z.example", "dc": "dc.z.example", "addrs": ["192.0.2.2:4460"]}]}}"#;
+        assert!(parse::<AsFile>(as_file).is_ok());
+    }
+
+    #[test]
+    fn a_v4_mapped_nameserver_is_refused() {
+        let mut v: serde_json::Value = serde_json::from_str(DC).unwrap();
+        v["dns"] = serde_json::json!({"nameservers": ["[::ffff:192.0.2.53]:53"], "ntm_domains": ["zone-a.example"]});
+        assert!(parse::<DcFile>(&v.to_string()).unwrap_err().contains("dns.nameservers"));
+        v["dns"]["nameservers"] = serde_json::json!(["192.0.2.53:53", "[2001:db8::53]:53"]);
+        assert!(parse::<DcFile>(&v.to_string()).is_ok());
     }
 
     #[test]

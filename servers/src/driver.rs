@@ -10,8 +10,10 @@
 //! daemon to reload, and a Unix socket answers `status` with JSON.
 //!
 //! Bad input never ends the loop: malformed datagrams and frames are the engine's to drop
-//! and count, and a misbehaving connection (bad TLS, oversize or empty frames, idling
-//! without finishing its handshake) is closed and counted here.
+//! and count, and a misbehaving connection (bad TLS, oversize or empty frames, no whole
+//! frame within [`HANDSHAKE_TIMEOUT`] of opening, a peer that does not read what we send)
+//! is closed and counted here. No source is read for more than a budget per turn, so a
+//! flood on one socket cannot starve the others, the timers or the housekeeping.
 
 use mio::net::{TcpListener, TcpStream, UdpSocket, UnixListener};
 use mio::{Events, Interest, Poll, Token};
@@ -87,9 +89,12 @@ pub struct DriverConfig {
     pub status_socket: Option<PathBuf>,
     /// Most TCP/TLS connections at once.
     pub max_connections: usize,
-    /// A TLS connection idle this long is closed (None: never). Plain TCP connections are
-    /// never closed for idling (NS nodes keep alive hourly).
+    /// A TLS connection with no whole frame in either direction for this long is closed
+    /// (None: never).
     pub tls_idle_timeout: Option<Duration>,
+    /// The same for plain TCP (None: never). NS nodes keep alive hourly, so the NS sets
+    /// a few keepalive intervals: a connection whose NAT mapping died must not stay forever.
+    pub tcp_idle_timeout: Option<Duration>,
     /// Handle SIGTERM, SIGINT and SIGHUP (a daemon does; a test driving a node does not).
     pub signals: bool,
 }
@@ -121,8 +126,12 @@ pub struct DriverStats {
     pub tls_errors: u64,
     /// Connections closed for bad framing.
     pub bad_frames: u64,
-    /// Connections closed for idling.
+    /// Connections closed for idling, or for not finishing their handshake or first frame
+    /// in time.
     pub idle_closed: u64,
+    /// Connections closed because the peer did not read what we sent (the output buffer
+    /// reached its cap).
+    pub slow_readers: u64,
     /// Outbound connections that failed.
     pub connect_failures: u64,
     /// Stream messages with no connection to go on.
@@ -137,13 +146,47 @@ struct Conn {
     peer: SocketAddr,
     tls: Option<rustls::Connection>,
     identity: Option<PeerIdentity>,
+    /// The certificate was looked at (once, when the handshake finished), whatever it gave.
+    identified: bool,
     decoder: FrameDecoder,
     plain_out: Vec<u8>,
     connecting: bool,
+    /// The peer accepted the connection from us (false) or opened it (true).
+    inbound: bool,
+    /// A whole frame has arrived.
+    heard: bool,
+    opened: std::time::Instant,
+    /// The last whole frame in either direction. Bytes alone do not count, so a peer
+    /// trickling a byte at a time cannot keep a connection open.
     last_activity: std::time::Instant,
 }
 
 impl Conn {
+    fn new(
+        sock: TcpStream,
+        kind: StreamKind,
+        peer: SocketAddr,
+        tls: Option<rustls::Connection>,
+        inbound: bool,
+    ) -> Self {
+        let now = std::time::Instant::now();
+        Conn {
+            sock,
+            kind,
+            peer,
+            tls,
+            identity: None,
+            identified: false,
+            decoder: FrameDecoder::new(),
+            plain_out: Vec::new(),
+            connecting: !inbound,
+            inbound,
+            heard: false,
+            opened: now,
+            last_activity: now,
+        }
+    }
+
     fn wants_write(&self) -> bool {
         self.connecting || !self.plain_out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
@@ -157,16 +200,35 @@ impl Conn {
     }
 }
 
+/// A status answer still being written to its reader.
+struct StatusReply {
+    sock: mio::net::UnixStream,
+    text: Vec<u8>,
+    sent: usize,
+    opened: std::time::Instant,
+}
+
 const SIGNALS: Token = Token(0);
 const STATUS: Token = Token(1);
 const UDP_BASE: usize = 16;
 const LISTEN_BASE: usize = 64;
 const DNS_BASE: usize = 128;
+const STATUS_REPLY_BASE: usize = 256;
 const CONN_BASE: usize = 1 << 20;
 /// Largest datagram read.
 const DATAGRAM_MAX: usize = 65_536;
-/// A TLS handshake must finish within this.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A TLS handshake, and an inbound connection's first frame, must arrive within this.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most bytes queued for a plain TCP peer (rustls caps TLS at 64 KiB by itself). Room for
+/// a few frames of the largest size; a peer that lets more pile up does not read.
+pub const STREAM_OUT_MAX: usize = 4 * (2 + FRAME_MAX);
+/// Most datagrams, connections accepted, or stream bytes taken from one source in one
+/// turn before the others get their go; the rest is read on the next turn.
+const DATAGRAM_BUDGET: usize = 1024;
+const ACCEPT_BUDGET: usize = 256;
+const STREAM_READ_BUDGET: usize = 256 * 1024;
+/// Status readers served at once; a reader slower than [`HANDSHAKE_TIMEOUT`] is cut off.
+const STATUS_REPLIES_MAX: usize = 8;
 
 /// The engine's clock: UNIX milliseconds, advanced by the monotonic clock so that it never
 /// goes backwards while the daemon runs.
@@ -211,11 +273,16 @@ pub struct Driver<D: Daemon> {
     identify: Identify,
     signals: signal_hook_mio::v1_0::Signals,
     status: Option<(UnixListener, PathBuf)>,
+    status_replies: Slab<StatusReply>,
     max_connections: usize,
     tls_idle_timeout: Option<std::time::Duration>,
+    tcp_idle_timeout: Option<std::time::Duration>,
     stats: DriverStats,
     buf: Vec<u8>,
     events: Events,
+    /// Sources that used up their budget and have more to read (edge-triggered readiness
+    /// will not report them again): read on the next turn, without sleeping.
+    again: Vec<Token>,
     next_sweep: std::time::Instant,
     stop: bool,
 }
@@ -238,6 +305,26 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(UdpSocket::from_std(s.into()))
 }
 
+/// Binds the status socket, readable and writable by the daemon's user only: the status
+/// names nodes and where they are. A socket file left by a run that ended without
+/// removing it is replaced; anything else at the path (a typo naming the database, a
+/// daemon still answering there) is an error rather than something to delete.
+fn bind_status(path: &std::path::Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(io::ErrorKind::AddrInUse, "another daemon answers on it"));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
 fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
@@ -254,6 +341,10 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 impl<D: Daemon> Driver<D> {
     /// Binds everything; errors name the address that failed.
     pub fn new(cfg: DriverConfig, daemon: D) -> io::Result<Self> {
+        // Each kind of source has its own range of tokens.
+        if cfg.udp.len() > LISTEN_BASE - UDP_BASE || cfg.tls.len() + cfg.tcp.len() > DNS_BASE - LISTEN_BASE {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many listen addresses"));
+        }
         let poll = Poll::new()?;
         let named =
             |what: &str, addr: SocketAddr, e: io::Error| io::Error::new(e.kind(), format!("{what} {addr}: {e}"));
@@ -296,9 +387,7 @@ impl<D: Daemon> Driver<D> {
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let status = match &cfg.status_socket {
             Some(path) => {
-                // A socket file left by a previous run would make bind fail.
-                let _ = std::fs::remove_file(path);
-                let mut l = UnixListener::bind(path)
+                let mut l = bind_status(path)
                     .map_err(|e| io::Error::new(e.kind(), format!("status socket {}: {e}", path.display())))?;
                 poll.registry().register(&mut l, STATUS, Interest::READABLE)?;
                 Some((l, path.clone()))
@@ -320,11 +409,14 @@ impl<D: Daemon> Driver<D> {
             identify: cfg.identify,
             signals,
             status,
+            status_replies: Slab::new(),
             max_connections: cfg.max_connections,
-            tls_idle_timeout: cfg.tls_idle_timeout.map(|d| std::time::Duration::from_millis(d.as_millis() as u64)),
+            tls_idle_timeout: cfg.tls_idle_timeout,
+            tcp_idle_timeout: cfg.tcp_idle_timeout,
             stats: DriverStats::default(),
             buf: vec![0u8; DATAGRAM_MAX],
             events: Events::with_capacity(1024),
+            again: Vec::new(),
             next_sweep: std::time::Instant::now(),
             stop: false,
         })
@@ -352,14 +444,16 @@ impl<D: Daemon> Driver<D> {
 
     /// Runs until SIGTERM or SIGINT.
     pub fn run(&mut self) -> io::Result<()> {
-        while !self.stop {
-            self.turn(std::time::Duration::from_secs(60))?;
+        let mut result = Ok(());
+        while !self.stop && result.is_ok() {
+            result = self.turn(std::time::Duration::from_secs(60));
         }
+        // Also after a failure: a socket file left behind would only mislead `status`.
         if let Some((_, path)) = &self.status {
             let _ = std::fs::remove_file(path);
         }
         log::info!("stopped");
-        Ok(())
+        result
     }
 
     /// One turn of the loop: timers, then wait at most `max_wait` for input and handle
@@ -373,14 +467,20 @@ impl<D: Daemon> Driver<D> {
             self.next_sweep = std::time::Instant::now() + std::time::Duration::from_secs(1);
         }
         let timeout = self.next_deadline().map(|at| self.clock.until(at)).unwrap_or(max_wait);
-        let timeout = timeout.min(max_wait).min(self.next_sweep.saturating_duration_since(std::time::Instant::now()));
+        let mut timeout =
+            timeout.min(max_wait).min(self.next_sweep.saturating_duration_since(std::time::Instant::now()));
+        if !self.again.is_empty() {
+            timeout = std::time::Duration::ZERO;
+        }
         match self.poll.poll(&mut self.events, Some(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
-        let ready: Vec<(Token, bool, bool)> =
+        let mut ready: Vec<(Token, bool, bool)> =
             self.events.iter().map(|e| (e.token(), e.is_readable(), e.is_writable())).collect();
+        // Sources left with input last turn; new input pushes them here again.
+        ready.extend(std::mem::take(&mut self.again).into_iter().map(|t| (t, true, false)));
         for (token, r, w) in ready {
             self.dispatch(token, r, w);
         }
@@ -426,7 +526,8 @@ impl<D: Daemon> Driver<D> {
             1 => self.serve_status(),
             t if (UDP_BASE..LISTEN_BASE).contains(&t) => self.read_udp(t - UDP_BASE),
             t if (LISTEN_BASE..DNS_BASE).contains(&t) => self.accept(t - LISTEN_BASE),
-            t if (DNS_BASE..CONN_BASE).contains(&t) => self.read_dns(t - DNS_BASE),
+            t if (DNS_BASE..STATUS_REPLY_BASE).contains(&t) => self.read_dns(t - DNS_BASE),
+            t if (STATUS_REPLY_BASE..CONN_BASE).contains(&t) => self.write_status(t - STATUS_REPLY_BASE),
             t if t >= CONN_BASE => self.conn_ready(t - CONN_BASE, readable, writable),
             _ => {}
         }
@@ -454,52 +555,73 @@ impl<D: Daemon> Driver<D> {
         }
     }
 
+    fn status_text(&mut self) -> Vec<u8> {
+        let now = self.clock.now();
+        let mut status = self.daemon.status(now);
+        if let Some(obj) = status.as_object_mut() {
+            obj.insert("driver".into(), serde_json::to_value(&self.stats).unwrap_or_default());
+            obj.insert("connections".into(), self.conns.len().into());
+            if let Some(l) = &self.locator {
+                let st = l.stats();
+                obj.insert(
+                    "dns".into(),
+                    serde_json::json!({
+                        "lookups": self.stats.dns_lookups,
+                        "pending": l.pending(),
+                        "timeouts": st.timeouts,
+                        "server_errors": st.server_errors,
+                        "malformed": st.malformed,
+                        "ignored": st.ignored,
+                    }),
+                );
+            }
+        }
+        let mut text = serde_json::to_string_pretty(&status).unwrap_or_default();
+        text.push('\n');
+        text.into_bytes()
+    }
+
+    /// Answers every waiting status reader. The answer can be large (a DC lists its
+    /// nodes), so what does not fit the socket buffer is written as the reader drains it,
+    /// without ever blocking the loop.
     fn serve_status(&mut self) {
-        let Some((listener, _)) = &self.status else { return };
         loop {
-            match listener.accept() {
-                Ok((mut s, _)) => {
-                    let now = self.clock.now();
-                    let mut status = self.daemon.status(now);
-                    if let Some(obj) = status.as_object_mut() {
-                        obj.insert("driver".into(), serde_json::to_value(&self.stats).unwrap_or_default());
-                        obj.insert("connections".into(), self.conns.len().into());
-                        if let Some(l) = &self.locator {
-                            let st = l.stats();
-                            obj.insert(
-                                "dns".into(),
-                                serde_json::json!({
-                                    "lookups": self.stats.dns_lookups,
-                                    "pending": l.pending(),
-                                    "timeouts": st.timeouts,
-                                    "server_errors": st.server_errors,
-                                    "malformed": st.malformed,
-                                    "ignored": st.ignored,
-                                }),
-                            );
-                        }
-                    }
-                    let mut text = serde_json::to_string_pretty(&status).unwrap_or_default();
-                    text.push('\n');
-                    // The status socket is a local, trusted reader; a short blocking-style
-                    // write of a few KB either fits the socket buffer or is cut short.
-                    let _ = s.write_all(text.as_bytes());
-                }
+            let Some((listener, _)) = &self.status else { return };
+            let sock = match listener.accept() {
+                Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     log::warn!("status socket: {e}");
                     return;
                 }
+            };
+            let mut reply = StatusReply { sock, text: self.status_text(), sent: 0, opened: std::time::Instant::now() };
+            if write_reply(&mut reply) || self.status_replies.len() >= STATUS_REPLIES_MAX {
+                continue; // done, or too many slow readers: dropping the stream closes it
+            }
+            let entry = self.status_replies.vacant_entry();
+            let token = Token(STATUS_REPLY_BASE + entry.key());
+            if self.poll.registry().register(&mut reply.sock, token, Interest::WRITABLE).is_ok() {
+                entry.insert(reply);
             }
         }
     }
 
+    fn write_status(&mut self, key: usize) {
+        let Some(reply) = self.status_replies.get_mut(key) else { return };
+        if write_reply(reply) {
+            let mut reply = self.status_replies.remove(key);
+            let _ = self.poll.registry().deregister(&mut reply.sock);
+        }
+    }
+
     fn read_udp(&mut self, i: usize) {
-        loop {
+        for _ in 0..DATAGRAM_BUDGET {
             let Some(sock) = self.udp.get(i) else { return };
             let (n, from) = match sock.recv_from(&mut self.buf) {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::debug!("UDP receive: {e}");
                     return;
@@ -518,6 +640,7 @@ impl<D: Daemon> Driver<D> {
                 Received::Handled | Received::Ip(_) => {}
             }
         }
+        self.again.push(Token(UDP_BASE + i));
     }
 
     fn send_udp(&mut self, to: SocketAddr, bytes: &[u8]) {
@@ -538,10 +661,11 @@ impl<D: Daemon> Driver<D> {
 
     fn read_dns(&mut self, i: usize) {
         let mut buf = [0u8; 4096];
-        loop {
+        for _ in 0..DATAGRAM_BUDGET {
             let Some(sock) = self.dns_sockets.get(i) else { return };
             let (n, from) = match sock.recv_from(&mut buf) {
                 Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
             };
             let now = self.clock.now();
@@ -549,10 +673,11 @@ impl<D: Daemon> Driver<D> {
                 l.handle_response(now, from, data);
             }
         }
+        self.again.push(Token(DNS_BASE + i));
     }
 
     fn accept(&mut self, i: usize) {
-        loop {
+        for _ in 0..ACCEPT_BUDGET {
             let Some((listener, kind)) = self.listeners.get(i) else { return };
             let kind = *kind;
             let (mut sock, peer) = match listener.accept() {
@@ -584,21 +709,16 @@ impl<D: Daemon> Driver<D> {
             if self.poll.registry().register(&mut sock, Token(CONN_BASE + key), Interest::READABLE).is_err() {
                 continue;
             }
-            entry.insert(Conn {
-                sock,
-                kind,
-                peer,
-                tls,
-                identity: None,
-                decoder: FrameDecoder::new(),
-                plain_out: Vec::new(),
-                connecting: false,
-                last_activity: std::time::Instant::now(),
-            });
-            // A newer connection from the same address replaces an older one.
-            self.by_peer.insert((kind, peer), key);
+            entry.insert(Conn::new(sock, kind, peer, tls, true));
+            // A newer connection from the same address replaces an older one, which is
+            // closed: nothing would reach it any more. The engine is not told, since its
+            // stream with that address is the new one.
+            if let Some(old) = self.by_peer.insert((kind, peer), key) {
+                self.close(old);
+            }
             self.stats.accepted += 1;
         }
+        self.again.push(Token(LISTEN_BASE + i));
     }
 
     /// Opens an outbound stream to `to`, verifying the server as `server` for TLS.
@@ -636,17 +756,7 @@ impl<D: Daemon> Driver<D> {
             .registry()
             .register(&mut sock, Token(CONN_BASE + key), Interest::READABLE | Interest::WRITABLE)
             .ok()?;
-        entry.insert(Conn {
-            sock,
-            kind,
-            peer: to,
-            tls,
-            identity: None,
-            decoder: FrameDecoder::new(),
-            plain_out: Vec::new(),
-            connecting: true,
-            last_activity: std::time::Instant::now(),
-        });
+        entry.insert(Conn::new(sock, kind, to, tls, false));
         self.by_peer.insert((kind, to), key);
         Some(key)
     }
@@ -678,85 +788,107 @@ impl<D: Daemon> Driver<D> {
         }
     }
 
-    /// Reads what the connection has; false if it must be closed.
+    /// Reads what the connection has (up to the read budget) and hands whole frames to
+    /// the engine; false if it must be closed.
     fn read_conn(&mut self, key: usize) -> bool {
         let identify = self.identify;
         let mut frames = Vec::new();
-        let (kind, peer, identity) = {
+        let (kind, peer, identity, more) = {
             let Some(c) = self.conns.get_mut(key) else { return false };
-            c.last_activity = std::time::Instant::now();
+            let mut plain = [0u8; 16 * 1024];
+            let mut budget = STREAM_READ_BUDGET;
             let mut eof = false;
-            match c.tls.as_mut() {
-                Some(tls) => {
-                    loop {
-                        match tls.read_tls(&mut c.sock) {
-                            Ok(0) => {
-                                eof = true;
-                                break;
-                            }
-                            Ok(_) => {}
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(_) => return false,
+            let more = loop {
+                if budget == 0 {
+                    break true;
+                }
+                let n = match c.tls.as_mut() {
+                    Some(tls) => match tls.read_tls(&mut c.sock) {
+                        Ok(0) => {
+                            eof = true;
+                            break false;
                         }
-                        if let Err(e) = tls.process_new_packets() {
-                            self.stats.tls_errors += 1;
-                            log::info!("TLS with {}: {e}", c.peer);
-                            // Send the alert rustls queued, then close.
-                            let _ = tls.write_tls(&mut c.sock);
+                        Ok(n) => {
+                            if let Err(e) = tls.process_new_packets() {
+                                self.stats.tls_errors += 1;
+                                log::info!("TLS with {}: {e}", c.peer);
+                                // Send the alert rustls queued, then close.
+                                let _ = tls.write_tls(&mut c.sock);
+                                return false;
+                            }
+                            loop {
+                                match tls.reader().read(&mut plain) {
+                                    Ok(0) => break,
+                                    Ok(m) => c.decoder.push(plain.get(..m).unwrap_or(&[])),
+                                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                                    Err(_) => return false,
+                                }
+                            }
+                            n
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(_) => return false,
+                    },
+                    None => match c.sock.read(&mut plain) {
+                        Ok(0) => {
+                            eof = true;
+                            break false;
+                        }
+                        Ok(n) => {
+                            c.decoder.push(plain.get(..n).unwrap_or(&[]));
+                            n
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(_) => return false,
+                    },
+                };
+                budget = budget.saturating_sub(n);
+                // Frames are taken as they complete, so the decoder never holds more than
+                // one partial frame and one read.
+                loop {
+                    match c.decoder.next_frame() {
+                        Ok(Some(f)) => frames.push(f),
+                        Ok(None) => break,
+                        Err(_) => {
+                            self.stats.bad_frames += 1;
                             return false;
                         }
-                        let mut plain = [0u8; 16 * 1024];
-                        loop {
-                            match tls.reader().read(&mut plain) {
-                                Ok(0) => break,
-                                Ok(n) => c.decoder.push(plain.get(..n).unwrap_or(&[])),
-                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                                Err(_) => return false,
-                            }
-                        }
-                    }
-                    if c.identity.is_none() && !tls.is_handshaking() {
-                        c.identity =
-                            tls.peer_certificates().and_then(|certs| certs.first()).and_then(|cert| identify(cert));
                     }
                 }
-                None => {
-                    let mut plain = [0u8; 16 * 1024];
-                    loop {
-                        match c.sock.read(&mut plain) {
-                            Ok(0) => {
-                                eof = true;
-                                break;
-                            }
-                            Ok(n) => c.decoder.push(plain.get(..n).unwrap_or(&[])),
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                            Err(_) => return false,
-                        }
-                    }
+                // A peer that sends a length and never the frame cannot hold more than one
+                // frame's worth of our memory.
+                if c.decoder.buffered() > 2 + FRAME_MAX {
+                    self.stats.bad_frames += 1;
+                    return false;
+                }
+            };
+            // The identity is settled once, when the handshake is over: every frame of
+            // the connection is handed over with the same one, and a certificate without
+            // a usable identity is reported once, not on every read.
+            if let Some(tls) = c.tls.as_ref() {
+                if !c.identified && !tls.is_handshaking() {
+                    c.identified = true;
+                    c.identity =
+                        tls.peer_certificates().and_then(|certs| certs.first()).and_then(|cert| identify(cert));
                 }
             }
-            loop {
-                match c.decoder.next_frame() {
-                    Ok(Some(f)) => frames.push(f),
-                    Ok(None) => break,
-                    Err(_) => {
-                        self.stats.bad_frames += 1;
-                        return false;
-                    }
-                }
+            if !frames.is_empty() {
+                c.heard = true;
+                c.last_activity = std::time::Instant::now();
             }
-            // A peer that sends a length and never the frame cannot hold more than one
-            // frame's worth of our memory.
-            if c.decoder.buffered() > 2 + FRAME_MAX {
-                self.stats.bad_frames += 1;
-                return false;
-            }
+            // Frames that came with the end of the stream are still handled, and the
+            // answers written this turn; the re-registration in `write_conn` reports the
+            // end again, and the next read closes the connection.
             if eof && frames.is_empty() {
                 return false;
             }
-            (c.kind, c.peer, c.identity.clone())
+            (c.kind, c.peer, c.identity.clone(), more)
         };
+        if more {
+            self.again.push(Token(CONN_BASE + key));
+        }
         let now = self.clock.now();
         for f in frames {
             self.daemon.engine().handle_stream(now, kind, peer, identity.as_ref(), &f);
@@ -774,8 +906,10 @@ impl<D: Daemon> Driver<D> {
             Some(tls) => {
                 while tls.wants_write() {
                     match tls.write_tls(&mut c.sock) {
+                        Ok(0) => return false,
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(_) => return false,
                     }
                 }
@@ -798,6 +932,9 @@ impl<D: Daemon> Driver<D> {
         self.poll.registry().reregister(&mut c.sock, Token(CONN_BASE + key), interest).is_ok()
     }
 
+    /// Closes the connection. The engine hears of it only if the connection is its
+    /// stream with that peer: an older one, replaced by a newer from the same address,
+    /// closes silently.
     fn close(&mut self, key: usize) {
         if !self.conns.contains(key) {
             return;
@@ -806,28 +943,45 @@ impl<D: Daemon> Driver<D> {
         let _ = self.poll.registry().deregister(&mut c.sock);
         if self.by_peer.get(&(c.kind, c.peer)) == Some(&key) {
             self.by_peer.remove(&(c.kind, c.peer));
+            let now = self.clock.now();
+            self.daemon.engine().handle_stream_closed(now, c.kind, c.peer);
         }
-        let now = self.clock.now();
-        self.daemon.engine().handle_stream_closed(now, c.kind, c.peer);
     }
 
-    /// Closes TLS connections that idle or never finish their handshake.
+    /// Closes connections that idle, never finish their handshake or never send a first
+    /// frame; and status readers that do not read.
     fn sweep_connections(&mut self) {
         let now = std::time::Instant::now();
-        let idle = self.tls_idle_timeout;
+        let (tls_idle, tcp_idle) = (self.tls_idle_timeout, self.tcp_idle_timeout);
         let stale: Vec<usize> = self
             .conns
             .iter()
             .filter(|(_, c)| {
+                let age = now.saturating_duration_since(c.opened);
                 let quiet = now.saturating_duration_since(c.last_activity);
                 let handshaking = c.tls.as_ref().is_some_and(|t| t.is_handshaking());
-                (handshaking && quiet > HANDSHAKE_TIMEOUT) || (c.tls.is_some() && idle.is_some_and(|d| quiet > d))
+                let idle = if c.tls.is_some() { tls_idle } else { tcp_idle };
+                // Deadlines from the opening, not from the last byte: a peer trickling
+                // bytes must not hold a connection slot forever.
+                (handshaking && age > HANDSHAKE_TIMEOUT)
+                    || (c.inbound && !c.heard && age > HANDSHAKE_TIMEOUT)
+                    || idle.is_some_and(|d| quiet > d)
             })
             .map(|(k, _)| k)
             .collect();
         for k in stale {
             self.stats.idle_closed += 1;
             self.close(k);
+        }
+        let slow: Vec<usize> = self
+            .status_replies
+            .iter()
+            .filter(|(_, r)| now.saturating_duration_since(r.opened) > HANDSHAKE_TIMEOUT)
+            .map(|(k, _)| k)
+            .collect();
+        for k in slow {
+            let mut reply = self.status_replies.remove(k);
+            let _ = self.poll.registry().deregister(&mut reply.sock);
         }
     }
 
@@ -848,18 +1002,30 @@ impl<D: Daemon> Driver<D> {
                     self.daemon.engine().handle_stream_closed(now, kind, t.dst);
                     return;
                 };
-                let Ok(framed) = encode_frame(&t.payload) else { return };
-                let ok = match self.conns.get_mut(key) {
-                    Some(c) => match c.tls.as_mut() {
-                        Some(tls) => tls.writer().write_all(&framed).is_ok(),
-                        None => {
-                            c.plain_out.extend_from_slice(&framed);
-                            true
-                        }
-                    },
-                    None => false,
+                let Ok(framed) = encode_frame(&t.payload) else {
+                    self.stats.send_failures += 1;
+                    log::warn!("a message of {} bytes is too long for a frame", t.payload.len());
+                    return;
                 };
-                if !ok || !self.write_conn(key) {
+                let Some(c) = self.conns.get_mut(key) else { return };
+                c.last_activity = std::time::Instant::now();
+                let queued = match c.tls.as_mut() {
+                    // rustls takes at most its buffer limit (64 KiB) of unsent data, then
+                    // refuses (WriteZero).
+                    Some(tls) => tls.writer().write_all(&framed).is_ok(),
+                    None if c.plain_out.len().saturating_add(framed.len()) > STREAM_OUT_MAX => false,
+                    None => {
+                        c.plain_out.extend_from_slice(&framed);
+                        true
+                    }
+                };
+                if !queued {
+                    // The peer does not read what it is sent: holding more for it would
+                    // let it grow our memory without bound.
+                    self.stats.slow_readers += 1;
+                    log::info!("closing the stream with {}: it does not read", t.dst);
+                    self.close(key);
+                } else if !self.write_conn(key) {
                     self.close(key);
                 }
             }
@@ -869,6 +1035,9 @@ impl<D: Daemon> Driver<D> {
     /// Drains the engine and the locator until neither has anything more.
     fn flush(&mut self, now: Instant) {
         for _ in 0..64 {
+            // Events first: a daemon that persists state (the DC's counters and
+            // assignments) saves it before the messages the same input produced go out.
+            self.daemon.after(now);
             let mut busy = false;
             while let Some(t) = self.daemon.engine().poll_transmit() {
                 busy = true;
@@ -895,16 +1064,31 @@ impl<D: Daemon> Driver<D> {
                 None => Vec::new(),
             };
             for (to, bytes) in queries {
-                if let Some(s) =
-                    self.dns_sockets.iter().find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == to.is_ipv4()))
-                {
-                    let _ = s.send_to(&bytes, to);
+                let sock = self.dns_sockets.iter().find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == to.is_ipv4()));
+                // A lost query is retried by the locator, then fails the lookup.
+                if sock.is_none_or(|s| s.send_to(&bytes, to).is_err()) {
+                    self.stats.send_failures += 1;
+                    log::debug!("DNS query to {to} not sent");
                 }
             }
-            self.daemon.after(now);
             if !busy {
                 break;
             }
+        }
+    }
+}
+
+/// Writes what the status reader still lacks; true when the reply is finished (all
+/// written, or the reader went away).
+fn write_reply(r: &mut StatusReply) -> bool {
+    loop {
+        let Some(rest) = r.text.get(r.sent..).filter(|rest| !rest.is_empty()) else { return true };
+        match r.sock.write(rest) {
+            Ok(0) => return true,
+            Ok(n) => r.sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
         }
     }
 }

@@ -144,6 +144,7 @@ pub fn build(cfg: AsFile) -> Result<Driver<AsDaemon>, StartError> {
         max_connections: cfg.common.max_connections,
         // A login takes a round trip or two; a connection idle for long is abandoned.
         tls_idle_timeout: Some(Duration::from_secs(60)),
+        tcp_idle_timeout: None,
         signals: true,
     };
     Ok(Driver::new(dc, AsDaemon { server, cfg, logins: 0, refusals: 0 })?)

@@ -2,21 +2,27 @@
 //!
 //! Besides driving the engine, the daemon keeps the DC's database: virtual address
 //! assignments and each node's key state, so that a restart neither renumbers nodes nor
-//! makes them log in again. A node is saved when its key arrives, when it registers, and
-//! whenever its counters move (checked every second): the sealing counter is reserved
-//! ahead ([`store::COUNTER_RESERVE`]) so that a crash never reuses a nonce, and the node's
-//! own counter is kept as a replay floor.
+//! makes them log in again. A node is saved when its key arrives and when it registers
+//! (before the answer goes out: the driver hands over events before transmits), and
+//! whenever its counters move (checked every second, all due nodes in one transaction):
+//! the sealing counter is reserved ahead ([`store::COUNTER_RESERVE`]) so that a crash
+//! never reuses a nonce, and the node's own counter is kept as a replay floor.
+//!
+//! When the database cannot be written, saves are retried every second. A node whose
+//! channel has used three quarters of the stored reservation is retired instead (its
+//! channel can no longer seal; the node logs in again with a new key): sealing on past
+//! the stored value would repeat nonces after a crash.
 
 use super::{drops_json, identify, key_kinds, os_rng, tls_configs, StartError};
 use crate::config::{secs, DcFile};
 use crate::driver::{Daemon, Driver, DriverConfig, Reload};
 use crate::pki::ClientAuth;
-use crate::store::{self, DcStore, NodeSnapshot, NsSnapshot};
+use crate::store::{self, DcStore, NodeSnapshot, NsSnapshot, COUNTER_RESERVE};
 use ntm_proto::dns::{Locator, LocatorConfig};
 use ntm_proto::engine::dc::{Dc, DcConfig, DcEvent, NodeState, NsRef, NsState, ServerRef};
 use ntm_proto::engine::Engine;
 use ntm_proto::time::{Duration, Instant};
-use ntm_proto::wire::Fqdn;
+use ntm_proto::wire::{Fqdn, KeyId};
 use std::collections::HashMap;
 
 /// How often node counters are checked and expired rows pruned.
@@ -28,11 +34,41 @@ pub struct DcDaemon {
     dc: Dc,
     cfg: DcFile,
     store: DcStore,
-    /// Per node: the counter reserved in the database and the node's counter saved.
-    saved: HashMap<Fqdn, (u64, u64)>,
+    /// Per node: what the database holds of it.
+    saved: HashMap<Fqdn, Saved>,
     next_refresh: Instant,
     next_prune: Instant,
     store_errors: u64,
+}
+
+/// What the database holds of a node's key state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Saved {
+    /// The key the row is for: a node that logged in again has a new key, which the old
+    /// row's reservation does not cover.
+    key_id: KeyId,
+    /// The counter a restart resumes sealing at.
+    reserved: u64,
+    /// The node's counter saved as the replay floor.
+    peer: u64,
+}
+
+/// True when the node's row must be written again: none yet, the reservation half used,
+/// or the replay floor moved. (A new key is saved when it arrives; if that fails, the
+/// old key's entry is dropped, so the node has none.)
+fn is_due(saved: Option<&Saved>, next: u64, peer: u64) -> bool {
+    saved.is_none_or(|s| store::needs_refresh(s.reserved, next) || s.peer != peer)
+}
+
+/// True when a node whose save failed must stop sealing: the database holds a
+/// reservation for this very key, and the channel has used three quarters of it (the
+/// last quarter is the margin for what it seals before the next check). Without a row
+/// for this key a crash forgets the key, so no nonce can repeat; a retired channel
+/// (at `u64::MAX`) seals nothing.
+fn must_retire(saved: Option<&Saved>, key_id: KeyId, next: u64) -> bool {
+    saved.is_some_and(|s| {
+        s.key_id == key_id && next != u64::MAX && next >= s.reserved.saturating_sub(COUNTER_RESERVE / 4)
+    })
 }
 
 impl std::fmt::Debug for DcDaemon {
@@ -81,9 +117,9 @@ fn to_state(s: NodeSnapshot) -> NodeState {
 }
 
 impl DcDaemon {
-    fn save(&mut self, fqdn: &Fqdn) {
+    fn save(&mut self, now: Instant, fqdn: &Fqdn) {
         let Some(state) = self.dc.export_node(fqdn) else { return };
-        let peer = state.peer_counter;
+        let (key_id, next, peer) = (state.key_id, state.next_counter, state.peer_counter);
         if let Some(v) = state.virtual_addrs {
             if let Err(e) = self.store.save_assignment(fqdn, v) {
                 self.store_errors += 1;
@@ -92,31 +128,68 @@ impl DcDaemon {
         }
         match self.store.save_node(&to_snapshot(state)) {
             Ok(reserved) => {
-                self.saved.insert(fqdn.clone(), (reserved, peer));
+                self.saved.insert(fqdn.clone(), Saved { key_id, reserved, peer });
             }
             Err(e) => {
                 self.store_errors += 1;
                 log::error!("{e}");
+                if self.saved.get(fqdn).is_some_and(|s| s.key_id != key_id) {
+                    // The entry is the old key's: with none, the refresh retries the new one.
+                    self.saved.remove(fqdn);
+                }
+                self.not_saved(now, fqdn, key_id, next);
             }
         }
     }
 
-    /// Saves every node whose counters moved past what the database holds.
-    fn refresh(&mut self) {
-        let due: Vec<Fqdn> = self
+    /// Saves every node whose row is out of date, in one transaction: after a restart
+    /// every node is due at once, and one commit per node would stall the loop.
+    fn refresh(&mut self, now: Instant) {
+        let due: Vec<NodeSnapshot> = self
             .dc
             .node_names()
             .into_iter()
             .filter(|f| {
                 let Some((next, peer)) = self.dc.node_counters(f) else { return false };
-                match self.saved.get(f) {
-                    Some(&(reserved, saved_peer)) => store::needs_refresh(reserved, next) || peer != saved_peer,
-                    None => true,
-                }
+                is_due(self.saved.get(f), next, peer)
             })
+            .filter_map(|f| self.dc.export_node(&f))
+            .map(to_snapshot)
             .collect();
-        for f in due {
-            self.save(&f);
+        if due.is_empty() {
+            return;
+        }
+        match self.store.save_nodes(&due) {
+            Ok(reserved) => {
+                for (n, reserved) in due.iter().zip(reserved) {
+                    let saved = Saved { key_id: n.key_id, reserved, peer: n.peer_counter };
+                    self.saved.insert(n.fqdn.clone(), saved);
+                }
+            }
+            Err(e) => {
+                self.store_errors += 1;
+                log::error!("{e}");
+                for n in &due {
+                    self.not_saved(now, &n.fqdn, n.key_id, n.next_counter);
+                }
+            }
+        }
+    }
+
+    /// A node's save failed: retire its channel if it is about to seal past what the
+    /// database reserved (see [`must_retire`]); otherwise the next refresh retries.
+    fn not_saved(&mut self, now: Instant, fqdn: &Fqdn, key_id: KeyId, next: u64) {
+        if !must_retire(self.saved.get(fqdn), key_id, next) {
+            return;
+        }
+        let Some(state) = self.dc.export_node(fqdn) else { return };
+        log::error!(
+            "{fqdn}: the database cannot extend the counter reservation; its key is retired and it must log in again"
+        );
+        // Taking the node back with its counter at the top leaves everything else as it
+        // is; the channel refuses to seal from then on.
+        if let Err(e) = self.dc.restore_node(now, state, u64::MAX) {
+            log::warn!("{fqdn}: {e}");
         }
     }
 }
@@ -128,10 +201,10 @@ impl Daemon for DcDaemon {
         &mut self.dc
     }
 
-    fn after(&mut self, _now: Instant) {
+    fn after(&mut self, now: Instant) {
         while let Some(ev) = self.dc.poll_event() {
             match ev {
-                DcEvent::NodeKeyReceived { fqdn } | DcEvent::NodeRegistered { fqdn, .. } => self.save(&fqdn),
+                DcEvent::NodeKeyReceived { fqdn } | DcEvent::NodeRegistered { fqdn, .. } => self.save(now, &fqdn),
                 DcEvent::TunnelDirected { session, mn, cn, relay } => match relay {
                     Some(rs) => log::info!("tunnel {session}: {mn} <-> {cn} via {rs}"),
                     None => log::info!("tunnel {session}: {mn} <-> {cn} direct"),
@@ -153,7 +226,7 @@ impl Daemon for DcDaemon {
     fn handle_timeout(&mut self, now: Instant) {
         if now >= self.next_refresh {
             self.next_refresh = now + REFRESH_INTERVAL;
-            self.refresh();
+            self.refresh(now);
         }
         if now >= self.next_prune {
             self.next_prune = now + PRUNE_INTERVAL;
@@ -240,11 +313,11 @@ pub fn build(cfg: DcFile) -> Result<Driver<DcDaemon>, StartError> {
     let mut saved = HashMap::new();
     let mut restored = 0usize;
     for snap in store.load_nodes()? {
-        let (fqdn, reserved, peer) = (snap.fqdn.clone(), snap.next_counter, snap.peer_counter);
+        let (fqdn, key_id, reserved, peer) = (snap.fqdn.clone(), snap.key_id, snap.next_counter, snap.peer_counter);
         match dc.restore_node(now, to_state(snap), reserved) {
             Ok(()) => {
                 // Resumed at the reservation: the next refresh reserves anew.
-                saved.insert(fqdn, (reserved, peer));
+                saved.insert(fqdn, Saved { key_id, reserved, peer });
                 restored += 1;
             }
             Err(e) => log::info!("database {}: {fqdn} not restored: {e}", cfg.state.display()),
@@ -273,8 +346,109 @@ pub fn build(cfg: DcFile) -> Result<Driver<DcDaemon>, StartError> {
         status_socket: cfg.common.status_socket.clone(),
         max_connections: cfg.common.max_connections,
         tls_idle_timeout: Some(Duration::from_secs(120)),
+        tcp_idle_timeout: None,
         signals: true,
     };
     let daemon = DcDaemon { dc, cfg, store, saved, next_refresh: now, next_prune: now, store_errors: 0 };
     Ok(Driver::new(driver_cfg, daemon)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ntm_proto::keys::KNtmDc;
+    use ntm_proto::wire::registration::KeepaliveMethod;
+
+    fn name(s: &str) -> Fqdn {
+        Fqdn::new(s).unwrap()
+    }
+
+    /// A DC daemon on a fresh database, holding `nodes` (name, next counter) whose rows
+    /// the database has, each reserved at its counter (as after a restore).
+    fn daemon(dir: &std::path::Path, now: Instant, nodes: &[(&str, u64)]) -> DcDaemon {
+        let cfg: DcFile = serde_json::from_value(serde_json::json!({
+            "name": "dc.zone-a.test", "listen": ["127.0.0.1:0"],
+            "tls": {"ca": "ca.pem", "cert": "dc.pem", "key": "dc.key"},
+            "zones": ["zone-a.test"], "virtual_ipv4": "198.18.0.0/16",
+            "virtual_ipv6": "2001:db8:ffff::/96", "state": dir.join("dc.db"),
+        }))
+        .unwrap();
+        let dcfg = DcConfig::new(
+            cfg.common.name.clone(),
+            cfg.zones.clone(),
+            (cfg.virtual_ipv4.addr, cfg.virtual_ipv4.len),
+            (cfg.virtual_ipv6.addr, cfg.virtual_ipv6.len),
+        );
+        let mut dc = Dc::new(dcfg, os_rng(), now).unwrap();
+        let mut store = DcStore::open(&cfg.state).unwrap();
+        let mut saved = HashMap::new();
+        for (i, (n, next)) in nodes.iter().enumerate() {
+            let key_id = KeyId(u32::try_from(i).unwrap() + 1);
+            let state = NodeState {
+                fqdn: name(n),
+                key_id,
+                key: KNtmDc::from_bytes([7; 16]),
+                expires: now + Duration::from_secs(3600),
+                next_counter: *next,
+                peer_counter: 5,
+                attestation: None,
+                virtual_addrs: None,
+                endpoints: Vec::new(),
+                local_addrs: Vec::new(),
+                keepalive: KeepaliveMethod::Udp,
+                ns: None,
+            };
+            store.save_node(&to_snapshot(state.clone())).unwrap();
+            dc.restore_node(now, state, *next).unwrap();
+            saved.insert(name(n), Saved { key_id, reserved: *next, peer: 5 });
+        }
+        DcDaemon { dc, cfg, store, saved, next_refresh: now, next_prune: now, store_errors: 0 }
+    }
+
+    #[test]
+    fn a_failed_save_retires_only_a_channel_near_its_reservation() {
+        let dir = std::env::temp_dir().join(format!("ntm-dc-daemon-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let now = Instant::from_millis(1_700_000_000_000);
+        let mut d = daemon(&dir, now, &[("near.zone-a.test", 1000), ("far.zone-a.test", 1000)]);
+        let (near, far) = (name("near.zone-a.test"), name("far.zone-a.test"));
+        // "near" resumed at its stored reservation: it has used it all and is due. "far"
+        // has a reservation well ahead and is due only because its replay floor moved.
+        d.saved.get_mut(&far).unwrap().reserved = 1000 + COUNTER_RESERVE;
+        d.saved.get_mut(&far).unwrap().peer = 4;
+
+        // Another process holds the database's write lock: every write fails.
+        let blocker = rusqlite::Connection::open(&d.cfg.state).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        d.refresh(now);
+        assert_eq!(d.store_errors, 1, "one transaction for all due nodes");
+        assert_eq!(d.dc.node_counters(&near).map(|c| c.0), Some(u64::MAX), "near: retired, it seals no more");
+        assert_eq!(d.dc.node_counters(&far).map(|c| c.0), Some(1000), "far: kept, retried later");
+
+        // Once the database works again, the next refresh saves both; a restart resumes
+        // the retired channel at the top (it still seals nothing) and the other above
+        // everything it used.
+        blocker.execute_batch("ROLLBACK").unwrap();
+        d.refresh(now);
+        assert_eq!(d.store_errors, 1);
+        let rows = d.store.load_nodes().unwrap();
+        let row = |f: &Fqdn| rows.iter().find(|r| &r.fqdn == f).map(|r| r.next_counter);
+        assert_eq!(row(&near), Some(u64::MAX));
+        assert_eq!(row(&far), Some(1000 + COUNTER_RESERVE));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn due_and_retire_rules() {
+        let k1 = KeyId(1);
+        let old = Saved { key_id: k1, reserved: 10 + COUNTER_RESERVE, peer: 0 };
+        // The old key's entry would hide a new key's fresh counters: the entry is dropped.
+        assert!(!is_due(Some(&old), 0, 0));
+        assert!(is_due(None, 0, 0));
+        assert!(!must_retire(Some(&old), KeyId(2), u64::MAX - 1), "no stored row for the new key");
+        assert!(must_retire(Some(&old), k1, 10 + COUNTER_RESERVE - COUNTER_RESERVE / 4));
+        assert!(!must_retire(Some(&old), k1, 10 + COUNTER_RESERVE / 2));
+        assert!(!must_retire(Some(&old), k1, u64::MAX), "already retired");
+    }
 }

@@ -64,6 +64,9 @@ pub fn build(cfg: NsFile) -> Result<Driver<NsDaemon>, StartError> {
         // Each node holds one idle TCP connection: allow them all.
         max_connections: cfg.common.max_connections.max(cfg.max_nodes),
         tls_idle_timeout: Some(Duration::from_secs(120)),
+        // A node keeps alive every interval; one silent for three is gone (its NAT
+        // mapping with it), and its connection would otherwise stay forever.
+        tcp_idle_timeout: Some(secs(cfg.keepalive_interval_secs.saturating_mul(3))),
         signals: true,
     };
     Ok(Driver::new(dc, NsDaemon { ns, cfg })?)

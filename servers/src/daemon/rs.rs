@@ -76,6 +76,7 @@ pub fn build(cfg: RsFile) -> Result<Driver<RsDaemon>, StartError> {
         status_socket: cfg.common.status_socket.clone(),
         max_connections: cfg.common.max_connections,
         tls_idle_timeout: Some(Duration::from_secs(120)),
+        tcp_idle_timeout: None,
         signals: true,
     };
     Ok(Driver::new(dc, RsDaemon { rs, cfg })?)

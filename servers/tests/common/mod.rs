@@ -393,6 +393,7 @@ impl TestNode {
             status_socket: None,
             max_connections: 16,
             tls_idle_timeout: None,
+            tcp_idle_timeout: None,
             signals: false,
         };
         let driver = Driver::new(dc, NodeHost { node, events: Vec::new() }).unwrap();

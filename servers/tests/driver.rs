@@ -1,0 +1,249 @@
+//! The driver's connection handling against a scripted engine over real loopback
+//! sockets: half-closed peers, peers that do not read, peers that never finish a frame,
+//! replaced connections, and the status socket.
+
+use ntm_proto::engine::{DnsAnswer, DnsQuery, DropCounters, Engine, PeerIdentity, Received, StreamKind, Transmit, Via};
+use ntm_proto::time::Instant;
+use ntm_servers::driver::{Daemon, Driver, DriverConfig, HANDSHAKE_TIMEOUT};
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Answers `echo...` with the same frame and `flood` with 64 frames of 60 KB; records
+/// what it was told.
+#[derive(Default)]
+struct Script {
+    frames: Vec<(SocketAddr, Vec<u8>)>,
+    closed: Vec<SocketAddr>,
+    out: VecDeque<Transmit>,
+    drops: DropCounters,
+}
+
+impl Engine for Script {
+    fn handle_datagram(&mut self, _now: Instant, _from: SocketAddr, _buf: &mut [u8]) -> Received {
+        Received::Handled
+    }
+    fn handle_stream(
+        &mut self,
+        _now: Instant,
+        kind: StreamKind,
+        from: SocketAddr,
+        _peer: Option<&PeerIdentity>,
+        frame: &[u8],
+    ) -> Received {
+        self.frames.push((from, frame.to_vec()));
+        let via = Via::Stream { kind, server: None };
+        if frame.starts_with(b"echo") {
+            self.out.push_back(Transmit { via, dst: from, payload: frame.to_vec() });
+        } else if frame == b"flood" {
+            for _ in 0..64 {
+                self.out.push_back(Transmit { via: via.clone(), dst: from, payload: vec![0x55; 60_000] });
+            }
+        }
+        Received::Handled
+    }
+    fn handle_stream_closed(&mut self, _now: Instant, _kind: StreamKind, peer: SocketAddr) {
+        self.closed.push(peer);
+    }
+    fn handle_dns(&mut self, _now: Instant, _id: u64, _answer: DnsAnswer) {}
+    fn handle_timeout(&mut self, _now: Instant) {}
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+    fn poll_dns(&mut self) -> Option<DnsQuery> {
+        None
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+}
+
+struct Host {
+    engine: Script,
+    status_bytes: usize,
+}
+
+impl Daemon for Host {
+    type Engine = Script;
+    fn engine(&mut self) -> &mut Script {
+        &mut self.engine
+    }
+    fn status(&mut self, _now: Instant) -> serde_json::Value {
+        serde_json::json!({ "filler": "x".repeat(self.status_bytes) })
+    }
+}
+
+fn config(tcp: usize, status_socket: Option<std::path::PathBuf>) -> DriverConfig {
+    DriverConfig {
+        udp: Vec::new(),
+        tls: Vec::new(),
+        tcp: vec!["127.0.0.1:0".parse().unwrap(); tcp],
+        tls_server: None,
+        tls_client: None,
+        identify: ntm_servers::daemon::identify,
+        locator: None,
+        status_socket,
+        max_connections: 64,
+        tls_idle_timeout: None,
+        tcp_idle_timeout: None,
+        signals: false,
+    }
+}
+
+fn driver(tcp: usize) -> Driver<Host> {
+    Driver::new(config(tcp, None), Host { engine: Script::default(), status_bytes: 0 }).unwrap()
+}
+
+fn frame(msg: &[u8]) -> Vec<u8> {
+    let mut v = u16::try_from(msg.len()).unwrap().to_be_bytes().to_vec();
+    v.extend_from_slice(msg);
+    v
+}
+
+/// Turns the loop until `cond` or `secs` pass.
+fn turn_until(d: &mut Driver<Host>, secs: u64, mut cond: impl FnMut(&mut Driver<Host>) -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        d.turn(Duration::from_millis(20)).unwrap();
+        if cond(d) {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_half_closed_peer_gets_its_answer_then_the_connection_closes() {
+    let mut d = driver(1);
+    let addr = d.listen_addrs()[0];
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(&frame(b"echo one")).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let me = c.local_addr().unwrap();
+    // The frame is handled, the answer written, and the connection closed: the engine
+    // is told, and the peer reads the answer and then the end of the stream.
+    assert!(turn_until(&mut d, 5, |d| !d.daemon().engine.closed.is_empty()), "the connection closes");
+    assert_eq!(d.daemon().engine.frames, vec![(me, b"echo one".to_vec())]);
+    assert_eq!(d.daemon().engine.closed, vec![me]);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got, frame(b"echo one"));
+}
+
+#[test]
+fn a_peer_that_does_not_read_is_cut_off() {
+    let mut d = driver(1);
+    let addr = d.listen_addrs()[0];
+    let mut c = TcpStream::connect(addr).unwrap();
+    let me = c.local_addr().unwrap();
+    // Each request asks for ~3.8 MB; the peer never reads any of it.
+    for _ in 0..8 {
+        c.write_all(&frame(b"flood")).unwrap();
+    }
+    assert!(
+        turn_until(&mut d, 10, |d| d.stats().slow_readers > 0),
+        "the driver stops queueing for a peer that does not read"
+    );
+    // (Told again for each answer still queued for it.)
+    assert!(turn_until(&mut d, 5, |d| d.daemon().engine.closed.first() == Some(&me)), "the engine is told");
+}
+
+#[test]
+fn a_peer_that_never_completes_a_frame_is_closed() {
+    let mut d = driver(1);
+    let addr = d.listen_addrs()[0];
+    let mut c = TcpStream::connect(addr).unwrap();
+    let me = c.local_addr().unwrap();
+    // A frame length, then a byte now and then: never a whole frame.
+    c.write_all(&[0, 100]).unwrap();
+    let mut last_drip = std::time::Instant::now();
+    let closed = turn_until(&mut d, HANDSHAKE_TIMEOUT.as_secs() + 5, |d| {
+        if last_drip.elapsed() >= Duration::from_millis(500) {
+            let _ = c.write_all(b"x");
+            last_drip = std::time::Instant::now();
+        }
+        !d.daemon().engine.closed.is_empty()
+    });
+    assert!(closed, "a slow-drip connection is closed: {:?}", d.stats());
+    assert_eq!(d.daemon().engine.closed, vec![me]);
+    assert!(d.stats().idle_closed >= 1);
+    assert!(d.daemon().engine.frames.is_empty());
+}
+
+#[test]
+fn a_replaced_connection_closes_without_closing_the_engines_stream() {
+    // Two listeners; two client sockets bound to the same address and port reach one
+    // each, so the driver sees the same peer address twice.
+    let mut d = driver(2);
+    let (a, b) = (d.listen_addrs()[0], d.listen_addrs()[1]);
+    let bound = |to: SocketAddr, from: Option<SocketAddr>| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&from.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()).into()).unwrap();
+        s.connect(&to.into()).unwrap();
+        TcpStream::from(s)
+    };
+    let mut first = bound(a, None);
+    let me = first.local_addr().unwrap();
+    first.write_all(&frame(b"echo first")).unwrap();
+    assert!(turn_until(&mut d, 5, |d| d.daemon().engine.frames.len() == 1));
+    let mut second = bound(b, Some(me));
+    second.write_all(&frame(b"echo second")).unwrap();
+    assert!(turn_until(&mut d, 5, |d| d.daemon().engine.frames.len() == 2));
+    // The older connection was closed; the engine's stream with `me` is the newer one.
+    first.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let _ = first.read_to_end(&mut got);
+    drop(first);
+    for _ in 0..20 {
+        d.turn(Duration::from_millis(10)).unwrap();
+    }
+    assert!(d.daemon().engine.closed.is_empty(), "the live stream was not reported closed");
+    second.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; frame(b"echo second").len()];
+    second.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, frame(b"echo second"));
+}
+
+#[test]
+fn the_status_socket_is_private_and_answers_in_full() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("ntm-driver-status-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A file that is not a socket is never removed to make room.
+    let precious = dir.join("dc.db");
+    std::fs::write(&precious, b"data").unwrap();
+    let host = || Host { engine: Script::default(), status_bytes: 4 << 20 };
+    let err = Driver::new(config(0, Some(precious.clone())), host()).unwrap_err();
+    assert!(err.to_string().contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read(&precious).unwrap(), b"data");
+
+    let path = dir.join("status.sock");
+    let mut d = Driver::new(config(0, Some(path.clone())), host()).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    // A second daemon on the same socket is refused rather than stealing it.
+    assert!(Driver::new(config(0, Some(path.clone())), host()).is_err());
+    // Several megabytes, far over a socket buffer, arrive whole.
+    let reader = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            text
+        }
+    });
+    while !reader.is_finished() {
+        d.turn(Duration::from_millis(10)).unwrap();
+    }
+    let text = reader.join().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).expect("the whole JSON document");
+    assert_eq!(v["filler"].as_str().map(str::len), Some(4 << 20));
+    let _ = std::fs::remove_dir_all(&dir);
+}
