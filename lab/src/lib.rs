@@ -201,7 +201,15 @@ impl Lab {
         let dir = std::env::temp_dir().join(format!("{prefix}-{label}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        Ok(Lab { prefix, namespaces: Vec::new(), procs: Vec::new(), captures: Vec::new(), dir, keep_dir: false, steps: Vec::new() })
+        Ok(Lab {
+            prefix,
+            namespaces: Vec::new(),
+            procs: Vec::new(),
+            captures: Vec::new(),
+            dir,
+            keep_dir: false,
+            steps: Vec::new(),
+        })
     }
 
     /// The lab's working directory (configs, logs, captures).
@@ -425,7 +433,12 @@ fn eprint_report(r: &str) {
 fn unsafe_euid() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).and_then(|u| u.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .and_then(|u| u.parse().ok())
+        })
         .unwrap_or(u32::MAX)
 }
 
