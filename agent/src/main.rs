@@ -1,3 +1,5 @@
 //! `ntmd`, the NTMobile agent (being built: issue 4).
 
+mod dnsstub;
+
 fn main() {}
