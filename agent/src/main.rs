@@ -1,5 +1,143 @@
-//! `ntmd`, the NTMobile agent (being built: issue 4).
+//! `ntmd`, the NTMobile agent.
+//!
+//! ```text
+//! ntmd [run] -c FILE       run the agent (needs CAP_NET_ADMIN for the TUN device)
+//! ntmd check -c FILE       check the configuration and the files it names, then exit
+//! ntmd status -s SOCKET    print the running agent's state (JSON)
+//! ntmd status -c FILE      the same, taking the socket from the configuration
+//! ```
+//! Exit codes: 0 success, 1 the agent failed, 2 bad usage or configuration.
 
+// The command line talks to a person: printing is its job.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod agent;
+mod config;
+mod control;
 mod dnsstub;
+mod icmp;
+mod netlink;
+mod tls;
+mod verify;
 
-fn main() {}
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: ntmd [run|check] -c FILE | ntmd status (-s SOCKET | -c FILE)";
+
+enum Command {
+    Run(PathBuf),
+    Check(PathBuf),
+    Status { config: Option<PathBuf>, socket: Option<PathBuf> },
+}
+
+fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Command, String> {
+    let mut it = args.into_iter().peekable();
+    let word = it.peek().and_then(|a| a.to_str()).map(str::to_owned);
+    let cmd = match word.as_deref() {
+        Some(w @ ("run" | "check" | "status")) => {
+            let w = w.to_owned();
+            it.next();
+            w
+        }
+        Some(w) if !w.starts_with('-') => return Err(format!("unknown command \"{w}\"")),
+        _ => "run".to_owned(),
+    };
+    let mut parser = lexopt::Parser::from_args(it);
+    let (mut config, mut socket) = (None, None);
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            lexopt::Arg::Short('c') | lexopt::Arg::Long("config") => {
+                config = Some(PathBuf::from(parser.value().map_err(|e| e.to_string())?))
+            }
+            lexopt::Arg::Short('s') | lexopt::Arg::Long("socket") => {
+                socket = Some(PathBuf::from(parser.value().map_err(|e| e.to_string())?))
+            }
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    match cmd.as_str() {
+        "status" if config.is_none() && socket.is_none() => Err("status needs -s SOCKET or -c FILE".into()),
+        "status" => Ok(Command::Status { config, socket }),
+        "check" => config.map(Command::Check).ok_or_else(|| "check needs -c FILE".into()),
+        _ => config.map(Command::Run).ok_or_else(|| "run needs -c FILE".into()),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<(config::AgentFile, agent::Material), String> {
+    let cfg = config::load(path).map_err(|e| e.to_string())?;
+    let material = agent::Material::load(&cfg).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((cfg, material))
+}
+
+fn status(config: Option<PathBuf>, socket: Option<PathBuf>) -> Result<String, String> {
+    let socket = match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(c)) => PathBuf::from(config::load(&c).map_err(|e| e.to_string())?.status_socket.as_str()),
+        (None, None) => return Err(USAGE.into()),
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(&socket)
+        .map_err(|e| format!("{}: {e} (is ntmd running?)", socket.display()))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| format!("{}: {e}", socket.display()))?;
+    Ok(text)
+}
+
+fn main() -> ExitCode {
+    let cmd = match parse_args(std::env::args_os().skip(1).collect()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ntmd: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match cmd {
+        Command::Check(path) => match load(&path) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ntmd: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Status { config, socket } => match status(config, socket) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ntmd: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run(path) => {
+            let (cfg, material) = match load(&path) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("ntmd: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let level = config::log_filter(&cfg.log_level).unwrap_or(log::LevelFilter::Info);
+            let _ = simple_logger::SimpleLogger::new().with_level(level).init();
+            let mut agent = match agent::Agent::new(cfg, material) {
+                Ok(a) => a,
+                Err(e) => {
+                    log::error!("cannot start: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match agent.run() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("stopped: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

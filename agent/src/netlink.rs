@@ -317,6 +317,7 @@ impl Netlink {
     /// made (the delete names its protocol, so the kernel's own prefix route of an address is
     /// left alone). A route that is not there is success (the kernel also removes a device's
     /// routes when the device goes).
+    #[allow(dead_code)] // the agent's routes leave with its TUN device; the tests use it
     pub fn del_route(&mut self, ifindex: u32, dst: IpAddr, prefix_len: u8) -> io::Result<()> {
         // Scope "nowhere" in a delete matches a route of any scope.
         let msg = route_message(ifindex, dst, prefix_len, RouteScope::NoWhere);

@@ -265,20 +265,20 @@ fn configures_an_interface_like_the_tun() {
 
         // Twice each: the second add meets EEXIST, which is success.
         for _ in 0..2 {
-            nl.add_address(d1, addr("10.77.0.1"), 24).unwrap();
-            nl.add_address(d1, addr("fd00:77::1"), 64).unwrap();
+            nl.add_address(d1, addr("198.51.100.1"), 24).unwrap();
+            nl.add_address(d1, addr("2001:db8:77::1"), 64).unwrap();
         }
         let addrs = ip("-j addr show dev d1");
-        assert!(addrs.contains("\"local\":\"10.77.0.1\",\"prefixlen\":24"), "{addrs}");
-        assert!(addrs.contains("\"local\":\"fd00:77::1\",\"prefixlen\":64"), "{addrs}");
+        assert!(addrs.contains("\"local\":\"198.51.100.1\",\"prefixlen\":24"), "{addrs}");
+        assert!(addrs.contains("\"local\":\"2001:db8:77::1\",\"prefixlen\":64"), "{addrs}");
         // No duplicate address detection on the virtual address: usable at once.
         assert!(!addrs.contains("tentative"), "{addrs}");
 
         for _ in 0..2 {
-            nl.add_route(d1, addr("10.78.1.2"), 16, Some(1300)).unwrap();
-            nl.add_route(d1, addr("fd00:78::"), 48, Some(1300)).unwrap();
+            nl.add_route(d1, addr("198.18.1.2"), 16, Some(1300)).unwrap();
+            nl.add_route(d1, addr("2001:db8:78::"), 48, Some(1300)).unwrap();
         }
-        for (family, dst) in [("-4", "10.78.0.0/16"), ("-6", "fd00:78::/48")] {
+        for (family, dst) in [("-4", "198.18.0.0/16"), ("-6", "2001:db8:78::/48")] {
             let route = ip(&format!("{family} -j route show {dst}"));
             assert!(route.contains(&format!("\"dst\":\"{dst}\"")), "{route}");
             assert!(route.contains("\"dev\":\"d1\""), "{route}");
@@ -286,25 +286,25 @@ fn configures_an_interface_like_the_tun() {
             assert_eq!(route.matches("\"dst\"").count(), 1, "one route: {route}");
         }
         // A changed MTU replaces the route.
-        nl.add_route(d1, addr("10.78.0.0"), 16, Some(1280)).unwrap();
-        let route = ip("-4 -j route show 10.78.0.0/16");
+        nl.add_route(d1, addr("198.18.0.0"), 16, Some(1280)).unwrap();
+        let route = ip("-4 -j route show 198.18.0.0/16");
         assert!(route.contains("\"mtu\":1280"), "{route}");
 
         // The driver sees what it configured.
         let seen = nl.addresses().unwrap();
-        assert!(seen.iter().any(|a| a.ifname == "d1" && a.addr == addr("10.77.0.1")));
+        assert!(seen.iter().any(|a| a.ifname == "d1" && a.addr == addr("198.51.100.1")));
 
         for _ in 0..2 {
-            nl.del_route(d1, addr("10.78.0.0"), 16).unwrap();
-            nl.del_route(d1, addr("fd00:78::"), 48).unwrap();
+            nl.del_route(d1, addr("198.18.0.0"), 16).unwrap();
+            nl.del_route(d1, addr("2001:db8:78::"), 48).unwrap();
         }
-        assert_eq!(ip("-4 -j route show 10.78.0.0/16").trim(), "[]");
-        assert_eq!(ip("-6 -j route show fd00:78::/48").trim(), "[]");
+        assert_eq!(ip("-4 -j route show 198.18.0.0/16").trim(), "[]");
+        assert_eq!(ip("-6 -j route show 2001:db8:78::/48").trim(), "[]");
 
         // Real errors are reported.
         let absent = d1 + 1000;
-        assert!(nl.add_address(absent, addr("10.79.0.1"), 24).is_err());
-        assert!(nl.add_route(absent, addr("10.80.0.0"), 16, None).is_err());
+        assert!(nl.add_address(absent, addr("203.0.113.1"), 24).is_err());
+        assert!(nl.add_route(absent, addr("198.19.0.0"), 16, None).is_err());
         assert!(nl.set_link_up(absent, None).is_err());
     });
 }

@@ -1,0 +1,968 @@
+//! The agent's event loop: one thread, one mio poll, the library's node engine.
+//!
+//! Sources, each drained to `WouldBlock` on every readiness event:
+//! - the tunnel's UDP sockets (one per family, one port): datagrams go to the engine;
+//!   decrypted inner packets go to the TUN device;
+//! - the TUN device: packets are sealed in place for their tunnel and sent;
+//! - the DNS stub's socket (the box's resolver points at it) and the upstream socket;
+//! - the TLS stream to the AS (embedded-tls, only during login) and the TCP stream to the NS;
+//! - a netlink socket: address and route changes, debounced, become network changes
+//!   (mobility, spec 4.5);
+//! - a signalfd (SIGTERM/SIGINT stop, SIGHUP is logged) and the status socket.
+//!
+//! After every batch of input the loop drains the engine's outputs (transmits, DNS
+//! queries, events) and sleeps until the next input or the earliest deadline of the
+//! engine, the DNS stub, the DC locator and the netlink debounce.
+
+use crate::config::{AgentFile, Route};
+use crate::control::Json;
+use crate::dnsstub::{Dest, DnsStub, Outcome, StubConfig};
+use crate::icmp;
+use crate::netlink::{usable_local_addrs, ChangeDebounce, Netlink};
+use crate::tls::{ClientCert, LoginTls, LoginTlsConfig, LoginTlsError};
+use mio::net::{TcpStream, UdpSocket, UnixListener};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use ntm_proto::crypto::pk::KeyPair;
+use ntm_proto::crypto::TAG_LEN;
+use ntm_proto::dns::{Locator, LocatorConfig};
+use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, PathKind, ResolveId, SendError};
+use ntm_proto::engine::{DcLocation, Engine, Received, StreamKind, Transmit, Via};
+use ntm_proto::time::{Duration, Instant};
+use ntm_proto::wire::frame::{encode_frame, FrameDecoder, FRAME_MAX};
+use ntm_proto::wire::login::{Credential, IdToken, Password};
+use ntm_proto::wire::registration::KeepaliveMethod;
+use ntm_proto::wire::{Text, VirtualAddrs, HEADER_LEN};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+const UDP4: Token = Token(1);
+const UDP6: Token = Token(2);
+const TUN: Token = Token(3);
+const DNS_CLIENT: Token = Token(4);
+const DNS_UP4: Token = Token(5);
+const DNS_UP6: Token = Token(6);
+const NETLINK: Token = Token(7);
+const CONTROL: Token = Token(8);
+const SIGNALS: Token = Token(9);
+const AS_CONN: Token = Token(10);
+const NS_CONN: Token = Token(11);
+
+/// Room for a whole IP packet with the tunnel header in front and the tag behind.
+const BUF_LEN: usize = HEADER_LEN + 65_535 + TAG_LEN;
+/// Bytes a tunnel adds to an inner packet: outer IP, UDP, the NTMobile header and tag.
+const OVERHEAD_V4: u16 = 20 + 8 + (HEADER_LEN + TAG_LEN) as u16;
+const OVERHEAD_V6: u16 = 40 + 8 + (HEADER_LEN + TAG_LEN) as u16;
+/// The physical MTU assumed for the path (tunnel packets must fit in it).
+const LINK_MTU: u16 = 1500;
+
+/// Why the agent could not start.
+pub type StartError = Box<dyn std::error::Error>;
+
+/// What the agent counted (for `ntmd status`).
+#[derive(Debug, Default)]
+struct Counters {
+    tun_in: u64,
+    tun_out: u64,
+    udp_in: u64,
+    udp_out: u64,
+    no_tunnel: u64,
+    too_big: u64,
+    send_errors: u64,
+    network_changes: u64,
+    tls_failures: u64,
+}
+
+/// A plain TCP stream to the NS.
+struct NsConn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    out: Vec<u8>,
+    decoder: FrameDecoder,
+    connecting: bool,
+}
+
+/// The agent.
+pub struct Agent {
+    cfg: AgentFile,
+    poll: Poll,
+    start: std::time::Instant,
+    node: Node,
+    udp4: Option<UdpSocket>,
+    udp6: Option<UdpSocket>,
+    tun: tun::Device,
+    tun_index: u32,
+    tun_addrs: Option<VirtualAddrs>,
+    routes: Vec<Route>,
+    dns_client: UdpSocket,
+    dns_up4: Option<UdpSocket>,
+    dns_up6: Option<UdpSocket>,
+    stub: DnsStub,
+    locator: Locator,
+    resolves: HashMap<ResolveId, u64>,
+    tls_cfg: LoginTlsConfig,
+    as_conn: Option<(LoginTls, SocketAddr, FrameDecoder)>,
+    ns_conn: Option<NsConn>,
+    netlink: Netlink,
+    debounce: ChangeDebounce,
+    local_addrs: Vec<SocketAddr>,
+    control: UnixListener,
+    signals: SignalFd,
+    counters: Counters,
+    buf: Vec<u8>,
+    stop: bool,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+fn read_pem_chain(path: &str) -> Result<Vec<Vec<u8>>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut out = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let end_marker = "-----END CERTIFICATE-----";
+        let Some(end) = rest[start..].find(end_marker) else { break };
+        let block = &rest[start..start + end + end_marker.len()];
+        let (_, der) = pem_rfc7468::decode_vec(block.as_bytes()).map_err(|e| format!("{path}: {e}"))?;
+        out.push(der);
+        rest = &rest[start + end + end_marker.len()..];
+    }
+    if out.is_empty() {
+        return Err(format!("{path}: no certificate"));
+    }
+    Ok(out)
+}
+
+fn read_key(path: &str) -> Result<p256::SecretKey, String> {
+    use p256::pkcs8::DecodePrivateKey;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    p256::SecretKey::from_pkcs8_pem(&text).map_err(|e| format!("{path}: not a P-256 PKCS#8 key: {e}"))
+}
+
+fn read_secret_line(path: &str) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let line = text.lines().next().unwrap_or("").as_bytes().to_vec();
+    if line.is_empty() {
+        return Err(format!("{path}: empty"));
+    }
+    Ok(line)
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let std = std::net::UdpSocket::bind(addr)?;
+    std.set_nonblocking(true)?;
+    Ok(UdpSocket::from_std(std))
+}
+
+/// An IPv6-only socket on `port`: the IPv4 socket owns the port's IPv4 side (the kernel's
+/// default would let `[::]` take IPv4 too and the second bind would fail).
+fn bind_udp6_only(port: u16) -> io::Result<UdpSocket> {
+    use nix::sys::socket::{bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn6};
+    let fd = socket(AddressFamily::Inet6, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    let any = std::net::SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, port, 0, 0);
+    bind(fd.as_raw_fd(), &SockaddrIn6::from(any))?;
+    Ok(UdpSocket::from_std(std::net::UdpSocket::from(fd)))
+}
+
+/// The current credential, read from its files (an ID token is re-read at each login).
+fn credential(cfg: &AgentFile) -> Result<Credential, String> {
+    if cfg.credential.device.is_some() {
+        return Ok(Credential::DeviceCertificate);
+    }
+    if let Some(p) = &cfg.credential.password {
+        let pw = read_secret_line(&p.password_file)?;
+        let password = Password::new(&pw).map_err(|e| format!("{}: {e}", p.password_file))?;
+        let email = Text::new(&p.email).map_err(|e| format!("credential.password.email: {e}"))?;
+        return Ok(Credential::Password { email, password });
+    }
+    if let Some(path) = &cfg.credential.oidc_token_file {
+        let t = read_secret_line(path)?;
+        return Ok(Credential::OidcToken(IdToken::new(&t).map_err(|e| format!("{path}: {e}"))?));
+    }
+    Err("no credential".into())
+}
+
+/// What the agent reads from files besides its configuration: checked by `ntmd check`
+/// as well as at start, so a typo in a path shows before the box reboots into it.
+pub struct Material {
+    tls: LoginTlsConfig,
+    key_pair: Option<KeyPair>,
+    credential: Credential,
+    routes: Vec<Route>,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material").field("routes", &self.routes).finish_non_exhaustive()
+    }
+}
+
+impl Material {
+    /// Reads the CA, the device certificate and key or the password or token file.
+    pub fn load(cfg: &AgentFile) -> Result<Self, String> {
+        let routes = cfg.routes().map_err(|e| format!("virtual_routes: {e}"))?;
+        let as_name = cfg.account_server_name.as_ref().ok_or("account_server_name: missing")?;
+        let ca_der = read_pem_chain(&cfg.ca)?.into_iter().next().ok_or("no CA certificate")?;
+        let (client, key_pair) = match &cfg.credential.device {
+            Some(d) => {
+                let key = read_key(&d.key)?;
+                let kp = KeyPair::from_secret(key.clone());
+                (Some(ClientCert { chain_der: read_pem_chain(&d.cert)?, key }), Some(kp))
+            }
+            None => (None, None),
+        };
+        let tls = LoginTlsConfig { ca_der, server_name: as_name.to_string(), client, unix_time: None };
+        tls.check().map_err(|e| format!("certificates: {e}"))?;
+        Ok(Material { tls, key_pair, credential: credential(cfg)?, routes })
+    }
+}
+
+impl Agent {
+    /// Opens every socket and the TUN device. Needs CAP_NET_ADMIN.
+    pub fn new(cfg: AgentFile, material: Material) -> Result<Self, StartError> {
+        let poll = Poll::new()?;
+        let Material { tls: tls_cfg, key_pair, credential, routes } = material;
+
+        // Tunnel sockets: one port, both families where the host has them.
+        let udp4 = bind_udp(SocketAddr::from(([0, 0, 0, 0], cfg.udp_port))).ok();
+        let udp6 = match bind_udp6_only(cfg.udp_port) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::info!("no IPv6 tunnel socket: {e}");
+                None
+            }
+        };
+        if udp4.is_none() && udp6.is_none() {
+            return Err(format!("cannot bind UDP port {}", cfg.udp_port).into());
+        }
+
+        let mut tun_cfg = tun::Configuration::default();
+        tun_cfg.tun_name(cfg.tun.name.as_str()).mtu(cfg.tun.mtu).up();
+        let tun = tun::create(&tun_cfg).map_err(|e| format!("TUN device {}: {e}", cfg.tun.name))?;
+        tun.set_nonblock()?;
+        let mut netlink = Netlink::open()?;
+        let tun_index = netlink.link_index(&cfg.tun.name)?.ok_or("TUN device has no index")?;
+        netlink.set_link_up(tun_index, Some(u32::from(cfg.tun.mtu)))?;
+
+        let exclude: Vec<(IpAddr, u8)> = routes.iter().map(|r| (r.addr, r.len)).collect();
+        let local_addrs = usable_local_addrs(&netlink.addresses()?, &[tun_index], &exclude, cfg.udp_port);
+        log::info!("local addresses {local_addrs:?}");
+
+        let as_name = cfg.account_server_name.clone().ok_or("account_server_name: missing")?;
+        let mut ncfg = NodeConfig::new(cfg.account_server(), as_name, credential, local_addrs.clone());
+        ncfg.keepalive = if cfg.keepalive.as_str() == "ns" { KeepaliveMethod::Ns } else { KeepaliveMethod::Udp };
+        if cfg.public_key_mode {
+            ncfg.key_pair = key_pair;
+            ncfg.strict_public_key_mode = cfg.strict_public_key_mode;
+        }
+        ncfg.static_dc = cfg.static_dc.as_ref().map(|d| DcLocation { name: d.name.clone(), addrs: d.addrs.to_vec() });
+        ncfg.max_tunnels = usize::from(cfg.max_tunnels);
+        // With no address yet (no network at boot), the node starts once one appears.
+        let node = Node::new(
+            NodeConfig {
+                local_addrs: if local_addrs.is_empty() {
+                    vec![SocketAddr::from(([0, 0, 0, 0], 0))]
+                } else {
+                    local_addrs.clone()
+                },
+                ..ncfg
+            },
+            Box::new(rand_core::OsRng),
+        )?;
+
+        let mut dns_client = bind_udp(cfg.dns.listen).map_err(|e| format!("DNS stub {}: {e}", cfg.dns.listen))?;
+        let mut dns_up4 = bind_udp(SocketAddr::from(([0, 0, 0, 0], 0))).ok();
+        let mut dns_up6 = bind_udp(SocketAddr::from(([0u16; 8], 0))).ok();
+        let stub = DnsStub::new(
+            StubConfig {
+                ntm_domains: cfg.dns.ntm_domains.to_vec(),
+                upstream: cfg.dns.upstream.to_vec(),
+                max_pending: 256,
+                upstream_timeout: Duration::from_secs(2),
+                answer_ttl: 30,
+            },
+            Box::new(rand_core::OsRng),
+        );
+        let locator = Locator::new(
+            LocatorConfig {
+                nameservers: cfg.dns.upstream.to_vec(),
+                dc_port: cfg.dns.dc_port,
+                ntm_domains: cfg.dns.ntm_domains.to_vec(),
+                ..LocatorConfig::default()
+            },
+            Box::new(rand_core::OsRng),
+        );
+
+        let path = std::path::Path::new(cfg.status_socket.as_str());
+        let _ = std::fs::remove_file(path);
+        let mut control = UnixListener::bind(path).map_err(|e| format!("status socket {}: {e}", path.display()))?;
+
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            mask.add(s);
+        }
+        mask.thread_block()?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+
+        let mut udp4 = udp4;
+        let mut udp6 = udp6;
+        let r = poll.registry();
+        if let Some(s) = udp4.as_mut() {
+            r.register(s, UDP4, Interest::READABLE)?;
+        }
+        if let Some(s) = udp6.as_mut() {
+            r.register(s, UDP6, Interest::READABLE)?;
+        }
+        r.register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
+        r.register(&mut dns_client, DNS_CLIENT, Interest::READABLE)?;
+        if let Some(s) = dns_up4.as_mut() {
+            r.register(s, DNS_UP4, Interest::READABLE)?;
+        }
+        if let Some(s) = dns_up6.as_mut() {
+            r.register(s, DNS_UP6, Interest::READABLE)?;
+        }
+        r.register(&mut SourceFd(&netlink.as_raw_fd()), NETLINK, Interest::READABLE)?;
+        r.register(&mut control, CONTROL, Interest::READABLE)?;
+        r.register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
+
+        Ok(Agent {
+            cfg,
+            poll,
+            start: std::time::Instant::now(),
+            node,
+            udp4,
+            udp6,
+            tun,
+            tun_index,
+            tun_addrs: None,
+            routes,
+            dns_client,
+            dns_up4,
+            dns_up6,
+            stub,
+            locator,
+            resolves: HashMap::new(),
+            tls_cfg,
+            as_conn: None,
+            ns_conn: None,
+            netlink,
+            debounce: ChangeDebounce::default(),
+            local_addrs,
+            control,
+            signals,
+            counters: Counters::default(),
+            buf: vec![0u8; BUF_LEN],
+            stop: false,
+        })
+    }
+
+    /// The engine's clock: milliseconds since the agent started (monotonic).
+    fn now(&self) -> Instant {
+        Instant::from_millis(u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// A wall-clock instant on the engine's clock.
+    fn engine_time(&self, t: std::time::Instant) -> Instant {
+        let ms = t.saturating_duration_since(self.start).as_millis();
+        Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    /// Runs until SIGTERM or SIGINT.
+    pub fn run(&mut self) -> io::Result<()> {
+        if !self.local_addrs.is_empty() {
+            let now = self.now();
+            self.node.start(now);
+        } else {
+            log::warn!("no usable address yet; waiting for the network");
+        }
+        let mut events = Events::with_capacity(256);
+        while !self.stop {
+            let now = self.now();
+            self.timers(now);
+            self.flush(now);
+            let wait = self.next_deadline().map_or(std::time::Duration::from_secs(60), |at| {
+                std::time::Duration::from_millis(at.saturating_duration_since(self.now()).as_millis() as u64)
+            });
+            match self.poll.poll(&mut events, Some(wait)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    UDP4 | UDP6 => self.read_udp(ev.token()),
+                    TUN => self.read_tun(),
+                    DNS_CLIENT => self.read_dns_client(),
+                    DNS_UP4 | DNS_UP6 => self.read_dns_upstream(ev.token()),
+                    NETLINK => self.read_netlink(),
+                    CONTROL => self.serve_status(),
+                    SIGNALS => self.read_signals(),
+                    AS_CONN => self.drive_as(),
+                    NS_CONN => self.drive_ns(ev.is_writable()),
+                    _ => {}
+                }
+            }
+            let now = self.now();
+            self.flush(now);
+        }
+        let _ = std::fs::remove_file(self.cfg.status_socket.as_str());
+        log::info!("stopped");
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.node.poll_timeout(),
+            self.stub.poll_timeout(),
+            self.locator.poll_timeout(),
+            self.debounce.deadline().map(|t| self.engine_time(t)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn timers(&mut self, now: Instant) {
+        if self.node.poll_timeout().is_some_and(|t| t <= now) {
+            self.node.handle_timeout(now);
+        }
+        if self.stub.poll_timeout().is_some_and(|t| t <= now) {
+            self.stub.handle_timeout(now);
+        }
+        if self.locator.poll_timeout().is_some_and(|t| t <= now) {
+            self.locator.handle_timeout(now);
+        }
+        if self.debounce.due(std::time::Instant::now()) {
+            self.network_changed(now);
+        }
+    }
+
+    fn socket_for(&self, to: &SocketAddr) -> Option<&UdpSocket> {
+        if to.is_ipv4() {
+            self.udp4.as_ref()
+        } else {
+            self.udp6.as_ref()
+        }
+    }
+
+    fn send_udp(&mut self, to: SocketAddr, bytes: &[u8]) {
+        let ok = self.socket_for(&to).map(|s| s.send_to(bytes, to));
+        match ok {
+            Some(Ok(_)) => self.counters.udp_out += 1,
+            _ => self.counters.send_errors += 1,
+        }
+    }
+
+    fn read_udp(&mut self, token: Token) {
+        loop {
+            let sock = if token == UDP4 { self.udp4.as_ref() } else { self.udp6.as_ref() };
+            let Some(sock) = sock else { return };
+            let (n, from) = match sock.recv_from(&mut self.buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            self.counters.udp_in += 1;
+            let now = self.now();
+            let Some(data) = self.buf.get_mut(..n) else { continue };
+            if let Received::Ip(range) = self.node.handle_datagram(now, from, data) {
+                if let Some(pkt) = self.buf.get(range) {
+                    match self.tun.send(pkt) {
+                        Ok(_) => self.counters.tun_out += 1,
+                        Err(_) => self.counters.send_errors += 1,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Packets from applications: seal in place for their tunnel and send.
+    fn read_tun(&mut self) {
+        loop {
+            let room = BUF_LEN - TAG_LEN;
+            let Some(space) = self.buf.get_mut(HEADER_LEN..room) else { return };
+            let n = match self.tun.recv(space) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            self.counters.tun_in += 1;
+            let now = self.now();
+            let total = HEADER_LEN + n + TAG_LEN;
+            let Some(frame) = self.buf.get_mut(..total) else { continue };
+            match self.node.seal_ip(now, frame) {
+                Ok(dst) => {
+                    let limit = if dst.is_ipv4() { LINK_MTU - OVERHEAD_V4 } else { LINK_MTU - OVERHEAD_V6 };
+                    if n > usize::from(limit) {
+                        // Too big for the path: tell the sender (the packet is dropped).
+                        self.counters.too_big += 1;
+                        let reply = self.buf.get(HEADER_LEN..HEADER_LEN + n).and_then(|p| icmp::too_big(p, limit));
+                        if let Some(r) = reply {
+                            let _ = self.tun.send(&r);
+                        }
+                        continue;
+                    }
+                    let bytes = self.buf.get(..total).map(<[u8]>::to_vec).unwrap_or_default();
+                    self.send_udp(dst, &bytes);
+                }
+                Err(SendError::NoTunnel(_)) => {
+                    self.counters.no_tunnel += 1;
+                    let reply = self.buf.get(HEADER_LEN..HEADER_LEN + n).and_then(icmp::unreachable);
+                    if let Some(r) = reply {
+                        let _ = self.tun.send(&r);
+                    }
+                }
+                Err(_) => self.counters.send_errors += 1,
+            }
+        }
+    }
+
+    fn read_dns_client(&mut self) {
+        let mut buf = [0u8; 1500];
+        loop {
+            let (n, from) = match self.dns_client.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(_) => return,
+            };
+            let now = self.now();
+            let Some(q) = buf.get(..n) else { continue };
+            if let Outcome::Resolve { token, name } = self.stub.handle_query(now, from, q) {
+                let id = self.node.resolve(now, name);
+                self.resolves.insert(id, token);
+            }
+        }
+    }
+
+    fn read_dns_upstream(&mut self, token: Token) {
+        let mut buf = [0u8; 4096];
+        loop {
+            let sock = if token == DNS_UP4 { self.dns_up4.as_ref() } else { self.dns_up6.as_ref() };
+            let Some(sock) = sock else { return };
+            let (n, from) = match sock.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(_) => return,
+            };
+            let now = self.now();
+            let Some(reply) = buf.get(..n) else { continue };
+            // The stub's forwarded queries and the locator's share the socket; each
+            // ignores replies that are not its own (id, question and source checked).
+            self.stub.handle_upstream(now, from, reply);
+            self.locator.handle_response(now, from, reply);
+        }
+    }
+
+    fn read_netlink(&mut self) {
+        match self.netlink.read_events() {
+            Ok(events) if !events.is_empty() => {
+                self.debounce.note(std::time::Instant::now());
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("netlink: {e}"),
+        }
+    }
+
+    /// The debounced network change: tell the engine if our usable addresses changed.
+    fn network_changed(&mut self, now: Instant) {
+        let exclude: Vec<(IpAddr, u8)> = self.routes.iter().map(|r| (r.addr, r.len)).collect();
+        let addrs = match self.netlink.addresses() {
+            Ok(a) => usable_local_addrs(&a, &[self.tun_index], &exclude, self.cfg.udp_port),
+            Err(e) => {
+                log::warn!("netlink dump: {e}");
+                return;
+            }
+        };
+        if addrs == self.local_addrs {
+            return;
+        }
+        log::info!("addresses changed: {:?} -> {addrs:?}", self.local_addrs);
+        self.counters.network_changes += 1;
+        let first = self.local_addrs.is_empty();
+        self.local_addrs = addrs.clone();
+        if addrs.is_empty() {
+            return; // offline: wait for an address
+        }
+        if first && self.node.fqdn().is_none() {
+            self.node.handle_network_change(now, addrs);
+            self.node.start(now);
+        } else {
+            self.node.handle_network_change(now, addrs);
+        }
+    }
+
+    fn read_signals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let sig = i32::try_from(info.ssi_signo).unwrap_or(0);
+            if sig == Signal::SIGHUP as i32 {
+                log::info!("SIGHUP: nothing to reload (the configuration is read at start)");
+            } else {
+                log::info!("signal {sig}: stopping");
+                self.stop = true;
+            }
+        }
+    }
+
+    fn drive_as(&mut self) {
+        let now = self.now();
+        let Some((tls, peer, decoder)) = self.as_conn.as_mut() else { return };
+        let peer = *peer;
+        let result = tls.drive();
+        decoder.push(&tls.take_received());
+        let mut frames = Vec::new();
+        let mut bad = false;
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(_) => {
+                    bad = true;
+                    break;
+                }
+            }
+        }
+        let interest = if tls.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        let _ = self.poll.registry().reregister(tls.stream_mut(), AS_CONN, interest);
+        for f in frames {
+            self.node.handle_stream(now, StreamKind::Tls, peer, None, &f);
+        }
+        if let Err(LoginTlsError::PeerClosed { during_handshake: false }) = result {
+            log::debug!("the AS {peer} closed the login session");
+            self.close_as(now);
+        } else if let Err(e) = result {
+            log::warn!("TLS to the AS {peer}: {e}");
+            self.counters.tls_failures += 1;
+            self.close_as(now);
+        } else if bad {
+            self.close_as(now);
+        }
+    }
+
+    fn close_as(&mut self, now: Instant) {
+        if let Some((mut tls, peer, _)) = self.as_conn.take() {
+            tls.close();
+            let _ = self.poll.registry().deregister(tls.stream_mut());
+            self.node.handle_stream_closed(now, StreamKind::Tls, peer);
+        }
+    }
+
+    fn send_as(&mut self, now: Instant, dst: SocketAddr, payload: &[u8]) {
+        if self.as_conn.as_ref().is_some_and(|(_, p, _)| *p != dst) {
+            self.close_as(now);
+        }
+        if self.as_conn.is_none() {
+            let mut stream = match TcpStream::connect(dst) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!("cannot connect to the AS {dst}: {e}");
+                    self.node.handle_stream_closed(now, StreamKind::Tls, dst);
+                    return;
+                }
+            };
+            if self.poll.registry().register(&mut stream, AS_CONN, Interest::READABLE | Interest::WRITABLE).is_err() {
+                return;
+            }
+            let tls = LoginTls::new(stream, &self.tls_cfg, rand_core::OsRng);
+            self.as_conn = Some((tls, dst, FrameDecoder::new()));
+        }
+        let Ok(framed) = encode_frame(payload) else { return };
+        if let Some((tls, _, _)) = self.as_conn.as_mut() {
+            if let Err(e) = tls.send(&framed) {
+                log::warn!("TLS to the AS: {e}");
+            }
+        }
+        self.drive_as();
+    }
+
+    fn drive_ns(&mut self, writable: bool) {
+        let now = self.now();
+        let Some(c) = self.ns_conn.as_mut() else { return };
+        let peer = c.peer;
+        let mut dead = false;
+        if c.connecting && writable {
+            match c.stream.take_error() {
+                Ok(None) if c.stream.peer_addr().is_ok() => c.connecting = false,
+                Ok(None) => {}
+                _ => dead = true,
+            }
+        }
+        let mut frames = Vec::new();
+        if !dead && !c.connecting {
+            let mut buf = [0u8; 4096];
+            loop {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => {
+                        dead = true;
+                        break;
+                    }
+                    Ok(n) => c.decoder.push(buf.get(..n).unwrap_or(&[])),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        dead = true;
+                        break;
+                    }
+                }
+            }
+            loop {
+                match c.decoder.next_frame() {
+                    Ok(Some(f)) => frames.push(f),
+                    Ok(None) => break,
+                    Err(_) => {
+                        dead = true;
+                        break;
+                    }
+                }
+            }
+            if c.decoder.buffered() > 2 + FRAME_MAX {
+                dead = true;
+            }
+            while !c.out.is_empty() && !dead {
+                match c.stream.write(&c.out) {
+                    Ok(0) => dead = true,
+                    Ok(n) => {
+                        c.out.drain(..n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => dead = true,
+                }
+            }
+        }
+        let interest = if c.connecting || !c.out.is_empty() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let _ = self.poll.registry().reregister(&mut c.stream, NS_CONN, interest);
+        for f in frames {
+            self.node.handle_stream(now, StreamKind::Tcp, peer, None, &f);
+        }
+        if dead {
+            if let Some(mut c) = self.ns_conn.take() {
+                let _ = self.poll.registry().deregister(&mut c.stream);
+            }
+            self.node.handle_stream_closed(now, StreamKind::Tcp, peer);
+        }
+    }
+
+    fn send_ns(&mut self, now: Instant, dst: SocketAddr, payload: &[u8]) {
+        if self.ns_conn.as_ref().is_some_and(|c| c.peer != dst) {
+            if let Some(mut c) = self.ns_conn.take() {
+                let _ = self.poll.registry().deregister(&mut c.stream);
+            }
+        }
+        if self.ns_conn.is_none() {
+            let mut stream = match TcpStream::connect(dst) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!("cannot connect to the NS {dst}: {e}");
+                    self.node.handle_stream_closed(now, StreamKind::Tcp, dst);
+                    return;
+                }
+            };
+            if self.poll.registry().register(&mut stream, NS_CONN, Interest::READABLE | Interest::WRITABLE).is_err() {
+                return;
+            }
+            self.ns_conn =
+                Some(NsConn { stream, peer: dst, out: Vec::new(), decoder: FrameDecoder::new(), connecting: true });
+        }
+        let Ok(framed) = encode_frame(payload) else { return };
+        if let Some(c) = self.ns_conn.as_mut() {
+            // A peer that never reads cannot make us buffer without bound.
+            if c.out.len() + framed.len() <= 64 * 1024 {
+                c.out.extend_from_slice(&framed);
+            }
+        }
+        self.drive_ns(true);
+    }
+
+    fn route(&mut self, now: Instant, t: Transmit) {
+        match t.via {
+            Via::Udp => self.send_udp(t.dst, &t.payload),
+            Via::Stream { kind: StreamKind::Tls, .. } => self.send_as(now, t.dst, &t.payload),
+            Via::Stream { kind: StreamKind::Tcp, .. } => self.send_ns(now, t.dst, &t.payload),
+        }
+    }
+
+    /// Puts the virtual addresses on the TUN device and routes the virtual prefixes
+    /// into it, once registered.
+    fn configure_tun(&mut self, v: VirtualAddrs) {
+        if self.tun_addrs == Some(v) {
+            return;
+        }
+        let i = self.tun_index;
+        let mut ok = self.netlink.add_address(i, IpAddr::V4(v.v4), 32).is_ok();
+        ok &= self.netlink.add_address(i, IpAddr::V6(v.v6), 128).is_ok();
+        for r in &self.routes {
+            if let Err(e) = self.netlink.add_route(i, r.addr, r.len, None) {
+                log::warn!("route {}/{} into {}: {e}", r.addr, r.len, self.cfg.tun.name);
+                ok = false;
+            }
+        }
+        if ok {
+            log::info!("{}: virtual {} and {}", self.cfg.tun.name, v.v4, v.v6);
+            self.tun_addrs = Some(v);
+        }
+    }
+
+    fn handle_event(&mut self, now: Instant, ev: NodeEvent) {
+        match ev {
+            NodeEvent::LoggedIn { fqdn } => {
+                log::info!("logged in as {fqdn}");
+                // The login connection is not needed any more.
+                self.close_as(now);
+            }
+            NodeEvent::LoginFailed { reason } => {
+                log::error!("login refused: {reason:?}; check the credential and restart");
+            }
+            NodeEvent::Registered { virtual_addrs, observed, behind_nat } => {
+                log::info!("registered; seen as {observed}{}", if behind_nat { " (behind NAT)" } else { "" });
+                self.configure_tun(virtual_addrs);
+            }
+            NodeEvent::NotificationsReady => log::info!("the NS keeps us reachable"),
+            NodeEvent::Resolved { id, virtual_addrs, name } => {
+                if let Some(token) = self.resolves.remove(&id) {
+                    log::debug!("{name} is {} / {}", virtual_addrs.v4, virtual_addrs.v6);
+                    self.stub.resolved(now, token, Ok(virtual_addrs));
+                }
+            }
+            NodeEvent::ResolveFailed { id, error, name } => {
+                if let Some(token) = self.resolves.remove(&id) {
+                    log::debug!("{name}: {error:?}");
+                    self.stub.resolved(now, token, Err(error));
+                }
+            }
+            NodeEvent::TunnelUp { session, peer, path } => log::info!("tunnel {session} to {peer} up ({path:?})"),
+            NodeEvent::PathChanged { session, peer, path } => log::info!("tunnel {session} to {peer} now {path:?}"),
+            NodeEvent::TunnelDown { session, peer } => log::info!("tunnel {session} to {peer} down"),
+        }
+    }
+
+    /// Drains the engine, the stub and the locator until none has anything more.
+    fn flush(&mut self, now: Instant) {
+        for _ in 0..64 {
+            let mut busy = false;
+            while let Some(t) = self.node.poll_transmit() {
+                busy = true;
+                self.route(now, t);
+            }
+            while let Some(q) = self.node.poll_dns() {
+                busy = true;
+                self.locator.start(now, q);
+            }
+            while let Some((id, a)) = self.locator.poll_answer() {
+                busy = true;
+                self.node.handle_dns(now, id, a);
+            }
+            while let Some(ev) = self.node.poll_event() {
+                busy = true;
+                self.handle_event(now, ev);
+            }
+            while let Some((to, bytes)) = self.locator.poll_transmit() {
+                self.send_dns_upstream(to, &bytes);
+            }
+            while let Some((dest, to, bytes)) = self.stub.poll_transmit() {
+                match dest {
+                    Dest::Client => {
+                        let _ = self.dns_client.send_to(&bytes, to);
+                    }
+                    Dest::Upstream => self.send_dns_upstream(to, &bytes),
+                }
+            }
+            if !busy {
+                break;
+            }
+        }
+    }
+
+    fn send_dns_upstream(&mut self, to: SocketAddr, bytes: &[u8]) {
+        let sock = if to.is_ipv4() { self.dns_up4.as_ref() } else { self.dns_up6.as_ref() };
+        if let Some(s) = sock {
+            let _ = s.send_to(bytes, to);
+        }
+    }
+
+    fn serve_status(&mut self) {
+        loop {
+            let (mut s, _) = match self.control.accept() {
+                Ok(x) => x,
+                Err(_) => return,
+            };
+            let text = self.status();
+            let _ = s.write_all(text.as_bytes());
+        }
+    }
+
+    fn status(&self) -> String {
+        let mut j = Json::new();
+        j.open(None);
+        match self.node.fqdn() {
+            Some(f) => j.str("fqdn", f.as_str()),
+            None => j.null("fqdn"),
+        };
+        j.bool("registered", self.node.is_registered());
+        j.bool("notifications_ready", self.node.notifications_ready());
+        match self.node.virtual_addrs() {
+            Some(v) => {
+                j.str("virtual_ipv4", &v.v4.to_string()).str("virtual_ipv6", &v.v6.to_string());
+            }
+            None => {
+                j.null("virtual_ipv4").null("virtual_ipv6");
+            }
+        }
+        j.array("local_addrs");
+        for a in &self.local_addrs {
+            j.open(None).str("addr", &a.to_string()).close();
+        }
+        j.end_array();
+        j.array("tunnels");
+        for t in self.node.tunnels() {
+            j.open(None)
+                .str("peer", t.peer.as_str())
+                .str("session", &t.session.to_string())
+                .str("peer_ipv4", &t.peer_virtual.v4.to_string())
+                .str("peer_ipv6", &t.peer_virtual.v6.to_string())
+                .bool("up", t.established)
+                .str("path", if t.path == PathKind::Relay { "relay" } else { "direct" })
+                .str("remote", &t.remote.map(|r| r.to_string()).unwrap_or_default())
+                .bool("superseded", t.superseded)
+                .num("rx_packets", t.rx_packets)
+                .num("tx_packets", t.tx_packets)
+                .close();
+        }
+        j.end_array();
+        let c = &self.counters;
+        j.open(Some("counters"))
+            .num("tun_in", c.tun_in)
+            .num("tun_out", c.tun_out)
+            .num("udp_in", c.udp_in)
+            .num("udp_out", c.udp_out)
+            .num("no_tunnel", c.no_tunnel)
+            .num("too_big", c.too_big)
+            .num("send_errors", c.send_errors)
+            .num("network_changes", c.network_changes)
+            .num("tls_failures", c.tls_failures)
+            .num("netlink_undecodable", self.netlink.undecodable())
+            .close();
+        j.open(Some("dropped"));
+        for why in ntm_proto::engine::Drop::ALL {
+            j.num(why.name(), self.node.drops().get(why));
+        }
+        j.close();
+        let s = self.stub.stats();
+        j.open(Some("dns"))
+            .num("hooked", s.hooked)
+            .num("forwarded", s.forwarded)
+            .num("servfail", s.servfail)
+            .num("malformed", s.malformed)
+            .close();
+        j.close();
+        j.finish()
+    }
+}

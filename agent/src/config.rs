@@ -1,0 +1,457 @@
+//! `ntmd`'s configuration: one JSON file, parsed with serde-json-core (no allocator-heavy
+//! JSON library on the box). Every field is documented here and in `docs/agent.md`; an
+//! example is `board/default/ntmd.json`. Unknown fields are refused, and every error is
+//! one line naming the file and the field.
+
+use heapless::{String as HString, Vec as HVec};
+use ntm_proto::wire::Fqdn;
+use serde::Deserialize;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Longest configuration file.
+pub const CONFIG_MAX: usize = 16 * 1024;
+/// Longest path in the configuration.
+pub type PathStr = HString<256>;
+
+/// A configuration that could not be used.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// What is wrong, naming the field.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How the agent logs in (exactly one of the three).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialFile {
+    /// Device certificate login (the default for boxes): the certificate chain (PEM) and
+    /// its P-256 key (PEM, PKCS#8; keep it mode 0600).
+    #[serde(default)]
+    pub device: Option<DeviceFiles>,
+    /// Password login: the account's e-mail and a file holding the password.
+    #[serde(default)]
+    pub password: Option<PasswordFiles>,
+    /// OpenID Connect login: a file holding a current ID token (re-read at each login).
+    #[serde(default)]
+    pub oidc_token_file: Option<PathStr>,
+}
+
+/// A device certificate and key (both required).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceFiles {
+    /// The certificate chain (PEM), issued by the deployment CA.
+    #[serde(default)]
+    pub cert: PathStr,
+    /// The private key (PEM, PKCS#8, P-256).
+    #[serde(default)]
+    pub key: PathStr,
+}
+
+/// Password login (both required).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordFiles {
+    /// The account's e-mail address.
+    #[serde(default)]
+    pub email: HString<254>,
+    /// A file holding the password (one line; mode 0600).
+    #[serde(default)]
+    pub password_file: PathStr,
+}
+
+/// The TUN device.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunSettings {
+    /// Interface name.
+    #[serde(default = "default_tun_name")]
+    pub name: HString<15>,
+    /// MTU of the TUN device: the physical MTU minus the tunnel's overhead (80 bytes
+    /// over IPv6, 60 over IPv4). Packets larger than the path allows get an ICMP "too
+    /// big" answer.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+fn default_tun_name() -> HString<15> {
+    let mut s = HString::new();
+    let _ = s.push_str("ntm0");
+    s
+}
+
+fn default_mtu() -> u16 {
+    1420
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            listen: default_dns_listen(),
+            upstream: HVec::new(),
+            ntm_domains: HVec::new(),
+            dc_port: default_dc_port(),
+        }
+    }
+}
+
+impl Default for TunSettings {
+    fn default() -> Self {
+        TunSettings { name: default_tun_name(), mtu: default_mtu() }
+    }
+}
+
+/// The DNS hook and how the agent finds its DC.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSettings {
+    /// Where the stub listens; point the box's resolver here.
+    #[serde(default = "default_dns_listen")]
+    pub listen: SocketAddr,
+    /// Upstream resolvers for ordinary names (and the NS lookup of our own zone).
+    #[serde(default)]
+    pub upstream: HVec<SocketAddr, 4>,
+    /// Domains whose names are NTMobile nodes (required).
+    #[serde(default)]
+    pub ntm_domains: HVec<Fqdn, 8>,
+    /// The port DCs listen on.
+    #[serde(default = "default_dc_port")]
+    pub dc_port: u16,
+}
+
+fn default_dns_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 53], 53))
+}
+
+fn default_dc_port() -> u16 {
+    4460
+}
+
+/// A DC known without DNS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticDc {
+    /// Its name (its certificate carries it).
+    pub name: Fqdn,
+    /// Its addresses with port.
+    pub addrs: HVec<SocketAddr, 4>,
+}
+
+/// The whole file. Required fields are parsed as optional and checked afterwards, so
+/// that a missing one is named in the error.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    /// The AS's address (required).
+    #[serde(default)]
+    pub account_server: Option<SocketAddr>,
+    /// The AS's name, which its certificate must carry (required).
+    #[serde(default)]
+    pub account_server_name: Option<Fqdn>,
+    /// The deployment CA certificate (PEM) (required).
+    #[serde(default)]
+    pub ca: PathStr,
+    /// How to log in (required: exactly one kind).
+    #[serde(default)]
+    pub credential: CredentialFile,
+    /// Wrap K_mncn for the peer's public key (needs a device certificate and an AS that
+    /// attests keys). With `strict`, refuse peers without one.
+    #[serde(default)]
+    pub public_key_mode: bool,
+    /// Refuse K_tmp-wrapped tunnels (public-key mode only).
+    #[serde(default)]
+    pub strict_public_key_mode: bool,
+    /// "udp" (keepalive to the DC every 20 s) or "ns" (TCP to an NS, hourly).
+    #[serde(default = "default_keepalive")]
+    pub keepalive: HString<8>,
+    /// The tunnel's UDP port (both families).
+    #[serde(default = "default_udp_port")]
+    pub udp_port: u16,
+    /// The TUN device.
+    #[serde(default)]
+    pub tun: TunSettings,
+    /// Virtual prefixes routed into the TUN device (all DCs' prefixes of the
+    /// deployment), e.g. "198.18.0.0/15" (required).
+    #[serde(default)]
+    pub virtual_routes: HVec<HString<48>, 8>,
+    /// The DNS hook (required: its `ntm_domains`).
+    #[serde(default)]
+    pub dns: DnsSettings,
+    /// Our DC, without DNS (small sites).
+    #[serde(default)]
+    pub static_dc: Option<StaticDc>,
+    /// The status socket for `ntmd status`.
+    #[serde(default = "default_status")]
+    pub status_socket: PathStr,
+    /// error, warn, info, debug or trace.
+    #[serde(default = "default_log")]
+    pub log_level: HString<8>,
+    /// Most tunnels.
+    #[serde(default = "default_max_tunnels")]
+    pub max_tunnels: u16,
+}
+
+fn default_keepalive() -> HString<8> {
+    let mut s = HString::new();
+    let _ = s.push_str("udp");
+    s
+}
+
+fn default_udp_port() -> u16 {
+    4500
+}
+
+fn default_status() -> PathStr {
+    let mut s = HString::new();
+    let _ = s.push_str("/run/ntmd.sock");
+    s
+}
+
+fn default_log() -> HString<8> {
+    let mut s = HString::new();
+    let _ = s.push_str("info");
+    s
+}
+
+fn default_max_tunnels() -> u16 {
+    64
+}
+
+/// A prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Network address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub len: u8,
+}
+
+impl AgentFile {
+    /// The routes, parsed.
+    pub fn routes(&self) -> Result<Vec<Route>, String> {
+        self.virtual_routes
+            .iter()
+            .map(|r| {
+                let (a, l) = r.split_once('/').ok_or_else(|| format!("\"{r}\" is not address/length"))?;
+                let addr: IpAddr = a.parse().map_err(|_| format!("\"{a}\" is not an address"))?;
+                let len: u8 = l.parse().map_err(|_| format!("\"{l}\" is not a prefix length"))?;
+                let max = if addr.is_ipv4() { 32 } else { 128 };
+                if len > max {
+                    return Err(format!("prefix length {len} over {max}"));
+                }
+                Ok(Route { addr, len })
+            })
+            .collect()
+    }
+
+    /// The AS's address.
+    pub fn account_server(&self) -> SocketAddr {
+        self.account_server.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let missing = |field| Err((field, "missing".to_string()));
+        if self.account_server.is_none() {
+            return missing("account_server");
+        }
+        if self.account_server_name.is_none() {
+            return missing("account_server_name");
+        }
+        if self.ca.is_empty() {
+            return missing("ca");
+        }
+        let c = &self.credential;
+        if let Some(d) = &c.device {
+            if d.cert.is_empty() {
+                return missing("credential.device.cert");
+            }
+            if d.key.is_empty() {
+                return missing("credential.device.key");
+            }
+        }
+        if let Some(p) = &c.password {
+            if p.email.is_empty() {
+                return missing("credential.password.email");
+            }
+            if p.password_file.is_empty() {
+                return missing("credential.password.password_file");
+            }
+        }
+        let n = usize::from(c.device.is_some())
+            + usize::from(c.password.is_some())
+            + usize::from(c.oidc_token_file.is_some());
+        if n != 1 {
+            return Err(("credential", "give exactly one of device, password, oidc_token_file".into()));
+        }
+        if self.public_key_mode && c.device.is_none() {
+            return Err(("public_key_mode", "needs a device certificate (its key is the node key)".into()));
+        }
+        if self.strict_public_key_mode && !self.public_key_mode {
+            return Err(("strict_public_key_mode", "needs public_key_mode".into()));
+        }
+        if !matches!(self.keepalive.as_str(), "udp" | "ns") {
+            return Err(("keepalive", format!("\"{}\": udp or ns", self.keepalive)));
+        }
+        if self.udp_port == 0 {
+            return Err(("udp_port", "port 0".into()));
+        }
+        // IPv6 needs 1280 on the link carrying the virtual IPv6 address.
+        if !(1280..=9000).contains(&self.tun.mtu) {
+            return Err(("tun.mtu", "between 1280 and 9000".into()));
+        }
+        if self.tun.name.is_empty() {
+            return Err(("tun.name", "empty".into()));
+        }
+        if self.virtual_routes.is_empty() {
+            return Err(("virtual_routes", "missing: at least one prefix".into()));
+        }
+        self.routes().map_err(|e| ("virtual_routes", e))?;
+        if self.dns.ntm_domains.is_empty() {
+            return Err(("dns.ntm_domains", "missing: at least one domain".into()));
+        }
+        if self.dns.upstream.is_empty() && self.static_dc.is_none() {
+            return Err(("dns.upstream", "needed to find our DC (or set static_dc)".into()));
+        }
+        if log_filter(&self.log_level).is_none() {
+            return Err(("log_level", format!("\"{}\": error, warn, info, debug or trace", self.log_level)));
+        }
+        if self.max_tunnels == 0 {
+            return Err(("max_tunnels", "at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The `log` filter of a level name.
+pub fn log_filter(level: &str) -> Option<log::LevelFilter> {
+    Some(match level {
+        "error" => log::LevelFilter::Error,
+        "warn" => log::LevelFilter::Warn,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        _ => return None,
+    })
+}
+
+/// Parses configuration text.
+///
+/// serde-json-core's own error messages are not used: with its `custom-error-messages`
+/// feature it panics on a message over 64 bytes (serde's "unknown field ..., expected one
+/// of ..." is one), so the path to the bad value comes from serde_path_to_error instead.
+pub fn parse(text: &str) -> Result<AgentFile, String> {
+    let mut de = serde_json_core::de::Deserializer::new(text.as_bytes(), None);
+    let cfg: AgentFile = serde_path_to_error::deserialize(&mut de).map_err(|e| describe(&e))?;
+    de.end().map_err(|_| "not valid JSON: text after the closing brace".to_string())?;
+    cfg.validate().map_err(|(field, problem)| format!("field \"{field}\": {problem}"))?;
+    Ok(cfg)
+}
+
+fn describe(e: &serde_path_to_error::Error<serde_json_core::de::Error>) -> String {
+    use serde_json_core::de::Error as E;
+    let path = e.path().to_string();
+    let what = match e.inner() {
+        E::EofWhileParsingObject | E::EofWhileParsingList | E::EofWhileParsingString | E::EofWhileParsingValue => {
+            return "not valid JSON: the file ends too early".into();
+        }
+        E::CustomError => "an unknown field, or a value that is not valid here",
+        E::InvalidType => "a value of the wrong type",
+        E::InvalidNumber | E::InvalidEscapeSequence | E::InvalidUnicodeCodePoint => "a value that is not valid",
+        _ => return format!("not valid JSON near field \"{path}\""),
+    };
+    if path == "." || path.is_empty() {
+        format!("at the top level: {what}")
+    } else {
+        format!("field \"{path}\": {what}")
+    }
+}
+
+/// Reads and parses the configuration file.
+pub fn load(path: &Path) -> Result<AgentFile, ConfigError> {
+    let err = |problem: String| ConfigError { file: path.to_path_buf(), problem };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    if text.len() > CONFIG_MAX {
+        return Err(err(format!("longer than {CONFIG_MAX} bytes")));
+    }
+    parse(&text).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"{
+        "account_server": "192.0.2.10:4443", "account_server_name": "as.example.net",
+        "ca": "/etc/ntmobile/ca.pem",
+        "credential": {"device": {"cert": "/etc/ntmobile/box.pem", "key": "/etc/ntmobile/box.key"}},
+        "virtual_routes": ["198.18.0.0/15", "2001:db8:ff00::/40"],
+        "dns": {"upstream": ["192.0.2.53:53"], "ntm_domains": ["ntm.example.net"]}
+    }"#;
+
+    #[test]
+    fn a_minimal_file_parses_with_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.udp_port, 4500);
+        assert_eq!(c.tun.name.as_str(), "ntm0");
+        assert_eq!(c.tun.mtu, 1420);
+        assert_eq!(c.keepalive.as_str(), "udp");
+        assert_eq!(c.dns.listen, "127.0.0.53:53".parse().unwrap());
+        assert_eq!(c.routes().unwrap()[0], Route { addr: "198.18.0.0".parse().unwrap(), len: 15 });
+    }
+
+    #[test]
+    fn missing_and_bad_fields_are_named() {
+        for field in ["account_server", "account_server_name", "ca", "credential", "virtual_routes", "dns"] {
+            let json = MIN.replace(&format!("\"{field}\""), "\"x_removed\"");
+            let err = parse(&json).unwrap_err();
+            assert!(err.contains(field) || err.contains("x_removed"), "{field}: {err}");
+            assert!(err.contains("unknown field"), "{field}: {err}");
+        }
+        let cases = [
+            (r#""keepalive": "tcp","#, "keepalive"),
+            (r#""log_level": "loud","#, "log_level"),
+            (r#""udp_port": 0,"#, "udp_port"),
+            (r#""strict_public_key_mode": true,"#, "strict_public_key_mode"),
+        ];
+        for (patch, field) in cases {
+            let json = MIN.replacen('{', &format!("{{ {patch}"), 1);
+            let err = parse(&json).unwrap_err();
+            assert!(err.contains(field), "{patch}: {err}");
+        }
+        let two = MIN.replace(r#""credential": {"device""#, r#""credential": {"oidc_token_file": "/t", "device""#);
+        assert!(parse(&two).unwrap_err().contains("exactly one"));
+        let badroute = MIN.replace("198.18.0.0/15", "198.18.0.0/33");
+        assert!(parse(&badroute).unwrap_err().contains("virtual_routes"));
+        assert!(parse("{").unwrap_err().contains("not valid JSON"));
+        // Absent required fields are named.
+        for (field, cut) in [
+            ("account_server", r#""account_server": "192.0.2.10:4443","#),
+            ("account_server_name", r#""account_server_name": "as.example.net","#),
+            ("ca", r#""ca": "/etc/ntmobile/ca.pem","#),
+            ("credential.device.key", r#", "key": "/etc/ntmobile/box.key""#),
+        ] {
+            let err = parse(&MIN.replace(cut, "")).unwrap_err();
+            assert!(err.contains(&format!("\"{field}\": missing")), "{field}: {err}");
+        }
+        // Long unknown names and enum-like values give an error, not a panic (serde-json-core
+        // with custom-error-messages panicked on messages over 64 bytes).
+        let long = "z".repeat(300);
+        let err = parse(&MIN.replacen('{', &format!("{{ \"{long}\": 1,"), 1)).unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+        let err = parse(&MIN.replace("as.example.net", &long)).unwrap_err();
+        assert!(err.contains("account_server_name"), "{err}");
+        assert!(parse(&format!("{MIN} x")).unwrap_err().contains("after the closing brace"));
+    }
+}
