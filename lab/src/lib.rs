@@ -9,6 +9,8 @@
 //! started (by PID) and deletes every namespace it made, also when a test panics; a lab
 //! created later removes namespaces left by runs that were killed.
 
+pub mod deploy;
+
 use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -109,6 +111,16 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Its standard input, if it was started with pipes (once).
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    /// Its standard output, if it was started with pipes (once).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     /// Its log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -167,6 +179,7 @@ pub struct Lab {
     dir: PathBuf,
     keep_dir: bool,
     steps: Vec<String>,
+    etc_dirs: Vec<PathBuf>,
 }
 
 static RUN: AtomicU32 = AtomicU32::new(0);
@@ -181,6 +194,7 @@ fn reap_stale() {
         if let Some(pid) = pid {
             if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = Command::new("ip").args(["netns", "delete", name]).status();
+                let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(name));
             }
         }
     }
@@ -207,8 +221,9 @@ impl Lab {
             procs: Vec::new(),
             captures: Vec::new(),
             dir,
-            keep_dir: false,
+            keep_dir: std::env::var_os("NTM_LAB_KEEP").is_some(),
             steps: Vec::new(),
+            etc_dirs: Vec::new(),
         })
     }
 
@@ -338,6 +353,33 @@ impl Lab {
         Ok(self.procs.len() - 1)
     }
 
+    /// Like [`Lab::spawn`], but stdin and stdout are pipes for the test (see
+    /// [`Proc::take_stdin`]); stderr goes to the log.
+    pub fn spawn_piped(&mut self, ns: &Ns, label: &str, cmd: &[&str]) -> Result<usize> {
+        let log = self.dir.join(format!("{label}.log"));
+        let err = std::fs::File::create(&log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .args(cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()?;
+        self.procs.push(Proc { child, label: label.into(), log });
+        Ok(self.procs.len() - 1)
+    }
+
+    /// Gives `ns` its own resolv.conf: `ip netns exec` bind-mounts
+    /// `/etc/netns/<namespace>/resolv.conf` over `/etc/resolv.conf` for the commands it
+    /// runs. Only that per-namespace directory is written; it is removed with the lab.
+    pub fn resolv_conf(&mut self, ns: &Ns, text: &str) -> Result<()> {
+        let d = Path::new("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&d)?;
+        self.etc_dirs.push(d.clone());
+        std::fs::write(d.join("resolv.conf"), text)?;
+        Ok(())
+    }
+
     /// A process started by [`Lab::spawn`].
     pub fn proc(&mut self, i: usize) -> &mut Proc {
         &mut self.procs[i]
@@ -418,6 +460,9 @@ impl Drop for Lab {
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "delete", ns]).stderr(Stdio::null()).status();
         }
+        for d in &self.etc_dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
         if !self.keep_dir {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -427,6 +472,11 @@ impl Drop for Lab {
 #[allow(clippy::print_stderr)]
 fn eprint_report(r: &str) {
     eprintln!("{r}");
+}
+
+/// Prints a notice for the person running the tests (a skipped lab test).
+pub fn notice(text: &str) {
+    eprint_report(text);
 }
 
 /// The effective user id, read from /proc (no libc dependency).

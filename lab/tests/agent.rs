@@ -1,0 +1,298 @@
+//! `ntmd` end to end: the real agent and the real servers in network namespaces, real
+//! TUN devices, NSD, and real applications (dig, ping, socat) talking to virtual
+//! addresses. Needs root, NSD, dig, socat and ping; the binaries come from
+//! `cargo build --release --workspace --bins` (scripts/test.sh builds them).
+
+#![allow(clippy::print_stderr)]
+
+use ntm_lab::deploy::{or_skip, Deployment};
+use ntm_lab::{have, Ns};
+use std::io::{BufRead, BufReader, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn tools(what: &str, list: &[&str]) -> bool {
+    for t in list {
+        if !have(t) {
+            assert!(std::env::var_os("NTM_REQUIRE_LAB").is_none(), "{what}: {t} is missing");
+            eprintln!("SKIPPED {what}: {t} is missing");
+            return false;
+        }
+    }
+    true
+}
+
+/// Both agents up and registered.
+fn two_agents(label: &str) -> Option<(Deployment, serde_json::Value, serde_json::Value)> {
+    if !tools(label, &["socat", "ping", "dig"]) {
+        return None;
+    }
+    let mut d = or_skip(Deployment::start(label), label)?;
+    for i in 0..2 {
+        let cfg = d.agent_config(i);
+        d.start_agent(i, &cfg).expect("ntmd starts");
+    }
+    let sa = d.wait_registered(0, 30).expect("box a logs in and registers");
+    let sb = d.wait_registered(1, 30).expect("box b logs in and registers");
+    Some((d, sa, sb))
+}
+
+fn dig(d: &Deployment, ns: &Ns, name: &str, ty: &str) -> String {
+    let out = d.lab.exec(ns, &["dig", "+short", "+time=3", "+tries=2", "@127.0.0.53", name, ty]).expect("dig runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Deterministic test bytes.
+fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Starts an echo server (`socat ... EXEC:cat`) in `ns` on `listen` (a socat address).
+fn echo_server(d: &mut Deployment, ns: &Ns, label: &str, listen: &str) {
+    let p = d.lab.spawn(ns, label, &["socat", listen, "EXEC:cat"], &[]).expect("socat starts");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(d.lab.proc(p).alive(), "echo server {label} runs");
+}
+
+/// Sends `data` through a TCP connection made by name from `ns` to `target` (a socat
+/// address) and returns what came back.
+fn tcp_echo(d: &Deployment, ns: &Ns, target: &str, data: &[u8], tag: &str) -> Vec<u8> {
+    let dir = d.lab.dir();
+    let (inp, out) = (dir.join(format!("{tag}.in")), dir.join(format!("{tag}.out")));
+    std::fs::write(&inp, data).expect("write input");
+    let cmd = format!("socat -t 10 -T 20 - {target} < {} > {}", inp.display(), out.display());
+    let r = d.lab.try_exec(ns, &["sh", "-c", &cmd]).expect("socat runs");
+    assert!(r.status.success(), "socat {target}: {}", String::from_utf8_lossy(&r.stderr));
+    std::fs::read(&out).unwrap_or_default()
+}
+
+#[test]
+fn two_boxes_talk_by_name_over_their_virtual_addresses() {
+    let Some((mut d, sa, sb)) = two_agents("agent-basic") else { return };
+    let (a, b) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone());
+    let (a4, a6) = (sa["virtual_ipv4"].as_str().unwrap().to_string(), sa["virtual_ipv6"].as_str().unwrap().to_string());
+    let (b4, b6) = (sb["virtual_ipv4"].as_str().unwrap().to_string(), sb["virtual_ipv6"].as_str().unwrap().to_string());
+    assert!(a4.starts_with("198.18.1.") && b4.starts_with("198.18.2."), "{a4} {b4}");
+    assert!(a6.starts_with("2001:db8:ffa::") && b6.starts_with("2001:db8:ffb::"), "{a6} {b6}");
+    assert_eq!(sa["fqdn"], "a.zone-a.test");
+
+    d.lab.step("DNS hook: peers' names give their virtual addresses; other names are forwarded");
+    assert_eq!(dig(&d, &a, "b.zone-b.test", "A"), b4);
+    assert_eq!(dig(&d, &a, "b.zone-b.test", "AAAA"), b6);
+    assert_eq!(dig(&d, &b, "a.zone-a.test", "A"), a4);
+    assert_eq!(dig(&d, &a, "www.plain.example", "A"), "192.0.2.80");
+    assert_eq!(dig(&d, &a, "nobody.zone-b.test", "A"), "", "an unknown node has no address");
+
+    d.lab.step("ping over the virtual addresses, IPv4 and IPv6");
+    d.lab.exec(&a, &["ping", "-c", "3", "-i", "0.2", "-W", "3", &b4]).expect("ping a -> b (IPv4)");
+    d.lab.exec(&a, &["ping", "-6", "-c", "3", "-i", "0.2", "-W", "3", &b6]).expect("ping a -> b (IPv6)");
+    d.lab.exec(&b, &["ping", "-c", "2", "-i", "0.2", "-W", "3", &a4]).expect("ping b -> a (IPv4)");
+
+    d.lab.step("TCP by name, 256 KiB echoed, both directions, IPv4 and IPv6");
+    echo_server(&mut d, &b, "echo-b4", "TCP4-LISTEN:7000,reuseaddr,fork");
+    echo_server(&mut d, &b, "echo-b6", "TCP6-LISTEN:7001,reuseaddr,fork");
+    echo_server(&mut d, &a, "echo-a4", "TCP4-LISTEN:7000,reuseaddr,fork");
+    let data = payload(256 * 1024, 7);
+    let t = Instant::now();
+    assert!(tcp_echo(&d, &a, "TCP4:b.zone-b.test:7000", &data, "a-b4") == data, "a -> b over IPv4 echoed intact");
+    eprintln!("256 KiB each way over the tunnel in {:?}", t.elapsed());
+    assert!(tcp_echo(&d, &a, "TCP6:b.zone-b.test:7001", &data, "a-b6") == data, "a -> b over IPv6 echoed intact");
+    assert!(tcp_echo(&d, &b, "TCP4:a.zone-a.test:7000", &data, "b-a4") == data, "b -> a over IPv4 echoed intact");
+
+    let s = d.status(0).expect("status of a");
+    let tunnels = s["tunnels"].as_array().expect("tunnels");
+    let t = tunnels.iter().find(|t| t["peer"] == "b.zone-b.test").expect("a tunnel to b");
+    assert_eq!(t["up"], true);
+    assert!(t["tx_packets"].as_u64().unwrap() > 100 && t["rx_packets"].as_u64().unwrap() > 100, "{t}");
+    assert!(s["counters"]["tun_in"].as_u64().unwrap() > 100);
+    assert!(s["dns"]["hooked"].as_u64().unwrap() >= 3, "{}", s["dns"]);
+    // No direct path to the other box: both see each other's real addresses, so direct.
+    assert_eq!(t["path"], "direct", "{t}");
+}
+
+#[test]
+fn a_tcp_stream_survives_a_move_to_another_subnet() {
+    let Some((mut d, _sa, sb)) = two_agents("agent-move") else { return };
+    let (a, b) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone());
+    let _ = sb;
+    echo_server(&mut d, &b, "echo-b", "TCP4-LISTEN:7000,reuseaddr,fork");
+    // One long-lived connection: a line every 50 ms, each echoed back.
+    let p = d.lab.spawn_piped(&a, "stream", &["socat", "-T", "60", "-", "TCP4:b.zone-b.test:7000"]).expect("socat");
+    let mut input = d.lab.proc(p).take_stdin().expect("stdin");
+    let output = d.lab.proc(p).take_stdout().expect("stdout");
+    let echoes: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
+    let reader = {
+        let echoes = echoes.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(output).lines() {
+                let Ok(line) = line else { break };
+                if let Some(n) = line.strip_prefix("line ").and_then(|n| n.parse().ok()) {
+                    echoes.lock().unwrap().push((Instant::now(), n));
+                }
+            }
+        })
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // At most 60 s of lines.
+            for n in 0..1200u64 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) || writeln!(input, "line {n}").is_err() {
+                    break;
+                }
+                let _ = input.flush();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let count = || echoes.lock().unwrap().len();
+    assert!(d.lab.wait_for(10, || count() >= 20), "the stream runs before the move");
+
+    d.lab.step("box a moves: 198.51.100.2 on eth0 goes, 198.19.5.2 on eth1 comes");
+    let moved = Instant::now();
+    d.lab.del_addr(&a, "eth0", "198.51.100.2/24").expect("del");
+    d.lab.addr(&a, "eth1", "198.19.5.2/24").expect("add");
+    d.lab.route(&a, &["default", "via", "198.19.5.1"]).expect("route");
+    let before = count();
+    assert!(d.lab.wait_for(20, || count() >= before + 40), "the stream goes on after the move");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = writer.join();
+
+    let got = echoes.lock().unwrap().clone();
+    for (i, (_, n)) in got.iter().enumerate() {
+        assert_eq!(*n, i as u64, "every line comes back once, in order");
+    }
+    let gap =
+        got.windows(2).filter(|w| w[1].0 > moved).map(|w| w[1].0.duration_since(w[0].0)).max().unwrap_or_default();
+    eprintln!("move: longest pause in the echoed stream after the move {gap:?}");
+    let sa = d.status(0).expect("status a");
+    assert!(sa["counters"]["network_changes"].as_u64().unwrap() >= 1, "{}", sa["counters"]);
+    assert!(sa["local_addrs"].to_string().contains("198.19.5.2"), "{}", sa["local_addrs"]);
+    assert_eq!(sa["registered"], true);
+    let sb = d.status(1).expect("status b");
+    let t = sb["tunnels"].as_array().unwrap().iter().find(|t| t["peer"] == "a.zone-a.test").cloned().unwrap();
+    assert!(t["remote"].as_str().unwrap().starts_with("198.19.5.2:"), "b sends to a's new address: {t}");
+    d.lab.proc(p).stop();
+    let _ = reader.join();
+}
+
+#[test]
+fn an_as_outside_the_deployment_ca_and_a_chain_signed_by_a_device_are_refused() {
+    if !tools("agent-refuse", &["openssl"]) {
+        return;
+    }
+    let Some(mut d) = or_skip(Deployment::start("agent-refuse"), "agent-refuse") else { return };
+    let dir = d.lab.dir().to_path_buf();
+    let srv = d.srv.clone();
+
+    d.lab.step("a real ntm-as on 192.0.2.11 with a certificate for as.test from another CA");
+    let rogue_ca = dir.join("rogue-ca");
+    d.admin(&["ca", "init", "--out", rogue_ca.to_str().unwrap()]).unwrap();
+    let (cert, key) = d.issue_from(&rogue_ca, "as", "as.test").unwrap();
+    let cfg = serde_json::json!({
+        "name": "as.test", "listen": ["192.0.2.11:4443"],
+        "tls": {"ca": rogue_ca.join("ca.pem"), "cert": cert, "key": key},
+        "status_socket": dir.join("rogue-as.sock"), "log_level": "debug",
+        "accounts": dir.join("rogue-accounts.db"), "key_lifetime_secs": 3600,
+        "dns": {"nameservers": ["192.0.2.53:53"], "ntm_domains": ["test"], "dc_port": 4460}
+    });
+    std::fs::write(dir.join("rogue-as.json"), cfg.to_string()).unwrap();
+    let bin = d.bins.join("ntm-as");
+    let rogue = d
+        .lab
+        .spawn(
+            &srv,
+            "rogue-as",
+            &[bin.to_str().unwrap(), "run", "-c", dir.join("rogue-as.json").to_str().unwrap()],
+            &[],
+        )
+        .unwrap();
+
+    d.lab.step("openssl s_server on 192.0.2.12 with as.test signed by box b's device key");
+    let (dev_cert, dev_key) = (d.boxes[1].cert.clone(), d.boxes[1].key.clone());
+    let f = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:as.test,URI:urn:ntmobile:role:as\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ossl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ossl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &f("fake.key")]);
+    ossl(&["req", "-new", "-key", &f("fake.key"), "-subj", "/CN=as.test", "-out", &f("fake.csr")]);
+    ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        &f("fake.csr"),
+        "-CA",
+        dev_cert.to_str().unwrap(),
+        "-CAkey",
+        dev_key.to_str().unwrap(),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &f("ext.cnf"),
+        "-out",
+        &f("fake.pem"),
+    ]);
+    let forged = d
+        .lab
+        .spawn(
+            &srv,
+            "forged-as",
+            &[
+                "openssl",
+                "s_server",
+                "-accept",
+                "192.0.2.12:4443",
+                "-tls1_3",
+                "-www",
+                "-cert",
+                &f("fake.pem"),
+                "-key",
+                &f("fake.key"),
+                "-cert_chain",
+                dev_cert.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(d.lab.proc(rogue).alive() && d.lab.proc(forged).alive(), "both impostors run");
+
+    let mut c0 = d.agent_config(0);
+    c0["account_server"] = "192.0.2.11:4443".into();
+    d.start_agent(0, &c0).unwrap();
+    let mut c1 = d.agent_config(1);
+    c1["account_server"] = "192.0.2.12:4443".into();
+    d.start_agent(1, &c1).unwrap();
+    for i in 0..2 {
+        assert!(
+            d.lab.wait_for(15, || d.status(i).is_some_and(|s| s["counters"]["tls_failures"].as_u64() >= Some(1))),
+            "box {i} refused the server's chain"
+        );
+    }
+    // Keep them trying a while: never logged in, never registered, still running.
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..2 {
+        let s = d.status(i).expect("the agent still answers");
+        assert!(s["fqdn"].is_null() && s["registered"] == false, "box {i}: {s}");
+        let p = d.boxes[i].proc.unwrap();
+        assert!(d.lab.proc(p).alive(), "box {i} keeps running");
+    }
+    let log = d.lab.proc(d.boxes[1].proc.unwrap()).log_text();
+    assert!(log.contains("TLS to the AS"), "the refusal is logged: {log}");
+}
