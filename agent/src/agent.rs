@@ -499,20 +499,31 @@ impl Agent {
             let now = self.now();
             let total = HEADER_LEN + n + TAG_LEN;
             let Some(frame) = self.buf.get_mut(..total) else { continue };
-            match self.node.seal_ip(now, frame) {
+            // IPv4 without Don't Fragment may be as large as it likes: the outer datagram
+            // is fragmented instead. Everything else must fit the path.
+            let inner = frame.get(HEADER_LEN..).unwrap_or(&[]);
+            let may_fragment =
+                inner.first().is_some_and(|b| b >> 4 == 4) && inner.get(6).is_some_and(|b| b & 0x40 == 0);
+            let path_mtu = |to: &SocketAddr| match (may_fragment, to.is_ipv4()) {
+                (true, _) => u16::MAX,
+                (false, true) => LINK_MTU - OVERHEAD_V4,
+                (false, false) => LINK_MTU - OVERHEAD_V6,
+            };
+            match self.node.seal_ip_within(now, frame, path_mtu) {
                 Ok(dst) => {
-                    let limit = if dst.is_ipv4() { LINK_MTU - OVERHEAD_V4 } else { LINK_MTU - OVERHEAD_V6 };
-                    if n > usize::from(limit) {
-                        // Too big for the path: tell the sender (the packet is dropped).
-                        self.counters.too_big += 1;
-                        let reply = self.buf.get(HEADER_LEN..HEADER_LEN + n).and_then(|p| icmp::too_big(p, limit));
-                        if let Some(r) = reply {
-                            let _ = self.tun.send(&r);
-                        }
-                        continue;
+                    let sock = if dst.is_ipv4() { self.udp4.as_ref() } else { self.udp6.as_ref() };
+                    match (sock, self.buf.get(..total)) {
+                        (Some(s), Some(b)) if s.send_to(b, dst).is_ok() => self.counters.udp_out += 1,
+                        _ => self.counters.send_errors += 1,
                     }
-                    let bytes = self.buf.get(..total).map(<[u8]>::to_vec).unwrap_or_default();
-                    self.send_udp(dst, &bytes);
+                }
+                Err(SendError::TooBig { mtu }) => {
+                    // Too big for the path: tell the sender (the packet is dropped).
+                    self.counters.too_big += 1;
+                    let reply = self.buf.get(HEADER_LEN..HEADER_LEN + n).and_then(|p| icmp::too_big(p, mtu));
+                    if let Some(r) = reply {
+                        let _ = self.tun.send(&r);
+                    }
                 }
                 Err(SendError::NoTunnel(_)) => {
                     self.counters.no_tunnel += 1;
@@ -959,8 +970,14 @@ impl Agent {
         j.open(Some("dns"))
             .num("hooked", s.hooked)
             .num("forwarded", s.forwarded)
+            .num("answered", s.answered)
+            .num("relayed", s.relayed)
             .num("servfail", s.servfail)
             .num("malformed", s.malformed)
+            .num("not_implemented", s.not_implemented)
+            .num("over_limit", s.over_limit)
+            .num("upstream_timeouts", s.upstream_timeouts)
+            .num("ignored", s.ignored)
             .close();
         j.close();
         j.finish()

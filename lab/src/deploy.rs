@@ -36,7 +36,7 @@ pub fn bin_dir() -> Result<PathBuf> {
     }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
-    for b in ["ntmd", "ntm-as", "ntm-dc", "ntm-rs", "ntm-ns"] {
+    for b in ["ntmd", "ntm-as", "ntm-dc", "ntm-rs", "ntm-ns", "ntm-flood"] {
         if !dir.join(b).is_file() {
             return Err(LabError::Command {
                 what: format!("find {b} in {}", dir.display()),

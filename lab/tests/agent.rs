@@ -24,12 +24,21 @@ fn tools(what: &str, list: &[&str]) -> bool {
 
 /// Both agents up and registered.
 fn two_agents(label: &str) -> Option<(Deployment, serde_json::Value, serde_json::Value)> {
+    two_agents_with(label, |_, _| {})
+}
+
+/// Both agents up and registered, their configurations changed by `tweak(box, cfg)`.
+fn two_agents_with(
+    label: &str,
+    tweak: impl Fn(usize, &mut serde_json::Value),
+) -> Option<(Deployment, serde_json::Value, serde_json::Value)> {
     if !tools(label, &["socat", "ping", "dig"]) {
         return None;
     }
     let mut d = or_skip(Deployment::start(label), label)?;
     for i in 0..2 {
-        let cfg = d.agent_config(i);
+        let mut cfg = d.agent_config(i);
+        tweak(i, &mut cfg);
         d.start_agent(i, &cfg).expect("ntmd starts");
     }
     let sa = d.wait_registered(0, 30).expect("box a logs in and registers");
@@ -74,9 +83,22 @@ fn tcp_echo(d: &Deployment, ns: &Ns, target: &str, data: &[u8], tag: &str) -> Ve
     std::fs::read(&out).unwrap_or_default()
 }
 
+/// Box b keeps itself reachable through the NS (TCP, hourly keepalive) instead of UDP
+/// keepalives; box a's TUN MTU is set too large for the path (1500 where 1440 fits), so
+/// full-size packets get ICMP "too big" answers from the agent and path MTU discovery
+/// adjusts.
 #[test]
 fn two_boxes_talk_by_name_over_their_virtual_addresses() {
-    let Some((mut d, sa, sb)) = two_agents("agent-basic") else { return };
+    let Some((mut d, sa, sb)) = two_agents_with("agent-basic", |i, cfg| {
+        if i == 0 {
+            cfg["tun"] = serde_json::json!({"mtu": 1500});
+        } else {
+            cfg["keepalive"] = "ns".into();
+        }
+    }) else {
+        return;
+    };
+    assert_eq!(sb["notifications_ready"], true, "box b is reachable through the NS: {sb}");
     let (a, b) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone());
     let (a4, a6) = (sa["virtual_ipv4"].as_str().unwrap().to_string(), sa["virtual_ipv6"].as_str().unwrap().to_string());
     let (b4, b6) = (sb["virtual_ipv4"].as_str().unwrap().to_string(), sb["virtual_ipv6"].as_str().unwrap().to_string());
@@ -95,6 +117,16 @@ fn two_boxes_talk_by_name_over_their_virtual_addresses() {
     d.lab.exec(&a, &["ping", "-c", "3", "-i", "0.2", "-W", "3", &b4]).expect("ping a -> b (IPv4)");
     d.lab.exec(&a, &["ping", "-6", "-c", "3", "-i", "0.2", "-W", "3", &b6]).expect("ping a -> b (IPv6)");
     d.lab.exec(&b, &["ping", "-c", "2", "-i", "0.2", "-W", "3", &a4]).expect("ping b -> a (IPv4)");
+
+    d.lab.step("oversize packets: ICMP and ICMPv6 too big from the agent");
+    for (v, size, dst) in [("-4", "1472", &b4), ("-6", "1452", &b6)] {
+        let r =
+            d.lab.try_exec(&a, &["ping", v, "-c", "2", "-i", "0.3", "-W", "2", "-M", "do", "-s", size, dst]).unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+        assert!(text.contains("1440"), "ping {v} -s {size} learns the path MTU 1440: {text}");
+    }
+    let too_big = d.status(0).unwrap()["counters"]["too_big"].as_u64().unwrap();
+    assert!(too_big >= 2, "too_big {too_big}");
 
     d.lab.step("TCP by name, 256 KiB echoed, both directions, IPv4 and IPv6");
     echo_server(&mut d, &b, "echo-b4", "TCP4-LISTEN:7000,reuseaddr,fork");
@@ -295,4 +327,55 @@ fn an_as_outside_the_deployment_ca_and_a_chain_signed_by_a_device_are_refused() 
     }
     let log = d.lab.proc(d.boxes[1].proc.unwrap()).log_text();
     assert!(log.contains("TLS to the AS"), "the refusal is logged: {log}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn flood(d: &Deployment, ns: &Ns, args: &[&str]) -> String {
+    let bin = d.bins.join("ntm-flood");
+    let mut cmd = vec![bin.to_str().unwrap()];
+    cmd.extend_from_slice(args);
+    let out = d.lab.exec(ns, &cmd).expect("ntm-flood runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn floods_of_queries_and_junk_leave_the_agent_small_and_working() {
+    let Some((mut d, _sa, sb)) = two_agents("agent-flood") else { return };
+    let (a, b) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone());
+    let b4 = sb["virtual_ipv4"].as_str().unwrap().to_string();
+    // A tunnel is made when the peer's name is resolved through the hook.
+    assert_eq!(dig(&d, &a, "b.zone-b.test", "A"), b4);
+    d.lab.exec(&a, &["ping", "-c", "2", "-i", "0.2", "-W", "3", &b4]).expect("ping before");
+    let pid = d.lab.proc(d.boxes[0].proc.unwrap()).pid();
+    let before = rss_kib(pid);
+
+    d.lab.step("floods: 20000 queries for unknown nodes, junk at the stub and at the tunnel port");
+    let t = Instant::now();
+    let q = flood(&d, &a, &["dns", "127.0.0.53:53", "zone-b.test", "20000", "10"]);
+    let j1 = flood(&d, &a, &["junk", "127.0.0.53:53", "20000", "5"]);
+    let j2 = flood(&d, &b, &["junk", "198.51.100.2:4500", "50000", "5"]);
+    eprintln!("flood: queries {q}; junk to the stub {j1}; junk to the tunnel port {j2}; {:?}", t.elapsed());
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss_kib(pid);
+    eprintln!("ntmd resident memory: {before} KiB before, {after} KiB after the floods");
+
+    assert!(d.lab.proc(d.boxes[0].proc.unwrap()).alive(), "ntmd survives");
+    let s = d.status(0).expect("status");
+    let dns = &s["dns"];
+    assert!(dns["hooked"].as_u64().unwrap() > 1000, "{dns}");
+    let junk = ["malformed", "not_implemented", "ignored"].map(|k| dns[k].as_u64().unwrap()).iter().sum::<u64>();
+    assert!(junk > 1000, "junk at the stub is counted: {dns}");
+    assert!(dns["over_limit"].as_u64().unwrap() > 0, "the pending cap held: {dns}");
+    let dropped: u64 = s["dropped"].as_object().unwrap().values().filter_map(|v| v.as_u64()).sum();
+    assert!(dropped > 10_000, "junk at the tunnel port is dropped and counted: {}", s["dropped"]);
+    assert!(after < before + 4096, "memory stays bounded: {before} KiB -> {after} KiB");
+    d.lab.exec(&a, &["ping", "-c", "2", "-i", "0.2", "-W", "3", &b4]).expect("ping after the floods");
 }

@@ -51,6 +51,12 @@ pub enum SendError {
     NoTunnel(IpAddr),
     /// Sealing failed (expired key, exhausted counter).
     Crypto(CryptoError),
+    /// The packet is larger than the path to the peer carries: at most `mtu` bytes of
+    /// inner packet fit. The buffer is left as it was (for an ICMP "too big" answer).
+    TooBig {
+        /// The largest inner packet the path carries.
+        mtu: u16,
+    },
 }
 
 /// A Direction Request in flight.
@@ -889,6 +895,18 @@ impl Node {
     /// Seals a packet from the TUN device in place for its tunnel and returns where to
     /// send it. `buf` is `[HEADER_LEN spare bytes | IP packet | TAG_LEN spare bytes]`.
     pub fn seal_ip(&mut self, now: Instant, buf: &mut [u8]) -> Result<SocketAddr, SendError> {
+        self.seal_ip_within(now, buf, |_| u16::MAX)
+    }
+
+    /// [`Node::seal_ip`] for a path that carries at most `path_mtu(destination)` bytes of
+    /// inner packet: a larger packet is refused with [`SendError::TooBig`] before
+    /// anything is sealed.
+    pub fn seal_ip_within(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        path_mtu: impl Fn(&SocketAddr) -> u16,
+    ) -> Result<SocketAddr, SendError> {
         let end = buf.len().checked_sub(TAG_LEN).filter(|&e| e > HEADER_LEN).ok_or(SendError::NotIp)?;
         let (_, dst) = buf.get(HEADER_LEN..end).and_then(ip_endpoints).ok_or(SendError::NotIp)?;
         let i = self
@@ -901,6 +919,10 @@ impl Node {
             .ok_or(SendError::NoTunnel(dst))?;
         let t = self.tunnels.get_mut(i).ok_or(SendError::NoTunnel(dst))?;
         let to = t.send_to.ok_or(SendError::NoTunnel(dst))?;
+        let mtu = path_mtu(&to);
+        if end - HEADER_LEN > usize::from(mtu) {
+            return Err(SendError::TooBig { mtu });
+        }
         let ch = t.mncn.as_mut().ok_or(SendError::NoTunnel(dst))?;
         ch.seal_in_place(now, MsgType::Data, buf).map_err(SendError::Crypto)?;
         t.last_tx = now;
