@@ -57,6 +57,8 @@ const BUF_LEN: usize = HEADER_LEN + 65_535 + TAG_LEN;
 /// Bytes a tunnel adds to an inner packet: outer IP, UDP, the NTMobile header and tag.
 const OVERHEAD_V4: u16 = 20 + 8 + (HEADER_LEN + TAG_LEN) as u16;
 const OVERHEAD_V6: u16 = 40 + 8 + (HEADER_LEN + TAG_LEN) as u16;
+/// How often the ID token file is looked at for a new token.
+const TOKEN_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
 /// The physical MTU assumed for the path (tunnel packets must fit in it).
 const LINK_MTU: u16 = 1500;
 
@@ -89,6 +91,9 @@ struct NsConn {
 /// The agent.
 pub struct Agent {
     cfg: AgentFile,
+    /// The ID token file's modification time when last read, and when it was checked.
+    token_seen: Option<std::time::SystemTime>,
+    token_checked: std::time::Instant,
     poll: Poll,
     start: std::time::Instant,
     node: Node,
@@ -121,6 +126,12 @@ impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agent").field("node", &self.node).finish_non_exhaustive()
     }
+}
+
+/// Seconds since 1970 if the system clock is plausibly set (past 2025-01-01).
+fn wall_clock() -> Option<u64> {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    (secs > 1_735_689_600).then_some(secs)
 }
 
 fn read_pem_chain(path: &str) -> Result<Vec<Vec<u8>>, String> {
@@ -173,7 +184,8 @@ fn bind_udp6_only(port: u16) -> io::Result<UdpSocket> {
     Ok(UdpSocket::from_std(std::net::UdpSocket::from(fd)))
 }
 
-/// The current credential, read from its files (an ID token is re-read at each login).
+/// The current credential, read from its files (an ID token file is looked at again every
+/// 30 s and re-read when it changed).
 fn credential(cfg: &AgentFile) -> Result<Credential, String> {
     if cfg.credential.device.is_some() {
         return Ok(Credential::DeviceCertificate);
@@ -220,7 +232,7 @@ impl Material {
             }
             None => (None, None),
         };
-        let tls = LoginTlsConfig { ca_der, server_name: as_name.to_string(), client, unix_time: None };
+        let tls = LoginTlsConfig { ca_der, server_name: as_name.to_string(), client, unix_time: wall_clock() };
         tls.check().map_err(|e| format!("certificates: {e}"))?;
         Ok(Material { tls, key_pair, credential: credential(cfg)?, routes })
     }
@@ -231,6 +243,11 @@ impl Agent {
     pub fn new(cfg: AgentFile, material: Material) -> Result<Self, StartError> {
         let poll = Poll::new()?;
         let Material { tls: tls_cfg, key_pair, credential, routes } = material;
+        let cfg_token_mtime = cfg
+            .credential
+            .oidc_token_file
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p.as_str()).and_then(|m| m.modified()).ok());
 
         // Tunnel sockets: one port, both families where the host has them.
         let udp4 = bind_udp(SocketAddr::from(([0, 0, 0, 0], cfg.udp_port))).ok();
@@ -352,6 +369,8 @@ impl Agent {
             locator,
             resolves: HashMap::new(),
             tls_cfg,
+            token_seen: cfg_token_mtime,
+            token_checked: std::time::Instant::now(),
             as_conn: None,
             ns_conn: None,
             netlink,
@@ -420,7 +439,10 @@ impl Agent {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        let token_check =
+            self.cfg.credential.oidc_token_file.as_ref().map(|_| self.engine_time(self.token_checked + TOKEN_CHECK));
         [
+            token_check,
             self.node.poll_timeout(),
             self.stub.poll_timeout(),
             self.locator.poll_timeout(),
@@ -431,7 +453,30 @@ impl Agent {
         .min()
     }
 
+    /// An ID token file that changed (a helper refreshed the token) replaces the
+    /// credential for the next login.
+    fn check_token(&mut self) {
+        let Some(path) = self.cfg.credential.oidc_token_file.clone() else { return };
+        if self.token_checked.elapsed() < TOKEN_CHECK {
+            return;
+        }
+        self.token_checked = std::time::Instant::now();
+        let mtime = std::fs::metadata(path.as_str()).and_then(|m| m.modified()).ok();
+        if mtime.is_none() || mtime == self.token_seen {
+            return;
+        }
+        self.token_seen = mtime;
+        match credential(&self.cfg) {
+            Ok(c) => {
+                log::info!("{path} changed: the next login uses the new ID token");
+                self.node.set_credential(c);
+            }
+            Err(e) => log::warn!("ID token: {e}; keeping the previous one"),
+        }
+    }
+
     fn timers(&mut self, now: Instant) {
+        self.check_token();
         if self.node.poll_timeout().is_some_and(|t| t <= now) {
             self.node.handle_timeout(now);
         }
@@ -680,6 +725,9 @@ impl Agent {
             if self.poll.registry().register(&mut stream, AS_CONN, Interest::READABLE | Interest::WRITABLE).is_err() {
                 return;
             }
+            // Certificate dates are checked when the clock is plausible (after boot
+            // without a real-time clock it reads 1970; then dates cannot be judged).
+            self.tls_cfg.unix_time = wall_clock();
             let tls = LoginTls::new(stream, &self.tls_cfg, rand_core::OsRng);
             self.as_conn = Some((tls, dst, FrameDecoder::new()));
         }

@@ -412,6 +412,14 @@ mod tests {
     }
 
     #[test]
+    fn the_board_example_parses() {
+        let c = parse(include_str!("../../board/default/ntmd.json")).unwrap();
+        assert_eq!(c.keepalive.as_str(), "ns");
+        assert_eq!(c.account_server_name.unwrap().as_str(), "as.example.net");
+        assert!(c.credential.device.is_some());
+    }
+
+    #[test]
     fn missing_and_bad_fields_are_named() {
         for field in ["account_server", "account_server_name", "ca", "credential", "virtual_routes", "dns"] {
             let json = MIN.replace(&format!("\"{field}\""), "\"x_removed\"");

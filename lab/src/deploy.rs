@@ -58,6 +58,10 @@ pub struct NodeBox {
     pub cert: PathBuf,
     /// The key of `cert`.
     pub key: PathBuf,
+    /// Its account's e-mail address (device certificate or password login).
+    pub email: String,
+    /// A file holding its account's password.
+    pub password_file: PathBuf,
     /// Its `ntmd` configuration.
     pub config: PathBuf,
     /// Its status socket.
@@ -149,7 +153,25 @@ impl Deployment {
             let (cert, key) = dep.issue("node", fqdn)?;
             let email = format!("owner@{fqdn}");
             let as_cfg = path_str(&dir.join("as.json"));
-            dep.admin(&["account", "add", "-c", &as_cfg, "--email", &email, "--fqdn", fqdn, "--device", fqdn])?;
+            let password = format!("a passphrase for {fqdn}");
+            let password_file = dir.join(format!("{}.password", ns.label));
+            std::fs::write(&password_file, format!("{password}\n"))?;
+            dep.admin_with_stdin(
+                &[
+                    "account",
+                    "add",
+                    "-c",
+                    &as_cfg,
+                    "--email",
+                    &email,
+                    "--fqdn",
+                    fqdn,
+                    "--device",
+                    fqdn,
+                    "--password-stdin",
+                ],
+                &password,
+            )?;
             // Names inside the box resolve through the agent's DNS hook.
             dep.lab.resolv_conf(&ns, "nameserver 127.0.0.53\n")?;
             let label = ns.label.clone();
@@ -158,6 +180,8 @@ impl Deployment {
                 fqdn: fqdn.into(),
                 cert,
                 key,
+                email,
+                password_file,
                 config: dir.join(format!("ntmd-{label}.json")),
                 status: dir.join(format!("ntmd-{label}.sock")),
                 proc: None,
@@ -168,7 +192,22 @@ impl Deployment {
 
     /// Runs `ntm-as` for administration (not in a namespace: it only writes files).
     pub fn admin(&self, args: &[&str]) -> Result<()> {
-        let out = Command::new(self.bins.join("ntm-as")).args(args).stdin(Stdio::null()).output()?;
+        self.admin_with_stdin(args, "")
+    }
+
+    /// [`Deployment::admin`] with `input` on its standard input.
+    pub fn admin_with_stdin(&self, args: &[&str], input: &str) -> Result<()> {
+        use std::io::Write;
+        let mut child = Command::new(self.bins.join("ntm-as"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut i) = child.stdin.take() {
+            i.write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
         if !out.status.success() {
             return Err(LabError::Command {
                 what: format!("ntm-as {}", args.join(" ")),
@@ -319,6 +358,14 @@ impl Deployment {
         let p = self.lab.spawn(&ns, &label, &[&bin, "run", "-c", &config], &[])?;
         self.boxes[i].proc = Some(p);
         Ok(p)
+    }
+
+    /// Box `i`'s configuration with password login instead of its device certificate.
+    pub fn agent_config_password(&self, i: usize) -> Value {
+        let b = &self.boxes[i];
+        let mut c = self.agent_config(i);
+        c["credential"] = json!({"password": {"email": b.email, "password_file": b.password_file}});
+        c
     }
 
     /// The status of box `i`'s agent.

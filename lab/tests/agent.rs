@@ -24,13 +24,13 @@ fn tools(what: &str, list: &[&str]) -> bool {
 
 /// Both agents up and registered.
 fn two_agents(label: &str) -> Option<(Deployment, serde_json::Value, serde_json::Value)> {
-    two_agents_with(label, |_, _| {})
+    two_agents_with(label, |_, _, _| {})
 }
 
 /// Both agents up and registered, their configurations changed by `tweak(box, cfg)`.
 fn two_agents_with(
     label: &str,
-    tweak: impl Fn(usize, &mut serde_json::Value),
+    tweak: impl Fn(&Deployment, usize, &mut serde_json::Value),
 ) -> Option<(Deployment, serde_json::Value, serde_json::Value)> {
     if !tools(label, &["socat", "ping", "dig"]) {
         return None;
@@ -38,7 +38,7 @@ fn two_agents_with(
     let mut d = or_skip(Deployment::start(label), label)?;
     for i in 0..2 {
         let mut cfg = d.agent_config(i);
-        tweak(i, &mut cfg);
+        tweak(&d, i, &mut cfg);
         d.start_agent(i, &cfg).expect("ntmd starts");
     }
     let sa = d.wait_registered(0, 30).expect("box a logs in and registers");
@@ -89,7 +89,7 @@ fn tcp_echo(d: &Deployment, ns: &Ns, target: &str, data: &[u8], tag: &str) -> Ve
 /// adjusts.
 #[test]
 fn two_boxes_talk_by_name_over_their_virtual_addresses() {
-    let Some((mut d, sa, sb)) = two_agents_with("agent-basic", |i, cfg| {
+    let Some((mut d, sa, sb)) = two_agents_with("agent-basic", |_, i, cfg| {
         if i == 0 {
             cfg["tun"] = serde_json::json!({"mtu": 1500});
         } else {
@@ -150,11 +150,18 @@ fn two_boxes_talk_by_name_over_their_virtual_addresses() {
     assert_eq!(t["path"], "direct", "{t}");
 }
 
+/// Box b logs in with its account's password here (box a with its device certificate).
 #[test]
 fn a_tcp_stream_survives_a_move_to_another_subnet() {
-    let Some((mut d, _sa, sb)) = two_agents("agent-move") else { return };
+    let Some((mut d, _sa, sb)) = two_agents_with("agent-move", |d, i, cfg| {
+        if i == 1 {
+            *cfg = d.agent_config_password(i);
+        }
+    }) else {
+        return;
+    };
+    assert_eq!(sb["fqdn"], "b.zone-b.test", "password login");
     let (a, b) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone());
-    let _ = sb;
     echo_server(&mut d, &b, "echo-b", "TCP4-LISTEN:7000,reuseaddr,fork");
     // One long-lived connection: a line every 50 ms, each echoed back.
     let p = d.lab.spawn_piped(&a, "stream", &["socat", "-T", "60", "-", "TCP4:b.zone-b.test:7000"]).expect("socat");

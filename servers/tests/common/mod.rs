@@ -183,6 +183,7 @@ impl Nsd {
     /// Serves `zones` (name, zone file text); None (with a notice) if NSD is missing.
     pub fn start(zones: &[(&str, String)]) -> Option<Nsd> {
         let Some(binary) = nsd_binary() else {
+            assert!(std::env::var_os("NTM_REQUIRE_LAB").is_none(), "nsd is required (NTM_REQUIRE_LAB is set)");
             eprintln!("NOTICE: nsd not installed (apt-get install -y nsd): DNS discovery tests skipped");
             return None;
         };
