@@ -350,12 +350,21 @@ impl Deployment {
 
     /// Starts `ntmd` in box `i` with `cfg`; returns its lab process index.
     pub fn start_agent(&mut self, i: usize, cfg: &Value) -> Result<usize> {
+        let bin = path_str(&self.bins.join("ntmd"));
+        self.start_agent_with(i, cfg, &[&bin])
+    }
+
+    /// Starts an agent in box `i` with `cfg` through `program` (e.g. `["qemu-mips", "-L",
+    /// "/usr/mips-linux-gnu", "path/to/ntmd"]` for a foreign build); `run -c FILE` is
+    /// appended. Returns its lab process index.
+    pub fn start_agent_with(&mut self, i: usize, cfg: &Value, program: &[&str]) -> Result<usize> {
         let b = &self.boxes[i];
         write_json(&b.config, cfg)?;
         let (ns, label, config) = (b.ns.clone(), format!("ntmd-{}", b.ns.label), path_str(&b.config));
-        let bin = path_str(&self.bins.join("ntmd"));
-        self.lab.step(format!("start ntmd in box {}", ns.label));
-        let p = self.lab.spawn(&ns, &label, &[&bin, "run", "-c", &config], &[])?;
+        self.lab.step(format!("start {} in box {}", program.join(" "), ns.label));
+        let mut cmd: Vec<&str> = program.to_vec();
+        cmd.extend(["run", "-c", &config]);
+        let p = self.lab.spawn(&ns, &label, &cmd, &[])?;
         self.boxes[i].proc = Some(p);
         Ok(p)
     }
