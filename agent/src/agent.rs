@@ -320,8 +320,20 @@ impl Agent {
         );
 
         let path = std::path::Path::new(cfg.status_socket.as_str());
-        let _ = std::fs::remove_file(path);
+        // A socket left by an earlier run is replaced; anything else at that path is not ours.
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(format!("status socket {}: exists and is not a socket", path.display()).into());
+            }
+            let _ = std::fs::remove_file(path);
+        }
         let mut control = UnixListener::bind(path).map_err(|e| format!("status socket {}: {e}", path.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("status socket {}: {e}", path.display()))?;
+        }
 
         let mut mask = SigSet::empty();
         for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {

@@ -43,7 +43,8 @@ pub struct CredentialFile {
     /// Password login: the account's e-mail and a file holding the password.
     #[serde(default)]
     pub password: Option<PasswordFiles>,
-    /// OpenID Connect login: a file holding a current ID token (re-read at each login).
+    /// OpenID Connect login: a file holding a current ID token (looked at every 30 s and
+    /// re-read when it changed, so a helper can refresh the token).
     #[serde(default)]
     pub oidc_token_file: Option<PathStr>,
 }
