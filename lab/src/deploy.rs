@@ -2,10 +2,17 @@
 //! the four servers and NSD in a server namespace, a router, and boxes running `ntmd`.
 //!
 //! ```text
-//!   srv 192.0.2.0/24 ── rtr ──┬── box a  198.51.100.0/24 (eth0), 198.19.5.0/24 (eth1, spare)
-//!   AS .10  DC-A .21          └── box b  203.0.113.0/24
-//!   DC-B .22  RS .30  NS .40  NSD .53
+//!   srv 192.0.2.0/24          rtr ──┬── [nat-a ──] box a   a0: 198.51.100.0/24, 2001:db8:a::/64
+//!       2001:db8:2::/64 ──────┤     │                      a1: 198.19.5.0/24, 2001:db8:5::/64 (spare,
+//!   AS .10  DC-A .21          │     │                          unaddressed on the box: for moves)
+//!   DC-B .22  RS .30          │     └── [nat-b ──] box b   b0: 203.0.113.0/24, 2001:db8:b::/64
+//!   NS .40  NSD .53 (and ::10, ::21, ...)
 //! ```
+//!
+//! Each box's access network is an [`Access`]: public IPv4, IPv6 or both, or behind a NAT
+//! router (a `nat-a` / `nat-b` namespace: LAN 198.19.10.0/24 or 198.19.20.0/24, nftables
+//! with one of the [`NatKind`] behaviours), or behind a home NAT behind a carrier-grade NAT
+//! (`cgn-a` / `cgn-b`, 100.64.1.0/24 or 100.64.2.0/24 between them).
 //!
 //! Zones `zone-a.test` (DC-A, virtual 198.18.1.0/24 and 2001:db8:ffa::/112) and
 //! `zone-b.test` (DC-B, 198.18.2.0/24 and 2001:db8:ffb::/112); NSD also serves
@@ -25,6 +32,81 @@ pub const AS_NAME: &str = "as.test";
 pub const AS_ADDR: &str = "192.0.2.10:4443";
 /// The NSD server.
 pub const NSD_IP: &str = "192.0.2.53";
+/// The NSD server's IPv6 address.
+pub const NSD_IP6: &str = "2001:db8:2::53";
+/// Where the AS listens over IPv6.
+pub const AS_ADDR6: &str = "[2001:db8:2::10]:4443";
+
+/// How a box reaches the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// A public IPv4 address only.
+    Global4,
+    /// Public IPv4 and IPv6 addresses.
+    Dual,
+    /// A public IPv6 address only.
+    Global6,
+    /// Behind a NAT router (IPv4 only).
+    Nat(NatKind),
+    /// Behind a home NAT of this kind behind a carrier-grade NAT (which maps endpoint
+    /// independently and filters by address and port, as CGNs do).
+    DoubleNat(NatKind),
+}
+
+/// NAT behaviours (RFC 4787 terms), made with nftables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatKind {
+    /// Endpoint-independent mapping and filtering ("full cone"): anyone may send to the
+    /// mapped port.
+    FullCone,
+    /// Endpoint-independent mapping, address-dependent filtering: hosts the box has sent
+    /// to may send from any port.
+    AddressRestricted,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering: only the
+    /// exact endpoints the box has sent to (Linux masquerade's own behaviour).
+    PortRestricted,
+    /// Address-and-port-dependent mapping (a random port per destination): hole
+    /// punching cannot work through it.
+    Symmetric,
+}
+
+impl NatKind {
+    /// All four.
+    pub const ALL: [NatKind; 4] =
+        [NatKind::FullCone, NatKind::AddressRestricted, NatKind::PortRestricted, NatKind::Symmetric];
+
+    /// The nftables ruleset of a NAT router whose outside interface is `wan`, for a box
+    /// at `box_ip` whose tunnel port is `port` (the port the cone kinds forward).
+    pub fn ruleset(self, wan: &str, box_ip: &str, port: u16) -> String {
+        let masq = if self == NatKind::Symmetric { "masquerade random" } else { "masquerade" };
+        let inbound = match self {
+            NatKind::FullCone => format!("iifname \"{wan}\" udp dport {port} dnat to {box_ip}:{port}"),
+            NatKind::AddressRestricted => {
+                format!("iifname \"{wan}\" udp dport {port} ip saddr @contacted dnat to {box_ip}:{port}")
+            }
+            NatKind::PortRestricted | NatKind::Symmetric => String::new(),
+        };
+        // Unsolicited packets are dropped before conntrack confirms an entry for them: a
+        // kept entry would make the box's own later packet to that peer clash with it
+        // and get another port, which real NATs of these kinds do not do.
+        let gate = match self {
+            NatKind::FullCone => String::new(),
+            NatKind::AddressRestricted => format!("iifname \"{wan}\" ct state new ip saddr != @contacted drop"),
+            NatKind::PortRestricted | NatKind::Symmetric => format!("iifname \"{wan}\" ct state new drop"),
+        };
+        format!(
+            "table ip ntmnat\ndelete table ip ntmnat\ntable ip ntmnat {{\n\
+             \tchain gate {{ type filter hook prerouting priority -150; policy accept;\n\t\t{gate}\n\t}}\n\
+             \tset contacted {{ type ipv4_addr; flags dynamic, timeout; timeout 10m; }}\n\
+             \tchain inbound {{ type nat hook prerouting priority dstnat; policy accept;\n\t\t{inbound}\n\t}}\n\
+             \tchain track {{ type filter hook forward priority filter; policy accept;\n\
+             \t\toifname \"{wan}\" update @contacted {{ ip daddr }}\n\t}}\n\
+             \tchain outbound {{ type nat hook postrouting priority srcnat; policy accept;\n\
+             \t\toifname \"{wan}\" {masq}\n\t}}\n}}\n"
+        )
+    }
+}
+
 /// Prefixes every agent routes into its TUN device.
 pub const VIRTUAL_ROUTES: [&str; 2] = ["198.18.0.0/16", "2001:db8:ff0::/44"];
 
@@ -52,6 +134,16 @@ pub fn bin_dir() -> Result<PathBuf> {
 pub struct NodeBox {
     /// Its namespace.
     pub ns: Ns,
+    /// How it reaches the core.
+    pub access: Access,
+    /// Its own IPv4 address on eth0 (a LAN address behind a NAT), if it has one.
+    pub ipv4: Option<String>,
+    /// Its own IPv6 address on eth0, if it has one.
+    pub ipv6: Option<String>,
+    /// The NAT router in front of it (the home NAT for a double NAT).
+    pub nat: Option<Ns>,
+    /// The carrier-grade NAT in front of the home NAT.
+    pub cgn: Option<Ns>,
     /// Its name.
     pub fqdn: String,
     /// Its device certificate and key.
@@ -85,6 +177,8 @@ pub struct Deployment {
     pub bins: PathBuf,
     /// The deployment CA directory (`ca.pem`, `ca.key`).
     pub ca: PathBuf,
+    /// Running servers: (label, program, lab process).
+    pub servers: Vec<(String, String, usize)>,
 }
 
 fn write_json(path: &Path, v: &Value) -> Result<()> {
@@ -107,10 +201,19 @@ pub fn read_status(sock: &Path) -> Option<Value> {
 }
 
 impl Deployment {
+    /// [`Deployment::start_with`] with both boxes on public IPv4 addresses.
+    pub fn start(label: &str) -> Result<Deployment> {
+        Deployment::start_with(label, [Access::Global4, Access::Global4])
+    }
+
     /// Builds the network and starts NSD and the servers (no agents yet). Fails if a tool
     /// is missing (the caller skips with a notice unless the run requires the lab).
-    pub fn start(label: &str) -> Result<Deployment> {
-        for tool in ["nsd", "dig"] {
+    pub fn start_with(label: &str, access: [Access; 2]) -> Result<Deployment> {
+        let mut tools = vec!["nsd", "dig"];
+        if access.iter().any(|a| matches!(a, Access::Nat(_) | Access::DoubleNat(_))) {
+            tools.push("nft");
+        }
+        for tool in tools {
             if !have(tool) {
                 return Err(LabError::Missing(tool));
             }
@@ -119,37 +222,34 @@ impl Deployment {
         let mut lab = Lab::new(label)?;
         let srv = lab.netns("srv", false)?;
         let rtr = lab.netns("rtr", true)?;
-        let a = lab.netns("a", false)?;
-        let b = lab.netns("b", false)?;
-        lab.step("links: srv-rtr, a-rtr (two), b-rtr");
+        lab.step("core: srv - rtr, dual stack");
         lab.link(&srv, "eth0", &rtr, "srv0")?;
-        lab.link(&a, "eth0", &rtr, "a0")?;
-        lab.link(&a, "eth1", &rtr, "a1")?;
-        lab.link(&b, "eth0", &rtr, "b0")?;
-        for ip in ["192.0.2.2/24", "192.0.2.10/24", "192.0.2.11/24", "192.0.2.12/24"] {
+        for ip in ["192.0.2.2/24", "192.0.2.10/24", "192.0.2.11/24", "192.0.2.12/24", "192.0.2.21/24"] {
             lab.addr(&srv, "eth0", ip)?;
         }
-        for ip in ["192.0.2.21/24", "192.0.2.22/24", "192.0.2.30/24", "192.0.2.40/24", "192.0.2.53/24"] {
+        for ip in ["192.0.2.22/24", "192.0.2.30/24", "192.0.2.40/24", "192.0.2.53/24"] {
             lab.addr(&srv, "eth0", ip)?;
+        }
+        for ip in ["::2", "::10", "::21", "::22", "::30", "::40", "::53"] {
+            lab.addr(&srv, "eth0", &format!("2001:db8:2{ip}/64"))?;
         }
         lab.route(&srv, &["default", "via", "192.0.2.1"])?;
+        lab.route(&srv, &["default", "via", "2001:db8:2::1"])?;
         lab.addr(&rtr, "srv0", "192.0.2.1/24")?;
-        lab.addr(&rtr, "a0", "198.51.100.1/24")?;
-        lab.addr(&rtr, "a1", "198.19.5.1/24")?;
-        lab.addr(&rtr, "b0", "203.0.113.1/24")?;
-        lab.addr(&a, "eth0", "198.51.100.2/24")?;
-        lab.route(&a, &["default", "via", "198.51.100.1"])?;
-        lab.addr(&b, "eth0", "203.0.113.2/24")?;
-        lab.route(&b, &["default", "via", "203.0.113.1"])?;
+        lab.addr(&rtr, "srv0", "2001:db8:2::1/64")?;
+        let mut made = Vec::new();
+        for (i, acc) in access.into_iter().enumerate() {
+            made.push(Self::access_network(&mut lab, &rtr, i, acc)?);
+        }
 
         let dir = lab.dir().to_path_buf();
         let ca = dir.join("ca");
-        let mut dep = Deployment { lab, srv, rtr, boxes: Vec::new(), bins, ca };
+        let mut dep = Deployment { lab, srv, rtr, boxes: Vec::new(), bins, ca, servers: Vec::new() };
         dep.lab.step("PKI: deployment CA and server certificates");
         dep.admin(&["ca", "init", "--out", &path_str(&dep.ca)])?;
         dep.start_nsd()?;
         dep.start_servers()?;
-        for (ns, fqdn) in [(a, "a.zone-a.test"), (b, "b.zone-b.test")] {
+        for ((ns, acc, ipv4, ipv6, nat, cgn), fqdn) in made.into_iter().zip(["a.zone-a.test", "b.zone-b.test"]) {
             let (cert, key) = dep.issue("node", fqdn)?;
             let email = format!("owner@{fqdn}");
             let as_cfg = path_str(&dir.join("as.json"));
@@ -177,6 +277,11 @@ impl Deployment {
             let label = ns.label.clone();
             dep.boxes.push(NodeBox {
                 ns,
+                access: acc,
+                ipv4,
+                ipv6,
+                nat,
+                cgn,
                 fqdn: fqdn.into(),
                 cert,
                 key,
@@ -188,6 +293,96 @@ impl Deployment {
             });
         }
         Ok(dep)
+    }
+
+    /// Makes box `i`'s namespace and its access network. Box a (0) also gets a spare link
+    /// `eth1` to the router (198.19.5.0/24, 2001:db8:5::/64 on the router's side) for moves.
+    #[allow(clippy::type_complexity)]
+    fn access_network(
+        lab: &mut Lab,
+        rtr: &Ns,
+        i: usize,
+        access: Access,
+    ) -> Result<(Ns, Access, Option<String>, Option<String>, Option<Ns>, Option<Ns>)> {
+        let x = if i == 0 { "a" } else { "b" };
+        let (pub4, pub6) = if i == 0 { ("198.51.100", "2001:db8:a:") } else { ("203.0.113", "2001:db8:b:") };
+        let lan = if i == 0 { "198.19.10" } else { "198.19.20" };
+        let carrier = if i == 0 { "100.64.1" } else { "100.64.2" };
+        let bx = lab.netns(x, false)?;
+        lab.step(format!("box {x}: {access:?}"));
+        let rif = format!("{x}0");
+        let rtr_side = |lab: &mut Lab| -> Result<()> {
+            lab.addr(rtr, &rif, &format!("{pub4}.1/24"))?;
+            lab.addr(rtr, &rif, &format!("{pub6}:1/64"))
+        };
+        if i == 0 {
+            lab.link(&bx, "eth1", rtr, "a1")?;
+            lab.addr(rtr, "a1", "198.19.5.1/24")?;
+            lab.addr(rtr, "a1", "2001:db8:5::1/64")?;
+        }
+        let (mut v4, mut v6, mut nat, mut cgn) = (None, None, None, None);
+        match access {
+            Access::Global4 | Access::Dual | Access::Global6 => {
+                lab.link(&bx, "eth0", rtr, &rif)?;
+                rtr_side(lab)?;
+                if access != Access::Global6 {
+                    lab.addr(&bx, "eth0", &format!("{pub4}.2/24"))?;
+                    lab.route(&bx, &["default", "via", &format!("{pub4}.1")])?;
+                    v4 = Some(format!("{pub4}.2"));
+                }
+                if access != Access::Global4 {
+                    lab.addr(&bx, "eth0", &format!("{pub6}:2/64"))?;
+                    lab.route(&bx, &["default", "via", &format!("{pub6}:1")])?;
+                    v6 = Some(format!("{pub6}:2"));
+                }
+            }
+            Access::Nat(kind) => {
+                let n = lab.netns(&format!("nat-{x}"), true)?;
+                lab.link(&n, "wan0", rtr, &rif)?;
+                rtr_side(lab)?;
+                lab.link(&bx, "eth0", &n, "lan0")?;
+                lab.addr(&n, "wan0", &format!("{pub4}.2/24"))?;
+                lab.route(&n, &["default", "via", &format!("{pub4}.1")])?;
+                lab.addr(&n, "lan0", &format!("{lan}.1/24"))?;
+                lab.addr(&bx, "eth0", &format!("{lan}.2/24"))?;
+                lab.route(&bx, &["default", "via", &format!("{lan}.1")])?;
+                lab.nft(&n, &kind.ruleset("wan0", &format!("{lan}.2"), 4500))?;
+                v4 = Some(format!("{lan}.2"));
+                nat = Some(n);
+            }
+            Access::DoubleNat(kind) => {
+                let c = lab.netns(&format!("cgn-{x}"), true)?;
+                let n = lab.netns(&format!("nat-{x}"), true)?;
+                lab.link(&c, "wan0", rtr, &rif)?;
+                rtr_side(lab)?;
+                lab.link(&n, "wan0", &c, "lan0")?;
+                lab.link(&bx, "eth0", &n, "lan0")?;
+                lab.addr(&c, "wan0", &format!("{pub4}.2/24"))?;
+                lab.route(&c, &["default", "via", &format!("{pub4}.1")])?;
+                lab.addr(&c, "lan0", &format!("{carrier}.1/24"))?;
+                lab.addr(&n, "wan0", &format!("{carrier}.2/24"))?;
+                lab.route(&n, &["default", "via", &format!("{carrier}.1")])?;
+                lab.addr(&n, "lan0", &format!("{lan}.1/24"))?;
+                lab.addr(&bx, "eth0", &format!("{lan}.2/24"))?;
+                lab.route(&bx, &["default", "via", &format!("{lan}.1")])?;
+                lab.nft(&c, &NatKind::PortRestricted.ruleset("wan0", &format!("{carrier}.2"), 4500))?;
+                lab.nft(&n, &kind.ruleset("wan0", &format!("{lan}.2"), 4500))?;
+                v4 = Some(format!("{lan}.2"));
+                nat = Some(n);
+                cgn = Some(c);
+            }
+        }
+        Ok((bx, access, v4, v6, nat, cgn))
+    }
+
+    /// Replaces the NAT behaviour in front of box `i` (its tunnel port is `port`).
+    pub fn set_nat(&mut self, i: usize, kind: NatKind, port: u16) -> Result<()> {
+        let b = &self.boxes[i];
+        let (Some(n), Some(ip)) = (b.nat.clone(), b.ipv4.clone()) else {
+            return Err(LabError::Command { what: format!("set_nat on box {i}"), stderr: "no NAT in front".into() });
+        };
+        self.lab.step(format!("NAT of box {i}: {kind:?}, port {port}"));
+        self.lab.nft(&n, &kind.ruleset("wan0", &ip, port))
     }
 
     /// Runs `ntm-as` for administration (not in a namespace: it only writes files).
@@ -234,7 +429,11 @@ impl Deployment {
         let d = self.lab.dir().join("nsd");
         std::fs::create_dir_all(&d)?;
         let zone = |z: &str, dc: &str| {
-            format!("$ORIGIN {z}.\n$TTL 60\n@ SOA dc.{z}. admin.{z}. 1 60 60 600 60\n@ NS dc.{z}.\ndc A {dc}\n")
+            format!(
+                "$ORIGIN {z}.\n$TTL 60\n@ SOA dc.{z}. admin.{z}. 1 60 60 600 60\n@ NS dc.{z}.\ndc A {dc}\n\
+                 dc AAAA 2001:db8:2::{}\n",
+                dc.rsplit('.').next().unwrap_or("")
+            )
         };
         let zones = [
             ("zone-a.test", zone("zone-a.test", "192.0.2.21")),
@@ -248,7 +447,7 @@ impl Deployment {
         ];
         let dd = d.display();
         let mut conf = format!(
-            "server:\n  ip-address: {NSD_IP}\n  do-ip6: no\n  username: \"\"\n  chroot: \"\"\n  zonesdir: \"{dd}\"\n  \
+            "server:\n  ip-address: {NSD_IP}\n  ip-address: {NSD_IP6}\n  username: \"\"\n  chroot: \"\"\n  zonesdir: \"{dd}\"\n  \
              database: \"\"\n  pidfile: \"{dd}/nsd.pid\"\n  xfrdfile: \"{dd}/xfrd.state\"\n  zonelistfile: \
              \"{dd}/zone.list\"\n  xfrdir: \"{dd}\"\n  logfile: \"{dd}/nsd.log\"\n  server-count: 1\n\
              remote-control:\n  control-enable: no\n"
@@ -286,14 +485,15 @@ impl Deployment {
         if !up || !self.lab.proc(i).alive() {
             return Err(LabError::Command { what: format!("{program} start"), stderr: self.lab.proc(i).log_text() });
         }
+        self.servers.push((label.to_string(), program.to_string(), i));
         Ok(())
     }
 
     /// The configuration every server shares.
-    fn common(&self, name: &str, role: &str, listen: &str, label: &str) -> Result<Value> {
+    fn common(&self, name: &str, role: &str, listen: &[&str], label: &str) -> Result<Value> {
         let (cert, key) = self.issue(role, name)?;
         Ok(json!({
-            "name": name, "listen": [listen],
+            "name": name, "listen": listen,
             "tls": {"ca": self.ca.join("ca.pem"), "cert": cert, "key": key},
             "status_socket": self.lab.dir().join(format!("{label}.sock")), "log_level": "debug"
         }))
@@ -305,16 +505,30 @@ impl Deployment {
         let dns = json!({"nameservers": [format!("{NSD_IP}:53")], "ntm_domains": ["test"], "dc_port": 4460});
         let relays = json!([{"name": "rs1.test", "addr": "192.0.2.30:4461"}]);
         let nss = json!([{"name": "ns1.test", "addr": "192.0.2.40:4462", "node_addr": "192.0.2.40:4463"}]);
-        let rs = self.common("rs1.test", "rs", "192.0.2.30:4461", "rs")?;
+        let rs = self.common("rs1.test", "rs", &["192.0.2.30:4461", "[2001:db8:2::30]:4461"], "rs")?;
         self.server("ntm-rs", "rs", rs)?;
-        let mut ns = self.common("ns1.test", "ns", "192.0.2.40:4462", "ns")?;
+        let mut ns = self.common("ns1.test", "ns", &["192.0.2.40:4462"], "ns")?;
         merge(&mut ns, json!({"node_listen": ["192.0.2.40:4463"]}));
         self.server("ntm-ns", "ns", ns)?;
         for (label, name, zone, listen, v4, v6) in [
-            ("dc-a", "dc.zone-a.test", "zone-a.test", "192.0.2.21:4460", "198.18.1.0/24", "2001:db8:ffa::/112"),
-            ("dc-b", "dc.zone-b.test", "zone-b.test", "192.0.2.22:4460", "198.18.2.0/24", "2001:db8:ffb::/112"),
+            (
+                "dc-a",
+                "dc.zone-a.test",
+                "zone-a.test",
+                ["192.0.2.21:4460", "[2001:db8:2::21]:4460"],
+                "198.18.1.0/24",
+                "2001:db8:ffa::/112",
+            ),
+            (
+                "dc-b",
+                "dc.zone-b.test",
+                "zone-b.test",
+                ["192.0.2.22:4460", "[2001:db8:2::22]:4460"],
+                "198.18.2.0/24",
+                "2001:db8:ffb::/112",
+            ),
         ] {
-            let mut c = self.common(name, "dc", listen, label)?;
+            let mut c = self.common(name, "dc", &listen, label)?;
             merge(
                 &mut c,
                 json!({
@@ -325,7 +539,7 @@ impl Deployment {
             );
             self.server("ntm-dc", label, c)?;
         }
-        let mut c = self.common(AS_NAME, "as", AS_ADDR, "as")?;
+        let mut c = self.common(AS_NAME, "as", &[AS_ADDR, AS_ADDR6], "as")?;
         merge(&mut c, json!({"accounts": dir.join("accounts.db"), "dns": dns, "key_lifetime_secs": 3600}));
         // Accounts are added with the AS's configuration file before it starts.
         write_json(&dir.join("as.json"), &c)?;
@@ -335,14 +549,19 @@ impl Deployment {
     /// The `ntmd` configuration of box `i` (device certificate login, UDP keepalive).
     pub fn agent_config(&self, i: usize) -> Value {
         let b = &self.boxes[i];
+        let (as_addr, dns) = if b.access == Access::Global6 {
+            (AS_ADDR6, format!("[{NSD_IP6}]:53"))
+        } else {
+            (AS_ADDR, format!("{NSD_IP}:53"))
+        };
         json!({
-            "account_server": AS_ADDR,
+            "account_server": as_addr,
             "account_server_name": AS_NAME,
             "ca": self.ca.join("ca.pem"),
             "credential": {"device": {"cert": b.cert, "key": b.key}},
             "keepalive": "udp",
             "virtual_routes": VIRTUAL_ROUTES,
-            "dns": {"listen": "127.0.0.53:53", "upstream": [format!("{NSD_IP}:53")], "ntm_domains": ["test"]},
+            "dns": {"listen": "127.0.0.53:53", "upstream": [dns], "ntm_domains": ["test"]},
             "status_socket": b.status,
             "log_level": "debug"
         })
@@ -428,4 +647,141 @@ pub fn or_skip<T>(r: Result<T>, what: &str) -> Option<T> {
         }
         Err(e) => panic!("{what}: {e}"),
     }
+}
+
+/// What the scenario tests do with a running deployment: real applications in the boxes.
+impl Deployment {
+    /// Starts both agents with their default configurations changed by `tweak(self, box,
+    /// config)` and waits until both are registered; their statuses.
+    pub fn up_with(&mut self, tweak: impl Fn(&Deployment, usize, &mut Value)) -> Result<[Value; 2]> {
+        for i in 0..2 {
+            let mut cfg = self.agent_config(i);
+            tweak(self, i, &mut cfg);
+            self.start_agent(i, &cfg)?;
+        }
+        let mut st = Vec::new();
+        for i in 0..2 {
+            let s = self.wait_registered(i, 30).ok_or_else(|| LabError::Command {
+                what: format!("box {i} registers"),
+                stderr: "not registered within 30 s".into(),
+            })?;
+            st.push(s);
+        }
+        let b = st.pop().unwrap_or_default();
+        let a = st.pop().unwrap_or_default();
+        Ok([a, b])
+    }
+
+    /// Stops box `i`'s agent.
+    pub fn stop_agent(&mut self, i: usize) {
+        if let Some(p) = self.boxes[i].proc.take() {
+            self.lab.proc(p).stop();
+        }
+    }
+
+    /// `dig +short` through box `i`'s DNS hook.
+    pub fn dig(&self, i: usize, name: &str, ty: &str) -> String {
+        let ns = &self.boxes[i].ns;
+        match self.lab.try_exec(ns, &["dig", "+short", "+time=3", "+tries=2", "@127.0.0.53", name, ty]) {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// `ping` from box `i`: true if at least one of `count` answers came.
+    pub fn ping(&self, i: usize, dst: &str, count: u32) -> bool {
+        let fam = if dst.contains(':') { "-6" } else { "-4" };
+        let c = count.to_string();
+        self.lab
+            .try_exec(&self.boxes[i].ns, &["ping", fam, "-c", &c, "-i", "0.2", "-W", "2", dst])
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Starts an echo server (socat, `EXEC:cat`) in box `i` on `listen` (a socat
+    /// address such as `TCP4-LISTEN:7000,reuseaddr,fork`).
+    pub fn echo_server(&mut self, i: usize, label: &str, listen: &str) -> Result<usize> {
+        let ns = self.boxes[i].ns.clone();
+        let p = self.lab.spawn(&ns, label, &["socat", listen, "EXEC:cat"], &[])?;
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(p)
+    }
+
+    /// Sends `data` from box `i` through a TCP connection to `target` (a socat address,
+    /// names resolved through the box's DNS hook) and returns what came back.
+    pub fn tcp_echo(&self, i: usize, target: &str, data: &[u8], tag: &str) -> Vec<u8> {
+        let dir = self.lab.dir();
+        let (inp, out) = (dir.join(format!("{tag}.in")), dir.join(format!("{tag}.out")));
+        if std::fs::write(&inp, data).is_err() {
+            return Vec::new();
+        }
+        let cmd = format!("socat -t 10 -T 20 - {target} < {} > {}", inp.display(), out.display());
+        let _ = self.lab.try_exec(&self.boxes[i].ns, &["sh", "-c", &cmd]);
+        std::fs::read(&out).unwrap_or_default()
+    }
+
+    /// Starts a tiny HTTP server in box `i` on `port` answering every request with `body`.
+    pub fn http_server(&mut self, i: usize, port: u16, body: &str) -> Result<usize> {
+        let file = self.lab.dir().join(format!("http-{i}-{port}.txt"));
+        std::fs::write(&file, format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()))?;
+        let ns = self.boxes[i].ns.clone();
+        let listen = format!("TCP-LISTEN:{port},reuseaddr,fork");
+        let reply = format!("SYSTEM:sleep 0.1; cat {}", file.display());
+        let p = self.lab.spawn(&ns, &format!("http-{i}"), &["socat", &listen, &reply], &[])?;
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(p)
+    }
+
+    /// `curl` from box `i`; the body.
+    pub fn curl(&self, i: usize, url: &str) -> String {
+        match self.lab.try_exec(&self.boxes[i].ns, &["curl", "-s", "-m", "10", url]) {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Box `i`'s live tunnel to `peer` (not superseded), from its status.
+    pub fn tunnel(&self, i: usize, peer: &str) -> Option<Value> {
+        let s = self.status(i)?;
+        s["tunnels"]
+            .as_array()?
+            .iter()
+            .find(|t| t["peer"] == peer && t["up"] == true && t["superseded"] == false)
+            .cloned()
+    }
+
+    /// Waits until box `i`'s tunnel to `peer` has `path` ("direct" or "relay").
+    pub fn wait_path(&self, i: usize, peer: &str, path: &str, secs: u64) -> bool {
+        self.lab.wait_for(secs, || self.tunnel(i, peer).is_some_and(|t| t["path"] == path))
+    }
+
+    /// Stops the server `label` ("dc-a", "rs", ...) and starts it again with the same
+    /// configuration; waits until it answers on its status socket.
+    pub fn restart_server(&mut self, label: &str) -> Result<()> {
+        let Some(i) = self.servers.iter().position(|(l, _, _)| l == label) else {
+            return Err(LabError::Command { what: format!("restart {label}"), stderr: "no such server".into() });
+        };
+        let (_, program, p) = self.servers[i].clone();
+        self.lab.step(format!("restart {label}"));
+        self.lab.proc(p).stop();
+        let cfg = std::fs::read_to_string(self.lab.dir().join(format!("{label}.json")))?;
+        let v: Value = serde_json::from_str(&cfg)
+            .map_err(|e| LabError::Command { what: "config".into(), stderr: e.to_string() })?;
+        self.servers.remove(i);
+        let log = self.lab.dir().join(format!("{label}.log"));
+        let _ = std::fs::rename(&log, self.lab.dir().join(format!("{label}.before-restart.log")));
+        self.server(&program, label, v)
+    }
+}
+
+/// Test bytes from a seed (xorshift).
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }

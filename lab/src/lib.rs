@@ -405,6 +405,16 @@ impl Lab {
         Ok(())
     }
 
+    /// Stops the capture `label` (tcpdump flushes its file on SIGINT), so that the test can
+    /// read `label.pcap` in the lab directory.
+    pub fn stop_capture(&mut self, label: &str) {
+        let name = format!("capture {label}");
+        if let Some(c) = self.captures.iter_mut().find(|c| c.label == name) {
+            c.signal(2);
+            c.wait(2);
+        }
+    }
+
     /// Waits until `cond` holds, polling every 50 ms, for at most `secs`.
     pub fn wait_for(&self, secs: u64, mut cond: impl FnMut() -> bool) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);

@@ -54,6 +54,9 @@ struct Sharing<K: KeyKind> {
     deadline: Instant,
 }
 
+/// A key this young is not forgotten when a server seems silent.
+const FRESH_KEY: Duration = Duration::from_secs(3);
+
 /// The sharing side's view of one server: the keys in use and the share in flight.
 pub struct ServerLink<K: KeyKind> {
     /// The server's name (its certificate must carry it).
@@ -68,6 +71,8 @@ pub struct ServerLink<K: KeyKind> {
     theirs: Option<Channel<K>>,
     sharing: Option<Sharing<K>>,
     queue: VecDeque<Message>,
+    /// When the newest key came into use.
+    keyed_at: Option<Instant>,
 }
 
 impl<K: KeyKind> core::fmt::Debug for ServerLink<K> {
@@ -79,13 +84,16 @@ impl<K: KeyKind> core::fmt::Debug for ServerLink<K> {
 impl<K: SharedKind> ServerLink<K> {
     /// A link to a server we have not shared a key with yet.
     pub fn new(name: Fqdn, addr: SocketAddr) -> Self {
-        ServerLink { name, addr, own: None, previous: None, theirs: None, sharing: None, queue: VecDeque::new() }
-    }
-
-    /// True if a key is usable for sending now.
-    pub fn ready(&self, now: Instant) -> bool {
-        self.own.as_ref().is_some_and(|c| !c.is_expired(now))
-            || self.theirs.as_ref().is_some_and(|c| !c.is_expired(now))
+        ServerLink {
+            name,
+            addr,
+            own: None,
+            previous: None,
+            theirs: None,
+            sharing: None,
+            queue: VecDeque::new(),
+            keyed_at: None,
+        }
     }
 
     /// Seals `msg` for this server, sharing a key first over TLS if none is usable (the
@@ -168,6 +176,7 @@ impl<K: SharedKind> ServerLink<K> {
         match Channel::new(s.key, s.key_id, Sender::Dc, now + lifetime) {
             Ok(ch) => {
                 self.previous = self.own.replace(ch);
+                self.keyed_at = Some(now);
             }
             Err(e) => {
                 log::error!("shared key unusable: {e}");
@@ -181,6 +190,7 @@ impl<K: SharedKind> ServerLink<K> {
     pub fn accept_theirs(&mut self, now: Instant, key_id: KeyId, grant: KeyGrant<K>) -> Vec<Vec<u8>> {
         if let Ok(ch) = Channel::new(grant.key, key_id, Sender::DcPeer, now + grant.lifetime.duration()) {
             self.theirs = Some(ch);
+            self.keyed_at = Some(now);
         }
         self.flush(now)
     }
@@ -206,6 +216,22 @@ impl<K: SharedKind> ServerLink<K> {
     /// message starts a new one.
     pub fn share_failed(&mut self) {
         self.sharing = None;
+    }
+
+    /// The server stopped answering what we sealed (it may have restarted and lost our
+    /// key): forget every key older than a few seconds, so that the next message starts
+    /// a new Key Share over TLS. A key shared just now is kept (several requests may
+    /// notice the same silence).
+    pub fn forget_keys(&mut self, now: Instant) {
+        if self.sharing.is_some() || self.keyed_at.is_some_and(|t| now < t + FRESH_KEY) {
+            return;
+        }
+        if self.own.is_some() || self.theirs.is_some() {
+            log::info!("{} does not answer; sharing a new key with it", self.name);
+        }
+        self.own = None;
+        self.previous = None;
+        self.theirs = None;
     }
 
     /// True if a Key Share is waiting for its ack.

@@ -507,6 +507,10 @@ impl Dc {
                 continue;
             }
             r.next_status = now + self.cfg.relay_status_interval;
+            if r.status.is_some() {
+                // The last status request went unanswered: the RS may have lost our key.
+                r.link.forget_keys(now);
+            }
             let request_id = self.ids.next();
             r.status = Some((request_id, now));
             self.send_server(now, To::Relay(i), Message::RelayStatus(crate::wire::relay::RelayStatus { request_id }));

@@ -739,18 +739,23 @@ impl Dc {
             }
             let (cn, mn, home) = (n.cn.clone(), n.mn.clone(), n.home);
             match n.state {
+                // A server that does not answer a sealed request may have restarted and
+                // lost our key: the retry goes with a fresh Key Share (it waits in the
+                // link's queue until the share is acknowledged).
                 State::ExpectNodeInfo { request_id, .. } => {
                     if let Some(Home::Remote(peer)) = home {
-                        if self.peers.get(peer).is_some_and(|p| p.ready(now)) {
+                        if let Some(p) = self.peers.get_mut(peer) {
+                            p.forget_keys(now);
                             let msg = Message::NodeInfoRequest(NodeInfoRequest { request_id, fqdn: cn, requester: mn });
                             self.send_server(now, To::Peer(peer), msg);
                         }
                     }
                 }
-                State::ExpectRelayAck { request_id, relay, .. }
-                    if self.relays.get(relay).is_some_and(|r| r.link.ready(now)) =>
-                {
-                    self.direct_relay(now, i, relay, Some(request_id));
+                State::ExpectRelayAck { request_id, relay, .. } => {
+                    if let Some(r) = self.relays.get_mut(relay) {
+                        r.link.forget_keys(now);
+                        self.direct_relay(now, i, relay, Some(request_id));
+                    }
                 }
                 State::ExpectFirstAck { request_id, .. } | State::ExpectSecondAck { request_id, .. } => {
                     let first = matches!(n.state, State::ExpectFirstAck { .. });

@@ -59,6 +59,10 @@ pub enum SendError {
     },
 }
 
+/// How long a relayed tunnel may send without hearing anything before the relay is
+/// checked, and how long the check waits before the tunnel is renegotiated.
+const RELAY_SILENCE: Duration = Duration::from_secs(4);
+
 /// A Direction Request in flight.
 pub(super) struct Direction {
     pub(super) peer: Fqdn,
@@ -135,8 +139,11 @@ pub(super) struct Tunnel {
     reestablish: bool,
     /// Creation order: a later negotiation with the same peer supersedes an earlier one.
     seq: u64,
-    /// A renegotiation before K_mncn expires was asked for.
+    /// A renegotiation before K_mncn expires was asked for (or after the relay stopped
+    /// answering).
     rekey_requested: bool,
+    /// When the relay was asked whether it still knows the session, after a silence.
+    relay_check: Option<Instant>,
     rx_packets: u64,
     tx_packets: u64,
 }
@@ -180,6 +187,11 @@ impl Tunnel {
         self.superseded_until.is_none()
     }
 
+    /// True while the relay's silence is watched (see `drive_tunnel`).
+    fn watches_relay(&self) -> bool {
+        self.on_relay && self.is_established() && self.is_live() && !self.rekey_requested
+    }
+
     fn path(&self) -> PathKind {
         if self.on_relay {
             PathKind::Relay
@@ -219,7 +231,12 @@ impl Tunnel {
         let expiry = self.mncn.as_ref().map(Channel::expires);
         let rekey = self.rekey_at(cfg);
         let tmp = self.k_tmp.as_ref().and(self.established_at).map(|t| t + K_TMP_AFTER_SETUP);
-        [state, probe, expiry, rekey, tmp, self.superseded_until].into_iter().flatten().min()
+        let relay = match (self.watches_relay(), self.relay_check) {
+            (true, Some(at)) => Some(at + RELAY_SILENCE),
+            (true, None) if self.last_tx > self.last_rx => Some(self.last_rx + RELAY_SILENCE),
+            _ => None,
+        };
+        [state, probe, expiry, rekey, tmp, self.superseded_until, relay].into_iter().flatten().min()
     }
 
     /// When this node asks for a fresh negotiation, ahead of K_mncn's expiry.
@@ -551,6 +568,7 @@ impl Node {
             reestablish: false,
             seq: self.next_tunnel_seq,
             rekey_requested: false,
+            relay_check: None,
             rx_packets: 0,
             tx_packets: 0,
         });
@@ -673,7 +691,9 @@ impl Node {
             return self.drops.count(Drop::Unauthorized);
         }
         if !matches!(t.state, TunnelState::Punching { .. }) {
-            // A keepalive's or a handover's punch was acknowledged.
+            // A keepalive's, a handover's or a liveness check's punch was acknowledged:
+            // the relay still knows the session.
+            t.last_rx = now;
             if t.probe.as_ref().is_some_and(|p| p.punch) {
                 t.probe = None;
             }
@@ -847,6 +867,10 @@ impl Node {
             if t.relay != Some(from) {
                 self.switch_to_direct(now, i, from);
             }
+        } else if t.relay == Some(from) {
+            // Still in flight through the relay, or the peer has not yet seen the direct
+            // path work: the RS is not where the peer is. Keep sending directly; its next
+            // direct packet moves it too.
         } else {
             log::info!("peer {} of tunnel {} now at {from}", t.peer.fqdn, t.session);
             t.send_to = Some(from);
@@ -975,6 +999,31 @@ impl Node {
             let (peer, session) = (t.peer.fqdn.clone(), t.session);
             log::info!("K_mncn of tunnel {session} to {peer} nears its end; renegotiating");
             self.request_direction(now, peer, Some(session));
+        }
+        let Some(t) = self.tunnels.get_mut(i) else { return false };
+        // A relayed tunnel we send on but hear nothing from (the RS restarted and lost the
+        // session, or the path to it broke): ask the RS with a punch; if it stays silent,
+        // renegotiate through the DCs, which set up a new relay session.
+        let mut relay_silent = false;
+        if t.watches_relay() {
+            match t.relay_check {
+                Some(at) if t.last_rx >= at => t.relay_check = None,
+                Some(at) if now >= at + RELAY_SILENCE => {
+                    t.rekey_requested = true;
+                    t.relay_check = None;
+                    let (peer, session) = (t.peer.fqdn.clone(), t.session);
+                    log::warn!("the relay of tunnel {session} to {peer} stopped answering; renegotiating");
+                    self.request_direction(now, peer, Some(session));
+                }
+                None if t.last_tx > t.last_rx && now >= t.last_rx + RELAY_SILENCE => {
+                    t.relay_check = Some(now);
+                    relay_silent = true;
+                }
+                _ => {}
+            }
+        }
+        if relay_silent {
+            self.send_hole_punch(now, i, false);
         }
         let Some(t) = self.tunnels.get_mut(i) else { return false };
         enum Act {
