@@ -166,7 +166,34 @@ impl Drop for Proc {
         if self.alive() {
             self.stop();
         }
+        if let Ok(mut l) = SPAWNED.lock() {
+            l.retain(|p| *p != self.pid());
+        }
     }
+}
+
+/// PIDs of the processes labs started and have not yet reaped, for [`emergency_cleanup`].
+static SPAWNED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn register(pid: u32) {
+    if let Ok(mut l) = SPAWNED.lock() {
+        l.push(pid);
+    }
+}
+
+/// For a Ctrl-C handler, which cannot reach the [`Lab`]s: sends SIGTERM to every process
+/// the labs of this program started (by PID), waits a moment, and deletes every namespace
+/// this program made.
+pub fn emergency_cleanup() {
+    let pids: Vec<u32> = SPAWNED.lock().map(|l| l.clone()).unwrap_or_default();
+    for pid in &pids {
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).stderr(Stdio::null()).status();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for pid in &pids {
+        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).stderr(Stdio::null()).status();
+    }
+    remove_namespaces_of(std::process::id());
 }
 
 /// A lab: namespaces, processes and a working directory, all removed on drop.
@@ -183,6 +210,20 @@ pub struct Lab {
 }
 
 static RUN: AtomicU32 = AtomicU32::new(0);
+
+/// Deletes every namespace (and its `/etc/netns` directory) made by the process `pid`:
+/// for a program's Ctrl-C handler, which cannot reach its [`Lab`].
+pub fn remove_namespaces_of(pid: u32) {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    let mine = format!("{PREFIX}{pid}x");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if name.starts_with(&mine) {
+            let _ = Command::new("ip").args(["netns", "delete", name]).status();
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(name));
+        }
+    }
+}
 
 /// Removes namespaces of earlier runs whose process is gone (a killed test run).
 fn reap_stale() {
@@ -349,6 +390,7 @@ impl Lab {
             c.env(k, v);
         }
         let child = c.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).spawn()?;
+        register(child.id());
         self.procs.push(Proc { child, label: label.into(), log });
         Ok(self.procs.len() - 1)
     }
@@ -365,6 +407,7 @@ impl Lab {
             .stdout(Stdio::piped())
             .stderr(err)
             .spawn()?;
+        register(child.id());
         self.procs.push(Proc { child, label: label.into(), log });
         Ok(self.procs.len() - 1)
     }
@@ -401,6 +444,7 @@ impl Lab {
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()?;
+        register(child.id());
         self.captures.push(Proc { child, label: format!("capture {label}"), log });
         Ok(())
     }
