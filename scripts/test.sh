@@ -12,6 +12,8 @@ echo "== release binaries (the end-to-end tests run them)"
 cargo build --workspace --bins --locked --release
 echo "== cargo test (release profile for the crypto-heavy simulations)"
 cargo test --workspace --locked --release
+echo "== init scripts (SysV, start-stop-daemon from Debian and BusyBox; procd stubbed)"
+NTM_NO_BUILD=1 ./scripts/test-init.sh
 echo "== proto without the server engines (the agent's build)"
 cargo clippy -p ntm-proto --locked --no-default-features -- -D warnings
 cargo test -p ntm-proto --locked --no-default-features --lib
