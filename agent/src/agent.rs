@@ -173,6 +173,36 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(UdpSocket::from_std(std))
 }
 
+/// Room in the kernel for tunnel datagrams while the loop is busy: a TCP burst through
+/// the tunnel arrives faster than one thread takes it for a moment, and every datagram
+/// the default buffer (about 200 KiB) drops costs the application a retransmission.
+const TUNNEL_SOCKET_BUFFER: usize = 2 * 1024 * 1024;
+
+/// Sets the tunnel socket's buffers (as root beyond the sysctl limits, else up to them).
+fn size_buffers(sock: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let fd = unsafe_free_fd(sock);
+    for force in [true, false] {
+        let ok = if force {
+            setsockopt(&fd, sockopt::RcvBufForce, &TUNNEL_SOCKET_BUFFER).is_ok()
+                && setsockopt(&fd, sockopt::SndBufForce, &TUNNEL_SOCKET_BUFFER).is_ok()
+        } else {
+            setsockopt(&fd, sockopt::RcvBuf, &TUNNEL_SOCKET_BUFFER).is_ok()
+                && setsockopt(&fd, sockopt::SndBuf, &TUNNEL_SOCKET_BUFFER).is_ok()
+        };
+        if ok {
+            return;
+        }
+    }
+    log::debug!("could not size the tunnel socket's buffers");
+}
+
+/// The socket's descriptor, borrowed.
+fn unsafe_free_fd(sock: &UdpSocket) -> std::os::fd::BorrowedFd<'_> {
+    use std::os::fd::AsFd;
+    sock.as_fd()
+}
+
 /// An IPv6-only socket on `port`: the IPv4 socket owns the port's IPv4 side (the kernel's
 /// default would let `[::]` take IPv4 too and the second bind would fail).
 fn bind_udp6_only(port: u16) -> io::Result<UdpSocket> {
@@ -260,6 +290,9 @@ impl Agent {
         };
         if udp4.is_none() && udp6.is_none() {
             return Err(format!("cannot bind UDP port {}", cfg.udp_port).into());
+        }
+        for s in udp4.iter().chain(udp6.iter()) {
+            size_buffers(s);
         }
 
         let mut tun_cfg = tun::Configuration::default();
