@@ -5,10 +5,9 @@
 
 #![allow(clippy::print_stderr)]
 
-use ntm_lab::deploy::{or_skip, Deployment};
+use ntm_lab::deploy::{or_skip, payload, Deployment};
+use ntm_lab::stream::LineStream;
 use ntm_lab::{have, Ns};
-use std::io::{BufRead, BufReader, Write};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn tools(what: &str, list: &[&str]) -> bool {
@@ -46,43 +45,6 @@ fn two_agents_with(
     Some((d, sa, sb))
 }
 
-fn dig(d: &Deployment, ns: &Ns, name: &str, ty: &str) -> String {
-    let out = d.lab.exec(ns, &["dig", "+short", "+time=3", "+tries=2", "@127.0.0.53", name, ty]).expect("dig runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Deterministic test bytes.
-fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// Starts an echo server (`socat ... EXEC:cat`) in `ns` on `listen` (a socat address).
-fn echo_server(d: &mut Deployment, ns: &Ns, label: &str, listen: &str) {
-    let p = d.lab.spawn(ns, label, &["socat", listen, "EXEC:cat"], &[]).expect("socat starts");
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(d.lab.proc(p).alive(), "echo server {label} runs");
-}
-
-/// Sends `data` through a TCP connection made by name from `ns` to `target` (a socat
-/// address) and returns what came back.
-fn tcp_echo(d: &Deployment, ns: &Ns, target: &str, data: &[u8], tag: &str) -> Vec<u8> {
-    let dir = d.lab.dir();
-    let (inp, out) = (dir.join(format!("{tag}.in")), dir.join(format!("{tag}.out")));
-    std::fs::write(&inp, data).expect("write input");
-    let cmd = format!("socat -t 10 -T 20 - {target} < {} > {}", inp.display(), out.display());
-    let r = d.lab.try_exec(ns, &["sh", "-c", &cmd]).expect("socat runs");
-    assert!(r.status.success(), "socat {target}: {}", String::from_utf8_lossy(&r.stderr));
-    std::fs::read(&out).unwrap_or_default()
-}
-
 /// Box b keeps itself reachable through the NS (TCP, hourly keepalive) instead of UDP
 /// keepalives; box a's TUN MTU is set too large for the path (1500 where 1440 fits), so
 /// full-size packets get ICMP "too big" answers from the agent and path MTU discovery
@@ -107,11 +69,11 @@ fn two_boxes_talk_by_name_over_their_virtual_addresses() {
     assert_eq!(sa["fqdn"], "a.zone-a.test");
 
     d.lab.step("DNS hook: peers' names give their virtual addresses; other names are forwarded");
-    assert_eq!(dig(&d, &a, "b.zone-b.test", "A"), b4);
-    assert_eq!(dig(&d, &a, "b.zone-b.test", "AAAA"), b6);
-    assert_eq!(dig(&d, &b, "a.zone-a.test", "A"), a4);
-    assert_eq!(dig(&d, &a, "www.plain.example", "A"), "192.0.2.80");
-    assert_eq!(dig(&d, &a, "nobody.zone-b.test", "A"), "", "an unknown node has no address");
+    assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4);
+    assert_eq!(d.dig(0, "b.zone-b.test", "AAAA"), b6);
+    assert_eq!(d.dig(1, "a.zone-a.test", "A"), a4);
+    assert_eq!(d.dig(0, "www.plain.example", "A"), "192.0.2.80");
+    assert_eq!(d.dig(0, "nobody.zone-b.test", "A"), "", "an unknown node has no address");
 
     d.lab.step("ping over the virtual addresses, IPv4 and IPv6");
     d.lab.exec(&a, &["ping", "-c", "3", "-i", "0.2", "-W", "3", &b4]).expect("ping a -> b (IPv4)");
@@ -129,15 +91,15 @@ fn two_boxes_talk_by_name_over_their_virtual_addresses() {
     assert!(too_big >= 2, "too_big {too_big}");
 
     d.lab.step("TCP by name, 256 KiB echoed, both directions, IPv4 and IPv6");
-    echo_server(&mut d, &b, "echo-b4", "TCP4-LISTEN:7000,reuseaddr,fork");
-    echo_server(&mut d, &b, "echo-b6", "TCP6-LISTEN:7001,reuseaddr,fork");
-    echo_server(&mut d, &a, "echo-a4", "TCP4-LISTEN:7000,reuseaddr,fork");
+    d.echo_server(1, "echo-b4", "TCP4-LISTEN:7000,reuseaddr,fork").unwrap();
+    d.echo_server(1, "echo-b6", "TCP6-LISTEN:7001,reuseaddr,fork").unwrap();
+    d.echo_server(0, "echo-a4", "TCP4-LISTEN:7000,reuseaddr,fork").unwrap();
     let data = payload(256 * 1024, 7);
     let t = Instant::now();
-    assert!(tcp_echo(&d, &a, "TCP4:b.zone-b.test:7000", &data, "a-b4") == data, "a -> b over IPv4 echoed intact");
+    assert!(d.tcp_echo(0, "TCP4:b.zone-b.test:7000", &data, "a-b4") == data, "a -> b over IPv4 echoed intact");
     eprintln!("256 KiB each way over the tunnel in {:?}", t.elapsed());
-    assert!(tcp_echo(&d, &a, "TCP6:b.zone-b.test:7001", &data, "a-b6") == data, "a -> b over IPv6 echoed intact");
-    assert!(tcp_echo(&d, &b, "TCP4:a.zone-a.test:7000", &data, "b-a4") == data, "b -> a over IPv4 echoed intact");
+    assert!(d.tcp_echo(0, "TCP6:b.zone-b.test:7001", &data, "a-b6") == data, "a -> b over IPv6 echoed intact");
+    assert!(d.tcp_echo(1, "TCP4:a.zone-a.test:7000", &data, "b-a4") == data, "b -> a over IPv4 echoed intact");
 
     let s = d.status(0).expect("status of a");
     let tunnels = s["tunnels"].as_array().expect("tunnels");
@@ -161,57 +123,20 @@ fn a_tcp_stream_survives_a_move_to_another_subnet() {
         return;
     };
     assert_eq!(sb["fqdn"], "b.zone-b.test", "password login");
-    let (a, b) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone());
-    echo_server(&mut d, &b, "echo-b", "TCP4-LISTEN:7000,reuseaddr,fork");
+    let a = d.boxes[0].ns.clone();
+    d.echo_server(1, "echo-b", "TCP4-LISTEN:7000,reuseaddr,fork").expect("echo server");
     // One long-lived connection: a line every 50 ms, each echoed back.
-    let p = d.lab.spawn_piped(&a, "stream", &["socat", "-T", "60", "-", "TCP4:b.zone-b.test:7000"]).expect("socat");
-    let mut input = d.lab.proc(p).take_stdin().expect("stdin");
-    let output = d.lab.proc(p).take_stdout().expect("stdout");
-    let echoes: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
-    let reader = {
-        let echoes = echoes.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(output).lines() {
-                let Ok(line) = line else { break };
-                if let Some(n) = line.strip_prefix("line ").and_then(|n| n.parse().ok()) {
-                    echoes.lock().unwrap().push((Instant::now(), n));
-                }
-            }
-        })
-    };
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            // At most 60 s of lines.
-            for n in 0..1200u64 {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) || writeln!(input, "line {n}").is_err() {
-                    break;
-                }
-                let _ = input.flush();
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
-    let count = || echoes.lock().unwrap().len();
-    assert!(d.lab.wait_for(10, || count() >= 20), "the stream runs before the move");
+    let stream = LineStream::start(&mut d, 0, "TCP4:b.zone-b.test:7000").expect("socat");
+    assert!(d.lab.wait_for(10, || stream.count() >= 20), "the stream runs before the move");
 
     d.lab.step("box a moves: 198.51.100.2 on eth0 goes, 198.19.5.2 on eth1 comes");
     let moved = Instant::now();
     d.lab.del_addr(&a, "eth0", "198.51.100.2/24").expect("del");
     d.lab.addr(&a, "eth1", "198.19.5.2/24").expect("add");
     d.lab.route(&a, &["default", "via", "198.19.5.1"]).expect("route");
-    let before = count();
-    assert!(d.lab.wait_for(20, || count() >= before + 40), "the stream goes on after the move");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = writer.join();
-
-    let got = echoes.lock().unwrap().clone();
-    for (i, (_, n)) in got.iter().enumerate() {
-        assert_eq!(*n, i as u64, "every line comes back once, in order");
-    }
-    let gap =
-        got.windows(2).filter(|w| w[1].0 > moved).map(|w| w[1].0.duration_since(w[0].0)).max().unwrap_or_default();
+    let before = stream.count();
+    assert!(d.lab.wait_for(20, || stream.count() >= before + 40), "the stream goes on after the move");
+    let gap = stream.longest_gap_after(moved);
     eprintln!("move: longest pause in the echoed stream after the move {gap:?}");
     let sa = d.status(0).expect("status a");
     assert!(sa["counters"]["network_changes"].as_u64().unwrap() >= 1, "{}", sa["counters"]);
@@ -220,8 +145,9 @@ fn a_tcp_stream_survives_a_move_to_another_subnet() {
     let sb = d.status(1).expect("status b");
     let t = sb["tunnels"].as_array().unwrap().iter().find(|t| t["peer"] == "a.zone-a.test").cloned().unwrap();
     assert!(t["remote"].as_str().unwrap().starts_with("198.19.5.2:"), "b sends to a's new address: {t}");
-    d.lab.proc(p).stop();
-    let _ = reader.join();
+    let end = stream.finish(&mut d);
+    assert!(end.complete(), "every line comes back once, in order: {:?}", end.lines);
+    assert_eq!(end.exit, Some(0), "the connection ended cleanly, never reset: {}", end.log);
 }
 
 #[test]
@@ -359,7 +285,7 @@ fn floods_of_queries_and_junk_leave_the_agent_small_and_working() {
     let (a, b) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone());
     let b4 = sb["virtual_ipv4"].as_str().unwrap().to_string();
     // A tunnel is made when the peer's name is resolved through the hook.
-    assert_eq!(dig(&d, &a, "b.zone-b.test", "A"), b4);
+    assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4);
     d.lab.exec(&a, &["ping", "-c", "2", "-i", "0.2", "-W", "3", &b4]).expect("ping before");
     let pid = d.lab.proc(d.boxes[0].proc.unwrap()).pid();
     let before = rss_kib(pid);

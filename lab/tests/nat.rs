@@ -12,10 +12,8 @@
 
 use ntm_lab::deploy::{or_skip, payload, Access, Deployment, NatKind};
 use ntm_lab::have;
+use ntm_lab::stream::LineStream;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const A: &str = "a.zone-a.test";
@@ -188,7 +186,7 @@ fn relay_to_direct_upgrade_keeps_a_tcp_connection() {
     };
     let st = d.up_with(|_, _, _| {}).unwrap();
     d.echo_server(1, "echo", "TCP4-LISTEN:7000,reuseaddr,fork").unwrap();
-    let stream = Stream::start(&mut d, 0, &format!("TCP4:{B}:7000"));
+    let stream = LineStream::start(&mut d, 0, &format!("TCP4:{B}:7000")).unwrap();
     assert!(d.lab.wait_for(15, || stream.count() >= 20), "the stream runs");
     assert!(d.wait_path(0, B, "direct", 15), "the tunnel moves to the direct path");
     let n = stream.count();
@@ -196,7 +194,7 @@ fn relay_to_direct_upgrade_keeps_a_tcp_connection() {
     let log = d.lab.proc(d.boxes[0].proc.unwrap()).log_text();
     let (relay_at, direct_at) = (log.find("up (Relay"), log.find("now Direct"));
     assert!(relay_at.is_some() && direct_at.is_some() && relay_at < direct_at, "relay first, then direct");
-    stream.finish(&mut d);
+    finish(stream, &mut d);
     let _ = st;
 }
 
@@ -214,7 +212,7 @@ fn a_move_from_ipv4_only_to_ipv6_only_keeps_the_stream() {
         })
         .unwrap();
     d.echo_server(1, "echo", "TCP4-LISTEN:7000,reuseaddr,fork").unwrap();
-    let stream = Stream::start(&mut d, 0, &format!("TCP4:{B}:7000"));
+    let stream = LineStream::start(&mut d, 0, &format!("TCP4:{B}:7000")).unwrap();
     assert!(d.lab.wait_for(15, || stream.count() >= 20), "the stream runs");
     let a = d.boxes[0].ns.clone();
     d.lab.step("box a: 198.51.100.2 goes, 2001:db8:5::2 (IPv6 only) comes");
@@ -229,7 +227,7 @@ fn a_move_from_ipv4_only_to_ipv6_only_keeps_the_stream() {
     assert!(d.wait_path(0, B, "relay", 10), "relayed across the families");
     let s = d.status(0).unwrap();
     assert!(s["local_addrs"].to_string().contains("2001:db8:5::2"), "{}", s["local_addrs"]);
-    stream.finish(&mut d);
+    finish(stream, &mut d);
     let _ = st;
 }
 
@@ -265,7 +263,7 @@ fn server_restarts_mid_stream() {
     let Some(mut d) = lab("restarts", [Access::Global4, Access::Global6]) else { return };
     let _st = d.up_with(|_, _, _| {}).unwrap();
     d.echo_server(1, "echo", "TCP4-LISTEN:7000,reuseaddr,fork").unwrap();
-    let stream = Stream::start(&mut d, 0, &format!("TCP4:{B}:7000"));
+    let stream = LineStream::start(&mut d, 0, &format!("TCP4:{B}:7000")).unwrap();
     assert!(d.lab.wait_for(15, || stream.count() >= 20), "the stream runs (relayed)");
     for server in ["dc-a", "dc-b", "ns", "rs"] {
         let t = Instant::now();
@@ -274,7 +272,7 @@ fn server_restarts_mid_stream() {
         assert!(d.lab.wait_for(30, || stream.count() >= n + 20), "the stream recovers after {server} restarts");
         eprintln!("{server} restarted: stream flowing again {:?} after the restart began", t.elapsed());
     }
-    stream.finish(&mut d);
+    finish(stream, &mut d);
 }
 
 /// 10% loss on every link of the core router: login, registration and the tunnel still
@@ -298,71 +296,10 @@ fn tunnels_come_up_with_ten_percent_loss_in_the_core() {
     assert!(!text.contains("packets 0 "), "the core really dropped packets: {text}");
 }
 
-/// A TCP connection from a box: a line every 50 ms, each echoed back and timed.
-struct Stream {
-    proc: usize,
-    echoes: Arc<Mutex<Vec<(Instant, u64)>>>,
-    stop: Arc<AtomicBool>,
-    writer: std::thread::JoinHandle<()>,
-    reader: std::thread::JoinHandle<()>,
-}
-
-impl Stream {
-    fn start(d: &mut Deployment, i: usize, target: &str) -> Stream {
-        let ns = d.boxes[i].ns.clone();
-        let proc = d.lab.spawn_piped(&ns, "stream", &["socat", "-T", "90", "-", target]).unwrap();
-        let mut input = d.lab.proc(proc).take_stdin().unwrap();
-        let output = d.lab.proc(proc).take_stdout().unwrap();
-        let echoes: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
-        let reader = {
-            let echoes = echoes.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(output).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(n) = line.strip_prefix("line ").and_then(|n| n.parse().ok()) {
-                        echoes.lock().unwrap().push((Instant::now(), n));
-                    }
-                }
-            })
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let writer = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                // At most 90 s of lines.
-                for n in 0..1800u64 {
-                    if stop.load(Ordering::Relaxed) || writeln!(input, "line {n}").is_err() {
-                        break;
-                    }
-                    let _ = input.flush();
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            })
-        };
-        Stream { proc, echoes, stop, writer, reader }
-    }
-
-    fn count(&self) -> usize {
-        self.echoes.lock().unwrap().len()
-    }
-
-    fn longest_gap_after(&self, t: Instant) -> Duration {
-        let e = self.echoes.lock().unwrap();
-        e.windows(2).filter(|w| w[1].0 > t).map(|w| w[1].0.duration_since(w[0].0)).max().unwrap_or_default()
-    }
-
-    /// Stops it; every line came back once, in order, and the connection ended cleanly
-    /// (no reset: socat exits 0 after the half-close).
-    fn finish(self, d: &mut Deployment) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.writer.join();
-        let code = d.lab.proc(self.proc).wait(10);
-        let _ = self.reader.join();
-        let log = d.lab.proc(self.proc).log_text();
-        let e = self.echoes.lock().unwrap();
-        for (i, (_, n)) in e.iter().enumerate() {
-            assert_eq!(*n, i as u64, "every line comes back once, in order");
-        }
-        assert_eq!(code, Some(0), "the TCP connection ended cleanly, never reset: {log}");
-    }
+/// Ends the stream: every line came back once, in order, and the connection ended
+/// cleanly (no reset: socat exits 0 after the half-close).
+fn finish(stream: LineStream, d: &mut Deployment) {
+    let end = stream.finish(d);
+    assert!(end.complete(), "every line comes back once, in order: {:?}", end.lines);
+    assert_eq!(end.exit, Some(0), "the TCP connection ended cleanly, never reset: {}", end.log);
 }
