@@ -1008,12 +1008,18 @@ impl Node {
         if t.watches_relay() {
             match t.relay_check {
                 Some(at) if t.last_rx >= at => t.relay_check = None,
-                Some(at) if now >= at + RELAY_SILENCE => {
+                // Only the side that opened the tunnel renegotiates: when both did, each
+                // side could keep a different one of the two new sessions.
+                Some(at) if now >= at + RELAY_SILENCE && t.role == TunnelRole::Initiate => {
                     t.rekey_requested = true;
                     t.relay_check = None;
                     let (peer, session) = (t.peer.fqdn.clone(), t.session);
                     log::warn!("the relay of tunnel {session} to {peer} stopped answering; renegotiating");
                     self.request_direction(now, peer, Some(session));
+                }
+                Some(at) if now >= at + RELAY_SILENCE => {
+                    log::debug!("the relay of tunnel {} stopped answering; the peer renegotiates", t.session);
+                    t.relay_check = None;
                 }
                 None if t.last_tx > t.last_rx && now >= t.last_rx + RELAY_SILENCE => {
                     t.relay_check = Some(now);
