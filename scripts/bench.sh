@@ -1,0 +1,62 @@
+#!/bin/sh
+# The benchmarks of issue 7, side by side in one run on this machine: tunnel throughput and
+# latency (ntmobile beside wireguard-go, boringtun and fastd over the same links), relayed
+# throughput, handover, tunnel set-up, idle traffic, footprint and server capacity. Prints
+# Markdown tables and writes them to target/bench/ (latest.md is the newest run); the full
+# run of record is kept in docs/benchmarks.md. Needs root (network namespaces).
+#
+#   ./scripts/bench.sh                 the full set (about 10 minutes)
+#   ./scripts/bench.sh --quick         a smoke check for CI (under 2 minutes once built)
+#   ./scripts/bench.sh --install ...   first install what is missing: the lab's tools and the
+#                                      peers (Debian: wireguard-go, wireguard-tools, fastd;
+#                                      crates.io: boringtun-cli)
+#
+# Other arguments go to the bench: --only tunnel,relay,handover,setup,idle,footprint,capacity,
+# --rounds N, --secs N, --moves N, --setups N, --idle-secs N. A part whose tool is missing says
+# "skipped: <why>" in its row; the exit code is 1 if a part failed.
+. "$(dirname "$0")/env.sh"
+install=0
+quick=0
+for a in "$@"; do
+	case "$a" in
+	--install) install=1 ;;
+	--quick) quick=1 ;;
+	esac
+done
+if [ "$(id -u)" != 0 ]; then
+	echo "the benchmarks need root (network namespaces): skipped" >&2
+	[ -n "${NTM_REQUIRE_LAB:-}" ] && exit 1
+	exit 0
+fi
+if [ "$install" = 1 ]; then
+	missing=""
+	for t in ip:iproute2 nsd:nsd dig:dnsutils ping:iputils-ping iperf3:iperf3 socat:socat \
+		tcpdump:tcpdump nft:nftables prlimit:util-linux wireguard-go:wireguard-go wg:wireguard-tools \
+		fastd:fastd strip:binutils file:file; do
+		cmd=${t%%:*}
+		command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing="$missing ${t#*:}"
+	done
+	if [ -n "$missing" ]; then
+		echo "installing:$missing" >&2
+		# No service may start from a package (fastd ships one).
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+		# shellcheck disable=SC2086 # a list of package names
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+		rm -f /usr/sbin/policy-rc.d
+	fi
+	command -v boringtun-cli >/dev/null 2>&1 || cargo install --locked boringtun-cli
+fi
+cargo build --release --locked -q --workspace --bins
+cargo build --release --locked -q -p ntm-lab --examples
+mkdir -p target/bench
+name="bench-$(date -u +%Y%m%dT%H%M%SZ)"
+[ "$quick" = 1 ] && name="$name-quick"
+out="target/bench/$name.md"
+for a in "$@"; do
+	shift
+	[ "$a" = --install ] || set -- "$@" "$a"
+done
+status=0
+./target/release/examples/bench "$@" --out "$out" || status=$?
+[ -f "$out" ] && cp "$out" target/bench/latest.md
+exit "$status"
