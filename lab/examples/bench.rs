@@ -1817,6 +1817,11 @@ fn run(o: &Opts) -> Res<(String, bool)> {
     let bins = ntm_lab::deploy::bin_dir().map_err(e2s)?;
     let load = std::env::current_exe().map_err(e2s)?.with_file_name("bench_load");
     let load_before = loadavg();
+    // What was built, read before anything runs (the checkout may change during the run).
+    let commit = cmd_out("git", &["-C", &root.to_string_lossy(), "rev-parse", "--short", "HEAD"]);
+    let dirty =
+        !cmd_out("git", &["-C", &root.to_string_lossy(), "status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let built = cmd_out("date", &["-u", "-r", &bins.join("ntmd").to_string_lossy(), "+%Y-%m-%d %H:%M UTC"]);
     let mut failed = false;
     let mut fp = Footprint::default();
     let mut servers_rss = Vec::new();
@@ -1916,9 +1921,6 @@ fn run(o: &Opts) -> Res<(String, bool)> {
 
     let mut md = String::new();
     let date = cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
-    let commit = cmd_out("git", &["-C", &root.to_string_lossy(), "rev-parse", "--short", "HEAD"]);
-    let dirty =
-        !cmd_out("git", &["-C", &root.to_string_lossy(), "status", "--porcelain", "--untracked-files=no"]).is_empty();
     let _ = writeln!(md, "## Run of {date} ({} mode)\n", if o.quick { "quick" } else { "full" });
     let _ = writeln!(md, "- command: `{}`", format!("scripts/bench.sh {}", o.argv).trim_end());
     let _ = writeln!(md, "- machine: {}", machine());
@@ -1927,7 +1929,11 @@ fn run(o: &Opts) -> Res<(String, bool)> {
         "- load average (1, 5, 15 min) before: {load_before}; after: {} — other work on the machine shows here",
         loadavg()
     );
-    let _ = writeln!(md, "- build: commit {commit}{}", if dirty { " with uncommitted changes" } else { "" });
+    let _ = writeln!(
+        md,
+        "- build: commit {commit}{} at the start of the run; ntmd built {built}",
+        if dirty { " with uncommitted changes" } else { "" }
+    );
     let _ = writeln!(md, "- peers: {}", versions());
     let _ = writeln!(md, "- duration: {:.0} s\n", started.elapsed().as_secs_f64());
     for (_, t) in &tables {
