@@ -1,0 +1,234 @@
+#!/bin/bash
+# Cross-builds the library, the agent and the servers with Debian's Rust toolchain and
+# cross compilers, runs the tests under qemu-user, and runs the foreign agent against the
+# host's agent through the real servers (lab/tests/foreign.rs). See cross/README.md.
+#
+#   cross/build.sh [--no-test] [--no-lab] [--agent-only] [TARGET...]
+#
+# TARGET is armv7, mipsel or mips (big endian); default all three. Per target:
+#   test     ntm-proto's unit and integration tests (all features; and the unit tests
+#            without default features, as the agent uses the library), the agent's unit
+#            tests, its TLS login tests and its netlink tests against the kernel
+#   release  ntmd and the four servers, release profile (cross/sizes.sh prints sizes);
+#            with --agent-only just ntmd (what the lab needs; the CI's choice)
+# armv7 is built in Thumb-2; release builds keep no backtrace symbolizer (see README).
+#   lab      the foreign ntmd in a box of the lab deployment (needs root)
+# Output goes to target/cross (the host's target/ cache is left alone); logs to
+# target/cross/logs. Installs the Debian packages it needs when run as root.
+set -euo pipefail
+shopt -s inherit_errexit
+cd "$(dirname "$0")/.."
+exec 5>&1
+root=$(pwd)
+
+run_tests=1
+run_lab=1
+agent_only=""
+targets=()
+for arg in "$@"; do
+	case "$arg" in
+	--no-test) run_tests="" ;;
+	--no-lab) run_lab="" ;;
+	--agent-only) agent_only=1 ;;
+	armv7 | mipsel | mips) targets+=("$arg") ;;
+	-h | --help)
+		sed -n '2,17p' "$0"
+		exit 0
+		;;
+	*)
+		echo "unknown argument: $arg (see --help)" >&2
+		exit 2
+		;;
+	esac
+done
+[ ${#targets[@]} -gt 0 ] || targets=(armv7 mipsel mips)
+
+# triple, GNU prefix of the cross tools, qemu program, Debian architecture name
+target_info() {
+	case "$1" in
+	armv7) echo "armv7-unknown-linux-gnueabihf arm-linux-gnueabihf qemu-arm armhf" ;;
+	mipsel) echo "mipsel-unknown-linux-gnu mipsel-linux-gnu qemu-mipsel mipsel" ;;
+	mips) echo "mips-unknown-linux-gnu mips-linux-gnu qemu-mips mips" ;;
+	esac
+}
+
+# --- Debian packages -------------------------------------------------------------------
+need=()
+want_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed" || need+=("$1"); }
+for p in rustc-web cargo-web rust-web-src qemu-user; do want_pkg "$p"; done
+for t in "${targets[@]}"; do
+	read -r _ prefix _ debarch <<<"$(target_info "$t")"
+	want_pkg "gcc-$prefix"
+	want_pkg "libc6-dev-$debarch-cross"
+done
+if [ ${#need[@]} -gt 0 ]; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "error: missing Debian packages: ${need[*]} (apt-get install them, or run as root)" >&2
+		exit 1
+	fi
+	echo "== installing: ${need[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The host's toolchain (rustup's, as scripts/test.sh uses) builds the host binaries and
+# the lab test; Debian's builds the foreign ones: it ships the standard library's source,
+# which -Zbuild-std compiles for targets that have no prebuilt std here.
+host_cargo=$(PATH="$HOME/.cargo/bin:$PATH" command -v cargo)
+logs="$root/target/cross/logs"
+mkdir -p "$logs"
+
+# Runs Debian's cargo for target $triple with the cross tools in the environment (never in
+# a committed .cargo/config: host builds stay as they are).
+xcargo() {
+	sub=$1
+	shift
+	env PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 \
+		"CARGO_TARGET_${env_triple}_LINKER=$prefix-gcc" \
+		"CARGO_TARGET_${env_triple}_RUNNER=${runner[*]}" \
+		"CARGO_TARGET_${env_triple}_RUSTFLAGS=$target_rustflags" \
+		"CC_${cc_triple}=$prefix-gcc" "AR_${cc_triple}=$prefix-ar" \
+		/usr/bin/cargo "$sub" --locked --target "$triple" --target-dir "$root/target/cross" \
+		-Zbuild-std=std,panic_abort "$@"
+}
+
+summary=""
+total_pass=0
+total_fail=0
+
+# Sums the "test result" lines of a log into $p (passed) and $f (failed).
+count_results() {
+	p=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p' "$1" | awk '{s+=$1} END {print s+0}')
+	f=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p' "$1" | awk '{s+=$1} END {print s+0}')
+}
+
+# The netlink tests change interfaces, so each kernel test runs in a namespace of its own.
+# The test binary makes one and re-executes itself in it through `ip netns exec`, which
+# cannot start a foreign binary (no binfmt_misc here); so this script makes the namespace
+# and starts the binary under qemu inside it, with the variable that the test's safety
+# check expects (see agent/tests/netlink.rs). Not root: one plain run; kernel tests skip.
+netns_prefix="ntmtest-cross-$$-"
+cleanup_netns() {
+	for ns in $(ip netns list 2>/dev/null | awk -v p="$netns_prefix" 'index($1, p) == 1 {print $1}'); do
+		ip netns del "$ns" 2>/dev/null || true
+	done
+}
+trap cleanup_netns EXIT
+netlink_tests() {
+	local bin n t ns rc
+	bin=$(sed -n 's/.*Executable tests\/netlink\.rs (\(.*\))$/\1/p' "$1" | tail -n 1)
+	[ -n "$bin" ] || { echo "no netlink test binary in $1" >&2; return 1; }
+	case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
+	if [ "$(id -u)" != 0 ]; then
+		"${runner[@]}" "$bin"
+		return
+	fi
+	n=0
+	for t in $("${runner[@]}" "$bin" --list 2>/dev/null | sed -n 's/: test$//p'); do
+		n=$((n + 1))
+		ns="$netns_prefix$n"
+		ip netns add "$ns"
+		rc=0
+		ip netns exec "$ns" env NTM_NETLINK_NETNS="$ns" "${runner[@]}" "$bin" "$t" --exact --test-threads=1 || rc=$?
+		ip netns del "$ns"
+		[ "$rc" = 0 ] || return "$rc"
+	done
+}
+
+phase_tests() {
+	: >"$log"
+	{
+		xcargo test -p ntm-proto --all-features --lib --tests
+		xcargo test -p ntm-proto --no-default-features --lib
+		xcargo test -p ntm-agent --bins --test tls_login
+		xcargo test -p ntm-agent --test netlink --no-run
+	} 2>&1 | tee -a "$log"
+	netlink_tests "$log" 2>&1 | tee -a "$log"
+}
+
+# The standard library of the release build keeps its stack trace on panic but not the
+# symbolizer (gimli, addr2line, miniz_oxide): a stripped binary has no symbols to resolve
+# anyway, and it is ~110 KiB of ntmd (cross/README.md, "Footprint").
+phase_release() {
+	local pkgs=(-p ntm-agent)
+	[ -n "$agent_only" ] || pkgs+=(-p ntm-servers)
+	xcargo build --release "${pkgs[@]}" --bins -Zbuild-std-features=backtrace-trace-only 2>&1 | tee -a "$log"
+}
+
+phase_lab() {
+	NTM_FOREIGN_NTMD="$root/target/cross/$triple/release/ntmd" NTM_FOREIGN_RUNNER="${runner[*]}" \
+		NTM_REQUIRE_FOREIGN=1 "$host_cargo" test --release --locked -p ntm-lab --test foreign \
+		-- --nocapture 2>&1 | grep -v ' DEBUG ' | tee "$lab_log"
+}
+
+# Runs phase $1 of the current target, timed (wall and CPU) into $timing.
+timed() {
+	local TIMEFORMAT="%0R s (CPU %0U s user, %0S s sys)"
+	echo "== $t: $1"
+	# The phase's output goes to the script's standard output (fd 5); time's report is kept.
+	timing=$({ time "phase_$1" >&5 2>&1; } 2>&1)
+}
+
+if [ -n "$run_lab" ]; then
+	if [ "$(id -u)" = 0 ]; then
+		echo "== host release binaries (the lab runs them beside the foreign agent)"
+		"$host_cargo" build --release --locked --workspace --bins
+	else
+		echo "not root: the lab step is skipped" >&2
+		run_lab=""
+	fi
+fi
+
+for t in "${targets[@]}"; do
+	read -r triple prefix qemu _ <<<"$(target_info "$t")"
+	# ARMv7 in Thumb-2 (as Debian's armhf is built): a third smaller than ARM code.
+	target_rustflags=""
+	[ "$t" != armv7 ] || target_rustflags="-Ctarget-feature=+thumb-mode"
+	env_triple=$(echo "$triple" | tr 'a-z-' 'A-Z_')
+	cc_triple=$(echo "$triple" | tr '-' '_')
+	runner=("$qemu" -L "/usr/$prefix")
+	if [ "$t" = mips ]; then
+		# A big-endian guest on a little-endian host: qemu-user's rtnetlink conversion
+		# has gaps that ntmd meets; cross/qemu-netlink-shim.c fills them (see there).
+		shim="$root/target/cross/$triple/qemu-netlink-shim.so"
+		mkdir -p "$(dirname "$shim")"
+		"$prefix-gcc" -shared -fPIC -O2 -Wall -Wextra -Werror -o "$shim" cross/qemu-netlink-shim.c -ldl
+		runner=("$qemu" -E "LD_PRELOAD=$shim" -L "/usr/$prefix")
+	fi
+	log="$logs/$t.log"
+	lab_log="$logs/$t-lab.log"
+	line="$t ($triple):"
+
+	if [ -n "$run_tests" ]; then
+		timed tests
+		count_results "$log"
+		[ "$f" = 0 ] || { echo "$t: $f tests failed (log: $log)" >&2; exit 1; }
+		total_pass=$((total_pass + p))
+		line="$line
+  tests: $p passed, $timing"
+	fi
+
+	timed release
+	line="$line
+  release build: $timing"
+
+	if [ -n "$run_lab" ]; then
+		timed lab
+		count_results "$lab_log"
+		if [ "$p" -lt 1 ] || [ "$f" != 0 ]; then
+			echo "$t: the lab test failed (log: $lab_log)" >&2
+			exit 1
+		fi
+		total_pass=$((total_pass + p))
+		line="$line
+  lab (foreign ntmd against the host's): $p passed, $timing"
+	fi
+	summary="$summary
+$line"
+done
+
+echo "== summary$summary"
+cross/sizes.sh "${targets[@]}"
+if [ -n "$run_tests$run_lab" ]; then
+	echo "$total_pass passed, $total_fail failed"
+fi
