@@ -1,6 +1,6 @@
 /*
  * Test plumbing for cross/build.sh, never shipped: preloaded (LD_PRELOAD) into a
- * big-endian ntmd that qemu-user runs on a little-endian host, it fills three gaps in the
+ * big-endian ntmd that qemu-user runs on a little-endian host, it fills four gaps in the
  * emulator's rtnetlink byte-order conversion (linux-user/fd-trans.c, as in Debian 12's
  * qemu 7.2) that ntmd runs into. On a real big-endian box the kernel speaks the box's
  * byte order and none of this happens; little-endian guests need nothing (the conversion
@@ -8,12 +8,12 @@
  *
  * 1. Replies: the attribute loop runs `while (len > sizeof(struct rtattr))`, so an
  *    attribute without payload at the very end of a message keeps the host's byte order.
- *    Since Linux 6.8 every RTM_NEWLINK ends in an empty IFLA_DPLL_PIN nest: the guest
- *    reads a last attribute 1024 bytes long that overruns its message, and a strict
- *    parser (netlink-packet-route) refuses the whole message. Repaired when exactly its
- *    4-byte header remains and its length reads 4 once swapped, and not as it is.
+ *    Recent kernels (6.18 here) end every RTM_NEWLINK in an empty IFLA_DPLL_PIN nest:
+ *    the guest reads a last attribute 1024 bytes long that overruns its message, and a
+ *    strict parser (netlink-packet-route) refuses the whole message. Repaired when
+ *    exactly its 4-byte header remains and its length reads 4 once swapped, not as is.
  * 2. Requests: IFLA_MTU in RTM_NEWLINK/RTM_SETLINK is not converted (the kernel reads
- *    1400 as 2014838784 and answers EINVAL).
+ *    1400 as 2013593600 and answers EINVAL).
  * 3. Requests: IFA_FLAGS in RTM_NEWADDR/RTM_DELADDR is not converted (IFA_F_NODAD would
  *    reach the kernel as an unknown flag).
  * 4. Requests: RTA_METRICS in RTM_NEWROUTE is passed through whole, so the headers of
