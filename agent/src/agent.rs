@@ -181,26 +181,15 @@ const TUNNEL_SOCKET_BUFFER: usize = 2 * 1024 * 1024;
 /// Sets the tunnel socket's buffers (as root beyond the sysctl limits, else up to them).
 fn size_buffers(sock: &UdpSocket) {
     use nix::sys::socket::{setsockopt, sockopt};
-    let fd = unsafe_free_fd(sock);
-    for force in [true, false] {
-        let ok = if force {
-            setsockopt(&fd, sockopt::RcvBufForce, &TUNNEL_SOCKET_BUFFER).is_ok()
-                && setsockopt(&fd, sockopt::SndBufForce, &TUNNEL_SOCKET_BUFFER).is_ok()
-        } else {
-            setsockopt(&fd, sockopt::RcvBuf, &TUNNEL_SOCKET_BUFFER).is_ok()
-                && setsockopt(&fd, sockopt::SndBuf, &TUNNEL_SOCKET_BUFFER).is_ok()
-        };
-        if ok {
-            return;
-        }
-    }
-    log::debug!("could not size the tunnel socket's buffers");
-}
-
-/// The socket's descriptor, borrowed.
-fn unsafe_free_fd(sock: &UdpSocket) -> std::os::fd::BorrowedFd<'_> {
     use std::os::fd::AsFd;
-    sock.as_fd()
+    let fd = sock.as_fd();
+    let n = &TUNNEL_SOCKET_BUFFER;
+    let forced = setsockopt(&fd, sockopt::RcvBufForce, n).and_then(|()| setsockopt(&fd, sockopt::SndBufForce, n));
+    if forced.is_err()
+        && setsockopt(&fd, sockopt::RcvBuf, n).and_then(|()| setsockopt(&fd, sockopt::SndBuf, n)).is_err()
+    {
+        log::debug!("could not size the tunnel socket's buffers");
+    }
 }
 
 /// An IPv6-only socket on `port`: the IPv4 socket owns the port's IPv4 side (the kernel's
