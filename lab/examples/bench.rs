@@ -20,6 +20,7 @@
 
 use ntm_lab::deploy::{read_status, Access, Deployment, NatKind};
 use ntm_lab::{have, Lab, Ns};
+use ntm_proto::engine::account::DEFAULT_KEY_LIFETIME;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
@@ -1150,6 +1151,14 @@ fn counters(lab: &Lab, ns: &Ns) -> std::collections::HashMap<String, (u64, u64)>
     m
 }
 
+/// Logins a day at the AS's default key lifetime: a node logs in again min(300 s, lifetime / 2)
+/// before its key expires (docs/protocol.md, "Re-login").
+fn logins_per_day() -> f64 {
+    let lifetime = DEFAULT_KEY_LIFETIME.as_secs();
+    let period = lifetime - (lifetime / 2).min(300);
+    86_400.0 / period.max(1) as f64
+}
+
 fn part_idle(o: &Opts) -> Table {
     let mut t = Table::new(
         "Idle traffic of a registered, reachable box",
@@ -1163,14 +1172,16 @@ fn part_idle(o: &Opts) -> Table {
         ],
     );
     let ns_interval = 10u64;
+    let lifetime_h = DEFAULT_KEY_LIFETIME.as_secs() / 3600;
+    let logins = logins_per_day();
     t.intro = format!(
         "Both boxes behind port-restricted NATs, registered, no tunnel; nftables counters on each box's \
          uplink (IP bytes, both directions) over a {} s window after everything settled. The NS asks for \
          a keepalive every {ns_interval} s in this run instead of every 3600 s, so the window holds {} of \
          them; the bytes of one are scaled to 24 a day. UDP keepalives go every 20 s (the DC's default), so \
-         their window bytes scale by time. \"With re-login\" adds two logins a day (the AS's default key \
-         lifetime is 12 h), each costing what the start-up cost here (all IP traffic of the box until the \
-         window: DNS, TLS login, registration, NS registration).",
+         their window bytes scale by time. \"With re-login\" adds {logins:.3} logins a day (the AS's default \
+         key lifetime is {lifetime_h} h), each costing what the start-up cost here (all IP traffic of the box \
+         until the window: DNS, TLS login, registration, NS registration).",
         o.idle_secs,
         o.idle_secs / ns_interval
     );
@@ -1257,7 +1268,7 @@ fn idle(o: &Opts, ns_interval: u64) -> Res<Vec<Vec<String>>> {
         "UDP to the DC, every 20 s".into(),
         format!("{pa} / {ba} B"),
         kb(a_day),
-        kb(a_day + 2.0 * startup(0) as f64),
+        kb(a_day + logins_per_day() * startup(0) as f64),
         format!("start-up {} B; all IP traffic on the link in the window: {} B", startup(0), delta(0, "all").1),
     ]);
     // Box b: NS keepalive; one exchange per interval, scaled to hourly. Anything on its UDP
@@ -1271,7 +1282,7 @@ fn idle(o: &Opts, ns_interval: u64) -> Res<Vec<Vec<String>>> {
         format!("TCP to the NS, hourly (measured every {ns_interval} s)"),
         format!("{} / {} B", pn + pu, bn + bu),
         kb(b_day),
-        kb(b_day + 2.0 * startup(1) as f64),
+        kb(b_day + logins_per_day() * startup(1) as f64),
         format!(
             "{:.0} B per keepalive exchange; UDP in the window {bu} B; start-up {} B; all IP traffic on the link in the window: {} B",
             bn as f64 / exchanges,

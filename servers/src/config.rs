@@ -358,7 +358,7 @@ pub struct AsFile {
     pub common: Common,
     /// The accounts database.
     pub accounts: PathBuf,
-    /// Lifetime of K_ntmdc, seconds (default 43200: 12 h).
+    /// Lifetime of K_ntmdc, seconds (default 86400: 24 h, `account::DEFAULT_KEY_LIFETIME`).
     #[serde(default = "default_key_lifetime")]
     pub key_lifetime_secs: u64,
     /// A P-256 private key (PEM) that signs attestations of node keys (public-key
@@ -374,7 +374,7 @@ pub struct AsFile {
 }
 
 fn default_key_lifetime() -> u64 {
-    12 * 3600
+    ntm_proto::engine::account::DEFAULT_KEY_LIFETIME.as_secs()
 }
 
 impl Validate for AsFile {

@@ -81,12 +81,19 @@ pub struct AsConfig {
     pub max_pending: usize,
 }
 
+/// How long a K_ntmdc lasts unless configured otherwise: a day. A node logs in again shortly
+/// before its key expires, and a login with registration costs a box behind NAT about 4 KB,
+/// as much as seventeen hourly NS keepalives: with a day, a box kept by the NS stays under
+/// 10 KB of traffic a day (docs/benchmarks.md). The key protects a few control messages an
+/// hour under a counter nonce, far from any wear-out of AES-128.
+pub const DEFAULT_KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 impl AsConfig {
-    /// A configuration with defaults: keys for 12 hours, 60 s leeway.
+    /// A configuration with defaults: keys for [`DEFAULT_KEY_LIFETIME`], 60 s leeway.
     pub fn new(name: Fqdn) -> Self {
         AsConfig {
             name,
-            key_lifetime: Duration::from_secs(12 * 3600),
+            key_lifetime: DEFAULT_KEY_LIFETIME,
             attestation_key: None,
             oidc_providers: Vec::new(),
             oidc_leeway: Duration::from_secs(60),
