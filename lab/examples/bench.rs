@@ -1599,8 +1599,8 @@ fn capacity(o: &Opts, bins: &Path, load: &Path, t: &mut Table) -> Res<()> {
         format!("{:.0} per DC CPU-second", f("registered") / f("regs_cpu")),
         format!(
             "{:.0} nodes registered in {:.1} s ({:.0} refused; at most {n:.0} nodes or {} s), 64 requests in \
-             flight; each is written to SQLite (WAL, synchronous=FULL) before the answer, and the DC's CPU \
-             was busy {:.0}% of the time (the rest it waited for the disk); DC RSS {} → {} MiB",
+             flight; each is written to SQLite (WAL, synchronous=FULL) before the answer, all of one turn of \
+             the DC's loop in one transaction, and the DC's CPU was busy {:.0}% of the time (the rest it waited for the disk); DC RSS {} → {} MiB",
             f("registered"),
             f("regs_secs"),
             f("refused"),

@@ -907,25 +907,25 @@ impl DcStore {
 
     /// Records many assignments in one transaction.
     pub fn save_assignments(&mut self, assignments: &[(Fqdn, VirtualAddrs)]) -> Result<()> {
+        self.save_registrations(assignments, &[]).map(drop)
+    }
+
+    /// Records assignments and node states in one transaction (one fsync for a whole turn
+    /// of the DC's loop); returns each node's stored counter as [`DcStore::save_node`]
+    /// does. All or nothing: on an error nothing of it is stored.
+    pub fn save_registrations(
+        &mut self,
+        assignments: &[(Fqdn, VirtualAddrs)],
+        nodes: &[NodeSnapshot],
+    ) -> Result<Vec<u64>> {
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(sql_err(&path, "saving assignments"))?;
+        let tx = self.conn.transaction().map_err(sql_err(&path, "saving registrations"))?;
         for (fqdn, a) in assignments {
-            let (v4, v6) = (a.v4.to_string(), a.v6.to_string());
-            tx.execute(
-                "INSERT INTO assignments (fqdn, v4, v6) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (fqdn) DO UPDATE SET v4 = excluded.v4, v6 = excluded.v6",
-                params![fqdn.as_str(), v4, v6],
-            )
-            .map_err(|e| {
-                unique_err(
-                    &path,
-                    "saving an assignment",
-                    e,
-                    &[("assignments.v4", "virtual address", &v4), ("assignments.v6", "virtual address", &v6)],
-                )
-            })?;
+            insert_assignment(&tx, &path, fqdn, a)?;
         }
-        tx.commit().map_err(sql_err(&path, "saving assignments"))
+        let reserved = nodes.iter().map(|n| insert_node(&tx, &path, n)).collect::<Result<Vec<_>>>()?;
+        tx.commit().map_err(sql_err(&path, "saving registrations"))?;
+        Ok(reserved)
     }
 
     /// Every stored assignment, to hand to `Dc::restore_assignment` at start-up. A row that
@@ -967,11 +967,7 @@ impl DcStore {
 
     /// Saves many nodes in one transaction (one fsync); returns each stored counter.
     pub fn save_nodes(&mut self, nodes: &[NodeSnapshot]) -> Result<Vec<u64>> {
-        let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(sql_err(&path, "saving node state"))?;
-        let reserved = nodes.iter().map(|n| insert_node(&tx, &path, n)).collect::<Result<Vec<_>>>()?;
-        tx.commit().map_err(sql_err(&path, "saving node state"))?;
-        Ok(reserved)
+        self.save_registrations(&[], nodes)
     }
 
     /// Forgets a node's key state (its assignment stays). True if there was a row.
@@ -1066,6 +1062,24 @@ fn node_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeColumns> {
         r.get(9)?,
         r.get(10)?,
     ))
+}
+
+fn insert_assignment(tx: &rusqlite::Transaction<'_>, path: &str, fqdn: &Fqdn, a: &VirtualAddrs) -> Result<()> {
+    let (v4, v6) = (a.v4.to_string(), a.v6.to_string());
+    tx.execute(
+        "INSERT INTO assignments (fqdn, v4, v6) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (fqdn) DO UPDATE SET v4 = excluded.v4, v6 = excluded.v6",
+        params![fqdn.as_str(), v4, v6],
+    )
+    .map_err(|e| {
+        unique_err(
+            path,
+            "saving an assignment",
+            e,
+            &[("assignments.v4", "virtual address", &v4), ("assignments.v6", "virtual address", &v6)],
+        )
+    })
+    .map(drop)
 }
 
 fn insert_node(tx: &rusqlite::Transaction<'_>, path: &str, node: &NodeSnapshot) -> Result<u64> {

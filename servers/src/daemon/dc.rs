@@ -22,7 +22,7 @@ use ntm_proto::dns::{Locator, LocatorConfig};
 use ntm_proto::engine::dc::{Dc, DcConfig, DcEvent, NodeState, NsRef, NsState, ServerRef};
 use ntm_proto::engine::Engine;
 use ntm_proto::time::{Duration, Instant};
-use ntm_proto::wire::{Fqdn, KeyId};
+use ntm_proto::wire::{Fqdn, KeyId, VirtualAddrs};
 use std::collections::HashMap;
 
 /// How often node counters are checked and expired rows pruned.
@@ -117,6 +117,34 @@ fn to_state(s: NodeSnapshot) -> NodeState {
 }
 
 impl DcDaemon {
+    /// Saves the nodes that registered or got a key in one turn of the loop, in one
+    /// transaction: the answers wait for the commit, and one fsync per turn rather than two
+    /// per node is what lets the DC keep up with a burst (docs/benchmarks.md). If the batch
+    /// fails, each node is saved on its own, so that one bad row (an address the database
+    /// holds for another node) cannot hold back the others.
+    fn save_turn(&mut self, now: Instant, fqdns: &[Fqdn]) {
+        if fqdns.len() < 2 {
+            fqdns.iter().for_each(|f| self.save(now, f));
+            return;
+        }
+        let states: Vec<NodeState> = fqdns.iter().filter_map(|f| self.dc.export_node(f)).collect();
+        let assignments: Vec<(Fqdn, VirtualAddrs)> =
+            states.iter().filter_map(|s| s.virtual_addrs.map(|v| (s.fqdn.clone(), v))).collect();
+        let nodes: Vec<NodeSnapshot> = states.into_iter().map(to_snapshot).collect();
+        match self.store.save_registrations(&assignments, &nodes) {
+            Ok(reserved) => {
+                for (n, reserved) in nodes.iter().zip(reserved) {
+                    let saved = Saved { key_id: n.key_id, reserved, peer: n.peer_counter };
+                    self.saved.insert(n.fqdn.clone(), saved);
+                }
+            }
+            Err(e) => {
+                log::warn!("saving {} nodes at once: {e}; saving them one by one", nodes.len());
+                fqdns.iter().for_each(|f| self.save(now, f));
+            }
+        }
+    }
+
     fn save(&mut self, now: Instant, fqdn: &Fqdn) {
         let Some(state) = self.dc.export_node(fqdn) else { return };
         let (key_id, next, peer) = (state.key_id, state.next_counter, state.peer_counter);
@@ -202,9 +230,10 @@ impl Daemon for DcDaemon {
     }
 
     fn after(&mut self, now: Instant) {
+        let mut to_save: Vec<Fqdn> = Vec::new();
         while let Some(ev) = self.dc.poll_event() {
             match ev {
-                DcEvent::NodeKeyReceived { fqdn } | DcEvent::NodeRegistered { fqdn, .. } => self.save(now, &fqdn),
+                DcEvent::NodeKeyReceived { fqdn } | DcEvent::NodeRegistered { fqdn, .. } => to_save.push(fqdn),
                 DcEvent::TunnelDirected { session, mn, cn, relay } => match relay {
                     Some(rs) => log::info!("tunnel {session}: {mn} <-> {cn} via {rs}"),
                     None => log::info!("tunnel {session}: {mn} <-> {cn} direct"),
@@ -217,6 +246,10 @@ impl Daemon for DcDaemon {
                 }
             }
         }
+        // A node's state is exported at save time, so one save covers all its events.
+        to_save.sort_unstable();
+        to_save.dedup();
+        self.save_turn(now, &to_save);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -436,6 +469,61 @@ mod tests {
         let row = |f: &Fqdn| rows.iter().find(|r| &r.fqdn == f).map(|r| r.next_counter);
         assert_eq!(row(&near), Some(u64::MAX));
         assert_eq!(row(&far), Some(1000 + COUNTER_RESERVE));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Gives a restored node virtual addresses, as a registration does.
+    fn assign(d: &mut DcDaemon, now: Instant, fqdn: &Fqdn, v: VirtualAddrs) {
+        let mut state = d.dc.export_node(fqdn).unwrap();
+        state.virtual_addrs = Some(v);
+        d.dc.restore_assignment(fqdn, v).unwrap();
+        let next = state.next_counter;
+        d.dc.restore_node(now, state, next).unwrap();
+    }
+
+    #[test]
+    fn a_turn_is_saved_at_once_and_a_bad_row_only_fails_itself() {
+        let dir = std::env::temp_dir().join(format!("ntm-dc-turn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let now = Instant::from_millis(1_700_000_000_000);
+        let names = ["a.zone-a.test", "b.zone-a.test", "c.zone-a.test"];
+        let mut d = daemon(&dir, now, &[(names[0], 10), (names[1], 20), (names[2], 30)]);
+        let fqdns: Vec<Fqdn> = names.iter().map(|n| name(n)).collect();
+        let v = |i: u8| VirtualAddrs {
+            v4: [198, 18, 0, i].into(),
+            v6: [0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, i.into()].into(),
+        };
+        for (i, f) in fqdns.iter().enumerate() {
+            assign(&mut d, now, f, v(i as u8 + 10));
+        }
+
+        let errors_before = d.store_errors;
+        d.save_turn(now, &fqdns);
+        assert_eq!(d.store_errors, errors_before, "the batch commits");
+        let stored = d.store.load_assignments().unwrap();
+        assert_eq!(stored, fqdns.iter().enumerate().map(|(i, f)| (f.clone(), v(i as u8 + 10))).collect::<Vec<_>>());
+        let rows = d.store.load_nodes().unwrap();
+        for (f, next) in fqdns.iter().zip([10, 20, 30]) {
+            let row = rows.iter().find(|r| &r.fqdn == f).unwrap();
+            assert_eq!(row.next_counter, store::reserved_counter(next));
+            assert_eq!(d.saved[f].reserved, store::reserved_counter(next), "the refresh knows it is saved");
+        }
+
+        // The database holds b's addresses for another node (as after a manual edit): the
+        // batch is refused as a whole, then a and c are saved on their own and only b's
+        // assignment fails.
+        let other = name("other.zone-a.test");
+        d.store.save_assignment(&fqdns[1], v(9)).unwrap();
+        d.store.save_assignment(&other, v(11)).unwrap();
+        d.save_turn(now, &fqdns);
+        assert_eq!(d.store_errors, errors_before + 1, "only b's assignment failed");
+        let stored = d.store.load_assignments().unwrap();
+        let addr_of = |f: &Fqdn| stored.iter().find(|(n, _)| n == f).map(|(_, a)| *a);
+        assert_eq!(addr_of(&fqdns[0]), Some(v(10)));
+        assert_eq!(addr_of(&fqdns[2]), Some(v(12)));
+        assert_eq!(addr_of(&other), Some(v(11)));
+        assert_eq!(addr_of(&fqdns[1]), Some(v(9)), "b's row is left as it was");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
