@@ -1968,6 +1968,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    ntm_lab::clean_up_on_panic();
     let _ = ctrlc::set_handler(|| {
         let _ = writeln!(std::io::stderr(), "\ninterrupted: stopping every process and deleting the namespaces");
         ntm_lab::emergency_cleanup();

@@ -154,7 +154,9 @@ fn move_box_a(d: &mut Deployment) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    // Ctrl-C: stop every daemon and delete every namespace before leaving.
+    // A panic (an abort in the release build) or Ctrl-C: stop every daemon and delete every
+    // namespace before leaving.
+    ntm_lab::clean_up_on_panic();
     let _ = ctrlc::set_handler(|| {
         say("\n== interrupted: stopping everything and deleting the namespaces");
         ntm_lab::emergency_cleanup();

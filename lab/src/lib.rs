@@ -197,6 +197,18 @@ pub fn emergency_cleanup() {
     remove_namespaces_of(std::process::id());
 }
 
+/// For lab programs built with `panic = "abort"` (the workspace's release profile): a panic
+/// aborts without running a single destructor, so no [`Lab`] would delete its namespaces
+/// or stop its daemons. This panic hook does that with [`emergency_cleanup`] after the
+/// usual message is printed. Tests need none: the test harness unwinds.
+pub fn clean_up_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        emergency_cleanup();
+    }));
+}
+
 /// A lab: namespaces, processes and a working directory, all removed on drop.
 #[derive(Debug)]
 pub struct Lab {
