@@ -396,6 +396,14 @@ mod tests {
         Fqdn::new(s).unwrap()
     }
 
+    /// An empty directory of this test run.
+    fn scratch(label: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ntm-dc-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     /// A DC daemon on a fresh database, holding `nodes` (name, next counter) whose rows
     /// the database has, each reserved at its counter (as after a restore).
     fn daemon(dir: &std::path::Path, now: Instant, nodes: &[(&str, u64)]) -> DcDaemon {
@@ -440,10 +448,7 @@ mod tests {
 
     #[test]
     fn a_failed_save_retires_only_a_channel_near_its_reservation() {
-        let dir = std::env::temp_dir().join(format!("ntm-dc-daemon-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let now = Instant::from_millis(1_700_000_000_000);
+        let (dir, now) = (scratch("daemon"), Instant::from_millis(1_700_000_000_000));
         let mut d = daemon(&dir, now, &[("near.zone-a.test", 1000), ("far.zone-a.test", 1000)]);
         let (near, far) = (name("near.zone-a.test"), name("far.zone-a.test"));
         // "near" resumed at its stored reservation: it has used it all and is due. "far"
@@ -483,10 +488,7 @@ mod tests {
 
     #[test]
     fn a_turn_is_saved_at_once_and_a_bad_row_only_fails_itself() {
-        let dir = std::env::temp_dir().join(format!("ntm-dc-turn-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let now = Instant::from_millis(1_700_000_000_000);
+        let (dir, now) = (scratch("turn"), Instant::from_millis(1_700_000_000_000));
         let names = ["a.zone-a.test", "b.zone-a.test", "c.zone-a.test"];
         let mut d = daemon(&dir, now, &[(names[0], 10), (names[1], 20), (names[2], 30)]);
         let fqdns: Vec<Fqdn> = names.iter().map(|n| name(n)).collect();
