@@ -22,7 +22,7 @@
 // The administration commands talk to a person.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use super::{drops_json, identify, os_rng, tls_configs, StartError};
+use super::{drops_json, identify, os_rng, reload_tls, tls_configs, StartError};
 use crate::config::{secs, AsFile};
 use crate::driver::{Daemon, Driver, DriverConfig, Reload};
 use crate::pki::{self, Ca, ClientAuth};
@@ -88,13 +88,7 @@ impl Daemon for AsDaemon {
     }
 
     fn reload(&mut self) -> Reload {
-        match tls_configs(&self.cfg.common.tls, ClientAuth::Optional) {
-            Ok((server, client)) => Reload { tls_server: Some(server), tls_client: Some(client) },
-            Err(e) => {
-                log::error!("reload: keeping the old TLS files: {e}");
-                Reload::default()
-            }
-        }
+        reload_tls(&self.cfg.common.tls, ClientAuth::Optional)
     }
 }
 

@@ -13,7 +13,7 @@
 //! channel can no longer seal; the node logs in again with a new key): sealing on past
 //! the stored value would repeat nonces after a crash.
 
-use super::{drops_json, identify, key_kinds, os_rng, tls_configs, StartError};
+use super::{drops_json, identify, key_kinds, os_rng, reload_tls, tls_configs, StartError};
 use crate::config::{secs, DcFile};
 use crate::driver::{Daemon, Driver, DriverConfig, Reload};
 use crate::pki::ClientAuth;
@@ -305,13 +305,7 @@ impl Daemon for DcDaemon {
     }
 
     fn reload(&mut self) -> Reload {
-        match tls_configs(&self.cfg.common.tls, ClientAuth::Required) {
-            Ok((server, client)) => Reload { tls_server: Some(server), tls_client: Some(client) },
-            Err(e) => {
-                log::error!("reload: keeping the old TLS files: {e}");
-                Reload::default()
-            }
-        }
+        reload_tls(&self.cfg.common.tls, ClientAuth::Required)
     }
 }
 

@@ -7,7 +7,7 @@ pub mod ns;
 pub mod rs;
 
 use crate::config::{Common, TlsFiles};
-use crate::driver::{Daemon, Driver};
+use crate::driver::{Daemon, Driver, Reload};
 use crate::pki;
 use ntm_proto::engine::{Drop, DropCounters, PeerIdentity};
 use rustls::pki_types::CertificateDer;
@@ -23,6 +23,18 @@ pub fn identify(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
         Err(e) => {
             log::info!("peer certificate without a usable identity: {e}");
             None
+        }
+    }
+}
+
+/// A SIGHUP's new TLS configurations, read again from `files`; on an error the old ones
+/// stay (and the error is logged).
+pub fn reload_tls(files: &TlsFiles, client_auth: pki::ClientAuth) -> Reload {
+    match tls_configs(files, client_auth) {
+        Ok((server, client)) => Reload { tls_server: Some(server), tls_client: Some(client) },
+        Err(e) => {
+            log::error!("reload: keeping the old TLS files: {e}");
+            Reload::default()
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `ntm-ns`: the Notification Server.
 
-use super::{drops_json, identify, key_kinds, tls_configs, StartError};
+use super::{drops_json, identify, key_kinds, reload_tls, tls_configs, StartError};
 use crate::config::{secs, NsFile};
 use crate::driver::{Daemon, Driver, DriverConfig, Reload};
 use crate::pki::ClientAuth;
@@ -35,13 +35,7 @@ impl Daemon for NsDaemon {
     }
 
     fn reload(&mut self) -> Reload {
-        match tls_configs(&self.cfg.common.tls, ClientAuth::Required) {
-            Ok((server, client)) => Reload { tls_server: Some(server), tls_client: Some(client) },
-            Err(e) => {
-                log::error!("reload: keeping the old TLS files: {e}");
-                Reload::default()
-            }
-        }
+        reload_tls(&self.cfg.common.tls, ClientAuth::Required)
     }
 }
 
