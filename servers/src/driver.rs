@@ -262,7 +262,9 @@ pub struct Driver<D: Daemon> {
     daemon: D,
     poll: Poll,
     clock: Clock,
-    udp: Vec<UdpSocket>,
+    /// Each UDP socket with whether it is IPv4 (known at bind: asking the socket is a
+    /// system call, too dear per relayed packet).
+    udp: Vec<(UdpSocket, bool)>,
     listeners: Vec<(TcpListener, StreamKind)>,
     dns_sockets: Vec<UdpSocket>,
     locator: Option<Locator>,
@@ -352,7 +354,7 @@ impl<D: Daemon> Driver<D> {
         for (i, addr) in cfg.udp.iter().enumerate() {
             let mut s = bind_udp(*addr).map_err(|e| named("cannot bind UDP", *addr, e))?;
             poll.registry().register(&mut s, Token(UDP_BASE + i), Interest::READABLE)?;
-            udp.push(s);
+            udp.push((s, addr.is_ipv4()));
         }
         if !cfg.tls.is_empty() && cfg.tls_server.is_none() {
             return Err(io::Error::new(
@@ -424,7 +426,7 @@ impl<D: Daemon> Driver<D> {
 
     /// The bound UDP addresses (a port of 0 in the configuration becomes the real one).
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
-        self.udp.iter().filter_map(|s| s.local_addr().ok()).collect()
+        self.udp.iter().filter_map(|(s, _)| s.local_addr().ok()).collect()
     }
 
     /// The bound listener addresses.
@@ -617,7 +619,7 @@ impl<D: Daemon> Driver<D> {
 
     fn read_udp(&mut self, i: usize) {
         for _ in 0..DATAGRAM_BUDGET {
-            let Some(sock) = self.udp.get(i) else { return };
+            let Some((sock, _)) = self.udp.get(i) else { return };
             let (n, from) = match sock.recv_from(&mut self.buf) {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -633,8 +635,8 @@ impl<D: Daemon> Driver<D> {
             match self.daemon.engine().handle_datagram(now, from, data) {
                 Received::Forward(to) => {
                     // The relay's fast path: the same bytes, unchanged, to the other end.
-                    let bytes = self.buf.get(..n).map(<[u8]>::to_vec).unwrap_or_default();
-                    self.send_udp(to, &bytes);
+                    let bytes = self.buf.get(..n).unwrap_or_default();
+                    send_udp(&self.udp, &mut self.stats, to, bytes);
                 }
                 Received::Dropped(why) => log::trace!("dropped a datagram from {from}: {}", why.name()),
                 Received::Handled | Received::Ip(_) => {}
@@ -644,19 +646,7 @@ impl<D: Daemon> Driver<D> {
     }
 
     fn send_udp(&mut self, to: SocketAddr, bytes: &[u8]) {
-        let Some(sock) = self.udp.iter().find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == to.is_ipv4())) else {
-            self.stats.send_failures += 1;
-            log::debug!("no UDP socket of {to}'s family");
-            return;
-        };
-        match sock.send_to(bytes, to) {
-            Ok(_) => self.stats.datagrams_out += 1,
-            Err(e) => {
-                // A full socket buffer drops the datagram; the engines retransmit.
-                self.stats.send_failures += 1;
-                log::debug!("UDP send to {to}: {e}");
-            }
-        }
+        send_udp(&self.udp, &mut self.stats, to, bytes);
     }
 
     fn read_dns(&mut self, i: usize) {
@@ -1089,6 +1079,23 @@ fn write_reply(r: &mut StatusReply) -> bool {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return true,
+        }
+    }
+}
+
+/// Sends one datagram on the socket of `to`'s family; a failure is counted (a full socket
+/// buffer drops the datagram, and the engines retransmit what matters).
+fn send_udp(udp: &[(UdpSocket, bool)], stats: &mut DriverStats, to: SocketAddr, bytes: &[u8]) {
+    let Some((sock, _)) = udp.iter().find(|(_, v4)| *v4 == to.is_ipv4()) else {
+        stats.send_failures += 1;
+        log::debug!("no UDP socket of {to}'s family");
+        return;
+    };
+    match sock.send_to(bytes, to) {
+        Ok(_) => stats.datagrams_out += 1,
+        Err(e) => {
+            stats.send_failures += 1;
+            log::debug!("UDP send to {to}: {e}");
         }
     }
 }
