@@ -6,31 +6,15 @@
 use heapless::{String as HString, Vec as HVec};
 use ntm_proto::wire::Fqdn;
 use serde::Deserialize;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Longest configuration file.
 pub const CONFIG_MAX: usize = 16 * 1024;
 /// Longest path in the configuration.
 pub type PathStr = HString<256>;
 
-/// A configuration that could not be used.
-#[derive(Debug)]
-pub struct ConfigError {
-    /// The file.
-    pub file: PathBuf,
-    /// What is wrong, naming the field.
-    pub problem: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.file.display(), self.problem)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use ntm_cmdline::ConfigError;
 
 /// How the agent logs in (exactly one of the three).
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -20,50 +20,11 @@ mod netlink;
 mod tls;
 mod verify;
 
-use std::io::Read;
+use ntm_cmdline::Command;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: ntmd [run|check] -c FILE | ntmd status (-s SOCKET | -c FILE)";
-
-enum Command {
-    Run(PathBuf),
-    Check(PathBuf),
-    Status { config: Option<PathBuf>, socket: Option<PathBuf> },
-}
-
-fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Command, String> {
-    let mut it = args.into_iter().peekable();
-    let word = it.peek().and_then(|a| a.to_str()).map(str::to_owned);
-    let cmd = match word.as_deref() {
-        Some(w @ ("run" | "check" | "status")) => {
-            let w = w.to_owned();
-            it.next();
-            w
-        }
-        Some(w) if !w.starts_with('-') => return Err(format!("unknown command \"{w}\"")),
-        _ => "run".to_owned(),
-    };
-    let mut parser = lexopt::Parser::from_args(it);
-    let (mut config, mut socket) = (None, None);
-    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
-        match arg {
-            lexopt::Arg::Short('c') | lexopt::Arg::Long("config") => {
-                config = Some(PathBuf::from(parser.value().map_err(|e| e.to_string())?))
-            }
-            lexopt::Arg::Short('s') | lexopt::Arg::Long("socket") => {
-                socket = Some(PathBuf::from(parser.value().map_err(|e| e.to_string())?))
-            }
-            other => return Err(other.unexpected().to_string()),
-        }
-    }
-    match cmd.as_str() {
-        "status" if config.is_none() && socket.is_none() => Err("status needs -s SOCKET or -c FILE".into()),
-        "status" => Ok(Command::Status { config, socket }),
-        "check" => config.map(Command::Check).ok_or_else(|| "check needs -c FILE".into()),
-        _ => config.map(Command::Run).ok_or_else(|| "run needs -c FILE".into()),
-    }
-}
 
 fn load(path: &std::path::Path) -> Result<(config::AgentFile, agent::Material), String> {
     let cfg = config::load(path).map_err(|e| e.to_string())?;
@@ -77,16 +38,11 @@ fn status(config: Option<PathBuf>, socket: Option<PathBuf>) -> Result<String, St
         (None, Some(c)) => PathBuf::from(config::load(&c).map_err(|e| e.to_string())?.status_socket.as_str()),
         (None, None) => return Err(USAGE.into()),
     };
-    let mut s = std::os::unix::net::UnixStream::connect(&socket)
-        .map_err(|e| format!("{}: {e} (is ntmd running?)", socket.display()))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| format!("{}: {e}", socket.display()))?;
-    Ok(text)
+    ntm_cmdline::read_status(&socket, std::time::Duration::from_secs(5)).map_err(|e| format!("{e} (is ntmd running?)"))
 }
 
 fn main() -> ExitCode {
-    let cmd = match parse_args(std::env::args_os().skip(1).collect()) {
+    let cmd = match ntm_cmdline::parse(std::env::args_os().skip(1).collect()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ntmd: {e}\n{USAGE}");
@@ -94,6 +50,11 @@ fn main() -> ExitCode {
         }
     };
     match cmd {
+        // `ntmd` has no subcommands of its own.
+        Command::Other(w, _) => {
+            eprintln!("ntmd: unknown command \"{w}\"\n{USAGE}");
+            ExitCode::from(2)
+        }
         Command::Check(path) => match load(&path) {
             Ok(_) => {
                 println!("{}: ok", path.display());

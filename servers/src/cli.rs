@@ -13,57 +13,9 @@
 
 use crate::config::{self, Common, LogLevel, Validate};
 use serde::de::DeserializeOwned;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// A parsed command line.
-#[derive(Debug)]
-pub enum Command {
-    /// Run the daemon.
-    Run(PathBuf),
-    /// Check the configuration.
-    Check(PathBuf),
-    /// Print the running daemon's status.
-    Status { config: Option<PathBuf>, socket: Option<PathBuf> },
-    /// Anything else (the daemon's own subcommands): the first word and the rest.
-    Other(String, Vec<std::ffi::OsString>),
-}
-
-/// Parses `args` (without the program name).
-pub fn parse(args: Vec<std::ffi::OsString>) -> Result<Command, String> {
-    let mut it = args.into_iter().peekable();
-    let first = it.peek().and_then(|a| a.to_str()).map(str::to_owned);
-    let cmd = match first.as_deref() {
-        Some("run") | Some("check") | Some("status") => {
-            it.next();
-            first.unwrap_or_default()
-        }
-        Some(w) if !w.starts_with('-') => {
-            let w = w.to_owned();
-            it.next();
-            return Ok(Command::Other(w, it.collect()));
-        }
-        _ => "run".to_owned(),
-    };
-    let mut parser = lexopt::Parser::from_args(it);
-    let (mut config, mut socket) = (None, None);
-    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
-        match arg {
-            lexopt::Arg::Short('c') | lexopt::Arg::Long("config") => {
-                config = Some(PathBuf::from(parser.value().map_err(|e| e.to_string())?))
-            }
-            lexopt::Arg::Short('s') | lexopt::Arg::Long("socket") => {
-                socket = Some(PathBuf::from(parser.value().map_err(|e| e.to_string())?))
-            }
-            other => return Err(other.unexpected().to_string()),
-        }
-    }
-    match cmd.as_str() {
-        "status" => Ok(Command::Status { config, socket }),
-        "check" => config.map(Command::Check).ok_or_else(|| "check needs -c FILE".into()),
-        _ => config.map(Command::Run).ok_or_else(|| "run needs -c FILE".into()),
-    }
-}
+pub use ntm_cmdline::{parse, Command};
 
 /// Starts logging to stderr at `level`.
 pub fn init_logging(level: LogLevel) {
@@ -85,20 +37,13 @@ pub fn load_or_exit<T: DeserializeOwned + Validate>(program: &str, path: &Path) 
 
 /// Prints the status a running daemon reports on its socket.
 pub fn print_status(program: &str, socket: &Path) -> i32 {
-    match std::os::unix::net::UnixStream::connect(socket) {
-        Ok(mut s) => {
-            // A daemon that hangs must not hang the command with it.
-            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(30)));
-            let mut text = String::new();
-            if let Err(e) = s.read_to_string(&mut text) {
-                eprintln!("{program}: reading {}: {e}", socket.display());
-                return 1;
-            }
+    match ntm_cmdline::read_status(socket, std::time::Duration::from_secs(30)) {
+        Ok(text) => {
             print!("{text}");
             0
         }
         Err(e) => {
-            eprintln!("{program}: cannot reach the daemon at {}: {e}", socket.display());
+            eprintln!("{program}: {e}");
             1
         }
     }
@@ -170,27 +115,5 @@ where
             eprintln!("{program}: {e}\nusage: {program} [run|check] -c FILE | {program} status (-c FILE | -s SOCKET)");
             2
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(s: &str) -> Vec<std::ffi::OsString> {
-        s.split_whitespace().map(Into::into).collect()
-    }
-
-    #[test]
-    fn commands_parse() {
-        assert!(matches!(parse(args("-c x.json")), Ok(Command::Run(p)) if p == Path::new("x.json")));
-        assert!(matches!(parse(args("run --config x.json")), Ok(Command::Run(_))));
-        assert!(matches!(parse(args("check -c x.json")), Ok(Command::Check(_))));
-        assert!(matches!(parse(args("status -s /run/x.sock")), Ok(Command::Status { socket: Some(_), .. })));
-        assert!(
-            matches!(parse(args("account add --email a@b")), Ok(Command::Other(w, rest)) if w == "account" && rest.len() == 3)
-        );
-        assert!(parse(args("run")).is_err());
-        assert!(parse(args("-c x.json --bogus")).is_err());
     }
 }

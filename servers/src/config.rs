@@ -10,26 +10,10 @@ use ntm_proto::time::Duration;
 use ntm_proto::wire::Fqdn;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-/// A configuration that could not be used.
-#[derive(Debug)]
-pub struct ConfigError {
-    /// The file.
-    pub file: PathBuf,
-    /// What is wrong, naming the field.
-    pub problem: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.file.display(), self.problem)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use ntm_cmdline::ConfigError;
 
 /// Reads and parses a configuration file, then checks it.
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
