@@ -1,9 +1,10 @@
 //! The agent's event loop: one thread, one mio poll, the library's node engine.
 //!
 //! Sources, each drained to `WouldBlock` on every readiness event:
-//! - the tunnel's UDP sockets (one per family, one port): datagrams go to the engine;
-//!   decrypted inner packets go to the TUN device;
-//! - the TUN device: packets are sealed in place for their tunnel and sent;
+//! - the tunnel's UDP sockets (one per family, one port): datagrams, up to 32 per system
+//!   call (recvmmsg), go to the engine; decrypted inner packets go to the TUN device;
+//! - the TUN device: packets are sealed in place for their tunnel, up to 32 of them read
+//!   before they are sent with one system call (sendmmsg);
 //! - the DNS stub's socket (the box's resolver points at it) and the upstream socket;
 //! - the TLS stream to the AS (embedded-tls, only during login) and the TCP stream to the NS;
 //! - a netlink socket: address and route changes, debounced, become network changes
@@ -14,6 +15,7 @@
 //! queries, events) and sleeps until the next input or the earliest deadline of the
 //! engine, the DNS stub, the DC locator and the netlink debounce.
 
+use crate::batch::{Batch, BATCH, SLOT_LEN};
 use crate::config::{AgentFile, Route};
 use crate::control::Json;
 use crate::dnsstub::{Dest, DnsStub, Outcome, StubConfig};
@@ -52,8 +54,6 @@ const SIGNALS: Token = Token(9);
 const AS_CONN: Token = Token(10);
 const NS_CONN: Token = Token(11);
 
-/// Room for a whole IP packet with the tunnel header in front and the tag behind.
-const BUF_LEN: usize = HEADER_LEN + 65_535 + TAG_LEN;
 /// Bytes a tunnel adds to an inner packet: outer IP, UDP, the NTMobile header and tag.
 const OVERHEAD_V4: u16 = 20 + 8 + (HEADER_LEN + TAG_LEN) as u16;
 const OVERHEAD_V6: u16 = 40 + 8 + (HEADER_LEN + TAG_LEN) as u16;
@@ -75,6 +75,8 @@ struct Counters {
     no_tunnel: u64,
     too_big: u64,
     send_errors: u64,
+    /// Tunnel datagrams too large for any agent to have sent (dropped).
+    oversized: u64,
     network_changes: u64,
     tls_failures: u64,
 }
@@ -118,7 +120,10 @@ pub struct Agent {
     control: UnixListener,
     signals: SignalFd,
     counters: Counters,
-    buf: Vec<u8>,
+    /// Tunnel datagrams received in one call; packets from the TUN device sealed in place
+    /// and sent in one call.
+    rx: Batch,
+    tx: Batch,
     stop: bool,
 }
 
@@ -413,7 +418,8 @@ impl Agent {
             control,
             signals,
             counters: Counters::default(),
-            buf: vec![0u8; BUF_LEN],
+            rx: Batch::new(),
+            tx: Batch::new(),
             stop: false,
         })
     }
@@ -542,78 +548,114 @@ impl Agent {
     }
 
     fn read_udp(&mut self, token: Token) {
+        let sock = if token == UDP4 { self.udp4.as_ref() } else { self.udp6.as_ref() };
+        let Some(fd) = sock.map(|s| s.as_raw_fd()) else { return };
         loop {
-            let sock = if token == UDP4 { self.udp4.as_ref() } else { self.udp6.as_ref() };
-            let Some(sock) = sock else { return };
-            let (n, from) = match sock.recv_from(&mut self.buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return,
-            };
-            self.counters.udp_in += 1;
+            // WouldBlock ends the drain; so does any other error (as for one datagram at
+            // a time before: the next readiness event tries again).
+            let Ok(n) = self.rx.recv(fd, token == UDP6) else { return };
             let now = self.now();
-            let Some(data) = self.buf.get_mut(..n) else { continue };
-            if let Received::Ip(range) = self.node.handle_datagram(now, from, data) {
-                if let Some(pkt) = self.buf.get(range) {
-                    match self.tun.send(pkt) {
-                        Ok(_) => self.counters.tun_out += 1,
-                        Err(_) => self.counters.send_errors += 1,
+            for i in 0..n {
+                self.counters.udp_in += 1;
+                let r = self.rx.received(i);
+                let Some(from) = r.from else { continue };
+                if r.truncated {
+                    self.counters.oversized += 1;
+                    continue;
+                }
+                let Some(data) = self.rx.slot_mut(i).get_mut(..r.len) else { continue };
+                if let Received::Ip(range) = self.node.handle_datagram(now, from, data) {
+                    if let Some(pkt) = data.get(range) {
+                        match self.tun.send(pkt) {
+                            Ok(_) => self.counters.tun_out += 1,
+                            Err(_) => self.counters.send_errors += 1,
+                        }
                     }
                 }
+            }
+            // A short batch means the queue ran empty (recvmmsg stops at the first
+            // WouldBlock): no need for another call to hear it again.
+            if n < BATCH {
+                return;
             }
         }
     }
 
-    /// Packets from applications: seal in place for their tunnel and send.
+    /// Packets from applications: read up to a batch of them, seal each in place for its
+    /// tunnel, and send the batch.
     fn read_tun(&mut self) {
         loop {
-            let room = BUF_LEN - TAG_LEN;
-            let Some(space) = self.buf.get_mut(HEADER_LEN..room) else { return };
-            let n = match self.tun.recv(space) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return,
-            };
-            self.counters.tun_in += 1;
             let now = self.now();
-            let total = HEADER_LEN + n + TAG_LEN;
-            let Some(frame) = self.buf.get_mut(..total) else { continue };
-            // IPv4 without Don't Fragment may be as large as it likes: the outer datagram
-            // is fragmented instead. Everything else must fit the path.
-            let inner = frame.get(HEADER_LEN..).unwrap_or(&[]);
-            let may_fragment =
-                inner.first().is_some_and(|b| b >> 4 == 4) && inner.get(6).is_some_and(|b| b & 0x40 == 0);
-            let path_mtu = |to: &SocketAddr| match (may_fragment, to.is_ipv4()) {
-                (true, _) => u16::MAX,
-                (false, true) => LINK_MTU - OVERHEAD_V4,
-                (false, false) => LINK_MTU - OVERHEAD_V6,
-            };
-            match self.node.seal_ip_within(now, frame, path_mtu) {
-                Ok(dst) => {
-                    let sock = if dst.is_ipv4() { self.udp4.as_ref() } else { self.udp6.as_ref() };
-                    match (sock, self.buf.get(..total)) {
-                        (Some(s), Some(b)) if s.send_to(b, dst).is_ok() => self.counters.udp_out += 1,
-                        _ => self.counters.send_errors += 1,
+            let mut sealed = 0;
+            let mut drained = false;
+            while sealed < BATCH {
+                let slot = self.tx.slot_mut(sealed);
+                let space = slot.get_mut(HEADER_LEN..SLOT_LEN - TAG_LEN).unwrap_or_default();
+                let room = space.len();
+                let n = match self.tun.recv(space) {
+                    Ok(n) if room > 0 => n,
+                    // WouldBlock, or an error (as before: stop until the next event).
+                    _ => {
+                        drained = true;
+                        break;
                     }
+                };
+                self.counters.tun_in += 1;
+                if n > room {
+                    // Larger than the TUN MTU allows (TUN_MTU_MAX): cut short by the read.
+                    self.counters.send_errors += 1;
+                    continue;
                 }
-                Err(SendError::TooBig { mtu }) => {
-                    // Too big for the path: tell the sender (the packet is dropped).
-                    self.counters.too_big += 1;
-                    let reply = self.buf.get(HEADER_LEN..HEADER_LEN + n).and_then(|p| icmp::too_big(p, mtu));
-                    if let Some(r) = reply {
-                        let _ = self.tun.send(&r);
+                let total = HEADER_LEN + n + TAG_LEN;
+                let Some(frame) = slot.get_mut(..total) else { continue };
+                // IPv4 without Don't Fragment may be as large as it likes: the outer datagram
+                // is fragmented instead. Everything else must fit the path.
+                let inner = frame.get(HEADER_LEN..).unwrap_or(&[]);
+                let may_fragment =
+                    inner.first().is_some_and(|b| b >> 4 == 4) && inner.get(6).is_some_and(|b| b & 0x40 == 0);
+                let path_mtu = |to: &SocketAddr| match (may_fragment, to.is_ipv4()) {
+                    (true, _) => u16::MAX,
+                    (false, true) => LINK_MTU - OVERHEAD_V4,
+                    (false, false) => LINK_MTU - OVERHEAD_V6,
+                };
+                match self.node.seal_ip_within(now, frame, path_mtu) {
+                    Ok(dst) => {
+                        self.tx.set(sealed, total, dst);
+                        sealed += 1;
                     }
-                }
-                Err(SendError::NoTunnel(_)) => {
-                    self.counters.no_tunnel += 1;
-                    let reply = self.buf.get(HEADER_LEN..HEADER_LEN + n).and_then(icmp::unreachable);
-                    if let Some(r) = reply {
-                        let _ = self.tun.send(&r);
+                    Err(SendError::TooBig { mtu }) => {
+                        // Too big for the path: tell the sender (the packet is dropped).
+                        self.counters.too_big += 1;
+                        let reply = frame.get(HEADER_LEN..HEADER_LEN + n).and_then(|p| icmp::too_big(p, mtu));
+                        if let Some(r) = reply {
+                            let _ = self.tun.send(&r);
+                        }
                     }
+                    Err(SendError::NoTunnel(_)) => {
+                        self.counters.no_tunnel += 1;
+                        let reply = frame.get(HEADER_LEN..HEADER_LEN + n).and_then(icmp::unreachable);
+                        if let Some(r) = reply {
+                            let _ = self.tun.send(&r);
+                        }
+                    }
+                    Err(_) => self.counters.send_errors += 1,
                 }
-                Err(_) => self.counters.send_errors += 1,
+            }
+            self.send_sealed(sealed);
+            if drained {
+                return;
             }
         }
+    }
+
+    /// Sends the first `count` slots of the send batch, in order, on the socket of each
+    /// one's family. A datagram the kernel refuses is counted and dropped; the rest go.
+    fn send_sealed(&mut self, count: usize) {
+        let fd4 = self.udp4.as_ref().map(|s| s.as_raw_fd());
+        let fd6 = self.udp6.as_ref().map(|s| s.as_raw_fd());
+        let (sent, failed) = self.tx.send_all(count, fd4, fd6);
+        self.counters.udp_out += sent;
+        self.counters.send_errors += failed;
     }
 
     fn read_dns_client(&mut self) {
@@ -1039,6 +1081,7 @@ impl Agent {
             .num("no_tunnel", c.no_tunnel)
             .num("too_big", c.too_big)
             .num("send_errors", c.send_errors)
+            .num("oversized", c.oversized)
             .num("network_changes", c.network_changes)
             .num("tls_failures", c.tls_failures)
             .num("netlink_undecodable", self.netlink.undecodable())

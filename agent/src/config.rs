@@ -81,6 +81,9 @@ fn default_mtu() -> u16 {
     1420
 }
 
+/// The largest TUN MTU allowed (jumbo frames), so the largest inner packet an agent seals.
+pub const TUN_MTU_MAX: u16 = 9000;
+
 impl Default for DnsSettings {
     fn default() -> Self {
         DnsSettings {
@@ -293,8 +296,8 @@ impl AgentFile {
             return Err(("udp_port", "port 0".into()));
         }
         // IPv6 needs 1280 on the link carrying the virtual IPv6 address.
-        if !(1280..=9000).contains(&self.tun.mtu) {
-            return Err(("tun.mtu", "between 1280 and 9000".into()));
+        if !(1280..=TUN_MTU_MAX).contains(&self.tun.mtu) {
+            return Err(("tun.mtu", format!("between 1280 and {TUN_MTU_MAX}")));
         }
         if self.tun.name.is_empty() {
             return Err(("tun.name", "empty".into()));

@@ -12,6 +12,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod agent;
+mod batch;
 mod config;
 mod control;
 mod dnsstub;

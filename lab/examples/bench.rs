@@ -13,7 +13,10 @@
 //! `bench_load` (`cargo build --release -p ntm-lab --examples`), NSD, dig, ping, iperf3,
 //! socat, tcpdump and nft. The peers are optional (wireguard-go and wg from Debian,
 //! `cargo install boringtun-cli`, fastd): a part whose tool is missing prints
-//! "skipped: <why>" in its row. `scripts/bench.sh` builds everything and runs this.
+//! "skipped: <why>" in its row. The tunnel part also measures the agent's speed build
+//! (`cargo build --profile speed -p ntm-agent`, found in `target/speed/` beside the release
+//! binaries) as a row of its own, or says it was not built. `scripts/bench.sh` builds
+//! everything and runs this.
 //!
 //! Everything runs in the lab's namespaces (documentation and benchmark address ranges
 //! only) and is removed at the end, also on Ctrl-C; every wait is bounded.
@@ -619,6 +622,56 @@ fn peer_down(lab: &mut Lab, ends: &[(Ns, &str); 2], up: &PeerUp) {
     }
 }
 
+/// The two builds of the agent that the tunnel part measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NtmBuild {
+    /// `[profile.release]`: opt-level "z", as shipped to routers.
+    Size,
+    /// `[profile.speed]`: the release profile at opt-level 3, for x86_64 gateways.
+    Speed,
+}
+
+impl NtmBuild {
+    const ALL: [NtmBuild; 2] = [NtmBuild::Size, NtmBuild::Speed];
+
+    fn name(self) -> &'static str {
+        match self {
+            NtmBuild::Size => "ntmobile direct (AES-128-CCM), size build (release, opt-level z)",
+            NtmBuild::Speed => "ntmobile direct (AES-128-CCM), speed build (profile speed, opt-level 3)",
+        }
+    }
+
+    fn profile(self) -> &'static str {
+        match self {
+            NtmBuild::Size => "release",
+            NtmBuild::Speed => "speed",
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            NtmBuild::Size => "z",
+            NtmBuild::Speed => "o3",
+        }
+    }
+
+    fn how(self) -> &'static str {
+        match self {
+            NtmBuild::Size => "cargo build --release -p ntm-agent",
+            NtmBuild::Speed => "cargo build --profile speed -p ntm-agent",
+        }
+    }
+
+    /// Where this build's `ntmd` is: the release binaries' directory, or its sibling
+    /// `speed` (`target/release` and `target/speed`).
+    fn ntmd(self, bins: &Path) -> PathBuf {
+        match self {
+            NtmBuild::Size => bins.join("ntmd"),
+            NtmBuild::Speed => bins.with_file_name("speed").join("ntmd"),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Deployments
 // ---------------------------------------------------------------------------------------
@@ -636,12 +689,23 @@ fn server_pid(d: &mut Deployment, label: &str) -> Option<u32> {
 /// Starts both agents (log level info, as in production) and makes the tunnel from a to
 /// b by name; b's virtual IPv4 address.
 fn agents_up(d: &mut Deployment, path: &str) -> Res<String> {
-    let st = d
-        .up_with(|_, _, c| {
-            c["log_level"] = "info".into();
-        })
-        .map_err(e2s)?;
-    let b4 = st[1]["virtual_ipv4"].as_str().unwrap_or_default().to_string();
+    let ntmd = d.bins.join("ntmd");
+    agents_up_with(d, path, &ntmd)
+}
+
+/// [`agents_up`] with the agent binary `ntmd` (the release build or the speed build).
+fn agents_up_with(d: &mut Deployment, path: &str, ntmd: &Path) -> Res<String> {
+    let program = ntmd.to_string_lossy().into_owned();
+    for i in 0..2 {
+        let mut cfg = d.agent_config(i);
+        cfg["log_level"] = "info".into();
+        d.start_agent_with(i, &cfg, &[&program]).map_err(e2s)?;
+    }
+    let mut b4 = String::new();
+    for i in 0..2 {
+        let st = d.wait_registered(i, 30).ok_or_else(|| format!("box {i} not registered within 30 s"))?;
+        b4 = st["virtual_ipv4"].as_str().unwrap_or_default().to_string();
+    }
     let got = d.dig(0, B_NAME, "A");
     if got != b4 {
         return Err(format!("the DNS hook answered {got:?}, not {b4}"));
@@ -721,23 +785,31 @@ fn part_tunnel(d: &mut Deployment, o: &Opts, fp: &mut Footprint) -> Table {
     std::thread::sleep(Duration::from_millis(300));
     let ends = [(a.clone(), A_IP), (b.clone(), B_IP)];
     let mut bare: Option<Res<Measured>> = None;
-    let mut ntm: Option<Res<Measured>> = None;
+    // The agent as built for routers (release: opt-level "z") and for x86_64 servers and
+    // gateways (profile speed: opt-level 3), each its own row.
+    let mut ntm: Vec<(NtmBuild, Option<Res<Measured>>)> = NtmBuild::ALL.iter().map(|b| (*b, None)).collect();
     let mut peers: Vec<(Peer, Option<Res<Measured>>)> = Peer::ALL.iter().map(|p| (*p, None)).collect();
     for round in 0..o.rounds {
         log(&format!("tunnel round {}: bare path", round + 1));
         let r = measure(&mut d.lab, &a, B_IP, &[], &[], o, &format!("bare{round}"));
         keep_best(&mut bare, r);
 
-        log(&format!("tunnel round {}: ntmobile direct", round + 1));
-        let r = agents_up(d, "direct").and_then(|b4| {
-            let pids: Vec<u32> = (0..2).filter_map(|i| agent_pid(d, i)).collect();
-            measure(&mut d.lab, &a, &b4, &pids, &[], o, &format!("ntm{round}"))
-        });
-        if let Err(e) = &r {
-            log(&format!("ntmobile: {e}"));
+        for (build, slot) in ntm.iter_mut() {
+            let ntmd = build.ntmd(&d.bins);
+            if !ntmd.is_file() {
+                continue;
+            }
+            log(&format!("tunnel round {}: {}", round + 1, build.name()));
+            let r = agents_up_with(d, "direct", &ntmd).and_then(|b4| {
+                let pids: Vec<u32> = (0..2).filter_map(|i| agent_pid(d, i)).collect();
+                measure(&mut d.lab, &a, &b4, &pids, &[], o, &format!("ntm-{}{round}", build.tag()))
+            });
+            if let Err(e) = &r {
+                log(&format!("{}: {e}", build.name()));
+            }
+            keep_best(slot, r);
+            agents_down(d);
         }
-        keep_best(&mut ntm, r);
-        agents_down(d);
 
         for (peer, slot) in peers.iter_mut() {
             if peer.missing().is_some() {
@@ -773,7 +845,17 @@ fn part_tunnel(d: &mut Deployment, o: &Opts, fp: &mut Footprint) -> Table {
         None => t.skip(name, "skipped"),
     };
     emit(&mut t, "bare path (no tunnel)", &bare);
-    emit(&mut t, "**ntmobile direct (AES-128-CCM)**", &ntm);
+    for (build, r) in &ntm {
+        let ntmd = build.ntmd(&d.bins);
+        if ntmd.is_file() {
+            emit(&mut t, &format!("**{}**", build.name()), r);
+        } else {
+            t.skip(
+                &format!("**{}**", build.name()),
+                &format!("skipped: {} not built ({})", ntmd.display(), build.how()),
+            );
+        }
+    }
     for (p, r) in &peers {
         match (p.missing(), r) {
             (Some(why), _) => t.skip(p.name(), &why),
@@ -786,11 +868,17 @@ fn part_tunnel(d: &mut Deployment, o: &Opts, fp: &mut Footprint) -> Table {
             p.name()
         ));
     }
-    if let Some(Ok(m)) = &ntm {
-        if let Some(b) = best {
-            t.note(format!("ntmobile against the best peer: {:.2}x (target: at least 1.2x)", m.mean_bps() / b));
+    for (build, r) in &ntm {
+        if let Some(Ok(m)) = r {
+            if let Some(b) = best {
+                t.note(format!(
+                    "{} against the best peer: {:.2}x (target: at least 1.2x)",
+                    build.name(),
+                    m.mean_bps() / b
+                ));
+            }
+            fp.rss.push((format!("ntmd, {} (each box)", build.profile()), m.rss_idle(), m.rss_peak()));
         }
-        fp.rss.push(("ntmd (each box)".into(), m.rss_idle(), m.rss_peak()));
     }
     for (p, r) in &peers {
         if let Some(Ok(m)) = r {
@@ -1440,6 +1528,14 @@ fn part_footprint(root: &Path, bins: &Path, fp: &Footprint, servers_rss: &[(Stri
         }
         t.row(row);
     }
+    let speed = NtmBuild::Speed.ntmd(bins);
+    let mut row = vec!["`ntmd`, profile speed (opt-level 3)".to_string()];
+    row.push(match file_size(&speed) {
+        Some(s) => format!("{:.1}{}", s as f64 / 1024.0, stripped(&speed)),
+        None => format!("not built ({})", NtmBuild::Speed.how()),
+    });
+    row.extend(cols.iter().skip(1).map(|_| "-".to_string()));
+    t.row(row);
     if cols.len() == 1 {
         t.note("no cross build found under target/cross/ (cross/build.sh makes them)");
     }
@@ -1833,6 +1929,12 @@ fn run(o: &Opts) -> Res<(String, bool)> {
     let dirty =
         !cmd_out("git", &["-C", &root.to_string_lossy(), "status", "--porcelain", "--untracked-files=no"]).is_empty();
     let built = cmd_out("date", &["-u", "-r", &bins.join("ntmd").to_string_lossy(), "+%Y-%m-%d %H:%M UTC"]);
+    let speed_ntmd = NtmBuild::Speed.ntmd(&bins);
+    let built_speed = if speed_ntmd.is_file() {
+        cmd_out("date", &["-u", "-r", &speed_ntmd.to_string_lossy(), "+%Y-%m-%d %H:%M UTC"])
+    } else {
+        "(not built)".into()
+    };
     let mut failed = false;
     let mut fp = Footprint::default();
     let mut servers_rss = Vec::new();
@@ -1942,7 +2044,7 @@ fn run(o: &Opts) -> Res<(String, bool)> {
     );
     let _ = writeln!(
         md,
-        "- build: commit {commit}{} at the start of the run; ntmd built {built}",
+        "- build: commit {commit}{} at the start of the run; ntmd built {built} (release), {built_speed} (speed)",
         if dirty { " with uncommitted changes" } else { "" }
     );
     let _ = writeln!(md, "- peers: {}", versions());

@@ -1,0 +1,421 @@
+//! Batches of tunnel datagrams: many per system call (recvmmsg, sendmmsg) instead of one.
+//!
+//! A [`Batch`] owns [`BATCH`] slots of [`SLOT_LEN`] bytes, allocated once when the agent
+//! starts. [`Batch::recv`] fills slots from a UDP socket in one call; the caller then
+//! works on each slot in place ([`Batch::slot_mut`]). On the sending side the caller fills
+//! slots one by one (a packet from the TUN device, sealed in place), notes each with
+//! [`Batch::set`], and [`Batch::send_all`] sends them in order.
+//!
+//! Sending uses UDP segmentation offload (UDP_SEGMENT, Linux 4.18) where it can: a run of
+//! datagrams to one destination, all of one length but the last, which may be shorter,
+//! goes to the kernel as one message. The kernel (or the network card) cuts it into the
+//! same datagrams on the wire, so the peer sees no difference, but the stack does its
+//! per-packet work (routing, filtering, the device queue) once per run. A TCP stream
+//! through the tunnel gives such runs: full-sized segments one after another. Other
+//! datagrams go with sendmmsg, many messages per call. If the kernel refuses segmentation
+//! (an old kernel, a device or IPsec policy without it), those datagrams go one by one and
+//! segmentation is not tried again. Nothing here allocates after [`Batch::new`].
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+use ntm_proto::crypto::TAG_LEN;
+use ntm_proto::wire::HEADER_LEN;
+use std::io::{IoSlice, IoSliceMut};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::fd::RawFd;
+
+/// Datagrams handled per system call.
+pub const BATCH: usize = 32;
+
+/// The largest datagram sent in a segmented run, by family: what a 1500-byte link carries
+/// without IP fragmentation (the agent assumes that link MTU). Larger datagrams (IPv4
+/// without Don't Fragment, fragmented on the way) go one by one.
+const SEGMENT_MAX_V4: usize = 1500 - 20 - 8;
+const SEGMENT_MAX_V6: usize = 1500 - 40 - 8;
+/// The most bytes in one segmented message (a UDP datagram's limit, with room to spare).
+const SEGMENTED_MAX: usize = 65_000;
+
+/// One slot: room for the largest tunnel datagram an agent sends, an inner packet of a TUN
+/// MTU of at most [`crate::config::TUN_MTU_MAX`] with the header in front and the tag
+/// behind. A larger datagram does not fit and is dropped (see [`Received::truncated`]).
+pub const SLOT_LEN: usize = HEADER_LEN + crate::config::TUN_MTU_MAX as usize + TAG_LEN;
+
+/// What one received slot holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Received {
+    /// Bytes in the slot.
+    pub len: usize,
+    /// The sender (None if the kernel gave no IPv4 or IPv6 address).
+    pub from: Option<SocketAddr>,
+    /// The datagram was larger than the slot; the slot holds only its start.
+    pub truncated: bool,
+}
+
+/// The slots and the kernel's message headers for one direction of the data path.
+pub struct Batch {
+    bufs: Vec<u8>,
+    headers: MultiHeaders<SockaddrStorage>,
+    /// Headers to receive with, one set per address family: the kernel writes the length
+    /// of each sender's address back into them (16 bytes for IPv4), which would cut an
+    /// IPv6 address short the next time.
+    recv_headers: [MultiHeaders<SockaddrStorage>; 2],
+    /// Headers with room for one UDP_SEGMENT control message each.
+    segmented: MultiHeaders<SockaddrStorage>,
+    received: [Received; BATCH],
+    /// Per slot to send: its length and destination.
+    lens: [usize; BATCH],
+    dsts: [Option<SockaddrStorage>; BATCH],
+    /// Whether to try UDP segmentation offload (cleared when the kernel refuses it).
+    offload: bool,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("slots", &BATCH).field("slot_len", &SLOT_LEN).finish_non_exhaustive()
+    }
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Batch {
+    /// Allocates the slots (zeroed pages: the kernel backs only those that get used).
+    pub fn new() -> Self {
+        Batch {
+            bufs: vec![0u8; BATCH * SLOT_LEN],
+            headers: MultiHeaders::preallocate(BATCH, None),
+            recv_headers: [MultiHeaders::preallocate(BATCH, None), MultiHeaders::preallocate(BATCH, None)],
+            segmented: MultiHeaders::preallocate(1, Some(nix::cmsg_space!(u16))),
+            received: [Received::default(); BATCH],
+            lens: [0; BATCH],
+            dsts: [None; BATCH],
+            offload: true,
+        }
+    }
+
+    /// Turns UDP segmentation offload off (for tests; it is on after [`Batch::new`]).
+    #[cfg(test)]
+    fn without_offload(mut self) -> Self {
+        self.offload = false;
+        self
+    }
+
+    /// Slot `i` (an empty slice if `i` is out of range).
+    pub fn slot_mut(&mut self, i: usize) -> &mut [u8] {
+        self.bufs.get_mut(i * SLOT_LEN..(i + 1) * SLOT_LEN).unwrap_or_default()
+    }
+
+    /// What [`Batch::recv`] put in slot `i`.
+    pub fn received(&self, i: usize) -> Received {
+        self.received.get(i).copied().unwrap_or_default()
+    }
+
+    /// Receives up to [`BATCH`] datagrams from the non-blocking socket `fd` (of IPv6 if
+    /// `ipv6`, else of IPv4) into the slots; how many. Fewer than [`BATCH`] means the
+    /// socket's queue ran empty (or an error came after some datagrams; the kernel reports
+    /// it on the next call).
+    pub fn recv(&mut self, fd: RawFd, ipv6: bool) -> nix::Result<usize> {
+        let mut chunks = self.bufs.chunks_exact_mut(SLOT_LEN);
+        let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
+            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+        let [headers4, headers6] = &mut self.recv_headers;
+        let headers = if ipv6 { headers6 } else { headers4 };
+        let results = recvmmsg(fd, headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)?;
+        let mut n = 0;
+        for (msg, slot) in results.zip(self.received.iter_mut()) {
+            *slot = Received {
+                len: msg.bytes.min(SLOT_LEN),
+                from: msg.address.as_ref().and_then(socket_addr),
+                truncated: msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.bytes > SLOT_LEN,
+            };
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Notes that slot `i` holds `len` bytes to send to `to`.
+    pub fn set(&mut self, i: usize, len: usize, to: SocketAddr) {
+        if let (Some(l), Some(d)) = (self.lens.get_mut(i), self.dsts.get_mut(i)) {
+            *l = len.min(SLOT_LEN);
+            *d = Some(SockaddrStorage::from(to));
+        }
+    }
+
+    /// The destination noted for slot `i`.
+    pub fn destination(&self, i: usize) -> Option<SocketAddr> {
+        self.dsts.get(i).copied().flatten().as_ref().and_then(socket_addr)
+    }
+
+    /// Sends the first `count` slots (noted with [`Batch::set`]) in order, each on the
+    /// socket of its family (`fd4`, `fd6`); how many the kernel took and how many it
+    /// refused (counted and dropped: the rest still go, as one datagram at a time would).
+    pub fn send_all(&mut self, count: usize, fd4: Option<RawFd>, fd6: Option<RawFd>) -> (u64, u64) {
+        let count = count.min(BATCH);
+        let (mut sent, mut failed) = (0u64, 0u64);
+        let mut i = 0;
+        while i < count {
+            let v4 = self.destination(i).is_some_and(|d| d.is_ipv4());
+            let Some(fd) = (if v4 { fd4 } else { fd6 }) else {
+                failed += 1;
+                i += 1;
+                continue;
+            };
+            let run = self.segment_run(i, count);
+            if run.len() >= 2 {
+                match self.send_segmented(fd, run.clone()) {
+                    Ok(()) => {
+                        sent += run.len() as u64;
+                        i = run.end;
+                        continue;
+                    }
+                    Err(e @ (Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP)) => {
+                        log::info!("UDP segmentation offload refused ({e}): sending datagrams one by one");
+                        self.offload = false;
+                    }
+                    // Too big for the route's MTU, or no room: each goes on its own below.
+                    Err(_) => {}
+                }
+            }
+            // One by one (many per call): this run, and what follows up to the next run
+            // that can be segmented or the next datagram of the other family.
+            let mut end = run.end.max(i + 1);
+            while end < count
+                && self.destination(end).is_some_and(|d| d.is_ipv4()) == v4
+                && self.segment_run(end, count).len() < 2
+            {
+                end += 1;
+            }
+            let mut j = i;
+            while j < end {
+                match self.send(fd, j..end) {
+                    Ok(k) if k > 0 => {
+                        sent += k as u64;
+                        j += k;
+                    }
+                    _ => {
+                        failed += 1;
+                        j += 1;
+                    }
+                }
+            }
+            i = end;
+        }
+        (sent, failed)
+    }
+
+    /// The slots from `start` that can go as one segmented message: one destination, the
+    /// length of the first, except the last, which may be shorter. Just `start` when
+    /// offload is off or the first is too large to be sent without fragmentation.
+    fn segment_run(&self, start: usize, count: usize) -> Range<usize> {
+        let (Some(dst), Some(&seg)) = (self.dsts.get(start).copied().flatten(), self.lens.get(start)) else {
+            return start..start + 1;
+        };
+        let seg_max = if dst.as_sockaddr_in().is_some() { SEGMENT_MAX_V4 } else { SEGMENT_MAX_V6 };
+        if !self.offload || seg == 0 || seg > seg_max {
+            return start..start + 1;
+        }
+        let mut end = start + 1;
+        let mut total = seg;
+        while end < count {
+            let (Some(d), Some(&len)) = (self.dsts.get(end).copied().flatten(), self.lens.get(end)) else { break };
+            if d != dst || len > seg || len == 0 || total + len > SEGMENTED_MAX {
+                break;
+            }
+            total += len;
+            end += 1;
+            if len < seg {
+                break; // a shorter one ends the run
+            }
+        }
+        start..end
+    }
+
+    /// Sends the slots `run` to their one destination as one message that the kernel cuts
+    /// into datagrams of the first slot's length.
+    fn send_segmented(&mut self, fd: RawFd, run: Range<usize>) -> nix::Result<()> {
+        let seg = self.lens.get(run.start).copied().unwrap_or(0);
+        let seg = u16::try_from(seg).map_err(|_| Errno::EMSGSIZE)?;
+        let mut iovs: [IoSlice<'_>; BATCH] = std::array::from_fn(|_| IoSlice::new(&[]));
+        for ((iov, i), chunk) in iovs.iter_mut().zip(run.clone()).zip(self.bufs.chunks_exact(SLOT_LEN).skip(run.start))
+        {
+            let len = self.lens.get(i).copied().unwrap_or(0);
+            *iov = IoSlice::new(chunk.get(..len).unwrap_or_default());
+        }
+        let iovs = iovs.get(..run.len()).unwrap_or_default();
+        let dst = self.dsts.get(run.start..run.start + 1).unwrap_or_default();
+        let message = [iovs];
+        let cmsgs = [ControlMessage::UdpGsoSegments(&seg)];
+        let sent = sendmmsg(fd, &mut self.segmented, message.iter(), dst, cmsgs, MsgFlags::MSG_DONTWAIT)?;
+        if sent.count() == 1 {
+            Ok(())
+        } else {
+            Err(Errno::EAGAIN)
+        }
+    }
+
+    /// Sends the slots `range` one datagram each, in one call; how many of them, from the
+    /// first, the kernel took. An error means the first of them was not sent.
+    fn send(&mut self, fd: RawFd, range: Range<usize>) -> nix::Result<usize> {
+        let range = range.start.min(BATCH)..range.end.min(BATCH);
+        let mut iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|_| [IoSlice::new(&[])]);
+        for ((iov, i), chunk) in
+            iovs.iter_mut().zip(range.clone()).zip(self.bufs.chunks_exact(SLOT_LEN).skip(range.start))
+        {
+            let len = self.lens.get(i).copied().unwrap_or(0);
+            *iov = [IoSlice::new(chunk.get(..len).unwrap_or_default())];
+        }
+        let iovs = iovs.get(..range.len()).unwrap_or_default();
+        let dsts = self.dsts.get(range).unwrap_or_default();
+        let no_cmsgs: [ControlMessage<'_>; 0] = [];
+        let sent = sendmmsg(fd, &mut self.headers, iovs, dsts, no_cmsgs, MsgFlags::MSG_DONTWAIT)?;
+        Ok(sent.count())
+    }
+}
+
+fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(a) = s.as_sockaddr_in() {
+        return Some(SocketAddr::from(std::net::SocketAddrV4::from(*a)));
+    }
+    s.as_sockaddr_in6().map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// Sends `lens[i]` bytes of value `i` from slot `i` and returns the datagrams received.
+    fn round_trip(out: Batch, lens: &[usize]) -> Vec<Vec<u8>> {
+        let mut out = out;
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        for (i, len) in lens.iter().enumerate() {
+            out.slot_mut(i)[..*len].fill(i as u8);
+            out.set(i, *len, to);
+        }
+        assert_eq!(out.destination(0), Some(to));
+        assert_eq!(out.send_all(lens.len(), Some(tx.as_raw_fd()), None), (lens.len() as u64, 0));
+
+        let mut inb = Batch::new();
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            match inb.recv(rx.as_raw_fd(), false) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let r = inb.received(i);
+                        assert_eq!(r.from, Some(tx.local_addr().unwrap()));
+                        assert!(!r.truncated);
+                        got.push(inb.slot_mut(i)[..r.len].to_vec());
+                    }
+                }
+                Err(Errno::EAGAIN) if got.len() == lens.len() => break,
+                Err(Errno::EAGAIN) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        got
+    }
+
+    fn check(got: &[Vec<u8>], lens: &[usize]) {
+        assert_eq!(got.len(), lens.len());
+        for (i, (d, len)) in got.iter().zip(lens).enumerate() {
+            assert_eq!(d.len(), *len, "datagram {i}");
+            assert!(d.iter().all(|b| *b == i as u8), "datagram {i}");
+        }
+    }
+
+    #[test]
+    fn datagrams_go_out_and_come_back_in_order() {
+        let lens = [100, 101, 102, 103, 104];
+        check(&round_trip(Batch::new().without_offload(), &lens), &lens);
+        check(&round_trip(Batch::new(), &lens), &lens);
+    }
+
+    #[test]
+    fn runs_of_one_length_are_segmented_into_the_same_datagrams() {
+        // Two runs (the second ends with a shorter one), a datagram too large to be
+        // segmented, and single ones.
+        let lens = [1200, 1200, 1200, 700, 1400, 1400, 3000, 60, 60, 60, 50, 80];
+        let b = Batch::new();
+        assert_eq!(b.segment_run(0, 0), 0..1);
+        check(&round_trip(Batch::new(), &lens), &lens);
+        check(&round_trip(Batch::new().without_offload(), &lens), &lens);
+    }
+
+    #[test]
+    fn a_run_stops_at_another_length_or_destination() {
+        let mut b = Batch::new();
+        let x: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let y: SocketAddr = "192.0.2.2:4000".parse().unwrap();
+        for (i, (len, to)) in [(1000, x), (1000, x), (900, x), (1000, x), (1000, y), (1000, y), (1001, y), (2000, y)]
+            .into_iter()
+            .enumerate()
+        {
+            b.set(i, len, to);
+        }
+        assert_eq!(b.segment_run(0, 8), 0..3);
+        assert_eq!(b.segment_run(3, 8), 3..4);
+        assert_eq!(b.segment_run(4, 8), 4..6);
+        assert_eq!(b.segment_run(6, 8), 6..7);
+        assert_eq!(b.segment_run(7, 8), 7..8, "over the link MTU: not segmented");
+        assert_eq!(b.without_offload().segment_run(0, 8), 0..1);
+    }
+
+    /// One batch serves both tunnel sockets: the kernel's note of the last sender's
+    /// address length (16 bytes for IPv4) must not cut the next IPv6 sender short.
+    #[test]
+    fn one_batch_receives_from_both_families() {
+        let mut inb = Batch::new();
+        for addr in ["127.0.0.1:0", "[::1]:0", "127.0.0.1:0", "[::1]:0"] {
+            let ipv6 = addr.starts_with('[');
+            let rx = std::net::UdpSocket::bind(addr).unwrap();
+            rx.set_nonblocking(true).unwrap();
+            let tx = std::net::UdpSocket::bind(addr).unwrap();
+            for _ in 0..3 {
+                tx.send_to(b"hello", rx.local_addr().unwrap()).unwrap();
+            }
+            let mut got = 0;
+            for _ in 0..100 {
+                match inb.recv(rx.as_raw_fd(), ipv6) {
+                    Ok(n) => {
+                        for i in 0..n {
+                            assert_eq!(inb.received(i).from, Some(tx.local_addr().unwrap()), "from {addr}");
+                        }
+                        got += n;
+                    }
+                    Err(_) if got == 3 => break,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+            assert_eq!(got, 3);
+        }
+    }
+
+    #[test]
+    fn a_datagram_larger_than_a_slot_is_marked_truncated() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(&vec![1u8; SLOT_LEN + 10], rx.local_addr().unwrap()).unwrap();
+        let mut inb = Batch::new();
+        let mut n = 0;
+        for _ in 0..100 {
+            match inb.recv(rx.as_raw_fd(), false) {
+                Ok(k) => {
+                    n = k;
+                    break;
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+        assert_eq!(n, 1);
+        assert!(inb.received(0).truncated);
+        assert_eq!(inb.received(0).len, SLOT_LEN);
+    }
+}
