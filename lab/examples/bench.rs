@@ -634,32 +634,38 @@ enum NtmBuild {
 impl NtmBuild {
     const ALL: [NtmBuild; 2] = [NtmBuild::Size, NtmBuild::Speed];
 
-    fn name(self) -> &'static str {
+    /// Its row name, Cargo profile, short tag, and the command that builds it.
+    fn spec(self) -> [&'static str; 4] {
         match self {
-            NtmBuild::Size => "ntmobile direct (AES-128-CCM), size build (release, opt-level z)",
-            NtmBuild::Speed => "ntmobile direct (AES-128-CCM), speed build (profile speed, opt-level 3)",
+            NtmBuild::Size => [
+                "ntmobile direct (AES-128-CCM), size build (release, opt-level z)",
+                "release",
+                "z",
+                "cargo build --release -p ntm-agent",
+            ],
+            NtmBuild::Speed => [
+                "ntmobile direct (AES-128-CCM), speed build (profile speed, opt-level 3)",
+                "speed",
+                "o3",
+                "cargo build --profile speed -p ntm-agent",
+            ],
         }
+    }
+
+    fn name(self) -> &'static str {
+        self.spec()[0]
     }
 
     fn profile(self) -> &'static str {
-        match self {
-            NtmBuild::Size => "release",
-            NtmBuild::Speed => "speed",
-        }
+        self.spec()[1]
     }
 
     fn tag(self) -> &'static str {
-        match self {
-            NtmBuild::Size => "z",
-            NtmBuild::Speed => "o3",
-        }
+        self.spec()[2]
     }
 
     fn how(self) -> &'static str {
-        match self {
-            NtmBuild::Size => "cargo build --release -p ntm-agent",
-            NtmBuild::Speed => "cargo build --profile speed -p ntm-agent",
-        }
+        self.spec()[3]
     }
 
     /// Where this build's `ntmd` is: the release binaries' directory, or its sibling
