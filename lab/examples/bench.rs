@@ -22,6 +22,7 @@
 //! only) and is removed at the end, also on Ctrl-C; every wait is bounded.
 
 use ntm_lab::deploy::{read_status, Access, Deployment, NatKind};
+use ntm_lab::stream::LineStream;
 use ntm_lab::{have, Lab, Ns};
 use ntm_proto::engine::account::DEFAULT_KEY_LIFETIME;
 use serde_json::{json, Value};
@@ -29,7 +30,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const B_NAME: &str = "b.zone-b.test";
@@ -960,9 +961,6 @@ fn part_relay(d: &mut Deployment, o: &Opts, cap: &mut Table) -> Table {
 // Part: handover
 // ---------------------------------------------------------------------------------------
 
-/// Echo arrivals of the line stream: (wall time, line number).
-type Echoes = Arc<Mutex<Vec<(f64, u64)>>>;
-
 fn part_handover(d: &mut Deployment, o: &Opts) -> Table {
     let mut t =
         Table::new("Handover (box a moves between two links)", &["what", "median ms", "max ms", "runs", "notes"]);
@@ -1021,51 +1019,21 @@ fn handover(d: &mut Deployment, o: &Opts) -> Res<(Vec<f64>, Vec<f64>, u64, usize
     let count = (total_secs * 100).to_string();
     let pinger =
         d.lab.spawn(&a, "ho-ping", &["ping", "-q", "-i", "0.01", "-c", &count, "-W", "1", &b4], &[]).map_err(e2s)?;
-    let p = d
-        .lab
-        .spawn_piped(&a, "ho-stream", &["socat", "-T", "120", "-", &format!("TCP4:{B_NAME}:7000")])
-        .map_err(e2s)?;
-    let mut input = d.lab.proc(p).take_stdin().ok_or("socat stdin")?;
-    let output = d.lab.proc(p).take_stdout().ok_or("socat stdout")?;
-    let echoes: Echoes = Arc::default();
-    let reader = {
-        let echoes = echoes.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(output).lines() {
-                let Ok(line) = line else { break };
-                if let Some(n) = line.strip_prefix("line ").and_then(|n| n.parse().ok()) {
-                    if let Ok(mut e) = echoes.lock() {
-                        e.push((wall(), n));
-                    }
-                }
-            }
-        })
-    };
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            for n in 0..(total_secs * 100) {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) || writeln!(input, "line {n}").is_err() {
-                    break;
-                }
-                let _ = input.flush();
-                // Paced against the start, so the rate stays 100 lines/s.
-                let next = Duration::from_millis(10 * (n + 1));
-                if let Some(w) = next.checked_sub(start.elapsed()) {
-                    std::thread::sleep(w);
-                }
-            }
-        })
-    };
-    let n_echoes = || echoes.lock().map(|e| e.len()).unwrap_or(0);
-    if !d.lab.wait_for(10, || n_echoes() >= 50) {
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let stream = LineStream::start_paced(
+        d,
+        0,
+        &format!("TCP4:{B_NAME}:7000"),
+        Duration::from_millis(10),
+        Duration::from_secs(total_secs),
+    )
+    .map_err(e2s)?;
+    if !d.lab.wait_for(10, || stream.count() >= 50) {
+        let _ = stream.finish(d);
         return Err("the echoed line stream did not start".into());
     }
     let batch_dir = d.lab.dir().to_path_buf();
-    let mut moves: Vec<(f64, &str, &str)> = Vec::new();
+    // (wall time for the captures, the same moment for the echoes, new link, new address)
+    let mut moves: Vec<(f64, Instant, &str, &str)> = Vec::new();
     let mut failure = None;
     for k in 0..o.moves {
         // Odd moves go to eth1, even ones back to eth0.
@@ -1081,20 +1049,18 @@ fn handover(d: &mut Deployment, o: &Opts) -> Res<(Vec<f64>, Vec<f64>, u64, usize
             failure = Some(e.to_string());
             break;
         }
-        let t0 = wall();
+        let (t0, at) = (wall(), Instant::now());
         if let Err(e) = d.lab.exec(&a, &["ip", "-batch", &batch.to_string_lossy()]) {
             failure = Some(format!("move {k}: {e}"));
             break;
         }
-        moves.push((t0, new_if, new_ip));
+        moves.push((t0, at, new_if, new_ip));
         std::thread::sleep(Duration::from_secs_f64(settle));
     }
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = writer.join();
-    d.lab.proc(p).stop();
+    let got = stream.echoes();
+    let _ = stream.finish(d);
     d.lab.proc(pinger).stop();
-    let _ = reader.join();
     d.lab.stop_capture("ho-eth0");
     d.lab.stop_capture("ho-eth1");
     d.lab.stop_capture("ho-tun");
@@ -1104,7 +1070,7 @@ fn handover(d: &mut Deployment, o: &Opts) -> Res<(Vec<f64>, Vec<f64>, u64, usize
 
     // First datagram from box b's tunnel port to the new address on the new link.
     let mut first = Vec::new();
-    for (t0, iface, ip) in &moves {
+    for (t0, _, iface, ip) in &moves {
         let pcap = d.lab.dir().join(format!("ho-{iface}.pcap"));
         let out = Command::new("tcpdump")
             .args(["-tt", "-n", "-r"])
@@ -1121,16 +1087,15 @@ fn handover(d: &mut Deployment, o: &Opts) -> Res<(Vec<f64>, Vec<f64>, u64, usize
             first.push(h);
         }
     }
-    // Longest gap between echoes from 0.5 s before each move to the next move.
-    let got = echoes.lock().map(|e| e.clone()).unwrap_or_default();
+    // Longest gap between two echoes, the second after the move and the first before the next.
     let lost = got.iter().enumerate().filter(|(i, (_, n))| *n != *i as u64).count() as u64;
     let mut stall = Vec::new();
-    for (k, (t0, _, _)) in moves.iter().enumerate() {
-        let end = moves.get(k + 1).map(|m| m.0).unwrap_or(f64::MAX);
+    for (k, (_, at, _, _)) in moves.iter().enumerate() {
+        let end = moves.get(k + 1).map(|m| m.1);
         let gap = got
             .windows(2)
-            .filter(|w| w[1].0 > *t0 && w[0].0 < end && w[1].0 > t0 - 0.5)
-            .map(|w| w[1].0 - w[0].0)
+            .filter(|w| w[1].0 > *at && end.is_none_or(|e| w[0].0 < e))
+            .map(|w| w[1].0.duration_since(w[0].0).as_secs_f64())
             .fold(0.0, f64::max);
         stall.push(gap);
     }

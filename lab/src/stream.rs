@@ -1,5 +1,6 @@
 //! A long-lived TCP connection from a box, for tests of what applications see: socat
-//! carries a numbered line every 50 ms to an echo server; every echoed line is timed.
+//! carries a numbered line every 50 ms (or as asked) to an echo server; every echoed line is
+//! timed.
 //! The longest gap between echoes is the stall an application sees (a handover, an
 //! upgrade, a server restart), and the end tells whether the connection was reset.
 
@@ -47,6 +48,18 @@ impl LineStream {
     /// Connects from box `i` to `target` (a socat address, e.g. `TCP4:b.zone-b.test:7000`,
     /// names resolved through the box's DNS hook) and starts the lines.
     pub fn start(d: &mut Deployment, i: usize, target: &str) -> Result<LineStream> {
+        Self::start_paced(d, i, target, EVERY, MAX_RUN)
+    }
+
+    /// As [`LineStream::start`], with one line every `every` (paced against the start, so
+    /// the rate holds) for at most `run_for`.
+    pub fn start_paced(
+        d: &mut Deployment,
+        i: usize,
+        target: &str,
+        every: Duration,
+        run_for: Duration,
+    ) -> Result<LineStream> {
         let ns = d.boxes[i].ns.clone();
         let proc = d.lab.spawn_piped(&ns, "stream", &["socat", "-T", "90", "-", target])?;
         let (Some(mut input), Some(output)) = (d.lab.proc(proc).take_stdin(), d.lab.proc(proc).take_stdout()) else {
@@ -70,14 +83,16 @@ impl LineStream {
         let writer = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let end = Instant::now() + MAX_RUN;
-                let mut n = 0u64;
-                while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                let mut n = 0u32;
+                while start.elapsed() < run_for && !stop.load(Ordering::Relaxed) {
                     if writeln!(input, "line {n}").and_then(|()| input.flush()).is_err() {
                         break;
                     }
                     n += 1;
-                    std::thread::sleep(EVERY);
+                    if let Some(wait) = (every * n).checked_sub(start.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
                 }
             })
         };
@@ -87,6 +102,11 @@ impl LineStream {
     /// Lines echoed so far.
     pub fn count(&self) -> usize {
         self.echoes.lock().map(|e| e.len()).unwrap_or(0)
+    }
+
+    /// Every echo so far: (when it came back, the line's number).
+    pub fn echoes(&self) -> Vec<(Instant, u64)> {
+        self.echoes.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
     /// The longest time between two echoes, counting those that came after `t`.
