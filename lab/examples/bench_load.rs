@@ -166,6 +166,17 @@ fn registration(n: &mut LoadNode, i: usize, local: SocketAddr) -> Res<Vec<u8>> {
     n.channel.seal(proto_now(), &msg).map_err(err("seal"))
 }
 
+/// The requests of `pending` unanswered for more than 500 ms, stamped `now` again: the
+/// caller sends them again.
+fn due_again(pending: &mut HashMap<usize, Instant>, now: Instant) -> Vec<usize> {
+    let late: Vec<usize> =
+        pending.iter().filter(|(_, t)| now.duration_since(**t) > Duration::from_millis(500)).map(|(i, _)| *i).collect();
+    for i in &late {
+        pending.insert(*i, now);
+    }
+    late
+}
+
 /// Registers the nodes over UDP with at most `window` requests outstanding, resending what
 /// is unanswered after 500 ms. No new node is started after `stop_at`; answers are awaited
 /// until `give_up`. Returns (registered, refused, seconds from start to the last answer).
@@ -196,15 +207,9 @@ fn register_all(
             pending.insert(next, Instant::now());
             next += 1;
         }
-        let late: Vec<usize> = pending
-            .iter()
-            .filter(|(_, t)| now.duration_since(**t) > Duration::from_millis(500))
-            .map(|(i, _)| *i)
-            .collect();
-        for i in late {
+        for i in due_again(&mut pending, now) {
             let bytes = registration(&mut nodes[i], i, local)?;
             sock.send(&bytes).map_err(err("send"))?;
-            pending.insert(i, now);
         }
         loop {
             let n = match sock.recv(&mut buf) {
@@ -411,14 +416,8 @@ fn ns_daemon(args: &[String]) -> Res<()> {
                 next += 1;
             }
             let now = Instant::now();
-            let late: Vec<usize> = pending
-                .iter()
-                .filter(|(_, t)| now.duration_since(**t) > Duration::from_millis(500))
-                .map(|(i, _)| *i)
-                .collect();
-            for i in late {
+            for i in due_again(&mut pending, now) {
                 send_key(i, &mut to_ns)?;
-                pending.insert(i, now);
             }
             while let Ok(n) = sock.recv(&mut buf) {
                 if let Ok((_, Message::NsKeyAck(a))) = to_ns.open(proto_now(), &buf[..n]) {
