@@ -29,21 +29,9 @@ if [ "$(id -u)" != 0 ]; then
 	exit 0
 fi
 if [ "$install" = 1 ]; then
-	missing=""
-	for t in ip:iproute2 nsd:nsd dig:dnsutils ping:iputils-ping iperf3:iperf3 socat:socat \
+	install_missing ip:iproute2 nsd:nsd dig:dnsutils ping:iputils-ping iperf3:iperf3 socat:socat \
 		tcpdump:tcpdump nft:nftables prlimit:util-linux wireguard-go:wireguard-go wg:wireguard-tools \
-		fastd:fastd strip:binutils file:file; do
-		cmd=${t%%:*}
-		command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing="$missing ${t#*:}"
-	done
-	if [ -n "$missing" ]; then
-		echo "installing:$missing" >&2
-		# No service may start from a package (fastd ships one).
-		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-		# shellcheck disable=SC2086 # a list of package names
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
-		rm -f /usr/sbin/policy-rc.d
-	fi
+		fastd:fastd strip:binutils file:file
 	command -v boringtun-cli >/dev/null 2>&1 || cargo install --locked boringtun-cli
 fi
 cargo build --release --locked -q --workspace --bins

@@ -12,16 +12,6 @@ if [ "${1:-}" = "--sim" ] || [ "$(id -u)" != 0 ]; then
 	[ "$(id -u)" != 0 ] && echo "not root: running the simulator demo instead of namespaces" >&2
 	exec cargo run --release --locked -q -p ntm-sim --example demo -- "$@"
 fi
-missing=""
-for t in ip:iproute2 nsd:nsd dig:dnsutils ping:iputils-ping iperf3:iperf3; do
-	cmd=${t%%:*}
-	command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing="$missing ${t#*:}"
-done
-if [ -n "$missing" ]; then
-	echo "installing:$missing" >&2
-	printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
-	rm -f /usr/sbin/policy-rc.d
-fi
+install_missing ip:iproute2 nsd:nsd dig:dnsutils ping:iputils-ping iperf3:iperf3
 cargo build --release --locked -q --workspace --bins
 exec cargo run --release --locked -q -p ntm-lab --example netdemo
