@@ -23,7 +23,7 @@
 
 use ntm_lab::deploy::{read_status, Access, Deployment, NatKind};
 use ntm_lab::stream::LineStream;
-use ntm_lab::{have, Lab, Ns};
+use ntm_lab::{find_tool, have, is_root, Lab, Ns};
 use ntm_proto::engine::account::DEFAULT_KEY_LIFETIME;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -460,7 +460,7 @@ impl Peer {
 
 /// `have`, also looking in ~/.cargo/bin (where `cargo install` puts boringtun-cli).
 fn have_tool(t: &str) -> bool {
-    have(t) || tool_path(t).is_some()
+    tool_path(t).is_some()
 }
 
 fn tool_path(t: &str) -> Option<PathBuf> {
@@ -469,11 +469,7 @@ fn tool_path(t: &str) -> Option<PathBuf> {
     if p.is_file() {
         return Some(p);
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(t))
-        .find(|p| p.is_file())
+    find_tool(t)
 }
 
 fn tool(t: &str) -> String {
@@ -2025,12 +2021,6 @@ fn run(o: &Opts) -> Res<(String, bool)> {
         md.push('\n');
     }
     Ok((md, failed))
-}
-
-/// The effective user id is 0 (read from /proc: no libc here).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)) == Some("0"))
 }
 
 fn main() -> ExitCode {

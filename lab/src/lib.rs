@@ -63,10 +63,21 @@ pub type Result<T> = std::result::Result<T, LabError>;
 
 /// True if `tool` is on PATH (or in the sbin directories).
 pub fn have(tool: &str) -> bool {
+    find_tool(tool).is_some()
+}
+
+/// Where `tool` is on PATH (or in the sbin directories).
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .any(|d| d.join(tool).is_file())
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// True if the effective user is root (what the lab needs).
+pub fn is_root() -> bool {
+    unsafe_euid() == 0
 }
 
 fn run(cmd: &mut Command) -> Result<Output> {
@@ -257,7 +268,7 @@ fn reap_stale() {
 impl Lab {
     /// A new lab, or why it cannot run here (callers skip with a notice).
     pub fn new(label: &str) -> Result<Lab> {
-        if !Path::new("/proc/self/ns/net").exists() || unsafe_euid() != 0 {
+        if !Path::new("/proc/self/ns/net").exists() || !is_root() {
             return Err(LabError::NotRoot);
         }
         if !have("ip") {
