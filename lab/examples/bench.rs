@@ -1165,27 +1165,33 @@ fn setup_rows(t: &mut Table, name: &str, r: Res<(Vec<f64>, Vec<f64>)>) {
 // Part: idle traffic
 // ---------------------------------------------------------------------------------------
 
-const COUNTERS: &str = "table inet ntmbench
-delete table inet ntmbench
-table inet ntmbench {
-  chain in {
-    type filter hook input priority 0; policy accept;
-    iifname \"eth0\" udp dport 4500 counter comment \"ntm-udp\"
-    iifname \"eth0\" tcp sport 4463 counter comment \"ntm-ns\"
-    iifname \"eth0\" tcp sport 4443 counter comment \"ntm-as\"
-    iifname \"eth0\" udp dport 51820 counter comment \"wg\"
-    iifname \"eth0\" counter comment \"all\"
-  }
-  chain out {
-    type filter hook output priority 0; policy accept;
-    oifname \"eth0\" udp sport 4500 counter comment \"ntm-udp\"
-    oifname \"eth0\" tcp dport 4463 counter comment \"ntm-ns\"
-    oifname \"eth0\" tcp dport 4443 counter comment \"ntm-as\"
-    oifname \"eth0\" udp sport 51820 counter comment \"wg\"
-    oifname \"eth0\" counter comment \"all\"
-  }
+/// What the idle part counts on a box's uplink: (protocol, port, whether the port is the
+/// box's own, counter comment). Each gets a counter per direction; "all" counts everything.
+const COUNTED: [(&str, u16, bool, &str); 4] = [
+    ("udp", 4500, true, "ntm-udp"),
+    ("tcp", 4463, false, "ntm-ns"),
+    ("tcp", 4443, false, "ntm-as"),
+    ("udp", 51820, true, "wg"),
+];
+
+/// The nftables counters of [`COUNTED`] on eth0, both directions.
+fn counters_ruleset() -> String {
+    let chain = |name: &str, hook: &str, dev: &str, incoming: bool| {
+        let mut c = format!("  chain {name} {{\n    type filter hook {hook} priority 0; policy accept;\n");
+        for (proto, port, own, comment) in COUNTED {
+            // The box's own port is the destination of what comes in, the source of what goes out.
+            let side = if own == incoming { "dport" } else { "sport" };
+            let _ = writeln!(c, "    {dev} \"eth0\" {proto} {side} {port} counter comment \"{comment}\"");
+        }
+        let _ = writeln!(c, "    {dev} \"eth0\" counter comment \"all\"\n  }}");
+        c
+    };
+    format!(
+        "table inet ntmbench\ndelete table inet ntmbench\ntable inet ntmbench {{\n{}{}}}\n",
+        chain("in", "input", "iifname", true),
+        chain("out", "output", "oifname", false)
+    )
 }
-";
 
 /// (packets, bytes) by counter comment, both directions summed.
 fn counters(lab: &Lab, ns: &Ns) -> std::collections::HashMap<String, (u64, u64)> {
@@ -1270,7 +1276,7 @@ fn idle(o: &Opts, ns_interval: u64) -> Res<Vec<Vec<String>>> {
     d.restart_server("ns").map_err(e2s)?;
     let (a, b, srv) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone(), d.srv.clone());
     for ns in [&a, &b] {
-        d.lab.nft(ns, COUNTERS).map_err(e2s)?;
+        d.lab.nft(ns, &counters_ruleset()).map_err(e2s)?;
     }
     // Beside box a's agent: wireguard-go to a peer in the server namespace, with the
     // persistent keepalive of 25 s that peers behind NAT use. Started before the agent.
