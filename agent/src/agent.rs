@@ -19,12 +19,14 @@ use crate::batch::{Batch, BATCH, SLOT_LEN};
 use crate::config::{AgentFile, Route};
 use crate::control::Json;
 use crate::dnsstub::{Dest, DnsStub, Outcome, StubConfig};
+use crate::held::Held;
 use crate::icmp;
 use crate::netlink::{usable_local_addrs, ChangeDebounce, Netlink};
 use crate::tls::{ClientCert, LoginTls, LoginTlsConfig, LoginTlsError};
 use mio::net::{TcpStream, UdpSocket, UnixListener};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use ntm_proto::crypto::pk::KeyPair;
@@ -116,6 +118,8 @@ pub struct Agent {
     ns_conn: Option<NsConn>,
     netlink: Netlink,
     debounce: ChangeDebounce,
+    /// Sealed datagrams the kernel refused for want of a route, to be sent again.
+    held: Held,
     local_addrs: Vec<SocketAddr>,
     control: UnixListener,
     signals: SignalFd,
@@ -414,6 +418,7 @@ impl Agent {
             ns_conn: None,
             netlink,
             debounce: ChangeDebounce::default(),
+            held: Held::default(),
             local_addrs,
             control,
             signals,
@@ -487,6 +492,7 @@ impl Agent {
             self.stub.poll_timeout(),
             self.locator.poll_timeout(),
             self.debounce.deadline().map(|t| self.engine_time(t)),
+            self.held.deadline().map(|t| self.engine_time(t)),
         ]
         .into_iter()
         .flatten()
@@ -528,6 +534,9 @@ impl Agent {
         }
         if self.debounce.due(std::time::Instant::now()) {
             self.network_changed(now);
+        }
+        if self.held.deadline().is_some_and(|t| t <= std::time::Instant::now()) {
+            self.send_held();
         }
     }
 
@@ -649,13 +658,39 @@ impl Agent {
     }
 
     /// Sends the first `count` slots of the send batch, in order, on the socket of each
-    /// one's family. A datagram the kernel refuses is counted and dropped; the rest go.
+    /// one's family. A datagram the kernel refuses for want of a route is held (see
+    /// held.rs); any other it refuses is counted and dropped. The rest go.
     fn send_sealed(&mut self, count: usize) {
         let fd4 = self.udp4.as_ref().map(|s| s.as_raw_fd());
         let fd6 = self.udp6.as_ref().map(|s| s.as_raw_fd());
-        let (sent, failed) = self.tx.send_all(count, fd4, fd6);
+        let (held, now) = (&mut self.held, std::time::Instant::now());
+        let mut kept = 0;
+        let (sent, failed) = self.tx.send_all(count, fd4, fd6, |to, bytes, e| {
+            if held.hold(now, to, bytes, e) {
+                kept += 1;
+            }
+        });
         self.counters.udp_out += sent;
-        self.counters.send_errors += failed;
+        self.counters.send_errors += failed.saturating_sub(kept);
+        // Something went out: the route may be back for what is held too.
+        if sent > 0 && !self.held.is_empty() {
+            self.send_held();
+        }
+    }
+
+    /// Tries the datagrams held for want of a route again.
+    fn send_held(&mut self) {
+        let (udp4, udp6) = (self.udp4.as_ref(), self.udp6.as_ref());
+        let before = self.held.stats().sent;
+        self.held.retry(std::time::Instant::now(), |to, bytes| {
+            let sock = if to.is_ipv4() { udp4 } else { udp6 };
+            match sock.map(|s| s.send_to(bytes, to)) {
+                Some(Ok(_)) => Ok(()),
+                Some(Err(e)) => Err(e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)),
+                None => Err(Errno::EAFNOSUPPORT),
+            }
+        });
+        self.counters.udp_out += self.held.stats().sent - before;
     }
 
     fn read_dns_client(&mut self) {
@@ -696,6 +731,10 @@ impl Agent {
         match self.netlink.read_events() {
             Ok(events) if !events.is_empty() => {
                 self.debounce.note(std::time::Instant::now());
+                // An address or route came or went: what was refused may go now.
+                if !self.held.is_empty() {
+                    self.send_held();
+                }
             }
             Ok(_) => {}
             Err(e) => log::warn!("netlink: {e}"),
@@ -1083,6 +1122,10 @@ impl Agent {
             .num("send_errors", c.send_errors)
             .num("oversized", c.oversized)
             .num("network_changes", c.network_changes)
+            .num("held_no_route", self.held.stats().held)
+            .num("held_sent", self.held.stats().sent)
+            .num("held_dropped", self.held.stats().dropped)
+            .num("resent_to_moved_peer", self.node.resent_packets())
             .num("tls_failures", c.tls_failures)
             .num("netlink_undecodable", self.netlink.undecodable())
             .close();

@@ -157,14 +157,22 @@ impl Batch {
 
     /// Sends the first `count` slots (noted with [`Batch::set`]) in order, each on the
     /// socket of its family (`fd4`, `fd6`); how many the kernel took and how many it
-    /// refused (counted and dropped: the rest still go, as one datagram at a time would).
-    pub fn send_all(&mut self, count: usize, fd4: Option<RawFd>, fd6: Option<RawFd>) -> (u64, u64) {
+    /// refused (the rest still go, as one datagram at a time would). Each refused one is
+    /// shown to `refused` with its destination, bytes and error.
+    pub fn send_all(
+        &mut self,
+        count: usize,
+        fd4: Option<RawFd>,
+        fd6: Option<RawFd>,
+        mut refused: impl FnMut(SocketAddr, &[u8], Errno),
+    ) -> (u64, u64) {
         let count = count.min(BATCH);
         let (mut sent, mut failed) = (0u64, 0u64);
         let mut i = 0;
         while i < count {
             let v4 = self.destination(i).is_some_and(|d| d.is_ipv4());
             let Some(fd) = (if v4 { fd4 } else { fd6 }) else {
+                self.report(i, Errno::EAFNOSUPPORT, &mut refused);
                 failed += 1;
                 i += 1;
                 continue;
@@ -201,7 +209,8 @@ impl Batch {
                         sent += k as u64;
                         j += k;
                     }
-                    _ => {
+                    r => {
+                        self.report(j, r.err().unwrap_or(Errno::EAGAIN), &mut refused);
                         failed += 1;
                         j += 1;
                     }
@@ -210,6 +219,14 @@ impl Batch {
             i = end;
         }
         (sent, failed)
+    }
+
+    fn report(&self, i: usize, e: Errno, refused: &mut impl FnMut(SocketAddr, &[u8], Errno)) {
+        let len = self.lens.get(i).copied().unwrap_or(0);
+        let bytes = self.bufs.chunks_exact(SLOT_LEN).nth(i).and_then(|c| c.get(..len));
+        if let (Some(to), Some(bytes)) = (self.destination(i), bytes) {
+            refused(to, bytes, e);
+        }
     }
 
     /// The slots from `start` that can go as one segmented message: one destination, the
@@ -338,7 +355,10 @@ mod tests {
             out.set(i, *len, to);
         }
         assert_eq!(out.destination(0), Some(to));
-        assert_eq!(out.send_all(lens.len(), Some(tx.as_raw_fd()), None), (lens.len() as u64, 0));
+        assert_eq!(
+            out.send_all(lens.len(), Some(tx.as_raw_fd()), None, |_, _, e| panic!("{e}")),
+            (lens.len() as u64, 0)
+        );
 
         let mut inb = Batch::new();
         let mut got = Vec::new();

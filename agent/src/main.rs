@@ -16,6 +16,7 @@ mod batch;
 mod config;
 mod control;
 mod dnsstub;
+mod held;
 mod icmp;
 mod netlink;
 mod tls;

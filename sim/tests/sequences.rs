@@ -359,6 +359,49 @@ fn handover_keeps_the_virtual_addresses_and_the_flow() {
 }
 
 #[test]
+fn packets_sent_to_a_moving_peer_before_it_is_heard_from_again_are_sent_again() {
+    let mut d = Deployment::new(23, Options::default());
+    let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    let cn = global(&mut d, "cn.zone-b.example", 11, NodeOpts::default());
+    assert!(d.bring_up(mn) && d.bring_up(cn));
+    assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
+    assert_eq!(d.path(mn, "cn.zone-b.example"), Some(PathKind::Direct));
+    let (from, to) = (d.node(cn).virtual_addrs().unwrap().v4, d.node(mn).virtual_addrs().unwrap().v4);
+    let _ = d.sim.take_ip(mn);
+
+    // The CN sends a packet every 10 ms. The MN moves to new addresses after 25 ms and
+    // notices only 40 ms later, so the CN keeps sending to the old address meanwhile.
+    let new = [ip("198.51.100.77"), ip("2001:db8:100::77")];
+    let mut sent = Vec::new();
+    for k in 0u32..30 {
+        if k == 3 {
+            d.sim.move_host(mn, RealmId::INTERNET, &new);
+        }
+        if k == 7 {
+            let now = d.now();
+            d.node(mn)
+                .handle_network_change(now, new.iter().map(|a| std::net::SocketAddr::new(*a, NODE_PORT)).collect());
+        }
+        let pkt = ipv4_packet(from, to, &k.to_be_bytes());
+        let now = d.now();
+        d.node(cn).send_ip(now, &pkt).unwrap();
+        sent.push(pkt);
+        d.run_for(Duration::from_millis(10));
+    }
+    d.run_for(Duration::from_millis(500));
+
+    // Every packet arrives, once, although some went to the old address.
+    let got = d.sim.take_ip(mn);
+    for (k, p) in sent.iter().enumerate() {
+        assert_eq!(got.iter().filter(|g| *g == p).count(), 1, "packet {k} of {}: got {got:?}", sent.len());
+    }
+    assert!(d.node(cn).resent_packets() >= 3, "resent {}", d.node(cn).resent_packets());
+    // The copies that had arrived after all are refused by the replay window as stale.
+    let stale = d.sim.drops(mn).get(ntm_proto::engine::Drop::Stale);
+    assert!(stale <= d.node(cn).resent_packets(), "stale {stale}");
+}
+
+#[test]
 fn dc_state_is_per_node_and_stray_datagrams_are_counted_not_fatal() {
     let mut d = Deployment::new(16, Options::default());
     let mn = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());

@@ -14,6 +14,7 @@
 
 mod link;
 mod login;
+mod resend;
 mod tunnel;
 
 use super::{
@@ -260,6 +261,10 @@ pub struct Node {
     events: VecDeque<NodeEvent>,
     queries: VecDeque<DnsQuery>,
     drops: DropCounters,
+    /// The last sealed data packets, for a peer that moves.
+    recent: resend::Recent,
+    /// Data packets sent again after a peer moved.
+    resent: u64,
 }
 
 impl core::fmt::Debug for Node {
@@ -303,6 +308,8 @@ impl Node {
             events: VecDeque::new(),
             queries: VecDeque::new(),
             drops: DropCounters::default(),
+            recent: resend::Recent::default(),
+            resent: 0,
         })
     }
 
@@ -350,6 +357,11 @@ impl Node {
     /// The node's configuration.
     pub fn config(&self) -> &NodeConfig {
         &self.cfg
+    }
+
+    /// Data packets sent a second time because their peer had moved (see `resend.rs`).
+    pub fn resent_packets(&self) -> u64 {
+        self.resent
     }
 
     /// Keys the node holds now, as (kind, fingerprint): for status output and for tests of

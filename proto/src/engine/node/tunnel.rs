@@ -873,7 +873,17 @@ impl Node {
             // direct packet moves it too.
         } else {
             log::info!("peer {} of tunnel {} now at {from}", t.peer.fqdn, t.session);
-            t.send_to = Some(from);
+            let (old, session) = (t.send_to.replace(from), t.session);
+            // What went to the old address since the peer left it is lost: send the
+            // recent packets again (see resend.rs).
+            if let Some(old) = old {
+                let mut again = Vec::new();
+                self.recent.redirect(now, session, old, from, |b| again.push(b.to_vec()));
+                self.resent += again.len() as u64;
+                for b in again {
+                    self.transmit(Via::Udp, from, b);
+                }
+            }
         }
     }
 
@@ -899,6 +909,9 @@ impl Node {
         let Some(ch) = t.mncn.as_mut() else { return self.drops.count(Drop::Stale) };
         let range = match ch.open_in_place(now, buf) {
             Ok(r) => r,
+            // A copy of a data packet (the network's, or sent again after a handover)
+            // is a late duplicate; it was delivered once.
+            Err(CryptoError::Replayed) => return self.drops.count(Drop::Stale),
             Err(e) => return self.drops.count(Drop::from(e)),
         };
         let inner = buf.get(range.clone()).unwrap_or(&[]);
@@ -952,6 +965,11 @@ impl Node {
         t.last_tx = now;
         t.last_data = now;
         t.tx_packets += 1;
+        // Only a direct path loses packets to a moving peer; the RS stays where it is.
+        if !t.on_relay {
+            let session = t.session;
+            self.recent.record(now, session, to, buf);
+        }
         Ok(to)
     }
 
@@ -972,6 +990,7 @@ impl Node {
                 i += 1;
             } else {
                 let t = self.tunnels.remove(i);
+                self.recent.forget(t.session);
                 let peer = t.peer.fqdn.clone();
                 let still = self.tunnels.iter().any(|o| o.peer.fqdn == peer && o.is_established());
                 if t.is_established() && !still {

@@ -1,0 +1,157 @@
+//! The last sealed data packets, kept for a moment so that a handover loses none.
+//!
+//! When the peer moves, everything we sent to its old address between its move and the
+//! first packet from its new one is lost. For a bulk transfer TCP repairs that at once
+//! (later segments bring selective acknowledgements), but a quiet, interactive flow loses
+//! its only segment in flight and waits for the retransmission timer: 200 ms or more.
+//! So the node keeps copies of its last few sealed data packets and, when a peer turns up
+//! at a new address, sends the recent ones that went to the old address once more. A copy
+//! that had arrived after all is refused by the peer's replay window (counted as stale);
+//! nothing is delivered twice.
+//!
+//! The copies are ciphertext sealed under K_mncn; no key and no plaintext is kept.
+
+use crate::time::{Duration, Instant};
+use crate::wire::SessionId;
+use core::net::SocketAddr;
+
+/// How many sealed packets are kept, for all tunnels together.
+pub(super) const SLOTS: usize = 32;
+/// How old a packet may be and still be sent again. It covers the peer noticing its own
+/// move and reaching us from the new address; anything older has been retransmitted by
+/// the application's own transport by now.
+pub(super) const WINDOW: Duration = Duration::from_millis(300);
+
+struct Sent {
+    at: Instant,
+    /// None once the session ended.
+    session: Option<SessionId>,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// A ring of the last [`SLOTS`] sealed data packets.
+#[derive(Default)]
+pub(super) struct Recent {
+    slots: Vec<Sent>,
+    /// The slot the next packet overwrites, once all are in use.
+    next: usize,
+}
+
+impl Recent {
+    /// Keeps a copy of a sealed packet sent to `to` for `session`. A slot's buffer is
+    /// reused, so the ring stops allocating once every slot has held a full-size packet.
+    pub(super) fn record(&mut self, at: Instant, session: SessionId, to: SocketAddr, sealed: &[u8]) {
+        if self.slots.len() < SLOTS {
+            self.slots.push(Sent { at, session: Some(session), to, bytes: sealed.to_vec() });
+            return;
+        }
+        if let Some(s) = self.slots.get_mut(self.next) {
+            s.at = at;
+            s.session = Some(session);
+            s.to = to;
+            s.bytes.clear();
+            s.bytes.extend_from_slice(sealed);
+        }
+        self.next = (self.next + 1) % SLOTS;
+    }
+
+    /// The packets of `session` sent to `old` within [`WINDOW`] of `now`, oldest first;
+    /// `resend` gets each one, and it is then marked as sent to `new`, so that it goes
+    /// out again only if the peer moves once more.
+    pub(super) fn redirect(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        old: SocketAddr,
+        new: SocketAddr,
+        mut resend: impl FnMut(&[u8]),
+    ) -> usize {
+        let mut order: Vec<(Instant, usize)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.session == Some(session) && s.to == old && now.saturating_duration_since(s.at) <= WINDOW)
+            .map(|(i, s)| (s.at, i))
+            .collect();
+        // Slot order is send order except across the wrap; the times (and the slot index
+        // for packets of the same millisecond) restore it.
+        order.sort_by_key(|&(at, i)| (at, (i + SLOTS - self.next) % SLOTS));
+        for &(_, i) in &order {
+            if let Some(s) = self.slots.get_mut(i) {
+                resend(&s.bytes);
+                s.to = new;
+            }
+        }
+        order.len()
+    }
+
+    /// Forgets the packets of a session that ended.
+    pub(super) fn forget(&mut self, session: SessionId) {
+        for s in self.slots.iter_mut().filter(|s| s.session == Some(session)) {
+            s.session = None;
+            s.bytes.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn resent(r: &mut Recent, now: u64, session: u32, old: &str, new: &str) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let n =
+            r.redirect(Instant::from_millis(now), SessionId(session), addr(old), addr(new), |b| got.push(b.to_vec()));
+        assert_eq!(n, got.len());
+        got
+    }
+
+    #[test]
+    fn only_recent_packets_of_the_session_to_the_old_address_go_again_in_order() {
+        let mut r = Recent::default();
+        let (old, other, new) = ("192.0.2.1:4500", "192.0.2.9:4500", "198.51.100.7:4500");
+        r.record(Instant::from_millis(100), SessionId(1), addr(old), b"too old");
+        r.record(Instant::from_millis(500), SessionId(1), addr(old), b"first");
+        r.record(Instant::from_millis(510), SessionId(2), addr(old), b"other session");
+        r.record(Instant::from_millis(520), SessionId(1), addr(other), b"other address");
+        r.record(Instant::from_millis(530), SessionId(1), addr(old), b"second");
+        let got = resent(&mut r, 700, 1, old, new);
+        assert_eq!(got, [b"first".to_vec(), b"second".to_vec()]);
+        // They now count as sent to the new address: not again for the same move...
+        assert!(resent(&mut r, 710, 1, old, new).is_empty());
+        // ...but again if the peer moves on before the window ends.
+        assert_eq!(resent(&mut r, 720, 1, new, old).len(), 2);
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_and_resends_them_in_send_order_across_the_wrap() {
+        let mut r = Recent::default();
+        let (old, new) = ("[2001:db8::1]:4500", "[2001:db8::2]:4500");
+        let total = SLOTS + 5;
+        for k in 0..total {
+            // Two packets per millisecond: the order within one comes from the ring.
+            let at = Instant::from_millis(1000 + k as u64 / 2);
+            r.record(at, SessionId(3), addr(old), &(k as u32).to_be_bytes());
+        }
+        let got = resent(&mut r, 1100, 3, old, new);
+        let want: Vec<Vec<u8>> = (total - SLOTS..total).map(|k| (k as u32).to_be_bytes().to_vec()).collect();
+        assert_eq!(got, want);
+        assert_eq!(r.slots.len(), SLOTS);
+    }
+
+    #[test]
+    fn a_forgotten_session_has_nothing_to_resend() {
+        let mut r = Recent::default();
+        let (old, new) = ("192.0.2.1:4500", "192.0.2.2:4500");
+        r.record(Instant::from_millis(10), SessionId(4), addr(old), b"x");
+        r.record(Instant::from_millis(10), SessionId(5), addr(old), b"y");
+        r.forget(SessionId(4));
+        assert!(resent(&mut r, 20, 4, old, new).is_empty());
+        assert_eq!(resent(&mut r, 20, 5, old, new), [b"y".to_vec()]);
+    }
+}
