@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! bench [--quick] [--out FILE] [--only tunnel,relay,handover,setup,idle,footprint,capacity]
-//!       [--rounds N] [--secs N] [--moves N] [--setups N] [--idle-secs N]
+//!       [--rounds N] [--secs N] [--moves N] [--setups N] [--idle-secs N] [--ns-steps N,N]
 //! ```
 //!
 //! Needs root, the release binaries (`cargo build --release --workspace --bins`),
@@ -133,10 +133,13 @@ fn parse_opts() -> Res<Opts> {
             "--moves" => o.moves = val()?.parse().map_err(e2s)?,
             "--setups" => o.setups = val()?.parse().map_err(e2s)?,
             "--idle-secs" => o.idle_secs = val()?.parse().map_err(e2s)?,
+            "--ns-steps" => {
+                o.ns_steps = val()?.split(',').map(|c| c.parse().map_err(e2s)).collect::<Res<_>>()?;
+            }
             "-h" | "--help" => {
                 return Err(format!(
                     "usage: bench [--quick] [--out FILE] [--only {}] [--rounds N] [--secs N] [--moves N] \
-                     [--setups N] [--idle-secs N]",
+                     [--setups N] [--idle-secs N] [--ns-steps N,N]",
                     PARTS.join(",")
                 ))
             }
@@ -1623,7 +1626,8 @@ fn part_capacity(o: &Opts, bins: &Path, load: &Path, t: &mut Table) {
 fn capacity(o: &Opts, bins: &Path, load: &Path, t: &mut Table) -> Res<()> {
     let mut lab = Lab::new("bench-cap").map_err(e2s)?;
     let ns = lab.netns("cap", false).map_err(e2s)?;
-    lab.sysctl(&ns, "net.ipv4.ip_local_port_range", "1024 65535").map_err(e2s)?;
+    // Above the listening ports (4460 and up), which a closed connection could hold in TIME_WAIT.
+    lab.sysctl(&ns, "net.ipv4.ip_local_port_range", "10000 65535").map_err(e2s)?;
     let dir = lab.dir().to_path_buf();
     let ca = dir.join("ca");
     let cas = ca.to_string_lossy().into_owned();
@@ -1733,129 +1737,152 @@ fn capacity(o: &Opts, bins: &Path, load: &Path, t: &mut Table) -> Res<()> {
         Err(_) => t.skip("DC engine alone", &format!("failed: {}", text(&out).trim())),
     }
 
-    // The NS with many idle registered connections.
-    // Each end holds one descriptor per connection. The hard file limit caps that unless it
-    // can be raised (CAP_SYS_RESOURCE); then the steps above the cap are skipped and the
-    // most the limit allows is measured instead.
-    let wanted = o.ns_steps.iter().copied().max().unwrap_or(0);
-    let hard = nofile_hard();
-    let raisable = Command::new("prlimit")
-        .arg(format!("--nofile={0}:{0}", wanted + 1000))
-        .arg("true")
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    let cap = if raisable { wanted } else { (hard.saturating_sub(500) / 1000) * 1000 };
-    let mut steps: Vec<usize> = o.ns_steps.iter().copied().filter(|s| *s <= cap).collect();
-    let dropped: Vec<usize> = o.ns_steps.iter().copied().filter(|s| *s > cap).collect();
-    if !dropped.is_empty() && steps.last().is_none_or(|l| *l < cap) && cap > 0 {
-        steps.push(cap);
+    let certs = Certs {
+        ca: ca_pem,
+        ns: (pem("ns1.bench.test", "pem"), pem("ns1.bench.test", "key")),
+        dc: (pem("dc.bench.test", "pem"), pem("dc.bench.test", "key")),
+    };
+    for step in o.ns_steps.clone() {
+        log(&format!("capacity: {step} idle connections at the NS"));
+        if let Err(e) = ns_capacity(&mut lab, &ns, bins, load, &certs, step, t) {
+            t.skip(&format!("NS (ntm-ns): {step} idle registered connections"), &format!("failed: {e}"));
+        }
     }
-    let max_conns = steps.iter().copied().max().unwrap_or(0);
-    let limit = if raisable { max_conns + 1000 } else { hard };
-    let nofile = format!("--nofile={limit}:{limit}");
-    let ns_cfg = json!({
-        "name": "ns1.bench.test", "listen": ["127.0.0.1:4462"],
-        "tls": {"ca": ca_pem, "cert": pem("ns1.bench.test", "pem"), "key": pem("ns1.bench.test", "key")},
-        "status_socket": dir.join("ns.sock"),
-        "node_listen": ["127.0.0.1:4463", "[::1]:4463"],
-        "max_nodes": max_conns + 1000,
-    });
-    std::fs::write(dir.join("ns.json"), ns_cfg.to_string()).map_err(e2s)?;
+    Ok(())
+}
+
+struct Certs {
+    ca: String,
+    /// (certificate, key)
+    ns: (String, String),
+    dc: (String, String),
+}
+
+/// One NS row: `step` idle registered node connections. Each end holds a descriptor per
+/// connection, and the open-file limit is per process. When it cannot be raised (no
+/// CAP_SYS_RESOURCE) and one process may not hold `step`, the connections are spread over
+/// as many NS processes as it takes, each with its own load generator (a deployment has
+/// several NSs, and a DC spreads its nodes over them); the row adds up their memory.
+fn ns_capacity(lab: &mut Lab, ns: &Ns, bins: &Path, load: &Path, certs: &Certs, step: usize, t: &mut Table) -> Res<()> {
     if !have("prlimit") {
         t.skip("NS idle connections", "skipped: `prlimit` (util-linux) not installed");
         return Ok(());
     }
-    let nsd = lab
-        .spawn(
-            &ns,
-            "ns",
-            &[
-                "prlimit",
-                &nofile,
-                &bins.join("ntm-ns").to_string_lossy(),
-                "run",
-                "-c",
-                &dir.join("ns.json").to_string_lossy(),
-            ],
-            &[],
-        )
-        .map_err(e2s)?;
-    if !lab.wait_for(15, || read_status(&dir.join("ns.sock")).is_some()) {
-        return Err(format!("ntm-ns did not start: {}", lab.proc(nsd).log_text()));
+    let hard = nofile_hard();
+    let raisable = Command::new("prlimit")
+        .arg(format!("--nofile={0}:{0}", step + 1000))
+        .arg("true")
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let per_process = if raisable { step } else { (hard.saturating_sub(1000) / 1000) * 1000 };
+    if per_process == 0 {
+        return Err(format!("the open-file limit here is {hard}"));
     }
-    let ns_pid = lab.proc(nsd).pid();
+    let shards = step.div_ceil(per_process);
+    let counts: Vec<usize> = (0..shards).map(|k| step / shards + usize::from(k < step % shards)).collect();
+    let limit = if raisable { step + 1000 } else { hard };
+    let nofile = format!("--nofile={limit}:{limit}");
+    let dir = lab.dir().to_path_buf();
+    let mut servers = Vec::new();
+    for (k, n) in counts.iter().enumerate() {
+        let port = 4462 + 2 * k;
+        let sock = dir.join(format!("ns-{step}-{k}.sock"));
+        let cfg = json!({
+            "name": "ns1.bench.test", "listen": [format!("127.0.0.1:{port}")],
+            "tls": {"ca": certs.ca, "cert": certs.ns.0, "key": certs.ns.1},
+            "status_socket": sock,
+            "node_listen": [format!("127.0.0.1:{}", port + 1), format!("[::1]:{}", port + 1)],
+            "max_nodes": n + 1000,
+        });
+        let file = dir.join(format!("ns-{step}-{k}.json"));
+        std::fs::write(&file, cfg.to_string()).map_err(e2s)?;
+        let ntm_ns = bins.join("ntm-ns").to_string_lossy().into_owned();
+        let p = lab
+            .spawn(
+                ns,
+                &format!("ns-{step}-{k}"),
+                &["prlimit", &nofile, &ntm_ns, "run", "-c", &file.to_string_lossy()],
+                &[],
+            )
+            .map_err(e2s)?;
+        servers.push((p, sock, port));
+    }
+    for (p, sock, _) in &servers {
+        if !lab.wait_for(15, || read_status(sock).is_some()) {
+            return Err(format!("ntm-ns did not start: {}", lab.proc(*p).log_text()));
+        }
+    }
     std::thread::sleep(Duration::from_millis(300));
-    let base = status_kib(ns_pid, "VmRSS:");
-    let step_args: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
-    let gen = lab
-        .spawn_piped(
-            &ns,
-            "ns-load",
-            &[
-                "prlimit",
-                &nofile,
-                &load.to_string_lossy(),
-                "ns",
-                "127.0.0.1:4462",
-                "127.0.0.1:4463,[::1]:4463",
-                "ns1.bench.test",
-                &ca_pem,
-                &pem("dc.bench.test", "pem"),
-                &pem("dc.bench.test", "key"),
-                &step_args.join(","),
-            ],
+    let rss = |lab: &mut Lab| servers.iter().map(|(p, _, _)| status_kib(lab.proc(*p).pid(), "VmRSS:")).sum::<u64>();
+    let base = rss(lab);
+    let t0 = Instant::now();
+    let mut gens = Vec::new();
+    for ((_, _, port), n) in servers.iter().zip(&counts) {
+        let g = lab
+            .spawn_piped(
+                ns,
+                &format!("ns-load-{step}-{port}"),
+                &[
+                    "prlimit",
+                    &nofile,
+                    &load.to_string_lossy(),
+                    "ns",
+                    &format!("127.0.0.1:{port}"),
+                    &format!("127.0.0.1:{0},[::1]:{0}", port + 1),
+                    "ns1.bench.test",
+                    &certs.ca,
+                    &certs.dc.0,
+                    &certs.dc.1,
+                    &n.to_string(),
+                ],
+            )
+            .map_err(e2s)?;
+        let input = lab.proc(g).take_stdin().ok_or("stdin")?;
+        let output = lab.proc(g).take_stdout().ok_or("stdout")?;
+        gens.push((g, input, BufReader::new(output)));
+    }
+    // Each generator prints one line when all its nodes are connected and registered.
+    for (g, _, out) in &mut gens {
+        let mut line = String::new();
+        if out.read_line(&mut line).map_err(e2s)? == 0 || !line.starts_with("reached") {
+            return Err(format!("bench_load ns: {} {}", line.trim(), lab.proc(*g).log_text()));
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(1));
+    let connected: u64 = servers
+        .iter()
+        .map(|(_, sock, _)| read_status(sock).and_then(|s| s["connected_nodes"].as_u64()).unwrap_or(0))
+        .sum();
+    let kib = rss(lab);
+    for (g, input, _) in gens {
+        drop(input);
+        lab.proc(g).wait(30);
+    }
+    for (p, _, _) in servers {
+        lab.proc(p).stop();
+    }
+    let spread = if shards == 1 {
+        "one NS process".to_string()
+    } else {
+        format!(
+            "{shards} NS processes of {} connections each (the open-file limit here is {hard} per process and \
+             cannot be raised: no CAP_SYS_RESOURCE), memory added up",
+            counts.first().copied().unwrap_or(0)
         )
-        .map_err(e2s)?;
-    let mut input = lab.proc(gen).take_stdin().ok_or("stdin")?;
-    let output = lab.proc(gen).take_stdout().ok_or("stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(output).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut samples = Vec::new();
-    for step in &steps {
-        log(&format!("capacity: {step} idle connections at the NS"));
-        let line = rx
-            .recv_timeout(Duration::from_secs(300))
-            .map_err(|_| format!("bench_load ns: no progress: {}", lab.proc(gen).log_text()))?;
-        if !line.starts_with("reached") {
-            return Err(format!("bench_load ns: {line} {}", lab.proc(gen).log_text()));
-        }
-        std::thread::sleep(Duration::from_secs(1));
-        let connected = read_status(&dir.join("ns.sock")).and_then(|s| s["connected_nodes"].as_u64()).unwrap_or(0);
-        samples.push((*step, connected, status_kib(ns_pid, "VmRSS:"), line));
-        let _ = writeln!(input);
-    }
-    drop(input);
-    lab.proc(gen).wait(30);
-    for (step, connected, kib, line) in samples {
-        t.row(vec![
-            format!("NS (ntm-ns): {step} idle registered connections"),
-            format!("RSS {} MiB", mib(kib)),
-            format!("{:.2} KiB per connection", (kib.saturating_sub(base)) as f64 / step.max(1) as f64),
-            format!(
-                "{connected} nodes connected per its status; {} MiB with none; {} (keys, then connections, one \
-                 node after another); kernel socket memory is not in RSS",
-                mib(base),
-                line.trim_start_matches("reached ")
-            ),
-        ]);
-    }
-    for d in &dropped {
-        t.skip(
-            &format!("NS (ntm-ns): {d} idle registered connections"),
-            &format!(
-                "skipped: the open-file limit here is {hard} per process and cannot be raised (no \
-                 CAP_SYS_RESOURCE), so at most {cap} connections were measured"
-            ),
-        );
-    }
+    };
+    t.row(vec![
+        format!("NS (ntm-ns): {step} idle registered connections"),
+        format!("RSS {} MiB", mib(kib)),
+        format!("{:.2} KiB per connection", (kib.saturating_sub(base)) as f64 / step.max(1) as f64),
+        format!(
+            "{spread}; {connected} nodes connected per the status sockets; {} MiB with none; all connected and \
+             registered in {secs:.1} s (keys, then connections, one node after another per generator); kernel \
+             socket memory is not in RSS",
+            mib(base)
+        ),
+    ]);
     Ok(())
 }
 

@@ -144,7 +144,8 @@ struct Conn {
     sock: TcpStream,
     kind: StreamKind,
     peer: SocketAddr,
-    tls: Option<rustls::Connection>,
+    /// Boxed: a TLS state is over a kilobyte, and most connections to an NS have none.
+    tls: Option<Box<rustls::Connection>>,
     identity: Option<PeerIdentity>,
     /// The certificate was looked at (once, when the handshake finished), whatever it gave.
     identified: bool,
@@ -166,7 +167,7 @@ impl Conn {
         sock: TcpStream,
         kind: StreamKind,
         peer: SocketAddr,
-        tls: Option<rustls::Connection>,
+        tls: Option<Box<rustls::Connection>>,
         inbound: bool,
     ) -> Self {
         let now = std::time::Instant::now();
@@ -684,7 +685,7 @@ impl<D: Daemon> Driver<D> {
             }
             let tls = match (kind, &self.tls_server) {
                 (StreamKind::Tls, Some(cfg)) => match rustls::ServerConnection::new(cfg.clone()) {
-                    Ok(c) => Some(rustls::Connection::Server(c)),
+                    Ok(c) => Some(Box::new(rustls::Connection::Server(c))),
                     Err(e) => {
                         log::warn!("TLS: {e}");
                         continue;
@@ -722,7 +723,7 @@ impl<D: Daemon> Driver<D> {
                 let cfg = self.tls_client.clone()?;
                 let name = ServerName::try_from(server.as_str().to_owned()).ok()?;
                 match rustls::ClientConnection::new(cfg, name) {
-                    Ok(c) => Some(rustls::Connection::Client(c)),
+                    Ok(c) => Some(Box::new(rustls::Connection::Client(c))),
                     Err(e) => {
                         log::warn!("TLS client: {e}");
                         return None;

@@ -3,7 +3,7 @@
 use super::CryptoError;
 use crate::keys::{Key, KeyKind, KEY_LEN};
 use crate::wire::Sender;
-use aes::Aes128;
+use aes::Aes128Enc;
 use ccm::aead::generic_array::GenericArray;
 use ccm::aead::{AeadInPlace, KeyInit};
 use ccm::consts::{U12, U16};
@@ -12,7 +12,8 @@ use ccm::Ccm;
 /// Length of the authentication tag appended to every sealed body.
 pub const TAG_LEN: usize = 16;
 
-type Ccm128 = Ccm<Aes128, U16, U12>;
+/// CCM encrypts only (CTR and CBC-MAC): the decryption key schedule is never needed.
+type Ccm128 = Ccm<Aes128Enc, U16, U12>;
 
 /// The CCM nonce for (sender, counter): `sender | 0 0 0 | counter` (see the module doc of
 /// [`crate::crypto`]).

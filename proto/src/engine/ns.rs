@@ -55,7 +55,9 @@ struct NodeEntry {
 pub struct Ns {
     cfg: NsConfig,
     dc_keys: SharedKeys<DcNs>,
-    nodes: HashMap<KeyId, NodeEntry>,
+    /// Boxed: an entry is about a kilobyte (mostly the expanded AES key), and a table of
+    /// entries in place would carry up to half again as many empty slots.
+    nodes: HashMap<KeyId, Box<NodeEntry>>,
     conns: HashMap<SocketAddr, KeyId>,
     out: VecDeque<Transmit>,
     drops: DropCounters,
@@ -173,7 +175,11 @@ impl Ns {
                                 }
                             }
                             log::info!("K_ntmns {} for {} from DC {dc}", kd.key_id, kd.fqdn);
-                            self.nodes.entry(kd.key_id).or_insert(NodeEntry { fqdn: kd.fqdn, channel, conn: None });
+                            self.nodes.entry(kd.key_id).or_insert(Box::new(NodeEntry {
+                                fqdn: kd.fqdn,
+                                channel,
+                                conn: None,
+                            }));
                             Message::NsKeyAck(NsKeyAck { request_id: kd.request_id, key_id: kd.key_id })
                         }
                         Err(_) => return self.drops.count(Drop::Malformed),
