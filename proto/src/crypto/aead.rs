@@ -1,19 +1,13 @@
-//! AES-128-CCM with a 16-byte tag and a 12-byte nonce, in place and without allocation.
+//! AES-128-CCM with a 16-byte tag and a 12-byte nonce, in place and without allocation:
+//! `ntm-aead` (built for speed, see its documentation) with this crate's keys and errors.
 
 use super::CryptoError;
 use crate::keys::{Key, KeyKind, KEY_LEN};
 use crate::wire::Sender;
-use aes::Aes128Enc;
-use ccm::aead::generic_array::GenericArray;
-use ccm::aead::{AeadInPlace, KeyInit};
-use ccm::consts::{U12, U16};
-use ccm::Ccm;
+use ntm_aead::AeadError;
 
 /// Length of the authentication tag appended to every sealed body.
-pub const TAG_LEN: usize = 16;
-
-/// CCM encrypts only (CTR and CBC-MAC): the decryption key schedule is never needed.
-type Ccm128 = Ccm<Aes128Enc, U16, U12>;
+pub const TAG_LEN: usize = ntm_aead::TAG_LEN;
 
 /// The CCM nonce for (sender, counter): `sender | 0 0 0 | counter` (see the module doc of
 /// [`crate::crypto`]).
@@ -24,15 +18,9 @@ pub fn nonce(sender: Sender, counter: u64) -> [u8; 12] {
     n
 }
 
-/// An AES-128-CCM instance with its key schedule expanded once. The `aes` crate's
-/// `zeroize` feature clears the schedule on drop.
-pub struct Aead(Ccm128);
-
-impl core::fmt::Debug for Aead {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("Aead(redacted)")
-    }
-}
+/// An AES-128-CCM instance with its key schedule expanded once (cleared on drop).
+#[derive(Debug)]
+pub struct Aead(ntm_aead::Aead);
 
 impl Aead {
     /// Expands `key`.
@@ -42,27 +30,21 @@ impl Aead {
 
     /// Expands raw key bytes (for derived keys such as the ECIES wrap key).
     pub(crate) fn from_raw(key: &[u8; KEY_LEN]) -> Self {
-        Aead(Ccm128::new(GenericArray::from_slice(key)))
+        Aead(ntm_aead::Aead::new(key))
     }
 
     /// Encrypts `buf` in place and returns the tag.
     pub fn seal(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN], CryptoError> {
-        let tag = self
-            .0
-            .encrypt_in_place_detached(GenericArray::from_slice(nonce), aad, buf)
-            // Only fails for messages over the 2^24-byte limit of a 12-byte CCM nonce,
-            // which no NTMobile message reaches.
-            .map_err(|_| CryptoError::Wire(crate::wire::WireError::TooLong("sealed body")))?;
-        let mut out = [0u8; TAG_LEN];
-        out.copy_from_slice(&tag);
-        Ok(out)
+        // Only fails for messages over the 2^24-byte limit of a 12-byte CCM nonce, which
+        // no NTMobile message reaches.
+        self.0.seal(nonce, aad, buf).map_err(|_| CryptoError::Wire(crate::wire::WireError::TooLong("sealed body")))
     }
 
     /// Decrypts `buf` in place if `tag` verifies; leaves garbage in `buf` otherwise.
     pub fn open(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<(), CryptoError> {
-        self.0
-            .decrypt_in_place_detached(GenericArray::from_slice(nonce), aad, buf, GenericArray::from_slice(tag))
-            .map_err(|_| CryptoError::Forged)
+        self.0.open(nonce, aad, buf, tag).map_err(|e| match e {
+            AeadError::Forged | AeadError::TooLong => CryptoError::Forged,
+        })
     }
 }
 
