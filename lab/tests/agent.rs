@@ -145,9 +145,36 @@ fn a_tcp_stream_survives_a_move_to_another_subnet() {
     let sb = d.status(1).expect("status b");
     let t = sb["tunnels"].as_array().unwrap().iter().find(|t| t["peer"] == "a.zone-a.test").cloned().unwrap();
     assert!(t["remote"].as_str().unwrap().starts_with("198.19.5.2:"), "b sends to a's new address: {t}");
+    // b's echoes of the last moments went to a's old address; b sent them again.
+    let resent = sb["counters"]["resent_to_moved_peer"].as_u64().unwrap();
+    assert!(resent >= 1, "b resends its recent packets to a's new address: {}", sb["counters"]);
     let end = stream.finish(&mut d);
     assert!(end.complete(), "every line comes back once, in order: {:?}", end.lines);
     assert_eq!(end.exit, Some(0), "the connection ended cleanly, never reset: {}", end.log);
+}
+
+/// A packet sealed while box a has no route (as between the old address going and the new
+/// default route coming in a move) is held, and goes out once the route is back.
+#[test]
+fn a_datagram_refused_for_want_of_a_route_goes_once_the_route_is_back() {
+    let Some((mut d, _sa, sb)) = two_agents("agent-noroute") else { return };
+    let a = d.boxes[0].ns.clone();
+    let b4 = sb["virtual_ipv4"].as_str().unwrap().to_string();
+    assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4, "the tunnel to b is made by the lookup");
+    d.lab.exec(&a, &["ping", "-c", "1", "-W", "3", &b4]).expect("ping before");
+
+    // The agent holds a refused datagram for up to 300 ms (agent/src/held.rs).
+    d.lab.step("box a loses its default route; one ping is sent; the route comes back 100 ms later");
+    d.lab.exec(&a, &["ip", "route", "del", "default"]).expect("route del");
+    let pinger = d.lab.spawn(&a, "noroute-ping", &["ping", "-c", "1", "-W", "5", &b4], &[]).expect("ping");
+    std::thread::sleep(Duration::from_millis(100));
+    let held = d.status(0).expect("status a")["counters"]["held_no_route"].as_u64().unwrap();
+    assert!(held >= 1, "the refused datagram is held: {held}");
+    d.lab.route(&a, &["default", "via", "198.51.100.1"]).expect("route back");
+    assert_eq!(d.lab.proc(pinger).wait(10), Some(0), "the held echo request went out and was answered");
+    let c = d.status(0).expect("status a")["counters"].clone();
+    assert!(c["held_sent"].as_u64().unwrap() >= 1, "{c}");
+    assert_eq!(c["held_dropped"], 0, "{c}");
 }
 
 #[test]
