@@ -910,8 +910,8 @@ impl Node {
         let range = match ch.open_in_place(now, buf) {
             Ok(r) => r,
             // A copy of a data packet (the network's, or sent again after a handover)
-            // is a late duplicate; it was delivered once.
-            Err(CryptoError::Replayed) => return self.drops.count(Drop::Stale),
+            // is a late duplicate; it was delivered once, or is too late to matter.
+            Err(CryptoError::Replayed | CryptoError::TooOld) => return self.drops.count(Drop::Stale),
             Err(e) => return self.drops.count(Drop::from(e)),
         };
         let inner = buf.get(range.clone()).unwrap_or(&[]);
