@@ -17,6 +17,9 @@ use core::net::SocketAddr;
 
 /// How many sealed packets are kept, for all tunnels together.
 pub(super) const SLOTS: usize = 32;
+/// At most this many bytes go again for one move, the newest packets first: a burst of
+/// old full-size packets must not hold up new traffic on a slow uplink.
+pub(super) const BYTES_MAX: usize = 16 * 1024;
 /// How old a packet may be and still be sent again. It covers the peer noticing its own
 /// move and reaching us from the new address; anything older has been retransmitted by
 /// the application's own transport by now.
@@ -56,9 +59,10 @@ impl Recent {
         self.next = (self.next + 1) % SLOTS;
     }
 
-    /// The packets of `session` sent to `old` within [`WINDOW`] of `now`, oldest first;
-    /// `resend` gets each one, and it is then marked as sent to `new`, so that it goes
-    /// out again only if the peer moves once more.
+    /// The packets of `session` sent to `old` within [`WINDOW`] of `now`, the newest up
+    /// to [`BYTES_MAX`] in all, oldest first; `resend` gets each one, and it is then
+    /// marked as sent to `new`, so that it goes out again only if the peer moves once
+    /// more.
     pub(super) fn redirect(
         &mut self,
         now: Instant,
@@ -77,7 +81,18 @@ impl Recent {
         // Slot order is send order except across the wrap; the times (and the slot index
         // for packets of the same millisecond) restore it.
         order.sort_by_key(|&(at, i)| (at, (i + SLOTS - self.next) % SLOTS));
-        for &(_, i) in &order {
+        let mut budget = BYTES_MAX;
+        let newest = order
+            .iter()
+            .rev()
+            .take_while(|&&(_, i)| {
+                let len = self.slots.get(i).map_or(0, |s| s.bytes.len());
+                budget = budget.saturating_sub(len);
+                len > 0 && budget > 0
+            })
+            .count();
+        let order = order.get(order.len() - newest..).unwrap_or_default();
+        for &(_, i) in order {
             if let Some(s) = self.slots.get_mut(i) {
                 resend(&s.bytes);
                 s.to = new;
@@ -142,6 +157,21 @@ mod tests {
         let want: Vec<Vec<u8>> = (total - SLOTS..total).map(|k| (k as u32).to_be_bytes().to_vec()).collect();
         assert_eq!(got, want);
         assert_eq!(r.slots.len(), SLOTS);
+    }
+
+    #[test]
+    fn large_packets_go_again_only_up_to_the_byte_limit_newest_first() {
+        let mut r = Recent::default();
+        let (old, new) = ("192.0.2.1:4500", "192.0.2.2:4500");
+        for k in 0u8..20 {
+            r.record(Instant::from_millis(100 + u64::from(k)), SessionId(6), addr(old), &[k; 1400]);
+        }
+        let got = resent(&mut r, 150, 6, old, new);
+        let fit = BYTES_MAX / 1400;
+        assert!(fit < 20 && got.len() <= fit && got.len() + 1 >= fit, "{} of 20", got.len());
+        let firsts: Vec<u8> = got.iter().map(|p| p[0]).collect();
+        let want: Vec<u8> = (20 - got.len() as u8..20).collect();
+        assert_eq!(firsts, want, "the newest, in send order");
     }
 
     #[test]
