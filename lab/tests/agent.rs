@@ -164,12 +164,17 @@ fn a_datagram_refused_for_want_of_a_route_goes_once_the_route_is_back() {
     d.lab.exec(&a, &["ping", "-c", "1", "-W", "3", &b4]).expect("ping before");
 
     // The agent holds a refused datagram for up to 300 ms (agent/src/held.rs).
-    d.lab.step("box a loses its default route; one ping is sent; the route comes back 100 ms later");
+    d.lab.step("box a loses its default route; one ping is sent; the route comes back once it is held");
     d.lab.exec(&a, &["ip", "route", "del", "default"]).expect("route del");
     let pinger = d.lab.spawn(&a, "noroute-ping", &["ping", "-c", "1", "-W", "5", &b4], &[]).expect("ping");
-    std::thread::sleep(Duration::from_millis(100));
-    let held = d.status(0).expect("status a")["counters"]["held_no_route"].as_u64().unwrap();
-    assert!(held >= 1, "the refused datagram is held: {held}");
+    let held = || d.status(0).and_then(|s| s["counters"]["held_no_route"].as_u64()).unwrap_or(0);
+    // The route comes back as soon as the datagram is held (ping may take a while to
+    // start on a busy machine), well within the 300 ms it is kept.
+    let t = Instant::now();
+    while held() == 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(held() >= 1, "the refused datagram is held");
     d.lab.route(&a, &["default", "via", "198.51.100.1"]).expect("route back");
     assert_eq!(d.lab.proc(pinger).wait(10), Some(0), "the held echo request went out and was answered");
     let c = d.status(0).expect("status a")["counters"].clone();
@@ -317,15 +322,18 @@ fn floods_of_queries_and_junk_leave_the_agent_small_and_working() {
     let pid = d.lab.proc(d.boxes[0].proc.unwrap()).pid();
     let before = rss_kib(pid);
 
-    d.lab.step("floods: 20000 queries for unknown nodes, junk at the stub and at the tunnel port");
-    let t = Instant::now();
-    let q = flood(&d, &a, &["dns", "127.0.0.53:53", "zone-b.test", "20000", "10"]);
-    let j1 = flood(&d, &a, &["junk", "127.0.0.53:53", "20000", "5"]);
-    let j2 = flood(&d, &b, &["junk", "198.51.100.2:4500", "50000", "5"]);
-    eprintln!("flood: queries {q}; junk to the stub {j1}; junk to the tunnel port {j2}; {:?}", t.elapsed());
-    std::thread::sleep(Duration::from_secs(1));
-    let after = rss_kib(pid);
-    eprintln!("ntmd resident memory: {before} KiB before, {after} KiB after the floods");
+    d.lab.step("floods, twice: 20000 queries for unknown nodes, junk at the stub and at the tunnel port");
+    let mut after = Vec::new();
+    for round in 1..=2 {
+        let t = Instant::now();
+        let q = flood(&d, &a, &["dns", "127.0.0.53:53", "zone-b.test", "20000", "10"]);
+        let j1 = flood(&d, &a, &["junk", "127.0.0.53:53", "20000", "5"]);
+        let j2 = flood(&d, &b, &["junk", "198.51.100.2:4500", "50000", "5"]);
+        eprintln!("flood {round}: queries {q}; junk to the stub {j1}; junk to the tunnel port {j2}; {:?}", t.elapsed());
+        std::thread::sleep(Duration::from_secs(1));
+        after.push(rss_kib(pid));
+    }
+    eprintln!("ntmd resident memory: {before} KiB before, {after:?} KiB after each round of floods");
 
     assert!(d.lab.proc(d.boxes[0].proc.unwrap()).alive(), "ntmd survives");
     let s = d.status(0).expect("status");
@@ -336,6 +344,12 @@ fn floods_of_queries_and_junk_leave_the_agent_small_and_working() {
     assert!(dns["over_limit"].as_u64().unwrap() > 0, "the pending cap held: {dns}");
     let dropped: u64 = s["dropped"].as_object().unwrap().values().filter_map(|v| v.as_u64()).sum();
     assert!(dropped > 10_000, "junk at the tunnel port is dropped and counted: {}", s["dropped"]);
-    assert!(after < before + 4096, "memory stays bounded: {before} KiB -> {after} KiB");
+    // The tables are capped, so the memory the first round took is what the floods can
+    // take: a second round adds (almost) nothing. How much the first round takes depends
+    // on how far the queues fill before the agent drains them, which varies with the
+    // machine's load (0.8-4.6 MiB seen).
+    let (first, second) = (after[0], after[1]);
+    assert!(first < before + 8192, "memory stays bounded: {before} KiB -> {first} KiB");
+    assert!(second < first + 1024, "a second round of floods takes no more: {first} KiB -> {second} KiB");
     d.lab.exec(&a, &["ping", "-c", "2", "-i", "0.2", "-W", "3", &b4]).expect("ping after the floods");
 }
