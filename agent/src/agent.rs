@@ -681,8 +681,7 @@ impl Agent {
     /// Tries the datagrams held for want of a route again.
     fn send_held(&mut self) {
         let (udp4, udp6) = (self.udp4.as_ref(), self.udp6.as_ref());
-        let before = self.held.stats().sent;
-        self.held.retry(std::time::Instant::now(), |to, bytes| {
+        let sent = self.held.retry(std::time::Instant::now(), |to, bytes| {
             let sock = if to.is_ipv4() { udp4 } else { udp6 };
             match sock.map(|s| s.send_to(bytes, to)) {
                 Some(Ok(_)) => Ok(()),
@@ -690,7 +689,7 @@ impl Agent {
                 None => Err(Errno::EAFNOSUPPORT),
             }
         });
-        self.counters.udp_out += self.held.stats().sent - before;
+        self.counters.udp_out += sent;
     }
 
     fn read_dns_client(&mut self) {

@@ -76,9 +76,11 @@ impl Held {
 
     /// Sends what is held, oldest first, with `send`. It stops at the first datagram
     /// still refused for want of a route (the route is not back yet) and keeps that one
-    /// and the rest; expired ones and ones refused for another reason are dropped.
-    pub fn retry(&mut self, now: Instant, mut send: impl FnMut(SocketAddr, &[u8]) -> Result<(), Errno>) {
+    /// and the rest; expired ones and ones refused for another reason are dropped. Returns
+    /// how many went out.
+    pub fn retry(&mut self, now: Instant, mut send: impl FnMut(SocketAddr, &[u8]) -> Result<(), Errno>) -> u64 {
         self.last_try = Some(now);
+        let before = self.stats.sent;
         while let Some((at, to, bytes)) = self.queue.front() {
             if now.saturating_duration_since(*at) > MAX_AGE {
                 self.queue.pop_front();
@@ -87,13 +89,13 @@ impl Held {
             }
             match send(*to, bytes) {
                 Ok(()) => self.stats.sent += 1,
-                Err(e) if is_no_route(e) => return,
-                // No room in the socket buffer: try again on the next round.
-                Err(Errno::EAGAIN) => return,
+                // No route yet, or no room in the socket buffer: try again next round.
+                Err(e) if is_no_route(e) || e == Errno::EAGAIN => break,
                 Err(_) => self.stats.dropped += 1,
             }
             self.queue.pop_front();
         }
+        self.stats.sent - before
     }
 
     pub fn stats(&self) -> HeldStats {

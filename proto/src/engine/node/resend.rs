@@ -59,46 +59,45 @@ impl Recent {
         self.next = (self.next + 1) % SLOTS;
     }
 
-    /// The packets of `session` sent to `old` within [`WINDOW`] of `now`, the newest up
-    /// to [`BYTES_MAX`] in all, oldest first; `resend` gets each one, and it is then
-    /// marked as sent to `new`, so that it goes out again only if the peer moves once
-    /// more.
+    /// Copies of the packets of `session` sent to `old` within [`WINDOW`] of `now`, the
+    /// newest up to [`BYTES_MAX`] in all, oldest first. Each is then marked as sent to
+    /// `new`, so that it goes out again only if the peer moves once more.
     pub(super) fn redirect(
         &mut self,
         now: Instant,
         session: SessionId,
         old: SocketAddr,
         new: SocketAddr,
-        mut resend: impl FnMut(&[u8]),
-    ) -> usize {
-        let mut order: Vec<(Instant, usize)> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.session == Some(session) && s.to == old && now.saturating_duration_since(s.at) <= WINDOW)
-            .map(|(i, s)| (s.at, i))
+    ) -> Vec<Vec<u8>> {
+        let len = self.slots.len();
+        // Send order: the ring starts at `next` (which stays 0 until the ring is full).
+        let matching: Vec<usize> = (0..len)
+            .map(|k| (self.next + k) % len)
+            .filter(|&i| {
+                self.slots.get(i).is_some_and(|s| {
+                    s.session == Some(session) && s.to == old && now.saturating_duration_since(s.at) <= WINDOW
+                })
+            })
             .collect();
-        // Slot order is send order except across the wrap; the times (and the slot index
-        // for packets of the same millisecond) restore it.
-        order.sort_by_key(|&(at, i)| (at, (i + SLOTS - self.next) % SLOTS));
         let mut budget = BYTES_MAX;
-        let newest = order
+        let newest = matching
             .iter()
             .rev()
-            .take_while(|&&(_, i)| {
+            .take_while(|&&i| {
                 let len = self.slots.get(i).map_or(0, |s| s.bytes.len());
                 budget = budget.saturating_sub(len);
                 len > 0 && budget > 0
             })
             .count();
-        let order = order.get(order.len() - newest..).unwrap_or_default();
-        for &(_, i) in order {
+        let chosen = matching.get(matching.len() - newest..).unwrap_or_default();
+        let mut out = Vec::with_capacity(chosen.len());
+        for &i in chosen {
             if let Some(s) = self.slots.get_mut(i) {
-                resend(&s.bytes);
+                out.push(s.bytes.clone());
                 s.to = new;
             }
         }
-        order.len()
+        out
     }
 
     /// Forgets the packets of a session that ended.
@@ -119,11 +118,7 @@ mod tests {
     }
 
     fn resent(r: &mut Recent, now: u64, session: u32, old: &str, new: &str) -> Vec<Vec<u8>> {
-        let mut got = Vec::new();
-        let n =
-            r.redirect(Instant::from_millis(now), SessionId(session), addr(old), addr(new), |b| got.push(b.to_vec()));
-        assert_eq!(n, got.len());
-        got
+        r.redirect(Instant::from_millis(now), SessionId(session), addr(old), addr(new))
     }
 
     #[test]

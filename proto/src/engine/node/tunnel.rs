@@ -877,8 +877,7 @@ impl Node {
             // What went to the old address since the peer left it is lost: send the
             // recent packets again (see resend.rs).
             if let Some(old) = old {
-                let mut again = Vec::new();
-                self.recent.redirect(now, session, old, from, |b| again.push(b.to_vec()));
+                let again = self.recent.redirect(now, session, old, from);
                 self.resent += again.len() as u64;
                 for b in again {
                     self.transmit(Via::Udp, from, b);
