@@ -1,6 +1,9 @@
 //! The agent's event loop: one thread, one mio poll, the library's node engine.
 //!
-//! Sources, each drained to `WouldBlock` on every readiness event:
+//! Sources, each read for at most a budget per loop turn ([`READ_BUDGET`]); one with more
+//! waiting is read again on the next turn, after every other ready source had its turn and
+//! what the turn produced went out, so a flooded socket neither starves the others nor
+//! piles up replies and events:
 //! - the tunnel's UDP sockets (one per family, one port): datagrams, up to 32 per system
 //!   call (recvmmsg), go to the engine; decrypted inner packets go to the TUN device;
 //! - the TUN device: packets are sealed in place for their tunnel, up to 32 of them read
@@ -63,6 +66,10 @@ const OVERHEAD_V6: u16 = 40 + 8 + (HEADER_LEN + TAG_LEN) as u16;
 const TOKEN_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
 /// The physical MTU assumed for the path (tunnel packets must fit in it).
 const LINK_MTU: u16 = 1500;
+/// Datagrams or packets read from one source per loop turn (two receive batches).
+const READ_BUDGET: usize = 2 * BATCH;
+/// Bytes read from the NS stream per loop turn.
+const STREAM_READ_BUDGET: usize = 64 * 1024;
 
 /// Why the agent could not start.
 pub type StartError = Box<dyn std::error::Error>;
@@ -81,6 +88,9 @@ struct Counters {
     oversized: u64,
     network_changes: u64,
     tls_failures: u64,
+    /// Loop turns, and the times a source still had input when its budget ran out.
+    turns: u64,
+    budget_exhausted: u64,
 }
 
 /// A plain TCP stream to the NS.
@@ -128,6 +138,11 @@ pub struct Agent {
     /// and sent in one call.
     rx: Batch,
     tx: Batch,
+    /// Sources that used up their budget with input left: edge-triggered readiness will
+    /// not report them again, so they are read on the next turn without sleeping.
+    again: Vec<Token>,
+    /// The sources to read this turn (kept to reuse its allocation).
+    ready: Vec<(Token, bool)>,
     stop: bool,
 }
 
@@ -425,6 +440,8 @@ impl Agent {
             counters: Counters::default(),
             rx: Batch::new(),
             tx: Batch::new(),
+            again: Vec::new(),
+            ready: Vec::new(),
             stop: false,
         })
     }
@@ -453,30 +470,46 @@ impl Agent {
             let now = self.now();
             self.timers(now);
             self.flush(now);
-            let wait = self.next_deadline().map_or(std::time::Duration::from_secs(60), |at| {
-                std::time::Duration::from_millis(at.saturating_duration_since(self.now()).as_millis() as u64)
-            });
+            let wait = if self.again.is_empty() {
+                self.next_deadline().map_or(std::time::Duration::from_secs(60), |at| {
+                    std::time::Duration::from_millis(at.saturating_duration_since(self.now()).as_millis() as u64)
+                })
+            } else {
+                std::time::Duration::ZERO
+            };
             match self.poll.poll(&mut events, Some(wait)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            for ev in events.iter() {
-                match ev.token() {
-                    UDP4 | UDP6 => self.read_udp(ev.token()),
+            self.counters.turns += 1;
+            let mut ready = std::mem::take(&mut self.ready);
+            ready.clear();
+            ready.extend(events.iter().map(|ev| (ev.token(), ev.is_writable())));
+            for t in self.again.drain(..) {
+                if !ready.iter().any(|(r, _)| *r == t) {
+                    ready.push((t, false));
+                }
+            }
+            for &(token, writable) in &ready {
+                match token {
+                    UDP4 | UDP6 => self.read_udp(token),
                     TUN => self.read_tun(),
                     DNS_CLIENT => self.read_dns_client(),
-                    DNS_UP4 | DNS_UP6 => self.read_dns_upstream(ev.token()),
+                    DNS_UP4 | DNS_UP6 => self.read_dns_upstream(token),
                     NETLINK => self.read_netlink(),
                     CONTROL => self.serve_status(),
                     SIGNALS => self.read_signals(),
                     AS_CONN => self.drive_as(),
-                    NS_CONN => self.drive_ns(ev.is_writable()),
+                    NS_CONN => self.drive_ns(writable),
                     _ => {}
                 }
+                // What this source's input produced goes out before the next source is
+                // read: the engine's and the stub's queues hold at most one budget's worth.
+                let now = self.now();
+                self.flush(now);
             }
-            let now = self.now();
-            self.flush(now);
+            self.ready = ready;
         }
         let _ = std::fs::remove_file(self.cfg.status_socket.as_str());
         log::info!("stopped");
@@ -559,10 +592,16 @@ impl Agent {
     fn read_udp(&mut self, token: Token) {
         let sock = if token == UDP4 { self.udp4.as_ref() } else { self.udp6.as_ref() };
         let Some(fd) = sock.map(|s| s.as_raw_fd()) else { return };
+        let mut read = 0;
         loop {
+            if read >= READ_BUDGET {
+                self.budget_spent(token);
+                return;
+            }
             // WouldBlock ends the drain; so does any other error (as for one datagram at
             // a time before: the next readiness event tries again).
             let Ok(n) = self.rx.recv(fd, token == UDP6) else { return };
+            read += n;
             let now = self.now();
             for i in 0..n {
                 self.counters.udp_in += 1;
@@ -593,7 +632,12 @@ impl Agent {
     /// Packets from applications: read up to a batch of them, seal each in place for its
     /// tunnel, and send the batch.
     fn read_tun(&mut self) {
+        let mut read = 0;
         loop {
+            if read >= READ_BUDGET {
+                self.budget_spent(TUN);
+                return;
+            }
             let now = self.now();
             let mut sealed = 0;
             let mut drained = false;
@@ -610,6 +654,7 @@ impl Agent {
                     }
                 };
                 self.counters.tun_in += 1;
+                read += 1;
                 if n > room {
                     // Larger than the TUN MTU allows (TUN_MTU_MAX): cut short by the read.
                     self.counters.send_errors += 1;
@@ -694,7 +739,7 @@ impl Agent {
 
     fn read_dns_client(&mut self) {
         let mut buf = [0u8; 1500];
-        loop {
+        for _ in 0..READ_BUDGET {
             let (n, from) = match self.dns_client.recv_from(&mut buf) {
                 Ok(x) => x,
                 Err(_) => return,
@@ -706,11 +751,12 @@ impl Agent {
                 self.resolves.insert(id, token);
             }
         }
+        self.budget_spent(DNS_CLIENT);
     }
 
     fn read_dns_upstream(&mut self, token: Token) {
         let mut buf = [0u8; 4096];
-        loop {
+        for _ in 0..READ_BUDGET {
             let sock = if token == DNS_UP4 { self.dns_up4.as_ref() } else { self.dns_up6.as_ref() };
             let Some(sock) = sock else { return };
             let (n, from) = match sock.recv_from(&mut buf) {
@@ -724,6 +770,13 @@ impl Agent {
             self.stub.handle_upstream(now, from, reply);
             self.locator.handle_response(now, from, reply);
         }
+        self.budget_spent(token);
+    }
+
+    /// `token` still had input when its budget for this turn ran out.
+    fn budget_spent(&mut self, token: Token) {
+        self.counters.budget_exhausted += 1;
+        self.again.push(token);
     }
 
     fn read_netlink(&mut self) {
@@ -858,7 +911,7 @@ impl Agent {
         let now = self.now();
         let Some(c) = self.ns_conn.as_mut() else { return };
         let peer = c.peer;
-        let mut dead = false;
+        let (mut dead, mut more) = (false, false);
         if c.connecting && writable {
             match c.stream.take_error() {
                 Ok(None) if c.stream.peer_addr().is_ok() => c.connecting = false,
@@ -869,13 +922,21 @@ impl Agent {
         let mut frames = Vec::new();
         if !dead && !c.connecting {
             let mut buf = [0u8; 4096];
+            let mut budget = STREAM_READ_BUDGET;
             loop {
+                if budget == 0 {
+                    more = true;
+                    break;
+                }
                 match c.stream.read(&mut buf) {
                     Ok(0) => {
                         dead = true;
                         break;
                     }
-                    Ok(n) => c.decoder.push(buf.get(..n).unwrap_or(&[])),
+                    Ok(n) => {
+                        budget = budget.saturating_sub(n);
+                        c.decoder.push(buf.get(..n).unwrap_or(&[]));
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(_) => {
                         dead = true;
@@ -921,6 +982,8 @@ impl Agent {
                 let _ = self.poll.registry().deregister(&mut c.stream);
             }
             self.node.handle_stream_closed(now, StreamKind::Tcp, peer);
+        } else if more {
+            self.budget_spent(NS_CONN);
         }
     }
 
@@ -1062,7 +1125,7 @@ impl Agent {
     }
 
     fn serve_status(&mut self) {
-        loop {
+        for _ in 0..READ_BUDGET {
             let (mut s, _) = match self.control.accept() {
                 Ok(x) => x,
                 Err(_) => return,
@@ -1070,6 +1133,7 @@ impl Agent {
             let text = self.status();
             let _ = s.write_all(text.as_bytes());
         }
+        self.budget_spent(CONTROL);
     }
 
     fn status(&self) -> String {
@@ -1127,6 +1191,8 @@ impl Agent {
             .num("resent_to_moved_peer", self.node.resent_packets())
             .num("tls_failures", c.tls_failures)
             .num("netlink_undecodable", self.netlink.undecodable())
+            .num("loop_turns", c.turns)
+            .num("budget_exhausted", c.budget_exhausted)
             .close();
         j.open(Some("dropped"));
         for why in ntm_proto::engine::Drop::ALL {

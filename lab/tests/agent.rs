@@ -303,16 +303,20 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn flood(d: &Deployment, ns: &Ns, args: &[&str]) -> String {
+/// Starts ntm-flood in `ns` in the background, pinned to CPU 1 (the agent under test
+/// runs on CPU 0).
+fn spawn_flood(d: &mut Deployment, ns: &Ns, label: &str, args: &[&str]) -> usize {
     let bin = d.bins.join("ntm-flood");
-    let mut cmd = vec![bin.to_str().unwrap()];
+    let mut cmd = vec!["taskset", "-c", "1", bin.to_str().unwrap()];
     cmd.extend_from_slice(args);
-    let out = d.lab.exec(ns, &cmd).expect("ntm-flood runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    d.lab.spawn(ns, label, &cmd, &[]).expect("ntm-flood starts")
 }
 
 #[test]
 fn floods_of_queries_and_junk_leave_the_agent_small_and_working() {
+    if !tools("agent-flood", &["taskset"]) {
+        return;
+    }
     let Some((mut d, _sa, sb)) = two_agents("agent-flood") else { return };
     let (a, b) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone());
     let b4 = sb["virtual_ipv4"].as_str().unwrap().to_string();
@@ -322,34 +326,72 @@ fn floods_of_queries_and_junk_leave_the_agent_small_and_working() {
     let pid = d.lab.proc(d.boxes[0].proc.unwrap()).pid();
     let before = rss_kib(pid);
 
-    d.lab.step("floods, twice: 20000 queries for unknown nodes, junk at the stub and at the tunnel port");
+    // The worst case for an event loop: box a's agent is slower than its input, so its
+    // sockets never run dry. At nice 10 it shares CPU 0 with two busy loops (about a
+    // twentieth of the core) while the flooders have CPU 1 to themselves. An agent that reads a source until it is empty then never gets
+    // to its other sources, and what each input produces piles up until the flood ends.
+    let pinned = std::process::Command::new("taskset").args(["-p", "-c", "0", &pid.to_string()]).output();
+    assert!(pinned.is_ok_and(|o| o.status.success()), "taskset pins ntmd");
+    let niced = std::process::Command::new("renice").args(["-n", "10", "-p", &pid.to_string()]).output();
+    assert!(niced.is_ok_and(|o| o.status.success()), "renice slows ntmd");
+    d.lab.step("floods, twice, on the agent's core: unknown names and junk at the stub, junk at the tunnel port, while box a pings box b");
     let mut after = Vec::new();
+    let mut pings = Vec::new();
     for round in 1..=2 {
         let t = Instant::now();
-        let q = flood(&d, &a, &["dns", "127.0.0.53:53", "zone-b.test", "20000", "10"]);
-        let j1 = flood(&d, &a, &["junk", "127.0.0.53:53", "20000", "5"]);
-        let j2 = flood(&d, &b, &["junk", "198.51.100.2:4500", "50000", "5"]);
-        eprintln!("flood {round}: queries {q}; junk to the stub {j1}; junk to the tunnel port {j2}; {:?}", t.elapsed());
+        let hog = ["taskset", "-c", "0", "timeout", "6", "sh", "-c", "while :; do :; done"];
+        d.lab.spawn(&a, &format!("hog-1-{round}"), &hog, &[]).expect("busy loop");
+        d.lab.spawn(&a, &format!("hog-2-{round}"), &hog, &[]).expect("busy loop");
+        let floods = [
+            spawn_flood(
+                &mut d,
+                &a,
+                &format!("flood-dns-{round}"),
+                &["dns", "127.0.0.53:53", "zone-b.test", "400000", "4"],
+            ),
+            spawn_flood(&mut d, &a, &format!("flood-stub-{round}"), &["junk", "127.0.0.53:53", "400000", "4"]),
+            spawn_flood(&mut d, &b, &format!("flood-tun-{round}"), &["junk", "198.51.100.2:4500", "400000", "4"]),
+        ];
+        // Pings during the floods, for the record: with the tunnel socket full of junk the
+        // kernel drops some of the answers before the agent can read them.
+        std::thread::sleep(Duration::from_millis(500));
+        let ping = d.lab.try_exec(&a, &["ping", "-c", "10", "-i", "0.2", "-W", "1", &b4]).expect("ping runs");
+        let text = String::from_utf8_lossy(&ping.stdout).to_string();
+        let received = text
+            .lines()
+            .find(|l| l.contains("received"))
+            .and_then(|l| l.split(", ").nth(1))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
+        pings.push(received);
+        for f in floods {
+            d.lab.proc(f).wait(30);
+            eprintln!("flood {round}: {}", d.lab.proc(f).log_text().trim());
+        }
+        eprintln!("round {round}: {:?}", t.elapsed());
         std::thread::sleep(Duration::from_secs(1));
         after.push(rss_kib(pid));
     }
-    eprintln!("ntmd resident memory: {before} KiB before, {after:?} KiB after each round of floods");
+    eprintln!("ntmd resident memory: {before} KiB before, {after:?} KiB after each round; pings answered during the floods: {pings:?} of 10");
 
     assert!(d.lab.proc(d.boxes[0].proc.unwrap()).alive(), "ntmd survives");
     let s = d.status(0).expect("status");
     let dns = &s["dns"];
+    eprintln!("stub: {dns}; engine drops: {}; loop: {}", s["dropped"], s["counters"]);
     assert!(dns["hooked"].as_u64().unwrap() > 1000, "{dns}");
     let junk = ["malformed", "not_implemented", "ignored"].map(|k| dns[k].as_u64().unwrap()).iter().sum::<u64>();
     assert!(junk > 1000, "junk at the stub is counted: {dns}");
-    assert!(dns["over_limit"].as_u64().unwrap() > 0, "the pending cap held: {dns}");
     let dropped: u64 = s["dropped"].as_object().unwrap().values().filter_map(|v| v.as_u64()).sum();
     assert!(dropped > 10_000, "junk at the tunnel port is dropped and counted: {}", s["dropped"]);
-    // The tables are capped, so the memory the first round took is what the floods can
-    // take: a second round adds (almost) nothing. How much the first round takes depends
-    // on how far the queues fill before the agent drains them, which varies with the
-    // machine's load (0.8-4.6 MiB seen).
+    // The floods outran the agent (else this test shows nothing): sources were cut at
+    // their budget and read again on the next turn.
+    let cut = s["counters"]["budget_exhausted"].as_u64().unwrap();
+    assert!(cut > 100, "the floods outran the agent: {cut} budgets used up");
+    // Every source is read for a budget per turn, and what one turn produces is sent
+    // before the next: memory is what the capped tables hold, whatever the speeds.
     let (first, second) = (after[0], after[1]);
-    assert!(first < before + 8192, "memory stays bounded: {before} KiB -> {first} KiB");
-    assert!(second < first + 1024, "a second round of floods takes no more: {first} KiB -> {second} KiB");
+    assert!(first < before + 4096, "memory stays bounded: {before} KiB -> {first} KiB");
+    assert!(second < first + 512, "a second round of floods takes no more: {first} KiB -> {second} KiB");
     d.lab.exec(&a, &["ping", "-c", "2", "-i", "0.2", "-W", "3", &b4]).expect("ping after the floods");
 }
