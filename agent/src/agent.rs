@@ -37,7 +37,7 @@ use ntm_proto::crypto::TAG_LEN;
 use ntm_proto::dns::{Locator, LocatorConfig};
 use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, PathKind, ResolveId, SendError};
 use ntm_proto::engine::{DcLocation, Engine, Received, StreamKind, Transmit, Via};
-use ntm_proto::time::{Duration, Instant};
+use ntm_proto::time::Instant;
 use ntm_proto::wire::frame::{encode_frame, FrameDecoder, FRAME_MAX};
 use ntm_proto::wire::login::{Credential, IdToken, Password};
 use ntm_proto::wire::registration::KeepaliveMethod;
@@ -349,9 +349,7 @@ impl Agent {
             StubConfig {
                 ntm_domains: cfg.dns.ntm_domains.to_vec(),
                 upstream: cfg.dns.upstream.to_vec(),
-                max_pending: 256,
-                upstream_timeout: Duration::from_secs(2),
-                answer_ttl: 30,
+                ..StubConfig::default()
             },
             Box::new(rand_core::OsRng),
         );
@@ -1209,6 +1207,7 @@ impl Agent {
             .num("malformed", s.malformed)
             .num("not_implemented", s.not_implemented)
             .num("over_limit", s.over_limit)
+            .num("rate_limited", s.rate_limited)
             .num("upstream_timeouts", s.upstream_timeouts)
             .num("ignored", s.ignored)
             .close();

@@ -93,7 +93,7 @@ use simple_dns::{
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
 /// Length of the DNS header.
@@ -132,10 +132,15 @@ pub struct StubConfig {
     pub upstream_timeout: Duration,
     /// TTL of the virtual-address records, in seconds.
     pub answer_ttl: u32,
+    /// Look-ups of new node names (each one a negotiation at the DC) one client address
+    /// may start per second, on average, and at once: a token bucket per client.
+    pub lookups_per_sec: u32,
+    pub lookup_burst: u32,
 }
 
 impl Default for StubConfig {
-    /// No domains, no upstreams, 256 queries, 2 s per upstream try, a 30 s TTL.
+    /// No domains, no upstreams, 256 queries, 2 s per upstream try, a 30 s TTL, 20 new
+    /// node names a second per client with bursts of 64.
     fn default() -> Self {
         StubConfig {
             ntm_domains: Vec::new(),
@@ -143,6 +148,8 @@ impl Default for StubConfig {
             max_pending: 256,
             upstream_timeout: Duration::from_secs(2),
             answer_ttl: 30,
+            lookups_per_sec: 20,
+            lookup_burst: 64,
         }
     }
 }
@@ -192,6 +199,9 @@ pub struct StubStats {
     pub not_implemented: u64,
     /// Queries refused (SERVFAIL) because `max_pending` were in flight.
     pub over_limit: u64,
+    /// Queries for new node names refused (SERVFAIL) because their client used up its
+    /// look-up budget (`lookups_per_sec`).
+    pub rate_limited: u64,
     /// Upstream tries that went unanswered.
     pub upstream_timeouts: u64,
     /// Datagrams dropped: upstream replies from the wrong source, with an unknown id or
@@ -294,7 +304,20 @@ pub struct DnsStub {
     /// Forwarded queries by their upstream id.
     forwards: BTreeMap<u16, Forward>,
     transmits: VecDeque<(Dest, SocketAddr, Vec<u8>)>,
+    /// Look-up budgets by client address (at most [`CLIENTS_MAX`]).
+    buckets: Vec<Bucket>,
     stats: StubStats,
+}
+
+/// Clients whose look-up budget is remembered; the one heard from longest ago makes room.
+const CLIENTS_MAX: usize = 64;
+
+/// A client's look-up budget: tokens in thousandths, refilled with time.
+#[derive(Debug)]
+struct Bucket {
+    client: IpAddr,
+    milli_tokens: u64,
+    at: Instant,
 }
 
 impl fmt::Debug for DnsStub {
@@ -319,6 +342,7 @@ impl DnsStub {
             by_name: BTreeMap::new(),
             forwards: BTreeMap::new(),
             transmits: VecDeque::new(),
+            buckets: Vec::new(),
             stats: StubStats::default(),
         }
     }
@@ -500,6 +524,11 @@ impl DnsStub {
                 return Outcome::Nothing;
             }
         }
+        if existing.is_none() && !self.take_lookup(now, query.client.ip()) {
+            bump(&mut self.stats.rate_limited);
+            self.servfail(&query);
+            return Outcome::Nothing;
+        }
         if !self.admit(&query) {
             return Outcome::Nothing;
         }
@@ -524,6 +553,35 @@ impl DnsStub {
             self.forward(now, query);
         }
         Outcome::Nothing
+    }
+
+    /// Takes one look-up from `client`'s budget; false if it has none left.
+    fn take_lookup(&mut self, now: Instant, client: IpAddr) -> bool {
+        let (rate, burst) = (u64::from(self.cfg.lookups_per_sec), u64::from(self.cfg.lookup_burst) * 1000);
+        let i = match self.buckets.iter().position(|b| b.client == client) {
+            Some(i) => i,
+            None => {
+                if self.buckets.len() >= CLIENTS_MAX {
+                    let oldest = self.buckets.iter().enumerate().min_by_key(|(_, b)| b.at).map(|(i, _)| i);
+                    if let Some(i) = oldest {
+                        self.buckets.swap_remove(i);
+                    }
+                }
+                self.buckets.push(Bucket { client, milli_tokens: burst, at: now });
+                self.buckets.len() - 1
+            }
+        };
+        let Some(b) = self.buckets.get_mut(i) else { return false };
+        // Milliseconds times tokens per second: thousandths of a token.
+        let waited = u64::try_from(now.saturating_duration_since(b.at).as_millis()).unwrap_or(u64::MAX);
+        let refill = waited.saturating_mul(rate);
+        b.milli_tokens = b.milli_tokens.saturating_add(refill).min(burst);
+        b.at = now;
+        if b.milli_tokens < 1000 {
+            return false;
+        }
+        b.milli_tokens -= 1000;
+        true
     }
 
     /// The `max_pending` cap: false (and SERVFAIL sent) if it is reached.
@@ -1160,6 +1218,34 @@ mod tests {
         assert_eq!((r.id(), r.rcode()), (10, RCODE::NotImplemented));
         assert_eq!(s.stats().not_implemented, 2);
         assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn a_client_that_asks_for_too_many_new_node_names_gets_servfail_until_its_budget_refills() {
+        let mut s = stub(StubConfig { lookups_per_sec: 10, lookup_burst: 4, ..cfg() });
+        let resolves = |s: &mut DnsStub, t: u64, from: SocketAddr, n: u32| {
+            (0..n)
+                .filter(|i| {
+                    let q = query(7, &format!("n{t}x{i}.ntm.test"), TYPE::A);
+                    matches!(s.handle_query(Instant::from_millis(t), from, &q), Outcome::Resolve { .. })
+                })
+                .count()
+        };
+        assert_eq!(resolves(&mut s, 0, C1, 10), 4, "the burst");
+        assert_eq!(s.stats().rate_limited, 6);
+        assert_eq!(resolves(&mut s, 1, C2, 4), 4, "another client has its own budget");
+        assert_eq!(resolves(&mut s, 300, C1, 10), 3, "10 a second: 3 more after 300 ms");
+        // A name already being looked up costs nothing more.
+        let again = query(8, "n300x0.ntm.test", TYPE::AAAA);
+        assert_eq!(s.handle_query(Instant::from_millis(300), C1, &again), Outcome::Nothing);
+        assert_eq!(s.stats().rate_limited, 13);
+        let refused = drain(&mut s)
+            .iter()
+            .filter(|(d, to, m)| {
+                *d == Dest::Client && *to == C1 && Packet::parse(m).is_ok_and(|r| r.rcode() == RCODE::ServerFailure)
+            })
+            .count();
+        assert_eq!(refused, 13, "each refused query is answered SERVFAIL");
     }
 
     #[test]

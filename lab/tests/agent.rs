@@ -379,7 +379,10 @@ fn floods_of_queries_and_junk_leave_the_agent_small_and_working() {
     let s = d.status(0).expect("status");
     let dns = &s["dns"];
     eprintln!("stub: {dns}; engine drops: {}; loop: {}", s["dropped"], s["counters"]);
-    assert!(dns["hooked"].as_u64().unwrap() > 1000, "{dns}");
+    // New node names cost a negotiation at the DC: the stub lets each client start 20 a
+    // second (bursts of 64) and refuses the rest.
+    assert!(dns["hooked"].as_u64().unwrap() > 64, "{dns}");
+    assert!(dns["rate_limited"].as_u64().unwrap() > 1000, "the look-up budget held: {dns}");
     let junk = ["malformed", "not_implemented", "ignored"].map(|k| dns[k].as_u64().unwrap()).iter().sum::<u64>();
     assert!(junk > 1000, "junk at the stub is counted: {dns}");
     let dropped: u64 = s["dropped"].as_object().unwrap().values().filter_map(|v| v.as_u64()).sum();

@@ -105,6 +105,8 @@ pub struct NodeOpts {
     pub public_key_mode: bool,
     pub udp_keepalive: Option<Duration>,
     pub tunnel_key_lifetime: Option<Duration>,
+    /// The node's own cap on look-ups in flight (a hostile node sets it high).
+    pub max_pending_resolves: Option<usize>,
 }
 
 impl Default for NodeOpts {
@@ -115,6 +117,7 @@ impl Default for NodeOpts {
             public_key_mode: false,
             udp_keepalive: None,
             tunnel_key_lifetime: None,
+            max_pending_resolves: None,
         }
     }
 }
@@ -326,6 +329,9 @@ impl Deployment {
         cfg.udp_keepalive_interval = opts.udp_keepalive;
         if let Some(l) = opts.tunnel_key_lifetime {
             cfg.tunnel_key_lifetime = l;
+        }
+        if let Some(m) = opts.max_pending_resolves {
+            cfg.max_pending_resolves = m;
         }
         cfg.key_pair = if opts.public_key_mode { key_pair.clone() } else { None };
         let node = Node::new(cfg, self.sim.rng_for(fqdn)).unwrap();

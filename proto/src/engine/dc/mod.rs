@@ -87,6 +87,11 @@ pub struct DcConfig {
     pub max_nodes: usize,
     /// Most negotiations in progress.
     pub max_negotiations: usize,
+    /// Most negotiations one node may have in the table (in progress, or finished and
+    /// kept to recognise retransmissions): a node that asks for more has its oldest
+    /// finished ones forgotten, or is refused while all of them are in progress, so one
+    /// node cannot fill the table that every node of this DC shares.
+    pub max_negotiations_per_node: usize,
     /// How often to ask each RS for its load (and measure its round-trip time).
     pub relay_status_interval: Duration,
     /// Longest a negotiation may take.
@@ -116,6 +121,7 @@ impl DcConfig {
             },
             max_nodes: 100_000,
             max_negotiations: 4096,
+            max_negotiations_per_node: 64,
             relay_status_interval: Duration::from_secs(30),
             negotiation_timeout: Duration::from_secs(60),
         }

@@ -235,6 +235,29 @@ impl Dc {
             self.send_to_node(now, mn, &msg, None);
             return Received::Handled;
         }
+        // One node's share of the table: its oldest finished negotiation makes room (it is
+        // kept only to answer retransmissions); while all its share is in progress, it is
+        // refused. Others' requests are untouched by one node's flood.
+        let mine = self.negotiations.iter().filter(|n| n.mn == *mn).count();
+        if mine >= self.cfg.max_negotiations_per_node {
+            let oldest_finished = self
+                .negotiations
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.mn == *mn && n.finished())
+                .min_by_key(|(_, n)| n.deadline())
+                .map(|(i, _)| i);
+            match oldest_finished {
+                Some(i) => {
+                    self.negotiations.remove(i);
+                }
+                None => {
+                    let msg = refusal(Reason::Overloaded, "too many negotiations in progress for this node");
+                    self.send_to_node(now, mn, &msg, None);
+                    return self.drops.count(Drop::Limit);
+                }
+            }
+        }
         // Finished negotiations count too: they are kept for a while to answer
         // retransmissions, and a flood of requests must not grow the table.
         if self.negotiations.len() >= self.cfg.max_negotiations {
