@@ -6,6 +6,16 @@
 # big-endian MIPS run of cross/build.sh: the agent and the library's tests under qemu-user
 # and the foreign agent in the lab (it installs Debian's cross toolchain when root).
 . "$(dirname "$0")/env.sh"
+# The tools the end-to-end tests use (as root; a non-root run skips those tests): iproute2
+# (namespaces, veth), nftables (NAT), NSD (a real authoritative DNS server), dig, socat,
+# ping, tcpdump (captures), openssl (an impostor AS), iperf3 and curl (applications),
+# busybox (its start-stop-daemon runs the init scripts as on a box), taskset and renice
+# (util-linux, bsdutils: the flood test slows the agent on purpose), a C compiler.
+if [ "$(id -u)" = 0 ]; then
+	install_missing ip:iproute2 nft:nftables nsd:nsd dig:dnsutils socat:socat ping:iputils-ping \
+		tcpdump:tcpdump openssl:openssl iperf3:iperf3 curl:curl busybox:busybox cc:build-essential \
+		taskset:util-linux renice:bsdutils update-ca-certificates:ca-certificates
+fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
