@@ -173,7 +173,8 @@ pub enum Drop {
     Unauthorized,
     /// Over a configured limit (queue, session count, rate).
     Limit,
-    /// No state is waiting for it (a late duplicate).
+    /// No state is waiting for it (a late duplicate), or its counter was seen already or
+    /// is behind the replay window (a replay: checked before the tag, so not proof of one).
     Stale,
 }
 
@@ -219,6 +220,8 @@ impl From<crate::crypto::CryptoError> for Drop {
         match e {
             crate::crypto::CryptoError::Wire(w) => Drop::from(w),
             crate::crypto::CryptoError::WrongKeyId => Drop::UnknownKey,
+            // Authentic but already seen (a replay or a late duplicate): not a forgery.
+            crate::crypto::CryptoError::Replayed | crate::crypto::CryptoError::TooOld => Drop::Stale,
             _ => Drop::Crypto,
         }
     }
