@@ -111,11 +111,21 @@ impl Dc {
             Err(_) => return self.drops.count(Drop::Malformed),
         };
         match self.nodes.get_mut(&kd.fqdn) {
+            // The key we hold already, again: its channel keeps its counter (a new channel
+            // would seal from 0 again under the same key).
+            Some(rec) if rec.channel.id() == kd.key_id && rec.channel.key() == channel.key() => {}
             Some(rec) => {
-                // Re-login: the new key replaces the old; registration state stays.
+                // Re-login: the new key replaces the old; registration state stays. The NS
+                // binding does not: a node that logged in afresh may have restarted and
+                // lost its K_ntmns counter, so the same K_ntmns again would have it seal
+                // counters 0, 1, 2... a second time. Its next registration binds a new one
+                // (docs/protocol.md, section 5).
                 self.keys.remove(&rec.channel.id());
                 rec.channel = channel;
                 rec.attestation = kd.attestation;
+                rec.ns = None;
+                rec.waiting.clear();
+                self.pending_ns.retain(|p| p.fqdn != kd.fqdn);
             }
             None => {
                 self.nodes.insert(
