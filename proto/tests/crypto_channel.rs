@@ -67,8 +67,9 @@ fn data_plane_seals_and_opens_in_place() {
     buf[HEADER_LEN..HEADER_LEN + packet.len()].copy_from_slice(&packet);
     a.seal_in_place(T0, MsgType::Data, &mut buf).unwrap();
     let copy = buf.clone();
-    let range = b.open_in_place(T0, &mut buf).unwrap();
-    assert_eq!(&buf[range], &packet);
+    let opened = b.open_in_place(T0, &mut buf).unwrap();
+    assert!(opened.newest);
+    assert_eq!(&buf[opened.body], &packet);
     // The owned path agrees.
     let mut b2: Channel<MnCn> = channel(2, Sender::Responder);
     let (_, m) = b2.open(T0, &copy).unwrap();

@@ -7,6 +7,17 @@ use crate::wire::{Envelope, Header, KeyId, Message, Sender, HEADER_LEN};
 use core::ops::Range;
 use zeroize::Zeroizing;
 
+/// A message [`Channel::open_in_place`] authenticated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// Where the plaintext body is in the buffer.
+    pub body: Range<usize>,
+    /// True if its counter is the newest accepted from its sender so far (it moved the
+    /// replay window's top); false for an older one accepted late (reordered, or delayed
+    /// on a path the sender has left). Only the newest says where the sender is now.
+    pub newest: bool,
+}
+
 /// One symmetric key of kind `K` as held by one role: the only way to seal or open under
 /// it. Sealing takes the next counter of `local`'s nonce space; opening checks that the
 /// sender may use `K`, is not `local` (a reflection), and that the counter is fresh in
@@ -171,9 +182,10 @@ impl<K: KeyKind> Channel<K> {
         Ok((sender, counter))
     }
 
-    /// Opens a sealed message in place and returns the range of the plaintext body in
-    /// `buf`. On any error `buf`'s body may hold garbage and the window is unchanged.
-    pub fn open_in_place(&mut self, now: Instant, buf: &mut [u8]) -> Result<Range<usize>, CryptoError> {
+    /// Opens a sealed message in place: where its plaintext body is in `buf`, and whether
+    /// it is the newest from its sender. On any error `buf`'s body may hold garbage and
+    /// the window is unchanged.
+    pub fn open_in_place(&mut self, now: Instant, buf: &mut [u8]) -> Result<Opened, CryptoError> {
         let (sender, counter) = {
             let env = Envelope::new_checked(&buf[..])?;
             self.admit(now, &env)?
@@ -188,8 +200,8 @@ impl<K: KeyKind> Channel<K> {
         let mut t = [0u8; TAG_LEN];
         t.copy_from_slice(tag);
         self.aead.open(&nonce(sender, counter), head, body, &t)?;
-        self.window_for(sender).commit(counter);
-        Ok(HEADER_LEN..body_end)
+        let newest = self.window_for(sender).commit(counter);
+        Ok(Opened { body: HEADER_LEN..body_end, newest })
     }
 
     fn window_for(&mut self, sender: Sender) -> &mut ReplayWindow {
@@ -208,13 +220,19 @@ impl<K: KeyKind> Channel<K> {
 
     /// Opens a sealed message into a new, self-zeroizing buffer and parses its body.
     pub fn open(&mut self, now: Instant, bytes: &[u8]) -> Result<(Header, Message), CryptoError> {
+        self.open_ordered(now, bytes).map(|(header, msg, _)| (header, msg))
+    }
+
+    /// [`Channel::open`], also saying whether the message is the newest from its sender
+    /// ([`Opened::newest`]).
+    pub fn open_ordered(&mut self, now: Instant, bytes: &[u8]) -> Result<(Header, Message, bool), CryptoError> {
         let mut buf = Zeroizing::new(bytes.to_vec());
-        let range = self.open_in_place(now, &mut buf)?;
+        let opened = self.open_in_place(now, &mut buf)?;
         let env = Envelope::new_checked(&buf[..])?;
         let header = Header::parse(&env);
-        let body = buf.get(range).ok_or(CryptoError::Wire(crate::wire::WireError::Truncated))?;
+        let body = buf.get(opened.body).ok_or(CryptoError::Wire(crate::wire::WireError::Truncated))?;
         let msg = Message::parse_body(header.msg_type, body)?;
-        Ok((header, msg))
+        Ok((header, msg, opened.newest))
     }
 }
 

@@ -17,7 +17,7 @@ pub mod pk;
 mod replay;
 
 pub use aead::{nonce, Aead, TAG_LEN};
-pub use channel::{parse_plain, plain, Channel};
+pub use channel::{parse_plain, plain, Channel, Opened};
 pub use replay::{ReplayWindow, WINDOW_BITS};
 
 use crate::wire::{Sender, WireError};

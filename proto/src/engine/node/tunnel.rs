@@ -815,7 +815,7 @@ impl Node {
         let Some(i) = self.tunnel_index(SessionId(env.key_id().0)) else { return self.drops.count(Drop::UnknownKey) };
         let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(Drop::UnknownKey) };
         let Some(ch) = t.mncn.as_mut() else { return self.drops.count(Drop::Stale) };
-        let (_, msg) = match ch.open(now, buf) {
+        let (_, msg, newest) = match ch.open_ordered(now, buf) {
             Ok(m) => m,
             Err(e) => return self.drops.count(Drop::from(e)),
         };
@@ -834,7 +834,9 @@ impl Node {
                 Received::Handled
             }
             Message::PathProbe(p) => {
-                self.follow_peer(now, i, from);
+                if newest {
+                    self.follow_peer(now, i, from);
+                }
                 let msg = Message::PathProbeAck(PathProbeAck { probe_id: p.probe_id, observed: from });
                 self.seal_mncn(now, i, from, &msg);
                 Received::Handled
@@ -847,7 +849,9 @@ impl Node {
                     if probing {
                         t.probe = None; // the handover probe got through
                     }
-                    self.follow_peer(now, i, from);
+                    if newest {
+                        self.follow_peer(now, i, from);
+                    }
                 }
                 Received::Handled
             }
@@ -857,7 +861,10 @@ impl Node {
 
     /// An authenticated packet came from `from`. On a direct path the newest source is
     /// where the peer is now (it moved, or its NAT rebound); on a relayed path, a packet
-    /// straight from the peer means it found the direct path.
+    /// straight from the peer means it found the direct path. Call it only for the newest
+    /// packet from the peer ([`crate::crypto::Opened::newest`]): an older one accepted late
+    /// may have been delayed on a path the peer has left, and following it would point us
+    /// back there (and send the recent packets there again).
     fn follow_peer(&mut self, now: Instant, i: usize, from: SocketAddr) {
         let Some(t) = self.tunnels.get_mut(i) else { return };
         if !t.is_established() || t.send_to == Some(from) {
@@ -906,8 +913,8 @@ impl Node {
         let my_virtual = self.virtual_addrs;
         let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(Drop::UnknownKey) };
         let Some(ch) = t.mncn.as_mut() else { return self.drops.count(Drop::Stale) };
-        let range = match ch.open_in_place(now, buf) {
-            Ok(r) => r,
+        let (range, newest) = match ch.open_in_place(now, buf) {
+            Ok(o) => (o.body, o.newest),
             // A copy of a data packet (the network's, or sent again after a handover)
             // is a late duplicate; it was delivered once, or is too late to matter.
             Err(CryptoError::Replayed | CryptoError::TooOld) => return self.drops.count(Drop::Stale),
@@ -924,7 +931,9 @@ impl Node {
         t.last_rx = now;
         t.last_data = now;
         t.rx_packets += 1;
-        self.follow_peer(now, i, from);
+        if newest {
+            self.follow_peer(now, i, from);
+        }
         Received::Ip(range)
     }
 
