@@ -220,3 +220,44 @@ fn a_late_packet_from_the_old_address_does_not_move_the_peer_back() {
     assert_eq!(remote(&mut d), Some(moved), "a late packet from the old address does not move cn back");
     assert_eq!(d.node(mn).resent_packets(), resent, "nor sends the recent packets to the old address");
 }
+
+/// MN restarts while its Route Direction waits for the ack (the DC was down when it
+/// came). The new process logs in afresh; the DC must not hand it the old negotiation's
+/// K_tun and K_tmp again: the old process sealed its Tunnel Request under that K_tun from
+/// counter 0 already, and wrapped its K_mncn under that K_tmp at the one fixed nonce.
+#[test]
+fn a_node_restarted_during_its_negotiation_gets_no_old_tunnel_keys() {
+    let mut d = Deployment::new(44, Options::default());
+    let mn = global(&mut d, "mn.zone-a.example", 10);
+    let cn = global(&mut d, "cn.zone-b.example", 11);
+    for h in [mn, cn, d.dc_a, d.dc_b] {
+        d.sim.enable_capture(h);
+    }
+    assert!(d.bring_up(mn) && d.bring_up(cn));
+    let now = d.now();
+    let _ = d.node(mn).resolve(now, name("cn.zone-b.example"));
+    // MN took its Route Direction: its ack and its Tunnel Request are on their way.
+    let got = d.sim.run_until_cond(d.now() + Duration::from_secs(10), |s| !s.engine::<Node>(mn).tunnels().is_empty());
+    assert!(got, "MN got its Route Direction");
+    let old_sessions: Vec<_> = d.node(mn).tunnels().iter().map(|t| t.session).collect();
+    let dc_a = d.dc_a;
+    d.sim.set_down(dc_a, true);
+    d.run_for(Duration::from_millis(500));
+    d.sim.set_down(dc_a, false);
+    let _ = restart_node_plain(&mut d, mn, "mn-2");
+    d.run_for(Duration::from_secs(60));
+    let sessions: Vec<_> = d.node(mn).tunnels().iter().map(|t| t.session).collect();
+    assert!(sessions.iter().all(|s| !old_sessions.contains(s)), "the new process has no old session: {sessions:?}");
+    assert_nonces_unique(&[d.sim.capture(mn), d.sim.capture(cn), d.sim.capture(d.dc_a), d.sim.capture(d.dc_b)]);
+    // The new process reaches CN with a negotiation of its own.
+    assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
+    assert!(d.ping4(mn, cn, 1));
+}
+
+/// Restarts a node's engine and waits until it is registered again.
+fn restart_node_plain(d: &mut Deployment, h: HostId, label: &str) -> bool {
+    let cfg = d.node(h).config().clone();
+    let fresh = Node::new(cfg, d.sim.rng_for(label)).unwrap();
+    d.sim.replace_engine(h, fresh);
+    d.bring_up(h)
+}

@@ -126,6 +126,7 @@ impl Dc {
                 rec.ns = None;
                 rec.waiting.clear();
                 self.pending_ns.retain(|p| p.fqdn != kd.fqdn);
+                self.abandon_directions_to(now, &kd.fqdn);
             }
             None => {
                 self.nodes.insert(
