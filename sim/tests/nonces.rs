@@ -261,3 +261,47 @@ fn restart_node_plain(d: &mut Deployment, h: HostId, label: &str) -> bool {
     d.sim.replace_engine(h, fresh);
     d.bring_up(h)
 }
+
+/// A Route Direction the DC sent again arrives after the tunnel it set up has ended (its
+/// acks were lost for long enough, or it was delayed). The node acknowledges it again but
+/// must not take its K_tun into use a second time: a new channel would seal from
+/// counter 0 again (here, the Tunnel Request of an initiator, with a new K_mncn).
+#[test]
+fn a_route_direction_for_an_ended_tunnel_is_not_taken_again() {
+    use ntm_proto::crypto::Channel;
+    use ntm_proto::wire::{Message, Sender};
+    let mut d = Deployment::new(45, Options::default());
+    let mn = global(&mut d, "mn.zone-a.example", 10);
+    let cn = global(&mut d, "cn.zone-b.example", 11);
+    for h in [mn, cn] {
+        d.sim.enable_capture(h);
+    }
+    assert!(d.bring_up(mn) && d.bring_up(cn));
+    assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
+    assert!(d.ping4(mn, cn, 1));
+    let session = d.node(mn).tunnels()[0].session;
+    let rd = d
+        .sim
+        .capture(mn)
+        .iter()
+        .find(|c| c.dir == Direction::In && c.bytes.get(1) == Some(&0x40))
+        .expect("MN's Route Direction")
+        .clone();
+    // The tunnel goes idle and ends.
+    d.run_for(Duration::from_secs(700));
+    assert!(d.node(mn).tunnels().iter().all(|t| t.session != session), "the tunnel ended");
+
+    // The DC's retransmission of that Route Direction, sealed anew (as the DC does) under
+    // MN's K_ntmdc with a counter the DC has not used.
+    let state = d.sim.engine::<Dc>(d.dc_a).export_node(&name("mn.zone-a.example")).unwrap();
+    let mut as_node = Channel::new(state.key.clone(), state.key_id, Sender::Node, state.expires).unwrap();
+    let (_, msg) = as_node.open(d.now(), &rd.bytes).unwrap();
+    assert!(matches!(msg, Message::RouteDirection(_)));
+    let mut as_dc = Channel::new(state.key, state.key_id, Sender::Dc, state.expires).unwrap();
+    as_dc.resume_at(state.next_counter + 1_000_000);
+    let again = as_dc.seal(d.now(), &msg).unwrap();
+    d.sim.inject(RealmId::INTERNET, rd.src, rd.dst, again);
+    d.run_for(Duration::from_secs(5));
+    assert!(d.node(mn).tunnels().iter().all(|t| t.session != session), "the ended session is not set up again");
+    assert_nonces_unique(&[d.sim.capture(mn), d.sim.capture(cn)]);
+}

@@ -35,6 +35,13 @@ use core::net::{IpAddr, SocketAddr};
 const SUPERSEDED_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for the peer's Tunnel Request.
 const AWAIT_TUNNEL_REQUEST: Duration = Duration::from_secs(60);
+/// How long the node remembers a session whose tunnel ended. A DC retransmits a Route
+/// Direction until it is acknowledged, at most for its negotiation timeout (60 s by
+/// default); one arriving after the tunnel ended must not take the session's K_tun into
+/// use again, since the new channel would seal from counter 0 once more.
+pub(super) const ENDED_MEMORY: Duration = Duration::from_secs(600);
+/// Most ended sessions remembered (the oldest are forgotten first).
+const ENDED_MAX: usize = 4096;
 /// The responder keeps K_tmp this long after the tunnel is up, to answer a retransmitted
 /// Tunnel Request; then K_tmp is gone (it protects one negotiation only).
 const K_TMP_AFTER_SETUP: Duration = Duration::from_secs(30);
@@ -474,8 +481,10 @@ impl Node {
             return self.drops.count(Drop::Unauthorized);
         }
         let ack = Message::RouteDirectionAck(RouteDirectionAck { request_id: rd.request_id, session: rd.session });
-        if self.tunnels.iter().any(|t| t.session == rd.session) {
-            // The DC retransmitted: our acknowledgement was lost.
+        let ended = self.ended.iter().any(|(s, _)| *s == rd.session);
+        if ended || self.tunnels.iter().any(|t| t.session == rd.session) {
+            // The DC retransmitted: our acknowledgement was lost. (If the tunnel ended
+            // meanwhile, its K_tun stays out of use: see ENDED_MEMORY.)
             if let Some(dst) = self.any_dc_addr() {
                 self.send_to_dc(now, dst, &ack);
             }
@@ -999,6 +1008,11 @@ impl Node {
             } else {
                 let t = self.tunnels.remove(i);
                 self.recent.forget(t.session);
+                self.ended.retain(|(_, at)| now < *at + ENDED_MEMORY);
+                if self.ended.len() >= ENDED_MAX {
+                    self.ended.pop_front();
+                }
+                self.ended.push_back((t.session, now));
                 let peer = t.peer.fqdn.clone();
                 let still = self.tunnels.iter().any(|o| o.peer.fqdn == peer && o.is_established());
                 if t.is_established() && !still {
