@@ -259,6 +259,22 @@ fn counter_exhaustion_is_refused() {
 }
 
 #[test]
+fn a_counter_limit_stops_sealing_until_it_is_raised() {
+    let (mut node, _) = node_and_dc();
+    assert_eq!(node.counter_limit(), u64::MAX, "unlimited by default");
+    node.limit_counter(2);
+    node.seal(T0, &keepalive(1)).unwrap();
+    node.seal(T0, &keepalive(2)).unwrap();
+    assert_eq!(node.seal(T0, &keepalive(3)), Err(CryptoError::CounterNotReserved));
+    let mut buf = vec![0u8; HEADER_LEN + 4 + TAG_LEN];
+    assert_eq!(node.seal_in_place(T0, MsgType::Keepalive, &mut buf), Err(CryptoError::CounterNotReserved));
+    // A refused seal used no counter; a raised limit lets it go on from there.
+    assert_eq!(node.next_counter(), 2);
+    node.limit_counter(3);
+    assert_eq!(node.seal(T0, &keepalive(3)).map(|b| b[15]), Ok(2));
+}
+
+#[test]
 fn refused_messages_do_not_move_the_window() {
     let (mut node, mut dc) = node_and_dc();
     let genuine: Vec<_> = (0..3).map(|n| node.seal(T0, &keepalive(n)).unwrap()).collect();

@@ -29,6 +29,8 @@ pub struct Channel<K: KeyKind> {
     id: KeyId,
     local: Sender,
     next_counter: u64,
+    /// The first counter this channel may not seal with (see [`Channel::limit_counter`]).
+    limit: u64,
     /// One window per peer sender; at most two peers for any key kind.
     windows: heapless::Vec<(Sender, ReplayWindow), 2>,
     expires: Instant,
@@ -42,7 +44,7 @@ impl<K: KeyKind> Channel<K> {
             return Err(CryptoError::SenderNotAllowed(local));
         }
         let aead = Aead::new(&key);
-        Ok(Channel { key, aead, id, local, next_counter: 0, windows: heapless::Vec::new(), expires })
+        Ok(Channel { key, aead, id, local, next_counter: 0, limit: u64::MAX, windows: heapless::Vec::new(), expires })
     }
 
     /// The key (to hand it on, e.g. K_tun from DC to RS).
@@ -86,6 +88,19 @@ impl<K: KeyKind> Channel<K> {
         self.next_counter = self.next_counter.max(counter);
     }
 
+    /// Seals nothing at or above `limit` (until it is moved up): for a channel whose
+    /// counters are reserved in a store before use, so that it can never seal past what
+    /// a restart would resume at, however fast it seals between two saves. Sealing then
+    /// fails with [`CryptoError::CounterNotReserved`].
+    pub fn limit_counter(&mut self, limit: u64) {
+        self.limit = limit;
+    }
+
+    /// The first counter this channel may not seal with (`u64::MAX` if unlimited).
+    pub fn counter_limit(&self) -> u64 {
+        self.limit
+    }
+
     /// One more than the newest counter accepted from `peer` (0 if none), to store with a
     /// key so that a restored channel can refuse replays of older messages.
     pub fn peer_top(&self, peer: Sender) -> u64 {
@@ -113,6 +128,9 @@ impl<K: KeyKind> Channel<K> {
         // representable.
         if c == u64::MAX {
             return Err(CryptoError::CounterExhausted);
+        }
+        if c >= self.limit {
+            return Err(CryptoError::CounterNotReserved);
         }
         self.next_counter = c + 1;
         Ok(c)

@@ -572,6 +572,21 @@ impl Dc {
         v
     }
 
+    /// Lets the DC seal for `fqdn` under key `key_id` at counters below `limit` only: the
+    /// driver sets it to what its store reserved, after every save, so no crash can
+    /// resume below a counter that was used ([`Channel::limit_counter`]). Ignored if the
+    /// node has another key by now.
+    pub fn reserve_counters(&mut self, fqdn: &Fqdn, key_id: KeyId, limit: u64) {
+        if let Some(rec) = self.nodes.get_mut(fqdn).filter(|r| r.channel.id() == key_id) {
+            rec.channel.limit_counter(limit);
+        }
+    }
+
+    /// The counter below which the DC may seal for `fqdn` ([`Dc::reserve_counters`]).
+    pub fn counter_limit(&self, fqdn: &Fqdn) -> Option<u64> {
+        self.nodes.get(fqdn).map(|r| r.channel.counter_limit())
+    }
+
     /// A node's channel counters now: (our next sealing counter, one more than the
     /// newest counter accepted from the node). The database saves a node again when the
     /// first nears its reservation or the second moved.
