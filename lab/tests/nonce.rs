@@ -98,7 +98,12 @@ fn segment(link: u32, pkt: &[u8]) -> Option<Segment> {
             let seq = u32::from_be_bytes(l4.get(4..8)?.try_into().ok()?);
             let off = usize::from(l4.get(12)? >> 4) * 4;
             let flags = *l4.get(13)?;
-            Some(Segment { src: (src, sport), dst: (dst, dport), tcp: Some((flags, seq)), payload: l4.get(off..)?.to_vec() })
+            Some(Segment {
+                src: (src, sport),
+                dst: (dst, dport),
+                tcp: Some((flags, seq)),
+                payload: l4.get(off..)?.to_vec(),
+            })
         }
         _ => None,
     }
@@ -174,7 +179,12 @@ fn capture(d: &mut Deployment, ns: &Ns, label: &str) -> (usize, std::path::PathB
     let pcap = d.lab.dir().join(format!("{label}.pcap"));
     let p = d
         .lab
-        .spawn(ns, &format!("tcpdump-{label}"), &["tcpdump", "-n", "-U", "-s", "0", "-i", "any", "-w", &pcap.to_string_lossy()], &[])
+        .spawn(
+            ns,
+            &format!("tcpdump-{label}"),
+            &["tcpdump", "-n", "-U", "-s", "0", "-i", "any", "-w", &pcap.to_string_lossy()],
+            &[],
+        )
         .expect("tcpdump");
     (p, pcap)
 }
@@ -192,7 +202,8 @@ fn restarts_of_agents_and_servers_never_reuse_a_nonce() {
             return;
         }
     }
-    let Some(mut d) = or_skip(Deployment::start_with("nonce", [Access::Global4, Access::Nat(NatKind::PortRestricted)]), "nonce")
+    let Some(mut d) =
+        or_skip(Deployment::start_with("nonce", [Access::Global4, Access::Nat(NatKind::PortRestricted)]), "nonce")
     else {
         return;
     };
@@ -279,7 +290,8 @@ fn restarts_of_agents_and_servers_never_reuse_a_nonce() {
     }
     // The check saw the traffic it is about: box b's sealed frames to the NS under one
     // K_ntmns per login, and the DCs' messages after their restarts.
-    let ns_keys: BTreeSet<u32> = sealed.iter().filter(|s| s.what.starts_with("TCP") && s.sender == 0x01).map(|s| s.key_id).collect();
+    let ns_keys: BTreeSet<u32> =
+        sealed.iter().filter(|s| s.what.starts_with("TCP") && s.sender == 0x01).map(|s| s.key_id).collect();
     eprintln!(
         "{} sealed messages, {} distinct nonces, {} K_ntmns key ids used by box b; {:?} in all",
         sealed.len(),
@@ -289,5 +301,8 @@ fn restarts_of_agents_and_servers_never_reuse_a_nonce() {
     );
     assert!(reused.is_empty(), "a nonce sealed two different messages:\n{}", reused.join("\n"));
     assert!(ns_keys.len() >= 4, "box b sealed to the NS under one key per login: {ns_keys:?}");
-    assert!(sealed.iter().any(|s| s.sender == 0x02 && s.counter >= 1 << 20), "a restored DC sealed above its reservation");
+    assert!(
+        sealed.iter().any(|s| s.sender == 0x02 && s.counter >= 1 << 20),
+        "a restored DC sealed above its reservation"
+    );
 }

@@ -4,9 +4,9 @@
 
 use ntm_proto::engine::dc::Dc;
 use ntm_proto::engine::node::Node;
+use ntm_proto::engine::StreamKind;
 use ntm_proto::time::Duration;
 use ntm_proto::wire::registration::KeepaliveMethod;
-use ntm_proto::engine::StreamKind;
 use ntm_proto::wire::Envelope;
 use ntm_sim::deploy::*;
 use ntm_sim::{Captured, Carrier, Direction, HostId, NatConfig, RealmConfig, RealmId};

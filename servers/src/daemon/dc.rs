@@ -490,8 +490,7 @@ mod tests {
         assert_eq!(d.dc.node_counters(&n).map(|c| c.0), Some(stored));
 
         let mut node: Channel<NtmDc> =
-            Channel::new(KNtmDc::from_bytes([7; 16]), KeyId(9), Sender::Node, now + Duration::from_secs(3600))
-                .unwrap();
+            Channel::new(KNtmDc::from_bytes([7; 16]), KeyId(9), Sender::Node, now + Duration::from_secs(3600)).unwrap();
         let from: std::net::SocketAddr = "198.51.100.7:4500".parse().unwrap();
         let mut keepalive = |d: &mut DcDaemon, id: u32| -> Vec<u64> {
             let mut buf = node.seal(now, &Message::Keepalive(Keepalive { request_id: RequestId(id) })).unwrap();
