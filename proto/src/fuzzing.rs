@@ -195,7 +195,10 @@ pub fn channel_open(data: &[u8]) {
     assert_eq!(node.seal_in_place(CHANNEL_NOW, ty, &mut buf), Ok(()));
     let Some(mut dc) = channel(Sender::Dc) else { return };
     let mut opened = buf.clone();
-    assert_eq!(dc.open_in_place(CHANNEL_NOW, &mut opened), Ok(HEADER_LEN..HEADER_LEN + plaintext.len()));
+    assert_eq!(
+        dc.open_in_place(CHANNEL_NOW, &mut opened).map(|o| o.body),
+        Ok(HEADER_LEN..HEADER_LEN + plaintext.len())
+    );
     assert_eq!(opened.get(HEADER_LEN..HEADER_LEN + plaintext.len()), Some(plaintext));
 
     let Some(mut dc) = channel(Sender::Dc) else { return };

@@ -67,8 +67,9 @@ fn data_plane_seals_and_opens_in_place() {
     buf[HEADER_LEN..HEADER_LEN + packet.len()].copy_from_slice(&packet);
     a.seal_in_place(T0, MsgType::Data, &mut buf).unwrap();
     let copy = buf.clone();
-    let range = b.open_in_place(T0, &mut buf).unwrap();
-    assert_eq!(&buf[range], &packet);
+    let opened = b.open_in_place(T0, &mut buf).unwrap();
+    assert!(opened.newest);
+    assert_eq!(&buf[opened.body], &packet);
     // The owned path agrees.
     let mut b2: Channel<MnCn> = channel(2, Sender::Responder);
     let (_, m) = b2.open(T0, &copy).unwrap();
@@ -255,6 +256,22 @@ fn counter_exhaustion_is_refused() {
     // resume_at never lowers the counter.
     fresh.resume_at(5);
     assert_eq!(fresh.next_counter(), u64::MAX);
+}
+
+#[test]
+fn a_counter_limit_stops_sealing_until_it_is_raised() {
+    let (mut node, _) = node_and_dc();
+    assert_eq!(node.counter_limit(), u64::MAX, "unlimited by default");
+    node.limit_counter(2);
+    node.seal(T0, &keepalive(1)).unwrap();
+    node.seal(T0, &keepalive(2)).unwrap();
+    assert_eq!(node.seal(T0, &keepalive(3)), Err(CryptoError::CounterNotReserved));
+    let mut buf = vec![0u8; HEADER_LEN + 4 + TAG_LEN];
+    assert_eq!(node.seal_in_place(T0, MsgType::Keepalive, &mut buf), Err(CryptoError::CounterNotReserved));
+    // A refused seal used no counter; a raised limit lets it go on from there.
+    assert_eq!(node.next_counter(), 2);
+    node.limit_counter(3);
+    assert_eq!(node.seal(T0, &keepalive(3)).map(|b| b[15]), Ok(2));
 }
 
 #[test]

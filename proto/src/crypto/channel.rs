@@ -7,6 +7,17 @@ use crate::wire::{Envelope, Header, KeyId, Message, Sender, HEADER_LEN};
 use core::ops::Range;
 use zeroize::Zeroizing;
 
+/// A message [`Channel::open_in_place`] authenticated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// Where the plaintext body is in the buffer.
+    pub body: Range<usize>,
+    /// True if its counter is the newest accepted from its sender so far (it moved the
+    /// replay window's top); false for an older one accepted late (reordered, or delayed
+    /// on a path the sender has left). Only the newest says where the sender is now.
+    pub newest: bool,
+}
+
 /// One symmetric key of kind `K` as held by one role: the only way to seal or open under
 /// it. Sealing takes the next counter of `local`'s nonce space; opening checks that the
 /// sender may use `K`, is not `local` (a reflection), and that the counter is fresh in
@@ -18,6 +29,8 @@ pub struct Channel<K: KeyKind> {
     id: KeyId,
     local: Sender,
     next_counter: u64,
+    /// The first counter this channel may not seal with (see [`Channel::limit_counter`]).
+    limit: u64,
     /// One window per peer sender; at most two peers for any key kind.
     windows: heapless::Vec<(Sender, ReplayWindow), 2>,
     expires: Instant,
@@ -31,7 +44,7 @@ impl<K: KeyKind> Channel<K> {
             return Err(CryptoError::SenderNotAllowed(local));
         }
         let aead = Aead::new(&key);
-        Ok(Channel { key, aead, id, local, next_counter: 0, windows: heapless::Vec::new(), expires })
+        Ok(Channel { key, aead, id, local, next_counter: 0, limit: u64::MAX, windows: heapless::Vec::new(), expires })
     }
 
     /// The key (to hand it on, e.g. K_tun from DC to RS).
@@ -75,6 +88,19 @@ impl<K: KeyKind> Channel<K> {
         self.next_counter = self.next_counter.max(counter);
     }
 
+    /// Seals nothing at or above `limit` (until it is moved up): for a channel whose
+    /// counters are reserved in a store before use, so that it can never seal past what
+    /// a restart would resume at, however fast it seals between two saves. Sealing then
+    /// fails with [`CryptoError::CounterNotReserved`].
+    pub fn limit_counter(&mut self, limit: u64) {
+        self.limit = limit;
+    }
+
+    /// The first counter this channel may not seal with (`u64::MAX` if unlimited).
+    pub fn counter_limit(&self) -> u64 {
+        self.limit
+    }
+
     /// One more than the newest counter accepted from `peer` (0 if none), to store with a
     /// key so that a restored channel can refuse replays of older messages.
     pub fn peer_top(&self, peer: Sender) -> u64 {
@@ -102,6 +128,9 @@ impl<K: KeyKind> Channel<K> {
         // representable.
         if c == u64::MAX {
             return Err(CryptoError::CounterExhausted);
+        }
+        if c >= self.limit {
+            return Err(CryptoError::CounterNotReserved);
         }
         self.next_counter = c + 1;
         Ok(c)
@@ -171,9 +200,10 @@ impl<K: KeyKind> Channel<K> {
         Ok((sender, counter))
     }
 
-    /// Opens a sealed message in place and returns the range of the plaintext body in
-    /// `buf`. On any error `buf`'s body may hold garbage and the window is unchanged.
-    pub fn open_in_place(&mut self, now: Instant, buf: &mut [u8]) -> Result<Range<usize>, CryptoError> {
+    /// Opens a sealed message in place: where its plaintext body is in `buf`, and whether
+    /// it is the newest from its sender. On any error `buf`'s body may hold garbage and
+    /// the window is unchanged.
+    pub fn open_in_place(&mut self, now: Instant, buf: &mut [u8]) -> Result<Opened, CryptoError> {
         let (sender, counter) = {
             let env = Envelope::new_checked(&buf[..])?;
             self.admit(now, &env)?
@@ -188,8 +218,8 @@ impl<K: KeyKind> Channel<K> {
         let mut t = [0u8; TAG_LEN];
         t.copy_from_slice(tag);
         self.aead.open(&nonce(sender, counter), head, body, &t)?;
-        self.window_for(sender).commit(counter);
-        Ok(HEADER_LEN..body_end)
+        let newest = self.window_for(sender).commit(counter);
+        Ok(Opened { body: HEADER_LEN..body_end, newest })
     }
 
     fn window_for(&mut self, sender: Sender) -> &mut ReplayWindow {
@@ -208,13 +238,19 @@ impl<K: KeyKind> Channel<K> {
 
     /// Opens a sealed message into a new, self-zeroizing buffer and parses its body.
     pub fn open(&mut self, now: Instant, bytes: &[u8]) -> Result<(Header, Message), CryptoError> {
+        self.open_ordered(now, bytes).map(|(header, msg, _)| (header, msg))
+    }
+
+    /// [`Channel::open`], also saying whether the message is the newest from its sender
+    /// ([`Opened::newest`]).
+    pub fn open_ordered(&mut self, now: Instant, bytes: &[u8]) -> Result<(Header, Message, bool), CryptoError> {
         let mut buf = Zeroizing::new(bytes.to_vec());
-        let range = self.open_in_place(now, &mut buf)?;
+        let opened = self.open_in_place(now, &mut buf)?;
         let env = Envelope::new_checked(&buf[..])?;
         let header = Header::parse(&env);
-        let body = buf.get(range).ok_or(CryptoError::Wire(crate::wire::WireError::Truncated))?;
+        let body = buf.get(opened.body).ok_or(CryptoError::Wire(crate::wire::WireError::Truncated))?;
         let msg = Message::parse_body(header.msg_type, body)?;
-        Ok((header, msg))
+        Ok((header, msg, opened.newest))
     }
 }
 

@@ -17,7 +17,7 @@ pub mod pk;
 mod replay;
 
 pub use aead::{nonce, Aead, TAG_LEN};
-pub use channel::{parse_plain, plain, Channel};
+pub use channel::{parse_plain, plain, Channel, Opened};
 pub use replay::{ReplayWindow, WINDOW_BITS};
 
 use crate::wire::{Sender, WireError};
@@ -44,6 +44,9 @@ pub enum CryptoError {
     Expired,
     /// This sender used every counter value; the key must be replaced.
     CounterExhausted,
+    /// The next counter is not reserved yet (see `Channel::limit_counter`); sealing can
+    /// go on once the reservation is extended.
+    CounterNotReserved,
     /// A signature did not verify.
     BadSignature,
     /// A public key or point is invalid.
@@ -70,6 +73,7 @@ impl fmt::Display for CryptoError {
             CryptoError::Forged => f.write_str("authentication failed"),
             CryptoError::Expired => f.write_str("key expired"),
             CryptoError::CounterExhausted => f.write_str("nonce counter exhausted"),
+            CryptoError::CounterNotReserved => f.write_str("nonce counter not reserved yet"),
             CryptoError::BadSignature => f.write_str("signature does not verify"),
             CryptoError::BadPublicKey => f.write_str("invalid public key"),
             CryptoError::Wire(e) => write!(f, "malformed: {e}"),

@@ -74,9 +74,11 @@ impl ReplayWindow {
     }
 
     /// Records `counter` as accepted. Call only after [`ReplayWindow::check`] passed and
-    /// the message authenticated.
-    pub fn commit(&mut self, counter: u64) {
-        if counter >= self.top {
+    /// the message authenticated. Returns true if `counter` is the newest accepted so far
+    /// (it moved the top), false for an older one accepted late (reordered or delayed).
+    pub fn commit(&mut self, counter: u64) -> bool {
+        let newest = counter >= self.top;
+        if newest {
             let advance = counter - self.top + 1;
             if advance >= WINDOW_BITS {
                 self.bits = [0; WORDS];
@@ -95,13 +97,14 @@ impl ReplayWindow {
         if let Some(word) = self.bits.get_mut(w) {
             *word |= m;
         }
+        newest
     }
 
-    /// Checks and commits in one step (for callers that authenticated already).
-    pub fn accept(&mut self, counter: u64) -> Result<(), CryptoError> {
+    /// Checks and commits in one step (for callers that authenticated already); the
+    /// result says whether `counter` was the newest, as [`ReplayWindow::commit`].
+    pub fn accept(&mut self, counter: u64) -> Result<bool, CryptoError> {
         self.check(counter)?;
-        self.commit(counter);
-        Ok(())
+        Ok(self.commit(counter))
     }
 }
 
@@ -113,21 +116,23 @@ mod tests {
     #[test]
     fn accepts_once_in_any_order_within_the_window() {
         let mut w = ReplayWindow::new();
-        assert_eq!(w.accept(5), Ok(()));
+        // Ok(true): the newest so far; Ok(false): accepted late, below the newest.
+        assert_eq!(w.accept(5), Ok(true));
         assert_eq!(w.accept(5), Err(CryptoError::Replayed));
-        assert_eq!(w.accept(3), Ok(()));
-        assert_eq!(w.accept(0), Ok(()));
+        assert_eq!(w.accept(3), Ok(false));
+        assert_eq!(w.accept(0), Ok(false));
         assert_eq!(w.accept(3), Err(CryptoError::Replayed));
-        assert_eq!(w.accept(5000), Ok(()));
+        assert_eq!(w.accept(6), Ok(true));
+        assert_eq!(w.accept(5000), Ok(true));
         // The window holds the newest accepted counter and the WINDOW_BITS - 1 before it.
-        assert_eq!(w.accept(5000 - (WINDOW_BITS - 1)), Ok(()));
+        assert_eq!(w.accept(5000 - (WINDOW_BITS - 1)), Ok(false));
         assert_eq!(w.accept(5000 - WINDOW_BITS), Err(CryptoError::TooOld));
-        assert_eq!(w.accept(6), Err(CryptoError::TooOld));
+        assert_eq!(w.accept(7), Err(CryptoError::TooOld));
         // A slot reused after wrapping around the ring is clear again.
-        assert_eq!(w.accept(5000 + WINDOW_BITS - 1), Ok(()));
-        assert_eq!(w.accept(5000 + 2 * WINDOW_BITS), Ok(()));
+        assert_eq!(w.accept(5000 + WINDOW_BITS - 1), Ok(true));
+        assert_eq!(w.accept(5000 + 2 * WINDOW_BITS), Ok(true));
         assert_eq!(w.accept(u64::MAX), Err(CryptoError::TooOld));
-        assert_eq!(w.accept(u64::MAX - 1), Ok(()));
+        assert_eq!(w.accept(u64::MAX - 1), Ok(true));
         assert_eq!(w.accept(u64::MAX - 1), Err(CryptoError::Replayed));
     }
 
@@ -136,11 +141,11 @@ mod tests {
         let mut w = ReplayWindow::with_floor(5000);
         assert_eq!(w.accept(4999), Err(CryptoError::Replayed));
         assert_eq!(w.accept(10), Err(CryptoError::TooOld));
-        assert_eq!(w.accept(5000), Ok(()));
-        assert_eq!(w.accept(5002), Ok(()));
-        assert_eq!(w.accept(5001), Ok(()));
+        assert_eq!(w.accept(5000), Ok(true));
+        assert_eq!(w.accept(5002), Ok(true));
+        assert_eq!(w.accept(5001), Ok(false));
         assert_eq!(w.top(), 5003);
-        assert_eq!(ReplayWindow::with_floor(0).accept(0), Ok(()));
+        assert_eq!(ReplayWindow::with_floor(0).accept(0), Ok(true));
     }
 
     proptest! {
@@ -155,6 +160,7 @@ mod tests {
                 let expect_ok = !seen.contains(&c) && (c >= top || top - c <= WINDOW_BITS);
                 let got = w.accept(c);
                 prop_assert_eq!(got.is_ok(), expect_ok, "counter {}", c);
+                if expect_ok { prop_assert_eq!(got, Ok(c >= top), "newest: counter {}", c); }
                 if got.is_ok() { seen.insert(c); }
             }
         }

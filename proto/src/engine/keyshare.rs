@@ -188,6 +188,12 @@ impl<K: SharedKind> ServerLink<K> {
 
     /// The peer shared its own key with us (DC to DC).
     pub fn accept_theirs(&mut self, now: Instant, key_id: KeyId, grant: KeyGrant<K>) -> Vec<Vec<u8>> {
+        // The key we hold already, shared again: its channel keeps its counter (a new one
+        // would seal from 0 again under the same key).
+        let held = self.theirs.as_ref().is_some_and(|c| c.id() == key_id && *c.key() == grant.key);
+        if held {
+            return self.flush(now);
+        }
         if let Ok(ch) = Channel::new(grant.key, key_id, Sender::DcPeer, now + grant.lifetime.duration()) {
             self.theirs = Some(ch);
             self.keyed_at = Some(now);
@@ -274,6 +280,12 @@ impl<K: SharedKind> SharedKeys<K> {
             return None;
         }
         let grant = K::unwrap(share.key)?;
+        let ack = Message::KeyShareAck(KeyShareAck { request_id: share.request_id, key_id: share.key_id });
+        // The key we hold already, shared again: its channel keeps its counter (a new one
+        // would seal from 0 again under the same key).
+        if self.keys.iter().any(|(n, c)| n == peer && c.id() == share.key_id && *c.key() == grant.key) {
+            return Some(ack);
+        }
         let ch = Channel::new(grant.key, share.key_id, local, now + grant.lifetime.duration()).ok()?;
         self.keys.retain(|(_, c)| !c.is_expired(now) && c.id() != share.key_id);
         // A server keeps its two newest keys from each peer (current and previous).
@@ -287,7 +299,7 @@ impl<K: SharedKind> SharedKeys<K> {
             return None;
         }
         self.keys.push((peer.clone(), ch));
-        Some(Message::KeyShareAck(KeyShareAck { request_id: share.request_id, key_id: share.key_id }))
+        Some(ack)
     }
 
     /// The channel named `id`, and who shared it.
@@ -300,5 +312,50 @@ impl<K: SharedKind> SharedKeys<K> {
         for (_, c) in &self.keys {
             out.push((K::NAME, c.key().fingerprint()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Lifetime;
+
+    fn share(key: &Key<DcNs>, id: u32) -> KeyShare {
+        KeyShare {
+            request_id: RequestId(7),
+            key_id: KeyId(id),
+            key: DcNs::wrap(KeyGrant { key: key.clone(), lifetime: Lifetime::from_duration(Duration::from_secs(600)) }),
+            from: Fqdn::new("dc.example").unwrap(),
+        }
+    }
+
+    /// A Key Share that arrives twice must not restart the receiver's counter under the
+    /// key (issue 12: no (key, sender, counter) is sealed twice).
+    #[test]
+    fn a_key_shared_twice_keeps_its_counter() {
+        let now = Instant::from_millis(1000);
+        let dc = Fqdn::new("dc.example").unwrap();
+        let key = Key::<DcNs>::from_bytes([9; 16]);
+        let mut keys = SharedKeys::<DcNs>::new(8);
+        assert!(keys.accept(now, &dc, Sender::Ns, share(&key, 1)).is_some());
+        let msg = Message::KeyShareAck(KeyShareAck { request_id: RequestId(1), key_id: KeyId(1) });
+        let (_, ch) = keys.get(KeyId(1)).unwrap();
+        ch.seal(now, &msg).unwrap();
+        assert_eq!(ch.next_counter(), 1);
+        assert!(keys.accept(now, &dc, Sender::Ns, share(&key, 1)).is_some(), "acknowledged again");
+        assert_eq!(keys.get(KeyId(1)).unwrap().1.next_counter(), 1, "the counter goes on");
+        // Another key under the same id replaces the old one (a new nonce space).
+        let other = Key::<DcNs>::from_bytes([8; 16]);
+        assert!(keys.accept(now, &dc, Sender::Ns, share(&other, 1)).is_some());
+        assert_eq!(keys.get(KeyId(1)).unwrap().1.next_counter(), 0);
+
+        // Between DCs, the peer's key (we seal under it as DcPeer).
+        let mut link = ServerLink::<DcDc>::new(dc, "192.0.2.1:1".parse().unwrap());
+        let theirs = Key::<DcDc>::from_bytes([9; 16]);
+        let grant = || KeyGrant { key: theirs.clone(), lifetime: Lifetime::from_duration(Duration::from_secs(600)) };
+        let _ = link.accept_theirs(now, KeyId(2), grant());
+        link.channel_for(KeyId(2)).unwrap().seal(now, &msg).unwrap();
+        let _ = link.accept_theirs(now, KeyId(2), grant());
+        assert_eq!(link.channel_for(KeyId(2)).unwrap().next_counter(), 1, "the counter goes on");
     }
 }

@@ -6,7 +6,9 @@
 //! (before the answer goes out: the driver hands over events before transmits), and
 //! whenever its counters move (checked every second, all due nodes in one transaction):
 //! the sealing counter is reserved ahead ([`store::COUNTER_RESERVE`]) so that a crash
-//! never reuses a nonce, and the node's own counter is kept as a replay floor.
+//! never reuses a nonce, and the node's own counter is kept as a replay floor. The engine
+//! may seal only below what the database holds (`Dc::reserve_counters`, set after every
+//! save): however fast it seals between two saves, a restart resumes above it.
 //!
 //! When the database cannot be written, saves are retried every second. A node whose
 //! channel has used three quarters of the stored reservation is retired instead (its
@@ -134,8 +136,7 @@ impl DcDaemon {
         match self.store.save_registrations(&assignments, &nodes) {
             Ok(reserved) => {
                 for (n, reserved) in nodes.iter().zip(reserved) {
-                    let saved = Saved { key_id: n.key_id, reserved, peer: n.peer_counter };
-                    self.saved.insert(n.fqdn.clone(), saved);
+                    self.saved_as(&n.fqdn, Saved { key_id: n.key_id, reserved, peer: n.peer_counter });
                 }
             }
             Err(e) => {
@@ -156,7 +157,7 @@ impl DcDaemon {
         }
         match self.store.save_node(&to_snapshot(state)) {
             Ok(reserved) => {
-                self.saved.insert(fqdn.clone(), Saved { key_id, reserved, peer });
+                self.saved_as(fqdn, Saved { key_id, reserved, peer });
             }
             Err(e) => {
                 self.store_errors += 1;
@@ -190,8 +191,7 @@ impl DcDaemon {
         match self.store.save_nodes(&due) {
             Ok(reserved) => {
                 for (n, reserved) in due.iter().zip(reserved) {
-                    let saved = Saved { key_id: n.key_id, reserved, peer: n.peer_counter };
-                    self.saved.insert(n.fqdn.clone(), saved);
+                    self.saved_as(&n.fqdn, Saved { key_id: n.key_id, reserved, peer: n.peer_counter });
                 }
             }
             Err(e) => {
@@ -202,6 +202,14 @@ impl DcDaemon {
                 }
             }
         }
+    }
+
+    /// The database now holds `saved` for the node: the engine may seal under that key up
+    /// to the stored reservation and no further, so a crash never resumes below a
+    /// counter that was used, however many messages go out before the next save.
+    fn saved_as(&mut self, fqdn: &Fqdn, saved: Saved) {
+        self.dc.reserve_counters(fqdn, saved.key_id, saved.reserved);
+        self.saved.insert(fqdn.clone(), saved);
     }
 
     /// A node's save failed: retire its channel if it is about to seal past what the
@@ -309,6 +317,25 @@ impl Daemon for DcDaemon {
     }
 }
 
+/// Takes the stored nodes back into the engine. Each resumes sealing at its stored
+/// counter, which is also its limit until the next save reserves more: a crash before
+/// that save resumes there again, so nothing may be sealed at it yet.
+fn restore_nodes(dc: &mut Dc, now: Instant, nodes: Vec<NodeSnapshot>, path: &std::path::Path) -> HashMap<Fqdn, Saved> {
+    let mut saved = HashMap::new();
+    for snap in nodes {
+        let (fqdn, key_id, reserved, peer) = (snap.fqdn.clone(), snap.key_id, snap.next_counter, snap.peer_counter);
+        match dc.restore_node(now, to_state(snap), reserved) {
+            Ok(()) => {
+                dc.reserve_counters(&fqdn, key_id, reserved);
+                saved.insert(fqdn, Saved { key_id, reserved, peer });
+            }
+            Err(e) => log::info!("database {}: {fqdn} not restored: {e}", path.display()),
+        }
+    }
+    log::info!("{} nodes restored from {}", saved.len(), path.display());
+    saved
+}
+
 /// Builds the DC from its configuration, restoring its database.
 pub fn build(cfg: DcFile) -> Result<Driver<DcDaemon>, StartError> {
     let (server, client) = tls_configs(&cfg.common.tls, ClientAuth::Required)?;
@@ -337,20 +364,7 @@ pub fn build(cfg: DcFile) -> Result<Driver<DcDaemon>, StartError> {
             log::warn!("database {}: assignment of {fqdn} not restored: {e}", cfg.state.display());
         }
     }
-    let mut saved = HashMap::new();
-    let mut restored = 0usize;
-    for snap in store.load_nodes()? {
-        let (fqdn, key_id, reserved, peer) = (snap.fqdn.clone(), snap.key_id, snap.next_counter, snap.peer_counter);
-        match dc.restore_node(now, to_state(snap), reserved) {
-            Ok(()) => {
-                // Resumed at the reservation: the next refresh reserves anew.
-                saved.insert(fqdn, Saved { key_id, reserved, peer });
-                restored += 1;
-            }
-            Err(e) => log::info!("database {}: {fqdn} not restored: {e}", cfg.state.display()),
-        }
-    }
-    log::info!("{restored} nodes restored from {}", cfg.state.display());
+    let saved = restore_nodes(&mut dc, now, store.load_nodes()?, &cfg.state);
 
     let locator = Locator::new(
         LocatorConfig {
@@ -376,7 +390,9 @@ pub fn build(cfg: DcFile) -> Result<Driver<DcDaemon>, StartError> {
         tcp_idle_timeout: None,
         signals: true,
     };
-    let daemon = DcDaemon { dc, cfg, store, saved, next_refresh: now, next_prune: now, store_errors: 0 };
+    let mut daemon = DcDaemon { dc, cfg, store, saved, next_refresh: now, next_prune: now, store_errors: 0 };
+    // Reserve counters for the restored nodes before anything is sealed for them.
+    daemon.refresh(now);
     Ok(Driver::new(driver_cfg, daemon)?)
 }
 
@@ -438,6 +454,60 @@ mod tests {
             saved.insert(name(n), Saved { key_id, reserved: *next, peer: 5 });
         }
         DcDaemon { dc, cfg, store, saved, next_refresh: now, next_prune: now, store_errors: 0 }
+    }
+
+    /// A restart resumes a node's channel at the counter its row holds. Until the
+    /// database reserves more, nothing may be sealed there: a crash before that save would
+    /// resume at the same counter again. After every save the engine may seal up to the
+    /// stored value and no further.
+    #[test]
+    fn the_engine_seals_only_below_what_the_database_holds() {
+        use ntm_proto::crypto::Channel;
+        use ntm_proto::keys::NtmDc;
+        use ntm_proto::wire::registration::Keepalive;
+        use ntm_proto::wire::{Message, RequestId, Sender};
+        let (dir, now) = (scratch("limit"), Instant::from_millis(1_700_000_000_000));
+        let mut d = daemon(&dir, now, &[]);
+        let n = name("n.zone-a.test");
+        let state = NodeState {
+            fqdn: n.clone(),
+            key_id: KeyId(9),
+            key: KNtmDc::from_bytes([7; 16]),
+            expires: now + Duration::from_secs(3600),
+            next_counter: 500,
+            peer_counter: 0,
+            attestation: None,
+            virtual_addrs: None,
+            endpoints: Vec::new(),
+            local_addrs: Vec::new(),
+            keepalive: KeepaliveMethod::Udp,
+            ns: None,
+        };
+        d.store.save_node(&to_snapshot(state)).unwrap();
+        // The restart: the row says resume at 500 + COUNTER_RESERVE.
+        let stored = 500 + COUNTER_RESERVE;
+        d.saved = restore_nodes(&mut d.dc, now, d.store.load_nodes().unwrap(), &dir);
+        assert_eq!(d.dc.node_counters(&n).map(|c| c.0), Some(stored));
+
+        let mut node: Channel<NtmDc> =
+            Channel::new(KNtmDc::from_bytes([7; 16]), KeyId(9), Sender::Node, now + Duration::from_secs(3600)).unwrap();
+        let from: std::net::SocketAddr = "198.51.100.7:4500".parse().unwrap();
+        let mut keepalive = |d: &mut DcDaemon, id: u32| -> Vec<u64> {
+            let mut buf = node.seal(now, &Message::Keepalive(Keepalive { request_id: RequestId(id) })).unwrap();
+            let _ = d.dc.handle_datagram(now, from, &mut buf);
+            let mut counters = Vec::new();
+            while let Some(t) = d.dc.poll_transmit() {
+                counters.push(u64::from_be_bytes(t.payload[8..16].try_into().unwrap()));
+            }
+            counters
+        };
+        assert_eq!(keepalive(&mut d, 1), Vec::<u64>::new(), "nothing sealed at the stored counter before a save");
+        d.refresh(now);
+        let rows = d.store.load_nodes().unwrap();
+        assert_eq!(rows[0].next_counter, stored + COUNTER_RESERVE, "reserved anew");
+        assert_eq!(d.dc.counter_limit(&n), Some(stored + COUNTER_RESERVE), "sealing may go as far as that");
+        assert_eq!(keepalive(&mut d, 2), vec![stored], "answered above everything used before the restart");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -705,6 +705,38 @@ impl Dc {
         Received::Handled
     }
 
+    /// A node logged in afresh (a new K_ntmdc): it may be a new process, which lost the
+    /// K_tun and K_tmp of the Route Directions sent to the old one. A retransmission would
+    /// hand them to a process that seals from counter 0 again under that K_tun (and wraps
+    /// a new K_mncn under that K_tmp at its one fixed nonce), so every direction to the
+    /// node still waiting for its ack fails instead; MN asks again and gets new keys
+    /// (docs/protocol.md, section 5).
+    pub(super) fn abandon_directions_to(&mut self, now: Instant, fqdn: &Fqdn) {
+        let waiting: Vec<usize> = (0..self.negotiations.len())
+            .filter(|&i| {
+                self.negotiations.get(i).is_some_and(|n| {
+                    n.direction_in_flight().is_some_and(|(_, side)| n.directed_at(side, AckFrom::Node(fqdn)))
+                })
+            })
+            .collect();
+        // `fail` keeps the negotiation in place (finished), so the indices stay valid.
+        for i in waiting {
+            self.fail(now, i, Reason::PeerUnreachable, "the node logged in again");
+        }
+        let (gone, kept): (Vec<Forward>, Vec<Forward>) =
+            core::mem::take(&mut self.forwards).into_iter().partition(|f| f.cn == *fqdn && f.done_until.is_none());
+        self.forwards = kept;
+        for f in gone {
+            let msg = Message::Refusal(Refusal::new(
+                MsgType::RouteDirection,
+                f.dc_request,
+                Reason::PeerUnreachable,
+                "the node logged in again",
+            ));
+            self.send_server(now, To::Peer(f.peer), msg);
+        }
+    }
+
     /// Ends negotiation `i` with a refusal to MN.
     fn fail(&mut self, now: Instant, i: usize, reason: Reason, detail: &str) {
         let Some(n) = self.negotiations.get_mut(i) else { return };

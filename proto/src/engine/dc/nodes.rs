@@ -111,11 +111,22 @@ impl Dc {
             Err(_) => return self.drops.count(Drop::Malformed),
         };
         match self.nodes.get_mut(&kd.fqdn) {
+            // The key we hold already, again: its channel keeps its counter (a new channel
+            // would seal from 0 again under the same key).
+            Some(rec) if rec.channel.id() == kd.key_id && rec.channel.key() == channel.key() => {}
             Some(rec) => {
-                // Re-login: the new key replaces the old; registration state stays.
+                // Re-login: the new key replaces the old; registration state stays. The NS
+                // binding does not: a node that logged in afresh may have restarted and
+                // lost its K_ntmns counter, so the same K_ntmns again would have it seal
+                // counters 0, 1, 2... a second time. Its next registration binds a new one
+                // (docs/protocol.md, section 5).
                 self.keys.remove(&rec.channel.id());
                 rec.channel = channel;
                 rec.attestation = kd.attestation;
+                rec.ns = None;
+                rec.waiting.clear();
+                self.pending_ns.retain(|p| p.fqdn != kd.fqdn);
+                self.abandon_directions_to(now, &kd.fqdn);
             }
             None => {
                 self.nodes.insert(
@@ -559,6 +570,21 @@ impl Dc {
         let mut v: Vec<Fqdn> = self.nodes.keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// Lets the DC seal for `fqdn` under key `key_id` at counters below `limit` only: the
+    /// driver sets it to what its store reserved, after every save, so no crash can
+    /// resume below a counter that was used ([`Channel::limit_counter`]). Ignored if the
+    /// node has another key by now.
+    pub fn reserve_counters(&mut self, fqdn: &Fqdn, key_id: KeyId, limit: u64) {
+        if let Some(rec) = self.nodes.get_mut(fqdn).filter(|r| r.channel.id() == key_id) {
+            rec.channel.limit_counter(limit);
+        }
+    }
+
+    /// The counter below which the DC may seal for `fqdn` ([`Dc::reserve_counters`]).
+    pub fn counter_limit(&self, fqdn: &Fqdn) -> Option<u64> {
+        self.nodes.get(fqdn).map(|r| r.channel.counter_limit())
     }
 
     /// A node's channel counters now: (our next sealing counter, one more than the

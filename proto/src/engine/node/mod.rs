@@ -251,6 +251,9 @@ pub struct Node {
     virtual_addrs: Option<VirtualAddrs>,
     ns: Option<NsLink>,
     tunnels: Vec<Tunnel>,
+    /// Sessions whose tunnel ended, and when: a late Route Direction for one of them must
+    /// not take its K_tun into use a second time (see `tunnel::ENDED_MEMORY`).
+    ended: VecDeque<(SessionId, Instant)>,
     directions: Vec<Direction>,
     resolves: Vec<PendingResolve>,
     next_resolve: u64,
@@ -298,6 +301,7 @@ impl Node {
             virtual_addrs: None,
             ns: None,
             tunnels: Vec::new(),
+            ended: VecDeque::new(),
             directions: Vec::new(),
             resolves: Vec::new(),
             next_resolve: 1,

@@ -35,6 +35,13 @@ use core::net::{IpAddr, SocketAddr};
 const SUPERSEDED_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for the peer's Tunnel Request.
 const AWAIT_TUNNEL_REQUEST: Duration = Duration::from_secs(60);
+/// How long the node remembers a session whose tunnel ended. A DC retransmits a Route
+/// Direction until it is acknowledged, at most for its negotiation timeout (60 s by
+/// default); one arriving after the tunnel ended must not take the session's K_tun into
+/// use again, since the new channel would seal from counter 0 once more.
+pub(super) const ENDED_MEMORY: Duration = Duration::from_secs(600);
+/// Most ended sessions remembered (the oldest are forgotten first).
+const ENDED_MAX: usize = 4096;
 /// The responder keeps K_tmp this long after the tunnel is up, to answer a retransmitted
 /// Tunnel Request; then K_tmp is gone (it protects one negotiation only).
 const K_TMP_AFTER_SETUP: Duration = Duration::from_secs(30);
@@ -474,8 +481,10 @@ impl Node {
             return self.drops.count(Drop::Unauthorized);
         }
         let ack = Message::RouteDirectionAck(RouteDirectionAck { request_id: rd.request_id, session: rd.session });
-        if self.tunnels.iter().any(|t| t.session == rd.session) {
-            // The DC retransmitted: our acknowledgement was lost.
+        let ended = self.ended.iter().any(|(s, _)| *s == rd.session);
+        if ended || self.tunnels.iter().any(|t| t.session == rd.session) {
+            // The DC retransmitted: our acknowledgement was lost. (If the tunnel ended
+            // meanwhile, its K_tun stays out of use: see ENDED_MEMORY.)
             if let Some(dst) = self.any_dc_addr() {
                 self.send_to_dc(now, dst, &ack);
             }
@@ -815,7 +824,7 @@ impl Node {
         let Some(i) = self.tunnel_index(SessionId(env.key_id().0)) else { return self.drops.count(Drop::UnknownKey) };
         let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(Drop::UnknownKey) };
         let Some(ch) = t.mncn.as_mut() else { return self.drops.count(Drop::Stale) };
-        let (_, msg) = match ch.open(now, buf) {
+        let (_, msg, newest) = match ch.open_ordered(now, buf) {
             Ok(m) => m,
             Err(e) => return self.drops.count(Drop::from(e)),
         };
@@ -834,7 +843,9 @@ impl Node {
                 Received::Handled
             }
             Message::PathProbe(p) => {
-                self.follow_peer(now, i, from);
+                if newest {
+                    self.follow_peer(now, i, from);
+                }
                 let msg = Message::PathProbeAck(PathProbeAck { probe_id: p.probe_id, observed: from });
                 self.seal_mncn(now, i, from, &msg);
                 Received::Handled
@@ -847,7 +858,9 @@ impl Node {
                     if probing {
                         t.probe = None; // the handover probe got through
                     }
-                    self.follow_peer(now, i, from);
+                    if newest {
+                        self.follow_peer(now, i, from);
+                    }
                 }
                 Received::Handled
             }
@@ -857,7 +870,10 @@ impl Node {
 
     /// An authenticated packet came from `from`. On a direct path the newest source is
     /// where the peer is now (it moved, or its NAT rebound); on a relayed path, a packet
-    /// straight from the peer means it found the direct path.
+    /// straight from the peer means it found the direct path. Call it only for the newest
+    /// packet from the peer ([`crate::crypto::Opened::newest`]): an older one accepted late
+    /// may have been delayed on a path the peer has left, and following it would point us
+    /// back there (and send the recent packets there again).
     fn follow_peer(&mut self, now: Instant, i: usize, from: SocketAddr) {
         let Some(t) = self.tunnels.get_mut(i) else { return };
         if !t.is_established() || t.send_to == Some(from) {
@@ -906,8 +922,8 @@ impl Node {
         let my_virtual = self.virtual_addrs;
         let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(Drop::UnknownKey) };
         let Some(ch) = t.mncn.as_mut() else { return self.drops.count(Drop::Stale) };
-        let range = match ch.open_in_place(now, buf) {
-            Ok(r) => r,
+        let (range, newest) = match ch.open_in_place(now, buf) {
+            Ok(o) => (o.body, o.newest),
             // A copy of a data packet (the network's, or sent again after a handover)
             // is a late duplicate; it was delivered once, or is too late to matter.
             Err(CryptoError::Replayed | CryptoError::TooOld) => return self.drops.count(Drop::Stale),
@@ -924,7 +940,9 @@ impl Node {
         t.last_rx = now;
         t.last_data = now;
         t.rx_packets += 1;
-        self.follow_peer(now, i, from);
+        if newest {
+            self.follow_peer(now, i, from);
+        }
         Received::Ip(range)
     }
 
@@ -990,6 +1008,11 @@ impl Node {
             } else {
                 let t = self.tunnels.remove(i);
                 self.recent.forget(t.session);
+                self.ended.retain(|(_, at)| now < *at + ENDED_MEMORY);
+                if self.ended.len() >= ENDED_MAX {
+                    self.ended.pop_front();
+                }
+                self.ended.push_back((t.session, now));
                 let peer = t.peer.fqdn.clone();
                 let still = self.tunnels.iter().any(|o| o.peer.fqdn == peer && o.is_established());
                 if t.is_established() && !still {
