@@ -47,6 +47,11 @@ pub(super) struct NodeRecord {
     ns: Option<NsBinding>,
     /// Registrations waiting for the NS to acknowledge K_ntmns.
     waiting: Vec<(RequestId, SocketAddr)>,
+    /// False from a registration until the driver reports the node's state saved (with
+    /// [`DcConfig::hold_registrations_until_saved`](super::DcConfig)).
+    saved: bool,
+    /// Registration Responses held until then (at most [`UNSAVED_MAX`]).
+    unsaved: Vec<(RequestId, SocketAddr)>,
     /// When the DC last asked for a push to this node.
     last_push: Option<Instant>,
 }
@@ -81,6 +86,10 @@ fn family(addr: &SocketAddr) -> usize {
         1
     }
 }
+
+/// Most Registration Responses held per node while its registration is not saved: the
+/// node retransmits with the same request id, so a few cover every family.
+const UNSAVED_MAX: usize = 4;
 
 /// Least time between two push requests for one node.
 const PUSH_INTERVAL: crate::time::Duration = crate::time::Duration::from_secs(10);
@@ -130,6 +139,8 @@ impl Dc {
                         method: KeepaliveMethod::Udp,
                         ns: None,
                         waiting: Vec::new(),
+                        saved: true,
+                        unsaved: Vec::new(),
                         last_push: None,
                     },
                 );
@@ -198,6 +209,7 @@ impl Dc {
         rec.virtual_addrs = Some(virtual_addrs);
         rec.local_addrs = r.local_addrs;
         rec.method = r.keepalive;
+        rec.saved = false;
         self.emit(DcEvent::NodeRegistered { fqdn: fqdn.clone(), virtual_addrs, observed: from, behind_nat });
         let wants_ns = matches!(self.nodes.get(fqdn).map(|n| &n.method), Some(KeepaliveMethod::Ns)) && ns_count > 0;
         if !wants_ns {
@@ -247,6 +259,16 @@ impl Dc {
 
     fn respond_registration(&mut self, now: Instant, fqdn: &Fqdn, request_id: RequestId, to: SocketAddr) {
         let keepalive_secs = u16::try_from(self.cfg.keepalive_interval.as_secs()).unwrap_or(u16::MAX);
+        let hold = self.cfg.hold_registrations_until_saved;
+        if let Some(rec) = self.nodes.get_mut(fqdn).filter(|r| hold && !r.saved) {
+            // Not durable yet: answered once the driver saved it (registration_saved).
+            rec.unsaved.retain(|(id, _)| *id != request_id);
+            if rec.unsaved.len() >= UNSAVED_MAX {
+                rec.unsaved.remove(0);
+            }
+            rec.unsaved.push((request_id, to));
+            return;
+        }
         let Some(rec) = self.nodes.get(fqdn) else { return };
         let Some(virtual_addrs) = rec.virtual_addrs else { return };
         let behind_nat = rec.seen.get(family(&to)).copied().flatten().is_some_and(|s| s.behind_nat);
@@ -473,6 +495,23 @@ impl Dc {
         }
     }
 
+    /// The driver saved the node's state as [`Dc::export_node`] gave it after its last
+    /// registration: the Registration Responses held for it go out now.
+    pub fn registration_saved(&mut self, now: Instant, fqdn: &Fqdn) {
+        let Some(rec) = self.nodes.get_mut(fqdn) else { return };
+        rec.saved = true;
+        for (request_id, to) in core::mem::take(&mut rec.unsaved) {
+            self.respond_registration(now, fqdn, request_id, to);
+        }
+    }
+
+    /// The nodes whose last registration is not saved yet (their answers are held).
+    pub fn unsaved_registrations(&self) -> Vec<Fqdn> {
+        let mut v: Vec<Fqdn> = self.nodes.values().filter(|r| !r.saved).map(|r| r.fqdn.clone()).collect();
+        v.sort();
+        v
+    }
+
     /// When node state next needs attention.
     pub(super) fn nodes_deadline(&self) -> Option<Instant> {
         let ns = self.pending_ns.iter().map(|p| p.retry.deadline()).min();
@@ -548,6 +587,8 @@ impl Dc {
                 method: state.keepalive,
                 ns,
                 waiting: Vec::new(),
+                saved: true,
+                unsaved: Vec::new(),
                 last_push: None,
             },
         );
