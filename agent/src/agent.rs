@@ -272,9 +272,9 @@ impl Material {
     /// a failure at run time (exit 1).
     pub fn load(cfg: &AgentFile) -> Result<Self, Failure> {
         let routes = cfg.routes().map_err(|e| Failure::usage(format!("virtual_routes: {e}")))?;
-        let as_name =
-            cfg.account_server_name.as_ref().ok_or_else(|| Failure::usage("account_server_name: missing"))?;
-        let ca_der = read_pem_chain(&cfg.ca)?.into_iter().next().ok_or_else(|| Failure::runtime("no CA certificate"))?;
+        let as_name = cfg.account_server_name.as_ref().ok_or_else(|| Failure::usage("account_server_name: missing"))?;
+        let ca_der =
+            read_pem_chain(&cfg.ca)?.into_iter().next().ok_or_else(|| Failure::runtime("no CA certificate"))?;
         let (client, key_pair) = match &cfg.credential.device {
             Some(d) => {
                 let key = read_key(&d.key)?;

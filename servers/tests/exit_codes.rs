@@ -12,7 +12,8 @@ use common::{bin, write_json, TempDir};
 use std::process::Command;
 
 fn as_config(dir: &std::path::Path, accounts: &std::path::Path) -> std::path::PathBuf {
-    let tls = serde_json::json!({"ca": "/nonexistent/ca.pem", "cert": "/nonexistent/c.pem", "key": "/nonexistent/k.pem"});
+    let tls =
+        serde_json::json!({"ca": "/nonexistent/ca.pem", "cert": "/nonexistent/c.pem", "key": "/nonexistent/k.pem"});
     let path = dir.join("as.json");
     write_json(
         &path,
@@ -40,11 +41,7 @@ fn account_add_on_a_full_disk_exits_1_and_bad_usage_exits_2() {
     std::fs::create_dir_all(&disk).unwrap();
     let cfg = as_config(dir.path(), &disk.join("accounts.db"));
     let add = |email: &str, fqdn: &str| {
-        format!(
-            "{} account add -c {} --email {email} --fqdn {fqdn}",
-            bin("ntm-as").display(),
-            cfg.display()
-        )
+        format!("{} account add -c {} --email {email} --fqdn {fqdn}", bin("ntm-as").display(), cfg.display())
     };
 
     // Usage: a flag missing.
