@@ -1100,6 +1100,7 @@ impl Agent {
             None => j.null("fqdn"),
         };
         j.bool("registered", self.node.is_registered());
+        j.bool("displaced", self.node.is_displaced());
         j.bool("notifications_ready", self.node.notifications_ready());
         match self.node.virtual_addrs() {
             Some(v) => {

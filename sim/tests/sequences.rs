@@ -607,3 +607,35 @@ fn a_push_node_is_woken_through_the_push_interface() {
     assert!(resolved, "the tunnel to the pushed phone came up");
     assert!(d.ping4(mn, phone, 1) && d.ping4(phone, mn, 2));
 }
+
+/// A second device logs in with the same credential (a cloned certificate, here the same
+/// password): the DC tells the node whose registration it took over, sealed with that
+/// node's key, and the displaced node says so and stops counting itself registered. A node
+/// that logs in again itself (a key renewal, a restart) is not displaced.
+#[test]
+fn a_second_login_with_the_same_credential_tells_the_displaced_node() {
+    let mut d = Deployment::new(31, Options::default());
+    let a = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    assert!(d.bring_up(a));
+
+    // The same device logs in again (as at a key renewal): nothing is reported.
+    let now = d.now();
+    d.node(a).start(now);
+    d.run_for(Duration::from_secs(5));
+    assert!(d.node(a).is_registered() && !d.node(a).is_displaced(), "its own new login displaces no one");
+
+    let clone = global(&mut d, "mn.zone-a.example", 12, NodeOpts::default());
+    assert!(d.bring_up(clone));
+    let told = d.sim.run_until_cond(d.now() + Duration::from_secs(5), |s| s.engine::<Node>(a).is_displaced());
+    assert!(told, "the DC told the first device");
+    assert!(!d.node(a).is_registered(), "the displaced device no longer says it is registered");
+    assert!(d.node(clone).is_registered() && !d.node(clone).is_displaced());
+
+    // After its hold-off the first device logs in and registers again; now the other one
+    // is told. Each says so in turn instead of fighting at every message.
+    let back = d.sim.run_until_cond(d.now() + Duration::from_secs(400), |s| s.engine::<Node>(a).is_registered());
+    assert!(back, "the first device registers again after its hold-off");
+    assert!(!d.node(a).is_displaced());
+    let told = d.sim.run_until_cond(d.now() + Duration::from_secs(5), |s| s.engine::<Node>(clone).is_displaced());
+    assert!(told, "the second device is told in turn");
+}

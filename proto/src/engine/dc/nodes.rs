@@ -114,6 +114,7 @@ impl Dc {
             self.reply_tls(from, &msg);
             return self.drops.count(Drop::Limit);
         }
+        self.tell_displaced(now, &kd.fqdn, kd.key_id);
         let KeyGrant { key, lifetime } = kd.k_ntmdc;
         let channel = match Channel::new(key, kd.key_id, Sender::Dc, now + lifetime.duration()) {
             Ok(c) => c,
@@ -152,6 +153,32 @@ impl Dc {
         self.reply_tls(from, &ack);
         self.emit(DcEvent::NodeKeyReceived { fqdn: kd.fqdn });
         Received::Handled
+    }
+
+    /// A new key for a node that is registered under another one: a second login for the
+    /// same name (the same credential on two devices, or the node renewing its key). The
+    /// holder of the old key is told, sealed with that key, so that a device whose
+    /// registration was taken over by a copy of its credential can say so (the node
+    /// ignores it while it is logging in itself). An AS retransmission (same key id)
+    /// tells no one.
+    fn tell_displaced(&mut self, now: Instant, fqdn: &Fqdn, new_key: KeyId) {
+        let Some(rec) = self.nodes.get(fqdn) else { return };
+        let seen: Vec<SocketAddr> = rec.seen.iter().flatten().map(|s| s.observed).collect();
+        if rec.channel.id() == new_key || seen.is_empty() || rec.channel.is_expired(now) {
+            return;
+        }
+        log::warn!(
+            "{fqdn}: a new login (key {new_key}) replaces the one registered from {seen:?} (key {}); telling that node",
+            rec.channel.id()
+        );
+        let request_id = self.ids.next();
+        let msg = Message::Refusal(Refusal::new(
+            MsgType::RegistrationRequest,
+            request_id,
+            Reason::Displaced,
+            "another login for this name took over the registration",
+        ));
+        self.send_to_node(now, fqdn, &msg, None);
     }
 
     /// A datagram sealed with a node's K_ntmdc.
