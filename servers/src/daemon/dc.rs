@@ -199,6 +199,12 @@ impl DcDaemon {
                     self.dc.registration_saved(now, &n.fqdn);
                 }
             }
+            Err(e @ store::StoreError::Duplicate { .. }) if due.len() > 1 => {
+                // One row the database refuses (addresses it holds for another node, as
+                // after a manual edit) must not hold back every other node's refresh.
+                log::warn!("saving {} nodes at once: {e}; saving them one by one", due.len());
+                due.iter().for_each(|n| self.save(now, &n.fqdn));
+            }
             Err(e) => {
                 self.store_errors += 1;
                 log::error!("{e}");
@@ -532,6 +538,12 @@ mod tests {
         assert_eq!(addr_of(&fqdns[2]), Some(v(12)));
         assert_eq!(addr_of(&other), Some(v(11)));
         assert_eq!(addr_of(&fqdns[1]), Some(v(9)), "b's row is left as it was");
+
+        // The same in the counter refresh: b's refused row does not hold back a and c.
+        d.saved.clear();
+        d.refresh(now);
+        assert!(d.saved.contains_key(&fqdns[0]) && d.saved.contains_key(&fqdns[2]), "a and c are saved");
+        assert!(!d.saved.contains_key(&fqdns[1]), "b is not");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
