@@ -16,6 +16,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 	export PATH="$HOME/.cargo/bin:$PATH"
 fi
 cd "$(dirname "$0")/.."
+NTM_ROOT=$(pwd)
 
 # install_missing CMD:PACKAGE ...: installs with apt the Debian package of each command that
 # is not on this machine (as root). No service may start from a package while it installs
@@ -29,5 +30,5 @@ install_missing() {
 	[ -n "$missing" ] || return 0
 	echo "installing:$missing" >&2
 	# shellcheck disable=SC2086 # a list of package names
-	./scripts/apt-install.sh $missing
+	"$NTM_ROOT/scripts/apt-install.sh" $missing
 }
