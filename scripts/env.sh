@@ -16,9 +16,11 @@ if ! command -v cargo >/dev/null 2>&1; then
 	export PATH="$HOME/.cargo/bin:$PATH"
 fi
 cd "$(dirname "$0")/.."
+NTM_ROOT=$(pwd)
 
 # install_missing CMD:PACKAGE ...: installs with apt the Debian package of each command that
-# is not on this machine (as root). No service may start from a package while it installs.
+# is not on this machine (as root). No service may start from a package while it installs
+# (scripts/apt-install.sh holds them off and keeps a policy-rc.d the machine already has).
 install_missing() {
 	missing=""
 	for t in "$@"; do
@@ -27,8 +29,6 @@ install_missing() {
 	done
 	[ -n "$missing" ] || return 0
 	echo "installing:$missing" >&2
-	printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
 	# shellcheck disable=SC2086 # a list of package names
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
-	rm -f /usr/sbin/policy-rc.d
+	"$NTM_ROOT/scripts/apt-install.sh" $missing
 }

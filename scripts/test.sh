@@ -26,6 +26,8 @@ echo "== cargo test (release profile for the crypto-heavy simulations)"
 cargo test --workspace --locked --release
 echo "== init scripts (SysV, start-stop-daemon from Debian and BusyBox; procd stubbed)"
 NTM_NO_BUILD=1 ./scripts/test-init.sh
+echo "== package installs keep the machine's policy-rc.d"
+./scripts/test-apt-install.sh
 echo "== proto without the server engines (the agent's build)"
 cargo clippy -p ntm-proto --locked --no-default-features -- -D warnings
 cargo test -p ntm-proto --locked --no-default-features --lib

@@ -32,6 +32,7 @@ use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use ntm_cmdline::Failure;
 use ntm_proto::crypto::pk::KeyPair;
 use ntm_proto::crypto::TAG_LEN;
 use ntm_proto::dns::{Locator, LocatorConfig};
@@ -227,23 +228,41 @@ fn bind_udp6_only(port: u16) -> io::Result<UdpSocket> {
     Ok(UdpSocket::from_std(std::net::UdpSocket::from(fd)))
 }
 
+/// A tunnel socket, or None if this host lacks the family (its kernel has no IPv6, or no
+/// address of it at all); an error for everything else.
+fn tunnel_socket(family: &str, port: u16, bound: io::Result<UdpSocket>) -> Result<Option<UdpSocket>, String> {
+    match bound {
+        Ok(s) => Ok(Some(s)),
+        Err(e)
+            if matches!(
+                e.raw_os_error().map(Errno::from_raw),
+                Some(Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL | Errno::EPROTONOSUPPORT)
+            ) =>
+        {
+            log::info!("no {family} tunnel socket: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(format!("cannot bind the {family} tunnel port UDP {port}: {e}")),
+    }
+}
+
 /// The current credential, read from its files (an ID token file is looked at again every
 /// 30 s and re-read when it changed).
-fn credential(cfg: &AgentFile) -> Result<Credential, String> {
+fn credential(cfg: &AgentFile) -> Result<Credential, Failure> {
     if cfg.credential.device.is_some() {
         return Ok(Credential::DeviceCertificate);
     }
     if let Some(p) = &cfg.credential.password {
         let pw = read_secret_line(&p.password_file)?;
         let password = Password::new(&pw).map_err(|e| format!("{}: {e}", p.password_file))?;
-        let email = Text::new(&p.email).map_err(|e| format!("credential.password.email: {e}"))?;
+        let email = Text::new(&p.email).map_err(|e| Failure::usage(format!("credential.password.email: {e}")))?;
         return Ok(Credential::Password { email, password });
     }
     if let Some(path) = &cfg.credential.oidc_token_file {
         let t = read_secret_line(path)?;
         return Ok(Credential::OidcToken(IdToken::new(&t).map_err(|e| format!("{path}: {e}"))?));
     }
-    Err("no credential".into())
+    Err(Failure::usage("no credential"))
 }
 
 /// What the agent reads from files besides its configuration: checked by `ntmd check`
@@ -263,10 +282,14 @@ impl std::fmt::Debug for Material {
 
 impl Material {
     /// Reads the CA, the device certificate and key or the password or token file.
-    pub fn load(cfg: &AgentFile) -> Result<Self, String> {
-        let routes = cfg.routes().map_err(|e| format!("virtual_routes: {e}"))?;
-        let as_name = cfg.account_server_name.as_ref().ok_or("account_server_name: missing")?;
-        let ca_der = read_pem_chain(&cfg.ca)?.into_iter().next().ok_or("no CA certificate")?;
+    /// A value of the configuration is a usage error (exit 2); a file it names that cannot
+    /// be read or used (a missing or garbage key, a certificate that does not match it) is
+    /// a failure at run time (exit 1).
+    pub fn load(cfg: &AgentFile) -> Result<Self, Failure> {
+        let routes = cfg.routes().map_err(|e| Failure::usage(format!("virtual_routes: {e}")))?;
+        let as_name = cfg.account_server_name.as_ref().ok_or_else(|| Failure::usage("account_server_name: missing"))?;
+        let ca_der =
+            read_pem_chain(&cfg.ca)?.into_iter().next().ok_or_else(|| Failure::runtime("no CA certificate"))?;
         let (client, key_pair) = match &cfg.credential.device {
             Some(d) => {
                 let key = read_key(&d.key)?;
@@ -292,17 +315,14 @@ impl Agent {
             .as_ref()
             .and_then(|p| std::fs::metadata(p.as_str()).and_then(|m| m.modified()).ok());
 
-        // Tunnel sockets: one port, both families where the host has them.
-        let udp4 = bind_udp(SocketAddr::from(([0, 0, 0, 0], cfg.udp_port))).ok();
-        let udp6 = match bind_udp6_only(cfg.udp_port) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                log::info!("no IPv6 tunnel socket: {e}");
-                None
-            }
-        };
+        // Tunnel sockets: one port, both families where the host has them. A family the
+        // kernel lacks is skipped; any other error (the port is taken, no permission) stops
+        // the agent, which would otherwise run on without ever registering in that family.
+        let port = cfg.udp_port;
+        let udp4 = tunnel_socket("IPv4", port, bind_udp(SocketAddr::from(([0, 0, 0, 0], port))))?;
+        let udp6 = tunnel_socket("IPv6", port, bind_udp6_only(port))?;
         if udp4.is_none() && udp6.is_none() {
-            return Err(format!("cannot bind UDP port {}", cfg.udp_port).into());
+            return Err(format!("cannot bind UDP port {port}: this host has neither IPv4 nor IPv6").into());
         }
         for s in udp4.iter().chain(udp6.iter()) {
             size_buffers(s);
@@ -1142,6 +1162,7 @@ impl Agent {
             None => j.null("fqdn"),
         };
         j.bool("registered", self.node.is_registered());
+        j.bool("displaced", self.node.is_displaced());
         j.bool("notifications_ready", self.node.notifications_ready());
         match self.node.virtual_addrs() {
             Some(v) => {

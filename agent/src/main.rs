@@ -6,7 +6,8 @@
 //! ntmd status -s SOCKET    print the running agent's state (JSON)
 //! ntmd status -c FILE      the same, taking the socket from the configuration
 //! ```
-//! Exit codes: 0 success, 1 the agent failed, 2 bad usage or configuration.
+//! Exit codes: 0 success, 1 the agent failed (a file it cannot read or use, a port it
+//! cannot bind, no TUN device), 2 bad usage or configuration: [`Failure`] maps them.
 
 // The command line talks to a person: printing is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -22,68 +23,63 @@ mod netlink;
 mod tls;
 mod verify;
 
-use ntm_cmdline::Command;
+use ntm_cmdline::{Command, Failure};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: ntmd [run|check] -c FILE | ntmd status (-s SOCKET | -c FILE)";
 
-fn load(path: &std::path::Path) -> Result<(config::AgentFile, agent::Material), String> {
-    let cfg = config::load(path).map_err(|e| e.to_string())?;
-    let material = agent::Material::load(&cfg).map_err(|e| format!("{}: {e}", path.display()))?;
+fn load(path: &std::path::Path) -> Result<(config::AgentFile, agent::Material), Failure> {
+    let cfg = config::load(path)?;
+    let material = agent::Material::load(&cfg).map_err(|e| match e {
+        Failure::Usage(m) => Failure::Usage(format!("{}: {m}", path.display())),
+        Failure::Runtime(m) => Failure::Runtime(format!("{}: {m}", path.display())),
+    })?;
     Ok((cfg, material))
 }
 
-fn status(config: Option<PathBuf>, socket: Option<PathBuf>) -> Result<String, String> {
+/// Prints a failure as one line and ends with its exit code.
+fn fail(f: &Failure) -> ExitCode {
+    eprintln!("ntmd: {f}");
+    ExitCode::from(f.code())
+}
+
+fn status(config: Option<PathBuf>, socket: Option<PathBuf>) -> Result<String, Failure> {
     let socket = match (socket, config) {
         (Some(s), _) => s,
-        (None, Some(c)) => PathBuf::from(config::load(&c).map_err(|e| e.to_string())?.status_socket.as_str()),
-        (None, None) => return Err(USAGE.into()),
+        (None, Some(c)) => PathBuf::from(config::load(&c)?.status_socket.as_str()),
+        (None, None) => return Err(Failure::usage(USAGE)),
     };
-    ntm_cmdline::read_status(&socket, std::time::Duration::from_secs(5)).map_err(|e| format!("{e} (is ntmd running?)"))
+    ntm_cmdline::read_status(&socket, std::time::Duration::from_secs(5))
+        .map_err(|e| Failure::runtime(format!("{e} (is ntmd running?)")))
 }
 
 fn main() -> ExitCode {
     let cmd = match ntm_cmdline::parse(std::env::args_os().skip(1).collect()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("ntmd: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(&Failure::usage(format!("{e}\n{USAGE}"))),
     };
     match cmd {
         // `ntmd` has no subcommands of its own.
-        Command::Other(w, _) => {
-            eprintln!("ntmd: unknown command \"{w}\"\n{USAGE}");
-            ExitCode::from(2)
-        }
+        Command::Other(w, _) => fail(&Failure::usage(format!("unknown command \"{w}\"\n{USAGE}"))),
         Command::Check(path) => match load(&path) {
             Ok(_) => {
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("ntmd: {e}");
-                ExitCode::from(2)
-            }
+            Err(e) => fail(&e),
         },
         Command::Status { config, socket } => match status(config, socket) {
             Ok(text) => {
                 println!("{text}");
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("ntmd: {e}");
-                ExitCode::from(1)
-            }
+            Err(e) => fail(&e),
         },
         Command::Run(path) => {
             let (cfg, material) = match load(&path) {
                 Ok(x) => x,
-                Err(e) => {
-                    eprintln!("ntmd: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(e) => return fail(&e),
             };
             let level = config::log_filter(&cfg.log_level).unwrap_or(log::LevelFilter::Info);
             let _ = simple_logger::SimpleLogger::new().with_level(level).init();

@@ -8,7 +8,17 @@
 //! PROGRAM WORD ...           a program's own subcommand (the AS's administration)
 //! ```
 //!
-//! and the error a configuration file gets when it cannot be used. Kept apart from both the
+//! the error a configuration file gets when it cannot be used, and the exit codes: every
+//! binary maps its failures to a code through [`Failure`], so that the same kind of failure
+//! ends every program the same way:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | the program failed at its work: a file it cannot read or write (a certificate, a key, a database), a full disk, a port it cannot bind |
+//! | 2 | bad usage or configuration: a command line, a configuration file or a value in it that the user must change |
+//!
+//! Kept apart from both the
 //! agent and the servers so that neither depends on the other; it costs the agent nothing,
 //! which parses its command line with `lexopt` anyway.
 
@@ -96,6 +106,60 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Why a command failed; its [`code`](Failure::code) is the process's exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The command line or the configuration is wrong: the user must change it. Exit 2.
+    Usage(String),
+    /// The program could not do its work (I/O, a full disk, a file it cannot use, a port
+    /// in use). Exit 1.
+    Runtime(String),
+}
+
+impl Failure {
+    /// A usage or configuration error.
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Self::Usage(msg.into())
+    }
+
+    /// A failure at run time.
+    pub fn runtime(msg: impl Into<String>) -> Self {
+        Self::Runtime(msg.into())
+    }
+
+    /// The exit code: 2 for usage and configuration, 1 for everything that failed at run time.
+    pub const fn code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            Self::Runtime(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Usage(m) | Self::Runtime(m) => f.write_str(m),
+        }
+    }
+}
+
+/// A configuration that cannot be used is the user's to fix.
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Self::Usage(e.to_string())
+    }
+}
+
+/// A bare message is a failure at run time (I/O and the like): usage errors say so
+/// explicitly with [`Failure::usage`], so that no run-time failure is reported as the
+/// user's mistake.
+impl From<String> for Failure {
+    fn from(m: String) -> Self {
+        Self::Runtime(m)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +188,15 @@ mod tests {
         assert_eq!(parse(args("status")).unwrap_err(), "status needs -s SOCKET or -c FILE");
         assert!(parse(args("-c x.json --bogus")).unwrap_err().contains("--bogus"));
         assert!(parse(args("-c")).is_err(), "a flag without its value");
+    }
+
+    #[test]
+    fn exit_codes_say_whose_fault_it_is() {
+        let config = ConfigError { file: "x.json".into(), problem: "field \"zones\": missing".into() };
+        assert_eq!(Failure::from(config).code(), 2);
+        assert_eq!(Failure::usage("--email is needed").code(), 2);
+        assert_eq!(Failure::from("accounts.db: database or disk is full".to_string()).code(), 1);
+        assert_eq!(Failure::runtime("box.key: not a key").code(), 1);
     }
 
     #[test]

@@ -484,6 +484,7 @@ impl Lab {
     }
 
     /// Waits until `cond` holds, polling every 50 ms, for at most `secs`.
+    #[must_use = "the condition may not have held: assert it or handle false"]
     pub fn wait_for(&self, secs: u64, mut cond: impl FnMut() -> bool) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         while std::time::Instant::now() < deadline {

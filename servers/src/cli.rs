@@ -6,7 +6,8 @@
 //! ntm-xx status -c FILE     print the running daemon's state (JSON) from its status socket
 //! ntm-xx status -s SOCKET   the same, naming the socket
 //! ```
-//! Exit codes: 0 success, 1 the daemon failed, 2 bad usage or configuration.
+//! Exit codes: 0 success, 1 the daemon failed, 2 bad usage or configuration (the table and
+//! the mapping are [`ntm_cmdline::Failure`]'s).
 
 // The command line talks to a person: printing is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -15,7 +16,7 @@ use crate::config::{self, Common, LogLevel, Validate};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
-pub use ntm_cmdline::{parse, Command};
+pub use ntm_cmdline::{parse, Command, Failure};
 
 /// Starts logging to stderr at `level`.
 pub fn init_logging(level: LogLevel) {
@@ -24,15 +25,19 @@ pub fn init_logging(level: LogLevel) {
     log::set_max_level(level.filter());
 }
 
-/// Loads a configuration, printing the one-line error and exiting with 2 if it is bad.
+/// Loads a configuration, printing the one-line error and exiting with its code (2) if
+/// it is bad.
 pub fn load_or_exit<T: DeserializeOwned + Validate>(program: &str, path: &Path) -> T {
     match config::load::<T>(path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{program}: {e}");
-            std::process::exit(2);
-        }
+        Err(e) => std::process::exit(fail(program, &Failure::from(e))),
     }
+}
+
+/// Prints a failure as one line and returns its exit code.
+pub fn fail(program: &str, f: &Failure) -> i32 {
+    eprintln!("{program}: {f}");
+    i32::from(f.code())
 }
 
 /// Prints the status a running daemon reports on its socket.
@@ -65,7 +70,7 @@ pub fn status_socket<T: DeserializeOwned + Validate>(
 }
 
 /// A daemon's own subcommands (the AS's administration).
-pub type Admin = fn(&str, Vec<std::ffi::OsString>) -> Result<(), String>;
+pub type Admin = fn(&str, Vec<std::ffi::OsString>) -> Result<(), Failure>;
 
 /// The whole `main` of a daemon: run, check, status, and its own subcommands if any.
 pub fn main_with<T, D, B>(program: &str, common: fn(&T) -> &Common, build: B, admin: Option<Admin>) -> i32
@@ -80,10 +85,7 @@ where
             init_logging(common(&cfg).log_level);
             match build(cfg) {
                 Ok(driver) => crate::daemon::run(program, driver),
-                Err(e) => {
-                    eprintln!("{program}: {e}");
-                    1
-                }
+                Err(e) => fail(program, &Failure::runtime(e.to_string())),
             }
         }
         Ok(Command::Check(path)) => {
@@ -93,27 +95,20 @@ where
         }
         Ok(Command::Status { config, socket }) => match status_socket::<T>(program, config, socket, common) {
             Ok(s) => print_status(program, &s),
-            Err(e) => {
-                eprintln!("{program}: {e}");
-                2
-            }
+            Err(e) => fail(program, &Failure::usage(e)),
         },
         Ok(Command::Other(w, rest)) => match admin {
             Some(f) => match f(&w, rest) {
                 Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("{program}: {e}");
-                    2
-                }
+                Err(e) => fail(program, &e),
             },
-            None => {
-                eprintln!("{program}: unknown command \"{w}\" (run, check, status)");
-                2
-            }
+            None => fail(program, &Failure::usage(format!("unknown command \"{w}\" (run, check, status)"))),
         },
-        Err(e) => {
-            eprintln!("{program}: {e}\nusage: {program} [run|check] -c FILE | {program} status (-c FILE | -s SOCKET)");
-            2
-        }
+        Err(e) => fail(
+            program,
+            &Failure::usage(format!(
+                "{e}\nusage: {program} [run|check] -c FILE | {program} status (-c FILE | -s SOCKET)"
+            )),
+        ),
     }
 }

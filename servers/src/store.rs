@@ -899,6 +899,12 @@ impl DcStore {
         &self.path
     }
 
+    /// How long a write waits for another connection's lock (5 s unless set; tests that
+    /// hold the lock to make writes fail shorten it).
+    pub fn set_busy_timeout(&self, wait: std::time::Duration) -> Result<()> {
+        self.conn.busy_timeout(wait).map_err(sql_err(&self.path, "setting the busy timeout"))
+    }
+
     /// Records (or moves) a node's virtual addresses. Refuses addresses stored for
     /// another node.
     pub fn save_assignment(&mut self, fqdn: &Fqdn, addrs: VirtualAddrs) -> Result<()> {
@@ -1082,7 +1088,13 @@ fn insert_assignment(tx: &rusqlite::Transaction<'_>, path: &str, fqdn: &Fqdn, a:
     .map(drop)
 }
 
+/// Also records the node's assignment in the same transaction: a node row never holds
+/// addresses the assignments table does not (the row goes when the key expires, the
+/// assignment must stay, or the addresses could go to another node).
 fn insert_node(tx: &rusqlite::Transaction<'_>, path: &str, node: &NodeSnapshot) -> Result<u64> {
+    if let Some(a) = &node.virtual_addrs {
+        insert_assignment(tx, path, &node.fqdn, a)?;
+    }
     let reserved = reserved_counter(node.next_counter);
     let invalid = |detail: String| StoreError::Invalid { what: "node snapshot", detail };
     let endpoints: Vec<EndpointJson> = node.endpoints.iter().map(|&(addr, nat)| EndpointJson { addr, nat }).collect();

@@ -358,6 +358,25 @@ fn dc_store_round_trip_across_reopen() {
     assert_eq!(s.load_assignments().unwrap().len(), 2);
 }
 
+/// A node row is never stored without its addresses in the assignments table, which
+/// outlives the row: otherwise a node saved only by the counter refresh would lose its
+/// addresses when its key expires, and they could go to another node.
+#[test]
+fn dc_store_a_node_row_brings_its_assignment() {
+    let db = TempDb::new("dc-assign");
+    let mut s = DcStore::open(db.path()).unwrap();
+    let a = snapshot("a.nodes.example", 1);
+    s.save_nodes(std::slice::from_ref(&a)).unwrap();
+    assert_eq!(s.load_assignments().unwrap(), vec![(a.fqdn.clone(), a.virtual_addrs.unwrap())]);
+    assert_eq!(s.prune_expired(1_900_000_000_000).unwrap(), 1);
+    assert_eq!(s.load_assignments().unwrap(), vec![(a.fqdn.clone(), a.virtual_addrs.unwrap())]);
+    // A row whose addresses the database holds for another node is refused whole.
+    let mut b = snapshot("b.nodes.example", 2);
+    b.virtual_addrs = a.virtual_addrs;
+    assert!(s.save_node(&b).is_err());
+    assert!(s.load_nodes().unwrap().is_empty(), "no row without its assignment");
+}
+
 #[test]
 fn dc_store_skips_undecodable_node_rows() {
     let db = TempDb::new("corrupt");

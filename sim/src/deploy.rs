@@ -391,7 +391,8 @@ impl Deployment {
         let deadline = self.sim.now() + Duration::from_secs(90);
         let mut answer = None;
         let mut other = Vec::new();
-        self.sim.run_until_cond(deadline, |s| {
+        // `answer` says whether the answer came (None: Timeout below).
+        let _ = self.sim.run_until_cond(deadline, |s| {
             while let Some(e) = s.engine::<Node>(h).poll_event() {
                 match e {
                     NodeEvent::Resolved { id: i, virtual_addrs, .. } if i == id => answer = Some(Ok(virtual_addrs)),
@@ -429,12 +430,7 @@ impl Deployment {
             return false;
         }
         let deadline = self.sim.now() + Duration::from_secs(1);
-        let mut got = false;
-        self.sim.run_until_cond(deadline, |s| {
-            got |= s.take_ip(b).contains(&pkt);
-            got
-        });
-        got
+        self.sim.run_until_cond(deadline, |s| s.take_ip(b).contains(&pkt))
     }
 
     /// The current path of `h`'s newest live tunnel to `peer`.

@@ -574,6 +574,7 @@ impl Sim {
 
     /// Runs until `cond` holds (checked before the first step and after each) or
     /// `deadline` passes; returns whether it held. On false, the clock is at `deadline`.
+    #[must_use = "the condition may not have held: assert it or handle false"]
     pub fn run_until_cond(&mut self, deadline: Instant, mut cond: impl FnMut(&mut Sim) -> bool) -> bool {
         loop {
             if cond(self) {

@@ -49,12 +49,13 @@ fn the_relay_never_sees_k_tmp_or_k_mncn() {
     let id = d.node(mn).resolve(now, name("cn.zone-b.example"));
     let mut kinds = BTreeSet::new();
     let mut node_keys = Vec::new();
-    d.sim.run_until_cond(d.now() + Duration::from_secs(20), |s| {
+    let up = d.sim.run_until_cond(d.now() + Duration::from_secs(20), |s| {
         kinds.extend(s.engine::<Rs>(rs).held_keys().into_iter().map(|(k, _)| k));
         node_keys.extend(s.engine::<Node>(mn).held_keys());
         node_keys.extend(s.engine::<Node>(cn).held_keys());
         s.engine::<Node>(mn).tunnels().iter().any(|t| t.established)
     });
+    assert!(up, "the relayed tunnel came up");
     let _ = id;
     assert_eq!(d.path(mn, "cn.zone-b.example"), Some(PathKind::Relay));
     assert!(d.ping4(mn, cn, 1) && d.ping4(cn, mn, 2));
@@ -93,12 +94,13 @@ fn public_key_mode_keeps_k_tmp_and_k_mncn_from_every_dc() {
         let now = d.now();
         d.node(mn).resolve(now, name(peer));
         let p = name(peer);
-        d.sim.run_until_cond(d.now() + Duration::from_secs(20), |s| {
+        let up = d.sim.run_until_cond(d.now() + Duration::from_secs(20), |s| {
             for dc in [dc_a, dc_b] {
                 dc_kinds.extend(s.engine::<Dc>(dc).held_keys().into_iter().map(|(k, _)| k));
             }
             s.engine::<Node>(mn).tunnels().iter().any(|t| t.established && t.peer == p)
         });
+        assert!(up, "the tunnel to {peer} came up");
     }
     assert!(d.ping4(mn, cn, 1) && d.ping4(cn, mn, 2) && d.ping4(mn, cn2, 3));
     assert!(!dc_kinds.contains("K_tmp") && !dc_kinds.contains("K_mncn"), "DCs held {dc_kinds:?}");

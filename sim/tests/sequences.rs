@@ -3,7 +3,7 @@
 
 use ntm_proto::engine::account::{AccountServer, AsEvent};
 use ntm_proto::engine::dc::{Dc, DcEvent};
-use ntm_proto::engine::node::{NodeEvent, PathKind, ResolveError};
+use ntm_proto::engine::node::{Node, NodeEvent, PathKind, ResolveError};
 use ntm_proto::engine::ns::Ns;
 use ntm_proto::engine::rs::Rs;
 use ntm_proto::engine::{Engine, StreamKind};
@@ -334,6 +334,12 @@ fn handover_keeps_the_virtual_addresses_and_the_flow() {
     assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
     let before = d.node(mn).virtual_addrs().unwrap();
     assert!(d.ping4(mn, cn, 1));
+    let seen_before = d
+        .events(mn)
+        .iter()
+        .rev()
+        .find_map(|e| if let NodeEvent::Registered { observed, .. } = e { Some(*observed) } else { None })
+        .expect("the first registration was reported");
 
     // MN moves to another access network (LTE, behind a symmetric CGN).
     let lte = d.home(|o| RealmConfig::v4_only(o).with_nat(NatConfig::symmetric()));
@@ -342,8 +348,18 @@ fn handover_keeps_the_virtual_addresses_and_the_flow() {
     d.node(mn).handle_network_change(t0, vec![std::net::SocketAddr::new(ip("10.20.0.7"), NODE_PORT)]);
     // Data keeps flowing on the same virtual addresses.
     let mut tag = 100;
-    let ok = d.sim.run_until_cond(t0 + Duration::from_secs(10), |_| true);
-    assert!(ok);
+    // The MN registers again from the new network: the DC now sees the LTE NAT's address.
+    let mut seen_after = None;
+    let registered = d.sim.run_until_cond(t0 + Duration::from_secs(10), |s| {
+        while let Some(e) = s.engine::<Node>(mn).poll_event() {
+            if let NodeEvent::Registered { observed, .. } = e {
+                seen_after = Some(observed);
+            }
+        }
+        seen_after.is_some()
+    });
+    assert!(registered, "the MN registered again after the move");
+    assert_ne!(seen_after, Some(seen_before), "the DC saw the new address");
     let mut first_ok = None;
     for _ in 0..50 {
         tag += 1;
@@ -582,12 +598,44 @@ fn a_push_node_is_woken_through_the_push_interface() {
     d.node(phone).handle_push(now);
     let deadline = d.now() + Duration::from_secs(20);
     let mut up = false;
-    d.sim.run_until_cond(deadline, |s| {
+    let resolved = d.sim.run_until_cond(deadline, |s| {
         while let Some(e) = s.engine::<ntm_proto::engine::node::Node>(mn).poll_event() {
             up |= matches!(e, NodeEvent::Resolved { id: i, .. } if i == id);
         }
         up
     });
-    assert!(up, "the tunnel to the pushed phone came up");
+    assert!(resolved, "the tunnel to the pushed phone came up");
     assert!(d.ping4(mn, phone, 1) && d.ping4(phone, mn, 2));
+}
+
+/// A second device logs in with the same credential (a cloned certificate, here the same
+/// password): the DC tells the node whose registration it took over, sealed with that
+/// node's key, and the displaced node says so and stops counting itself registered. A node
+/// that logs in again itself (a key renewal, a restart) is not displaced.
+#[test]
+fn a_second_login_with_the_same_credential_tells_the_displaced_node() {
+    let mut d = Deployment::new(31, Options::default());
+    let a = global(&mut d, "mn.zone-a.example", 10, NodeOpts::default());
+    assert!(d.bring_up(a));
+
+    // The same device logs in again (as at a key renewal): nothing is reported.
+    let now = d.now();
+    d.node(a).start(now);
+    d.run_for(Duration::from_secs(5));
+    assert!(d.node(a).is_registered() && !d.node(a).is_displaced(), "its own new login displaces no one");
+
+    let clone = global(&mut d, "mn.zone-a.example", 12, NodeOpts::default());
+    assert!(d.bring_up(clone));
+    let told = d.sim.run_until_cond(d.now() + Duration::from_secs(5), |s| s.engine::<Node>(a).is_displaced());
+    assert!(told, "the DC told the first device");
+    assert!(!d.node(a).is_registered(), "the displaced device no longer says it is registered");
+    assert!(d.node(clone).is_registered() && !d.node(clone).is_displaced());
+
+    // After its hold-off the first device logs in and registers again; now the other one
+    // is told. Each says so in turn instead of fighting at every message.
+    let back = d.sim.run_until_cond(d.now() + Duration::from_secs(400), |s| s.engine::<Node>(a).is_registered());
+    assert!(back, "the first device registers again after its hold-off");
+    assert!(!d.node(a).is_displaced());
+    let told = d.sim.run_until_cond(d.now() + Duration::from_secs(5), |s| s.engine::<Node>(clone).is_displaced());
+    assert!(told, "the second device is told in turn");
 }

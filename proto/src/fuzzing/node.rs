@@ -91,7 +91,7 @@ const OBSERVED: [SocketAddr; 5] = [NAT4, LOCAL4, LOCAL6, HOME4, PEER6];
 const ENDPOINT_SETS: [&[SocketAddr]; 5] = [&[PEER4], &[PEER6], &[PEER4, PEER6], &[], &[PEER6, PEER4, OTHER, NAT4]];
 const ADDR_SETS: [&[SocketAddr]; 5] = [&[HOME4, LOCAL6], &[HOME4], &[LOCAL6], &[LOCAL4], &[]];
 const RESOLVE_NAMES: [&str; 5] = [PEER, PEER2, ME, "www.example.org", "zone-a.example"];
-pub(super) const REASONS: [Reason; 15] = [
+pub(super) const REASONS: [Reason; 16] = [
     Reason::Malformed,
     Reason::UnsupportedVersion,
     Reason::BadCredential,
@@ -107,6 +107,7 @@ pub(super) const REASONS: [Reason; 15] = [
     Reason::Unauthorized,
     Reason::Internal,
     Reason::Conflict,
+    Reason::Displaced,
 ];
 
 /// Key pairs and attestations, made once per process (P-256 is slow next to the rest).

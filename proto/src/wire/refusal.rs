@@ -45,6 +45,9 @@ code_enum! {
         Internal = 0x0e,
         /// The request conflicts with existing state (e.g. a session id in use).
         Conflict = 0x0f,
+        /// Another login for this node's name replaced this one at the DC (the same
+        /// credential in use on a second device?); sent sealed with the replaced key.
+        Displaced = 0x10,
     }
 }
 known_code_codec!(Reason, "refusal reason");

@@ -27,6 +27,7 @@ use crate::config::{secs, AsFile};
 use crate::driver::{Daemon, Driver, DriverConfig, Reload};
 use crate::pki::{self, Ca, ClientAuth};
 use crate::store::{AccountStore, HashCost};
+use ntm_cmdline::Failure;
 use ntm_proto::crypto::pk::KeyPair;
 use ntm_proto::dns::{Locator, LocatorConfig};
 use ntm_proto::engine::account::{AccountServer, AsConfig, AsEvent};
@@ -191,12 +192,12 @@ fn parse_opts(args: Vec<OsString>) -> Result<Opts, String> {
     Ok(o)
 }
 
-fn need<T: Clone>(v: &Option<T>, flag: &str) -> Result<T, String> {
-    v.clone().ok_or_else(|| format!("{flag} is needed"))
+fn need<T: Clone>(v: &Option<T>, flag: &str) -> Result<T, Failure> {
+    v.clone().ok_or_else(|| Failure::usage(format!("{flag} is needed")))
 }
 
-fn fqdn(s: &str) -> Result<Fqdn, String> {
-    Fqdn::new(s).map_err(|e| format!("\"{s}\": {e}"))
+fn fqdn(s: &str) -> Result<Fqdn, Failure> {
+    Fqdn::new(s).map_err(|e| Failure::usage(format!("\"{s}\": {e}")))
 }
 
 /// Writes a file; a key readable by its owner only.
@@ -213,30 +214,35 @@ fn load_ca(dir: &Path) -> Result<Ca, String> {
     Ca::from_pem(&read("ca.pem")?, &read("ca.key")?).map_err(|e| e.to_string())
 }
 
-fn read_password() -> Result<Vec<u8>, String> {
+fn read_password() -> Result<Vec<u8>, Failure> {
     let mut s = String::new();
     std::io::stdin().read_to_string(&mut s).map_err(|e| format!("reading the password: {e}"))?;
     let pw = s.trim_end_matches(['\n', '\r']).as_bytes().to_vec();
     if pw.is_empty() {
-        return Err("empty password".into());
+        return Err(Failure::usage("empty password"));
     }
     Ok(pw)
 }
 
-fn accounts(o: &Opts) -> Result<AccountStore, String> {
+fn accounts(o: &Opts) -> Result<AccountStore, Failure> {
     let cfg_path = need(&o.config, "-c as.json")?;
-    let cfg: AsFile = crate::config::load(&cfg_path).map_err(|e| e.to_string())?;
-    AccountStore::open_with(&cfg.accounts, HashCost::Default).map_err(|e| e.to_string())
+    let cfg: AsFile = crate::config::load(&cfg_path)?;
+    AccountStore::open_with(&cfg.accounts, HashCost::Default).map_err(|e| Failure::runtime(e.to_string()))
 }
 
 /// Runs an administration command (`ca`, `attestation-key`, `account`).
-pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), String> {
+/// Usage errors exit 2, everything that fails at run time (a file, the database, a full
+/// disk) exits 1: see [`Failure`].
+pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), Failure> {
     let mut args = args.into_iter();
     let sub = match word {
         "attestation-key" => String::new(),
-        _ => args.next().and_then(|s| s.into_string().ok()).ok_or_else(|| format!("{word}: which command?"))?,
+        _ => args
+            .next()
+            .and_then(|s| s.into_string().ok())
+            .ok_or_else(|| Failure::usage(format!("{word}: which command?")))?,
     };
-    let o = parse_opts(args.collect())?;
+    let o = parse_opts(args.collect()).map_err(Failure::Usage)?;
     let days = o.days.unwrap_or(825);
     match (word, sub.as_str()) {
         ("ca", "init") => {
@@ -250,7 +256,8 @@ pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), String> {
         }
         ("ca", "issue") => {
             let ca = load_ca(&need(&o.ca, "--ca DIR")?)?;
-            let role = pki::role_from_label(&need(&o.role, "--role")?).ok_or("--role: node, as, dc, rs or ns")?;
+            let role = pki::role_from_label(&need(&o.role, "--role")?)
+                .ok_or_else(|| Failure::usage("--role: node, as, dc, rs or ns"))?;
             let name = fqdn(&need(&o.name, "--name FQDN")?)?;
             let out = need(&o.out, "--out DIR")?;
             std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -261,8 +268,8 @@ pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), String> {
         }
         ("ca", "sign-csr") => {
             let ca = load_ca(&need(&o.ca, "--ca DIR")?)?;
-            let role =
-                pki::role_from_label(o.role.as_deref().unwrap_or("node")).ok_or("--role: node, as, dc, rs or ns")?;
+            let role = pki::role_from_label(o.role.as_deref().unwrap_or("node"))
+                .ok_or_else(|| Failure::usage("--role: node, as, dc, rs or ns"))?;
             let name = fqdn(&need(&o.name, "--name FQDN")?)?;
             let csr_path = need(&o.csr, "--csr FILE")?;
             let csr = std::fs::read_to_string(&csr_path).map_err(|e| format!("{}: {e}", csr_path.display()))?;
@@ -319,12 +326,12 @@ pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), String> {
                 "bind-device" => store.bind_device(&who, &fqdn(&need(&o.device, "--device")?)?),
                 "bind-fqdn" => store.bind_fqdn(&who, &fqdn(&need(&o.fqdn, "--fqdn")?)?),
                 "bind-oidc" => store.bind_oidc(&who, &need(&o.issuer, "--issuer")?, &need(&o.subject, "--subject")?),
-                other => return Err(format!("account {other}: unknown command")),
+                other => return Err(Failure::usage(format!("account {other}: unknown command"))),
             };
             r.map_err(|e| e.to_string())?;
             println!("account {who}: {cmd} done");
         }
-        (w, s) => return Err(format!("unknown command \"{w} {s}\"")),
+        (w, s) => return Err(Failure::usage(format!("unknown command \"{w} {s}\""))),
     }
     Ok(())
 }

@@ -2,9 +2,13 @@
 //!
 //! Besides driving the engine, the daemon keeps the DC's database: virtual address
 //! assignments and each node's key state, so that a restart neither renumbers nodes nor
-//! makes them log in again. A node is saved when its key arrives and when it registers
-//! (before the answer goes out: the driver hands over events before transmits), and
-//! whenever its counters move (checked every second, all due nodes in one transaction):
+//! makes them log in again. A node is saved when its key arrives and when it registers,
+//! and its Registration Response waits for that save (the engine holds it until
+//! [`Dc::registration_saved`]): a registration is acknowledged only once it is durable,
+//! so virtual addresses a node was told are never given to another after a crash. A
+//! registration whose save failed is saved again every second until it is, and the
+//! node's retransmissions are answered then. Nodes are also saved whenever their
+//! counters move (checked every second, all due nodes in one transaction):
 //! the sealing counter is reserved ahead ([`store::COUNTER_RESERVE`]) so that a crash
 //! never reuses a nonce, and the node's own counter is kept as a replay floor. The engine
 //! may seal only below what the database holds (`Dc::reserve_counters`, set after every
@@ -123,7 +127,8 @@ impl DcDaemon {
     /// transaction: the answers wait for the commit, and one fsync per turn rather than two
     /// per node is what lets the DC keep up with a burst (docs/benchmarks.md). If the batch
     /// fails, each node is saved on its own, so that one bad row (an address the database
-    /// holds for another node) cannot hold back the others.
+    /// holds for another node) cannot hold back the others. The registrations saved are
+    /// reported to the engine, which then sends their answers.
     fn save_turn(&mut self, now: Instant, fqdns: &[Fqdn]) {
         if fqdns.len() < 2 {
             fqdns.iter().for_each(|f| self.save(now, f));
@@ -137,6 +142,7 @@ impl DcDaemon {
             Ok(reserved) => {
                 for (n, reserved) in nodes.iter().zip(reserved) {
                     self.saved_as(&n.fqdn, Saved { key_id: n.key_id, reserved, peer: n.peer_counter });
+                    self.dc.registration_saved(now, &n.fqdn);
                 }
             }
             Err(e) => {
@@ -146,18 +152,14 @@ impl DcDaemon {
         }
     }
 
+    /// Saves one node, its assignment with it (one transaction).
     fn save(&mut self, now: Instant, fqdn: &Fqdn) {
         let Some(state) = self.dc.export_node(fqdn) else { return };
         let (key_id, next, peer) = (state.key_id, state.next_counter, state.peer_counter);
-        if let Some(v) = state.virtual_addrs {
-            if let Err(e) = self.store.save_assignment(fqdn, v) {
-                self.store_errors += 1;
-                log::error!("{e}");
-            }
-        }
         match self.store.save_node(&to_snapshot(state)) {
             Ok(reserved) => {
                 self.saved_as(fqdn, Saved { key_id, reserved, peer });
+                self.dc.registration_saved(now, fqdn);
             }
             Err(e) => {
                 self.store_errors += 1;
@@ -171,16 +173,18 @@ impl DcDaemon {
         }
     }
 
-    /// Saves every node whose row is out of date, in one transaction: after a restart
-    /// every node is due at once, and one commit per node would stall the loop.
+    /// Saves every node whose row is out of date or whose registration is not saved yet,
+    /// in one transaction: after a restart every node is due at once, and one commit per
+    /// node would stall the loop.
     fn refresh(&mut self, now: Instant) {
+        let unsaved = self.dc.unsaved_registrations();
         let due: Vec<NodeSnapshot> = self
             .dc
             .node_names()
             .into_iter()
             .filter(|f| {
                 let Some((next, peer)) = self.dc.node_counters(f) else { return false };
-                is_due(self.saved.get(f), next, peer)
+                is_due(self.saved.get(f), next, peer) || unsaved.binary_search(f).is_ok()
             })
             .filter_map(|f| self.dc.export_node(&f))
             .map(to_snapshot)
@@ -192,7 +196,14 @@ impl DcDaemon {
             Ok(reserved) => {
                 for (n, reserved) in due.iter().zip(reserved) {
                     self.saved_as(&n.fqdn, Saved { key_id: n.key_id, reserved, peer: n.peer_counter });
+                    self.dc.registration_saved(now, &n.fqdn);
                 }
+            }
+            Err(e @ store::StoreError::Duplicate { .. }) if due.len() > 1 => {
+                // One row the database refuses (addresses it holds for another node, as
+                // after a manual edit) must not hold back every other node's refresh.
+                log::warn!("saving {} nodes at once: {e}; saving them one by one", due.len());
+                due.iter().for_each(|n| self.save(now, &n.fqdn));
             }
             Err(e) => {
                 self.store_errors += 1;
@@ -317,23 +328,29 @@ impl Daemon for DcDaemon {
     }
 }
 
-/// Takes the stored nodes back into the engine. Each resumes sealing at its stored
-/// counter, which is also its limit until the next save reserves more: a crash before
-/// that save resumes there again, so nothing may be sealed at it yet.
-fn restore_nodes(dc: &mut Dc, now: Instant, nodes: Vec<NodeSnapshot>, path: &std::path::Path) -> HashMap<Fqdn, Saved> {
+/// Gives the engine the assignments and node states of the database; what the database
+/// holds of each node restored. Each node resumes sealing at its stored counter, which is
+/// also its limit until the next save reserves more: a crash before that save resumes
+/// there again, so nothing may be sealed at it yet.
+fn restore(dc: &mut Dc, store: &DcStore, now: Instant) -> Result<HashMap<Fqdn, Saved>, StartError> {
+    for (fqdn, addrs) in store.load_assignments()? {
+        if let Err(e) = dc.restore_assignment(&fqdn, addrs) {
+            log::warn!("database {}: assignment of {fqdn} not restored: {e}", store.path());
+        }
+    }
     let mut saved = HashMap::new();
-    for snap in nodes {
+    for snap in store.load_nodes()? {
         let (fqdn, key_id, reserved, peer) = (snap.fqdn.clone(), snap.key_id, snap.next_counter, snap.peer_counter);
         match dc.restore_node(now, to_state(snap), reserved) {
             Ok(()) => {
                 dc.reserve_counters(&fqdn, key_id, reserved);
                 saved.insert(fqdn, Saved { key_id, reserved, peer });
             }
-            Err(e) => log::info!("database {}: {fqdn} not restored: {e}", path.display()),
+            Err(e) => log::info!("database {}: {fqdn} not restored: {e}", store.path()),
         }
     }
-    log::info!("{} nodes restored from {}", saved.len(), path.display());
-    saved
+    log::info!("{} nodes restored from {}", saved.len(), store.path());
+    Ok(saved)
 }
 
 /// Builds the DC from its configuration, restoring its database.
@@ -354,17 +371,13 @@ pub fn build(cfg: DcFile) -> Result<Driver<DcDaemon>, StartError> {
         .collect();
     dcfg.static_peers = cfg.dns.static_dcs.iter().map(|s| s.location()).collect();
     dcfg.max_nodes = cfg.max_nodes;
+    dcfg.hold_registrations_until_saved = true;
     let clock = crate::driver::Clock::start();
     let now = clock.now();
     let mut dc = Dc::new(dcfg, os_rng(), now)?;
 
     let store = DcStore::open(&cfg.state)?;
-    for (fqdn, addrs) in store.load_assignments()? {
-        if let Err(e) = dc.restore_assignment(&fqdn, addrs) {
-            log::warn!("database {}: assignment of {fqdn} not restored: {e}", cfg.state.display());
-        }
-    }
-    let saved = restore_nodes(&mut dc, now, store.load_nodes()?, &cfg.state);
+    let saved = restore(&mut dc, &store, now)?;
 
     let locator = Locator::new(
         LocatorConfig {
@@ -399,8 +412,11 @@ pub fn build(cfg: DcFile) -> Result<Driver<DcDaemon>, StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ntm_proto::engine::Transmit;
     use ntm_proto::keys::KNtmDc;
-    use ntm_proto::wire::registration::KeepaliveMethod;
+    use ntm_proto::wire::registration::{KeepaliveMethod, RegistrationRequest};
+    use ntm_proto::wire::Sender;
+    use ntm_proto::wire::{Message, RequestId};
 
     fn name(s: &str) -> Fqdn {
         Fqdn::new(s).unwrap()
@@ -590,6 +606,160 @@ mod tests {
         assert_eq!(addr_of(&fqdns[2]), Some(v(12)));
         assert_eq!(addr_of(&other), Some(v(11)));
         assert_eq!(addr_of(&fqdns[1]), Some(v(9)), "b's row is left as it was");
+
+        // The same in the counter refresh: b's refused row does not hold back a and c.
+        d.saved.clear();
+        d.refresh(now);
+        assert!(d.saved.contains_key(&fqdns[0]) && d.saved.contains_key(&fqdns[2]), "a and c are saved");
+        assert!(!d.saved.contains_key(&fqdns[1]), "b is not");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A DC daemon as `build` makes it (holding registrations until saved, restored from
+    /// the database in `dir`), without sockets.
+    fn started(dir: &std::path::Path, now: Instant) -> DcDaemon {
+        let mut d = daemon(dir, now, &[]);
+        let mut dcfg = d.dc.config().clone();
+        dcfg.hold_registrations_until_saved = true;
+        d.dc = Dc::new(dcfg, os_rng(), now).unwrap();
+        d.saved = restore(&mut d.dc, &d.store, now).unwrap();
+        d.store.set_busy_timeout(std::time::Duration::from_millis(20)).unwrap();
+        d
+    }
+
+    /// A node of the test: its K_ntmdc channel, as the node end holds it.
+    struct TestNode {
+        fqdn: Fqdn,
+        key_id: KeyId,
+        channel: ntm_proto::crypto::Channel<ntm_proto::keys::NtmDc>,
+        addr: std::net::SocketAddr,
+        request: u32,
+    }
+
+    impl TestNode {
+        fn new(i: u8, now: Instant) -> Self {
+            let key_id = KeyId(100 + u32::from(i));
+            let expires = now + Duration::from_secs(3600);
+            let channel =
+                ntm_proto::crypto::Channel::new(KNtmDc::from_bytes([i; 16]), key_id, Sender::Node, expires).unwrap();
+            let addr = std::net::SocketAddr::from(([192, 0, 2, i], 4500));
+            TestNode { fqdn: name(&format!("n{i}.zone-a.test")), key_id, channel, addr, request: 1000 * u32::from(i) }
+        }
+
+        /// The AS hands the node's key to the DC (as Key Distribution does).
+        fn give_key(&self, d: &mut DcDaemon, now: Instant) {
+            let i = self.addr.ip().to_string().rsplit('.').next().unwrap().parse::<u8>().unwrap();
+            let state = NodeState {
+                fqdn: self.fqdn.clone(),
+                key_id: self.key_id,
+                key: KNtmDc::from_bytes([i; 16]),
+                expires: now + Duration::from_secs(3600),
+                next_counter: 0,
+                peer_counter: 0,
+                attestation: None,
+                virtual_addrs: None,
+                endpoints: Vec::new(),
+                local_addrs: Vec::new(),
+                keepalive: KeepaliveMethod::Udp,
+                ns: None,
+            };
+            d.dc.restore_node(now, state, 0).unwrap();
+        }
+
+        /// Sends a Registration Request (a new one, or `again` the last one) through one
+        /// turn of the daemon; the virtual addresses of the response, if one went out.
+        fn register(&mut self, d: &mut DcDaemon, now: Instant, again: bool) -> Option<VirtualAddrs> {
+            if !again {
+                self.request += 1;
+            }
+            let local = ntm_proto::wire::List::from_vec(vec![self.addr]).unwrap();
+            let msg = Message::RegistrationRequest(RegistrationRequest {
+                request_id: RequestId(self.request),
+                local_addrs: local,
+                keepalive: KeepaliveMethod::Udp,
+            });
+            let mut bytes = self.channel.seal(now, &msg).unwrap();
+            d.dc.handle_datagram(now, self.addr, &mut bytes);
+            d.after(now);
+            let sent: Vec<Transmit> = std::iter::from_fn(|| d.dc.poll_transmit()).collect();
+            self.answer(now, &sent)
+        }
+
+        /// The virtual addresses of a Registration Response among what the daemon sent.
+        fn answer(&mut self, now: Instant, sent: &[Transmit]) -> Option<VirtualAddrs> {
+            let mut got = None;
+            for t in sent.iter().filter(|t| t.dst == self.addr) {
+                if let Ok((_, Message::RegistrationResponse(r))) = self.channel.open(now, &t.payload) {
+                    assert_eq!(r.request_id, RequestId(self.request));
+                    got = Some(r.virtual_addrs);
+                }
+            }
+            got
+        }
+    }
+
+    /// With the database unwritable, registrations are not acknowledged; once it works
+    /// again the held answers go out; and across a crash while it failed no virtual
+    /// address is ever acknowledged to two nodes.
+    #[test]
+    fn registrations_are_acknowledged_only_once_saved_and_no_address_goes_to_two_nodes() {
+        let (dir, mut now) = (scratch("durable"), Instant::from_millis(1_700_000_000_000));
+        let mut acked: Vec<(Fqdn, VirtualAddrs)> = Vec::new();
+        let mut d = started(&dir, now);
+        let mut nodes: Vec<TestNode> = (1..=4).map(|i| TestNode::new(i, now)).collect();
+        for n in &nodes {
+            n.give_key(&mut d, now);
+        }
+        // n1 registers while the database works: answered at once.
+        let a = nodes[0].register(&mut d, now, false).expect("n1 is answered");
+        acked.push((nodes[0].fqdn.clone(), a));
+
+        // Another process holds the database's write lock: every write fails.
+        let blocker = rusqlite::Connection::open(&d.cfg.state).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let errors = d.store_errors;
+        for n in nodes.iter_mut().skip(1).take(2) {
+            assert_eq!(n.register(&mut d, now, false), None, "{}: no answer for an unsaved registration", n.fqdn);
+        }
+        // The nodes retransmit, the refresh retries: still nothing while the database fails.
+        now = now + Duration::from_secs(1);
+        d.handle_timeout(now);
+        assert_eq!(nodes[1].register(&mut d, now, true), None);
+        assert!(d.store_errors > errors, "the failures are counted");
+
+        // The database works again: the next refresh saves n2 and the held answer goes out.
+        blocker.execute_batch("ROLLBACK").unwrap();
+        now = now + Duration::from_secs(1);
+        d.handle_timeout(now);
+        let sent: Vec<Transmit> = std::iter::from_fn(|| d.dc.poll_transmit()).collect();
+        let b = nodes[1].answer(now, &sent).expect("n2 is answered once saved");
+        acked.push((nodes[1].fqdn.clone(), b));
+        let c = nodes[2].answer(now, &sent).expect("n3 too");
+        acked.push((nodes[2].fqdn.clone(), c));
+
+        // The disk fails again; n4 registers and is not answered; the DC is killed.
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        assert_eq!(nodes[3].register(&mut d, now, false), None);
+        drop(d);
+        blocker.execute_batch("ROLLBACK").unwrap();
+
+        // Restarted: the nodes register again, in another order, after n4 logs in afresh.
+        let mut d = started(&dir, now);
+        nodes[3].give_key(&mut d, now);
+        for i in [3, 2, 1, 0] {
+            let n = &mut nodes[i];
+            let v = n.register(&mut d, now, false).expect("answered after the restart");
+            acked.push((n.fqdn.clone(), v));
+        }
+        for (f, v) in &acked {
+            for (g, w) in &acked {
+                assert!(f == g || (v.v4 != w.v4 && v.v6 != w.v6), "{f} and {g} were both given {v:?} / {w:?}");
+            }
+        }
+        let mut first: HashMap<&Fqdn, VirtualAddrs> = HashMap::new();
+        for (f, v) in &acked {
+            assert_eq!(*first.entry(f).or_insert(*v), *v, "{f} keeps its addresses");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

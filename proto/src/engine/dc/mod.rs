@@ -96,6 +96,11 @@ pub struct DcConfig {
     pub relay_status_interval: Duration,
     /// Longest a negotiation may take.
     pub negotiation_timeout: Duration,
+    /// Hold every Registration Response until the driver reports the registration saved
+    /// ([`Dc::registration_saved`]): a DC that keeps a database acknowledges nothing it
+    /// could lose in a crash, above all not virtual addresses it could give to another node
+    /// after a restart. Off by default (a DC without storage answers at once).
+    pub hold_registrations_until_saved: bool,
 }
 
 impl DcConfig {
@@ -124,6 +129,7 @@ impl DcConfig {
             max_negotiations_per_node: 64,
             relay_status_interval: Duration::from_secs(30),
             negotiation_timeout: Duration::from_secs(60),
+            hold_registrations_until_saved: false,
         }
     }
 }

@@ -47,6 +47,11 @@ pub(super) struct NodeRecord {
     ns: Option<NsBinding>,
     /// Registrations waiting for the NS to acknowledge K_ntmns.
     waiting: Vec<(RequestId, SocketAddr)>,
+    /// False from a registration until the driver reports the node's state saved (with
+    /// [`DcConfig::hold_registrations_until_saved`](super::DcConfig)).
+    saved: bool,
+    /// Registration Responses held until then (at most [`UNSAVED_MAX`]).
+    unsaved: Vec<(RequestId, SocketAddr)>,
     /// When the DC last asked for a push to this node.
     last_push: Option<Instant>,
 }
@@ -82,6 +87,10 @@ fn family(addr: &SocketAddr) -> usize {
     }
 }
 
+/// Most Registration Responses held per node while its registration is not saved: the
+/// node retransmits with the same request id, so a few cover every family.
+const UNSAVED_MAX: usize = 4;
+
 /// Least time between two push requests for one node.
 const PUSH_INTERVAL: crate::time::Duration = crate::time::Duration::from_secs(10);
 
@@ -105,6 +114,7 @@ impl Dc {
             self.reply_tls(from, &msg);
             return self.drops.count(Drop::Limit);
         }
+        self.tell_displaced(now, &kd.fqdn, kd.key_id);
         let KeyGrant { key, lifetime } = kd.k_ntmdc;
         let channel = match Channel::new(key, kd.key_id, Sender::Dc, now + lifetime.duration()) {
             Ok(c) => c,
@@ -141,6 +151,8 @@ impl Dc {
                         method: KeepaliveMethod::Udp,
                         ns: None,
                         waiting: Vec::new(),
+                        saved: true,
+                        unsaved: Vec::new(),
                         last_push: None,
                     },
                 );
@@ -152,6 +164,32 @@ impl Dc {
         self.reply_tls(from, &ack);
         self.emit(DcEvent::NodeKeyReceived { fqdn: kd.fqdn });
         Received::Handled
+    }
+
+    /// A new key for a node that is registered under another one: a second login for the
+    /// same name (the same credential on two devices, or the node renewing its key). The
+    /// holder of the old key is told, sealed with that key, so that a device whose
+    /// registration was taken over by a copy of its credential can say so (the node
+    /// ignores it while it is logging in itself). An AS retransmission (same key id)
+    /// tells no one.
+    fn tell_displaced(&mut self, now: Instant, fqdn: &Fqdn, new_key: KeyId) {
+        let Some(rec) = self.nodes.get(fqdn) else { return };
+        let seen: Vec<SocketAddr> = rec.seen.iter().flatten().map(|s| s.observed).collect();
+        if rec.channel.id() == new_key || seen.is_empty() || rec.channel.is_expired(now) {
+            return;
+        }
+        log::warn!(
+            "{fqdn}: a new login (key {new_key}) replaces the one registered from {seen:?} (key {}); telling that node",
+            rec.channel.id()
+        );
+        let request_id = self.ids.next();
+        let msg = Message::Refusal(Refusal::new(
+            MsgType::RegistrationRequest,
+            request_id,
+            Reason::Displaced,
+            "another login for this name took over the registration",
+        ));
+        self.send_to_node(now, fqdn, &msg, None);
     }
 
     /// A datagram sealed with a node's K_ntmdc.
@@ -209,6 +247,7 @@ impl Dc {
         rec.virtual_addrs = Some(virtual_addrs);
         rec.local_addrs = r.local_addrs;
         rec.method = r.keepalive;
+        rec.saved = false;
         self.emit(DcEvent::NodeRegistered { fqdn: fqdn.clone(), virtual_addrs, observed: from, behind_nat });
         let wants_ns = matches!(self.nodes.get(fqdn).map(|n| &n.method), Some(KeepaliveMethod::Ns)) && ns_count > 0;
         if !wants_ns {
@@ -258,6 +297,16 @@ impl Dc {
 
     fn respond_registration(&mut self, now: Instant, fqdn: &Fqdn, request_id: RequestId, to: SocketAddr) {
         let keepalive_secs = u16::try_from(self.cfg.keepalive_interval.as_secs()).unwrap_or(u16::MAX);
+        let hold = self.cfg.hold_registrations_until_saved;
+        if let Some(rec) = self.nodes.get_mut(fqdn).filter(|r| hold && !r.saved) {
+            // Not durable yet: answered once the driver saved it (registration_saved).
+            rec.unsaved.retain(|(id, _)| *id != request_id);
+            if rec.unsaved.len() >= UNSAVED_MAX {
+                rec.unsaved.remove(0);
+            }
+            rec.unsaved.push((request_id, to));
+            return;
+        }
         let Some(rec) = self.nodes.get(fqdn) else { return };
         let Some(virtual_addrs) = rec.virtual_addrs else { return };
         let behind_nat = rec.seen.get(family(&to)).copied().flatten().is_some_and(|s| s.behind_nat);
@@ -484,6 +533,23 @@ impl Dc {
         }
     }
 
+    /// The driver saved the node's state as [`Dc::export_node`] gave it after its last
+    /// registration: the Registration Responses held for it go out now.
+    pub fn registration_saved(&mut self, now: Instant, fqdn: &Fqdn) {
+        let Some(rec) = self.nodes.get_mut(fqdn) else { return };
+        rec.saved = true;
+        for (request_id, to) in core::mem::take(&mut rec.unsaved) {
+            self.respond_registration(now, fqdn, request_id, to);
+        }
+    }
+
+    /// The nodes whose last registration is not saved yet (their answers are held).
+    pub fn unsaved_registrations(&self) -> Vec<Fqdn> {
+        let mut v: Vec<Fqdn> = self.nodes.values().filter(|r| !r.saved).map(|r| r.fqdn.clone()).collect();
+        v.sort();
+        v
+    }
+
     /// When node state next needs attention.
     pub(super) fn nodes_deadline(&self) -> Option<Instant> {
         let ns = self.pending_ns.iter().map(|p| p.retry.deadline()).min();
@@ -559,6 +625,8 @@ impl Dc {
                 method: state.keepalive,
                 ns,
                 waiting: Vec::new(),
+                saved: true,
+                unsaved: Vec::new(),
                 last_push: None,
             },
         );

@@ -17,6 +17,10 @@ use core::net::SocketAddr;
 
 /// Wait before registering again after every attempt failed.
 const REREGISTER_AFTER: Duration = Duration::from_secs(30);
+/// How long a node whose registration another login took over waits before it logs in
+/// and registers again: two devices with one credential then take turns every few
+/// minutes, each saying so in its log, instead of displacing each other at every message.
+pub(super) const DISPLACED_HOLDOFF: Duration = Duration::from_secs(300);
 /// Longest wait before reconnecting to the NS.
 const NS_RECONNECT_MAX: Duration = Duration::from_secs(60);
 
@@ -199,6 +203,7 @@ impl Node {
         };
         link.observed = Some(r.observed);
         link.behind_nat = r.behind_nat;
+        self.displaced = false;
         link.state = LinkState::Registered { interval, next_keepalive: interval.map(|d| now + d), pending: None };
         log::info!(
             "registered: virtual {} / {}, seen as {} ({})",
@@ -221,6 +226,22 @@ impl Node {
         }
         self.on_registered(now);
         Received::Handled
+    }
+
+    /// The DC says another login for our name replaced ours (its key is no longer ours):
+    /// say so, stop counting as registered, and register again after
+    /// [`DISPLACED_HOLDOFF`] (the DC then refuses our old key and we log in anew).
+    pub(super) fn handle_displaced(&mut self, now: Instant) {
+        let name = self.session.as_ref().map(|s| s.fqdn.to_string()).unwrap_or_default();
+        log::error!(
+            "the DC says another login for {name} took over our registration: another device may hold a copy of \
+             this one's certificate and key (revoke it and issue a new one); registering again in {}s",
+            DISPLACED_HOLDOFF.as_secs()
+        );
+        self.displaced = true;
+        for link in &mut self.links {
+            link.state = LinkState::Failed { retry_at: now + DISPLACED_HOLDOFF };
+        }
     }
 
     pub(super) fn handle_keepalive_ack(&mut self, now: Instant, a: KeepaliveAck) -> Received {

@@ -226,6 +226,12 @@ impl Node {
         log::info!("DC refused {:?}: {:?} ({})", r.in_reply_to, r.reason, r.detail.as_str());
         match (r.in_reply_to, r.reason) {
             (_, Reason::UnknownKey | Reason::KeyExpired) => self.relogin_now(now),
+            (_, Reason::Displaced) => {
+                // While we log in ourselves, the new login the DC saw is ours.
+                if matches!(self.login, Login::Done { .. }) {
+                    self.handle_displaced(now);
+                }
+            }
             (MsgType::DirectionRequest, reason) => {
                 let error = if reason == Reason::NotNtm { ResolveError::NotNtm } else { ResolveError::Refused(reason) };
                 self.fail_direction(r.request_id, error);

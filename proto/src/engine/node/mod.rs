@@ -268,6 +268,8 @@ pub struct Node {
     recent: resend::Recent,
     /// Data packets sent again after a peer moved.
     resent: u64,
+    /// Another login for our name took over our registration (until we register again).
+    displaced: bool,
 }
 
 impl core::fmt::Debug for Node {
@@ -314,6 +316,7 @@ impl Node {
             drops: DropCounters::default(),
             recent: resend::Recent::default(),
             resent: 0,
+            displaced: false,
         })
     }
 
@@ -351,6 +354,12 @@ impl Node {
     /// True once at least one family is registered with the DC.
     pub fn is_registered(&self) -> bool {
         self.links.iter().any(Link::is_registered)
+    }
+
+    /// True if the DC told us that another login for our name took over our registration
+    /// (a copy of our credential in use elsewhere?), until we are registered again.
+    pub fn is_displaced(&self) -> bool {
+        self.displaced
     }
 
     /// True if the NS accepted our Notification Registration.
