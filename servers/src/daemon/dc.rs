@@ -502,7 +502,7 @@ mod tests {
         d.store.save_node(&to_snapshot(state)).unwrap();
         // The restart: the row says resume at 500 + COUNTER_RESERVE.
         let stored = 500 + COUNTER_RESERVE;
-        d.saved = restore_nodes(&mut d.dc, now, d.store.load_nodes().unwrap(), &dir);
+        d.saved = restore(&mut d.dc, &d.store, now).unwrap();
         assert_eq!(d.dc.node_counters(&n).map(|c| c.0), Some(stored));
 
         let mut node: Channel<NtmDc> =
