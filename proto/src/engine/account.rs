@@ -12,6 +12,15 @@
 //!
 //! Time: the driver must pass UNIX-epoch instants (milliseconds), because ID tokens carry
 //! UNIX expiry times.
+//!
+//! Cost: a password check is a deliberately slow hash. With
+//! [`AsConfig::defer_password_checks`] the engine does not call [`Accounts::password`]
+//! itself: it emits a [`CredentialCheck`] ([`AccountServer::poll_credential_check`]) and
+//! takes the verdict later ([`AccountServer::handle_credential_verdict`]), the way DNS
+//! look-ups work, so a driver can hash on another thread. Each source address may start
+//! only so many logins ([`AsConfig::login_burst`], then one per
+//! [`AsConfig::login_interval`]), and a connection has at most one login in progress
+//! ([`Engine::stream_ready`] says when the next may be read).
 
 use super::oidc::{verify_id_token, IdClaims, OidcProvider};
 use super::{
@@ -22,11 +31,11 @@ use crate::crypto::pk::{Attestation, KeyPair, PublicKey};
 use crate::crypto::{parse_plain, plain};
 use crate::keys::{KNtmDc, KeyGrant};
 use crate::time::{Duration, Instant};
-use crate::wire::login::{Credential, CredentialKind, KeyDistribution, LoginRequest, LoginResponse};
+use crate::wire::login::{Credential, CredentialKind, KeyDistribution, LoginRequest, LoginResponse, Password};
 use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::{Fqdn, KeyId, Lifetime, Message, MsgType, RequestId, Sender};
-use core::net::SocketAddr;
-use std::collections::VecDeque;
+use core::net::{IpAddr, SocketAddr};
+use std::collections::{HashMap, VecDeque};
 
 /// An account as the AS logic needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,8 +86,19 @@ pub struct AsConfig {
     /// Key Distribution, may each take. Both together stay under the node's 30 s wait
     /// for its Login Response, so a slow DC never leads to a second key.
     pub dc_timeout: Duration,
-    /// Most logins in progress.
+    /// Most logins in progress (password checks included).
     pub max_pending: usize,
+    /// Leave password checks to the driver ([`CredentialCheck`]) instead of calling
+    /// [`Accounts::password`] inline. A daemon sets this: the hash takes tens of
+    /// milliseconds, which must not stall every other connection.
+    pub defer_password_checks: bool,
+    /// Logins one source address may start at once ...
+    pub login_burst: u32,
+    /// ... and then one per this interval (a token bucket per address).
+    pub login_interval: Duration,
+    /// Most source addresses tracked by the rate limit; when full, the address idle
+    /// longest is forgotten (its bucket was the fullest, so little is lost).
+    pub max_login_sources: usize,
 }
 
 /// How long a K_ntmdc lasts unless configured otherwise: a day. A node logs in again shortly
@@ -100,6 +120,10 @@ impl AsConfig {
             static_dcs: Vec::new(),
             dc_timeout: Duration::from_secs(10),
             max_pending: 1024,
+            defer_password_checks: false,
+            login_burst: 10,
+            login_interval: Duration::from_secs(2),
+            max_login_sources: 4096,
         }
     }
 }
@@ -121,6 +145,36 @@ struct Pending {
     started: Instant,
 }
 
+/// A password for the driver to check against the account store (see
+/// [`AsConfig::defer_password_checks`]); answer with
+/// [`AccountServer::handle_credential_verdict`] and the same `id`.
+#[derive(Clone, Debug)]
+pub struct CredentialCheck {
+    /// Matches the verdict.
+    pub id: u64,
+    /// The account's e-mail address, as sent.
+    pub email: String,
+    /// The password (zeroized on drop, never printed).
+    pub password: Password,
+}
+
+/// A Login Request whose password is being checked.
+struct ExpectVerdict {
+    id: u64,
+    node: SocketAddr,
+    request_id: RequestId,
+    public_key: Option<PublicKey>,
+    started: Instant,
+}
+
+/// A source address's login allowance.
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: u32,
+    /// When the last whole token was added (or the bucket was found full).
+    refilled: Instant,
+}
+
 /// What happened, for logs and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AsEvent {
@@ -140,12 +194,24 @@ pub enum AsEvent {
     },
 }
 
+fn verdict_account(verdict: Verdict) -> Result<Account, (Reason, &'static str)> {
+    match verdict {
+        Verdict::Account(a) => Ok(a),
+        Verdict::BadCredential => Err((Reason::BadCredential, "unknown account or wrong credential")),
+        Verdict::Disabled => Err((Reason::AccountDisabled, "account disabled")),
+    }
+}
+
 /// The AS engine.
 pub struct AccountServer<A: Accounts> {
     cfg: AsConfig,
     accounts: A,
     rng: Rng,
     pending: Vec<Pending>,
+    checking: Vec<ExpectVerdict>,
+    checks: VecDeque<CredentialCheck>,
+    next_check: u64,
+    buckets: HashMap<IpAddr, Bucket>,
     next_query: u64,
     out: VecDeque<Transmit>,
     queries: VecDeque<DnsQuery>,
@@ -158,6 +224,7 @@ impl<A: Accounts> core::fmt::Debug for AccountServer<A> {
         f.debug_struct("AccountServer")
             .field("name", &self.cfg.name)
             .field("pending", &self.pending.len())
+            .field("checking", &self.checking.len())
             .finish_non_exhaustive()
     }
 }
@@ -168,11 +235,18 @@ impl<A: Accounts> AccountServer<A> {
         if cfg.key_lifetime < Duration::from_secs(60) {
             return Err(ConfigError::new("key_lifetime", "at least 60 seconds"));
         }
+        if cfg.login_burst == 0 || cfg.login_interval.is_zero() || cfg.max_login_sources == 0 {
+            return Err(ConfigError::new("login_burst", "the login rate limit must allow some logins"));
+        }
         Ok(AccountServer {
             cfg,
             accounts,
             rng,
             pending: Vec::new(),
+            checking: Vec::new(),
+            checks: VecDeque::new(),
+            next_check: 1,
+            buckets: HashMap::new(),
             next_query: 1,
             out: VecDeque::new(),
             queries: VecDeque::new(),
@@ -189,6 +263,73 @@ impl<A: Accounts> AccountServer<A> {
     /// The next event.
     pub fn poll_event(&mut self) -> Option<AsEvent> {
         self.events.pop_front()
+    }
+
+    /// The next password to check (with [`AsConfig::defer_password_checks`]).
+    pub fn poll_credential_check(&mut self) -> Option<CredentialCheck> {
+        self.checks.pop_front()
+    }
+
+    /// The verdict on a [`CredentialCheck`]; `None` if it could not be checked (the
+    /// checker is overloaded): the node is told to retry later. A verdict for a login
+    /// that is gone (the node hung up, the check timed out) is ignored.
+    pub fn handle_credential_verdict(&mut self, now: Instant, id: u64, verdict: Option<Verdict>) {
+        let Some(i) = self.checking.iter().position(|c| c.id == id) else {
+            self.drops.count(Drop::Stale);
+            return;
+        };
+        let c = self.checking.swap_remove(i);
+        let kind = CredentialKind::Password;
+        let verdict = match verdict {
+            Some(v) => v,
+            None => {
+                self.refuse(c.node, c.request_id, kind, Reason::Overloaded, "overloaded: retry later");
+                return;
+            }
+        };
+        match verdict_account(verdict) {
+            Ok(account) => self.admit(now, c.node, c.request_id, kind, account, c.public_key),
+            Err((reason, detail)) => {
+                log::info!("login with {kind:?} from {} refused: {detail}", c.node);
+                self.refuse(c.node, c.request_id, kind, reason, detail);
+            }
+        }
+    }
+
+    /// Logins in progress: password checks and key distributions.
+    pub fn logins_in_progress(&self) -> usize {
+        self.pending.len() + self.checking.len()
+    }
+
+    /// Takes one login from `ip`'s allowance; false if it has none left.
+    fn take_login_token(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let (burst, interval) = (self.cfg.login_burst, self.cfg.login_interval);
+        if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.cfg.max_login_sources {
+            // Full buckets are as good as none: forget those first, else the stalest.
+            self.buckets.retain(|_, b| {
+                let earned = now.saturating_duration_since(b.refilled).as_millis() / interval.as_millis().max(1);
+                u128::from(b.tokens) + earned < u128::from(burst)
+            });
+            if self.buckets.len() >= self.cfg.max_login_sources {
+                if let Some(oldest) = self.buckets.iter().min_by_key(|(_, b)| b.refilled).map(|(ip, _)| *ip) {
+                    self.buckets.remove(&oldest);
+                }
+            }
+        }
+        let b = self.buckets.entry(ip).or_insert(Bucket { tokens: burst, refilled: now });
+        let step = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX).max(1);
+        let earned = now.saturating_duration_since(b.refilled).as_millis() / u128::from(step);
+        let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+        if earned > 0 {
+            b.tokens = b.tokens.saturating_add(earned).min(burst);
+            // Keep the fraction of a token already earned, unless the bucket is full.
+            b.refilled = if b.tokens == burst { now } else { b.refilled + interval * earned };
+        }
+        if b.tokens == 0 {
+            return false;
+        }
+        b.tokens -= 1;
+        true
     }
 
     /// The attestation public key nodes verify peers with.
@@ -238,11 +379,7 @@ impl<A: Accounts> AccountServer<A> {
                 }
             }
         };
-        match verdict {
-            Verdict::Account(a) => Ok(a),
-            Verdict::BadCredential => Err((Reason::BadCredential, "unknown account or wrong credential")),
-            Verdict::Disabled => Err((Reason::AccountDisabled, "account disabled")),
-        }
+        verdict_account(verdict)
     }
 
     fn handle_login(
@@ -253,9 +390,32 @@ impl<A: Accounts> AccountServer<A> {
         req: LoginRequest,
     ) -> Received {
         let kind = req.credential.kind();
-        if self.pending.len() >= self.cfg.max_pending {
+        // One login at a time per connection: a driver holds further frames back
+        // (`stream_ready`); one that does not gets them refused here.
+        if !self.stream_ready(StreamKind::Tls, from) {
+            self.refuse(from, req.request_id, kind, Reason::Overloaded, "a login is already in progress");
+            return self.drops.count(Drop::Limit);
+        }
+        if !self.take_login_token(now, from.ip()) {
+            self.refuse(from, req.request_id, kind, Reason::Overloaded, "too many logins from this address");
+            return self.drops.count(Drop::Limit);
+        }
+        if self.logins_in_progress() >= self.cfg.max_pending {
             self.refuse(from, req.request_id, kind, Reason::Overloaded, "too many logins in progress");
             return self.drops.count(Drop::Limit);
+        }
+        if let (true, Credential::Password { email, password }) = (self.cfg.defer_password_checks, &req.credential) {
+            let id = self.next_check;
+            self.next_check += 1;
+            self.checks.push_back(CredentialCheck { id, email: email.as_str().to_owned(), password: password.clone() });
+            self.checking.push(ExpectVerdict {
+                id,
+                node: from,
+                request_id: req.request_id,
+                public_key: req.public_key,
+                started: now,
+            });
+            return Received::Handled;
         }
         let account = match self.check(now, &req, peer) {
             Ok(a) => a,
@@ -282,6 +442,20 @@ impl<A: Accounts> AccountServer<A> {
             (Some(c), _, Credential::DeviceCertificate) => Some(c),
             (_, k, _) => k,
         };
+        self.admit(now, from, req.request_id, kind, account, public_key);
+        Received::Handled
+    }
+
+    /// A node whose credential was good: make its key and send it to its DC.
+    fn admit(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        request_id: RequestId,
+        kind: CredentialKind,
+        account: Account,
+        public_key: Option<PublicKey>,
+    ) {
         let attestation = match (&self.cfg.attestation_key, public_key) {
             (Some(as_key), Some(pk)) => Some(Attestation::issue(as_key, account.fqdn.clone(), pk)),
             _ => None,
@@ -301,17 +475,7 @@ impl<A: Accounts> AccountServer<A> {
                 Step::ExpectDcLocation { query }
             }
         };
-        self.pending.push(Pending {
-            node: from,
-            request_id: req.request_id,
-            fqdn,
-            key_id,
-            key,
-            attestation,
-            step,
-            started: now,
-        });
-        Received::Handled
+        self.pending.push(Pending { node: from, request_id, fqdn, key_id, key, attestation, step, started: now });
     }
 
     /// Sends the Key Distribution to the node's DC (spec 4.1 step 2).
@@ -410,6 +574,7 @@ impl<A: Accounts> Engine for AccountServer<A> {
         // A node that hung up no longer waits for its response; a DC that hung up before
         // its ACK fails the login (on the timeout).
         self.pending.retain(|p| p.node != peer);
+        self.checking.retain(|c| c.node != peer);
     }
 
     fn handle_dns(&mut self, now: Instant, id: u64, answer: DnsAnswer) {
@@ -449,6 +614,14 @@ impl<A: Accounts> Engine for AccountServer<A> {
             };
             self.fail_pending(i, detail);
         }
+        // A verdict that never comes (a stuck checker) must not hold the node forever.
+        let timeout = self.cfg.dc_timeout;
+        let (late, on_time): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.checking).into_iter().partition(|c| now >= c.started + timeout);
+        self.checking = on_time;
+        for c in late {
+            self.refuse(c.node, c.request_id, CredentialKind::Password, Reason::Overloaded, "overloaded: retry later");
+        }
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -466,7 +639,12 @@ impl<A: Accounts> Engine for AccountServer<A> {
                 Step::ExpectNtmAck { deadline, .. } => *deadline,
                 Step::ExpectDcLocation { .. } => p.started + self.cfg.dc_timeout,
             })
+            .chain(self.checking.iter().map(|c| c.started + self.cfg.dc_timeout))
             .min()
+    }
+
+    fn stream_ready(&self, _kind: StreamKind, peer: SocketAddr) -> bool {
+        !self.checking.iter().any(|c| c.node == peer) && !self.pending.iter().any(|p| p.node == peer)
     }
 
     fn drops(&self) -> &DropCounters {
