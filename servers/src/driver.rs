@@ -539,6 +539,7 @@ impl<D: Daemon> Driver<D> {
         if self.accept_retry.is_some_and(|t| std::time::Instant::now() >= t) {
             self.accept_retry = None;
             self.again.extend((0..self.listeners.len()).map(|i| Token(LISTEN_BASE + i)));
+            self.again.push(STATUS);
         }
         self.resume_paused();
         let timeout = self.next_deadline().map(|at| self.clock.until(at)).unwrap_or(max_wait);
@@ -699,6 +700,12 @@ impl<D: Daemon> Driver<D> {
             let sock = match listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if out_of_descriptors(&e) => {
+                    // Asked again with the listeners (see `accept`).
+                    self.stats.fd_exhausted += 1;
+                    self.accept_retry = Some(std::time::Instant::now() + ACCEPT_RETRY);
+                    return;
+                }
                 Err(e) => {
                     log::warn!("status socket: {e}");
                     return;

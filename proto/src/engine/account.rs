@@ -651,3 +651,129 @@ impl<A: Accounts> Engine for AccountServer<A> {
         &self.drops
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::SeedableRng;
+
+    /// Every password is "right" for owner@a.example, whose node is n.zone.example.
+    struct Fixed;
+
+    impl Accounts for Fixed {
+        fn password(&mut self, email: &str, password: &[u8]) -> Verdict {
+            if email == "owner@a.example" && password == b"right" {
+                Verdict::Account(Account { fqdn: Fqdn::new("n.zone.example").unwrap() })
+            } else {
+                Verdict::BadCredential
+            }
+        }
+        fn device(&mut self, _identity: &PeerIdentity) -> Verdict {
+            Verdict::BadCredential
+        }
+        fn oidc(&mut self, _claims: &IdClaims) -> Verdict {
+            Verdict::BadCredential
+        }
+    }
+
+    fn server(defer: bool) -> AccountServer<Fixed> {
+        let mut cfg = AsConfig::new(Fqdn::new("as.example").unwrap());
+        cfg.defer_password_checks = defer;
+        let dc =
+            DcLocation { name: Fqdn::new("dc.zone.example").unwrap(), addrs: vec!["192.0.2.21:4460".parse().unwrap()] };
+        cfg.static_dcs = vec![(Fqdn::new("zone.example").unwrap(), dc)];
+        AccountServer::new(cfg, Fixed, Box::new(rand_chacha::ChaCha20Rng::seed_from_u64(7))).unwrap()
+    }
+
+    fn login(request: u32, password: &[u8]) -> Vec<u8> {
+        let req = LoginRequest {
+            request_id: RequestId(request),
+            credential: Credential::Password {
+                email: crate::wire::Text::new("owner@a.example").unwrap(),
+                password: Password::new(password).unwrap(),
+            },
+            public_key: None,
+        };
+        plain(Sender::Node, &Message::LoginRequest(req))
+    }
+
+    /// What went out: (destination, message).
+    fn sent(s: &mut AccountServer<Fixed>) -> Vec<(SocketAddr, Message)> {
+        std::iter::from_fn(|| s.poll_transmit()).map(|t| (t.dst, parse_plain(&t.payload).unwrap().1)).collect()
+    }
+
+    fn refused(out: &[(SocketAddr, Message)], to: SocketAddr) -> Option<Reason> {
+        out.iter().find_map(|(d, m)| match m {
+            Message::Refusal(r) if *d == to => Some(r.reason),
+            _ => None,
+        })
+    }
+
+    const T0: Instant = Instant::from_millis(1_700_000_000_000);
+
+    #[test]
+    fn a_deferred_password_check_holds_the_connection_until_its_verdict() {
+        let mut s = server(true);
+        let node: SocketAddr = "198.51.100.2:40000".parse().unwrap();
+        assert_eq!(s.handle_stream(T0, StreamKind::Tls, node, None, &login(1, b"right")), Received::Handled);
+        assert!(sent(&mut s).is_empty(), "nothing is decided before the verdict");
+        let check = s.poll_credential_check().expect("a check is emitted");
+        assert_eq!(check.email, "owner@a.example");
+        assert_eq!(check.password.expose_secret(), b"right");
+        assert!(!s.stream_ready(StreamKind::Tls, node), "one login at a time per connection");
+        assert!(s.stream_ready(StreamKind::Tls, "198.51.100.2:40001".parse().unwrap()));
+        s.handle_credential_verdict(T0, check.id, Some(Fixed.password(&check.email, b"right")));
+        let out = sent(&mut s);
+        assert!(matches!(out.as_slice(), [(_, Message::KeyDistribution(_))]), "the key goes to the DC: {out:?}");
+        // Still busy until the Login Response; a wrong password frees the connection.
+        assert!(!s.stream_ready(StreamKind::Tls, node));
+        let other: SocketAddr = "198.51.100.3:40000".parse().unwrap();
+        s.handle_stream(T0, StreamKind::Tls, other, None, &login(2, b"wrong"));
+        let check = s.poll_credential_check().unwrap();
+        s.handle_credential_verdict(T0, check.id, Some(Fixed.password(&check.email, b"wrong")));
+        assert_eq!(refused(&sent(&mut s), other), Some(Reason::BadCredential));
+        assert!(s.stream_ready(StreamKind::Tls, other));
+    }
+
+    #[test]
+    fn an_overloaded_or_stuck_checker_refuses_with_overloaded() {
+        let mut s = server(true);
+        let (a, b): (SocketAddr, SocketAddr) = ("198.51.100.2:1".parse().unwrap(), "198.51.100.2:2".parse().unwrap());
+        s.handle_stream(T0, StreamKind::Tls, a, None, &login(1, b"right"));
+        s.handle_stream(T0, StreamKind::Tls, b, None, &login(2, b"right"));
+        let first = s.poll_credential_check().unwrap();
+        s.handle_credential_verdict(T0, first.id, None);
+        assert_eq!(refused(&sent(&mut s), a), Some(Reason::Overloaded));
+        // The other verdict never comes: the login is refused at the deadline.
+        let deadline = s.poll_timeout().unwrap();
+        s.handle_timeout(deadline);
+        assert_eq!(refused(&sent(&mut s), b), Some(Reason::Overloaded));
+        assert_eq!(s.logins_in_progress(), 0);
+    }
+
+    #[test]
+    fn each_source_address_has_a_login_allowance() {
+        let mut s = server(false);
+        let from = |ip: &str, port: u16| SocketAddr::new(ip.parse().unwrap(), port);
+        for port in 0..10 {
+            s.handle_stream(T0, StreamKind::Tls, from("198.51.100.2", port), None, &login(1, b"wrong"));
+        }
+        let out = sent(&mut s);
+        assert_eq!(
+            out.iter().filter(|(_, m)| matches!(m, Message::Refusal(r) if r.reason == Reason::BadCredential)).count(),
+            10
+        );
+        // The eleventh is refused before any password check, from any port of the address.
+        s.handle_stream(T0, StreamKind::Tls, from("198.51.100.2", 99), None, &login(1, b"right"));
+        assert_eq!(refused(&sent(&mut s), from("198.51.100.2", 99)), Some(Reason::Overloaded));
+        assert_eq!(s.drops().get(Drop::Limit), 1);
+        // Another address is not affected; the first earns one login back per interval.
+        s.handle_stream(T0, StreamKind::Tls, from("203.0.113.2", 1), None, &login(1, b"right"));
+        assert!(matches!(sent(&mut s).as_slice(), [(_, Message::KeyDistribution(_))]));
+        let later = T0 + Duration::from_secs(2);
+        s.handle_stream(later, StreamKind::Tls, from("198.51.100.2", 100), None, &login(1, b"wrong"));
+        assert_eq!(refused(&sent(&mut s), from("198.51.100.2", 100)), Some(Reason::BadCredential));
+        s.handle_stream(later, StreamKind::Tls, from("198.51.100.2", 101), None, &login(1, b"wrong"));
+        assert_eq!(refused(&sent(&mut s), from("198.51.100.2", 101)), Some(Reason::Overloaded));
+    }
+}
