@@ -155,38 +155,40 @@ fn pipelined_password_guesses_do_not_block_the_as() {
     eprintln!("item 6: the guesses arrived within {:?}", t.elapsed());
     let cfg = d.agent_config_password(1);
     let took = legit_box(&mut d, &cfg, 8);
-    let st = server_status(&d, "as");
-    let rss_after = mem_kib(pid, "VmRSS");
-    eprintln!(
-        "item 6: 800 guesses; AS RSS {rss_before} -> {rss_after} KiB (peak {} KiB); box b registered in {took:?}; \
-         refused {} (rate limit {}), overloaded checks {}",
-        mem_kib(pid, "VmHWM"),
-        st["refusals"],
-        st["dropped"]["limit"],
-        st["password_checks_overloaded"]
-    );
+    eprintln!("item 6: box b registered in {took:?} during the guesses");
     assert!(took.is_some(), "box b logs in with its password within 8 s during the guesses");
     assert!(alive(&mut d, "as"), "the AS is alive");
+    let t = Instant::now();
     assert!(
         d.lab.wait_for(20, || server_status(&d, "as")["refusals"].as_u64().unwrap_or(0) >= 800),
         "every guess is answered (refused): {}",
         server_status(&d, "as")
     );
+    let st = server_status(&d, "as");
+    let rss_after = mem_kib(pid, "VmRSS");
+    eprintln!(
+        "item 6: 800 guesses all refused {:?} after box b registered; AS RSS {rss_before} -> {rss_after} KiB (peak \
+         {} KiB); refusals {}, of which over the address's allowance {}; checks refused for a full queue {}",
+        t.elapsed(),
+        mem_kib(pid, "VmHWM"),
+        st["refusals"],
+        st["dropped"]["limit"],
+        st["password_checks_overloaded"]
+    );
     // Two password threads with 19 MiB of argon2 memory each, reused: under 48 MiB more.
     assert!(rss_after < rss_before + 48 * 1024, "the AS stays within 48 MiB more: {rss_before} -> {rss_after} KiB");
 }
 
-/// Item 7: 1 000 connections from one address to an AS that takes 300 at most. Box b
-/// logs in within 8 s all the same.
+/// Item 7: 4 150 connections from one address to an AS whose table takes 4 096 (the
+/// default). Box b logs in within 8 s all the same, and the AS grows by less than 32 MiB.
 #[test]
 fn one_address_cannot_fill_the_as_connection_table() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut d) = lab("hostile-table") else { return };
-    reconfigure(&mut d, "as", serde_json::json!({"max_connections": 300}));
     let (_, pid) = server(&mut d, "as");
     let rss_before = mem_kib(pid, "VmRSS");
-    d.lab.step("1000 silent connections to the AS from box a");
-    hostile(&mut d, "hold", &["hold", AS_ADDR, "1000", "30"]);
+    d.lab.step("4150 silent connections to the AS from box a");
+    hostile(&mut d, "hold", &["hold", AS_ADDR, "4150", "30"]);
     let ready = hostile_line(&d, "hold", "ready", 25);
     let cfg = d.agent_config(1);
     let took = legit_box(&mut d, &cfg, 8);
