@@ -804,12 +804,13 @@ impl<D: Daemon> Driver<D> {
                     // Nothing to give up: accept with the reserve and close at once, so the
                     // peer hears now and retries, instead of waiting in the queue.
                     if self.reserve.take().is_some() {
-                        if let Some((l, _)) = self.listeners.get(i) {
-                            if l.accept().is_ok() {
-                                self.stats.shed_accepts += 1;
-                            }
-                        }
+                        // The accepted socket is closed as soon as it is taken.
+                        let shed = self.listeners.get(i).is_some_and(|(l, _)| l.accept().is_ok());
                         self.reserve = std::fs::File::open("/dev/null").ok();
+                        if shed {
+                            self.stats.shed_accepts += 1;
+                            continue;
+                        }
                     }
                     return;
                 }
@@ -818,7 +819,7 @@ impl<D: Daemon> Driver<D> {
                     return;
                 }
             };
-            let source = peer.ip();
+            let source = source_of(peer);
             if self.unauthenticated.get(&source).copied().unwrap_or(0) >= self.max_unauthenticated_per_source {
                 self.stats.refused_source += 1;
                 log::debug!("refusing a connection from {source}: it holds its most that are not live");
@@ -880,7 +881,7 @@ impl<D: Daemon> Driver<D> {
             return;
         }
         c.live = true;
-        let source = c.peer.ip();
+        let source = source_of(c.peer);
         self.forget_unauthenticated(source);
     }
 
@@ -1181,7 +1182,7 @@ impl<D: Daemon> Driver<D> {
         let _ = self.poll.registry().deregister(&mut c.sock);
         self.buffered = self.buffered.saturating_sub(c.counted);
         if c.inbound && !c.live {
-            self.forget_unauthenticated(c.peer.ip());
+            self.forget_unauthenticated(source_of(c.peer));
         }
         if self.by_peer.get(&(c.kind, c.peer)) == Some(&key) {
             self.by_peer.remove(&(c.kind, c.peer));
@@ -1342,6 +1343,18 @@ enum ReadResult {
     Fail,
 }
 
+/// The source a connection counts against: its IPv4 address, or the /64 of its IPv6
+/// address (one host commonly holds a whole /64, so single IPv6 addresses are free).
+pub fn source_of(peer: SocketAddr) -> IpAddr {
+    match peer.ip() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
 /// True for the errors that mean the process (or the system) has no descriptor to give.
 fn out_of_descriptors(e: &io::Error) -> bool {
     // EMFILE, ENFILE, ENOBUFS, ENOMEM on Linux.
@@ -1377,5 +1390,19 @@ fn send_udp(udp: &[(UdpSocket, bool)], stats: &mut DriverStats, to: SocketAddr, 
             stats.send_failures += 1;
             log::debug!("UDP send to {to}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source_of;
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_slash_64s() {
+        let src = |s: &str| source_of(s.parse().unwrap()).to_string();
+        assert_eq!(src("198.51.100.2:1"), "198.51.100.2");
+        assert_eq!(src("[2001:db8:a:1:2:3:4:5]:1"), "2001:db8:a:1::");
+        assert_eq!(src("[2001:db8:a:1::9]:2"), "2001:db8:a:1::");
+        assert_eq!(src("[::ffff:198.51.100.2]:1"), "198.51.100.2");
     }
 }

@@ -194,6 +194,18 @@ pub enum AsEvent {
     },
 }
 
+/// The source a login counts against: its IPv4 address, or the /64 of its IPv6 address
+/// (one host commonly holds a whole /64).
+fn login_source(from: SocketAddr) -> IpAddr {
+    match from.ip() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(core::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
 fn verdict_account(verdict: Verdict) -> Result<Account, (Reason, &'static str)> {
     match verdict {
         Verdict::Account(a) => Ok(a),
@@ -396,7 +408,7 @@ impl<A: Accounts> AccountServer<A> {
             self.refuse(from, req.request_id, kind, Reason::Overloaded, "a login is already in progress");
             return self.drops.count(Drop::Limit);
         }
-        if !self.take_login_token(now, from.ip()) {
+        if !self.take_login_token(now, login_source(from)) {
             self.refuse(from, req.request_id, kind, Reason::Overloaded, "too many logins from this address");
             return self.drops.count(Drop::Limit);
         }
@@ -775,5 +787,13 @@ mod tests {
         assert_eq!(refused(&sent(&mut s), from("198.51.100.2", 100)), Some(Reason::BadCredential));
         s.handle_stream(later, StreamKind::Tls, from("198.51.100.2", 101), None, &login(1, b"wrong"));
         assert_eq!(refused(&sent(&mut s), from("198.51.100.2", 101)), Some(Reason::Overloaded));
+        // IPv6 addresses count by their /64.
+        for i in 0..10 {
+            s.handle_stream(T0, StreamKind::Tls, from(&format!("2001:db8:a::{i}"), 1), None, &login(1, b"wrong"));
+        }
+        s.handle_stream(T0, StreamKind::Tls, from("2001:db8:a::ffff:1", 1), None, &login(1, b"wrong"));
+        assert_eq!(refused(&sent(&mut s), from("2001:db8:a::ffff:1", 1)), Some(Reason::Overloaded));
+        s.handle_stream(T0, StreamKind::Tls, from("2001:db8:b::1", 1), None, &login(1, b"wrong"));
+        assert_eq!(refused(&sent(&mut s), from("2001:db8:b::1", 1)), Some(Reason::BadCredential));
     }
 }
