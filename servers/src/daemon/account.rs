@@ -534,3 +534,41 @@ pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The password threads' checks give the account store's verdicts, in both hash
+    /// costs.
+    #[test]
+    fn a_password_worker_agrees_with_the_account_store() {
+        for cost in [HashCost::Cheap, HashCost::Default] {
+            let dir = std::env::temp_dir().join(format!("ntm-as-worker-{cost:?}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("accounts.db");
+            let mut store = AccountStore::open_with(&path, cost).unwrap();
+            let name = |s: &str| Fqdn::new(s).unwrap();
+            store.add_account("Owner@A.example", Some(b"right"), &name("a.zone.example")).unwrap();
+            store.add_account("off@b.example", Some(b"right"), &name("b.zone.example")).unwrap();
+            store.disable("off@b.example").unwrap();
+            store.add_account("nopw@c.example", None, &name("c.zone.example")).unwrap();
+            let mut worker = PasswordWorker::open(&path).unwrap();
+            let cases: [(&str, &[u8]); 6] = [
+                ("owner@a.example", b"right"),
+                ("OWNER@a.example", b"right"),
+                ("owner@a.example", b"wrong"),
+                ("off@b.example", b"right"),
+                ("nopw@c.example", b"right"),
+                ("nobody@d.example", b"right"),
+            ];
+            for (email, pw) in cases {
+                assert_eq!(worker.password(email, pw), store.password(email, pw), "{cost:?} {email}");
+            }
+            assert!(matches!(worker.password("owner@a.example", b"right"), Verdict::Account(_)));
+            assert_eq!(worker.password("off@b.example", b"right"), Verdict::Disabled);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
