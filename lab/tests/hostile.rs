@@ -138,7 +138,7 @@ fn pipelined_password_guesses_do_not_block_the_as() {
     d.lab.step("800 wrong passwords, pipelined on two TLS connections from box a");
     let ns = d.boxes[0].ns.clone();
     let cmd = format!(
-        "timeout 25 openssl s_client -connect {AS_ADDR} -servername as.test -quiet < {} > /dev/null 2>&1",
+        "exec timeout 25 openssl s_client -connect {AS_ADDR} -servername as.test -quiet < {} > /dev/null 2>&1",
         file.display()
     );
     for k in 0..2 {
