@@ -101,10 +101,26 @@ pub struct Common {
     /// Most TCP/TLS connections at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most inbound connections one source address may hold before they are live (have
+    /// sent a frame the server accepted as authentic).
+    #[serde(default = "default_max_unauthenticated_per_source")]
+    pub max_unauthenticated_per_source: usize,
+    /// Most bytes held for partial frames over all connections; over it, the connections
+    /// holding the most are closed.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
 }
 
 fn default_max_connections() -> usize {
     4096
+}
+
+fn default_max_unauthenticated_per_source() -> usize {
+    64
+}
+
+fn default_max_buffered_bytes() -> usize {
+    8 << 20
 }
 
 impl Common {
@@ -114,6 +130,12 @@ impl Common {
         }
         if self.max_connections == 0 {
             return Err(("max_connections", "must be at least 1".into()));
+        }
+        if self.max_unauthenticated_per_source == 0 {
+            return Err(("max_unauthenticated_per_source", "must be at least 1".into()));
+        }
+        if self.max_buffered_bytes < 2 * (2 + ntm_proto::wire::frame::FRAME_MAX) {
+            return Err(("max_buffered_bytes", "must hold at least two frames of the largest size (131072)".into()));
         }
         Ok(())
     }
@@ -355,6 +377,34 @@ pub struct AsFile {
     /// Finding the node's DC.
     #[serde(default)]
     pub dns: DnsSettings,
+    /// Threads that check passwords (argon2id), off the event loop.
+    #[serde(default = "default_password_workers")]
+    pub password_workers: usize,
+    /// Password checks waiting for a thread; when full, a login is refused as overloaded.
+    #[serde(default = "default_password_queue")]
+    pub password_queue: usize,
+    /// Logins one source address may start at once ...
+    #[serde(default = "default_login_burst")]
+    pub login_burst: u32,
+    /// ... and then one per this many milliseconds.
+    #[serde(default = "default_login_interval_ms")]
+    pub login_interval_ms: u64,
+}
+
+fn default_password_workers() -> usize {
+    2
+}
+
+fn default_password_queue() -> usize {
+    32
+}
+
+fn default_login_burst() -> u32 {
+    10
+}
+
+fn default_login_interval_ms() -> u64 {
+    2000
 }
 
 fn default_key_lifetime() -> u64 {
@@ -367,6 +417,15 @@ impl Validate for AsFile {
         self.dns.check()?;
         if self.key_lifetime_secs < 60 {
             return Err(("key_lifetime_secs", "at least 60".into()));
+        }
+        if !(1..=64).contains(&self.password_workers) {
+            return Err(("password_workers", "1 to 64".into()));
+        }
+        if self.password_queue == 0 {
+            return Err(("password_queue", "at least 1".into()));
+        }
+        if self.login_burst == 0 || self.login_interval_ms == 0 {
+            return Err(("login_burst", "login_burst and login_interval_ms must be at least 1".into()));
         }
         if self.dns.ntm_domains.is_empty() && self.dns.static_dcs.is_empty() {
             return Err(("dns", "list the NTM domains (with nameservers) or static_dcs to find nodes' DCs".into()));

@@ -10,10 +10,24 @@
 //! daemon to reload, and a Unix socket answers `status` with JSON.
 //!
 //! Bad input never ends the loop: malformed datagrams and frames are the engine's to drop
-//! and count, and a misbehaving connection (bad TLS, oversize or empty frames, no whole
-//! frame within [`HANDSHAKE_TIMEOUT`] of opening, a peer that does not read what we send)
-//! is closed and counted here. No source is read for more than a budget per turn, so a
-//! flood on one socket cannot starve the others, the timers or the housekeeping.
+//! and count, and a misbehaving connection (bad TLS, oversize or empty frames, a peer that
+//! does not read what we send) is closed and counted here. No source is read for more than
+//! a budget per turn, so a flood on one socket cannot starve the others, the timers or the
+//! housekeeping.
+//!
+//! What a connection may cost before it proves itself is capped. An inbound connection is
+//! *live* once the engine accepted one of its frames as authentic (`Received::Handled`);
+//! until then it must become live within [`HANDSHAKE_TIMEOUT`] of opening, one source
+//! address may hold only [`DriverConfig::max_unauthenticated_per_source`] such
+//! connections, and when the table is full (or the process is out of file descriptors)
+//! the oldest of them is closed to make room, so a legitimate peer always gets in. Only
+//! live frames reset the idle timer: garbage keeps nothing open. Bytes buffered for
+//! partial frames are capped per connection (one frame) and in total
+//! ([`DriverConfig::max_buffered_bytes`]; over it, the connections holding the most are
+//! shed). A stream whose engine is busy with its last request ([`Engine::stream_ready`])
+//! is not read until the engine is ready. A listener that hit the descriptor limit is
+//! tried again on a timer, and a reserve descriptor lets it accept and close connections
+//! it cannot serve rather than leave them waiting.
 
 use mio::net::{TcpListener, TcpStream, UdpSocket, UnixListener};
 use mio::{Events, Interest, Poll, Token};
@@ -25,7 +39,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use slab::Slab;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -37,6 +51,11 @@ pub trait Daemon {
     fn engine(&mut self) -> &mut Self::Engine;
     /// Called after every batch of input: take the engine's events (logs, persistence).
     fn after(&mut self, _now: Instant) {}
+    /// Given once, when the driver starts: waking it makes the driver call
+    /// [`Daemon::handle_wake`] (for work done on other threads).
+    fn set_waker(&mut self, _waker: Arc<mio::Waker>) {}
+    /// The waker was woken: take what other threads finished.
+    fn handle_wake(&mut self, _now: Instant) {}
     /// The state for `status`, as JSON.
     fn status(&mut self, now: Instant) -> serde_json::Value;
     /// SIGHUP: reload what can change without a restart; new TLS configurations, if any.
@@ -97,6 +116,10 @@ pub struct DriverConfig {
     pub tcp_idle_timeout: Option<Duration>,
     /// Handle SIGTERM, SIGINT and SIGHUP (a daemon does; a test driving a node does not).
     pub signals: bool,
+    /// Most inbound connections one source address may hold before they are live.
+    pub max_unauthenticated_per_source: usize,
+    /// Most bytes held for partial frames, over all connections.
+    pub max_buffered_bytes: usize,
 }
 
 impl std::fmt::Debug for DriverConfig {
@@ -120,14 +143,26 @@ pub struct DriverStats {
     pub send_failures: u64,
     /// Connections accepted.
     pub accepted: u64,
-    /// Connections refused because of `max_connections`.
+    /// Connections refused because of `max_connections` (none could be evicted).
     pub refused_full: u64,
+    /// Connections refused because their source held its most unauthenticated ones.
+    pub refused_source: u64,
+    /// Connections not yet live closed to make room for a new one (table full or out of
+    /// file descriptors).
+    pub evicted: u64,
+    /// Connections closed because the bytes held for partial frames went over the total
+    /// cap and they held the most.
+    pub shed_buffers: u64,
+    /// Accepts and connects that failed for want of file descriptors.
+    pub fd_exhausted: u64,
+    /// Connections accepted with the reserve descriptor and closed at once.
+    pub shed_accepts: u64,
     /// TLS handshakes or records that failed.
     pub tls_errors: u64,
     /// Connections closed for bad framing.
     pub bad_frames: u64,
-    /// Connections closed for idling, or for not finishing their handshake or first frame
-    /// in time.
+    /// Connections closed for idling, or for not finishing their handshake or becoming
+    /// live in time.
     pub idle_closed: u64,
     /// Connections closed because the peer did not read what we sent (the output buffer
     /// reached its cap).
@@ -154,11 +189,16 @@ struct Conn {
     connecting: bool,
     /// The peer accepted the connection from us (false) or opened it (true).
     inbound: bool,
-    /// A whole frame has arrived.
-    heard: bool,
+    /// The engine accepted a frame of it as authentic (or we opened it).
+    live: bool,
+    /// Not read until the engine is ready for its next frame.
+    paused: bool,
+    /// The decoder's bytes as counted in the driver's total.
+    counted: usize,
     opened: std::time::Instant,
-    /// The last whole frame in either direction. Bytes alone do not count, so a peer
-    /// trickling a byte at a time cannot keep a connection open.
+    /// The last live frame in either direction. Bytes alone, or frames the engine
+    /// dropped, do not count, so a peer trickling bytes or sending garbage cannot keep a
+    /// connection open.
     last_activity: std::time::Instant,
 }
 
@@ -182,7 +222,9 @@ impl Conn {
             plain_out: Vec::new(),
             connecting: !inbound,
             inbound,
-            heard: false,
+            live: !inbound,
+            paused: false,
+            counted: 0,
             opened: now,
             last_activity: now,
         }
@@ -211,6 +253,7 @@ struct StatusReply {
 
 const SIGNALS: Token = Token(0);
 const STATUS: Token = Token(1);
+const WAKE: Token = Token(2);
 const UDP_BASE: usize = 16;
 const LISTEN_BASE: usize = 64;
 const DNS_BASE: usize = 128;
@@ -218,8 +261,10 @@ const STATUS_REPLY_BASE: usize = 256;
 const CONN_BASE: usize = 1 << 20;
 /// Largest datagram read.
 const DATAGRAM_MAX: usize = 65_536;
-/// A TLS handshake, and an inbound connection's first frame, must arrive within this.
+/// A TLS handshake, and an inbound connection's first live frame, must arrive within this.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How soon a listener that ran out of file descriptors is tried again.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most bytes queued for a plain TCP peer (rustls caps TLS at 64 KiB by itself). Room for
 /// a few frames of the largest size; a peer that lets more pile up does not read.
 pub const STREAM_OUT_MAX: usize = 4 * (2 + FRAME_MAX);
@@ -280,6 +325,19 @@ pub struct Driver<D: Daemon> {
     max_connections: usize,
     tls_idle_timeout: Option<std::time::Duration>,
     tcp_idle_timeout: Option<std::time::Duration>,
+    max_unauthenticated_per_source: usize,
+    /// Inbound connections not yet live, by source address.
+    unauthenticated: HashMap<IpAddr, usize>,
+    max_buffered_bytes: usize,
+    /// Bytes held for partial frames over all connections.
+    buffered: usize,
+    /// Connections waiting for the engine to take their next frame.
+    paused: Vec<usize>,
+    /// Listeners to try again at this time (they met the descriptor limit).
+    accept_retry: Option<std::time::Instant>,
+    /// A descriptor held in reserve: closed to accept (and close) a connection when the
+    /// process has no other, so that queued peers hear at once instead of waiting.
+    reserve: Option<std::fs::File>,
     stats: DriverStats,
     buf: Vec<u8>,
     events: Events,
@@ -388,6 +446,8 @@ impl<D: Daemon> Driver<D> {
         };
         let mut signals = signal_hook_mio::v1_0::Signals::new(wanted)?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let mut daemon = daemon;
+        daemon.set_waker(Arc::new(mio::Waker::new(poll.registry(), WAKE)?));
         let status = match &cfg.status_socket {
             Some(path) => {
                 let mut l = bind_status(path)
@@ -416,6 +476,13 @@ impl<D: Daemon> Driver<D> {
             max_connections: cfg.max_connections,
             tls_idle_timeout: cfg.tls_idle_timeout,
             tcp_idle_timeout: cfg.tcp_idle_timeout,
+            max_unauthenticated_per_source: cfg.max_unauthenticated_per_source.max(1),
+            unauthenticated: HashMap::new(),
+            max_buffered_bytes: cfg.max_buffered_bytes,
+            buffered: 0,
+            paused: Vec::new(),
+            accept_retry: None,
+            reserve: std::fs::File::open("/dev/null").ok(),
             stats: DriverStats::default(),
             buf: vec![0u8; DATAGRAM_MAX],
             events: Events::with_capacity(1024),
@@ -469,9 +536,18 @@ impl<D: Daemon> Driver<D> {
             self.sweep_connections();
             self.next_sweep = std::time::Instant::now() + std::time::Duration::from_secs(1);
         }
+        if self.accept_retry.is_some_and(|t| std::time::Instant::now() >= t) {
+            self.accept_retry = None;
+            self.again.extend((0..self.listeners.len()).map(|i| Token(LISTEN_BASE + i)));
+            self.again.push(STATUS);
+        }
+        self.resume_paused();
         let timeout = self.next_deadline().map(|at| self.clock.until(at)).unwrap_or(max_wait);
         let mut timeout =
             timeout.min(max_wait).min(self.next_sweep.saturating_duration_since(std::time::Instant::now()));
+        if let Some(t) = self.accept_retry {
+            timeout = timeout.min(t.saturating_duration_since(std::time::Instant::now()));
+        }
         if !self.again.is_empty() {
             timeout = std::time::Duration::ZERO;
         }
@@ -489,7 +565,32 @@ impl<D: Daemon> Driver<D> {
         }
         let now = self.clock.now();
         self.flush(now);
+        self.resume_paused();
         Ok(())
+    }
+
+    /// Streams the engine is ready for again are read on the next turn.
+    fn resume_paused(&mut self) {
+        if self.paused.is_empty() {
+            return;
+        }
+        let mut still = Vec::new();
+        for key in std::mem::take(&mut self.paused) {
+            let Some(c) = self.conns.get_mut(key) else { continue };
+            if !c.paused {
+                continue;
+            }
+            let (kind, peer) = (c.kind, c.peer);
+            if self.daemon.engine().stream_ready(kind, peer) {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.paused = false;
+                }
+                self.again.push(Token(CONN_BASE + key));
+            } else {
+                still.push(key);
+            }
+        }
+        self.paused = still;
     }
 
     /// True once a stop signal arrived.
@@ -527,6 +628,10 @@ impl<D: Daemon> Driver<D> {
         match token.0 {
             0 => self.handle_signals(),
             1 => self.serve_status(),
+            2 => {
+                let now = self.clock.now();
+                self.daemon.handle_wake(now);
+            }
             t if (UDP_BASE..LISTEN_BASE).contains(&t) => self.read_udp(t - UDP_BASE),
             t if (LISTEN_BASE..DNS_BASE).contains(&t) => self.accept(t - LISTEN_BASE),
             t if (DNS_BASE..STATUS_REPLY_BASE).contains(&t) => self.read_dns(t - DNS_BASE),
@@ -564,6 +669,8 @@ impl<D: Daemon> Driver<D> {
         if let Some(obj) = status.as_object_mut() {
             obj.insert("driver".into(), serde_json::to_value(&self.stats).unwrap_or_default());
             obj.insert("connections".into(), self.conns.len().into());
+            obj.insert("unauthenticated".into(), self.unauthenticated.values().sum::<usize>().into());
+            obj.insert("buffered_bytes".into(), self.buffered.into());
             if let Some(l) = &self.locator {
                 let st = l.stats();
                 obj.insert(
@@ -593,6 +700,12 @@ impl<D: Daemon> Driver<D> {
             let sock = match listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if out_of_descriptors(&e) => {
+                    // Asked again with the listeners (see `accept`).
+                    self.stats.fd_exhausted += 1;
+                    self.accept_retry = Some(std::time::Instant::now() + ACCEPT_RETRY);
+                    return;
+                }
                 Err(e) => {
                     log::warn!("status socket: {e}");
                     return;
@@ -674,14 +787,47 @@ impl<D: Daemon> Driver<D> {
             let (mut sock, peer) = match listener.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::ConnectionAborted => {
+                    continue
+                }
+                Err(e) if out_of_descriptors(&e) => {
+                    self.stats.fd_exhausted += 1;
+                    if self.accept_retry.is_none() {
+                        log::warn!("accept: {e}; closing connections that are not live to make room");
+                    }
+                    // Readiness is edge-triggered: what waits in the backlog is not reported
+                    // again until a new connection comes, so try again on a timer.
+                    self.accept_retry = Some(std::time::Instant::now() + ACCEPT_RETRY);
+                    if self.evict_oldest_unauthenticated() {
+                        continue;
+                    }
+                    // Nothing to give up: accept with the reserve and close at once, so the
+                    // peer hears now and retries, instead of waiting in the queue.
+                    if self.reserve.take().is_some() {
+                        // The accepted socket is closed as soon as it is taken.
+                        let shed = self.listeners.get(i).is_some_and(|(l, _)| l.accept().is_ok());
+                        self.reserve = std::fs::File::open("/dev/null").ok();
+                        if shed {
+                            self.stats.shed_accepts += 1;
+                            continue;
+                        }
+                    }
+                    return;
+                }
                 Err(e) => {
                     log::warn!("accept: {e}");
                     return;
                 }
             };
-            if self.conns.len() >= self.max_connections {
-                self.stats.refused_full += 1;
+            let source = source_of(peer);
+            if self.unauthenticated.get(&source).copied().unwrap_or(0) >= self.max_unauthenticated_per_source {
+                self.stats.refused_source += 1;
+                log::debug!("refusing a connection from {source}: it holds its most that are not live");
                 continue; // dropping `sock` closes it
+            }
+            if self.conns.len() >= self.max_connections && !self.evict_oldest_unauthenticated() {
+                self.stats.refused_full += 1;
+                continue;
             }
             let tls = match (kind, &self.tls_server) {
                 (StreamKind::Tls, Some(cfg)) => match rustls::ServerConnection::new(cfg.clone()) {
@@ -701,6 +847,7 @@ impl<D: Daemon> Driver<D> {
                 continue;
             }
             entry.insert(Conn::new(sock, kind, peer, tls, true));
+            *self.unauthenticated.entry(source).or_insert(0) += 1;
             // A newer connection from the same address replaces an older one, which is
             // closed: nothing would reach it any more. The engine is not told, since its
             // stream with that address is the new one.
@@ -712,9 +859,72 @@ impl<D: Daemon> Driver<D> {
         self.again.push(Token(LISTEN_BASE + i));
     }
 
+    /// Closes the oldest inbound connection that is not live; false if there is none.
+    fn evict_oldest_unauthenticated(&mut self) -> bool {
+        let oldest =
+            self.conns.iter().filter(|(_, c)| c.inbound && !c.live).min_by_key(|(_, c)| c.opened).map(|(k, _)| k);
+        match oldest {
+            Some(k) => {
+                self.stats.evicted += 1;
+                self.close(k);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks a connection live: it proved itself, so the idle timer applies from now on.
+    fn make_live(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        c.last_activity = std::time::Instant::now();
+        if c.live {
+            return;
+        }
+        c.live = true;
+        let source = source_of(c.peer);
+        self.forget_unauthenticated(source);
+    }
+
+    fn forget_unauthenticated(&mut self, source: IpAddr) {
+        if let Some(n) = self.unauthenticated.get_mut(&source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.unauthenticated.remove(&source);
+            }
+        }
+    }
+
+    /// Brings the total of buffered bytes up to date with connection `key`'s decoder.
+    fn recount(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        let now = c.decoder.buffered();
+        self.buffered = self.buffered.saturating_sub(c.counted).saturating_add(now);
+        c.counted = now;
+        if now == 0 {
+            // Give back the memory of a large frame once it is handed over.
+            c.decoder = FrameDecoder::new();
+        }
+    }
+
+    /// While the bytes held for partial frames are over the total cap, closes the
+    /// connection holding the most (not yet live ones first among equals).
+    fn shed_buffers(&mut self) {
+        while self.buffered > self.max_buffered_bytes {
+            let Some(k) = self.conns.iter().max_by_key(|(_, c)| (c.counted, !c.live)).map(|(k, _)| k) else { return };
+            if self.conns.get(k).is_none_or(|c| c.counted == 0) {
+                return;
+            }
+            self.stats.shed_buffers += 1;
+            if let Some(c) = self.conns.get(k) {
+                log::info!("closing the stream with {}: it holds {} bytes of a partial frame", c.peer, c.counted);
+            }
+            self.close(k);
+        }
+    }
+
     /// Opens an outbound stream to `to`, verifying the server as `server` for TLS.
     fn connect(&mut self, kind: StreamKind, to: SocketAddr, server: &ntm_proto::wire::Fqdn) -> Option<usize> {
-        if self.conns.len() >= self.max_connections {
+        if self.conns.len() >= self.max_connections && !self.evict_oldest_unauthenticated() {
             self.stats.refused_full += 1;
             return None;
         }
@@ -732,7 +942,14 @@ impl<D: Daemon> Driver<D> {
             }
             StreamKind::Tcp => None,
         };
-        let mut sock = match TcpStream::connect(to) {
+        let mut attempt = TcpStream::connect(to);
+        if attempt.as_ref().is_err_and(out_of_descriptors) {
+            self.stats.fd_exhausted += 1;
+            if self.evict_oldest_unauthenticated() {
+                attempt = TcpStream::connect(to);
+            }
+        }
+        let mut sock = match attempt {
             Ok(s) => s,
             Err(e) => {
                 self.stats.connect_failures += 1;
@@ -779,112 +996,143 @@ impl<D: Daemon> Driver<D> {
         }
     }
 
-    /// Reads what the connection has (up to the read budget) and hands whole frames to
-    /// the engine; false if it must be closed.
+    /// Hands the connection's whole frames to the engine while it takes them, and reads
+    /// more (up to the read budget) when none is left; false if it must be closed.
     fn read_conn(&mut self, key: usize) -> bool {
-        let identify = self.identify;
-        let mut frames = Vec::new();
-        let (kind, peer, identity, more) = {
+        let mut budget = STREAM_READ_BUDGET;
+        let mut delivered = false;
+        loop {
+            match self.deliver(key) {
+                Delivery::Close => return false,
+                Delivery::Delivered => delivered = true,
+                Delivery::Nothing => {}
+            }
             let Some(c) = self.conns.get_mut(key) else { return false };
-            let mut plain = [0u8; 16 * 1024];
-            let mut budget = STREAM_READ_BUDGET;
-            let mut eof = false;
-            let more = loop {
-                if budget == 0 {
-                    break true;
-                }
-                let n = match c.tls.as_mut() {
-                    Some(tls) => match tls.read_tls(&mut c.sock) {
-                        Ok(0) => {
-                            eof = true;
-                            break false;
-                        }
-                        Ok(n) => {
-                            if let Err(e) = tls.process_new_packets() {
-                                self.stats.tls_errors += 1;
-                                log::info!("TLS with {}: {e}", c.peer);
-                                // Send the alert rustls queued, then close.
-                                let _ = tls.write_tls(&mut c.sock);
-                                return false;
-                            }
-                            loop {
-                                match tls.reader().read(&mut plain) {
-                                    Ok(0) => break,
-                                    Ok(m) => c.decoder.push(plain.get(..m).unwrap_or(&[])),
-                                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                                    Err(_) => return false,
-                                }
-                            }
-                            n
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(_) => return false,
-                    },
-                    None => match c.sock.read(&mut plain) {
-                        Ok(0) => {
-                            eof = true;
-                            break false;
-                        }
-                        Ok(n) => {
-                            c.decoder.push(plain.get(..n).unwrap_or(&[]));
-                            n
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(_) => return false,
-                    },
-                };
-                budget = budget.saturating_sub(n);
-                // Frames are taken as they complete, so the decoder never holds more than
-                // one partial frame and one read.
-                loop {
-                    match c.decoder.next_frame() {
-                        Ok(Some(f)) => frames.push(f),
-                        Ok(None) => break,
-                        Err(_) => {
-                            self.stats.bad_frames += 1;
-                            return false;
-                        }
-                    }
-                }
-                // A peer that sends a length and never the frame cannot hold more than one
-                // frame's worth of our memory.
-                if c.decoder.buffered() > 2 + FRAME_MAX {
-                    self.stats.bad_frames += 1;
-                    return false;
-                }
-            };
-            // The identity is settled once, when the handshake is over: every frame of
-            // the connection is handed over with the same one, and a certificate without
-            // a usable identity is reported once, not on every read.
-            if let Some(tls) = c.tls.as_ref() {
-                if !c.identified && !tls.is_handshaking() {
-                    c.identified = true;
-                    c.identity =
-                        tls.peer_certificates().and_then(|certs| certs.first()).and_then(|cert| identify(cert));
-                }
+            if c.paused {
+                // The rest waits in the socket until the engine is ready for it.
+                return true;
             }
-            if !frames.is_empty() {
-                c.heard = true;
-                c.last_activity = std::time::Instant::now();
+            if budget == 0 {
+                self.again.push(Token(CONN_BASE + key));
+                return true;
             }
-            // Frames that came with the end of the stream are still handled, and the
-            // answers written this turn; the re-registration in `write_conn` reports the
-            // end again, and the next read closes the connection.
-            if eof && frames.is_empty() {
+            match self.read_some(key) {
+                ReadResult::Bytes(n) => budget = budget.saturating_sub(n),
+                // Frames that came with the end of the stream were handled: their answers
+                // are written this turn, and the next read reports the end again.
+                ReadResult::End => return delivered,
+                ReadResult::Empty => return true,
+                ReadResult::Fail => return false,
+            }
+            self.recount(key);
+            // A peer that sends a length and never the frame cannot hold more than one
+            // frame's worth of our memory ...
+            if self.conns.get(key).is_some_and(|c| c.decoder.buffered() > 2 + FRAME_MAX) {
+                self.stats.bad_frames += 1;
                 return false;
             }
-            (c.kind, c.peer, c.identity.clone(), more)
-        };
-        if more {
-            self.again.push(Token(CONN_BASE + key));
+            // ... and all such peers together no more than the total cap.
+            self.shed_buffers();
+            if !self.conns.contains(key) {
+                return false;
+            }
         }
-        let now = self.clock.now();
-        for f in frames {
-            self.daemon.engine().handle_stream(now, kind, peer, identity.as_ref(), &f);
+    }
+
+    /// Hands over the connection's decoded frames, one at a time, while the engine is
+    /// ready for them.
+    fn deliver(&mut self, key: usize) -> Delivery {
+        let mut delivered = false;
+        loop {
+            let Some(c) = self.conns.get_mut(key) else { return Delivery::Close };
+            let (kind, peer) = (c.kind, c.peer);
+            if !self.daemon.engine().stream_ready(kind, peer) {
+                if let Some(c) = self.conns.get_mut(key) {
+                    if !c.paused {
+                        c.paused = true;
+                        self.paused.push(key);
+                    }
+                }
+                break;
+            }
+            let Some(c) = self.conns.get_mut(key) else { return Delivery::Close };
+            let frame = match c.decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(_) => {
+                    self.stats.bad_frames += 1;
+                    return Delivery::Close;
+                }
+            };
+            let identity = c.identity.clone();
+            let now = self.clock.now();
+            delivered = true;
+            match self.daemon.engine().handle_stream(now, kind, peer, identity.as_ref(), &frame) {
+                Received::Handled => self.make_live(key),
+                Received::Dropped(why) => log::trace!("dropped a frame from {peer}: {}", why.name()),
+                Received::Ip(_) | Received::Forward(_) => {}
+            }
         }
-        true
+        self.recount(key);
+        if delivered {
+            Delivery::Delivered
+        } else {
+            Delivery::Nothing
+        }
+    }
+
+    /// One read from the connection's socket into its decoder.
+    fn read_some(&mut self, key: usize) -> ReadResult {
+        let identify = self.identify;
+        let Some(c) = self.conns.get_mut(key) else { return ReadResult::Fail };
+        let mut plain = [0u8; 16 * 1024];
+        loop {
+            let n = match c.tls.as_mut() {
+                Some(tls) => match tls.read_tls(&mut c.sock) {
+                    Ok(0) => return ReadResult::End,
+                    Ok(n) => {
+                        if let Err(e) = tls.process_new_packets() {
+                            self.stats.tls_errors += 1;
+                            log::info!("TLS with {}: {e}", c.peer);
+                            // Send the alert rustls queued, then close.
+                            let _ = tls.write_tls(&mut c.sock);
+                            return ReadResult::Fail;
+                        }
+                        loop {
+                            match tls.reader().read(&mut plain) {
+                                Ok(0) => break,
+                                Ok(m) => c.decoder.push(plain.get(..m).unwrap_or(&[])),
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                                Err(_) => return ReadResult::Fail,
+                            }
+                        }
+                        // The identity is settled once, when the handshake is over: every
+                        // frame of the connection is handed over with the same one, and a
+                        // certificate without a usable identity is reported once.
+                        if !c.identified && !tls.is_handshaking() {
+                            c.identified = true;
+                            c.identity =
+                                tls.peer_certificates().and_then(|certs| certs.first()).and_then(|cert| identify(cert));
+                        }
+                        n
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadResult::Empty,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return ReadResult::Fail,
+                },
+                None => match c.sock.read(&mut plain) {
+                    Ok(0) => return ReadResult::End,
+                    Ok(n) => {
+                        c.decoder.push(plain.get(..n).unwrap_or(&[]));
+                        n
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadResult::Empty,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return ReadResult::Fail,
+                },
+            };
+            return ReadResult::Bytes(n);
+        }
     }
 
     /// Writes what is queued; false if the connection must be closed.
@@ -932,6 +1180,10 @@ impl<D: Daemon> Driver<D> {
         }
         let mut c = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut c.sock);
+        self.buffered = self.buffered.saturating_sub(c.counted);
+        if c.inbound && !c.live {
+            self.forget_unauthenticated(source_of(c.peer));
+        }
         if self.by_peer.get(&(c.kind, c.peer)) == Some(&key) {
             self.by_peer.remove(&(c.kind, c.peer));
             let now = self.clock.now();
@@ -939,8 +1191,8 @@ impl<D: Daemon> Driver<D> {
         }
     }
 
-    /// Closes connections that idle, never finish their handshake or never send a first
-    /// frame; and status readers that do not read.
+    /// Closes connections that idle, never finish their handshake or do not become live
+    /// in time; and status readers that do not read.
     fn sweep_connections(&mut self) {
         let now = std::time::Instant::now();
         let (tls_idle, tcp_idle) = (self.tls_idle_timeout, self.tcp_idle_timeout);
@@ -955,7 +1207,7 @@ impl<D: Daemon> Driver<D> {
                 // Deadlines from the opening, not from the last byte: a peer trickling
                 // bytes must not hold a connection slot forever.
                 (handshaking && age > HANDSHAKE_TIMEOUT)
-                    || (c.inbound && !c.heard && age > HANDSHAKE_TIMEOUT)
+                    || (c.inbound && !c.live && age > HANDSHAKE_TIMEOUT)
                     || idle.is_some_and(|d| quiet > d)
             })
             .map(|(k, _)| k)
@@ -1069,6 +1321,46 @@ impl<D: Daemon> Driver<D> {
     }
 }
 
+/// What [`Driver::deliver`] did.
+enum Delivery {
+    /// Handed at least one frame to the engine.
+    Delivered,
+    /// Had no whole frame, or the engine was not ready.
+    Nothing,
+    /// The connection must be closed (bad framing, or it is gone).
+    Close,
+}
+
+/// What one read from a stream gave.
+enum ReadResult {
+    /// This many bytes (TLS records or plain bytes).
+    Bytes(usize),
+    /// Nothing for now.
+    Empty,
+    /// The peer closed the stream.
+    End,
+    /// An error: close the stream.
+    Fail,
+}
+
+/// The source a connection counts against: its IPv4 address, or the /64 of its IPv6
+/// address (one host commonly holds a whole /64, so single IPv6 addresses are free).
+pub fn source_of(peer: SocketAddr) -> IpAddr {
+    match peer.ip() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
+/// True for the errors that mean the process (or the system) has no descriptor to give.
+fn out_of_descriptors(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM on Linux.
+    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
 /// Writes what the status reader still lacks; true when the reply is finished (all
 /// written, or the reader went away).
 fn write_reply(r: &mut StatusReply) -> bool {
@@ -1098,5 +1390,19 @@ fn send_udp(udp: &[(UdpSocket, bool)], stats: &mut DriverStats, to: SocketAddr, 
             stats.send_failures += 1;
             log::debug!("UDP send to {to}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source_of;
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_slash_64s() {
+        let src = |s: &str| source_of(s.parse().unwrap()).to_string();
+        assert_eq!(src("198.51.100.2:1"), "198.51.100.2");
+        assert_eq!(src("[2001:db8:a:1:2:3:4:5]:1"), "2001:db8:a:1::");
+        assert_eq!(src("[2001:db8:a:1::9]:2"), "2001:db8:a:1::");
+        assert_eq!(src("[::ffff:198.51.100.2]:1"), "198.51.100.2");
     }
 }

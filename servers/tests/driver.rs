@@ -1,8 +1,12 @@
 //! The driver's connection handling against a scripted engine over real loopback
 //! sockets: half-closed peers, peers that do not read, peers that never finish a frame,
-//! replaced connections, and the status socket.
+//! replaced connections, the status socket, and what connections that are not live may
+//! cost: garbage frames, one source's share, a full table, partial frames in total, and
+//! frames held back while the engine is busy.
 
-use ntm_proto::engine::{DnsAnswer, DnsQuery, DropCounters, Engine, PeerIdentity, Received, StreamKind, Transmit, Via};
+use ntm_proto::engine::{
+    DnsAnswer, DnsQuery, Drop, DropCounters, Engine, PeerIdentity, Received, StreamKind, Transmit, Via,
+};
 use ntm_proto::time::Instant;
 use ntm_servers::driver::{Daemon, Driver, DriverConfig, HANDSHAKE_TIMEOUT};
 use std::collections::VecDeque;
@@ -10,10 +14,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// Answers `echo...` with the same frame and `flood` with 64 frames of 60 KB; records
-/// what it was told.
+/// Answers `echo...` with the same frame and `flood` with 64 frames of 60 KB, drops
+/// `junk...` as malformed, and after `hold` takes no frame from that peer until `busy` is
+/// cleared; records what it was told.
 #[derive(Default)]
 struct Script {
+    busy: Option<SocketAddr>,
     frames: Vec<(SocketAddr, Vec<u8>)>,
     closed: Vec<SocketAddr>,
     out: VecDeque<Transmit>,
@@ -33,6 +39,12 @@ impl Engine for Script {
         frame: &[u8],
     ) -> Received {
         self.frames.push((from, frame.to_vec()));
+        if frame.starts_with(b"junk") {
+            return self.drops.count(Drop::Malformed);
+        }
+        if frame == b"hold" {
+            self.busy = Some(from);
+        }
         let via = Via::Stream { kind, server: None };
         if frame.starts_with(b"echo") {
             self.out.push_back(Transmit { via, dst: from, payload: frame.to_vec() });
@@ -59,6 +71,9 @@ impl Engine for Script {
     }
     fn drops(&self) -> &DropCounters {
         &self.drops
+    }
+    fn stream_ready(&self, _kind: StreamKind, peer: SocketAddr) -> bool {
+        self.busy != Some(peer)
     }
 }
 
@@ -91,11 +106,29 @@ fn config(tcp: usize, status_socket: Option<std::path::PathBuf>) -> DriverConfig
         tls_idle_timeout: None,
         tcp_idle_timeout: None,
         signals: false,
+        max_unauthenticated_per_source: 64,
+        max_buffered_bytes: 8 << 20,
     }
 }
 
 fn driver(tcp: usize) -> Driver<Host> {
-    Driver::new(config(tcp, None), Host { engine: Script::default(), status_bytes: 0 }).unwrap()
+    driver_with(config(tcp, None))
+}
+
+fn driver_with(cfg: DriverConfig) -> Driver<Host> {
+    Driver::new(cfg, Host { engine: Script::default(), status_bytes: 0 }).unwrap()
+}
+
+/// True once the peer has closed `c` (read gives the end or an error), waiting at most 2 s.
+fn closed_by_server(c: &mut TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
+        }
+    }
 }
 
 fn frame(msg: &[u8]) -> Vec<u8> {
@@ -246,4 +279,125 @@ fn the_status_socket_is_private_and_answers_in_full() {
     let v: serde_json::Value = serde_json::from_str(&text).expect("the whole JSON document");
     assert_eq!(v["filler"].as_str().map(str::len), Some(4 << 20));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn garbage_frames_do_not_keep_a_connection_open() {
+    let mut d = driver(1);
+    let addr = d.listen_addrs()[0];
+    let mut c = TcpStream::connect(addr).unwrap();
+    let me = c.local_addr().unwrap();
+    // Whole frames, but nothing the engine accepts: the connection never becomes live.
+    let mut last = std::time::Instant::now() - Duration::from_secs(1);
+    let closed = turn_until(&mut d, HANDSHAKE_TIMEOUT.as_secs() + 5, |d| {
+        if last.elapsed() >= Duration::from_millis(300) {
+            let _ = c.write_all(&frame(b"junk junk"));
+            last = std::time::Instant::now();
+        }
+        !d.daemon().engine.closed.is_empty()
+    });
+    assert!(closed, "a connection sending only garbage is closed: {:?}", d.stats());
+    assert_eq!(d.daemon().engine.closed, vec![me]);
+    assert!(d.daemon().engine.frames.len() > 3, "the frames were handed over (and dropped)");
+    assert!(d.stats().idle_closed >= 1);
+}
+
+#[test]
+fn one_source_holds_only_its_share_of_connections_that_are_not_live() {
+    let mut cfg = config(1, None);
+    cfg.max_unauthenticated_per_source = 4;
+    let mut d = driver_with(cfg);
+    let addr = d.listen_addrs()[0];
+    let mut silent: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    assert!(turn_until(&mut d, 5, |d| d.stats().accepted + d.stats().refused_source == 10));
+    assert_eq!((d.stats().accepted, d.stats().refused_source), (4, 6), "{:?}", d.stats());
+    // One of them proves itself: it no longer counts, and the source may open another.
+    silent[0].write_all(&frame(b"echo live")).unwrap();
+    assert!(turn_until(&mut d, 5, |d| d.daemon().engine.frames.len() == 1));
+    let mut again = TcpStream::connect(addr).unwrap();
+    assert!(turn_until(&mut d, 5, |d| d.stats().accepted == 5), "{:?}", d.stats());
+    again.write_all(&frame(b"echo again")).unwrap();
+    assert!(turn_until(&mut d, 5, |d| d.daemon().engine.frames.len() == 2));
+    let mut buf = vec![0u8; frame(b"echo again").len()];
+    again.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    again.read_exact(&mut buf).unwrap();
+}
+
+#[test]
+fn a_full_table_makes_room_by_closing_the_oldest_connection_that_is_not_live() {
+    let mut cfg = config(1, None);
+    cfg.max_connections = 4;
+    let mut d = driver_with(cfg);
+    let addr = d.listen_addrs()[0];
+    let mut live = TcpStream::connect(addr).unwrap();
+    live.write_all(&frame(b"echo live")).unwrap();
+    assert!(turn_until(&mut d, 5, |d| d.daemon().engine.frames.len() == 1));
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(addr).unwrap());
+        assert!(turn_until(&mut d, 5, |d| d.stats().accepted as usize == silent.len() + 1));
+    }
+    // The table is full; a newcomer closes the oldest silent one, not the live one.
+    let mut newcomer = TcpStream::connect(addr).unwrap();
+    assert!(turn_until(&mut d, 5, |d| d.stats().accepted == 5), "{:?}", d.stats());
+    assert_eq!((d.stats().evicted, d.stats().refused_full), (1, 0));
+    assert!(closed_by_server(&mut silent[0]), "the oldest connection that is not live was closed");
+    newcomer.write_all(&frame(b"echo new")).unwrap();
+    live.write_all(&frame(b"echo still")).unwrap();
+    assert!(turn_until(&mut d, 5, |d| d.daemon().engine.frames.len() == 3), "both are served");
+}
+
+#[test]
+fn partial_frames_over_the_total_cap_shed_the_connection_holding_most() {
+    let mut cfg = config(1, None);
+    cfg.max_buffered_bytes = 200_000;
+    let mut d = driver_with(cfg);
+    let addr = d.listen_addrs()[0];
+    let mut conns = Vec::new();
+    for (i, n) in [40_000usize, 60_000, 50_000, 50_000, 45_000].into_iter().enumerate() {
+        let mut c = TcpStream::connect(addr).unwrap();
+        let mut bytes = vec![0xff, 0xff];
+        bytes.resize(2 + n, i as u8);
+        c.write_all(&bytes).unwrap();
+        conns.push(c);
+        assert!(turn_until(&mut d, 5, |d| d.stats().accepted as usize == i + 1));
+        // Let the driver read all of it.
+        for _ in 0..20 {
+            d.turn(Duration::from_millis(5)).unwrap();
+        }
+    }
+    // 245 000 bytes were sent; over 200 000 the one holding 60 000 goes.
+    assert_eq!(d.stats().shed_buffers, 1, "{:?}", d.stats());
+    assert!(closed_by_server(&mut conns[1]), "the largest holder was closed");
+    let mut others = conns;
+    others.remove(1);
+    for c in &mut others {
+        c.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        assert!(matches!(c.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "the others stay");
+    }
+}
+
+#[test]
+fn a_busy_engine_leaves_further_frames_in_the_socket() {
+    let mut d = driver(1);
+    let addr = d.listen_addrs()[0];
+    let mut c = TcpStream::connect(addr).unwrap();
+    let me = c.local_addr().unwrap();
+    // A request the engine works on, and 2 000 more behind it in one write.
+    let mut bytes = frame(b"hold");
+    for i in 0..2000 {
+        bytes.extend(frame(format!("echo {i}").as_bytes()));
+    }
+    c.write_all(&bytes).unwrap();
+    assert!(turn_until(&mut d, 5, |d| !d.daemon().engine.frames.is_empty()));
+    for _ in 0..50 {
+        d.turn(Duration::from_millis(5)).unwrap();
+    }
+    assert_eq!(d.daemon().engine.frames.len(), 1, "nothing more is taken while the engine is busy");
+    // Ready again: the rest follows, in order.
+    d.daemon().engine.busy = None;
+    assert!(turn_until(&mut d, 5, |d| d.daemon().engine.frames.len() == 2001), "{}", d.daemon().engine.frames.len());
+    assert!(d.daemon().engine.frames.iter().all(|(from, _)| *from == me));
+    assert_eq!(d.daemon().engine.frames[2000].1, b"echo 1999");
 }

@@ -12,6 +12,15 @@
 //!
 //! Time: the driver must pass UNIX-epoch instants (milliseconds), because ID tokens carry
 //! UNIX expiry times.
+//!
+//! Cost: a password check is a deliberately slow hash. With
+//! [`AsConfig::defer_password_checks`] the engine does not call [`Accounts::password`]
+//! itself: it emits a [`CredentialCheck`] ([`AccountServer::poll_credential_check`]) and
+//! takes the verdict later ([`AccountServer::handle_credential_verdict`]), the way DNS
+//! look-ups work, so a driver can hash on another thread. Each source address may start
+//! only so many logins ([`AsConfig::login_burst`], then one per
+//! [`AsConfig::login_interval`]), and a connection has at most one login in progress
+//! ([`Engine::stream_ready`] says when the next may be read).
 
 use super::oidc::{verify_id_token, IdClaims, OidcProvider};
 use super::{
@@ -22,11 +31,11 @@ use crate::crypto::pk::{Attestation, KeyPair, PublicKey};
 use crate::crypto::{parse_plain, plain};
 use crate::keys::{KNtmDc, KeyGrant};
 use crate::time::{Duration, Instant};
-use crate::wire::login::{Credential, CredentialKind, KeyDistribution, LoginRequest, LoginResponse};
+use crate::wire::login::{Credential, CredentialKind, KeyDistribution, LoginRequest, LoginResponse, Password};
 use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::{Fqdn, KeyId, Lifetime, Message, MsgType, RequestId, Sender};
-use core::net::SocketAddr;
-use std::collections::VecDeque;
+use core::net::{IpAddr, SocketAddr};
+use std::collections::{HashMap, VecDeque};
 
 /// An account as the AS logic needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,8 +86,19 @@ pub struct AsConfig {
     /// Key Distribution, may each take. Both together stay under the node's 30 s wait
     /// for its Login Response, so a slow DC never leads to a second key.
     pub dc_timeout: Duration,
-    /// Most logins in progress.
+    /// Most logins in progress (password checks included).
     pub max_pending: usize,
+    /// Leave password checks to the driver ([`CredentialCheck`]) instead of calling
+    /// [`Accounts::password`] inline. A daemon sets this: the hash takes tens of
+    /// milliseconds, which must not stall every other connection.
+    pub defer_password_checks: bool,
+    /// Logins one source address may start at once ...
+    pub login_burst: u32,
+    /// ... and then one per this interval (a token bucket per address).
+    pub login_interval: Duration,
+    /// Most source addresses tracked by the rate limit; when full, the address idle
+    /// longest is forgotten (its bucket was the fullest, so little is lost).
+    pub max_login_sources: usize,
 }
 
 /// How long a K_ntmdc lasts unless configured otherwise: a day. A node logs in again shortly
@@ -100,6 +120,10 @@ impl AsConfig {
             static_dcs: Vec::new(),
             dc_timeout: Duration::from_secs(10),
             max_pending: 1024,
+            defer_password_checks: false,
+            login_burst: 10,
+            login_interval: Duration::from_secs(2),
+            max_login_sources: 4096,
         }
     }
 }
@@ -121,6 +145,36 @@ struct Pending {
     started: Instant,
 }
 
+/// A password for the driver to check against the account store (see
+/// [`AsConfig::defer_password_checks`]); answer with
+/// [`AccountServer::handle_credential_verdict`] and the same `id`.
+#[derive(Clone, Debug)]
+pub struct CredentialCheck {
+    /// Matches the verdict.
+    pub id: u64,
+    /// The account's e-mail address, as sent.
+    pub email: String,
+    /// The password (zeroized on drop, never printed).
+    pub password: Password,
+}
+
+/// A Login Request whose password is being checked.
+struct ExpectVerdict {
+    id: u64,
+    node: SocketAddr,
+    request_id: RequestId,
+    public_key: Option<PublicKey>,
+    started: Instant,
+}
+
+/// A source address's login allowance.
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: u32,
+    /// When the last whole token was added (or the bucket was found full).
+    refilled: Instant,
+}
+
 /// What happened, for logs and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AsEvent {
@@ -140,12 +194,36 @@ pub enum AsEvent {
     },
 }
 
+/// The source a login counts against: its IPv4 address, or the /64 of its IPv6 address
+/// (one host commonly holds a whole /64).
+fn login_source(from: SocketAddr) -> IpAddr {
+    match from.ip() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(core::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
+fn verdict_account(verdict: Verdict) -> Result<Account, (Reason, &'static str)> {
+    match verdict {
+        Verdict::Account(a) => Ok(a),
+        Verdict::BadCredential => Err((Reason::BadCredential, "unknown account or wrong credential")),
+        Verdict::Disabled => Err((Reason::AccountDisabled, "account disabled")),
+    }
+}
+
 /// The AS engine.
 pub struct AccountServer<A: Accounts> {
     cfg: AsConfig,
     accounts: A,
     rng: Rng,
     pending: Vec<Pending>,
+    checking: Vec<ExpectVerdict>,
+    checks: VecDeque<CredentialCheck>,
+    next_check: u64,
+    buckets: HashMap<IpAddr, Bucket>,
     next_query: u64,
     out: VecDeque<Transmit>,
     queries: VecDeque<DnsQuery>,
@@ -158,6 +236,7 @@ impl<A: Accounts> core::fmt::Debug for AccountServer<A> {
         f.debug_struct("AccountServer")
             .field("name", &self.cfg.name)
             .field("pending", &self.pending.len())
+            .field("checking", &self.checking.len())
             .finish_non_exhaustive()
     }
 }
@@ -168,11 +247,18 @@ impl<A: Accounts> AccountServer<A> {
         if cfg.key_lifetime < Duration::from_secs(60) {
             return Err(ConfigError::new("key_lifetime", "at least 60 seconds"));
         }
+        if cfg.login_burst == 0 || cfg.login_interval.is_zero() || cfg.max_login_sources == 0 {
+            return Err(ConfigError::new("login_burst", "the login rate limit must allow some logins"));
+        }
         Ok(AccountServer {
             cfg,
             accounts,
             rng,
             pending: Vec::new(),
+            checking: Vec::new(),
+            checks: VecDeque::new(),
+            next_check: 1,
+            buckets: HashMap::new(),
             next_query: 1,
             out: VecDeque::new(),
             queries: VecDeque::new(),
@@ -189,6 +275,73 @@ impl<A: Accounts> AccountServer<A> {
     /// The next event.
     pub fn poll_event(&mut self) -> Option<AsEvent> {
         self.events.pop_front()
+    }
+
+    /// The next password to check (with [`AsConfig::defer_password_checks`]).
+    pub fn poll_credential_check(&mut self) -> Option<CredentialCheck> {
+        self.checks.pop_front()
+    }
+
+    /// The verdict on a [`CredentialCheck`]; `None` if it could not be checked (the
+    /// checker is overloaded): the node is told to retry later. A verdict for a login
+    /// that is gone (the node hung up, the check timed out) is ignored.
+    pub fn handle_credential_verdict(&mut self, now: Instant, id: u64, verdict: Option<Verdict>) {
+        let Some(i) = self.checking.iter().position(|c| c.id == id) else {
+            self.drops.count(Drop::Stale);
+            return;
+        };
+        let c = self.checking.swap_remove(i);
+        let kind = CredentialKind::Password;
+        let verdict = match verdict {
+            Some(v) => v,
+            None => {
+                self.refuse(c.node, c.request_id, kind, Reason::Overloaded, "overloaded: retry later");
+                return;
+            }
+        };
+        match verdict_account(verdict) {
+            Ok(account) => self.admit(now, c.node, c.request_id, kind, account, c.public_key),
+            Err((reason, detail)) => {
+                log::info!("login with {kind:?} from {} refused: {detail}", c.node);
+                self.refuse(c.node, c.request_id, kind, reason, detail);
+            }
+        }
+    }
+
+    /// Logins in progress: password checks and key distributions.
+    pub fn logins_in_progress(&self) -> usize {
+        self.pending.len() + self.checking.len()
+    }
+
+    /// Takes one login from `ip`'s allowance; false if it has none left.
+    fn take_login_token(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let (burst, interval) = (self.cfg.login_burst, self.cfg.login_interval);
+        if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.cfg.max_login_sources {
+            // Full buckets are as good as none: forget those first, else the stalest.
+            self.buckets.retain(|_, b| {
+                let earned = now.saturating_duration_since(b.refilled).as_millis() / interval.as_millis().max(1);
+                u128::from(b.tokens) + earned < u128::from(burst)
+            });
+            if self.buckets.len() >= self.cfg.max_login_sources {
+                if let Some(oldest) = self.buckets.iter().min_by_key(|(_, b)| b.refilled).map(|(ip, _)| *ip) {
+                    self.buckets.remove(&oldest);
+                }
+            }
+        }
+        let b = self.buckets.entry(ip).or_insert(Bucket { tokens: burst, refilled: now });
+        let step = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX).max(1);
+        let earned = now.saturating_duration_since(b.refilled).as_millis() / u128::from(step);
+        let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+        if earned > 0 {
+            b.tokens = b.tokens.saturating_add(earned).min(burst);
+            // Keep the fraction of a token already earned, unless the bucket is full.
+            b.refilled = if b.tokens == burst { now } else { b.refilled + interval * earned };
+        }
+        if b.tokens == 0 {
+            return false;
+        }
+        b.tokens -= 1;
+        true
     }
 
     /// The attestation public key nodes verify peers with.
@@ -238,11 +391,7 @@ impl<A: Accounts> AccountServer<A> {
                 }
             }
         };
-        match verdict {
-            Verdict::Account(a) => Ok(a),
-            Verdict::BadCredential => Err((Reason::BadCredential, "unknown account or wrong credential")),
-            Verdict::Disabled => Err((Reason::AccountDisabled, "account disabled")),
-        }
+        verdict_account(verdict)
     }
 
     fn handle_login(
@@ -253,9 +402,32 @@ impl<A: Accounts> AccountServer<A> {
         req: LoginRequest,
     ) -> Received {
         let kind = req.credential.kind();
-        if self.pending.len() >= self.cfg.max_pending {
+        // One login at a time per connection: a driver holds further frames back
+        // (`stream_ready`); one that does not gets them refused here.
+        if !self.stream_ready(StreamKind::Tls, from) {
+            self.refuse(from, req.request_id, kind, Reason::Overloaded, "a login is already in progress");
+            return self.drops.count(Drop::Limit);
+        }
+        if !self.take_login_token(now, login_source(from)) {
+            self.refuse(from, req.request_id, kind, Reason::Overloaded, "too many logins from this address");
+            return self.drops.count(Drop::Limit);
+        }
+        if self.logins_in_progress() >= self.cfg.max_pending {
             self.refuse(from, req.request_id, kind, Reason::Overloaded, "too many logins in progress");
             return self.drops.count(Drop::Limit);
+        }
+        if let (true, Credential::Password { email, password }) = (self.cfg.defer_password_checks, &req.credential) {
+            let id = self.next_check;
+            self.next_check += 1;
+            self.checks.push_back(CredentialCheck { id, email: email.as_str().to_owned(), password: password.clone() });
+            self.checking.push(ExpectVerdict {
+                id,
+                node: from,
+                request_id: req.request_id,
+                public_key: req.public_key,
+                started: now,
+            });
+            return Received::Handled;
         }
         let account = match self.check(now, &req, peer) {
             Ok(a) => a,
@@ -282,6 +454,20 @@ impl<A: Accounts> AccountServer<A> {
             (Some(c), _, Credential::DeviceCertificate) => Some(c),
             (_, k, _) => k,
         };
+        self.admit(now, from, req.request_id, kind, account, public_key);
+        Received::Handled
+    }
+
+    /// A node whose credential was good: make its key and send it to its DC.
+    fn admit(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        request_id: RequestId,
+        kind: CredentialKind,
+        account: Account,
+        public_key: Option<PublicKey>,
+    ) {
         let attestation = match (&self.cfg.attestation_key, public_key) {
             (Some(as_key), Some(pk)) => Some(Attestation::issue(as_key, account.fqdn.clone(), pk)),
             _ => None,
@@ -301,17 +487,7 @@ impl<A: Accounts> AccountServer<A> {
                 Step::ExpectDcLocation { query }
             }
         };
-        self.pending.push(Pending {
-            node: from,
-            request_id: req.request_id,
-            fqdn,
-            key_id,
-            key,
-            attestation,
-            step,
-            started: now,
-        });
-        Received::Handled
+        self.pending.push(Pending { node: from, request_id, fqdn, key_id, key, attestation, step, started: now });
     }
 
     /// Sends the Key Distribution to the node's DC (spec 4.1 step 2).
@@ -410,6 +586,7 @@ impl<A: Accounts> Engine for AccountServer<A> {
         // A node that hung up no longer waits for its response; a DC that hung up before
         // its ACK fails the login (on the timeout).
         self.pending.retain(|p| p.node != peer);
+        self.checking.retain(|c| c.node != peer);
     }
 
     fn handle_dns(&mut self, now: Instant, id: u64, answer: DnsAnswer) {
@@ -449,6 +626,14 @@ impl<A: Accounts> Engine for AccountServer<A> {
             };
             self.fail_pending(i, detail);
         }
+        // A verdict that never comes (a stuck checker) must not hold the node forever.
+        let timeout = self.cfg.dc_timeout;
+        let (late, on_time): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.checking).into_iter().partition(|c| now >= c.started + timeout);
+        self.checking = on_time;
+        for c in late {
+            self.refuse(c.node, c.request_id, CredentialKind::Password, Reason::Overloaded, "overloaded: retry later");
+        }
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -466,10 +651,149 @@ impl<A: Accounts> Engine for AccountServer<A> {
                 Step::ExpectNtmAck { deadline, .. } => *deadline,
                 Step::ExpectDcLocation { .. } => p.started + self.cfg.dc_timeout,
             })
+            .chain(self.checking.iter().map(|c| c.started + self.cfg.dc_timeout))
             .min()
+    }
+
+    fn stream_ready(&self, _kind: StreamKind, peer: SocketAddr) -> bool {
+        !self.checking.iter().any(|c| c.node == peer) && !self.pending.iter().any(|p| p.node == peer)
     }
 
     fn drops(&self) -> &DropCounters {
         &self.drops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::SeedableRng;
+
+    /// Every password is "right" for owner@a.example, whose node is n.zone.example.
+    struct Fixed;
+
+    impl Accounts for Fixed {
+        fn password(&mut self, email: &str, password: &[u8]) -> Verdict {
+            if email == "owner@a.example" && password == b"right" {
+                Verdict::Account(Account { fqdn: Fqdn::new("n.zone.example").unwrap() })
+            } else {
+                Verdict::BadCredential
+            }
+        }
+        fn device(&mut self, _identity: &PeerIdentity) -> Verdict {
+            Verdict::BadCredential
+        }
+        fn oidc(&mut self, _claims: &IdClaims) -> Verdict {
+            Verdict::BadCredential
+        }
+    }
+
+    fn server(defer: bool) -> AccountServer<Fixed> {
+        let mut cfg = AsConfig::new(Fqdn::new("as.example").unwrap());
+        cfg.defer_password_checks = defer;
+        let dc =
+            DcLocation { name: Fqdn::new("dc.zone.example").unwrap(), addrs: vec!["192.0.2.21:4460".parse().unwrap()] };
+        cfg.static_dcs = vec![(Fqdn::new("zone.example").unwrap(), dc)];
+        AccountServer::new(cfg, Fixed, Box::new(rand_chacha::ChaCha20Rng::seed_from_u64(7))).unwrap()
+    }
+
+    fn login(request: u32, password: &[u8]) -> Vec<u8> {
+        let req = LoginRequest {
+            request_id: RequestId(request),
+            credential: Credential::Password {
+                email: crate::wire::Text::new("owner@a.example").unwrap(),
+                password: Password::new(password).unwrap(),
+            },
+            public_key: None,
+        };
+        plain(Sender::Node, &Message::LoginRequest(req))
+    }
+
+    /// What went out: (destination, message).
+    fn sent(s: &mut AccountServer<Fixed>) -> Vec<(SocketAddr, Message)> {
+        std::iter::from_fn(|| s.poll_transmit()).map(|t| (t.dst, parse_plain(&t.payload).unwrap().1)).collect()
+    }
+
+    fn refused(out: &[(SocketAddr, Message)], to: SocketAddr) -> Option<Reason> {
+        out.iter().find_map(|(d, m)| match m {
+            Message::Refusal(r) if *d == to => Some(r.reason),
+            _ => None,
+        })
+    }
+
+    const T0: Instant = Instant::from_millis(1_700_000_000_000);
+
+    #[test]
+    fn a_deferred_password_check_holds_the_connection_until_its_verdict() {
+        let mut s = server(true);
+        let node: SocketAddr = "198.51.100.2:40000".parse().unwrap();
+        assert_eq!(s.handle_stream(T0, StreamKind::Tls, node, None, &login(1, b"right")), Received::Handled);
+        assert!(sent(&mut s).is_empty(), "nothing is decided before the verdict");
+        let check = s.poll_credential_check().expect("a check is emitted");
+        assert_eq!(check.email, "owner@a.example");
+        assert_eq!(check.password.expose_secret(), b"right");
+        assert!(!s.stream_ready(StreamKind::Tls, node), "one login at a time per connection");
+        assert!(s.stream_ready(StreamKind::Tls, "198.51.100.2:40001".parse().unwrap()));
+        s.handle_credential_verdict(T0, check.id, Some(Fixed.password(&check.email, b"right")));
+        let out = sent(&mut s);
+        assert!(matches!(out.as_slice(), [(_, Message::KeyDistribution(_))]), "the key goes to the DC: {out:?}");
+        // Still busy until the Login Response; a wrong password frees the connection.
+        assert!(!s.stream_ready(StreamKind::Tls, node));
+        let other: SocketAddr = "198.51.100.3:40000".parse().unwrap();
+        s.handle_stream(T0, StreamKind::Tls, other, None, &login(2, b"wrong"));
+        let check = s.poll_credential_check().unwrap();
+        s.handle_credential_verdict(T0, check.id, Some(Fixed.password(&check.email, b"wrong")));
+        assert_eq!(refused(&sent(&mut s), other), Some(Reason::BadCredential));
+        assert!(s.stream_ready(StreamKind::Tls, other));
+    }
+
+    #[test]
+    fn an_overloaded_or_stuck_checker_refuses_with_overloaded() {
+        let mut s = server(true);
+        let (a, b): (SocketAddr, SocketAddr) = ("198.51.100.2:1".parse().unwrap(), "198.51.100.2:2".parse().unwrap());
+        s.handle_stream(T0, StreamKind::Tls, a, None, &login(1, b"right"));
+        s.handle_stream(T0, StreamKind::Tls, b, None, &login(2, b"right"));
+        let first = s.poll_credential_check().unwrap();
+        s.handle_credential_verdict(T0, first.id, None);
+        assert_eq!(refused(&sent(&mut s), a), Some(Reason::Overloaded));
+        // The other verdict never comes: the login is refused at the deadline.
+        let deadline = s.poll_timeout().unwrap();
+        s.handle_timeout(deadline);
+        assert_eq!(refused(&sent(&mut s), b), Some(Reason::Overloaded));
+        assert_eq!(s.logins_in_progress(), 0);
+    }
+
+    #[test]
+    fn each_source_address_has_a_login_allowance() {
+        let mut s = server(false);
+        let from = |ip: &str, port: u16| SocketAddr::new(ip.parse().unwrap(), port);
+        for port in 0..10 {
+            s.handle_stream(T0, StreamKind::Tls, from("198.51.100.2", port), None, &login(1, b"wrong"));
+        }
+        let out = sent(&mut s);
+        assert_eq!(
+            out.iter().filter(|(_, m)| matches!(m, Message::Refusal(r) if r.reason == Reason::BadCredential)).count(),
+            10
+        );
+        // The eleventh is refused before any password check, from any port of the address.
+        s.handle_stream(T0, StreamKind::Tls, from("198.51.100.2", 99), None, &login(1, b"right"));
+        assert_eq!(refused(&sent(&mut s), from("198.51.100.2", 99)), Some(Reason::Overloaded));
+        assert_eq!(s.drops().get(Drop::Limit), 1);
+        // Another address is not affected; the first earns one login back per interval.
+        s.handle_stream(T0, StreamKind::Tls, from("203.0.113.2", 1), None, &login(1, b"right"));
+        assert!(matches!(sent(&mut s).as_slice(), [(_, Message::KeyDistribution(_))]));
+        let later = T0 + Duration::from_secs(2);
+        s.handle_stream(later, StreamKind::Tls, from("198.51.100.2", 100), None, &login(1, b"wrong"));
+        assert_eq!(refused(&sent(&mut s), from("198.51.100.2", 100)), Some(Reason::BadCredential));
+        s.handle_stream(later, StreamKind::Tls, from("198.51.100.2", 101), None, &login(1, b"wrong"));
+        assert_eq!(refused(&sent(&mut s), from("198.51.100.2", 101)), Some(Reason::Overloaded));
+        // IPv6 addresses count by their /64.
+        for i in 0..10 {
+            s.handle_stream(T0, StreamKind::Tls, from(&format!("2001:db8:a::{i}"), 1), None, &login(1, b"wrong"));
+        }
+        s.handle_stream(T0, StreamKind::Tls, from("2001:db8:a::ffff:1", 1), None, &login(1, b"wrong"));
+        assert_eq!(refused(&sent(&mut s), from("2001:db8:a::ffff:1", 1)), Some(Reason::Overloaded));
+        s.handle_stream(T0, StreamKind::Tls, from("2001:db8:b::1", 1), None, &login(1, b"wrong"));
+        assert_eq!(refused(&sent(&mut s), from("2001:db8:b::1", 1)), Some(Reason::BadCredential));
     }
 }

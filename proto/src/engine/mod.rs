@@ -279,6 +279,13 @@ pub trait Engine {
     fn poll_timeout(&self) -> Option<Instant>;
     /// Dropped input so far.
     fn drops(&self) -> &DropCounters;
+    /// Whether the engine takes another frame from the stream with `peer` now. An engine
+    /// still working on that peer's last request (an AS checking a password) says no; the
+    /// driver then leaves the peer's further bytes in its socket, not in memory, and asks
+    /// again after the engine's next output.
+    fn stream_ready(&self, _kind: StreamKind, _peer: SocketAddr) -> bool {
+        true
+    }
 }
 
 /// Allocates request ids: random start, then sequential, never zero.

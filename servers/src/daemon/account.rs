@@ -30,7 +30,7 @@ use crate::store::{AccountStore, HashCost};
 use ntm_cmdline::Failure;
 use ntm_proto::crypto::pk::KeyPair;
 use ntm_proto::dns::{Locator, LocatorConfig};
-use ntm_proto::engine::account::{AccountServer, AsConfig, AsEvent};
+use ntm_proto::engine::account::{AccountServer, Accounts, AsConfig, AsEvent, CredentialCheck, Verdict};
 use ntm_proto::engine::oidc::{parse_jwks, OidcProvider};
 use ntm_proto::engine::Engine;
 use ntm_proto::time::{Duration, Instant};
@@ -38,6 +38,164 @@ use ntm_proto::wire::Fqdn;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+/// Checks passwords on threads of their own. argon2id takes tens of milliseconds and
+/// about 19 MiB per check; on the event loop, a burst of guesses would silence every
+/// other connection. The queue is bounded: a check that finds it full is refused as
+/// overloaded at once, so guesses cost the loop nothing but their bytes.
+struct PasswordChecker {
+    jobs: SyncSender<CredentialCheck>,
+    done: Receiver<(u64, Verdict)>,
+}
+
+impl PasswordChecker {
+    fn start(workers: Vec<PasswordWorker>, queue: usize, waker: Arc<mio::Waker>) -> std::io::Result<Self> {
+        let (jobs, waiting) = sync_channel::<CredentialCheck>(queue);
+        let waiting = Arc::new(Mutex::new(waiting));
+        let (finished, done) = channel();
+        for (i, mut worker) in workers.into_iter().enumerate() {
+            let (waiting, finished, waker) = (waiting.clone(), finished.clone(), waker.clone());
+            std::thread::Builder::new().name(format!("password-{i}")).spawn(move || loop {
+                // The lock is held only while waiting for the next check, not during it.
+                let next = match waiting.lock() {
+                    Ok(w) => w.recv(),
+                    Err(_) => return,
+                };
+                let Ok(check) = next else { return }; // the daemon is stopping
+                let verdict = worker.password(&check.email, check.password.expose_secret());
+                let id = check.id;
+                drop(check);
+                if finished.send((id, verdict)).is_err() {
+                    return;
+                }
+                let _ = waker.wake();
+            })?;
+        }
+        Ok(PasswordChecker { jobs, done })
+    }
+}
+
+/// Largest argon2 memory a stored hash may ask for (blocks of 1 KiB): 256 MiB.
+const ARGON2_BLOCKS_MAX: usize = 256 * 1024;
+
+/// One password-checking thread's state: its own read connection to the account
+/// database, and argon2's working memory, allocated once and reused. (Memory that argon2
+/// allocated and freed per check stayed with the allocator's per-thread arenas: hundreds
+/// of MiB after a burst of guesses.) The checks are those of [`AccountStore`]'s
+/// `Accounts::password`: e-mails compared lowercased, constant-time comparison of the
+/// hash, and a check of the same cost for an unknown e-mail or an account without a
+/// password, so that timing does not tell which e-mails exist.
+struct PasswordWorker {
+    conn: rusqlite::Connection,
+    path: String,
+    memory: Vec<argon2::Block>,
+}
+
+impl PasswordWorker {
+    fn open(path: &Path) -> Result<Self, StartError> {
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = rusqlite::Connection::open_with_flags(path, flags)
+            .map_err(|e| format!("{}: opening for password checks: {e}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(PasswordWorker { conn, path: path.display().to_string(), memory: Vec::new() })
+    }
+
+    fn password(&mut self, email: &str, password: &[u8]) -> Verdict {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT fqdn, password_hash, disabled FROM accounts WHERE email = ?1",
+                [email.to_lowercase()],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, bool>(2)?)),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            });
+        let row = match row {
+            Ok(r) => r,
+            Err(e) => {
+                // No error path in a verdict: a broken database refuses everyone.
+                log::error!("database {}: looking up a login: {e}", self.path);
+                None
+            }
+        };
+        match row {
+            Some((fqdn, Some(hash), disabled)) => {
+                if !self.verify(password, &hash) {
+                    return Verdict::BadCredential;
+                }
+                if disabled {
+                    return Verdict::Disabled;
+                }
+                match Fqdn::new(&fqdn) {
+                    Ok(fqdn) => Verdict::Account(ntm_proto::engine::account::Account { fqdn }),
+                    Err(e) => {
+                        log::error!("database {}: an account has a bad node name: {e}", self.path);
+                        Verdict::BadCredential
+                    }
+                }
+            }
+            _ => {
+                // Unknown e-mail, or no password on the account: spend the same time.
+                self.dummy(password);
+                Verdict::BadCredential
+            }
+        }
+    }
+
+    /// Checks `password` against a PHC string, in constant time, in the reused memory.
+    fn verify(&mut self, password: &[u8], phc: &str) -> bool {
+        use argon2::password_hash::PasswordHash;
+        use argon2::{Algorithm, Argon2, Params, Version};
+        let Ok(hash) = PasswordHash::new(phc) else {
+            log::error!("database {}: a stored password hash does not parse", self.path);
+            return false;
+        };
+        let algorithm = Algorithm::try_from(hash.algorithm);
+        let version = hash.version.map_or(Ok(Version::default()), Version::try_from);
+        let (Ok(algorithm), Ok(version), Ok(params), Some(salt), Some(expected)) =
+            (algorithm, version, Params::try_from(&hash), hash.salt, hash.hash)
+        else {
+            log::error!("database {}: a stored password hash is not a usable argon2 hash", self.path);
+            return false;
+        };
+        let mut salt_buf = [0u8; 64];
+        let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
+        let mut out = [0u8; 64];
+        let Some(out) = out.get_mut(..expected.len()) else { return false };
+        if !self.hash_into(Argon2::new(algorithm, version, params), password, salt, out) {
+            return false;
+        }
+        // Output's equality is constant-time.
+        argon2::password_hash::Output::new(out).is_ok_and(|o| o == expected)
+    }
+
+    /// A check of the default cost whose result is thrown away.
+    fn dummy(&mut self, password: &[u8]) {
+        use argon2::{Algorithm, Argon2, Params, Version};
+        let mut out = [0u8; 32];
+        let a = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::DEFAULT);
+        let _ = self.hash_into(a, password, b"NTMobile dummy salt", &mut out);
+    }
+
+    fn hash_into(&mut self, a: argon2::Argon2<'_>, password: &[u8], salt: &[u8], out: &mut [u8]) -> bool {
+        let blocks = a.params().block_count();
+        if blocks > ARGON2_BLOCKS_MAX {
+            log::error!("database {}: a stored password hash asks for more than 256 MiB", self.path);
+            return false;
+        }
+        if self.memory.len() < blocks {
+            self.memory.resize(blocks, argon2::Block::new());
+        }
+        let Some(memory) = self.memory.get_mut(..blocks) else { return false };
+        a.hash_password_into_with_memory(password, salt, out, memory).is_ok()
+    }
+}
 
 /// The AS daemon.
 pub struct AsDaemon {
@@ -45,6 +203,11 @@ pub struct AsDaemon {
     cfg: AsFile,
     logins: u64,
     refusals: u64,
+    /// The checkers' states until the driver gives its waker.
+    workers: Vec<PasswordWorker>,
+    checker: Option<PasswordChecker>,
+    /// Checks refused because the queue was full.
+    checks_overloaded: u64,
 }
 
 impl std::fmt::Debug for AsDaemon {
@@ -60,7 +223,40 @@ impl Daemon for AsDaemon {
         &mut self.server
     }
 
-    fn after(&mut self, _now: Instant) {
+    fn set_waker(&mut self, waker: Arc<mio::Waker>) {
+        let workers = std::mem::take(&mut self.workers);
+        match PasswordChecker::start(workers, self.cfg.password_queue, waker) {
+            Ok(c) => self.checker = Some(c),
+            // Checked on the loop instead: slower under load, but still correct.
+            Err(e) => log::error!("cannot start the password checkers: {e}"),
+        }
+    }
+
+    fn handle_wake(&mut self, now: Instant) {
+        let Some(checker) = &self.checker else { return };
+        let verdicts: Vec<(u64, Verdict)> = checker.done.try_iter().collect();
+        for (id, verdict) in verdicts {
+            self.server.handle_credential_verdict(now, id, Some(verdict));
+        }
+    }
+
+    fn after(&mut self, now: Instant) {
+        while let Some(check) = self.server.poll_credential_check() {
+            let id = check.id;
+            match &self.checker {
+                Some(c) => match c.jobs.try_send(check) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                        self.checks_overloaded += 1;
+                        self.server.handle_credential_verdict(now, id, None);
+                    }
+                },
+                None => {
+                    let verdict = self.server.accounts().password(&check.email, check.password.expose_secret());
+                    self.server.handle_credential_verdict(now, id, Some(verdict));
+                }
+            }
+        }
         while let Some(ev) = self.server.poll_event() {
             match ev {
                 AsEvent::LoggedIn { fqdn, credential } => {
@@ -83,6 +279,8 @@ impl Daemon for AsDaemon {
             "accounts": accounts,
             "logins": self.logins,
             "refusals": self.refusals,
+            "logins_in_progress": self.server.logins_in_progress(),
+            "password_checks_overloaded": self.checks_overloaded,
             "public_key_mode": self.server.attestation_public_key().is_some(),
             "dropped": drops_json(self.server.drops()),
         })
@@ -107,6 +305,9 @@ pub fn build(cfg: AsFile) -> Result<Driver<AsDaemon>, StartError> {
     let mut ac = AsConfig::new(cfg.common.name.clone());
     ac.key_lifetime = secs(cfg.key_lifetime_secs);
     ac.static_dcs = cfg.dns.static_dcs.iter().map(|s| s.location()).collect();
+    ac.defer_password_checks = true;
+    ac.login_burst = cfg.login_burst;
+    ac.login_interval = Duration::from_millis(cfg.login_interval_ms);
     if let Some(path) = &cfg.attestation_key {
         ac.attestation_key = Some(read_key_pair(path)?);
     }
@@ -116,6 +317,8 @@ pub fn build(cfg: AsFile) -> Result<Driver<AsDaemon>, StartError> {
         ac.oidc_providers.push(OidcProvider { issuer: p.issuer.clone(), audience: p.audience.clone(), keys });
     }
     let accounts = AccountStore::open(&cfg.accounts)?;
+    let workers =
+        (0..cfg.password_workers).map(|_| PasswordWorker::open(&cfg.accounts)).collect::<Result<Vec<_>, _>>()?;
     let server = AccountServer::new(ac, accounts, os_rng())?;
     let locator = Locator::new(
         LocatorConfig {
@@ -141,8 +344,11 @@ pub fn build(cfg: AsFile) -> Result<Driver<AsDaemon>, StartError> {
         tls_idle_timeout: Some(Duration::from_secs(60)),
         tcp_idle_timeout: None,
         signals: true,
+        max_unauthenticated_per_source: cfg.common.max_unauthenticated_per_source,
+        max_buffered_bytes: cfg.common.max_buffered_bytes,
     };
-    Ok(Driver::new(dc, AsDaemon { server, cfg, logins: 0, refusals: 0 })?)
+    let daemon = AsDaemon { server, cfg, logins: 0, refusals: 0, workers, checker: None, checks_overloaded: 0 };
+    Ok(Driver::new(dc, daemon)?)
 }
 
 /// Options of the administration commands.
@@ -334,4 +540,42 @@ pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), Failure> {
         (w, s) => return Err(Failure::usage(format!("unknown command \"{w} {s}\""))),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The password threads' checks give the account store's verdicts, in both hash
+    /// costs.
+    #[test]
+    fn a_password_worker_agrees_with_the_account_store() {
+        for cost in [HashCost::Cheap, HashCost::Default] {
+            let dir = std::env::temp_dir().join(format!("ntm-as-worker-{cost:?}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("accounts.db");
+            let mut store = AccountStore::open_with(&path, cost).unwrap();
+            let name = |s: &str| Fqdn::new(s).unwrap();
+            store.add_account("Owner@A.example", Some(b"right"), &name("a.zone.example")).unwrap();
+            store.add_account("off@b.example", Some(b"right"), &name("b.zone.example")).unwrap();
+            store.disable("off@b.example").unwrap();
+            store.add_account("nopw@c.example", None, &name("c.zone.example")).unwrap();
+            let mut worker = PasswordWorker::open(&path).unwrap();
+            let cases: [(&str, &[u8]); 6] = [
+                ("owner@a.example", b"right"),
+                ("OWNER@a.example", b"right"),
+                ("owner@a.example", b"wrong"),
+                ("off@b.example", b"right"),
+                ("nopw@c.example", b"right"),
+                ("nobody@d.example", b"right"),
+            ];
+            for (email, pw) in cases {
+                assert_eq!(worker.password(email, pw), store.password(email, pw), "{cost:?} {email}");
+            }
+            assert!(matches!(worker.password("owner@a.example", b"right"), Verdict::Account(_)));
+            assert_eq!(worker.password("off@b.example", b"right"), Verdict::Disabled);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }

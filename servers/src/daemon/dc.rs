@@ -402,6 +402,8 @@ pub fn build(cfg: DcFile) -> Result<Driver<DcDaemon>, StartError> {
         tls_idle_timeout: Some(Duration::from_secs(120)),
         tcp_idle_timeout: None,
         signals: true,
+        max_unauthenticated_per_source: cfg.common.max_unauthenticated_per_source,
+        max_buffered_bytes: cfg.common.max_buffered_bytes,
     };
     let mut daemon = DcDaemon { dc, cfg, store, saved, next_refresh: now, next_prune: now, store_errors: 0 };
     // Reserve counters for the restored nodes before anything is sealed for them.

@@ -62,6 +62,8 @@ pub fn build(cfg: NsFile) -> Result<Driver<NsDaemon>, StartError> {
         // mapping with it), and its connection would otherwise stay forever.
         tcp_idle_timeout: Some(secs(cfg.keepalive_interval_secs.saturating_mul(3))),
         signals: true,
+        max_unauthenticated_per_source: cfg.common.max_unauthenticated_per_source,
+        max_buffered_bytes: cfg.common.max_buffered_bytes,
     };
     Ok(Driver::new(dc, NsDaemon { ns, cfg })?)
 }

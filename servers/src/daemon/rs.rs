@@ -72,6 +72,8 @@ pub fn build(cfg: RsFile) -> Result<Driver<RsDaemon>, StartError> {
         tls_idle_timeout: Some(Duration::from_secs(120)),
         tcp_idle_timeout: None,
         signals: true,
+        max_unauthenticated_per_source: cfg.common.max_unauthenticated_per_source,
+        max_buffered_bytes: cfg.common.max_buffered_bytes,
     };
     Ok(Driver::new(dc, RsDaemon { rs, cfg })?)
 }

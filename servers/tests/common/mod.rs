@@ -396,6 +396,8 @@ impl TestNode {
             tls_idle_timeout: None,
             tcp_idle_timeout: None,
             signals: false,
+            max_unauthenticated_per_source: 64,
+            max_buffered_bytes: 8 << 20,
         };
         let driver = Driver::new(dc, NodeHost { node, events: Vec::new() }).unwrap();
         TestNode { driver, addr }
