@@ -992,7 +992,13 @@ impl Agent {
                 self.close_as(now);
             }
             NodeEvent::LoginFailed { reason } => {
-                log::error!("login refused: {reason:?}; check the credential and restart");
+                // The one line that says the agent stopped trying (the engine logged why).
+                log::error!("login refused: {reason:?}; not retrying: fix the credential and restart ntmd");
+            }
+            NodeEvent::LoginRefused { reason } => {
+                log::warn!("login refused for now: {reason:?}; retrying with backoff");
+                // The login connection is not needed until the next attempt.
+                self.close_as(now);
             }
             NodeEvent::Registered { virtual_addrs, observed, behind_nat } => {
                 log::info!("registered; seen as {observed}{}", if behind_nat { " (behind NAT)" } else { "" });

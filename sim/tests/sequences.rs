@@ -102,7 +102,7 @@ fn disabled_account_is_refused() {
     d.accounts().disabled.push(name("mn.zone-a.example"));
     d.start(mn);
     d.run_for(Duration::from_secs(5));
-    assert!(d.events(mn).contains(&NodeEvent::LoginFailed { reason: Reason::AccountDisabled }));
+    assert!(d.events(mn).contains(&NodeEvent::LoginRefused { reason: Reason::AccountDisabled }));
 }
 
 #[test]

@@ -198,6 +198,7 @@ impl Dc {
         rec.virtual_addrs = Some(virtual_addrs);
         rec.local_addrs = r.local_addrs;
         rec.method = r.keepalive;
+        let ns_key_lost = r.ns_key_lost;
         self.emit(DcEvent::NodeRegistered { fqdn: fqdn.clone(), virtual_addrs, observed: from, behind_nat });
         let wants_ns = matches!(self.nodes.get(fqdn).map(|n| &n.method), Some(KeepaliveMethod::Ns)) && ns_count > 0;
         if !wants_ns {
@@ -206,6 +207,14 @@ impl Dc {
         }
         let Some(rec) = self.nodes.get_mut(fqdn) else { return Received::Handled };
         let renew = rec.ns.as_ref().is_none_or(|b| now >= b.expires - ns_lifetime / 10);
+        // Recovery: the node's NS told it that it does not know this K_ntmns (it
+        // restarted). The key is never given out again, to that NS or any other: the NS
+        // would start its counters over under it. A fresh one is made and distributed.
+        let lost = ns_key_lost.is_some_and(|id| rec.ns.as_ref().is_some_and(|b| b.key_id == id));
+        if lost {
+            log::info!("{fqdn}: its NS lost the node's K_ntmns; binding a new one");
+        }
+        let renew = renew || lost;
         if !renew && rec.ns.as_ref().is_some_and(|b| b.acked) {
             self.respond_registration(now, fqdn, r.request_id, from);
             return Received::Handled;
@@ -445,6 +454,12 @@ impl Dc {
             }
         }
         for (ns, msg) in resend {
+            // An NS that does not answer a sealed request may have restarted and lost
+            // K_dcns too: the retry goes with a fresh Key Share, as for an RS or a DC
+            // (negotiation.rs).
+            if let Some(n) = self.ns.get_mut(ns) {
+                n.link.forget_keys(now);
+            }
             self.send_server(now, To::Ns(ns), msg);
         }
         for i in failed.into_iter().rev() {

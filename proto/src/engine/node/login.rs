@@ -32,7 +32,8 @@ pub(super) enum Login {
     ExpectDcLocation { query: u64, response: Box<LoginResponse>, failures: u32, deadline: Instant },
     /// Logged in; log in again at `relogin_at`.
     Done { relogin_at: Instant },
-    /// The AS refused the credential; nothing more until `start`.
+    /// The AS refused the credential itself (a refusal that a retry cannot change);
+    /// nothing more until `start` or a new credential.
     Failed,
 }
 
@@ -48,8 +49,23 @@ impl Login {
     }
 }
 
-fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.min(6)).min(LOGIN_BACKOFF_MAX)
+/// The wait before login attempt `failures + 1`: 1, 2, 4 ... 60 s, each drawn from the
+/// upper half of that span so that boxes refused together (an AS that was down, an
+/// account enabled again) do not all come back in the same second.
+pub(super) fn jittered(rng: &mut super::Rng, failures: u32, max: Duration) -> Duration {
+    let span = Duration::from_secs(1u64 << failures.min(16)).min(max);
+    let half = u64::try_from(span.as_millis()).unwrap_or(u64::MAX) / 2;
+    let extra = u64::from(rng.next_u32()) % (half + 1);
+    Duration::from_millis(half + extra)
+}
+
+/// Whether a refusal of our Login Request can change without us changing anything. The
+/// AS says BadCredential when the credential is wrong or unknown, and Unauthorized when
+/// it is not allowed at all: only a new credential (a restart with a new configuration, a
+/// new ID token) helps. An account that is disabled may be enabled again, an AS or DC
+/// that is overloaded or unreachable comes back, a clock catches up: those are retried.
+fn refusal_is_final(reason: Reason) -> bool {
+    matches!(reason, Reason::BadCredential | Reason::Unauthorized)
 }
 
 impl Node {
@@ -58,12 +74,12 @@ impl Node {
             Login::Start { at, failures } if now >= at => failures,
             Login::ExpectLoginResponse { deadline, failures, .. } if now >= deadline => {
                 log::warn!("no Login Response from the AS within {LOGIN_TIMEOUT:?}");
-                self.login = Login::Start { at: now + backoff(failures), failures: failures + 1 };
+                self.login_failed_retry(now, failures);
                 return;
             }
             Login::ExpectDcLocation { deadline, failures, .. } if now >= deadline => {
                 log::warn!("no DNS answer locating our DC within {DNS_TIMEOUT:?}");
-                self.login = Login::Start { at: now + backoff(failures), failures: failures + 1 };
+                self.login_failed_retry(now, failures);
                 return;
             }
             Login::Done { relogin_at } if now >= relogin_at => 0,
@@ -79,7 +95,9 @@ impl Node {
     }
 
     fn login_failed_retry(&mut self, now: Instant, failures: u32) {
-        self.login = Login::Start { at: now + backoff(failures), failures: failures + 1 };
+        let wait = jittered(&mut self.rng, failures, LOGIN_BACKOFF_MAX);
+        log::info!("next login attempt in {} ms", wait.as_millis());
+        self.login = Login::Start { at: now + wait, failures: failures + 1 };
     }
 
     pub(super) fn handle_as_closed(&mut self, now: Instant) {
@@ -120,16 +138,18 @@ impl Node {
                 Received::Handled
             }
             Message::Refusal(r) if r.request_id == request_id => {
-                match r.reason {
-                    Reason::BadCredential | Reason::AccountDisabled | Reason::Unauthorized => {
-                        log::error!("the AS refused our login: {:?} ({})", r.reason, r.detail.as_str());
-                        self.login = Login::Failed;
-                        self.emit(NodeEvent::LoginFailed { reason: r.reason });
-                    }
-                    _ => {
-                        log::warn!("login refused for now: {:?} ({})", r.reason, r.detail.as_str());
-                        self.login_failed_retry(now, failures);
-                    }
+                if refusal_is_final(r.reason) {
+                    log::error!(
+                        "the AS refused our credential: {:?} ({}); not trying again until the credential changes",
+                        r.reason,
+                        r.detail.as_str()
+                    );
+                    self.login = Login::Failed;
+                    self.emit(NodeEvent::LoginFailed { reason: r.reason });
+                } else {
+                    log::warn!("login refused for now: {:?} ({}); trying again", r.reason, r.detail.as_str());
+                    self.emit(NodeEvent::LoginRefused { reason: r.reason });
+                    self.login_failed_retry(now, failures);
                 }
                 Received::Handled
             }
