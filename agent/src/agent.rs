@@ -992,12 +992,14 @@ impl Agent {
                 self.close_as(now);
             }
             NodeEvent::LoginFailed { reason } => {
-                // The one line that says the agent stopped trying (the engine logged why).
-                log::error!("login refused: {reason:?}; not retrying: fix the credential and restart ntmd");
+                // The engine logged the one error line saying why and that it stopped.
+                log::debug!("login stopped: {reason:?}");
+                self.close_as(now);
             }
             NodeEvent::LoginRefused { reason } => {
-                log::warn!("login refused for now: {reason:?}; retrying with backoff");
-                // The login connection is not needed until the next attempt.
+                // The engine logged the refusal; it tries again after its backoff, and the
+                // login connection is not needed until then.
+                log::debug!("login attempt refused: {reason:?}");
                 self.close_as(now);
             }
             NodeEvent::Registered { virtual_addrs, observed, behind_nat } => {

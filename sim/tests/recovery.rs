@@ -3,15 +3,17 @@
 //! and set it up again without a person stepping in; a login the AS refused for a reason
 //! that can change is tried again.
 
-use ntm_proto::engine::dc::Dc;
+use ntm_proto::engine::dc::{Dc, DcEvent, NodeState};
 use ntm_proto::engine::node::{Node, NodeEvent, PathKind};
 use ntm_proto::engine::ns::{Ns, NsConfig};
 use ntm_proto::engine::rs::{Rs, RsConfig};
 use ntm_proto::time::Duration;
 use ntm_proto::wire::refusal::Reason;
 use ntm_proto::wire::registration::KeepaliveMethod;
+use ntm_proto::wire::Fqdn;
 use ntm_sim::deploy::*;
 use ntm_sim::{HostId, NatConfig, RealmConfig, RealmId};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 fn global(d: &mut Deployment, fqdn: &str, n: u8) -> HostId {
@@ -99,24 +101,59 @@ fn a_plain_ns_refusal_for_another_key_is_ignored() {
     assert!(d.sim.run_until_cond(d.now() + secs(30), |s| s.engine::<Ns>(d.ns).connected() == 1));
 }
 
+/// Runs until `cond`, keeping DC `dc`'s node states as `ntm-dc` saves them: exported at
+/// the events after which the daemon writes a node (its counters do not move otherwise
+/// here, so no periodic save would add anything).
+fn run_saving(
+    d: &mut Deployment,
+    dc: HostId,
+    limit: Duration,
+    saved: &mut HashMap<Fqdn, NodeState>,
+    mut cond: impl FnMut(&mut ntm_sim::Sim) -> bool,
+) -> bool {
+    let until = d.now() + limit;
+    d.sim.run_until_cond(until, |s| {
+        let e = s.engine::<Dc>(dc);
+        while let Some(ev) = e.poll_event() {
+            let fqdn = match ev {
+                DcEvent::NodeKeyReceived { fqdn }
+                | DcEvent::NodeRegistered { fqdn, .. }
+                | DcEvent::NsBound { fqdn } => fqdn,
+                _ => continue,
+            };
+            if let Some(state) = e.export_node(&fqdn) {
+                saved.insert(fqdn, state);
+            }
+        }
+        cond(s)
+    })
+}
+
 #[test]
 fn a_dc_restarted_from_its_saved_state_reaches_its_ns_kept_box() {
-    let (mut d, mn, cn) = ns_kept_pair(42);
+    let mut d = Deployment::new(42, Options::default());
+    let nat = NatConfig { udp_timeout: secs(30), ..NatConfig::port_restricted_cone() };
+    let opts = NodeOpts { keepalive: KeepaliveMethod::Ns, ..NodeOpts::default() };
+    let cn = behind_nat(&mut d, "cn.zone-b.example", nat, opts);
+    let mn = global(&mut d, "mn.zone-a.example", 10);
     let dc_b = d.dc_b;
-    let saved: Vec<_> = {
-        let dc = d.sim.engine::<Dc>(dc_b);
-        dc.node_names().iter().filter_map(|f| dc.export_node(f)).collect()
-    };
+    let mut saved = HashMap::new();
+    d.start(cn);
+    let up = run_saving(&mut d, dc_b, secs(30), &mut saved, |s| s.engine::<Node>(cn).notifications_ready());
+    assert!(up && d.bring_up(mn));
+    // Idle: the UDP mapping is gone, only the NS reaches the CN.
+    assert!(!run_saving(&mut d, dc_b, secs(60), &mut saved, |_| false));
     let now = d.now();
     let cfg = d.sim.engine::<Dc>(dc_b).config().clone();
     let mut fresh = Dc::new(cfg, d.sim.rng_for("dc-b-restored"), now).unwrap();
-    for s in saved {
+    for s in saved.into_values() {
         let floor = s.next_counter + (1 << 20);
         fresh.restore_node(now, s, floor).unwrap();
     }
     d.sim.replace_engine(dc_b, fresh);
     let restarted = d.now();
-    // The restored DC has no K_dcns: it shares a new one with the NS before the Notify.
+    // The restored DC knows the CN's NS binding (saved when the NS acknowledged it) and
+    // has no K_dcns: it shares a new one with the NS before the Notify.
     assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
     eprintln!("DC restart: resolved through the NS {:?} after", d.now().saturating_duration_since(restarted));
     assert!(d.ping4(mn, cn, 1) && d.ping4(cn, mn, 2));
@@ -124,7 +161,16 @@ fn a_dc_restarted_from_its_saved_state_reaches_its_ns_kept_box() {
 
 #[test]
 fn an_rs_restart_under_an_idle_relayed_tunnel_is_recovered() {
-    let mut d = Deployment::new(43, Options::default());
+    rs_restart(43, false);
+}
+
+#[test]
+fn an_rs_restart_is_recovered_when_the_awaiting_side_sends_first() {
+    rs_restart(46, true);
+}
+
+fn rs_restart(seed: u64, cn_sends: bool) {
+    let mut d = Deployment::new(seed, Options::default());
     let mn = behind_nat(&mut d, "mn.zone-a.example", NatConfig::symmetric(), NodeOpts::default());
     let cn = behind_nat(&mut d, "cn.zone-b.example", NatConfig::symmetric(), NodeOpts::default());
     assert!(d.bring_up(mn) && d.bring_up(cn));
@@ -139,9 +185,10 @@ fn an_rs_restart_under_an_idle_relayed_tunnel_is_recovered() {
     // Packets from the MN now meet a relay without the session; the tunnel notices and is
     // set up again through the DCs, which share new keys with the RS.
     let mut n = 10;
+    let (from, to) = if cn_sends { (cn, mn) } else { (mn, cn) };
     let ok = loop {
         n += 1;
-        if d.ping4(mn, cn, n) {
+        if d.ping4(from, to, n) {
             break true;
         }
         if d.now() >= restarted + secs(30) {

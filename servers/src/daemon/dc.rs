@@ -2,8 +2,9 @@
 //!
 //! Besides driving the engine, the daemon keeps the DC's database: virtual address
 //! assignments and each node's key state, so that a restart neither renumbers nodes nor
-//! makes them log in again. A node is saved when its key arrives and when it registers
-//! (before the answer goes out: the driver hands over events before transmits), and
+//! makes them log in again. A node is saved when its key arrives, when it registers and
+//! when its NS acknowledges its K_ntmns (before the answer goes out: the driver hands
+//! over events before transmits), and
 //! whenever its counters move (checked every second, all due nodes in one transaction):
 //! the sealing counter is reserved ahead ([`store::COUNTER_RESERVE`]) so that a crash
 //! never reuses a nonce, and the node's own counter is kept as a replay floor.
@@ -233,7 +234,9 @@ impl Daemon for DcDaemon {
         let mut to_save: Vec<Fqdn> = Vec::new();
         while let Some(ev) = self.dc.poll_event() {
             match ev {
-                DcEvent::NodeKeyReceived { fqdn } | DcEvent::NodeRegistered { fqdn, .. } => to_save.push(fqdn),
+                DcEvent::NodeKeyReceived { fqdn }
+                | DcEvent::NodeRegistered { fqdn, .. }
+                | DcEvent::NsBound { fqdn } => to_save.push(fqdn),
                 DcEvent::TunnelDirected { session, mn, cn, relay } => match relay {
                     Some(rs) => log::info!("tunnel {session}: {mn} <-> {cn} via {rs}"),
                     None => log::info!("tunnel {session}: {mn} <-> {cn} direct"),

@@ -412,15 +412,22 @@ impl Dc {
                     return self.drops.count(Drop::Stale);
                 };
                 let p = self.pending_ns.swap_remove(p);
+                let mut bound = false;
                 let waiting = match self.nodes.get_mut(&p.fqdn) {
                     Some(rec) => {
                         if let Some(b) = rec.ns.as_mut().filter(|b| b.key_id == a.key_id) {
                             b.acked = true;
+                            bound = true;
                         }
                         core::mem::take(&mut rec.waiting)
                     }
                     None => Vec::new(),
                 };
+                if bound {
+                    // Before the Registration Responses: the driver hands over events
+                    // before transmits, so the binding is saved before the node uses it.
+                    self.emit(DcEvent::NsBound { fqdn: p.fqdn.clone() });
+                }
                 for (request_id, to) in waiting {
                     self.respond_registration(now, &p.fqdn, request_id, to);
                 }

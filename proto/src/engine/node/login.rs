@@ -140,14 +140,14 @@ impl Node {
             Message::Refusal(r) if r.request_id == request_id => {
                 if refusal_is_final(r.reason) {
                     log::error!(
-                        "the AS refused our credential: {:?} ({}); not trying again until the credential changes",
+                        "the AS refused our credential: {:?} ({}); not trying again: fix the credential and restart",
                         r.reason,
                         r.detail.as_str()
                     );
                     self.login = Login::Failed;
                     self.emit(NodeEvent::LoginFailed { reason: r.reason });
                 } else {
-                    log::warn!("login refused for now: {:?} ({}); trying again", r.reason, r.detail.as_str());
+                    log::warn!("login refused for now: {:?} ({}); trying again later", r.reason, r.detail.as_str());
                     self.emit(NodeEvent::LoginRefused { reason: r.reason });
                     self.login_failed_retry(now, failures);
                 }
