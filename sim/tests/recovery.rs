@@ -3,6 +3,8 @@
 //! and set it up again without a person stepping in; a login the AS refused for a reason
 //! that can change is tried again.
 
+#![allow(clippy::print_stderr)]
+
 use ntm_proto::engine::dc::{Dc, DcEvent, NodeState};
 use ntm_proto::engine::node::{Node, NodeEvent, PathKind};
 use ntm_proto::engine::ns::{Ns, NsConfig};
