@@ -57,7 +57,10 @@ fn reach_b(d: &mut Deployment, b_v4: &str, since: Instant, within: Duration, wha
     });
     let took = since.elapsed();
     assert!(ok, "{what}: box a reaches box b within {within:?} (gave up after {took:?})");
-    eprintln!("{what}: box a reached box b {took:?} after the kill");
+    eprintln!(
+        "{what}: box a reached box b {took:?} after {}",
+        if what.contains("restart") { "the kill" } else { "its start" }
+    );
     took
 }
 
@@ -115,7 +118,7 @@ fn a_relayed_tunnel_comes_back_soon_after_the_rs_restarts() {
     let st = d.up_with(|_, _, _| {}).unwrap();
     let b_v4 = v4(&st[1]);
     let start = Instant::now();
-    reach_b(&mut d, &b_v4, start, RECOVERY, "before the restart");
+    reach_b(&mut d, &b_v4, start, RECOVERY, "first contact");
     assert!(d.wait_path(0, B, "relay", 10), "the tunnel is relayed");
     std::thread::sleep(Duration::from_secs(3)); // idle
 
