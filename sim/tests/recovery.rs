@@ -241,3 +241,48 @@ fn a_wrong_credential_stops_until_a_new_one_is_set() {
     d.node(mn).set_credential(cred);
     assert!(d.sim.run_until_cond(d.now() + secs(5), |s| s.engine::<Node>(mn).is_registered()));
 }
+
+#[test]
+fn after_an_ns_restart_its_boxes_come_back_spread_out_and_without_logging_in() {
+    let mut d = Deployment::new(47, Options::default());
+    let opts = NodeOpts { keepalive: KeepaliveMethod::Ns, ..NodeOpts::default() };
+    let boxes: Vec<HostId> = (0..20)
+        .map(|i| behind_nat(&mut d, &format!("box{i}.zone-b.example"), NatConfig::port_restricted_cone(), opts.clone()))
+        .collect();
+    for &b in &boxes {
+        assert!(d.bring_up(b));
+    }
+    let all_ready = |s: &mut ntm_sim::Sim| boxes.iter().all(|&b| s.engine::<Node>(b).notifications_ready());
+    assert!(d.sim.run_until_cond(d.now() + secs(10), all_ready));
+    for &b in &boxes {
+        let _ = d.events(b);
+    }
+    d.sim.replace_engine(d.ns, Ns::new(NsConfig::new(name("ns1.example"))).unwrap());
+    d.sim.enable_capture(d.ns);
+    let restarted = d.now();
+    assert!(
+        d.sim.run_until_cond(restarted + secs(10), |s| s.engine::<Ns>(d.ns).connected() == boxes.len()),
+        "every box is back on the NS within 10 s"
+    );
+    // Each box's first frame to the restarted NS: they are spread over a second or more,
+    // not all in the same instant.
+    let mut first = std::collections::BTreeMap::new();
+    for c in d.sim.capture(d.ns) {
+        if c.dir == ntm_sim::Direction::In && c.carrier == ntm_sim::Carrier::Stream(ntm_proto::engine::StreamKind::Tcp)
+        {
+            first.entry(c.src.ip()).or_insert(c.at);
+        }
+    }
+    assert_eq!(first.len(), boxes.len());
+    let (lo, hi) = (first.values().min().copied().unwrap(), first.values().max().copied().unwrap());
+    let spread = hi.saturating_duration_since(lo);
+    eprintln!(
+        "NS restart, {} boxes: first reconnect {:?} after, spread over {spread:?}",
+        boxes.len(),
+        lo.saturating_duration_since(restarted)
+    );
+    assert!(spread >= Duration::from_millis(500), "reconnects spread out: {spread:?}");
+    for &b in &boxes {
+        assert!(!d.events(b).iter().any(|e| matches!(e, NodeEvent::LoggedIn { .. })), "no login storm");
+    }
+}
