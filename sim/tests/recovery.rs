@@ -286,3 +286,38 @@ fn after_an_ns_restart_its_boxes_come_back_spread_out_and_without_logging_in() {
         assert!(!d.events(b).iter().any(|e| matches!(e, NodeEvent::LoggedIn { .. })), "no login storm");
     }
 }
+
+#[test]
+fn an_id_token_from_the_future_of_the_as_clock_is_retried_until_it_is_valid() {
+    use base64ct::{Base64UrlUnpadded, Encoding};
+    let mut d = Deployment::new(48, Options { oidc: true, ..Options::default() });
+    let fqdn = "oidc.zone-a.example";
+    let h = d.add_node(
+        fqdn,
+        RealmId::INTERNET,
+        &[ip("198.51.100.10"), ip("2001:db8:100::10")],
+        NodeOpts { login: Login::Oidc, ..NodeOpts::default() },
+    );
+    // Issued two minutes ahead of the AS's clock (which was set late, or runs behind):
+    // beyond the 60 s leeway, so "not yet valid" for the next minute.
+    let now = i64::try_from(d.now().as_millis() / 1000).unwrap();
+    let header = Base64UrlUnpadded::encode_string(br#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#);
+    let claims = format!(
+        r#"{{"iss":"https://id.example","sub":"sub-{fqdn}","aud":"ntmobile","exp":{},"iat":{}}}"#,
+        now + 3600,
+        now + 120
+    );
+    let input = format!("{header}.{}", Base64UrlUnpadded::encode_string(claims.as_bytes()));
+    let token = format!("{input}.{}", Base64UrlUnpadded::encode_string(&d.oidc_key.sign(input.as_bytes()).0));
+    d.node(h).set_credential(ntm_proto::wire::login::Credential::OidcToken(
+        ntm_proto::wire::login::IdToken::new(token.as_bytes()).unwrap(),
+    ));
+    d.start(h);
+    d.run_for(secs(30));
+    let ev = d.events(h);
+    assert!(ev.contains(&NodeEvent::LoginRefused { reason: Reason::BadCredential }), "{ev:?}");
+    assert!(!d.node(h).is_registered());
+    // Once the AS's clock reaches the token's time (less the leeway), the next attempt
+    // (at most 60 s later) logs in.
+    assert!(d.sim.run_until_cond(d.now() + secs(100), |s| s.engine::<Node>(h).is_registered()));
+}

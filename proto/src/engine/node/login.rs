@@ -7,7 +7,7 @@ use super::{DcSession, Node, NodeEvent, ResolveError};
 use crate::crypto::{parse_plain, Channel};
 use crate::engine::{DcLocation, DnsAnswer, Drop, Received, StreamKind, Via};
 use crate::time::{Duration, Instant};
-use crate::wire::login::{LoginRequest, LoginResponse};
+use crate::wire::login::{Credential, LoginRequest, LoginResponse};
 use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::{Message, MsgType, RequestId, Sender};
 
@@ -60,12 +60,18 @@ pub(super) fn jittered(rng: &mut super::Rng, failures: u32, max: Duration) -> Du
 }
 
 /// Whether a refusal of our Login Request can change without us changing anything. The
-/// AS says BadCredential when the credential is wrong or unknown, and Unauthorized when
-/// it is not allowed at all: only a new credential (a restart with a new configuration, a
-/// new ID token) helps. An account that is disabled may be enabled again, an AS or DC
-/// that is overloaded or unreachable comes back, a clock catches up: those are retried.
-fn refusal_is_final(reason: Reason) -> bool {
-    matches!(reason, Reason::BadCredential | Reason::Unauthorized)
+/// AS says BadCredential when a password or device is wrong or unknown, and Unauthorized
+/// when it is not allowed at all: only a new credential (a restart with a new
+/// configuration) helps. An account that is disabled may be enabled again, an AS or DC
+/// that is overloaded or unreachable comes back: those are retried. So is an ID token the
+/// AS did not accept: its validity is judged by clocks (the AS's may not be set yet, the
+/// token may be issued "in the future" for it), and a helper replaces the token file.
+fn refusal_is_final(reason: Reason, credential: &Credential) -> bool {
+    match reason {
+        Reason::BadCredential => !matches!(credential, Credential::OidcToken(_)),
+        Reason::Unauthorized => true,
+        _ => false,
+    }
 }
 
 impl Node {
@@ -138,7 +144,7 @@ impl Node {
                 Received::Handled
             }
             Message::Refusal(r) if r.request_id == request_id => {
-                if refusal_is_final(r.reason) {
+                if refusal_is_final(r.reason, &self.cfg.credential) {
                     log::error!(
                         "the AS refused our credential: {:?} ({}); not trying again: fix the credential and restart",
                         r.reason,
