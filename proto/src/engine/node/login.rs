@@ -10,6 +10,7 @@ use crate::time::{Duration, Instant};
 use crate::wire::login::{Credential, LoginRequest, LoginResponse};
 use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::{Message, MsgType, RequestId, Sender};
+use core::net::SocketAddr;
 
 /// How long the AS may take to answer over TLS.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -226,12 +227,15 @@ impl Node {
     /// header; the refusal is unauthenticated, so it counts only if that is our current
     /// key, and at most triggers a re-login (which the AS authenticates), at most once per
     /// [`RELOGIN_HINT_INTERVAL`].
-    pub(super) fn handle_plain_refusal(&mut self, now: Instant, buf: &[u8]) -> Received {
+    pub(super) fn handle_plain_refusal(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) -> Received {
         let (header, r) = match parse_plain(buf) {
             Ok((h, Message::Refusal(r))) => (h, r),
             Ok(_) => return self.drops.count(Drop::Unexpected),
             Err(e) => return self.drops.count(Drop::from(e)),
         };
+        if header.sender == Sender::Rs && r.reason == Reason::UnknownKey {
+            return self.handle_relay_lost_session(now, from, crate::wire::SessionId(header.key_id.0));
+        }
         let ours = self.session.as_ref().is_some_and(|s| s.channel.id() == header.key_id);
         if !ours || !matches!(r.reason, Reason::UnknownKey | Reason::KeyExpired) {
             return self.drops.count(Drop::Unauthorized);

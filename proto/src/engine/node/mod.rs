@@ -474,7 +474,7 @@ impl Engine for Node {
             MsgType::TunnelResponse | MsgType::PathProbe | MsgType::PathProbeAck => {
                 self.handle_mncn_message(now, from, buf)
             }
-            MsgType::Refusal if !sealed => self.handle_plain_refusal(now, buf),
+            MsgType::Refusal if !sealed => self.handle_plain_refusal(now, from, buf),
             MsgType::RegistrationResponse | MsgType::KeepaliveAck | MsgType::RouteDirection | MsgType::Refusal
                 if from_dc =>
             {
