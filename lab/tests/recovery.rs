@@ -104,7 +104,12 @@ fn an_ns_kept_box_is_reachable_soon_after_its_ns_restarts() {
     let Some((mut d, b_v4)) = ns_kept_b("recovery-ns") else { return };
     let killed = kill_and_restart(&mut d, "ns");
     reach_b(&mut d, &b_v4, killed, RECOVERY, "NS restart");
-    assert!(d.status(1).is_some_and(|s| s["notifications_ready"] == true), "b is registered with the new NS");
+    // (Box a may have got through before that: b's registration with its DC, which asked
+    // for the new K_ntmns, opened a fresh UDP mapping the DC could use meanwhile.)
+    assert!(
+        d.lab.wait_for(10, || d.status(1).is_some_and(|s| s["notifications_ready"] == true)),
+        "b is registered with the restarted NS"
+    );
     let log = d.lab.proc(d.boxes[1].proc.unwrap()).log_text();
     assert!(log.contains("does not know our key"), "b learnt that the NS lost its key");
 }
