@@ -1073,7 +1073,15 @@ impl Agent {
                 self.close_as(now);
             }
             NodeEvent::LoginFailed { reason } => {
-                log::error!("login refused: {reason:?}; check the credential and restart");
+                // The engine logged the one error line saying why and that it stopped.
+                log::debug!("login stopped: {reason:?}");
+                self.close_as(now);
+            }
+            NodeEvent::LoginRefused { reason } => {
+                // The engine logged the refusal; it tries again after its backoff, and the
+                // login connection is not needed until then.
+                log::debug!("login attempt refused: {reason:?}");
+                self.close_as(now);
             }
             NodeEvent::Registered { virtual_addrs, observed, behind_nat } => {
                 log::info!("registered; seen as {observed}{}", if behind_nat { " (behind NAT)" } else { "" });

@@ -162,6 +162,7 @@ fn registration(n: &mut LoadNode, i: usize, local: SocketAddr) -> Res<Vec<u8>> {
         request_id: RequestId(i as u32 + 1),
         local_addrs: List::from_vec(vec![local]).map_err(err("list"))?,
         keepalive: KeepaliveMethod::Udp,
+        ns_key_lost: None,
     });
     n.channel.seal(proto_now(), &msg).map_err(err("seal"))
 }

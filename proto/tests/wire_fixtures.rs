@@ -427,30 +427,36 @@ fn fixtures() -> Vec<Fixture> {
             LOCAL_V4,                       //   192.0.2.10:40000
             LOCAL_V6,                       //   [2001:db8::10]:40000
             &[0x01],                        // keepalive method: UDP
+            &[0x00],                        // ns_key_lost: absent
         ]), RegistrationRequest {
             request_id: RequestId(0x10),
             local_addrs: list(vec![local_v4(), local_v6()]),
             keepalive: KeepaliveMethod::Udp,
+            ns_key_lost: None,
         }),
         fx("registration_request_push", sealed(T::RegistrationRequest, Sender::Node, 0x1001, 1), cat(&[
             &[0x00, 0x00, 0x00, 0x11],      // request_id 0x11
             &[0x00],                        // local_addrs: none
             &[0x03],                        // keepalive method: push
             &[0x00, 0x08], b"fcmtoken",     //   token: u16 length 8, bytes
+            &[0x00],                        // ns_key_lost: absent
         ]), RegistrationRequest {
             request_id: RequestId(0x11),
             local_addrs: List::new(),
             keepalive: KeepaliveMethod::Push(Bytes::new(b"fcmtoken".to_vec()).unwrap()),
+            ns_key_lost: None,
         }),
         fx("registration_request_ns", sealed(T::RegistrationRequest, Sender::Node, 0x1001, 2), cat(&[
             &[0x00, 0x00, 0x00, 0x12],      // request_id 0x12
             &[0x01],                        // local_addrs: 1 entry
             LOCAL_V6,                       //   [2001:db8::10]:40000
             &[0x02],                        // keepalive method: TCP via NS
+            &[0x01, 0x00, 0x00, 0x20, 0x01], // ns_key_lost: key id 0x2001
         ]), RegistrationRequest {
             request_id: RequestId(0x12),
             local_addrs: list(vec![local_v6()]),
             keepalive: KeepaliveMethod::Ns,
+            ns_key_lost: Some(KeyId(0x2001)),
         }),
         fx("registration_response_v4", sealed(T::RegistrationResponse, Sender::Dc, 0x1001, 0), cat(&[
             &[0x00, 0x00, 0x00, 0x10],      // request_id 0x10

@@ -253,11 +253,13 @@ fn body(ty: MsgType) -> BoxedStrategy<Message> {
         MsgType::KeyShare => b((rid(), kid(), shared_key(), fqdn())
             .prop_map(|(request_id, key_id, key, from)| KeyShare { request_id, key_id, key, from })),
         MsgType::KeyShareAck => b((rid(), kid()).prop_map(|(request_id, key_id)| KeyShareAck { request_id, key_id })),
-        MsgType::RegistrationRequest => {
-            b((rid(), list(socket_addr()), keepalive_method()).prop_map(|(request_id, local_addrs, keepalive)| {
-                RegistrationRequest { request_id, local_addrs, keepalive }
-            }))
-        }
+        MsgType::RegistrationRequest => b((rid(), list(socket_addr()), keepalive_method(), prop::option::of(kid()))
+            .prop_map(|(request_id, local_addrs, keepalive, ns_key_lost)| RegistrationRequest {
+                request_id,
+                local_addrs,
+                keepalive,
+                ns_key_lost,
+            })),
         MsgType::RegistrationResponse => {
             b((rid(), virtual_addrs(), socket_addr(), any::<bool>(), any::<u16>(), prop::option::of(ns_grant()))
                 .prop_map(|(request_id, virtual_addrs, observed, behind_nat, keepalive_interval, ns)| {

@@ -102,7 +102,7 @@ fn disabled_account_is_refused() {
     d.accounts().disabled.push(name("mn.zone-a.example"));
     d.start(mn);
     d.run_for(Duration::from_secs(5));
-    assert!(d.events(mn).contains(&NodeEvent::LoginFailed { reason: Reason::AccountDisabled }));
+    assert!(d.events(mn).contains(&NodeEvent::LoginRefused { reason: Reason::AccountDisabled }));
 }
 
 #[test]
@@ -158,7 +158,7 @@ fn login_with_openid_token_and_refusal_of_expired_or_foreign_tokens() {
         ));
         d.start(h);
         d.run_for(Duration::from_secs(5));
-        assert!(d.events(h).contains(&NodeEvent::LoginFailed { reason: Reason::BadCredential }), "token {i} refused");
+        assert!(d.events(h).contains(&NodeEvent::LoginRefused { reason: Reason::BadCredential }), "token {i} refused");
     }
 }
 

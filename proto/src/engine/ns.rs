@@ -9,6 +9,12 @@
 //!
 //! The per-node state is a key and a connection address, so an NS holds many idle
 //! connections cheaply; the driver's event loop owns the sockets.
+//!
+//! Nothing here is persisted: an NS that restarts has lost every key. A node that comes
+//! back with a key the NS does not hold gets a plain UnknownKey refusal naming that key
+//! id on its connection; it then asks its DC for a fresh K_ntmns (registration with
+//! `ns_key_lost`), and the DC, whose key distribution to the restarted NS goes
+//! unanswered, shares a new K_dcns first (protocol.md, section 10, "Recovery").
 
 use super::keyshare::SharedKeys;
 use super::{
@@ -20,7 +26,7 @@ use crate::keys::{DcNs, NtmNs};
 use crate::time::{Duration, Instant};
 use crate::wire::notification::{NotificationAck, Notify, NotifyAck, NsKeepaliveAck, NsKeyAck};
 use crate::wire::refusal::{Reason, Refusal};
-use crate::wire::{Envelope, Fqdn, KeyId, Message, MsgType, Sender};
+use crate::wire::{Envelope, Fqdn, Header, KeyId, Message, MsgType, Sender};
 use core::net::SocketAddr;
 use std::collections::{HashMap, VecDeque};
 
@@ -64,10 +70,17 @@ pub struct Ns {
     /// Expired keys are swept periodically rather than tracked one by one, so that
     /// `poll_timeout` stays O(1) with many nodes.
     next_sweep: Instant,
+    /// The second of `now`, and unknown-key refusals sent in it (rate limit).
+    hints: (u64, u32),
 }
 
 /// How often expired node keys are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Unknown-key refusals per second. They go over TCP connections whose handshake is done,
+/// so they cannot be reflected; the cap only bounds the work a flood of bad frames makes.
+/// After a restart every node comes back within a few seconds (their reconnects are
+/// spread), so the cap is well above what those need.
+const HINTS_PER_SECOND: u32 = 1000;
 
 impl core::fmt::Debug for Ns {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -89,6 +102,7 @@ impl Ns {
             out: VecDeque::new(),
             drops: DropCounters::default(),
             next_sweep: Instant::ZERO,
+            hints: (0, 0),
         })
     }
 
@@ -208,7 +222,10 @@ impl Ns {
             Err(e) => return self.drops.count(Drop::from(e)),
         };
         let interval = u32::try_from(self.cfg.keepalive_interval.as_secs()).unwrap_or(u32::MAX);
-        let Some(n) = self.nodes.get_mut(&key_id) else { return self.drops.count(Drop::UnknownKey) };
+        let Some(n) = self.nodes.get_mut(&key_id) else {
+            self.refuse_unknown_key(now, from, frame);
+            return self.drops.count(Drop::UnknownKey);
+        };
         let (_, msg) = match n.channel.open(now, frame) {
             Ok(m) => m,
             Err(e) => return self.drops.count(Drop::from(e)),
@@ -238,6 +255,34 @@ impl Ns {
         };
         self.send_to_node(now, key_id, &reply);
         Received::Handled
+    }
+}
+
+impl Ns {
+    /// A node frame under a key id we do not hold (we restarted, or the key expired and
+    /// was swept): tell the node in the clear, on its connection, naming the key id in the
+    /// header, since we cannot seal. It is a hint, never proof: the node acts on it only by
+    /// asking its DC, over its authenticated channel, for a new key.
+    fn refuse_unknown_key(&mut self, now: Instant, to: SocketAddr, frame: &[u8]) {
+        let second = now.as_millis() / 1000;
+        if self.hints.0 != second {
+            self.hints = (second, 0);
+        }
+        if self.hints.1 >= HINTS_PER_SECOND {
+            return;
+        }
+        self.hints.1 += 1;
+        let Ok(env) = Envelope::new_checked(frame) else { return };
+        let refusal = Refusal::new(env.msg_type(), crate::wire::RequestId(0), Reason::UnknownKey, "unknown key");
+        let mut header = Header::plain(MsgType::Refusal, Sender::Ns);
+        header.key_id = env.key_id();
+        let mut bytes = header.to_bytes().to_vec();
+        bytes.extend_from_slice(&Message::Refusal(refusal).body_to_vec());
+        self.out.push_back(Transmit {
+            via: Via::Stream { kind: StreamKind::Tcp, server: None },
+            dst: to,
+            payload: bytes,
+        });
     }
 }
 

@@ -115,7 +115,13 @@ pub struct Rs {
     sessions: HashMap<SessionId, Session>,
     out: VecDeque<Transmit>,
     drops: DropCounters,
+    /// The second of `now`, and unknown-session refusals sent in it (rate limit).
+    hints: (u64, u32),
 }
+
+/// Unknown-session refusals per second. They answer unauthenticated UDP, so they are
+/// capped (and smaller than any packet that can trigger one) to be useless for reflection.
+const HINTS_PER_SECOND: u32 = 50;
 
 impl core::fmt::Debug for Rs {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -157,6 +163,7 @@ impl Rs {
             sessions: HashMap::new(),
             out: VecDeque::new(),
             drops: DropCounters::default(),
+            hints: (0, 0),
         })
     }
 
@@ -261,7 +268,7 @@ impl Rs {
 
     /// A hole punch: authenticate it with K_tun and record the sender's endpoint.
     fn handle_hole_punch(&mut self, now: Instant, from: SocketAddr, session: SessionId, buf: &[u8]) -> Received {
-        let Some(s) = self.sessions.get_mut(&session) else { return self.drops.count(Drop::UnknownKey) };
+        let Some(s) = self.sessions.get_mut(&session) else { return self.refuse_unknown_session(now, from, buf) };
         let (header, msg) = match s.k_tun.open(now, buf) {
             Ok(m) => m,
             Err(e) => return self.drops.count(Drop::from(e)),
@@ -295,10 +302,34 @@ impl Rs {
         Received::Handled
     }
 
+    /// A node's packet for a session we do not have (we restarted and lost it, or it
+    /// ended): tell the node in the clear, naming the session in the header, so that it
+    /// sets up its tunnel again through the DCs rather than after a silence. A hint only:
+    /// the node acts on it just by asking its DC, over its authenticated channel. The
+    /// refusal (23 bytes, no detail) is smaller than any sealed packet (32 or more).
+    fn refuse_unknown_session(&mut self, now: Instant, to: SocketAddr, buf: &[u8]) -> Received {
+        let second = now.as_millis() / 1000;
+        if self.hints.0 != second {
+            self.hints = (second, 0);
+        }
+        if self.hints.1 < HINTS_PER_SECOND {
+            self.hints.1 += 1;
+            if let Ok(env) = Envelope::new_checked(buf) {
+                let refusal = Refusal::new(env.msg_type(), crate::wire::RequestId(0), Reason::UnknownKey, "");
+                let mut header = crate::wire::Header::plain(MsgType::Refusal, Sender::Rs);
+                header.key_id = env.key_id();
+                let mut bytes = header.to_bytes().to_vec();
+                bytes.extend_from_slice(&Message::Refusal(refusal).body_to_vec());
+                self.out.push_back(Transmit { via: Via::Udp, dst: to, payload: bytes });
+            }
+        }
+        self.drops.count(Drop::UnknownKey)
+    }
+
     /// Anything else for a session: forward between the two learned endpoints.
     fn forward(&mut self, now: Instant, from: SocketAddr, session: SessionId, ty: MsgType, buf: &[u8]) -> Received {
         let max_pps = self.cfg.max_session_pps;
-        let Some(s) = self.sessions.get_mut(&session) else { return self.drops.count(Drop::UnknownKey) };
+        let Some(s) = self.sessions.get_mut(&session) else { return self.refuse_unknown_session(now, from, buf) };
         let Some(side) = s.side_of(from) else { return self.drops.count(Drop::Unauthorized) };
         if ty == MsgType::TunnelRequest {
             // Under K_tun, so the RS can and does check it before passing it on. Only the

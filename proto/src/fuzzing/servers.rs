@@ -197,15 +197,23 @@ impl DcScript {
         Some(match input.u8() % 6 {
             0 => {
                 let local_addrs = List::from_vec(input.pick(&LOCAL_SETS)?.to_vec()).ok()?;
-                let keepalive = match input.u8() % 3 {
+                // Selector 3 is the NS method with a lost key (an NS that restarted); the
+                // older selectors keep their meaning, so the stored seeds do too.
+                let mut ns_key_lost = None;
+                let keepalive = match input.u8() % 4 {
                     0 => KeepaliveMethod::Udp,
                     1 => KeepaliveMethod::Ns,
-                    _ => KeepaliveMethod::Push(Bytes::new(input.bytes().to_vec()).ok()?),
+                    2 => KeepaliveMethod::Push(Bytes::new(input.bytes().to_vec()).ok()?),
+                    _ => {
+                        ns_key_lost = Some(KeyId(input.u32()));
+                        KeepaliveMethod::Ns
+                    }
                 };
                 Message::RegistrationRequest(RegistrationRequest {
                     request_id: RequestId(input.u32()),
                     local_addrs,
                     keepalive,
+                    ns_key_lost,
                 })
             }
             1 => Message::Keepalive(Keepalive { request_id: RequestId(input.u32()) }),
@@ -549,6 +557,7 @@ fn dc_setup(c: u8) -> Option<(Harness<Dc>, DcScript)> {
             request_id: RequestId(0x100 + i as u32),
             local_addrs: List::from_vec(local.to_vec()).ok()?,
             keepalive: KeepaliveMethod::Udp,
+            ns_key_lost: None,
         });
         let slot = h.slots.get_mut(i)?;
         let from = slot.from;

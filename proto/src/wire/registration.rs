@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! RegistrationRequest   request_id u32 | local_addrs (list <= 8) | keepalive method
+//!                       | ns_key_lost key_id u32?
 //! keepalive method      0x01 UDP | 0x02 TCP via NS | 0x03 push: token (u16 len <= 512)
 //! RegistrationResponse  request_id u32 | virtual v4 (4) | virtual v6 (16) | observed addr
 //!                       | behind_nat u8 | keepalive_interval u16 (s) | ns grant?
@@ -90,6 +91,9 @@ wire_struct! {
         pub local_addrs: List<SocketAddr, LOCAL_ADDRS_MAX>,
         /// How the DC can reach the node later.
         pub keepalive: KeepaliveMethod,
+        /// The K_ntmns id our NS said it does not know (it restarted or dropped the
+        /// key): the DC makes a fresh K_ntmns instead of granting that one again.
+        pub ns_key_lost: Option<KeyId>,
     }
 }
 

@@ -2,13 +2,14 @@
 //!
 //! Besides driving the engine, the daemon keeps the DC's database: virtual address
 //! assignments and each node's key state, so that a restart neither renumbers nodes nor
-//! makes them log in again. A node is saved when its key arrives and when it registers,
-//! and its Registration Response waits for that save (the engine holds it until
-//! [`Dc::registration_saved`]): a registration is acknowledged only once it is durable,
-//! so virtual addresses a node was told are never given to another after a crash. A
-//! registration whose save failed is saved again every second until it is, and the
-//! node's retransmissions are answered then. Nodes are also saved whenever their
-//! counters move (checked every second, all due nodes in one transaction):
+//! makes them log in again. A node is saved when its key arrives, when it registers and
+//! when its NS acknowledges its K_ntmns (before the answer goes out: the driver hands
+//! over events before transmits), and its Registration Response waits for that save (the
+//! engine holds it until [`Dc::registration_saved`]): a registration is acknowledged only
+//! once it is durable, so virtual addresses a node was told are never given to another
+//! after a crash. A registration whose save failed is saved again every second until it
+//! is, and the node's retransmissions are answered then. Nodes are also saved whenever
+//! their counters move (checked every second, all due nodes in one transaction):
 //! the sealing counter is reserved ahead ([`store::COUNTER_RESERVE`]) so that a crash
 //! never reuses a nonce, and the node's own counter is kept as a replay floor. The engine
 //! may seal only below what the database holds (`Dc::reserve_counters`, set after every
@@ -252,7 +253,9 @@ impl Daemon for DcDaemon {
         let mut to_save: Vec<Fqdn> = Vec::new();
         while let Some(ev) = self.dc.poll_event() {
             match ev {
-                DcEvent::NodeKeyReceived { fqdn } | DcEvent::NodeRegistered { fqdn, .. } => to_save.push(fqdn),
+                DcEvent::NodeKeyReceived { fqdn }
+                | DcEvent::NodeRegistered { fqdn, .. }
+                | DcEvent::NsBound { fqdn } => to_save.push(fqdn),
                 DcEvent::TunnelDirected { session, mn, cn, relay } => match relay {
                     Some(rs) => log::info!("tunnel {session}: {mn} <-> {cn} via {rs}"),
                     None => log::info!("tunnel {session}: {mn} <-> {cn} direct"),
@@ -679,6 +682,7 @@ mod tests {
                 request_id: RequestId(self.request),
                 local_addrs: local,
                 keepalive: KeepaliveMethod::Udp,
+                ns_key_lost: None,
             });
             let mut bytes = self.channel.seal(now, &msg).unwrap();
             d.dc.handle_datagram(now, self.addr, &mut bytes);

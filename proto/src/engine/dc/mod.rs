@@ -153,6 +153,14 @@ pub enum DcEvent {
         /// The NAT verdict.
         behind_nat: bool,
     },
+    /// A node's NS acknowledged its K_ntmns: from now on the DC reaches the node through
+    /// that NS. The binding is part of the node's saved state (`Dc::export_node`), so a
+    /// daemon that persists nodes saves the node again: a DC restarted from a copy saved
+    /// before this could not reach a node that sends no UDP.
+    NsBound {
+        /// The node.
+        fqdn: Fqdn,
+    },
     /// A negotiation sent both Route Directions and both were acknowledged.
     TunnelDirected {
         /// The session.

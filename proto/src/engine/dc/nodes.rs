@@ -248,6 +248,7 @@ impl Dc {
         rec.local_addrs = r.local_addrs;
         rec.method = r.keepalive;
         rec.saved = false;
+        let ns_key_lost = r.ns_key_lost;
         self.emit(DcEvent::NodeRegistered { fqdn: fqdn.clone(), virtual_addrs, observed: from, behind_nat });
         let wants_ns = matches!(self.nodes.get(fqdn).map(|n| &n.method), Some(KeepaliveMethod::Ns)) && ns_count > 0;
         if !wants_ns {
@@ -256,6 +257,14 @@ impl Dc {
         }
         let Some(rec) = self.nodes.get_mut(fqdn) else { return Received::Handled };
         let renew = rec.ns.as_ref().is_none_or(|b| now >= b.expires - ns_lifetime / 10);
+        // Recovery: the node's NS told it that it does not know this K_ntmns (it
+        // restarted). The key is never given out again, to that NS or any other: the NS
+        // would start its counters over under it. A fresh one is made and distributed.
+        let lost = ns_key_lost.is_some_and(|id| rec.ns.as_ref().is_some_and(|b| b.key_id == id));
+        if lost {
+            log::info!("{fqdn}: its NS lost the node's K_ntmns; binding a new one");
+        }
+        let renew = renew || lost;
         if !renew && rec.ns.as_ref().is_some_and(|b| b.acked) {
             self.respond_registration(now, fqdn, r.request_id, from);
             return Received::Handled;
@@ -463,15 +472,22 @@ impl Dc {
                     return self.drops.count(Drop::Stale);
                 };
                 let p = self.pending_ns.swap_remove(p);
+                let mut bound = false;
                 let waiting = match self.nodes.get_mut(&p.fqdn) {
                     Some(rec) => {
                         if let Some(b) = rec.ns.as_mut().filter(|b| b.key_id == a.key_id) {
                             b.acked = true;
+                            bound = true;
                         }
                         core::mem::take(&mut rec.waiting)
                     }
                     None => Vec::new(),
                 };
+                if bound {
+                    // Before the Registration Responses: the driver hands over events
+                    // before transmits, so the binding is saved before the node uses it.
+                    self.emit(DcEvent::NsBound { fqdn: p.fqdn.clone() });
+                }
                 for (request_id, to) in waiting {
                     self.respond_registration(now, &p.fqdn, request_id, to);
                 }
@@ -505,6 +521,12 @@ impl Dc {
             }
         }
         for (ns, msg) in resend {
+            // An NS that does not answer a sealed request may have restarted and lost
+            // K_dcns too: the retry goes with a fresh Key Share, as for an RS or a DC
+            // (negotiation.rs).
+            if let Some(n) = self.ns.get_mut(ns) {
+                n.link.forget_keys(now);
+            }
             self.send_server(now, To::Ns(ns), msg);
         }
         for i in failed.into_iter().rev() {

@@ -2,17 +2,23 @@
 //! its DC share, each registered and kept alive on its own, so a dual-stack node is
 //! reachable in both families and an IPv4-only or IPv6-only one in its own. With the NS
 //! method, an [`NsLink`] holds the TCP connection to the NS.
+//!
+//! An NS that restarted has lost our K_ntmns and says so with a plain UnknownKey refusal
+//! naming the key: the node then registers again with `ns_key_lost`, and its DC makes a
+//! fresh K_ntmns for it (protocol.md, section 10, "Recovery").
 
+use super::login::{jittered, RELOGIN_HINT_INTERVAL};
 use super::{Node, NodeEvent};
-use crate::crypto::Channel;
+use crate::crypto::{parse_plain, Channel};
 use crate::engine::{Backoff, Drop, Received, Retry, StreamKind, Via};
 use crate::keys::NtmNs;
 use crate::time::{Duration, Instant};
 use crate::wire::notification::{NotificationRegistration, NsKeepalive};
+use crate::wire::refusal::Reason;
 use crate::wire::registration::{
     Keepalive, KeepaliveAck, KeepaliveMethod, RegistrationRequest, RegistrationResponse, LOCAL_ADDRS_MAX,
 };
-use crate::wire::{Fqdn, List, Message, RequestId, Sender};
+use crate::wire::{Envelope, Fqdn, List, Message, MsgType, RequestId, Sender};
 use core::net::SocketAddr;
 
 /// Wait before registering again after every attempt failed.
@@ -73,9 +79,21 @@ impl Link {
 }
 
 enum NsState {
-    ExpectAck { request_id: RequestId, retry: Retry },
-    Active { interval: Duration, next_keepalive: Instant, pending: Option<(RequestId, Retry)> },
-    Reconnect { at: Instant },
+    ExpectAck {
+        request_id: RequestId,
+        retry: Retry,
+    },
+    Active {
+        interval: Duration,
+        next_keepalive: Instant,
+        pending: Option<(RequestId, Retry)>,
+    },
+    Reconnect {
+        at: Instant,
+    },
+    /// The NS does not know our key: we asked the DC for a new one (a registration with
+    /// `ns_key_lost`) and wait for its Registration Response.
+    AwaitGrant,
 }
 
 /// The node's TCP connection to its NS.
@@ -86,6 +104,8 @@ pub(super) struct NsLink {
     state: NsState,
     /// Connection attempts that failed in a row (reset by a Notification Ack).
     failures: u32,
+    /// The NS said it does not hold this key; the next registrations tell the DC.
+    lost: bool,
 }
 
 impl NsLink {
@@ -108,17 +128,23 @@ impl NsLink {
                 Some(pending.as_ref().map_or(*next_keepalive, |(_, r)| r.deadline()))
             }
             NsState::Reconnect { at, .. } => Some(*at),
+            NsState::AwaitGrant => None,
         }
     }
 
-    pub(super) fn connection_lost(&mut self, now: Instant) {
+    pub(super) fn connection_lost(&mut self, now: Instant, rng: &mut super::Rng) {
+        if matches!(self.state, NsState::AwaitGrant) {
+            return; // the DC's answer decides what comes next
+        }
         // Back off while attempts keep failing; a registered connection that drops is
-        // retried at once-ish.
+        // retried after 1 to 2 s. The wait is drawn at random within its span: when an NS
+        // restarts, all its nodes lose their connections at once, and their reconnects
+        // (and the registrations that follow) should not arrive in the same instant.
         if !matches!(self.state, NsState::Active { .. }) {
             self.failures = self.failures.saturating_add(1);
         }
-        log::info!("connection to NS {} lost; reconnecting", self.name);
-        let wait = Duration::from_secs(1u64 << self.failures.min(6)).min(NS_RECONNECT_MAX);
+        let wait = jittered(rng, self.failures.saturating_add(1), NS_RECONNECT_MAX);
+        log::info!("connection to NS {} lost; reconnecting in {} ms", self.name, wait.as_millis());
         self.state = NsState::Reconnect { at: now + wait };
     }
 }
@@ -134,6 +160,7 @@ impl Node {
             request_id,
             local_addrs,
             keepalive: self.cfg.keepalive.clone(),
+            ns_key_lost: self.ns.as_ref().filter(|ns| ns.lost).map(|ns| ns.channel.id()),
         })
     }
 
@@ -218,11 +245,24 @@ impl Node {
             observed: r.observed,
             behind_nat: r.behind_nat,
         });
-        if let (KeepaliveMethod::Ns, Some(grant)) = (&self.cfg.keepalive, r.ns) {
-            let fresh = self.ns.as_ref().is_none_or(|ns| ns.channel.id() != grant.key_id);
-            if fresh {
-                self.setup_ns(now, grant);
+        match (&self.cfg.keepalive, r.ns) {
+            (KeepaliveMethod::Ns, Some(grant)) => {
+                let fresh = self.ns.as_ref().is_none_or(|ns| ns.channel.id() != grant.key_id);
+                if fresh {
+                    self.setup_ns(now, grant);
+                } else if let Some(ns) = self.ns.as_mut().filter(|ns| matches!(ns.state, NsState::AwaitGrant)) {
+                    // The DC granted the key the NS refused (it had not seen our report
+                    // yet): try the NS again later; a second refusal reports it again.
+                    ns.state = NsState::Reconnect { at: now };
+                    ns.connection_lost(now, &mut self.rng);
+                }
             }
+            (KeepaliveMethod::Ns, None) if self.ns.as_ref().is_some_and(|ns| ns.lost) => {
+                // No NS for us now: the DC asked for UDP keepalives instead.
+                log::info!("the DC has no NS binding for us; keeping alive over UDP");
+                self.ns = None;
+            }
+            _ => {}
         }
         self.on_registered(now);
         Received::Handled
@@ -333,6 +373,7 @@ impl Node {
             channel,
             state: NsState::ExpectAck { request_id, retry },
             failures: 0,
+            lost: false,
         });
         self.send_notification_registration(now, request_id);
     }
@@ -356,6 +397,10 @@ impl Node {
     }
 
     pub(super) fn handle_ns_frame(&mut self, now: Instant, frame: &[u8]) -> Received {
+        let plain_refusal = Envelope::new_checked(frame).is_ok_and(|e| !e.sealed() && e.msg_type() == MsgType::Refusal);
+        if plain_refusal {
+            return self.handle_ns_plain_refusal(now, frame);
+        }
         let Some(ns) = self.ns.as_mut() else { return self.drops.count(Drop::Unexpected) };
         let msg = match ns.channel.open(now, frame) {
             Ok((_, m)) => m,
@@ -370,6 +415,7 @@ impl Node {
                 let interval = Duration::from_secs(u64::from(a.keepalive_interval.max(1)));
                 ns.state = NsState::Active { interval, next_keepalive: now + interval, pending: None };
                 ns.failures = 0;
+                ns.lost = false;
                 log::info!("NS {} holds our notifications; keepalive every {interval:?}", ns.name);
                 self.emit(NodeEvent::NotificationsReady);
                 Received::Handled
@@ -392,6 +438,34 @@ impl Node {
         }
     }
 
+    /// A plain Refusal on the NS connection: the NS does not hold the key id it names
+    /// (it restarted, or swept the key). Unauthenticated, so it counts only for our current
+    /// K_ntmns and at most once per [`RELOGIN_HINT_INTERVAL`], and it only makes us ask
+    /// the DC, over our authenticated channel, for a new key.
+    fn handle_ns_plain_refusal(&mut self, now: Instant, frame: &[u8]) -> Received {
+        let (header, r) = match parse_plain(frame) {
+            Ok((h, Message::Refusal(r))) => (h, r),
+            Ok(_) => return self.drops.count(Drop::Unexpected),
+            Err(e) => return self.drops.count(Drop::from(e)),
+        };
+        let Some(ns) = self.ns.as_mut() else { return self.drops.count(Drop::Unexpected) };
+        if ns.channel.id() != header.key_id || !matches!(r.reason, Reason::UnknownKey | Reason::KeyExpired) {
+            return self.drops.count(Drop::Unauthorized);
+        }
+        if matches!(ns.state, NsState::AwaitGrant) {
+            return Received::Handled; // already asked
+        }
+        if self.last_ns_hint.is_some_and(|t| now < t + RELOGIN_HINT_INTERVAL) {
+            return self.drops.count(Drop::Limit);
+        }
+        self.last_ns_hint = Some(now);
+        log::warn!("NS {} does not know our key {}; asking the DC for a new one", ns.name, header.key_id);
+        ns.lost = true;
+        ns.state = NsState::AwaitGrant;
+        self.register_all(now);
+        Received::Handled
+    }
+
     pub(super) fn drive_ns(&mut self, now: Instant) {
         let backoff: Backoff = self.cfg.backoff;
         let Some(ns) = self.ns.as_mut() else { return };
@@ -402,7 +476,7 @@ impl Node {
                 if retry.again(now) {
                     send_reg = Some(*request_id);
                 } else {
-                    ns.connection_lost(now);
+                    ns.connection_lost(now, &mut self.rng);
                 }
             }
             NsState::Active { interval, next_keepalive, pending } => match pending {
@@ -410,7 +484,7 @@ impl Node {
                     if retry.again(now) {
                         send_keepalive = Some(*id);
                     } else {
-                        ns.connection_lost(now);
+                        ns.connection_lost(now, &mut self.rng);
                     }
                 }
                 None if now >= *next_keepalive => {

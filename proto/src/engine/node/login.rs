@@ -7,9 +7,10 @@ use super::{DcSession, Node, NodeEvent, ResolveError};
 use crate::crypto::{parse_plain, Channel};
 use crate::engine::{DcLocation, DnsAnswer, Drop, Received, StreamKind, Via};
 use crate::time::{Duration, Instant};
-use crate::wire::login::{LoginRequest, LoginResponse};
+use crate::wire::login::{Credential, LoginRequest, LoginResponse};
 use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::{Message, MsgType, RequestId, Sender};
+use core::net::SocketAddr;
 
 /// How long the AS may take to answer over TLS.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,7 +33,8 @@ pub(super) enum Login {
     ExpectDcLocation { query: u64, response: Box<LoginResponse>, failures: u32, deadline: Instant },
     /// Logged in; log in again at `relogin_at`.
     Done { relogin_at: Instant },
-    /// The AS refused the credential; nothing more until `start`.
+    /// The AS refused the credential itself (a refusal that a retry cannot change);
+    /// nothing more until `start` or a new credential.
     Failed,
 }
 
@@ -48,8 +50,29 @@ impl Login {
     }
 }
 
-fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.min(6)).min(LOGIN_BACKOFF_MAX)
+/// The wait before login attempt `failures + 1`: 1, 2, 4 ... 60 s, each drawn from the
+/// upper half of that span so that boxes refused together (an AS that was down, an
+/// account enabled again) do not all come back in the same second.
+pub(super) fn jittered(rng: &mut super::Rng, failures: u32, max: Duration) -> Duration {
+    let span = Duration::from_secs(1u64 << failures.min(16)).min(max);
+    let half = u64::try_from(span.as_millis()).unwrap_or(u64::MAX) / 2;
+    let extra = u64::from(rng.next_u32()) % (half + 1);
+    Duration::from_millis(half + extra)
+}
+
+/// Whether a refusal of our Login Request can change without us changing anything. The
+/// AS says BadCredential when a password or device is wrong or unknown, and Unauthorized
+/// when it is not allowed at all: only a new credential (a restart with a new
+/// configuration) helps. An account that is disabled may be enabled again, an AS or DC
+/// that is overloaded or unreachable comes back: those are retried. So is an ID token the
+/// AS did not accept: its validity is judged by clocks (the AS's may not be set yet, the
+/// token may be issued "in the future" for it), and a helper replaces the token file.
+fn refusal_is_final(reason: Reason, credential: &Credential) -> bool {
+    match reason {
+        Reason::BadCredential => !matches!(credential, Credential::OidcToken(_)),
+        Reason::Unauthorized => true,
+        _ => false,
+    }
 }
 
 impl Node {
@@ -58,12 +81,12 @@ impl Node {
             Login::Start { at, failures } if now >= at => failures,
             Login::ExpectLoginResponse { deadline, failures, .. } if now >= deadline => {
                 log::warn!("no Login Response from the AS within {LOGIN_TIMEOUT:?}");
-                self.login = Login::Start { at: now + backoff(failures), failures: failures + 1 };
+                self.login_failed_retry(now, failures);
                 return;
             }
             Login::ExpectDcLocation { deadline, failures, .. } if now >= deadline => {
                 log::warn!("no DNS answer locating our DC within {DNS_TIMEOUT:?}");
-                self.login = Login::Start { at: now + backoff(failures), failures: failures + 1 };
+                self.login_failed_retry(now, failures);
                 return;
             }
             Login::Done { relogin_at } if now >= relogin_at => 0,
@@ -79,7 +102,9 @@ impl Node {
     }
 
     fn login_failed_retry(&mut self, now: Instant, failures: u32) {
-        self.login = Login::Start { at: now + backoff(failures), failures: failures + 1 };
+        let wait = jittered(&mut self.rng, failures, LOGIN_BACKOFF_MAX);
+        log::info!("next login attempt in {} ms", wait.as_millis());
+        self.login = Login::Start { at: now + wait, failures: failures + 1 };
     }
 
     pub(super) fn handle_as_closed(&mut self, now: Instant) {
@@ -120,16 +145,18 @@ impl Node {
                 Received::Handled
             }
             Message::Refusal(r) if r.request_id == request_id => {
-                match r.reason {
-                    Reason::BadCredential | Reason::AccountDisabled | Reason::Unauthorized => {
-                        log::error!("the AS refused our login: {:?} ({})", r.reason, r.detail.as_str());
-                        self.login = Login::Failed;
-                        self.emit(NodeEvent::LoginFailed { reason: r.reason });
-                    }
-                    _ => {
-                        log::warn!("login refused for now: {:?} ({})", r.reason, r.detail.as_str());
-                        self.login_failed_retry(now, failures);
-                    }
+                if refusal_is_final(r.reason, &self.cfg.credential) {
+                    log::error!(
+                        "the AS refused our credential: {:?} ({}); not trying again: fix the credential and restart",
+                        r.reason,
+                        r.detail.as_str()
+                    );
+                    self.login = Login::Failed;
+                    self.emit(NodeEvent::LoginFailed { reason: r.reason });
+                } else {
+                    log::warn!("login refused for now: {:?} ({}); trying again later", r.reason, r.detail.as_str());
+                    self.emit(NodeEvent::LoginRefused { reason: r.reason });
+                    self.login_failed_retry(now, failures);
                 }
                 Received::Handled
             }
@@ -200,12 +227,15 @@ impl Node {
     /// header; the refusal is unauthenticated, so it counts only if that is our current
     /// key, and at most triggers a re-login (which the AS authenticates), at most once per
     /// [`RELOGIN_HINT_INTERVAL`].
-    pub(super) fn handle_plain_refusal(&mut self, now: Instant, buf: &[u8]) -> Received {
+    pub(super) fn handle_plain_refusal(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) -> Received {
         let (header, r) = match parse_plain(buf) {
             Ok((h, Message::Refusal(r))) => (h, r),
             Ok(_) => return self.drops.count(Drop::Unexpected),
             Err(e) => return self.drops.count(Drop::from(e)),
         };
+        if header.sender == Sender::Rs && r.reason == Reason::UnknownKey {
+            return self.handle_relay_lost_session(now, from, crate::wire::SessionId(header.key_id.0));
+        }
         let ours = self.session.as_ref().is_some_and(|s| s.channel.id() == header.key_id);
         if !ours || !matches!(r.reason, Reason::UnknownKey | Reason::KeyExpired) {
             return self.drops.count(Drop::Unauthorized);

@@ -170,8 +170,16 @@ pub enum NodeEvent {
         /// The node's name.
         fqdn: Fqdn,
     },
-    /// The AS refused the credential. The node stops trying until [`Node::start`].
+    /// The AS refused the credential itself (BadCredential, Unauthorized): a retry
+    /// cannot change that, so the node stops trying until [`Node::start`] or
+    /// [`Node::set_credential`].
     LoginFailed {
+        /// The AS's reason.
+        reason: Reason,
+    },
+    /// The AS refused the login for a reason that can change (a disabled account, an
+    /// overloaded AS, an unreachable DC): the node tries again after a backoff.
+    LoginRefused {
         /// The AS's reason.
         reason: Reason,
     },
@@ -260,6 +268,8 @@ pub struct Node {
     next_query: u64,
     next_tunnel_seq: u64,
     last_relogin_hint: Option<Instant>,
+    /// When the NS last said it does not know our K_ntmns (rate limit of that hint).
+    last_ns_hint: Option<Instant>,
     out: VecDeque<Transmit>,
     events: VecDeque<NodeEvent>,
     queries: VecDeque<DnsQuery>,
@@ -310,6 +320,7 @@ impl Node {
             next_query: 1,
             next_tunnel_seq: 0,
             last_relogin_hint: None,
+            last_ns_hint: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
             queries: VecDeque::new(),
@@ -327,8 +338,13 @@ impl Node {
     }
 
     /// Replaces the credential for the next login (a fresh ID token, a changed password).
+    /// A login the AS refused for its credential starts again with the new one.
     pub fn set_credential(&mut self, credential: Credential) {
         self.cfg.credential = credential;
+        if matches!(self.login, Login::Failed) {
+            // Due at once: the driver's next timer call sends the Login Request.
+            self.login = Login::Start { at: Instant::ZERO, failures: 0 };
+        }
     }
 
     /// The next event.
@@ -471,7 +487,7 @@ impl Engine for Node {
             MsgType::TunnelResponse | MsgType::PathProbe | MsgType::PathProbeAck => {
                 self.handle_mncn_message(now, from, buf)
             }
-            MsgType::Refusal if !sealed => self.handle_plain_refusal(now, buf),
+            MsgType::Refusal if !sealed => self.handle_plain_refusal(now, from, buf),
             MsgType::RegistrationResponse | MsgType::KeepaliveAck | MsgType::RouteDirection | MsgType::Refusal
                 if from_dc =>
             {
@@ -505,7 +521,7 @@ impl Engine for Node {
             StreamKind::Tls if peer == self.cfg.account_server => self.handle_as_closed(now),
             StreamKind::Tcp => {
                 if let Some(ns) = self.ns.as_mut().filter(|ns| ns.addr() == peer) {
-                    ns.connection_lost(now);
+                    ns.connection_lost(now, &mut self.rng);
                 }
             }
             StreamKind::Tls => {}

@@ -1024,6 +1024,30 @@ impl Node {
         }
     }
 
+    /// The RS says it has no session `session` (it restarted): a hint, as unauthenticated
+    /// as the silence it replaces, so it counts only for a tunnel that is on the relay at
+    /// `from`, and only makes the side that opened the tunnel renegotiate through the DCs
+    /// (once per tunnel: `rekey_requested`). The other side waits for that renegotiation,
+    /// as after a silence (two renegotiations could leave each side on another session).
+    pub(super) fn handle_relay_lost_session(&mut self, now: Instant, from: SocketAddr, session: SessionId) -> Received {
+        let Some(t) = self
+            .tunnels
+            .iter_mut()
+            .find(|t| t.session == session && t.on_relay && t.relay == Some(from) && t.is_live())
+        else {
+            return self.drops.count(Drop::Unauthorized);
+        };
+        if t.rekey_requested || t.role != TunnelRole::Initiate {
+            return Received::Handled;
+        }
+        t.rekey_requested = true;
+        t.relay_check = None;
+        let peer = t.peer.fqdn.clone();
+        log::warn!("the relay lost tunnel {session} to {peer}; renegotiating");
+        self.request_direction(now, peer, Some(session));
+        Received::Handled
+    }
+
     /// Runs one tunnel's timers; false when the tunnel is over.
     fn drive_tunnel(&mut self, now: Instant, i: usize) -> bool {
         let cfg_keepalive = self.cfg.tunnel_keepalive;
