@@ -494,7 +494,7 @@ fn a_dc_restarted_from_its_saved_state_serves_nodes_without_a_new_login() {
     // A message the node sent before the restart is still a replay after it.
     d.sim.inject(RealmId::INTERNET, old.src, old.dst, old.bytes.clone());
     d.run_for(Duration::from_millis(100));
-    assert_eq!(d.sim.engine::<Dc>(dc_a).drops().get(ntm_proto::engine::Drop::Crypto), 1, "replay refused");
+    assert_eq!(d.sim.engine::<Dc>(dc_a).drops().get(ntm_proto::engine::Drop::Stale), 1, "replay refused as stale");
     d.run_for(Duration::from_secs(60));
     let ev = d.events(mn);
     assert!(!ev.iter().any(|e| matches!(e, NodeEvent::LoggedIn { .. })), "no re-login: {ev:?}");
