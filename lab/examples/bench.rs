@@ -23,7 +23,7 @@
 
 use ntm_lab::deploy::{read_status, Access, Deployment, NatKind};
 use ntm_lab::stream::LineStream;
-use ntm_lab::{find_tool, have, is_root, Lab, Ns};
+use ntm_lab::{find_tool, have, is_root, proc_kib, Lab, Ns};
 use ntm_proto::engine::account::DEFAULT_KEY_LIFETIME;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -245,16 +245,6 @@ fn clk_tck() -> f64 {
     })
 }
 
-/// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
-fn status_kib(pid: u32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn text(o: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -399,7 +389,7 @@ fn measure(
     }
     let mut m = Measured {
         rtt_ms: ping_rtt(lab, a, dst, if o.quick { 10 } else { 50 })?,
-        rss: pids.iter().map(|p| (status_kib(*p, "VmRSS:"), 0)).collect(),
+        rss: pids.iter().map(|p| (proc_kib(*p, "VmRSS"), 0)).collect(),
         ..Measured::default()
     };
     let cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
@@ -412,7 +402,7 @@ fn measure(
     m.rev_bps = rev;
     m.gbits = (fwd_bytes + rev_bytes) * 8.0 / 1e9;
     for (r, p) in m.rss.iter_mut().zip(pids) {
-        r.1 = status_kib(*p, "VmHWM:");
+        r.1 = proc_kib(*p, "VmHWM");
     }
     Ok(m)
 }
@@ -1664,7 +1654,7 @@ fn capacity(o: &Opts, bins: &Path, load: &Path, t: &mut Table) -> Res<()> {
         return Err(format!("ntm-dc did not start: {}", lab.proc(dc).log_text()));
     }
     let dc_pid = lab.proc(dc).pid();
-    let rss0 = status_kib(dc_pid, "VmRSS:");
+    let rss0 = proc_kib(dc_pid, "VmRSS");
     log(&format!("capacity: {} registrations at the DC", o.dc_nodes));
     let out = lab
         .try_exec(
@@ -1702,7 +1692,7 @@ fn capacity(o: &Opts, bins: &Path, load: &Path, t: &mut Table) -> Res<()> {
             o.dc_secs / 2,
             100.0 * f("regs_cpu") / f("regs_secs"),
             mib(rss0),
-            mib(status_kib(dc_pid, "VmRSS:"))
+            mib(proc_kib(dc_pid, "VmRSS"))
         ),
     ]);
     t.row(vec![
@@ -1815,7 +1805,7 @@ fn ns_capacity(lab: &mut Lab, ns: &Ns, bins: &Path, load: &Path, certs: &Certs, 
         }
     }
     std::thread::sleep(Duration::from_millis(300));
-    let rss = |lab: &mut Lab| servers.iter().map(|(p, _, _)| status_kib(lab.proc(*p).pid(), "VmRSS:")).sum::<u64>();
+    let rss = |lab: &mut Lab| servers.iter().map(|(p, _, _)| proc_kib(lab.proc(*p).pid(), "VmRSS")).sum::<u64>();
     let base = rss(lab);
     let t0 = Instant::now();
     let mut gens = Vec::new();
@@ -1996,7 +1986,7 @@ fn run(o: &Opts) -> Res<(String, bool)> {
                     [("as", "AS (ntm-as)"), ("dc-a", "DC (ntm-dc)"), ("rs", "RS (ntm-rs)"), ("ns", "NS (ntm-ns)")]
                 {
                     if let Some(p) = server_pid(&mut d, label) {
-                        servers_rss.push((what.to_string(), status_kib(p, "VmRSS:")));
+                        servers_rss.push((what.to_string(), proc_kib(p, "VmRSS")));
                     }
                 }
             }

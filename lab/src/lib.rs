@@ -80,6 +80,16 @@ pub fn is_root() -> bool {
     unsafe_euid() == 0
 }
 
+/// A memory field of `/proc/PID/status` ("VmRSS", "VmHWM", ...) in KiB; 0 if unreadable.
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.split(':').next() == Some(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn run(cmd: &mut Command) -> Result<Output> {
     let what = format!("{cmd:?}");
     let out = cmd.stdin(Stdio::null()).output()?;

@@ -7,7 +7,7 @@
 
 use ntm_lab::deploy::{or_skip, payload, Deployment};
 use ntm_lab::stream::LineStream;
-use ntm_lab::{have, Ns};
+use ntm_lab::{have, proc_kib, Ns};
 use std::time::{Duration, Instant};
 
 fn tools(what: &str, list: &[&str]) -> bool {
@@ -294,15 +294,6 @@ fn an_as_outside_the_deployment_ca_and_a_chain_signed_by_a_device_are_refused() 
     assert!(log.contains("TLS to the AS"), "the refusal is logged: {log}");
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Starts ntm-flood in `ns` in the background, pinned to CPU 1 (the agent under test
 /// runs on CPU 0).
 fn spawn_flood(d: &mut Deployment, ns: &Ns, label: &str, args: &[&str]) -> usize {
@@ -324,7 +315,7 @@ fn floods_of_queries_and_junk_leave_the_agent_small_and_working() {
     assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4);
     d.lab.exec(&a, &["ping", "-c", "2", "-i", "0.2", "-W", "3", &b4]).expect("ping before");
     let pid = d.lab.proc(d.boxes[0].proc.unwrap()).pid();
-    let before = rss_kib(pid);
+    let before = proc_kib(pid, "VmRSS");
 
     // The worst case for an event loop: box a's agent is slower than its input, so its
     // sockets never run dry. At nice 10 it shares CPU 0 with two busy loops (about a
@@ -371,7 +362,7 @@ fn floods_of_queries_and_junk_leave_the_agent_small_and_working() {
         }
         eprintln!("round {round}: {:?}", t.elapsed());
         std::thread::sleep(Duration::from_secs(1));
-        after.push(rss_kib(pid));
+        after.push(proc_kib(pid, "VmRSS"));
     }
     eprintln!("ntmd resident memory: {before} KiB before, {after:?} KiB after each round; pings answered during the floods: {pings:?} of 10");
 

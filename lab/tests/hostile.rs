@@ -10,7 +10,7 @@
 #![allow(clippy::print_stderr)]
 
 use ntm_lab::deploy::{or_skip, read_status, Deployment, AS_ADDR};
-use ntm_lab::have;
+use ntm_lab::{have, proc_kib};
 use serde_json::Value;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -29,16 +29,6 @@ fn lab(label: &str) -> Option<Deployment> {
         }
     }
     or_skip(Deployment::start(label), label)
-}
-
-/// A field of `/proc/PID/status`, in KiB (VmRSS, VmHWM).
-fn mem_kib(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The server `label`'s lab process index and PID (`ip netns exec` execs the daemon).
@@ -134,7 +124,7 @@ fn pipelined_password_guesses_do_not_block_the_as() {
     let file = d.lab.dir().join("guesses.bin");
     std::fs::write(&file, &guesses).unwrap();
     let (_, pid) = server(&mut d, "as");
-    let rss_before = mem_kib(pid, "VmRSS");
+    let rss_before = proc_kib(pid, "VmRSS");
     d.lab.step("800 wrong passwords, pipelined on two TLS connections from box a");
     let ns = d.boxes[0].ns.clone();
     let cmd = format!(
@@ -165,12 +155,12 @@ fn pipelined_password_guesses_do_not_block_the_as() {
         server_status(&d, "as")
     );
     let st = server_status(&d, "as");
-    let rss_after = mem_kib(pid, "VmRSS");
+    let rss_after = proc_kib(pid, "VmRSS");
     eprintln!(
         "item 6: 800 guesses all refused {:?} after box b registered; AS RSS {rss_before} -> {rss_after} KiB (peak \
          {} KiB); refusals {}, of which over the address's allowance {}; checks refused for a full queue {}",
         t.elapsed(),
-        mem_kib(pid, "VmHWM"),
+        proc_kib(pid, "VmHWM"),
         st["refusals"],
         st["dropped"]["limit"],
         st["password_checks_overloaded"]
@@ -186,7 +176,7 @@ fn one_address_cannot_fill_the_as_connection_table() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut d) = lab("hostile-table") else { return };
     let (_, pid) = server(&mut d, "as");
-    let rss_before = mem_kib(pid, "VmRSS");
+    let rss_before = proc_kib(pid, "VmRSS");
     d.lab.step("4150 silent connections to the AS from box a");
     hostile(&mut d, "hold", &["hold", AS_ADDR, "4150", "30"]);
     let ready = hostile_line(&d, "hold", "ready", 25);
@@ -196,7 +186,7 @@ fn one_address_cannot_fill_the_as_connection_table() {
     eprintln!(
         "item 7: {ready}; AS RSS {rss_before} -> {} KiB; box b registered in {took:?}; connections {}, refused {} \
          by source, {} full",
-        mem_kib(pid, "VmRSS"),
+        proc_kib(pid, "VmRSS"),
         st["connections"],
         st["driver"]["refused_source"],
         st["driver"]["refused_full"]
@@ -204,7 +194,7 @@ fn one_address_cannot_fill_the_as_connection_table() {
     assert!(took.is_some(), "box b logs in within 8 s while one address holds connections");
     assert!(alive(&mut d, "as"), "the AS is alive");
     assert!(st["connections"].as_u64().unwrap() <= 100, "one address holds few connections: {st}");
-    assert!(mem_kib(pid, "VmRSS") < rss_before + 32 * 1024, "the AS stays within 32 MiB more");
+    assert!(proc_kib(pid, "VmRSS") < rss_before + 32 * 1024, "the AS stays within 32 MiB more");
 }
 
 /// Item 8: whole frames of garbage every 500 ms on 200 connections to the NS's node port.
@@ -217,7 +207,7 @@ fn garbage_frames_do_not_hold_ns_connections() {
     // Room for the load: the per-source cap is not what is tested here.
     reconfigure(&mut d, "ns", serde_json::json!({"max_unauthenticated_per_source": 1000}));
     let (_, pid) = server(&mut d, "ns");
-    let rss_before = mem_kib(pid, "VmRSS");
+    let rss_before = proc_kib(pid, "VmRSS");
     d.lab.step("200 connections sending garbage frames to the NS node port from box a");
     hostile(&mut d, "garbage", &["garbage", NS_NODE_ADDR, "200", "18"]);
     let ready = hostile_line(&d, "garbage", "ready", 15);
@@ -228,7 +218,7 @@ fn garbage_frames_do_not_hold_ns_connections() {
     let st = server_status(&d, "ns");
     eprintln!(
         "item 8: {ready}; {done}; NS RSS {rss_before} -> {} KiB; box b registered in {took:?}; dropped {}",
-        mem_kib(pid, "VmRSS"),
+        proc_kib(pid, "VmRSS"),
         st["dropped"]
     );
     assert!(took.is_some(), "box b registers within 15 s");
@@ -236,7 +226,7 @@ fn garbage_frames_do_not_hold_ns_connections() {
     assert_eq!(field(&done, "closed"), field(&done, "opened"), "every garbage connection was closed: {done}");
     assert!(field(&done, "last_close_ms") <= 15_000, "within 15 s: {done}");
     assert!(d.lab.wait_for(5, || d.status(1).is_some_and(|s| s["notifications_ready"] == true)), "b is kept by the NS");
-    assert!(mem_kib(pid, "VmRSS") < rss_before + 32 * 1024, "the NS stays within 32 MiB more");
+    assert!(proc_kib(pid, "VmRSS") < rss_before + 32 * 1024, "the NS stays within 32 MiB more");
 }
 
 /// Item 9: 1 500 connections each holding 64 KiB of a frame that never completes (96 MiB
@@ -249,7 +239,7 @@ fn partial_frames_on_many_connections_are_bounded_in_total() {
     reconfigure(&mut d, "ns", serde_json::json!({"max_unauthenticated_per_source": 5000}));
     let (_, pid) = server(&mut d, "ns");
     d.lab.exec(&d.srv.clone(), &["prlimit", "--pid", &pid.to_string(), "--nofile=8192"]).unwrap();
-    let peak_before = mem_kib(pid, "VmHWM");
+    let peak_before = proc_kib(pid, "VmHWM");
     d.lab.step("1500 connections with 64 KiB partial frames to the NS node port from box a");
     hostile(&mut d, "partial", &["partial", NS_NODE_ADDR, "1500", "20"]);
     let ready = hostile_line(&d, "partial", "ready", 20);
@@ -257,7 +247,7 @@ fn partial_frames_on_many_connections_are_bounded_in_total() {
     cfg["keepalive"] = "ns".into();
     let took = legit_box(&mut d, &cfg, 15);
     let st = server_status(&d, "ns");
-    let peak_after = mem_kib(pid, "VmHWM");
+    let peak_after = proc_kib(pid, "VmHWM");
     eprintln!(
         "item 9: {ready}; NS peak RSS {peak_before} -> {peak_after} KiB; box b registered in {took:?}; shed {}, \
          buffered now {}",
@@ -288,7 +278,7 @@ fn a_listener_out_of_descriptors_still_takes_a_legitimate_login() {
     eprintln!(
         "item 10: limit {limit}; {ready}; AS RSS {} KiB; box b registered in {took:?}; out of descriptors {} times, \
          evicted {}, shed {}",
-        mem_kib(pid, "VmRSS"),
+        proc_kib(pid, "VmRSS"),
         st["driver"]["fd_exhausted"],
         st["driver"]["evicted"],
         st["driver"]["shed_accepts"]

@@ -5,19 +5,10 @@
 #![allow(clippy::print_stderr)]
 
 use ntm_lab::deploy::{or_skip, read_status, Deployment};
-use ntm_lab::have;
+use ntm_lab::{have, proc_kib};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 /// The UDP datagrams of a pcap file: (destination, payload). Reads the link types tcpdump
 /// writes for one interface (Ethernet) and for `-i any` (Linux cooked, v1 and v2).
@@ -129,9 +120,9 @@ fn junk_and_replayed_datagrams_at_every_udp_port_leave_every_daemon_alive_small_
 
     let servers: Vec<(String, u32)> =
         d.servers.clone().into_iter().map(|(label, _, p)| (label, d.lab.proc(p).pid())).collect();
-    let rss_before: Vec<u64> = servers.iter().map(|(_, pid)| rss_kib(*pid)).collect();
+    let rss_before: Vec<u64> = servers.iter().map(|(_, pid)| proc_kib(*pid, "VmRSS")).collect();
     let agent_pids: Vec<u32> = (0..2).map(|i| d.lab.proc(d.boxes[i].proc.unwrap()).pid()).collect();
-    let agent_rss_before: Vec<u64> = agent_pids.iter().map(|p| rss_kib(*p)).collect();
+    let agent_rss_before: Vec<u64> = agent_pids.iter().map(|p| proc_kib(*p, "VmRSS")).collect();
     let status_of = |d: &Deployment, label: &str| read_status(&d.lab.dir().join(format!("{label}.sock")));
     let dropped_before: Vec<u64> =
         servers.iter().map(|(l, _)| status_of(&d, l).map_or(0, |s| dropped_total(&s))).collect();
@@ -246,7 +237,7 @@ fn junk_and_replayed_datagrams_at_every_udp_port_leave_every_daemon_alive_small_
     for (k, (label, pid)) in servers.iter().enumerate() {
         let (_, _, p) = d.servers[k].clone();
         assert!(d.lab.proc(p).alive(), "{label} survives");
-        let after = rss_kib(*pid);
+        let after = proc_kib(*pid, "VmRSS");
         let s = status_of(&d, label).unwrap_or_else(|| panic!("{label} answers its status"));
         let dropped = dropped_total(&s) - dropped_before[k];
         eprintln!("{label}: {} KiB -> {after} KiB; dropped {dropped}: {}", rss_before[k], s["dropped"]);
@@ -256,7 +247,7 @@ fn junk_and_replayed_datagrams_at_every_udp_port_leave_every_daemon_alive_small_
         }
     }
     for (i, pid) in agent_pids.iter().enumerate() {
-        let after = rss_kib(*pid);
+        let after = proc_kib(*pid, "VmRSS");
         eprintln!("box {i}: {} KiB -> {after} KiB", agent_rss_before[i]);
         assert!(d.lab.proc(d.boxes[i].proc.unwrap()).alive(), "box {i}'s agent survives");
         assert!(after < agent_rss_before[i] + 4096, "box {i} stays small");
