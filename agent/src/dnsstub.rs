@@ -304,13 +304,26 @@ pub struct DnsStub {
     /// Forwarded queries by their upstream id.
     forwards: BTreeMap<u16, Forward>,
     transmits: VecDeque<(Dest, SocketAddr, Vec<u8>)>,
-    /// Look-up budgets by client address (at most [`CLIENTS_MAX`]).
+    /// Look-up budgets by client address (at most [`CLIENTS_MAX`]), and of all clients
+    /// together ([`TOTAL_SHARES`] clients' worth), so that many client addresses do not
+    /// multiply the budget.
     buckets: Vec<Bucket>,
+    total: Option<Bucket>,
     stats: StubStats,
 }
 
 /// Clients whose look-up budget is remembered; the one heard from longest ago makes room.
 const CLIENTS_MAX: usize = 64;
+/// The budget of all clients together, in single clients' budgets.
+const TOTAL_SHARES: u64 = 4;
+
+/// Adds what `b` earned since it was last looked at (`rate` tokens a second, in
+/// thousandths), up to `burst`.
+fn refill(b: &mut Bucket, now: Instant, rate: u64, burst: u64) {
+    let waited = u64::try_from(now.saturating_duration_since(b.at).as_millis()).unwrap_or(u64::MAX);
+    b.milli_tokens = b.milli_tokens.saturating_add(waited.saturating_mul(rate)).min(burst);
+    b.at = now;
+}
 
 /// A client's look-up budget: tokens in thousandths, refilled with time.
 #[derive(Debug)]
@@ -343,6 +356,7 @@ impl DnsStub {
             forwards: BTreeMap::new(),
             transmits: VecDeque::new(),
             buckets: Vec::new(),
+            total: None,
             stats: StubStats::default(),
         }
     }
@@ -555,7 +569,8 @@ impl DnsStub {
         Outcome::Nothing
     }
 
-    /// Takes one look-up from `client`'s budget; false if it has none left.
+    /// Takes one look-up from `client`'s budget and from the total; false if either has
+    /// none left.
     fn take_lookup(&mut self, now: Instant, client: IpAddr) -> bool {
         let (rate, burst) = (u64::from(self.cfg.lookups_per_sec), u64::from(self.cfg.lookup_burst) * 1000);
         let i = match self.buckets.iter().position(|b| b.client == client) {
@@ -571,16 +586,16 @@ impl DnsStub {
                 self.buckets.len() - 1
             }
         };
+        let total_burst = burst * TOTAL_SHARES;
+        let total = self.total.get_or_insert(Bucket { client, milli_tokens: total_burst, at: now });
+        refill(total, now, rate * TOTAL_SHARES, total_burst);
         let Some(b) = self.buckets.get_mut(i) else { return false };
-        // Milliseconds times tokens per second: thousandths of a token.
-        let waited = u64::try_from(now.saturating_duration_since(b.at).as_millis()).unwrap_or(u64::MAX);
-        let refill = waited.saturating_mul(rate);
-        b.milli_tokens = b.milli_tokens.saturating_add(refill).min(burst);
-        b.at = now;
-        if b.milli_tokens < 1000 {
+        refill(b, now, rate, burst);
+        if b.milli_tokens < 1000 || total.milli_tokens < 1000 {
             return false;
         }
         b.milli_tokens -= 1000;
+        total.milli_tokens -= 1000;
         true
     }
 
@@ -1246,6 +1261,20 @@ mod tests {
             })
             .count();
         assert_eq!(refused, 13, "each refused query is answered SERVFAIL");
+    }
+
+    #[test]
+    fn many_client_addresses_share_one_total_look_up_budget() {
+        let mut s = stub(StubConfig { lookups_per_sec: 10, lookup_burst: 4, max_pending: 10_000, ..cfg() });
+        let started = (0..200u32)
+            .filter(|i| {
+                let client = SocketAddr::from(([127, 1, (i / 250) as u8, (i % 250) as u8], 5353));
+                let q = query(9, &format!("c{i}.ntm.test"), TYPE::A);
+                matches!(s.handle_query(T0, client, &q), Outcome::Resolve { .. })
+            })
+            .count();
+        assert_eq!(started, 16, "four clients' bursts in all");
+        assert_eq!(s.stats().rate_limited, 184);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub mod account;
 #[cfg(feature = "servers")]
 pub mod dc;
 #[cfg(feature = "servers")]
+pub(crate) mod hints;
+#[cfg(feature = "servers")]
 pub(crate) mod keyshare;
 pub mod node;
 #[cfg(feature = "servers")]

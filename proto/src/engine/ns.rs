@@ -71,7 +71,7 @@ pub struct Ns {
     /// `poll_timeout` stays O(1) with many nodes.
     next_sweep: Instant,
     /// The second of `now`, and unknown-key refusals sent in it (rate limit).
-    hints: (u64, u32),
+    hints: crate::engine::hints::HintBudget,
 }
 
 /// How often expired node keys are swept.
@@ -81,6 +81,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// After a restart every node comes back within a few seconds (their reconnects are
 /// spread), so the cap is well above what those need.
 const HINTS_PER_SECOND: u32 = 1000;
+/// ... and per source address: boxes behind one carrier-grade NAT share one.
+const HINTS_PER_SOURCE: u32 = 100;
 
 impl core::fmt::Debug for Ns {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -102,7 +104,7 @@ impl Ns {
             out: VecDeque::new(),
             drops: DropCounters::default(),
             next_sweep: Instant::ZERO,
-            hints: (0, 0),
+            hints: crate::engine::hints::HintBudget::new(HINTS_PER_SECOND, HINTS_PER_SOURCE),
         })
     }
 
@@ -264,14 +266,9 @@ impl Ns {
     /// header, since we cannot seal. It is a hint, never proof: the node acts on it only by
     /// asking its DC, over its authenticated channel, for a new key.
     fn refuse_unknown_key(&mut self, now: Instant, to: SocketAddr, frame: &[u8]) {
-        let second = now.as_millis() / 1000;
-        if self.hints.0 != second {
-            self.hints = (second, 0);
-        }
-        if self.hints.1 >= HINTS_PER_SECOND {
+        if !self.hints.allow(now, &to) {
             return;
         }
-        self.hints.1 += 1;
         let Ok(env) = Envelope::new_checked(frame) else { return };
         let refusal = Refusal::new(env.msg_type(), crate::wire::RequestId(0), Reason::UnknownKey, "unknown key");
         let mut header = Header::plain(MsgType::Refusal, Sender::Ns);

@@ -116,12 +116,14 @@ pub struct Rs {
     out: VecDeque<Transmit>,
     drops: DropCounters,
     /// The second of `now`, and unknown-session refusals sent in it (rate limit).
-    hints: (u64, u32),
+    hints: crate::engine::hints::HintBudget,
 }
 
 /// Unknown-session refusals per second. They answer unauthenticated UDP, so they are
 /// capped (and smaller than any packet that can trigger one) to be useless for reflection.
 const HINTS_PER_SECOND: u32 = 50;
+/// ... and per source address, so that one source cannot use up the total.
+const HINTS_PER_SOURCE: u32 = 10;
 
 impl core::fmt::Debug for Rs {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -163,7 +165,7 @@ impl Rs {
             sessions: HashMap::new(),
             out: VecDeque::new(),
             drops: DropCounters::default(),
-            hints: (0, 0),
+            hints: crate::engine::hints::HintBudget::new(HINTS_PER_SECOND, HINTS_PER_SOURCE),
         })
     }
 
@@ -308,12 +310,7 @@ impl Rs {
     /// the node acts on it just by asking its DC, over its authenticated channel. The
     /// refusal (23 bytes, no detail) is smaller than any sealed packet (32 or more).
     fn refuse_unknown_session(&mut self, now: Instant, to: SocketAddr, buf: &[u8]) -> Received {
-        let second = now.as_millis() / 1000;
-        if self.hints.0 != second {
-            self.hints = (second, 0);
-        }
-        if self.hints.1 < HINTS_PER_SECOND {
-            self.hints.1 += 1;
+        if self.hints.allow(now, &to) {
             if let Ok(env) = Envelope::new_checked(buf) {
                 let refusal = Refusal::new(env.msg_type(), crate::wire::RequestId(0), Reason::UnknownKey, "");
                 let mut header = crate::wire::Header::plain(MsgType::Refusal, Sender::Rs);

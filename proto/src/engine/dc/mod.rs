@@ -250,7 +250,7 @@ pub struct Dc {
     drops: DropCounters,
     /// The current second, and plain refusals sent in it (rate limit).
     now_second: u64,
-    plain_refusals: (u64, u32),
+    plain_refusals: crate::engine::hints::HintBudget,
     /// Next sweep of expired node keys (periodic, so `poll_timeout` stays cheap).
     next_sweep: Instant,
 }
@@ -311,7 +311,10 @@ impl Dc {
             events: VecDeque::new(),
             drops: DropCounters::default(),
             now_second: now.as_millis() / 1000,
-            plain_refusals: (0, 0),
+            plain_refusals: crate::engine::hints::HintBudget::new(
+                nodes::PLAIN_REFUSALS_PER_SECOND,
+                nodes::PLAIN_REFUSALS_PER_SOURCE,
+            ),
             next_sweep: now,
         })
     }

@@ -94,9 +94,11 @@ const UNSAVED_MAX: usize = 4;
 /// Least time between two push requests for one node.
 const PUSH_INTERVAL: crate::time::Duration = crate::time::Duration::from_secs(10);
 
-/// Plain refusals (for unknown keys) allowed per second: they are unauthenticated, so
-/// they are rate-limited to stay useless for reflection.
-const PLAIN_REFUSALS_PER_SECOND: u32 = 50;
+/// Plain refusals (for unknown keys) allowed per second, in total and per source: they
+/// are unauthenticated, so they are rate-limited to stay useless for reflection, and one
+/// source gets only its share (see `engine::hints::HintBudget`).
+pub(super) const PLAIN_REFUSALS_PER_SECOND: u32 = 50;
+pub(super) const PLAIN_REFUSALS_PER_SOURCE: u32 = 10;
 
 impl Dc {
     /// Key Distribution from the AS (spec 4.1 step 2): hold the node's K_ntmdc.
@@ -448,14 +450,10 @@ impl Dc {
     /// the clear so the node logs in again. The refusal's header names the key id (a node
     /// acts only on refusals naming its own key), its body cannot name the request.
     pub(super) fn refuse_unknown_key(&mut self, from: SocketAddr, ty: MsgType, buf: &[u8]) {
-        let second = self.now_second;
-        if self.plain_refusals.0 != second {
-            self.plain_refusals = (second, 0);
-        }
-        if self.plain_refusals.1 >= PLAIN_REFUSALS_PER_SECOND {
+        let now = Instant::from_millis(self.now_second.saturating_mul(1000));
+        if !self.plain_refusals.allow(now, &from) {
             return;
         }
-        self.plain_refusals.1 += 1;
         let Ok(env) = crate::wire::Envelope::new_checked(buf) else { return };
         let refusal = Message::Refusal(Refusal::new(ty, RequestId(0), Reason::UnknownKey, "unknown key; log in again"));
         let mut header = Header::plain(MsgType::Refusal, Sender::Dc);
