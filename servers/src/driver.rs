@@ -898,6 +898,10 @@ impl<D: Daemon> Driver<D> {
                 self.close(old);
             }
             self.stats.accepted += 1;
+            // Read what came with it now (a ClientHello waits in the socket when the
+            // backlog was long): its rank must show before later accepts of this turn,
+            // under a flood hundreds, pick what to evict.
+            self.conn_ready(key, true, false);
         }
         self.again.push(Token(LISTEN_BASE + i));
     }
