@@ -287,3 +287,105 @@ fn a_listener_out_of_descriptors_still_takes_a_legitimate_login() {
     assert!(alive(&mut d, "as"), "the AS is alive");
     assert!(st["driver"]["fd_exhausted"].as_u64().unwrap_or(0) > 0, "the AS did run out of descriptors: {st}");
 }
+
+/// A slow-loris from many addresses: each holds `per` silent TCP connections to the AS
+/// (under the per-source cap) and opens a new one for each the AS closes, for `secs`
+/// seconds. Prints `ready ...` once all are open and `done ...` at the end.
+const LORIS: &str = r#"
+import selectors, socket, sys, time
+dst, port, secs, per = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+sel = selectors.DefaultSelector()
+opened = reopened = failed = 0
+def open_one(src):
+    global opened, failed
+    k = socket.socket(); k.setblocking(False)
+    try:
+        k.bind((src, 0)); k.connect_ex((dst, port))
+        sel.register(k, selectors.EVENT_READ, src); opened += 1
+    except OSError:
+        failed += 1; k.close()
+t0 = time.time(); end = t0 + secs
+for s in sys.argv[5:]:
+    for _ in range(per):
+        open_one(s)
+print("ready opened=%d failed=%d" % (opened, failed), flush=True)
+while time.time() < end:
+    for key, _ in sel.select(timeout=0.2):
+        k = key.fileobj
+        try:
+            data = k.recv(4096)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            sel.unregister(k); k.close(); reopened += 1
+            if time.time() < end:
+                open_one(key.data)
+print("done opened=%d reopened=%d failed=%d" % (opened, reopened, failed), flush=True)
+"#;
+
+/// Item 11 (outside tester): a slow-loris from 230 addresses of box a's namespace, 60
+/// silent connections each (under the per-source cap of 64), reopened as the AS evicts
+/// them, for 20 s: 13 800 connections for a table of 512. Box b (device certificate)
+/// logs in within 8 s while it runs, and none of its connections is closed under it:
+/// the AS evicts the silent connections before one that has begun its TLS handshake.
+#[test]
+fn a_slowloris_from_many_addresses_does_not_block_logins() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const PY: &str = "/usr/bin/python3";
+    if !std::path::Path::new(PY).exists() {
+        assert!(std::env::var_os("NTM_REQUIRE_LAB").is_none(), "hostile-loris: {PY} is missing");
+        eprintln!("SKIPPED hostile-loris: {PY} is missing");
+        return;
+    }
+    let Some(mut d) = lab("hostile-loris") else { return };
+    let ns = d.boxes[0].ns.clone();
+    let srcs: Vec<String> = (20..250).map(|k| format!("198.51.100.{k}")).collect();
+    for s in &srcs {
+        d.lab.addr(&ns, "eth0", &format!("{s}/24")).expect("an address for the loris");
+    }
+    // A table of 512: the lab's flood (three Python loops on a shared machine) then turns
+    // it over about as fast as the tester's flood turned over the default 4 096 (each
+    // silent connection lasts 0.1-0.2 s), shorter than a loaded AS takes from a TLS
+    // handshake's first byte to the Login Request.
+    reconfigure(&mut d, "as", serde_json::json!({"max_connections": 512}));
+    let (_, pid) = server(&mut d, "as");
+    let rss_before = proc_kib(pid, "VmRSS");
+    let script = d.lab.dir().join("loris.py").to_string_lossy().into_owned();
+    std::fs::write(&script, LORIS).unwrap();
+    let host = AS_ADDR.split(':').next().unwrap();
+    d.lab.step("slow-loris: 230 addresses x 60 silent connections to the AS for 20 s");
+    let parts = [("loris1", &srcs[..77]), ("loris2", &srcs[77..154]), ("loris3", &srcs[154..])];
+    for (label, part) in parts {
+        let mut cmd = vec!["prlimit", "--nofile=8192", "--", PY, &script, host, "4443", "20", "60"];
+        cmd.extend(part.iter().map(String::as_str));
+        d.lab.spawn(&ns, label, &cmd, &[]).expect("the loris starts");
+    }
+    let ready: Vec<String> = parts.iter().map(|(label, _)| hostile_line(&d, label, "ready", 20)).collect();
+    // The table is full and evicting: the AS has closed connections to make room.
+    let full = d.lab.wait_for(10, || server_status(&d, "as")["driver"]["evicted"].as_u64().unwrap_or(0) > 1000);
+    let cfg = d.agent_config(1);
+    let took = legit_box(&mut d, &cfg, 8);
+    let st = server_status(&d, "as");
+    // Box b's login connections that the AS closed after the TLS handshake.
+    let b = d.boxes[1].proc.expect("box b runs");
+    let blog = d.lab.proc(b).log_text();
+    let cut = blog.matches("closed before the Login Response").count();
+    let done: Vec<String> = parts.iter().map(|(label, _)| hostile_line(&d, label, "done", 30)).collect();
+    eprintln!(
+        "item 11: {ready:?}; {done:?}; box b registered in {took:?}, {cut} of its connections cut; AS RSS \
+         {rss_before} -> {} KiB; connections {}, unauthenticated {}, evicted {} ({} by rank), refused full {}",
+        proc_kib(pid, "VmRSS"),
+        st["connections"],
+        st["unauthenticated"],
+        st["driver"]["evicted"],
+        st["driver"]["evicted_by_progress"],
+        st["driver"]["refused_full"]
+    );
+    assert!(full, "the loris fills the AS's table: {st}");
+    assert!(took.is_some(), "box b logs in within 8 s during the slow-loris");
+    assert_eq!(cut, 0, "no login connection of box b was closed under it");
+    assert!(alive(&mut d, "as"), "the AS is alive");
+    assert!(proc_kib(pid, "VmRSS") < rss_before + 64 * 1024, "the AS stays within 64 MiB more");
+}

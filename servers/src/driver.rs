@@ -20,7 +20,10 @@
 //! until then it must become live within [`HANDSHAKE_TIMEOUT`] of opening, one source
 //! address may hold only [`DriverConfig::max_unauthenticated_per_source`] such
 //! connections, and when the table is full (or the process is out of file descriptors)
-//! the oldest of them is closed to make room, so a legitimate peer always gets in. Only
+//! one of them is closed to make room, so a legitimate peer always gets in: the one that
+//! has shown the least [`Progress`] (silent before talking, talking before a finished TLS
+//! handshake, that before a verified client certificate or a frame waiting for the
+//! engine), and of those the one that reached its rank first. Only
 //! live frames reset the idle timer: garbage keeps nothing open. Bytes buffered for
 //! partial frames are capped per connection (one frame) and in total
 //! ([`DriverConfig::max_buffered_bytes`]; over it, the connections holding the most are
@@ -37,7 +40,7 @@ use ntm_proto::time::{Duration, Instant};
 use ntm_proto::wire::frame::{encode_frame, FrameDecoder, FRAME_MAX};
 use rustls::pki_types::{CertificateDer, ServerName};
 use slab::Slab;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -150,6 +153,8 @@ pub struct DriverStats {
     /// Connections not yet live closed to make room for a new one (table full or out of
     /// file descriptors).
     pub evicted: u64,
+    /// The same by the [`Progress`] they had made: silent, talking, secured, vouched.
+    pub evicted_by_progress: [u64; 4],
     /// Connections closed because the bytes held for partial frames went over the total
     /// cap and they held the most.
     pub shed_buffers: u64,
@@ -175,6 +180,26 @@ pub struct DriverStats {
     pub dns_lookups: u64,
 }
 
+/// How far an inbound connection that is not live has come towards proving itself; the
+/// table, when full, evicts from the lowest rank first. Each rank costs a peer more than
+/// the one before: bytes; a whole TLS handshake (a key exchange and the server's
+/// signature checked); a client certificate signed by the deployment CA, which no
+/// stranger has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Progress {
+    /// Nothing received.
+    Silent = 0,
+    /// Bytes received: a TLS handshake begun, or part of a frame.
+    Talking = 1,
+    /// A TLS handshake finished without a client certificate.
+    Secured = 2,
+    /// A TLS handshake finished with a client certificate the CA vouches for, or a frame
+    /// waits for the engine, which is busy with this peer's request.
+    Vouched = 3,
+}
+
+const RANKS: usize = 4;
+
 struct Conn {
     sock: TcpStream,
     kind: StreamKind,
@@ -193,6 +218,10 @@ struct Conn {
     live: bool,
     /// Not read until the engine is ready for its next frame.
     paused: bool,
+    /// How far it came before being live (inbound ones only).
+    progress: Progress,
+    /// Tells this connection from a later one that reuses its key in the table.
+    serial: u64,
     /// The decoder's bytes as counted in the driver's total.
     counted: usize,
     opened: std::time::Instant,
@@ -209,6 +238,7 @@ impl Conn {
         peer: SocketAddr,
         tls: Option<Box<rustls::Connection>>,
         inbound: bool,
+        serial: u64,
     ) -> Self {
         let now = std::time::Instant::now();
         Conn {
@@ -224,6 +254,8 @@ impl Conn {
             inbound,
             live: !inbound,
             paused: false,
+            progress: Progress::Silent,
+            serial,
             counted: 0,
             opened: now,
             last_activity: now,
@@ -328,6 +360,12 @@ pub struct Driver<D: Daemon> {
     max_unauthenticated_per_source: usize,
     /// Inbound connections not yet live, by source address.
     unauthenticated: HashMap<IpAddr, usize>,
+    /// Inbound connections not yet live, one queue per [`Progress`] rank, in the order
+    /// they reached it, as (key, serial). Entries of connections that closed, became
+    /// live or moved up are skipped when met and pruned when a queue grows long, so an
+    /// eviction costs O(1) amortized, not a scan of the table.
+    unproven: [VecDeque<(usize, u64)>; RANKS],
+    next_serial: u64,
     max_buffered_bytes: usize,
     /// Bytes held for partial frames over all connections.
     buffered: usize,
@@ -478,6 +516,8 @@ impl<D: Daemon> Driver<D> {
             tcp_idle_timeout: cfg.tcp_idle_timeout,
             max_unauthenticated_per_source: cfg.max_unauthenticated_per_source.max(1),
             unauthenticated: HashMap::new(),
+            unproven: Default::default(),
+            next_serial: 0,
             max_buffered_bytes: cfg.max_buffered_bytes,
             buffered: 0,
             paused: Vec::new(),
@@ -798,7 +838,7 @@ impl<D: Daemon> Driver<D> {
                     // Readiness is edge-triggered: what waits in the backlog is not reported
                     // again until a new connection comes, so try again on a timer.
                     self.accept_retry = Some(std::time::Instant::now() + ACCEPT_RETRY);
-                    if self.evict_oldest_unauthenticated() {
+                    if self.evict_unproven() {
                         continue;
                     }
                     // Nothing to give up: accept with the reserve and close at once, so the
@@ -825,7 +865,7 @@ impl<D: Daemon> Driver<D> {
                 log::debug!("refusing a connection from {source}: it holds its most that are not live");
                 continue; // dropping `sock` closes it
             }
-            if self.conns.len() >= self.max_connections && !self.evict_oldest_unauthenticated() {
+            if self.conns.len() >= self.max_connections && !self.evict_unproven() {
                 self.stats.refused_full += 1;
                 continue;
             }
@@ -846,7 +886,10 @@ impl<D: Daemon> Driver<D> {
             if self.poll.registry().register(&mut sock, Token(CONN_BASE + key), Interest::READABLE).is_err() {
                 continue;
             }
-            entry.insert(Conn::new(sock, kind, peer, tls, true));
+            let serial = self.next_serial;
+            self.next_serial += 1;
+            entry.insert(Conn::new(sock, kind, peer, tls, true, serial));
+            self.enqueue_unproven(Progress::Silent, key, serial);
             *self.unauthenticated.entry(source).or_insert(0) += 1;
             // A newer connection from the same address replaces an older one, which is
             // closed: nothing would reach it any more. The engine is not told, since its
@@ -855,22 +898,60 @@ impl<D: Daemon> Driver<D> {
                 self.close(old);
             }
             self.stats.accepted += 1;
+            // Read what came with it now (a ClientHello waits in the socket when the
+            // backlog was long): its rank must show before later accepts of this turn,
+            // under a flood hundreds, pick what to evict.
+            self.conn_ready(key, true, false);
         }
         self.again.push(Token(LISTEN_BASE + i));
     }
 
-    /// Closes the oldest inbound connection that is not live; false if there is none.
-    fn evict_oldest_unauthenticated(&mut self) -> bool {
-        let oldest =
-            self.conns.iter().filter(|(_, c)| c.inbound && !c.live).min_by_key(|(_, c)| c.opened).map(|(k, _)| k);
-        match oldest {
-            Some(k) => {
-                self.stats.evicted += 1;
-                self.close(k);
-                true
+    /// Closes the inbound connection not yet live that has made the least progress (of
+    /// those, the first to reach its rank); false if there is none.
+    fn evict_unproven(&mut self) -> bool {
+        for rank in 0..RANKS {
+            while let Some((key, serial)) = self.unproven.get_mut(rank).and_then(|q| q.pop_front()) {
+                if self.unproven_at(key, serial) == Some(rank) {
+                    self.stats.evicted += 1;
+                    if let Some(n) = self.stats.evicted_by_progress.get_mut(rank) {
+                        *n += 1;
+                    }
+                    self.close(key);
+                    return true;
+                }
             }
-            None => false,
         }
+        false
+    }
+
+    /// The rank of connection `key` if it is still the one numbered `serial`, inbound
+    /// and not live.
+    fn unproven_at(&self, key: usize, serial: u64) -> Option<usize> {
+        self.conns.get(key).filter(|c| c.serial == serial && c.inbound && !c.live).map(|c| c.progress as usize)
+    }
+
+    fn enqueue_unproven(&mut self, rank: Progress, key: usize, serial: u64) {
+        let limit = 2 * self.max_connections.max(64);
+        let Some(q) = self.unproven.get_mut(rank as usize) else { return };
+        q.push_back((key, serial));
+        if q.len() > limit {
+            // Mostly entries of connections gone or moved on: drop those (amortized O(1),
+            // since the queue must double again before the next pruning).
+            let mut q = std::mem::take(&mut self.unproven[rank as usize]);
+            q.retain(|&(k, s)| self.unproven_at(k, s) == Some(rank as usize));
+            self.unproven[rank as usize] = q;
+        }
+    }
+
+    /// Raises an inbound connection's progress (never lowers it) while it is not live.
+    fn progress(&mut self, key: usize, to: Progress) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        if !c.inbound || c.live || c.progress >= to {
+            return;
+        }
+        c.progress = to;
+        let serial = c.serial;
+        self.enqueue_unproven(to, key, serial);
     }
 
     /// Marks a connection live: it proved itself, so the idle timer applies from now on.
@@ -924,7 +1005,7 @@ impl<D: Daemon> Driver<D> {
 
     /// Opens an outbound stream to `to`, verifying the server as `server` for TLS.
     fn connect(&mut self, kind: StreamKind, to: SocketAddr, server: &ntm_proto::wire::Fqdn) -> Option<usize> {
-        if self.conns.len() >= self.max_connections && !self.evict_oldest_unauthenticated() {
+        if self.conns.len() >= self.max_connections && !self.evict_unproven() {
             self.stats.refused_full += 1;
             return None;
         }
@@ -945,7 +1026,7 @@ impl<D: Daemon> Driver<D> {
         let mut attempt = TcpStream::connect(to);
         if attempt.as_ref().is_err_and(out_of_descriptors) {
             self.stats.fd_exhausted += 1;
-            if self.evict_oldest_unauthenticated() {
+            if self.evict_unproven() {
                 attempt = TcpStream::connect(to);
             }
         }
@@ -964,7 +1045,9 @@ impl<D: Daemon> Driver<D> {
             .registry()
             .register(&mut sock, Token(CONN_BASE + key), Interest::READABLE | Interest::WRITABLE)
             .ok()?;
-        entry.insert(Conn::new(sock, kind, to, tls, false));
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        entry.insert(Conn::new(sock, kind, to, tls, false, serial));
         self.by_peer.insert((kind, to), key);
         Some(key)
     }
@@ -1053,6 +1136,7 @@ impl<D: Daemon> Driver<D> {
                         self.paused.push(key);
                     }
                 }
+                self.progress(key, Progress::Vouched);
                 break;
             }
             let Some(c) = self.conns.get_mut(key) else { return Delivery::Close };
@@ -1131,6 +1215,16 @@ impl<D: Daemon> Driver<D> {
                     Err(_) => return ReadResult::Fail,
                 },
             };
+            // What the peer showed so far: bytes, a finished handshake, a certificate
+            // the CA signed (rustls verified it during the handshake).
+            let progress = match c.tls.as_ref() {
+                Some(t) if !t.is_handshaking() && t.peer_certificates().is_some_and(|p| !p.is_empty()) => {
+                    Progress::Vouched
+                }
+                Some(t) if !t.is_handshaking() => Progress::Secured,
+                _ => Progress::Talking,
+            };
+            self.progress(key, progress);
             return ReadResult::Bytes(n);
         }
     }

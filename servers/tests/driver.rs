@@ -401,3 +401,50 @@ fn a_busy_engine_leaves_further_frames_in_the_socket() {
     assert!(d.daemon().engine.frames.iter().all(|(from, _)| *from == me));
     assert_eq!(d.daemon().engine.frames[2000].1, b"echo 1999");
 }
+
+/// True while the server has neither closed `c` nor sent anything on it.
+fn still_open(c: &mut TcpStream) -> bool {
+    c.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 16];
+    let open = matches!(c.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    c.set_nonblocking(false).unwrap();
+    open
+}
+
+#[test]
+fn a_full_table_closes_silent_connections_before_one_that_has_begun_to_talk() {
+    let mut cfg = config(1, None);
+    cfg.max_connections = 3;
+    let mut d = driver_with(cfg);
+    let addr = d.listen_addrs()[0];
+    // The oldest has sent bytes (a frame the engine drops: it stays not live), which is
+    // more than silence.
+    let mut talking = TcpStream::connect(addr).unwrap();
+    talking.write_all(&frame(b"junk")).unwrap();
+    assert!(turn_until(&mut d, 5, |d| d.daemon().engine.frames.len() == 1));
+    let mut silent = Vec::new();
+    for n in 2..=3 {
+        silent.push(TcpStream::connect(addr).unwrap());
+        assert!(turn_until(&mut d, 5, |d| d.stats().accepted == n));
+    }
+    // Each newcomer closes the oldest silent connection, never the talking one, though
+    // it is the oldest of all.
+    for n in 4..=7 {
+        silent.push(TcpStream::connect(addr).unwrap());
+        assert!(turn_until(&mut d, 5, |d| d.stats().accepted == n), "{:?}", d.stats());
+    }
+    assert_eq!((d.stats().evicted, d.stats().refused_full), (4, 0));
+    for (i, c) in silent.iter_mut().enumerate().take(4) {
+        assert!(closed_by_server(c), "silent connection {i} was closed");
+    }
+    assert!(still_open(&mut talking), "the talking connection stays");
+    // Once every connection left talks, the first to talk goes first.
+    for c in silent.iter_mut().skip(4) {
+        c.write_all(&frame(b"junk")).unwrap();
+    }
+    assert!(turn_until(&mut d, 5, |d| d.daemon().engine.frames.len() == 3));
+    let _newcomer = TcpStream::connect(addr).unwrap();
+    assert!(turn_until(&mut d, 5, |d| d.stats().accepted == 8), "{:?}", d.stats());
+    assert!(closed_by_server(&mut talking), "the first to talk goes when all talk");
+    assert!(still_open(&mut silent[4]) && still_open(&mut silent[5]));
+}
