@@ -417,6 +417,25 @@ pub fn build(cfg: DcFile) -> Result<Driver<DcDaemon>, StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node's state as the engine exports it: key `[byte; 16]` for an hour from `now`,
+    /// UDP keepalive, nothing else known yet.
+    fn node_state(fqdn: Fqdn, key_id: KeyId, byte: u8, now: Instant, next: u64, peer: u64) -> NodeState {
+        NodeState {
+            fqdn,
+            key_id,
+            key: KNtmDc::from_bytes([byte; 16]),
+            expires: now + Duration::from_secs(3600),
+            next_counter: next,
+            peer_counter: peer,
+            attestation: None,
+            virtual_addrs: None,
+            endpoints: Vec::new(),
+            local_addrs: Vec::new(),
+            keepalive: KeepaliveMethod::Udp,
+            ns: None,
+        }
+    }
     use ntm_proto::engine::Transmit;
     use ntm_proto::keys::KNtmDc;
     use ntm_proto::wire::registration::{KeepaliveMethod, RegistrationRequest};
@@ -456,20 +475,7 @@ mod tests {
         let mut saved = HashMap::new();
         for (i, (n, next)) in nodes.iter().enumerate() {
             let key_id = KeyId(u32::try_from(i).unwrap() + 1);
-            let state = NodeState {
-                fqdn: name(n),
-                key_id,
-                key: KNtmDc::from_bytes([7; 16]),
-                expires: now + Duration::from_secs(3600),
-                next_counter: *next,
-                peer_counter: 5,
-                attestation: None,
-                virtual_addrs: None,
-                endpoints: Vec::new(),
-                local_addrs: Vec::new(),
-                keepalive: KeepaliveMethod::Udp,
-                ns: None,
-            };
+            let state = node_state(name(n), key_id, 7, now, *next, 5);
             store.save_node(&to_snapshot(state.clone())).unwrap();
             dc.restore_node(now, state, *next).unwrap();
             saved.insert(name(n), Saved { key_id, reserved: *next, peer: 5 });
@@ -490,20 +496,7 @@ mod tests {
         let (dir, now) = (scratch("limit"), Instant::from_millis(1_700_000_000_000));
         let mut d = daemon(&dir, now, &[]);
         let n = name("n.zone-a.test");
-        let state = NodeState {
-            fqdn: n.clone(),
-            key_id: KeyId(9),
-            key: KNtmDc::from_bytes([7; 16]),
-            expires: now + Duration::from_secs(3600),
-            next_counter: 500,
-            peer_counter: 0,
-            attestation: None,
-            virtual_addrs: None,
-            endpoints: Vec::new(),
-            local_addrs: Vec::new(),
-            keepalive: KeepaliveMethod::Udp,
-            ns: None,
-        };
+        let state = node_state(n.clone(), KeyId(9), 7, now, 500, 0);
         d.store.save_node(&to_snapshot(state)).unwrap();
         // The restart: the row says resume at 500 + COUNTER_RESERVE.
         let stored = 500 + COUNTER_RESERVE;
@@ -654,20 +647,7 @@ mod tests {
         /// The AS hands the node's key to the DC (as Key Distribution does).
         fn give_key(&self, d: &mut DcDaemon, now: Instant) {
             let i = self.addr.ip().to_string().rsplit('.').next().unwrap().parse::<u8>().unwrap();
-            let state = NodeState {
-                fqdn: self.fqdn.clone(),
-                key_id: self.key_id,
-                key: KNtmDc::from_bytes([i; 16]),
-                expires: now + Duration::from_secs(3600),
-                next_counter: 0,
-                peer_counter: 0,
-                attestation: None,
-                virtual_addrs: None,
-                endpoints: Vec::new(),
-                local_addrs: Vec::new(),
-                keepalive: KeepaliveMethod::Udp,
-                ns: None,
-            };
+            let state = node_state(self.fqdn.clone(), self.key_id, i, now, 0, 0);
             d.dc.restore_node(now, state, 0).unwrap();
         }
 
