@@ -672,6 +672,28 @@ impl Deployment {
         Ok([a, b])
     }
 
+    /// Box b (behind a NAT) keeps itself reachable through the NS only, and its NAT
+    /// forgets idle UDP mappings after 3 s: starts both agents (b with `keepalive: "ns"`)
+    /// and waits until both are registered and b's NS connection is ready; their statuses.
+    pub fn up_with_b_kept_by_ns(&mut self) -> Result<[Value; 2]> {
+        let nat = self.boxes[1].nat.clone().ok_or_else(|| LabError::Command {
+            what: "box b kept by the NS".into(),
+            stderr: "box b has no NAT in front".into(),
+        })?;
+        for k in ["nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"] {
+            self.lab.sysctl(&nat, &format!("net.netfilter.{k}"), "3")?;
+        }
+        let st = self.up_with(|_, i, c| {
+            if i == 1 {
+                c["keepalive"] = "ns".into();
+            }
+        })?;
+        if !self.lab.wait_for(10, || self.status(1).is_some_and(|s| s["notifications_ready"] == true)) {
+            return Err(LabError::Command { what: "box b uses the NS".into(), stderr: "not ready within 10 s".into() });
+        }
+        Ok(st)
+    }
+
     /// Stops box `i`'s agent.
     pub fn stop_agent(&mut self, i: usize) {
         if let Some(p) = self.boxes[i].proc.take() {

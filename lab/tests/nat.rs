@@ -237,18 +237,7 @@ fn a_move_from_ipv4_only_to_ipv6_only_keeps_the_stream() {
 #[test]
 fn a_box_kept_only_by_the_ns_is_reachable_after_its_udp_mapping_expired() {
     let Some(mut d) = lab("ns-only", [Access::Global4, Access::Nat(NatKind::PortRestricted)]) else { return };
-    let nat = d.boxes[1].nat.clone().unwrap();
-    for k in ["nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"] {
-        d.lab.sysctl(&nat, &format!("net.netfilter.{k}"), "3").unwrap();
-    }
-    let st = d
-        .up_with(|_, i, c| {
-            if i == 1 {
-                c["keepalive"] = "ns".into();
-            }
-        })
-        .unwrap();
-    assert!(d.lab.wait_for(10, || d.status(1).is_some_and(|s| s["notifications_ready"] == true)), "b uses the NS");
+    let st = d.up_with_b_kept_by_ns().expect("b registers and uses the NS");
     d.lab.step("wait until b's UDP mapping has expired");
     std::thread::sleep(Duration::from_secs(6));
     let udp_out = d.status(1).unwrap()["counters"]["udp_out"].as_u64().unwrap();

@@ -80,18 +80,7 @@ fn reach_b(d: &mut Deployment, b_v4: &str, since: Instant, within: Duration, wha
 /// no tunnel yet: a Route Direction for b can only go through the NS.
 fn ns_kept_b(label: &str) -> Option<(Deployment, String)> {
     let mut d = lab(label, [Access::Global4, Access::Nat(NatKind::PortRestricted)])?;
-    let nat = d.boxes[1].nat.clone().expect("box b's NAT");
-    for k in ["nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"] {
-        d.lab.sysctl(&nat, &format!("net.netfilter.{k}"), "3").unwrap();
-    }
-    let st = d
-        .up_with(|_, i, c| {
-            if i == 1 {
-                c["keepalive"] = "ns".into();
-            }
-        })
-        .unwrap();
-    assert!(d.lab.wait_for(10, || d.status(1).is_some_and(|s| s["notifications_ready"] == true)), "b uses the NS");
+    let st = d.up_with_b_kept_by_ns().expect("b registers and uses the NS");
     // Idle long enough for b's UDP mapping to be gone: only the NS reaches b now.
     std::thread::sleep(Duration::from_secs(5));
     Some((d, v4(&st[1])))
