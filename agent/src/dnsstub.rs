@@ -307,7 +307,7 @@ pub struct DnsStub {
     /// Look-up budgets by client address (at most [`CLIENTS_MAX`]), and of all clients
     /// together ([`TOTAL_SHARES`] clients' worth), so that many client addresses do not
     /// multiply the budget.
-    buckets: Vec<Bucket>,
+    buckets: Vec<(IpAddr, Bucket)>,
     total: Option<Bucket>,
     stats: StubStats,
 }
@@ -317,20 +317,21 @@ const CLIENTS_MAX: usize = 64;
 /// The budget of all clients together, in single clients' budgets.
 const TOTAL_SHARES: u64 = 4;
 
-/// Adds what `b` earned since it was last looked at (`rate` tokens a second, in
-/// thousandths), up to `burst`.
-fn refill(b: &mut Bucket, now: Instant, rate: u64, burst: u64) {
-    let waited = u64::try_from(now.saturating_duration_since(b.at).as_millis()).unwrap_or(u64::MAX);
-    b.milli_tokens = b.milli_tokens.saturating_add(waited.saturating_mul(rate)).min(burst);
-    b.at = now;
-}
-
-/// A client's look-up budget: tokens in thousandths, refilled with time.
+/// A look-up budget: tokens in thousandths, refilled with time.
 #[derive(Debug)]
 struct Bucket {
-    client: IpAddr,
     milli_tokens: u64,
     at: Instant,
+}
+
+impl Bucket {
+    /// Adds what the bucket earned since it was last looked at (`rate` tokens a second,
+    /// in thousandths), up to `burst`.
+    fn refill(&mut self, now: Instant, rate: u64, burst: u64) {
+        let waited = u64::try_from(now.saturating_duration_since(self.at).as_millis()).unwrap_or(u64::MAX);
+        self.milli_tokens = self.milli_tokens.saturating_add(waited.saturating_mul(rate)).min(burst);
+        self.at = now;
+    }
 }
 
 impl fmt::Debug for DnsStub {
@@ -573,24 +574,24 @@ impl DnsStub {
     /// none left.
     fn take_lookup(&mut self, now: Instant, client: IpAddr) -> bool {
         let (rate, burst) = (u64::from(self.cfg.lookups_per_sec), u64::from(self.cfg.lookup_burst) * 1000);
-        let i = match self.buckets.iter().position(|b| b.client == client) {
+        let i = match self.buckets.iter().position(|(c, _)| *c == client) {
             Some(i) => i,
             None => {
                 if self.buckets.len() >= CLIENTS_MAX {
-                    let oldest = self.buckets.iter().enumerate().min_by_key(|(_, b)| b.at).map(|(i, _)| i);
+                    let oldest = self.buckets.iter().enumerate().min_by_key(|(_, (_, b))| b.at).map(|(i, _)| i);
                     if let Some(i) = oldest {
                         self.buckets.swap_remove(i);
                     }
                 }
-                self.buckets.push(Bucket { client, milli_tokens: burst, at: now });
+                self.buckets.push((client, Bucket { milli_tokens: burst, at: now }));
                 self.buckets.len() - 1
             }
         };
         let total_burst = burst * TOTAL_SHARES;
-        let total = self.total.get_or_insert(Bucket { client, milli_tokens: total_burst, at: now });
-        refill(total, now, rate * TOTAL_SHARES, total_burst);
-        let Some(b) = self.buckets.get_mut(i) else { return false };
-        refill(b, now, rate, burst);
+        let total = self.total.get_or_insert(Bucket { milli_tokens: total_burst, at: now });
+        total.refill(now, rate * TOTAL_SHARES, total_burst);
+        let Some((_, b)) = self.buckets.get_mut(i) else { return false };
+        b.refill(now, rate, burst);
         if b.milli_tokens < 1000 || total.milli_tokens < 1000 {
             return false;
         }
