@@ -248,8 +248,7 @@ pub struct Dc {
     queries: VecDeque<DnsQuery>,
     events: VecDeque<DcEvent>,
     drops: DropCounters,
-    /// The current second, and plain refusals sent in it (rate limit).
-    now_second: u64,
+    /// Plain refusals for unknown keys (rate limit).
     plain_refusals: crate::engine::hints::HintBudget,
     /// Next sweep of expired node keys (periodic, so `poll_timeout` stays cheap).
     next_sweep: Instant,
@@ -310,7 +309,6 @@ impl Dc {
             queries: VecDeque::new(),
             events: VecDeque::new(),
             drops: DropCounters::default(),
-            now_second: now.as_millis() / 1000,
             plain_refusals: crate::engine::hints::HintBudget::new(
                 nodes::PLAIN_REFUSALS_PER_SECOND,
                 nodes::PLAIN_REFUSALS_PER_SOURCE,
@@ -564,7 +562,6 @@ impl Dc {
 
 impl Engine for Dc {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
-        self.now_second = now.as_millis() / 1000;
         let (ty, sealed, key_id) = match Envelope::new_checked(&buf[..]) {
             Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
             Err(e) => return self.drops.count(Drop::from(e)),
@@ -579,7 +576,7 @@ impl Engine for Dc {
             MsgType::RegistrationRequest | MsgType::Keepalive | MsgType::DirectionRequest => {
                 // A node whose key we do not hold (expired, or we lost it): tell it, in
                 // the clear since we cannot seal, to log in again.
-                self.refuse_unknown_key(from, ty, buf);
+                self.refuse_unknown_key(now, from, ty, buf);
                 self.drops.count(Drop::UnknownKey)
             }
             MsgType::Unknown(_) => self.drops.count(Drop::Malformed),

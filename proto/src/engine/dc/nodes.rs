@@ -449,8 +449,7 @@ impl Dc {
     /// A datagram under a key id we do not know, of a type only nodes send: answer in
     /// the clear so the node logs in again. The refusal's header names the key id (a node
     /// acts only on refusals naming its own key), its body cannot name the request.
-    pub(super) fn refuse_unknown_key(&mut self, from: SocketAddr, ty: MsgType, buf: &[u8]) {
-        let now = Instant::from_millis(self.now_second.saturating_mul(1000));
+    pub(super) fn refuse_unknown_key(&mut self, now: Instant, from: SocketAddr, ty: MsgType, buf: &[u8]) {
         if !self.plain_refusals.allow(now, &from) {
             return;
         }
@@ -506,7 +505,6 @@ impl Dc {
     }
 
     pub(super) fn drive_nodes(&mut self, now: Instant) {
-        self.now_second = now.as_millis() / 1000;
         let mut resend = Vec::new();
         let mut failed = Vec::new();
         for (i, p) in self.pending_ns.iter_mut().enumerate() {
