@@ -568,6 +568,16 @@ pub fn notice(text: &str) {
     eprint_report(text);
 }
 
+/// True if every command of `tools` is installed. Otherwise the test `what` is skipped
+/// with a notice (false), or fails when the run requires the lab (`NTM_REQUIRE_LAB`, as
+/// CI does).
+pub fn tools_or_skip(what: &str, tools: &[&str]) -> bool {
+    let Some(t) = tools.iter().find(|t| !have(t)) else { return true };
+    assert!(std::env::var_os("NTM_REQUIRE_LAB").is_none(), "{what}: {t} is missing");
+    notice(&format!("SKIPPED {what}: {t} is missing"));
+    false
+}
+
 /// The effective user id, read from /proc (no libc dependency).
 fn unsafe_euid() -> u32 {
     std::fs::read_to_string("/proc/self/status")

@@ -7,19 +7,8 @@
 
 use ntm_lab::deploy::{or_skip, payload, Deployment};
 use ntm_lab::stream::LineStream;
-use ntm_lab::{have, proc_kib, Ns};
+use ntm_lab::{proc_kib, tools_or_skip, Ns};
 use std::time::{Duration, Instant};
-
-fn tools(what: &str, list: &[&str]) -> bool {
-    for t in list {
-        if !have(t) {
-            assert!(std::env::var_os("NTM_REQUIRE_LAB").is_none(), "{what}: {t} is missing");
-            eprintln!("SKIPPED {what}: {t} is missing");
-            return false;
-        }
-    }
-    true
-}
 
 /// Both agents up and registered.
 fn two_agents(label: &str) -> Option<(Deployment, serde_json::Value, serde_json::Value)> {
@@ -31,7 +20,7 @@ fn two_agents_with(
     label: &str,
     tweak: impl Fn(&Deployment, usize, &mut serde_json::Value),
 ) -> Option<(Deployment, serde_json::Value, serde_json::Value)> {
-    if !tools(label, &["socat", "ping", "dig"]) {
+    if !tools_or_skip(label, &["socat", "ping", "dig"]) {
         return None;
     }
     let mut d = or_skip(Deployment::start(label), label)?;
@@ -184,7 +173,7 @@ fn a_datagram_refused_for_want_of_a_route_goes_once_the_route_is_back() {
 
 #[test]
 fn an_as_outside_the_deployment_ca_and_a_chain_signed_by_a_device_are_refused() {
-    if !tools("agent-refuse", &["openssl"]) {
+    if !tools_or_skip("agent-refuse", &["openssl"]) {
         return;
     }
     let Some(mut d) = or_skip(Deployment::start("agent-refuse"), "agent-refuse") else { return };
@@ -305,7 +294,7 @@ fn spawn_flood(d: &mut Deployment, ns: &Ns, label: &str, args: &[&str]) -> usize
 
 #[test]
 fn floods_of_queries_and_junk_leave_the_agent_small_and_working() {
-    if !tools("agent-flood", &["taskset"]) {
+    if !tools_or_skip("agent-flood", &["taskset"]) {
         return;
     }
     let Some((mut d, _sa, sb)) = two_agents("agent-flood") else { return };

@@ -11,20 +11,13 @@
 #![allow(clippy::print_stderr)]
 
 use ntm_lab::deploy::{or_skip, read_status, Deployment};
-use ntm_lab::have;
+use ntm_lab::tools_or_skip;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn tools(what: &str) -> bool {
-    for t in ["unshare", "nsenter", "dd"] {
-        if !have(t) {
-            assert!(std::env::var_os("NTM_REQUIRE_LAB").is_none(), "{what}: {t} is missing");
-            eprintln!("SKIPPED {what}: {t} is missing");
-            return false;
-        }
-    }
-    true
+    tools_or_skip(what, &["unshare", "nsenter", "dd"])
 }
 
 /// DC-A with its database on a small tmpfs of its own.

@@ -6,15 +6,10 @@
 #![allow(clippy::print_stderr)]
 
 use ntm_lab::deploy::{or_skip, Deployment};
-use ntm_lab::have;
+use ntm_lab::tools_or_skip;
 
 fn socat(what: &str) -> bool {
-    if have("socat") {
-        return true;
-    }
-    assert!(std::env::var_os("NTM_REQUIRE_LAB").is_none(), "{what}: socat is missing");
-    eprintln!("SKIPPED {what}: socat is missing");
-    false
+    tools_or_skip(what, &["socat"])
 }
 
 /// An IPv4-only box whose tunnel port another program holds: the agent must stop at once

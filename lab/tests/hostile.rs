@@ -10,7 +10,7 @@
 #![allow(clippy::print_stderr)]
 
 use ntm_lab::deploy::{or_skip, read_status, Deployment, AS_ADDR};
-use ntm_lab::{have, proc_kib};
+use ntm_lab::{proc_kib, tools_or_skip};
 use serde_json::Value;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,12 +21,8 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const NS_NODE_ADDR: &str = "192.0.2.40:4463";
 
 fn lab(label: &str) -> Option<Deployment> {
-    for t in ["openssl", "prlimit"] {
-        if !have(t) {
-            assert!(std::env::var_os("NTM_REQUIRE_LAB").is_none(), "{label}: {t} is missing");
-            eprintln!("SKIPPED {label}: {t} is missing");
-            return None;
-        }
+    if !tools_or_skip(label, &["openssl", "prlimit"]) {
+        return None;
     }
     or_skip(Deployment::start(label), label)
 }

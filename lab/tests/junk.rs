@@ -5,7 +5,7 @@
 #![allow(clippy::print_stderr)]
 
 use ntm_lab::deploy::{or_skip, read_status, Deployment};
-use ntm_lab::{have, proc_kib};
+use ntm_lab::{proc_kib, tools_or_skip};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -65,12 +65,8 @@ fn dropped_total(status: &serde_json::Value) -> u64 {
 #[test]
 fn junk_and_replayed_datagrams_at_every_udp_port_leave_every_daemon_alive_small_and_serving() {
     const LABEL: &str = "junk";
-    for t in ["tcpdump", "ping", "dig"] {
-        if !have(t) {
-            assert!(std::env::var_os("NTM_REQUIRE_LAB").is_none(), "{LABEL}: {t} is missing");
-            eprintln!("SKIPPED {LABEL}: {t} is missing");
-            return;
-        }
+    if !tools_or_skip(LABEL, &["tcpdump", "ping", "dig"]) {
+        return;
     }
     let Some(mut d) = or_skip(Deployment::start(LABEL), LABEL) else { return };
     let (rtr, srv) = (d.rtr.clone(), d.srv.clone());

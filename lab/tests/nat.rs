@@ -11,8 +11,8 @@
 #![allow(clippy::print_stderr)]
 
 use ntm_lab::deploy::{or_skip, payload, Access, Deployment, NatKind};
-use ntm_lab::have;
 use ntm_lab::stream::LineStream;
+use ntm_lab::{have, tools_or_skip};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -20,12 +20,8 @@ const A: &str = "a.zone-a.test";
 const B: &str = "b.zone-b.test";
 
 fn lab(label: &str, access: [Access; 2]) -> Option<Deployment> {
-    for t in ["socat", "ping", "curl", "nft"] {
-        if !have(t) {
-            assert!(std::env::var_os("NTM_REQUIRE_LAB").is_none(), "{label}: {t} is missing");
-            eprintln!("SKIPPED {label}: {t} is missing");
-            return None;
-        }
+    if !tools_or_skip(label, &["socat", "ping", "curl", "nft"]) {
+        return None;
     }
     let mut d = or_skip(Deployment::start_with(label, access), label)?;
     // Captures of the links involved, kept with the report if the scenario fails.

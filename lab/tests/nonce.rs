@@ -10,7 +10,7 @@
 #![allow(clippy::print_stderr)]
 
 use ntm_lab::deploy::{or_skip, Access, Deployment, NatKind};
-use ntm_lab::{have, Ns};
+use ntm_lab::{tools_or_skip, Ns};
 use ntm_proto::wire::Envelope;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -195,12 +195,8 @@ fn notifications_ready(d: &Deployment, i: usize, secs: u64) -> bool {
 
 #[test]
 fn restarts_of_agents_and_servers_never_reuse_a_nonce() {
-    for t in ["nft", "ping", "tcpdump"] {
-        if !have(t) {
-            assert!(std::env::var_os("NTM_REQUIRE_LAB").is_none(), "nonce: {t} is missing");
-            eprintln!("SKIPPED nonce: {t} is missing");
-            return;
-        }
+    if !tools_or_skip("nonce", &["nft", "ping", "tcpdump"]) {
+        return;
     }
     let Some(mut d) =
         or_skip(Deployment::start_with("nonce", [Access::Global4, Access::Nat(NatKind::PortRestricted)]), "nonce")

@@ -10,7 +10,7 @@
 #![allow(clippy::print_stderr)]
 
 use ntm_lab::deploy::{or_skip, Access, Deployment, NatKind};
-use ntm_lab::have;
+use ntm_lab::tools_or_skip;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -19,12 +19,8 @@ const B: &str = "b.zone-b.test";
 const RECOVERY: Duration = Duration::from_secs(30);
 
 fn lab(label: &str, access: [Access; 2]) -> Option<Deployment> {
-    for t in ["ping", "nft", "dig"] {
-        if !have(t) {
-            assert!(std::env::var_os("NTM_REQUIRE_LAB").is_none(), "{label}: {t} is missing");
-            eprintln!("SKIPPED {label}: {t} is missing");
-            return None;
-        }
+    if !tools_or_skip(label, &["ping", "nft", "dig"]) {
+        return None;
     }
     or_skip(Deployment::start_with(label, access), label)
 }
