@@ -345,23 +345,41 @@ fn ping_rtt(lab: &Lab, ns: &Ns, dst: &str, count: u32) -> Res<f64> {
     avg.ok_or_else(|| format!("ping {dst}: {}", t.trim()))
 }
 
+/// How long a client waits for a busy iperf3 server: more than the server's receive timeout.
+const IPERF_BUSY_WAIT_SECS: u64 = 15;
+
+/// The iperf3 server of a part. `--rcv-timeout`: a test whose data stops (its tunnel was
+/// taken down under it) ends after 5 s instead of the default 120 s, so it cannot keep
+/// the server busy for the next row.
+const IPERF_SERVER: &[&str] = &["iperf3", "-s", "--rcv-timeout", "5000"];
+
 /// The receiver's rate (bit/s) and bytes of one iperf3 run from box `a` to `dst` (`-R`:
 /// from `dst` to box `a`). The iperf3 server runs in the other box.
 fn iperf(lab: &mut Lab, a: &Ns, dst: &str, secs: u64, reverse: bool, tag: &str) -> Res<(f64, f64)> {
     let s = secs.to_string();
-    let mut cmd = vec!["iperf3", "-c", dst, "-t", &s, "-J", "--connect-timeout", "3000"];
+    let mut cmd = vec!["iperf3", "-c", dst, "-t", &s, "-J", "--connect-timeout", "3000", "--rcv-timeout", "5000"];
     if reverse {
         cmd.push("-R");
     }
     let label = format!("iperf-{tag}-{}", if reverse { "rev" } else { "fwd" });
-    let p = lab.spawn(a, &label, &cmd, &[]).map_err(e2s)?;
-    lab.proc(p).wait(secs + 20);
-    let log = lab.proc(p).log_text();
-    let start = log.find('{').ok_or_else(|| format!("iperf3 to {dst}: {}", log.trim()))?;
-    let v: Value = serde_json::from_str(&log[start..]).map_err(|e| format!("iperf3 output: {e}"))?;
-    if let Some(err) = v["error"].as_str() {
-        return Err(format!("iperf3 to {dst}: {err}"));
-    }
+    // The server runs one test at a time and is "busy" until it has closed the last one
+    // (a moment after a normal end; up to its --rcv-timeout after a test whose tunnel was
+    // taken down): wait for it rather than fail the row.
+    let give_up = std::time::Instant::now() + Duration::from_secs(IPERF_BUSY_WAIT_SECS);
+    let v = loop {
+        let p = lab.spawn(a, &label, &cmd, &[]).map_err(e2s)?;
+        lab.proc(p).wait(secs + 20);
+        let log = lab.proc(p).log_text();
+        let start = log.find('{').ok_or_else(|| format!("iperf3 to {dst}: {}", log.trim()))?;
+        let v: Value = serde_json::from_str(&log[start..]).map_err(|e| format!("iperf3 output: {e}"))?;
+        match v["error"].as_str() {
+            Some(err) if err.contains("busy") && std::time::Instant::now() < give_up => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Some(err) => return Err(format!("iperf3 to {dst}: {err}")),
+            None => break v,
+        }
+    };
     let r = &v["end"]["sum_received"];
     match (r["bits_per_second"].as_f64(), r["bytes"].as_f64()) {
         (Some(bps), Some(bytes)) if bps > 0.0 => Ok((bps, bytes)),
@@ -775,7 +793,7 @@ fn part_tunnel(d: &mut Deployment, o: &Opts, fp: &mut Footprint) -> Table {
     );
     let (a, b) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone());
     // One iperf3 server in box b for the whole part (it listens on every address).
-    if let Err(e) = d.lab.spawn(&b, "iperf-server", &["iperf3", "-s"], &[]) {
+    if let Err(e) = d.lab.spawn(&b, "iperf-server", IPERF_SERVER, &[]) {
         t.skip("all", &format!("failed: iperf3 server: {e}"));
         return t;
     }
@@ -911,7 +929,7 @@ fn part_relay(d: &mut Deployment, o: &Opts, cap: &mut Table) -> Table {
     );
     let (a, b) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone());
     let r = (|| -> Res<(Measured, f64, u64)> {
-        d.lab.spawn(&b, "iperf-server", &["iperf3", "-s"], &[]).map_err(e2s)?;
+        d.lab.spawn(&b, "iperf-server", IPERF_SERVER, &[]).map_err(e2s)?;
         let b4 = agents_up(d, "relay")?;
         let pids: Vec<u32> = (0..2).filter_map(|i| agent_pid(d, i)).collect();
         let rs = server_pid(d, "rs").ok_or("no RS process")?;
