@@ -175,6 +175,37 @@ for pair in armv7-unknown-linux-musleabihf:arm_cortex-a7_neon-vfpv4 \
 	fi
 done
 
+# --- the feed Makefile, with stand-ins for OpenWrt's make includes ---------------------
+# Its install recipe, run as the SDK would run it, puts the same files with the same
+# modes as build-ipk.sh (which cannot check that the Makefile's recipe is right).
+OW="$TMP/openwrt"
+mkdir -p "$OW/include" "$OW/feeds/packages/lang/rust" "$TMP/pkg-install/bin"
+cat >"$OW/rules.mk" <<'EOF'
+INCLUDE_DIR:=$(TOPDIR)/include
+INSTALL_DIR:=install -d -m0755
+INSTALL_BIN:=install -m0755
+INSTALL_DATA:=install -m0644
+INSTALL_CONF:=install -m0600
+EOF
+cat >"$OW/include/package.mk" <<'EOF'
+define BuildPackage
+install-$(1):
+	$$(call Package/$(1)/install,$$(DEST))
+endef
+EOF
+echo 'RUST_ARCH_DEPENDS:=@(x86_64)' >"$OW/feeds/packages/lang/rust/rust-package.mk"
+cp "$BIN/ntmd" "$TMP/pkg-install/bin/ntmd"
+if make -s -C "$PKG" TOPDIR="$OW" PKG_INSTALL_DIR="$TMP/pkg-install" DEST="$TMP/mk" \
+	install-ntmobile-agent >"$TMP/make.out" 2>&1; then
+	ok "Makefile: Package/ntmobile-agent/install runs"
+	files_of() { (cd "$1" && find . -type f -printf '%M %p\n' | LC_ALL=C sort); }
+	from_make="$(files_of "$TMP/mk")"
+	check "Makefile: the install recipe and build-ipk.sh install the same files, modes" \
+		test "$(echo "$from_make" | wc -l)" = 5 -a "$from_make" = "$(files_of "$TMP/x.$(basename "$ipk")/data")"
+else
+	not_ok "Makefile: Package/ntmobile-agent/install runs: $(cat "$TMP/make.out")"
+fi
+
 # --- the init script, against the stand-ins ---------------------------------------------
 
 # An identity the real ntmd check accepts.
