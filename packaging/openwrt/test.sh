@@ -269,6 +269,7 @@ for sh in dash "busybox sh"; do
 		PROG="$BIN/ntmd"
 		JSON="$W/run/ntmobile.json"
 		DNSMASQ_STATE="$W/run/ntmobile.dnsmasq"
+		UPSTREAM_STATE="$W/run/ntmobile.upstream"
 		DNSMASQ_INIT="$DOUBLE/dnsmasq.init"
 		JSHN="$DOUBLE/jshn.sh"
 		NETWORK_SH="$DOUBLE/network.sh"
@@ -364,6 +365,15 @@ for sh in dash "busybox sh"; do
 	check "$t ... and the agent starts" grep -q "^open_instance" "$W/log"
 	"$BIN/ntmd" check -c "$W/run/ntmobile.json" >/dev/null 2>&1
 	check "$t ... with a JSON ntmd check accepts" test $? = 0
+	cp "$W/run/ntmobile.json" "$W/before.json"
+	: >"$W/log"
+	NTM_TEST_DNS_wan="" NTM_TEST_DNS_wan6="" run_init "$sh" reload
+	check "$t every interface down for a moment: the agent stays, with the last resolvers" sh -c '
+		grep -q "^open_instance" "$1" && cmp -s "$2" "$3"' sh "$W/log" "$W/before.json" "$W/run/ntmobile.json"
+	: >"$W/log"
+	NTM_TEST_DNS_wan="203.0.113.53" run_init "$sh" reload
+	json_is dns.upstream '["203.0.113.53:53"]' "another network's resolver replaces them"
+	rm -f "$W/run/ntmobile.upstream"
 
 	# A configuration ntmd refuses is not handed to procd (it would respawn for ever).
 	set_option key "$TMP/missing.key"
