@@ -270,6 +270,7 @@ for sh in dash "busybox sh"; do
 		JSON="$W/run/ntmobile.json"
 		DNSMASQ_STATE="$W/run/ntmobile.dnsmasq"
 		UPSTREAM_STATE="$W/run/ntmobile.upstream"
+		UCI_SAVEDIR="$W/run/ntmobile.uci"
 		DNSMASQ_INIT="$DOUBLE/dnsmasq.init"
 		JSHN="$DOUBLE/jshn.sh"
 		NETWORK_SH="$DOUBLE/network.sh"
@@ -324,6 +325,9 @@ for sh in dash "busybox sh"; do
 		grep -qxF "dhcp.@dnsmasq[0].rebind_domain=ntm.example.net" "$1" &&
 		grep -qxF "uci commit dhcp" "$2" && test "$(grep -c "^dnsmasq reload" "$2")" = 1' \
 		sh "$W/uci" "$W/log"
+	check "$t dnsmasq: every uci call with a change directory of its own (not staged changes)" sh -c '
+		test "$(grep -c "^uci savedir" "$1")" = "$(grep -c -E "^uci (add_list|del_list|set|delete|commit) " "$1")" &&
+		! grep "^uci savedir" "$1" | grep -v -q -F " $2"' sh "$W/log" "$W/run/ntmobile.uci"
 
 	# A reload that changes nothing leaves dnsmasq alone (interface events reload often).
 	: >"$W/log"
