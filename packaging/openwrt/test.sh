@@ -144,6 +144,8 @@ check_ipk() {
 		test "$?" = 0 -a -z "$out"
 }
 
+check "Makefile: PKG_VERSION is the workspace's version" test \
+	"$(sed -n 's/^PKG_VERSION:=//p' "$PKG/Makefile")" = "$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -1)"
 ipk="$(SOURCE_DATE_EPOCH=1700000000 "$HERE/build-ipk.sh" x86_64 "$BIN" "$TMP/out" 2>"$TMP/build.err")"
 if [ -s "$ipk" ]; then
 	ok "build-ipk.sh made $(basename "$ipk") from $BIN/ntmd"
