@@ -42,6 +42,24 @@ has_line() { # FILE LINE: FILE holds exactly this line
 	grep -q -x -F -e "$2" "$1"
 }
 
+# What the checks use besides POSIX tools: python3 (reads the JSON), make (the Makefile),
+# busybox (ash) and shellcheck; installed as root where missing, as scripts/test.sh does.
+missing=""
+for t in python3:python3 make:make busybox:busybox shellcheck:shellcheck; do
+	command -v "${t%%:*}" >/dev/null 2>&1 || missing="$missing ${t#*:}"
+done
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ]; then
+	echo "installing:$missing" >&2
+	# shellcheck disable=SC2086 # a list of package names
+	"$ROOT/scripts/apt-install.sh" $missing >&2 || true
+fi
+for t in python3 make; do
+	if ! command -v "$t" >/dev/null 2>&1; then
+		echo "$t is missing (apt-get install $t)" >&2
+		exit 1
+	fi
+done
+
 for b in ntmd ntm-as; do
 	if [ ! -x "$BIN/$b" ]; then
 		echo "no $BIN/$b: build first (cargo build --release --workspace --bins) or set NTM_BIN" >&2
