@@ -5,8 +5,8 @@
 # configuration, a daemon that cannot bind, one that ignores SIGTERM (a small C
 # stand-in, when cc is there). Each script runs twice: under dash
 # with Debian's start-stop-daemon, and under BusyBox sh with BusyBox's applets
-# (when busybox is installed). Also: the OpenWrt procd script with procd's calls
-# stubbed, and the board's ntmd.json against a provisioned factory partition.
+# (when busybox is installed). Also: the board's ntmd.json against a provisioned
+# factory partition. (The OpenWrt package's procd script: packaging/openwrt/test.sh.)
 #
 # The scripts read their settings from /etc/default/<daemon>; NTM_DEFAULTS points
 # them at files in a temporary directory instead, so nothing under /etc is used.
@@ -473,23 +473,6 @@ else
 	echo "skip  shellcheck is not installed"
 	skipped=$((skipped + 1))
 fi
-
-# --- the OpenWrt procd script, with procd's calls recorded ----------------
-procd_out="$(
-	sh -c '
-		procd_open_instance() { echo open; }
-		procd_set_param() { echo "$*"; }
-		procd_close_instance() { echo close; }
-		. "$1"
-		CONFIG="$2"
-		start_service
-	' sh "$ROOT/board/openwrt/ntmd.init" "$E/ntmd.json"
-)"
-expect "procd: ntmd runs in the foreground with its configuration" \
-	grep -q -x -F "command /usr/sbin/ntmd run -c $E/ntmd.json" <<<"$procd_out"
-expect "procd: respawn is on" grep -q -x "respawn [0-9]* [0-9]* [0-9]*" <<<"$procd_out"
-[[ $(grep -c -x -e open -e close -e "stderr 1" <<<"$procd_out") = 3 ]]
-verdict $? "procd: stderr goes to the log, one instance"
 
 # --- the qemu-arm board's ntmd.json, with a provisioned factory partition ---
 NTM_AS="$BIN/ntm-as" "$ROOT/board/qemu-arm/provision.sh" --ca "$TMP/ca" --name box2.home.ntm.test.example \

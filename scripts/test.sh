@@ -24,8 +24,9 @@ echo "== release binaries (the end-to-end tests run them)"
 cargo build --workspace --bins --locked --release
 echo "== cargo test (release profile for the crypto-heavy simulations)"
 cargo test --workspace --locked --release
-echo "== init scripts (SysV, start-stop-daemon from Debian and BusyBox; procd stubbed)"
+echo "== init scripts (SysV, start-stop-daemon from Debian and BusyBox)"
 NTM_NO_BUILD=1 ./scripts/test-init.sh
+echo "== the OpenWrt package (.ipk contents; init script against procd, uci, jshn stand-ins)" && packaging/openwrt/test.sh
 echo "== package installs keep the machine's policy-rc.d"
 ./scripts/test-apt-install.sh
 echo "== proto without the server engines (the agent's build)"

@@ -11,6 +11,8 @@ use std::path::Path;
 
 /// Longest configuration file.
 pub const CONFIG_MAX: usize = 16 * 1024;
+/// Longest string value once unescaped: the longest field is a path or an e-mail address.
+const UNESCAPED_MAX: usize = 1024;
 /// Longest path in the configuration.
 pub type PathStr = HString<256>;
 
@@ -339,8 +341,13 @@ pub fn log_filter(level: &str) -> Option<log::LevelFilter> {
 /// serde-json-core's own error messages are not used: with its `custom-error-messages`
 /// feature it panics on a message over 64 bytes (serde's "unknown field ..., expected one
 /// of ..." is one), so the path to the bad value comes from serde_path_to_error instead.
+///
+/// Strings are unescaped (`\/`, `\u002e`...) into a buffer as long as the longest string
+/// field: without one serde-json-core hands over the escaped text as it stands, and
+/// OpenWrt's jshn writes every `/` of a path or prefix as `\/`.
 pub fn parse(text: &str) -> Result<AgentFile, String> {
-    let mut de = serde_json_core::de::Deserializer::new(text.as_bytes(), None);
+    let mut unescaped = [0u8; UNESCAPED_MAX];
+    let mut de = serde_json_core::de::Deserializer::new(text.as_bytes(), Some(&mut unescaped));
     let cfg: AgentFile = serde_path_to_error::deserialize(&mut de).map_err(|e| describe(&e))?;
     de.end().map_err(|_| "not valid JSON: text after the closing brace".to_string())?;
     cfg.validate().map_err(|(field, problem)| format!("field \"{field}\": {problem}"))?;
@@ -356,7 +363,9 @@ fn describe(e: &serde_path_to_error::Error<serde_json_core::de::Error>) -> Strin
         }
         E::CustomError => "an unknown field, or a value that is not valid here",
         E::InvalidType => "a value of the wrong type",
-        E::InvalidNumber | E::InvalidEscapeSequence | E::InvalidUnicodeCodePoint => "a value that is not valid",
+        E::InvalidNumber | E::InvalidEscapeSequence | E::InvalidUnicodeCodePoint | E::EscapedStringIsTooLong => {
+            "a value that is not valid"
+        }
         _ => return format!("not valid JSON near field \"{path}\""),
     };
     if path == "." || path.is_empty() {
@@ -387,6 +396,18 @@ mod tests {
         "virtual_routes": ["198.18.0.0/15", "2001:db8:ff00::/40"],
         "dns": {"upstream": ["192.0.2.53:53"], "ntm_domains": ["ntm.example.net"]}
     }"#;
+
+    /// JSON writers may escape any character: OpenWrt's jshn (json-c) writes every "/"
+    /// as "\/", so a path or a prefix reaches us escaped.
+    #[test]
+    fn escaped_strings_are_read_unescaped() {
+        let text = MIN.replace('/', "\\/").replace("box.key", "box\\u002ekey");
+        assert!(text.contains(r#""\/etc\/ntmobile\/ca.pem""#));
+        let c = parse(&text).unwrap();
+        assert_eq!(c.ca.as_str(), "/etc/ntmobile/ca.pem");
+        assert_eq!(c.credential.device.as_ref().unwrap().key.as_str(), "/etc/ntmobile/box.key");
+        assert_eq!(c.routes().unwrap()[0], Route { addr: "198.18.0.0".parse().unwrap(), len: 15 });
+    }
 
     #[test]
     fn a_minimal_file_parses_with_defaults() {
