@@ -37,7 +37,6 @@ install_list() {
 rust_tools() {
 	{
 		# tools_or_skip(what, &["a", "b"]): the list, possibly over several lines.
-		tr '\n' ' ' <"$1" >/dev/null # (the first file must exist)
 		for f in "$@"; do
 			tr '\n' ' ' <"$f" | grep -oE 'tools_or_skip\([^;]*?&\[[^]]*\]' | grep -oE '&\[[^]]*\]' |
 				grep -oE '"[^"]+"' || true
