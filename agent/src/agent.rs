@@ -24,7 +24,7 @@ use crate::control::Json;
 use crate::dnsstub::{Dest, DnsStub, Outcome, StubConfig};
 use crate::held::Held;
 use crate::icmp;
-use crate::netlink::{usable_local_addrs, ChangeDebounce, Netlink};
+use crate::netlink::{overlapping_routes, usable_local_addrs, ChangeDebounce, Netlink};
 use crate::tls::{ClientCert, LoginTls, LoginTlsConfig, LoginTlsError};
 use mio::net::{TcpStream, UdpSocket, UnixListener};
 use mio::unix::SourceFd;
@@ -1053,6 +1053,7 @@ impl Agent {
         let i = self.tun_index;
         let mut ok = self.netlink.add_address(i, IpAddr::V4(v.v4), 32).is_ok();
         ok &= self.netlink.add_address(i, IpAddr::V6(v.v6), 128).is_ok();
+        self.warn_of_overlapping_routes();
         for r in &self.routes {
             if let Err(e) = self.netlink.add_route(i, r.addr, r.len, None) {
                 log::warn!("route {}/{} into {}: {e}", r.addr, r.len, self.cfg.tun.name);
@@ -1062,6 +1063,30 @@ impl Agent {
         if ok {
             log::info!("{}: virtual {} and {}", self.cfg.tun.name, v.v4, v.v6);
             self.tun_addrs = Some(v);
+        }
+    }
+
+    /// Warns of each route already on the box that overlaps a virtual prefix: once the
+    /// prefix goes into the TUN device, some addresses go the wrong way (see
+    /// [`overlapping_routes`]). A misconfiguration the agent cannot settle, so it
+    /// only says so.
+    fn warn_of_overlapping_routes(&mut self) {
+        let existing = match self.netlink.routes() {
+            Ok(r) => r,
+            Err(e) => {
+                log::debug!("netlink route dump: {e}");
+                return;
+            }
+        };
+        for r in &self.routes {
+            for o in overlapping_routes(&existing, r.addr, r.len, self.tun_index) {
+                log::warn!(
+                    "virtual prefix {}/{} overlaps the route {o} already on this box: addresses in both go one way \
+                     only; choose virtual prefixes that no network of the box uses (docs/agent.md)",
+                    r.addr,
+                    r.len
+                );
+            }
         }
     }
 

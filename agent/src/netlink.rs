@@ -228,6 +228,31 @@ impl Netlink {
         Ok(replies.iter().filter_map(|a| if_addr(a, &self.names)).collect())
     }
 
+    /// The unicast routes of the main table, the one the box routes by (a dump). Default
+    /// routes are left out: a more specific route always wins over them.
+    pub fn routes(&mut self) -> io::Result<Vec<KernelRoute>> {
+        self.refresh_names()?;
+        let request =
+            |seq| wire::Request::new(wire::RTM_GETROUTE, wire::NLM_F_DUMP, seq).rtmsg(wire::AF_UNSPEC, 0, 0, 0);
+        let replies = self.dump(request, |m| match m.kind {
+            wire::RTM_NEWROUTE => wire::route(m.payload),
+            _ => None,
+        })?;
+        Ok(replies
+            .into_iter()
+            .filter(|r| r.table == u32::from(wire::RT_TABLE_MAIN) && r.kind == wire::RTN_UNICAST && r.dst_len > 0)
+            .filter_map(|r| {
+                let oif = r.oif.unwrap_or(0);
+                Some(KernelRoute {
+                    dst: r.dst?,
+                    prefix_len: r.dst_len,
+                    ifindex: oif,
+                    ifname: self.names.get(&oif).cloned().unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
     /// The index of the interface called `name`, or `None` if there is none.
     pub fn link_index(&mut self, name: &str) -> io::Result<Option<u32>> {
         let seq = self.next_seq();
@@ -492,6 +517,35 @@ fn in_prefix(addr: IpAddr, prefix: IpAddr, prefix_len: u8) -> bool {
     addr.is_ipv4() == prefix.is_ipv4() && network(addr, prefix_len) == network(prefix, prefix_len)
 }
 
+/// A route of the box's main table, as [`Netlink::routes`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelRoute {
+    pub dst: IpAddr,
+    pub prefix_len: u8,
+    /// The outgoing interface (0 and an empty name if the route names none).
+    pub ifindex: u32,
+    pub ifname: String,
+}
+
+impl fmt::Display for KernelRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.dst, self.prefix_len)?;
+        if !self.ifname.is_empty() {
+            write!(f, " dev {}", self.ifname)?;
+        }
+        Ok(())
+    }
+}
+
+/// The routes of `routes` that overlap the virtual prefix `dst/prefix_len` (one holds the
+/// other), other than those through the interface `own` (the TUN device). Either way some
+/// addresses go the wrong way once the virtual prefix is routed into the TUN: a more
+/// specific route keeps peers' virtual addresses from the tunnel, a wider one loses those
+/// of its hosts that fall in the virtual prefix to it, and an equal one is replaced.
+pub fn overlapping_routes(routes: &[KernelRoute], dst: IpAddr, prefix_len: u8, own: u32) -> Vec<&KernelRoute> {
+    routes.iter().filter(|r| r.ifindex != own && in_prefix(r.dst, dst, prefix_len.min(r.prefix_len))).collect()
+}
+
 fn is_reportable_ip(addr: IpAddr) -> bool {
     match addr {
         IpAddr::V4(a) => {
@@ -627,9 +681,11 @@ mod wire {
     pub const RTM_GETADDR: u16 = 22;
     pub const RTM_NEWROUTE: u16 = 24;
     pub const RTM_DELROUTE: u16 = 25;
+    pub const RTM_GETROUTE: u16 = 26;
     pub const RTA_DST: u16 = 1;
     pub const RTA_OIF: u16 = 4;
     pub const RTA_METRICS: u16 = 8;
+    pub const RTA_TABLE: u16 = 15;
     pub const RTAX_MTU: u16 = 2;
     pub const RT_TABLE_MAIN: u8 = 254;
     pub const RTPROT_STATIC: u8 = 4;
@@ -660,6 +716,7 @@ mod wire {
     /// Sizes of the fixed headers after the netlink header.
     pub const IFINFOMSG_LEN: usize = 16;
     pub const IFADDRMSG_LEN: usize = 8;
+    pub const RTMSG_LEN: usize = 12;
 
     const fn align4(n: usize) -> usize {
         (n + 3) & !3
@@ -857,6 +914,37 @@ mod wire {
             std::str::from_utf8(v).ok().map(str::to_owned)
         });
         Some(Link { index, flags, name })
+    }
+
+    /// What the agent reads of a route message.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Route {
+        pub family: u8,
+        pub dst_len: u8,
+        /// `RTA_TABLE` when present (tables past 255), else the header's table.
+        pub table: u32,
+        /// `RTN_*`: unicast, local, broadcast, ...
+        pub kind: u8,
+        /// None for a default route.
+        pub dst: Option<IpAddr>,
+        pub oif: Option<u32>,
+    }
+
+    pub fn route(payload: &[u8]) -> Option<Route> {
+        let &[family, dst_len, _src_len, _tos, table, _protocol, _scope, kind] = payload.get(..8)? else {
+            return None;
+        };
+        let _ = payload.get(..RTMSG_LEN)?;
+        let mut r = Route { family, dst_len, table: u32::from(table), kind, dst: None, oif: None };
+        for (k, value) in attrs(payload, RTMSG_LEN) {
+            match k {
+                RTA_DST => r.dst = parse_addr(value),
+                RTA_OIF => r.oif = u32_at(value, 0),
+                RTA_TABLE => r.table = u32_at(value, 0).unwrap_or(r.table),
+                _ => {}
+            }
+        }
+        Some(r)
     }
 
     /// What the agent reads of an address message.
@@ -1077,6 +1165,65 @@ mod tests {
         let ms = wire::messages(&bytes, &mut bad);
         let got = wire::link(ms[0].payload).expect("decodes");
         assert_eq!(got, wire::Link { index: 12, flags: wire::IFF_UP, name: Some("eth-wan".into()) });
+    }
+
+    #[test]
+    fn routes_from_the_reference_crate() {
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        r.header.destination_prefix_length = 24;
+        r.header.table = 254;
+        r.header.kind = netlink_packet_route::route::RouteType::Unicast;
+        r.attributes.push(RouteAttribute::Table(1000));
+        r.attributes.push(RouteAttribute::Destination(RouteAddress::from("198.19.10.0".parse::<IpAddr>().unwrap())));
+        r.attributes.push(RouteAttribute::Oif(7));
+        let bytes = datagram(vec![RouteNetlinkMessage::NewRoute(r)]);
+        let mut bad = 0;
+        let ms = wire::messages(&bytes, &mut bad);
+        let got = wire::route(ms[0].payload).expect("decodes");
+        assert_eq!(
+            got,
+            wire::Route {
+                family: wire::AF_INET,
+                dst_len: 24,
+                table: 1000,
+                kind: wire::RTN_UNICAST,
+                dst: Some("198.19.10.0".parse().unwrap()),
+                oif: Some(7),
+            }
+        );
+        assert_eq!(wire::route(&ms[0].payload[..8]), None, "a short header is no route");
+
+        let m = reference(
+            &wire::Request::new(wire::RTM_GETROUTE, wire::NLM_F_DUMP, 4).rtmsg(wire::AF_UNSPEC, 0, 0, 0).finish(),
+        );
+        assert_eq!(m.header.flags, wire::NLM_F_REQUEST | wire::NLM_F_DUMP);
+        assert!(matches!(m.payload, NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetRoute(_))), "{m:?}");
+    }
+
+    #[test]
+    fn routes_overlapping_a_virtual_prefix() {
+        let route = |dst: &str, prefix_len, ifindex| KernelRoute {
+            dst: dst.parse().unwrap(),
+            prefix_len,
+            ifindex,
+            ifname: format!("eth{ifindex}"),
+        };
+        let on_box = [
+            route("198.19.10.0", 24, 1),     // a LAN inside the virtual prefix
+            route("198.18.0.0", 15, 2),      // a wider route holding it
+            route("198.19.0.0", 16, 3),      // the same prefix
+            route("198.20.0.0", 16, 1),      // beside it
+            route("192.0.2.0", 24, 1),       // elsewhere
+            route("2001:db8:ffff::", 48, 1), // the other family
+            route("198.19.0.0", 16, 9),      // through the TUN device itself
+        ];
+        let got = overlapping_routes(&on_box, "198.19.0.0".parse().unwrap(), 16, 9);
+        assert_eq!(got, vec![&on_box[0], &on_box[1], &on_box[2]]);
+        assert_eq!(on_box[0].to_string(), "198.19.10.0/24 dev eth1");
+        let got = overlapping_routes(&on_box, "2001:db8:ffff:1::".parse().unwrap(), 64, 9);
+        assert_eq!(got, vec![&on_box[5]]);
+        assert!(overlapping_routes(&on_box, "100.64.0.0".parse().unwrap(), 10, 9).is_empty());
     }
 
     #[test]
