@@ -281,8 +281,33 @@ pub struct NsEntry {
     pub name: Fqdn,
     /// Its control address (UDP and TLS).
     pub addr: SocketAddr,
-    /// The TCP address nodes connect to.
-    pub node_addr: SocketAddr,
+    /// The TCP addresses nodes connect to: one address (`"192.0.2.40:4463"`) or a list,
+    /// one per family (`["192.0.2.40:4463", "[2001:db8::40]:4463"]`). A node is granted
+    /// the one of the family it registered in.
+    #[serde(deserialize_with = "one_or_more_addrs")]
+    pub node_addr: Vec<SocketAddr>,
+}
+
+/// An address, or a list of addresses, as a list.
+fn one_or_more_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    struct Addrs;
+    impl<'de> serde::de::Visitor<'de> for Addrs {
+        type Value = Vec<SocketAddr>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an address with port, or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            v.parse().map(|a| vec![a]).map_err(|_| E::custom(format!("\"{v}\" is not an address with port")))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(a) = seq.next_element::<SocketAddr>()? {
+                out.push(a);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Addrs)
 }
 
 /// `ntm-dc`'s configuration.
@@ -338,6 +363,9 @@ impl Validate for DcFile {
         }
         if self.max_nodes == 0 {
             return Err(("max_nodes", "must be at least 1".into()));
+        }
+        if self.notification_servers.iter().any(|n| n.node_addr.is_empty()) {
+            return Err(("notification_servers.node_addr", "at least one address".into()));
         }
         Ok(())
     }
