@@ -259,6 +259,14 @@ fn tunnel_socket(family: &str, port: u16, bound: io::Result<UdpSocket>) -> Resul
     }
 }
 
+/// The configured resolvers, those of a family we have an address of first (a query's
+/// first try goes to the first; one we cannot reach would cost a timeout per query).
+fn upstream_order(upstream: &[SocketAddr], local: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut v = upstream.to_vec();
+    v.sort_by_key(|u| !local.iter().any(|l| l.is_ipv4() == u.is_ipv4()));
+    v
+}
+
 /// The current credential, read from its files (an ID token file is looked at again every
 /// 30 s and re-read when it changed).
 fn credential(cfg: &AgentFile) -> Result<Credential, Failure> {
@@ -392,7 +400,7 @@ impl Agent {
         );
         let locator = Locator::new(
             LocatorConfig {
-                nameservers: cfg.dns.upstream.to_vec(),
+                nameservers: upstream_order(&cfg.dns.upstream, &local_addrs),
                 dc_port: cfg.dns.dc_port,
                 ntm_domains: cfg.dns.ntm_domains.to_vec(),
                 ..LocatorConfig::default()
@@ -904,7 +912,9 @@ impl Agent {
         if addrs.is_empty() {
             return; // offline: wait for an address
         }
-        // Another network may have another resolver's view, or reach other addresses.
+        // Another network may have another resolver's view, or reach other addresses;
+        // resolvers of the families we have now go first.
+        self.locator.set_nameservers(upstream_order(&self.cfg.dns.upstream, &self.local_addrs));
         self.resolve_servers(now);
         if first && self.node.fqdn().is_none() {
             self.node.handle_network_change(now, addrs);

@@ -462,7 +462,8 @@ mod tests {
     fn the_board_example_parses() {
         let c = parse(include_str!("../../board/default/ntmd.json")).unwrap();
         assert_eq!(c.keepalive.as_str(), "ns");
-        assert_eq!(c.account_server_name.unwrap().as_str(), "as.example.net");
+        assert_eq!(c.account_server_name.as_ref().unwrap().as_str(), "as.example.net");
+        assert_eq!(c.account_servers(), vec![ServerAddr::Name(Fqdn::new("as.example.net").unwrap(), 4443)]);
         assert!(c.credential.device.is_some());
     }
 

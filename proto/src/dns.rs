@@ -332,6 +332,13 @@ impl Locator {
         self.outstanding.values().map(|out| out.deadline).min()
     }
 
+    /// Replaces the nameservers (same ones, reordered by the driver when its address
+    /// families change, so that the first try goes to one it can reach). Queries on the
+    /// wire keep the servers they were sent to.
+    pub fn set_nameservers(&mut self, nameservers: Vec<SocketAddr>) {
+        self.cfg.nameservers = nameservers;
+    }
+
     /// Lookups in progress.
     pub fn pending(&self) -> usize {
         self.lookups.len()

@@ -653,6 +653,22 @@ mod tests {
     }
 
     #[test]
+    fn an_ns_node_address_is_one_address_or_a_list() {
+        let mut v: serde_json::Value = serde_json::from_str(DC).unwrap();
+        let ns = |node_addr: serde_json::Value| serde_json::json!([{"name": "ns1.example", "addr": "192.0.2.40:4462", "node_addr": node_addr}]);
+        v["notification_servers"] = ns(serde_json::json!("192.0.2.40:4463"));
+        let c = parse::<DcFile>(&v.to_string()).unwrap();
+        assert_eq!(c.notification_servers[0].node_addr, vec!["192.0.2.40:4463".parse().unwrap()]);
+        v["notification_servers"] = ns(serde_json::json!(["192.0.2.40:4463", "[2001:db8::40]:4463"]));
+        assert_eq!(parse::<DcFile>(&v.to_string()).unwrap().notification_servers[0].node_addr.len(), 2);
+        for bad in [serde_json::json!([]), serde_json::json!("ns1.example:4463"), serde_json::json!(4463)] {
+            v["notification_servers"] = ns(bad.clone());
+            let err = parse::<DcFile>(&v.to_string()).map(|_| ()).unwrap_err();
+            assert!(err.contains("node_addr") || err.contains("address with port"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn a_v4_mapped_nameserver_is_refused() {
         let mut v: serde_json::Value = serde_json::from_str(DC).unwrap();
         v["dns"] = serde_json::json!({"nameservers": ["[::ffff:192.0.2.53]:53"], "ntm_domains": ["zone-a.example"]});

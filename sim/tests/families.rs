@@ -103,3 +103,33 @@ fn a_node_that_moves_from_ipv4_only_to_ipv6_only_reaches_its_ns_again() {
     assert!(d.bring_up(mn));
     assert!(d.resolve(mn, "cn.zone-b.example").is_ok(), "reachable at its new place");
 }
+
+#[test]
+fn a_failing_as_address_moves_the_login_to_the_next_at_once() {
+    let mut d = Deployment::new(34, Options::default());
+    let addrs = [ip("198.51.100.10"), ip("2001:db8:100::10")];
+    let mn = d.add_node("mn.zone-a.example", RealmId::INTERNET, &addrs, NodeOpts::default());
+    let nobody = SocketAddr::new(ip("192.0.2.99"), SERVER_PORT);
+    let now = d.now();
+    d.node(mn).set_account_servers(now, vec![nobody, SocketAddr::new(ip("2001:db8::10"), SERVER_PORT)]);
+    let t0 = d.now();
+    assert!(d.bring_up(mn));
+    let took = d.now().saturating_duration_since(t0);
+    assert!(took < Duration::from_millis(500), "no backoff between the addresses of one round: {took:?}");
+    assert!(!d.events(mn).contains(&NodeEvent::AccountServerUnreachable));
+
+    // When every address of a round fails, the node says so (the driver then looks the
+    // AS's name up again) and waits before the next round.
+    let cn = d.add_node("cn.zone-b.example", RealmId::INTERNET, &[ip("198.51.100.11")], NodeOpts::default());
+    let now = d.now();
+    d.node(cn).set_account_servers(now, vec![nobody]);
+    d.start(cn);
+    d.run_for(Duration::from_millis(200));
+    let failed = d.events(cn).iter().filter(|e| **e == NodeEvent::AccountServerUnreachable).count();
+    assert_eq!(failed, 1, "one failed round, then a backoff");
+    // Addresses that work (a fresh lookup) end the wait at once.
+    let now = d.now();
+    d.node(cn).set_account_servers(now, vec![SocketAddr::new(ip("192.0.2.10"), SERVER_PORT)]);
+    let t1 = d.now();
+    assert!(d.sim.run_until_cond(t1 + Duration::from_millis(500), |s| s.engine::<Node>(cn).is_registered()));
+}
