@@ -5,7 +5,8 @@
 //! address, the IPv4 one first; the NS keeps both reachable (keepalive "ns"), and it
 //! listens for nodes on both families, the DCs listing both of its node addresses. Each
 //! box must log in, register, get its NS connection in its own family, and be reached
-//! by the other by name. Needs root, NSD, dig and ping.
+//! by the other by name. Last, an AS address that drops every packet is given up after
+//! 3 s for the next one. Needs root, NSD, dig, ping and nft.
 
 #![allow(clippy::print_stderr)]
 
@@ -19,7 +20,7 @@ const NS_NODE_ADDRS: [&str; 2] = ["192.0.2.40:4463", "[2001:db8:2::40]:4463"];
 /// The lab with an IPv6-only box a and an IPv4-only box b, and the NS taking nodes on
 /// both families (its configuration and the DCs' changed, then restarted).
 fn lab(label: &str) -> Option<Deployment> {
-    if !tools_or_skip(label, &["ping"]) {
+    if !tools_or_skip(label, &["ping", "nft"]) {
         return None;
     }
     let mut d = or_skip(Deployment::start_with(label, [Access::Global6, Access::Global4]), label)?;
@@ -106,4 +107,21 @@ fn one_configuration_serves_ipv6_only_and_ipv4_only_boxes() {
     // not wait on it.
     let listed = json!({"account_server_addrs": ["192.0.2.10:4443", "[2001:db8:2::10]:4443"]});
     both_boxes_work(&mut d, &listed, "AS as a list");
+
+    // An AS address that has a route but goes nowhere (the router drops everything to
+    // it): the connection is given up after 3 s and the next address tried, instead of
+    // waiting out the TCP connect timeout and the 30 s login timeout.
+    d.lab.step("an AS address that swallows every packet comes first");
+    let rtr = d.rtr.clone();
+    let drop =
+        "table inet blackhole {\n  chain drop_silent {\n    type filter hook forward priority 0; policy accept;\n    \
+                ip daddr 192.0.2.99 drop\n  }\n}\n";
+    d.lab.nft(&rtr, drop).unwrap();
+    let c = config(&d, 1, &json!({"account_server_addrs": ["192.0.2.99:4443", "192.0.2.10:4443"]}));
+    let t0 = std::time::Instant::now();
+    d.start_agent(1, &c).unwrap();
+    assert!(d.wait_registered(1, 20).is_some(), "registered after giving the silent address up");
+    let took = t0.elapsed();
+    eprintln!("silent first AS address: box b registered {took:?} after the start");
+    assert!(took < std::time::Duration::from_secs(8), "{took:?}");
 }
