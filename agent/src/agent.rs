@@ -25,6 +25,7 @@ use crate::dnsstub::{Dest, DnsStub, Outcome, StubConfig};
 use crate::held::Held;
 use crate::icmp;
 use crate::netlink::{overlapping_routes, usable_local_addrs, ChangeDebounce, Netlink};
+use crate::servers::{ServerAddrs, QUERY_BIT};
 use crate::tls::{ClientCert, LoginTls, LoginTlsConfig, LoginTlsError};
 use mio::net::{TcpStream, UdpSocket, UnixListener};
 use mio::unix::SourceFd;
@@ -37,7 +38,7 @@ use ntm_proto::crypto::pk::KeyPair;
 use ntm_proto::crypto::TAG_LEN;
 use ntm_proto::dns::{Locator, LocatorConfig};
 use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, PathKind, ResolveId, SendError};
-use ntm_proto::engine::{DcLocation, Engine, Received, StreamKind, Transmit, Via};
+use ntm_proto::engine::{DcLocation, DnsAnswer, Engine, Received, StreamKind, Transmit, Via};
 use ntm_proto::time::Instant;
 use ntm_proto::wire::frame::{encode_frame, FrameDecoder, FRAME_MAX};
 use ntm_proto::wire::login::{Credential, IdToken, Password};
@@ -71,6 +72,9 @@ const LINK_MTU: u16 = 1500;
 const READ_BUDGET: usize = 2 * BATCH;
 /// Bytes read from the NS stream per loop turn.
 const STREAM_READ_BUDGET: usize = 64 * 1024;
+/// How long a TCP connection to the AS or the NS may take to open before the node is told
+/// it failed and tries the server's next address (one SYN retransmission fits).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Why the agent could not start.
 pub type StartError = Box<dyn std::error::Error>;
@@ -101,6 +105,8 @@ struct NsConn {
     out: Vec<u8>,
     decoder: FrameDecoder,
     connecting: bool,
+    /// Given up on if still connecting then.
+    connect_by: std::time::Instant,
 }
 
 /// The agent.
@@ -126,6 +132,13 @@ pub struct Agent {
     resolves: HashMap<ResolveId, u64>,
     tls_cfg: LoginTlsConfig,
     as_conn: Option<(LoginTls, SocketAddr, FrameDecoder)>,
+    /// The AS connection is given up on if not open by then.
+    as_connect_by: Option<std::time::Instant>,
+    /// The AS's and the static DC's addresses, names resolved through `dns.upstream`.
+    as_addrs: ServerAddrs,
+    dc_addrs: ServerAddrs,
+    /// The next id of those look-ups (see `servers::QUERY_BIT`).
+    next_lookup: u64,
     ns_conn: Option<NsConn>,
     netlink: Netlink,
     debounce: ChangeDebounce,
@@ -246,6 +259,14 @@ fn tunnel_socket(family: &str, port: u16, bound: io::Result<UdpSocket>) -> Resul
     }
 }
 
+/// The configured resolvers, those of a family we have an address of first (a query's
+/// first try goes to the first; one we cannot reach would cost a timeout per query).
+fn upstream_order(upstream: &[SocketAddr], local: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut v = upstream.to_vec();
+    v.sort_by_key(|u| !local.iter().any(|l| l.is_ipv4() == u.is_ipv4()));
+    v
+}
+
 /// The current credential, read from its files (an ID token file is looked at again every
 /// 30 s and re-read when it changed).
 fn credential(cfg: &AgentFile) -> Result<Credential, Failure> {
@@ -341,13 +362,17 @@ impl Agent {
         log::info!("local addresses {local_addrs:?}");
 
         let as_name = cfg.account_server_name.clone().ok_or("account_server_name: missing")?;
-        let mut ncfg = NodeConfig::new(cfg.account_server(), as_name, credential, local_addrs.clone());
+        // Names among the servers are looked up once the loop runs; until then the node
+        // knows only the literal addresses (and its login waits for the rest).
+        let as_addrs = ServerAddrs::new("AS", cfg.account_servers());
+        let dc_addrs = ServerAddrs::new("static DC", cfg.static_dc_addrs());
+        let mut ncfg = NodeConfig::new(as_addrs.addrs(), as_name, credential, local_addrs.clone());
         ncfg.keepalive = if cfg.keepalive.as_str() == "ns" { KeepaliveMethod::Ns } else { KeepaliveMethod::Udp };
         if cfg.public_key_mode {
             ncfg.key_pair = key_pair;
             ncfg.strict_public_key_mode = cfg.strict_public_key_mode;
         }
-        ncfg.static_dc = cfg.static_dc.as_ref().map(|d| DcLocation { name: d.name.clone(), addrs: d.addrs.to_vec() });
+        ncfg.static_dc = cfg.static_dc.as_ref().map(|d| DcLocation { name: d.name.clone(), addrs: dc_addrs.addrs() });
         ncfg.max_tunnels = usize::from(cfg.max_tunnels);
         // With no address yet (no network at boot), the node starts once one appears.
         let node = Node::new(
@@ -375,7 +400,7 @@ impl Agent {
         );
         let locator = Locator::new(
             LocatorConfig {
-                nameservers: cfg.dns.upstream.to_vec(),
+                nameservers: upstream_order(&cfg.dns.upstream, &local_addrs),
                 dc_port: cfg.dns.dc_port,
                 ntm_domains: cfg.dns.ntm_domains.to_vec(),
                 ..LocatorConfig::default()
@@ -448,6 +473,10 @@ impl Agent {
             token_seen: cfg_token_mtime,
             token_checked: std::time::Instant::now(),
             as_conn: None,
+            as_connect_by: None,
+            as_addrs,
+            dc_addrs,
+            next_lookup: 1,
             ns_conn: None,
             netlink,
             debounce: ChangeDebounce::default(),
@@ -477,6 +506,7 @@ impl Agent {
 
     /// Runs until SIGTERM or SIGINT.
     pub fn run(&mut self) -> io::Result<()> {
+        self.resolve_servers(self.now());
         if !self.local_addrs.is_empty() {
             let now = self.now();
             self.node.start(now);
@@ -544,6 +574,10 @@ impl Agent {
             self.locator.poll_timeout(),
             self.debounce.deadline().map(|t| self.engine_time(t)),
             self.held.deadline().map(|t| self.engine_time(t)),
+            self.as_addrs.deadline(),
+            self.dc_addrs.deadline(),
+            self.as_connect_by.map(|t| self.engine_time(t)),
+            self.ns_conn.as_ref().filter(|c| c.connecting).map(|c| self.engine_time(c.connect_by)),
         ]
         .into_iter()
         .flatten()
@@ -588,6 +622,53 @@ impl Agent {
         }
         if self.held.deadline().is_some_and(|t| t <= std::time::Instant::now()) {
             self.send_held();
+        }
+        if self.as_addrs.deadline().is_some_and(|t| t <= now) {
+            self.as_addrs.resolve(now, &mut self.locator, &mut self.next_lookup);
+        }
+        if self.dc_addrs.deadline().is_some_and(|t| t <= now) {
+            self.dc_addrs.resolve(now, &mut self.locator, &mut self.next_lookup);
+        }
+        self.connect_timeouts(now);
+    }
+
+    /// Looks up the servers given by name again (start, network change).
+    fn resolve_servers(&mut self, now: Instant) {
+        self.as_addrs.resolve(now, &mut self.locator, &mut self.next_lookup);
+        self.dc_addrs.resolve(now, &mut self.locator, &mut self.next_lookup);
+    }
+
+    /// A look-up of a server name finished: the node gets the new addresses.
+    fn server_answer(&mut self, now: Instant, id: u64, answer: &DnsAnswer) {
+        if !self.as_addrs.handle_answer(now, id, answer) && !self.dc_addrs.handle_answer(now, id, answer) {
+            return;
+        }
+        if let Some(addrs) = self.as_addrs.take_changed() {
+            self.node.set_account_servers(now, addrs);
+        }
+        if let Some(addrs) = self.dc_addrs.take_changed() {
+            let name = self.cfg.static_dc.as_ref().map(|d| d.name.clone());
+            self.node.set_static_dc(name.map(|name| DcLocation { name, addrs }));
+        }
+    }
+
+    /// A connection to the AS or the NS that did not open in time is given up: the node
+    /// then tries the server's next address (an address of a family that has a route but
+    /// goes nowhere must not hold the login up for the whole TCP connect timeout).
+    fn connect_timeouts(&mut self, now: Instant) {
+        let wall = std::time::Instant::now();
+        if self.as_connect_by.is_some_and(|t| t <= wall) {
+            if let Some((_, peer, _)) = &self.as_conn {
+                log::warn!("no connection to the AS {peer} within {CONNECT_TIMEOUT:?}");
+            }
+            self.close_as(now);
+        }
+        if self.ns_conn.as_ref().is_some_and(|c| c.connecting && c.connect_by <= wall) {
+            if let Some(mut c) = self.ns_conn.take() {
+                log::warn!("no connection to the NS {} within {CONNECT_TIMEOUT:?}", c.peer);
+                let _ = self.poll.registry().deregister(&mut c.stream);
+                self.node.handle_stream_closed(now, StreamKind::Tcp, c.peer);
+            }
         }
     }
 
@@ -831,6 +912,10 @@ impl Agent {
         if addrs.is_empty() {
             return; // offline: wait for an address
         }
+        // Another network may have another resolver's view, or reach other addresses;
+        // resolvers of the families we have now go first.
+        self.locator.set_nameservers(upstream_order(&self.cfg.dns.upstream, &self.local_addrs));
+        self.resolve_servers(now);
         if first && self.node.fqdn().is_none() {
             self.node.handle_network_change(now, addrs);
             self.node.start(now);
@@ -855,6 +940,9 @@ impl Agent {
         let now = self.now();
         let Some((tls, peer, decoder)) = self.as_conn.as_mut() else { return };
         let peer = *peer;
+        if tls.stream_mut().peer_addr().is_ok() {
+            self.as_connect_by = None;
+        }
         let result = tls.drive();
         decoder.push(&tls.take_received());
         let mut frames = Vec::new();
@@ -887,6 +975,7 @@ impl Agent {
     }
 
     fn close_as(&mut self, now: Instant) {
+        self.as_connect_by = None;
         if let Some((mut tls, peer, _)) = self.as_conn.take() {
             tls.close();
             let _ = self.poll.registry().deregister(tls.stream_mut());
@@ -915,6 +1004,7 @@ impl Agent {
             self.tls_cfg.unix_time = wall_clock();
             let tls = LoginTls::new(stream, &self.tls_cfg, rand_core::OsRng);
             self.as_conn = Some((tls, dst, FrameDecoder::new()));
+            self.as_connect_by = Some(std::time::Instant::now() + CONNECT_TIMEOUT);
         }
         let Ok(framed) = encode_frame(payload) else { return };
         if let Some((tls, _, _)) = self.as_conn.as_mut() {
@@ -1023,8 +1113,14 @@ impl Agent {
             if self.poll.registry().register(&mut stream, NS_CONN, Interest::READABLE | Interest::WRITABLE).is_err() {
                 return;
             }
-            self.ns_conn =
-                Some(NsConn { stream, peer: dst, out: Vec::new(), decoder: FrameDecoder::new(), connecting: true });
+            self.ns_conn = Some(NsConn {
+                stream,
+                peer: dst,
+                out: Vec::new(),
+                decoder: FrameDecoder::new(),
+                connecting: true,
+                connect_by: std::time::Instant::now() + CONNECT_TIMEOUT,
+            });
         }
         let Ok(framed) = encode_frame(payload) else { return };
         if let Some(c) = self.ns_conn.as_mut() {
@@ -1113,6 +1209,10 @@ impl Agent {
                 self.configure_tun(virtual_addrs);
             }
             NodeEvent::NotificationsReady => log::info!("the NS keeps us reachable"),
+            NodeEvent::AccountServerUnreachable => {
+                // Its name may point elsewhere now (names only; addresses stay as they are).
+                self.as_addrs.resolve(now, &mut self.locator, &mut self.next_lookup);
+            }
             NodeEvent::Resolved { id, virtual_addrs, name } => {
                 if let Some(token) = self.resolves.remove(&id) {
                     log::debug!("{name} is {} / {}", virtual_addrs.v4, virtual_addrs.v6);
@@ -1145,7 +1245,11 @@ impl Agent {
             }
             while let Some((id, a)) = self.locator.poll_answer() {
                 busy = true;
-                self.node.handle_dns(now, id, a);
+                if id & QUERY_BIT != 0 {
+                    self.server_answer(now, id, &a);
+                } else {
+                    self.node.handle_dns(now, id, a);
+                }
             }
             while let Some(ev) = self.node.poll_event() {
                 busy = true;

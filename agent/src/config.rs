@@ -129,14 +129,46 @@ fn default_dc_port() -> u16 {
     4460
 }
 
-/// A DC known without DNS.
+/// A server as the configuration gives it: `"192.0.2.10:4443"`, `"[2001:db8::10]:4443"`
+/// or `"as.example.net:4443"` (a name, resolved through `dns.upstream`, A and AAAA).
+pub type ServerStr = HString<262>;
+
+/// A server entry, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerAddr {
+    /// An address with port.
+    Addr(SocketAddr),
+    /// A DNS name with port: every address of both families it has.
+    Name(Fqdn, u16),
+}
+
+impl ServerAddr {
+    /// Parses `address:port`, `[address]:port` or `name:port`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(ServerAddr::Addr(a));
+        }
+        let bad = || format!("\"{s}\" is not address:port, [address]:port or name:port");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        // An address that did not parse with its port is not a name either.
+        if host.contains([':', '[', ']']) || host.parse::<IpAddr>().is_ok() || port == 0 {
+            return Err(bad());
+        }
+        let name = Fqdn::new(host).map_err(|_| bad())?;
+        Ok(ServerAddr::Name(name, port))
+    }
+}
+
+/// A DC known without DNS lookups of node names.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticDc {
     /// Its name (its certificate carries it).
     pub name: Fqdn,
-    /// Its addresses with port.
-    pub addrs: HVec<SocketAddr, 4>,
+    /// Its addresses with port, of one or both families; an entry may also be a name with
+    /// port, resolved through `dns.upstream`.
+    pub addrs: HVec<ServerStr, 4>,
 }
 
 /// The whole file. Required fields are parsed as optional and checked afterwards, so
@@ -144,9 +176,14 @@ pub struct StaticDc {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentFile {
-    /// The AS's address (required).
+    /// The AS: an address with port, or a name with port resolved through `dns.upstream`
+    /// (both families). This or `account_server_addrs` is required.
     #[serde(default)]
-    pub account_server: Option<SocketAddr>,
+    pub account_server: Option<ServerStr>,
+    /// More of the AS's addresses (or names), e.g. one per family; tried after
+    /// `account_server`, each login attempt with one of a family the box has.
+    #[serde(default)]
+    pub account_server_addrs: HVec<ServerStr, 4>,
     /// The AS's name, which its certificate must carry (required).
     #[serde(default)]
     pub account_server_name: Option<Fqdn>,
@@ -246,15 +283,37 @@ impl AgentFile {
             .collect()
     }
 
-    /// The AS's address.
-    pub fn account_server(&self) -> SocketAddr {
-        self.account_server.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    /// The AS's entries, `account_server` first (checked by `parse`, so none is dropped
+    /// here from a loaded file).
+    pub fn account_servers(&self) -> Vec<ServerAddr> {
+        self.account_server.iter().chain(&self.account_server_addrs).filter_map(|s| ServerAddr::parse(s).ok()).collect()
+    }
+
+    /// The static DC's entries.
+    pub fn static_dc_addrs(&self) -> Vec<ServerAddr> {
+        self.static_dc.iter().flat_map(|d| &d.addrs).filter_map(|s| ServerAddr::parse(s).ok()).collect()
     }
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let missing = |field| Err((field, "missing".to_string()));
-        if self.account_server.is_none() {
+        if self.account_server.is_none() && self.account_server_addrs.is_empty() {
             return missing("account_server");
+        }
+        let mut names = false;
+        for s in self.account_server.iter().chain(&self.account_server_addrs) {
+            let field = if Some(s) == self.account_server.as_ref() { "account_server" } else { "account_server_addrs" };
+            names |= matches!(ServerAddr::parse(s).map_err(|e| (field, e))?, ServerAddr::Name(..));
+        }
+        if let Some(d) = &self.static_dc {
+            if d.addrs.is_empty() {
+                return missing("static_dc.addrs");
+            }
+            for s in &d.addrs {
+                names |= matches!(ServerAddr::parse(s).map_err(|e| ("static_dc.addrs", e))?, ServerAddr::Name(..));
+            }
+        }
+        if names && self.dns.upstream.is_empty() {
+            return Err(("dns.upstream", "needed to resolve the servers given by name".into()));
         }
         if self.account_server_name.is_none() {
             return missing("account_server_name");
@@ -424,8 +483,51 @@ mod tests {
     fn the_board_example_parses() {
         let c = parse(include_str!("../../board/default/ntmd.json")).unwrap();
         assert_eq!(c.keepalive.as_str(), "ns");
-        assert_eq!(c.account_server_name.unwrap().as_str(), "as.example.net");
+        assert_eq!(c.account_server_name.as_ref().unwrap().as_str(), "as.example.net");
+        assert_eq!(c.account_servers(), vec![ServerAddr::Name(Fqdn::new("as.example.net").unwrap(), 4443)]);
         assert!(c.credential.device.is_some());
+    }
+
+    #[test]
+    fn servers_are_addresses_or_names_of_both_families() {
+        // The single literal of older files still parses.
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.account_servers(), vec![ServerAddr::Addr("192.0.2.10:4443".parse().unwrap())]);
+        let named = MIN.replace("192.0.2.10:4443", "AS.Example.net:4443");
+        let c = parse(&named).unwrap();
+        assert_eq!(c.account_servers(), vec![ServerAddr::Name(Fqdn::new("as.example.net").unwrap(), 4443)]);
+        let both = MIN.replace(
+            r#""account_server": "192.0.2.10:4443","#,
+            r#""account_server_addrs": ["192.0.2.10:4443", "[2001:db8::10]:4443"],"#,
+        );
+        let c = parse(&both).unwrap();
+        assert_eq!(c.account_servers().len(), 2);
+        let dc = MIN.replacen(
+            '{',
+            r#"{ "static_dc": {"name": "dc.example.net", "addrs": ["dc.example.net:4460", "[2001:db8::20]:4460"]},"#,
+            1,
+        );
+        let c = parse(&dc).unwrap();
+        assert_eq!(c.static_dc_addrs()[1], ServerAddr::Addr("[2001:db8::20]:4460".parse().unwrap()));
+        for bad in [
+            "as.example.net",
+            "as.example.net:0",
+            "2001:db8::10:4443",
+            "[as.example.net]:4443",
+            "-x.net:1",
+            "192.0.2.10:99999",
+        ] {
+            let err = parse(&MIN.replace("192.0.2.10:4443", bad)).unwrap_err();
+            assert!(err.contains("\"account_server\"") && err.contains("name:port"), "{bad}: {err}");
+        }
+        // A name needs the resolvers.
+        let no_upstream = named.replace(r#""upstream": ["192.0.2.53:53"], "#, "").replacen(
+            '{',
+            r#"{ "static_dc": {"name": "dc.example.net", "addrs": ["192.0.2.20:4460"]},"#,
+            1,
+        );
+        let err = parse(&no_upstream).unwrap_err();
+        assert!(err.contains("dns.upstream") && err.contains("by name"), "{err}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod dnsstub;
 mod held;
 mod icmp;
 mod netlink;
+mod servers;
 mod tls;
 mod verify;
 

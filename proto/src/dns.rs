@@ -37,6 +37,11 @@
 //!    port. A target with no address moves on to the next; when none has one, the lookup
 //!    fails.
 //!
+//! [`Locator::start_addresses`] looks up a server's name instead (a driver's AS or static DC
+//! given by name): A and AAAA of exactly that name, asked in parallel as for an NS target in
+//! step 4, answered as a [`DnsAnswer::Dc`] of that name with its addresses at the given port
+//! (IPv4 first), or [`DnsAnswer::Failed`] when it has none.
+//!
 //! Every query is sent up to `attempts` times, `timeout` apart, rotating through the
 //! nameservers; retransmissions keep the DNS id, so a late answer from an earlier server is
 //! still taken. A reply counts only if its id, its question (name, type, class) and its
@@ -152,6 +157,8 @@ struct Targets {
     v4: Option<Vec<IpAddr>>,
     /// The current target's IPv6 addresses, once its AAAA query finished.
     v6: Option<Vec<IpAddr>>,
+    /// The port of the answer's addresses.
+    port: u16,
 }
 
 /// What a step of a lookup leads to.
@@ -246,6 +253,23 @@ impl Locator {
         self.apply(now, slot, query.id, Step::Ask(Expect::Zone { name, followed_cname: false }, ask));
     }
 
+    /// Begins a lookup of `name`'s own addresses (A and AAAA, no NTM-domain rules): the
+    /// answer, under `id`, is [`DnsAnswer::Dc`] with `name` and its addresses at `port`, or
+    /// [`DnsAnswer::Failed`].
+    pub fn start_addresses(&mut self, now: Instant, id: u64, name: &Fqdn, port: u16) {
+        if self.lookups.len() >= self.cfg.max_pending {
+            self.stats.over_limit = self.stats.over_limit.saturating_add(1);
+            self.answers.push_back((id, DnsAnswer::Failed));
+            return;
+        }
+        let slot = self.next_slot;
+        self.next_slot = self.next_slot.wrapping_add(1);
+        let target = (DName::from_fqdn(name), name.clone());
+        let st = Targets { targets: vec![target], current: 0, glue: Vec::new(), v4: None, v6: None, port };
+        let step = self.next_target(st);
+        self.apply(now, slot, id, step);
+    }
+
     /// A UDP datagram arrived from `from`. Anything that is not the awaited reply is
     /// ignored and counted.
     pub fn handle_response(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
@@ -306,6 +330,13 @@ impl Locator {
     /// When to call [`Locator::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.outstanding.values().map(|out| out.deadline).min()
+    }
+
+    /// Replaces the nameservers (same ones, reordered by the driver when its address
+    /// families change, so that the first try goes to one it can reach). Queries on the
+    /// wire keep the servers they were sent to.
+    pub fn set_nameservers(&mut self, nameservers: Vec<SocketAddr>) {
+        self.cfg.nameservers = nameservers;
     }
 
     /// Lookups in progress.
@@ -510,7 +541,7 @@ impl Locator {
             .iter()
             .filter_map(|r| Some((r.owner.clone(), address(r, TYPE::A).or_else(|| address(r, TYPE::AAAA))?)))
             .collect();
-        self.next_target(Targets { targets, current: 0, glue, v4: None, v6: None })
+        self.next_target(Targets { targets, current: 0, glue, v4: None, v6: None, port: self.cfg.dc_port })
     }
 
     /// Resolves the current target: from glue, else by asking A and AAAA.
@@ -518,7 +549,7 @@ impl Locator {
         let Some((name, fqdn)) = st.targets.get(st.current) else { return Step::Done(DnsAnswer::Failed) };
         let glue: Vec<IpAddr> = st.glue.iter().filter(|(owner, _)| owner == name).map(|&(_, ip)| ip).collect();
         if !glue.is_empty() {
-            return Step::Done(self.location(fqdn, glue));
+            return Step::Done(location(fqdn, glue, st.port));
         }
         let ask = vec![(name.clone(), TYPE::A), (name.clone(), TYPE::AAAA)];
         Step::Ask(Expect::Addresses(st), ask)
@@ -536,7 +567,7 @@ impl Locator {
         let addrs: Vec<IpAddr> = v4.iter().chain(v6).copied().collect();
         if !addrs.is_empty() {
             if let Some((_, fqdn)) = st.targets.get(st.current) {
-                return Step::Done(self.location(fqdn, addrs));
+                return Step::Done(location(fqdn, addrs, st.port));
             }
         }
         st.current = st.current.saturating_add(1);
@@ -544,15 +575,15 @@ impl Locator {
         st.v6 = None;
         self.next_target(st)
     }
+}
 
-    /// The answer for DC `name` at `addrs`: IPv4 first, each family sorted, at the DC port.
-    fn location(&self, name: &Fqdn, mut addrs: Vec<IpAddr>) -> DnsAnswer {
-        // IpAddr orders every V4 before every V6.
-        addrs.sort();
-        addrs.dedup();
-        let addrs = addrs.into_iter().map(|ip| SocketAddr::new(ip, self.cfg.dc_port)).collect();
-        DnsAnswer::Dc(DcLocation { name: name.clone(), addrs })
-    }
+/// The answer for server `name` at `addrs`: IPv4 first, each family sorted, at `port`.
+fn location(name: &Fqdn, mut addrs: Vec<IpAddr>, port: u16) -> DnsAnswer {
+    // IpAddr orders every V4 before every V6.
+    addrs.sort();
+    addrs.dedup();
+    let addrs = addrs.into_iter().map(|ip| SocketAddr::new(ip, port)).collect();
+    DnsAnswer::Dc(DcLocation { name: name.clone(), addrs })
 }
 
 /// A domain name as a lookup holds it: its labels, leftmost first, spelled as they came.
@@ -1199,6 +1230,23 @@ mod tests {
         r.answers.push(cname("pool.ntm.test.", "loop.ntm.test."));
         deliver(&mut loc, T0, NS1, &r);
         assert_eq!(answers(&mut loc), vec![(3, DnsAnswer::Failed)]);
+    }
+
+    #[test]
+    fn a_server_name_is_looked_up_in_both_families_whatever_its_domain() {
+        let mut loc = locator(cfg());
+        // Outside the NTM domains, and not an NS question: A and AAAA of the name itself.
+        loc.start_addresses(T0, 7, &fq("as.example.org"), 4443);
+        answer_addresses(&mut loc, "as.example.org.", &["192.0.2.10"], &["2001:db8::10", "2001:db8::9"]);
+        let want = dc("as.example.org", &["192.0.2.10:4443", "[2001:db8::9]:4443", "[2001:db8::10]:4443"]);
+        assert_eq!(answers(&mut loc), vec![(7, want)]);
+        // One family is enough; none is a failure.
+        loc.start_addresses(T0, 8, &fq("as6.example.org"), 4443);
+        answer_addresses(&mut loc, "as6.example.org.", &[], &["2001:db8::10"]);
+        assert_eq!(answers(&mut loc), vec![(8, dc("as6.example.org", &["[2001:db8::10]:4443"]))]);
+        loc.start_addresses(T0, 9, &fq("none.example.org"), 4443);
+        answer_addresses(&mut loc, "none.example.org.", &[], &[]);
+        assert_eq!(answers(&mut loc), vec![(9, DnsAnswer::Failed)]);
     }
 
     #[test]

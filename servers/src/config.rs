@@ -281,8 +281,33 @@ pub struct NsEntry {
     pub name: Fqdn,
     /// Its control address (UDP and TLS).
     pub addr: SocketAddr,
-    /// The TCP address nodes connect to.
-    pub node_addr: SocketAddr,
+    /// The TCP addresses nodes connect to: one address (`"192.0.2.40:4463"`) or a list,
+    /// one per family (`["192.0.2.40:4463", "[2001:db8::40]:4463"]`). A node is granted
+    /// the one of the family it registered in.
+    #[serde(deserialize_with = "one_or_more_addrs")]
+    pub node_addr: Vec<SocketAddr>,
+}
+
+/// An address, or a list of addresses, as a list.
+fn one_or_more_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    struct Addrs;
+    impl<'de> serde::de::Visitor<'de> for Addrs {
+        type Value = Vec<SocketAddr>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an address with port, or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            v.parse().map(|a| vec![a]).map_err(|_| E::custom(format!("\"{v}\" is not an address with port")))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(a) = seq.next_element::<SocketAddr>()? {
+                out.push(a);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Addrs)
 }
 
 /// `ntm-dc`'s configuration.
@@ -338,6 +363,9 @@ impl Validate for DcFile {
         }
         if self.max_nodes == 0 {
             return Err(("max_nodes", "must be at least 1".into()));
+        }
+        if self.notification_servers.iter().any(|n| n.node_addr.is_empty()) {
+            return Err(("notification_servers.node_addr", "at least one address".into()));
         }
         Ok(())
     }
@@ -622,6 +650,22 @@ mod tests {
             "tls": {"ca": "a", "cert": "b", "key": "c"}, "accounts": "a.db",
             "dns": {"static_dcs": [{"zone": "z.example", "dc": "dc.z.example", "addrs": ["192.0.2.2:4460"]}]}}"#;
         assert!(parse::<AsFile>(as_file).is_ok());
+    }
+
+    #[test]
+    fn an_ns_node_address_is_one_address_or_a_list() {
+        let mut v: serde_json::Value = serde_json::from_str(DC).unwrap();
+        let ns = |node_addr: serde_json::Value| serde_json::json!([{"name": "ns1.example", "addr": "192.0.2.40:4462", "node_addr": node_addr}]);
+        v["notification_servers"] = ns(serde_json::json!("192.0.2.40:4463"));
+        let c = parse::<DcFile>(&v.to_string()).unwrap();
+        assert_eq!(c.notification_servers[0].node_addr, vec!["192.0.2.40:4463".parse().unwrap()]);
+        v["notification_servers"] = ns(serde_json::json!(["192.0.2.40:4463", "[2001:db8::40]:4463"]));
+        assert_eq!(parse::<DcFile>(&v.to_string()).unwrap().notification_servers[0].node_addr.len(), 2);
+        for bad in [serde_json::json!([]), serde_json::json!("ns1.example:4463"), serde_json::json!(4463)] {
+            v["notification_servers"] = ns(bad.clone());
+            let err = parse::<DcFile>(&v.to_string()).map(|_| ()).unwrap_err();
+            assert!(err.contains("node_addr") || err.contains("address with port"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -189,7 +189,10 @@ impl Deployment {
         }
         let ns_ref = NsRef {
             server: ServerRef { name: name("ns1.example"), addr: SocketAddr::new(ip("192.0.2.40"), SERVER_PORT) },
-            node_addr: SocketAddr::new(ip("192.0.2.40"), SERVER_PORT),
+            node_addrs: vec![
+                SocketAddr::new(ip("192.0.2.40"), SERVER_PORT),
+                SocketAddr::new(ip("2001:db8::40"), SERVER_PORT),
+            ],
         };
 
         let dc_cfg = |n: &str, zone: &Fqdn, v4: &str, v6: &str| {
@@ -323,8 +326,11 @@ impl Deployment {
             }
         };
         let local: Vec<SocketAddr> = addrs.iter().map(|a| SocketAddr::new(*a, NODE_PORT)).collect();
-        let as_ip = if addrs.iter().any(IpAddr::is_ipv4) { ip("192.0.2.10") } else { ip("2001:db8::10") };
-        let mut cfg = NodeConfig::new(SocketAddr::new(as_ip, SERVER_PORT), name("as.example"), credential, local);
+        // The AS's addresses of both families, as a box configured for any network has
+        // them: the node picks one of a family it has.
+        let as_addrs =
+            vec![SocketAddr::new(ip("192.0.2.10"), SERVER_PORT), SocketAddr::new(ip("2001:db8::10"), SERVER_PORT)];
+        let mut cfg = NodeConfig::new(as_addrs, name("as.example"), credential, local);
         cfg.keepalive = opts.keepalive;
         cfg.udp_keepalive_interval = opts.udp_keepalive;
         if let Some(l) = opts.tunnel_key_lifetime {

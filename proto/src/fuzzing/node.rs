@@ -595,7 +595,7 @@ fn setup(c: u8) -> Option<(Harness<Node>, NodeScript)> {
         password: Password::new(b"correct horse").ok()?,
     };
     let dc = DcLocation { name: name("dc.zone-a.example"), addrs: vec![DC4, DC6] };
-    let mut cfg = NodeConfig::new(AS, name("as.example"), credential, local);
+    let mut cfg = NodeConfig::new(vec![AS], name("as.example"), credential, local);
     cfg.keepalive = keepalive.clone();
     cfg.key_pair = pk.then(|| keys.mine.clone());
     cfg.strict_public_key_mode = pk && c & 8 != 0;

@@ -507,7 +507,7 @@ fn dc_setup(c: u8) -> Option<(Harness<Dc>, DcScript)> {
     );
     cfg.relays = relays.iter().take(relay_count).map(|(n, a)| ServerRef { name: name(n), addr: *a }).collect();
     cfg.notification_servers =
-        vec![NsRef { server: ServerRef { name: name("ns1.example"), addr: NS1 }, node_addr: NS1 }];
+        vec![NsRef { server: ServerRef { name: name("ns1.example"), addr: NS1 }, node_addrs: vec![NS1] }];
     if c & 1 != 0 {
         cfg.static_peers =
             vec![(name("zone-b.example"), DcLocation { name: name("dc.zone-b.example"), addrs: vec![DC_B] })];

@@ -370,7 +370,7 @@ pub fn build(cfg: DcFile) -> Result<Driver<DcDaemon>, StartError> {
     dcfg.notification_servers = cfg
         .notification_servers
         .iter()
-        .map(|n| NsRef { server: ServerRef { name: n.name.clone(), addr: n.addr }, node_addr: n.node_addr })
+        .map(|n| NsRef { server: ServerRef { name: n.name.clone(), addr: n.addr }, node_addrs: n.node_addr.clone() })
         .collect();
     dcfg.static_peers = cfg.dns.static_dcs.iter().map(|s| s.location()).collect();
     dcfg.max_nodes = cfg.max_nodes;

@@ -378,7 +378,7 @@ impl TestNode {
             ),
         };
         let reported = if setup.fake_nat { SocketAddr::new(setup.bind_ip, 9) } else { addr };
-        let mut cfg = NodeConfig::new(setup.as_addr, name("as.test"), credential, vec![reported]);
+        let mut cfg = NodeConfig::new(vec![setup.as_addr], name("as.test"), credential, vec![reported]);
         cfg.static_dc = Some(setup.dc.clone());
         cfg.keepalive = setup.keepalive.clone();
         cfg.route_optimization = setup.route_optimization;

@@ -48,8 +48,19 @@ pub struct ServerRef {
 pub struct NsRef {
     /// Its name and control address.
     pub server: ServerRef,
-    /// The TCP address nodes connect to.
-    pub node_addr: SocketAddr,
+    /// The TCP addresses nodes connect to, at most one per address family is used: a
+    /// node is granted the one of the family its Registration Request came in (see
+    /// [`NsRef::node_addr_for`]), so an IPv6-only node gets the NS's IPv6 address.
+    pub node_addrs: Vec<SocketAddr>,
+}
+
+impl NsRef {
+    /// The node address to grant a node that registered from `from`: the first of
+    /// `from`'s family, else the first of all (a node that registers in one family may
+    /// still have the other).
+    pub fn node_addr_for(&self, from: &SocketAddr) -> Option<SocketAddr> {
+        self.node_addrs.iter().find(|a| a.is_ipv4() == from.is_ipv4()).or(self.node_addrs.first()).copied()
+    }
 }
 
 /// How a DC is set up. [`DcConfig::new`] fills in the defaults.
@@ -220,7 +231,7 @@ struct RelayLink {
 /// An NS as the DC sees it.
 struct NsLink {
     link: ServerLink<DcNs>,
-    node_addr: SocketAddr,
+    node: NsRef,
 }
 
 /// Most events buffered for the driver.
@@ -288,7 +299,7 @@ impl Dc {
         let ns = cfg
             .notification_servers
             .iter()
-            .map(|n| NsLink { link: ServerLink::new(n.server.name.clone(), n.server.addr), node_addr: n.node_addr })
+            .map(|n| NsLink { link: ServerLink::new(n.server.name.clone(), n.server.addr), node: n.clone() })
             .collect();
         Ok(Dc {
             cfg,

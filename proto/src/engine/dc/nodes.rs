@@ -322,14 +322,16 @@ impl Dc {
         let Some(virtual_addrs) = rec.virtual_addrs else { return };
         let behind_nat = rec.seen.get(family(&to)).copied().flatten().is_some_and(|s| s.behind_nat);
         let ns = match (&rec.method, &rec.ns) {
-            (KeepaliveMethod::Ns, Some(b)) if b.acked => self.ns.get(b.ns).map(|n| NsGrant {
-                ns_fqdn: n.link.name.clone(),
-                ns_addr: n.node_addr,
-                key_id: b.key_id,
-                k_ntmns: KeyGrant {
-                    key: b.key.clone(),
-                    lifetime: Lifetime::from_duration(b.expires.saturating_duration_since(now)),
-                },
+            (KeepaliveMethod::Ns, Some(b)) if b.acked => self.ns.get(b.ns).and_then(|n| {
+                Some(NsGrant {
+                    ns_fqdn: n.link.name.clone(),
+                    ns_addr: n.node.node_addr_for(&to)?,
+                    key_id: b.key_id,
+                    k_ntmns: KeyGrant {
+                        key: b.key.clone(),
+                        lifetime: Lifetime::from_duration(b.expires.saturating_duration_since(now)),
+                    },
+                })
             }),
             _ => None,
         };

@@ -3,6 +3,12 @@
 //! reachable in both families and an IPv4-only or IPv6-only one in its own. With the NS
 //! method, an [`NsLink`] holds the TCP connection to the NS.
 //!
+//! The DC grants the NS's node address of the family each Registration Request came in
+//! (protocol.md, "NS grant"), so a node registered in both families learns one of each.
+//! The node keeps every address it was granted for its NS and connects to one of a family
+//! it has an address of; a lost connection moves on to the next such address, and a
+//! network change picks again.
+//!
 //! An NS that restarted has lost our K_ntmns and says so with a plain UnknownKey refusal
 //! naming the key: the node then registers again with `ns_key_lost`, and its DC makes a
 //! fresh K_ntmns for it (protocol.md, section 10, "Recovery").
@@ -96,10 +102,15 @@ enum NsState {
     AwaitGrant,
 }
 
+/// Most node addresses kept for one NS (a couple per family).
+const NS_ADDRS_MAX: usize = 4;
+
 /// The node's TCP connection to its NS.
 pub(super) struct NsLink {
     name: Fqdn,
-    addr: SocketAddr,
+    /// The NS's node addresses granted so far, and the one in use.
+    addrs: Vec<SocketAddr>,
+    current: usize,
     channel: Channel<NtmNs>,
     state: NsState,
     /// Connection attempts that failed in a row (reset by a Notification Ack).
@@ -110,7 +121,32 @@ pub(super) struct NsLink {
 
 impl NsLink {
     pub(super) fn addr(&self) -> SocketAddr {
-        self.addr
+        // `current` always indexes `addrs`, which is never empty (see `learn`, `pick`).
+        self.addrs.get(self.current).or(self.addrs.first()).copied().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Keeps a node address the DC granted (at most [`NS_ADDRS_MAX`]).
+    fn learn(&mut self, addr: SocketAddr) {
+        if !self.addrs.contains(&addr) && self.addrs.len() < NS_ADDRS_MAX {
+            self.addrs.push(addr);
+        }
+    }
+
+    /// Uses an address of a family in `local` (starting after the current one when
+    /// `next`); true if the address in use changed.
+    fn pick(&mut self, local: &[SocketAddr], next: bool) -> bool {
+        let has = |a: &SocketAddr| local.iter().any(|l| l.is_ipv4() == a.is_ipv4() && !l.ip().is_unspecified());
+        let n = self.addrs.len();
+        let start = if next { 1 } else { 0 };
+        let found =
+            (start..n + start).map(|k| (self.current + k) % n.max(1)).find(|&i| self.addrs.get(i).is_some_and(has));
+        match found {
+            Some(i) if i != self.current => {
+                self.current = i;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub(super) fn is_active(&self) -> bool {
@@ -132,10 +168,12 @@ impl NsLink {
         }
     }
 
-    pub(super) fn connection_lost(&mut self, now: Instant, rng: &mut super::Rng) {
+    pub(super) fn connection_lost(&mut self, now: Instant, rng: &mut super::Rng, local: &[SocketAddr]) {
         if matches!(self.state, NsState::AwaitGrant) {
             return; // the DC's answer decides what comes next
         }
+        // The next attempt goes to another of the NS's addresses, if it has one we can use.
+        self.pick(local, true);
         // Back off while attempts keep failing; a registered connection that drops is
         // retried after 1 to 2 s. The wait is drawn at random within its span: when an NS
         // restarts, all its nodes lose their connections at once, and their reconnects
@@ -185,6 +223,7 @@ impl Node {
     pub fn handle_network_change(&mut self, now: Instant, local_addrs: Vec<SocketAddr>) {
         log::info!("network change: local addresses now {local_addrs:?}");
         self.cfg.local_addrs = local_addrs;
+        self.login_network_changed(now);
         if self.session.is_none() {
             return;
         }
@@ -193,6 +232,7 @@ impl Node {
         // The TCP connection to the NS left from the old address: open a new one now
         // rather than when the next hourly keepalive finds it dead.
         if let Some(ns) = self.ns.as_mut() {
+            ns.pick(&self.cfg.local_addrs, false);
             ns.state = NsState::Reconnect { at: now };
         }
         self.drive_ns(now);
@@ -254,7 +294,15 @@ impl Node {
                     // The DC granted the key the NS refused (it had not seen our report
                     // yet): try the NS again later; a second refusal reports it again.
                     ns.state = NsState::Reconnect { at: now };
-                    ns.connection_lost(now, &mut self.rng);
+                    ns.connection_lost(now, &mut self.rng, &self.cfg.local_addrs);
+                } else if let Some(ns) = self.ns.as_mut() {
+                    // The same key, perhaps another family's address of the NS: keep it,
+                    // and move to it if the one in use is of a family we no longer have.
+                    ns.learn(grant.ns_addr);
+                    if ns.pick(&self.cfg.local_addrs, false) && !matches!(ns.state, NsState::AwaitGrant) {
+                        log::info!("NS {} now at {}", ns.name, ns.addr());
+                        ns.state = NsState::Reconnect { at: now };
+                    }
                 }
             }
             (KeepaliveMethod::Ns, None) if self.ns.as_ref().is_some_and(|ns| ns.lost) => {
@@ -367,14 +415,22 @@ impl Node {
         };
         let request_id = self.ids.next();
         let retry = Retry::new(now, self.cfg.backoff);
-        self.ns = Some(NsLink {
+        // A new key for the same NS: the addresses granted before still hold.
+        let known = self.ns.as_ref().filter(|ns| ns.name == grant.ns_fqdn).map(|ns| ns.addrs.clone());
+        let mut link = NsLink {
             name: grant.ns_fqdn,
-            addr: grant.ns_addr,
+            addrs: vec![grant.ns_addr],
+            current: 0,
             channel,
             state: NsState::ExpectAck { request_id, retry },
             failures: 0,
             lost: false,
-        });
+        };
+        for a in known.unwrap_or_default() {
+            link.learn(a);
+        }
+        link.pick(&self.cfg.local_addrs, false);
+        self.ns = Some(link);
         self.send_notification_registration(now, request_id);
     }
 
@@ -383,7 +439,7 @@ impl Node {
         match ns.channel.seal(now, msg) {
             Ok(bytes) => {
                 let via = Via::Stream { kind: StreamKind::Tcp, server: Some(ns.name.clone()) };
-                let dst = ns.addr;
+                let dst = ns.addr();
                 self.transmit(via, dst, bytes);
             }
             Err(e) => log::warn!("cannot seal for the NS: {e}"),
@@ -476,7 +532,7 @@ impl Node {
                 if retry.again(now) {
                     send_reg = Some(*request_id);
                 } else {
-                    ns.connection_lost(now, &mut self.rng);
+                    ns.connection_lost(now, &mut self.rng, &self.cfg.local_addrs);
                 }
             }
             NsState::Active { interval, next_keepalive, pending } => match pending {
@@ -484,7 +540,7 @@ impl Node {
                     if retry.again(now) {
                         send_keepalive = Some(*id);
                     } else {
-                        ns.connection_lost(now, &mut self.rng);
+                        ns.connection_lost(now, &mut self.rng, &self.cfg.local_addrs);
                     }
                 }
                 None if now >= *next_keepalive => {

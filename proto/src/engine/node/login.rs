@@ -1,6 +1,12 @@
 //! Login (spec 4.1): Login Request over TLS to the AS, then the NS record of the node's
 //! own name to find its DC. Re-login before K_ntmdc expires, and when the DC says it no
 //! longer knows the key.
+//!
+//! The AS may have addresses of both families. An attempt goes to one of a family the
+//! node has an address of (an IPv6-only node does not wait on an IPv4 AS address); when
+//! it fails (the connection closes or nothing answers) the next one is tried at once, and
+//! when every one of the round failed the node says [`NodeEvent::AccountServerUnreachable`]
+//! (the driver may resolve the AS's name again) and waits for the backoff.
 
 use super::link::Link;
 use super::{DcSession, Node, NodeEvent, ResolveError};
@@ -81,7 +87,7 @@ impl Node {
             Login::Start { at, failures } if now >= at => failures,
             Login::ExpectLoginResponse { deadline, failures, .. } if now >= deadline => {
                 log::warn!("no Login Response from the AS within {LOGIN_TIMEOUT:?}");
-                self.login_failed_retry(now, failures);
+                self.as_attempt_failed(now, failures);
                 return;
             }
             Login::ExpectDcLocation { deadline, failures, .. } if now >= deadline => {
@@ -92,13 +98,78 @@ impl Node {
             Login::Done { relogin_at } if now >= relogin_at => 0,
             _ => return,
         };
+        let candidates = self.as_candidates();
+        let Some(dst) = self.as_tried.checked_rem(candidates.len()).and_then(|i| candidates.get(i)).copied() else {
+            log::warn!("no address of the AS {} known yet", self.cfg.account_server_name);
+            self.emit(NodeEvent::AccountServerUnreachable);
+            self.login_failed_retry(now, failures);
+            return;
+        };
+        self.as_current = Some(dst);
         let request_id = self.ids.next();
         let public_key = self.cfg.key_pair.as_ref().map(|k| k.public());
         let req = LoginRequest { request_id, credential: self.cfg.credential.clone(), public_key };
         let bytes = crate::crypto::plain(Sender::Node, &Message::LoginRequest(req));
         let via = Via::Stream { kind: StreamKind::Tls, server: Some(self.cfg.account_server_name.clone()) };
-        self.transmit(via, self.cfg.account_server, bytes);
+        self.transmit(via, dst, bytes);
         self.login = Login::ExpectLoginResponse { request_id, deadline: now + LOGIN_TIMEOUT, failures };
+    }
+
+    /// The AS addresses worth trying: those of a family the node has an address of, or
+    /// all of them when it has none of either (no network yet: each attempt fails fast).
+    fn as_candidates(&self) -> Vec<SocketAddr> {
+        let has = |v4: bool| self.cfg.local_addrs.iter().any(|a| a.is_ipv4() == v4 && !a.ip().is_unspecified());
+        let usable: Vec<SocketAddr> = self.cfg.account_servers.iter().filter(|a| has(a.is_ipv4())).copied().collect();
+        if usable.is_empty() {
+            self.cfg.account_servers.clone()
+        } else {
+            usable
+        }
+    }
+
+    /// Replaces the AS's addresses (the driver resolved its name again). A changed list
+    /// starts a new round; a login waiting for its backoff tries the new addresses now.
+    pub fn set_account_servers(&mut self, now: Instant, addrs: Vec<SocketAddr>) {
+        if addrs == self.cfg.account_servers {
+            return;
+        }
+        log::info!("AS {} at {addrs:?}", self.cfg.account_server_name);
+        self.cfg.account_servers = addrs;
+        self.as_tried = 0;
+        if let Login::Start { at, .. } = &mut self.login {
+            *at = (*at).min(now);
+        }
+    }
+
+    /// Replaces the static DC's addresses (the driver resolved its name again); used from
+    /// the next login on.
+    pub fn set_static_dc(&mut self, dc: Option<DcLocation>) {
+        self.cfg.static_dc = dc;
+    }
+
+    /// The node's addresses changed: the AS addresses usable now may differ, so a login
+    /// waiting for its backoff starts a new round at once.
+    pub(super) fn login_network_changed(&mut self, now: Instant) {
+        self.as_tried = 0;
+        if let Login::Start { at, .. } = &mut self.login {
+            *at = (*at).min(now);
+        }
+    }
+
+    /// The attempt at the AS address `as_current` failed: try the next address at once,
+    /// or back off when this round tried them all.
+    fn as_attempt_failed(&mut self, now: Instant, failures: u32) {
+        self.as_current = None;
+        self.as_tried = self.as_tried.saturating_add(1);
+        if self.as_tried < self.as_candidates().len() {
+            log::info!("trying the AS's next address");
+            self.login = Login::Start { at: now, failures };
+            self.drive_login(now);
+        } else {
+            self.as_tried = 0;
+            self.emit(NodeEvent::AccountServerUnreachable);
+            self.login_failed_retry(now, failures);
+        }
     }
 
     fn login_failed_retry(&mut self, now: Instant, failures: u32) {
@@ -110,7 +181,7 @@ impl Node {
     pub(super) fn handle_as_closed(&mut self, now: Instant) {
         if let Login::ExpectLoginResponse { failures, .. } = self.login {
             log::warn!("TLS connection to the AS closed before the Login Response");
-            self.login_failed_retry(now, failures);
+            self.as_attempt_failed(now, failures);
         }
     }
 
@@ -122,6 +193,12 @@ impl Node {
             Ok((_, m)) => m,
             Err(e) => return self.drops.count(Drop::from(e)),
         };
+        if matches!(&msg, Message::LoginResponse(r) if r.request_id == request_id)
+            || matches!(&msg, Message::Refusal(r) if r.request_id == request_id)
+        {
+            // The AS answered: a later round starts again from the first address.
+            self.as_tried = 0;
+        }
         match msg {
             Message::LoginResponse(r) if r.request_id == request_id => {
                 if self.cfg.key_pair.is_some() && (r.attestation.is_none() || r.as_public_key.is_none()) {
@@ -131,6 +208,11 @@ impl Node {
                 }
                 let same_dc = self.session.as_ref().filter(|s| s.fqdn == r.fqdn).map(|s| s.dc.clone());
                 match (same_dc, self.cfg.static_dc.clone()) {
+                    (None, Some(dc)) if dc.addrs.is_empty() => {
+                        // A static DC given by a name the driver has not resolved yet.
+                        log::warn!("no address of our DC {} known yet", dc.name);
+                        self.login_failed_retry(now, failures);
+                    }
                     (Some(dc), _) | (None, Some(dc)) => self.complete_login(now, r, dc),
                     (None, None) => {
                         let query = self.query(r.fqdn.clone());

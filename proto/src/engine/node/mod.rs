@@ -40,8 +40,11 @@ pub use tunnel::{SendError, TunnelInfo};
 /// How a node is set up. [`NodeConfig::new`] fills in the defaults.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    /// The AS's address.
-    pub account_server: SocketAddr,
+    /// The AS's addresses, of one or both families (resolved from a name by the driver,
+    /// see [`Node::set_account_servers`]). Each login attempt goes to one of a family the
+    /// node has an address of; an attempt that fails moves on to the next at once, and only
+    /// a round in which every one failed waits for the backoff (see `login.rs`).
+    pub account_servers: Vec<SocketAddr>,
     /// The AS's name, which its TLS certificate must carry.
     pub account_server_name: Fqdn,
     /// What the node logs in with; kept for re-login.
@@ -90,8 +93,8 @@ impl NodeConfig {
         if self.local_addrs.is_empty() {
             return Err(ConfigError::new("local_addrs", "the node needs at least one address"));
         }
-        if self.account_server.port() == 0 {
-            return Err(ConfigError::new("account_server", "port 0"));
+        if self.account_servers.iter().any(|a| a.port() == 0) {
+            return Err(ConfigError::new("account_servers", "port 0"));
         }
         if self.max_tunnels == 0 || self.max_pending_resolves == 0 {
             return Err(ConfigError::new("max_tunnels", "limits must be at least 1"));
@@ -107,13 +110,13 @@ impl NodeConfig {
 
     /// A configuration with defaults for everything but the essentials.
     pub fn new(
-        account_server: SocketAddr,
+        account_servers: Vec<SocketAddr>,
         account_server_name: Fqdn,
         credential: Credential,
         local_addrs: Vec<SocketAddr>,
     ) -> Self {
         NodeConfig {
-            account_server,
+            account_servers,
             account_server_name,
             credential,
             key_pair: None,
@@ -194,6 +197,10 @@ pub enum NodeEvent {
     },
     /// The NS accepted the node's Notification Registration.
     NotificationsReady,
+    /// Every AS address of a login round failed (no connection, or no answer): the
+    /// driver may resolve the AS's name again and give the result to
+    /// [`Node::set_account_servers`]. The node tries again after its backoff.
+    AccountServerUnreachable,
     /// A DNS-hook query is answered.
     Resolved {
         /// The query.
@@ -254,6 +261,10 @@ pub struct Node {
     rng: Rng,
     ids: IdSource,
     login: Login,
+    /// The AS address the current login attempt went to (streams from others are not
+    /// the AS's), and how many attempts of this round failed so far.
+    as_current: Option<SocketAddr>,
+    as_tried: usize,
     session: Option<DcSession>,
     links: Vec<Link>,
     virtual_addrs: Option<VirtualAddrs>,
@@ -308,6 +319,8 @@ impl Node {
             rng,
             ids,
             login: Login::Idle,
+            as_current: None,
+            as_tried: 0,
             session: None,
             links: Vec::new(),
             virtual_addrs: None,
@@ -510,7 +523,7 @@ impl Engine for Node {
         frame: &[u8],
     ) -> Received {
         match kind {
-            StreamKind::Tls if from == self.cfg.account_server => self.handle_as_frame(now, frame),
+            StreamKind::Tls if Some(from) == self.as_current => self.handle_as_frame(now, frame),
             StreamKind::Tcp if self.ns.as_ref().is_some_and(|ns| ns.addr() == from) => self.handle_ns_frame(now, frame),
             _ => self.drops.count(Drop::Unexpected),
         }
@@ -518,10 +531,10 @@ impl Engine for Node {
 
     fn handle_stream_closed(&mut self, now: Instant, kind: StreamKind, peer: SocketAddr) {
         match kind {
-            StreamKind::Tls if peer == self.cfg.account_server => self.handle_as_closed(now),
+            StreamKind::Tls if Some(peer) == self.as_current => self.handle_as_closed(now),
             StreamKind::Tcp => {
                 if let Some(ns) = self.ns.as_mut().filter(|ns| ns.addr() == peer) {
-                    ns.connection_lost(now, &mut self.rng);
+                    ns.connection_lost(now, &mut self.rng, &self.cfg.local_addrs);
                 }
             }
             StreamKind::Tls => {}
