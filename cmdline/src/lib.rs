@@ -137,27 +137,37 @@ impl Usage {
     /// The whole usage: the shared commands, the program's own, the options, the exit codes.
     pub fn text(&self) -> String {
         let p = self.program;
-        let mut t = format!(
-            "{p}: {about}\n\nusage:\n\
-             \x20 {p} [run] -c FILE       run the daemon (the default command){note}\n\
-             \x20 {p} check -c FILE       check the configuration and every file it names, then exit\n\
-             \x20 {p} status -c FILE      print the running daemon's state (JSON) from its status socket\n\
-             \x20 {p} status -s SOCKET    the same, naming the socket\n",
-            about = self.about,
-            note = if self.run_note.is_empty() { String::new() } else { format!("; {}", self.run_note) },
-        );
+        let run = if self.run_note.is_empty() {
+            "run the daemon (the default command)".to_owned()
+        } else {
+            format!("run the daemon (the default command); {}", self.run_note)
+        };
+        let mut t = format!("{p}: {}\n\nusage:\n", self.about);
+        let mut line = |cmd: String, what: &str| {
+            // The explanations start in column 33, as in the programs' own command texts.
+            t.push_str(&format!("  {cmd:<29} {what}\n"));
+        };
+        line(format!("{p} [run] -c FILE"), &run);
+        line(format!("{p} check -c FILE"), "check the configuration and every file it names, then exit");
+        line(format!("{p} status -c FILE"), "print the running daemon's state (JSON) from its status socket");
+        line(format!("{p} status -s SOCKET"), "the same, naming the socket");
         for (_, text) in self.commands {
             t.push_str(text);
         }
-        t.push_str(&format!(
-            "  {p} -h | --help           this text ({p} WORD --help: the commands of WORD)\n\
-             \x20 {p} -V | --version        the version\n\n\
-             options:\n\
-             \x20 -c, --config FILE   the configuration file (JSON)\n\
-             \x20 -s, --socket PATH   the daemon's status socket\n\n\
+        let mut line = |cmd: String, what: &str| t.push_str(&format!("  {cmd:<29} {what}\n"));
+        if self.commands.is_empty() {
+            line(format!("{p} -h | --help"), "this text");
+        } else {
+            line(format!("{p} -h | --help"), &format!("this text ({p} WORD --help: the commands of WORD)"));
+        }
+        line(format!("{p} -V | --version"), "the version");
+        t.push_str(
+            "\noptions:\n\
+             \x20 -c, --config FILE             the configuration file (JSON)\n\
+             \x20 -s, --socket PATH             the daemon's status socket\n\n\
              exit codes: 0 success, 1 the program failed at its work (a file, a port, a full disk),\n\
-             2 bad usage or configuration\n"
-        ));
+             2 bad usage or configuration\n",
+        );
         t
     }
 
