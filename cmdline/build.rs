@@ -13,7 +13,8 @@ fn main() {
         println!("cargo:rustc-env=NTM_GIT_COMMIT={commit}");
         return;
     }
-    let Some(root) = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).and_then(|d| d.parent().map(Path::to_path_buf))
+    let Some(root) =
+        std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).and_then(|d| d.parent().map(Path::to_path_buf))
     else {
         return;
     };

@@ -39,7 +39,8 @@ fn help_and_version_exit_0_and_usage_errors_exit_2() {
         let out = ntmd(&flag.split(' ').collect::<Vec<_>>());
         let usage = text(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{flag}");
-        for part in ["ntmd [run] -c FILE", "CAP_NET_ADMIN", "ntmd check -c FILE", "ntmd status -s SOCKET", "--version"] {
+        for part in ["ntmd [run] -c FILE", "CAP_NET_ADMIN", "ntmd check -c FILE", "ntmd status -s SOCKET", "--version"]
+        {
             assert!(usage.contains(part), "{flag}: {part} in\n{usage}");
         }
     }

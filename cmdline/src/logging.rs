@@ -123,7 +123,8 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let target = if record.target().is_empty() { record.module_path().unwrap_or_default() } else { record.target() };
+        let target =
+            if record.target().is_empty() { record.module_path().unwrap_or_default() } else { record.target() };
         match &self.sink {
             Sink::Stderr => stderr_line(&format!(
                 "{} {:<5} [{target}] {}\n",

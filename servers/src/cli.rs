@@ -119,7 +119,8 @@ pub fn check_database(path: &Path) -> Result<(), String> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => Err(err("is a directory".into())),
         Ok(_) => {
-            let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| err(e.to_string()))?;
+            let mut f =
+                std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| err(e.to_string()))?;
             let mut head = [0u8; 16];
             let mut n = 0;
             while n < head.len() {

@@ -424,7 +424,17 @@ fn default_max_nodes() -> usize {
 }
 
 impl Validate for DcFile {
-    const FIELDS: &'static [&'static str] = &["zones", "virtual_ipv4", "virtual_ipv6", "state", "keepalive_interval_secs", "relays", "notification_servers", "dns", "max_nodes"];
+    const FIELDS: &'static [&'static str] = &[
+        "zones",
+        "virtual_ipv4",
+        "virtual_ipv6",
+        "state",
+        "keepalive_interval_secs",
+        "relays",
+        "notification_servers",
+        "dns",
+        "max_nodes",
+    ];
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
         self.common.check()?;
@@ -512,7 +522,17 @@ fn default_key_lifetime() -> u64 {
 }
 
 impl Validate for AsFile {
-    const FIELDS: &'static [&'static str] = &["accounts", "key_lifetime_secs", "attestation_key", "oidc", "dns", "password_workers", "password_queue", "login_burst", "login_interval_ms"];
+    const FIELDS: &'static [&'static str] = &[
+        "accounts",
+        "key_lifetime_secs",
+        "attestation_key",
+        "oidc",
+        "dns",
+        "password_workers",
+        "password_queue",
+        "login_burst",
+        "login_interval_ms",
+    ];
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
         self.common.check()?;
@@ -662,7 +682,6 @@ pub fn plausible_listen(addr: &SocketAddr) -> bool {
 mod tests {
     use super::*;
 
-
     const DC: &str = r#"{
         "name": "dc.zone-a.example", "listen": ["127.0.0.1:4460"],
         "tls": {"ca": "ca.pem", "cert": "dc.pem", "key": "dc.key"},
@@ -673,7 +692,8 @@ mod tests {
     const AS: &str = r#"{"name": "as.example", "listen": ["192.0.2.1:4443"],
         "tls": {"ca": "a", "cert": "b", "key": "c"}, "accounts": "a.db",
         "dns": {"static_dcs": [{"zone": "z.example", "dc": "dc.z.example", "addrs": ["192.0.2.2:4460"]}]}}"#;
-    const RS: &str = r#"{"name": "rs.example", "listen": ["192.0.2.30:4460"], "tls": {"ca": "a", "cert": "b", "key": "c"}}"#;
+    const RS: &str =
+        r#"{"name": "rs.example", "listen": ["192.0.2.30:4460"], "tls": {"ca": "a", "cert": "b", "key": "c"}}"#;
     const NS: &str = r#"{"name": "ns.example", "listen": ["192.0.2.40:4460"], "node_listen": ["192.0.2.40:4461"],
         "tls": {"ca": "a", "cert": "b", "key": "c"}}"#;
 
@@ -750,7 +770,10 @@ mod tests {
         v["log_target"] = "syslog".into();
         v["syslog_socket"] = "/tmp/log.sock".into();
         let c: RsFile = parse(&v.to_string()).unwrap();
-        assert_eq!((c.common.log_target, c.common.syslog_socket.as_path()), (LogTarget::Syslog, Path::new("/tmp/log.sock")));
+        assert_eq!(
+            (c.common.log_target, c.common.syslog_socket.as_path()),
+            (LogTarget::Syslog, Path::new("/tmp/log.sock"))
+        );
     }
 
     #[test]

@@ -46,7 +46,11 @@ fn help_and_version_exit_0_with_the_whole_usage() {
             let out = run(p, &[flag]);
             assert_eq!(out.status.code(), Some(0));
             let line = text(&out.stdout);
-            assert!(line.starts_with(&format!("{p} {} ", env!("CARGO_PKG_VERSION"))) || line.trim_end() == format!("{p} {}", env!("CARGO_PKG_VERSION")), "{line}");
+            assert!(
+                line.starts_with(&format!("{p} {} ", env!("CARGO_PKG_VERSION")))
+                    || line.trim_end() == format!("{p} {}", env!("CARGO_PKG_VERSION")),
+                "{line}"
+            );
         }
     }
     // The AS's own commands, with every option their parser takes.
@@ -89,7 +93,10 @@ fn usage_errors_exit_2_with_the_usage_on_stderr() {
             let err = text(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{p} {args:?}: {err}");
             assert!(out.stdout.is_empty(), "{p} {args:?}");
-            assert!(err.starts_with(&format!("{p}: ")) && err.contains(&format!("{p} [run] -c FILE")), "{p} {args:?}: {err}");
+            assert!(
+                err.starts_with(&format!("{p}: ")) && err.contains(&format!("{p} [run] -c FILE")),
+                "{p} {args:?}: {err}"
+            );
         }
     }
     for p in ["ntm-dc", "ntm-rs", "ntm-ns"] {
@@ -108,7 +115,8 @@ fn usage_errors_exit_2_with_the_usage_on_stderr() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--bogus") && err.contains("ntm-as account bind-fqdn"), "{err}");
     // A configuration that cannot be used is no usage error: one line.
-    let out = run("ntm-as", &["account", "add", "-c", "/nonexistent/as.json", "--email", "a@b.test", "--fqdn", "a.b.test"]);
+    let out =
+        run("ntm-as", &["account", "add", "-c", "/nonexistent/as.json", "--email", "a@b.test", "--fqdn", "a.b.test"]);
     let err = text(&out.stderr);
     assert_eq!((out.status.code(), err.lines().count()), (Some(2), 1), "{err}");
 }
@@ -125,8 +133,13 @@ impl Pki {
         let d = |s: &str| dir.path().join(s).to_str().unwrap().to_owned();
         admin(&["ca", "init", "--out", &d("ca")], None);
         admin(&["ca", "init", "--out", &d("other-ca")], None);
-        for (ca, role, name) in [("ca", "dc", "dc.zone-a.test"), ("ca", "as", "as.test"), ("other-ca", "dc", "dc.zone-a.test")] {
-            admin(&["ca", "issue", "--ca", &d(ca), "--role", role, "--name", name, "--out", &d(&format!("{ca}-issued"))], None);
+        for (ca, role, name) in
+            [("ca", "dc", "dc.zone-a.test"), ("ca", "as", "as.test"), ("other-ca", "dc", "dc.zone-a.test")]
+        {
+            admin(
+                &["ca", "issue", "--ca", &d(ca), "--role", role, "--name", name, "--out", &d(&format!("{ca}-issued"))],
+                None,
+            );
         }
         admin(&["attestation-key", "--out", &d("attestation.key")], None);
         std::fs::create_dir_all(dir.path().join("lib")).unwrap();
@@ -200,7 +213,8 @@ fn check_opens_every_file_run_opens_and_both_agree() {
     }
     // `check` left no database behind.
     assert!(!pki.path("lib/dc.db").exists() && !pki.path("lib/accounts.db").exists());
-    std::fs::write(pki.path("garbage.pem"), "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(pki.path("garbage.pem"), "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")
+        .unwrap();
     std::fs::write(pki.path("not-a-db"), "this is not a database, it is a text file of some length").unwrap();
     std::fs::write(pki.path("run/not-a-socket"), "x").unwrap();
 
@@ -210,7 +224,13 @@ fn check_opens_every_file_run_opens_and_both_agree() {
         ("ntm-dc", "a certificate that does not parse", &["tls", "cert"], p("garbage.pem"), "garbage.pem"),
         ("ntm-dc", "a key that is not the certificate's", &["tls", "key"], p("ca-issued/as.test.key"), "as.test.key"),
         ("ntm-dc", "a CA that did not issue the certificate", &["tls", "ca"], p("other-ca/ca.pem"), "other-ca/ca.pem"),
-        ("ntm-dc", "a certificate of another CA", &["tls", "cert"], p("other-ca-issued/dc.zone-a.test.pem"), "dc.zone-a.test.pem"),
+        (
+            "ntm-dc",
+            "a certificate of another CA",
+            &["tls", "cert"],
+            p("other-ca-issued/dc.zone-a.test.pem"),
+            "dc.zone-a.test.pem",
+        ),
         ("ntm-dc", "a database directory that is missing", &["state"], p("nowhere/dc.db"), "nowhere"),
         ("ntm-dc", "a database that is not one", &["state"], p("not-a-db"), "not-a-db"),
         ("ntm-dc", "a status socket directory that is missing", &["status_socket"], p("nowhere/dc.sock"), "nowhere"),
@@ -237,7 +257,10 @@ fn check_opens_every_file_run_opens_and_both_agree() {
         }
         let (code, err, _) = check(program, &cfg);
         assert_eq!(code, Some(1), "{program} check with {what}: {err}");
-        assert!(err.lines().count() == 1 && err.contains(named), "{program} check with {what}: one line naming {named}: {err}");
+        assert!(
+            err.lines().count() == 1 && err.contains(named),
+            "{program} check with {what}: one line naming {named}: {err}"
+        );
         let (code, err) = run_at_start(program, &cfg_path);
         assert_eq!(code, Some(1), "{program} run with {what}: {err}");
     }
@@ -290,7 +313,7 @@ fn syslog_gets_the_lines_at_the_configured_level() {
             "info" => assert!(lines.iter().any(|l| l.starts_with(&prefix(30)) && l.contains("running")), "{lines:?}"),
             _ => assert_eq!(infos, 0, "warn lets no info line through: {lines:?}"),
         }
-        assert!(lines.iter().all(|l| l.starts_with(&format!("<")) && l.contains(&format!("ntm-dc[{pid}]: "))), "{lines:?}");
+        assert!(lines.iter().all(|l| l.starts_with('<') && l.contains(&format!("ntm-dc[{pid}]: "))), "{lines:?}");
         // Nothing went to stderr.
         assert!(!dc.log_text().contains("running"), "{}", dc.log_text());
     }
@@ -316,7 +339,8 @@ fn without_syslog_the_lines_go_to_stderr_with_timestamps() {
         let b = line.as_bytes();
         let stamp = b.len() > 25
             && b[..4].iter().all(u8::is_ascii_digit)
-            && (b[4], b[7], b[10], b[13], b[16], b[19], b[23], b[24]) == (b'-', b'-', b'T', b':', b':', b'.', b'Z', b' ');
+            && (b[4], b[7], b[10], b[13], b[16], b[19], b[23], b[24])
+                == (b'-', b'-', b'T', b':', b':', b'.', b'Z', b' ');
         assert!(stamp, "a timestamp opens every line: {line:?}\n{log}");
     }
 }
