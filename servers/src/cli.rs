@@ -56,7 +56,6 @@ pub fn print_status(program: &str, socket: &Path) -> i32 {
 
 /// The status socket named by `-s`, or by the configuration file's `status_socket`.
 pub fn status_socket<T: DeserializeOwned + Validate>(
-    program: &str,
     config: Option<PathBuf>,
     socket: Option<PathBuf>,
     common: impl Fn(&T) -> &Common,
@@ -69,7 +68,7 @@ pub fn status_socket<T: DeserializeOwned + Validate>(
     common(&cfg)
         .status_socket
         .clone()
-        .ok_or_else(|| Failure::config(format!("{program}: {} sets no status_socket", path.display())))
+        .ok_or_else(|| Failure::config(format!("{}: sets no status_socket", path.display())))
 }
 
 /// The files a daemon reads when it starts, opened as `run` opens them.
@@ -202,7 +201,7 @@ where
                 Err(e) => fail(program, &Failure::runtime(format!("{}: {e}", path.display()))),
             }
         }
-        Ok(Command::Status { config, socket }) => match status_socket::<T>(program, config, socket, common) {
+        Ok(Command::Status { config, socket }) => match status_socket::<T>(config, socket, common) {
             Ok(s) => print_status(program, &s),
             Err(e) => fail(program, &e),
         },

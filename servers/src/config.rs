@@ -3,7 +3,8 @@
 //! Every field is documented here and in `docs/servers.md`, with an example per daemon
 //! under `board/default/`. Unknown fields are refused (a typo must not silently fall back
 //! to a default), and every error is one line naming the file and the field:
-//! `dc.json: field "zones": at least one zone is needed`.
+//! `dc.json: field "zones": at least one zone is needed`, `dc.json: field "zones": missing`,
+//! `dc.json: field "zonse": unknown field (expected one of ...)` ([`parse`]).
 
 use ntm_proto::engine::DcLocation;
 use ntm_proto::time::Duration;
