@@ -225,6 +225,12 @@ pub struct AgentFile {
     /// error, warn, info, debug or trace.
     #[serde(default = "default_log")]
     pub log_level: HString<8>,
+    /// Where logs go: "stderr" (the default) or "syslog".
+    #[serde(default = "default_log_target")]
+    pub log_target: HString<8>,
+    /// The syslog daemon's socket (with `log_target` "syslog").
+    #[serde(default = "default_syslog_socket")]
+    pub syslog_socket: PathStr,
     /// Most tunnels.
     #[serde(default = "default_max_tunnels")]
     pub max_tunnels: u16,
@@ -249,6 +255,18 @@ fn default_status() -> PathStr {
 fn default_log() -> HString<8> {
     let mut s = HString::new();
     let _ = s.push_str("info");
+    s
+}
+
+fn default_log_target() -> HString<8> {
+    let mut s = HString::new();
+    let _ = s.push_str("stderr");
+    s
+}
+
+fn default_syslog_socket() -> PathStr {
+    let mut s = HString::new();
+    let _ = s.push_str(ntm_cmdline::logging::SYSLOG_SOCKET);
     s
 }
 
@@ -376,6 +394,9 @@ impl AgentFile {
         if log_filter(&self.log_level).is_none() {
             return Err(("log_level", format!("\"{}\": error, warn, info, debug or trace", self.log_level)));
         }
+        if ntm_cmdline::logging::Target::from_name(&self.log_target).is_none() {
+            return Err(("log_target", format!("\"{}\": stderr or syslog", self.log_target)));
+        }
         if self.max_tunnels == 0 {
             return Err(("max_tunnels", "at least 1".into()));
         }
@@ -477,6 +498,9 @@ mod tests {
         assert_eq!(c.keepalive.as_str(), "udp");
         assert_eq!(c.dns.listen, "127.0.0.53:53".parse().unwrap());
         assert_eq!(c.routes().unwrap()[0], Route { addr: "198.18.0.0".parse().unwrap(), len: 15 });
+        assert_eq!((c.log_target.as_str(), c.syslog_socket.as_str()), ("stderr", "/dev/log"));
+        let c = parse(&MIN.replacen('{', r#"{ "log_target": "syslog", "syslog_socket": "/tmp/l","#, 1)).unwrap();
+        assert_eq!((c.log_target.as_str(), c.syslog_socket.as_str()), ("syslog", "/tmp/l"));
     }
 
     #[test]
@@ -542,6 +566,7 @@ mod tests {
             (r#""keepalive": "tcp","#, "keepalive"),
             (r#""log_level": "loud","#, "log_level"),
             (r#""udp_port": 0,"#, "udp_port"),
+            (r#""log_target": "file","#, "log_target"),
             (r#""strict_public_key_mode": true,"#, "strict_public_key_mode"),
         ];
         for (patch, field) in cases {

@@ -1,13 +1,6 @@
-//! `ntmd`, the NTMobile agent.
-//!
-//! ```text
-//! ntmd [run] -c FILE       run the agent (needs CAP_NET_ADMIN for the TUN device)
-//! ntmd check -c FILE       check the configuration and the files it names, then exit
-//! ntmd status -s SOCKET    print the running agent's state (JSON)
-//! ntmd status -c FILE      the same, taking the socket from the configuration
-//! ```
-//! Exit codes: 0 success, 1 the agent failed (a file it cannot read or use, a port it
-//! cannot bind, no TUN device), 2 bad usage or configuration: [`Failure`] maps them.
+//! `ntmd`, the NTMobile agent. `ntmd --help` prints the command line ([`USAGE`],
+//! `ntm_cmdline`). Exit codes: 0 success, 1 the agent failed (a file it cannot read or use,
+//! a port it cannot bind, no TUN device), 2 bad usage or configuration: [`Failure`] maps them.
 
 // The command line talks to a person: printing is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -28,12 +21,18 @@ use ntm_cmdline::{Command, Failure};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: ntmd [run|check] -c FILE | ntmd status (-s SOCKET | -c FILE)";
+const USAGE: ntm_cmdline::Usage = ntm_cmdline::Usage {
+    program: "ntmd",
+    version: env!("CARGO_PKG_VERSION"),
+    about: "the NTMobile agent (TUN device, tunnels, DNS hook, login to the AS)",
+    run_note: "needs CAP_NET_ADMIN",
+    commands: &[],
+};
 
 fn load(path: &std::path::Path) -> Result<(config::AgentFile, agent::Material), Failure> {
     let cfg = config::load(path)?;
     let material = agent::Material::load(&cfg).map_err(|e| match e {
-        Failure::Usage(m) => Failure::Usage(format!("{}: {m}", path.display())),
+        Failure::Usage(m) | Failure::Config(m) => Failure::Config(format!("{}: {m}", path.display())),
         Failure::Runtime(m) => Failure::Runtime(format!("{}: {m}", path.display())),
     })?;
     Ok((cfg, material))
@@ -49,7 +48,7 @@ fn status(config: Option<PathBuf>, socket: Option<PathBuf>) -> Result<String, Fa
     let socket = match (socket, config) {
         (Some(s), _) => s,
         (None, Some(c)) => PathBuf::from(config::load(&c)?.status_socket.as_str()),
-        (None, None) => return Err(Failure::usage(USAGE)),
+        (None, None) => return Err(Failure::usage("status needs -s SOCKET or -c FILE")),
     };
     ntm_cmdline::read_status(&socket, std::time::Duration::from_secs(5))
         .map_err(|e| Failure::runtime(format!("{e} (is ntmd running?)")))
@@ -58,11 +57,13 @@ fn status(config: Option<PathBuf>, socket: Option<PathBuf>) -> Result<String, Fa
 fn main() -> ExitCode {
     let cmd = match ntm_cmdline::parse(std::env::args_os().skip(1).collect()) {
         Ok(c) => c,
-        Err(e) => return fail(&Failure::usage(format!("{e}\n{USAGE}"))),
+        Err(e) => return ExitCode::from(USAGE.usage_error(None, &e)),
     };
     match cmd {
+        Command::Help(_) => ExitCode::from(USAGE.print_help(None)),
+        Command::Version => ExitCode::from(USAGE.print_version()),
         // `ntmd` has no subcommands of its own.
-        Command::Other(w, _) => fail(&Failure::usage(format!("unknown command \"{w}\"\n{USAGE}"))),
+        Command::Other(w, _) => ExitCode::from(USAGE.usage_error(None, &format!("unknown command \"{w}\""))),
         Command::Check(path) => match load(&path) {
             Ok(_) => {
                 println!("{}: ok", path.display());
@@ -83,7 +84,9 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&e),
             };
             let level = config::log_filter(&cfg.log_level).unwrap_or(log::LevelFilter::Info);
-            let _ = simple_logger::SimpleLogger::new().with_level(level).init();
+            let target = ntm_cmdline::logging::Target::from_name(&cfg.log_target)
+                .unwrap_or(ntm_cmdline::logging::Target::Stderr);
+            ntm_cmdline::logging::init("ntmd", level, target, std::path::Path::new(cfg.syslog_socket.as_str()));
             let mut agent = match agent::Agent::new(cfg, material) {
                 Ok(a) => a,
                 Err(e) => {

@@ -1,28 +1,28 @@
-//! What every daemon's command line has in common:
+//! What every daemon's command line has in common: the commands `run`, `check` and
+//! `status`, `--help` and `--version` ([`ntm_cmdline::parse`], [`Usage`]), logging, and the
+//! files `check` opens.
 //!
-//! ```text
-//! ntm-xx [run] -c FILE      run the daemon (the default command)
-//! ntm-xx check -c FILE      parse and check the configuration, then exit
-//! ntm-xx status -c FILE     print the running daemon's state (JSON) from its status socket
-//! ntm-xx status -s SOCKET   the same, naming the socket
-//! ```
-//! Exit codes: 0 success, 1 the daemon failed, 2 bad usage or configuration (the table and
-//! the mapping are [`ntm_cmdline::Failure`]'s).
+//! `check` opens every file the configuration names that the daemon reads when it starts
+//! (the TLS certificate, key and CA; the AS's attestation key, OIDC keys and database; the
+//! DC's database; the status socket's directory), with the same functions as `run`, so
+//! that whatever would make `run` stop at start because of a file, `check` reports first.
+//! Exit codes: 0 success, 1 the daemon failed (a file it cannot read or use), 2 bad usage or
+//! configuration (the table and the mapping are [`ntm_cmdline::Failure`]'s).
 
 // The command line talks to a person: printing is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use crate::config::{self, Common, LogLevel, Validate};
+use crate::config::{self, AsFile, Common, DcFile, NsFile, RsFile, Validate};
+use crate::daemon::{tls_configs, StartError};
+use crate::pki::ClientAuth;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
-pub use ntm_cmdline::{parse, Command, Failure};
+pub use ntm_cmdline::{parse, Command, Failure, Usage};
 
-/// Starts logging to stderr at `level`.
-pub fn init_logging(level: LogLevel) {
-    // A second call (tests running several daemons in one process) keeps the first logger.
-    let _ = simple_logger::SimpleLogger::new().with_level(level.filter()).init();
-    log::set_max_level(level.filter());
+/// Starts logging as the configuration says (level, stderr or syslog).
+pub fn init_logging(program: &'static str, common: &Common) {
+    ntm_cmdline::logging::init(program, common.log_level.filter(), common.log_target.target(), &common.syslog_socket);
 }
 
 /// Loads a configuration, printing the one-line error and exiting with its code (2) if
@@ -56,59 +56,165 @@ pub fn print_status(program: &str, socket: &Path) -> i32 {
 
 /// The status socket named by `-s`, or by the configuration file's `status_socket`.
 pub fn status_socket<T: DeserializeOwned + Validate>(
-    program: &str,
     config: Option<PathBuf>,
     socket: Option<PathBuf>,
     common: impl Fn(&T) -> &Common,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, Failure> {
     if let Some(s) = socket {
         return Ok(s);
     }
-    let path = config.ok_or("status needs -s SOCKET or -c FILE")?;
-    let cfg: T = config::load(&path).map_err(|e| e.to_string())?;
-    common(&cfg).status_socket.clone().ok_or_else(|| format!("{program}: {} sets no status_socket", path.display()))
+    let path = config.ok_or_else(|| Failure::usage("status needs -s SOCKET or -c FILE"))?;
+    let cfg: T = config::load(&path)?;
+    common(&cfg)
+        .status_socket
+        .clone()
+        .ok_or_else(|| Failure::config(format!("{}: sets no status_socket", path.display())))
+}
+
+/// The files a daemon reads when it starts, opened as `run` opens them.
+pub trait Files {
+    /// The first file that cannot be read or used.
+    fn check_files(&self) -> Result<(), StartError>;
+}
+
+fn check_common(c: &Common) -> Result<(), StartError> {
+    tls_configs(&c.tls, ClientAuth::Required)?;
+    if let Some(sock) = &c.status_socket {
+        check_status_socket(sock)?;
+    }
+    Ok(())
+}
+
+/// The status socket's directory must exist; a file at the path must be a socket (a
+/// running daemon's or a stale one), as the driver requires when it binds.
+fn check_status_socket(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let err = |what: &str| format!("status socket {}: {what}", path.display());
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => Err(err("exists and is not a socket")),
+        Ok(_) => Ok(()),
+        Err(_) => check_directory(path).map_err(|e| err(&e)),
+    }
+}
+
+fn check_directory(path: &Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{} is not a directory", dir.display())),
+        Err(e) => Err(format!("directory {}: {e}", dir.display())),
+    }
+}
+
+/// A database the daemon opens (creating it if absent) for reading and writing: an
+/// existing file must be one it can write and an SQLite database (or empty); an absent
+/// one must be creatable, which is tried and undone.
+pub fn check_database(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let err = |what: String| format!("database {}: {what}", path.display());
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Err(err("is a directory".into())),
+        Ok(_) => {
+            let mut f =
+                std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| err(e.to_string()))?;
+            let mut head = [0u8; 16];
+            let mut n = 0;
+            while n < head.len() {
+                match f.read(&mut head[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) => return Err(err(e.to_string())),
+                }
+            }
+            if n == 0 || head == *b"SQLite format 3\0" {
+                Ok(())
+            } else {
+                Err(err("not an SQLite database".into()))
+            }
+        }
+        Err(_) => {
+            check_directory(path).map_err(err)?;
+            std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| err(e.to_string()))?;
+            std::fs::remove_file(path).map_err(|e| err(e.to_string()))
+        }
+    }
+}
+
+impl Files for DcFile {
+    fn check_files(&self) -> Result<(), StartError> {
+        check_common(&self.common)?;
+        Ok(check_database(&self.state)?)
+    }
+}
+
+impl Files for AsFile {
+    fn check_files(&self) -> Result<(), StartError> {
+        check_common(&self.common)?;
+        crate::daemon::account::read_key_files(self)?;
+        Ok(check_database(&self.accounts)?)
+    }
+}
+
+impl Files for RsFile {
+    fn check_files(&self) -> Result<(), StartError> {
+        check_common(&self.common)
+    }
+}
+
+impl Files for NsFile {
+    fn check_files(&self) -> Result<(), StartError> {
+        check_common(&self.common)
+    }
 }
 
 /// A daemon's own subcommands (the AS's administration).
 pub type Admin = fn(&str, Vec<std::ffi::OsString>) -> Result<(), Failure>;
 
-/// The whole `main` of a daemon: run, check, status, and its own subcommands if any.
-pub fn main_with<T, D, B>(program: &str, common: fn(&T) -> &Common, build: B, admin: Option<Admin>) -> i32
+/// The whole `main` of a daemon: run, check, status, help, version, and its own subcommands
+/// if any.
+pub fn main_with<T, D, B>(usage: &Usage, common: fn(&T) -> &Common, build: B, admin: Option<Admin>) -> i32
 where
-    T: DeserializeOwned + Validate,
+    T: DeserializeOwned + Validate + Files,
     D: crate::driver::Daemon,
     B: FnOnce(T) -> Result<crate::driver::Driver<D>, crate::daemon::StartError>,
 {
+    let program = usage.program;
     match parse(std::env::args_os().skip(1).collect()) {
         Ok(Command::Run(path)) => {
             let cfg: T = load_or_exit(program, &path);
-            init_logging(common(&cfg).log_level);
+            init_logging(program, common(&cfg));
             match build(cfg) {
                 Ok(driver) => crate::daemon::run(program, driver),
                 Err(e) => fail(program, &Failure::runtime(e.to_string())),
             }
         }
         Ok(Command::Check(path)) => {
-            let _: T = load_or_exit(program, &path);
-            println!("{program}: {} is valid", path.display());
-            0
+            let cfg: T = load_or_exit(program, &path);
+            match cfg.check_files() {
+                Ok(()) => {
+                    println!("{program}: {} and the files it names are valid", path.display());
+                    0
+                }
+                Err(e) => fail(program, &Failure::runtime(format!("{}: {e}", path.display()))),
+            }
         }
-        Ok(Command::Status { config, socket }) => match status_socket::<T>(program, config, socket, common) {
+        Ok(Command::Status { config, socket }) => match status_socket::<T>(config, socket, common) {
             Ok(s) => print_status(program, &s),
-            Err(e) => fail(program, &Failure::usage(e)),
+            Err(e) => fail(program, &e),
         },
+        Ok(Command::Help(word)) => i32::from(usage.print_help(word.as_deref())),
+        Ok(Command::Version) => i32::from(usage.print_version()),
         Ok(Command::Other(w, rest)) => match admin {
             Some(f) => match f(&w, rest) {
                 Ok(()) => 0,
+                Err(Failure::Usage(e)) => i32::from(usage.usage_error(Some(&w), &e)),
                 Err(e) => fail(program, &e),
             },
-            None => fail(program, &Failure::usage(format!("unknown command \"{w}\" (run, check, status)"))),
+            None => i32::from(usage.usage_error(None, &format!("unknown command \"{w}\""))),
         },
-        Err(e) => fail(
-            program,
-            &Failure::usage(format!(
-                "{e}\nusage: {program} [run|check] -c FILE | {program} status (-c FILE | -s SOCKET)"
-            )),
-        ),
+        Err(e) => i32::from(usage.usage_error(None, &e)),
     }
 }

@@ -3,7 +3,8 @@
 //! Every field is documented here and in `docs/servers.md`, with an example per daemon
 //! under `board/default/`. Unknown fields are refused (a typo must not silently fall back
 //! to a default), and every error is one line naming the file and the field:
-//! `dc.json: field "zones": at least one zone is needed`.
+//! `dc.json: field "zones": at least one zone is needed`, `dc.json: field "zones": missing`,
+//! `dc.json: field "zonse": unknown field (expected one of ...)` ([`parse`]).
 
 use ntm_proto::engine::DcLocation;
 use ntm_proto::time::Duration;
@@ -19,24 +20,91 @@ pub use ntm_cmdline::ConfigError;
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
     let err = |problem: String| ConfigError { file: path.to_path_buf(), problem };
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let cfg: T = serde_json::from_str(&text).map_err(|e| err(describe_json_error(&e)))?;
-    cfg.validate().map_err(|(field, problem)| err(format!("field \"{field}\": {problem}")))?;
+    parse(&text).map_err(err)
+}
+
+/// Parses configuration text and checks it. Every error names the field, as
+/// `field "dns.dc_port": ...`; unknown top-level fields are looked for first, so that a
+/// misspelt required field is reported as the unknown field it is (`field "zonse": unknown
+/// field (expected one of ...)`) rather than as the required one missing.
+pub fn parse<T: DeserializeOwned + Validate>(text: &str) -> Result<T, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let Some(object) = value.as_object() else {
+        return Err("not a JSON object ({...})".into());
+    };
+    // serde cannot say which fields a struct with `flatten` knows (and reports a missing
+    // field before an unknown one), so the top level is checked against the lists here.
+    let common_names = common_fields();
+    let mut expected = common_names.clone();
+    expected.extend(T::FIELDS.iter().map(|f| (*f).to_owned()));
+    if let Some(k) = object.keys().find(|k| !expected.contains(k)) {
+        expected.sort_unstable();
+        return Err(format!("field \"{k}\": unknown field (expected one of {})", expected.join(", ")));
+    }
+    // The fields of `Common` reach it through serde's `flatten` buffer, where no path is
+    // tracked: parsed alone first, an error in them names its path ("tls.key").
+    let common: serde_json::Map<String, serde_json::Value> =
+        object.iter().filter(|(k, _)| common_names.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Err(e) = serde_path_to_error::deserialize::<_, Common>(serde_json::Value::Object(common)) {
+        return Err(describe(e.path(), &e.inner().to_string(), None));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let cfg: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.inner();
+        let place = format!("line {} column {}", inner.line(), inner.column());
+        let text = inner.to_string();
+        // serde_json appends the place to serde's message.
+        let msg = text.strip_suffix(&format!(" at {place}")).unwrap_or(&text);
+        describe(e.path(), msg, Some(&place))
+    })?;
+    cfg.validate().map_err(|(field, problem)| format!("field \"{field}\": {problem}"))?;
     Ok(cfg)
 }
 
-/// serde_json says "missing field `zones` at line 1 column 2"; keep that, it names the
-/// field and the place.
-fn describe_json_error(e: &serde_json::Error) -> String {
-    match e.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => format!("not valid JSON: {e}"),
-        _ => e.to_string(),
+/// serde says "missing field `cert`" and "unknown field `x`, expected one of `a`, `b`";
+/// say it in the form `field "tls.cert": missing`, with the place in the file if known
+/// (but for a missing field, whose place is the end of its object).
+fn describe(path: &serde_path_to_error::Path, msg: &str, place: Option<&str>) -> String {
+    let path = path.to_string();
+    // The path ends at the object holding a missing field, but (for an unknown field) may
+    // already end with the field itself.
+    let within = |name: &str| match path.as_str() {
+        "." | "" => name.to_owned(),
+        p if p == name || p.ends_with(&format!(".{name}")) => p.to_owned(),
+        p => format!("{p}.{name}"),
+    };
+    let quoted = |m: &str| m.split('`').nth(1).map(str::to_owned);
+    if let Some(name) = msg.strip_prefix("missing field ").and_then(quoted) {
+        return format!("field \"{}\": missing", within(&name));
+    }
+    let at = place.map(|p| format!(" ({p})")).unwrap_or_default();
+    if let Some(name) = msg.strip_prefix("unknown field ").and_then(quoted) {
+        let expected = msg.split_once("expected ").map(|(_, x)| x.replace('`', "")).unwrap_or_default();
+        return format!("field \"{}\": unknown field (expected {expected}){at}", within(&name));
+    }
+    if path == "." || path.is_empty() {
+        format!("{msg}{at}")
+    } else {
+        format!("field \"{path}\": {msg}{at}")
     }
 }
 
 /// Checks a parsed configuration; the error names the field.
 pub trait Validate {
+    /// The file's own top-level fields (besides [`common_fields`]).
+    const FIELDS: &'static [&'static str];
+
     /// `Err((field, problem))` for the first problem found.
     fn validate(&self) -> Result<(), (&'static str, String)>;
+}
+
+/// The fields of [`Common`], which every daemon's file has, as serde knows them: from its
+/// own "unknown field ..., expected one of ..." (so that a field added to `Common` needs no
+/// second list).
+pub fn common_fields() -> Vec<String> {
+    let e = serde_json::from_str::<Common>(r#"{"": 0}"#).err().map(|e| e.to_string()).unwrap_or_default();
+    let list = e.split_once("expected one of ").map_or("", |(_, l)| l);
+    list.split('`').skip(1).step_by(2).map(str::to_owned).collect()
 }
 
 /// Log verbosity.
@@ -69,6 +137,31 @@ impl LogLevel {
     }
 }
 
+/// Where log lines go.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    /// Standard error, with timestamps (the default).
+    #[default]
+    Stderr,
+    /// The local syslog daemon (`syslog_socket`, `/dev/log`), facility daemon.
+    Syslog,
+}
+
+impl LogTarget {
+    /// As the logger takes it.
+    pub fn target(self) -> ntm_cmdline::logging::Target {
+        match self {
+            LogTarget::Stderr => ntm_cmdline::logging::Target::Stderr,
+            LogTarget::Syslog => ntm_cmdline::logging::Target::Syslog,
+        }
+    }
+}
+
+fn default_syslog_socket() -> PathBuf {
+    PathBuf::from(ntm_cmdline::logging::SYSLOG_SOCKET)
+}
+
 /// The TLS files of a server: the deployment CA and the server's own certificate.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +191,12 @@ pub struct Common {
     /// Log verbosity.
     #[serde(default)]
     pub log_level: LogLevel,
+    /// Where logs go: "stderr" (the default) or "syslog".
+    #[serde(default)]
+    pub log_target: LogTarget,
+    /// The syslog daemon's socket (with `log_target` "syslog").
+    #[serde(default = "default_syslog_socket")]
+    pub syslog_socket: PathBuf,
     /// Most TCP/TLS connections at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -351,6 +450,18 @@ fn default_max_nodes() -> usize {
 }
 
 impl Validate for DcFile {
+    const FIELDS: &'static [&'static str] = &[
+        "zones",
+        "virtual_ipv4",
+        "virtual_ipv6",
+        "state",
+        "keepalive_interval_secs",
+        "relays",
+        "notification_servers",
+        "dns",
+        "max_nodes",
+    ];
+
     fn validate(&self) -> Result<(), (&'static str, String)> {
         self.common.check()?;
         self.common.check_udp()?;
@@ -440,6 +551,18 @@ fn default_key_lifetime() -> u64 {
 }
 
 impl Validate for AsFile {
+    const FIELDS: &'static [&'static str] = &[
+        "accounts",
+        "key_lifetime_secs",
+        "attestation_key",
+        "oidc",
+        "dns",
+        "password_workers",
+        "password_queue",
+        "login_burst",
+        "login_interval_ms",
+    ];
+
     fn validate(&self) -> Result<(), (&'static str, String)> {
         self.common.check()?;
         self.dns.check()?;
@@ -507,6 +630,8 @@ impl RsFile {
 }
 
 impl Validate for RsFile {
+    const FIELDS: &'static [&'static str] = &["relay_addrs", "max_sessions", "session_idle_secs", "max_session_pps"];
+
     fn validate(&self) -> Result<(), (&'static str, String)> {
         self.common.check()?;
         self.common.check_udp()?;
@@ -553,6 +678,8 @@ fn default_ns_nodes() -> usize {
 }
 
 impl Validate for NsFile {
+    const FIELDS: &'static [&'static str] = &["node_listen", "keepalive_interval_secs", "max_nodes"];
+
     fn validate(&self) -> Result<(), (&'static str, String)> {
         self.common.check()?;
         self.common.check_udp()?;
@@ -584,18 +711,99 @@ pub fn plausible_listen(addr: &SocketAddr) -> bool {
 mod tests {
     use super::*;
 
-    fn parse<T: DeserializeOwned + Validate>(json: &str) -> Result<T, String> {
-        let cfg: T = serde_json::from_str(json).map_err(|e| describe_json_error(&e))?;
-        cfg.validate().map_err(|(f, p)| format!("field \"{f}\": {p}"))?;
-        Ok(cfg)
-    }
-
     const DC: &str = r#"{
         "name": "dc.zone-a.example", "listen": ["127.0.0.1:4460"],
         "tls": {"ca": "ca.pem", "cert": "dc.pem", "key": "dc.key"},
         "zones": ["zone-a.example"], "virtual_ipv4": "198.18.0.0/16",
         "virtual_ipv6": "2001:db8:ffff::/96", "state": "dc.db"
     }"#;
+
+    const AS: &str = r#"{"name": "as.example", "listen": ["192.0.2.1:4443"],
+        "tls": {"ca": "a", "cert": "b", "key": "c"}, "accounts": "a.db",
+        "dns": {"static_dcs": [{"zone": "z.example", "dc": "dc.z.example", "addrs": ["192.0.2.2:4460"]}]}}"#;
+    const RS: &str =
+        r#"{"name": "rs.example", "listen": ["192.0.2.30:4460"], "tls": {"ca": "a", "cert": "b", "key": "c"}}"#;
+    const NS: &str = r#"{"name": "ns.example", "listen": ["192.0.2.40:4460"], "node_listen": ["192.0.2.40:4461"],
+        "tls": {"ca": "a", "cert": "b", "key": "c"}}"#;
+
+    /// For every daemon's file: a misspelt required field is named as the unknown field
+    /// it is, with the known ones; a missing one as missing; nested ones with their path.
+    fn unknown_and_missing_fields_are_named<T: DeserializeOwned + Validate + std::fmt::Debug>(
+        json: &str,
+        required: &str,
+    ) {
+        assert!(parse::<T>(json).is_ok(), "{json}");
+        let misspelt = json.replacen(&format!("\"{required}\""), "\"x_misspelt\"", 1);
+        let err = parse::<T>(&misspelt).unwrap_err();
+        assert!(err.starts_with("field \"x_misspelt\": unknown field (expected one of "), "{err}");
+        assert!(err.contains(required) && err.contains("log_target"), "{err}");
+        let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v.as_object_mut().unwrap().remove(required);
+        assert_eq!(parse::<T>(&v.to_string()).unwrap_err(), format!("field \"{required}\": missing"));
+        let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v["tls"].as_object_mut().unwrap().remove("key");
+        assert_eq!(parse::<T>(&v.to_string()).unwrap_err(), "field \"tls.key\": missing");
+        v["tls"]["kye"] = "c".into();
+        let err = parse::<T>(&v.to_string()).unwrap_err();
+        assert!(err.starts_with("field \"tls.kye\": unknown field (expected one of ca, cert, key)"), "{err}");
+        let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v["log_target"] = "file".into();
+        let err = parse::<T>(&v.to_string()).unwrap_err();
+        assert!(err.starts_with("field \"log_target\": unknown variant `file`"), "{err}");
+        // Every listed field is one serde knows: a wrong value is a wrong value, not unknown.
+        for f in common_fields().iter().map(String::as_str).chain(T::FIELDS.iter().copied()) {
+            let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+            v[f] = true.into();
+            let err = parse::<T>(&v.to_string()).unwrap_err();
+            assert!(err.starts_with(&format!("field \"{f}")) && !err.contains("unknown field"), "{f}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_daemon_names_unknown_and_missing_fields() {
+        unknown_and_missing_fields_are_named::<DcFile>(DC, "zones");
+        unknown_and_missing_fields_are_named::<DcFile>(DC, "virtual_ipv4");
+        unknown_and_missing_fields_are_named::<AsFile>(AS, "accounts");
+        unknown_and_missing_fields_are_named::<RsFile>(RS, "listen");
+        unknown_and_missing_fields_are_named::<NsFile>(NS, "node_listen");
+        unknown_and_missing_fields_are_named::<NsFile>(NS, "name");
+        let mut v: serde_json::Value = serde_json::from_str(DC).unwrap();
+        v["dns"] = serde_json::json!({"dc_port": "x"});
+        let err = parse::<DcFile>(&v.to_string()).unwrap_err();
+        assert!(err.starts_with("field \"dns.dc_port\": invalid type"), "{err}");
+        assert!(parse::<DcFile>("[1]").unwrap_err().contains("not a JSON object"));
+    }
+
+    #[test]
+    fn common_fields_are_serdes() {
+        let f = common_fields();
+        for name in ["name", "listen", "tls", "log_level", "log_target", "syslog_socket", "max_buffered_bytes"] {
+            assert!(f.iter().any(|x| x == name), "{name} in {f:?}");
+        }
+    }
+
+    #[test]
+    fn the_example_files_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../board/default");
+        load::<AsFile>(&dir.join("as.json")).unwrap();
+        load::<DcFile>(&dir.join("dc.json")).unwrap();
+        load::<RsFile>(&dir.join("rs.json")).unwrap();
+        load::<NsFile>(&dir.join("ns.json")).unwrap();
+    }
+
+    #[test]
+    fn logs_go_to_stderr_unless_syslog_is_asked_for() {
+        let c: RsFile = parse(RS).unwrap();
+        assert_eq!((c.common.log_target, c.common.syslog_socket.as_path()), (LogTarget::Stderr, Path::new("/dev/log")));
+        let mut v: serde_json::Value = serde_json::from_str(RS).unwrap();
+        v["log_target"] = "syslog".into();
+        v["syslog_socket"] = "/tmp/log.sock".into();
+        let c: RsFile = parse(&v.to_string()).unwrap();
+        assert_eq!(
+            (c.common.log_target, c.common.syslog_socket.as_path()),
+            (LogTarget::Syslog, Path::new("/tmp/log.sock"))
+        );
+    }
 
     #[test]
     fn a_minimal_dc_file_parses_with_defaults() {
@@ -646,10 +854,8 @@ mod tests {
         v["listen"] = serde_json::json!(["192.0.2.1:4460", "198.51.100.1:4460"]);
         assert!(parse::<DcFile>(&v.to_string()).unwrap_err().contains("\"listen\""));
         // The AS serves TLS only: any number of addresses.
-        let as_file = r#"{"name": "as.example", "listen": ["192.0.2.1:4443", "198.51.100.1:4443"],
-            "tls": {"ca": "a", "cert": "b", "key": "c"}, "accounts": "a.db",
-            "dns": {"static_dcs": [{"zone": "z.example", "dc": "dc.z.example", "addrs": ["192.0.2.2:4460"]}]}}"#;
-        assert!(parse::<AsFile>(as_file).is_ok());
+        let as_file = AS.replace(r#"["192.0.2.1:4443"]"#, r#"["192.0.2.1:4443", "198.51.100.1:4443"]"#);
+        assert_eq!(parse::<AsFile>(&as_file).unwrap().common.listen.len(), 2);
     }
 
     #[test]

@@ -140,8 +140,9 @@ fn each_missing_required_field_is_named_and_refused() {
         ),
     ];
     for (program, full, required) in configs {
+        // The configuration is valid; `check` then opens the files it names (exit 1).
         let (code, err) = check(program, &full, dir.path());
-        assert_eq!(code, 0, "{program}: the full configuration is valid: {err}");
+        assert!(code == 1 && err.contains("/nonexistent/ca.pem"), "{program}: the full configuration is valid: {err}");
         for field in required {
             let mut cfg = full.clone();
             cfg.as_object_mut().unwrap().remove(field);
@@ -198,6 +199,8 @@ fn the_example_configurations_are_valid() {
             .arg(dir.join(format!("{d}.json")))
             .output()
             .unwrap();
-        assert!(out.status.success(), "board/default/{d}.json: {}", String::from_utf8_lossy(&out.stderr));
+        // Valid: `check` gets as far as the files, which exist only on a deployed machine.
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code() == Some(1) && err.contains("/etc/ntmobile/"), "board/default/{d}.json: {err}");
     }
 }

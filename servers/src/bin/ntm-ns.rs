@@ -1,7 +1,16 @@
-//! `ntm-ns`: the NTMobile Notification Server. See `ntm_servers::cli` for the command line.
+//! `ntm-ns`: the NTMobile Notification Server (TCP keepalive for nodes behind NAT). `ntm-ns --help` prints the command line
+//! (`ntm_servers::cli`).
 
 use ntm_servers::{cli, config::NsFile, daemon::ns};
 
+const USAGE: cli::Usage = cli::Usage {
+    program: "ntm-ns",
+    version: env!("CARGO_PKG_VERSION"),
+    about: "the NTMobile Notification Server (TCP keepalive for nodes behind NAT)",
+    run_note: "",
+    commands: &[],
+};
+
 fn main() {
-    std::process::exit(cli::main_with("ntm-ns", |c: &NsFile| &c.common, ns::build, None));
+    std::process::exit(cli::main_with(&USAGE, |c: &NsFile| &c.common, ns::build, None));
 }

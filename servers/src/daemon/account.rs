@@ -1,23 +1,6 @@
-//! `ntm-as`: the Account Server, and its administration commands.
-//!
-//! ```text
-//! ntm-as [run] -c as.json                      run the AS
-//! ntm-as ca init --out DIR [--name CN] [--days N]
-//!                                              a new deployment CA: DIR/ca.pem, DIR/ca.key
-//! ntm-as ca issue --ca DIR --role ROLE --name FQDN --out DIR [--days N]
-//!                                              a certificate and key: DIR/FQDN.pem, DIR/FQDN.key
-//! ntm-as ca sign-csr --ca DIR --role node --name FQDN --csr FILE --out FILE [--days N]
-//!                                              sign a device's request (its key never leaves it)
-//! ntm-as attestation-key --out FILE            a P-256 key for signing attestations
-//! ntm-as account add -c as.json --email E --fqdn N [--password-stdin] [--device N]
-//! ntm-as account list -c as.json
-//! ntm-as account disable|enable|remove -c as.json --account E|N
-//! ntm-as account set-password -c as.json --account E|N   (password on stdin)
-//! ntm-as account bind-device -c as.json --account E|N --device N
-//! ntm-as account bind-oidc -c as.json --account E|N --issuer URL --subject S
-//! ntm-as account bind-fqdn -c as.json --account E|N --fqdn N
-//! ```
-//! ROLE is one of node, as, dc, rs, ns. Keys are written with mode 0600.
+//! `ntm-as`: the Account Server, and its administration commands ([`ADMIN_USAGE`], which
+//! `ntm-as --help` prints). ROLE is one of node, as, dc, rs, ns. Keys are written with
+//! mode 0600.
 
 // The administration commands talk to a person.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -299,6 +282,19 @@ fn read_key_pair(path: &Path) -> Result<KeyPair, StartError> {
     Ok(KeyPair::from_secret(secret))
 }
 
+/// The AS's own key files besides TLS: the attestation key and the OIDC providers' keys.
+/// `run` and `check` both read them with this.
+pub fn read_key_files(cfg: &AsFile) -> Result<(Option<KeyPair>, Vec<OidcProvider>), StartError> {
+    let attestation = cfg.attestation_key.as_deref().map(read_key_pair).transpose()?;
+    let mut providers = Vec::new();
+    for p in &cfg.oidc {
+        let jwks = std::fs::read_to_string(&p.jwks).map_err(|e| format!("{}: {e}", p.jwks.display()))?;
+        let keys = parse_jwks(&jwks).map_err(|e| format!("{}: {e}", p.jwks.display()))?;
+        providers.push(OidcProvider { issuer: p.issuer.clone(), audience: p.audience.clone(), keys });
+    }
+    Ok((attestation, providers))
+}
+
 /// Builds the AS from its configuration.
 pub fn build(cfg: AsFile) -> Result<Driver<AsDaemon>, StartError> {
     let (server_tls, client_tls) = tls_configs(&cfg.common.tls, ClientAuth::Optional)?;
@@ -308,14 +304,7 @@ pub fn build(cfg: AsFile) -> Result<Driver<AsDaemon>, StartError> {
     ac.defer_password_checks = true;
     ac.login_burst = cfg.login_burst;
     ac.login_interval = Duration::from_millis(cfg.login_interval_ms);
-    if let Some(path) = &cfg.attestation_key {
-        ac.attestation_key = Some(read_key_pair(path)?);
-    }
-    for p in &cfg.oidc {
-        let jwks = std::fs::read_to_string(&p.jwks).map_err(|e| format!("{}: {e}", p.jwks.display()))?;
-        let keys = parse_jwks(&jwks).map_err(|e| format!("{}: {e}", p.jwks.display()))?;
-        ac.oidc_providers.push(OidcProvider { issuer: p.issuer.clone(), audience: p.audience.clone(), keys });
-    }
+    (ac.attestation_key, ac.oidc_providers) = read_key_files(&cfg)?;
     let accounts = AccountStore::open(&cfg.accounts)?;
     let workers =
         (0..cfg.password_workers).map(|_| PasswordWorker::open(&cfg.accounts)).collect::<Result<Vec<_>, _>>()?;
@@ -350,6 +339,42 @@ pub fn build(cfg: AsFile) -> Result<Driver<AsDaemon>, StartError> {
     let daemon = AsDaemon { server, cfg, logins: 0, refusals: 0, workers, checker: None, checks_overloaded: 0 };
     Ok(Driver::new(dc, daemon)?)
 }
+
+/// The administration commands, by first word, as `ntm-as --help` and `ntm-as WORD --help`
+/// print them; [`admin`] runs them.
+pub const ADMIN_USAGE: &[(&str, &str)] = &[
+    (
+        "ca",
+        "  ntm-as ca init --out DIR [--name CN] [--days N]
+                                a new deployment CA: DIR/ca.pem, DIR/ca.key (default 3650 days)
+  ntm-as ca issue --ca DIR --role ROLE --name FQDN --out DIR [--days N]
+                                a certificate and key: DIR/FQDN.pem, DIR/FQDN.key (default 825 days)
+  ntm-as ca sign-csr --ca DIR [--role ROLE] --name FQDN --csr FILE --out FILE [--days N]
+                                sign a device's request, its key never leaving it (role default node)
+                                ROLE: node, as, dc, rs or ns; keys are written mode 0600
+",
+    ),
+    (
+        "attestation-key",
+        "  ntm-as attestation-key --out FILE
+                                a P-256 key for signing attestations (public-key mode)
+",
+    ),
+    (
+        "account",
+        "  ntm-as account add -c FILE --email E --fqdn N [--password-stdin] [--device N]
+                                an account bound to node name N (password read from stdin)
+  ntm-as account list -c FILE   every account: e-mail, name, credentials, DISABLED
+  ntm-as account disable|enable|remove -c FILE --account E|N
+  ntm-as account set-password -c FILE --account E|N
+                                the new password read from stdin
+  ntm-as account bind-device -c FILE --account E|N --device N
+  ntm-as account bind-oidc -c FILE --account E|N --issuer URL --subject S
+  ntm-as account bind-fqdn -c FILE --account E|N --fqdn N
+                                E: the account's e-mail, N: a node name (FQDN); FILE: as.json
+",
+    ),
+];
 
 /// Options of the administration commands.
 #[derive(Debug, Default)]
