@@ -508,7 +508,11 @@ mod tests {
         let c = parse(include_str!("../../board/default/ntmd.json")).unwrap();
         assert_eq!(c.keepalive.as_str(), "ns");
         assert_eq!(c.account_server_name.as_ref().unwrap().as_str(), "as.example.net");
-        assert_eq!(c.account_servers(), vec![ServerAddr::Name(Fqdn::new("as.example.net").unwrap(), 4443)]);
+        // The AS in both families, so that a box on an IPv4-only or an IPv6-only network
+        // logs in with the same file.
+        let both: Vec<ServerAddr> =
+            ["192.0.2.10:4443", "[2001:db8::10]:4443"].iter().map(|a| ServerAddr::Addr(a.parse().unwrap())).collect();
+        assert_eq!(c.account_servers(), both);
         assert!(c.credential.device.is_some());
     }
 
@@ -519,7 +523,11 @@ mod tests {
         assert_eq!(c.account_servers(), vec![ServerAddr::Addr("192.0.2.10:4443".parse().unwrap())]);
         let named = MIN.replace("192.0.2.10:4443", "AS.Example.net:4443");
         let c = parse(&named).unwrap();
-        assert_eq!(c.account_servers(), vec![ServerAddr::Name(Fqdn::new("as.example.net").unwrap(), 4443)]);
+        // The AS in both families, so that a box on an IPv4-only or an IPv6-only network
+        // logs in with the same file.
+        let both: Vec<ServerAddr> =
+            ["192.0.2.10:4443", "[2001:db8::10]:4443"].iter().map(|a| ServerAddr::Addr(a.parse().unwrap())).collect();
+        assert_eq!(c.account_servers(), both);
         let both = MIN.replace(
             r#""account_server": "192.0.2.10:4443","#,
             r#""account_server_addrs": ["192.0.2.10:4443", "[2001:db8::10]:4443"],"#,
