@@ -1,7 +1,8 @@
 //! `ntmd`, the NTMobile agent.
 //!
 //! ```text
-//! ntmd [run] -c FILE       run the agent (needs CAP_NET_ADMIN for the TUN device)
+//! ntmd [run] -c FILE       run the agent (needs CAP_NET_ADMIN for the TUN device; keeps
+//!                          only that once started, as the configured `user` if set)
 //! ntmd check -c FILE       check the configuration and the files it names, then exit
 //! ntmd status -s SOCKET    print the running agent's state (JSON)
 //! ntmd status -c FILE      the same, taking the socket from the configuration
@@ -20,6 +21,7 @@ mod dnsstub;
 mod held;
 mod icmp;
 mod netlink;
+mod privs;
 mod tls;
 mod verify;
 
@@ -83,6 +85,10 @@ fn main() -> ExitCode {
             };
             let level = config::log_filter(&cfg.log_level).unwrap_or(log::LevelFilter::Info);
             let _ = simple_logger::SimpleLogger::new().with_level(level).init();
+            let plan = match privs::Plan::new(&cfg) {
+                Ok(p) => p,
+                Err(e) => return fail(&Failure::usage(format!("{}: field \"user\": {e}", path.display()))),
+            };
             let mut agent = match agent::Agent::new(cfg, material) {
                 Ok(a) => a,
                 Err(e) => {
@@ -90,6 +96,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            // Everything is open: from here on, CAP_NET_ADMIN only (and the user's rights).
+            if let Err(e) = plan.apply() {
+                log::error!("cannot start: {e}");
+                return ExitCode::from(1);
+            }
             match agent.run() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

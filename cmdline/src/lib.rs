@@ -22,6 +22,8 @@
 //! agent and the servers so that neither depends on the other; it costs the agent nothing,
 //! which parses its command line with `lexopt` anyway.
 
+pub mod privs;
+
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Read;

@@ -98,6 +98,10 @@ pub struct Common {
     /// Log verbosity.
     #[serde(default)]
     pub log_level: LogLevel,
+    /// The user (`"name"` or `"name:group"`, names or numbers) to run as once every port
+    /// is bound and every file open; none: stay as started (see `privs`).
+    #[serde(default)]
+    pub user: Option<String>,
     /// Most TCP/TLS connections at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -137,6 +141,7 @@ impl Common {
         if self.max_buffered_bytes < 2 * (2 + ntm_proto::wire::frame::FRAME_MAX) {
             return Err(("max_buffered_bytes", "must hold at least two frames of the largest size (131072)".into()));
         }
+        crate::privs::account(self).map_err(|e| ("user", e))?;
         Ok(())
     }
 
