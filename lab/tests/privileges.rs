@@ -134,12 +134,13 @@ fn servers_run_as_an_unprivileged_user_and_still_serve_and_reload() {
 
     // Logins (AS database), registrations (DC databases written), the relay and the NS
     // all work as the user: both boxes register (b kept through the NS) and ping.
-    let [sa, sb] = d.up_with(|_, i, c| {
-        if i == 1 {
-            c["keepalive"] = "ns".into();
-        }
-    })
-    .expect("both boxes register with the servers running as nobody");
+    let [sa, sb] = d
+        .up_with(|_, i, c| {
+            if i == 1 {
+                c["keepalive"] = "ns".into();
+            }
+        })
+        .expect("both boxes register with the servers running as nobody");
     assert_eq!(sb["notifications_ready"], true, "box b is kept through the NS: {sb}");
     let b4 = sb["virtual_ipv4"].as_str().unwrap().to_string();
     assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4, "a's DNS hook answers b's virtual address");

@@ -18,8 +18,8 @@
 //! Without the field a daemon started as root stays root, and says so once at start.
 
 use crate::config::{AsFile, Common, DcFile, NsFile, RsFile};
-use ntm_cmdline::privs::{self as shared, Account, RunAs};
 use nix::unistd::AccessFlags;
+use ntm_cmdline::privs::{self as shared, Account, RunAs};
 use std::path::{Path, PathBuf};
 
 /// The `user` field, resolved: `None` if absent, an error naming no user of this system.
