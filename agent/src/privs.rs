@@ -60,6 +60,9 @@ impl Plan {
             shared::switch_user(a, true)?;
         }
         shared::limit_capabilities(KEPT)?;
+        if let Some(a) = &self.account {
+            shared::check_switched(a)?;
+        }
         if let (Some(a), Some(p)) = (&self.account, &self.reread) {
             if nix::unistd::access(p, nix::unistd::AccessFlags::R_OK).is_err() {
                 return Err(format!(

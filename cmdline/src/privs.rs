@@ -8,11 +8,12 @@
 //!    again (set-user-ID programs and file capabilities have no effect). Done before any
 //!    thread is started, as both are per thread and inherited.
 //! 2. [`switch_user`]: the supplementary groups, the group and the user of the configured
-//!    [`RunAs`]; all threads follow (the C library applies `setuid` to each). Afterwards
-//!    `setuid(0)` and `setgid(0)` must fail, or the daemon refuses to go on.
+//!    [`RunAs`]; all threads follow (the C library applies `setuid` to each).
 //! 3. [`limit_capabilities`]: the permitted and effective sets hold exactly the kept
 //!    capabilities (none for the servers, `CAP_NET_ADMIN` for `ntmd`); the inheritable and
 //!    ambient sets are emptied.
+//! 4. [`check_switched`]: `setuid(0)` and `setgid(0)` must fail now, or the daemon
+//!    refuses to go on.
 //!
 //! [`RunAs`] is the `user` field of every daemon's configuration: `"name"` or
 //! `"name:group"`, each a name or a number. It is resolved when the configuration is
@@ -141,8 +142,8 @@ pub fn narrow_bounding_set(keep: &[Capability]) -> Result<(), String> {
 
 /// Becomes `account`: supplementary groups, group, user. With `keep_caps` the permitted
 /// capabilities survive the change of user (for [`limit_capabilities`] to narrow); without
-/// it the kernel clears them all. Then checks that root cannot be regained. Nothing to do
-/// if the process already runs as that user and group.
+/// it the kernel clears them all. Nothing to do if the process already runs as that user
+/// and group. [`check_switched`] checks the result.
 pub fn switch_user(account: &Account, keep_caps: bool) -> Result<(), String> {
     use nix::unistd::{getgid, getuid, setgid, setgroups, setuid};
     if getuid() == account.uid && Uid::effective() == account.uid && getgid() == account.gid {
@@ -161,6 +162,13 @@ pub fn switch_user(account: &Account, keep_caps: bool) -> Result<(), String> {
     if keep_caps {
         caps::securebits::set_keepcaps(false).map_err(|e| format!("{e}"))?;
     }
+    Ok(())
+}
+
+/// Checks, once the capabilities are limited too, that the process is `account` in
+/// every id and cannot become root again.
+pub fn check_switched(account: &Account) -> Result<(), String> {
+    use nix::unistd::{getgid, getuid, setgid, setuid};
     if setuid(Uid::from_raw(0)).is_ok() || setgid(Gid::from_raw(0)).is_ok() {
         return Err(format!("became {account} but could become root again"));
     }
@@ -201,6 +209,56 @@ mod tests {
         for bad in ["", ":", "ntm:", ":ntm", "a:b:c", "a b", "../x"] {
             assert!(RunAs::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The whole drop, as `ntmd` does it, in a child process (the test binary run again
+    /// for this test alone): it must end as `nobody` with CAP_NET_ADMIN and nothing else.
+    /// Needs root and a `nobody` user; passes without doing anything otherwise.
+    #[test]
+    fn a_process_drops_to_its_user_keeping_only_what_it_names() {
+        const NAME: &str = "privs::tests::a_process_drops_to_its_user_keeping_only_what_it_names";
+        if std::env::var_os("NTM_PRIVS_CHILD").is_some() {
+            return drop_in_this_process();
+        }
+        if !is_root() || !matches!(User::from_name("nobody"), Ok(Some(_))) {
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([NAME, "--exact", "--test-threads=1"])
+            .env("NTM_PRIVS_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    }
+
+    fn drop_in_this_process() {
+        let a = RunAs::parse("nobody").unwrap().resolve().unwrap();
+        let keep = [Capability::CAP_NET_ADMIN];
+        narrow_bounding_set(&keep).unwrap();
+        switch_user(&a, true).unwrap();
+        limit_capabilities(&keep).unwrap();
+        check_switched(&a).unwrap();
+        // Capabilities are per thread: this thread's.
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        };
+        let (u, g) = (a.uid.to_string(), a.gid.to_string());
+        assert_eq!(field("Uid:").unwrap(), [u.as_str(); 4].join(" "));
+        assert_eq!(field("Gid:").unwrap(), [g.as_str(); 4].join(" "));
+        for set in ["CapPrm:", "CapEff:", "CapBnd:"] {
+            assert_eq!(field(set).unwrap(), "0000000000001000", "{set}");
+        }
+        for set in ["CapInh:", "CapAmb:"] {
+            assert_eq!(field(set).unwrap(), "0000000000000000", "{set}");
+        }
+        assert_eq!(field("NoNewPrivs:").unwrap(), "1");
+        assert!(nix::unistd::setuid(Uid::from_raw(0)).is_err());
     }
 
     #[test]

@@ -121,6 +121,7 @@ pub fn after_start(program: &str, account: Option<&Account>, files: &[Kept]) -> 
     }
     shared::switch_user(a, false)?;
     shared::limit_capabilities(&[])?;
+    shared::check_switched(a)?;
     for f in files {
         check(f, a)?;
     }
