@@ -234,6 +234,10 @@ pub struct AgentFile {
     /// Most tunnels.
     #[serde(default = "default_max_tunnels")]
     pub max_tunnels: u16,
+    /// The user (`"name"` or `"name:group"`, names or numbers) to run as once started,
+    /// keeping only CAP_NET_ADMIN (`privs.rs`); none: stay root, also with only that.
+    #[serde(default)]
+    pub user: Option<HString<64>>,
 }
 
 fn default_keepalive() -> HString<8> {
@@ -400,6 +404,7 @@ impl AgentFile {
         if self.max_tunnels == 0 {
             return Err(("max_tunnels", "at least 1".into()));
         }
+        crate::privs::account(self).map_err(|e| ("user", e))?;
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ mod held;
 mod icmp;
 mod netlink;
 mod servers;
+mod privs;
 mod tls;
 mod verify;
 
@@ -87,6 +88,10 @@ fn main() -> ExitCode {
             let target = ntm_cmdline::logging::Target::from_name(&cfg.log_target)
                 .unwrap_or(ntm_cmdline::logging::Target::Stderr);
             ntm_cmdline::logging::init("ntmd", level, target, std::path::Path::new(cfg.syslog_socket.as_str()));
+            let plan = match privs::Plan::new(&cfg) {
+                Ok(p) => p,
+                Err(e) => return fail(&Failure::config(format!("{}: field \"user\": {e}", path.display()))),
+            };
             let mut agent = match agent::Agent::new(cfg, material) {
                 Ok(a) => a,
                 Err(e) => {
@@ -94,6 +99,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            // Everything is open: from here on, CAP_NET_ADMIN only (and the user's rights).
+            if let Err(e) = plan.apply() {
+                log::error!("cannot start: {e}");
+                return ExitCode::from(1);
+            }
             match agent.run() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -29,6 +29,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod logging;
+pub mod privs;
 
 use std::ffi::OsString;
 use std::fmt;

@@ -177,7 +177,7 @@ pub type Admin = fn(&str, Vec<std::ffi::OsString>) -> Result<(), Failure>;
 /// if any.
 pub fn main_with<T, D, B>(usage: &Usage, common: fn(&T) -> &Common, build: B, admin: Option<Admin>) -> i32
 where
-    T: DeserializeOwned + Validate + Files,
+    T: DeserializeOwned + Validate + Files + crate::privs::KeptFiles,
     D: crate::driver::Daemon,
     B: FnOnce(T) -> Result<crate::driver::Driver<D>, crate::daemon::StartError>,
 {
@@ -186,8 +186,16 @@ where
         Ok(Command::Run(path)) => {
             let cfg: T = load_or_exit(program, &path);
             init_logging(program, common(&cfg));
-            match build(cfg) {
-                Ok(driver) => crate::daemon::run(program, driver),
+            let (account, kept) = match crate::privs::account(common(&cfg)) {
+                Ok(a) => (a, cfg.kept_files()),
+                Err(e) => return fail(program, &Failure::config(format!("{}: field \"user\": {e}", path.display()))),
+            };
+            let started = crate::privs::before_start(account.as_ref()).map_err(Into::into).and_then(|()| build(cfg));
+            match started {
+                Ok(driver) => match crate::privs::after_start(program, account.as_ref(), &kept) {
+                    Ok(()) => crate::daemon::run(program, driver),
+                    Err(e) => fail(program, &Failure::runtime(e)),
+                },
                 Err(e) => fail(program, &Failure::runtime(e.to_string())),
             }
         }

@@ -197,6 +197,10 @@ pub struct Common {
     /// The syslog daemon's socket (with `log_target` "syslog").
     #[serde(default = "default_syslog_socket")]
     pub syslog_socket: PathBuf,
+    /// The user (`"name"` or `"name:group"`, names or numbers) to run as once every port
+    /// is bound and every file open; none: stay as started (see `privs`).
+    #[serde(default)]
+    pub user: Option<String>,
     /// Most TCP/TLS connections at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -236,6 +240,7 @@ impl Common {
         if self.max_buffered_bytes < 2 * (2 + ntm_proto::wire::frame::FRAME_MAX) {
             return Err(("max_buffered_bytes", "must hold at least two frames of the largest size (131072)".into()));
         }
+        crate::privs::account(self).map_err(|e| ("user", e))?;
         Ok(())
     }
 

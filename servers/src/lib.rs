@@ -5,10 +5,12 @@
 //! - [`store`]: the embedded databases (AS accounts, DC node state), SQLite.
 //! - [`driver`]: one mio event loop hosting any engine: UDP, TCP and TLS streams,
 //!   DNS, timers, signals and the status socket.
+//! - [`privs`]: dropping root once a daemon has started (the `user` field).
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod driver;
 pub mod pki;
+pub mod privs;
 pub mod store;

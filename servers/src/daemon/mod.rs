@@ -31,7 +31,10 @@ pub fn identify(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
 /// stay (and the error is logged).
 pub fn reload_tls(files: &TlsFiles, client_auth: pki::ClientAuth) -> Reload {
     match tls_configs(files, client_auth) {
-        Ok((server, client)) => Reload { tls_server: Some(server), tls_client: Some(client) },
+        Ok((server, client)) => {
+            log::info!("reload: TLS files read again");
+            Reload { tls_server: Some(server), tls_client: Some(client) }
+        }
         Err(e) => {
             log::error!("reload: keeping the old TLS files: {e}");
             Reload::default()
