@@ -26,6 +26,7 @@ echo "== cargo test (release profile for the crypto-heavy simulations)"
 cargo test --workspace --locked --release
 echo "== init scripts (SysV, start-stop-daemon from Debian and BusyBox; procd stubbed)"
 NTM_NO_BUILD=1 ./scripts/test-init.sh
+echo "== Buildroot: ntmobile.hash against Buildroot's own download step (skips without a Buildroot)" && ./scripts/test-buildroot-hash.sh
 echo "== package installs keep the machine's policy-rc.d"
 ./scripts/test-apt-install.sh
 echo "== proto without the server engines (the agent's build)"
