@@ -5,7 +5,7 @@
 # same tar and the same cargo as that Buildroot) makes the vendored tarball of
 # the pinned commit from this repository and checks it against the hash file.
 # The arguments come from that Buildroot's `make printvars` for a configuration
-# with the package's git source, and are passed as pkg-download.mk's DOWNLOAD
+# with the package's git source at its default URL (this checkout's repository), and are passed as pkg-download.mk's DOWNLOAD
 # passes them; the tarball's name, so the -gitN-cargoN suffix, is Buildroot's.
 #
 #   scripts/test-buildroot-hash.sh            check; skips what it cannot get
@@ -94,22 +94,23 @@ tar_version_ok() {
 		sed -n '1s/^tar (GNU tar) \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
 	[ -n "${minor:-}" ] && { [ "$major" -gt 1 ] || [ "$minor" -ge 35 ]; }
 }
-# GNU tar 1.35 from the source package of Debian's next release, through apt
+# GNU tar (1.35 today) from the source package of Debian's next release, through apt
 # (a private source list built from this machine's Debian mirror), unpatched.
 build_tar() {
 	local a="$TMP/apt" uri
-	uri="$(grep -h -o -E 'https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
-		/etc/apt/sources.list.d/*.list 2>/dev/null | head -n 1)"
+	uri="$(grep -h -E '^(URIs:|deb) ' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
+		/etc/apt/sources.list.d/*.list 2>/dev/null | grep -o -E 'https?://[^ ]+/debian/?( |$)' |
+		head -n 1 | tr -d ' ')"
 	[ -n "$uri" ] || return 1
 	mkdir -p "$a/lists/partial" "$a/cache/archives/partial" "$a/src"
 	echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri trixie main" >"$a/sources.list"
 	local -a o=(-o "Dir::Etc::SourceList=$a/sources.list" -o Dir::Etc::SourceParts=/dev/null
 		-o "Dir::State::Lists=$a/lists" -o "Dir::Cache=$a/cache")
 	apt-get "${o[@]}" -qq update >/dev/null 2>&1 || return 1
-	(cd "$a/src" && apt-get "${o[@]}" -qq source --download-only tar=1.35+dfsg-3.1 >/dev/null 2>&1) || return 1
+	(cd "$a/src" && apt-get "${o[@]}" -qq source --download-only tar >/dev/null 2>&1) || return 1
 	mkdir -p "$a/tar"
-	tar -xJf "$a/src/tar_1.35+dfsg.orig.tar.xz" -C "$a/tar" --strip-components=1
-	(cd "$a/tar" && FORCE_UNSAFE_CONFIGURE=1 ./configure -q --disable-nls --prefix="$CACHE/tar" >/dev/null &&
+	tar -xJf "$(echo "$a"/src/tar_*.orig.tar.xz)" -C "$a/tar" --strip-components=1
+	(cd "$a/tar" && FORCE_UNSAFE_CONFIGURE=1 ./configure -q --disable-nls --prefix="$CACHE/tar" >/dev/null 2>&1 &&
 		make -j2 >/dev/null 2>&1 && make install >/dev/null 2>&1) || return 1
 }
 TAR_BIN=""
@@ -151,7 +152,6 @@ BR2_x86_64=y
 BR2_TOOLCHAIN_BUILDROOT_GLIBC=y
 BR2_PACKAGE_NTMOBILE=y
 BR2_PACKAGE_NTMOBILE_SOURCE_GIT=y
-BR2_PACKAGE_NTMOBILE_GIT_URL="file://$ROOT"
 EOF
 VARS="NTMOBILE_SOURCE NTMOBILE_DL_VERSION NTMOBILE_DL_SUBDIR NTMOBILE_VERSION NTMOBILE_RAWNAME"
 VARS="$VARS NTMOBILE_HASH_FILES NTMOBILE_DOWNLOAD_POST_PROCESS NTMOBILE_SITE RUST_BIN_VERSION"
