@@ -3,7 +3,9 @@
 # on this machine, against the release binaries: start, status, reload, restart
 # and stop of each daemon, a second start, a stale pid file, a missing and a bad
 # configuration, a daemon that cannot bind, one that ignores SIGTERM (a small C
-# stand-in, when cc is there). Each script runs twice: under dash
+# stand-in, when cc is there), a daemon that dies (the supervisor starts it
+# again), the log through syslog (a logger double) and the bounded log file
+# (a chatty C stand-in). Each script runs twice: under dash
 # with Debian's start-stop-daemon, and under BusyBox sh with BusyBox's applets
 # (when busybox is installed). Also: the board's ntmd.json against a provisioned
 # factory partition. (The OpenWrt package's procd script: packaging/openwrt/test.sh.)
@@ -24,11 +26,11 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SCRIPTS=(
-	"$ROOT/buildroot/package/ntmobile-servers/S50ntm-rs"
-	"$ROOT/buildroot/package/ntmobile-servers/S51ntm-ns"
-	"$ROOT/buildroot/package/ntmobile-servers/S52ntm-dc"
-	"$ROOT/buildroot/package/ntmobile-servers/S53ntm-as"
-	"$ROOT/buildroot/package/ntmobile-agent/S60ntmd"
+	"$ROOT/buildroot/package/ntmobile/S50ntm-rs"
+	"$ROOT/buildroot/package/ntmobile/S51ntm-ns"
+	"$ROOT/buildroot/package/ntmobile/S52ntm-dc"
+	"$ROOT/buildroot/package/ntmobile/S53ntm-as"
+	"$ROOT/buildroot/package/ntmobile/S60ntmd"
 )
 DAEMONS=(ntm-rs ntm-ns ntm-dc ntm-as ntmd)
 
@@ -154,6 +156,23 @@ int main(int argc, char **argv)
 }
 EOF
 	cc -o "$BIN/stubborn" "$TMP/stubborn.c"
+	# One that writes 200 lines of 50 bytes when it starts, for the bounded log.
+	cat >"$TMP/chatty.c" <<'EOF'
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{
+	if (argc > 1 && strcmp(argv[1], "run") == 0) {
+		for (int i = 0; i < 200; i++)
+			fprintf(stderr, "chatty line %04d ................................\n", i);
+		for (;;)
+			pause();
+	}
+	return 0;
+}
+EOF
+	cc -o "$BIN/chatty" "$TMP/chatty.c"
 else
 	echo "skip  no C compiler: the SIGKILL after STOP_TIMEOUT is untested"
 	skipped=$((skipped + 1))
@@ -227,8 +246,9 @@ defaults() {
 CONFIG="${3:-$(config_of "$2")}"
 EXEC="$BIN/$2"
 PIDFILE="${4:-$TMP/run/$2.pid}"
-LOGFILE="$TMP/log/$2.log"
+LOG="$TMP/log/$2.log"
 STOP_TIMEOUT=5
+RESPAWN_DELAY=1
 EOF
 }
 
@@ -273,7 +293,7 @@ init() {
 		sh=(/bin/sh)
 		path="$PATH"
 	fi
-	local -a cmd=(timeout 60 env "NTM_DEFAULTS=$def" "PATH=$path" "${sh[@]}" "$script" "$action")
+	local -a cmd=(timeout 60 env "NTM_DEFAULTS=$def" "PATH=${EXTRA_PATH:+$EXTRA_PATH:}$path" "${sh[@]}" "$script" "$action")
 	if [ "$d" = ntmd ]; then
 		cmd=(ip netns exec "$NETNS" "${cmd[@]}")
 	fi
@@ -289,6 +309,40 @@ pidfile_is_daemon() {
 	local pidfile="$1" d="$2" pid
 	pid="$(pid_in "$pidfile")"
 	[ -n "$pid" ] && [ "$(exe_of "$pid")" = "$BIN/$d" ] && [ "$(instances "$d")" = "$pid" ]
+}
+
+# The supervisor of a pid file's daemon (the init script running "supervise").
+supervisor_of() {
+	local sp
+	sp="$(pid_in "${1%.pid}.supervisor.pid")"
+	if [ -n "$sp" ] && tr '\0' ' ' <"/proc/$sp/cmdline" 2>/dev/null | grep -q ' supervise $'; then
+		echo "$sp"
+	fi
+}
+
+# Waits up to 10 s for the pid file to name a live daemon other than $3.
+await_new_daemon() {
+	local pidfile="$1" d="$2" old="$3" n=0 pid
+	while [ "$n" -lt 100 ]; do
+		pid="$(pid_in "$pidfile")"
+		if [ -n "$pid" ] && [ "$pid" != "$old" ] && pidfile_is_daemon "$pidfile" "$d"; then
+			return 0
+		fi
+		sleep 0.1
+		n=$((n + 1))
+	done
+	return 1
+}
+
+# Waits up to 5 s for a line matching a pattern in a file.
+await_line() {
+	local n=0
+	while [ "$n" -lt 50 ]; do
+		grep -q -e "$2" "$1" 2>/dev/null && return 0
+		sleep 0.1
+		n=$((n + 1))
+	done
+	return 1
 }
 
 # The whole cycle for one daemon under one start-stop-daemon.
@@ -362,11 +416,35 @@ cycle() {
 	verdict $? "$t the old daemon is gone"
 	expect "$t after restart the pid file holds the daemon, one instance" pidfile_is_daemon "$pidfile" "$d"
 
+	# A daemon that dies is started again by its supervisor.
+	local sup p4
+	sup="$(supervisor_of "$pidfile")"
+	[[ -n $sup ]]
+	verdict $? "$t a supervisor runs ($sup)"
+	kill -KILL "$p3" 2>/dev/null
+	expect "$t killed (SIGKILL), it is started again after RESPAWN_DELAY" \
+		await_new_daemon "$pidfile" "$d" "$p3"
+	p4="$(pid_in "$pidfile")"
+	[[ -n $p4 && $p4 != "$p3" && $(instances "$d") = "$p4" && $(supervisor_of "$pidfile") = "$sup" ]]
+	verdict $? "$t one new instance ($p3 -> $p4), same supervisor"
+	expect "$t its end is in the log" grep -q "init: $d ended (exit status 137)" "$TMP/log/$d.log"
+
 	rc=0; out="$(init "$impl" "$d" "$def" stop)" || rc=$?
 	[[ $rc = 0 ]]
 	verdict $? "$t stop ($out)"
-	[[ -z $(exe_of "$p3") && -z $(instances "$d") && ! -e $pidfile ]]
+	[[ -z $(exe_of "$p4") && -z $(instances "$d") && ! -e $pidfile ]]
 	verdict $? "$t the daemon is gone, its pid file too"
+	[[ -z $(exe_of "$sup") && ! -e ${pidfile%.pid}.supervisor.pid ]]
+	verdict $? "$t its supervisor is gone, its pid file too"
+
+	# Stopped while its supervisor waits to start it again: nothing starts.
+	init "$impl" "$d" "$def" start >/dev/null || true
+	sup="$(supervisor_of "$pidfile")"
+	p1="$(pid_in "$pidfile")"
+	kill -KILL "${p1:-0}" 2>/dev/null
+	rc=0; out="$(init "$impl" "$d" "$def" stop)" || rc=$?
+	[[ $rc = 0 && -n $sup && -z $(exe_of "$sup") && -z $(instances "$d") ]]
+	verdict $? "$t stop between two runs ends the supervisor; no daemon runs ($out)"
 	rc=0; out="$(init "$impl" "$d" "$def" status)" || rc=$?
 	[[ $rc = 3 ]]
 	verdict $? "$t status after stop is 3"
@@ -437,6 +515,42 @@ failures() {
 		sleep 0.2
 		[[ -z $(instances stubborn) && ! -e $pidfile ]]
 		verdict $? "$t and it is gone, its pid file too"
+	fi
+
+	# The log through syslog: a logger double keeps its arguments and lines.
+	mkdir -p "$TMP/fakelog"
+	# shellcheck disable=SC2016 # $* and $l belong to the double
+	printf '#!/bin/sh\nwhile IFS= read -r l; do printf "%%s: %%s\\n" "$*" "$l"; done >>"%s"\n' \
+		"$TMP/syslog-$impl" >"$TMP/fakelog/logger"
+	chmod +x "$TMP/fakelog/logger"
+	defaults "$def" ntm-rs "$(config_of ntm-rs)" "$pidfile"
+	sed -i 's#^LOG=.*#LOG="syslog"#' "$def"
+	rm -f "$TMP/log/ntm-rs.log"
+	rc=0; out="$(EXTRA_PATH="$TMP/fakelog" init "$impl" ntm-rs "$def" start)" || rc=$?
+	[[ $rc = 0 ]]
+	verdict $? "$t LOG=syslog: start ($out)"
+	EXTRA_PATH="$TMP/fakelog" init "$impl" ntm-rs "$def" reload >/dev/null || true
+	expect "$t the daemon's lines reach logger, tagged, facility daemon" \
+		await_line "$TMP/syslog-$impl" "^-t ntm-rs -p daemon.notice: .*SIGHUP"
+	EXTRA_PATH="$TMP/fakelog" init "$impl" ntm-rs "$def" stop >/dev/null || true
+	[[ -z $(instances ntm-rs) && ! -e $TMP/log/ntm-rs.log ]]
+	verdict $? "$t then stops; no log file was written"
+
+	# A log file is bounded: moved to FILE.1 past LOG_MAX_KB.
+	if [ -x "$BIN/chatty" ]; then
+		defaults "$def" ntm-rs "$(config_of ntm-rs)" "$pidfile"
+		sed -i -e "s#^EXEC=.*#EXEC=\"$BIN/chatty\"#" -e "s#^LOG=.*#LOG=\"$TMP/log/chatty-$impl.log\"\nLOG_MAX_KB=2#" "$def"
+		rc=0; out="$(init "$impl" ntm-rs "$def" start)" || rc=$?
+		[[ $rc = 0 ]]
+		verdict $? "$t a chatty daemon starts ($out)"
+		expect "$t its 10 KB of output reach the log" \
+			await_line "$TMP/log/chatty-$impl.log" "chatty line 0199"
+		local size size1
+		size="$(wc -c <"$TMP/log/chatty-$impl.log")"
+		size1="$(wc -c <"$TMP/log/chatty-$impl.log.1" 2>/dev/null || echo 0)"
+		[[ $size -le $((2048 + 51)) && $size1 -gt 0 && $size1 -le $((2048 + 51)) ]]
+		verdict $? "$t the log and its one old copy stay under LOG_MAX_KB ($size and $size1 bytes)"
+		init "$impl" ntm-rs "$def" stop >/dev/null || true
 	fi
 
 	rc=0; out="$(init "$impl" ntm-rs "$def" bogus)" || rc=$?

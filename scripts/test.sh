@@ -35,6 +35,7 @@ cargo test --workspace --locked --release
 echo "== init scripts (SysV, start-stop-daemon from Debian and BusyBox)"
 NTM_NO_BUILD=1 ./scripts/test-init.sh
 echo "== the OpenWrt package (.ipk contents; init script against procd, uci, jshn stand-ins)" && packaging/openwrt/test.sh
+echo "== Buildroot: ntmobile.hash against Buildroot's own download step (skips without a Buildroot)" && ./scripts/test-buildroot-hash.sh
 echo "== package installs keep the machine's policy-rc.d"
 ./scripts/test-apt-install.sh
 echo "== proto without the server engines (the agent's build)"
