@@ -7,7 +7,7 @@
 # The commit of the release source (BR2_PACKAGE_NTMOBILE_SOURCE_GIT); its
 # vendored tarball's hash is in ntmobile.hash. To move it, see
 # "Moving the pinned commit" in buildroot/README.md.
-NTMOBILE_GIT_VERSION = c20e69b94683e73de2aea034d5530f0f8f9f6b5e
+NTMOBILE_GIT_VERSION = 4557719e4d73ad89e2ba2d7b2cde96dca7b1d0c3
 
 ifeq ($(BR2_PACKAGE_NTMOBILE_SOURCE_GIT),y)
 NTMOBILE_VERSION = $(NTMOBILE_GIT_VERSION)
