@@ -141,6 +141,13 @@ check_pairs() {
 		path=$(where "$t")
 		[ -n "$path" ] || { fail "$what: $t is not installed here (package $want)"; continue; }
 		pkg=$(package_of "$path")
+		# A tool first on PATH from elsewhere (a git in /usr/local, say) may shadow the
+		# package's copy: the package's own is what a fresh machine gets.
+		for d in /usr/bin /bin /usr/sbin /sbin; do
+			if [ "$pkg" != "$want" ] && [ -x "$d/$t" ] && [ "$(package_of "$d/$t")" = "$want" ]; then
+				pkg=$want
+			fi
+		done
 		if [ "$pkg" = "$want" ]; then
 			ok "$what: $t is in $want"
 		elif [ -n "$pkg" ] && apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \

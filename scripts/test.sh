@@ -18,7 +18,7 @@ if [ "$(id -u)" = 0 ]; then
 	install_missing ip:iproute2 nft:nftables nsd:nsd dig:dnsutils socat:socat ping:iputils-ping \
 		tcpdump:tcpdump openssl:openssl iperf3:iperf3 curl:curl busybox:busybox cc:build-essential \
 		taskset:util-linux renice:bsdutils update-ca-certificates:ca-certificates sysctl:procps \
-		shellcheck:shellcheck
+		shellcheck:shellcheck git:git
 	echo "== every tool the tests use is installed by the list above"
 	./scripts/test-tools.sh
 else
