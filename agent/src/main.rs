@@ -13,8 +13,8 @@ mod dnsstub;
 mod held;
 mod icmp;
 mod netlink;
-mod servers;
 mod privs;
+mod servers;
 mod tls;
 mod verify;
 
