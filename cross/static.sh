@@ -44,6 +44,7 @@ for arg in "$@"; do
 done
 [ ${#targets[@]} -gt 0 ] || targets=(armv7 aarch64 mipsel mips x86_64)
 
+mips_flags="-Ctarget-feature=+crt-static -Crelocation-model=static -Cforce-unwind-tables=no -Zlocation-detail=none"
 # triple, qemu program (none: runs natively), target flags
 target_info() {
 	case "$1" in
@@ -51,9 +52,11 @@ target_info() {
 	armv7) echo "armv7-unknown-linux-musleabihf qemu-arm -Ctarget-feature=+thumb-mode" ;;
 	aarch64) echo "aarch64-unknown-linux-musl qemu-aarch64" ;;
 	# Rust's MIPS musl targets (tier 3) link dynamically unless asked; the others are
-	# static by default.
-	mipsel) echo "mipsel-unknown-linux-musl qemu-mipsel -Ctarget-feature=+crt-static" ;;
-	mips) echo "mips-unknown-linux-musl qemu-mips -Ctarget-feature=+crt-static" ;;
+	# static by default. MIPS flags for size (cross/README.md, "Static musl builds"):
+	# position-dependent code (the binary is not PIE anyway), no unwind tables, panic
+	# messages without file and line (and std's smaller algorithms, below).
+	mipsel) echo "mipsel-unknown-linux-musl qemu-mipsel $mips_flags" ;;
+	mips) echo "mips-unknown-linux-musl qemu-mips $mips_flags" ;;
 	x86_64) echo "x86_64-unknown-linux-musl -" ;;
 	esac
 }
@@ -62,7 +65,7 @@ target_info() {
 . cross/common.sh
 
 # --- what the build needs --------------------------------------------------------------
-want_pkg rustc-web cargo-web rust-web-src qemu-user file binutils
+want_pkg rustc-web cargo-web rust-web-src qemu-user file binutils llvm
 install_wanted
 python=$(command -v python3)
 if ! "$python" -c 'import ziglang' 2>/dev/null || ! "$python" -m pip show cargo-zigbuild >/dev/null 2>&1; then
@@ -74,7 +77,8 @@ if ! "$python" -c 'import ziglang' 2>/dev/null || ! "$python" -m pip show cargo-
 	"$python" -m pip install -q --disable-pip-version-check "$zig_pin" "$zigbuild_pin"
 fi
 # pip puts the program beside the interpreter it installed for; cargo-zigbuild runs zig
-# through that interpreter (`python3 -m ziglang`).
+# through that interpreter (`python3 -m ziglang`), which is told, not looked up on PATH.
+python=$("$python" -c 'import sys; print(sys.executable)')
 zigbuild=$("$python" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/cargo-zigbuild
 [ -x "$zigbuild" ] || zigbuild=$(command -v cargo-zigbuild)
 
@@ -92,7 +96,7 @@ zcargo() {
 	shift
 	env -u CARGO_PROFILE_RELEASE_LTO -u CARGO_PROFILE_RELEASE_CODEGEN_UNITS \
 		-u CARGO_PROFILE_RELEASE_INCREMENTAL -u CARGO_PROFILE_RELEASE_OPT_LEVEL -u RUSTFLAGS \
-		PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 \
+		PATH="/usr/bin:$PATH" CARGO_ZIGBUILD_PYTHON_PATH="$python" RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 \
 		"${runner_env[@]}" \
 		"CARGO_TARGET_${env_triple}_RUSTFLAGS=$target_rustflags -Clink-self-contained=no$extra_rustflags" \
 		nice -n 10 "$zigbuild" "$sub" --locked --target "$triple" --target-dir "$root/target/static" \
@@ -129,15 +133,20 @@ phase_tests() {
 # The standard library keeps its stack trace on panic but not the symbolizer, as in
 # cross/build.sh (cross/README.md, "Footprint").
 phase_release() {
-	zcargo zigbuild --release "${pkgs[@]}" --bins -Zbuild-std-features=backtrace-trace-only 2>&1 | tee -a "$log"
+	local std_features=backtrace-trace-only
+	case "$t" in mips | mipsel) std_features="$std_features,optimize_for_size" ;; esac
+	zcargo zigbuild --release "${pkgs[@]}" --bins "-Zbuild-std-features=$std_features" 2>&1 | tee -a "$log"
 }
 
-# Checks that each release binary is static and starts, copies it to target/static/<triple>/
-# and notes its sizes: as built (the release profile strips) and gzip'd, as in a package.
+# Strips each release binary into target/static/<triple>/, checks that it is static and
+# starts, and notes its sizes: stripped and gzip'd, as in a package. The release profile
+# strips already, but the linker keeps MIPS's .pdr section (procedure descriptors for
+# debuggers, about 110 KiB of ntmd), which strip removes, as OpenWrt's packaging does.
 check_release() {
 	local b bin out size gz rc
 	for b in "${bins[@]}"; do
-		bin="$root/target/static/$triple/release/$b"
+		bin="$root/target/static/$triple/$b"
+		llvm-strip --strip-all -o "$bin" "$root/target/static/$triple/release/$b"
 		out=$(file -b "$bin")
 		case "$out" in
 		*"statically linked"* | *"static-pie linked"*) ;;
@@ -152,7 +161,6 @@ check_release() {
 		rc=0
 		"${runner[@]}" "$bin" check -c /nonexistent/ntm.json >/dev/null 2>&1 || rc=$?
 		[ "$rc" = 2 ] || { echo "$t: '$b check -c /nonexistent/ntm.json' exited $rc, not 2" >&2; return 1; }
-		cp "$bin" "$root/target/static/$triple/$b"
 		size=$(stat -c %s "$bin")
 		gz=$(gzip -9n <"$bin" | wc -c)
 		sizes="$sizes$(awk -v t="$t" -v b="$b" -v s="$size" -v g="$gz" \
@@ -201,7 +209,7 @@ $line"
 done
 
 echo "== summary$summary"
-echo "== sizes (KiB; static, stripped by the release profile; gzip -9 as a package carries them)"
+echo "== sizes (KiB; static, stripped; gzip -9 as a package carries them)"
 printf '%-8s %-6s %10s %10s\n' target binary stripped gzip
 printf '%s' "$sizes"
 echo "(goals for ntmd: armv7 640 KiB, mipsel 900 KiB; binaries in target/static/<triple>/)"
