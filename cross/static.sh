@@ -14,7 +14,7 @@
 #            checked static (no program interpreter) and started under qemu
 # The binaries end up in target/static/<triple>/ (e.g. target/static/armv7-unknown-linux-
 # musleabihf/ntmd); cargo's own output and the logs are under target/static too. As root
-# it installs what it needs: Debian's rustc-web, cargo-web, rust-web-src and qemu-user, and
+# it installs what it needs: Debian's rustc-web, cargo-web, rust-web-src, qemu-user and llvm, and
 # from PyPI ziglang and cargo-zigbuild (pinned below).
 set -euo pipefail
 shopt -s inherit_errexit
