@@ -52,24 +52,16 @@ target_info() {
 	esac
 }
 
+# shellcheck source=cross/common.sh
+. cross/common.sh
+
 # --- Debian packages -------------------------------------------------------------------
-need=()
-want_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed" || need+=("$1"); }
-for p in rustc-web cargo-web rust-web-src qemu-user; do want_pkg "$p"; done
+want_pkg rustc-web cargo-web rust-web-src qemu-user
 for t in "${targets[@]}"; do
 	read -r _ prefix _ debarch <<<"$(target_info "$t")"
-	want_pkg "gcc-$prefix"
-	want_pkg "libc6-dev-$debarch-cross"
+	want_pkg "gcc-$prefix" "libc6-dev-$debarch-cross"
 done
-if [ ${#need[@]} -gt 0 ]; then
-	if [ "$(id -u)" != 0 ]; then
-		echo "error: missing Debian packages: ${need[*]} (apt-get install them, or run as root)" >&2
-		exit 1
-	fi
-	echo "== installing: ${need[*]}"
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+install_wanted
 
 # The host's toolchain (rustup's, as scripts/test.sh uses) builds the host binaries and
 # the lab test; Debian's builds the foreign ones: it ships the standard library's source,
@@ -96,45 +88,6 @@ summary=""
 total_pass=0
 total_fail=0
 
-# Sums the "test result" lines of a log into $p (passed) and $f (failed).
-count_results() {
-	p=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p' "$1" | awk '{s+=$1} END {print s+0}')
-	f=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p' "$1" | awk '{s+=$1} END {print s+0}')
-}
-
-# The netlink tests change interfaces, so each kernel test runs in a namespace of its own.
-# The test binary makes one and re-executes itself in it through `ip netns exec`, which
-# cannot start a foreign binary (no binfmt_misc here); so this script makes the namespace
-# and starts the binary under qemu inside it, with the variable that the test's safety
-# check expects (see agent/tests/netlink.rs). Not root: one plain run; kernel tests skip.
-netns_prefix="ntmtest-cross-$$-"
-cleanup_netns() {
-	for ns in $(ip netns list 2>/dev/null | awk -v p="$netns_prefix" 'index($1, p) == 1 {print $1}'); do
-		ip netns del "$ns" 2>/dev/null || true
-	done
-}
-trap cleanup_netns EXIT
-netlink_tests() {
-	local bin n t ns rc
-	bin=$(sed -n 's/.*Executable tests\/netlink\.rs (\(.*\))$/\1/p' "$1" | tail -n 1)
-	[ -n "$bin" ] || { echo "no netlink test binary in $1" >&2; return 1; }
-	case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
-	if [ "$(id -u)" != 0 ]; then
-		"${runner[@]}" "$bin"
-		return
-	fi
-	n=0
-	for t in $("${runner[@]}" "$bin" --list 2>/dev/null | sed -n 's/: test$//p'); do
-		n=$((n + 1))
-		ns="$netns_prefix$n"
-		ip netns add "$ns"
-		rc=0
-		ip netns exec "$ns" env NTM_NETLINK_NETNS="$ns" "${runner[@]}" "$bin" "$t" --exact --test-threads=1 || rc=$?
-		ip netns del "$ns"
-		[ "$rc" = 0 ] || return "$rc"
-	done
-}
-
 phase_tests() {
 	: >"$log"
 	{
@@ -159,14 +112,6 @@ phase_lab() {
 	NTM_FOREIGN_NTMD="$root/target/cross/$triple/release/ntmd" NTM_FOREIGN_RUNNER="${runner[*]}" \
 		NTM_REQUIRE_FOREIGN=1 "$host_cargo" test --release --locked -p ntm-lab --test foreign \
 		-- --nocapture 2>&1 | grep -v ' DEBUG ' | tee "$lab_log"
-}
-
-# Runs phase $1 of the current target, timed (wall and CPU) into $timing.
-timed() {
-	local TIMEFORMAT="%0R s (CPU %0U s user, %0S s sys)"
-	echo "== $t: $1"
-	# The phase's output goes to the script's standard output (fd 5); time's report is kept.
-	timing=$({ time "phase_$1" >&5 2>&1; } 2>&1)
 }
 
 if [ -n "$run_lab" ]; then

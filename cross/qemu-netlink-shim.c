@@ -147,54 +147,91 @@ static void walk(unsigned char *buf, size_t left, int outgoing)
 	}
 }
 
-ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *from, socklen_t *fromlen)
+/*
+ * The calls into the C library. Preloaded into a dynamic binary (cross/build.sh), the shim
+ * defines recvfrom and its siblings and finds the C library's own through dlsym. Linked
+ * into a static binary (cross/static.sh: compiled with -DNTM_SHIM_WRAP and linked with
+ * -Wl,--wrap=recvfrom,...), it defines __wrap_recvfrom and the linker hands it the C
+ * library's as __real_recvfrom.
+ */
+#ifdef NTM_SHIM_WRAP
+#define SHIM(name) __wrap_##name
+#define REAL(name) __real_##name
+ssize_t __real_recvfrom(int, void *, size_t, int, struct sockaddr *, socklen_t *);
+ssize_t __real_recvmsg(int, struct msghdr *, int);
+ssize_t __real_sendto(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+ssize_t SHIM(recvfrom)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
+ssize_t SHIM(recv)(int, void *, size_t, int);
+ssize_t SHIM(recvmsg)(int, struct msghdr *, int);
+ssize_t SHIM(sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+ssize_t SHIM(send)(int, const void *, size_t, int);
+#else
+#define SHIM(name) name
+#define REAL(name) real_##name
+static ssize_t real_recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *from, socklen_t *fromlen)
 {
 	static ssize_t (*real)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
 	if (!real)
 		real = (ssize_t (*)(int, void *, size_t, int, struct sockaddr *, socklen_t *))dlsym(RTLD_NEXT, "recvfrom");
-	ssize_t n = real(fd, buf, len, flags, from, fromlen);
+	return real(fd, buf, len, flags, from, fromlen);
+}
+
+static ssize_t real_recvmsg(int fd, struct msghdr *msg, int flags)
+{
+	static ssize_t (*real)(int, struct msghdr *, int);
+	if (!real)
+		real = (ssize_t (*)(int, struct msghdr *, int))dlsym(RTLD_NEXT, "recvmsg");
+	return real(fd, msg, flags);
+}
+
+static ssize_t real_sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen)
+{
+	static ssize_t (*real)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+	if (!real)
+		real = (ssize_t (*)(int, const void *, size_t, int, const struct sockaddr *, socklen_t))dlsym(
+			RTLD_NEXT, "sendto");
+	return real(fd, buf, len, flags, to, tolen);
+}
+#endif
+
+ssize_t SHIM(recvfrom)(int fd, void *buf, size_t len, int flags, struct sockaddr *from, socklen_t *fromlen)
+{
+	ssize_t n = REAL(recvfrom)(fd, buf, len, flags, from, fromlen);
 	/* With MSG_TRUNC, n may be the datagram's length rather than what was stored. */
 	if (n > 0 && (size_t)n <= len && is_netlink(fd))
 		walk(buf, (size_t)n, 0);
 	return n;
 }
 
-ssize_t recv(int fd, void *buf, size_t len, int flags)
+ssize_t SHIM(recv)(int fd, void *buf, size_t len, int flags)
 {
-	return recvfrom(fd, buf, len, flags, NULL, NULL);
+	return SHIM(recvfrom)(fd, buf, len, flags, NULL, NULL);
 }
 
-ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
+ssize_t SHIM(recvmsg)(int fd, struct msghdr *msg, int flags)
 {
-	static ssize_t (*real)(int, struct msghdr *, int);
-	if (!real)
-		real = (ssize_t (*)(int, struct msghdr *, int))dlsym(RTLD_NEXT, "recvmsg");
-	ssize_t n = real(fd, msg, flags);
+	ssize_t n = REAL(recvmsg)(fd, msg, flags);
 	/* Only the simple case: one buffer that holds the whole datagram. */
 	if (n > 0 && msg->msg_iovlen == 1 && (size_t)n <= msg->msg_iov[0].iov_len && is_netlink(fd))
 		walk(msg->msg_iov[0].iov_base, (size_t)n, 0);
 	return n;
 }
 
-ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen)
+ssize_t SHIM(sendto)(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen)
 {
-	static ssize_t (*real)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
-	if (!real)
-		real = (ssize_t (*)(int, const void *, size_t, int, const struct sockaddr *, socklen_t))dlsym(
-			RTLD_NEXT, "sendto");
 	if (len == 0 || len > 65536 || !is_netlink(fd))
-		return real(fd, buf, len, flags, to, tolen);
+		return REAL(sendto)(fd, buf, len, flags, to, tolen);
 	unsigned char *copy = malloc(len);
 	if (!copy)
-		return real(fd, buf, len, flags, to, tolen);
+		return REAL(sendto)(fd, buf, len, flags, to, tolen);
 	memcpy(copy, buf, len);
 	walk(copy, len, 1);
-	ssize_t n = real(fd, copy, len, flags, to, tolen);
+	ssize_t n = REAL(sendto)(fd, copy, len, flags, to, tolen);
 	free(copy);
 	return n;
 }
 
-ssize_t send(int fd, const void *buf, size_t len, int flags)
+ssize_t SHIM(send)(int fd, const void *buf, size_t len, int flags)
 {
-	return sendto(fd, buf, len, flags, NULL, 0);
+	return SHIM(sendto)(fd, buf, len, flags, NULL, 0);
 }

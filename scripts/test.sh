@@ -4,7 +4,8 @@
 # end-to-end tests of the real binaries in network namespaces (needs root; skipped with a
 # notice otherwise, unless NTM_REQUIRE_LAB is set). With NTM_CROSS=1 (CI sets it) also the
 # big-endian MIPS run of cross/build.sh: the agent and the library's tests under qemu-user
-# and the foreign agent in the lab (it installs Debian's cross toolchain when root).
+# and the foreign agent in the lab (it installs Debian's cross toolchain when root). With
+# NTM_STATIC=1 (or a list of targets) also the static musl builds of cross/static.sh.
 . "$(dirname "$0")/env.sh"
 # The tools the end-to-end tests use (as root; a non-root run skips those tests): iproute2
 # (namespaces, veth), nftables (NAT), NSD (a real authoritative DNS server), dig, socat,
@@ -46,5 +47,15 @@ if [ "${NTM_CROSS:-}" = 1 ]; then
 	cross/build.sh --agent-only mips
 else
 	echo "== big-endian MIPS: skipped (NTM_CROSS=1 runs cross/build.sh --agent-only mips)"
+fi
+# Static musl builds (cross/static.sh): NTM_STATIC=1 for all five targets, or a list of
+# them (NTM_STATIC="armv7 mipsel"). Off by default: each target costs minutes (cross/README.md).
+if [ -n "${NTM_STATIC:-}" ]; then
+	[ "$NTM_STATIC" != 1 ] || NTM_STATIC=""
+	echo "== static musl builds: tests under qemu-user, release binaries (${NTM_STATIC:-all targets})"
+	# shellcheck disable=SC2086 # a list of targets
+	cross/static.sh $NTM_STATIC
+else
+	echo "== static musl builds: skipped (NTM_STATIC=1 or NTM_STATIC=\"armv7 mipsel ...\" runs cross/static.sh)"
 fi
 echo "all tests passed"
