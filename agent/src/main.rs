@@ -67,14 +67,14 @@ fn main() -> ExitCode {
         Command::Other(w, _) => ExitCode::from(USAGE.usage_error(None, &format!("unknown command \"{w}\""))),
         Command::Check(path) => match load(&path) {
             Ok(_) => {
-                println!("{}: ok", path.display());
+                ntm_cmdline::out(&format!("{}: ok\n", path.display()));
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),
         },
         Command::Status { config, socket } => match status(config, socket) {
             Ok(text) => {
-                println!("{text}");
+                ntm_cmdline::out(&format!("{text}\n"));
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),

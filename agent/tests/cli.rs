@@ -142,3 +142,16 @@ fn syslog_gets_the_lines() {
         run_with_port_taken(&dir.0, &[("log_target", "syslog"), ("syslog_socket", missing.to_str().unwrap())]);
     assert!(err.starts_with("ntmd: syslog: cannot reach ") && err.contains("cannot start"), "{err}");
 }
+
+/// `ntmd --help | head -1`: a reader that went away ends the output quietly (no panic,
+/// exit 0), as for `ntmd status | head`, which writes through the same function.
+#[test]
+fn output_into_a_closed_pipe_is_not_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_ntmd")).arg("--help").stdin(Stdio::null()).stdout(writer).output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

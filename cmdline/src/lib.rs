@@ -183,13 +183,13 @@ impl Usage {
 
     /// Answers `--help` (on stdout); exit code 0.
     pub fn print_help(&self, word: Option<&str>) -> u8 {
-        print!("{}", self.topic(word));
+        out(&self.topic(word));
         0
     }
 
     /// Answers `--version` (on stdout); exit code 0.
     pub fn print_version(&self) -> u8 {
-        println!("{}", self.version_line());
+        out(&format!("{}\n", self.version_line()));
         0
     }
 
@@ -287,6 +287,18 @@ impl From<ConfigError> for Failure {
 impl From<String> for Failure {
     fn from(m: String) -> Self {
         Self::Runtime(m)
+    }
+}
+
+/// Writes `text` to stdout as it is. A reader that went away (`ntmd status | head -c 100`)
+/// is not an error worth a word: `print!` would panic on it, this stops writing quietly.
+pub fn out(text: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("cannot write to stdout: {e}");
+        }
     }
 }
 

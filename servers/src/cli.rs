@@ -44,7 +44,7 @@ pub fn fail(program: &str, f: &Failure) -> i32 {
 pub fn print_status(program: &str, socket: &Path) -> i32 {
     match ntm_cmdline::read_status(socket, std::time::Duration::from_secs(30)) {
         Ok(text) => {
-            print!("{text}");
+            ntm_cmdline::out(&text);
             0
         }
         Err(e) => {
@@ -203,7 +203,7 @@ where
             let cfg: T = load_or_exit(program, &path);
             match cfg.check_files() {
                 Ok(()) => {
-                    println!("{program}: {} and the files it names are valid", path.display());
+                    ntm_cmdline::out(&format!("{program}: {} and the files it names are valid\n", path.display()));
                     0
                 }
                 Err(e) => fail(program, &Failure::runtime(format!("{}: {e}", path.display()))),

@@ -344,3 +344,17 @@ fn without_syslog_the_lines_go_to_stderr_with_timestamps() {
         assert!(stamp, "a timestamp opens every line: {line:?}\n{log}");
     }
 }
+
+/// A reader that went away (`ntm-as --help | head -1`) ends the output quietly: no panic,
+/// no backtrace, exit 0. `print!` panics on the broken pipe.
+#[test]
+fn output_into_a_closed_pipe_is_not_a_panic() {
+    for p in SERVERS {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(bin(p)).arg("--help").stdin(Stdio::null()).stdout(writer).output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{p}: {err}");
+        assert!(!err.contains("panicked"), "{p}: {err}");
+    }
+}

@@ -483,7 +483,10 @@ pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), Failure> {
                 .map_err(|e| e.to_string())?;
             write_file(&out.join("ca.pem"), ca.cert_pem(), false)?;
             write_file(&out.join("ca.key"), &ca.key_pem(), true)?;
-            println!("deployment CA written to {}/ca.pem and ca.key (keep ca.key offline)", out.display());
+            ntm_cmdline::out(&format!(
+                "deployment CA written to {}/ca.pem and ca.key (keep ca.key offline)\n",
+                out.display()
+            ));
         }
         ("ca", "issue") => {
             let ca = load_ca(&need(&o.ca, "--ca DIR")?)?;
@@ -495,7 +498,11 @@ pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), Failure> {
             let issued = ca.issue(role, &name, days).map_err(|e| e.to_string())?;
             write_file(&out.join(format!("{name}.pem")), &issued.cert_pem, false)?;
             write_file(&out.join(format!("{name}.key")), &issued.key_pem, true)?;
-            println!("{} certificate for {name} written to {}", pki::role_label(role), out.display());
+            ntm_cmdline::out(&format!(
+                "{} certificate for {name} written to {}\n",
+                pki::role_label(role),
+                out.display()
+            ));
         }
         ("ca", "sign-csr") => {
             let ca = load_ca(&need(&o.ca, "--ca DIR")?)?;
@@ -506,7 +513,7 @@ pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), Failure> {
             let csr = std::fs::read_to_string(&csr_path).map_err(|e| format!("{}: {e}", csr_path.display()))?;
             let cert = ca.sign_csr(role, &name, &csr, days).map_err(|e| e.to_string())?;
             write_file(&need(&o.out, "--out FILE")?, &cert, false)?;
-            println!("signed {name} as {}", pki::role_label(role));
+            ntm_cmdline::out(&format!("signed {name} as {}\n", pki::role_label(role)));
         }
         ("attestation-key", _) => {
             use p256::pkcs8::EncodePrivateKey;
@@ -516,7 +523,7 @@ pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), Failure> {
             let secret = p256::SecretKey::from_slice(&*scalar).map_err(|e| e.to_string())?;
             let pem = secret.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).map_err(|e| e.to_string())?;
             write_file(&out, &pem, true)?;
-            println!("attestation key written to {}", out.display());
+            ntm_cmdline::out(&format!("attestation key written to {}\n", out.display()));
         }
         ("account", "add") => {
             let mut store = accounts(&o)?;
@@ -527,20 +534,20 @@ pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), Failure> {
             if let Some(dev) = &o.device {
                 store.bind_device(&email, &fqdn(dev)?).map_err(|e| e.to_string())?;
             }
-            println!("account {email} bound to {name}");
+            ntm_cmdline::out(&format!("account {email} bound to {name}\n"));
         }
         ("account", "list") => {
             let store = accounts(&o)?;
             for a in store.list().map_err(|e| e.to_string())? {
-                println!(
-                    "{}\t{}\t{}{}{}{}",
+                ntm_cmdline::out(&format!(
+                    "{}\t{}\t{}{}{}{}\n",
                     a.email,
                     a.fqdn,
                     if a.has_password { "password " } else { "" },
                     a.device.as_ref().map(|d| format!("device={d} ")).unwrap_or_default(),
                     a.oidc.as_ref().map(|b| format!("oidc={}#{} ", b.issuer, b.subject)).unwrap_or_default(),
                     if a.disabled { "DISABLED" } else { "" }
-                );
+                ));
             }
         }
         ("account", cmd) => {
@@ -560,7 +567,7 @@ pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), Failure> {
                 other => return Err(Failure::usage(format!("account {other}: unknown command"))),
             };
             r.map_err(|e| e.to_string())?;
-            println!("account {who}: {cmd} done");
+            ntm_cmdline::out(&format!("account {who}: {cmd} done\n"));
         }
         (w, s) => return Err(Failure::usage(format!("unknown command \"{w} {s}\""))),
     }
