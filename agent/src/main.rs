@@ -65,8 +65,13 @@ fn main() -> ExitCode {
         Command::Version => ExitCode::from(USAGE.print_version()),
         // `ntmd` has no subcommands of its own.
         Command::Other(w, _) => ExitCode::from(USAGE.usage_error(None, &format!("unknown command \"{w}\""))),
-        Command::Check(path) => match load(&path) {
-            Ok(_) => {
+        Command::Check(path) => match load(&path).and_then(|(cfg, _)| {
+            // What `run` would refuse once it has become the configured user.
+            privs::Plan::new(&cfg)
+                .and_then(|p| p.check())
+                .map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))
+        }) {
+            Ok(()) => {
                 ntm_cmdline::out(&format!("{}: ok\n", path.display()));
                 ExitCode::SUCCESS
             }

@@ -42,6 +42,15 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// For `check`: what [`Plan::apply`] would refuse once it is the user, judged without
+    /// becoming it ([`Account::may_read`]).
+    pub fn check(&self) -> Result<(), String> {
+        match (&self.account, &self.reread) {
+            (Some(a), Some(p)) if !a.may_read(p) => Err(unreadable(p, a)),
+            _ => Ok(()),
+        }
+    }
+
     /// The plan for `cfg`; an error if its user cannot be resolved.
     pub fn new(cfg: &AgentFile) -> Result<Self, String> {
         Ok(Plan {
@@ -65,11 +74,7 @@ impl Plan {
         }
         if let (Some(a), Some(p)) = (&self.account, &self.reread) {
             if nix::unistd::access(p, nix::unistd::AccessFlags::R_OK).is_err() {
-                return Err(format!(
-                    "credential.oidc_token_file {}: user {} cannot read it, and the agent reads it again when it changes",
-                    p.display(),
-                    a.name
-                ));
+                return Err(unreadable(p, a));
             }
         }
         match &self.account {
@@ -78,6 +83,14 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+fn unreadable(p: &std::path::Path, a: &Account) -> String {
+    format!(
+        "credential.oidc_token_file {}: user {} cannot read it, and the agent reads it again when it changes",
+        p.display(),
+        a.name
+    )
 }
 
 #[cfg(test)]

@@ -155,3 +155,34 @@ fn output_into_a_closed_pipe_is_not_a_panic() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// With `user` set, `check` refuses what `run` would refuse once it is the user: an OIDC
+/// token file that user cannot read (the agent reads it again when it changes).
+#[test]
+#[allow(clippy::print_stderr)]
+fn check_and_run_agree_on_what_the_user_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: becoming another user needs root");
+        return;
+    }
+    let dir = TempDir::new("user-read");
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(&dir.0, 0o755);
+    let path = config(&dir.0, 4500, &[("user", "nobody")]);
+    let token = dir.0.join("token");
+    std::fs::write(&token, "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln\n").unwrap();
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    let (start, end) = (cfg.find(r#""credential""#).unwrap(), cfg.find(r#""virtual_routes""#).unwrap());
+    let cfg =
+        format!(r#"{}"credential": {{"oidc_token_file": "{}"}}, {}"#, &cfg[..start], token.display(), &cfg[end..]);
+    std::fs::write(&path, cfg).unwrap();
+    mode(&token, 0o600);
+    let out = ntmd(&["check", "-c", path.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("oidc_token_file") && err.contains("cannot read"), "{err}");
+    mode(&token, 0o644);
+    let out = ntmd(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -111,6 +111,30 @@ impl RunAs {
     }
 }
 
+impl Account {
+    /// Whether this user may read `path`, judged by the owner, group and mode of the file
+    /// and of every directory above it (ACLs are not read). For `check`, which stays who it
+    /// is; `run` asks the kernel once it is the user, and the two agree for plain modes.
+    pub fn may_read(&self, path: &std::path::Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let has = |p: &std::path::Path, want: u32| match std::fs::metadata(p) {
+            Ok(m) => {
+                let shift = if m.uid() == self.uid.as_raw() {
+                    6
+                } else if m.gid() == self.gid.as_raw() || self.groups.iter().any(|g| g.as_raw() == m.gid()) {
+                    3
+                } else {
+                    0
+                };
+                (m.mode() >> shift) & want == want
+            }
+            Err(_) => false,
+        };
+        let Ok(full) = std::path::absolute(path) else { return false };
+        full.ancestors().skip(1).all(|d| has(d, 0o1)) && has(&full, 0o4)
+    }
+}
+
 impl std::fmt::Display for Account {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} (uid {}, gid {})", self.name, self.uid, self.gid)

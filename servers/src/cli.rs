@@ -201,7 +201,11 @@ where
         }
         Ok(Command::Check(path)) => {
             let cfg: T = load_or_exit(program, &path);
-            match cfg.check_files() {
+            let as_user = || match crate::privs::account(common(&cfg)) {
+                Ok(Some(a)) => crate::privs::check_readable_by(&a, &cfg.kept_files()).map_err(StartError::from),
+                _ => Ok(()),
+            };
+            match cfg.check_files().and_then(|()| as_user()) {
                 Ok(()) => {
                     ntm_cmdline::out(&format!("{program}: {} and the files it names are valid\n", path.display()));
                     0

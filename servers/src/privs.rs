@@ -158,15 +158,30 @@ fn give(f: &Kept, a: &Account) -> Result<(), String> {
     Ok(())
 }
 
+/// For `check`, which stays who it is: whether `a` could read every file the daemon reads
+/// again after dropping root ([`Account::may_read`]).
+pub fn check_readable_by(a: &Account, files: &[Kept]) -> Result<(), String> {
+    for f in files.iter().filter(|f| f.usage == Use::Reread) {
+        if !a.may_read(&f.path) {
+            return Err(unreadable(f, a));
+        }
+    }
+    Ok(())
+}
+
+fn unreadable(f: &Kept, a: &Account) -> String {
+    format!(
+        "{} {}: user {} cannot read it, and SIGHUP reads it again: make it readable by the user or its group",
+        f.field,
+        f.path.display(),
+        a.name
+    )
+}
+
 fn check(f: &Kept, a: &Account) -> Result<(), String> {
     let can = |p: &Path, mode| nix::unistd::access(p, mode).is_ok();
     match f.usage {
-        Use::Reread if !can(&f.path, AccessFlags::R_OK) => Err(format!(
-            "{} {}: user {} cannot read it, and SIGHUP reads it again: make it readable by the user or its group",
-            f.field,
-            f.path.display(),
-            a.name
-        )),
+        Use::Reread if !can(&f.path, AccessFlags::R_OK) => Err(unreadable(f, a)),
         Use::Database if !can(&f.path, AccessFlags::R_OK | AccessFlags::W_OK) => {
             Err(format!("{} {}: user {} cannot write it", f.field, f.path.display(), a.name))
         }

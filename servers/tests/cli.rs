@@ -358,3 +358,46 @@ fn output_into_a_closed_pipe_is_not_a_panic() {
         assert!(!err.contains("panicked"), "{p}: {err}");
     }
 }
+
+/// With `user` set, `check` says what `run` would refuse once it is the user: a TLS file
+/// that user cannot read (SIGHUP reads it again). It judges by the permission bits, as it
+/// cannot become the user itself.
+#[test]
+fn check_and_run_agree_on_what_the_user_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: becoming another user needs root");
+        return;
+    }
+    let pki = Pki::new();
+    let mode = |s: &str, m: u32| std::fs::set_permissions(pki.path(s), std::fs::Permissions::from_mode(m)).unwrap();
+    for d in ["", "ca", "ca-issued", "lib", "run"] {
+        mode(d, 0o755);
+    }
+    mode("ca/ca.pem", 0o644);
+    mode("ca-issued/dc.zone-a.test.pem", 0o644);
+    // The key as `ca issue` writes it: root's alone.
+    mode("ca-issued/dc.zone-a.test.key", 0o600);
+    let cfg_path = pki.path("dc.json");
+    let mut cfg = pki.dc();
+    cfg["user"] = "nobody".into();
+    write_json(&cfg_path, &cfg);
+
+    let out = run("ntm-dc", &["check", "-c", cfg_path.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "check: {err}");
+    assert!(err.contains("tls.key") && err.contains("cannot read"), "check: {err}");
+    let (code, err) = run_at_start("ntm-dc", &cfg_path);
+    assert_eq!(code, Some(1), "run: {err}");
+    assert!(err.contains("tls.key") && err.contains("cannot read"), "run: {err}");
+
+    // A directory above it that the user cannot enter is the same refusal.
+    mode("ca-issued/dc.zone-a.test.key", 0o644);
+    mode("ca-issued", 0o700);
+    let out = run("ntm-dc", &["check", "-c", cfg_path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "check: {}", text(&out.stderr));
+
+    mode("ca-issued", 0o755);
+    let out = run("ntm-dc", &["check", "-c", cfg_path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "check: {}", text(&out.stderr));
+}
