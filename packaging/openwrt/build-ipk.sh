@@ -49,8 +49,14 @@ if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
 fi
 MTIME="@$SOURCE_DATE_EPOCH"
 
+# OpenWrt's libc is musl: a binary linked against another libc does not start there.
+# NTM_IPK_ALLOW_DYNAMIC=1 packs one anyway (the package's own test, on a glibc host).
 if command -v readelf >/dev/null && readelf -d "$BIN/ntmd" 2>/dev/null | grep -q NEEDED; then
-	echo "$0: note: $BIN/ntmd is dynamically linked; OpenWrt needs the static musl build" >&2
+	if [ "${NTM_IPK_ALLOW_DYNAMIC:-}" != 1 ]; then
+		echo "$0: $BIN/ntmd is dynamically linked and would not start on OpenWrt: give the static musl build (cross/static.sh)" >&2
+		exit 1
+	fi
+	echo "$0: note: $BIN/ntmd is dynamically linked (NTM_IPK_ALLOW_DYNAMIC=1)" >&2
 fi
 
 WORK="$(mktemp -d)"

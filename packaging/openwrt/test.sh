@@ -164,11 +164,11 @@ check_ipk() {
 
 check "Makefile: PKG_VERSION is the workspace's version" test \
 	"$(sed -n 's/^PKG_VERSION:=//p' "$PKG/Makefile")" = "$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -1)"
-ipk="$(SOURCE_DATE_EPOCH=1700000000 "$HERE/build-ipk.sh" x86_64 "$BIN" "$TMP/out" 2>"$TMP/build.err")"
+ipk="$(NTM_IPK_ALLOW_DYNAMIC=1 SOURCE_DATE_EPOCH=1700000000 "$HERE/build-ipk.sh" x86_64 "$BIN" "$TMP/out" 2>"$TMP/build.err")"
 if [ -s "$ipk" ]; then
 	ok "build-ipk.sh made $(basename "$ipk") from $BIN/ntmd"
 	check_ipk "$ipk" "$BIN/ntmd"
-	ipk2="$(SOURCE_DATE_EPOCH=1700000000 "$HERE/build-ipk.sh" x86_64 "$BIN" "$TMP/out2" 2>/dev/null)"
+	ipk2="$(NTM_IPK_ALLOW_DYNAMIC=1 SOURCE_DATE_EPOCH=1700000000 "$HERE/build-ipk.sh" x86_64 "$BIN" "$TMP/out2" 2>/dev/null)"
 	check "build-ipk.sh: the same input makes the same bytes" cmp -s "$ipk" "$ipk2"
 else
 	not_ok "build-ipk.sh made a package: $(cat "$TMP/build.err")"
@@ -178,6 +178,11 @@ check "build-ipk.sh: no ntmd in BINARY_DIR: status 1, a clear message" \
 	test "$?" = 1 -a "$out" = "$HERE/build-ipk.sh: no executable $TMP/empty/ntmd"
 "$HERE/build-ipk.sh" x86_64 "$BIN" >/dev/null 2>&1
 check "build-ipk.sh: a missing argument: usage, status 2" test "$?" = 2
+if readelf -d "$BIN/ntmd" 2>/dev/null | grep -q NEEDED; then
+	out="$("$HERE/build-ipk.sh" x86_64 "$BIN" "$TMP/out4" 2>&1)"
+	check "build-ipk.sh: a dynamically linked ntmd is refused (status 1, says why)" \
+		sh -c 'test "$1" = 1 && echo "$2" | grep -q "dynamically linked" && test ! -e "$3"' sh "$?" "$out" "$TMP/out4"
+fi
 
 # The static builds, where they were made (cross/ or the static build script):
 # target triple -> an opkg architecture of a common board.
@@ -365,6 +370,14 @@ for sh in dash "busybox sh"; do
 		grep -qxF "dhcp.@dnsmasq[0].server=/ntm.example.org/127.0.0.1#5354" "$1" &&
 		! grep -q "ntm.example.net" "$1" && test "$(grep -c "^dnsmasq reload" "$2")" = 1' \
 		sh "$W/uci" "$W/log"
+
+	# A user to run as once started: handed to ntmd, which checks it.
+	set_option user nobody
+	run_init "$sh" reload
+	json_is user '"nobody"'
+	set_option user ""
+	run_init "$sh" reload
+	check "$t no user option: no user in the JSON" sh -c '! grep -q "\"user\"" "$1"' sh "$W/run/ntmobile.json"
 
 	# Stop: dnsmasq forgets the domains.
 	: >"$W/log"
