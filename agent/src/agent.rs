@@ -260,7 +260,8 @@ fn tunnel_socket(family: &str, port: u16, bound: io::Result<UdpSocket>) -> Resul
 }
 
 /// The configured resolvers, those of a family we have an address of first (a query's
-/// first try goes to the first; one we cannot reach would cost a timeout per query).
+/// first try goes to the first; one we cannot reach would cost a timeout per query): for
+/// the agent's own look-ups and for the queries its DNS stub forwards.
 fn upstream_order(upstream: &[SocketAddr], local: &[SocketAddr]) -> Vec<SocketAddr> {
     let mut v = upstream.to_vec();
     v.sort_by_key(|u| !local.iter().any(|l| l.is_ipv4() == u.is_ipv4()));
@@ -393,7 +394,7 @@ impl Agent {
         let stub = DnsStub::new(
             StubConfig {
                 ntm_domains: cfg.dns.ntm_domains.to_vec(),
-                upstream: cfg.dns.upstream.to_vec(),
+                upstream: upstream_order(&cfg.dns.upstream, &local_addrs),
                 ..StubConfig::default()
             },
             Box::new(rand_core::OsRng),
@@ -914,7 +915,9 @@ impl Agent {
         }
         // Another network may have another resolver's view, or reach other addresses;
         // resolvers of the families we have now go first.
-        self.locator.set_nameservers(upstream_order(&self.cfg.dns.upstream, &self.local_addrs));
+        let order = upstream_order(&self.cfg.dns.upstream, &self.local_addrs);
+        self.stub.set_upstream(order.clone());
+        self.locator.set_nameservers(order);
         self.resolve_servers(now);
         if first && self.node.fqdn().is_none() {
             self.node.handle_network_change(now, addrs);

@@ -460,6 +460,13 @@ impl DnsStub {
             self.transmits.push_back((Dest::Client, query.client, relay));
         }
     }
+    /// Puts the upstream resolvers in a new order (the agent puts those of the families it
+    /// has an address of first, as a box moves between IPv4-only and IPv6-only networks): a
+    /// query's first send goes to the first. Queries in flight keep the servers they went
+    /// to, and a reply from any of those still counts.
+    pub fn set_upstream(&mut self, upstream: Vec<SocketAddr>) {
+        self.cfg.upstream = upstream;
+    }
 
     /// The deadline from [`DnsStub::poll_timeout`] passed: upstream tries due are sent to
     /// the next upstream or answered SERVFAIL; hooked names past the backstop are answered
@@ -991,6 +998,20 @@ mod tests {
         assert_eq!(back[2..], reply[2..]);
         assert_eq!(s.pending(), 0);
         assert_eq!(s.stats().relayed, 1);
+    }
+
+    #[test]
+    fn a_new_order_of_upstreams_sends_the_next_query_to_the_new_first() {
+        let mut s = stub(cfg());
+        s.handle_query(T0, C1, &query(1, "www.example.com", TYPE::A));
+        let first = one(&mut s, Dest::Upstream, U1);
+        s.set_upstream(vec![U2, U1]);
+        s.handle_query(T0, C1, &query(2, "www.example.org", TYPE::A));
+        one(&mut s, Dest::Upstream, U2);
+        // The query already in flight is still answered by the server it went to.
+        let reply = upstream_reply(&first, &[("www.example.com", Ipv4Addr::new(192, 0, 2, 8))]);
+        s.handle_upstream(at(10), U1, &reply);
+        assert_eq!(id_of(&one(&mut s, Dest::Client, C1)), 1);
     }
 
     #[test]
