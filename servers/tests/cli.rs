@@ -110,6 +110,13 @@ fn usage_errors_exit_2_with_the_usage_on_stderr() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.starts_with("ntm-as: --out DIR is needed") && err.contains("ntm-as ca sign-csr"), "{err}");
     assert!(!err.contains("ntm-as account add"), "{err}");
+    // A lifetime no certificate can have is bad usage, told before anything is written.
+    for days in ["0", "99999999", "ten"] {
+        let out = run("ntm-as", &["ca", "init", "--out", "/nonexistent/ca", "--days", days]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--days {days}: {err}");
+        assert!(err.contains("--days takes a number of days from 1 to"), "--days {days}: {err}");
+    }
     let out = run("ntm-as", &["account", "add", "--bogus"]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");

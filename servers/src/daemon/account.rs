@@ -408,7 +408,12 @@ fn parse_opts(args: Vec<OsString>) -> Result<Opts, String> {
             lexopt::Arg::Long("ca") => o.ca = Some(text(&mut p)?.into()),
             lexopt::Arg::Long("name") => o.name = Some(text(&mut p)?),
             lexopt::Arg::Long("role") => o.role = Some(text(&mut p)?),
-            lexopt::Arg::Long("days") => o.days = Some(text(&mut p)?.parse().map_err(|_| "--days takes a number")?),
+            lexopt::Arg::Long("days") => {
+                let days = text(&mut p)?.parse().ok().filter(|d| (1..=crate::pki::MAX_VALID_DAYS).contains(d));
+                o.days = Some(
+                    days.ok_or(format!("--days takes a number of days from 1 to {}", crate::pki::MAX_VALID_DAYS))?,
+                );
+            }
             lexopt::Arg::Long("csr") => o.csr = Some(text(&mut p)?.into()),
             lexopt::Arg::Long("email") => o.email = Some(text(&mut p)?),
             lexopt::Arg::Long("fqdn") => o.fqdn = Some(text(&mut p)?),
