@@ -32,6 +32,7 @@
 //! tried again on a timer, and a reserve descriptor lets it accept and close connections
 //! it cannot serve rather than leave them waiting.
 
+use crate::udp::{Local, Locals, ServerUdp};
 use mio::net::{TcpListener, TcpStream, UdpSocket, UnixListener};
 use mio::{Events, Interest, Poll, Token};
 use ntm_proto::dns::Locator;
@@ -340,9 +341,13 @@ pub struct Driver<D: Daemon> {
     daemon: D,
     poll: Poll,
     clock: Clock,
-    /// Each UDP socket with whether it is IPv4 (known at bind: asking the socket is a
-    /// system call, too dear per relayed packet).
-    udp: Vec<(UdpSocket, bool)>,
+    /// The UDP sockets of the configuration.
+    udp: Vec<ServerUdp>,
+    /// For wildcard sockets: the socket and address each peer last wrote to, which
+    /// datagrams to it leave from.
+    locals: Locals,
+    /// Room for a received datagram's packet info.
+    cmsg: Vec<u8>,
     listeners: Vec<(TcpListener, StreamKind)>,
     dns_sockets: Vec<UdpSocket>,
     locator: Option<Locator>,
@@ -449,9 +454,10 @@ impl<D: Daemon> Driver<D> {
             |what: &str, addr: SocketAddr, e: io::Error| io::Error::new(e.kind(), format!("{what} {addr}: {e}"));
         let mut udp = Vec::new();
         for (i, addr) in cfg.udp.iter().enumerate() {
-            let mut s = bind_udp(*addr).map_err(|e| named("cannot bind UDP", *addr, e))?;
-            poll.registry().register(&mut s, Token(UDP_BASE + i), Interest::READABLE)?;
-            udp.push((s, addr.is_ipv4()));
+            let s = bind_udp(*addr).and_then(|s| ServerUdp::new(s, *addr));
+            let mut s = s.map_err(|e| named("cannot bind UDP", *addr, e))?;
+            poll.registry().register(&mut s.sock, Token(UDP_BASE + i), Interest::READABLE)?;
+            udp.push(s);
         }
         if !cfg.tls.is_empty() && cfg.tls_server.is_none() {
             return Err(io::Error::new(
@@ -500,6 +506,8 @@ impl<D: Daemon> Driver<D> {
             poll,
             clock: Clock::start(),
             udp,
+            locals: Locals::default(),
+            cmsg: crate::udp::cmsg_buffer(),
             listeners,
             dns_sockets,
             locator: cfg.locator,
@@ -534,7 +542,7 @@ impl<D: Daemon> Driver<D> {
 
     /// The bound UDP addresses (a port of 0 in the configuration becomes the real one).
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
-        self.udp.iter().filter_map(|(s, _)| s.local_addr().ok()).collect()
+        self.udp.iter().filter_map(|s| s.sock.local_addr().ok()).collect()
     }
 
     /// The bound listener addresses.
@@ -773,9 +781,14 @@ impl<D: Daemon> Driver<D> {
 
     fn read_udp(&mut self, i: usize) {
         for _ in 0..DATAGRAM_BUDGET {
-            let Some((sock, _)) = self.udp.get(i) else { return };
-            let (n, from) = match sock.recv_from(&mut self.buf) {
-                Ok(x) => x,
+            let Some(sock) = self.udp.get(i) else { return };
+            let (n, from) = match sock.recv(&mut self.buf, &mut self.cmsg) {
+                Ok((n, from, local)) => {
+                    if let Some((addr, ifindex)) = local {
+                        self.locals.learn(from, Local { socket: i, addr, ifindex });
+                    }
+                    (n, from)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -790,7 +803,7 @@ impl<D: Daemon> Driver<D> {
                 Received::Forward(to) => {
                     // The relay's fast path: the same bytes, unchanged, to the other end.
                     let bytes = self.buf.get(..n).unwrap_or_default();
-                    send_udp(&self.udp, &mut self.stats, to, bytes);
+                    send_udp(&self.udp, &mut self.locals, &mut self.stats, to, bytes);
                 }
                 Received::Dropped(why) => log::trace!("dropped a datagram from {from}: {}", why.name()),
                 Received::Handled | Received::Ip(_) => {}
@@ -800,7 +813,7 @@ impl<D: Daemon> Driver<D> {
     }
 
     fn send_udp(&mut self, to: SocketAddr, bytes: &[u8]) {
-        send_udp(&self.udp, &mut self.stats, to, bytes);
+        send_udp(&self.udp, &mut self.locals, &mut self.stats, to, bytes);
     }
 
     fn read_dns(&mut self, i: usize) {
@@ -1470,16 +1483,35 @@ fn write_reply(r: &mut StatusReply) -> bool {
     }
 }
 
-/// Sends one datagram on the socket of `to`'s family; a failure is counted (a full socket
-/// buffer drops the datagram, and the engines retransmit what matters).
-fn send_udp(udp: &[(UdpSocket, bool)], stats: &mut DriverStats, to: SocketAddr, bytes: &[u8]) {
-    let Some((sock, _)) = udp.iter().find(|(_, v4)| *v4 == to.is_ipv4()) else {
-        stats.send_failures += 1;
-        log::debug!("no UDP socket of {to}'s family");
-        return;
+/// Sends one datagram: to a peer that wrote to a wildcard socket, from that socket and
+/// the address it wrote to; to any other, on the first socket of `to`'s family. A failure
+/// is counted (a full socket buffer drops the datagram, and the engines retransmit what
+/// matters).
+fn send_udp(udp: &[ServerUdp], locals: &mut Locals, stats: &mut DriverStats, to: SocketAddr, bytes: &[u8]) {
+    let known = locals.get(&to).and_then(|l| Some((udp.get(l.socket)?, l)));
+    let (sock, local) = match known {
+        Some((s, l)) => (s, Some(l)),
+        None => match udp.iter().find(|s| s.v4 == to.is_ipv4()) {
+            Some(s) => (s, None),
+            None => {
+                stats.send_failures += 1;
+                log::debug!("no UDP socket of {to}'s family");
+                return;
+            }
+        },
     };
-    match sock.send_to(bytes, to) {
-        Ok(_) => stats.datagrams_out += 1,
+    let mut sent = sock.send(bytes, to, local);
+    if let (Err(e), Some(l)) = (&sent, local) {
+        // The address the peer wrote to is gone from the host (EADDRNOTAVAIL, EINVAL):
+        // forget it and let the kernel choose.
+        if matches!(e.raw_os_error(), Some(99 | 22)) {
+            log::debug!("UDP send to {to} from {}: {e}; from the kernel's choice instead", l.addr);
+            locals.forget(&to);
+            sent = sock.send(bytes, to, None);
+        }
+    }
+    match sent {
+        Ok(()) => stats.datagrams_out += 1,
         Err(e) => {
             stats.send_failures += 1;
             log::debug!("UDP send to {to}: {e}");

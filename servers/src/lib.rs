@@ -14,3 +14,4 @@ pub mod driver;
 pub mod pki;
 pub mod privs;
 pub mod store;
+pub mod udp;

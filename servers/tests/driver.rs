@@ -16,9 +16,12 @@ use std::time::Duration;
 
 /// Answers `echo...` with the same frame and `flood` with 64 frames of 60 KB, drops
 /// `junk...` as malformed, and after `hold` takes no frame from that peer until `busy` is
-/// cleared; records what it was told.
+/// cleared; records what it was told. Answers an `echo...` datagram with the same, and
+/// relays a `fwd...` datagram unchanged (the relay's fast path) to the last peer that sent
+/// one.
 #[derive(Default)]
 struct Script {
+    udp_peer: Option<SocketAddr>,
     busy: Option<SocketAddr>,
     frames: Vec<(SocketAddr, Vec<u8>)>,
     closed: Vec<SocketAddr>,
@@ -27,7 +30,15 @@ struct Script {
 }
 
 impl Engine for Script {
-    fn handle_datagram(&mut self, _now: Instant, _from: SocketAddr, _buf: &mut [u8]) -> Received {
+    fn handle_datagram(&mut self, _now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
+        if buf.starts_with(b"echo") {
+            self.udp_peer = Some(from);
+            self.out.push_back(Transmit { via: Via::Udp, dst: from, payload: buf.to_vec() });
+        } else if buf.starts_with(b"fwd") {
+            if let Some(to) = self.udp_peer {
+                return Received::Forward(to);
+            }
+        }
         Received::Handled
     }
     fn handle_stream(
@@ -447,4 +458,116 @@ fn a_full_table_closes_silent_connections_before_one_that_has_begun_to_talk() {
     assert!(turn_until(&mut d, 5, |d| d.stats().accepted == 8), "{:?}", d.stats());
     assert!(closed_by_server(&mut talking), "the first to talk goes when all talk");
     assert!(still_open(&mut silent[4]) && still_open(&mut silent[5]));
+}
+
+/// Runs `f` on a thread of its own in a new network namespace whose loopback holds
+/// 192.0.2.10, 192.0.2.20, 2001:db8::53 and 2001:db8::20; None (and a notice) if this
+/// process may not make one (it needs root).
+#[allow(clippy::print_stderr)]
+fn in_namespace_with_two_addresses<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: making a network namespace needs root");
+        return None;
+    }
+    let t = std::thread::spawn(move || {
+        // Only this thread moves; the commands it starts inherit its namespace.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a new network namespace");
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip").args(args).output().expect("ip runs");
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ip(&["link", "set", "lo", "up"]);
+        for a in ["192.0.2.10/32", "192.0.2.20/32"] {
+            ip(&["addr", "add", a, "dev", "lo"]);
+        }
+        for a in ["2001:db8::53/128", "2001:db8::20/128"] {
+            ip(&["-6", "addr", "add", a, "dev", "lo", "nodad"]);
+        }
+        // The kernel adds an IPv6 address's local route a moment later; a socket that
+        // connects before then keeps a route that loops the datagrams back unreachable.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = std::process::Command::new("ip").args(["-6", "route", "show", "table", "local"]).output();
+            let routes = String::from_utf8_lossy(&out.expect("ip runs").stdout).into_owned();
+            if ["local 2001:db8::53 ", "local 2001:db8::20 "].iter().all(|r| routes.contains(r)) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the IPv6 addresses' local routes: {routes}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        f()
+    });
+    Some(t.join().expect("the namespace thread"))
+}
+
+/// Sends `msg` on `from` and waits (turning the driver) for a datagram on `to`, a
+/// connected socket: it takes datagrams from its peer only, so one from another source
+/// address never arrives. Three tries of a second each (UDP).
+fn udp_answer(
+    d: &mut Driver<Host>,
+    from: &std::net::UdpSocket,
+    msg: &[u8],
+    to: &std::net::UdpSocket,
+) -> Option<Vec<u8>> {
+    to.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 256];
+    let mut got = None;
+    for _ in 0..3 {
+        from.send(msg).unwrap();
+        let answered = turn_until(d, 1, |_| match to.recv(&mut buf) {
+            Ok(n) => {
+                got = Some(buf[..n].to_vec());
+                true
+            }
+            Err(_) => false,
+        });
+        if answered {
+            break;
+        }
+    }
+    got
+}
+
+/// A socket bound to a wildcard address on a host with two addresses answers from the
+/// address the peer wrote to, the engine's replies and relayed datagrams alike: a peer
+/// behind a NAT, or on a connected socket, takes nothing else. Both families.
+#[test]
+fn a_wildcard_socket_answers_from_the_address_the_peer_wrote_to() {
+    let failures = in_namespace_with_two_addresses(|| {
+        let mut cfg = config(0, None);
+        cfg.udp = vec!["0.0.0.0:0".parse().unwrap(), "[::]:0".parse().unwrap()];
+        let mut d = driver_with(cfg);
+        let ports: Vec<u16> = d.udp_addrs().iter().map(|a| a.port()).collect();
+        let mut failures = Vec::new();
+        for (port, first, second) in
+            [(ports[0], "192.0.2.10", "192.0.2.20"), (ports[1], "2001:db8::53", "2001:db8::20")]
+        {
+            let at = |ip: &str, port: u16| SocketAddr::new(ip.parse().unwrap(), port);
+            // The peer writes from the first address to the second: the kernel's own
+            // choice of source towards the first address is the first address.
+            let peer = std::net::UdpSocket::bind(at(first, 0)).unwrap();
+            peer.connect(at(second, port)).unwrap();
+            match udp_answer(&mut d, &peer, b"echo to the second address", &peer) {
+                Some(got) if got == b"echo to the second address" => {}
+                other => failures.push(format!("the echo to {second} came back from it: {other:?}")),
+            }
+            // Another peer writes to the first address; what it sends is relayed to the
+            // first peer, which must see it come from the second address, as before.
+            let other = std::net::UdpSocket::bind(at(first, 0)).unwrap();
+            other.connect(at(first, port)).unwrap();
+            match udp_answer(&mut d, &other, b"fwd from the other peer", &peer) {
+                Some(got) if got == b"fwd from the other peer" => {}
+                got => failures.push(format!("the relayed datagram came to the peer from {second}: {got:?}")),
+            }
+            // And the first address still answers from itself.
+            match udp_answer(&mut d, &other, b"echo to the first address", &other) {
+                Some(got) if got == b"echo to the first address" => {}
+                got => failures.push(format!("the echo to {first} came back from it: {got:?}")),
+            }
+        }
+        failures
+    });
+    if let Some(failures) = failures {
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
 }
