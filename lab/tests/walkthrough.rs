@@ -255,16 +255,18 @@ fn host(lab: &mut Lab, label: &str, repo: &Path) -> Host {
     Host { ns, root, work }
 }
 
-/// The network of the walk-through: the server host with the docs' addresses (the DC's
-/// first, so the wildcard-bound DC answers from its own), a router, two boxes.
+/// The network of the walk-through: the server host with the docs' addresses (NSD's
+/// first: the kernel's choice of source for the wildcard-bound DC is then not the DC's
+/// address, so the DC must answer from the address asked), a router, two boxes, box2
+/// behind a NAT (masquerade), which drops an answer from another address.
 fn network(lab: &mut Lab, repo: &Path) -> (Host, Vec<Host>) {
     let srv = host(lab, "srv", repo);
     let rtr = lab.netns("rtr", true).unwrap();
     lab.link(&srv.ns, "eth0", &rtr, "srv0").unwrap();
-    for ip in ["192.0.2.20", "192.0.2.10", "192.0.2.30", "192.0.2.40", "192.0.2.53"] {
+    for ip in ["192.0.2.53", "192.0.2.20", "192.0.2.10", "192.0.2.30", "192.0.2.40"] {
         lab.addr(&srv.ns, "eth0", &format!("{ip}/24")).unwrap();
     }
-    for ip in ["2001:db8::20", "2001:db8::30", "2001:db8::53"] {
+    for ip in ["2001:db8::53", "2001:db8::20", "2001:db8::30"] {
         lab.addr(&srv.ns, "eth0", &format!("{ip}/64")).unwrap();
     }
     lab.addr(&rtr, "srv0", "192.0.2.1/24").unwrap();
@@ -281,6 +283,9 @@ fn network(lab: &mut Lab, repo: &Path) -> (Host, Vec<Host>) {
         lab.route(&b.ns, &["default", "via", &format!("{net}.1")]).unwrap();
         boxes.push(b);
     }
+    let nat = "table ip walk_nat {\n  chain post {\n    type nat hook postrouting priority 100; policy accept;\n    \
+               ip saddr 203.0.113.0/24 oifname \"srv0\" masquerade\n  }\n}\n";
+    lab.nft(&rtr, nat).unwrap();
     (srv, boxes)
 }
 
