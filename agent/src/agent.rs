@@ -75,6 +75,12 @@ const STREAM_READ_BUDGET: usize = 64 * 1024;
 /// How long a TCP connection to the AS or the NS may take to open before the node is told
 /// it failed and tries the server's next address (one SYN retransmission fits).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long data sent to the AS or the NS may go unacknowledged before the kernel gives
+/// the connection up (TCP_USER_TIMEOUT). Without it a path that died (an address gone, a
+/// NAT mapping expired) holds the connection, and whatever we queue on it, for the many
+/// minutes of TCP's retransmissions; with it the loss shows as a read error and the node
+/// reconnects.
+const STREAM_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Why the agent could not start.
 pub type StartError = Box<dyn std::error::Error>;
@@ -910,7 +916,17 @@ impl Agent {
         self.counters.network_changes += 1;
         let first = self.local_addrs.is_empty();
         self.local_addrs = addrs.clone();
+        // A connection to the NS from an address that went away is replaced now: the
+        // node reconnects after a network change, and that must not queue behind it.
+        let stale_ns = self.ns_conn.as_ref().map(|c| c.peer).filter(|_| self.ns_conn_stale());
+        if let Some(peer) = stale_ns {
+            log::info!("the connection to the NS {peer} left from an address we no longer use; closing it");
+            self.drop_ns_conn();
+        }
         if addrs.is_empty() {
+            if let Some(peer) = stale_ns {
+                self.node.handle_stream_closed(now, StreamKind::Tcp, peer);
+            }
             return; // offline: wait for an address
         }
         // Another network may have another resolver's view, or reach other addresses;
@@ -999,6 +1015,7 @@ impl Agent {
                     return;
                 }
             };
+            set_user_timeout(&stream);
             if self.poll.registry().register(&mut stream, AS_CONN, Interest::READABLE | Interest::WRITABLE).is_err() {
                 return;
             }
@@ -1089,20 +1106,40 @@ impl Agent {
             self.node.handle_stream(now, StreamKind::Tcp, peer, None, &f);
         }
         if dead {
-            if let Some(mut c) = self.ns_conn.take() {
-                let _ = self.poll.registry().deregister(&mut c.stream);
-            }
+            self.drop_ns_conn();
             self.node.handle_stream_closed(now, StreamKind::Tcp, peer);
         } else if more {
             self.budget_spent(NS_CONN);
         }
     }
 
+    /// Closes the connection to the NS, if any, at once: a reset rather than a FIN, so
+    /// a connection on a dead path does not linger in the kernel retransmitting what was
+    /// queued on it.
+    fn drop_ns_conn(&mut self) {
+        if let Some(mut c) = self.ns_conn.take() {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            let abort = nix::libc::linger { l_onoff: 1, l_linger: 0 };
+            let _ = nix::sys::socket::setsockopt(&c.stream, nix::sys::socket::sockopt::Linger, &abort);
+        }
+    }
+
+    /// Whether the connection to the NS left from an address that is gone, or from one
+    /// the kernel would no longer use for the NS: after a network change it may be bound
+    /// to an address that was deleted, and such a connection does not fail by itself
+    /// until its retransmissions run out, many minutes later.
+    fn ns_conn_stale(&self) -> bool {
+        let Some(c) = self.ns_conn.as_ref() else { return false };
+        let Ok(local) = c.stream.local_addr() else { return true };
+        if !self.local_addrs.iter().any(|a| a.ip() == local.ip()) {
+            return true;
+        }
+        source_for(c.peer).is_none_or(|ip| ip != local.ip())
+    }
+
     fn send_ns(&mut self, now: Instant, dst: SocketAddr, payload: &[u8]) {
         if self.ns_conn.as_ref().is_some_and(|c| c.peer != dst) {
-            if let Some(mut c) = self.ns_conn.take() {
-                let _ = self.poll.registry().deregister(&mut c.stream);
-            }
+            self.drop_ns_conn();
         }
         if self.ns_conn.is_none() {
             let mut stream = match TcpStream::connect(dst) {
@@ -1113,6 +1150,7 @@ impl Agent {
                     return;
                 }
             };
+            set_user_timeout(&stream);
             if self.poll.registry().register(&mut stream, NS_CONN, Interest::READABLE | Interest::WRITABLE).is_err() {
                 return;
             }
@@ -1231,6 +1269,13 @@ impl Agent {
             NodeEvent::TunnelUp { session, peer, path } => log::info!("tunnel {session} to {peer} up ({path:?})"),
             NodeEvent::PathChanged { session, peer, path } => log::info!("tunnel {session} to {peer} now {path:?}"),
             NodeEvent::TunnelDown { session, peer } => log::info!("tunnel {session} to {peer} down"),
+            NodeEvent::NsConnectionLost { addr } => {
+                // The node's next frame for the NS opens a new connection.
+                if self.ns_conn.as_ref().is_some_and(|c| c.peer == addr) {
+                    log::info!("closing the connection to the NS {addr}: it stopped answering on it");
+                    self.drop_ns_conn();
+                }
+            }
         }
     }
 
@@ -1374,5 +1419,23 @@ impl Agent {
             .close();
         j.close();
         j.finish()
+    }
+}
+
+/// The source address the kernel would use toward `peer` now, if it has a route.
+fn source_for(peer: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr =
+        if peer.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    // Connecting a UDP socket sends nothing; it only makes the kernel pick a route.
+    let probe = std::net::UdpSocket::bind(any).ok()?;
+    probe.connect(peer).ok()?;
+    probe.local_addr().ok().map(|a| a.ip())
+}
+
+/// Sets [`STREAM_USER_TIMEOUT`] on a connection to a server.
+fn set_user_timeout(stream: &TcpStream) {
+    let ms = u32::try_from(STREAM_USER_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
+    if let Err(e) = nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::TcpUserTimeout, &ms) {
+        log::debug!("TCP_USER_TIMEOUT: {e}");
     }
 }

@@ -505,11 +505,15 @@ impl Deployment {
         let dir = self.lab.dir().to_path_buf();
         let dns = json!({"nameservers": [format!("{NSD_IP}:53")], "ntm_domains": ["test"], "dc_port": 4460});
         let relays = json!([{"name": "rs1.test", "addr": "192.0.2.30:4461"}]);
-        let nss = json!([{"name": "ns1.test", "addr": "192.0.2.40:4462", "node_addr": "192.0.2.40:4463"}]);
+        let nss = json!([{
+            "name": "ns1.test",
+            "addr": "192.0.2.40:4462",
+            "node_addr": ["192.0.2.40:4463", "[2001:db8:2::40]:4463"]
+        }]);
         let rs = self.common("rs1.test", "rs", &["192.0.2.30:4461", "[2001:db8:2::30]:4461"], "rs")?;
         self.server("ntm-rs", "rs", rs)?;
         let mut ns = self.common("ns1.test", "ns", &["192.0.2.40:4462"], "ns")?;
-        merge(&mut ns, json!({"node_listen": ["192.0.2.40:4463"]}));
+        merge(&mut ns, json!({"node_listen": ["192.0.2.40:4463", "[2001:db8:2::40]:4463"]}));
         self.server("ntm-ns", "ns", ns)?;
         for (label, name, zone, listen, v4, v6) in [
             (

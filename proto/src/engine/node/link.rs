@@ -292,9 +292,12 @@ impl Node {
                     self.setup_ns(now, grant);
                 } else if let Some(ns) = self.ns.as_mut().filter(|ns| matches!(ns.state, NsState::AwaitGrant)) {
                     // The DC granted the key the NS refused (it had not seen our report
-                    // yet): try the NS again later; a second refusal reports it again.
+                    // yet): try the NS again later, on a new connection; a second
+                    // refusal reports it again.
+                    let addr = ns.addr();
                     ns.state = NsState::Reconnect { at: now };
                     ns.connection_lost(now, &mut self.rng, &self.cfg.local_addrs);
+                    self.emit(NodeEvent::NsConnectionLost { addr });
                 } else if let Some(ns) = self.ns.as_mut() {
                     // The same key, perhaps another family's address of the NS: keep it,
                     // and move to it if the one in use is of a family we no longer have.
@@ -527,11 +530,15 @@ impl Node {
         let Some(ns) = self.ns.as_mut() else { return };
         let mut send_reg = None;
         let mut send_keepalive = None;
+        // The connection the NS stopped answering on: the driver closes it, so the
+        // reconnect opens a new one instead of queueing behind the dead one.
+        let mut gave_up = None;
         match &mut ns.state {
             NsState::ExpectAck { request_id, retry } if retry.due(now) => {
                 if retry.again(now) {
                     send_reg = Some(*request_id);
                 } else {
+                    gave_up = Some(ns.addr());
                     ns.connection_lost(now, &mut self.rng, &self.cfg.local_addrs);
                 }
             }
@@ -540,6 +547,7 @@ impl Node {
                     if retry.again(now) {
                         send_keepalive = Some(*id);
                     } else {
+                        gave_up = Some(ns.addr());
                         ns.connection_lost(now, &mut self.rng, &self.cfg.local_addrs);
                     }
                 }
@@ -557,6 +565,9 @@ impl Node {
                 send_reg = Some(request_id);
             }
             _ => {}
+        }
+        if let Some(addr) = gave_up {
+            self.emit(NodeEvent::NsConnectionLost { addr });
         }
         if let Some(id) = send_reg {
             self.send_notification_registration(now, id);

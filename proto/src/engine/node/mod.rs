@@ -244,6 +244,15 @@ pub enum NodeEvent {
         /// The peer.
         peer: Fqdn,
     },
+    /// The node gave up on its TCP connection to the NS at `addr` (the NS stopped
+    /// answering on it): the driver closes that connection now. The node's next frame for
+    /// the NS then opens a new one, from the address the kernel picks at that time; the
+    /// old one may be bound to an address the node no longer has, and a kernel keeps such
+    /// a connection open for as long as its retransmissions go on.
+    NsConnectionLost {
+        /// The NS address the connection went to.
+        addr: SocketAddr,
+    },
 }
 
 /// What the node holds after login.
