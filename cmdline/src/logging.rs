@@ -19,7 +19,7 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::io::{ErrorKind, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -86,12 +86,13 @@ enum Sink {
 struct Syslog {
     path: PathBuf,
     socket: Mutex<UnixDatagram>,
-    dropped: AtomicU64,
+    /// Lines lost while the socket was full. `usize`: 32-bit MIPS has no 64-bit atomics.
+    dropped: AtomicUsize,
 }
 
 impl Syslog {
     fn connect(path: &Path) -> std::io::Result<Self> {
-        Ok(Syslog { path: path.to_path_buf(), socket: Mutex::new(open(path)?), dropped: AtomicU64::new(0) })
+        Ok(Syslog { path: path.to_path_buf(), socket: Mutex::new(open(path)?), dropped: AtomicUsize::new(0) })
     }
 
     /// Sends one message; on a socket the daemon no longer holds, connects again once.
