@@ -157,6 +157,12 @@ check_release() {
 			echo "$t: $b asks for a program interpreter or shared libraries" >&2
 			return 1
 		fi
+		# ntmd speaks DNS itself; the C library's resolver in it is dead weight (34 KiB on
+		# MIPS) that std's `ToSocketAddrs` for a string address pulls in. Its marker:
+		if [ "$b" = ntmd ] && grep -q /etc/resolv.conf "$bin"; then
+			echo "$t: ntmd links the C library's DNS resolver (a socket bound or connected by string?)" >&2
+			return 1
+		fi
 		# It starts: a configuration file that does not exist is a usage error (exit 2).
 		rc=0
 		"${runner[@]}" "$bin" check -c /nonexistent/ntm.json >/dev/null 2>&1 || rc=$?

@@ -24,7 +24,7 @@ use nix::sys::socket::{recvmmsg, sendmmsg, sendmsg, ControlMessage, MsgFlags, Mu
 use ntm_proto::crypto::TAG_LEN;
 use ntm_proto::wire::HEADER_LEN;
 use std::io::{IoSlice, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::OnceLock;
@@ -313,9 +313,12 @@ pub fn offload_works() -> bool {
 }
 
 fn try_offload() -> std::io::Result<bool> {
-    let rx = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    // An address, not the string "127.0.0.1:0": binding to a string may resolve it, which
+    // links the C library's DNS resolver into the static binaries (28 KiB on MIPS).
+    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let rx = std::net::UdpSocket::bind(loopback)?;
     rx.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let tx = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let tx = std::net::UdpSocket::bind(loopback)?;
     let to = SockaddrStorage::from(rx.local_addr()?);
     let message = [0x5a_u8; 250];
     let segment: u16 = 100;
