@@ -357,9 +357,11 @@ const IPERF_SERVER: &[&str] = &["iperf3", "-s", "--rcv-timeout", "5000"];
 /// from `dst` to box `a`). The iperf3 server runs in the other box.
 fn iperf(lab: &mut Lab, a: &Ns, dst: &str, secs: u64, reverse: bool, tag: &str) -> Res<(f64, f64)> {
     let s = secs.to_string();
-    let mut cmd = vec!["iperf3", "-c", dst, "-t", &s, "-J", "--connect-timeout", "3000", "--rcv-timeout", "5000"];
+    let mut cmd = vec!["iperf3", "-c", dst, "-t", &s, "-J", "--connect-timeout", "3000"];
     if reverse {
-        cmd.push("-R");
+        // The client receives: a stream whose data stops ends after 5 s (iperf3 takes
+        // --rcv-timeout only from the receiving side).
+        cmd.extend(["-R", "--rcv-timeout", "5000"]);
     }
     let label = format!("iperf-{tag}-{}", if reverse { "rev" } else { "fwd" });
     // The server runs one test at a time and is "busy" until it has closed the last one
