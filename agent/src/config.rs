@@ -471,10 +471,11 @@ pub fn load(path: &Path) -> Result<AgentFile, ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const MIN: &str = r#"{
+    /// The smallest valid file; other modules' tests build on it too.
+    pub(crate) const MIN: &str = r#"{
         "account_server": "192.0.2.10:4443", "account_server_name": "as.example.net",
         "ca": "/etc/ntmobile/ca.pem",
         "credential": {"device": {"cert": "/etc/ntmobile/box.pem", "key": "/etc/ntmobile/box.key"}},

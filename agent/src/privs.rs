@@ -95,13 +95,7 @@ fn unreadable(p: &std::path::Path, a: &Account) -> String {
 
 #[cfg(test)]
 mod tests {
-    const MIN: &str = r#"{
-        "account_server": "192.0.2.10:4443", "account_server_name": "as.example.net",
-        "ca": "/etc/ntmobile/ca.pem",
-        "credential": {"device": {"cert": "/etc/ntmobile/box.pem", "key": "/etc/ntmobile/box.key"}},
-        "virtual_routes": ["198.18.0.0/15"],
-        "dns": {"upstream": ["192.0.2.53:53"], "ntm_domains": ["ntm.example.net"]}
-    }"#;
+    use crate::config::tests::MIN;
 
     #[test]
     fn the_user_field_is_resolved_when_the_file_is_checked() {
