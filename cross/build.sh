@@ -90,12 +90,7 @@ total_fail=0
 
 phase_tests() {
 	: >"$log"
-	{
-		xcargo test -p ntm-proto --all-features --lib --tests
-		xcargo test -p ntm-proto --no-default-features --lib
-		xcargo test -p ntm-agent --bins --test tls_login
-		xcargo test -p ntm-agent --test netlink --no-run
-	} 2>&1 | tee -a "$log"
+	qemu_tests xcargo 2>&1 | tee -a "$log"
 	netlink_tests "$log" 2>&1 | tee -a "$log"
 }
 

@@ -33,6 +33,17 @@ count_results() {
 	f=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p' "$1" | awk '{s+=$1} END {print s+0}')
 }
 
+# The tests that run under qemu-user, built (and, but for the netlink test, run) with the
+# cargo of the calling script: build.sh's xcargo or static.sh's zcargo. The netlink test
+# is only built here; netlink_tests runs it in namespaces of its own.
+qemu_tests() {
+	local cargo_fn=$1
+	"$cargo_fn" test -p ntm-proto --all-features --lib --tests
+	"$cargo_fn" test -p ntm-proto --no-default-features --lib
+	"$cargo_fn" test -p ntm-agent --bins --test tls_login
+	"$cargo_fn" test -p ntm-agent --test netlink --no-run
+}
+
 # The netlink tests change interfaces, so each kernel test runs in a namespace of its own.
 # The test binary makes one and re-executes itself in it through `ip netns exec`, which
 # cannot start a foreign binary (no binfmt_misc here); so the script makes the namespace

@@ -120,12 +120,7 @@ phase_tests() {
 		local f
 		for f in recvfrom recv recvmsg sendto send; do extra_rustflags="$extra_rustflags,--wrap=$f"; done
 	fi
-	{
-		zcargo test -p ntm-proto --all-features --lib --tests
-		zcargo test -p ntm-proto --no-default-features --lib
-		zcargo test -p ntm-agent --bins --test tls_login
-		zcargo test -p ntm-agent --test netlink --no-run
-	} 2>&1 | tee -a "$log"
+	qemu_tests zcargo 2>&1 | tee -a "$log"
 	netlink_tests "$log" 2>&1 | tee -a "$log"
 	extra_rustflags=""
 }
