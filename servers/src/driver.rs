@@ -33,12 +33,12 @@
 //! it cannot serve rather than leave them waiting.
 
 use crate::udp::{Local, Locals, ServerUdp};
-use mio::net::{TcpListener, TcpStream, UdpSocket, UnixListener};
-use mio::{Events, Interest, Poll, Token};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Interest, Poll, Token};
 use ntm_proto::dns::Locator;
 use ntm_proto::engine::{DnsAnswer, Engine, PeerIdentity, Received, StreamKind, Transmit, Via};
 use ntm_proto::time::{Duration, Instant};
-use ntm_proto::wire::frame::{encode_frame, FrameDecoder, FRAME_MAX};
+use ntm_proto::wire::frame::{encode_frame, FRAME_MAX};
 use rustls::pki_types::{CertificateDer, ServerName};
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
@@ -46,6 +46,9 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+
+pub use ntm_io::Clock;
+use ntm_io::{Framed, ReadResult, StatusSocket, Turn};
 
 /// What a daemon adds to its engine: status, events, reload, housekeeping.
 pub trait Daemon {
@@ -210,8 +213,8 @@ struct Conn {
     identity: Option<PeerIdentity>,
     /// The certificate was looked at (once, when the handshake finished), whatever it gave.
     identified: bool,
-    decoder: FrameDecoder,
-    plain_out: Vec<u8>,
+    /// The frames read and, on plain TCP, those to write (rustls holds TLS's).
+    framed: Framed,
     connecting: bool,
     /// The peer accepted the connection from us (false) or opened it (true).
     inbound: bool,
@@ -249,8 +252,7 @@ impl Conn {
             tls,
             identity: None,
             identified: false,
-            decoder: FrameDecoder::new(),
-            plain_out: Vec::new(),
+            framed: Framed::new(STREAM_OUT_MAX),
             connecting: !inbound,
             inbound,
             live: !inbound,
@@ -264,7 +266,7 @@ impl Conn {
     }
 
     fn wants_write(&self) -> bool {
-        self.connecting || !self.plain_out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+        self.connecting || self.framed.queued() > 0 || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     fn interest(&self) -> Interest {
@@ -274,14 +276,6 @@ impl Conn {
             Interest::READABLE
         }
     }
-}
-
-/// A status answer still being written to its reader.
-struct StatusReply {
-    sock: mio::net::UnixStream,
-    text: Vec<u8>,
-    sent: usize,
-    opened: std::time::Instant,
 }
 
 const SIGNALS: Token = Token(0);
@@ -306,35 +300,6 @@ pub const STREAM_OUT_MAX: usize = 4 * (2 + FRAME_MAX);
 const DATAGRAM_BUDGET: usize = 1024;
 const ACCEPT_BUDGET: usize = 256;
 const STREAM_READ_BUDGET: usize = 256 * 1024;
-/// Status readers served at once; a reader slower than [`HANDSHAKE_TIMEOUT`] is cut off.
-const STATUS_REPLIES_MAX: usize = 8;
-
-/// The engine's clock: UNIX milliseconds, advanced by the monotonic clock so that it never
-/// goes backwards while the daemon runs.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    start: std::time::Instant,
-    start_unix_ms: u64,
-}
-
-impl Clock {
-    /// Starts the clock now.
-    pub fn start() -> Self {
-        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Clock { start: std::time::Instant::now(), start_unix_ms: u64::try_from(unix.as_millis()).unwrap_or(u64::MAX) }
-    }
-
-    /// Now, for the engine.
-    pub fn now(&self) -> Instant {
-        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Instant::from_millis(self.start_unix_ms.saturating_add(elapsed))
-    }
-
-    /// How long from now until `at` (zero if past).
-    pub fn until(&self, at: Instant) -> std::time::Duration {
-        at.saturating_duration_since(self.now())
-    }
-}
 
 /// The event loop of one daemon.
 pub struct Driver<D: Daemon> {
@@ -357,8 +322,7 @@ pub struct Driver<D: Daemon> {
     tls_client: Option<Arc<rustls::ClientConfig>>,
     identify: Identify,
     signals: signal_hook_mio::v1_0::Signals,
-    status: Option<(UnixListener, PathBuf)>,
-    status_replies: Slab<StatusReply>,
+    status: Option<StatusSocket>,
     max_connections: usize,
     tls_idle_timeout: Option<std::time::Duration>,
     tcp_idle_timeout: Option<std::time::Duration>,
@@ -383,10 +347,9 @@ pub struct Driver<D: Daemon> {
     reserve: Option<std::fs::File>,
     stats: DriverStats,
     buf: Vec<u8>,
-    events: Events,
-    /// Sources that used up their budget and have more to read (edge-triggered readiness
-    /// will not report them again): read on the next turn, without sleeping.
-    again: Vec<Token>,
+    /// The poll's events, and the sources that used up their budget and have more to
+    /// read (edge-triggered readiness will not report them again).
+    turn: Turn,
     next_sweep: std::time::Instant,
     stop: bool,
 }
@@ -407,26 +370,6 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(UdpSocket::from_std(s.into()))
-}
-
-/// Binds the status socket, readable and writable by the daemon's user only: the status
-/// names nodes and where they are. A socket file left by a run that ended without
-/// removing it is replaced; anything else at the path (a typo naming the database, a
-/// daemon still answering there) is an error rather than something to delete.
-fn bind_status(path: &std::path::Path) -> io::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"));
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(io::ErrorKind::AddrInUse, "another daemon answers on it"));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
 }
 
 fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -494,10 +437,9 @@ impl<D: Daemon> Driver<D> {
         daemon.set_waker(Arc::new(mio::Waker::new(poll.registry(), WAKE)?));
         let status = match &cfg.status_socket {
             Some(path) => {
-                let mut l = bind_status(path)
+                let s = StatusSocket::bind(path, poll.registry(), STATUS, STATUS_REPLY_BASE)
                     .map_err(|e| io::Error::new(e.kind(), format!("status socket {}: {e}", path.display())))?;
-                poll.registry().register(&mut l, STATUS, Interest::READABLE)?;
-                Some((l, path.clone()))
+                Some(s)
             }
             None => None,
         };
@@ -518,7 +460,6 @@ impl<D: Daemon> Driver<D> {
             identify: cfg.identify,
             signals,
             status,
-            status_replies: Slab::new(),
             max_connections: cfg.max_connections,
             tls_idle_timeout: cfg.tls_idle_timeout,
             tcp_idle_timeout: cfg.tcp_idle_timeout,
@@ -533,8 +474,7 @@ impl<D: Daemon> Driver<D> {
             reserve: std::fs::File::open("/dev/null").ok(),
             stats: DriverStats::default(),
             buf: vec![0u8; DATAGRAM_MAX],
-            events: Events::with_capacity(1024),
-            again: Vec::new(),
+            turn: Turn::new(1024),
             next_sweep: std::time::Instant::now(),
             stop: false,
         })
@@ -567,8 +507,8 @@ impl<D: Daemon> Driver<D> {
             result = self.turn(std::time::Duration::from_secs(60));
         }
         // Also after a failure: a socket file left behind would only mislead `status`.
-        if let Some((_, path)) = &self.status {
-            let _ = std::fs::remove_file(path);
+        if let Some(s) = &self.status {
+            s.remove_file();
         }
         log::info!("stopped");
         result
@@ -586,8 +526,10 @@ impl<D: Daemon> Driver<D> {
         }
         if self.accept_retry.is_some_and(|t| std::time::Instant::now() >= t) {
             self.accept_retry = None;
-            self.again.extend((0..self.listeners.len()).map(|i| Token(LISTEN_BASE + i)));
-            self.again.push(STATUS);
+            for i in 0..self.listeners.len() {
+                self.turn.again(Token(LISTEN_BASE + i));
+            }
+            self.turn.again(STATUS);
         }
         self.resume_paused();
         let timeout = self.next_deadline().map(|at| self.clock.until(at)).unwrap_or(max_wait);
@@ -596,21 +538,13 @@ impl<D: Daemon> Driver<D> {
         if let Some(t) = self.accept_retry {
             timeout = timeout.min(t.saturating_duration_since(std::time::Instant::now()));
         }
-        if !self.again.is_empty() {
-            timeout = std::time::Duration::ZERO;
+        // Sources left with input last turn come after the poll's (without sleeping);
+        // new input pushes them there again.
+        let ready = self.turn.wait(&mut self.poll, timeout)?;
+        for r in &ready {
+            self.dispatch(r.token, r.readable, r.writable);
         }
-        match self.poll.poll(&mut self.events, Some(timeout)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        let mut ready: Vec<(Token, bool, bool)> =
-            self.events.iter().map(|e| (e.token(), e.is_readable(), e.is_writable())).collect();
-        // Sources left with input last turn; new input pushes them here again.
-        ready.extend(std::mem::take(&mut self.again).into_iter().map(|t| (t, true, false)));
-        for (token, r, w) in ready {
-            self.dispatch(token, r, w);
-        }
+        self.turn.done(ready);
         let now = self.clock.now();
         self.flush(now);
         self.resume_paused();
@@ -633,7 +567,7 @@ impl<D: Daemon> Driver<D> {
                 if let Some(c) = self.conns.get_mut(key) {
                     c.paused = false;
                 }
-                self.again.push(Token(CONN_BASE + key));
+                self.turn.again(Token(CONN_BASE + key));
             } else {
                 still.push(key);
             }
@@ -683,7 +617,7 @@ impl<D: Daemon> Driver<D> {
             t if (UDP_BASE..LISTEN_BASE).contains(&t) => self.read_udp(t - UDP_BASE),
             t if (LISTEN_BASE..DNS_BASE).contains(&t) => self.accept(t - LISTEN_BASE),
             t if (DNS_BASE..STATUS_REPLY_BASE).contains(&t) => self.read_dns(t - DNS_BASE),
-            t if (STATUS_REPLY_BASE..CONN_BASE).contains(&t) => self.write_status(t - STATUS_REPLY_BASE),
+            t if (STATUS_REPLY_BASE..CONN_BASE).contains(&t) => self.write_status(token),
             t if t >= CONN_BASE => self.conn_ready(t - CONN_BASE, readable, writable),
             _ => {}
         }
@@ -744,9 +678,9 @@ impl<D: Daemon> Driver<D> {
     /// without ever blocking the loop.
     fn serve_status(&mut self) {
         loop {
-            let Some((listener, _)) = &self.status else { return };
-            let sock = match listener.accept() {
-                Ok((s, _)) => s,
+            let Some(status) = &self.status else { return };
+            let sock = match status.accept() {
+                Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if out_of_descriptors(&e) => {
                     // Asked again with the listeners (see `accept`).
@@ -759,23 +693,16 @@ impl<D: Daemon> Driver<D> {
                     return;
                 }
             };
-            let mut reply = StatusReply { sock, text: self.status_text(), sent: 0, opened: std::time::Instant::now() };
-            if write_reply(&mut reply) || self.status_replies.len() >= STATUS_REPLIES_MAX {
-                continue; // done, or too many slow readers: dropping the stream closes it
-            }
-            let entry = self.status_replies.vacant_entry();
-            let token = Token(STATUS_REPLY_BASE + entry.key());
-            if self.poll.registry().register(&mut reply.sock, token, Interest::WRITABLE).is_ok() {
-                entry.insert(reply);
+            let text = self.status_text();
+            if let Some(status) = self.status.as_mut() {
+                status.answer(self.poll.registry(), sock, text);
             }
         }
     }
 
-    fn write_status(&mut self, key: usize) {
-        let Some(reply) = self.status_replies.get_mut(key) else { return };
-        if write_reply(reply) {
-            let mut reply = self.status_replies.remove(key);
-            let _ = self.poll.registry().deregister(&mut reply.sock);
+    fn write_status(&mut self, token: Token) {
+        if let Some(status) = self.status.as_mut() {
+            status.writable(self.poll.registry(), token);
         }
     }
 
@@ -809,7 +736,7 @@ impl<D: Daemon> Driver<D> {
                 Received::Handled | Received::Ip(_) => {}
             }
         }
-        self.again.push(Token(UDP_BASE + i));
+        self.turn.again(Token(UDP_BASE + i));
     }
 
     fn send_udp(&mut self, to: SocketAddr, bytes: &[u8]) {
@@ -830,7 +757,7 @@ impl<D: Daemon> Driver<D> {
                 l.handle_response(now, from, data);
             }
         }
-        self.again.push(Token(DNS_BASE + i));
+        self.turn.again(Token(DNS_BASE + i));
     }
 
     fn accept(&mut self, i: usize) {
@@ -916,7 +843,7 @@ impl<D: Daemon> Driver<D> {
             // under a flood hundreds, pick what to evict.
             self.conn_ready(key, true, false);
         }
-        self.again.push(Token(LISTEN_BASE + i));
+        self.turn.again(Token(LISTEN_BASE + i));
     }
 
     /// Closes the inbound connection not yet live that has made the least progress (of
@@ -991,13 +918,10 @@ impl<D: Daemon> Driver<D> {
     /// Brings the total of buffered bytes up to date with connection `key`'s decoder.
     fn recount(&mut self, key: usize) {
         let Some(c) = self.conns.get_mut(key) else { return };
-        let now = c.decoder.buffered();
+        let now = c.framed.buffered();
         self.buffered = self.buffered.saturating_sub(c.counted).saturating_add(now);
         c.counted = now;
-        if now == 0 {
-            // Give back the memory of a large frame once it is handed over.
-            c.decoder = FrameDecoder::new();
-        }
+        c.framed.release();
     }
 
     /// While the bytes held for partial frames are over the total cap, closes the
@@ -1109,7 +1033,7 @@ impl<D: Daemon> Driver<D> {
                 return true;
             }
             if budget == 0 {
-                self.again.push(Token(CONN_BASE + key));
+                self.turn.again(Token(CONN_BASE + key));
                 return true;
             }
             match self.read_some(key) {
@@ -1123,7 +1047,7 @@ impl<D: Daemon> Driver<D> {
             self.recount(key);
             // A peer that sends a length and never the frame cannot hold more than one
             // frame's worth of our memory ...
-            if self.conns.get(key).is_some_and(|c| c.decoder.buffered() > 2 + FRAME_MAX) {
+            if self.conns.get(key).is_some_and(|c| c.framed.over_cap()) {
                 self.stats.bad_frames += 1;
                 return false;
             }
@@ -1153,7 +1077,7 @@ impl<D: Daemon> Driver<D> {
                 break;
             }
             let Some(c) = self.conns.get_mut(key) else { return Delivery::Close };
-            let frame = match c.decoder.next_frame() {
+            let frame = match c.framed.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(_) => {
@@ -1198,7 +1122,7 @@ impl<D: Daemon> Driver<D> {
                         loop {
                             match tls.reader().read(&mut plain) {
                                 Ok(0) => break,
-                                Ok(m) => c.decoder.push(plain.get(..m).unwrap_or(&[])),
+                                Ok(m) => c.framed.push(plain.get(..m).unwrap_or(&[])),
                                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                                 Err(_) => return ReadResult::Fail,
                             }
@@ -1217,15 +1141,9 @@ impl<D: Daemon> Driver<D> {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => return ReadResult::Fail,
                 },
-                None => match c.sock.read(&mut plain) {
-                    Ok(0) => return ReadResult::End,
-                    Ok(n) => {
-                        c.decoder.push(plain.get(..n).unwrap_or(&[]));
-                        n
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadResult::Empty,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => return ReadResult::Fail,
+                None => match c.framed.read_from(&mut c.sock) {
+                    ReadResult::Bytes(n) => n,
+                    other => return other,
                 },
             };
             // What the peer showed so far: bytes, a finished handshake, a certificate
@@ -1261,16 +1179,8 @@ impl<D: Daemon> Driver<D> {
                 }
             }
             None => {
-                while !c.plain_out.is_empty() {
-                    match c.sock.write(&c.plain_out) {
-                        Ok(0) => return false,
-                        Ok(n) => {
-                            c.plain_out.drain(..n);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(_) => return false,
-                    }
+                if !c.framed.write_to(&mut c.sock) {
+                    return false;
                 }
             }
         }
@@ -1323,15 +1233,8 @@ impl<D: Daemon> Driver<D> {
             self.stats.idle_closed += 1;
             self.close(k);
         }
-        let slow: Vec<usize> = self
-            .status_replies
-            .iter()
-            .filter(|(_, r)| now.saturating_duration_since(r.opened) > HANDSHAKE_TIMEOUT)
-            .map(|(k, _)| k)
-            .collect();
-        for k in slow {
-            let mut reply = self.status_replies.remove(k);
-            let _ = self.poll.registry().deregister(&mut reply.sock);
+        if let Some(status) = self.status.as_mut() {
+            status.sweep(self.poll.registry(), now);
         }
     }
 
@@ -1363,11 +1266,8 @@ impl<D: Daemon> Driver<D> {
                     // rustls takes at most its buffer limit (64 KiB) of unsent data, then
                     // refuses (WriteZero).
                     Some(tls) => tls.writer().write_all(&framed).is_ok(),
-                    None if c.plain_out.len().saturating_add(framed.len()) > STREAM_OUT_MAX => false,
-                    None => {
-                        c.plain_out.extend_from_slice(&framed);
-                        true
-                    }
+                    // At most STREAM_OUT_MAX.
+                    None => c.framed.queue(&t.payload).is_ok(),
                 };
                 if !queued {
                     // The peer does not read what it is sent: holding more for it would
@@ -1438,18 +1338,6 @@ enum Delivery {
     Close,
 }
 
-/// What one read from a stream gave.
-enum ReadResult {
-    /// This many bytes (TLS records or plain bytes).
-    Bytes(usize),
-    /// Nothing for now.
-    Empty,
-    /// The peer closed the stream.
-    End,
-    /// An error: close the stream.
-    Fail,
-}
-
 /// The source a connection counts against: its IPv4 address, or the /64 of its IPv6
 /// address (one host commonly holds a whole /64, so single IPv6 addresses are free).
 pub fn source_of(peer: SocketAddr) -> IpAddr {
@@ -1466,21 +1354,6 @@ pub fn source_of(peer: SocketAddr) -> IpAddr {
 fn out_of_descriptors(e: &io::Error) -> bool {
     // EMFILE, ENFILE, ENOBUFS, ENOMEM on Linux.
     matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
-}
-
-/// Writes what the status reader still lacks; true when the reply is finished (all
-/// written, or the reader went away).
-fn write_reply(r: &mut StatusReply) -> bool {
-    loop {
-        let Some(rest) = r.text.get(r.sent..).filter(|rest| !rest.is_empty()) else { return true };
-        match r.sock.write(rest) {
-            Ok(0) => return true,
-            Ok(n) => r.sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return true,
-        }
-    }
 }
 
 /// Sends one datagram: to a peer that wrote to a wildcard socket, from that socket and
