@@ -27,25 +27,26 @@ use crate::icmp;
 use crate::netlink::{overlapping_routes, usable_local_addrs, ChangeDebounce, Netlink};
 use crate::servers::{ServerAddrs, QUERY_BIT};
 use crate::tls::{ClientCert, LoginTls, LoginTlsConfig, LoginTlsError};
-use mio::net::{TcpStream, UdpSocket, UnixListener};
+use mio::net::{TcpStream, UdpSocket};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Poll, Token};
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use ntm_cmdline::Failure;
+use ntm_io::{Clock, Framed, ReadResult, Refused, StatusSocket, Turn};
 use ntm_proto::crypto::pk::KeyPair;
 use ntm_proto::crypto::TAG_LEN;
 use ntm_proto::dns::{Locator, LocatorConfig};
 use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, PathKind, ResolveId, SendError};
 use ntm_proto::engine::{DcLocation, DnsAnswer, Engine, Received, StreamKind, Transmit, Via};
 use ntm_proto::time::Instant;
-use ntm_proto::wire::frame::{encode_frame, FrameDecoder, FRAME_MAX};
+use ntm_proto::wire::frame::encode_frame;
 use ntm_proto::wire::login::{Credential, IdToken, Password};
 use ntm_proto::wire::registration::KeepaliveMethod;
 use ntm_proto::wire::{Text, VirtualAddrs, HEADER_LEN};
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 
@@ -60,6 +61,8 @@ const CONTROL: Token = Token(8);
 const SIGNALS: Token = Token(9);
 const AS_CONN: Token = Token(10);
 const NS_CONN: Token = Token(11);
+/// Status answers still being written (see `ntm_io::StatusSocket`).
+const STATUS_REPLY_BASE: usize = 16;
 
 /// Bytes a tunnel adds to an inner packet: outer IP, UDP, the NTMobile header and tag.
 const OVERHEAD_V4: u16 = 20 + 8 + (HEADER_LEN + TAG_LEN) as u16;
@@ -72,6 +75,9 @@ const LINK_MTU: u16 = 1500;
 const READ_BUDGET: usize = 2 * BATCH;
 /// Bytes read from the NS stream per loop turn.
 const STREAM_READ_BUDGET: usize = 64 * 1024;
+/// Most bytes queued for the NS: a peer that never reads cannot make us buffer without
+/// bound (a frame that would go over is dropped; the node's retries cover it).
+const NS_OUT_MAX: usize = 64 * 1024;
 /// How long a TCP connection to the AS or the NS may take to open before the node is told
 /// it failed and tries the server's next address (one SYN retransmission fits).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -99,17 +105,13 @@ struct Counters {
     oversized: u64,
     network_changes: u64,
     tls_failures: u64,
-    /// Loop turns, and the times a source still had input when its budget ran out.
-    turns: u64,
-    budget_exhausted: u64,
 }
 
 /// A plain TCP stream to the NS.
 struct NsConn {
     stream: TcpStream,
     peer: SocketAddr,
-    out: Vec<u8>,
-    decoder: FrameDecoder,
+    framed: Framed,
     connecting: bool,
     /// Given up on if still connecting then.
     connect_by: std::time::Instant,
@@ -122,7 +124,7 @@ pub struct Agent {
     token_seen: Option<std::time::SystemTime>,
     token_checked: std::time::Instant,
     poll: Poll,
-    start: std::time::Instant,
+    clock: Clock,
     node: Node,
     udp4: Option<UdpSocket>,
     udp6: Option<UdpSocket>,
@@ -137,7 +139,7 @@ pub struct Agent {
     locator: Locator,
     resolves: HashMap<ResolveId, u64>,
     tls_cfg: LoginTlsConfig,
-    as_conn: Option<(LoginTls, SocketAddr, FrameDecoder)>,
+    as_conn: Option<(LoginTls, SocketAddr, Framed)>,
     /// The AS connection is given up on if not open by then.
     as_connect_by: Option<std::time::Instant>,
     /// The AS's and the static DC's addresses, names resolved through `dns.upstream`.
@@ -151,18 +153,17 @@ pub struct Agent {
     /// Sealed datagrams the kernel refused for want of a route, to be sent again.
     held: Held,
     local_addrs: Vec<SocketAddr>,
-    control: UnixListener,
+    control: StatusSocket,
     signals: SignalFd,
     counters: Counters,
     /// Tunnel datagrams received in one call; packets from the TUN device sealed in place
     /// and sent in one call.
     rx: Batch,
     tx: Batch,
-    /// Sources that used up their budget with input left: edge-triggered readiness will
-    /// not report them again, so they are read on the next turn without sleeping.
-    again: Vec<Token>,
-    /// The sources to read this turn (kept to reuse its allocation).
-    ready: Vec<(Token, bool)>,
+    /// The poll's events, and the sources that used up their budget with input left:
+    /// edge-triggered readiness will not report them again, so they are read on the next
+    /// turn without sleeping.
+    turn: Turn,
     stop: bool,
 }
 
@@ -417,19 +418,8 @@ impl Agent {
 
         let path = std::path::Path::new(cfg.status_socket.as_str());
         // A socket left by an earlier run is replaced; anything else at that path is not ours.
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            use std::os::unix::fs::FileTypeExt;
-            if !meta.file_type().is_socket() {
-                return Err(format!("status socket {}: exists and is not a socket", path.display()).into());
-            }
-            let _ = std::fs::remove_file(path);
-        }
-        let mut control = UnixListener::bind(path).map_err(|e| format!("status socket {}: {e}", path.display()))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| format!("status socket {}: {e}", path.display()))?;
-        }
+        let control = StatusSocket::bind(path, poll.registry(), CONTROL, STATUS_REPLY_BASE)
+            .map_err(|e| format!("status socket {}: {e}", path.display()))?;
 
         let mut mask = SigSet::empty();
         for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -456,13 +446,12 @@ impl Agent {
             r.register(s, DNS_UP6, Interest::READABLE)?;
         }
         r.register(&mut SourceFd(&netlink.as_raw_fd()), NETLINK, Interest::READABLE)?;
-        r.register(&mut control, CONTROL, Interest::READABLE)?;
         r.register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
 
         Ok(Agent {
             cfg,
             poll,
-            start: std::time::Instant::now(),
+            clock: Clock::from_zero(),
             node,
             udp4,
             udp6,
@@ -494,21 +483,19 @@ impl Agent {
             counters: Counters::default(),
             rx: Batch::new(),
             tx: Batch::new(),
-            again: Vec::new(),
-            ready: Vec::new(),
+            turn: Turn::new(256),
             stop: false,
         })
     }
 
     /// The engine's clock: milliseconds since the agent started (monotonic).
     fn now(&self) -> Instant {
-        Instant::from_millis(u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX))
+        self.clock.now()
     }
 
     /// A wall-clock instant on the engine's clock.
     fn engine_time(&self, t: std::time::Instant) -> Instant {
-        let ms = t.saturating_duration_since(self.start).as_millis();
-        Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        self.clock.at(t)
     }
 
     /// Runs until SIGTERM or SIGINT.
@@ -520,43 +507,25 @@ impl Agent {
         } else {
             log::warn!("no usable address yet; waiting for the network");
         }
-        let mut events = Events::with_capacity(256);
         while !self.stop {
             let now = self.now();
             self.timers(now);
             self.flush(now);
-            let wait = if self.again.is_empty() {
-                self.next_deadline().map_or(std::time::Duration::from_secs(60), |at| {
-                    std::time::Duration::from_millis(at.saturating_duration_since(self.now()).as_millis() as u64)
-                })
-            } else {
-                std::time::Duration::ZERO
-            };
-            match self.poll.poll(&mut events, Some(wait)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            self.counters.turns += 1;
-            let mut ready = std::mem::take(&mut self.ready);
-            ready.clear();
-            ready.extend(events.iter().map(|ev| (ev.token(), ev.is_writable())));
-            for t in self.again.drain(..) {
-                if !ready.iter().any(|(r, _)| *r == t) {
-                    ready.push((t, false));
-                }
-            }
-            for &(token, writable) in &ready {
-                match token {
-                    UDP4 | UDP6 => self.read_udp(token),
+            let wait = self.next_deadline().map_or(std::time::Duration::from_secs(60), |at| self.clock.until(at));
+            // The poll's sources, then those left with input last turn (without sleeping).
+            let ready = self.turn.wait(&mut self.poll, wait)?;
+            for r in &ready {
+                match r.token {
+                    UDP4 | UDP6 => self.read_udp(r.token),
                     TUN => self.read_tun(),
                     DNS_CLIENT => self.read_dns_client(),
-                    DNS_UP4 | DNS_UP6 => self.read_dns_upstream(token),
+                    DNS_UP4 | DNS_UP6 => self.read_dns_upstream(r.token),
                     NETLINK => self.read_netlink(),
                     CONTROL => self.serve_status(),
                     SIGNALS => self.read_signals(),
                     AS_CONN => self.drive_as(),
-                    NS_CONN => self.drive_ns(writable),
+                    NS_CONN => self.drive_ns(r.writable),
+                    t if self.control.owns(t) => self.control.writable(self.poll.registry(), t),
                     _ => {}
                 }
                 // What this source's input produced goes out before the next source is
@@ -564,9 +533,9 @@ impl Agent {
                 let now = self.now();
                 self.flush(now);
             }
-            self.ready = ready;
+            self.turn.done(ready);
         }
-        let _ = std::fs::remove_file(self.cfg.status_socket.as_str());
+        self.control.remove_file();
         log::info!("stopped");
         Ok(())
     }
@@ -585,6 +554,7 @@ impl Agent {
             self.dc_addrs.deadline(),
             self.as_connect_by.map(|t| self.engine_time(t)),
             self.ns_conn.as_ref().filter(|c| c.connecting).map(|c| self.engine_time(c.connect_by)),
+            self.control.deadline().map(|t| self.engine_time(t)),
         ]
         .into_iter()
         .flatten()
@@ -637,6 +607,9 @@ impl Agent {
             self.dc_addrs.resolve(now, &mut self.locator, &mut self.next_lookup);
         }
         self.connect_timeouts(now);
+        if self.control.deadline().is_some_and(|t| t <= std::time::Instant::now()) {
+            self.control.sweep(self.poll.registry(), std::time::Instant::now());
+        }
     }
 
     /// Looks up the servers given by name again (start, network change).
@@ -701,7 +674,7 @@ impl Agent {
         let mut read = 0;
         loop {
             if read >= READ_BUDGET {
-                self.budget_spent(token);
+                self.turn.spent(token);
                 return;
             }
             // WouldBlock ends the drain; so does any other error (as for one datagram at
@@ -741,7 +714,7 @@ impl Agent {
         let mut read = 0;
         loop {
             if read >= READ_BUDGET {
-                self.budget_spent(TUN);
+                self.turn.spent(TUN);
                 return;
             }
             let now = self.now();
@@ -857,7 +830,7 @@ impl Agent {
                 self.resolves.insert(id, token);
             }
         }
-        self.budget_spent(DNS_CLIENT);
+        self.turn.spent(DNS_CLIENT);
     }
 
     fn read_dns_upstream(&mut self, token: Token) {
@@ -876,13 +849,7 @@ impl Agent {
             self.stub.handle_upstream(now, from, reply);
             self.locator.handle_response(now, from, reply);
         }
-        self.budget_spent(token);
-    }
-
-    /// `token` still had input when its budget for this turn ran out.
-    fn budget_spent(&mut self, token: Token) {
-        self.counters.budget_exhausted += 1;
-        self.again.push(token);
+        self.turn.spent(token);
     }
 
     fn read_netlink(&mut self) {
@@ -957,17 +924,17 @@ impl Agent {
 
     fn drive_as(&mut self) {
         let now = self.now();
-        let Some((tls, peer, decoder)) = self.as_conn.as_mut() else { return };
+        let Some((tls, peer, framed)) = self.as_conn.as_mut() else { return };
         let peer = *peer;
         if tls.stream_mut().peer_addr().is_ok() {
             self.as_connect_by = None;
         }
         let result = tls.drive();
-        decoder.push(&tls.take_received());
+        framed.push(&tls.take_received());
         let mut frames = Vec::new();
         let mut bad = false;
         loop {
-            match decoder.next_frame() {
+            match framed.next_frame() {
                 Ok(Some(f)) => frames.push(f),
                 Ok(None) => break,
                 Err(_) => {
@@ -1023,7 +990,8 @@ impl Agent {
             // without a real-time clock it reads 1970; then dates cannot be judged).
             self.tls_cfg.unix_time = wall_clock();
             let tls = LoginTls::new(stream, &self.tls_cfg, rand_core::OsRng);
-            self.as_conn = Some((tls, dst, FrameDecoder::new()));
+            // Its frames go out through the TLS session, which holds them.
+            self.as_conn = Some((tls, dst, Framed::new(0)));
             self.as_connect_by = Some(std::time::Instant::now() + CONNECT_TIMEOUT);
         }
         let Ok(framed) = encode_frame(payload) else { return };
@@ -1049,31 +1017,13 @@ impl Agent {
         }
         let mut frames = Vec::new();
         if !dead && !c.connecting {
-            let mut buf = [0u8; 4096];
-            let mut budget = STREAM_READ_BUDGET;
-            loop {
-                if budget == 0 {
-                    more = true;
-                    break;
-                }
-                match c.stream.read(&mut buf) {
-                    Ok(0) => {
-                        dead = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        budget = budget.saturating_sub(n);
-                        c.decoder.push(buf.get(..n).unwrap_or(&[]));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        dead = true;
-                        break;
-                    }
-                }
+            match c.framed.fill(&mut c.stream, STREAM_READ_BUDGET) {
+                ReadResult::Bytes(_) => more = true,
+                ReadResult::Empty => {}
+                ReadResult::End | ReadResult::Fail => dead = true,
             }
             loop {
-                match c.decoder.next_frame() {
+                match c.framed.next_frame() {
                     Ok(Some(f)) => frames.push(f),
                     Ok(None) => break,
                     Err(_) => {
@@ -1082,21 +1032,11 @@ impl Agent {
                     }
                 }
             }
-            if c.decoder.buffered() > 2 + FRAME_MAX {
+            if c.framed.over_cap() || (!dead && !c.framed.write_to(&mut c.stream)) {
                 dead = true;
             }
-            while !c.out.is_empty() && !dead {
-                match c.stream.write(&c.out) {
-                    Ok(0) => dead = true,
-                    Ok(n) => {
-                        c.out.drain(..n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => dead = true,
-                }
-            }
         }
-        let interest = if c.connecting || !c.out.is_empty() {
+        let interest = if c.connecting || c.framed.queued() > 0 {
             Interest::READABLE | Interest::WRITABLE
         } else {
             Interest::READABLE
@@ -1109,7 +1049,7 @@ impl Agent {
             self.drop_ns_conn();
             self.node.handle_stream_closed(now, StreamKind::Tcp, peer);
         } else if more {
-            self.budget_spent(NS_CONN);
+            self.turn.spent(NS_CONN);
         }
     }
 
@@ -1157,17 +1097,15 @@ impl Agent {
             self.ns_conn = Some(NsConn {
                 stream,
                 peer: dst,
-                out: Vec::new(),
-                decoder: FrameDecoder::new(),
+                framed: Framed::new(NS_OUT_MAX),
                 connecting: true,
                 connect_by: std::time::Instant::now() + CONNECT_TIMEOUT,
             });
         }
-        let Ok(framed) = encode_frame(payload) else { return };
         if let Some(c) = self.ns_conn.as_mut() {
-            // A peer that never reads cannot make us buffer without bound.
-            if c.out.len() + framed.len() <= 64 * 1024 {
-                c.out.extend_from_slice(&framed);
+            // Over NS_OUT_MAX the frame is dropped.
+            if c.framed.queue(payload) == Err(Refused::TooLong) {
+                return;
             }
         }
         self.drive_ns(true);
@@ -1329,14 +1267,11 @@ impl Agent {
 
     fn serve_status(&mut self) {
         for _ in 0..READ_BUDGET {
-            let (mut s, _) = match self.control.accept() {
-                Ok(x) => x,
-                Err(_) => return,
-            };
+            let Ok(sock) = self.control.accept() else { return };
             let text = self.status();
-            let _ = s.write_all(text.as_bytes());
+            self.control.answer(self.poll.registry(), sock, text.into_bytes());
         }
-        self.budget_spent(CONTROL);
+        self.turn.spent(CONTROL);
     }
 
     fn status(&self) -> String {
@@ -1395,8 +1330,8 @@ impl Agent {
             .num("resent_to_moved_peer", self.node.resent_packets())
             .num("tls_failures", c.tls_failures)
             .num("netlink_undecodable", self.netlink.undecodable())
-            .num("loop_turns", c.turns)
-            .num("budget_exhausted", c.budget_exhausted)
+            .num("loop_turns", self.turn.turns())
+            .num("budget_exhausted", self.turn.budget_exhausted())
             .close();
         j.open(Some("dropped"));
         for why in ntm_proto::engine::Drop::ALL {
