@@ -17,38 +17,44 @@
 //! After every batch of input the loop drains the engine's outputs (transmits, DNS
 //! queries, events) and sleeps until the next input or the earliest deadline of the
 //! engine, the DNS stub, the DC locator and the netlink debounce.
+//!
+//! The loop wires parts together: the I/O layer shared with the servers (`ntm_io`: the
+//! turn and its again list, framed streams, the status socket, the clock), the node
+//! engine, the DNS stub, the DC locator, the TUN device and netlink. What each source
+//! does lives beside this file: `datapath.rs` (tunnel sockets and the TUN device),
+//! `streams.rs` (the AS and the NS), `status.rs` (`ntmd status`); the files it reads are
+//! `crate::material`'s.
 
-use crate::batch::{Batch, BATCH, SLOT_LEN};
+use crate::batch::{Batch, BATCH};
 use crate::config::{AgentFile, Route};
-use crate::control::Json;
 use crate::dnsstub::{Dest, DnsStub, Outcome, StubConfig};
 use crate::held::Held;
-use crate::icmp;
+use crate::material::{credential, Material};
 use crate::netlink::{overlapping_routes, usable_local_addrs, ChangeDebounce, Netlink};
 use crate::servers::{ServerAddrs, QUERY_BIT};
-use crate::tls::{ClientCert, LoginTls, LoginTlsConfig, LoginTlsError};
-use mio::net::{TcpStream, UdpSocket};
+use crate::tls::{LoginTls, LoginTlsConfig};
+use datapath::{bind_udp6_only, size_buffers, tunnel_socket};
+use mio::net::UdpSocket;
 use mio::unix::SourceFd;
 use mio::{Interest, Poll, Token};
-use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use ntm_cmdline::Failure;
-use ntm_io::{Clock, Framed, ReadResult, Refused, StatusSocket, Turn};
-use ntm_proto::crypto::pk::KeyPair;
-use ntm_proto::crypto::TAG_LEN;
+use ntm_io::{Clock, Framed, StatusSocket, Turn};
 use ntm_proto::dns::{Locator, LocatorConfig};
-use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, PathKind, ResolveId, SendError};
-use ntm_proto::engine::{DcLocation, DnsAnswer, Engine, Received, StreamKind, Transmit, Via};
+use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, ResolveId};
+use ntm_proto::engine::{DcLocation, DnsAnswer, Engine, StreamKind, Transmit, Via};
 use ntm_proto::time::Instant;
-use ntm_proto::wire::frame::encode_frame;
-use ntm_proto::wire::login::{Credential, IdToken, Password};
 use ntm_proto::wire::registration::KeepaliveMethod;
-use ntm_proto::wire::{Text, VirtualAddrs, HEADER_LEN};
+use ntm_proto::wire::VirtualAddrs;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use streams::NsConn;
+
+mod datapath;
+mod status;
+mod streams;
 
 const UDP4: Token = Token(1);
 const UDP6: Token = Token(2);
@@ -64,30 +70,10 @@ const NS_CONN: Token = Token(11);
 /// Status answers still being written (see `ntm_io::StatusSocket`).
 const STATUS_REPLY_BASE: usize = 16;
 
-/// Bytes a tunnel adds to an inner packet: outer IP, UDP, the NTMobile header and tag.
-const OVERHEAD_V4: u16 = 20 + 8 + (HEADER_LEN + TAG_LEN) as u16;
-const OVERHEAD_V6: u16 = 40 + 8 + (HEADER_LEN + TAG_LEN) as u16;
 /// How often the ID token file is looked at for a new token.
 const TOKEN_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
-/// The physical MTU assumed for the path (tunnel packets must fit in it).
-const LINK_MTU: u16 = 1500;
 /// Datagrams or packets read from one source per loop turn (two receive batches).
 const READ_BUDGET: usize = 2 * BATCH;
-/// Bytes read from the NS stream per loop turn.
-const STREAM_READ_BUDGET: usize = 64 * 1024;
-/// Most bytes queued for the NS: a peer that never reads cannot make us buffer without
-/// bound (a frame that would go over is dropped; the node's retries cover it).
-const NS_OUT_MAX: usize = 64 * 1024;
-/// How long a TCP connection to the AS or the NS may take to open before the node is told
-/// it failed and tries the server's next address (one SYN retransmission fits).
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
-/// How long data sent to the AS or the NS may go unacknowledged before the kernel gives
-/// the connection up (TCP_USER_TIMEOUT). Without it a path that died (an address gone, a
-/// NAT mapping expired) holds the connection, and whatever we queue on it, for the many
-/// minutes of TCP's retransmissions; with it the loss shows as a read error and the node
-/// reconnects.
-const STREAM_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
-
 /// Why the agent could not start.
 pub type StartError = Box<dyn std::error::Error>;
 
@@ -105,16 +91,6 @@ struct Counters {
     oversized: u64,
     network_changes: u64,
     tls_failures: u64,
-}
-
-/// A plain TCP stream to the NS.
-struct NsConn {
-    stream: TcpStream,
-    peer: SocketAddr,
-    framed: Framed,
-    connecting: bool,
-    /// Given up on if still connecting then.
-    connect_by: std::time::Instant,
 }
 
 /// The agent.
@@ -173,97 +149,10 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-/// Seconds since 1970 if the system clock is plausibly set (past 2025-01-01).
-fn wall_clock() -> Option<u64> {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
-    (secs > 1_735_689_600).then_some(secs)
-}
-
-fn read_pem_chain(path: &str) -> Result<Vec<Vec<u8>>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    let mut out = Vec::new();
-    let mut rest = text.as_str();
-    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
-        let end_marker = "-----END CERTIFICATE-----";
-        let Some(end) = rest[start..].find(end_marker) else { break };
-        let block = &rest[start..start + end + end_marker.len()];
-        let (_, der) = pem_rfc7468::decode_vec(block.as_bytes()).map_err(|e| format!("{path}: {e}"))?;
-        out.push(der);
-        rest = &rest[start + end + end_marker.len()..];
-    }
-    if out.is_empty() {
-        return Err(format!("{path}: no certificate"));
-    }
-    Ok(out)
-}
-
-fn read_key(path: &str) -> Result<p256::SecretKey, String> {
-    use p256::pkcs8::DecodePrivateKey;
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    p256::SecretKey::from_pkcs8_pem(&text).map_err(|e| format!("{path}: not a P-256 PKCS#8 key: {e}"))
-}
-
-fn read_secret_line(path: &str) -> Result<Vec<u8>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    let line = text.lines().next().unwrap_or("").as_bytes().to_vec();
-    if line.is_empty() {
-        return Err(format!("{path}: empty"));
-    }
-    Ok(line)
-}
-
 fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let std = std::net::UdpSocket::bind(addr)?;
     std.set_nonblocking(true)?;
     Ok(UdpSocket::from_std(std))
-}
-
-/// Room in the kernel for tunnel datagrams while the loop is busy: a TCP burst through
-/// the tunnel arrives faster than one thread takes it for a moment, and every datagram
-/// the default buffer (about 200 KiB) drops costs the application a retransmission.
-const TUNNEL_SOCKET_BUFFER: usize = 2 * 1024 * 1024;
-
-/// Sets the tunnel socket's buffers (as root beyond the sysctl limits, else up to them).
-fn size_buffers(sock: &UdpSocket) {
-    use nix::sys::socket::{setsockopt, sockopt};
-    use std::os::fd::AsFd;
-    let fd = sock.as_fd();
-    let n = &TUNNEL_SOCKET_BUFFER;
-    let forced = setsockopt(&fd, sockopt::RcvBufForce, n).and_then(|()| setsockopt(&fd, sockopt::SndBufForce, n));
-    if forced.is_err()
-        && setsockopt(&fd, sockopt::RcvBuf, n).and_then(|()| setsockopt(&fd, sockopt::SndBuf, n)).is_err()
-    {
-        log::debug!("could not size the tunnel socket's buffers");
-    }
-}
-
-/// An IPv6-only socket on `port`: the IPv4 socket owns the port's IPv4 side (the kernel's
-/// default would let `[::]` take IPv4 too and the second bind would fail).
-fn bind_udp6_only(port: u16) -> io::Result<UdpSocket> {
-    use nix::sys::socket::{bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn6};
-    let fd = socket(AddressFamily::Inet6, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
-    setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
-    let any = std::net::SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, port, 0, 0);
-    bind(fd.as_raw_fd(), &SockaddrIn6::from(any))?;
-    Ok(UdpSocket::from_std(std::net::UdpSocket::from(fd)))
-}
-
-/// A tunnel socket, or None if this host lacks the family (its kernel has no IPv6, or no
-/// address of it at all); an error for everything else.
-fn tunnel_socket(family: &str, port: u16, bound: io::Result<UdpSocket>) -> Result<Option<UdpSocket>, String> {
-    match bound {
-        Ok(s) => Ok(Some(s)),
-        Err(e)
-            if matches!(
-                e.raw_os_error().map(Errno::from_raw),
-                Some(Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL | Errno::EPROTONOSUPPORT)
-            ) =>
-        {
-            log::info!("no {family} tunnel socket: {e}");
-            Ok(None)
-        }
-        Err(e) => Err(format!("cannot bind the {family} tunnel port UDP {port}: {e}")),
-    }
 }
 
 /// The configured resolvers, those of a family we have an address of first (a query's
@@ -273,64 +162,6 @@ fn upstream_order(upstream: &[SocketAddr], local: &[SocketAddr]) -> Vec<SocketAd
     let mut v = upstream.to_vec();
     v.sort_by_key(|u| !local.iter().any(|l| l.is_ipv4() == u.is_ipv4()));
     v
-}
-
-/// The current credential, read from its files (an ID token file is looked at again every
-/// 30 s and re-read when it changed).
-fn credential(cfg: &AgentFile) -> Result<Credential, Failure> {
-    if cfg.credential.device.is_some() {
-        return Ok(Credential::DeviceCertificate);
-    }
-    if let Some(p) = &cfg.credential.password {
-        let pw = read_secret_line(&p.password_file)?;
-        let password = Password::new(&pw).map_err(|e| format!("{}: {e}", p.password_file))?;
-        let email = Text::new(&p.email).map_err(|e| Failure::usage(format!("credential.password.email: {e}")))?;
-        return Ok(Credential::Password { email, password });
-    }
-    if let Some(path) = &cfg.credential.oidc_token_file {
-        let t = read_secret_line(path)?;
-        return Ok(Credential::OidcToken(IdToken::new(&t).map_err(|e| format!("{path}: {e}"))?));
-    }
-    Err(Failure::usage("no credential"))
-}
-
-/// What the agent reads from files besides its configuration: checked by `ntmd check`
-/// as well as at start, so a typo in a path shows before the box reboots into it.
-pub struct Material {
-    tls: LoginTlsConfig,
-    key_pair: Option<KeyPair>,
-    credential: Credential,
-    routes: Vec<Route>,
-}
-
-impl std::fmt::Debug for Material {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Material").field("routes", &self.routes).finish_non_exhaustive()
-    }
-}
-
-impl Material {
-    /// Reads the CA, the device certificate and key or the password or token file.
-    /// A value of the configuration is a usage error (exit 2); a file it names that cannot
-    /// be read or used (a missing or garbage key, a certificate that does not match it) is
-    /// a failure at run time (exit 1).
-    pub fn load(cfg: &AgentFile) -> Result<Self, Failure> {
-        let routes = cfg.routes().map_err(|e| Failure::usage(format!("virtual_routes: {e}")))?;
-        let as_name = cfg.account_server_name.as_ref().ok_or_else(|| Failure::usage("account_server_name: missing"))?;
-        let ca_der =
-            read_pem_chain(&cfg.ca)?.into_iter().next().ok_or_else(|| Failure::runtime("no CA certificate"))?;
-        let (client, key_pair) = match &cfg.credential.device {
-            Some(d) => {
-                let key = read_key(&d.key)?;
-                let kp = KeyPair::from_secret(key.clone());
-                (Some(ClientCert { chain_der: read_pem_chain(&d.cert)?, key }), Some(kp))
-            }
-            None => (None, None),
-        };
-        let tls = LoginTlsConfig { ca_der, server_name: as_name.to_string(), client, unix_time: wall_clock() };
-        tls.check().map_err(|e| format!("certificates: {e}"))?;
-        Ok(Material { tls, key_pair, credential: credential(cfg)?, routes })
-    }
 }
 
 impl Agent {
@@ -632,190 +463,6 @@ impl Agent {
         }
     }
 
-    /// A connection to the AS or the NS that did not open in time is given up: the node
-    /// then tries the server's next address (an address of a family that has a route but
-    /// goes nowhere must not hold the login up for the whole TCP connect timeout).
-    fn connect_timeouts(&mut self, now: Instant) {
-        let wall = std::time::Instant::now();
-        if self.as_connect_by.is_some_and(|t| t <= wall) {
-            if let Some((_, peer, _)) = &self.as_conn {
-                log::warn!("no connection to the AS {peer} within {CONNECT_TIMEOUT:?}");
-            }
-            self.close_as(now);
-        }
-        if self.ns_conn.as_ref().is_some_and(|c| c.connecting && c.connect_by <= wall) {
-            if let Some(mut c) = self.ns_conn.take() {
-                log::warn!("no connection to the NS {} within {CONNECT_TIMEOUT:?}", c.peer);
-                let _ = self.poll.registry().deregister(&mut c.stream);
-                self.node.handle_stream_closed(now, StreamKind::Tcp, c.peer);
-            }
-        }
-    }
-
-    fn socket_for(&self, to: &SocketAddr) -> Option<&UdpSocket> {
-        if to.is_ipv4() {
-            self.udp4.as_ref()
-        } else {
-            self.udp6.as_ref()
-        }
-    }
-
-    fn send_udp(&mut self, to: SocketAddr, bytes: &[u8]) {
-        let ok = self.socket_for(&to).map(|s| s.send_to(bytes, to));
-        match ok {
-            Some(Ok(_)) => self.counters.udp_out += 1,
-            _ => self.counters.send_errors += 1,
-        }
-    }
-
-    fn read_udp(&mut self, token: Token) {
-        let sock = if token == UDP4 { self.udp4.as_ref() } else { self.udp6.as_ref() };
-        let Some(fd) = sock.map(|s| s.as_raw_fd()) else { return };
-        let mut read = 0;
-        loop {
-            if read >= READ_BUDGET {
-                self.turn.spent(token);
-                return;
-            }
-            // WouldBlock ends the drain; so does any other error (as for one datagram at
-            // a time before: the next readiness event tries again).
-            let Ok(n) = self.rx.recv(fd, token == UDP6) else { return };
-            read += n;
-            let now = self.now();
-            for i in 0..n {
-                self.counters.udp_in += 1;
-                let r = self.rx.received(i);
-                let Some(from) = r.from else { continue };
-                if r.truncated {
-                    self.counters.oversized += 1;
-                    continue;
-                }
-                let Some(data) = self.rx.slot_mut(i).get_mut(..r.len) else { continue };
-                if let Received::Ip(range) = self.node.handle_datagram(now, from, data) {
-                    if let Some(pkt) = data.get(range) {
-                        match self.tun.send(pkt) {
-                            Ok(_) => self.counters.tun_out += 1,
-                            Err(_) => self.counters.send_errors += 1,
-                        }
-                    }
-                }
-            }
-            // A short batch means the queue ran empty (recvmmsg stops at the first
-            // WouldBlock): no need for another call to hear it again.
-            if n < BATCH {
-                return;
-            }
-        }
-    }
-
-    /// Packets from applications: read up to a batch of them, seal each in place for its
-    /// tunnel, and send the batch.
-    fn read_tun(&mut self) {
-        let mut read = 0;
-        loop {
-            if read >= READ_BUDGET {
-                self.turn.spent(TUN);
-                return;
-            }
-            let now = self.now();
-            let mut sealed = 0;
-            let mut drained = false;
-            while sealed < BATCH {
-                let slot = self.tx.slot_mut(sealed);
-                let space = slot.get_mut(HEADER_LEN..SLOT_LEN - TAG_LEN).unwrap_or_default();
-                let room = space.len();
-                let n = match self.tun.recv(space) {
-                    Ok(n) if room > 0 => n,
-                    // WouldBlock, or an error (as before: stop until the next event).
-                    _ => {
-                        drained = true;
-                        break;
-                    }
-                };
-                self.counters.tun_in += 1;
-                read += 1;
-                if n > room {
-                    // Larger than the TUN MTU allows (TUN_MTU_MAX): cut short by the read.
-                    self.counters.send_errors += 1;
-                    continue;
-                }
-                let total = HEADER_LEN + n + TAG_LEN;
-                let Some(frame) = slot.get_mut(..total) else { continue };
-                // IPv4 without Don't Fragment may be as large as it likes: the outer datagram
-                // is fragmented instead. Everything else must fit the path.
-                let inner = frame.get(HEADER_LEN..).unwrap_or(&[]);
-                let may_fragment =
-                    inner.first().is_some_and(|b| b >> 4 == 4) && inner.get(6).is_some_and(|b| b & 0x40 == 0);
-                let path_mtu = |to: &SocketAddr| match (may_fragment, to.is_ipv4()) {
-                    (true, _) => u16::MAX,
-                    (false, true) => LINK_MTU - OVERHEAD_V4,
-                    (false, false) => LINK_MTU - OVERHEAD_V6,
-                };
-                match self.node.seal_ip_within(now, frame, path_mtu) {
-                    Ok(dst) => {
-                        self.tx.set(sealed, total, dst);
-                        sealed += 1;
-                    }
-                    Err(SendError::TooBig { mtu }) => {
-                        // Too big for the path: tell the sender (the packet is dropped).
-                        self.counters.too_big += 1;
-                        let reply = frame.get(HEADER_LEN..HEADER_LEN + n).and_then(|p| icmp::too_big(p, mtu));
-                        if let Some(r) = reply {
-                            let _ = self.tun.send(&r);
-                        }
-                    }
-                    Err(SendError::NoTunnel(_)) => {
-                        self.counters.no_tunnel += 1;
-                        let reply = frame.get(HEADER_LEN..HEADER_LEN + n).and_then(icmp::unreachable);
-                        if let Some(r) = reply {
-                            let _ = self.tun.send(&r);
-                        }
-                    }
-                    Err(_) => self.counters.send_errors += 1,
-                }
-            }
-            self.send_sealed(sealed);
-            if drained {
-                return;
-            }
-        }
-    }
-
-    /// Sends the first `count` slots of the send batch, in order, on the socket of each
-    /// one's family. A datagram the kernel refuses for want of a route is held (see
-    /// held.rs); any other it refuses is counted and dropped. The rest go.
-    fn send_sealed(&mut self, count: usize) {
-        let fd4 = self.udp4.as_ref().map(|s| s.as_raw_fd());
-        let fd6 = self.udp6.as_ref().map(|s| s.as_raw_fd());
-        let (held, now) = (&mut self.held, std::time::Instant::now());
-        let mut kept = 0;
-        let (sent, failed) = self.tx.send_all(count, fd4, fd6, |to, bytes, e| {
-            if held.hold(now, to, bytes, e) {
-                kept += 1;
-            }
-        });
-        self.counters.udp_out += sent;
-        self.counters.send_errors += failed.saturating_sub(kept);
-        // Something went out: the route may be back for what is held too.
-        if sent > 0 && !self.held.is_empty() {
-            self.send_held();
-        }
-    }
-
-    /// Tries the datagrams held for want of a route again.
-    fn send_held(&mut self) {
-        let (udp4, udp6) = (self.udp4.as_ref(), self.udp6.as_ref());
-        let sent = self.held.retry(std::time::Instant::now(), |to, bytes| {
-            let sock = if to.is_ipv4() { udp4 } else { udp6 };
-            match sock.map(|s| s.send_to(bytes, to)) {
-                Some(Ok(_)) => Ok(()),
-                Some(Err(e)) => Err(e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)),
-                None => Err(Errno::EAFNOSUPPORT),
-            }
-        });
-        self.counters.udp_out += sent;
-    }
-
     fn read_dns_client(&mut self) {
         let mut buf = [0u8; 1500];
         for _ in 0..READ_BUDGET {
@@ -920,195 +567,6 @@ impl Agent {
                 self.stop = true;
             }
         }
-    }
-
-    fn drive_as(&mut self) {
-        let now = self.now();
-        let Some((tls, peer, framed)) = self.as_conn.as_mut() else { return };
-        let peer = *peer;
-        if tls.stream_mut().peer_addr().is_ok() {
-            self.as_connect_by = None;
-        }
-        let result = tls.drive();
-        framed.push(&tls.take_received());
-        let mut frames = Vec::new();
-        let mut bad = false;
-        loop {
-            match framed.next_frame() {
-                Ok(Some(f)) => frames.push(f),
-                Ok(None) => break,
-                Err(_) => {
-                    bad = true;
-                    break;
-                }
-            }
-        }
-        let interest = if tls.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-        let _ = self.poll.registry().reregister(tls.stream_mut(), AS_CONN, interest);
-        for f in frames {
-            self.node.handle_stream(now, StreamKind::Tls, peer, None, &f);
-        }
-        if let Err(LoginTlsError::PeerClosed { during_handshake: false }) = result {
-            log::debug!("the AS {peer} closed the login session");
-            self.close_as(now);
-        } else if let Err(e) = result {
-            log::warn!("TLS to the AS {peer}: {e}");
-            self.counters.tls_failures += 1;
-            self.close_as(now);
-        } else if bad {
-            self.close_as(now);
-        }
-    }
-
-    fn close_as(&mut self, now: Instant) {
-        self.as_connect_by = None;
-        if let Some((mut tls, peer, _)) = self.as_conn.take() {
-            tls.close();
-            let _ = self.poll.registry().deregister(tls.stream_mut());
-            self.node.handle_stream_closed(now, StreamKind::Tls, peer);
-        }
-    }
-
-    fn send_as(&mut self, now: Instant, dst: SocketAddr, payload: &[u8]) {
-        if self.as_conn.as_ref().is_some_and(|(_, p, _)| *p != dst) {
-            self.close_as(now);
-        }
-        if self.as_conn.is_none() {
-            let mut stream = match TcpStream::connect(dst) {
-                Ok(s) => s,
-                Err(e) => {
-                    log::warn!("cannot connect to the AS {dst}: {e}");
-                    self.node.handle_stream_closed(now, StreamKind::Tls, dst);
-                    return;
-                }
-            };
-            set_user_timeout(&stream);
-            if self.poll.registry().register(&mut stream, AS_CONN, Interest::READABLE | Interest::WRITABLE).is_err() {
-                return;
-            }
-            // Certificate dates are checked when the clock is plausible (after boot
-            // without a real-time clock it reads 1970; then dates cannot be judged).
-            self.tls_cfg.unix_time = wall_clock();
-            let tls = LoginTls::new(stream, &self.tls_cfg, rand_core::OsRng);
-            // Its frames go out through the TLS session, which holds them.
-            self.as_conn = Some((tls, dst, Framed::new(0)));
-            self.as_connect_by = Some(std::time::Instant::now() + CONNECT_TIMEOUT);
-        }
-        let Ok(framed) = encode_frame(payload) else { return };
-        if let Some((tls, _, _)) = self.as_conn.as_mut() {
-            if let Err(e) = tls.send(&framed) {
-                log::warn!("TLS to the AS: {e}");
-            }
-        }
-        self.drive_as();
-    }
-
-    fn drive_ns(&mut self, writable: bool) {
-        let now = self.now();
-        let Some(c) = self.ns_conn.as_mut() else { return };
-        let peer = c.peer;
-        let (mut dead, mut more) = (false, false);
-        if c.connecting && writable {
-            match c.stream.take_error() {
-                Ok(None) if c.stream.peer_addr().is_ok() => c.connecting = false,
-                Ok(None) => {}
-                _ => dead = true,
-            }
-        }
-        let mut frames = Vec::new();
-        if !dead && !c.connecting {
-            match c.framed.fill(&mut c.stream, STREAM_READ_BUDGET) {
-                ReadResult::Bytes(_) => more = true,
-                ReadResult::Empty => {}
-                ReadResult::End | ReadResult::Fail => dead = true,
-            }
-            loop {
-                match c.framed.next_frame() {
-                    Ok(Some(f)) => frames.push(f),
-                    Ok(None) => break,
-                    Err(_) => {
-                        dead = true;
-                        break;
-                    }
-                }
-            }
-            if c.framed.over_cap() || (!dead && !c.framed.write_to(&mut c.stream)) {
-                dead = true;
-            }
-        }
-        let interest = if c.connecting || c.framed.queued() > 0 {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        let _ = self.poll.registry().reregister(&mut c.stream, NS_CONN, interest);
-        for f in frames {
-            self.node.handle_stream(now, StreamKind::Tcp, peer, None, &f);
-        }
-        if dead {
-            self.drop_ns_conn();
-            self.node.handle_stream_closed(now, StreamKind::Tcp, peer);
-        } else if more {
-            self.turn.spent(NS_CONN);
-        }
-    }
-
-    /// Closes the connection to the NS, if any, at once: a reset rather than a FIN, so
-    /// a connection on a dead path does not linger in the kernel retransmitting what was
-    /// queued on it.
-    fn drop_ns_conn(&mut self) {
-        if let Some(mut c) = self.ns_conn.take() {
-            let _ = self.poll.registry().deregister(&mut c.stream);
-            let abort = nix::libc::linger { l_onoff: 1, l_linger: 0 };
-            let _ = nix::sys::socket::setsockopt(&c.stream, nix::sys::socket::sockopt::Linger, &abort);
-        }
-    }
-
-    /// Whether the connection to the NS left from an address that is gone, or from one
-    /// the kernel would no longer use for the NS: after a network change it may be bound
-    /// to an address that was deleted, and such a connection does not fail by itself
-    /// until its retransmissions run out, many minutes later.
-    fn ns_conn_stale(&self) -> bool {
-        let Some(c) = self.ns_conn.as_ref() else { return false };
-        let Ok(local) = c.stream.local_addr() else { return true };
-        if !self.local_addrs.iter().any(|a| a.ip() == local.ip()) {
-            return true;
-        }
-        source_for(c.peer).is_none_or(|ip| ip != local.ip())
-    }
-
-    fn send_ns(&mut self, now: Instant, dst: SocketAddr, payload: &[u8]) {
-        if self.ns_conn.as_ref().is_some_and(|c| c.peer != dst) {
-            self.drop_ns_conn();
-        }
-        if self.ns_conn.is_none() {
-            let mut stream = match TcpStream::connect(dst) {
-                Ok(s) => s,
-                Err(e) => {
-                    log::warn!("cannot connect to the NS {dst}: {e}");
-                    self.node.handle_stream_closed(now, StreamKind::Tcp, dst);
-                    return;
-                }
-            };
-            set_user_timeout(&stream);
-            if self.poll.registry().register(&mut stream, NS_CONN, Interest::READABLE | Interest::WRITABLE).is_err() {
-                return;
-            }
-            self.ns_conn = Some(NsConn {
-                stream,
-                peer: dst,
-                framed: Framed::new(NS_OUT_MAX),
-                connecting: true,
-                connect_by: std::time::Instant::now() + CONNECT_TIMEOUT,
-            });
-        }
-        if let Some(c) = self.ns_conn.as_mut() {
-            // Over NS_OUT_MAX the frame is dropped.
-            if c.framed.queue(payload) == Err(Refused::TooLong) {
-                return;
-            }
-        }
-        self.drive_ns(true);
     }
 
     fn route(&mut self, now: Instant, t: Transmit) {
@@ -1263,114 +721,5 @@ impl Agent {
         if let Some(s) = sock {
             let _ = s.send_to(bytes, to);
         }
-    }
-
-    fn serve_status(&mut self) {
-        for _ in 0..READ_BUDGET {
-            let Ok(sock) = self.control.accept() else { return };
-            let text = self.status();
-            self.control.answer(self.poll.registry(), sock, text.into_bytes());
-        }
-        self.turn.spent(CONTROL);
-    }
-
-    fn status(&self) -> String {
-        let mut j = Json::new();
-        j.open(None);
-        match self.node.fqdn() {
-            Some(f) => j.str("fqdn", f.as_str()),
-            None => j.null("fqdn"),
-        };
-        j.bool("registered", self.node.is_registered());
-        j.bool("displaced", self.node.is_displaced());
-        j.bool("notifications_ready", self.node.notifications_ready());
-        match self.node.virtual_addrs() {
-            Some(v) => {
-                j.str("virtual_ipv4", &v.v4.to_string()).str("virtual_ipv6", &v.v6.to_string());
-            }
-            None => {
-                j.null("virtual_ipv4").null("virtual_ipv6");
-            }
-        }
-        j.array("local_addrs");
-        for a in &self.local_addrs {
-            j.open(None).str("addr", &a.to_string()).close();
-        }
-        j.end_array();
-        j.array("tunnels");
-        for t in self.node.tunnels() {
-            j.open(None)
-                .str("peer", t.peer.as_str())
-                .str("session", &t.session.to_string())
-                .str("peer_ipv4", &t.peer_virtual.v4.to_string())
-                .str("peer_ipv6", &t.peer_virtual.v6.to_string())
-                .bool("up", t.established)
-                .str("path", if t.path == PathKind::Relay { "relay" } else { "direct" })
-                .str("remote", &t.remote.map(|r| r.to_string()).unwrap_or_default())
-                .bool("superseded", t.superseded)
-                .num("rx_packets", t.rx_packets)
-                .num("tx_packets", t.tx_packets)
-                .close();
-        }
-        j.end_array();
-        let c = &self.counters;
-        j.open(Some("counters"))
-            .num("tun_in", c.tun_in)
-            .num("tun_out", c.tun_out)
-            .num("udp_in", c.udp_in)
-            .num("udp_out", c.udp_out)
-            .num("no_tunnel", c.no_tunnel)
-            .num("too_big", c.too_big)
-            .num("send_errors", c.send_errors)
-            .num("oversized", c.oversized)
-            .num("network_changes", c.network_changes)
-            .num("held_no_route", self.held.stats().held)
-            .num("held_sent", self.held.stats().sent)
-            .num("held_dropped", self.held.stats().dropped)
-            .num("resent_to_moved_peer", self.node.resent_packets())
-            .num("tls_failures", c.tls_failures)
-            .num("netlink_undecodable", self.netlink.undecodable())
-            .num("loop_turns", self.turn.turns())
-            .num("budget_exhausted", self.turn.budget_exhausted())
-            .close();
-        j.open(Some("dropped"));
-        for why in ntm_proto::engine::Drop::ALL {
-            j.num(why.name(), self.node.drops().get(why));
-        }
-        j.close();
-        let s = self.stub.stats();
-        j.open(Some("dns"))
-            .num("hooked", s.hooked)
-            .num("forwarded", s.forwarded)
-            .num("answered", s.answered)
-            .num("relayed", s.relayed)
-            .num("servfail", s.servfail)
-            .num("malformed", s.malformed)
-            .num("not_implemented", s.not_implemented)
-            .num("over_limit", s.over_limit)
-            .num("rate_limited", s.rate_limited)
-            .num("upstream_timeouts", s.upstream_timeouts)
-            .num("ignored", s.ignored)
-            .close();
-        j.close();
-        j.finish()
-    }
-}
-
-/// The source address the kernel would use toward `peer` now, if it has a route.
-fn source_for(peer: SocketAddr) -> Option<IpAddr> {
-    let any: SocketAddr =
-        if peer.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
-    // Connecting a UDP socket sends nothing; it only makes the kernel pick a route.
-    let probe = std::net::UdpSocket::bind(any).ok()?;
-    probe.connect(peer).ok()?;
-    probe.local_addr().ok().map(|a| a.ip())
-}
-
-/// Sets [`STREAM_USER_TIMEOUT`] on a connection to a server.
-fn set_user_timeout(stream: &TcpStream) {
-    let ms = u32::try_from(STREAM_USER_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
-    if let Err(e) = nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::TcpUserTimeout, &ms) {
-        log::debug!("TCP_USER_TIMEOUT: {e}");
     }
 }

@@ -8,10 +8,10 @@
 mod agent;
 mod batch;
 mod config;
-mod control;
 mod dnsstub;
 mod held;
 mod icmp;
+mod material;
 mod netlink;
 mod privs;
 mod servers;
@@ -30,9 +30,9 @@ const USAGE: ntm_cmdline::Usage = ntm_cmdline::Usage {
     commands: &[],
 };
 
-fn load(path: &std::path::Path) -> Result<(config::AgentFile, agent::Material), Failure> {
+fn load(path: &std::path::Path) -> Result<(config::AgentFile, material::Material), Failure> {
     let cfg = config::load(path)?;
-    let material = agent::Material::load(&cfg).map_err(|e| match e {
+    let material = material::Material::load(&cfg).map_err(|e| match e {
         Failure::Usage(m) | Failure::Config(m) => Failure::Config(format!("{}: {m}", path.display())),
         Failure::Runtime(m) => Failure::Runtime(format!("{}: {m}", path.display())),
     })?;

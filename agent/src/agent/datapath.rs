@@ -1,0 +1,242 @@
+//! The tunnel's data path: the UDP sockets (one port, both families where the host has
+//! them) and the TUN device. Datagrams come in up to a batch per system call and go to
+//! the engine, their inner packets to the TUN device; packets from the TUN device are
+//! sealed in place and sent a batch per call. Each source is read for at most
+//! `READ_BUDGET` per turn.
+
+use super::{Agent, READ_BUDGET, TUN, UDP4, UDP6};
+use crate::batch::{BATCH, SLOT_LEN};
+use crate::icmp;
+use mio::net::UdpSocket;
+use mio::Token;
+use nix::errno::Errno;
+use ntm_proto::crypto::TAG_LEN;
+use ntm_proto::engine::node::SendError;
+use ntm_proto::engine::{Engine, Received};
+use ntm_proto::wire::HEADER_LEN;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+/// Bytes a tunnel adds to an inner packet: outer IP, UDP, the NTMobile header and tag.
+const OVERHEAD_V4: u16 = 20 + 8 + (HEADER_LEN + TAG_LEN) as u16;
+const OVERHEAD_V6: u16 = 40 + 8 + (HEADER_LEN + TAG_LEN) as u16;
+/// The physical MTU assumed for the path (tunnel packets must fit in it).
+const LINK_MTU: u16 = 1500;
+/// Room in the kernel for tunnel datagrams while the loop is busy: a TCP burst through
+/// the tunnel arrives faster than one thread takes it for a moment, and every datagram
+/// the default buffer (about 200 KiB) drops costs the application a retransmission.
+const TUNNEL_SOCKET_BUFFER: usize = 2 * 1024 * 1024;
+
+/// Sets the tunnel socket's buffers (as root beyond the sysctl limits, else up to them).
+pub(super) fn size_buffers(sock: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    use std::os::fd::AsFd;
+    let fd = sock.as_fd();
+    let n = &TUNNEL_SOCKET_BUFFER;
+    let forced = setsockopt(&fd, sockopt::RcvBufForce, n).and_then(|()| setsockopt(&fd, sockopt::SndBufForce, n));
+    if forced.is_err()
+        && setsockopt(&fd, sockopt::RcvBuf, n).and_then(|()| setsockopt(&fd, sockopt::SndBuf, n)).is_err()
+    {
+        log::debug!("could not size the tunnel socket's buffers");
+    }
+}
+
+/// An IPv6-only socket on `port`: the IPv4 socket owns the port's IPv4 side (the kernel's
+/// default would let `[::]` take IPv4 too and the second bind would fail).
+pub(super) fn bind_udp6_only(port: u16) -> io::Result<UdpSocket> {
+    use nix::sys::socket::{bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn6};
+    let fd = socket(AddressFamily::Inet6, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    let any = std::net::SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, port, 0, 0);
+    bind(fd.as_raw_fd(), &SockaddrIn6::from(any))?;
+    Ok(UdpSocket::from_std(std::net::UdpSocket::from(fd)))
+}
+
+/// A tunnel socket, or None if this host lacks the family (its kernel has no IPv6, or no
+/// address of it at all); an error for everything else.
+pub(super) fn tunnel_socket(
+    family: &str,
+    port: u16,
+    bound: io::Result<UdpSocket>,
+) -> Result<Option<UdpSocket>, String> {
+    match bound {
+        Ok(s) => Ok(Some(s)),
+        Err(e)
+            if matches!(
+                e.raw_os_error().map(Errno::from_raw),
+                Some(Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL | Errno::EPROTONOSUPPORT)
+            ) =>
+        {
+            log::info!("no {family} tunnel socket: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(format!("cannot bind the {family} tunnel port UDP {port}: {e}")),
+    }
+}
+
+impl Agent {
+    pub(super) fn socket_for(&self, to: &SocketAddr) -> Option<&UdpSocket> {
+        if to.is_ipv4() {
+            self.udp4.as_ref()
+        } else {
+            self.udp6.as_ref()
+        }
+    }
+
+    pub(super) fn send_udp(&mut self, to: SocketAddr, bytes: &[u8]) {
+        let ok = self.socket_for(&to).map(|s| s.send_to(bytes, to));
+        match ok {
+            Some(Ok(_)) => self.counters.udp_out += 1,
+            _ => self.counters.send_errors += 1,
+        }
+    }
+
+    pub(super) fn read_udp(&mut self, token: Token) {
+        let sock = if token == UDP4 { self.udp4.as_ref() } else { self.udp6.as_ref() };
+        let Some(fd) = sock.map(|s| s.as_raw_fd()) else { return };
+        let mut read = 0;
+        loop {
+            if read >= READ_BUDGET {
+                self.turn.spent(token);
+                return;
+            }
+            // WouldBlock ends the drain; so does any other error (as for one datagram at
+            // a time before: the next readiness event tries again).
+            let Ok(n) = self.rx.recv(fd, token == UDP6) else { return };
+            read += n;
+            let now = self.now();
+            for i in 0..n {
+                self.counters.udp_in += 1;
+                let r = self.rx.received(i);
+                let Some(from) = r.from else { continue };
+                if r.truncated {
+                    self.counters.oversized += 1;
+                    continue;
+                }
+                let Some(data) = self.rx.slot_mut(i).get_mut(..r.len) else { continue };
+                if let Received::Ip(range) = self.node.handle_datagram(now, from, data) {
+                    if let Some(pkt) = data.get(range) {
+                        match self.tun.send(pkt) {
+                            Ok(_) => self.counters.tun_out += 1,
+                            Err(_) => self.counters.send_errors += 1,
+                        }
+                    }
+                }
+            }
+            // A short batch means the queue ran empty (recvmmsg stops at the first
+            // WouldBlock): no need for another call to hear it again.
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Packets from applications: read up to a batch of them, seal each in place for its
+    /// tunnel, and send the batch.
+    pub(super) fn read_tun(&mut self) {
+        let mut read = 0;
+        loop {
+            if read >= READ_BUDGET {
+                self.turn.spent(TUN);
+                return;
+            }
+            let now = self.now();
+            let mut sealed = 0;
+            let mut drained = false;
+            while sealed < BATCH {
+                let slot = self.tx.slot_mut(sealed);
+                let space = slot.get_mut(HEADER_LEN..SLOT_LEN - TAG_LEN).unwrap_or_default();
+                let room = space.len();
+                let n = match self.tun.recv(space) {
+                    Ok(n) if room > 0 => n,
+                    // WouldBlock, or an error (as before: stop until the next event).
+                    _ => {
+                        drained = true;
+                        break;
+                    }
+                };
+                self.counters.tun_in += 1;
+                read += 1;
+                if n > room {
+                    // Larger than the TUN MTU allows (TUN_MTU_MAX): cut short by the read.
+                    self.counters.send_errors += 1;
+                    continue;
+                }
+                let total = HEADER_LEN + n + TAG_LEN;
+                let Some(frame) = slot.get_mut(..total) else { continue };
+                // IPv4 without Don't Fragment may be as large as it likes: the outer datagram
+                // is fragmented instead. Everything else must fit the path.
+                let inner = frame.get(HEADER_LEN..).unwrap_or(&[]);
+                let may_fragment =
+                    inner.first().is_some_and(|b| b >> 4 == 4) && inner.get(6).is_some_and(|b| b & 0x40 == 0);
+                let path_mtu = |to: &SocketAddr| match (may_fragment, to.is_ipv4()) {
+                    (true, _) => u16::MAX,
+                    (false, true) => LINK_MTU - OVERHEAD_V4,
+                    (false, false) => LINK_MTU - OVERHEAD_V6,
+                };
+                match self.node.seal_ip_within(now, frame, path_mtu) {
+                    Ok(dst) => {
+                        self.tx.set(sealed, total, dst);
+                        sealed += 1;
+                    }
+                    Err(SendError::TooBig { mtu }) => {
+                        // Too big for the path: tell the sender (the packet is dropped).
+                        self.counters.too_big += 1;
+                        let reply = frame.get(HEADER_LEN..HEADER_LEN + n).and_then(|p| icmp::too_big(p, mtu));
+                        if let Some(r) = reply {
+                            let _ = self.tun.send(&r);
+                        }
+                    }
+                    Err(SendError::NoTunnel(_)) => {
+                        self.counters.no_tunnel += 1;
+                        let reply = frame.get(HEADER_LEN..HEADER_LEN + n).and_then(icmp::unreachable);
+                        if let Some(r) = reply {
+                            let _ = self.tun.send(&r);
+                        }
+                    }
+                    Err(_) => self.counters.send_errors += 1,
+                }
+            }
+            self.send_sealed(sealed);
+            if drained {
+                return;
+            }
+        }
+    }
+
+    /// Sends the first `count` slots of the send batch, in order, on the socket of each
+    /// one's family. A datagram the kernel refuses for want of a route is held (see
+    /// held.rs); any other it refuses is counted and dropped. The rest go.
+    pub(super) fn send_sealed(&mut self, count: usize) {
+        let fd4 = self.udp4.as_ref().map(|s| s.as_raw_fd());
+        let fd6 = self.udp6.as_ref().map(|s| s.as_raw_fd());
+        let (held, now) = (&mut self.held, std::time::Instant::now());
+        let mut kept = 0;
+        let (sent, failed) = self.tx.send_all(count, fd4, fd6, |to, bytes, e| {
+            if held.hold(now, to, bytes, e) {
+                kept += 1;
+            }
+        });
+        self.counters.udp_out += sent;
+        self.counters.send_errors += failed.saturating_sub(kept);
+        // Something went out: the route may be back for what is held too.
+        if sent > 0 && !self.held.is_empty() {
+            self.send_held();
+        }
+    }
+
+    /// Tries the datagrams held for want of a route again.
+    pub(super) fn send_held(&mut self) {
+        let (udp4, udp6) = (self.udp4.as_ref(), self.udp6.as_ref());
+        let sent = self.held.retry(std::time::Instant::now(), |to, bytes| {
+            let sock = if to.is_ipv4() { udp4 } else { udp6 };
+            match sock.map(|s| s.send_to(bytes, to)) {
+                Some(Ok(_)) => Ok(()),
+                Some(Err(e)) => Err(e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)),
+                None => Err(Errno::EAFNOSUPPORT),
+            }
+        });
+        self.counters.udp_out += sent;
+    }
+}
