@@ -736,7 +736,7 @@ impl<D: Daemon> Driver<D> {
                 Received::Handled | Received::Ip(_) => {}
             }
         }
-        self.turn.again(Token(UDP_BASE + i));
+        self.turn.spent(Token(UDP_BASE + i));
     }
 
     fn send_udp(&mut self, to: SocketAddr, bytes: &[u8]) {
@@ -757,7 +757,7 @@ impl<D: Daemon> Driver<D> {
                 l.handle_response(now, from, data);
             }
         }
-        self.turn.again(Token(DNS_BASE + i));
+        self.turn.spent(Token(DNS_BASE + i));
     }
 
     fn accept(&mut self, i: usize) {
@@ -843,7 +843,7 @@ impl<D: Daemon> Driver<D> {
             // under a flood hundreds, pick what to evict.
             self.conn_ready(key, true, false);
         }
-        self.turn.again(Token(LISTEN_BASE + i));
+        self.turn.spent(Token(LISTEN_BASE + i));
     }
 
     /// Closes the inbound connection not yet live that has made the least progress (of
@@ -1033,7 +1033,7 @@ impl<D: Daemon> Driver<D> {
                 return true;
             }
             if budget == 0 {
-                self.turn.again(Token(CONN_BASE + key));
+                self.turn.spent(Token(CONN_BASE + key));
                 return true;
             }
             match self.read_some(key) {

@@ -8,7 +8,7 @@ use super::{Agent, AS_CONN, NS_CONN};
 use crate::material::wall_clock;
 use crate::tls::{LoginTls, LoginTlsError};
 use mio::net::TcpStream;
-use mio::Interest;
+use mio::{Interest, Token};
 use ntm_io::{Framed, ReadResult, Refused};
 use ntm_proto::engine::{Engine, StreamKind};
 use ntm_proto::time::Instant;
@@ -108,23 +108,29 @@ impl Agent {
         }
     }
 
+    /// Opens a connection to the AS (`Tls`) or the NS (`Tcp`) and registers it as
+    /// `token`; if it cannot be opened, the node hears that the stream closed.
+    fn connect(&mut self, now: Instant, kind: StreamKind, dst: SocketAddr, token: Token) -> Option<TcpStream> {
+        let what = if kind == StreamKind::Tls { "AS" } else { "NS" };
+        let mut stream = match TcpStream::connect(dst) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("cannot connect to the {what} {dst}: {e}");
+                self.node.handle_stream_closed(now, kind, dst);
+                return None;
+            }
+        };
+        set_user_timeout(&stream);
+        self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).ok()?;
+        Some(stream)
+    }
+
     pub(super) fn send_as(&mut self, now: Instant, dst: SocketAddr, payload: &[u8]) {
         if self.as_conn.as_ref().is_some_and(|(_, p, _)| *p != dst) {
             self.close_as(now);
         }
         if self.as_conn.is_none() {
-            let mut stream = match TcpStream::connect(dst) {
-                Ok(s) => s,
-                Err(e) => {
-                    log::warn!("cannot connect to the AS {dst}: {e}");
-                    self.node.handle_stream_closed(now, StreamKind::Tls, dst);
-                    return;
-                }
-            };
-            set_user_timeout(&stream);
-            if self.poll.registry().register(&mut stream, AS_CONN, Interest::READABLE | Interest::WRITABLE).is_err() {
-                return;
-            }
+            let Some(stream) = self.connect(now, StreamKind::Tls, dst, AS_CONN) else { return };
             // Certificate dates are checked when the clock is plausible (after boot
             // without a real-time clock it reads 1970; then dates cannot be judged).
             self.tls_cfg.unix_time = wall_clock();
@@ -221,18 +227,7 @@ impl Agent {
             self.drop_ns_conn();
         }
         if self.ns_conn.is_none() {
-            let mut stream = match TcpStream::connect(dst) {
-                Ok(s) => s,
-                Err(e) => {
-                    log::warn!("cannot connect to the NS {dst}: {e}");
-                    self.node.handle_stream_closed(now, StreamKind::Tcp, dst);
-                    return;
-                }
-            };
-            set_user_timeout(&stream);
-            if self.poll.registry().register(&mut stream, NS_CONN, Interest::READABLE | Interest::WRITABLE).is_err() {
-                return;
-            }
+            let Some(stream) = self.connect(now, StreamKind::Tcp, dst, NS_CONN) else { return };
             self.ns_conn = Some(NsConn {
                 stream,
                 peer: dst,
