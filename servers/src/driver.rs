@@ -9,6 +9,11 @@
 //! library's sans-IO [`Locator`]. SIGTERM and SIGINT end the loop cleanly, SIGHUP asks the
 //! daemon to reload, and a Unix socket answers `status` with JSON.
 //!
+//! The pieces every loop needs are `ntm_io`'s, shared with the agent: the turn and its
+//! list of sources to read again, the framing of plain streams with its caps, the status
+//! socket and its partial writes, and the [`Clock`]. What is the servers' own stays here:
+//! TLS (rustls), the connection table and its limits, wildcard UDP sockets.
+//!
 //! Bad input never ends the loop: malformed datagrams and frames are the engine's to drop
 //! and count, and a misbehaving connection (bad TLS, oversize or empty frames, a peer that
 //! does not read what we send) is closed and counted here. No source is read for more than
