@@ -13,9 +13,6 @@ use ntm_proto::wire::frame::{encode_frame, FrameDecoder, FRAME_MAX};
 use ntm_proto::wire::WireError;
 use std::io::{self, Read, Write};
 
-/// Bytes read from a socket in one call.
-const READ_CHUNK: usize = 16 * 1024;
-
 /// What reading a stream gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadResult {
@@ -57,14 +54,14 @@ impl Framed {
         self.decoder.push(bytes);
     }
 
-    /// One read from `src` (retried if interrupted).
-    pub fn read_from(&mut self, src: &mut impl Read) -> ReadResult {
-        let mut chunk = [0u8; READ_CHUNK];
+    /// One read from `src` (retried if interrupted), of at most `scratch.len()` bytes:
+    /// the caller's buffer, so that each chooses what its stack can spare.
+    pub fn read_from(&mut self, src: &mut impl Read, scratch: &mut [u8]) -> ReadResult {
         loop {
-            return match src.read(&mut chunk) {
+            return match src.read(scratch) {
                 Ok(0) => ReadResult::End,
                 Ok(n) => {
-                    self.decoder.push(chunk.get(..n).unwrap_or(&[]));
+                    self.decoder.push(scratch.get(..n).unwrap_or(&[]));
                     ReadResult::Bytes(n)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadResult::Empty,
@@ -76,13 +73,13 @@ impl Framed {
 
     /// Reads from `src` until it has nothing more, ends or fails, or `budget` bytes came
     /// (then [`ReadResult::Bytes`]: the caller reads again on its next turn).
-    pub fn fill(&mut self, src: &mut impl Read, budget: usize) -> ReadResult {
+    pub fn fill(&mut self, src: &mut impl Read, scratch: &mut [u8], budget: usize) -> ReadResult {
         let mut left = budget;
         loop {
             if left == 0 {
                 return ReadResult::Bytes(budget);
             }
-            match self.read_from(src) {
+            match self.read_from(src, scratch) {
                 ReadResult::Bytes(n) => left = left.saturating_sub(n),
                 other => return other,
             }
@@ -198,12 +195,13 @@ mod tests {
         let reads = vec![Ok(wire[..3].to_vec()), Err(io::ErrorKind::Interrupted.into()), Ok(wire[3..].to_vec())];
         let mut s = Script::new(reads, 0);
         let mut f = Framed::new(1024);
-        assert_eq!(f.read_from(&mut s), ReadResult::Bytes(3));
+        let mut scratch = [0u8; 4096];
+        assert_eq!(f.read_from(&mut s, &mut scratch), ReadResult::Bytes(3));
         assert_eq!(f.next_frame().unwrap(), None);
-        assert_eq!(f.read_from(&mut s), ReadResult::Bytes(wire.len() - 3));
+        assert_eq!(f.read_from(&mut s, &mut scratch), ReadResult::Bytes(wire.len() - 3));
         assert_eq!(f.next_frame().unwrap().as_deref(), Some(&b"hello"[..]));
         assert_eq!(f.next_frame().unwrap().as_deref(), Some(&b"world!"[..]));
-        assert_eq!(f.read_from(&mut s), ReadResult::Empty);
+        assert_eq!(f.read_from(&mut s, &mut scratch), ReadResult::Empty);
         assert_eq!(f.buffered(), 0);
     }
 
@@ -212,15 +210,16 @@ mod tests {
         let reads = (0..10).map(|_| Ok(vec![0u8; 1000])).collect();
         let mut s = Script::new(reads, 0);
         let mut f = Framed::new(0);
-        assert_eq!(f.fill(&mut s, 2500), ReadResult::Bytes(2500));
+        let mut scratch = [0u8; 4096];
+        assert_eq!(f.fill(&mut s, &mut scratch, 2500), ReadResult::Bytes(2500));
         assert_eq!(f.buffered(), 3000, "the read that crossed the budget is kept");
-        assert_eq!(f.fill(&mut s, 100_000), ReadResult::Empty);
+        assert_eq!(f.fill(&mut s, &mut scratch, 100_000), ReadResult::Empty);
         assert_eq!(f.buffered(), 10_000);
 
         let mut ended = Script::new(vec![Ok(vec![0, 1]), Ok(Vec::new())], 0);
-        assert_eq!(Framed::new(0).fill(&mut ended, 100), ReadResult::End);
+        assert_eq!(Framed::new(0).fill(&mut ended, &mut scratch, 100), ReadResult::End);
         let mut broken = Script::new(vec![Err(io::ErrorKind::ConnectionReset.into())], 0);
-        assert_eq!(Framed::new(0).fill(&mut broken, 100), ReadResult::Fail);
+        assert_eq!(Framed::new(0).fill(&mut broken, &mut scratch, 100), ReadResult::Fail);
     }
 
     #[test]

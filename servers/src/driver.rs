@@ -1146,7 +1146,7 @@ impl<D: Daemon> Driver<D> {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => return ReadResult::Fail,
                 },
-                None => match c.framed.read_from(&mut c.sock) {
+                None => match c.framed.read_from(&mut c.sock, &mut plain) {
                     ReadResult::Bytes(n) => n,
                     other => return other,
                 },

@@ -162,7 +162,8 @@ impl Agent {
         }
         let mut frames = Vec::new();
         if !dead && !c.connecting {
-            match c.framed.fill(&mut c.stream, STREAM_READ_BUDGET) {
+            let mut scratch = [0u8; 4096];
+            match c.framed.fill(&mut c.stream, &mut scratch, STREAM_READ_BUDGET) {
                 ReadResult::Bytes(_) => more = true,
                 ReadResult::Empty => {}
                 ReadResult::End | ReadResult::Fail => dead = true,
