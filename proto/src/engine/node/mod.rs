@@ -15,6 +15,7 @@
 mod link;
 mod login;
 mod resend;
+mod table;
 mod tunnel;
 
 use super::{
@@ -34,7 +35,8 @@ use std::collections::VecDeque;
 
 use link::{Link, NsLink};
 use login::Login;
-use tunnel::{Direction, PendingResolve, Tunnel};
+use table::{Timing, Tunnels};
+use tunnel::{Direction, PendingResolve};
 pub use tunnel::{SendError, TunnelInfo};
 
 /// How a node is set up. [`NodeConfig::new`] fills in the defaults.
@@ -278,7 +280,7 @@ pub struct Node {
     links: Vec<Link>,
     virtual_addrs: Option<VirtualAddrs>,
     ns: Option<NsLink>,
-    tunnels: Vec<Tunnel>,
+    tunnels: Tunnels,
     /// Sessions whose tunnel ended, and when: a late Route Direction for one of them must
     /// not take its K_tun into use a second time (see `tunnel::ENDED_MEMORY`).
     ended: VecDeque<(SessionId, Instant)>,
@@ -286,7 +288,6 @@ pub struct Node {
     resolves: Vec<PendingResolve>,
     next_resolve: u64,
     next_query: u64,
-    next_tunnel_seq: u64,
     last_relogin_hint: Option<Instant>,
     /// When the NS last said it does not know our K_ntmns (rate limit of that hint).
     last_ns_hint: Option<Instant>,
@@ -323,6 +324,11 @@ impl Node {
     pub fn new(cfg: NodeConfig, mut rng: Rng) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let ids = IdSource::new(&mut *rng);
+        let timing = Timing {
+            keepalive: cfg.tunnel_keepalive,
+            idle: cfg.tunnel_idle_timeout,
+            key_lifetime: cfg.tunnel_key_lifetime,
+        };
         Ok(Node {
             cfg,
             rng,
@@ -334,13 +340,12 @@ impl Node {
             links: Vec::new(),
             virtual_addrs: None,
             ns: None,
-            tunnels: Vec::new(),
+            tunnels: Tunnels::new(timing),
             ended: VecDeque::new(),
             directions: Vec::new(),
             resolves: Vec::new(),
             next_resolve: 1,
             next_query: 1,
-            next_tunnel_seq: 0,
             last_relogin_hint: None,
             last_ns_hint: None,
             out: VecDeque::new(),
@@ -425,7 +430,7 @@ impl Node {
         if let Some(ns) = &self.ns {
             v.push(("K_ntmns", ns.key_fingerprint()));
         }
-        for t in &self.tunnels {
+        for (_, t) in self.tunnels.iter() {
             t.held_keys(&mut v);
         }
         v
@@ -472,11 +477,6 @@ impl Node {
     /// Does the node have a registered link in `addr`'s family?
     fn has_family(&self, addr: &SocketAddr) -> bool {
         self.links.iter().any(|l| l.is_registered() && l.dc_addr.is_ipv4() == addr.is_ipv4())
-    }
-
-    /// True if the DC says we are behind NAT in `addr`'s family.
-    fn behind_nat_for(&self, addr: &SocketAddr) -> bool {
-        self.links.iter().any(|l| l.dc_addr.is_ipv4() == addr.is_ipv4() && l.behind_nat)
     }
 
     /// A message sealed with K_ntmdc arrived (over UDP, or inside an NS notification).
@@ -577,7 +577,7 @@ impl Engine for Node {
             self.links.iter().filter_map(Link::deadline).min(),
             self.ns.as_ref().and_then(NsLink::deadline),
             self.directions.iter().map(Direction::deadline).min(),
-            self.tunnels.iter().filter_map(|t| t.deadline(&self.cfg)).min(),
+            self.tunnels.next_deadline(),
             self.resolves.iter().map(|r| r.deadline).min(),
         ];
         deadlines.into_iter().flatten().min()
@@ -586,6 +586,11 @@ impl Engine for Node {
     fn drops(&self) -> &DropCounters {
         &self.drops
     }
+}
+
+/// True if the DC says we are behind NAT in `addr`'s family (on one of `links`).
+fn behind_nat(links: &[Link], addr: &SocketAddr) -> bool {
+    links.iter().any(|l| l.dc_addr.is_ipv4() == addr.is_ipv4() && l.behind_nat)
 }
 
 /// The source and destination of an IP packet, if it is one.
