@@ -16,6 +16,7 @@ mod link;
 mod login;
 mod resend;
 mod table;
+mod timer;
 mod tunnel;
 
 use super::{
@@ -36,6 +37,7 @@ use std::collections::VecDeque;
 use link::{Link, NsLink};
 use login::Login;
 use table::{Timing, Tunnels};
+use timer::Timers;
 use tunnel::{Direction, PendingResolve};
 pub use tunnel::{SendError, TunnelInfo};
 
@@ -142,8 +144,17 @@ impl NodeConfig {
 }
 
 /// Names one DNS-hook query.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ResolveId(pub u64);
+
+/// What a timer of the node's own table is for (each tunnel has one in `table.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// The first retransmission of any Direction Request in flight.
+    Directions,
+    /// A DNS-hook query's deadline.
+    Resolve(ResolveId),
+}
 
 /// How a tunnel's packets travel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -286,6 +297,8 @@ pub struct Node {
     ended: VecDeque<(SessionId, Instant)>,
     directions: Vec<Direction>,
     resolves: Vec<PendingResolve>,
+    /// The deadlines of `directions` and `resolves`.
+    timers: Timers<Timer>,
     next_resolve: u64,
     next_query: u64,
     last_relogin_hint: Option<Instant>,
@@ -344,6 +357,7 @@ impl Node {
             ended: VecDeque::new(),
             directions: Vec::new(),
             resolves: Vec::new(),
+            timers: Timers::new(),
             next_resolve: 1,
             next_query: 1,
             last_relogin_hint: None,
@@ -576,9 +590,8 @@ impl Engine for Node {
             self.login.deadline(),
             self.links.iter().filter_map(Link::deadline).min(),
             self.ns.as_ref().and_then(NsLink::deadline),
-            self.directions.iter().map(Direction::deadline).min(),
+            self.timers.first(),
             self.tunnels.next_deadline(),
-            self.resolves.iter().map(|r| r.deadline).min(),
         ];
         deadlines.into_iter().flatten().min()
     }

@@ -12,12 +12,13 @@
 //! with one hash lookup, and [`Tunnels::next_deadline`] is the first entry of a sorted set
 //! instead of a fold over every tunnel.
 
+use super::timer::Timers;
 use super::tunnel::Tunnel;
 use crate::time::{Duration, Instant};
 use crate::wire::SessionId;
 use core::net::IpAddr;
 use core::ops::{Deref, DerefMut};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 /// Names one tunnel of this node: its creation number (never reused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,21 +35,15 @@ pub(super) struct Timing {
     pub(super) key_lifetime: Duration,
 }
 
-struct Entry {
-    tunnel: Tunnel,
-    /// Where the tunnel stands in `Tunnels::timers`.
-    deadline: Option<Instant>,
-}
-
 /// The tunnel table. See the module documentation.
 pub(super) struct Tunnels {
-    all: BTreeMap<TunnelId, Entry>,
+    all: BTreeMap<TunnelId, Tunnel>,
     by_session: HashMap<SessionId, TunnelId>,
     /// For each peer virtual address, the tunnel that carries packets to it now: of the
     /// established tunnels to that address, a live one before a superseded one, then the
     /// one established last, then the one created last.
     routes: HashMap<IpAddr, TunnelId>,
-    timers: BTreeSet<(Instant, TunnelId)>,
+    timers: Timers<TunnelId>,
     timing: Timing,
     next_id: u64,
 }
@@ -59,7 +54,7 @@ impl Tunnels {
             all: BTreeMap::new(),
             by_session: HashMap::new(),
             routes: HashMap::new(),
-            timers: BTreeSet::new(),
+            timers: Timers::new(),
             timing,
             next_id: 0,
         }
@@ -78,12 +73,9 @@ impl Tunnels {
         self.next_id += 1;
         let id = TunnelId(self.next_id);
         self.by_session.insert(tunnel.session(), id);
-        let deadline = tunnel.deadline(&self.timing);
-        if let Some(at) = deadline {
-            self.timers.insert((at, id));
-        }
+        self.timers.set(id, tunnel.deadline(&self.timing));
         let addrs = tunnel.is_established().then(|| tunnel.peer_addrs());
-        self.all.insert(id, Entry { tunnel, deadline });
+        self.all.insert(id, tunnel);
         if let Some(addrs) = addrs {
             self.reroute(addrs);
         }
@@ -91,22 +83,20 @@ impl Tunnels {
     }
 
     pub(super) fn remove(&mut self, id: TunnelId) -> Option<Tunnel> {
-        let e = self.all.remove(&id)?;
-        self.by_session.remove(&e.tunnel.session());
-        if let Some(at) = e.deadline {
-            self.timers.remove(&(at, id));
-        }
-        self.reroute(e.tunnel.peer_addrs());
-        Some(e.tunnel)
+        let tunnel = self.all.remove(&id)?;
+        self.by_session.remove(&tunnel.session());
+        self.timers.set(id, None);
+        self.reroute(tunnel.peer_addrs());
+        Some(tunnel)
     }
 
     pub(super) fn get(&self, id: TunnelId) -> Option<&Tunnel> {
-        self.all.get(&id).map(|e| &e.tunnel)
+        self.all.get(&id)
     }
 
     /// The tunnel for changing; its timer and route follow when the guard drops.
     pub(super) fn get_mut(&mut self, id: TunnelId) -> Option<TunnelMut<'_>> {
-        let key = self.all.get(&id).map(|e| e.tunnel.route_key())?;
+        let key = self.all.get(&id).map(Tunnel::route_key)?;
         Some(TunnelMut { table: self, id, key })
     }
 
@@ -121,7 +111,7 @@ impl Tunnels {
 
     /// The tunnels in creation order.
     pub(super) fn iter(&self) -> impl Iterator<Item = (TunnelId, &Tunnel)> + '_ {
-        self.all.iter().map(|(id, e)| (*id, &e.tunnel))
+        self.all.iter().map(|(id, t)| (*id, t))
     }
 
     /// The ids of all tunnels, in creation order (to change each in turn).
@@ -131,14 +121,12 @@ impl Tunnels {
 
     /// The tunnels whose deadline is at or before `now`, in creation order.
     pub(super) fn due(&self, now: Instant) -> Vec<TunnelId> {
-        let mut due: Vec<TunnelId> = self.timers.iter().take_while(|(at, _)| *at <= now).map(|(_, id)| *id).collect();
-        due.sort_unstable();
-        due
+        self.timers.due(now)
     }
 
     /// The earliest deadline of any tunnel.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.timers.first().map(|(at, _)| *at)
+        self.timers.first()
     }
 
     /// Chooses again the tunnel for each of `addrs` (a tunnel to them came up, was
@@ -149,8 +137,8 @@ impl Tunnels {
             let best = self
                 .all
                 .iter()
-                .filter(|(_, e)| e.tunnel.is_established() && e.tunnel.carries(addr))
-                .max_by_key(|(_, e)| e.tunnel.route_key())
+                .filter(|(_, t)| t.is_established() && t.carries(addr))
+                .max_by_key(|(_, t)| t.route_key())
                 .map(|(id, _)| *id);
             match best {
                 Some(id) => self.routes.insert(addr, id),
@@ -176,7 +164,7 @@ impl Deref for TunnelMut<'_> {
     type Target = Tunnel;
     fn deref(&self) -> &Tunnel {
         match self.table.all.get(&self.id) {
-            Some(e) => &e.tunnel,
+            Some(t) => t,
             // The guard is made only for an id in the table, and holds the table.
             None => unreachable!("a TunnelMut for a tunnel not in the table"),
         }
@@ -186,7 +174,7 @@ impl Deref for TunnelMut<'_> {
 impl DerefMut for TunnelMut<'_> {
     fn deref_mut(&mut self) -> &mut Tunnel {
         match self.table.all.get_mut(&self.id) {
-            Some(e) => &mut e.tunnel,
+            Some(t) => t,
             // As in `deref`.
             None => unreachable!("a TunnelMut for a tunnel not in the table"),
         }
@@ -196,19 +184,10 @@ impl DerefMut for TunnelMut<'_> {
 impl Drop for TunnelMut<'_> {
     fn drop(&mut self) {
         let t = &mut *self.table;
-        let Some(e) = t.all.get_mut(&self.id) else { return };
-        let deadline = e.tunnel.deadline(&t.timing);
-        if deadline != e.deadline {
-            if let Some(at) = e.deadline {
-                t.timers.remove(&(at, self.id));
-            }
-            if let Some(at) = deadline {
-                t.timers.insert((at, self.id));
-            }
-            e.deadline = deadline;
-        }
-        if e.tunnel.route_key() != self.key {
-            let addrs = e.tunnel.peer_addrs();
+        let Some(tunnel) = t.all.get(&self.id) else { return };
+        t.timers.set(self.id, tunnel.deadline(&t.timing));
+        if tunnel.route_key() != self.key {
+            let addrs = tunnel.peer_addrs();
             t.reroute(addrs);
         }
     }

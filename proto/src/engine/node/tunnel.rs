@@ -16,7 +16,7 @@
 
 use super::link::Link;
 use super::table::{RouteKey, Timing, TunnelId};
-use super::{ip_endpoints, Node, NodeEvent, PathKind, ResolveError, ResolveId};
+use super::{ip_endpoints, Node, NodeEvent, PathKind, ResolveError, ResolveId, Timer};
 use crate::crypto::pk::{unwrap_from_peer, unwrap_with_tmp, wrap_for_peer, wrap_with_tmp, AttestedKey};
 use crate::crypto::{Channel, CryptoError, TAG_LEN};
 use crate::engine::{Drop, Received, Retry, Via};
@@ -610,7 +610,9 @@ impl Node {
         if !negotiating {
             self.request_direction(now, name.clone(), None);
         }
-        self.resolves.push(PendingResolve { id, name, deadline: now + self.cfg.resolve_timeout });
+        let deadline = now + self.cfg.resolve_timeout;
+        self.resolves.push(PendingResolve { id, name, deadline });
+        self.timers.set(Timer::Resolve(id), Some(deadline));
         id
     }
 
@@ -637,6 +639,13 @@ impl Node {
         if self.is_registered() {
             self.send_pending_directions(now);
         }
+        self.rearm_directions();
+    }
+
+    /// Files the first deadline of the Direction Requests after a change to them.
+    fn rearm_directions(&mut self) {
+        let first = self.directions.iter().map(Direction::deadline).min();
+        self.timers.set(Timer::Directions, first);
     }
 
     fn send_pending_directions(&mut self, now: Instant) {
@@ -655,6 +664,7 @@ impl Node {
                 })
             })
             .collect();
+        self.rearm_directions();
         for msg in unsent {
             self.send_to_dc(now, dst, &msg);
         }
@@ -713,6 +723,7 @@ impl Node {
     pub(super) fn fail_direction(&mut self, request_id: RequestId, error: ResolveError) {
         let Some(i) = self.directions.iter().position(|d| d.request_id == request_id) else { return };
         let d = self.directions.swap_remove(i);
+        self.rearm_directions();
         self.fail_resolves(&d.peer, error);
     }
 
@@ -721,6 +732,7 @@ impl Node {
             core::mem::take(&mut self.resolves).into_iter().partition(|r| r.name == *name);
         self.resolves = kept;
         for r in failed {
+            self.timers.set(Timer::Resolve(r.id), None);
             self.emit(NodeEvent::ResolveFailed { id: r.id, name: r.name, error });
         }
     }
@@ -730,11 +742,15 @@ impl Node {
             core::mem::take(&mut self.resolves).into_iter().partition(|r| r.name == *name);
         self.resolves = kept;
         for r in done {
+            self.timers.set(Timer::Resolve(r.id), None);
             self.emit(NodeEvent::Resolved { id: r.id, name: r.name, virtual_addrs });
         }
     }
 
     pub(super) fn drive_directions(&mut self, now: Instant) {
+        if !self.timers.any_due(now, |t| *t == Timer::Directions) {
+            return;
+        }
         // With no link (no address at all) the attempts still run out: the deadline moves.
         let dst = self.any_dc_addr();
         let mut resend = Vec::new();
@@ -750,6 +766,7 @@ impl Node {
                 failed.push(d.request_id);
             }
         }
+        self.rearm_directions();
         for (dst, msg) in resend.into_iter().filter_map(|m| dst.map(|d| (d, m))) {
             self.send_to_dc(now, dst, &msg);
         }
@@ -760,10 +777,14 @@ impl Node {
     }
 
     pub(super) fn drive_resolves(&mut self, now: Instant) {
+        if !self.timers.any_due(now, |t| matches!(t, Timer::Resolve(_))) {
+            return;
+        }
         let (late, kept): (Vec<_>, Vec<_>) =
             core::mem::take(&mut self.resolves).into_iter().partition(|r| now >= r.deadline);
         self.resolves = kept;
         for r in late {
+            self.timers.set(Timer::Resolve(r.id), None);
             self.emit(NodeEvent::ResolveFailed { id: r.id, name: r.name, error: ResolveError::Timeout });
         }
     }
@@ -856,6 +877,7 @@ impl Node {
         if rd.side == Side::Mn {
             if let Some(i) = self.directions.iter().position(|d| d.peer == rd.peer.fqdn) {
                 self.directions.swap_remove(i);
+                self.rearm_directions();
             }
         }
         let relay = match rd.path {
