@@ -8,9 +8,10 @@
 //!
 //! Every change to a tunnel goes through a [`TunnelMut`] guard, which on drop files the
 //! tunnel's next deadline in the timer set and, when the tunnel came up or was superseded,
-//! updates the route of its peer's virtual addresses. So the data path finds its tunnel
-//! with one hash lookup, and [`Tunnels::next_deadline`] is the first entry of a sorted set
-//! instead of a fold over every tunnel.
+//! marks the routes of its peer's virtual addresses to be chosen again before the next
+//! lookup (or the next insertion or removal, which keeps that list short). So the data
+//! path finds its tunnel with one hash lookup, and [`Tunnels::next_deadline`] is the first
+//! entry of a sorted set instead of a fold over every tunnel.
 
 use super::timer::Timers;
 use super::tunnel::Tunnel;
@@ -38,30 +39,38 @@ pub(super) struct Timing {
 /// The tunnel table. See the module documentation.
 pub(super) struct Tunnels {
     all: BTreeMap<TunnelId, Tunnel>,
+    index: Index,
+    next_id: u64,
+}
+
+/// What the table knows about its tunnels besides the tunnels themselves.
+struct Index {
     by_session: HashMap<SessionId, TunnelId>,
     /// For each peer virtual address, the tunnel that carries packets to it now: of the
     /// established tunnels to that address, a live one before a superseded one, then the
     /// one established last, then the one created last.
     routes: HashMap<IpAddr, TunnelId>,
+    /// Peer virtual addresses whose route is chosen again before the next lookup (a
+    /// tunnel to them came up or was superseded).
+    stale: Vec<IpAddr>,
     timers: Timers<TunnelId>,
     timing: Timing,
-    next_id: u64,
 }
 
 impl Tunnels {
     pub(super) fn new(timing: Timing) -> Self {
-        Tunnels {
-            all: BTreeMap::new(),
+        let index = Index {
             by_session: HashMap::new(),
             routes: HashMap::new(),
+            stale: Vec::new(),
             timers: Timers::new(),
             timing,
-            next_id: 0,
-        }
+        };
+        Tunnels { all: BTreeMap::new(), index, next_id: 0 }
     }
 
     pub(super) fn timing(&self) -> &Timing {
-        &self.timing
+        &self.index.timing
     }
 
     pub(super) fn len(&self) -> usize {
@@ -72,21 +81,22 @@ impl Tunnels {
     pub(super) fn insert(&mut self, tunnel: Tunnel) -> TunnelId {
         self.next_id += 1;
         let id = TunnelId(self.next_id);
-        self.by_session.insert(tunnel.session(), id);
-        self.timers.set(id, tunnel.deadline(&self.timing));
-        let addrs = tunnel.is_established().then(|| tunnel.peer_addrs());
-        self.all.insert(id, tunnel);
-        if let Some(addrs) = addrs {
-            self.reroute(addrs);
+        self.index.by_session.insert(tunnel.session(), id);
+        self.index.timers.set(id, tunnel.deadline(&self.index.timing));
+        if tunnel.is_established() {
+            self.index.stale.extend(tunnel.peer_addrs());
         }
+        self.all.insert(id, tunnel);
+        self.reroute();
         id
     }
 
     pub(super) fn remove(&mut self, id: TunnelId) -> Option<Tunnel> {
         let tunnel = self.all.remove(&id)?;
-        self.by_session.remove(&tunnel.session());
-        self.timers.set(id, None);
-        self.reroute(tunnel.peer_addrs());
+        self.index.by_session.remove(&tunnel.session());
+        self.index.timers.set(id, None);
+        self.index.stale.extend(tunnel.peer_addrs());
+        self.reroute();
         Some(tunnel)
     }
 
@@ -96,17 +106,19 @@ impl Tunnels {
 
     /// The tunnel for changing; its timer and route follow when the guard drops.
     pub(super) fn get_mut(&mut self, id: TunnelId) -> Option<TunnelMut<'_>> {
-        let key = self.all.get(&id).map(Tunnel::route_key)?;
-        Some(TunnelMut { table: self, id, key })
+        let tunnel = self.all.get_mut(&id)?;
+        let key = tunnel.route_key();
+        Some(TunnelMut { tunnel, index: &mut self.index, id, key })
     }
 
     pub(super) fn by_session(&self, session: SessionId) -> Option<TunnelId> {
-        self.by_session.get(&session).copied()
+        self.index.by_session.get(&session).copied()
     }
 
     /// The tunnel that carries packets to the peer virtual address `dst`.
-    pub(super) fn route(&self, dst: IpAddr) -> Option<TunnelId> {
-        self.routes.get(&dst).copied()
+    pub(super) fn route(&mut self, dst: IpAddr) -> Option<TunnelId> {
+        self.reroute();
+        self.index.routes.get(&dst).copied()
     }
 
     /// The tunnels in creation order.
@@ -121,19 +133,25 @@ impl Tunnels {
 
     /// The tunnels whose deadline is at or before `now`, in creation order.
     pub(super) fn due(&self, now: Instant) -> Vec<TunnelId> {
-        self.timers.due(now)
+        self.index.timers.due(now)
     }
 
     /// The earliest deadline of any tunnel.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.timers.first()
+        self.index.timers.first()
     }
 
-    /// Chooses again the tunnel for each of `addrs` (a tunnel to them came up, was
-    /// superseded or ended). The same choice as a scan of every tunnel at send time:
-    /// the greatest (live, established at) wins, the later created on a tie.
-    fn reroute(&mut self, addrs: [IpAddr; 2]) {
-        for addr in addrs {
+    /// Chooses again the tunnel for each stale address. The same choice as a scan of
+    /// every tunnel at send time: the greatest (live, established at) wins, the later
+    /// created on a tie.
+    fn reroute(&mut self) {
+        if self.index.stale.is_empty() {
+            return;
+        }
+        let mut stale = core::mem::take(&mut self.index.stale);
+        stale.sort_unstable();
+        stale.dedup();
+        for addr in stale {
             let best = self
                 .all
                 .iter()
@@ -141,17 +159,18 @@ impl Tunnels {
                 .max_by_key(|(_, t)| t.route_key())
                 .map(|(id, _)| *id);
             match best {
-                Some(id) => self.routes.insert(addr, id),
-                None => self.routes.remove(&addr),
+                Some(id) => self.index.routes.insert(addr, id),
+                None => self.index.routes.remove(&addr),
             };
         }
     }
 }
 
-/// A tunnel being changed. On drop its timer is filed again, and its peer's routes are
-/// chosen again if it came up or was superseded.
+/// A tunnel being changed. On drop its timer is filed again, and if it came up or was
+/// superseded its peer's routes are marked for choosing again.
 pub(super) struct TunnelMut<'a> {
-    table: &'a mut Tunnels,
+    tunnel: &'a mut Tunnel,
+    index: &'a mut Index,
     id: TunnelId,
     /// The tunnel's [`Tunnel::route_key`] before the change.
     key: RouteKey,
@@ -163,32 +182,21 @@ pub(super) type RouteKey = (bool, bool, Option<Instant>);
 impl Deref for TunnelMut<'_> {
     type Target = Tunnel;
     fn deref(&self) -> &Tunnel {
-        match self.table.all.get(&self.id) {
-            Some(t) => t,
-            // The guard is made only for an id in the table, and holds the table.
-            None => unreachable!("a TunnelMut for a tunnel not in the table"),
-        }
+        self.tunnel
     }
 }
 
 impl DerefMut for TunnelMut<'_> {
     fn deref_mut(&mut self) -> &mut Tunnel {
-        match self.table.all.get_mut(&self.id) {
-            Some(t) => t,
-            // As in `deref`.
-            None => unreachable!("a TunnelMut for a tunnel not in the table"),
-        }
+        self.tunnel
     }
 }
 
 impl Drop for TunnelMut<'_> {
     fn drop(&mut self) {
-        let t = &mut *self.table;
-        let Some(tunnel) = t.all.get(&self.id) else { return };
-        t.timers.set(self.id, tunnel.deadline(&t.timing));
-        if tunnel.route_key() != self.key {
-            let addrs = tunnel.peer_addrs();
-            t.reroute(addrs);
+        self.index.timers.set(self.id, self.tunnel.deadline(&self.index.timing));
+        if self.tunnel.route_key() != self.key {
+            self.index.stale.extend(self.tunnel.peer_addrs());
         }
     }
 }

@@ -1199,6 +1199,10 @@ impl Node {
     /// may have been delayed on a path the peer has left, and following it would point us
     /// back there (and send the recent packets there again).
     fn follow_peer(&mut self, now: Instant, id: TunnelId, from: SocketAddr) {
+        // Nearly always the peer is where we send: nothing to change.
+        if self.tunnels.get(id).is_none_or(|t| t.send_to().is_none_or(|to| to == from)) {
+            return;
+        }
         let Some(mut t) = self.tunnels.get_mut(id) else { return };
         let (session, relay) = (t.session, t.relay);
         let old = match t.established_mut().map(|e| &mut e.route) {
