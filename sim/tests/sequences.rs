@@ -613,6 +613,34 @@ fn during_the_grace_period_packets_go_through_the_new_session() {
     ));
 }
 
+/// A superseded tunnel sends no keepalive, so its keepalive time is no deadline: the node
+/// must not ask to be woken at a time already past, over and over, until the tunnel ends
+/// (the agent would spin for the rest of the grace period).
+#[test]
+fn a_superseded_tunnel_does_not_keep_its_node_awake() {
+    let mut d = Deployment::new(24, Options::default());
+    let short = NodeOpts { tunnel_key_lifetime: Some(Duration::from_secs(60)), ..NodeOpts::default() };
+    let mn = global(&mut d, "mn.zone-a.example", 10, short.clone());
+    let cn = global(&mut d, "cn.zone-b.example", 11, short);
+    assert!(d.bring_up(mn) && d.bring_up(cn));
+    assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
+    // The last packet on the first session 14 s before MN renegotiates (at 90 % of the key
+    // lifetime): its keepalive would fall due after the new session is up.
+    d.run_for(Duration::from_secs(40));
+    assert!(d.ping4(mn, cn, 1));
+    let mut superseded = false;
+    for _ in 0..300 {
+        d.run_for(Duration::from_millis(100));
+        let now = d.now();
+        for h in [mn, cn] {
+            let next = d.node(h).poll_timeout();
+            assert!(next.is_none_or(|t| t > now), "woken for {next:?} at {now:?}");
+        }
+        superseded |= d.node(mn).tunnels().iter().any(|t| t.superseded);
+    }
+    assert!(superseded, "the first session was superseded meanwhile");
+}
+
 #[test]
 fn the_end_with_the_shorter_key_lifetime_renegotiates() {
     let mut d = Deployment::new(22, Options::default());

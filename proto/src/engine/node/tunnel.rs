@@ -388,9 +388,14 @@ impl Tunnel {
             TunnelState::Punching { retry } | TunnelState::ExpectTunnelResponse { retry, .. } => Some(retry.deadline()),
             TunnelState::ExpectTunnelRequest { until } => Some(*until),
             TunnelState::Established(_) => {
-                let keepalive = a.last_tx + timing.keepalive;
                 let idle = a.last_data + timing.idle;
-                Some(keepalive.min(idle))
+                // A superseded tunnel sends no keepalive (`drive_state`): a keepalive time
+                // that passed would wake the node again and again until the tunnel ends.
+                if self.is_live() {
+                    Some(idle.min(a.last_tx + timing.keepalive))
+                } else {
+                    Some(idle)
+                }
             }
         };
         let probe = self.established().and_then(|e| e.route.probe_deadline());
