@@ -37,7 +37,6 @@ use std::collections::VecDeque;
 use link::{Link, NsLink};
 use login::Login;
 use table::{Timing, Tunnels};
-use timer::Timers;
 use tunnel::{Direction, PendingResolve};
 pub use tunnel::{SendError, TunnelInfo};
 
@@ -146,15 +145,6 @@ impl NodeConfig {
 /// Names one DNS-hook query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ResolveId(pub u64);
-
-/// What a timer of the node's own table is for (each tunnel has one in `table.rs`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Timer {
-    /// The first retransmission of any Direction Request in flight.
-    Directions,
-    /// A DNS-hook query's deadline.
-    Resolve(ResolveId),
-}
 
 /// How a tunnel's packets travel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -297,8 +287,6 @@ pub struct Node {
     ended: VecDeque<(SessionId, Instant)>,
     directions: Vec<Direction>,
     resolves: Vec<PendingResolve>,
-    /// The deadlines of `directions` and `resolves`.
-    timers: Timers<Timer>,
     next_resolve: u64,
     next_query: u64,
     last_relogin_hint: Option<Instant>,
@@ -357,7 +345,6 @@ impl Node {
             ended: VecDeque::new(),
             directions: Vec::new(),
             resolves: Vec::new(),
-            timers: Timers::new(),
             next_resolve: 1,
             next_query: 1,
             last_relogin_hint: None,
@@ -590,7 +577,6 @@ impl Engine for Node {
             self.login.deadline(),
             self.links.iter().filter_map(Link::deadline).min(),
             self.ns.as_ref().and_then(NsLink::deadline),
-            self.timers.first(),
             self.tunnels.next_deadline(),
         ];
         deadlines.into_iter().flatten().min()

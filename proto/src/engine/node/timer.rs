@@ -1,52 +1,79 @@
-//! A timer table: the next deadline of each of a set of keys, sorted by time, so the
-//! earliest is found without looking at the others and the due ones without looking at
-//! those not due. Ties go in key order, so a simulated run is the same every time.
+//! The node's timer table: the next deadline of each tunnel, of the Direction Requests
+//! and of each DNS-hook query, sorted by time, so the earliest is found without looking
+//! at the others and the due ones without looking at those not due. Ties go in key
+//! order, so a simulated run is the same every time.
 
+use super::table::TunnelId;
+use super::ResolveId;
 use crate::time::Instant;
-use std::collections::{BTreeMap, BTreeSet};
 
-/// One deadline per key.
-pub(super) struct Timers<K> {
-    by_time: BTreeSet<(Instant, K)>,
-    by_key: BTreeMap<K, Instant>,
+/// What a timer is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Timer {
+    /// A tunnel's next deadline (`Tunnel::deadline`).
+    Tunnel(TunnelId),
+    /// The first retransmission of any Direction Request in flight.
+    Directions,
+    /// A DNS-hook query's deadline.
+    Resolve(ResolveId),
 }
 
-impl<K: Ord + Copy> Timers<K> {
+/// One deadline per key, in two Vecs: one sorted by time, one by key. They hold a few
+/// dozen entries (a tunnel's deadline moves at most once per millisecond of traffic), so
+/// binary search and a short memmove beat a tree, in time and in the agent's code size.
+pub(super) struct Timers {
+    by_time: Vec<(Instant, Timer)>,
+    by_key: Vec<(Timer, Instant)>,
+}
+
+impl Timers {
     pub(super) fn new() -> Self {
-        Timers { by_time: BTreeSet::new(), by_key: BTreeMap::new() }
+        Timers { by_time: Vec::new(), by_key: Vec::new() }
     }
 
     /// Sets `key`'s deadline (`None`: it has none).
-    pub(super) fn set(&mut self, key: K, at: Option<Instant>) {
-        let old = match at {
-            Some(at) => self.by_key.insert(key, at),
-            None => self.by_key.remove(&key),
+    pub(super) fn set(&mut self, key: Timer, at: Option<Instant>) {
+        let old = match (self.by_key.binary_search_by_key(&key, |e| e.0), at) {
+            (Ok(i), Some(at)) => self.by_key.get_mut(i).map(|e| core::mem::replace(&mut e.1, at)),
+            (Ok(i), None) => Some(self.by_key.remove(i).1),
+            (Err(i), Some(at)) => {
+                self.by_key.insert(i, (key, at));
+                None
+            }
+            (Err(_), None) => None,
         };
         if old == at {
             return;
         }
-        if let Some(old) = old {
-            self.by_time.remove(&(old, key));
+        if let Some(i) = old.and_then(|old| self.by_time.binary_search(&(old, key)).ok()) {
+            self.by_time.remove(i);
         }
         if let Some(at) = at {
-            self.by_time.insert((at, key));
+            if let Err(i) = self.by_time.binary_search(&(at, key)) {
+                self.by_time.insert(i, (at, key));
+            }
         }
     }
 
     /// The earliest deadline.
     pub(super) fn first(&self) -> Option<Instant> {
-        self.by_time.first().map(|(at, _)| *at)
+        self.by_time.first().map(|e| e.0)
     }
 
     /// True if a key for which `which` holds is due at `now`.
-    pub(super) fn any_due(&self, now: Instant, which: impl Fn(&K) -> bool) -> bool {
+    pub(super) fn any_due(&self, now: Instant, which: impl Fn(&Timer) -> bool) -> bool {
         self.by_time.iter().take_while(|(at, _)| *at <= now).any(|(_, k)| which(k))
     }
 
-    /// The keys whose deadline is at or before `now`, in key order.
-    pub(super) fn due(&self, now: Instant) -> Vec<K> {
-        let mut due: Vec<K> = self.by_time.iter().take_while(|(at, _)| *at <= now).map(|(_, k)| *k).collect();
-        due.sort_unstable();
+    /// The tunnels whose deadline is at or before `now`, in creation order.
+    pub(super) fn due_tunnels(&self, now: Instant) -> Vec<TunnelId> {
+        let mut due: Vec<TunnelId> = Vec::new();
+        for (_, k) in self.by_time.iter().take_while(|(at, _)| *at <= now) {
+            if let Timer::Tunnel(id) = k {
+                // A handful at a time: keep them sorted as they come.
+                due.insert(due.partition_point(|d| d < id), *id);
+            }
+        }
         due
     }
 }
@@ -59,22 +86,27 @@ mod tests {
         Instant::from_millis(ms)
     }
 
+    fn r(n: u64) -> Timer {
+        Timer::Resolve(ResolveId(n))
+    }
+
     #[test]
-    fn the_first_deadline_follows_every_change_and_due_keys_come_in_key_order() {
+    fn the_first_deadline_follows_every_change_and_due_keys_are_found() {
         let mut t = Timers::new();
-        t.set(3u32, Some(at(30)));
-        t.set(1, Some(at(50)));
-        t.set(2, Some(at(10)));
+        t.set(r(3), Some(at(30)));
+        t.set(r(1), Some(at(50)));
+        t.set(Timer::Directions, Some(at(10)));
         assert_eq!(t.first(), Some(at(10)));
-        t.set(2, Some(at(40)));
+        t.set(Timer::Directions, Some(at(40)));
         assert_eq!(t.first(), Some(at(30)));
-        assert_eq!(t.due(at(45)), [2, 3]);
-        assert!(t.any_due(at(45), |k| *k == 3) && !t.any_due(at(45), |k| *k == 1));
-        t.set(3, None);
-        t.set(2, None);
+        assert!(t.any_due(at(45), |k| *k == r(3)) && t.any_due(at(45), |k| *k == Timer::Directions));
+        assert!(!t.any_due(at(45), |k| *k == r(1)));
+        assert!(t.due_tunnels(at(100)).is_empty());
+        t.set(r(3), None);
+        t.set(Timer::Directions, None);
         assert_eq!(t.first(), Some(at(50)));
-        assert_eq!(t.due(at(49)), Vec::<u32>::new());
-        t.set(1, None);
+        assert!(!t.any_due(at(49), |_| true));
+        t.set(r(1), None);
         assert_eq!(t.first(), None);
     }
 }

@@ -16,7 +16,8 @@
 
 use super::link::Link;
 use super::table::{RouteKey, Timing, TunnelId};
-use super::{ip_endpoints, Node, NodeEvent, PathKind, ResolveError, ResolveId, Timer};
+use super::timer::Timer;
+use super::{ip_endpoints, Node, NodeEvent, PathKind, ResolveError, ResolveId};
 use crate::crypto::pk::{unwrap_from_peer, unwrap_with_tmp, wrap_for_peer, wrap_with_tmp, AttestedKey};
 use crate::crypto::{Channel, CryptoError, TAG_LEN};
 use crate::engine::{Drop, Received, Retry, Via};
@@ -617,7 +618,7 @@ impl Node {
         }
         let deadline = now + self.cfg.resolve_timeout;
         self.resolves.push(PendingResolve { id, name, deadline });
-        self.timers.set(Timer::Resolve(id), Some(deadline));
+        self.tunnels.timers().set(Timer::Resolve(id), Some(deadline));
         id
     }
 
@@ -650,7 +651,7 @@ impl Node {
     /// Files the first deadline of the Direction Requests after a change to them.
     fn rearm_directions(&mut self) {
         let first = self.directions.iter().map(Direction::deadline).min();
-        self.timers.set(Timer::Directions, first);
+        self.tunnels.timers().set(Timer::Directions, first);
     }
 
     fn send_pending_directions(&mut self, now: Instant) {
@@ -737,7 +738,7 @@ impl Node {
             core::mem::take(&mut self.resolves).into_iter().partition(|r| r.name == *name);
         self.resolves = kept;
         for r in failed {
-            self.timers.set(Timer::Resolve(r.id), None);
+            self.tunnels.timers().set(Timer::Resolve(r.id), None);
             self.emit(NodeEvent::ResolveFailed { id: r.id, name: r.name, error });
         }
     }
@@ -747,13 +748,13 @@ impl Node {
             core::mem::take(&mut self.resolves).into_iter().partition(|r| r.name == *name);
         self.resolves = kept;
         for r in done {
-            self.timers.set(Timer::Resolve(r.id), None);
+            self.tunnels.timers().set(Timer::Resolve(r.id), None);
             self.emit(NodeEvent::Resolved { id: r.id, name: r.name, virtual_addrs });
         }
     }
 
     pub(super) fn drive_directions(&mut self, now: Instant) {
-        if !self.timers.any_due(now, |t| *t == Timer::Directions) {
+        if !self.tunnels.any_due(now, |t| *t == Timer::Directions) {
             return;
         }
         // With no link (no address at all) the attempts still run out: the deadline moves.
@@ -782,14 +783,14 @@ impl Node {
     }
 
     pub(super) fn drive_resolves(&mut self, now: Instant) {
-        if !self.timers.any_due(now, |t| matches!(t, Timer::Resolve(_))) {
+        if !self.tunnels.any_due(now, |t| matches!(t, Timer::Resolve(_))) {
             return;
         }
         let (late, kept): (Vec<_>, Vec<_>) =
             core::mem::take(&mut self.resolves).into_iter().partition(|r| now >= r.deadline);
         self.resolves = kept;
         for r in late {
-            self.timers.set(Timer::Resolve(r.id), None);
+            self.tunnels.timers().set(Timer::Resolve(r.id), None);
             self.emit(NodeEvent::ResolveFailed { id: r.id, name: r.name, error: ResolveError::Timeout });
         }
     }
