@@ -1,11 +1,11 @@
-//! Load generators for the server-capacity part of the benchmarks (`lab/examples/bench.rs`
+//! Load generators for the server-capacity and set-up parts of the benchmarks (`ntm-bench`
 //! starts them inside a lab namespace; they only talk to the addresses given).
 //!
 //! ```text
-//! bench_load dc   ADDR NAME ZONE CA CERT KEY COUNT SECS DC_PID   the real ntm-dc over loopback
-//! bench_load dc-engine ZONE COUNT                             the library's DC engine in-process
-//! bench_load ns   ADDR NODE_ADDRS NAME CA CERT KEY COUNTS     idle node connections to the real ntm-ns
-//! bench_load dns  ADDR NAME                                   one A query, timed to the microsecond
+//! ntm-bench-load dc ADDR NAME ZONE CA CERT KEY COUNT SECS DC_PID  the real ntm-dc over loopback
+//! ntm-bench-load dc-engine ZONE COUNT                             the library's DC engine in-process
+//! ntm-bench-load ns ADDR NODE_ADDRS NAME CA CERT KEY COUNTS       idle node connections to the real ntm-ns
+//! ntm-bench-load dns ADDR NAME                                    one A query, timed to the microsecond
 //! ```
 //!
 //! `dc` plays the AS (a TLS client with an AS certificate): it hands the DC `COUNT` node
@@ -503,7 +503,7 @@ fn dns(args: &[String]) -> Res<serde_json::Value> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        eprintln!("usage: bench_load dc|dc-engine|ns ...");
+        eprintln!("usage: ntm-bench-load dc|dc-engine|ns|dns ...");
         return ExitCode::from(2);
     };
     let r = match cmd.as_str() {
@@ -516,7 +516,7 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bench_load {cmd}: {e}");
+            eprintln!("ntm-bench-load {cmd}: {e}");
             println!("error {e}");
             ExitCode::FAILURE
         }

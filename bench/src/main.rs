@@ -5,13 +5,15 @@
 //! tables (and writes them to `--out`); `docs/benchmarks.md` keeps the latest full run.
 //!
 //! ```text
-//! bench [--quick] [--out FILE] [--only tunnel,relay,handover,setup,idle,footprint,capacity]
-//!       [--rounds N] [--secs N] [--moves N] [--setups N] [--idle-secs N] [--ns-steps N,N]
+//! ntm-bench [--quick] [--out FILE] [--only tunnel,relay,handover,setup,idle,footprint,capacity]
+//!           [--rounds N] [--secs N] [--moves N] [--setups N] [--idle-secs N] [--ns-steps N,N]
 //! ```
 //!
-//! Needs root, the release binaries (`cargo build --release --workspace --bins`),
-//! `bench_load` (`cargo build --release -p ntm-lab --examples`), NSD, dig, ping, iperf3,
-//! socat, tcpdump and nft. The peers are optional (wireguard-go and wg from Debian,
+//! Needs root, the release binaries (`cargo build --release --workspace --bins`, found in
+//! `target/release/` beside this program's directory, or in `NTM_BIN_DIR`), the load
+//! generator `ntm-bench-load` beside this program (both built by
+//! `cargo build --profile bench-tool -p ntm-bench`), NSD, dig, ping, iperf3, socat, tcpdump
+//! and nft. The peers are optional (wireguard-go and wg from Debian,
 //! `cargo install boringtun-cli`, fastd): a part whose tool is missing prints
 //! "skipped: <why>" in its row. The tunnel part also measures the agent's speed build
 //! (`cargo build --profile speed -p ntm-agent`, found in `target/speed/` beside the release
@@ -138,7 +140,7 @@ fn parse_opts() -> Res<Opts> {
             }
             "-h" | "--help" => {
                 return Err(format!(
-                    "usage: bench [--quick] [--out FILE] [--only {}] [--rounds N] [--secs N] [--moves N] \
+                    "usage: ntm-bench [--quick] [--out FILE] [--only {}] [--rounds N] [--secs N] [--moves N] \
                      [--setups N] [--idle-secs N] [--ns-steps N,N]",
                     PARTS.join(",")
                 ))
@@ -1154,7 +1156,7 @@ fn setup_times(d: &mut Deployment, load: &Path, runs: usize, path: &str) -> Res<
         let out =
             d.lab.try_exec(&d.boxes[0].ns, &[&load.to_string_lossy(), "dns", "127.0.0.53:53", B_NAME]).map_err(e2s)?;
         let v: Value =
-            serde_json::from_slice(&out.stdout).map_err(|_| format!("bench_load dns: {}", text(&out).trim()))?;
+            serde_json::from_slice(&out.stdout).map_err(|_| format!("ntm-bench-load dns: {}", text(&out).trim()))?;
         if !v["answers"].as_array().is_some_and(|a| a.iter().any(|x| x == b4.as_str())) {
             return Err(format!("no answer {b4} for {B_NAME}: {v}"));
         }
@@ -1589,8 +1591,8 @@ fn part_footprint(root: &Path, bins: &Path, fp: &Footprint, servers_rss: &[(Stri
 
 fn capacity_table() -> Table {
     let mut t = Table::new("Server capacity", &["server, what", "rate", "per core", "notes"]);
-    t.intro = "The DC and the NS run alone in a namespace and are driven over loopback by `bench_load` \
-               (lab/examples/bench_load.rs), which speaks the real protocol: as the AS it hands the DC node \
+    t.intro = "The DC and the NS run alone in a namespace and are driven over loopback by \
+               `ntm-bench-load` (bench/src/bin/ntm-bench-load/), which speaks the real protocol: as the AS it hands the DC node \
                keys over mutual TLS, as each node it registers over UDP (sealed with the node's K_ntmdc) and \
                checks every answer; as a DC it gives the NS node keys, then opens one TCP connection per \
                node, registers it (sealed with K_ntmns) and leaves it idle. The DC is single-threaded, so \
@@ -1624,7 +1626,7 @@ fn part_capacity(o: &Opts, bins: &Path, load: &Path, t: &mut Table) {
     if !load.is_file() {
         t.skip(
             "DC, NS",
-            &format!("skipped: {} not built (cargo build --release -p ntm-lab --examples)", load.display()),
+            &format!("skipped: {} not built (cargo build --profile bench-tool -p ntm-bench)", load.display()),
         );
         return;
     }
@@ -1653,7 +1655,7 @@ fn capacity(o: &Opts, bins: &Path, load: &Path, t: &mut Table) -> Res<()> {
     let pem = |n: &str, ext: &str| issued.join(format!("{n}.{ext}")).to_string_lossy().into_owned();
     let ca_pem = ca.join("ca.pem").to_string_lossy().into_owned();
 
-    // The DC, driven by bench_load as the AS and as the nodes.
+    // The DC, driven by ntm-bench-load as the AS and as the nodes.
     let dc_cfg = json!({
         "name": "dc.bench.test", "listen": ["127.0.0.1:4460"],
         "tls": {"ca": ca_pem, "cert": pem("dc.bench.test", "pem"), "key": pem("dc.bench.test", "key")},
@@ -1695,7 +1697,7 @@ fn capacity(o: &Opts, bins: &Path, load: &Path, t: &mut Table) -> Res<()> {
         )
         .map_err(e2s)?;
     let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
-    let v: Value = serde_json::from_str(&line).map_err(|_| format!("bench_load dc: {}", text(&out).trim()))?;
+    let v: Value = serde_json::from_str(&line).map_err(|_| format!("ntm-bench-load dc: {}", text(&out).trim()))?;
     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let n = f("nodes");
     t.row(vec![
@@ -1857,7 +1859,7 @@ fn ns_capacity(lab: &mut Lab, ns: &Ns, bins: &Path, load: &Path, certs: &Certs, 
     for (g, _, out) in &mut gens {
         let mut line = String::new();
         if out.read_line(&mut line).map_err(e2s)? == 0 || !line.starts_with("reached") {
-            return Err(format!("bench_load ns: {} {}", line.trim(), lab.proc(*g).log_text()));
+            return Err(format!("ntm-bench-load ns: {} {}", line.trim(), lab.proc(*g).log_text()));
         }
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -1954,7 +1956,7 @@ fn run(o: &Opts) -> Res<(String, bool)> {
     let started = Instant::now();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).to_path_buf();
     let bins = ntm_lab::deploy::bin_dir().map_err(e2s)?;
-    let load = std::env::current_exe().map_err(e2s)?.with_file_name("bench_load");
+    let load = std::env::current_exe().map_err(e2s)?.with_file_name("ntm-bench-load");
     let load_before = loadavg();
     // What was built, read before anything runs (the checkout may change during the run).
     let commit = cmd_out("git", &["-C", &root.to_string_lossy(), "rev-parse", "--short", "HEAD"]);
@@ -1975,7 +1977,7 @@ fn run(o: &Opts) -> Res<(String, bool)> {
     let mut setup = Table::new("Tunnel set-up time", &["what", "median ms", "max ms", "runs", "every run, ms"]);
     setup.intro = format!(
         "Box a's agent is restarted before each run (so each lookup makes a new tunnel), then box a asks its \
-         DNS hook for b.zone-b.test (one A query from `bench_load dns`, timed from sending to the answer): the Direction Request, the DCs' \
+         DNS hook for b.zone-b.test (one A query from `ntm-bench-load dns`, timed from sending to the answer): the Direction Request, the DCs' \
          negotiation, the Route Directions and the Tunnel Request/Response, until the answer carries b's \
          virtual address. {} runs per path.",
         o.setups
@@ -2088,6 +2090,20 @@ fn run(o: &Opts) -> Res<(String, bool)> {
     Ok((md, failed))
 }
 
+/// The lab finds the daemons in `NTM_BIN_DIR`, or else beside the program that runs it.
+/// This program is built with its own profile (`target/bench-tool/`), the daemons with the
+/// release profile: unless told otherwise, the daemons are in the `release` directory
+/// beside this program's (its own when it was built with `--release`). Called before any
+/// thread is started.
+fn use_release_binaries() {
+    if std::env::var_os("NTM_BIN_DIR").is_some() {
+        return;
+    }
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.with_file_name("release"))) {
+        std::env::set_var("NTM_BIN_DIR", dir);
+    }
+}
+
 fn main() -> ExitCode {
     let o = match parse_opts() {
         Ok(o) => o,
@@ -2096,7 +2112,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    ntm_lab::clean_up_on_panic();
+    use_release_binaries();
+    if cfg!(panic = "abort") {
+        // Built with the release profile rather than its own: see there.
+        ntm_lab::clean_up_on_panic();
+    }
     let _ = ctrlc::set_handler(|| {
         let _ = writeln!(std::io::stderr(), "\ninterrupted: stopping every process and deleting the namespaces");
         ntm_lab::emergency_cleanup();
@@ -2130,7 +2150,7 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "bench: {e}");
+            let _ = writeln!(std::io::stderr(), "ntm-bench: {e}");
             ExitCode::FAILURE
         }
     }
