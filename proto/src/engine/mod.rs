@@ -20,7 +20,8 @@
 
 mod retransmit;
 
-// ENGINES-BEGIN (the role engines are added here as they land)
+// The engine of each role: the node's always, the servers' (and their helpers) with the
+// `servers` feature.
 #[cfg(feature = "servers")]
 pub mod account;
 #[cfg(feature = "servers")]
@@ -36,7 +37,6 @@ pub mod ns;
 pub mod oidc;
 #[cfg(feature = "servers")]
 pub mod rs;
-// ENGINES-END
 
 pub use retransmit::{Backoff, Retry};
 
