@@ -59,7 +59,7 @@ use crate::util::{e2s, log, Res};
 use ntm_lab::deploy::{Access, Deployment};
 use ntm_lab::{have, is_root, proc_kib};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -181,9 +181,14 @@ fn use_release_binaries() {
     if std::env::var_os("NTM_BIN_DIR").is_some() {
         return;
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.with_file_name("release"))) {
+    if let Some(dir) = std::env::current_exe().ok().as_deref().and_then(release_dir) {
         std::env::set_var("NTM_BIN_DIR", dir);
     }
+}
+
+/// The release profile's directory beside the one that holds `exe`.
+fn release_dir(exe: &Path) -> Option<PathBuf> {
+    exe.parent().map(|d| d.with_file_name("release"))
 }
 
 fn main() -> ExitCode {
@@ -235,5 +240,22 @@ fn main() -> ExitCode {
             let _ = writeln!(std::io::stderr(), "ntm-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_dir;
+    use std::path::Path;
+
+    #[test]
+    fn the_daemons_are_looked_for_in_the_release_directory_beside_the_program() {
+        let got = |exe: &str| release_dir(Path::new(exe)).map(|p| p.display().to_string());
+        assert_eq!(got("/w/target/bench-tool/ntm-bench").as_deref(), Some("/w/target/release"));
+        assert_eq!(got("/w/target/release/ntm-bench").as_deref(), Some("/w/target/release"));
+        assert_eq!(
+            got("/w/target/x86_64-unknown-linux-gnu/bench-tool/ntm-bench").as_deref(),
+            Some("/w/target/x86_64-unknown-linux-gnu/release")
+        );
     }
 }

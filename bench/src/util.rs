@@ -12,8 +12,8 @@ pub fn e2s<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
-/// Progress on stderr. Never panics: the release profile aborts on a panic, which would
-/// skip the lab's clean-up (e.g. when stderr is a closed pipe).
+/// Progress on stderr. Never panics (as `eprintln!` does when stderr is a closed pipe): a
+/// progress line is not worth ending a run for.
 pub fn log(s: &str) {
     let _ = writeln!(std::io::stderr(), "[bench {}] {s}", clock());
 }
