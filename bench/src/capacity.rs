@@ -26,7 +26,7 @@ pub fn capacity_table() -> Table {
 }
 
 /// The hard limit of open files of this process.
-pub fn nofile_hard() -> usize {
+fn nofile_hard() -> usize {
     std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|l| {
@@ -38,7 +38,7 @@ pub fn nofile_hard() -> usize {
         .unwrap_or(1024)
 }
 
-pub fn admin(bins: &Path, args: &[&str]) -> Res<()> {
+fn admin(bins: &Path, args: &[&str]) -> Res<()> {
     let out = Command::new(bins.join("ntm-as")).args(args).stdin(Stdio::null()).output().map_err(e2s)?;
     if !out.status.success() {
         return Err(format!("ntm-as {}: {}", args.join(" "), text(&out).trim()));
@@ -60,7 +60,7 @@ pub fn part_capacity(o: &Opts, bins: &Path, load: &Path, t: &mut Table) {
     }
 }
 
-pub fn capacity(o: &Opts, bins: &Path, load: &Path, t: &mut Table) -> Res<()> {
+fn capacity(o: &Opts, bins: &Path, load: &Path, t: &mut Table) -> Res<()> {
     let mut lab = Lab::new("bench-cap").map_err(e2s)?;
     let ns = lab.netns("cap", false).map_err(e2s)?;
     // Above the listening ports (4460 and up), which a closed connection could hold in TIME_WAIT.
@@ -188,7 +188,7 @@ pub fn capacity(o: &Opts, bins: &Path, load: &Path, t: &mut Table) -> Res<()> {
     Ok(())
 }
 
-pub struct Certs {
+struct Certs {
     ca: String,
     /// (certificate, key)
     ns: (String, String),
@@ -200,15 +200,7 @@ pub struct Certs {
 /// CAP_SYS_RESOURCE) and one process may not hold `step`, the connections are spread over
 /// as many NS processes as it takes, each with its own load generator (a deployment has
 /// several NSs, and a DC spreads its nodes over them); the row adds up their memory.
-pub fn ns_capacity(
-    lab: &mut Lab,
-    ns: &Ns,
-    bins: &Path,
-    load: &Path,
-    certs: &Certs,
-    step: usize,
-    t: &mut Table,
-) -> Res<()> {
+fn ns_capacity(lab: &mut Lab, ns: &Ns, bins: &Path, load: &Path, certs: &Certs, step: usize, t: &mut Table) -> Res<()> {
     if !have("prlimit") {
         t.skip("NS idle connections", "skipped: `prlimit` (util-linux) not installed");
         return Ok(());

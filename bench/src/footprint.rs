@@ -16,11 +16,11 @@ pub struct Footprint {
     pub rss: Vec<(String, u64, u64)>,
 }
 
-pub fn file_size(p: &Path) -> Option<u64> {
+fn file_size(p: &Path) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.len())
 }
 
-pub fn stripped(p: &Path) -> &'static str {
+fn stripped(p: &Path) -> &'static str {
     match Command::new("file").arg("-L").arg(p).output() {
         Ok(o) if String::from_utf8_lossy(&o.stdout).contains("not stripped") => " (not stripped)",
         _ => "",
@@ -28,7 +28,7 @@ pub fn stripped(p: &Path) -> &'static str {
 }
 
 /// The size of a stripped copy of `p`, KiB, if it was not stripped.
-pub fn stripped_copy(p: &Path) -> Option<f64> {
+fn stripped_copy(p: &Path) -> Option<f64> {
     if stripped(p).is_empty() || !have("strip") {
         return None;
     }

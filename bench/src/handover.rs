@@ -55,7 +55,7 @@ pub fn part_handover(d: &mut Deployment, o: &Opts) -> Table {
     t
 }
 
-pub struct Handover {
+struct Handover {
     /// Address change to the first packet from the peer on the new link, seconds.
     first: Vec<f64>,
     /// The longest gap in the echoed stream around each move, seconds.
@@ -68,7 +68,7 @@ pub struct Handover {
     repairs: (u64, u64),
 }
 
-pub fn handover(d: &mut Deployment, o: &Opts) -> Res<Handover> {
+fn handover(d: &mut Deployment, o: &Opts) -> Res<Handover> {
     for tl in ["tcpdump", "socat"] {
         if !have(tl) {
             return Err(format!("skipped: `{tl}` not installed"));

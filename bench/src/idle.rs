@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// What the idle part counts on a box's uplink: (protocol, port, whether the port is the
 /// box's own, counter comment). Each gets a counter per direction; "all" counts everything.
-pub const COUNTED: [(&str, u16, bool, &str); 4] = [
+const COUNTED: [(&str, u16, bool, &str); 4] = [
     ("udp", 4500, true, "ntm-udp"),
     ("tcp", 4463, false, "ntm-ns"),
     ("tcp", 4443, false, "ntm-as"),
@@ -23,7 +23,7 @@ pub const COUNTED: [(&str, u16, bool, &str); 4] = [
 ];
 
 /// The nftables counters of [`COUNTED`] on eth0, both directions.
-pub fn counters_ruleset() -> String {
+fn counters_ruleset() -> String {
     let chain = |name: &str, hook: &str, dev: &str, incoming: bool| {
         let mut c = format!("  chain {name} {{\n    type filter hook {hook} priority 0; policy accept;\n");
         for (proto, port, own, comment) in COUNTED {
@@ -62,7 +62,7 @@ pub fn counters(lab: &Lab, ns: &Ns) -> std::collections::HashMap<String, (u64, u
 
 /// Logins a day at the AS's default key lifetime: a node logs in again min(300 s, lifetime / 2)
 /// before its key expires (docs/protocol.md, "Re-login").
-pub fn logins_per_day() -> f64 {
+fn logins_per_day() -> f64 {
     let lifetime = DEFAULT_KEY_LIFETIME.as_secs();
     let period = lifetime - (lifetime / 2).min(300);
     86_400.0 / period.max(1) as f64
@@ -110,7 +110,7 @@ pub fn part_idle(o: &Opts) -> Table {
     t
 }
 
-pub fn idle(o: &Opts, ns_interval: u64) -> Res<Vec<Vec<String>>> {
+fn idle(o: &Opts, ns_interval: u64) -> Res<Vec<Vec<String>>> {
     let mut d = Deployment::start_with(
         "bench-idle",
         [Access::Nat(NatKind::PortRestricted), Access::Nat(NatKind::PortRestricted)],
@@ -229,7 +229,7 @@ pub fn idle(o: &Opts, ns_interval: u64) -> Res<Vec<Vec<String>>> {
 }
 
 /// wireguard-go in box a and in the server namespace; box a's interface.
-pub fn idle_wg(d: &mut Deployment, a: &Ns, srv: &Ns) -> Res<String> {
+fn idle_wg(d: &mut Deployment, a: &Ns, srv: &Ns) -> Res<String> {
     let suffix = std::process::id() % 100_000;
     let (ia, is) = (format!("wgi{suffix}a"), format!("wgi{suffix}s"));
     let dir = d.lab.dir().to_path_buf();

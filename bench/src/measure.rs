@@ -43,7 +43,7 @@ impl Measured {
 }
 
 /// `ping` from `ns` to `dst`: the mean round-trip time in ms.
-pub fn ping_rtt(lab: &Lab, ns: &Ns, dst: &str, count: u32) -> Res<f64> {
+fn ping_rtt(lab: &Lab, ns: &Ns, dst: &str, count: u32) -> Res<f64> {
     let c = count.to_string();
     let out = lab.try_exec(ns, &["ping", "-q", "-c", &c, "-i", "0.02", "-W", "2", dst]).map_err(e2s)?;
     let t = text(&out);
@@ -58,7 +58,7 @@ pub fn ping_rtt(lab: &Lab, ns: &Ns, dst: &str, count: u32) -> Res<f64> {
 }
 
 /// How long a client waits for a busy iperf3 server: more than the server's receive timeout.
-pub const IPERF_BUSY_WAIT_SECS: u64 = 15;
+const IPERF_BUSY_WAIT_SECS: u64 = 15;
 
 /// The iperf3 server of a part. `--rcv-timeout`: a test whose data stops (its tunnel was
 /// taken down under it) ends after 5 s instead of the default 120 s, so it cannot keep

@@ -27,7 +27,7 @@ pub struct Opts {
     pub argv: String,
 }
 
-pub const PARTS: [&str; 7] = ["tunnel", "relay", "handover", "setup", "idle", "footprint", "capacity"];
+const PARTS: [&str; 7] = ["tunnel", "relay", "handover", "setup", "idle", "footprint", "capacity"];
 
 pub fn parse_opts() -> Res<Opts> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -87,7 +87,7 @@ pub fn wg_keys(dir: &Path, tag: &str) -> Res<(PathBuf, String)> {
     Ok((path, String::from_utf8_lossy(&public.stdout).trim().to_string()))
 }
 
-pub fn wait_iface(lab: &Lab, ns: &Ns, iface: &str, secs: u64) -> bool {
+fn wait_iface(lab: &Lab, ns: &Ns, iface: &str, secs: u64) -> bool {
     lab.wait_for(secs, || lab.try_exec(ns, &["ip", "link", "show", iface]).is_ok_and(|o| o.status.success()))
 }
 

@@ -11,7 +11,7 @@ use ntm_lab::deploy::{read_status, Deployment};
 use std::time::Instant;
 
 /// Sum of the RS's relayed packet counters.
-pub fn rs_relayed(d: &Deployment) -> u64 {
+fn rs_relayed(d: &Deployment) -> u64 {
     read_status(&d.lab.dir().join("rs.sock"))
         .and_then(|s| s["sessions"].as_array().map(|a| a.iter().filter_map(|x| x["relayed"].as_u64()).sum()))
         .unwrap_or(0)

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-pub fn cmd_out(cmd: &str, args: &[&str]) -> String {
+fn cmd_out(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)
         .args(args)
         .output()
@@ -18,7 +18,7 @@ pub fn cmd_out(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-pub fn machine() -> String {
+fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -41,7 +41,7 @@ pub fn loadavg() -> String {
         .join(" ")
 }
 
-pub fn versions() -> String {
+fn versions() -> String {
     let first = |cmd: &str, args: &[&str]| {
         if !have_tool(cmd) {
             return format!("{cmd}: not installed");

@@ -53,7 +53,7 @@ pub fn setup_times(d: &mut Deployment, load: &Path, runs: usize, path: &str) -> 
 }
 
 /// Every run, sorted, in ms.
-pub fn all_runs(v: &[f64]) -> String {
+fn all_runs(v: &[f64]) -> String {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     s.iter().map(|x| ms(*x)).collect::<Vec<_>>().join(", ")

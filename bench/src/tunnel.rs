@@ -35,7 +35,7 @@ pub fn tunnel_row(name: &str, m: &Measured, best: Option<f64>) -> Vec<String> {
     ]
 }
 
-pub fn keep_best(slot: &mut Option<Res<Measured>>, r: Res<Measured>) {
+fn keep_best(slot: &mut Option<Res<Measured>>, r: Res<Measured>) {
     let better = match (&*slot, &r) {
         (None, _) | (Some(Err(_)), Ok(_)) => true,
         (Some(Ok(old)), Ok(new)) => new.mean_bps() > old.mean_bps(),

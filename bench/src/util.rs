@@ -23,7 +23,7 @@ pub fn wall() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-pub fn clock() -> String {
+fn clock() -> String {
     let s = wall() as u64;
     format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
 }
@@ -37,7 +37,7 @@ pub fn cpu_secs(pid: u32) -> f64 {
     (tick(11) + tick(12)) / clk_tck()
 }
 
-pub fn clk_tck() -> f64 {
+fn clk_tck() -> f64 {
     static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TCK.get_or_init(|| {
         Command::new("getconf")

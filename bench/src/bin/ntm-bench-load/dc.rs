@@ -18,13 +18,13 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// A node of the load: its name, key id and K_ntmdc channel.
-pub struct LoadNode {
+struct LoadNode {
     pub fqdn: Fqdn,
     pub key_id: KeyId,
     pub channel: Channel<NtmDc>,
 }
 
-pub fn make_nodes(zone: &str, count: usize, run: u64) -> Res<Vec<LoadNode>> {
+fn make_nodes(zone: &str, count: usize, run: u64) -> Res<Vec<LoadNode>> {
     (0..count)
         .map(|i| {
             let fqdn = Fqdn::new(&format!("n{i}.{zone}")).map_err(err("name"))?;
@@ -36,7 +36,7 @@ pub fn make_nodes(zone: &str, count: usize, run: u64) -> Res<Vec<LoadNode>> {
         .collect()
 }
 
-pub fn key_distribution(n: &LoadNode, run: u64, i: usize) -> Message {
+fn key_distribution(n: &LoadNode, run: u64, i: usize) -> Message {
     Message::KeyDistribution(KeyDistribution {
         request_id: RequestId(i as u32 + 1),
         fqdn: n.fqdn.clone(),
@@ -46,7 +46,7 @@ pub fn key_distribution(n: &LoadNode, run: u64, i: usize) -> Message {
     })
 }
 
-pub fn registration(n: &mut LoadNode, i: usize, local: SocketAddr) -> Res<Vec<u8>> {
+fn registration(n: &mut LoadNode, i: usize, local: SocketAddr) -> Res<Vec<u8>> {
     let msg = Message::RegistrationRequest(RegistrationRequest {
         request_id: RequestId(i as u32 + 1),
         local_addrs: List::from_vec(vec![local]).map_err(err("list"))?,
@@ -59,7 +59,7 @@ pub fn registration(n: &mut LoadNode, i: usize, local: SocketAddr) -> Res<Vec<u8
 /// Registers the nodes over UDP with at most `window` requests outstanding, resending what
 /// is unanswered after 500 ms. No new node is started after `stop_at`; answers are awaited
 /// until `give_up`. Returns (registered, refused, seconds from start to the last answer).
-pub fn register_all(
+fn register_all(
     sock: &UdpSocket,
     nodes: &mut [LoadNode],
     window: usize,
