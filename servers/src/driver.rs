@@ -673,18 +673,18 @@ impl<D: Daemon> Driver<D> {
     }
 
     fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
-        match token.0 {
-            0 => self.handle_signals(),
-            1 => self.serve_status(),
-            2 => {
+        match token {
+            SIGNALS => self.handle_signals(),
+            STATUS => self.serve_status(),
+            WAKE => {
                 let now = self.clock.now();
                 self.daemon.handle_wake(now);
             }
-            t if (UDP_BASE..LISTEN_BASE).contains(&t) => self.read_udp(t - UDP_BASE),
-            t if (LISTEN_BASE..DNS_BASE).contains(&t) => self.accept(t - LISTEN_BASE),
-            t if (DNS_BASE..STATUS_REPLY_BASE).contains(&t) => self.read_dns(t - DNS_BASE),
-            t if (STATUS_REPLY_BASE..CONN_BASE).contains(&t) => self.write_status(t - STATUS_REPLY_BASE),
-            t if t >= CONN_BASE => self.conn_ready(t - CONN_BASE, readable, writable),
+            Token(t) if (UDP_BASE..LISTEN_BASE).contains(&t) => self.read_udp(t - UDP_BASE),
+            Token(t) if (LISTEN_BASE..DNS_BASE).contains(&t) => self.accept(t - LISTEN_BASE),
+            Token(t) if (DNS_BASE..STATUS_REPLY_BASE).contains(&t) => self.read_dns(t - DNS_BASE),
+            Token(t) if (STATUS_REPLY_BASE..CONN_BASE).contains(&t) => self.write_status(t - STATUS_REPLY_BASE),
+            Token(t) if t >= CONN_BASE => self.conn_ready(t - CONN_BASE, readable, writable),
             _ => {}
         }
     }

@@ -24,7 +24,7 @@
 
 use super::oidc::{verify_id_token, IdClaims, OidcProvider};
 use super::{
-    ConfigError, DcLocation, DnsAnswer, DnsQuery, Drop, DropCounters, Engine, PeerIdentity, Received, Rng, Role,
+    ConfigError, DcLocation, DnsAnswer, DnsQuery, DropCounters, DropReason, Engine, PeerIdentity, Received, Rng, Role,
     StreamKind, Transmit, Via,
 };
 use crate::crypto::pk::{Attestation, KeyPair, PublicKey};
@@ -287,7 +287,7 @@ impl<A: Accounts> AccountServer<A> {
     /// that is gone (the node hung up, the check timed out) is ignored.
     pub fn handle_credential_verdict(&mut self, now: Instant, id: u64, verdict: Option<Verdict>) {
         let Some(i) = self.checking.iter().position(|c| c.id == id) else {
-            self.drops.count(Drop::Stale);
+            self.drops.count(DropReason::Stale);
             return;
         };
         let c = self.checking.swap_remove(i);
@@ -406,15 +406,15 @@ impl<A: Accounts> AccountServer<A> {
         // (`stream_ready`); one that does not gets them refused here.
         if !self.stream_ready(StreamKind::Tls, from) {
             self.refuse(from, req.request_id, kind, Reason::Overloaded, "a login is already in progress");
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         }
         if !self.take_login_token(now, login_source(from)) {
             self.refuse(from, req.request_id, kind, Reason::Overloaded, "too many logins from this address");
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         }
         if self.logins_in_progress() >= self.cfg.max_pending {
             self.refuse(from, req.request_id, kind, Reason::Overloaded, "too many logins in progress");
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         }
         if let (true, Credential::Password { email, password }) = (self.cfg.defer_password_checks, &req.credential) {
             let id = self.next_check;
@@ -518,7 +518,7 @@ impl<A: Accounts> AccountServer<A> {
             p.key_id == ack.key_id
                 && matches!(&p.step, Step::ExpectNtmAck { dc, .. } if Some(&dc.name) == peer.map(|x| &x.name))
         }) else {
-            return self.drops.count(Drop::Stale);
+            return self.drops.count(DropReason::Stale);
         };
         let p = self.pending.swap_remove(i);
         // Spec 4.1 step 4: only now, with the DC holding the key, does the node get it.
@@ -545,7 +545,7 @@ impl<A: Accounts> AccountServer<A> {
 impl<A: Accounts> Engine for AccountServer<A> {
     fn handle_datagram(&mut self, _now: Instant, _from: SocketAddr, _buf: &mut [u8]) -> Received {
         // The AS speaks only TLS.
-        self.drops.count(Drop::Unexpected)
+        self.drops.count(DropReason::Unexpected)
     }
 
     fn handle_stream(
@@ -557,7 +557,7 @@ impl<A: Accounts> Engine for AccountServer<A> {
         frame: &[u8],
     ) -> Received {
         if kind != StreamKind::Tls {
-            return self.drops.count(Drop::Unexpected);
+            return self.drops.count(DropReason::Unexpected);
         }
         match parse_plain(frame) {
             Ok((_, Message::LoginRequest(req))) => self.handle_login(now, from, peer, req),
@@ -574,11 +574,11 @@ impl<A: Accounts> Engine for AccountServer<A> {
                         self.fail_pending(i, "the DC refused the key");
                         Received::Handled
                     }
-                    None => self.drops.count(Drop::Stale),
+                    None => self.drops.count(DropReason::Stale),
                 }
             }
-            Ok(_) => self.drops.count(Drop::Unexpected),
-            Err(e) => self.drops.count(Drop::from(e)),
+            Ok(_) => self.drops.count(DropReason::Unexpected),
+            Err(e) => self.drops.count(DropReason::from(e)),
         }
     }
 
@@ -778,7 +778,7 @@ mod tests {
         // The eleventh is refused before any password check, from any port of the address.
         s.handle_stream(T0, StreamKind::Tls, from("198.51.100.2", 99), None, &login(1, b"right"));
         assert_eq!(refused(&sent(&mut s), from("198.51.100.2", 99)), Some(Reason::Overloaded));
-        assert_eq!(s.drops().get(Drop::Limit), 1);
+        assert_eq!(s.drops().get(DropReason::Limit), 1);
         // Another address is not affected; the first earns one login back per interval.
         s.handle_stream(T0, StreamKind::Tls, from("203.0.113.2", 1), None, &login(1, b"right"));
         assert!(matches!(sent(&mut s).as_slice(), [(_, Message::KeyDistribution(_))]));

@@ -17,7 +17,7 @@
 use super::{ip_endpoints, Node, NodeEvent, PathKind, ResolveError, ResolveId};
 use crate::crypto::pk::{unwrap_from_peer, unwrap_with_tmp, wrap_for_peer, wrap_with_tmp, AttestedKey};
 use crate::crypto::{Channel, CryptoError, TAG_LEN};
-use crate::engine::{Drop, Received, Retry, Via};
+use crate::engine::{DropReason, Received, Retry, Via};
 use crate::keys::{KMnCn, KTmp, MnCn, Tun};
 use crate::time::{Duration, Instant};
 use crate::wire::direction::DirectionRequest;
@@ -476,9 +476,9 @@ impl Node {
 
     /// A Route Direction from our DC (spec 4.4): set up our end of a tunnel.
     pub(super) fn handle_route_direction(&mut self, now: Instant, rd: RouteDirection) -> Received {
-        let Some(me) = self.fqdn().cloned() else { return self.drops.count(Drop::Stale) };
+        let Some(me) = self.fqdn().cloned() else { return self.drops.count(DropReason::Stale) };
         if rd.node != me {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         let ack = Message::RouteDirectionAck(RouteDirectionAck { request_id: rd.request_id, session: rd.session });
         let ended = self.ended.iter().any(|(s, _)| *s == rd.session);
@@ -493,7 +493,7 @@ impl Node {
         let live = self.tunnels.iter().filter(|t| t.is_live()).count();
         if live >= self.cfg.max_tunnels {
             self.refuse_to_dc(now, MsgType::RouteDirection, rd.request_id, Reason::Overloaded, "tunnel table full");
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         }
         // Which wrapping: the peer's attested public key if both ends have key pairs,
         // else K_tmp. A node set to strict public-key mode refuses K_tmp, so a DC cannot
@@ -516,7 +516,7 @@ impl Node {
                             Reason::Unauthorized,
                             "peer attestation invalid",
                         );
-                        return self.drops.count(Drop::Unauthorized);
+                        return self.drops.count(DropReason::Unauthorized);
                     }
                 }
             }
@@ -530,12 +530,12 @@ impl Node {
                 Reason::Unauthorized,
                 "no usable key wrapping",
             );
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         let expires = now + rd.k_tun.lifetime.duration();
         let k_tun = match Channel::new(rd.k_tun.key, KeyId(rd.session.0), side_sender(rd.side), expires) {
             Ok(c) => c,
-            Err(_) => return self.drops.count(Drop::Malformed),
+            Err(_) => return self.drops.count(DropReason::Malformed),
         };
         if rd.side == Side::Mn {
             if let Some(i) = self.directions.iter().position(|d| d.peer == rd.peer.fqdn) {
@@ -680,24 +680,26 @@ impl Node {
 
     /// Tunnel Request (from the peer) and Hole Punch Ack (from the RS), sealed with K_tun.
     pub(super) fn handle_tun_message(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) -> Received {
-        let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(Drop::Malformed) };
-        let Some(i) = self.tunnel_index(SessionId(env.key_id().0)) else { return self.drops.count(Drop::UnknownKey) };
-        let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(Drop::UnknownKey) };
+        let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(DropReason::Malformed) };
+        let Some(i) = self.tunnel_index(SessionId(env.key_id().0)) else {
+            return self.drops.count(DropReason::UnknownKey);
+        };
+        let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(DropReason::UnknownKey) };
         let (header, msg) = match t.k_tun.open(now, buf) {
             Ok(m) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         match msg {
             Message::TunnelRequest(tr) => self.handle_tunnel_request(now, i, from, header, tr),
             Message::HolePunchAck(a) => self.handle_hole_punch_ack(now, i, header, a),
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
     fn handle_hole_punch_ack(&mut self, now: Instant, i: usize, header: Header, _a: HolePunchAck) -> Received {
         let Some(t) = self.tunnels.get_mut(i) else { return Received::Handled };
         if header.sender != Sender::Rs {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         if !matches!(t.state, TunnelState::Punching { .. }) {
             // A keepalive's, a handover's or a liveness check's punch was acknowledged:
@@ -724,16 +726,16 @@ impl Node {
         header: Header,
         tr: TunnelRequest,
     ) -> Received {
-        let Some(me) = self.fqdn().cloned() else { return self.drops.count(Drop::Stale) };
-        let Some(my_virtual) = self.virtual_addrs else { return self.drops.count(Drop::Stale) };
+        let Some(me) = self.fqdn().cloned() else { return self.drops.count(DropReason::Stale) };
+        let Some(my_virtual) = self.virtual_addrs else { return self.drops.count(DropReason::Stale) };
         let lifetime = self.cfg.tunnel_key_lifetime;
         let Some(t) = self.tunnels.get_mut(i) else { return Received::Handled };
         let peer_sender = side_sender(if t.side == Side::Mn { Side::Cn } else { Side::Mn });
         if header.sender != peer_sender || t.role != TunnelRole::Await {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         if tr.initiator != t.peer.fqdn || tr.virtual_addrs != t.peer.virtual_addrs {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         let k_mncn = match (&tr.wrapped, &t.k_tmp, &t.peer_key, &self.cfg.key_pair) {
             (WrappedKey::Tmp(w), Some(k_tmp), _, _) => unwrap_with_tmp(k_tmp, t.session, &t.peer.fqdn, &me, w),
@@ -744,7 +746,7 @@ impl Node {
             Ok(k) => k,
             Err(e) => {
                 log::warn!("Tunnel Request from {} does not unwrap: {e}", t.peer.fqdn);
-                return self.drops.count(Drop::Crypto);
+                return self.drops.count(DropReason::Crypto);
             }
         };
         match &t.mncn {
@@ -755,10 +757,10 @@ impl Node {
                     t.send_to = Some(from);
                 }
             }
-            Some(_) => return self.drops.count(Drop::Stale),
+            Some(_) => return self.drops.count(DropReason::Stale),
             None => {
                 let Ok(ch) = Channel::new(k_mncn, KeyId(t.session.0), Sender::Responder, now + lifetime) else {
-                    return self.drops.count(Drop::Malformed);
+                    return self.drops.count(DropReason::Malformed);
                 };
                 t.mncn = Some(ch);
                 t.send_to = Some(from);
@@ -820,13 +822,15 @@ impl Node {
 
     /// Tunnel Response, Path Probe and Path Probe Ack, sealed with K_mncn.
     pub(super) fn handle_mncn_message(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) -> Received {
-        let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(Drop::Malformed) };
-        let Some(i) = self.tunnel_index(SessionId(env.key_id().0)) else { return self.drops.count(Drop::UnknownKey) };
-        let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(Drop::UnknownKey) };
-        let Some(ch) = t.mncn.as_mut() else { return self.drops.count(Drop::Stale) };
+        let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(DropReason::Malformed) };
+        let Some(i) = self.tunnel_index(SessionId(env.key_id().0)) else {
+            return self.drops.count(DropReason::UnknownKey);
+        };
+        let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(DropReason::UnknownKey) };
+        let Some(ch) = t.mncn.as_mut() else { return self.drops.count(DropReason::Stale) };
         let (_, msg, newest) = match ch.open_ordered(now, buf) {
             Ok(m) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         t.last_rx = now;
         match msg {
@@ -835,7 +839,7 @@ impl Node {
                     return Received::Handled; // duplicate response
                 }
                 if r.virtual_addrs != t.peer.virtual_addrs {
-                    return self.drops.count(Drop::Unauthorized);
+                    return self.drops.count(DropReason::Unauthorized);
                 }
                 t.send_to = Some(from);
                 t.on_relay = t.relay == Some(from);
@@ -864,7 +868,7 @@ impl Node {
                 }
                 Received::Handled
             }
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
@@ -917,17 +921,19 @@ impl Node {
     /// peer's virtual address to ours (anything else is dropped: a peer may only send as
     /// itself).
     pub(super) fn handle_data(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
-        let Ok(env) = Envelope::new_checked(&buf[..]) else { return self.drops.count(Drop::Malformed) };
-        let Some(i) = self.tunnel_index(SessionId(env.key_id().0)) else { return self.drops.count(Drop::UnknownKey) };
+        let Ok(env) = Envelope::new_checked(&buf[..]) else { return self.drops.count(DropReason::Malformed) };
+        let Some(i) = self.tunnel_index(SessionId(env.key_id().0)) else {
+            return self.drops.count(DropReason::UnknownKey);
+        };
         let my_virtual = self.virtual_addrs;
-        let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(Drop::UnknownKey) };
-        let Some(ch) = t.mncn.as_mut() else { return self.drops.count(Drop::Stale) };
+        let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(DropReason::UnknownKey) };
+        let Some(ch) = t.mncn.as_mut() else { return self.drops.count(DropReason::Stale) };
         let (range, newest) = match ch.open_in_place(now, buf) {
             Ok(o) => (o.body, o.newest),
             // A copy of a data packet (the network's, or sent again after a handover)
             // is a late duplicate; it was delivered once, or is too late to matter.
-            Err(CryptoError::Replayed | CryptoError::TooOld) => return self.drops.count(Drop::Stale),
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(CryptoError::Replayed | CryptoError::TooOld) => return self.drops.count(DropReason::Stale),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         let inner = buf.get(range.clone()).unwrap_or(&[]);
         let ok = match (ip_endpoints(inner), my_virtual) {
@@ -935,7 +941,7 @@ impl Node {
             _ => false,
         };
         if !ok {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         t.last_rx = now;
         t.last_data = now;
@@ -1035,7 +1041,7 @@ impl Node {
             .iter_mut()
             .find(|t| t.session == session && t.on_relay && t.relay == Some(from) && t.is_live())
         else {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         };
         if t.rekey_requested || t.role != TunnelRole::Initiate {
             return Received::Handled;
