@@ -35,7 +35,7 @@
 use crate::udp::{Local, Locals, ServerUdp};
 use mio::net::{TcpListener, TcpStream, UdpSocket, UnixListener};
 use mio::{Events, Interest, Poll, Token};
-use ntm_proto::dns::Locator;
+use ntm_dns::Locator;
 use ntm_proto::engine::{DnsAnswer, Engine, PeerIdentity, Received, StreamKind, Transmit, Via};
 use ntm_proto::time::{Duration, Instant};
 use ntm_proto::wire::frame::{encode_frame, FrameDecoder, FRAME_MAX};

@@ -12,7 +12,7 @@ use crate::pki::{self, Ca, ClientAuth};
 use crate::store::{AccountStore, HashCost};
 use ntm_cmdline::Failure;
 use ntm_proto::crypto::pk::KeyPair;
-use ntm_proto::dns::{Locator, LocatorConfig};
+use ntm_dns::{Locator, LocatorConfig};
 use ntm_proto::engine::account::{AccountServer, Accounts, AsConfig, AsEvent, CredentialCheck, Verdict};
 use ntm_proto::engine::oidc::{parse_jwks, OidcProvider};
 use ntm_proto::engine::Engine;

@@ -55,9 +55,9 @@
 //! OS-chosen (random) source port, and report `from` as the nameserver was configured (an
 //! IPv4 server reached over a dual-stack socket must not show up as `::ffff:a.b.c.d`).
 
-use crate::engine::{DcLocation, DnsAnswer, DnsQuery, Rng};
-use crate::time::{Duration, Instant};
-use crate::wire::Fqdn;
+use ntm_proto::engine::{DcLocation, DnsAnswer, DnsQuery, Rng};
+use ntm_proto::time::{Duration, Instant};
+use ntm_proto::wire::Fqdn;
 use core::cmp::Ordering;
 use core::fmt;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -135,6 +135,7 @@ pub struct StubConfig {
     /// Look-ups of new node names (each one a negotiation at the DC) one client address
     /// may start per second, on average, and at once: a token bucket per client.
     pub lookups_per_sec: u32,
+    /// The bucket's size: look-ups a client may start at once.
     pub lookup_burst: u32,
 }
 
