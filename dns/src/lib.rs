@@ -21,6 +21,8 @@
 #![warn(missing_docs)]
 
 pub mod locator;
+mod message;
+mod queries;
 pub mod stub;
 
 pub use locator::{Locator, LocatorConfig, LocatorStats};
