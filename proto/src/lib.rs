@@ -18,8 +18,6 @@
 #![warn(missing_docs)]
 
 pub mod crypto;
-#[cfg(feature = "dns")]
-pub mod dns;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;

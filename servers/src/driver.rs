@@ -5,9 +5,9 @@
 //! batch of input it drains the engine's outputs (transmits, DNS queries) and sleeps until
 //! the next input or the engine's deadline. Streams are TCP or TLS (rustls), framed with a
 //! 2-byte length; an outbound TLS stream is opened when the engine first sends to a
-//! server and verified against the name the engine gives. DNS queries go to the
-//! library's sans-IO [`Locator`]. SIGTERM and SIGINT end the loop cleanly, SIGHUP asks the
-//! daemon to reload, and a Unix socket answers `status` with JSON.
+//! server and verified against the name the engine gives. DNS queries go to the sans-IO
+//! DC locator of `ntm-dns` ([`Locator`]). SIGTERM and SIGINT end the loop cleanly, SIGHUP
+//! asks the daemon to reload, and a Unix socket answers `status` with JSON.
 //!
 //! Bad input never ends the loop: malformed datagrams and frames are the engine's to drop
 //! and count, and a misbehaving connection (bad TLS, oversize or empty frames, a peer that
@@ -35,7 +35,7 @@
 use crate::udp::{Local, Locals, ServerUdp};
 use mio::net::{TcpListener, TcpStream, UdpSocket, UnixListener};
 use mio::{Events, Interest, Poll, Token};
-use ntm_proto::dns::Locator;
+use ntm_dns::Locator;
 use ntm_proto::engine::{DnsAnswer, Engine, PeerIdentity, Received, StreamKind, Transmit, Via};
 use ntm_proto::time::{Duration, Instant};
 use ntm_proto::wire::frame::{encode_frame, FrameDecoder, FRAME_MAX};

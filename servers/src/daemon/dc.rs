@@ -25,7 +25,7 @@ use crate::config::{secs, DcFile};
 use crate::driver::{Daemon, Driver, DriverConfig, Reload};
 use crate::pki::ClientAuth;
 use crate::store::{self, DcStore, NodeSnapshot, NsSnapshot, COUNTER_RESERVE};
-use ntm_proto::dns::{Locator, LocatorConfig};
+use ntm_dns::{Locator, LocatorConfig};
 use ntm_proto::engine::dc::{Dc, DcConfig, DcEvent, NodeState, NsRef, NsState, ServerRef};
 use ntm_proto::engine::Engine;
 use ntm_proto::time::{Duration, Instant};

@@ -7,8 +7,8 @@
 
 #![allow(dead_code, clippy::print_stderr)]
 
+use ntm_dns::{Locator, LocatorConfig};
 use ntm_proto::crypto::pk::KeyPair;
-use ntm_proto::dns::{Locator, LocatorConfig};
 use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, ResolveError};
 use ntm_proto::engine::DcLocation;
 use ntm_proto::time::{Duration, Instant};
