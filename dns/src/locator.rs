@@ -640,7 +640,7 @@ impl Asked {
         msg.set_flags(PacketFlag::RECURSION_DESIRED);
         msg.questions.push(simple_dns::Question::new(self.name.to_wire(), self.rtype.into(), CLASS::IN.into(), false));
         *msg.opt_mut() = Some(OPT { opt_codes: Vec::new(), udp_packet_size: EDNS_PAYLOAD, version: 0 });
-        msg.build_bytes_vec()
+        msg.build_bytes_vec_compressed()
     }
 
     /// True if a reply's question is exactly this one (the name in any case). A class

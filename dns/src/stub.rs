@@ -651,7 +651,7 @@ impl DnsStub {
             msg.set_flags(PacketFlag::RECURSION_DESIRED);
         }
         msg.set_flags(PacketFlag::RECURSION_AVAILABLE);
-        if let Ok(bytes) = msg.build_bytes_vec() {
+        if let Ok(bytes) = msg.build_bytes_vec_compressed() {
             self.transmits.push_back((Dest::Client, to, bytes));
         }
     }
