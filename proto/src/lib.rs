@@ -21,6 +21,7 @@ pub mod crypto;
 #[cfg(feature = "dns")]
 pub mod dns;
 pub mod engine;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;
