@@ -2,16 +2,17 @@
 //! the counter reservation, file modes and schema versions.
 
 use ntm_proto::crypto::pk::{Attestation, KeyPair};
-use ntm_proto::engine::account::{Account, Accounts, Verdict};
-use ntm_proto::engine::oidc::IdClaims;
+use ntm_proto::engine::account::{Account, Verdict};
+use ntm_proto::engine::dc::{NodeState, NsState};
 use ntm_proto::engine::{PeerIdentity, Role};
 use ntm_proto::keys::{KNtmDc, KNtmNs};
+use ntm_proto::time::Instant;
 use ntm_proto::wire::registration::KeepaliveMethod;
 use ntm_proto::wire::{Bytes, Fqdn, KeyId, VirtualAddrs};
-use ntm_servers::store::{
-    needs_refresh, reserved_counter, AccountStore, DcStore, HashCost, NodeSnapshot, NsSnapshot, OidcBinding,
-    StoreError, COUNTER_RESERVE,
-};
+use ntm_servers::oidc::IdClaims;
+use ntm_servers::store::accounts::{AccountStore, HashCost, OidcBinding};
+use ntm_servers::store::dc::{needs_refresh, reserved_counter, DcStore, COUNTER_RESERVE};
+use ntm_servers::store::StoreError;
 use rand_chacha::rand_core::SeedableRng;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -269,15 +270,15 @@ fn store_open_errors_name_the_file() {
     assert!(line.starts_with(&format!("database {}: cannot create or open the file", path.display())), "{line}");
 }
 
-fn snapshot(name: &str, seed: u64) -> NodeSnapshot {
+fn snapshot(name: &str, seed: u64) -> NodeState {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
     let as_key = KeyPair::generate(&mut rng);
     let node_key = KeyPair::generate(&mut rng);
-    NodeSnapshot {
+    NodeState {
         fqdn: fqdn(name),
         key_id: KeyId(0x0102_0304 + seed as u32),
         key: KNtmDc::generate(&mut rng),
-        expires_ms: 1_900_000_000_000,
+        expires: Instant::from_millis(1_900_000_000_000),
         next_counter: 17 * seed,
         peer_counter: 5 * seed,
         attestation: Some(Attestation::issue(&as_key, fqdn(name), node_key.public())),
@@ -288,11 +289,11 @@ fn snapshot(name: &str, seed: u64) -> NodeSnapshot {
         endpoints: vec![("203.0.113.7:4500".parse().unwrap(), true), ("[2001:db8::7]:4500".parse().unwrap(), false)],
         local_addrs: vec!["192.168.1.10:4500".parse().unwrap(), "[2001:db8::7]:4500".parse().unwrap()],
         keepalive: KeepaliveMethod::Push(Bytes::new(b"device-token".to_vec()).unwrap()),
-        ns: (seed % 2 == 1).then(|| NsSnapshot {
+        ns: (seed % 2 == 1).then(|| NsState {
             ns: fqdn("ns1.example"),
             key_id: KeyId(77 + seed as u32),
             key: KNtmNs::generate(&mut rng),
-            expires_ms: 1_900_000_000_000,
+            expires: Instant::from_millis(1_900_000_000_000),
         }),
     }
 }
