@@ -271,18 +271,17 @@ macro_rules! ca_usage {
         concat!(
             "  ",
             $p,
-            " init --out DIR [--name CN] [--days N]
-                                a new deployment CA: DIR/ca.pem, DIR/ca.key (default 3650 days)
-  ",
+            " init --out DIR [--name CN] [--days N]\n",
+            "                                a new deployment CA: DIR/ca.pem, DIR/ca.key (default 3650 days)\n",
+            "  ",
             $p,
-            " issue --ca DIR --role ROLE --name FQDN --out DIR [--days N]
-                                a certificate and key: DIR/FQDN.pem, DIR/FQDN.key (default 825 days)
-  ",
+            " issue --ca DIR --role ROLE --name FQDN --out DIR [--days N]\n",
+            "                                a certificate and key: DIR/FQDN.pem, DIR/FQDN.key (default 825 days)\n",
+            "  ",
             $p,
-            " sign-csr --ca DIR [--role ROLE] --name FQDN --csr FILE --out FILE [--days N]
-                                sign a device's request, its key never leaving it (role default node)
-                                ROLE: node, as, dc, rs or ns; keys are written mode 0600
-"
+            " sign-csr --ca DIR [--role ROLE] --name FQDN --csr FILE --out FILE [--days N]\n",
+            "                                sign a device's request, its key never leaving it (role default node)\n",
+            "                                ROLE: node, as, dc, rs or ns; keys are written mode 0600\n",
         )
     };
 }

@@ -425,3 +425,69 @@ fn dc_store_counter_reserve() {
     assert_eq!(s.load_nodes().unwrap()[0].next_counter, u64::MAX);
     assert_eq!(reserved_counter(u64::MAX), u64::MAX);
 }
+
+/// The DC schema as the first builds created it, kept here as it was: a database they
+/// wrote must open and load with every later build.
+const DC_SCHEMA_1: &str = "
+    CREATE TABLE assignments (fqdn TEXT PRIMARY KEY, v4 TEXT NOT NULL UNIQUE, v6 TEXT NOT NULL UNIQUE) STRICT;
+    CREATE TABLE nodes (
+        fqdn TEXT PRIMARY KEY, key_id INTEGER NOT NULL, key BLOB NOT NULL CHECK (length(key) = 16),
+        expires_ms INTEGER NOT NULL, next_counter INTEGER NOT NULL, peer_counter INTEGER NOT NULL,
+        attestation BLOB, v4 TEXT, v6 TEXT, endpoints TEXT NOT NULL, local_addrs TEXT NOT NULL,
+        keepalive BLOB NOT NULL, saved_ms INTEGER NOT NULL, CHECK ((v4 IS NULL) = (v6 IS NULL))
+    ) STRICT;
+    CREATE TABLE node_ns (
+        fqdn TEXT PRIMARY KEY, ns TEXT NOT NULL, key_id INTEGER NOT NULL,
+        key BLOB NOT NULL CHECK (length(key) = 16), expires_ms INTEGER NOT NULL
+    ) STRICT;
+    PRAGMA user_version = 1;
+";
+
+/// A DC database written before the store took the engine's node state directly (rows
+/// as those builds encoded them: UNIX milliseconds, counters as signed 64 bits, JSON
+/// endpoints, wire-encoded keepalive) opens, and its rows come back as the engine's
+/// `NodeState`.
+#[test]
+fn dc_store_opens_a_database_an_earlier_build_wrote() {
+    use ntm_proto::wire::Codec;
+    let db = TempDb::new("dc-v1");
+    let conn = rusqlite::Connection::open(db.path()).unwrap();
+    conn.execute_batch(DC_SCHEMA_1).unwrap();
+    conn.execute("INSERT INTO assignments VALUES ('a.nodes.example', '198.18.0.2', '2001:db8:ff::2')", []).unwrap();
+    conn.execute(
+        "INSERT INTO nodes VALUES ('a.nodes.example', 7, ?1, 1900000000000, -2, 3, NULL, '198.18.0.2', \
+         '2001:db8:ff::2', '[{\"addr\":\"203.0.113.7:4500\",\"nat\":true}]', '[\"192.168.1.10:4500\"]', ?2, 0)",
+        rusqlite::params![[7u8; 16].as_slice(), KeepaliveMethod::Udp.to_vec()],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO node_ns VALUES ('a.nodes.example', 'ns1.example', 9, ?1, 1900000000001)",
+        [[9u8; 16].as_slice()],
+    )
+    .unwrap();
+    drop(conn);
+
+    let s = DcStore::open(db.path()).unwrap();
+    let v = VirtualAddrs { v4: "198.18.0.2".parse().unwrap(), v6: "2001:db8:ff::2".parse().unwrap() };
+    assert_eq!(s.load_assignments().unwrap(), vec![(fqdn("a.nodes.example"), v)]);
+    let want = NodeState {
+        fqdn: fqdn("a.nodes.example"),
+        key_id: KeyId(7),
+        key: KNtmDc::from_bytes([7; 16]),
+        expires: Instant::from_millis(1_900_000_000_000),
+        next_counter: u64::MAX - 1,
+        peer_counter: 3,
+        attestation: None,
+        virtual_addrs: Some(v),
+        endpoints: vec![("203.0.113.7:4500".parse().unwrap(), true)],
+        local_addrs: vec!["192.168.1.10:4500".parse().unwrap()],
+        keepalive: KeepaliveMethod::Udp,
+        ns: Some(NsState {
+            ns: fqdn("ns1.example"),
+            key_id: KeyId(9),
+            key: KNtmNs::from_bytes([9; 16]),
+            expires: Instant::from_millis(1_900_000_000_001),
+        }),
+    };
+    assert_eq!(s.load_nodes().unwrap(), vec![want]);
+}
