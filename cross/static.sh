@@ -202,7 +202,7 @@ for t in "${targets[@]}"; do
 	bins=(ntmd)
 	pkgs=(-p ntm-agent)
 	case "$t" in aarch64 | x86_64)
-		bins+=(ntm-as ntm-dc ntm-rs ntm-ns)
+		bins+=(ntm-as ntm-dc ntm-rs ntm-ns ntm-ca)
 		pkgs+=(-p ntm-servers)
 		;;
 	esac

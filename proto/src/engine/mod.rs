@@ -34,8 +34,6 @@ pub mod node;
 #[cfg(feature = "servers")]
 pub mod ns;
 #[cfg(feature = "servers")]
-pub mod oidc;
-#[cfg(feature = "servers")]
 pub mod rs;
 
 pub use retransmit::{Backoff, Retry};
@@ -100,6 +98,32 @@ pub enum Role {
     Rs,
     /// A Notification Server.
     Ns,
+}
+
+/// The prefix of the SAN URI that gives a certificate its role:
+/// `urn:ntmobile:role:<label>`, with [`Role::label`]. Both ends read it here: the servers
+/// when they identify a peer, the agent when it checks the AS's certificate.
+pub const ROLE_URI_PREFIX: &str = "urn:ntmobile:role:";
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 5] = [Role::Node, Role::As, Role::Dc, Role::Rs, Role::Ns];
+
+    /// The role's label in its URI ([`ROLE_URI_PREFIX`]) and on command lines.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::As => "as",
+            Role::Dc => "dc",
+            Role::Rs => "rs",
+            Role::Ns => "ns",
+        }
+    }
+
+    /// The role a label names (the inverse of [`Role::label`]).
+    pub fn from_label(label: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.label() == label)
+    }
 }
 
 /// Who is at the other end of a TLS stream, as verified by the driver's TLS layer.

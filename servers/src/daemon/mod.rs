@@ -1,9 +1,13 @@
-//! The four daemons: each builds its engine from its configuration file and runs it in
+//! The four daemons, each behind its feature: each builds its engine from its configuration file and runs it in
 //! the [`crate::driver`] loop.
 
+#[cfg(feature = "as")]
 pub mod account;
+#[cfg(feature = "dc")]
 pub mod dc;
+#[cfg(feature = "ns")]
 pub mod ns;
+#[cfg(feature = "rs")]
 pub mod rs;
 
 use crate::config::{Common, TlsFiles};
