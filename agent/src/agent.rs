@@ -21,7 +21,6 @@
 use crate::batch::{Batch, BATCH, SLOT_LEN};
 use crate::config::{AgentFile, Route};
 use crate::control::Json;
-use crate::dnsstub::{Dest, DnsStub, Outcome, StubConfig};
 use crate::held::Held;
 use crate::icmp;
 use crate::netlink::{overlapping_routes, usable_local_addrs, ChangeDebounce, Netlink};
@@ -34,9 +33,10 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use ntm_cmdline::Failure;
+use ntm_dns::stub::{Dest, DnsStub, Outcome, StubConfig};
+use ntm_dns::{Locator, LocatorConfig};
 use ntm_proto::crypto::pk::KeyPair;
 use ntm_proto::crypto::TAG_LEN;
-use ntm_proto::dns::{Locator, LocatorConfig};
 use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, PathKind, ResolveId, SendError};
 use ntm_proto::engine::{DcLocation, DnsAnswer, Engine, Received, StreamKind, Transmit, Via};
 use ntm_proto::time::Instant;
@@ -1399,7 +1399,7 @@ impl Agent {
             .num("budget_exhausted", c.budget_exhausted)
             .close();
         j.open(Some("dropped"));
-        for why in ntm_proto::engine::Drop::ALL {
+        for why in ntm_proto::engine::DropReason::ALL {
             j.num(why.name(), self.node.drops().get(why));
         }
         j.close();

@@ -9,7 +9,6 @@ mod agent;
 mod batch;
 mod config;
 mod control;
-mod dnsstub;
 mod held;
 mod icmp;
 mod netlink;

@@ -413,7 +413,7 @@ fn packets_sent_to_a_moving_peer_before_it_is_heard_from_again_are_sent_again() 
     }
     assert!(d.node(cn).resent_packets() >= 3, "resent {}", d.node(cn).resent_packets());
     // The copies that had arrived after all are refused by the replay window as stale.
-    let stale = d.sim.drops(mn).get(ntm_proto::engine::Drop::Stale);
+    let stale = d.sim.drops(mn).get(ntm_proto::engine::DropReason::Stale);
     assert!(stale <= d.node(cn).resent_packets(), "stale {stale}");
 }
 
@@ -494,7 +494,11 @@ fn a_dc_restarted_from_its_saved_state_serves_nodes_without_a_new_login() {
     // A message the node sent before the restart is still a replay after it.
     d.sim.inject(RealmId::INTERNET, old.src, old.dst, old.bytes.clone());
     d.run_for(Duration::from_millis(100));
-    assert_eq!(d.sim.engine::<Dc>(dc_a).drops().get(ntm_proto::engine::Drop::Stale), 1, "replay refused as stale");
+    assert_eq!(
+        d.sim.engine::<Dc>(dc_a).drops().get(ntm_proto::engine::DropReason::Stale),
+        1,
+        "replay refused as stale"
+    );
     d.run_for(Duration::from_secs(60));
     let ev = d.events(mn);
     assert!(!ev.iter().any(|e| matches!(e, NodeEvent::LoggedIn { .. })), "no re-login: {ev:?}");
@@ -524,7 +528,7 @@ fn a_plain_refusal_naming_another_key_is_ignored() {
     d.sim.inject(RealmId::INTERNET, dc, node, forged);
     d.run_for(Duration::from_secs(2));
     assert!(!d.events(mn).iter().any(|e| matches!(e, NodeEvent::LoggedIn { .. })), "no re-login");
-    assert!(d.sim.drops(mn).get(ntm_proto::engine::Drop::Unauthorized) >= 1);
+    assert!(d.sim.drops(mn).get(ntm_proto::engine::DropReason::Unauthorized) >= 1);
 }
 
 #[test]

@@ -20,7 +20,7 @@ mod timer;
 mod tunnel;
 
 use super::{
-    Backoff, ConfigError, DcLocation, DnsAnswer, DnsQuery, Drop, DropCounters, Engine, IdSource, PeerIdentity,
+    Backoff, ConfigError, DcLocation, DnsAnswer, DnsQuery, DropCounters, DropReason, Engine, IdSource, PeerIdentity,
     Received, Rng, StreamKind, Transmit, Via,
 };
 use crate::crypto::pk::{Attestation, KeyPair, PublicKey};
@@ -446,7 +446,7 @@ impl Node {
 
     fn transmit(&mut self, via: Via, dst: SocketAddr, payload: Vec<u8>) {
         if self.out.len() >= OUT_MAX {
-            self.drops.count(Drop::Limit);
+            self.drops.count(DropReason::Limit);
             return;
         }
         self.out.push_back(Transmit { via, dst, payload });
@@ -482,17 +482,17 @@ impl Node {
 
     /// A message sealed with K_ntmdc arrived (over UDP, or inside an NS notification).
     fn handle_dc_message(&mut self, now: Instant, from: Option<SocketAddr>, buf: &[u8]) -> Received {
-        let Some(s) = self.session.as_mut() else { return self.drops.count(Drop::UnknownKey) };
+        let Some(s) = self.session.as_mut() else { return self.drops.count(DropReason::UnknownKey) };
         let (_, msg) = match s.channel.open(now, buf) {
             Ok(m) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         match msg {
             Message::RegistrationResponse(r) => self.handle_registration_response(now, from, r),
             Message::KeepaliveAck(a) => self.handle_keepalive_ack(now, a),
             Message::RouteDirection(rd) => self.handle_route_direction(now, rd),
             Message::Refusal(r) => self.handle_dc_refusal(now, r),
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 }
@@ -501,7 +501,7 @@ impl Engine for Node {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
         let (ty, sealed, key_id) = match Envelope::new_checked(&buf[..]) {
             Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         let from_dc = self.session.as_ref().is_some_and(|s| s.channel.id() == key_id);
         match ty {
@@ -517,10 +517,10 @@ impl Engine for Node {
                 self.handle_dc_message(now, Some(from), buf)
             }
             MsgType::RegistrationResponse | MsgType::KeepaliveAck | MsgType::RouteDirection | MsgType::Refusal => {
-                self.drops.count(Drop::UnknownKey)
+                self.drops.count(DropReason::UnknownKey)
             }
-            MsgType::Unknown(_) => self.drops.count(Drop::Malformed),
-            _ => self.drops.count(Drop::Unexpected),
+            MsgType::Unknown(_) => self.drops.count(DropReason::Malformed),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
@@ -535,7 +535,7 @@ impl Engine for Node {
         match kind {
             StreamKind::Tls if Some(from) == self.as_current => self.handle_as_frame(now, frame),
             StreamKind::Tcp if self.ns.as_ref().is_some_and(|ns| ns.addr() == from) => self.handle_ns_frame(now, frame),
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 

@@ -20,7 +20,7 @@ use super::timer::Timer;
 use super::{ip_endpoints, Node, NodeEvent, PathKind, ResolveError, ResolveId};
 use crate::crypto::pk::{unwrap_from_peer, unwrap_with_tmp, wrap_for_peer, wrap_with_tmp, AttestedKey};
 use crate::crypto::{Channel, CryptoError, TAG_LEN};
-use crate::engine::{Drop, Received, Retry, Via};
+use crate::engine::{DropReason, Received, Retry, Via};
 use crate::keys::{KMnCn, KTmp, MnCn, Tun};
 use crate::time::{Duration, Instant};
 use crate::wire::direction::DirectionRequest;
@@ -818,9 +818,9 @@ impl Node {
 
     /// A Route Direction from our DC (spec 4.4): set up our end of a tunnel.
     pub(super) fn handle_route_direction(&mut self, now: Instant, rd: RouteDirection) -> Received {
-        let Some(me) = self.fqdn().cloned() else { return self.drops.count(Drop::Stale) };
+        let Some(me) = self.fqdn().cloned() else { return self.drops.count(DropReason::Stale) };
         if rd.node != me {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         let ack = Message::RouteDirectionAck(RouteDirectionAck { request_id: rd.request_id, session: rd.session });
         let ended = self.ended.iter().any(|(s, _)| *s == rd.session);
@@ -836,7 +836,7 @@ impl Node {
         let live = self.tunnels.iter().filter(|(_, t)| t.is_live()).count();
         if live >= self.cfg.max_tunnels {
             self.refuse_to_dc(now, MsgType::RouteDirection, rd.request_id, Reason::Overloaded, "tunnel table full");
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         }
         // Which wrapping: the peer's attested public key if both ends have key pairs,
         // else K_tmp. A node set to strict public-key mode refuses K_tmp, so a DC cannot
@@ -859,7 +859,7 @@ impl Node {
                             Reason::Unauthorized,
                             "peer attestation invalid",
                         );
-                        return self.drops.count(Drop::Unauthorized);
+                        return self.drops.count(DropReason::Unauthorized);
                     }
                 }
             }
@@ -873,12 +873,12 @@ impl Node {
                 Reason::Unauthorized,
                 "no usable key wrapping",
             );
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         let expires = now + rd.k_tun.lifetime.duration();
         let k_tun = match Channel::new(rd.k_tun.key, KeyId(rd.session.0), side_sender(rd.side), expires) {
             Ok(c) => c,
-            Err(_) => return self.drops.count(Drop::Malformed),
+            Err(_) => return self.drops.count(DropReason::Malformed),
         };
         if rd.side == Side::Mn {
             if let Some(i) = self.directions.iter().position(|d| d.peer == rd.peer.fqdn) {
@@ -973,28 +973,28 @@ impl Node {
 
     /// Tunnel Request (from the peer) and Hole Punch Ack (from the RS), sealed with K_tun.
     pub(super) fn handle_tun_message(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) -> Received {
-        let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(Drop::Malformed) };
+        let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(DropReason::Malformed) };
         let Some(id) = self.tunnels.by_session(SessionId(env.key_id().0)) else {
-            return self.drops.count(Drop::UnknownKey);
+            return self.drops.count(DropReason::UnknownKey);
         };
-        let Some(mut t) = self.tunnels.get_mut(id) else { return self.drops.count(Drop::UnknownKey) };
+        let Some(mut t) = self.tunnels.get_mut(id) else { return self.drops.count(DropReason::UnknownKey) };
         let opened = t.k_tun.open(now, buf);
         drop(t);
         let (header, msg) = match opened {
             Ok(m) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         match msg {
             Message::TunnelRequest(tr) => self.handle_tunnel_request(now, id, from, header, tr),
             Message::HolePunchAck(a) => self.handle_hole_punch_ack(now, id, header, a),
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
     fn handle_hole_punch_ack(&mut self, now: Instant, id: TunnelId, header: Header, _a: HolePunchAck) -> Received {
         let Some(mut t) = self.tunnels.get_mut(id) else { return Received::Handled };
         if header.sender != Sender::Rs {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         if !matches!(t.state, TunnelState::Punching { .. }) {
             // A keepalive's, a handover's or a liveness check's punch was acknowledged:
@@ -1024,16 +1024,16 @@ impl Node {
         header: Header,
         tr: TunnelRequest,
     ) -> Received {
-        let Some(me) = self.fqdn().cloned() else { return self.drops.count(Drop::Stale) };
-        let Some(my_virtual) = self.virtual_addrs else { return self.drops.count(Drop::Stale) };
+        let Some(me) = self.fqdn().cloned() else { return self.drops.count(DropReason::Stale) };
+        let Some(my_virtual) = self.virtual_addrs else { return self.drops.count(DropReason::Stale) };
         let lifetime = self.cfg.tunnel_key_lifetime;
         let Some(mut t) = self.tunnels.get_mut(id) else { return Received::Handled };
         let peer_sender = side_sender(if t.side == Side::Mn { Side::Cn } else { Side::Mn });
         if header.sender != peer_sender || t.role != TunnelRole::Await {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         if tr.initiator != t.peer.fqdn || tr.virtual_addrs != t.peer.virtual_addrs {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         let k_mncn = match (&tr.wrapped, &t.k_tmp, &t.peer_key, &self.cfg.key_pair) {
             (WrappedKey::Tmp(w), Some(k_tmp), _, _) => unwrap_with_tmp(k_tmp, t.session, &t.peer.fqdn, &me, w),
@@ -1044,7 +1044,7 @@ impl Node {
             Ok(k) => k,
             Err(e) => {
                 log::warn!("Tunnel Request from {} does not unwrap: {e}", t.peer.fqdn);
-                return self.drops.count(Drop::Crypto);
+                return self.drops.count(DropReason::Crypto);
             }
         };
         let msg = Message::TunnelResponse(TunnelResponse { virtual_addrs: my_virtual });
@@ -1060,10 +1060,10 @@ impl Node {
                 drop(t);
                 self.send_udp(sealed);
             }
-            Some(_) => return self.drops.count(Drop::Stale),
+            Some(_) => return self.drops.count(DropReason::Stale),
             None => {
                 let Ok(mncn) = Channel::new(k_mncn, KeyId(t.session.0), Sender::Responder, now + lifetime) else {
-                    return self.drops.count(Drop::Malformed);
+                    return self.drops.count(DropReason::Malformed);
                 };
                 t.state = TunnelState::Established(Established::new(now, mncn, t.relay, from));
                 t.up(now);
@@ -1133,15 +1133,15 @@ impl Node {
 
     /// Tunnel Response, Path Probe and Path Probe Ack, sealed with K_mncn.
     pub(super) fn handle_mncn_message(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) -> Received {
-        let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(Drop::Malformed) };
+        let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(DropReason::Malformed) };
         let Some(id) = self.tunnels.by_session(SessionId(env.key_id().0)) else {
-            return self.drops.count(Drop::UnknownKey);
+            return self.drops.count(DropReason::UnknownKey);
         };
-        let Some(mut t) = self.tunnels.get_mut(id) else { return self.drops.count(Drop::UnknownKey) };
-        let Some(ch) = t.mncn_mut() else { return self.drops.count(Drop::Stale) };
+        let Some(mut t) = self.tunnels.get_mut(id) else { return self.drops.count(DropReason::UnknownKey) };
+        let Some(ch) = t.mncn_mut() else { return self.drops.count(DropReason::Stale) };
         let (_, msg, newest) = match ch.open_ordered(now, buf) {
             Ok(m) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         t.heard(now);
         match msg {
@@ -1150,7 +1150,7 @@ impl Node {
                     return Received::Handled; // duplicate response
                 }
                 if r.virtual_addrs != t.peer.virtual_addrs {
-                    return self.drops.count(Drop::Unauthorized);
+                    return self.drops.count(DropReason::Unauthorized);
                 }
                 t.establish(now, from);
                 drop(t);
@@ -1194,7 +1194,7 @@ impl Node {
                 }
                 Received::Handled
             }
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
@@ -1250,19 +1250,19 @@ impl Node {
     /// peer's virtual address to ours (anything else is dropped: a peer may only send as
     /// itself).
     pub(super) fn handle_data(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
-        let Ok(env) = Envelope::new_checked(&buf[..]) else { return self.drops.count(Drop::Malformed) };
+        let Ok(env) = Envelope::new_checked(&buf[..]) else { return self.drops.count(DropReason::Malformed) };
         let Some(id) = self.tunnels.by_session(SessionId(env.key_id().0)) else {
-            return self.drops.count(Drop::UnknownKey);
+            return self.drops.count(DropReason::UnknownKey);
         };
         let my_virtual = self.virtual_addrs;
-        let Some(mut t) = self.tunnels.get_mut(id) else { return self.drops.count(Drop::UnknownKey) };
-        let Some(ch) = t.mncn_mut() else { return self.drops.count(Drop::Stale) };
+        let Some(mut t) = self.tunnels.get_mut(id) else { return self.drops.count(DropReason::UnknownKey) };
+        let Some(ch) = t.mncn_mut() else { return self.drops.count(DropReason::Stale) };
         let (range, newest) = match ch.open_in_place(now, buf) {
             Ok(o) => (o.body, o.newest),
             // A copy of a data packet (the network's, or sent again after a handover)
             // is a late duplicate; it was delivered once, or is too late to matter.
-            Err(CryptoError::Replayed | CryptoError::TooOld) => return self.drops.count(Drop::Stale),
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(CryptoError::Replayed | CryptoError::TooOld) => return self.drops.count(DropReason::Stale),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         let inner = buf.get(range.clone()).unwrap_or(&[]);
         let ok = match (ip_endpoints(inner), my_virtual) {
@@ -1270,7 +1270,7 @@ impl Node {
             _ => false,
         };
         if !ok {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         t.heard(now);
         t.activity.last_data = now;
@@ -1364,7 +1364,7 @@ impl Node {
     pub(super) fn handle_relay_lost_session(&mut self, now: Instant, from: SocketAddr, session: SessionId) -> Received {
         let t = self.tunnels.by_session(session).and_then(|id| self.tunnels.get_mut(id));
         let Some(mut t) = t.filter(|t| t.on_relay() && t.relay == Some(from) && t.is_live()) else {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         };
         if t.rekey_requested || t.role != TunnelRole::Initiate {
             return Received::Handled;
