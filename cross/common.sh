@@ -40,6 +40,8 @@ qemu_tests() {
 	local cargo_fn=$1
 	"$cargo_fn" test -p ntm-proto --all-features --lib --tests
 	"$cargo_fn" test -p ntm-proto --no-default-features --lib
+	"$cargo_fn" test -p ntm-dns --lib --tests
+	"$cargo_fn" test -p ntm-io --lib
 	"$cargo_fn" test -p ntm-agent --bins --test tls_login
 	"$cargo_fn" test -p ntm-agent --test netlink --no-run
 }

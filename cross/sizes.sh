@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(armv7 mipsel mips)
-bins=(ntmd ntm-as ntm-dc ntm-rs ntm-ns)
+bins=(ntmd ntm-as ntm-dc ntm-rs ntm-ns ntm-ca)
 
 # Column: name, directory, strip program.
 cols=("x86_64|target/release|strip")

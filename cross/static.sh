@@ -8,8 +8,8 @@
 #
 # TARGET is armv7, aarch64, mipsel, mips (big endian) or x86_64; default all five. Per target:
 #   test     the tests of cross/build.sh but the lab: ntm-proto (all features, and the unit
-#            tests without default features), ntmd's unit tests, its TLS login tests and its
-#            netlink tests against the kernel, one namespace per test (as root)
+#            tests without default features), ntm-dns, ntmd's unit tests, its TLS login tests
+#            and its netlink tests against the kernel, one namespace per test (as root)
 #   release  ntmd, and for the 64-bit targets (aarch64, x86_64) the four servers too;
 #            checked static (no program interpreter) and started under qemu. On mips and
 #            mipsel a panic in the release ntmd aborts without a message, which keeps it
@@ -202,7 +202,7 @@ for t in "${targets[@]}"; do
 	bins=(ntmd)
 	pkgs=(-p ntm-agent)
 	case "$t" in aarch64 | x86_64)
-		bins+=(ntm-as ntm-dc ntm-rs ntm-ns)
+		bins+=(ntm-as ntm-dc ntm-rs ntm-ns ntm-ca)
 		pkgs+=(-p ntm-servers)
 		;;
 	esac

@@ -37,7 +37,9 @@ fi
 cargo build --release --locked -q --workspace --bins
 # The agent at opt-level 3 (target/speed/ntmd), for x86_64 gateways: its own row in the tunnel part.
 cargo build --profile speed --locked -q -p ntm-agent --bin ntmd
-cargo build --release --locked -q -p ntm-lab --examples
+# The benchmark program and its load generator (target/bench-tool/): the release build with
+# unwinding panics, so a panic still stops the daemons and deletes the namespaces.
+cargo build --profile bench-tool --locked -q -p ntm-bench
 mkdir -p target/bench
 name="bench-$(date -u +%Y%m%dT%H%M%SZ)"
 [ "$quick" = 1 ] && name="$name-quick"
@@ -47,6 +49,6 @@ for a in "$@"; do
 	[ "$a" = --install ] || set -- "$@" "$a"
 done
 status=0
-./target/release/examples/bench "$@" --out "$out" || status=$?
+./target/bench-tool/ntm-bench "$@" --out "$out" || status=$?
 [ -f "$out" ] && cp "$out" target/bench/latest.md
 exit "$status"

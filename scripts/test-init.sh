@@ -136,7 +136,7 @@ BIN="$TMP/bin"
 mkdir -p "$BIN" "$TMP/etc" "$TMP/run" "$TMP/log" "$TMP/default" "$TMP/lib"
 # Copies, so that a rebuild during the test cannot swap the programs under the
 # running daemons (the scripts match /proc/PID/exe against EXEC).
-for d in "${DAEMONS[@]}"; do
+for d in "${DAEMONS[@]}" ntm-ca; do
 	cp "target/release/$d" "$BIN/$d"
 done
 # A stand-in daemon that ignores SIGTERM, for the STOP_TIMEOUT case.
@@ -180,11 +180,11 @@ fi
 
 # --- certificates and configurations -------------------------------------
 E="$TMP/etc"
-"$BIN/ntm-as" ca init --out "$TMP/ca" >/dev/null
+"$BIN/ntm-ca" init --out "$TMP/ca" >/dev/null
 for r in as dc rs ns; do
-	"$BIN/ntm-as" ca issue --ca "$TMP/ca" --role "$r" --name "$r.test.example" --out "$E" >/dev/null
+	"$BIN/ntm-ca" issue --ca "$TMP/ca" --role "$r" --name "$r.test.example" --out "$E" >/dev/null
 done
-"$BIN/ntm-as" ca issue --ca "$TMP/ca" --role node --name box1.home.ntm.test.example --out "$E" >/dev/null
+"$BIN/ntm-ca" issue --ca "$TMP/ca" --role node --name box1.home.ntm.test.example --out "$E" >/dev/null
 cp "$TMP/ca/ca.pem" "$E/ca.pem"
 
 port_free() {
@@ -589,7 +589,7 @@ else
 fi
 
 # --- the qemu-arm board's ntmd.json, with a provisioned factory partition ---
-NTM_AS="$BIN/ntm-as" "$ROOT/board/qemu-arm/provision.sh" --ca "$TMP/ca" --name box2.home.ntm.test.example \
+NTM_CA="$BIN/ntm-ca" "$ROOT/board/qemu-arm/provision.sh" --ca "$TMP/ca" --name box2.home.ntm.test.example \
 	--out "$TMP/factory.ext2" >/dev/null 2>&1 </dev/null || true
 mkdir -p "$TMP/factory"
 if [ -s "$TMP/factory.ext2" ] && command -v debugfs >/dev/null; then
@@ -606,7 +606,7 @@ if [ -s "$TMP/factory.ext2" ] && command -v debugfs >/dev/null; then
 	"$BIN/ntmd" check -c "$TMP/board-ntmd.json" >/dev/null 2>&1
 	verdict $? "board/qemu-arm ntmd.json passes ntmd check with a provisioned identity"
 else
-	not_ok "board/qemu-arm/provision.sh made a factory partition (needs ntm-as in PATH: NTM_AS)"
+	not_ok "board/qemu-arm/provision.sh made a factory partition (needs ntm-ca in PATH: NTM_CA)"
 fi
 
 # --- nothing left behind ----------------------------------------------------

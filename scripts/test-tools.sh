@@ -165,8 +165,8 @@ demo_list=$(install_list scripts/demo.sh)
 [ -n "$demo_list" ] || fail "scripts/demo.sh has no install_missing list"
 
 # What scripts/test.sh runs: every Rust test (lab library, lab tests, other crates' tests)
-# and its shell scripts; the benchmarks (lab/examples/bench*.rs) are not among them.
-rust_test_files=$(find lab/src lab/tests servers agent cmdline proto sim -name '*.rs' -not -path '*/target/*')
+# and its shell scripts; the benchmarks (bench/, run by scripts/bench.sh) are not among them.
+rust_test_files=$(find lab/src lab/tests servers agent cmdline proto dns sim -name '*.rs' -not -path '*/target/*')
 test_tools=$(
 	{
 		# shellcheck disable=SC2086 # a list of files

@@ -39,9 +39,11 @@ echo "== the OpenWrt package (.ipk contents; init script against procd, uci, jsh
 echo "== Buildroot: ntmobile.hash against Buildroot's own download step (skips without a Buildroot)" && ./scripts/test-buildroot-hash.sh
 echo "== package installs keep the machine's policy-rc.d"
 ./scripts/test-apt-install.sh
-echo "== proto without the server engines (the agent's build)"
+echo "== proto without the server engines (the agent's build, ntm-dns on top of it; then with the fuzz harness, which the tests add)"
 cargo clippy -p ntm-proto --locked --no-default-features -- -D warnings
+cargo clippy -p ntm-proto --locked --no-default-features --features fuzzing -- -D warnings
 cargo test -p ntm-proto --locked --no-default-features --lib
+cargo clippy -p ntm-dns --locked -- -D warnings
 if [ "${NTM_CROSS:-}" = 1 ]; then
 	echo "== big-endian MIPS: tests under qemu-user, ntmd, the foreign agent in the lab"
 	cross/build.sh --agent-only mips

@@ -27,7 +27,6 @@
 
 use crate::batch::{Batch, BATCH};
 use crate::config::{AgentFile, Route};
-use crate::dnsstub::{Dest, DnsStub, Outcome, StubConfig};
 use crate::held::Held;
 use crate::material::{credential, Material};
 use crate::netlink::{overlapping_routes, usable_local_addrs, ChangeDebounce, Netlink};
@@ -39,8 +38,9 @@ use mio::unix::SourceFd;
 use mio::{Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use ntm_dns::stub::{Dest, DnsStub, Outcome, StubConfig};
+use ntm_dns::{Locator, LocatorConfig};
 use ntm_io::{Clock, Framed, StatusSocket, Turn};
-use ntm_proto::dns::{Locator, LocatorConfig};
 use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, ResolveId};
 use ntm_proto::engine::{DcLocation, DnsAnswer, Engine, StreamKind, Transmit, Via};
 use ntm_proto::time::Instant;

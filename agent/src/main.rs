@@ -8,7 +8,6 @@
 mod agent;
 mod batch;
 mod config;
-mod dnsstub;
 mod held;
 mod icmp;
 mod material;

@@ -9,7 +9,7 @@
 //! fails, so a resolver that is briefly unreachable does not take the server away.
 
 use crate::config::ServerAddr;
-use ntm_proto::dns::Locator;
+use ntm_dns::Locator;
 use ntm_proto::engine::DnsAnswer;
 use ntm_proto::time::{Duration, Instant};
 use std::net::SocketAddr;
@@ -122,7 +122,7 @@ impl ServerAddrs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ntm_proto::dns::LocatorConfig;
+    use ntm_dns::LocatorConfig;
     use ntm_proto::engine::DcLocation;
     use ntm_proto::wire::Fqdn;
 

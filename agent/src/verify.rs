@@ -38,13 +38,13 @@ use embedded_tls::{
     Aes128GcmSha256, Certificate, CertificateEntryRef, CertificateRef, CertificateVerifyRef, NoClock, TlsCipherSuite,
     TlsError, TlsVerifier,
 };
+use ntm_proto::engine::Role;
 use ntm_proto::wire::Fqdn;
 
-/// The SAN URI prefix that carries a certificate's role (as in `servers/src/pki.rs`).
-pub const ROLE_URI_PREFIX: &str = "urn:ntmobile:role:";
+pub use ntm_proto::engine::ROLE_URI_PREFIX;
 
 /// The only role the agent accepts from the server it logs in to.
-pub const AS_ROLE_URI: &str = "urn:ntmobile:role:as";
+const AS_ROLE: Role = Role::As;
 
 /// Longest server name embedded-tls can verify (its names are `heapless::String<64>`).
 pub const SERVER_NAME_MAX: usize = 64;
@@ -433,7 +433,7 @@ pub fn check_chain(
         return Err(VerifyError::WrongName { found: name });
     }
     match (leaf.role_uris, leaf.role_uri) {
-        (1, Some(uri)) if uri == AS_ROLE_URI.as_bytes() => Ok(()),
+        (1, Some(uri)) if uri.strip_prefix(ROLE_URI_PREFIX.as_bytes()) == Some(AS_ROLE.label().as_bytes()) => Ok(()),
         (1, Some(uri)) => Err(VerifyError::WrongRole { found: Some(String::from_utf8_lossy(uri).into_owned()) }),
         _ => Err(VerifyError::WrongRole { found: None }),
     }

@@ -11,7 +11,7 @@
 # read-only on /etc/ntmobile/device. The key exists only in a temporary
 # directory here (removed on exit) and on that filesystem.
 #
-# Needs ntm-as (or NTM_AS=/path/to/ntm-as), mke2fs and debugfs (e2fsprogs),
+# Needs ntm-ca (or NTM_CA=/path/to/ntm-ca), mke2fs and debugfs (e2fsprogs),
 # and sfdisk for --image. The account must exist on the AS:
 #   ntm-as account add -c as.json --email E --fqdn FQDN --device FQDN
 set -eu
@@ -35,7 +35,7 @@ done
 { [ -n "$ca" ] && [ -n "$name" ]; } || usage
 [ -n "$image" ] || [ -n "$out" ] || usage
 [ -z "$image" ] || [ -z "$out" ] || usage
-ntm_as="${NTM_AS:-ntm-as}"
+ntm_ca="${NTM_CA:-ntm-ca}"
 
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT INT TERM
@@ -55,7 +55,7 @@ fi
 
 set -- --ca "$ca" --role node --name "$name" --out "$stage/issued"
 [ -z "$days" ] || set -- "$@" --days "$days"
-"$ntm_as" ca issue "$@" >/dev/null
+"$ntm_ca" issue "$@" >/dev/null
 
 umask 077
 mkdir "$stage/root"

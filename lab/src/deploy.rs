@@ -118,7 +118,7 @@ pub fn bin_dir() -> Result<PathBuf> {
     }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
-    for b in ["ntmd", "ntm-as", "ntm-dc", "ntm-rs", "ntm-ns", "ntm-flood"] {
+    for b in ["ntmd", "ntm-as", "ntm-dc", "ntm-rs", "ntm-ns", "ntm-ca", "ntm-flood"] {
         if !dir.join(b).is_file() {
             return Err(LabError::Command {
                 what: format!("find {b} in {}", dir.display()),
@@ -385,7 +385,8 @@ impl Deployment {
         self.lab.nft(&n, &kind.ruleset("wan0", &ip, port))
     }
 
-    /// Runs `ntm-as` for administration (not in a namespace: it only writes files).
+    /// Runs an administration command (not in a namespace: it only writes files): `ca ...`
+    /// with `ntm-ca`, the rest with `ntm-as`.
     pub fn admin(&self, args: &[&str]) -> Result<()> {
         self.admin_with_stdin(args, "")
     }
@@ -393,7 +394,11 @@ impl Deployment {
     /// [`Deployment::admin`] with `input` on its standard input.
     pub fn admin_with_stdin(&self, args: &[&str], input: &str) -> Result<()> {
         use std::io::Write;
-        let mut child = Command::new(self.bins.join("ntm-as"))
+        let (program, args) = match args.split_first() {
+            Some((&"ca", rest)) => ("ntm-ca", rest),
+            _ => ("ntm-as", args),
+        };
+        let mut child = Command::new(self.bins.join(program))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -405,7 +410,7 @@ impl Deployment {
         let out = child.wait_with_output()?;
         if !out.status.success() {
             return Err(LabError::Command {
-                what: format!("ntm-as {}", args.join(" ")),
+                what: format!("{program} {}", args.join(" ")),
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             });
         }

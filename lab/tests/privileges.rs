@@ -100,7 +100,7 @@ fn servers_run_as_an_unprivileged_user_and_still_serve_and_reload() {
     let Some(mut d) = or_skip(Deployment::start(label), label) else { return };
     let (uid, gid) = (id_of("/etc/passwd", "nobody"), id_of("/etc/group", "nogroup"));
     // Each form of the field once; the key files are given to the user (they are the
-    // test's), the CA and certificates are world-readable as `ntm-as ca` writes them.
+    // test's), the CA and certificates are world-readable as `ntm-ca` writes them.
     let users = [
         ("rs", "nobody".to_string()),
         ("ns", format!("{uid}:{gid}")),

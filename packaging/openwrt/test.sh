@@ -7,10 +7,10 @@
 #   sh -n and shellcheck accept;
 # - the init script runs under dash and under BusyBox ash against stand-ins for procd,
 #   uci, jshn, netifd and dnsmasq (testdouble/: no procd can run here), and the JSON it
-#   writes is what the real `ntmd check` accepts, with certificates `ntm-as ca` issued;
+#   writes is what the real `ntmd check` accepts, with certificates `ntm-ca` issued;
 # - the uci-defaults script makes the firewall zone once.
 #
-#   packaging/openwrt/test.sh   (NTM_BIN: the directory of ntmd and ntm-as; default
+#   packaging/openwrt/test.sh   (NTM_BIN: the directory of ntmd and ntm-ca; default
 #                                target/release)
 #
 # One line per check, then "N passed, M failed"; exits non-zero on a failure.
@@ -60,7 +60,7 @@ for t in python3 make; do
 	fi
 done
 
-for b in ntmd ntm-as; do
+for b in ntmd ntm-ca; do
 	if [ ! -x "$BIN/$b" ]; then
 		echo "no $BIN/$b: build first (cargo build --release --workspace --bins) or set NTM_BIN" >&2
 		exit 1
@@ -234,8 +234,8 @@ fi
 # --- the init script, against the stand-ins ---------------------------------------------
 
 # An identity the real ntmd check accepts.
-"$BIN/ntm-as" ca init --out "$TMP/ca" --name "OpenWrt test CA" >/dev/null 2>&1 &&
-	"$BIN/ntm-as" ca issue --ca "$TMP/ca" --role node --name box1.home.ntm.example.net \
+"$BIN/ntm-ca" init --out "$TMP/ca" --name "OpenWrt test CA" >/dev/null 2>&1 &&
+	"$BIN/ntm-ca" issue --ca "$TMP/ca" --role node --name box1.home.ntm.example.net \
 		--out "$TMP/id" >/dev/null 2>&1
 first() { # DIR PATTERN: the first file in DIR matching PATTERN
 	find "$1" -maxdepth 1 -name "$2" 2>/dev/null | LC_ALL=C sort | head -1
@@ -243,7 +243,7 @@ first() { # DIR PATTERN: the first file in DIR matching PATTERN
 CERT="$(first "$TMP/id" "*.pem")"
 KEY="$(first "$TMP/id" "*.key")"
 CA="$(first "$TMP/ca" "*.pem")"
-check "ntm-as issued a CA and a node certificate for the test" test -s "$CERT" -a -s "$KEY" -a -s "$CA"
+check "ntm-ca issued a CA and a node certificate for the test" test -s "$CERT" -a -s "$KEY" -a -s "$CA"
 
 # Does this ntmd know log_target (added with the syslog option)? If not, the test
 # configuration leaves the option out, and says so.

@@ -17,7 +17,9 @@
 //! in `fuzzing/node.rs` and `fuzzing/servers.rs`). The engines' randomness there is a
 //! seeded, non-cryptographic RNG, so every input runs the same way each time.
 //!
-//! Not part of the API: hidden from the docs and free to change.
+//! Compiled only with the `fuzzing` feature (proto/Cargo.toml says who enables it), so the
+//! agent and the servers never carry it. Not part of the API: hidden from the docs and
+//! free to change.
 
 mod harness;
 mod node;

@@ -3,12 +3,16 @@
 //! four servers so that every build interoperates by construction.
 //!
 //! - [`wire`]: the common header and the body of every message, zero-copy view plus owned
-//!   form, explicit byte order, checked lengths.
+//!   form, explicit byte order, checked lengths. Plain data: it imports nothing from
+//!   [`crypto`], which seals, signs and verifies what wire defines (e.g. [`wire::pk`]).
 //! - [`keys`]: one type per key of Table 1.
 //! - [`crypto`]: AES-128-CCM channels with per-sender nonce spaces and replay windows;
 //!   public-key mode on P-256.
 //! - [`engine`]: the node, DC, RS, NS and AS state machines. They take time as `now` and
 //!   randomness from an RNG handed in; they never touch sockets, files or clocks.
+//!
+//! With the `fuzzing` feature (the fuzz crate and this crate's tests) also the fuzz
+//! harness, `fuzzing`, which the daemons never compile.
 //!
 //! docs/protocol.md describes the messages, sequences and rules in prose and diagrams.
 
@@ -18,9 +22,8 @@
 #![warn(missing_docs)]
 
 pub mod crypto;
-#[cfg(feature = "dns")]
-pub mod dns;
 pub mod engine;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;

@@ -12,7 +12,7 @@
 // The command line talks to a person: printing is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use crate::config::{self, AsFile, Common, DcFile, NsFile, RsFile, Validate};
+use crate::config::{self, Common, DcFile, NsFile, RsFile, Validate};
 use crate::daemon::{tls_configs, StartError};
 use crate::pki::ClientAuth;
 use serde::de::DeserializeOwned;
@@ -150,7 +150,8 @@ impl Files for DcFile {
     }
 }
 
-impl Files for AsFile {
+#[cfg(feature = "as")]
+impl Files for config::AsFile {
     fn check_files(&self) -> Result<(), StartError> {
         check_common(&self.common)?;
         crate::daemon::account::read_key_files(self)?;

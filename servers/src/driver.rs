@@ -5,9 +5,9 @@
 //! batch of input it drains the engine's outputs (transmits, DNS queries) and sleeps until
 //! the next input or the engine's deadline. Streams are TCP or TLS (rustls), framed with a
 //! 2-byte length; an outbound TLS stream is opened when the engine first sends to a
-//! server and verified against the name the engine gives. DNS queries go to the
-//! library's sans-IO [`Locator`]. SIGTERM and SIGINT end the loop cleanly, SIGHUP asks the
-//! daemon to reload, and a Unix socket answers `status` with JSON.
+//! server and verified against the name the engine gives. DNS queries go to the sans-IO
+//! DC locator of `ntm-dns` ([`Locator`]). SIGTERM and SIGINT end the loop cleanly, SIGHUP
+//! asks the daemon to reload, and a Unix socket answers `status` with JSON.
 //!
 //! The pieces every loop needs are `ntm_io`'s, shared with the agent: the turn and its
 //! list of sources to read again, the framing of plain streams with its caps, the status
@@ -40,7 +40,7 @@
 use crate::udp::{Local, Locals, ServerUdp};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Poll, Token};
-use ntm_proto::dns::Locator;
+use ntm_dns::Locator;
 use ntm_proto::engine::{DnsAnswer, Engine, PeerIdentity, Received, StreamKind, Transmit, Via};
 use ntm_proto::time::{Duration, Instant};
 use ntm_proto::wire::frame::{encode_frame, FRAME_MAX};
@@ -612,18 +612,18 @@ impl<D: Daemon> Driver<D> {
     }
 
     fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
-        match token.0 {
-            0 => self.handle_signals(),
-            1 => self.serve_status(),
-            2 => {
+        match token {
+            SIGNALS => self.handle_signals(),
+            STATUS => self.serve_status(),
+            WAKE => {
                 let now = self.clock.now();
                 self.daemon.handle_wake(now);
             }
-            t if (UDP_BASE..LISTEN_BASE).contains(&t) => self.read_udp(t - UDP_BASE),
-            t if (LISTEN_BASE..DNS_BASE).contains(&t) => self.accept(t - LISTEN_BASE),
-            t if (DNS_BASE..STATUS_REPLY_BASE).contains(&t) => self.read_dns(t - DNS_BASE),
-            t if (STATUS_REPLY_BASE..CONN_BASE).contains(&t) => self.write_status(token),
-            t if t >= CONN_BASE => self.conn_ready(t - CONN_BASE, readable, writable),
+            Token(t) if (UDP_BASE..LISTEN_BASE).contains(&t) => self.read_udp(t - UDP_BASE),
+            Token(t) if (LISTEN_BASE..DNS_BASE).contains(&t) => self.accept(t - LISTEN_BASE),
+            Token(t) if (DNS_BASE..STATUS_REPLY_BASE).contains(&t) => self.read_dns(t - DNS_BASE),
+            Token(t) if (STATUS_REPLY_BASE..CONN_BASE).contains(&t) => self.write_status(token),
+            Token(t) if t >= CONN_BASE => self.conn_ready(t - CONN_BASE, readable, writable),
             _ => {}
         }
     }

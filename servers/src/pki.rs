@@ -9,9 +9,8 @@
 //! clientAuth only, so a device can never pose as a server. The CA is `CA:TRUE, pathlen:0`
 //! with keyCertSign: it signs end-entity certificates and nothing that could sign further.
 //!
-//! **Issuing** ([`Ca`]) is for the admin command line of `ntm-as`: a fresh key pair per
-//! certificate ([`Ca::issue`]), or a key that never leaves a box ([`Ca::issue_for_key`],
-//! [`Ca::sign_csr`]); the CA alone decides role, name, usages and lifetime.
+//! **Issuing** is `crate::ca`'s (the `ntm-ca` command), which makes certificates as this
+//! module reads them.
 //!
 //! **Loading** ([`TlsMaterial::load`]) checks at start-up everything a peer would check
 //! later, and says which file is wrong and how.
@@ -24,42 +23,27 @@
 //! [`PeerIdentity`] the engines take in `handle_stream`.
 
 use ntm_proto::crypto::pk::PublicKey;
-use ntm_proto::engine::{PeerIdentity, Role};
+use ntm_proto::engine::{PeerIdentity, Role, ROLE_URI_PREFIX};
 use ntm_proto::wire::Fqdn;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
-};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject, SectionKind};
-use rustls::pki_types::{
-    CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime,
-};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, InconsistentKeys, RootCertStore};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 use x509_parser::certificate::X509Certificate;
-use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::extensions::GeneralName;
 use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
 use x509_parser::prelude::FromDer;
 use x509_parser::time::ASN1Time;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-/// The SAN URI prefix that carries a certificate's role.
-pub const ROLE_URI_PREFIX: &str = "urn:ntmobile:role:";
-
 /// The longest lifetime [`Ca`] issues (about 100 years). Longer is a typo, and would
 /// overflow the certificate's date range.
 pub const MAX_VALID_DAYS: u32 = 36_525;
-
-/// How far back a new certificate's validity starts, so that a box whose clock runs a
-/// little behind the CA's accepts it at once.
-const BACKDATE: Duration = Duration::from_secs(3600);
 
 /// Why a certificate, key or TLS configuration could not be made, loaded or accepted.
 /// `Display` gives one line, naming the file where there is one.
@@ -211,7 +195,7 @@ impl fmt::Display for PkiError {
             PkiError::NoName => write!(f, "certificate has no SAN DNS name"),
             PkiError::BadName(name) => write!(f, "certificate's SAN DNS name is not a valid FQDN: {name:?}"),
             PkiError::WrongPurpose { role, needs } => {
-                write!(f, "certificate for role {} lacks the extended key usage {needs}", role_label(*role))
+                write!(f, "certificate for role {} lacks the extended key usage {needs}", role.label())
             }
             PkiError::BadPublicKey(reason) => write!(f, "invalid public key: {reason}"),
             PkiError::NotP256 => write!(f, "the key is not ECDSA P-256"),
@@ -230,258 +214,9 @@ impl fmt::Display for PkiError {
 
 impl std::error::Error for PkiError {}
 
-/// The label of a role in its URI (`urn:ntmobile:role:<label>`) and on the command line.
-pub fn role_label(role: Role) -> &'static str {
-    match role {
-        Role::Node => "node",
-        Role::As => "as",
-        Role::Dc => "dc",
-        Role::Rs => "rs",
-        Role::Ns => "ns",
-    }
-}
-
-/// The role a label names (the inverse of [`role_label`]).
-pub fn role_from_label(label: &str) -> Option<Role> {
-    match label {
-        "node" => Some(Role::Node),
-        "as" => Some(Role::As),
-        "dc" => Some(Role::Dc),
-        "rs" => Some(Role::Rs),
-        "ns" => Some(Role::Ns),
-        _ => None,
-    }
-}
-
 /// The SAN URI that grants `role`.
 pub fn role_uri(role: Role) -> String {
-    format!("{ROLE_URI_PREFIX}{}", role_label(role))
-}
-
-// ---------------------------------------------------------------------------------------
-// Issuing
-// ---------------------------------------------------------------------------------------
-
-/// The deployment CA: its certificate and signing key.
-pub struct Ca {
-    cert_pem: String,
-    cert_der: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl fmt::Debug for Ca {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ca").field("cert_der_len", &self.cert_der.len()).field("key", &"<redacted>").finish()
-    }
-}
-
-/// A certificate with the fresh key pair it certifies.
-pub struct Issued {
-    /// The certificate, PEM.
-    pub cert_pem: String,
-    /// The private key, PKCS#8 PEM. Secret.
-    pub key_pem: String,
-}
-
-impl fmt::Debug for Issued {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Issued").field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
-    }
-}
-
-impl Ca {
-    /// A new CA with a fresh P-256 key: `CA:TRUE, pathlen:0`, keyCertSign and cRLSign,
-    /// subject CN `common_name`, valid for `valid_days` from now.
-    pub fn generate(common_name: &str, valid_days: u32) -> Result<Ca, PkiError> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(generate_error)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, common_name);
-        params.distinguished_name = dn;
-        // pathlen 0: the CA signs end-entity certificates only, never another CA.
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.serial_number = Some(random_serial());
-        set_validity(&mut params, valid_days)?;
-        let cert = params.self_signed(&key).map_err(generate_error)?;
-        Ok(Ca { cert_pem: cert.pem(), cert_der: cert.der().clone(), issuer: Issuer::new(params, key) })
-    }
-
-    /// The CA from its certificate and its PKCS#8 private key, both PEM (as written by
-    /// [`Ca::cert_pem`] and [`Ca::key_pem`]). Refuses a certificate that is not a CA, a key
-    /// that is not P-256, and a key that is not the certificate's.
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
-        const CERT: &str = "CA certificate";
-        const KEY: &str = "CA key";
-        let sections = parse_pem(CERT, cert_pem.as_bytes())?;
-        let cert_der = only_certificate(CERT, sections)?;
-        // cert_pem() hands this text out as it is (to every server and node), so it must
-        // hold the certificate and nothing else, least of all the key.
-        let text = cert_pem.trim();
-        if !text.starts_with("-----BEGIN CERTIFICATE-----") || text.matches("-----BEGIN ").count() != 1 {
-            return Err(PkiError::BadCertificate {
-                file: CERT.into(),
-                reason: "the CA certificate PEM must hold the certificate and nothing else".into(),
-            });
-        }
-        let x509 = parse_x509(&cert_der).map_err(|e| bad_cert(CERT, e))?;
-        if !x509.is_ca() {
-            return Err(PkiError::NotCa { file: CERT.into() });
-        }
-        let key =
-            KeyPair::from_pem(key_pem).map_err(|e| PkiError::BadKey { file: KEY.into(), reason: e.to_string() })?;
-        if key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
-            return Err(PkiError::BadKey { file: KEY.into(), reason: "not ECDSA P-256".into() });
-        }
-        if key.public_key_raw() != x509.public_key().subject_public_key.data.as_ref() {
-            return Err(PkiError::KeyMismatch { cert: CERT.into(), key: KEY.into() });
-        }
-        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(generate_error)?;
-        Ok(Ca { cert_pem: format!("{text}\n"), cert_der, issuer })
-    }
-
-    /// The CA certificate, PEM: what every server and node trusts.
-    pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
-    }
-
-    /// The CA certificate, DER.
-    pub fn cert_der(&self) -> &CertificateDer<'static> {
-        &self.cert_der
-    }
-
-    /// The CA private key, PKCS#8 PEM. Secret: keep it off the servers.
-    pub fn key_pem(&self) -> String {
-        self.issuer.key().serialize_pem()
-    }
-
-    /// A certificate for `name` in `role`, with a fresh P-256 key pair.
-    pub fn issue(&self, role: Role, name: &Fqdn, valid_days: u32) -> Result<Issued, PkiError> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(generate_error)?;
-        let params = leaf_params(role, name, valid_days)?;
-        let cert = params.signed_by(&key, &self.issuer).map_err(generate_error)?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
-    }
-
-    /// A certificate (PEM) for `name` in `role` certifying a key that stays on the box:
-    /// `spki` is its SubjectPublicKeyInfo, DER. The key must be P-256.
-    pub fn issue_for_key(
-        &self,
-        role: Role,
-        name: &Fqdn,
-        spki: &SubjectPublicKeyInfoDer<'_>,
-        valid_days: u32,
-    ) -> Result<String, PkiError> {
-        p256_from_spki_der(spki)?.ok_or(PkiError::NotP256)?;
-        let key = rcgen::SubjectPublicKeyInfo::from_der(spki).map_err(|e| PkiError::BadPublicKey(e.to_string()))?;
-        let params = leaf_params(role, name, valid_days)?;
-        let cert = params.signed_by(&key, &self.issuer).map_err(generate_error)?;
-        Ok(cert.pem())
-    }
-
-    /// [`Ca::issue_for_key`] with the public key as PEM (`-----BEGIN PUBLIC KEY-----`).
-    pub fn issue_for_key_pem(
-        &self,
-        role: Role,
-        name: &Fqdn,
-        public_key_pem: &str,
-        valid_days: u32,
-    ) -> Result<String, PkiError> {
-        let spki = SubjectPublicKeyInfoDer::from_pem_slice(public_key_pem.as_bytes())
-            .map_err(|e| PkiError::BadPublicKey(format!("no PUBLIC KEY PEM: {}", pem_reason(&e))))?;
-        self.issue_for_key(role, name, &spki, valid_days)
-    }
-
-    /// Signs a PKCS#10 certificate signing request (PEM) for `name` in `role`; returns the
-    /// certificate, PEM.
-    ///
-    /// The request's signature must verify (the box holds the key), its key must be P-256,
-    /// and the names it asks for (subject CN and SAN DNS names; at least one) must all be
-    /// `name`, so an admin who signs the wrong box's request is told. Everything else in the
-    /// request (other SANs, key usages, basic constraints, lifetime) is ignored: the CA
-    /// alone decides role, name, usages and lifetime.
-    pub fn sign_csr(&self, role: Role, name: &Fqdn, csr_pem: &str, valid_days: u32) -> Result<String, PkiError> {
-        let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
-            .map_err(|e| PkiError::BadCsr(format!("no CERTIFICATE REQUEST PEM: {}", pem_reason(&e))))?;
-        // rcgen parses the request and verifies its self-signature; we keep only the proof.
-        CertificateSigningRequestParams::from_der(&der).map_err(|e| PkiError::BadCsr(e.to_string()))?;
-        let (rest, csr) = X509CertificationRequest::from_der(&der).map_err(|e| PkiError::BadCsr(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(PkiError::BadCsr("trailing bytes after the request".into()));
-        }
-        let info = &csr.certification_request_info;
-        let mut requested = Vec::new();
-        for cn in info.subject.iter_common_name() {
-            let cn = cn.as_str().map_err(|e| PkiError::BadCsr(format!("subject CN: {e}")))?;
-            requested.push(cn.to_owned());
-        }
-        for ext in csr.requested_extensions().into_iter().flatten() {
-            if let ParsedExtension::SubjectAlternativeName(san) = ext {
-                for general in &san.general_names {
-                    if let GeneralName::DNSName(dns) = general {
-                        requested.push((*dns).to_owned());
-                    }
-                }
-            }
-        }
-        let matches = |r: &String| Fqdn::new(r).map(|r| &r == name).unwrap_or(false);
-        if requested.is_empty() || !requested.iter().all(matches) {
-            return Err(PkiError::CsrName { requested: requested.join(","), expected: name.clone() });
-        }
-        let spki = SubjectPublicKeyInfoDer::from(info.subject_pki.raw);
-        self.issue_for_key(role, name, &spki, valid_days)
-    }
-}
-
-/// The parameters of an end-entity certificate: SAN DNS name and role URI, EKU by role.
-fn leaf_params(role: Role, name: &Fqdn, valid_days: u32) -> Result<CertificateParams, PkiError> {
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, name.as_str());
-    params.distinguished_name = dn;
-    let dns = name.as_str().try_into().map_err(generate_error)?;
-    let uri = role_uri(role).try_into().map_err(generate_error)?;
-    params.subject_alt_names = vec![SanType::DnsName(dns), SanType::URI(uri)];
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = match role {
-        // A device certificate authenticates a client only: it can never pose as a server.
-        Role::Node => vec![ExtendedKeyUsagePurpose::ClientAuth],
-        // Servers are TLS clients of each other too (mutual TLS, spec 3).
-        Role::As | Role::Dc | Role::Rs | Role::Ns => {
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
-        }
-    };
-    params.use_authority_key_identifier_extension = true;
-    // Random, not rcgen's hash of the key: a renewed certificate for the same key must
-    // not repeat a serial number.
-    params.serial_number = Some(random_serial());
-    set_validity(&mut params, valid_days)?;
-    Ok(params)
-}
-
-fn set_validity(params: &mut CertificateParams, valid_days: u32) -> Result<(), PkiError> {
-    if valid_days == 0 || valid_days > MAX_VALID_DAYS {
-        return Err(PkiError::BadValidity(valid_days));
-    }
-    let now = ASN1Time::now().to_datetime();
-    params.not_before = now - BACKDATE;
-    // At most MAX_VALID_DAYS (about a century) ahead: within the date range, no overflow.
-    params.not_after = now + Duration::from_secs(u64::from(valid_days) * 86_400);
-    Ok(())
-}
-
-fn random_serial() -> SerialNumber {
-    use rand_core::RngCore;
-    let mut bytes = [0u8; 16];
-    rand_core::OsRng.fill_bytes(&mut bytes);
-    // A positive INTEGER that keeps all 16 bytes: top bit clear, never all-zero leading.
-    bytes[0] = (bytes[0] & 0x7f) | 0x40;
-    SerialNumber::from_slice(&bytes)
-}
-
-fn generate_error(e: rcgen::Error) -> PkiError {
-    PkiError::Generate(e.to_string())
+    format!("{ROLE_URI_PREFIX}{}", role.label())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -616,7 +351,7 @@ fn read_file(path: &Path, file: &str) -> Result<Vec<u8>, PkiError> {
 }
 
 /// Every PEM section of a kind pki-types knows; at least one.
-fn parse_pem(file: &str, bytes: &[u8]) -> Result<Vec<(SectionKind, Vec<u8>)>, PkiError> {
+pub(crate) fn parse_pem(file: &str, bytes: &[u8]) -> Result<Vec<(SectionKind, Vec<u8>)>, PkiError> {
     let mut sections = Vec::new();
     for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes) {
         sections.push(section.map_err(|e| PkiError::NotPem { file: file.into(), reason: pem_reason(&e) })?);
@@ -627,7 +362,7 @@ fn parse_pem(file: &str, bytes: &[u8]) -> Result<Vec<(SectionKind, Vec<u8>)>, Pk
     Ok(sections)
 }
 
-fn pem_reason(e: &pem::Error) -> String {
+pub(crate) fn pem_reason(e: &pem::Error) -> String {
     match e {
         pem::Error::MissingSectionEnd { .. } => "a section has no -----END line".into(),
         pem::Error::IllegalSectionStart { .. } => "malformed -----BEGIN line".into(),
@@ -645,7 +380,10 @@ fn certificates(file: &str, sections: Vec<(SectionKind, Vec<u8>)>) -> Result<Vec
     Ok(certs)
 }
 
-fn only_certificate(file: &str, sections: Vec<(SectionKind, Vec<u8>)>) -> Result<CertificateDer<'static>, PkiError> {
+pub(crate) fn only_certificate(
+    file: &str,
+    sections: Vec<(SectionKind, Vec<u8>)>,
+) -> Result<CertificateDer<'static>, PkiError> {
     let mut certs = certificates(file, sections)?;
     match certs.pop() {
         Some(cert) if certs.is_empty() => Ok(cert),
@@ -729,7 +467,7 @@ fn time_text(t: UnixTime) -> String {
         .map_or_else(|| format!("{} seconds after the epoch", t.as_secs()), |t| t.to_string())
 }
 
-fn bad_cert(file: &str, e: PkiError) -> PkiError {
+pub(crate) fn bad_cert(file: &str, e: PkiError) -> PkiError {
     PkiError::BadCertificate { file: file.into(), reason: e.to_string() }
 }
 
@@ -843,7 +581,7 @@ pub fn peer_identity(end_entity: &CertificateDer<'_>) -> Result<PeerIdentity, Pk
                     if role.is_some() {
                         return Err(PkiError::SeveralRoles);
                     }
-                    role = Some(role_from_label(label).ok_or_else(|| PkiError::UnknownRole((*uri).into()))?);
+                    role = Some(Role::from_label(label).ok_or_else(|| PkiError::UnknownRole((*uri).into()))?);
                 }
             }
             GeneralName::DNSName(dns) if name.is_none() => name = Some(*dns),
@@ -879,7 +617,7 @@ pub fn connection_identity(conn: &rustls::CommonState) -> Result<Option<PeerIden
     }
 }
 
-fn parse_x509(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
+pub(crate) fn parse_x509(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
     let (rest, x509) = X509Certificate::from_der(der).map_err(|e| PkiError::NotX509(e.to_string()))?;
     if !rest.is_empty() {
         return Err(PkiError::NotX509("trailing bytes after the certificate".into()));
@@ -901,7 +639,10 @@ fn p256_from_spki(spki: &SubjectPublicKeyInfo<'_>) -> Result<Option<p256::Public
         .map_err(|_| PkiError::BadPublicKey("not a point on P-256".into()))
 }
 
-fn p256_from_spki_der(der: &[u8]) -> Result<Option<p256::PublicKey>, PkiError> {
+/// A SubjectPublicKeyInfo (DER) as a P-256 key; `None` for another kind of key. (The CA
+/// checks the key of a certificate it is asked for.)
+#[cfg(feature = "ca")]
+pub(crate) fn p256_from_spki_der(der: &[u8]) -> Result<Option<p256::PublicKey>, PkiError> {
     let (rest, spki) = SubjectPublicKeyInfo::from_der(der).map_err(|e| PkiError::BadPublicKey(e.to_string()))?;
     if !rest.is_empty() {
         return Err(PkiError::BadPublicKey("trailing bytes after the SubjectPublicKeyInfo".into()));
@@ -913,16 +654,14 @@ fn p256_from_spki_der(der: &[u8]) -> Result<Option<p256::PublicKey>, PkiError> {
 mod tests {
     use super::*;
 
-    const ROLES: [Role; 5] = [Role::Node, Role::As, Role::Dc, Role::Rs, Role::Ns];
-
     #[test]
     fn role_labels_round_trip() {
-        for role in ROLES {
-            assert_eq!(role_from_label(role_label(role)), Some(role));
+        for role in Role::ALL {
+            assert_eq!(Role::from_label(role.label()), Some(role));
             assert!(role_uri(role).starts_with(ROLE_URI_PREFIX));
         }
-        assert_eq!(role_from_label("DC"), None);
-        assert_eq!(role_from_label(""), None);
+        assert_eq!(Role::from_label("DC"), None);
+        assert_eq!(Role::from_label(""), None);
     }
 
     #[test]
@@ -931,41 +670,5 @@ mod tests {
         assert!(provider.cipher_suites.iter().any(|s| s.suite() == rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
         assert!(provider.kx_groups.iter().any(|g| g.name() == rustls::NamedGroup::secp256r1));
         assert!(provider.cipher_suites.iter().all(|s| s.version() == &rustls::version::TLS13));
-    }
-
-    #[test]
-    fn issued_certificates_carry_role_name_and_usages() {
-        let ca = Ca::generate("test CA", 1).unwrap();
-        let ca_x509 = parse_x509(ca.cert_der()).unwrap();
-        assert!(ca_x509.is_ca());
-        let constraints = ca_x509.basic_constraints().unwrap().unwrap().value;
-        assert_eq!(constraints.path_len_constraint, Some(0));
-        assert!(ca_x509.key_usage().unwrap().unwrap().value.key_cert_sign());
-
-        for role in ROLES {
-            let name = Fqdn::new("x.example.net").unwrap();
-            let issued = ca.issue(role, &name, 1).unwrap();
-            let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
-            let id = peer_identity(&der).unwrap();
-            assert_eq!((id.role, id.name), (role, name));
-            let x509 = parse_x509(&der).unwrap();
-            assert!(!x509.is_ca());
-            let eku = x509.extended_key_usage().unwrap().unwrap().value;
-            assert!(eku.client_auth);
-            assert_eq!(eku.server_auth, role != Role::Node);
-            // Backdated a little, valid for the days asked.
-            let validity = x509.validity();
-            let lifetime = validity.not_after.timestamp() - validity.not_before.timestamp();
-            assert_eq!(lifetime, 86_400 + BACKDATE.as_secs() as i64);
-        }
-    }
-
-    #[test]
-    fn validity_is_bounded() {
-        let mut params = CertificateParams::default();
-        assert!(matches!(set_validity(&mut params, 0), Err(PkiError::BadValidity(0))));
-        assert!(matches!(set_validity(&mut params, MAX_VALID_DAYS + 1), Err(PkiError::BadValidity(_))));
-        assert!(set_validity(&mut params, MAX_VALID_DAYS).is_ok());
-        assert!(matches!(set_validity(&mut params, u32::MAX), Err(PkiError::BadValidity(_))));
     }
 }

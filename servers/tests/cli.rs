@@ -1,6 +1,6 @@
 //! The servers' command lines as a user meets them, through the real binaries: `--help`
 //! and `--version`, usage errors, `check` opening every file `run` opens (with real
-//! certificates made by `ntm-as ca`), and logging to syslog or stderr.
+//! certificates made by `ntm-ca`), and logging to syslog or stderr.
 
 #![allow(clippy::print_stderr)]
 
@@ -128,7 +128,69 @@ fn usage_errors_exit_2_with_the_usage_on_stderr() {
     assert_eq!((out.status.code(), err.lines().count()), (Some(2), 1), "{err}");
 }
 
-/// A deployment's files, made with `ntm-as ca`: the CA, a DC's and an AS's certificates, a
+/// The CA is its own command, `ntm-ca`, with the usage and exit codes of the others; the
+/// AS runs the same commands as `ntm-as ca`, and either reads what the other wrote.
+#[test]
+fn the_ca_is_ntm_ca_and_ntm_as_ca_is_its_alias() {
+    for flag in ["--help", "-h", "help", "init --help"] {
+        let out = run("ntm-ca", &flag.split(' ').collect::<Vec<_>>());
+        let usage = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{flag}: {}", text(&out.stderr));
+        for part in [
+            "ntm-ca init --out DIR [--name CN] [--days N]",
+            "ntm-ca issue --ca DIR --role ROLE --name FQDN --out DIR [--days N]",
+            "ntm-ca sign-csr --ca DIR [--role ROLE] --name FQDN --csr FILE --out FILE [--days N]",
+            "ROLE: node, as, dc, rs or ns",
+            "ntm-ca -V | --version",
+            "exit codes",
+        ] {
+            assert!(usage.contains(part), "{flag}: {part} missing in\n{usage}");
+        }
+        assert!(!usage.contains("ntm-ca [run]") && !usage.contains("account"), "{usage}");
+    }
+    let out = run("ntm-ca", &["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).starts_with(&format!("ntm-ca {}", env!("CARGO_PKG_VERSION"))));
+    for (args, says) in [
+        (&[][..], "ntm-ca: which command?"),
+        (&["init"][..], "ntm-ca: --out DIR is needed"),
+        (&["bogus"][..], "ntm-ca: unknown command \"bogus\""),
+        (&["issue", "--bogus"][..], "--bogus"),
+        (&["init", "--out", "/nonexistent/ca", "--days", "0"][..], "--days takes a number of days from 1 to"),
+    ] {
+        let out = run("ntm-ca", args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(out.stdout.is_empty() && err.contains(says) && err.contains("ntm-ca sign-csr"), "{args:?}: {err}");
+    }
+    // A failure at work is exit 1, one line.
+    let out =
+        run("ntm-ca", &["issue", "--ca", "/nonexistent/ca", "--role", "dc", "--name", "dc.test", "--out", "/tmp"]);
+    let err = text(&out.stderr);
+    assert_eq!((out.status.code(), err.lines().count()), (Some(1), 1), "{err}");
+
+    // A CA made by `ntm-as ca` issues with `ntm-ca`, and the other way round.
+    let dir = TempDir::new("ca-alias");
+    let d = |p: &str| dir.path().join(p).to_str().unwrap().to_owned();
+    for (init, issue) in [("ntm-as", "ntm-ca"), ("ntm-ca", "ntm-as")] {
+        let ca = d(&format!("{init}-ca"));
+        let prefix = |p: &str| if p == "ntm-as" { vec!["ca"] } else { vec![] };
+        let mut args = prefix(init);
+        args.extend(["init", "--out", &ca]);
+        assert_eq!(run(init, &args).status.code(), Some(0), "{init} init");
+        let out_dir = d(&format!("{issue}-issued"));
+        let mut args = prefix(issue);
+        args.extend(["issue", "--ca", &ca, "--role", "dc", "--name", "dc.zone-a.test", "--out", &out_dir]);
+        let out = run(issue, &args);
+        assert_eq!(out.status.code(), Some(0), "{issue} issue: {}", text(&out.stderr));
+        let cert = Path::new(&out_dir).join("dc.zone-a.test.pem");
+        let key = Path::new(&out_dir).join("dc.zone-a.test.key");
+        let material = ntm_servers::pki::TlsMaterial::load(Path::new(&ca).join("ca.pem"), &cert, &key).unwrap();
+        assert_eq!(material.identity().role, ntm_proto::engine::Role::Dc);
+    }
+}
+
+/// A deployment's files, made with `ntm-ca`: the CA, a DC's and an AS's certificates, a
 /// second CA with a DC certificate of its own, an attestation key.
 struct Pki {
     dir: TempDir,

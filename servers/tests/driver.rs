@@ -5,7 +5,7 @@
 //! frames held back while the engine is busy.
 
 use ntm_proto::engine::{
-    DnsAnswer, DnsQuery, Drop, DropCounters, Engine, PeerIdentity, Received, StreamKind, Transmit, Via,
+    DnsAnswer, DnsQuery, DropCounters, DropReason, Engine, PeerIdentity, Received, StreamKind, Transmit, Via,
 };
 use ntm_proto::time::Instant;
 use ntm_servers::driver::{Daemon, Driver, DriverConfig, HANDSHAKE_TIMEOUT};
@@ -51,7 +51,7 @@ impl Engine for Script {
     ) -> Received {
         self.frames.push((from, frame.to_vec()));
         if frame.starts_with(b"junk") {
-            return self.drops.count(Drop::Malformed);
+            return self.drops.count(DropReason::Malformed);
         }
         if frame == b"hold" {
             self.busy = Some(from);

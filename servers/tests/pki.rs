@@ -6,7 +6,8 @@ mod pki {
     use ntm_proto::crypto::pk::PublicKey;
     use ntm_proto::engine::Role;
     use ntm_proto::wire::Fqdn;
-    use ntm_servers::pki::{self, Ca, ClientAuth, Issued, PkiError, TlsMaterial};
+    use ntm_servers::ca::{Ca, Issued};
+    use ntm_servers::pki::{self, ClientAuth, PkiError, TlsMaterial};
     use rcgen::{
         CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
         SanType, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384,

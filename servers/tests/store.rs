@@ -2,16 +2,17 @@
 //! the counter reservation, file modes and schema versions.
 
 use ntm_proto::crypto::pk::{Attestation, KeyPair};
-use ntm_proto::engine::account::{Account, Accounts, Verdict};
-use ntm_proto::engine::oidc::IdClaims;
+use ntm_proto::engine::account::{Account, Verdict};
+use ntm_proto::engine::dc::{NodeState, NsState};
 use ntm_proto::engine::{PeerIdentity, Role};
 use ntm_proto::keys::{KNtmDc, KNtmNs};
+use ntm_proto::time::Instant;
 use ntm_proto::wire::registration::KeepaliveMethod;
 use ntm_proto::wire::{Bytes, Fqdn, KeyId, VirtualAddrs};
-use ntm_servers::store::{
-    needs_refresh, reserved_counter, AccountStore, DcStore, HashCost, NodeSnapshot, NsSnapshot, OidcBinding,
-    StoreError, COUNTER_RESERVE,
-};
+use ntm_servers::oidc::IdClaims;
+use ntm_servers::store::accounts::{AccountStore, HashCost, OidcBinding};
+use ntm_servers::store::dc::{needs_refresh, reserved_counter, DcStore, COUNTER_RESERVE};
+use ntm_servers::store::StoreError;
 use rand_chacha::rand_core::SeedableRng;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -269,15 +270,15 @@ fn store_open_errors_name_the_file() {
     assert!(line.starts_with(&format!("database {}: cannot create or open the file", path.display())), "{line}");
 }
 
-fn snapshot(name: &str, seed: u64) -> NodeSnapshot {
+fn snapshot(name: &str, seed: u64) -> NodeState {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
     let as_key = KeyPair::generate(&mut rng);
     let node_key = KeyPair::generate(&mut rng);
-    NodeSnapshot {
+    NodeState {
         fqdn: fqdn(name),
         key_id: KeyId(0x0102_0304 + seed as u32),
         key: KNtmDc::generate(&mut rng),
-        expires_ms: 1_900_000_000_000,
+        expires: Instant::from_millis(1_900_000_000_000),
         next_counter: 17 * seed,
         peer_counter: 5 * seed,
         attestation: Some(Attestation::issue(&as_key, fqdn(name), node_key.public())),
@@ -288,11 +289,11 @@ fn snapshot(name: &str, seed: u64) -> NodeSnapshot {
         endpoints: vec![("203.0.113.7:4500".parse().unwrap(), true), ("[2001:db8::7]:4500".parse().unwrap(), false)],
         local_addrs: vec!["192.168.1.10:4500".parse().unwrap(), "[2001:db8::7]:4500".parse().unwrap()],
         keepalive: KeepaliveMethod::Push(Bytes::new(b"device-token".to_vec()).unwrap()),
-        ns: (seed % 2 == 1).then(|| NsSnapshot {
+        ns: (seed % 2 == 1).then(|| NsState {
             ns: fqdn("ns1.example"),
             key_id: KeyId(77 + seed as u32),
             key: KNtmNs::generate(&mut rng),
-            expires_ms: 1_900_000_000_000,
+            expires: Instant::from_millis(1_900_000_000_000),
         }),
     }
 }
@@ -423,4 +424,70 @@ fn dc_store_counter_reserve() {
     assert_eq!(s.save_node(&n).unwrap(), u64::MAX);
     assert_eq!(s.load_nodes().unwrap()[0].next_counter, u64::MAX);
     assert_eq!(reserved_counter(u64::MAX), u64::MAX);
+}
+
+/// The DC schema as the first builds created it, kept here as it was: a database they
+/// wrote must open and load with every later build.
+const DC_SCHEMA_1: &str = "
+    CREATE TABLE assignments (fqdn TEXT PRIMARY KEY, v4 TEXT NOT NULL UNIQUE, v6 TEXT NOT NULL UNIQUE) STRICT;
+    CREATE TABLE nodes (
+        fqdn TEXT PRIMARY KEY, key_id INTEGER NOT NULL, key BLOB NOT NULL CHECK (length(key) = 16),
+        expires_ms INTEGER NOT NULL, next_counter INTEGER NOT NULL, peer_counter INTEGER NOT NULL,
+        attestation BLOB, v4 TEXT, v6 TEXT, endpoints TEXT NOT NULL, local_addrs TEXT NOT NULL,
+        keepalive BLOB NOT NULL, saved_ms INTEGER NOT NULL, CHECK ((v4 IS NULL) = (v6 IS NULL))
+    ) STRICT;
+    CREATE TABLE node_ns (
+        fqdn TEXT PRIMARY KEY, ns TEXT NOT NULL, key_id INTEGER NOT NULL,
+        key BLOB NOT NULL CHECK (length(key) = 16), expires_ms INTEGER NOT NULL
+    ) STRICT;
+    PRAGMA user_version = 1;
+";
+
+/// A DC database written before the store took the engine's node state directly (rows
+/// as those builds encoded them: UNIX milliseconds, counters as signed 64 bits, JSON
+/// endpoints, wire-encoded keepalive) opens, and its rows come back as the engine's
+/// `NodeState`.
+#[test]
+fn dc_store_opens_a_database_an_earlier_build_wrote() {
+    use ntm_proto::wire::Codec;
+    let db = TempDb::new("dc-v1");
+    let conn = rusqlite::Connection::open(db.path()).unwrap();
+    conn.execute_batch(DC_SCHEMA_1).unwrap();
+    conn.execute("INSERT INTO assignments VALUES ('a.nodes.example', '198.18.0.2', '2001:db8:ff::2')", []).unwrap();
+    conn.execute(
+        "INSERT INTO nodes VALUES ('a.nodes.example', 7, ?1, 1900000000000, -2, 3, NULL, '198.18.0.2', \
+         '2001:db8:ff::2', '[{\"addr\":\"203.0.113.7:4500\",\"nat\":true}]', '[\"192.168.1.10:4500\"]', ?2, 0)",
+        rusqlite::params![[7u8; 16].as_slice(), KeepaliveMethod::Udp.to_vec()],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO node_ns VALUES ('a.nodes.example', 'ns1.example', 9, ?1, 1900000000001)",
+        [[9u8; 16].as_slice()],
+    )
+    .unwrap();
+    drop(conn);
+
+    let s = DcStore::open(db.path()).unwrap();
+    let v = VirtualAddrs { v4: "198.18.0.2".parse().unwrap(), v6: "2001:db8:ff::2".parse().unwrap() };
+    assert_eq!(s.load_assignments().unwrap(), vec![(fqdn("a.nodes.example"), v)]);
+    let want = NodeState {
+        fqdn: fqdn("a.nodes.example"),
+        key_id: KeyId(7),
+        key: KNtmDc::from_bytes([7; 16]),
+        expires: Instant::from_millis(1_900_000_000_000),
+        next_counter: u64::MAX - 1,
+        peer_counter: 3,
+        attestation: None,
+        virtual_addrs: Some(v),
+        endpoints: vec![("203.0.113.7:4500".parse().unwrap(), true)],
+        local_addrs: vec!["192.168.1.10:4500".parse().unwrap()],
+        keepalive: KeepaliveMethod::Udp,
+        ns: Some(NsState {
+            ns: fqdn("ns1.example"),
+            key_id: KeyId(9),
+            key: KNtmNs::from_bytes([9; 16]),
+            expires: Instant::from_millis(1_900_000_000_001),
+        }),
+    };
+    assert_eq!(s.load_nodes().unwrap(), vec![want]);
 }

@@ -16,13 +16,13 @@ use ntm_proto::engine::account::{Account, AccountServer, Accounts, AsConfig, Ver
 use ntm_proto::engine::dc::{Dc, DcConfig, NsRef, ServerRef};
 use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, ResolveError};
 use ntm_proto::engine::ns::{Ns, NsConfig};
-use ntm_proto::engine::oidc::{IdClaims, OidcProvider, ProviderKey};
 use ntm_proto::engine::rs::{Rs, RsConfig};
 use ntm_proto::engine::{DcLocation, PeerIdentity, Role};
 use ntm_proto::time::{Duration, Instant};
 use ntm_proto::wire::login::{Credential, Password};
 use ntm_proto::wire::registration::KeepaliveMethod;
 use ntm_proto::wire::{Fqdn, Text, VirtualAddrs};
+use ntm_servers::oidc::{verify_id_token, OidcProvider, ProviderKey, DEFAULT_LEEWAY_SECS};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -46,6 +46,8 @@ pub struct TestAccounts {
     pub devices: HashMap<Fqdn, Fqdn>,
     pub oidc: HashMap<(String, String), Fqdn>,
     pub disabled: Vec<Fqdn>,
+    /// The OpenID providers whose tokens are verified (with the AS daemon's verifier).
+    pub providers: Vec<OidcProvider>,
 }
 
 impl TestAccounts {
@@ -66,8 +68,10 @@ impl Accounts for TestAccounts {
     fn device(&mut self, identity: &PeerIdentity) -> Verdict {
         self.verdict(self.devices.get(&identity.name))
     }
-    fn oidc(&mut self, claims: &IdClaims) -> Verdict {
-        self.verdict(self.oidc.get(&(claims.issuer.clone(), claims.subject.clone())))
+    fn id_token(&mut self, token: &[u8], now_unix: u64) -> Result<Verdict, String> {
+        let claims =
+            verify_id_token(token, &self.providers, now_unix, DEFAULT_LEEWAY_SECS).map_err(|e| e.to_string())?;
+        Ok(self.verdict(self.oidc.get(&(claims.issuer, claims.subject))))
     }
 }
 
@@ -252,14 +256,15 @@ impl Deployment {
         if opts.attest {
             as_cfg.attestation_key = Some(as_key.clone());
         }
+        let mut accounts = TestAccounts::default();
         if opts.oidc {
-            as_cfg.oidc_providers = vec![OidcProvider {
+            accounts.providers = vec![OidcProvider {
                 issuer: "https://id.example".into(),
                 audience: "ntmobile".into(),
                 keys: vec![ProviderKey { kid: Some("k1".into()), key: oidc_key.public() }],
             }];
         }
-        let server = AccountServer::new(as_cfg, TestAccounts::default(), sim.rng_for("as")).unwrap();
+        let server = AccountServer::new(as_cfg, accounts, sim.rng_for("as")).unwrap();
         let as_host = sim.add_host(
             "as",
             RealmId::INTERNET,

@@ -98,7 +98,7 @@ fn a_plain_ns_refusal_for_another_key_is_ignored() {
         None,
         &frame,
     );
-    assert_eq!(r, ntm_proto::engine::Received::Dropped(ntm_proto::engine::Drop::Unauthorized));
+    assert_eq!(r, ntm_proto::engine::Received::Dropped(ntm_proto::engine::DropReason::Unauthorized));
     assert_eq!(d.node(cn).held_keys(), before);
     assert!(d.sim.run_until_cond(d.now() + secs(30), |s| s.engine::<Ns>(d.ns).connected() == 1));
 }

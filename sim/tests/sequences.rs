@@ -6,7 +6,7 @@ use ntm_proto::engine::dc::{Dc, DcEvent};
 use ntm_proto::engine::node::{Node, NodeEvent, PathKind, ResolveError};
 use ntm_proto::engine::ns::Ns;
 use ntm_proto::engine::rs::Rs;
-use ntm_proto::engine::{Engine, StreamKind};
+use ntm_proto::engine::{Engine, Received, StreamKind};
 use ntm_proto::time::Duration;
 use ntm_proto::wire::refusal::Reason;
 use ntm_proto::wire::registration::KeepaliveMethod;
@@ -413,7 +413,7 @@ fn packets_sent_to_a_moving_peer_before_it_is_heard_from_again_are_sent_again() 
     }
     assert!(d.node(cn).resent_packets() >= 3, "resent {}", d.node(cn).resent_packets());
     // The copies that had arrived after all are refused by the replay window as stale.
-    let stale = d.sim.drops(mn).get(ntm_proto::engine::Drop::Stale);
+    let stale = d.sim.drops(mn).get(ntm_proto::engine::DropReason::Stale);
     assert!(stale <= d.node(cn).resent_packets(), "stale {stale}");
 }
 
@@ -494,7 +494,11 @@ fn a_dc_restarted_from_its_saved_state_serves_nodes_without_a_new_login() {
     // A message the node sent before the restart is still a replay after it.
     d.sim.inject(RealmId::INTERNET, old.src, old.dst, old.bytes.clone());
     d.run_for(Duration::from_millis(100));
-    assert_eq!(d.sim.engine::<Dc>(dc_a).drops().get(ntm_proto::engine::Drop::Stale), 1, "replay refused as stale");
+    assert_eq!(
+        d.sim.engine::<Dc>(dc_a).drops().get(ntm_proto::engine::DropReason::Stale),
+        1,
+        "replay refused as stale"
+    );
     d.run_for(Duration::from_secs(60));
     let ev = d.events(mn);
     assert!(!ev.iter().any(|e| matches!(e, NodeEvent::LoggedIn { .. })), "no re-login: {ev:?}");
@@ -524,7 +528,7 @@ fn a_plain_refusal_naming_another_key_is_ignored() {
     d.sim.inject(RealmId::INTERNET, dc, node, forged);
     d.run_for(Duration::from_secs(2));
     assert!(!d.events(mn).iter().any(|e| matches!(e, NodeEvent::LoggedIn { .. })), "no re-login");
-    assert!(d.sim.drops(mn).get(ntm_proto::engine::Drop::Unauthorized) >= 1);
+    assert!(d.sim.drops(mn).get(ntm_proto::engine::DropReason::Unauthorized) >= 1);
 }
 
 #[test]
@@ -543,6 +547,102 @@ fn tunnels_are_renegotiated_before_k_mncn_expires() {
     }
     let now: Vec<u64> = d.node(mn).held_keys().into_iter().filter(|(k, _)| *k == "K_mncn").map(|(_, f)| f).collect();
     assert!(now.iter().all(|k| !first.contains(k)), "K_mncn was replaced");
+}
+
+/// While a renegotiated session and the one it superseded are both up (the grace
+/// period), packets go with the new session's key, in both directions, and the old one
+/// still opens what was sealed under it.
+#[test]
+fn during_the_grace_period_packets_go_through_the_new_session() {
+    let mut d = Deployment::new(23, Options::default());
+    let short = NodeOpts { tunnel_key_lifetime: Some(Duration::from_secs(60)), ..NodeOpts::default() };
+    let mn = global(&mut d, "mn.zone-a.example", 10, short.clone());
+    let cn = global(&mut d, "cn.zone-b.example", 11, short);
+    assert!(d.bring_up(mn) && d.bring_up(cn));
+    assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
+    let sessions = |d: &mut Deployment, h| {
+        let t = d.node(h).tunnels();
+        let live = t.iter().filter(|t| t.established && !t.superseded).map(|t| t.session).collect::<Vec<_>>();
+        let old = t.iter().filter(|t| t.established && t.superseded).map(|t| t.session).collect::<Vec<_>>();
+        (live, old)
+    };
+    // Sealed by `from` for `to`'s IPv4 virtual address: the session it went with.
+    let seal = |d: &mut Deployment, from, to| {
+        let (src, dst) = (d.node(from).virtual_addrs().unwrap().v4, d.node(to).virtual_addrs().unwrap().v4);
+        let inner = ipv4_packet(src, dst, b"grace");
+        let mut buf = vec![0u8; ntm_proto::wire::HEADER_LEN + inner.len() + ntm_proto::crypto::TAG_LEN];
+        buf[ntm_proto::wire::HEADER_LEN..ntm_proto::wire::HEADER_LEN + inner.len()].copy_from_slice(&inner);
+        let now = d.now();
+        d.node(from).seal_ip(now, &mut buf).unwrap();
+        (ntm_proto::wire::SessionId(ntm_proto::wire::Envelope::new_checked(&buf[..]).unwrap().key_id().0), buf)
+    };
+    let (first, _) = sessions(&mut d, mn);
+    assert_eq!(first.len(), 1);
+    let (s0, early) = seal(&mut d, mn, cn);
+    assert_eq!(s0, first[0]);
+    // MN renegotiates at 90 % of the 60 s key lifetime; step until both ends hold the new
+    // session with the first one superseded.
+    let mut both = false;
+    for _ in 0..600 {
+        d.run_for(Duration::from_millis(100));
+        let (a, b) = (sessions(&mut d, mn), sessions(&mut d, cn));
+        if a.1 == first && b.1 == first && a.0.len() == 1 && b.0 == a.0 {
+            both = true;
+            break;
+        }
+    }
+    assert!(both, "a renegotiated session superseded the first on both ends");
+    let (live, _) = sessions(&mut d, mn);
+    let (s1, to_cn) = seal(&mut d, mn, cn);
+    let (s2, to_mn) = seal(&mut d, cn, mn);
+    assert_eq!((s1, s2), (live[0], live[0]), "both ends send with the new session, not {first:?}");
+    let now = d.now();
+    let from_mn = d.sim.addrs(mn)[0];
+    let from_cn = d.sim.addrs(cn)[0];
+    let mut b = to_cn;
+    assert!(matches!(
+        d.node(cn).handle_datagram(now, std::net::SocketAddr::new(from_mn, NODE_PORT), &mut b),
+        Received::Ip(_)
+    ));
+    let mut b = to_mn;
+    assert!(matches!(
+        d.node(mn).handle_datagram(now, std::net::SocketAddr::new(from_cn, NODE_PORT), &mut b),
+        Received::Ip(_)
+    ));
+    // Sealed under the first session before the renegotiation, arriving late: opened.
+    let mut b = early;
+    assert!(matches!(
+        d.node(cn).handle_datagram(now, std::net::SocketAddr::new(from_mn, NODE_PORT), &mut b),
+        Received::Ip(_)
+    ));
+}
+
+/// A superseded tunnel sends no keepalive, so its keepalive time is no deadline: the node
+/// must not ask to be woken at a time already past, over and over, until the tunnel ends
+/// (the agent would spin for the rest of the grace period).
+#[test]
+fn a_superseded_tunnel_does_not_keep_its_node_awake() {
+    let mut d = Deployment::new(24, Options::default());
+    let short = NodeOpts { tunnel_key_lifetime: Some(Duration::from_secs(60)), ..NodeOpts::default() };
+    let mn = global(&mut d, "mn.zone-a.example", 10, short.clone());
+    let cn = global(&mut d, "cn.zone-b.example", 11, short);
+    assert!(d.bring_up(mn) && d.bring_up(cn));
+    assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
+    // The last packet on the first session 14 s before MN renegotiates (at 90 % of the key
+    // lifetime): its keepalive would fall due after the new session is up.
+    d.run_for(Duration::from_secs(40));
+    assert!(d.ping4(mn, cn, 1));
+    let mut superseded = false;
+    for _ in 0..300 {
+        d.run_for(Duration::from_millis(100));
+        let now = d.now();
+        for h in [mn, cn] {
+            let next = d.node(h).poll_timeout();
+            assert!(next.is_none_or(|t| t > now), "woken for {next:?} at {now:?}");
+        }
+        superseded |= d.node(mn).tunnels().iter().any(|t| t.superseded);
+    }
+    assert!(superseded, "the first session was superseded meanwhile");
 }
 
 #[test]

@@ -191,7 +191,7 @@ impl Agent {
             .num("budget_exhausted", self.turn.budget_exhausted())
             .close();
         j.open(Some("dropped"));
-        for why in ntm_proto::engine::Drop::ALL {
+        for why in ntm_proto::engine::DropReason::ALL {
             j.num(why.name(), self.node.drops().get(why));
         }
         j.close();

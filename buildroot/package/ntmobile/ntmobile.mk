@@ -31,18 +31,22 @@ NTMOBILE_INIT_SCRIPTS += S60ntmd
 endif
 ifeq ($(BR2_PACKAGE_NTMOBILE_RS),y)
 NTMOBILE_BINS += ntm-rs
+NTMOBILE_SERVER_FEATURES += rs
 NTMOBILE_INIT_SCRIPTS += S50ntm-rs
 endif
 ifeq ($(BR2_PACKAGE_NTMOBILE_NS),y)
 NTMOBILE_BINS += ntm-ns
+NTMOBILE_SERVER_FEATURES += ns
 NTMOBILE_INIT_SCRIPTS += S51ntm-ns
 endif
 ifeq ($(BR2_PACKAGE_NTMOBILE_DC),y)
 NTMOBILE_BINS += ntm-dc
+NTMOBILE_SERVER_FEATURES += dc
 NTMOBILE_INIT_SCRIPTS += S52ntm-dc
 endif
 ifeq ($(BR2_PACKAGE_NTMOBILE_AS),y)
 NTMOBILE_BINS += ntm-as
+NTMOBILE_SERVER_FEATURES += as
 NTMOBILE_INIT_SCRIPTS += S53ntm-as
 endif
 ifneq ($(filter ntm-%,$(NTMOBILE_BINS)),)
@@ -89,11 +93,23 @@ NTMOBILE_CARGO_ENV += \
 endif
 endif
 
+# Each server binary needs only its own feature of ntm-servers
+# (docs/servers.md), so an image with the relay alone compiles neither
+# SQLite nor the certificate generator. The pinned commit predates the
+# features: it builds with its defaults.
+ifeq ($(NTMOBILE_SITE_METHOD),local)
+ifneq ($(NTMOBILE_SERVER_FEATURES),)
+NTMOBILE_FEATURE_OPTS = --no-default-features --features \
+	$(subst $(space),$(comma),$(addprefix ntm-servers/,$(strip $(NTMOBILE_SERVER_FEATURES))))
+endif
+endif
+
 # The workspace root is virtual, so "cargo install" has nothing to
 # install: build the chosen binaries and install them by hand.
 NTMOBILE_CARGO_BUILD_OPTS = \
 	$(addprefix -p ,$(NTMOBILE_CARGO_PACKAGES)) \
-	$(addprefix --bin ,$(NTMOBILE_BINS))
+	$(addprefix --bin ,$(NTMOBILE_BINS)) \
+	$(NTMOBILE_FEATURE_OPTS)
 NTMOBILE_BIN_DIR = \
 	$(@D)/target/$(RUSTC_TARGET_NAME)/$(if $(BR2_ENABLE_DEBUG),debug,release)
 

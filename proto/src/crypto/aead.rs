@@ -6,8 +6,10 @@ use crate::keys::{Key, KeyKind, KEY_LEN};
 use crate::wire::Sender;
 use ntm_aead::AeadError;
 
-/// Length of the authentication tag appended to every sealed body.
-pub const TAG_LEN: usize = ntm_aead::TAG_LEN;
+pub use crate::wire::TAG_LEN;
+
+// The wire format fixes the tag length; the cipher must produce exactly that.
+const _: () = assert!(TAG_LEN == ntm_aead::TAG_LEN);
 
 /// The CCM nonce for (sender, counter): `sender | 0 0 0 | counter` (see the module doc of
 /// [`crate::crypto`]).

@@ -3,7 +3,8 @@
 //! A Login Request arrives over TLS with one of three credentials, all handled by the
 //! same sequence: a password (checked by the [`Accounts`] store the daemon provides, which
 //! hashes passwords), the device certificate TLS verified (the driver passes its identity),
-//! or an OpenID Connect ID token (verified here against the configured providers). A
+//! or an OpenID Connect ID token (verified by the [`Accounts`] the daemon provides, against
+//! its configured providers: the JWT code lives with the AS daemon, not here). A
 //! wrong credential gets a refusal and never a key. For a good one the AS makes K_ntmdc,
 //! locates the node's DC (the NS record of the node's zone), hands the key to the DC in a
 //! Key Distribution over mutual TLS, and only after the DC's NTM ACK answers the node with
@@ -22,9 +23,8 @@
 //! [`AsConfig::login_interval`]), and a connection has at most one login in progress
 //! ([`Engine::stream_ready`] says when the next may be read).
 
-use super::oidc::{verify_id_token, IdClaims, OidcProvider};
 use super::{
-    ConfigError, DcLocation, DnsAnswer, DnsQuery, Drop, DropCounters, Engine, PeerIdentity, Received, Rng, Role,
+    ConfigError, DcLocation, DnsAnswer, DnsQuery, DropCounters, DropReason, Engine, PeerIdentity, Received, Rng, Role,
     StreamKind, Transmit, Via,
 };
 use crate::crypto::pk::{Attestation, KeyPair, PublicKey};
@@ -63,8 +63,11 @@ pub trait Accounts {
     /// Finds the account of a device certificate (already verified by TLS against the
     /// deployment CA).
     fn device(&mut self, identity: &PeerIdentity) -> Verdict;
-    /// Finds the account bound to a verified ID token's issuer and subject (or e-mail).
-    fn oidc(&mut self, claims: &IdClaims) -> Verdict;
+    /// Verifies an OpenID Connect ID token (signature, issuer, audience and times, with
+    /// `now_unix`, seconds since the UNIX epoch, as the clock) and finds the account bound
+    /// to its identity. `Err` says why the token itself is not accepted (for the log; the
+    /// node is told only that its credential is bad).
+    fn id_token(&mut self, token: &[u8], now_unix: u64) -> Result<Verdict, String>;
 }
 
 /// How an AS is set up. [`AsConfig::new`] fills in the defaults.
@@ -76,10 +79,6 @@ pub struct AsConfig {
     pub key_lifetime: Duration,
     /// The key that signs attestations (public-key mode); None disables the mode.
     pub attestation_key: Option<KeyPair>,
-    /// Accepted OpenID Connect providers.
-    pub oidc_providers: Vec<OidcProvider>,
-    /// Clock skew allowed for ID token times.
-    pub oidc_leeway: Duration,
     /// DCs known without DNS: zone -> DC.
     pub static_dcs: Vec<(Fqdn, DcLocation)>,
     /// How long the DNS lookup of the node's DC, and then the DC's acknowledgement of the
@@ -109,14 +108,12 @@ pub struct AsConfig {
 pub const DEFAULT_KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 impl AsConfig {
-    /// A configuration with defaults: keys for [`DEFAULT_KEY_LIFETIME`], 60 s leeway.
+    /// A configuration with defaults: keys for [`DEFAULT_KEY_LIFETIME`].
     pub fn new(name: Fqdn) -> Self {
         AsConfig {
             name,
             key_lifetime: DEFAULT_KEY_LIFETIME,
             attestation_key: None,
-            oidc_providers: Vec::new(),
-            oidc_leeway: Duration::from_secs(60),
             static_dcs: Vec::new(),
             dc_timeout: Duration::from_secs(10),
             max_pending: 1024,
@@ -287,7 +284,7 @@ impl<A: Accounts> AccountServer<A> {
     /// that is gone (the node hung up, the check timed out) is ignored.
     pub fn handle_credential_verdict(&mut self, now: Instant, id: u64, verdict: Option<Verdict>) {
         let Some(i) = self.checking.iter().position(|c| c.id == id) else {
-            self.drops.count(Drop::Stale);
+            self.drops.count(DropReason::Stale);
             return;
         };
         let c = self.checking.swap_remove(i);
@@ -375,21 +372,14 @@ impl<A: Accounts> AccountServer<A> {
                 Some(id) if id.role == Role::Node => self.accounts.device(id),
                 _ => return Err((Reason::BadCredential, "no device certificate was presented")),
             },
-            Credential::OidcToken(token) => {
-                let now_unix = now.as_millis() / 1000;
-                match verify_id_token(
-                    token.expose_secret(),
-                    &self.cfg.oidc_providers,
-                    now_unix,
-                    self.cfg.oidc_leeway.as_secs(),
-                ) {
-                    Ok(claims) => self.accounts.oidc(&claims),
-                    Err(e) => {
-                        log::info!("ID token refused: {e}");
-                        return Err((Reason::BadCredential, "ID token not accepted"));
-                    }
+            Credential::OidcToken(token) => match self.accounts.id_token(token.expose_secret(), now.as_millis() / 1000)
+            {
+                Ok(verdict) => verdict,
+                Err(e) => {
+                    log::info!("ID token refused: {e}");
+                    return Err((Reason::BadCredential, "ID token not accepted"));
                 }
-            }
+            },
         };
         verdict_account(verdict)
     }
@@ -406,15 +396,15 @@ impl<A: Accounts> AccountServer<A> {
         // (`stream_ready`); one that does not gets them refused here.
         if !self.stream_ready(StreamKind::Tls, from) {
             self.refuse(from, req.request_id, kind, Reason::Overloaded, "a login is already in progress");
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         }
         if !self.take_login_token(now, login_source(from)) {
             self.refuse(from, req.request_id, kind, Reason::Overloaded, "too many logins from this address");
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         }
         if self.logins_in_progress() >= self.cfg.max_pending {
             self.refuse(from, req.request_id, kind, Reason::Overloaded, "too many logins in progress");
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         }
         if let (true, Credential::Password { email, password }) = (self.cfg.defer_password_checks, &req.credential) {
             let id = self.next_check;
@@ -518,7 +508,7 @@ impl<A: Accounts> AccountServer<A> {
             p.key_id == ack.key_id
                 && matches!(&p.step, Step::ExpectNtmAck { dc, .. } if Some(&dc.name) == peer.map(|x| &x.name))
         }) else {
-            return self.drops.count(Drop::Stale);
+            return self.drops.count(DropReason::Stale);
         };
         let p = self.pending.swap_remove(i);
         // Spec 4.1 step 4: only now, with the DC holding the key, does the node get it.
@@ -545,7 +535,7 @@ impl<A: Accounts> AccountServer<A> {
 impl<A: Accounts> Engine for AccountServer<A> {
     fn handle_datagram(&mut self, _now: Instant, _from: SocketAddr, _buf: &mut [u8]) -> Received {
         // The AS speaks only TLS.
-        self.drops.count(Drop::Unexpected)
+        self.drops.count(DropReason::Unexpected)
     }
 
     fn handle_stream(
@@ -557,7 +547,7 @@ impl<A: Accounts> Engine for AccountServer<A> {
         frame: &[u8],
     ) -> Received {
         if kind != StreamKind::Tls {
-            return self.drops.count(Drop::Unexpected);
+            return self.drops.count(DropReason::Unexpected);
         }
         match parse_plain(frame) {
             Ok((_, Message::LoginRequest(req))) => self.handle_login(now, from, peer, req),
@@ -574,11 +564,11 @@ impl<A: Accounts> Engine for AccountServer<A> {
                         self.fail_pending(i, "the DC refused the key");
                         Received::Handled
                     }
-                    None => self.drops.count(Drop::Stale),
+                    None => self.drops.count(DropReason::Stale),
                 }
             }
-            Ok(_) => self.drops.count(Drop::Unexpected),
-            Err(e) => self.drops.count(Drop::from(e)),
+            Ok(_) => self.drops.count(DropReason::Unexpected),
+            Err(e) => self.drops.count(DropReason::from(e)),
         }
     }
 
@@ -683,8 +673,8 @@ mod tests {
         fn device(&mut self, _identity: &PeerIdentity) -> Verdict {
             Verdict::BadCredential
         }
-        fn oidc(&mut self, _claims: &IdClaims) -> Verdict {
-            Verdict::BadCredential
+        fn id_token(&mut self, _token: &[u8], _now_unix: u64) -> Result<Verdict, String> {
+            Ok(Verdict::BadCredential)
         }
     }
 
@@ -778,7 +768,7 @@ mod tests {
         // The eleventh is refused before any password check, from any port of the address.
         s.handle_stream(T0, StreamKind::Tls, from("198.51.100.2", 99), None, &login(1, b"right"));
         assert_eq!(refused(&sent(&mut s), from("198.51.100.2", 99)), Some(Reason::Overloaded));
-        assert_eq!(s.drops().get(Drop::Limit), 1);
+        assert_eq!(s.drops().get(DropReason::Limit), 1);
         // Another address is not affected; the first earns one login back per interval.
         s.handle_stream(T0, StreamKind::Tls, from("203.0.113.2", 1), None, &login(1, b"right"));
         assert!(matches!(sent(&mut s).as_slice(), [(_, Message::KeyDistribution(_))]));

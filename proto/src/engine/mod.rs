@@ -20,7 +20,8 @@
 
 mod retransmit;
 
-// ENGINES-BEGIN (the role engines are added here as they land)
+// The engine of each role: the node's always, the servers' (and their helpers) with the
+// `servers` feature.
 #[cfg(feature = "servers")]
 pub mod account;
 #[cfg(feature = "servers")]
@@ -33,10 +34,7 @@ pub mod node;
 #[cfg(feature = "servers")]
 pub mod ns;
 #[cfg(feature = "servers")]
-pub mod oidc;
-#[cfg(feature = "servers")]
 pub mod rs;
-// ENGINES-END
 
 pub use retransmit::{Backoff, Retry};
 
@@ -102,6 +100,32 @@ pub enum Role {
     Ns,
 }
 
+/// The prefix of the SAN URI that gives a certificate its role:
+/// `urn:ntmobile:role:<label>`, with [`Role::label`]. Both ends read it here: the servers
+/// when they identify a peer, the agent when it checks the AS's certificate.
+pub const ROLE_URI_PREFIX: &str = "urn:ntmobile:role:";
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 5] = [Role::Node, Role::As, Role::Dc, Role::Rs, Role::Ns];
+
+    /// The role's label in its URI ([`ROLE_URI_PREFIX`]) and on command lines.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::As => "as",
+            Role::Dc => "dc",
+            Role::Rs => "rs",
+            Role::Ns => "ns",
+        }
+    }
+
+    /// The role a label names (the inverse of [`Role::label`]).
+    pub fn from_label(label: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.label() == label)
+    }
+}
+
 /// Who is at the other end of a TLS stream, as verified by the driver's TLS layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerIdentity {
@@ -154,12 +178,12 @@ pub enum Received {
     /// It was a data packet to forward unchanged (an RS): to this address.
     Forward(SocketAddr),
     /// It was dropped, and counted under this reason.
-    Dropped(Drop),
+    Dropped(DropReason),
 }
 
 /// Why input was dropped. Every engine counts drops by reason ([`DropCounters`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Drop {
+pub enum DropReason {
     /// Did not parse.
     Malformed,
     /// A version this build does not speak.
@@ -180,51 +204,51 @@ pub enum Drop {
     Stale,
 }
 
-impl Drop {
+impl DropReason {
     /// Every reason, for status output.
-    pub const ALL: [Drop; 8] = [
-        Drop::Malformed,
-        Drop::Version,
-        Drop::Unexpected,
-        Drop::UnknownKey,
-        Drop::Crypto,
-        Drop::Unauthorized,
-        Drop::Limit,
-        Drop::Stale,
+    pub const ALL: [DropReason; 8] = [
+        DropReason::Malformed,
+        DropReason::Version,
+        DropReason::Unexpected,
+        DropReason::UnknownKey,
+        DropReason::Crypto,
+        DropReason::Unauthorized,
+        DropReason::Limit,
+        DropReason::Stale,
     ];
 
     /// A short name for logs and status.
     pub fn name(self) -> &'static str {
         match self {
-            Drop::Malformed => "malformed",
-            Drop::Version => "version",
-            Drop::Unexpected => "unexpected",
-            Drop::UnknownKey => "unknown_key",
-            Drop::Crypto => "crypto",
-            Drop::Unauthorized => "unauthorized",
-            Drop::Limit => "limit",
-            Drop::Stale => "stale",
+            DropReason::Malformed => "malformed",
+            DropReason::Version => "version",
+            DropReason::Unexpected => "unexpected",
+            DropReason::UnknownKey => "unknown_key",
+            DropReason::Crypto => "crypto",
+            DropReason::Unauthorized => "unauthorized",
+            DropReason::Limit => "limit",
+            DropReason::Stale => "stale",
         }
     }
 }
 
-impl From<WireError> for Drop {
+impl From<WireError> for DropReason {
     fn from(e: WireError) -> Self {
         match e {
-            WireError::UnsupportedVersion(_) => Drop::Version,
-            _ => Drop::Malformed,
+            WireError::UnsupportedVersion(_) => DropReason::Version,
+            _ => DropReason::Malformed,
         }
     }
 }
 
-impl From<crate::crypto::CryptoError> for Drop {
+impl From<crate::crypto::CryptoError> for DropReason {
     fn from(e: crate::crypto::CryptoError) -> Self {
         match e {
-            crate::crypto::CryptoError::Wire(w) => Drop::from(w),
-            crate::crypto::CryptoError::WrongKeyId => Drop::UnknownKey,
+            crate::crypto::CryptoError::Wire(w) => DropReason::from(w),
+            crate::crypto::CryptoError::WrongKeyId => DropReason::UnknownKey,
             // Authentic but already seen (a replay or a late duplicate): not a forgery.
-            crate::crypto::CryptoError::Replayed | crate::crypto::CryptoError::TooOld => Drop::Stale,
-            _ => Drop::Crypto,
+            crate::crypto::CryptoError::Replayed | crate::crypto::CryptoError::TooOld => DropReason::Stale,
+            _ => DropReason::Crypto,
         }
     }
 }
@@ -235,7 +259,7 @@ pub struct DropCounters([u64; 8]);
 
 impl DropCounters {
     /// Counts one drop and returns the verdict for the caller to pass on.
-    pub fn count(&mut self, why: Drop) -> Received {
+    pub fn count(&mut self, why: DropReason) -> Received {
         if let Some(c) = self.0.get_mut(why as usize) {
             *c = c.saturating_add(1);
         }
@@ -243,7 +267,7 @@ impl DropCounters {
     }
 
     /// Drops counted for one reason.
-    pub fn get(&self, why: Drop) -> u64 {
+    pub fn get(&self, why: DropReason) -> u64 {
         self.0.get(why as usize).copied().unwrap_or(0)
     }
 

@@ -18,8 +18,8 @@
 
 use super::keyshare::SharedKeys;
 use super::{
-    ConfigError, DnsAnswer, DnsQuery, Drop, DropCounters, Engine, PeerIdentity, Received, Role, StreamKind, Transmit,
-    Via,
+    ConfigError, DnsAnswer, DnsQuery, DropCounters, DropReason, Engine, PeerIdentity, Received, Role, StreamKind,
+    Transmit, Via,
 };
 use crate::crypto::{parse_plain, plain, Channel};
 use crate::keys::{DcNs, NtmNs};
@@ -155,17 +155,17 @@ impl Ns {
     }
 
     fn handle_dc(&mut self, now: Instant, from: SocketAddr, key_id: KeyId, buf: &[u8]) -> Received {
-        let Some((dc, ch)) = self.dc_keys.get(key_id) else { return self.drops.count(Drop::UnknownKey) };
+        let Some((dc, ch)) = self.dc_keys.get(key_id) else { return self.drops.count(DropReason::UnknownKey) };
         let dc = dc.clone();
         let (_, msg) = match ch.open(now, buf) {
             Ok(m) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         let reply = match msg {
             Message::NsKeyDistribution(kd) => {
                 let full = !self.nodes.contains_key(&kd.key_id) && self.nodes.len() >= self.cfg.max_nodes;
                 if full {
-                    self.drops.count(Drop::Limit);
+                    self.drops.count(DropReason::Limit);
                     Message::Refusal(Refusal::new(
                         MsgType::NsKeyDistribution,
                         kd.request_id,
@@ -198,7 +198,7 @@ impl Ns {
                             }));
                             Message::NsKeyAck(NsKeyAck { request_id: kd.request_id, key_id: kd.key_id })
                         }
-                        Err(_) => return self.drops.count(Drop::Malformed),
+                        Err(_) => return self.drops.count(DropReason::Malformed),
                     }
                 }
             }
@@ -206,7 +206,7 @@ impl Ns {
                 let delivered = self.send_to_node(now, n.node_key_id, &Message::Notify(Notify { ..n.clone() }));
                 Message::NotifyAck(NotifyAck { request_id: n.request_id, delivered })
             }
-            _ => return self.drops.count(Drop::Unexpected),
+            _ => return self.drops.count(DropReason::Unexpected),
         };
         if let Some((_, ch)) = self.dc_keys.get(key_id) {
             match ch.seal(now, &reply) {
@@ -220,22 +220,22 @@ impl Ns {
     fn handle_node(&mut self, now: Instant, from: SocketAddr, frame: &[u8]) -> Received {
         let key_id = match Envelope::new_checked(frame) {
             Ok(e) if e.sealed() => e.key_id(),
-            Ok(_) => return self.drops.count(Drop::Unauthorized),
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Ok(_) => return self.drops.count(DropReason::Unauthorized),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         let interval = u32::try_from(self.cfg.keepalive_interval.as_secs()).unwrap_or(u32::MAX);
         let Some(n) = self.nodes.get_mut(&key_id) else {
             self.refuse_unknown_key(now, from, frame);
-            return self.drops.count(Drop::UnknownKey);
+            return self.drops.count(DropReason::UnknownKey);
         };
         let (_, msg) = match n.channel.open(now, frame) {
             Ok(m) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         let reply = match msg {
             Message::NotificationRegistration(r) => {
                 if r.fqdn != n.fqdn {
-                    return self.drops.count(Drop::Unauthorized);
+                    return self.drops.count(DropReason::Unauthorized);
                 }
                 if let Some(old) = n.conn.replace(from) {
                     self.conns.remove(&old);
@@ -252,8 +252,8 @@ impl Ns {
             Message::NsKeepalive(k) if n.conn == Some(from) => {
                 Message::NsKeepaliveAck(NsKeepaliveAck { request_id: k.request_id })
             }
-            Message::NsKeepalive(_) => return self.drops.count(Drop::Unauthorized),
-            _ => return self.drops.count(Drop::Unexpected),
+            Message::NsKeepalive(_) => return self.drops.count(DropReason::Unauthorized),
+            _ => return self.drops.count(DropReason::Unexpected),
         };
         self.send_to_node(now, key_id, &reply);
         Received::Handled
@@ -287,12 +287,12 @@ impl Engine for Ns {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
         let (ty, sealed, key_id) = match Envelope::new_checked(&buf[..]) {
             Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         match ty {
             MsgType::NsKeyDistribution | MsgType::Notify if sealed => self.handle_dc(now, from, key_id, buf),
-            MsgType::Unknown(_) => self.drops.count(Drop::Malformed),
-            _ => self.drops.count(Drop::Unexpected),
+            MsgType::Unknown(_) => self.drops.count(DropReason::Malformed),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
@@ -308,7 +308,7 @@ impl Engine for Ns {
             StreamKind::Tcp => self.handle_node(now, from, frame),
             StreamKind::Tls => {
                 let Some(peer) = peer.filter(|p| p.role == Role::Dc) else {
-                    return self.drops.count(Drop::Unauthorized);
+                    return self.drops.count(DropReason::Unauthorized);
                 };
                 match parse_plain(frame) {
                     Ok((_, Message::KeyShare(ks))) => match self.dc_keys.accept(now, &peer.name, Sender::Ns, ks) {
@@ -317,10 +317,10 @@ impl Engine for Ns {
                             self.out.push_back(Transmit { via, dst: from, payload: plain(Sender::Ns, &ack) });
                             Received::Handled
                         }
-                        None => self.drops.count(Drop::Unauthorized),
+                        None => self.drops.count(DropReason::Unauthorized),
                     },
-                    Ok(_) => self.drops.count(Drop::Unexpected),
-                    Err(e) => self.drops.count(Drop::from(e)),
+                    Ok(_) => self.drops.count(DropReason::Unexpected),
+                    Err(e) => self.drops.count(DropReason::from(e)),
                 }
             }
         }

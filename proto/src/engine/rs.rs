@@ -15,8 +15,8 @@
 
 use super::keyshare::SharedKeys;
 use super::{
-    ConfigError, DnsAnswer, DnsQuery, Drop, DropCounters, Engine, PeerIdentity, Received, Role, StreamKind, Transmit,
-    Via,
+    ConfigError, DnsAnswer, DnsQuery, DropCounters, DropReason, Engine, PeerIdentity, Received, Role, StreamKind,
+    Transmit, Via,
 };
 use crate::crypto::{parse_plain, plain, Channel};
 use crate::keys::{DcRs, Tun};
@@ -204,10 +204,10 @@ impl Rs {
     }
 
     fn handle_dc_message(&mut self, now: Instant, from: SocketAddr, key_id: KeyId, buf: &[u8]) -> Received {
-        let Some((_, ch)) = self.dc_keys.get(key_id) else { return self.drops.count(Drop::UnknownKey) };
+        let Some((_, ch)) = self.dc_keys.get(key_id) else { return self.drops.count(DropReason::UnknownKey) };
         let (_, msg) = match ch.open(now, buf) {
             Ok(m) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         let reply = match msg {
             Message::RelayDirection(rd) => self.handle_relay_direction(now, rd),
@@ -217,7 +217,7 @@ impl Rs {
                 capacity: u32::try_from(self.cfg.max_sessions).unwrap_or(u32::MAX),
                 relay_addrs: self.relay_addrs(),
             }),
-            _ => return self.drops.count(Drop::Unexpected),
+            _ => return self.drops.count(DropReason::Unexpected),
         };
         self.send_dc(now, key_id, from, &reply);
         Received::Handled
@@ -233,7 +233,7 @@ impl Rs {
             return ack; // a retransmission
         }
         if self.sessions.len() >= self.cfg.max_sessions {
-            self.drops.count(Drop::Limit);
+            self.drops.count(DropReason::Limit);
             return Message::Refusal(Refusal::new(
                 MsgType::RelayDirection,
                 rd.request_id,
@@ -273,11 +273,11 @@ impl Rs {
         let Some(s) = self.sessions.get_mut(&session) else { return self.refuse_unknown_session(now, from, buf) };
         let (header, msg) = match s.k_tun.open(now, buf) {
             Ok(m) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
-        let Message::HolePunch(p) = msg else { return self.drops.count(Drop::Unexpected) };
+        let Message::HolePunch(p) = msg else { return self.drops.count(DropReason::Unexpected) };
         if sender_side(header.sender) != Some(p.side) {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         s.last_activity = now;
         match p.side {
@@ -320,31 +320,31 @@ impl Rs {
                 self.out.push_back(Transmit { via: Via::Udp, dst: to, payload: bytes });
             }
         }
-        self.drops.count(Drop::UnknownKey)
+        self.drops.count(DropReason::UnknownKey)
     }
 
     /// Anything else for a session: forward between the two learned endpoints.
     fn forward(&mut self, now: Instant, from: SocketAddr, session: SessionId, ty: MsgType, buf: &[u8]) -> Received {
         let max_pps = self.cfg.max_session_pps;
         let Some(s) = self.sessions.get_mut(&session) else { return self.refuse_unknown_session(now, from, buf) };
-        let Some(side) = s.side_of(from) else { return self.drops.count(Drop::Unauthorized) };
+        let Some(side) = s.side_of(from) else { return self.drops.count(DropReason::Unauthorized) };
         if ty == MsgType::TunnelRequest {
             // Under K_tun, so the RS can and does check it before passing it on. Only the
             // outer layer: K_mncn inside is wrapped with K_tmp or a public key.
             match s.k_tun.open(now, buf) {
                 Ok((h, _)) if sender_side(h.sender) == Some(side) => {}
-                Ok(_) => return self.drops.count(Drop::Unauthorized),
-                Err(e) => return self.drops.count(Drop::from(e)),
+                Ok(_) => return self.drops.count(DropReason::Unauthorized),
+                Err(e) => return self.drops.count(DropReason::from(e)),
             }
         }
-        let Some(to) = s.endpoint(other(side)) else { return self.drops.count(Drop::Stale) };
+        let Some(to) = s.endpoint(other(side)) else { return self.drops.count(DropReason::Stale) };
         let second = now.as_millis() / 1000;
         if s.second != second {
             s.second = second;
             s.budget = max_pps;
         }
         if s.budget == 0 {
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         }
         s.budget -= 1;
         s.last_activity = now;
@@ -357,10 +357,10 @@ impl Engine for Rs {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
         let (ty, sealed, key_id) = match Envelope::new_checked(&buf[..]) {
             Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         if !sealed {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         let session = SessionId(key_id.0);
         match ty {
@@ -371,8 +371,8 @@ impl Engine for Rs {
             | MsgType::Data
             | MsgType::PathProbe
             | MsgType::PathProbeAck => self.forward(now, from, session, ty, buf),
-            MsgType::Unknown(_) => self.drops.count(Drop::Malformed),
-            _ => self.drops.count(Drop::Unexpected),
+            MsgType::Unknown(_) => self.drops.count(DropReason::Malformed),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
@@ -385,7 +385,7 @@ impl Engine for Rs {
         frame: &[u8],
     ) -> Received {
         let Some(peer) = peer.filter(|p| kind == StreamKind::Tls && p.role == Role::Dc) else {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         };
         match parse_plain(frame) {
             Ok((_, Message::KeyShare(ks))) => match self.dc_keys.accept(now, &peer.name, Sender::Rs, ks) {
@@ -394,10 +394,10 @@ impl Engine for Rs {
                     self.out.push_back(Transmit { via, dst: from, payload: plain(Sender::Rs, &ack) });
                     Received::Handled
                 }
-                None => self.drops.count(Drop::Unauthorized),
+                None => self.drops.count(DropReason::Unauthorized),
             },
-            Ok(_) => self.drops.count(Drop::Unexpected),
-            Err(e) => self.drops.count(Drop::from(e)),
+            Ok(_) => self.drops.count(DropReason::Unexpected),
+            Err(e) => self.drops.count(DropReason::from(e)),
         }
     }
 

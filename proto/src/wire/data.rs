@@ -8,8 +8,7 @@
 //! The data plane seals and opens in place ([`crate::crypto::Channel::seal_in_place`]);
 //! [`DataBody`] is the owned form used by tests, fuzzing and the simulator.
 
-use super::{Codec, Reader, WireError, Writer, HEADER_LEN};
-use crate::crypto::TAG_LEN;
+use super::{Codec, Reader, WireError, Writer, HEADER_LEN, TAG_LEN};
 
 /// Bytes a data packet adds to the IP packet it carries.
 pub const DATA_OVERHEAD: usize = HEADER_LEN + TAG_LEN;

@@ -10,9 +10,9 @@
 //! endpoint          observed addr | behind_nat u8
 //! ```
 
+use super::pk::Attestation;
 use super::registration::LOCAL_ADDRS_MAX;
 use super::{wire_struct, Fqdn, List, RequestId, SessionId, VirtualAddrs};
-use crate::crypto::pk::Attestation;
 use core::net::SocketAddr;
 
 wire_struct! {

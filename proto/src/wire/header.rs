@@ -18,6 +18,8 @@ use super::{code_enum, KeyId, MsgType, WireError};
 pub const VERSION: u8 = 1;
 /// Length of the common header.
 pub const HEADER_LEN: usize = 16;
+/// Length of the AES-CCM tag that ends every sealed body (and every wrapped key).
+pub const TAG_LEN: usize = 16;
 /// Flag: the body is AES-CCM ciphertext and tag. No other flag is defined; a set
 /// reserved bit is refused so that a later version can give it a meaning.
 pub const FLAG_SEALED: u8 = 0x01;

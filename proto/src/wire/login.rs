@@ -12,8 +12,8 @@
 //! NtmAck           request_id u32 | key_id u32
 //! ```
 
+use super::pk::{Attestation, PublicKey};
 use super::{code_enum, wire_struct, Codec, Fqdn, KeyId, Reader, RequestId, Text, WireError, Writer};
-use crate::crypto::pk::{Attestation, PublicKey};
 use crate::keys::{KeyGrant, NtmDc};
 use core::fmt;
 use zeroize::Zeroize;

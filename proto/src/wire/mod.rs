@@ -21,6 +21,7 @@ pub mod direction;
 pub mod keyshare;
 pub mod login;
 pub mod notification;
+pub mod pk;
 pub mod refusal;
 pub mod registration;
 pub mod relay;
@@ -29,7 +30,7 @@ pub mod tunnel;
 
 pub(crate) use codec::{code_enum, known_code_codec, wire_struct};
 pub use codec::{Bytes, Codec, List, Reader, Text, Writer};
-pub use header::{field as header_field, Envelope, Header, Sender, FLAG_SEALED, HEADER_LEN, VERSION};
+pub use header::{field as header_field, Envelope, Header, Sender, FLAG_SEALED, HEADER_LEN, TAG_LEN, VERSION};
 pub use message::{Message, MsgType};
 pub use name::{Fqdn, FQDN_MAX};
 

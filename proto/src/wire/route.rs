@@ -10,11 +10,11 @@
 //! RouteDirectionAck  request_id u32 | session u32
 //! ```
 
+use super::pk::Attestation;
 use super::{
     code_enum, known_code_codec, wire_struct, Codec, Fqdn, List, Reader, RequestId, SessionId, VirtualAddrs, WireError,
     Writer,
 };
-use crate::crypto::pk::Attestation;
 use crate::keys::{KTmp, KeyGrant, Tun};
 use core::net::SocketAddr;
 

@@ -15,9 +15,9 @@
 //! PathProbeAck    probe_id u32 | observed addr
 //! ```
 
+use super::pk::{PublicWrap, TmpWrap};
 use super::route::Side;
 use super::{wire_struct, Codec, Fqdn, Reader, VirtualAddrs, WireError, Writer};
-use crate::crypto::pk::{PublicWrap, TmpWrap};
 use core::net::SocketAddr;
 
 /// K_mncn as carried in the Tunnel Request.

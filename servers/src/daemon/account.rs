@@ -1,26 +1,28 @@
 //! `ntm-as`: the Account Server, and its administration commands ([`ADMIN_USAGE`], which
-//! `ntm-as --help` prints). ROLE is one of node, as, dc, rs, ns. Keys are written with
-//! mode 0600.
+//! `ntm-as --help` prints): accounts, the attestation key, and the CA commands of `ntm-ca`
+//! under `ntm-as ca` ([`crate::ca`]). Keys are written with mode 0600.
 
 // The administration commands talk to a person.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use super::{drops_json, identify, os_rng, reload_tls, tls_configs, StartError};
+use crate::admin::{fqdn, need, parse_opts, write_file, Opts};
 use crate::config::{secs, AsFile};
 use crate::driver::{Daemon, Driver, DriverConfig, Reload};
-use crate::pki::{self, Ca, ClientAuth};
-use crate::store::{AccountStore, HashCost};
+use crate::oidc::{parse_jwks, verify_id_token, OidcProvider, DEFAULT_LEEWAY_SECS};
+use crate::pki::ClientAuth;
+use crate::store::accounts::{AccountStore, HashCost};
 use ntm_cmdline::Failure;
+use ntm_dns::{Locator, LocatorConfig};
 use ntm_proto::crypto::pk::KeyPair;
-use ntm_proto::dns::{Locator, LocatorConfig};
 use ntm_proto::engine::account::{AccountServer, Accounts, AsConfig, AsEvent, CredentialCheck, Verdict};
-use ntm_proto::engine::oidc::{parse_jwks, OidcProvider};
 use ntm_proto::engine::Engine;
+use ntm_proto::engine::PeerIdentity;
 use ntm_proto::time::{Duration, Instant};
 use ntm_proto::wire::Fqdn;
 use std::ffi::OsString;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
@@ -66,9 +68,8 @@ const ARGON2_BLOCKS_MAX: usize = 256 * 1024;
 /// One password-checking thread's state: its own read connection to the account
 /// database, and argon2's working memory, allocated once and reused. (Memory that argon2
 /// allocated and freed per check stayed with the allocator's per-thread arenas: hundreds
-/// of MiB after a burst of guesses.) The checks are those of [`AccountStore`]'s
-/// `Accounts::password`: e-mails compared lowercased, constant-time comparison of the
-/// hash, and a check of the same cost for an unknown e-mail or an account without a
+/// of MiB after a burst of guesses.) The checks are those of [`AccountStore::password`]:
+/// e-mails compared lowercased, constant-time comparison of the hash, and a check of the same cost for an unknown e-mail or an account without a
 /// password, so that timing does not tell which e-mails exist.
 struct PasswordWorker {
     conn: rusqlite::Connection,
@@ -180,9 +181,35 @@ impl PasswordWorker {
     }
 }
 
+/// What the AS engine asks of accounts ([`Accounts`]): the database's verdicts, with ID
+/// tokens verified first against the configured OpenID providers.
+#[derive(Debug)]
+pub struct Logins {
+    /// The account database.
+    pub store: AccountStore,
+    /// The providers whose ID tokens log in.
+    pub providers: Vec<OidcProvider>,
+}
+
+impl Accounts for Logins {
+    fn password(&mut self, email: &str, password: &[u8]) -> Verdict {
+        self.store.password(email, password)
+    }
+
+    fn device(&mut self, identity: &PeerIdentity) -> Verdict {
+        self.store.device(identity)
+    }
+
+    fn id_token(&mut self, token: &[u8], now_unix: u64) -> Result<Verdict, String> {
+        let claims =
+            verify_id_token(token, &self.providers, now_unix, DEFAULT_LEEWAY_SECS).map_err(|e| e.to_string())?;
+        Ok(self.store.oidc(&claims))
+    }
+}
+
 /// The AS daemon.
 pub struct AsDaemon {
-    server: AccountServer<AccountStore>,
+    server: AccountServer<Logins>,
     cfg: AsFile,
     logins: u64,
     refusals: u64,
@@ -200,7 +227,7 @@ impl std::fmt::Debug for AsDaemon {
 }
 
 impl Daemon for AsDaemon {
-    type Engine = AccountServer<AccountStore>;
+    type Engine = AccountServer<Logins>;
 
     fn engine(&mut self) -> &mut Self::Engine {
         &mut self.server
@@ -255,7 +282,7 @@ impl Daemon for AsDaemon {
     }
 
     fn status(&mut self, _now: Instant) -> serde_json::Value {
-        let accounts = self.server.accounts().list().map(|l| l.len()).unwrap_or(0);
+        let accounts = self.server.accounts().store.list().map(|l| l.len()).unwrap_or(0);
         serde_json::json!({
             "role": "as",
             "name": self.cfg.common.name.as_str(),
@@ -304,8 +331,9 @@ pub fn build(cfg: AsFile) -> Result<Driver<AsDaemon>, StartError> {
     ac.defer_password_checks = true;
     ac.login_burst = cfg.login_burst;
     ac.login_interval = Duration::from_millis(cfg.login_interval_ms);
-    (ac.attestation_key, ac.oidc_providers) = read_key_files(&cfg)?;
-    let accounts = AccountStore::open(&cfg.accounts)?;
+    let (attestation_key, providers) = read_key_files(&cfg)?;
+    ac.attestation_key = attestation_key;
+    let accounts = Logins { store: AccountStore::open(&cfg.accounts)?, providers };
     let workers =
         (0..cfg.password_workers).map(|_| PasswordWorker::open(&cfg.accounts)).collect::<Result<Vec<_>, _>>()?;
     let server = AccountServer::new(ac, accounts, os_rng())?;
@@ -343,17 +371,7 @@ pub fn build(cfg: AsFile) -> Result<Driver<AsDaemon>, StartError> {
 /// The administration commands, by first word, as `ntm-as --help` and `ntm-as WORD --help`
 /// print them; [`admin`] runs them.
 pub const ADMIN_USAGE: &[(&str, &str)] = &[
-    (
-        "ca",
-        "  ntm-as ca init --out DIR [--name CN] [--days N]
-                                a new deployment CA: DIR/ca.pem, DIR/ca.key (default 3650 days)
-  ntm-as ca issue --ca DIR --role ROLE --name FQDN --out DIR [--days N]
-                                a certificate and key: DIR/FQDN.pem, DIR/FQDN.key (default 825 days)
-  ntm-as ca sign-csr --ca DIR [--role ROLE] --name FQDN --csr FILE --out FILE [--days N]
-                                sign a device's request, its key never leaving it (role default node)
-                                ROLE: node, as, dc, rs or ns; keys are written mode 0600
-",
-    ),
+    ("ca", crate::ca::AS_ALIAS_USAGE),
     (
         "attestation-key",
         "  ntm-as attestation-key --out FILE
@@ -375,80 +393,6 @@ pub const ADMIN_USAGE: &[(&str, &str)] = &[
 ",
     ),
 ];
-
-/// Options of the administration commands.
-#[derive(Debug, Default)]
-struct Opts {
-    config: Option<PathBuf>,
-    out: Option<PathBuf>,
-    ca: Option<PathBuf>,
-    name: Option<String>,
-    role: Option<String>,
-    days: Option<u32>,
-    csr: Option<PathBuf>,
-    email: Option<String>,
-    fqdn: Option<String>,
-    account: Option<String>,
-    device: Option<String>,
-    issuer: Option<String>,
-    subject: Option<String>,
-    password_stdin: bool,
-}
-
-fn parse_opts(args: Vec<OsString>) -> Result<Opts, String> {
-    let mut p = lexopt::Parser::from_args(args);
-    let mut o = Opts::default();
-    let text = |p: &mut lexopt::Parser| -> Result<String, String> {
-        p.value().map_err(|e| e.to_string())?.into_string().map_err(|_| "not UTF-8".to_string())
-    };
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
-        match arg {
-            lexopt::Arg::Short('c') | lexopt::Arg::Long("config") => o.config = Some(text(&mut p)?.into()),
-            lexopt::Arg::Long("out") => o.out = Some(text(&mut p)?.into()),
-            lexopt::Arg::Long("ca") => o.ca = Some(text(&mut p)?.into()),
-            lexopt::Arg::Long("name") => o.name = Some(text(&mut p)?),
-            lexopt::Arg::Long("role") => o.role = Some(text(&mut p)?),
-            lexopt::Arg::Long("days") => {
-                let days = text(&mut p)?.parse().ok().filter(|d| (1..=crate::pki::MAX_VALID_DAYS).contains(d));
-                o.days = Some(
-                    days.ok_or(format!("--days takes a number of days from 1 to {}", crate::pki::MAX_VALID_DAYS))?,
-                );
-            }
-            lexopt::Arg::Long("csr") => o.csr = Some(text(&mut p)?.into()),
-            lexopt::Arg::Long("email") => o.email = Some(text(&mut p)?),
-            lexopt::Arg::Long("fqdn") => o.fqdn = Some(text(&mut p)?),
-            lexopt::Arg::Long("account") => o.account = Some(text(&mut p)?),
-            lexopt::Arg::Long("device") => o.device = Some(text(&mut p)?),
-            lexopt::Arg::Long("issuer") => o.issuer = Some(text(&mut p)?),
-            lexopt::Arg::Long("subject") => o.subject = Some(text(&mut p)?),
-            lexopt::Arg::Long("password-stdin") => o.password_stdin = true,
-            other => return Err(other.unexpected().to_string()),
-        }
-    }
-    Ok(o)
-}
-
-fn need<T: Clone>(v: &Option<T>, flag: &str) -> Result<T, Failure> {
-    v.clone().ok_or_else(|| Failure::usage(format!("{flag} is needed")))
-}
-
-fn fqdn(s: &str) -> Result<Fqdn, Failure> {
-    Fqdn::new(s).map_err(|e| Failure::usage(format!("\"{s}\": {e}")))
-}
-
-/// Writes a file; a key readable by its owner only.
-fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true).mode(if secret { 0o600 } else { 0o644 });
-    let mut f = opts.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn load_ca(dir: &Path) -> Result<Ca, String> {
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| format!("{}: {e}", dir.join(f).display()));
-    Ca::from_pem(&read("ca.pem")?, &read("ca.key")?).map_err(|e| e.to_string())
-}
 
 fn read_password() -> Result<Vec<u8>, Failure> {
     let mut s = String::new();
@@ -479,47 +423,8 @@ pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), Failure> {
             .ok_or_else(|| Failure::usage(format!("{word}: which command?")))?,
     };
     let o = parse_opts(args.collect()).map_err(Failure::Usage)?;
-    let days = o.days.unwrap_or(825);
     match (word, sub.as_str()) {
-        ("ca", "init") => {
-            let out = need(&o.out, "--out DIR")?;
-            std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-            let ca = Ca::generate(o.name.as_deref().unwrap_or("NTMobile deployment CA"), o.days.unwrap_or(3650))
-                .map_err(|e| e.to_string())?;
-            write_file(&out.join("ca.pem"), ca.cert_pem(), false)?;
-            write_file(&out.join("ca.key"), &ca.key_pem(), true)?;
-            ntm_cmdline::out(&format!(
-                "deployment CA written to {}/ca.pem and ca.key (keep ca.key offline)\n",
-                out.display()
-            ));
-        }
-        ("ca", "issue") => {
-            let ca = load_ca(&need(&o.ca, "--ca DIR")?)?;
-            let role = pki::role_from_label(&need(&o.role, "--role")?)
-                .ok_or_else(|| Failure::usage("--role: node, as, dc, rs or ns"))?;
-            let name = fqdn(&need(&o.name, "--name FQDN")?)?;
-            let out = need(&o.out, "--out DIR")?;
-            std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-            let issued = ca.issue(role, &name, days).map_err(|e| e.to_string())?;
-            write_file(&out.join(format!("{name}.pem")), &issued.cert_pem, false)?;
-            write_file(&out.join(format!("{name}.key")), &issued.key_pem, true)?;
-            ntm_cmdline::out(&format!(
-                "{} certificate for {name} written to {}\n",
-                pki::role_label(role),
-                out.display()
-            ));
-        }
-        ("ca", "sign-csr") => {
-            let ca = load_ca(&need(&o.ca, "--ca DIR")?)?;
-            let role = pki::role_from_label(o.role.as_deref().unwrap_or("node"))
-                .ok_or_else(|| Failure::usage("--role: node, as, dc, rs or ns"))?;
-            let name = fqdn(&need(&o.name, "--name FQDN")?)?;
-            let csr_path = need(&o.csr, "--csr FILE")?;
-            let csr = std::fs::read_to_string(&csr_path).map_err(|e| format!("{}: {e}", csr_path.display()))?;
-            let cert = ca.sign_csr(role, &name, &csr, days).map_err(|e| e.to_string())?;
-            write_file(&need(&o.out, "--out FILE")?, &cert, false)?;
-            ntm_cmdline::out(&format!("signed {name} as {}\n", pki::role_label(role)));
-        }
+        ("ca", "init" | "issue" | "sign-csr") => return crate::ca::command(&sub, o),
         ("attestation-key", _) => {
             use p256::pkcs8::EncodePrivateKey;
             let out = need(&o.out, "--out FILE")?;

@@ -24,9 +24,10 @@ use super::{drops_json, identify, key_kinds, os_rng, reload_tls, tls_configs, St
 use crate::config::{secs, DcFile};
 use crate::driver::{Daemon, Driver, DriverConfig, Reload};
 use crate::pki::ClientAuth;
-use crate::store::{self, DcStore, NodeSnapshot, NsSnapshot, COUNTER_RESERVE};
-use ntm_proto::dns::{Locator, LocatorConfig};
-use ntm_proto::engine::dc::{Dc, DcConfig, DcEvent, NodeState, NsRef, NsState, ServerRef};
+use crate::store::dc::{self as store, DcStore, COUNTER_RESERVE};
+use crate::store::StoreError;
+use ntm_dns::{Locator, LocatorConfig};
+use ntm_proto::engine::dc::{Dc, DcConfig, DcEvent, NodeState, NsRef, ServerRef};
 use ntm_proto::engine::Engine;
 use ntm_proto::time::{Duration, Instant};
 use ntm_proto::wire::{Fqdn, KeyId, VirtualAddrs};
@@ -84,45 +85,6 @@ impl std::fmt::Debug for DcDaemon {
     }
 }
 
-fn to_snapshot(s: NodeState) -> NodeSnapshot {
-    NodeSnapshot {
-        fqdn: s.fqdn,
-        key_id: s.key_id,
-        key: s.key,
-        expires_ms: s.expires.as_millis(),
-        next_counter: s.next_counter,
-        peer_counter: s.peer_counter,
-        attestation: s.attestation,
-        virtual_addrs: s.virtual_addrs,
-        endpoints: s.endpoints,
-        local_addrs: s.local_addrs,
-        keepalive: s.keepalive,
-        ns: s.ns.map(|n| NsSnapshot { ns: n.ns, key_id: n.key_id, key: n.key, expires_ms: n.expires.as_millis() }),
-    }
-}
-
-fn to_state(s: NodeSnapshot) -> NodeState {
-    NodeState {
-        fqdn: s.fqdn,
-        key_id: s.key_id,
-        key: s.key,
-        expires: Instant::from_millis(s.expires_ms),
-        next_counter: s.next_counter,
-        peer_counter: s.peer_counter,
-        attestation: s.attestation,
-        virtual_addrs: s.virtual_addrs,
-        endpoints: s.endpoints,
-        local_addrs: s.local_addrs,
-        keepalive: s.keepalive,
-        ns: s.ns.map(|n| NsState {
-            ns: n.ns,
-            key_id: n.key_id,
-            key: n.key,
-            expires: Instant::from_millis(n.expires_ms),
-        }),
-    }
-}
-
 impl DcDaemon {
     /// Saves the nodes that registered or got a key in one turn of the loop, in one
     /// transaction: the answers wait for the commit, and one fsync per turn rather than two
@@ -135,10 +97,9 @@ impl DcDaemon {
             fqdns.iter().for_each(|f| self.save(now, f));
             return;
         }
-        let states: Vec<NodeState> = fqdns.iter().filter_map(|f| self.dc.export_node(f)).collect();
+        let nodes: Vec<NodeState> = fqdns.iter().filter_map(|f| self.dc.export_node(f)).collect();
         let assignments: Vec<(Fqdn, VirtualAddrs)> =
-            states.iter().filter_map(|s| s.virtual_addrs.map(|v| (s.fqdn.clone(), v))).collect();
-        let nodes: Vec<NodeSnapshot> = states.into_iter().map(to_snapshot).collect();
+            nodes.iter().filter_map(|s| s.virtual_addrs.map(|v| (s.fqdn.clone(), v))).collect();
         match self.store.save_registrations(&assignments, &nodes) {
             Ok(reserved) => {
                 for (n, reserved) in nodes.iter().zip(reserved) {
@@ -157,7 +118,7 @@ impl DcDaemon {
     fn save(&mut self, now: Instant, fqdn: &Fqdn) {
         let Some(state) = self.dc.export_node(fqdn) else { return };
         let (key_id, next, peer) = (state.key_id, state.next_counter, state.peer_counter);
-        match self.store.save_node(&to_snapshot(state)) {
+        match self.store.save_node(&state) {
             Ok(reserved) => {
                 self.saved_as(fqdn, Saved { key_id, reserved, peer });
                 self.dc.registration_saved(now, fqdn);
@@ -179,7 +140,7 @@ impl DcDaemon {
     /// node would stall the loop.
     fn refresh(&mut self, now: Instant) {
         let unsaved = self.dc.unsaved_registrations();
-        let due: Vec<NodeSnapshot> = self
+        let due: Vec<NodeState> = self
             .dc
             .node_names()
             .into_iter()
@@ -188,7 +149,6 @@ impl DcDaemon {
                 is_due(self.saved.get(f), next, peer) || unsaved.binary_search(f).is_ok()
             })
             .filter_map(|f| self.dc.export_node(&f))
-            .map(to_snapshot)
             .collect();
         if due.is_empty() {
             return;
@@ -200,7 +160,7 @@ impl DcDaemon {
                     self.dc.registration_saved(now, &n.fqdn);
                 }
             }
-            Err(e @ store::StoreError::Duplicate { .. }) if due.len() > 1 => {
+            Err(e @ StoreError::Duplicate { .. }) if due.len() > 1 => {
                 // One row the database refuses (addresses it holds for another node, as
                 // after a manual edit) must not hold back every other node's refresh.
                 log::warn!("saving {} nodes at once: {e}; saving them one by one", due.len());
@@ -344,7 +304,7 @@ fn restore(dc: &mut Dc, store: &DcStore, now: Instant) -> Result<HashMap<Fqdn, S
     let mut saved = HashMap::new();
     for snap in store.load_nodes()? {
         let (fqdn, key_id, reserved, peer) = (snap.fqdn.clone(), snap.key_id, snap.next_counter, snap.peer_counter);
-        match dc.restore_node(now, to_state(snap), reserved) {
+        match dc.restore_node(now, snap, reserved) {
             Ok(()) => {
                 dc.reserve_counters(&fqdn, key_id, reserved);
                 saved.insert(fqdn, Saved { key_id, reserved, peer });
@@ -476,7 +436,7 @@ mod tests {
         for (i, (n, next)) in nodes.iter().enumerate() {
             let key_id = KeyId(u32::try_from(i).unwrap() + 1);
             let state = node_state(name(n), key_id, 7, now, *next, 5);
-            store.save_node(&to_snapshot(state.clone())).unwrap();
+            store.save_node(&state).unwrap();
             dc.restore_node(now, state, *next).unwrap();
             saved.insert(name(n), Saved { key_id, reserved: *next, peer: 5 });
         }
@@ -497,7 +457,7 @@ mod tests {
         let mut d = daemon(&dir, now, &[]);
         let n = name("n.zone-a.test");
         let state = node_state(n.clone(), KeyId(9), 7, now, 500, 0);
-        d.store.save_node(&to_snapshot(state)).unwrap();
+        d.store.save_node(&state).unwrap();
         // The restart: the row says resume at 500 + COUNTER_RESERVE.
         let stored = 500 + COUNTER_RESERVE;
         d.saved = restore(&mut d.dc, &d.store, now).unwrap();

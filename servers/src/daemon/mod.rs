@@ -1,15 +1,19 @@
-//! The four daemons: each builds its engine from its configuration file and runs it in
+//! The four daemons, each behind its feature: each builds its engine from its configuration file and runs it in
 //! the [`crate::driver`] loop.
 
+#[cfg(feature = "as")]
 pub mod account;
+#[cfg(feature = "dc")]
 pub mod dc;
+#[cfg(feature = "ns")]
 pub mod ns;
+#[cfg(feature = "rs")]
 pub mod rs;
 
 use crate::config::{Common, TlsFiles};
 use crate::driver::{Daemon, Driver, Reload};
 use crate::pki;
-use ntm_proto::engine::{Drop, DropCounters, PeerIdentity};
+use ntm_proto::engine::{DropCounters, DropReason, PeerIdentity};
 use rustls::pki_types::CertificateDer;
 use std::sync::Arc;
 
@@ -55,7 +59,7 @@ pub fn tls_configs(
 /// Dropped input by reason, for status output.
 pub fn drops_json(d: &DropCounters) -> serde_json::Value {
     let mut m = serde_json::Map::new();
-    for why in Drop::ALL {
+    for why in DropReason::ALL {
         m.insert(why.name().into(), d.get(why).into());
     }
     m.into()

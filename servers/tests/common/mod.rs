@@ -7,8 +7,8 @@
 
 #![allow(dead_code, clippy::print_stderr)]
 
+use ntm_dns::{Locator, LocatorConfig};
 use ntm_proto::crypto::pk::KeyPair;
-use ntm_proto::dns::{Locator, LocatorConfig};
 use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, ResolveError};
 use ntm_proto::engine::DcLocation;
 use ntm_proto::time::{Duration, Instant};
@@ -65,13 +65,19 @@ pub fn bin(name: &str) -> PathBuf {
         "ntm-as" => PathBuf::from(env!("CARGO_BIN_EXE_ntm-as")),
         "ntm-dc" => PathBuf::from(env!("CARGO_BIN_EXE_ntm-dc")),
         "ntm-rs" => PathBuf::from(env!("CARGO_BIN_EXE_ntm-rs")),
+        "ntm-ca" => PathBuf::from(env!("CARGO_BIN_EXE_ntm-ca")),
         _ => PathBuf::from(env!("CARGO_BIN_EXE_ntm-ns")),
     }
 }
 
-/// Runs `ntm-as` with administration arguments; panics with its output if it fails.
+/// Runs an administration command, `ca ...` with `ntm-ca` and the rest with `ntm-as`;
+/// panics with its output if it fails.
 pub fn admin(args: &[&str], stdin: Option<&str>) {
-    let mut cmd = Command::new(bin("ntm-as"));
+    let (program, args) = match args.split_first() {
+        Some((&"ca", rest)) => ("ntm-ca", rest),
+        _ => ("ntm-as", args),
+    };
+    let mut cmd = Command::new(bin(program));
     cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     if let Some(s) = stdin {
@@ -79,7 +85,7 @@ pub fn admin(args: &[&str], stdin: Option<&str>) {
         child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "ntm-as {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A running daemon; stopped by PID on drop, its log printed if the test is failing.

@@ -21,7 +21,7 @@ pub use pool::VirtualPool;
 
 use super::keyshare::{ServerLink, SharedKind};
 use super::{
-    Backoff, ConfigError, DcLocation, DnsAnswer, DnsQuery, Drop, DropCounters, Engine, IdSource, PeerIdentity,
+    Backoff, ConfigError, DcLocation, DnsAnswer, DnsQuery, DropCounters, DropReason, Engine, IdSource, PeerIdentity,
     Received, Rng, Role, StreamKind, Transmit, Via,
 };
 use crate::crypto::parse_plain;
@@ -395,7 +395,7 @@ impl Dc {
 
     fn transmit(&mut self, via: Via, dst: SocketAddr, payload: Vec<u8>) {
         if self.out.len() >= OUT_MAX {
-            self.drops.count(Drop::Limit);
+            self.drops.count(DropReason::Limit);
             return;
         }
         self.out.push_back(Transmit { via, dst, payload });
@@ -439,18 +439,18 @@ impl Dc {
     /// A framed message on a TLS stream: Key Distribution from the AS, Key Shares and
     /// their acknowledgements between servers.
     fn handle_tls(&mut self, now: Instant, from: SocketAddr, peer: Option<&PeerIdentity>, frame: &[u8]) -> Received {
-        let Some(peer) = peer else { return self.drops.count(Drop::Unauthorized) };
+        let Some(peer) = peer else { return self.drops.count(DropReason::Unauthorized) };
         let msg = match parse_plain(frame) {
             Ok((_, m)) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         match (peer.role, msg) {
             (Role::As, Message::KeyDistribution(kd)) => self.handle_key_distribution(now, from, kd),
             (Role::Dc, Message::KeyShare(ks)) => {
                 if ks.from != peer.name {
-                    return self.drops.count(Drop::Unauthorized);
+                    return self.drops.count(DropReason::Unauthorized);
                 }
-                let Some(grant) = DcDc::unwrap(ks.key) else { return self.drops.count(Drop::Unexpected) };
+                let Some(grant) = DcDc::unwrap(ks.key) else { return self.drops.count(DropReason::Unexpected) };
                 let i = self.peer_index(&peer.name, from);
                 let flushed = self.peers.get_mut(i).map(|l| l.accept_theirs(now, ks.key_id, grant)).unwrap_or_default();
                 let ack = Message::KeyShareAck(crate::wire::keyshare::KeyShareAck {
@@ -486,13 +486,13 @@ impl Dc {
                         .map(|n| (n.link.addr, n.link.handle_ack(now, &ack, lifetime))),
                     _ => None,
                 };
-                let Some((addr, sealed)) = flushed else { return self.drops.count(Drop::Unexpected) };
+                let Some((addr, sealed)) = flushed else { return self.drops.count(DropReason::Unexpected) };
                 for b in sealed {
                     self.transmit(Via::Udp, addr, b);
                 }
                 Received::Handled
             }
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
@@ -509,27 +509,27 @@ impl Dc {
                     }
                     self.handle_peer_message(now, i, msg)
                 }
-                Some(Err(e)) => self.drops.count(Drop::from(e)),
-                None => self.drops.count(Drop::UnknownKey),
+                Some(Err(e)) => self.drops.count(DropReason::from(e)),
+                None => self.drops.count(DropReason::UnknownKey),
             };
         }
         if let Some(i) = self.relays.iter_mut().position(|r| r.link.channel_for(key_id).is_some()) {
             let opened = self.relays.get_mut(i).and_then(|r| r.link.channel_for(key_id)).map(|c| c.open(now, buf));
             return match opened {
                 Some(Ok((_, msg))) => self.handle_relay_message(now, i, msg),
-                Some(Err(e)) => self.drops.count(Drop::from(e)),
-                None => self.drops.count(Drop::UnknownKey),
+                Some(Err(e)) => self.drops.count(DropReason::from(e)),
+                None => self.drops.count(DropReason::UnknownKey),
             };
         }
         if let Some(i) = self.ns.iter_mut().position(|n| n.link.channel_for(key_id).is_some()) {
             let opened = self.ns.get_mut(i).and_then(|n| n.link.channel_for(key_id)).map(|c| c.open(now, buf));
             return match opened {
                 Some(Ok((_, msg))) => self.handle_ns_message(now, i, msg),
-                Some(Err(e)) => self.drops.count(Drop::from(e)),
-                None => self.drops.count(Drop::UnknownKey),
+                Some(Err(e)) => self.drops.count(DropReason::from(e)),
+                None => self.drops.count(DropReason::UnknownKey),
             };
         }
-        self.drops.count(Drop::UnknownKey)
+        self.drops.count(DropReason::UnknownKey)
     }
 
     fn drive_relay_status(&mut self, now: Instant) {
@@ -566,7 +566,7 @@ impl Dc {
             }
             Message::RelayDirectionAck(a) => self.handle_relay_ack(now, i, a),
             Message::Refusal(r) => self.handle_server_refusal(now, i, r),
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 }
@@ -575,10 +575,10 @@ impl Engine for Dc {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
         let (ty, sealed, key_id) = match Envelope::new_checked(&buf[..]) {
             Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         if !sealed {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         if self.keys.contains_key(&key_id) {
             return self.handle_node_datagram(now, from, key_id, buf);
@@ -588,9 +588,9 @@ impl Engine for Dc {
                 // A node whose key we do not hold (expired, or we lost it): tell it, in
                 // the clear since we cannot seal, to log in again.
                 self.refuse_unknown_key(now, from, ty, buf);
-                self.drops.count(Drop::UnknownKey)
+                self.drops.count(DropReason::UnknownKey)
             }
-            MsgType::Unknown(_) => self.drops.count(Drop::Malformed),
+            MsgType::Unknown(_) => self.drops.count(DropReason::Malformed),
             _ => self.handle_server_datagram(now, from, key_id, buf),
         }
     }
@@ -605,7 +605,7 @@ impl Engine for Dc {
     ) -> Received {
         match kind {
             StreamKind::Tls => self.handle_tls(now, from, peer, frame),
-            StreamKind::Tcp => self.drops.count(Drop::Unexpected),
+            StreamKind::Tcp => self.drops.count(DropReason::Unexpected),
         }
     }
 

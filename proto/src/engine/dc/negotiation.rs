@@ -20,7 +20,7 @@
 //! best RS that has both families, MN initiating.
 
 use super::{Dc, DcEvent, To};
-use crate::engine::{Drop, Received, Retry};
+use crate::engine::{DropReason, Received, Retry};
 use crate::keys::{KTmp, KTun, KeyGrant};
 use crate::time::Instant;
 use crate::wire::direction::{DirectionRequest, NodeInfo, NodeInfoAnswer, NodeInfoRequest};
@@ -254,7 +254,7 @@ impl Dc {
                 None => {
                     let msg = refusal(Reason::Overloaded, "too many negotiations in progress for this node");
                     self.send_to_node(now, mn, &msg, None);
-                    return self.drops.count(Drop::Limit);
+                    return self.drops.count(DropReason::Limit);
                 }
             }
         }
@@ -263,7 +263,7 @@ impl Dc {
         if self.negotiations.len() >= self.cfg.max_negotiations {
             let msg = refusal(Reason::Overloaded, "too many negotiations");
             self.send_to_node(now, mn, &msg, None);
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         }
         let session = self.new_session();
         match d.previous {
@@ -361,10 +361,10 @@ impl Dc {
                     n.home == Some(Home::Remote(peer))
                         && matches!(n.state, State::ExpectNodeInfo { request_id, .. } if request_id == a.request_id)
                 }) else {
-                    return self.drops.count(Drop::Stale);
+                    return self.drops.count(DropReason::Stale);
                 };
                 if self.negotiations.get(i).is_some_and(|n| n.cn != a.info.fqdn) {
-                    return self.drops.count(Drop::Unauthorized);
+                    return self.drops.count(DropReason::Unauthorized);
                 }
                 if let Some(n) = self.negotiations.get_mut(i) {
                     n.cn_info = Some(a.info);
@@ -390,10 +390,10 @@ impl Dc {
                         self.fail(now, i, r.reason, r.detail.as_str());
                         Received::Handled
                     }
-                    None => self.drops.count(Drop::Stale),
+                    None => self.drops.count(DropReason::Stale),
                 }
             }
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
@@ -474,7 +474,7 @@ impl Dc {
             n.session == a.session
                 && matches!(n.state, State::ExpectRelayAck { request_id, relay: r, .. } if request_id == a.request_id && r == relay)
         }) else {
-            return self.drops.count(Drop::Stale);
+            return self.drops.count(DropReason::Stale);
         };
         let Some(Decision::Relay { mn_v4, cn_v4 }) = self.negotiations.get(i).and_then(|n| n.decision) else {
             return Received::Handled;
@@ -585,12 +585,12 @@ impl Dc {
             .iter()
             .position(|n| n.session == a.session && n.direction_in_flight().is_some_and(|(id, _)| id == a.request_id))
         else {
-            return self.drops.count(Drop::Stale);
+            return self.drops.count(DropReason::Stale);
         };
         let Some(n) = self.negotiations.get_mut(i) else { return Received::Handled };
         // Only the side the direction went to may acknowledge it.
         if !n.direction_in_flight().is_some_and(|(_, side)| n.directed_at(side, from)) {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         match n.state {
             State::ExpectFirstAck { .. } => self.send_direction(now, i, false),
@@ -626,7 +626,7 @@ impl Dc {
         }
         let ours = self.negotiations.iter().any(|n| n.session == a.session && (n.mn == *fqdn || n.cn == *fqdn));
         if !ours {
-            return self.drops.count(Drop::Stale);
+            return self.drops.count(DropReason::Stale);
         }
         self.handle_route_ack(now, AckFrom::Node(fqdn), a)
     }
@@ -634,7 +634,7 @@ impl Dc {
     /// A node refused a Route Direction (full, or an attestation that did not verify).
     pub(super) fn handle_node_refusal(&mut self, now: Instant, fqdn: &Fqdn, r: Refusal) -> Received {
         if r.in_reply_to != MsgType::RouteDirection {
-            return self.drops.count(Drop::Unexpected);
+            return self.drops.count(DropReason::Unexpected);
         }
         if let Some(fi) = self.forwards.iter().position(|f| f.request_id == r.request_id && f.cn == *fqdn) {
             let f = self.forwards.swap_remove(fi);
@@ -652,7 +652,7 @@ impl Dc {
                 self.fail(now, i, r.reason, r.detail.as_str());
                 Received::Handled
             }
-            None => self.drops.count(Drop::Stale),
+            None => self.drops.count(DropReason::Stale),
         }
     }
 
@@ -674,7 +674,7 @@ impl Dc {
                 "too many negotiations",
             ));
             self.send_server(now, To::Peer(peer), msg);
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         }
         if !self.owns(&rd.node) || !self.knows_node(&rd.node) {
             let msg = Message::Refusal(Refusal::new(
@@ -860,7 +860,7 @@ impl Dc {
         let found = self.negotiations.iter().position(
             |n| matches!(n.state, State::ExpectRelayAck { request_id, relay: x, .. } if request_id == r.request_id && x == relay),
         );
-        let Some(i) = found else { return self.drops.count(Drop::Stale) };
+        let Some(i) = found else { return self.drops.count(DropReason::Stale) };
         // A full relay: note it and try the next best one, if any.
         if r.reason == Reason::Overloaded {
             if let Some(rl) = self.relays.get_mut(relay) {

@@ -4,7 +4,7 @@
 use super::{Dc, DcEvent, To};
 use crate::crypto::Channel;
 use crate::engine::ConfigError;
-use crate::engine::{Drop, Received, Retry, Via};
+use crate::engine::{DropReason, Received, Retry, Via};
 use crate::keys::{KNtmDc, KNtmNs, KeyGrant, NtmDc};
 use crate::time::Instant;
 use crate::wire::direction::{Endpoint, NodeInfo};
@@ -109,18 +109,18 @@ impl Dc {
         if !self.owns(&kd.fqdn) {
             let msg = refuse(Reason::NotFound, "name is not in this DC's zones");
             self.reply_tls(from, &msg);
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         if !self.nodes.contains_key(&kd.fqdn) && self.nodes.len() >= self.cfg.max_nodes {
             let msg = refuse(Reason::Overloaded, "node table full");
             self.reply_tls(from, &msg);
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         }
         self.tell_displaced(now, &kd.fqdn, kd.key_id);
         let KeyGrant { key, lifetime } = kd.k_ntmdc;
         let channel = match Channel::new(key, kd.key_id, Sender::Dc, now + lifetime.duration()) {
             Ok(c) => c,
-            Err(_) => return self.drops.count(Drop::Malformed),
+            Err(_) => return self.drops.count(DropReason::Malformed),
         };
         match self.nodes.get_mut(&kd.fqdn) {
             // The key we hold already, again: its channel keeps its counter (a new channel
@@ -202,11 +202,11 @@ impl Dc {
         key_id: KeyId,
         buf: &[u8],
     ) -> Received {
-        let Some(fqdn) = self.keys.get(&key_id).cloned() else { return self.drops.count(Drop::UnknownKey) };
-        let Some(rec) = self.nodes.get_mut(&fqdn) else { return self.drops.count(Drop::UnknownKey) };
+        let Some(fqdn) = self.keys.get(&key_id).cloned() else { return self.drops.count(DropReason::UnknownKey) };
+        let Some(rec) = self.nodes.get_mut(&fqdn) else { return self.drops.count(DropReason::UnknownKey) };
         let (_, msg) = match rec.channel.open(now, buf) {
             Ok(m) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         match msg {
             Message::RegistrationRequest(r) => self.handle_registration(now, &fqdn, from, r),
@@ -214,7 +214,7 @@ impl Dc {
             Message::DirectionRequest(d) => self.handle_direction_request(now, &fqdn, d),
             Message::RouteDirectionAck(a) => self.handle_route_ack_from_node(now, &fqdn, a),
             Message::Refusal(r) => self.handle_node_refusal(now, &fqdn, r),
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
@@ -227,11 +227,11 @@ impl Dc {
                 "virtual address pool exhausted",
             ));
             self.send_to_node_at(now, fqdn, from, &msg);
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         };
         let ns_count = self.ns.len();
         let ns_lifetime = self.cfg.ntmns_lifetime;
-        let Some(rec) = self.nodes.get_mut(fqdn) else { return self.drops.count(Drop::UnknownKey) };
+        let Some(rec) = self.nodes.get_mut(fqdn) else { return self.drops.count(DropReason::UnknownKey) };
         // NAT detection (spec 4.2 step 2): the source we see is none of the node's own
         // addresses, so something between us rewrote it.
         let behind_nat = !r.local_addrs.iter().any(|a| *a == from);
@@ -348,7 +348,7 @@ impl Dc {
     }
 
     fn handle_keepalive(&mut self, now: Instant, fqdn: &Fqdn, from: SocketAddr, k: Keepalive) -> Received {
-        let Some(rec) = self.nodes.get_mut(fqdn) else { return self.drops.count(Drop::UnknownKey) };
+        let Some(rec) = self.nodes.get_mut(fqdn) else { return self.drops.count(DropReason::UnknownKey) };
         let fam = family(&from);
         if let Some(Some(seen)) = rec.seen.get_mut(fam) {
             if seen.observed != from {
@@ -468,7 +468,7 @@ impl Dc {
         match msg {
             Message::NsKeyAck(a) => {
                 let Some(p) = self.pending_ns.iter().position(|p| p.request_id == a.request_id) else {
-                    return self.drops.count(Drop::Stale);
+                    return self.drops.count(DropReason::Stale);
                 };
                 let p = self.pending_ns.swap_remove(p);
                 let mut bound = false;
@@ -502,7 +502,7 @@ impl Dc {
                 log::warn!("NS refused {:?}: {:?} ({})", r.in_reply_to, r.reason, r.detail.as_str());
                 Received::Handled
             }
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 

@@ -16,7 +16,7 @@
 use super::login::{jittered, RELOGIN_HINT_INTERVAL};
 use super::{Node, NodeEvent};
 use crate::crypto::{parse_plain, Channel};
-use crate::engine::{Backoff, Drop, Received, Retry, StreamKind, Via};
+use crate::engine::{Backoff, DropReason, Received, Retry, StreamKind, Via};
 use crate::keys::NtmNs;
 use crate::time::{Duration, Instant};
 use crate::wire::notification::{NotificationRegistration, NsKeepalive};
@@ -257,7 +257,7 @@ impl Node {
         let Some(link) = self.links.iter_mut().find(|l| {
             matches!(l.state, LinkState::ExpectRegistrationResponse { request_id, .. } if request_id == r.request_id)
         }) else {
-            return self.drops.count(Drop::Stale);
+            return self.drops.count(DropReason::Stale);
         };
         // UDP keepalive when that is our method, and also when we asked for the NS path
         // but the DC has no NS for us (it then asks for UDP keepalives instead).
@@ -339,7 +339,7 @@ impl Node {
         let Some(i) = self.links.iter().position(
             |l| matches!(l.state, LinkState::Registered { pending: Some((id, _)), .. } if id == a.request_id),
         ) else {
-            return self.drops.count(Drop::Stale);
+            return self.drops.count(DropReason::Stale);
         };
         let rebound = {
             let Some(link) = self.links.get_mut(i) else { return Received::Handled };
@@ -460,16 +460,18 @@ impl Node {
         if plain_refusal {
             return self.handle_ns_plain_refusal(now, frame);
         }
-        let Some(ns) = self.ns.as_mut() else { return self.drops.count(Drop::Unexpected) };
+        let Some(ns) = self.ns.as_mut() else { return self.drops.count(DropReason::Unexpected) };
         let msg = match ns.channel.open(now, frame) {
             Ok((_, m)) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         match msg {
             Message::NotificationAck(a) => {
-                let NsState::ExpectAck { request_id, .. } = ns.state else { return self.drops.count(Drop::Stale) };
+                let NsState::ExpectAck { request_id, .. } = ns.state else {
+                    return self.drops.count(DropReason::Stale);
+                };
                 if request_id != a.request_id {
-                    return self.drops.count(Drop::Stale);
+                    return self.drops.count(DropReason::Stale);
                 }
                 let interval = Duration::from_secs(u64::from(a.keepalive_interval.max(1)));
                 ns.state = NsState::Active { interval, next_keepalive: now + interval, pending: None };
@@ -486,14 +488,14 @@ impl Node {
                         return Received::Handled;
                     }
                 }
-                self.drops.count(Drop::Stale)
+                self.drops.count(DropReason::Stale)
             }
             Message::Notify(n) => {
                 // A DC message sealed for us with K_ntmdc; the NS could not read it.
                 let payload = n.payload.as_slice().to_vec();
                 self.handle_dc_message(now, None, &payload)
             }
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
@@ -504,18 +506,18 @@ impl Node {
     fn handle_ns_plain_refusal(&mut self, now: Instant, frame: &[u8]) -> Received {
         let (header, r) = match parse_plain(frame) {
             Ok((h, Message::Refusal(r))) => (h, r),
-            Ok(_) => return self.drops.count(Drop::Unexpected),
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Ok(_) => return self.drops.count(DropReason::Unexpected),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
-        let Some(ns) = self.ns.as_mut() else { return self.drops.count(Drop::Unexpected) };
+        let Some(ns) = self.ns.as_mut() else { return self.drops.count(DropReason::Unexpected) };
         if ns.channel.id() != header.key_id || !matches!(r.reason, Reason::UnknownKey | Reason::KeyExpired) {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         if matches!(ns.state, NsState::AwaitGrant) {
             return Received::Handled; // already asked
         }
         if self.last_ns_hint.is_some_and(|t| now < t + RELOGIN_HINT_INTERVAL) {
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         }
         self.last_ns_hint = Some(now);
         log::warn!("NS {} does not know our key {}; asking the DC for a new one", ns.name, header.key_id);

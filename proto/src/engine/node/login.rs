@@ -11,7 +11,7 @@
 use super::link::Link;
 use super::{DcSession, Node, NodeEvent, ResolveError};
 use crate::crypto::{parse_plain, Channel};
-use crate::engine::{DcLocation, DnsAnswer, Drop, Received, StreamKind, Via};
+use crate::engine::{DcLocation, DnsAnswer, DropReason, Received, StreamKind, Via};
 use crate::time::{Duration, Instant};
 use crate::wire::login::{Credential, LoginRequest, LoginResponse};
 use crate::wire::refusal::{Reason, Refusal};
@@ -187,11 +187,11 @@ impl Node {
 
     pub(super) fn handle_as_frame(&mut self, now: Instant, frame: &[u8]) -> Received {
         let Login::ExpectLoginResponse { request_id, failures, .. } = self.login else {
-            return self.drops.count(Drop::Stale);
+            return self.drops.count(DropReason::Stale);
         };
         let msg = match parse_plain(frame) {
             Ok((_, m)) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         if matches!(&msg, Message::LoginResponse(r) if r.request_id == request_id)
             || matches!(&msg, Message::Refusal(r) if r.request_id == request_id)
@@ -242,7 +242,7 @@ impl Node {
                 }
                 Received::Handled
             }
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
@@ -312,21 +312,21 @@ impl Node {
     pub(super) fn handle_plain_refusal(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) -> Received {
         let (header, r) = match parse_plain(buf) {
             Ok((h, Message::Refusal(r))) => (h, r),
-            Ok(_) => return self.drops.count(Drop::Unexpected),
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Ok(_) => return self.drops.count(DropReason::Unexpected),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         if header.sender == Sender::Rs && r.reason == Reason::UnknownKey {
             return self.handle_relay_lost_session(now, from, crate::wire::SessionId(header.key_id.0));
         }
         let ours = self.session.as_ref().is_some_and(|s| s.channel.id() == header.key_id);
         if !ours || !matches!(r.reason, Reason::UnknownKey | Reason::KeyExpired) {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         if !matches!(self.login, Login::Done { .. }) {
             return Received::Handled; // a login is already under way
         }
         if self.last_relogin_hint.is_some_and(|t| now < t + RELOGIN_HINT_INTERVAL) {
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         }
         self.last_relogin_hint = Some(now);
         self.relogin_now(now);

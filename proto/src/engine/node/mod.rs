@@ -15,10 +15,12 @@
 mod link;
 mod login;
 mod resend;
+mod table;
+mod timer;
 mod tunnel;
 
 use super::{
-    Backoff, ConfigError, DcLocation, DnsAnswer, DnsQuery, Drop, DropCounters, Engine, IdSource, PeerIdentity,
+    Backoff, ConfigError, DcLocation, DnsAnswer, DnsQuery, DropCounters, DropReason, Engine, IdSource, PeerIdentity,
     Received, Rng, StreamKind, Transmit, Via,
 };
 use crate::crypto::pk::{Attestation, KeyPair, PublicKey};
@@ -34,7 +36,8 @@ use std::collections::VecDeque;
 
 use link::{Link, NsLink};
 use login::Login;
-use tunnel::{Direction, PendingResolve, Tunnel};
+use table::{Timing, Tunnels};
+use tunnel::{Direction, PendingResolve};
 pub use tunnel::{SendError, TunnelInfo};
 
 /// How a node is set up. [`NodeConfig::new`] fills in the defaults.
@@ -140,7 +143,7 @@ impl NodeConfig {
 }
 
 /// Names one DNS-hook query.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ResolveId(pub u64);
 
 /// How a tunnel's packets travel.
@@ -278,7 +281,7 @@ pub struct Node {
     links: Vec<Link>,
     virtual_addrs: Option<VirtualAddrs>,
     ns: Option<NsLink>,
-    tunnels: Vec<Tunnel>,
+    tunnels: Tunnels,
     /// Sessions whose tunnel ended, and when: a late Route Direction for one of them must
     /// not take its K_tun into use a second time (see `tunnel::ENDED_MEMORY`).
     ended: VecDeque<(SessionId, Instant)>,
@@ -286,7 +289,6 @@ pub struct Node {
     resolves: Vec<PendingResolve>,
     next_resolve: u64,
     next_query: u64,
-    next_tunnel_seq: u64,
     last_relogin_hint: Option<Instant>,
     /// When the NS last said it does not know our K_ntmns (rate limit of that hint).
     last_ns_hint: Option<Instant>,
@@ -323,6 +325,11 @@ impl Node {
     pub fn new(cfg: NodeConfig, mut rng: Rng) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let ids = IdSource::new(&mut *rng);
+        let timing = Timing {
+            keepalive: cfg.tunnel_keepalive,
+            idle: cfg.tunnel_idle_timeout,
+            key_lifetime: cfg.tunnel_key_lifetime,
+        };
         Ok(Node {
             cfg,
             rng,
@@ -334,13 +341,12 @@ impl Node {
             links: Vec::new(),
             virtual_addrs: None,
             ns: None,
-            tunnels: Vec::new(),
+            tunnels: Tunnels::new(timing),
             ended: VecDeque::new(),
             directions: Vec::new(),
             resolves: Vec::new(),
             next_resolve: 1,
             next_query: 1,
-            next_tunnel_seq: 0,
             last_relogin_hint: None,
             last_ns_hint: None,
             out: VecDeque::new(),
@@ -425,7 +431,7 @@ impl Node {
         if let Some(ns) = &self.ns {
             v.push(("K_ntmns", ns.key_fingerprint()));
         }
-        for t in &self.tunnels {
+        for (_, t) in self.tunnels.iter() {
             t.held_keys(&mut v);
         }
         v
@@ -440,7 +446,7 @@ impl Node {
 
     fn transmit(&mut self, via: Via, dst: SocketAddr, payload: Vec<u8>) {
         if self.out.len() >= OUT_MAX {
-            self.drops.count(Drop::Limit);
+            self.drops.count(DropReason::Limit);
             return;
         }
         self.out.push_back(Transmit { via, dst, payload });
@@ -474,24 +480,19 @@ impl Node {
         self.links.iter().any(|l| l.is_registered() && l.dc_addr.is_ipv4() == addr.is_ipv4())
     }
 
-    /// True if the DC says we are behind NAT in `addr`'s family.
-    fn behind_nat_for(&self, addr: &SocketAddr) -> bool {
-        self.links.iter().any(|l| l.dc_addr.is_ipv4() == addr.is_ipv4() && l.behind_nat)
-    }
-
     /// A message sealed with K_ntmdc arrived (over UDP, or inside an NS notification).
     fn handle_dc_message(&mut self, now: Instant, from: Option<SocketAddr>, buf: &[u8]) -> Received {
-        let Some(s) = self.session.as_mut() else { return self.drops.count(Drop::UnknownKey) };
+        let Some(s) = self.session.as_mut() else { return self.drops.count(DropReason::UnknownKey) };
         let (_, msg) = match s.channel.open(now, buf) {
             Ok(m) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         match msg {
             Message::RegistrationResponse(r) => self.handle_registration_response(now, from, r),
             Message::KeepaliveAck(a) => self.handle_keepalive_ack(now, a),
             Message::RouteDirection(rd) => self.handle_route_direction(now, rd),
             Message::Refusal(r) => self.handle_dc_refusal(now, r),
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 }
@@ -500,7 +501,7 @@ impl Engine for Node {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
         let (ty, sealed, key_id) = match Envelope::new_checked(&buf[..]) {
             Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         let from_dc = self.session.as_ref().is_some_and(|s| s.channel.id() == key_id);
         match ty {
@@ -516,10 +517,10 @@ impl Engine for Node {
                 self.handle_dc_message(now, Some(from), buf)
             }
             MsgType::RegistrationResponse | MsgType::KeepaliveAck | MsgType::RouteDirection | MsgType::Refusal => {
-                self.drops.count(Drop::UnknownKey)
+                self.drops.count(DropReason::UnknownKey)
             }
-            MsgType::Unknown(_) => self.drops.count(Drop::Malformed),
-            _ => self.drops.count(Drop::Unexpected),
+            MsgType::Unknown(_) => self.drops.count(DropReason::Malformed),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
@@ -534,7 +535,7 @@ impl Engine for Node {
         match kind {
             StreamKind::Tls if Some(from) == self.as_current => self.handle_as_frame(now, frame),
             StreamKind::Tcp if self.ns.as_ref().is_some_and(|ns| ns.addr() == from) => self.handle_ns_frame(now, frame),
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
@@ -576,9 +577,7 @@ impl Engine for Node {
             self.login.deadline(),
             self.links.iter().filter_map(Link::deadline).min(),
             self.ns.as_ref().and_then(NsLink::deadline),
-            self.directions.iter().map(Direction::deadline).min(),
-            self.tunnels.iter().filter_map(|t| t.deadline(&self.cfg)).min(),
-            self.resolves.iter().map(|r| r.deadline).min(),
+            self.tunnels.next_deadline(),
         ];
         deadlines.into_iter().flatten().min()
     }
@@ -586,6 +585,11 @@ impl Engine for Node {
     fn drops(&self) -> &DropCounters {
         &self.drops
     }
+}
+
+/// True if the DC says we are behind NAT in `addr`'s family (on one of `links`).
+fn behind_nat(links: &[Link], addr: &SocketAddr) -> bool {
+    links.iter().any(|l| l.dc_addr.is_ipv4() == addr.is_ipv4() && l.behind_nat)
 }
 
 /// The source and destination of an IP packet, if it is one.

@@ -14,10 +14,13 @@
 //! fresh negotiation of every live tunnel; the new session supersedes the old one, which
 //! keeps receiving for a grace period so nothing in flight is lost.
 
+use super::link::Link;
+use super::table::{RouteKey, Timing, TunnelId};
+use super::timer::Timer;
 use super::{ip_endpoints, Node, NodeEvent, PathKind, ResolveError, ResolveId};
 use crate::crypto::pk::{unwrap_from_peer, unwrap_with_tmp, wrap_for_peer, wrap_with_tmp, AttestedKey};
 use crate::crypto::{Channel, CryptoError, TAG_LEN};
-use crate::engine::{Drop, Received, Retry, Via};
+use crate::engine::{DropReason, Received, Retry, Via};
 use crate::keys::{KMnCn, KTmp, MnCn, Tun};
 use crate::time::{Duration, Instant};
 use crate::wire::direction::DirectionRequest;
@@ -97,29 +100,102 @@ pub(super) struct PendingResolve {
     pub(super) deadline: Instant,
 }
 
+/// What a tunnel waits for; once up, its key and where its packets go.
 enum TunnelState {
     /// Hole punching to the RS, waiting for its acknowledgement.
     Punching { retry: Retry },
     /// Waiting for the peer's Tunnel Request.
     ExpectTunnelRequest { until: Instant },
-    /// Sent the Tunnel Request; waiting for the Tunnel Response.
-    ExpectTunnelResponse { retry: Retry, request: Box<TunnelRequest>, target: SocketAddr },
+    /// Sent the Tunnel Request (to `target`) with K_mncn wrapped in it; waiting for the
+    /// Tunnel Response. K_mncn already opens what the peer sends once it has answered.
+    ExpectTunnelResponse { retry: Retry, request: Box<TunnelRequest>, target: SocketAddr, mncn: Channel<MnCn> },
     /// Up.
-    Established,
+    Established(Established),
 }
 
-/// A route-optimization probe round.
+/// An established tunnel.
+struct Established {
+    mncn: Channel<MnCn>,
+    /// When the tunnel came up.
+    since: Instant,
+    route: Route,
+}
+
+/// Where an established tunnel's packets go.
+enum Route {
+    /// Straight to the peer at `to`; `probe` tells the peer our new address after a
+    /// handover, until it answers.
+    Direct { to: SocketAddr, probe: Option<Probe> },
+    /// Through the RS at `rs` (the tunnel's relay).
+    Relay {
+        rs: SocketAddr,
+        /// Route optimization, or the handover's punches to the RS.
+        probe: Option<RelayProbe>,
+        /// When the RS was asked whether it still knows the session, after a silence;
+        /// cleared by anything heard on the tunnel.
+        check: Option<Instant>,
+    },
+}
+
+/// A round of path probes to the peer's addresses.
 struct Probe {
     id: u32,
     targets: Vec<SocketAddr>,
     retry: Retry,
-    /// Probing the RS with hole punches (after a handover on a relayed tunnel) rather
-    /// than the peer with path probes.
-    punch: bool,
+}
+
+/// What a relayed tunnel probes.
+enum RelayProbe {
+    /// The peer's observed addresses, for a direct path (route optimization).
+    Direct(Probe),
+    /// The RS, with hole punches, after a handover: until it acknowledges one.
+    Punch(Retry),
+}
+
+impl Established {
+    /// Up since `now`, sending to `to`: through the relay if `to` is the tunnel's RS.
+    fn new(now: Instant, mncn: Channel<MnCn>, relay: Option<SocketAddr>, to: SocketAddr) -> Self {
+        let route = if relay == Some(to) {
+            Route::Relay { rs: to, probe: None, check: None }
+        } else {
+            Route::Direct { to, probe: None }
+        };
+        Established { mncn, since: now, route }
+    }
+}
+
+impl Route {
+    fn to(&self) -> SocketAddr {
+        match self {
+            Route::Direct { to, .. } => *to,
+            Route::Relay { rs, .. } => *rs,
+        }
+    }
+
+    fn probe_deadline(&self) -> Option<Instant> {
+        match self {
+            Route::Direct { probe: Some(p), .. } | Route::Relay { probe: Some(RelayProbe::Direct(p)), .. } => {
+                Some(p.retry.deadline())
+            }
+            Route::Relay { probe: Some(RelayProbe::Punch(retry)), .. } => Some(retry.deadline()),
+            _ => None,
+        }
+    }
 }
 
 fn probe_policy() -> crate::engine::Backoff {
     crate::engine::Backoff { initial: PROBE_INTERVAL, max: PROBE_INTERVAL, attempts: PROBE_ATTEMPTS }
+}
+
+/// Traffic on a tunnel.
+#[derive(Clone, Copy)]
+struct Activity {
+    last_rx: Instant,
+    last_tx: Instant,
+    /// Last data packet either way: what the idle timeout looks at.
+    last_data: Instant,
+    rx_packets: u64,
+    tx_packets: u64,
 }
 
 /// One tunnel negotiation and, once up, its data path.
@@ -128,31 +204,20 @@ pub(super) struct Tunnel {
     peer: PeerInfo,
     side: Side,
     role: TunnelRole,
+    /// The RS, for a relayed session (hole punches go there in any state).
     relay: Option<SocketAddr>,
     k_tun: Channel<Tun>,
     k_tmp: Option<KTmp>,
     peer_key: Option<AttestedKey>,
     state: TunnelState,
-    mncn: Option<Channel<MnCn>>,
-    send_to: Option<SocketAddr>,
-    on_relay: bool,
-    probe: Option<Probe>,
-    established_at: Option<Instant>,
-    last_rx: Instant,
-    last_tx: Instant,
-    /// Last data packet either way: what the idle timeout looks at.
-    last_data: Instant,
+    activity: Activity,
+    /// Set once a newer session to the same peer is up: this one still receives until then.
     superseded_until: Option<Instant>,
+    /// Renegotiate through the DCs once registered again (after a network change).
     reestablish: bool,
-    /// Creation order: a later negotiation with the same peer supersedes an earlier one.
-    seq: u64,
-    /// A renegotiation before K_mncn expires was asked for (or after the relay stopped
-    /// answering).
+    /// A renegotiation was asked for (K_mncn nears its end, or the relay stopped
+    /// answering): not again for this session.
     rekey_requested: bool,
-    /// When the relay was asked whether it still knows the session, after a silence.
-    relay_check: Option<Instant>,
-    rx_packets: u64,
-    tx_packets: u64,
 }
 
 /// A tunnel as status output shows it.
@@ -186,32 +251,126 @@ fn side_sender(side: Side) -> Sender {
 }
 
 impl Tunnel {
-    fn is_established(&self) -> bool {
-        matches!(self.state, TunnelState::Established)
+    pub(super) fn session(&self) -> SessionId {
+        self.session
     }
 
-    fn is_live(&self) -> bool {
+    pub(super) fn is_established(&self) -> bool {
+        matches!(self.state, TunnelState::Established(_))
+    }
+
+    fn established(&self) -> Option<&Established> {
+        match &self.state {
+            TunnelState::Established(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn established_mut(&mut self) -> Option<&mut Established> {
+        match &mut self.state {
+            TunnelState::Established(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn established_at(&self) -> Option<Instant> {
+        self.established().map(|e| e.since)
+    }
+
+    /// K_mncn, once made (initiator) or received (responder).
+    fn mncn(&self) -> Option<&Channel<MnCn>> {
+        match &self.state {
+            TunnelState::ExpectTunnelResponse { mncn, .. } | TunnelState::Established(Established { mncn, .. }) => {
+                Some(mncn)
+            }
+            _ => None,
+        }
+    }
+
+    fn mncn_mut(&mut self) -> Option<&mut Channel<MnCn>> {
+        match &mut self.state {
+            TunnelState::ExpectTunnelResponse { mncn, .. } | TunnelState::Established(Established { mncn, .. }) => {
+                Some(mncn)
+            }
+            _ => None,
+        }
+    }
+
+    pub(super) fn is_live(&self) -> bool {
         self.superseded_until.is_none()
+    }
+
+    /// What decides whether this tunnel carries packets to its peer (see `table.rs`).
+    pub(super) fn route_key(&self) -> RouteKey {
+        (self.is_established(), self.is_live(), self.established_at())
+    }
+
+    /// Relayed: on the RS once up, and until then if the DC chose an RS.
+    fn on_relay(&self) -> bool {
+        match self.established() {
+            Some(e) => matches!(e.route, Route::Relay { .. }),
+            None => self.relay.is_some(),
+        }
     }
 
     /// True while the relay's silence is watched (see `drive_tunnel`).
     fn watches_relay(&self) -> bool {
-        self.on_relay && self.is_established() && self.is_live() && !self.rekey_requested
+        self.on_relay() && self.is_established() && self.is_live() && !self.rekey_requested
     }
 
     fn path(&self) -> PathKind {
-        if self.on_relay {
+        if self.on_relay() {
             PathKind::Relay
         } else {
             PathKind::Direct
         }
     }
 
-    fn carries(&self, dst: IpAddr) -> bool {
+    /// Where packets go, once up.
+    fn send_to(&self) -> Option<SocketAddr> {
+        self.established().map(|e| e.route.to())
+    }
+
+    pub(super) fn carries(&self, dst: IpAddr) -> bool {
         match dst {
             IpAddr::V4(a) => a == self.peer.virtual_addrs.v4,
             IpAddr::V6(a) => a == self.peer.virtual_addrs.v6,
         }
+    }
+
+    pub(super) fn peer_addrs(&self) -> [IpAddr; 2] {
+        [IpAddr::V4(self.peer.virtual_addrs.v4), IpAddr::V6(self.peer.virtual_addrs.v6)]
+    }
+
+    /// Something authentic came in on the tunnel: the path works, so a pending check of
+    /// the relay is answered.
+    fn heard(&mut self, now: Instant) {
+        self.activity.last_rx = now;
+        if let Some(Established { route: Route::Relay { check, .. }, .. }) = self.established_mut() {
+            *check = None;
+        }
+    }
+
+    /// The initiator's Tunnel Response came from `to`: K_mncn is confirmed.
+    fn establish(&mut self, now: Instant, to: SocketAddr) {
+        // K_mncn moves from the old state to the new; the state in between is never seen.
+        let between = TunnelState::ExpectTunnelRequest { until: now };
+        self.state = match core::mem::replace(&mut self.state, between) {
+            TunnelState::ExpectTunnelResponse { mncn, .. } => {
+                TunnelState::Established(Established::new(now, mncn, self.relay, to))
+            }
+            other => other,
+        };
+        self.up(now);
+    }
+
+    /// What coming up changes besides the state.
+    fn up(&mut self, now: Instant) {
+        if self.role == TunnelRole::Initiate {
+            self.k_tmp = None; // wrapped once, confirmed: no further use
+        }
+        self.activity.last_data = now;
+        self.heard(now);
     }
 
     pub(super) fn held_keys(&self, out: &mut Vec<(&'static str, u64)>) {
@@ -219,28 +378,38 @@ impl Tunnel {
         if let Some(k) = &self.k_tmp {
             out.push(("K_tmp", k.fingerprint()));
         }
-        if let Some(m) = &self.mncn {
+        if let Some(m) = self.mncn() {
             out.push(("K_mncn", m.key().fingerprint()));
         }
     }
 
-    pub(super) fn deadline(&self, cfg: &super::NodeConfig) -> Option<Instant> {
+    pub(super) fn deadline(&self, timing: &Timing) -> Option<Instant> {
+        let a = &self.activity;
         let state = match &self.state {
             TunnelState::Punching { retry } | TunnelState::ExpectTunnelResponse { retry, .. } => Some(retry.deadline()),
             TunnelState::ExpectTunnelRequest { until } => Some(*until),
-            TunnelState::Established => {
-                let keepalive = self.last_tx + cfg.tunnel_keepalive;
-                let idle = self.last_data + cfg.tunnel_idle_timeout;
-                Some(keepalive.min(idle))
+            TunnelState::Established(_) => {
+                let idle = a.last_data + timing.idle;
+                // A superseded tunnel sends no keepalive (`drive_state`): a keepalive time
+                // that passed would wake the node again and again until the tunnel ends.
+                if self.is_live() {
+                    Some(idle.min(a.last_tx + timing.keepalive))
+                } else {
+                    Some(idle)
+                }
             }
         };
-        let probe = self.probe.as_ref().map(|p| p.retry.deadline());
-        let expiry = self.mncn.as_ref().map(Channel::expires);
-        let rekey = self.rekey_at(cfg);
-        let tmp = self.k_tmp.as_ref().and(self.established_at).map(|t| t + K_TMP_AFTER_SETUP);
-        let relay = match (self.watches_relay(), self.relay_check) {
+        let probe = self.established().and_then(|e| e.route.probe_deadline());
+        let expiry = self.mncn().map(Channel::expires);
+        let rekey = self.rekey_at(timing);
+        let tmp = self.k_tmp.as_ref().and(self.established_at()).map(|t| t + K_TMP_AFTER_SETUP);
+        let check = match self.established() {
+            Some(Established { route: Route::Relay { check, .. }, .. }) => *check,
+            _ => None,
+        };
+        let relay = match (self.watches_relay(), check) {
             (true, Some(at)) => Some(at + RELAY_SILENCE),
-            (true, None) if self.last_tx > self.last_rx => Some(self.last_rx + RELAY_SILENCE),
+            (true, None) if a.last_tx > a.last_rx => Some(a.last_rx + RELAY_SILENCE),
             _ => None,
         };
         [state, probe, expiry, rekey, tmp, self.superseded_until, relay].into_iter().flatten().min()
@@ -252,15 +421,16 @@ impl Tunnel {
     /// new key: MN renews at 90% of its lifetime and CN at 95% of its own. With equal
     /// settings MN's renewal supersedes the tunnel before CN's comes due, so there is one
     /// renegotiation, not two.
-    fn rekey_at(&self, cfg: &super::NodeConfig) -> Option<Instant> {
-        if self.rekey_requested || !self.is_live() || !self.is_established() {
+    fn rekey_at(&self, timing: &Timing) -> Option<Instant> {
+        if self.rekey_requested || !self.is_live() {
             return None;
         }
+        let e = self.established()?;
         let margin = match self.side {
-            Side::Mn => cfg.tunnel_key_lifetime / 10,
-            _ => cfg.tunnel_key_lifetime / 20,
+            Side::Mn => timing.key_lifetime / 10,
+            _ => timing.key_lifetime / 20,
         };
-        self.mncn.as_ref().map(|c| c.expires() - margin)
+        Some(e.mncn.expires() - margin)
     }
 
     fn info(&self) -> TunnelInfo {
@@ -270,11 +440,152 @@ impl Tunnel {
             peer_virtual: self.peer.virtual_addrs,
             established: self.is_established(),
             path: self.path(),
-            remote: self.send_to,
+            remote: self.send_to(),
             superseded: !self.is_live(),
-            rx_packets: self.rx_packets,
-            tx_packets: self.tx_packets,
+            rx_packets: self.activity.rx_packets,
+            tx_packets: self.activity.tx_packets,
         }
+    }
+
+    /// `msg` sealed with K_tun.
+    fn seal_tun(&mut self, now: Instant, msg: &Message) -> Option<Vec<u8>> {
+        self.k_tun.seal(now, msg).map_err(|e| log::warn!("cannot seal {:?} with K_tun: {e}", msg.msg_type())).ok()
+    }
+
+    /// `msg` sealed with K_mncn for `dst`; counts as sent on the tunnel.
+    fn seal_mncn(&mut self, now: Instant, dst: SocketAddr, msg: &Message) -> Option<(SocketAddr, Vec<u8>)> {
+        let ch = self.mncn_mut()?;
+        match ch.seal(now, msg) {
+            Ok(bytes) => {
+                self.activity.last_tx = now;
+                Some((dst, bytes))
+            }
+            Err(e) => {
+                log::warn!("cannot seal {:?} with K_mncn: {e}", msg.msg_type());
+                None
+            }
+        }
+    }
+
+    /// A Hole Punch for the RS (`release`: we leave the relay for a direct path).
+    fn hole_punch(&mut self, now: Instant, release: bool) -> Option<(SocketAddr, Vec<u8>)> {
+        let relay = self.relay?;
+        let msg = Message::HolePunch(HolePunch { side: self.side, release });
+        self.seal_tun(now, &msg).map(|b| (relay, b))
+    }
+
+    /// A Path Probe to `to`, or to where the tunnel sends now.
+    fn path_probe(&mut self, now: Instant, probe_id: u32, to: Option<SocketAddr>) -> Option<(SocketAddr, Vec<u8>)> {
+        let dst = to.or(self.send_to())?;
+        self.seal_mncn(now, dst, &Message::PathProbe(PathProbe { probe_id }))
+    }
+
+    /// The timers of the tunnel's state: retransmissions while it is set up, probes and
+    /// keepalives once it is up. Pushes what to send to `sends`; false when the tunnel
+    /// is over.
+    fn drive_state(
+        &mut self,
+        now: Instant,
+        timing: &Timing,
+        sends: &mut Vec<Option<(SocketAddr, Vec<u8>)>>,
+        rng: &mut super::Rng,
+        links: &[Link],
+    ) -> bool {
+        enum Act {
+            None,
+            Punch,
+            Request(Box<TunnelRequest>, SocketAddr),
+            Probe(u32, Vec<SocketAddr>),
+            Keepalive,
+        }
+        let mut act = Act::None;
+        let a = self.activity;
+        let live = self.is_live();
+        match &mut self.state {
+            TunnelState::Punching { retry } if retry.due(now) => {
+                if !retry.again(now) {
+                    log::warn!("RS does not answer hole punching for tunnel {}", self.session);
+                    return false;
+                }
+                act = Act::Punch;
+            }
+            TunnelState::ExpectTunnelResponse { retry, request, target, .. } if retry.due(now) => {
+                if !retry.again(now) {
+                    log::warn!("no Tunnel Response from {} for tunnel {}", self.peer.fqdn, self.session);
+                    return false;
+                }
+                act = Act::Request(request.clone(), *target);
+            }
+            TunnelState::ExpectTunnelRequest { until } if now >= *until => return false,
+            TunnelState::Established(e) => {
+                if now >= a.last_data + timing.idle {
+                    log::info!("tunnel {} to {} idle; closing", self.session, self.peer.fqdn);
+                    return false;
+                }
+                let mut over = false;
+                match &mut e.route {
+                    Route::Direct { probe: Some(p), .. } | Route::Relay { probe: Some(RelayProbe::Direct(p)), .. }
+                        if p.retry.due(now) =>
+                    {
+                        if p.retry.again(now) {
+                            act = Act::Probe(p.id, p.targets.clone());
+                        } else {
+                            over = true;
+                        }
+                    }
+                    Route::Relay { probe: Some(RelayProbe::Punch(retry)), .. } if retry.due(now) => {
+                        if retry.again(now) {
+                            act = Act::Punch;
+                        } else {
+                            over = true;
+                        }
+                    }
+                    _ => {}
+                }
+                if over {
+                    match &mut e.route {
+                        Route::Direct { probe, .. } => *probe = None,
+                        Route::Relay { probe, .. } => {
+                            if matches!(probe, Some(RelayProbe::Direct(_))) {
+                                log::info!("no direct path to {}; staying on the relay", self.peer.fqdn);
+                            }
+                            *probe = None;
+                        }
+                    }
+                }
+                if matches!(act, Act::None) && now >= a.last_tx + timing.keepalive && live {
+                    act = Act::Keepalive;
+                }
+            }
+            _ => {}
+        }
+        match act {
+            Act::None => {}
+            Act::Punch => sends.push(self.hole_punch(now, false)),
+            Act::Request(req, dst) => {
+                let msg = Message::TunnelRequest(*req);
+                sends.push(self.seal_tun(now, &msg).map(|b| (dst, b)));
+            }
+            Act::Probe(id, targets) => {
+                for dst in targets {
+                    sends.push(self.path_probe(now, id, Some(dst)));
+                }
+            }
+            Act::Keepalive => {
+                // Keep the NAT mappings on the path open: punch the RS, or probe the peer
+                // when we are behind NAT (a global node needs no keepalive).
+                if self.on_relay() {
+                    sends.push(self.hole_punch(now, false));
+                    self.activity.last_tx = now;
+                } else if self.send_to().is_some_and(|a| super::behind_nat(links, &a)) {
+                    let id = rng.next_u32();
+                    sends.push(self.path_probe(now, id, None));
+                } else {
+                    self.activity.last_tx = now;
+                }
+            }
+        }
+        true
     }
 }
 
@@ -301,24 +612,27 @@ impl Node {
             self.emit(NodeEvent::ResolveFailed { id, name, error: ResolveError::Overloaded });
             return id;
         }
-        let negotiating = self.tunnels.iter().any(|t| t.peer.fqdn == name && t.is_live());
+        let negotiating = self.tunnels.iter().any(|(_, t)| t.peer.fqdn == name && t.is_live());
         if !negotiating {
             self.request_direction(now, name.clone(), None);
         }
-        self.resolves.push(PendingResolve { id, name, deadline: now + self.cfg.resolve_timeout });
+        let deadline = now + self.cfg.resolve_timeout;
+        self.resolves.push(PendingResolve { id, name, deadline });
+        self.tunnels.timers().set(Timer::Resolve(id), Some(deadline));
         id
     }
 
     /// The tunnels, for status output.
     pub fn tunnels(&self) -> Vec<TunnelInfo> {
-        self.tunnels.iter().map(Tunnel::info).collect()
+        self.tunnels.iter().map(|(_, t)| t.info()).collect()
     }
 
     fn best_tunnel_to(&self, name: &Fqdn) -> Option<&Tunnel> {
         self.tunnels
             .iter()
+            .map(|(_, t)| t)
             .filter(|t| t.peer.fqdn == *name && t.is_established() && t.is_live())
-            .max_by_key(|t| t.established_at)
+            .max_by_key(|t| t.established_at())
     }
 
     fn request_direction(&mut self, now: Instant, peer: Fqdn, previous: Option<SessionId>) {
@@ -331,6 +645,13 @@ impl Node {
         if self.is_registered() {
             self.send_pending_directions(now);
         }
+        self.rearm_directions();
+    }
+
+    /// Files the first deadline of the Direction Requests after a change to them.
+    fn rearm_directions(&mut self) {
+        let first = self.directions.iter().map(Direction::deadline).min();
+        self.tunnels.timers().set(Timer::Directions, first);
     }
 
     fn send_pending_directions(&mut self, now: Instant) {
@@ -349,6 +670,7 @@ impl Node {
                 })
             })
             .collect();
+        self.rearm_directions();
         for msg in unsent {
             self.send_to_dc(now, dst, &msg);
         }
@@ -356,15 +678,14 @@ impl Node {
 
     /// A link registered: send what waited for it.
     pub(super) fn on_registered(&mut self, now: Instant) {
-        let renew: Vec<(Fqdn, SessionId)> = self
-            .tunnels
-            .iter_mut()
-            .filter(|t| t.reestablish)
-            .map(|t| {
+        let mut renew = Vec::new();
+        for id in self.tunnels.ids() {
+            let Some(mut t) = self.tunnels.get_mut(id) else { continue };
+            if t.reestablish {
                 t.reestablish = false;
-                (t.peer.fqdn.clone(), t.session)
-            })
-            .collect();
+                renew.push((t.peer.fqdn.clone(), t.session));
+            }
+        }
         for (peer, session) in renew {
             self.request_direction(now, peer, Some(session));
         }
@@ -374,28 +695,31 @@ impl Node {
     /// After a network change: tell each peer (or its RS) our new address at once, and
     /// mark every live tunnel for renegotiation once we are registered again.
     pub(super) fn begin_handover(&mut self, now: Instant) {
-        for i in 0..self.tunnels.len() {
-            let Some(t) = self.tunnels.get_mut(i) else { continue };
+        for id in self.tunnels.ids() {
+            let Some(mut t) = self.tunnels.get_mut(id) else { continue };
             if !t.is_live() {
                 continue;
             }
             // Every live tunnel is renegotiated, also one still being set up: the peer
             // may be about to answer at our old address.
             t.reestablish = true;
-            if !t.is_established() {
-                continue;
-            }
             // Tell the peer (or the RS) where we are now, repeating until it answers: the
             // fast path of a handover, before the renegotiation through the DCs ends.
-            let punch = t.on_relay;
-            let id = self.rng.next_u32();
-            let targets: Vec<SocketAddr> = t.send_to.into_iter().collect();
-            t.probe = Some(Probe { id, targets, retry: Retry::new(now, probe_policy()), punch });
-            if punch {
-                self.send_hole_punch(now, i, false);
-            } else {
-                self.send_probe(now, i, id, None);
-            }
+            let Some(e) = t.established_mut() else { continue };
+            let probe_id = self.rng.next_u32();
+            let retry = Retry::new(now, probe_policy());
+            let send = match &mut e.route {
+                Route::Relay { probe, .. } => {
+                    *probe = Some(RelayProbe::Punch(retry));
+                    t.hole_punch(now, false)
+                }
+                Route::Direct { to, probe } => {
+                    *probe = Some(Probe { id: probe_id, targets: vec![*to], retry });
+                    t.path_probe(now, probe_id, None)
+                }
+            };
+            drop(t);
+            self.send_udp(send);
         }
         if self.is_registered() {
             self.on_registered(now);
@@ -405,6 +729,7 @@ impl Node {
     pub(super) fn fail_direction(&mut self, request_id: RequestId, error: ResolveError) {
         let Some(i) = self.directions.iter().position(|d| d.request_id == request_id) else { return };
         let d = self.directions.swap_remove(i);
+        self.rearm_directions();
         self.fail_resolves(&d.peer, error);
     }
 
@@ -413,6 +738,7 @@ impl Node {
             core::mem::take(&mut self.resolves).into_iter().partition(|r| r.name == *name);
         self.resolves = kept;
         for r in failed {
+            self.tunnels.timers().set(Timer::Resolve(r.id), None);
             self.emit(NodeEvent::ResolveFailed { id: r.id, name: r.name, error });
         }
     }
@@ -422,11 +748,15 @@ impl Node {
             core::mem::take(&mut self.resolves).into_iter().partition(|r| r.name == *name);
         self.resolves = kept;
         for r in done {
+            self.tunnels.timers().set(Timer::Resolve(r.id), None);
             self.emit(NodeEvent::Resolved { id: r.id, name: r.name, virtual_addrs });
         }
     }
 
     pub(super) fn drive_directions(&mut self, now: Instant) {
+        if !self.tunnels.any_due(now, |t| *t == Timer::Directions) {
+            return;
+        }
         // With no link (no address at all) the attempts still run out: the deadline moves.
         let dst = self.any_dc_addr();
         let mut resend = Vec::new();
@@ -442,6 +772,7 @@ impl Node {
                 failed.push(d.request_id);
             }
         }
+        self.rearm_directions();
         for (dst, msg) in resend.into_iter().filter_map(|m| dst.map(|d| (d, m))) {
             self.send_to_dc(now, dst, &msg);
         }
@@ -452,10 +783,14 @@ impl Node {
     }
 
     pub(super) fn drive_resolves(&mut self, now: Instant) {
+        if !self.tunnels.any_due(now, |t| matches!(t, Timer::Resolve(_))) {
+            return;
+        }
         let (late, kept): (Vec<_>, Vec<_>) =
             core::mem::take(&mut self.resolves).into_iter().partition(|r| now >= r.deadline);
         self.resolves = kept;
         for r in late {
+            self.tunnels.timers().set(Timer::Resolve(r.id), None);
             self.emit(NodeEvent::ResolveFailed { id: r.id, name: r.name, error: ResolveError::Timeout });
         }
     }
@@ -474,15 +809,22 @@ impl Node {
         }
     }
 
+    /// Sends a sealed tunnel message, if there is one.
+    fn send_udp(&mut self, sealed: Option<(SocketAddr, Vec<u8>)>) {
+        if let Some((dst, bytes)) = sealed {
+            self.transmit(Via::Udp, dst, bytes);
+        }
+    }
+
     /// A Route Direction from our DC (spec 4.4): set up our end of a tunnel.
     pub(super) fn handle_route_direction(&mut self, now: Instant, rd: RouteDirection) -> Received {
-        let Some(me) = self.fqdn().cloned() else { return self.drops.count(Drop::Stale) };
+        let Some(me) = self.fqdn().cloned() else { return self.drops.count(DropReason::Stale) };
         if rd.node != me {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         let ack = Message::RouteDirectionAck(RouteDirectionAck { request_id: rd.request_id, session: rd.session });
         let ended = self.ended.iter().any(|(s, _)| *s == rd.session);
-        if ended || self.tunnels.iter().any(|t| t.session == rd.session) {
+        if ended || self.tunnels.by_session(rd.session).is_some() {
             // The DC retransmitted: our acknowledgement was lost. (If the tunnel ended
             // meanwhile, its K_tun stays out of use: see ENDED_MEMORY.)
             if let Some(dst) = self.any_dc_addr() {
@@ -490,10 +832,11 @@ impl Node {
             }
             return Received::Handled;
         }
-        let live = self.tunnels.iter().filter(|t| t.is_live()).count();
+        // The cap counts live tunnels; superseded ones end within SUPERSEDED_GRACE.
+        let live = self.tunnels.iter().filter(|(_, t)| t.is_live()).count();
         if live >= self.cfg.max_tunnels {
             self.refuse_to_dc(now, MsgType::RouteDirection, rd.request_id, Reason::Overloaded, "tunnel table full");
-            return self.drops.count(Drop::Limit);
+            return self.drops.count(DropReason::Limit);
         }
         // Which wrapping: the peer's attested public key if both ends have key pairs,
         // else K_tmp. A node set to strict public-key mode refuses K_tmp, so a DC cannot
@@ -516,7 +859,7 @@ impl Node {
                             Reason::Unauthorized,
                             "peer attestation invalid",
                         );
-                        return self.drops.count(Drop::Unauthorized);
+                        return self.drops.count(DropReason::Unauthorized);
                     }
                 }
             }
@@ -530,16 +873,17 @@ impl Node {
                 Reason::Unauthorized,
                 "no usable key wrapping",
             );
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         let expires = now + rd.k_tun.lifetime.duration();
         let k_tun = match Channel::new(rd.k_tun.key, KeyId(rd.session.0), side_sender(rd.side), expires) {
             Ok(c) => c,
-            Err(_) => return self.drops.count(Drop::Malformed),
+            Err(_) => return self.drops.count(DropReason::Malformed),
         };
         if rd.side == Side::Mn {
             if let Some(i) = self.directions.iter().position(|d| d.peer == rd.peer.fqdn) {
                 self.directions.swap_remove(i);
+                self.rearm_directions();
             }
         }
         let relay = match rd.path {
@@ -554,8 +898,11 @@ impl Node {
             rd.peer.fqdn,
             relay.map_or("directly".to_string(), |a| format!("via RS {a}"))
         );
-        self.next_tunnel_seq += 1;
-        self.tunnels.push(Tunnel {
+        let state = match relay {
+            Some(_) => TunnelState::Punching { retry: Retry::new(now, self.cfg.tunnel_backoff) },
+            None => TunnelState::ExpectTunnelRequest { until: now + AWAIT_TUNNEL_REQUEST },
+        };
+        let id = self.tunnels.insert(Tunnel {
             session: rd.session,
             peer: rd.peer,
             side: rd.side,
@@ -564,69 +911,22 @@ impl Node {
             k_tun,
             k_tmp: rd.k_tmp,
             peer_key,
-            state: TunnelState::ExpectTunnelRequest { until: now + AWAIT_TUNNEL_REQUEST },
-            mncn: None,
-            send_to: None,
-            on_relay: relay.is_some(),
-            probe: None,
-            established_at: None,
-            last_rx: now,
-            last_tx: now,
-            last_data: now,
+            state,
+            activity: Activity { last_rx: now, last_tx: now, last_data: now, rx_packets: 0, tx_packets: 0 },
             superseded_until: None,
             reestablish: false,
-            seq: self.next_tunnel_seq,
             rekey_requested: false,
-            relay_check: None,
-            rx_packets: 0,
-            tx_packets: 0,
         });
         if let Some(dst) = self.any_dc_addr() {
             self.send_to_dc(now, dst, &ack);
         }
-        let i = self.tunnels.len() - 1;
         if relay.is_some() {
-            if let Some(t) = self.tunnels.get_mut(i) {
-                t.state = TunnelState::Punching { retry: Retry::new(now, self.cfg.tunnel_backoff) };
-            }
-            self.send_hole_punch(now, i, false);
+            let punch = self.tunnels.get_mut(id).and_then(|mut t| t.hole_punch(now, false));
+            self.send_udp(punch);
         } else if rd.role == TunnelRole::Initiate {
-            self.start_tunnel_request(now, i);
+            self.start_tunnel_request(now, id);
         }
         Received::Handled
-    }
-
-    fn seal_tun(&mut self, now: Instant, i: usize, dst: SocketAddr, msg: &Message) {
-        let Some(t) = self.tunnels.get_mut(i) else { return };
-        match t.k_tun.seal(now, msg) {
-            Ok(bytes) => self.transmit(Via::Udp, dst, bytes),
-            Err(e) => log::warn!("cannot seal {:?} with K_tun: {e}", msg.msg_type()),
-        }
-    }
-
-    fn seal_mncn(&mut self, now: Instant, i: usize, dst: SocketAddr, msg: &Message) {
-        let Some(t) = self.tunnels.get_mut(i) else { return };
-        let Some(ch) = t.mncn.as_mut() else { return };
-        match ch.seal(now, msg) {
-            Ok(bytes) => {
-                t.last_tx = now;
-                self.transmit(Via::Udp, dst, bytes)
-            }
-            Err(e) => log::warn!("cannot seal {:?} with K_mncn: {e}", msg.msg_type()),
-        }
-    }
-
-    fn send_hole_punch(&mut self, now: Instant, i: usize, release: bool) {
-        let Some(t) = self.tunnels.get(i) else { return };
-        let Some(relay) = t.relay else { return };
-        let msg = Message::HolePunch(HolePunch { side: t.side, release });
-        self.seal_tun(now, i, relay, &msg);
-    }
-
-    fn send_probe(&mut self, now: Instant, i: usize, probe_id: u32, to: Option<SocketAddr>) {
-        let Some(t) = self.tunnels.get(i) else { return };
-        let Some(dst) = to.or(t.send_to) else { return };
-        self.seal_mncn(now, i, dst, &Message::PathProbe(PathProbe { probe_id }));
     }
 
     /// Where the Tunnel Request goes: the RS, or the peer's first endpoint in a family we
@@ -639,10 +939,10 @@ impl Node {
     }
 
     /// Makes K_mncn, wraps it for the peer and sends the Tunnel Request (spec 4.4 step 4).
-    fn start_tunnel_request(&mut self, now: Instant, i: usize) {
+    fn start_tunnel_request(&mut self, now: Instant, id: TunnelId) {
         let (Some(me), Some(my_virtual)) = (self.fqdn().cloned(), self.virtual_addrs) else { return };
         let lifetime = self.cfg.tunnel_key_lifetime;
-        let Some(t) = self.tunnels.get(i) else { return };
+        let Some(t) = self.tunnels.get(id) else { return };
         let session = t.session;
         let k_mncn = KMnCn::generate(&mut *self.rng);
         let wrapped = match (&t.peer_key, &self.cfg.key_pair, &t.k_tmp) {
@@ -663,53 +963,53 @@ impl Node {
         let Ok(mncn) = Channel::new(k_mncn, KeyId(session.0), Sender::Initiator, now + lifetime) else { return };
         let request = TunnelRequest { initiator: me, virtual_addrs: my_virtual, wrapped };
         let msg = Message::TunnelRequest(request.clone());
-        if let Some(t) = self.tunnels.get_mut(i) {
-            t.mncn = Some(mncn);
-            t.state = TunnelState::ExpectTunnelResponse {
-                retry: Retry::new(now, self.cfg.tunnel_backoff),
-                request: Box::new(request),
-                target: dst,
-            };
-        }
-        self.seal_tun(now, i, dst, &msg);
-    }
-
-    fn tunnel_index(&self, session: SessionId) -> Option<usize> {
-        self.tunnels.iter().position(|t| t.session == session)
+        let retry = Retry::new(now, self.cfg.tunnel_backoff);
+        let Some(mut t) = self.tunnels.get_mut(id) else { return };
+        t.state = TunnelState::ExpectTunnelResponse { retry, request: Box::new(request), target: dst, mncn };
+        let sealed = t.seal_tun(now, &msg).map(|b| (dst, b));
+        drop(t);
+        self.send_udp(sealed);
     }
 
     /// Tunnel Request (from the peer) and Hole Punch Ack (from the RS), sealed with K_tun.
     pub(super) fn handle_tun_message(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) -> Received {
-        let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(Drop::Malformed) };
-        let Some(i) = self.tunnel_index(SessionId(env.key_id().0)) else { return self.drops.count(Drop::UnknownKey) };
-        let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(Drop::UnknownKey) };
-        let (header, msg) = match t.k_tun.open(now, buf) {
+        let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(DropReason::Malformed) };
+        let Some(id) = self.tunnels.by_session(SessionId(env.key_id().0)) else {
+            return self.drops.count(DropReason::UnknownKey);
+        };
+        let Some(mut t) = self.tunnels.get_mut(id) else { return self.drops.count(DropReason::UnknownKey) };
+        let opened = t.k_tun.open(now, buf);
+        drop(t);
+        let (header, msg) = match opened {
             Ok(m) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         match msg {
-            Message::TunnelRequest(tr) => self.handle_tunnel_request(now, i, from, header, tr),
-            Message::HolePunchAck(a) => self.handle_hole_punch_ack(now, i, header, a),
-            _ => self.drops.count(Drop::Unexpected),
+            Message::TunnelRequest(tr) => self.handle_tunnel_request(now, id, from, header, tr),
+            Message::HolePunchAck(a) => self.handle_hole_punch_ack(now, id, header, a),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
-    fn handle_hole_punch_ack(&mut self, now: Instant, i: usize, header: Header, _a: HolePunchAck) -> Received {
-        let Some(t) = self.tunnels.get_mut(i) else { return Received::Handled };
+    fn handle_hole_punch_ack(&mut self, now: Instant, id: TunnelId, header: Header, _a: HolePunchAck) -> Received {
+        let Some(mut t) = self.tunnels.get_mut(id) else { return Received::Handled };
         if header.sender != Sender::Rs {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         if !matches!(t.state, TunnelState::Punching { .. }) {
             // A keepalive's, a handover's or a liveness check's punch was acknowledged:
             // the relay still knows the session.
-            t.last_rx = now;
-            if t.probe.as_ref().is_some_and(|p| p.punch) {
-                t.probe = None;
+            t.heard(now);
+            if let Some(Established { route: Route::Relay { probe, .. }, .. }) = t.established_mut() {
+                if matches!(probe, Some(RelayProbe::Punch(_))) {
+                    *probe = None;
+                }
             }
             return Received::Handled;
         }
         if t.role == TunnelRole::Initiate {
-            self.start_tunnel_request(now, i);
+            drop(t);
+            self.start_tunnel_request(now, id);
         } else {
             t.state = TunnelState::ExpectTunnelRequest { until: now + AWAIT_TUNNEL_REQUEST };
         }
@@ -719,21 +1019,21 @@ impl Node {
     fn handle_tunnel_request(
         &mut self,
         now: Instant,
-        i: usize,
+        id: TunnelId,
         from: SocketAddr,
         header: Header,
         tr: TunnelRequest,
     ) -> Received {
-        let Some(me) = self.fqdn().cloned() else { return self.drops.count(Drop::Stale) };
-        let Some(my_virtual) = self.virtual_addrs else { return self.drops.count(Drop::Stale) };
+        let Some(me) = self.fqdn().cloned() else { return self.drops.count(DropReason::Stale) };
+        let Some(my_virtual) = self.virtual_addrs else { return self.drops.count(DropReason::Stale) };
         let lifetime = self.cfg.tunnel_key_lifetime;
-        let Some(t) = self.tunnels.get_mut(i) else { return Received::Handled };
+        let Some(mut t) = self.tunnels.get_mut(id) else { return Received::Handled };
         let peer_sender = side_sender(if t.side == Side::Mn { Side::Cn } else { Side::Mn });
         if header.sender != peer_sender || t.role != TunnelRole::Await {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         if tr.initiator != t.peer.fqdn || tr.virtual_addrs != t.peer.virtual_addrs {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
         let k_mncn = match (&tr.wrapped, &t.k_tmp, &t.peer_key, &self.cfg.key_pair) {
             (WrappedKey::Tmp(w), Some(k_tmp), _, _) => unwrap_with_tmp(k_tmp, t.session, &t.peer.fqdn, &me, w),
@@ -744,127 +1044,157 @@ impl Node {
             Ok(k) => k,
             Err(e) => {
                 log::warn!("Tunnel Request from {} does not unwrap: {e}", t.peer.fqdn);
-                return self.drops.count(Drop::Crypto);
+                return self.drops.count(DropReason::Crypto);
             }
         };
-        match &t.mncn {
+        let msg = Message::TunnelResponse(TunnelResponse { virtual_addrs: my_virtual });
+        // The responder holds K_mncn only once established.
+        match t.established_mut() {
             // The initiator retransmitted (our response was lost): answer again, where it
             // is now (it may have moved since).
-            Some(existing) if *existing.key() == k_mncn => {
-                if !t.on_relay {
-                    t.send_to = Some(from);
+            Some(e) if *e.mncn.key() == k_mncn => {
+                if let Route::Direct { to, .. } = &mut e.route {
+                    *to = from;
                 }
+                let sealed = t.seal_mncn(now, from, &msg);
+                drop(t);
+                self.send_udp(sealed);
             }
-            Some(_) => return self.drops.count(Drop::Stale),
+            Some(_) => return self.drops.count(DropReason::Stale),
             None => {
-                let Ok(ch) = Channel::new(k_mncn, KeyId(t.session.0), Sender::Responder, now + lifetime) else {
-                    return self.drops.count(Drop::Malformed);
+                let Ok(mncn) = Channel::new(k_mncn, KeyId(t.session.0), Sender::Responder, now + lifetime) else {
+                    return self.drops.count(DropReason::Malformed);
                 };
-                t.mncn = Some(ch);
-                t.send_to = Some(from);
-                t.on_relay = t.relay == Some(from);
-                self.tunnel_established(now, i);
+                t.state = TunnelState::Established(Established::new(now, mncn, t.relay, from));
+                t.up(now);
+                drop(t);
+                self.tunnel_established(now, id);
+                let sealed = self.tunnels.get_mut(id).and_then(|mut t| t.seal_mncn(now, from, &msg));
+                self.send_udp(sealed);
             }
         }
-        let msg = Message::TunnelResponse(TunnelResponse { virtual_addrs: my_virtual });
-        self.seal_mncn(now, i, from, &msg);
         Received::Handled
     }
 
-    fn tunnel_established(&mut self, now: Instant, i: usize) {
+    /// The tunnel `id` came up ([`Tunnel::establish`]): supersede older ones to the
+    /// same peer, answer the DNS hook, start route optimization.
+    fn tunnel_established(&mut self, now: Instant, id: TunnelId) {
         let route_opt = self.cfg.route_optimization;
-        let Some(t) = self.tunnels.get_mut(i) else { return };
-        t.state = TunnelState::Established;
-        if t.role == TunnelRole::Initiate {
-            t.k_tmp = None; // wrapped once, confirmed: no further use
-        }
-        t.established_at = Some(now);
-        t.last_rx = now;
-        t.last_data = now;
+        let Some(t) = self.tunnels.get(id) else { return };
         let (session, peer, virtual_addrs, path) = (t.session, t.peer.fqdn.clone(), t.peer.virtual_addrs, t.path());
-        log::info!("tunnel {session} to {peer} is up ({path:?}, via {:?})", t.send_to);
+        log::info!("tunnel {session} to {peer} is up ({path:?}, via {:?})", t.send_to());
         // A newer negotiation with the same peer replaces older ones after a grace
         // period. An older one that comes up late (its response was delayed past a
         // handover) is itself the one replaced.
-        let seq = t.seq;
-        let newer_up = self.tunnels.iter().any(|o| o.peer.fqdn == peer && o.seq > seq && o.is_established());
-        for other in self.tunnels.iter_mut() {
-            let older = other.seq < seq && other.peer.fqdn == peer;
-            let me = other.seq == seq;
-            if other.is_live() && ((older && !newer_up) || (me && newer_up)) {
-                other.superseded_until = Some(now + SUPERSEDED_GRACE);
+        let newer_up = self.tunnels.iter().any(|(o, t)| t.peer.fqdn == peer && o > id && t.is_established());
+        let replaced: Vec<TunnelId> = self
+            .tunnels
+            .iter()
+            .filter(|(o, t)| {
+                let older = *o < id && t.peer.fqdn == peer;
+                let me = *o == id;
+                t.is_live() && ((older && !newer_up) || (me && newer_up))
+            })
+            .map(|(o, _)| o)
+            .collect();
+        for o in replaced {
+            if let Some(mut t) = self.tunnels.get_mut(o) {
+                t.superseded_until = Some(now + SUPERSEDED_GRACE);
             }
         }
         self.emit(NodeEvent::TunnelUp { session, peer: peer.clone(), path });
         self.complete_resolves(&peer, virtual_addrs);
         if route_opt && path == PathKind::Relay {
-            self.start_probe(now, i);
+            self.start_probe(now, id);
         }
     }
 
     /// Route optimization: probe the peer's observed addresses directly.
-    fn start_probe(&mut self, now: Instant, i: usize) {
-        let Some(t) = self.tunnels.get(i) else { return };
+    fn start_probe(&mut self, now: Instant, id: TunnelId) {
+        let Some(t) = self.tunnels.get(id) else { return };
         let targets: Vec<SocketAddr> = t.peer.endpoints.iter().filter(|a| self.has_family(a)).copied().collect();
         if targets.is_empty() {
             return;
         }
-        let id = self.rng.next_u32();
+        let probe_id = self.rng.next_u32();
+        let Some(mut t) = self.tunnels.get_mut(id) else { return };
+        let mut sends = Vec::with_capacity(targets.len());
         for &dst in &targets {
-            self.send_probe(now, i, id, Some(dst));
+            sends.push(t.path_probe(now, probe_id, Some(dst)));
         }
-        if let Some(t) = self.tunnels.get_mut(i) {
-            t.probe = Some(Probe { id, targets, retry: Retry::new(now, probe_policy()), punch: false });
+        if let Some(Established { route: Route::Relay { probe, .. }, .. }) = t.established_mut() {
+            *probe = Some(RelayProbe::Direct(Probe { id: probe_id, targets, retry: Retry::new(now, probe_policy()) }));
+        }
+        drop(t);
+        for s in sends {
+            self.send_udp(s);
         }
     }
 
     /// Tunnel Response, Path Probe and Path Probe Ack, sealed with K_mncn.
     pub(super) fn handle_mncn_message(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) -> Received {
-        let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(Drop::Malformed) };
-        let Some(i) = self.tunnel_index(SessionId(env.key_id().0)) else { return self.drops.count(Drop::UnknownKey) };
-        let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(Drop::UnknownKey) };
-        let Some(ch) = t.mncn.as_mut() else { return self.drops.count(Drop::Stale) };
+        let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(DropReason::Malformed) };
+        let Some(id) = self.tunnels.by_session(SessionId(env.key_id().0)) else {
+            return self.drops.count(DropReason::UnknownKey);
+        };
+        let Some(mut t) = self.tunnels.get_mut(id) else { return self.drops.count(DropReason::UnknownKey) };
+        let Some(ch) = t.mncn_mut() else { return self.drops.count(DropReason::Stale) };
         let (_, msg, newest) = match ch.open_ordered(now, buf) {
             Ok(m) => m,
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
-        t.last_rx = now;
+        t.heard(now);
         match msg {
             Message::TunnelResponse(r) => {
                 if !matches!(t.state, TunnelState::ExpectTunnelResponse { .. }) {
                     return Received::Handled; // duplicate response
                 }
                 if r.virtual_addrs != t.peer.virtual_addrs {
-                    return self.drops.count(Drop::Unauthorized);
+                    return self.drops.count(DropReason::Unauthorized);
                 }
-                t.send_to = Some(from);
-                t.on_relay = t.relay == Some(from);
-                self.tunnel_established(now, i);
+                t.establish(now, from);
+                drop(t);
+                self.tunnel_established(now, id);
                 Received::Handled
             }
             Message::PathProbe(p) => {
+                drop(t);
                 if newest {
-                    self.follow_peer(now, i, from);
+                    self.follow_peer(now, id, from);
                 }
                 let msg = Message::PathProbeAck(PathProbeAck { probe_id: p.probe_id, observed: from });
-                self.seal_mncn(now, i, from, &msg);
+                let sealed = self.tunnels.get_mut(id).and_then(|mut t| t.seal_mncn(now, from, &msg));
+                self.send_udp(sealed);
                 Received::Handled
             }
             Message::PathProbeAck(a) => {
-                let probing = t.probe.as_ref().is_some_and(|p| p.id == a.probe_id && !p.punch);
-                if probing && t.on_relay && t.relay != Some(from) {
-                    self.switch_to_direct(now, i, from);
-                } else {
-                    if probing {
-                        t.probe = None; // the handover probe got through
+                let relay = t.relay;
+                let switch = match t.established_mut().map(|e| &mut e.route) {
+                    Some(Route::Relay { probe, .. })
+                        if probe.as_ref().is_some_and(|p| matches!(p, RelayProbe::Direct(p) if p.id == a.probe_id)) =>
+                    {
+                        // The peer answered on the relay: the direct path is not shown
+                        // to work, and this round is over.
+                        if relay == Some(from) {
+                            *probe = None;
+                        }
+                        relay != Some(from)
                     }
-                    if newest {
-                        self.follow_peer(now, i, from);
+                    Some(Route::Direct { probe, .. }) if probe.as_ref().is_some_and(|p| p.id == a.probe_id) => {
+                        *probe = None; // the handover probe got through
+                        false
                     }
+                    _ => false,
+                };
+                drop(t);
+                if switch {
+                    self.switch_to_direct(now, id, from);
+                } else if newest {
+                    self.follow_peer(now, id, from);
                 }
                 Received::Handled
             }
-            _ => self.drops.count(Drop::Unexpected),
+            _ => self.drops.count(DropReason::Unexpected),
         }
     }
 
@@ -874,42 +1204,45 @@ impl Node {
     /// packet from the peer ([`crate::crypto::Opened::newest`]): an older one accepted late
     /// may have been delayed on a path the peer has left, and following it would point us
     /// back there (and send the recent packets there again).
-    fn follow_peer(&mut self, now: Instant, i: usize, from: SocketAddr) {
-        let Some(t) = self.tunnels.get_mut(i) else { return };
-        if !t.is_established() || t.send_to == Some(from) {
+    fn follow_peer(&mut self, now: Instant, id: TunnelId, from: SocketAddr) {
+        // Nearly always the peer is where we send: nothing to change.
+        if self.tunnels.get(id).is_none_or(|t| t.send_to().is_none_or(|to| to == from)) {
             return;
         }
-        if t.on_relay {
-            if t.relay != Some(from) {
-                self.switch_to_direct(now, i, from);
+        let Some(mut t) = self.tunnels.get_mut(id) else { return };
+        let (session, relay) = (t.session, t.relay);
+        let old = match t.established_mut().map(|e| &mut e.route) {
+            Some(Route::Relay { rs, .. }) if *rs != from && relay != Some(from) => {
+                drop(t);
+                self.switch_to_direct(now, id, from);
+                return;
             }
-        } else if t.relay == Some(from) {
             // Still in flight through the relay, or the peer has not yet seen the direct
             // path work: the RS is not where the peer is. Keep sending directly; its next
             // direct packet moves it too.
-        } else {
-            log::info!("peer {} of tunnel {} now at {from}", t.peer.fqdn, t.session);
-            let (old, session) = (t.send_to.replace(from), t.session);
-            // What went to the old address since the peer left it is lost: send the
-            // recent packets again (see resend.rs).
-            if let Some(old) = old {
-                let again = self.recent.redirect(now, session, old, from);
-                self.resent += again.len() as u64;
-                for b in again {
-                    self.transmit(Via::Udp, from, b);
-                }
-            }
+            Some(Route::Direct { to, .. }) if *to != from && relay != Some(from) => core::mem::replace(to, from),
+            _ => return,
+        };
+        log::info!("peer {} of tunnel {session} now at {from}", t.peer.fqdn);
+        drop(t);
+        // What went to the old address since the peer left it is lost: send the recent
+        // packets again (see resend.rs).
+        let again = self.recent.redirect(now, session, old, from);
+        self.resent += again.len() as u64;
+        for b in again {
+            self.transmit(Via::Udp, from, b);
         }
     }
 
-    fn switch_to_direct(&mut self, now: Instant, i: usize, to: SocketAddr) {
-        let Some(t) = self.tunnels.get_mut(i) else { return };
-        t.send_to = Some(to);
-        t.on_relay = false;
-        t.probe = None;
+    fn switch_to_direct(&mut self, now: Instant, id: TunnelId, to: SocketAddr) {
+        let Some(mut t) = self.tunnels.get_mut(id) else { return };
+        let Some(e) = t.established_mut() else { return };
+        e.route = Route::Direct { to, probe: None };
         let (session, peer) = (t.session, t.peer.fqdn.clone());
         log::info!("tunnel {session} to {peer}: direct path {to} works; leaving the relay");
-        self.send_hole_punch(now, i, true);
+        let punch = t.hole_punch(now, true);
+        drop(t);
+        self.send_udp(punch);
         self.emit(NodeEvent::PathChanged { session, peer, path: PathKind::Direct });
     }
 
@@ -917,17 +1250,19 @@ impl Node {
     /// peer's virtual address to ours (anything else is dropped: a peer may only send as
     /// itself).
     pub(super) fn handle_data(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
-        let Ok(env) = Envelope::new_checked(&buf[..]) else { return self.drops.count(Drop::Malformed) };
-        let Some(i) = self.tunnel_index(SessionId(env.key_id().0)) else { return self.drops.count(Drop::UnknownKey) };
+        let Ok(env) = Envelope::new_checked(&buf[..]) else { return self.drops.count(DropReason::Malformed) };
+        let Some(id) = self.tunnels.by_session(SessionId(env.key_id().0)) else {
+            return self.drops.count(DropReason::UnknownKey);
+        };
         let my_virtual = self.virtual_addrs;
-        let Some(t) = self.tunnels.get_mut(i) else { return self.drops.count(Drop::UnknownKey) };
-        let Some(ch) = t.mncn.as_mut() else { return self.drops.count(Drop::Stale) };
+        let Some(mut t) = self.tunnels.get_mut(id) else { return self.drops.count(DropReason::UnknownKey) };
+        let Some(ch) = t.mncn_mut() else { return self.drops.count(DropReason::Stale) };
         let (range, newest) = match ch.open_in_place(now, buf) {
             Ok(o) => (o.body, o.newest),
             // A copy of a data packet (the network's, or sent again after a handover)
             // is a late duplicate; it was delivered once, or is too late to matter.
-            Err(CryptoError::Replayed | CryptoError::TooOld) => return self.drops.count(Drop::Stale),
-            Err(e) => return self.drops.count(Drop::from(e)),
+            Err(CryptoError::Replayed | CryptoError::TooOld) => return self.drops.count(DropReason::Stale),
+            Err(e) => return self.drops.count(DropReason::from(e)),
         };
         let inner = buf.get(range.clone()).unwrap_or(&[]);
         let ok = match (ip_endpoints(inner), my_virtual) {
@@ -935,13 +1270,14 @@ impl Node {
             _ => false,
         };
         if !ok {
-            return self.drops.count(Drop::Unauthorized);
+            return self.drops.count(DropReason::Unauthorized);
         }
-        t.last_rx = now;
-        t.last_data = now;
-        t.rx_packets += 1;
+        t.heard(now);
+        t.activity.last_data = now;
+        t.activity.rx_packets += 1;
+        drop(t);
         if newest {
-            self.follow_peer(now, i, from);
+            self.follow_peer(now, id, from);
         }
         Received::Ip(range)
     }
@@ -963,30 +1299,23 @@ impl Node {
     ) -> Result<SocketAddr, SendError> {
         let end = buf.len().checked_sub(TAG_LEN).filter(|&e| e > HEADER_LEN).ok_or(SendError::NotIp)?;
         let (_, dst) = buf.get(HEADER_LEN..end).and_then(ip_endpoints).ok_or(SendError::NotIp)?;
-        let i = self
-            .tunnels
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.is_established() && t.carries(dst))
-            .max_by_key(|(_, t)| (t.is_live(), t.established_at))
-            .map(|(i, _)| i)
-            .ok_or(SendError::NoTunnel(dst))?;
-        let t = self.tunnels.get_mut(i).ok_or(SendError::NoTunnel(dst))?;
-        let to = t.send_to.ok_or(SendError::NoTunnel(dst))?;
+        let id = self.tunnels.route(dst).ok_or(SendError::NoTunnel(dst))?;
+        let mut t = self.tunnels.get_mut(id).ok_or(SendError::NoTunnel(dst))?;
+        let session = t.session;
+        let e = t.established_mut().ok_or(SendError::NoTunnel(dst))?;
+        let to = e.route.to();
         let mtu = path_mtu(&to);
         if end - HEADER_LEN > usize::from(mtu) {
             return Err(SendError::TooBig { mtu });
         }
-        let ch = t.mncn.as_mut().ok_or(SendError::NoTunnel(dst))?;
-        ch.seal_in_place(now, MsgType::Data, buf).map_err(SendError::Crypto)?;
-        t.last_tx = now;
-        t.last_data = now;
-        t.tx_packets += 1;
+        e.mncn.seal_in_place(now, MsgType::Data, buf).map_err(SendError::Crypto)?;
         // Only a direct path loses packets to a moving peer; the RS stays where it is.
-        if !t.on_relay {
-            let session = t.session;
+        if matches!(e.route, Route::Direct { .. }) {
             self.recent.record(now, session, to, buf);
         }
+        t.activity.last_tx = now;
+        t.activity.last_data = now;
+        t.activity.tx_packets += 1;
         Ok(to)
     }
 
@@ -1000,27 +1329,30 @@ impl Node {
         Ok(())
     }
 
+    /// Runs the timers of the tunnels that are due, in creation order; a tunnel not due
+    /// has nothing to do.
     pub(super) fn drive_tunnels(&mut self, now: Instant) {
-        let mut i = 0;
-        while i < self.tunnels.len() {
-            if self.drive_tunnel(now, i) {
-                i += 1;
-            } else {
-                let t = self.tunnels.remove(i);
-                self.recent.forget(t.session);
-                self.ended.retain(|(_, at)| now < *at + ENDED_MEMORY);
-                if self.ended.len() >= ENDED_MAX {
-                    self.ended.pop_front();
-                }
-                self.ended.push_back((t.session, now));
-                let peer = t.peer.fqdn.clone();
-                let still = self.tunnels.iter().any(|o| o.peer.fqdn == peer && o.is_established());
-                if t.is_established() && !still {
-                    self.emit(NodeEvent::TunnelDown { session: t.session, peer });
-                } else if !t.is_established() && !still {
-                    self.fail_resolves(&peer, ResolveError::Timeout);
-                }
+        for id in self.tunnels.due(now) {
+            if !self.drive_tunnel(now, id) {
+                self.end_tunnel(now, id);
             }
+        }
+    }
+
+    fn end_tunnel(&mut self, now: Instant, id: TunnelId) {
+        let Some(t) = self.tunnels.remove(id) else { return };
+        self.recent.forget(t.session);
+        self.ended.retain(|(_, at)| now < *at + ENDED_MEMORY);
+        if self.ended.len() >= ENDED_MAX {
+            self.ended.pop_front();
+        }
+        self.ended.push_back((t.session, now));
+        let peer = t.peer.fqdn.clone();
+        let still = self.tunnels.iter().any(|(_, o)| o.peer.fqdn == peer && o.is_established());
+        if t.is_established() && !still {
+            self.emit(NodeEvent::TunnelDown { session: t.session, peer });
+        } else if !t.is_established() && !still {
+            self.fail_resolves(&peer, ResolveError::Timeout);
         }
     }
 
@@ -1030,147 +1362,88 @@ impl Node {
     /// (once per tunnel: `rekey_requested`). The other side waits for that renegotiation,
     /// as after a silence (two renegotiations could leave each side on another session).
     pub(super) fn handle_relay_lost_session(&mut self, now: Instant, from: SocketAddr, session: SessionId) -> Received {
-        let Some(t) = self
-            .tunnels
-            .iter_mut()
-            .find(|t| t.session == session && t.on_relay && t.relay == Some(from) && t.is_live())
-        else {
-            return self.drops.count(Drop::Unauthorized);
+        let t = self.tunnels.by_session(session).and_then(|id| self.tunnels.get_mut(id));
+        let Some(mut t) = t.filter(|t| t.on_relay() && t.relay == Some(from) && t.is_live()) else {
+            return self.drops.count(DropReason::Unauthorized);
         };
         if t.rekey_requested || t.role != TunnelRole::Initiate {
             return Received::Handled;
         }
         t.rekey_requested = true;
-        t.relay_check = None;
+        if let Some(Established { route: Route::Relay { check, .. }, .. }) = t.established_mut() {
+            *check = None;
+        }
         let peer = t.peer.fqdn.clone();
+        drop(t);
         log::warn!("the relay lost tunnel {session} to {peer}; renegotiating");
         self.request_direction(now, peer, Some(session));
         Received::Handled
     }
 
     /// Runs one tunnel's timers; false when the tunnel is over.
-    fn drive_tunnel(&mut self, now: Instant, i: usize) -> bool {
-        let cfg_keepalive = self.cfg.tunnel_keepalive;
-        let idle = self.cfg.tunnel_idle_timeout;
-        let Some(t) = self.tunnels.get_mut(i) else { return false };
-        if t.superseded_until.is_some_and(|u| now >= u) || t.mncn.as_ref().is_some_and(|c| c.is_expired(now)) {
+    fn drive_tunnel(&mut self, now: Instant, id: TunnelId) -> bool {
+        let timing = *self.tunnels.timing();
+        let Some(mut t) = self.tunnels.get_mut(id) else { return false };
+        if t.superseded_until.is_some_and(|u| now >= u) || t.mncn().is_some_and(|c| c.is_expired(now)) {
             return false;
         }
-        if t.k_tmp.is_some() && t.established_at.is_some_and(|e| now >= e + K_TMP_AFTER_SETUP) {
+        if t.k_tmp.is_some() && t.established_at().is_some_and(|e| now >= e + K_TMP_AFTER_SETUP) {
             t.k_tmp = None;
         }
-        if t.rekey_at(&self.cfg).is_some_and(|at| now >= at) {
+        // What to send, in order, once the tunnel is let go of; at most one of the two
+        // renegotiations below happens (either sets `rekey_requested`, which ends both).
+        let mut sends = Vec::new();
+        let mut renegotiate = None;
+        if t.rekey_at(&timing).is_some_and(|at| now >= at) {
             t.rekey_requested = true;
             let (peer, session) = (t.peer.fqdn.clone(), t.session);
             log::info!("K_mncn of tunnel {session} to {peer} nears its end; renegotiating");
-            self.request_direction(now, peer, Some(session));
+            renegotiate = Some((peer, session));
         }
-        let Some(t) = self.tunnels.get_mut(i) else { return false };
         // A relayed tunnel we send on but hear nothing from (the RS restarted and lost the
         // session, or the path to it broke): ask the RS with a punch; if it stays silent,
-        // renegotiate through the DCs, which set up a new relay session.
-        let mut relay_silent = false;
+        // renegotiate through the DCs, which set up a new relay session. Anything heard
+        // meanwhile ends the check (`Tunnel::heard`).
         if t.watches_relay() {
-            match t.relay_check {
-                Some(at) if t.last_rx >= at => t.relay_check = None,
-                // Only the side that opened the tunnel renegotiates: when both did, each
-                // side could keep a different one of the two new sessions.
-                Some(at) if now >= at + RELAY_SILENCE && t.role == TunnelRole::Initiate => {
-                    t.rekey_requested = true;
-                    t.relay_check = None;
-                    let (peer, session) = (t.peer.fqdn.clone(), t.session);
-                    log::warn!("the relay of tunnel {session} to {peer} stopped answering; renegotiating");
-                    self.request_direction(now, peer, Some(session));
-                }
-                Some(at) if now >= at + RELAY_SILENCE => {
-                    log::debug!("the relay of tunnel {} stopped answering; the peer renegotiates", t.session);
-                    t.relay_check = None;
-                }
-                None if t.last_tx > t.last_rx && now >= t.last_rx + RELAY_SILENCE => {
-                    t.relay_check = Some(now);
-                    relay_silent = true;
-                }
-                _ => {}
-            }
-        }
-        if relay_silent {
-            self.send_hole_punch(now, i, false);
-        }
-        let Some(t) = self.tunnels.get_mut(i) else { return false };
-        enum Act {
-            None,
-            Punch,
-            Request(Box<TunnelRequest>, SocketAddr),
-            Probe(u32, Vec<SocketAddr>, bool),
-            Keepalive,
-        }
-        let mut act = Act::None;
-        match &mut t.state {
-            TunnelState::Punching { retry } if retry.due(now) => {
-                if !retry.again(now) {
-                    log::warn!("RS does not answer hole punching for tunnel {}", t.session);
-                    return false;
-                }
-                act = Act::Punch;
-            }
-            TunnelState::ExpectTunnelResponse { retry, request, target } if retry.due(now) => {
-                if !retry.again(now) {
-                    log::warn!("no Tunnel Response from {} for tunnel {}", t.peer.fqdn, t.session);
-                    return false;
-                }
-                act = Act::Request(request.clone(), *target);
-            }
-            TunnelState::ExpectTunnelRequest { until } if now >= *until => return false,
-            TunnelState::Established => {
-                if now >= t.last_data + idle {
-                    log::info!("tunnel {} to {} idle; closing", t.session, t.peer.fqdn);
-                    return false;
-                }
-                if let Some(p) = &mut t.probe {
-                    if p.retry.due(now) {
-                        if p.retry.again(now) {
-                            act = Act::Probe(p.id, p.targets.clone(), p.punch);
-                        } else {
-                            if t.on_relay && !p.punch {
-                                log::info!("no direct path to {}; staying on the relay", t.peer.fqdn);
-                            }
-                            t.probe = None;
-                        }
+            let (session, role, a) = (t.session, t.role, t.activity);
+            let (mut punch, mut silent) = (false, false);
+            if let Some(Established { route: Route::Relay { check, .. }, .. }) = t.established_mut() {
+                match *check {
+                    // Only the side that opened the tunnel renegotiates: when both did, each
+                    // side could keep a different one of the two new sessions.
+                    Some(at) if now >= at + RELAY_SILENCE && role == TunnelRole::Initiate => {
+                        *check = None;
+                        silent = true;
                     }
-                }
-                if matches!(act, Act::None) && now >= t.last_tx + cfg_keepalive && t.is_live() {
-                    act = Act::Keepalive;
-                }
-            }
-            _ => {}
-        }
-        match act {
-            Act::None => {}
-            Act::Punch => self.send_hole_punch(now, i, false),
-            Act::Request(req, dst) => self.seal_tun(now, i, dst, &Message::TunnelRequest(*req)),
-            Act::Probe(_, _, true) => self.send_hole_punch(now, i, false),
-            Act::Probe(id, targets, false) => {
-                for dst in targets {
-                    self.send_probe(now, i, id, Some(dst));
-                }
-            }
-            Act::Keepalive => {
-                // Keep the NAT mappings on the path open: punch the RS, or probe the peer
-                // when we are behind NAT (a global node needs no keepalive).
-                let (on_relay, send_to) = self.tunnels.get(i).map_or((false, None), |t| (t.on_relay, t.send_to));
-                if on_relay {
-                    self.send_hole_punch(now, i, false);
-                    if let Some(t) = self.tunnels.get_mut(i) {
-                        t.last_tx = now;
+                    Some(at) if now >= at + RELAY_SILENCE => {
+                        log::debug!("the relay of tunnel {session} stopped answering; the peer renegotiates");
+                        *check = None;
                     }
-                } else if send_to.is_some_and(|a| self.behind_nat_for(&a)) {
-                    let id = self.rng.next_u32();
-                    self.send_probe(now, i, id, None);
-                } else if let Some(t) = self.tunnels.get_mut(i) {
-                    t.last_tx = now;
+                    None if a.last_tx > a.last_rx && now >= a.last_rx + RELAY_SILENCE => {
+                        *check = Some(now);
+                        punch = true;
+                    }
+                    _ => {}
                 }
             }
+            if silent {
+                t.rekey_requested = true;
+                let peer = t.peer.fqdn.clone();
+                log::warn!("the relay of tunnel {session} to {peer} stopped answering; renegotiating");
+                renegotiate = Some((peer, session));
+            }
+            if punch {
+                sends.push(t.hole_punch(now, false));
+            }
         }
-        true
+        let alive = t.drive_state(now, &timing, &mut sends, &mut self.rng, &self.links);
+        drop(t);
+        if let Some((peer, session)) = renegotiate {
+            self.request_direction(now, peer, Some(session));
+        }
+        for s in sends {
+            self.send_udp(s);
+        }
+        alive
     }
 }

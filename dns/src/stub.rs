@@ -82,6 +82,8 @@
 //! `::ffff:a.b.c.d` would not match). There is no TCP listener: a client that gets TC and
 //! retries over TCP needs one in front.
 
+use crate::message::{self, Counts, EDNS_PAYLOAD};
+use crate::queries::{Queries, Retry, Servers};
 use ntm_proto::engine::node::ResolveError;
 use ntm_proto::engine::Rng;
 use ntm_proto::time::{Duration, Instant};
@@ -96,27 +98,17 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
-/// Length of the DNS header.
-const HEADER_LEN: usize = 12;
-/// The message id, the first header field (RFC 1035, 4.1.1).
-const ID_FIELD: Range<usize> = 0..2;
 /// ANCOUNT, NSCOUNT and ARCOUNT, the last three header fields.
 const RECORD_COUNTS: Range<usize> = 6..12;
-/// Shortest question on the wire: the root name, type and class.
-const QUESTION_MIN: usize = 5;
-/// Shortest resource record on the wire: the root name, type, class, TTL and RDLENGTH.
-const RECORD_MIN: usize = 11;
 /// Largest answer for a client without EDNS (RFC 1035, 4.2.1).
 const PLAIN_UDP_MAX: usize = 512;
-/// The UDP payload our own answers advertise (DNS Flag Day 2020).
-const EDNS_PAYLOAD: u16 = 1232;
 /// Longest query accepted: a question is at most 259 bytes and EDNS options (cookie,
 /// padding) a few hundred; the bound caps what `max_pending` stored queries cost.
 pub const QUERY_MAX: usize = 4096;
 /// How long a hooked query waits for [`DnsStub::resolved`] before it is answered SERVFAIL.
 pub const HOOK_BACKSTOP: Duration = Duration::from_secs(30);
 /// Sends of a forwarded query in all: the first, and one retry on the next upstream.
-const UPSTREAM_TRIES: u8 = 2;
+const UPSTREAM_TRIES: u32 = 2;
 
 /// How the stub behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,7 +127,15 @@ pub struct StubConfig {
     /// Look-ups of new node names (each one a negotiation at the DC) one client address
     /// may start per second, on average, and at once: a token bucket per client.
     pub lookups_per_sec: u32,
+    /// The bucket's size: look-ups a client may start at once.
     pub lookup_burst: u32,
+}
+
+impl StubConfig {
+    /// Where and how often forwarded queries go.
+    fn servers(&self) -> Servers<'_> {
+        Servers { list: &self.upstream, timeout: self.upstream_timeout, tries: UPSTREAM_TRIES }
+    }
 }
 
 impl Default for StubConfig {
@@ -221,7 +221,8 @@ struct ClientQuery {
     question: Question<'static>,
     /// The client's EDNS payload size, if it sent an OPT record.
     edns: Option<u16>,
-    /// The query as received; its id field is rewritten when it goes upstream.
+    /// The query as received. It moves to the upstream table when it goes upstream, and
+    /// its id field is rewritten there.
     bytes: Vec<u8>,
 }
 
@@ -246,20 +247,6 @@ struct Hook {
     deadline: Instant,
 }
 
-/// A query sent upstream.
-#[derive(Debug)]
-struct Forward {
-    query: ClientQuery,
-    /// Sends so far.
-    tries: u8,
-    /// Index in `upstream` of the latest send.
-    server: usize,
-    /// Upstreams this query went to; a reply from any of them counts.
-    sent_to: Vec<SocketAddr>,
-    /// When the current try times out.
-    deadline: Instant,
-}
-
 /// The header fields the stub reads before (or without) decoding the whole message.
 #[derive(Clone, Copy, Debug)]
 struct RawHeader {
@@ -272,7 +259,7 @@ struct RawHeader {
 impl RawHeader {
     fn read(bytes: &[u8]) -> Option<RawHeader> {
         // header_buffer's readers index the buffer: only call them on a whole header.
-        if bytes.len() < HEADER_LEN {
+        if bytes.len() < message::HEADER_LEN {
             return None;
         }
         Some(RawHeader {
@@ -295,14 +282,13 @@ enum Bad {
 /// The DNS hook; see the module documentation.
 pub struct DnsStub {
     cfg: StubConfig,
-    rng: Rng,
     next_token: u64,
     /// Hooked names by token.
     hooks: BTreeMap<u64, Hook>,
     /// The token of each hooked name.
     by_name: BTreeMap<Fqdn, u64>,
-    /// Forwarded queries by their upstream id.
-    forwards: BTreeMap<u16, Forward>,
+    /// Forwarded queries, by their upstream id.
+    forwards: Queries<ClientQuery>,
     transmits: VecDeque<(Dest, SocketAddr, Vec<u8>)>,
     /// Look-up budgets by client address (at most [`CLIENTS_MAX`]), and of all clients
     /// together ([`TOTAL_SHARES`] clients' worth), so that many client addresses do not
@@ -350,11 +336,10 @@ impl DnsStub {
     pub fn new(cfg: StubConfig, rng: Rng) -> Self {
         DnsStub {
             cfg,
-            rng,
             next_token: 1,
             hooks: BTreeMap::new(),
             by_name: BTreeMap::new(),
-            forwards: BTreeMap::new(),
+            forwards: Queries::new(rng),
             transmits: VecDeque::new(),
             buckets: Vec::new(),
             total: None,
@@ -429,15 +414,15 @@ impl DnsStub {
             bump(&mut self.stats.malformed);
             return;
         };
-        let Some(fwd) = self.forwards.get(&header.id) else {
+        let Some(query) = self.forwards.awaited(header.id, from) else {
             bump(&mut self.stats.ignored);
             return;
         };
-        if !header.response || header.opcode != OPCODE::StandardQuery || !fwd.sent_to.contains(&from) {
+        if !header.response || header.opcode != OPCODE::StandardQuery {
             bump(&mut self.stats.ignored);
             return;
         }
-        let rcode = match reply_question_matches(bytes, &fwd.query.question) {
+        let rcode = match reply_question_matches(bytes, &query.question) {
             Some((true, rcode)) => rcode,
             Some((false, _)) => {
                 bump(&mut self.stats.ignored);
@@ -448,15 +433,14 @@ impl DnsStub {
                 return;
             }
         };
-        let Some(fwd) = self.forwards.remove(&header.id) else { return };
-        let query = fwd.query;
+        let Some(query) = self.forwards.remove(header.id) else { return };
         bump(&mut self.stats.relayed);
         if bytes.len() > query.limit() {
             self.respond_truncated(&query, rcode);
             return;
         }
         let mut relay = bytes.to_vec();
-        if set_id(&mut relay, query.id) {
+        if message::set_id(&mut relay, query.id) {
             self.transmits.push_back((Dest::Client, query.client, relay));
         }
     }
@@ -472,27 +456,12 @@ impl DnsStub {
     /// the next upstream or answered SERVFAIL; hooked names past the backstop are answered
     /// SERVFAIL.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<u16> = self.forwards.iter().filter(|(_, f)| f.deadline <= now).map(|(&id, _)| id).collect();
-        for id in due {
+        for id in self.forwards.due(now) {
             bump(&mut self.stats.upstream_timeouts);
-            let servers = &self.cfg.upstream;
-            let Some(fwd) = self.forwards.get_mut(&id) else { continue };
-            let next = fwd.server.checked_add(1).and_then(|i| i.checked_rem(servers.len()));
-            match next.and_then(|i| Some((i, *servers.get(i)?))) {
-                Some((index, server)) if fwd.tries < UPSTREAM_TRIES => {
-                    fwd.tries = fwd.tries.saturating_add(1);
-                    fwd.server = index;
-                    fwd.deadline = now + self.cfg.upstream_timeout;
-                    if !fwd.sent_to.contains(&server) {
-                        fwd.sent_to.push(server);
-                    }
-                    self.transmits.push_back((Dest::Upstream, server, fwd.query.bytes.clone()));
-                }
-                _ => {
-                    if let Some(fwd) = self.forwards.remove(&id) {
-                        self.servfail(&fwd.query);
-                    }
-                }
+            match self.forwards.retry(now, id, self.cfg.servers()) {
+                Some(Retry::Sent(server, bytes)) => self.transmits.push_back((Dest::Upstream, server, bytes)),
+                Some(Retry::Failed(query)) => self.servfail(&query),
+                None => {}
             }
         }
 
@@ -509,9 +478,8 @@ impl DnsStub {
 
     /// When to call [`DnsStub::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let forwards = self.forwards.values().map(|f| f.deadline);
-        let hooks = self.hooks.values().map(|h| h.deadline);
-        forwards.chain(hooks).min()
+        let hooks = self.hooks.values().map(|h| h.deadline).min();
+        self.forwards.next_deadline().into_iter().chain(hooks).min()
     }
 
     /// The next datagram to send: (socket, destination, DNS message).
@@ -532,7 +500,7 @@ impl DnsStub {
 
     /// The canonical name if `qname` lies strictly below an NTM domain (rules 1 and 2).
     fn ntm_name(&self, qname: &Name<'_>) -> Option<Fqdn> {
-        let name = to_fqdn(qname)?;
+        let name = message::to_fqdn(qname.as_bytes())?;
         let domains = &self.cfg.ntm_domains;
         let below = domains.iter().any(|d| name.is_within(d)) && !domains.contains(&name);
         below.then_some(name)
@@ -568,7 +536,7 @@ impl DnsStub {
 
     /// Rule 3 for a new client query.
     fn start_forward(&mut self, now: Instant, query: ClientQuery) -> Outcome {
-        if self.forwards.values().any(|f| f.query.same(&query)) {
+        if self.forwards.data().any(|q| q.same(&query)) {
             return Outcome::Nothing;
         }
         if self.admit(&query) {
@@ -620,31 +588,14 @@ impl DnsStub {
     /// Sends `query` to the first upstream under a fresh id; SERVFAIL if there is no
     /// upstream or no free id.
     fn forward(&mut self, now: Instant, mut query: ClientQuery) {
-        let Some(&server) = self.cfg.upstream.first() else {
-            self.servfail(&query);
-            return;
-        };
-        let Some(id) = self.free_id() else {
-            self.servfail(&query);
-            return;
-        };
-        if !set_id(&mut query.bytes, id) {
-            self.servfail(&query);
-            return;
+        let bytes = std::mem::take(&mut query.bytes);
+        match self.forwards.send(now, self.cfg.servers(), bytes, query) {
+            Ok((server, bytes)) => {
+                bump(&mut self.stats.forwarded);
+                self.transmits.push_back((Dest::Upstream, server, bytes));
+            }
+            Err(query) => self.servfail(&query),
         }
-        bump(&mut self.stats.forwarded);
-        self.transmits.push_back((Dest::Upstream, server, query.bytes.clone()));
-        let deadline = now + self.cfg.upstream_timeout;
-        self.forwards.insert(id, Forward { query, tries: 1, server: 0, sent_to: vec![server], deadline });
-    }
-
-    /// A random upstream id that no forwarded query in flight uses.
-    fn free_id(&mut self) -> Option<u16> {
-        let start = self.rng.next_u32().to_be_bytes();
-        let start = u16::from_be_bytes([start[2], start[3]]);
-        // Probe from the random start: with at most max_pending ids taken this ends at
-        // once unless the table is nearly full.
-        (0..=u16::MAX).map(|i| start.wrapping_add(i)).find(|id| !self.forwards.contains_key(id))
     }
 
     /// Rule 1: the virtual address of the type asked for.
@@ -700,7 +651,7 @@ impl DnsStub {
             msg.set_flags(PacketFlag::RECURSION_DESIRED);
         }
         msg.set_flags(PacketFlag::RECURSION_AVAILABLE);
-        if let Ok(bytes) = msg.build_bytes_vec() {
+        if let Ok(bytes) = msg.build_bytes_vec_compressed() {
             self.transmits.push_back((Dest::Client, to, bytes));
         }
     }
@@ -732,16 +683,11 @@ fn decode_query(from: SocketAddr, header: &RawHeader, bytes: &[u8]) -> Result<Cl
     if bytes.len() > QUERY_MAX {
         return Err(Bad::Format);
     }
-    let count = |read: fn(&[u8]) -> simple_dns::Result<u16>| read(bytes).map(usize::from).map_err(|_| Bad::Format);
     // One question, no answers or authority (RFC 9619); the additional section may hold
     // OPT, a cookie's, or TSIG. Checking the counts against the length first also keeps the
     // decoder from reserving room for 65535 records of a 20-byte datagram.
-    let additional = count(header_buffer::additional_records)?;
-    if count(header_buffer::questions)? != 1
-        || count(header_buffer::answers)? != 0
-        || count(header_buffer::name_servers)? != 0
-        || HEADER_LEN + QUESTION_MIN + RECORD_MIN * additional > bytes.len()
-    {
+    let counts = Counts::read(bytes).ok_or(Bad::Format)?;
+    if counts.questions != 1 || counts.answers != 0 || counts.authorities != 0 || !counts.fit(bytes.len()) {
         return Err(Bad::Format);
     }
     let msg = Packet::parse(bytes).map_err(|e| match e {
@@ -766,7 +712,7 @@ fn decode_query(from: SocketAddr, header: &RawHeader, bytes: &[u8]) -> Result<Cl
 /// `asked`: `(matches, rcode)`, or `None` if they do not decode. The record counts are
 /// zeroed in a copy, so simple-dns stops after the question (see rule 3).
 fn reply_question_matches(bytes: &[u8], asked: &Question<'_>) -> Option<(bool, RCODE)> {
-    if bytes.len() < HEADER_LEN || header_buffer::questions(bytes).ok()? != 1 {
+    if Counts::read(bytes).is_none_or(|counts| counts.questions != 1) {
         return Some((false, RCODE::NoError));
     }
     let mut head = bytes.to_vec();
@@ -776,44 +722,12 @@ fn reply_question_matches(bytes: &[u8], asked: &Question<'_>) -> Option<(bool, R
     Some((same_question(question, asked), msg.rcode()))
 }
 
-/// Puts `id` into a message's id field; false if it is shorter than a header.
-fn set_id(bytes: &mut [u8], id: u16) -> bool {
-    if bytes.len() < HEADER_LEN {
-        return false;
-    }
-    match bytes.get_mut(ID_FIELD) {
-        Some(field) => {
-            field.copy_from_slice(&id.to_be_bytes());
-            true
-        }
-        None => false,
-    }
-}
-
 /// Same type, class and name (ASCII case-insensitive: resolvers may randomise case).
 fn same_question(a: &Question<'_>, b: &Question<'_>) -> bool {
-    let (la, lb) = (a.qname.get_labels(), b.qname.get_labels());
     a.qtype == b.qtype
         && a.qclass == b.qclass
         && a.unicast_response == b.unicast_response
-        && la.len() == lb.len()
-        && la.iter().zip(lb).all(|(x, y)| x.as_ref().eq_ignore_ascii_case(y.as_ref()))
-}
-
-/// The canonical form of a DNS name, if it is a valid node name. Labels are checked before
-/// joining, so a label holding a dot cannot pass for two.
-fn to_fqdn(name: &Name<'_>) -> Option<Fqdn> {
-    let mut text = String::new();
-    for label in name.as_bytes() {
-        if !label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return None;
-        }
-        if !text.is_empty() {
-            text.push('.');
-        }
-        text.extend(label.iter().map(|&b| char::from(b)));
-    }
-    Fqdn::new(&text).ok()
+        && message::same_name(a.qname.get_labels(), b.qname.get_labels())
 }
 
 fn bump(counter: &mut u64) {
@@ -823,6 +737,7 @@ fn bump(counter: &mut u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::set_id;
     use ntm_proto::wire::refusal::Reason;
     use rand_chacha::rand_core::{CryptoRng, RngCore, SeedableRng};
     use rand_chacha::ChaCha8Rng;

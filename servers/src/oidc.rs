@@ -1,7 +1,9 @@
 //! OpenID Connect ID tokens as a login credential (spec 4.1: "an ID token from a configured
 //! provider; no password"). [`verify_id_token`] checks a compact JWS against the configured
 //! [`OidcProvider`]s: signature, issuer, audience, expiry; only a token that passes every
-//! check yields [`IdClaims`], which is what the AS's login logic maps to an account.
+//! check yields [`IdClaims`], which the AS's account store maps to an account. The AS
+//! engine sees none of it: it hands the token to the daemon's `Accounts` and takes the
+//! verdict.
 //!
 //! Contract:
 //! - Only ES256 (ECDSA P-256 with SHA-256, RFC 7518 3.4) is accepted. `none`, the HMAC
@@ -20,10 +22,13 @@
 //! Not checked here: the OIDC `nonce` (it binds a token to a browser flow the AS does not
 //! run; the login sequence carries no nonce to compare with) and `at_hash`/`c_hash`.
 
-use crate::crypto::pk::{PublicKey, Signature, SIGNATURE_LEN};
 use base64ct::{Base64UrlUnpadded, Encoding};
 use core::fmt;
+use ntm_proto::crypto::pk::{PublicKey, Signature, SIGNATURE_LEN};
 use serde_json::{Map, Value};
+
+/// The clock skew allowed for a token's times unless configured otherwise.
+pub const DEFAULT_LEEWAY_SECS: u64 = 60;
 
 /// The longest token accepted, in bytes. Real ID tokens are well under 2 KiB; the cap
 /// bounds what an unauthenticated client can make the AS decode and parse.
@@ -413,7 +418,7 @@ fn echo(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::pk::KeyPair;
+    use ntm_proto::crypto::pk::KeyPair;
     use rand_chacha::rand_core::{RngCore, SeedableRng};
     use serde_json::json;
 

@@ -55,29 +55,20 @@
 //! OS-chosen (random) source port, and report `from` as the nameserver was configured (an
 //! IPv4 server reached over a dual-stack socket must not show up as `::ffff:a.b.c.d`).
 
-use crate::engine::{DcLocation, DnsAnswer, DnsQuery, Rng};
-use crate::time::{Duration, Instant};
-use crate::wire::Fqdn;
+use crate::message::{self, Counts, EDNS_PAYLOAD};
+use crate::queries::{Queries, Retry, Servers};
 use core::cmp::Ordering;
 use core::fmt;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use ntm_proto::engine::{DcLocation, DnsAnswer, DnsQuery, Rng};
+use ntm_proto::time::{Duration, Instant};
+use ntm_proto::wire::Fqdn;
 use simple_dns::rdata::{RData, OPT};
-use simple_dns::{
-    header_buffer, Label, Name, Packet, PacketFlag, ResourceRecord, CLASS, OPCODE, QCLASS, QTYPE, RCODE, TYPE,
-};
+use simple_dns::{Label, Name, Packet, PacketFlag, ResourceRecord, CLASS, OPCODE, QCLASS, QTYPE, RCODE, TYPE};
 use std::collections::{BTreeMap, VecDeque};
 
-/// The UDP payload size advertised with EDNS(0) (the DNS Flag Day 2020 value: no
-/// fragmentation on any common path).
-const EDNS_PAYLOAD: u16 = 1232;
 /// Longest CNAME chain chased inside one response.
 const CNAME_CHAIN_MAX: usize = 8;
-/// Length of the DNS header.
-const HEADER_LEN: usize = 12;
-/// Shortest question on the wire: the root name, type and class.
-const QUESTION_MIN: usize = 5;
-/// Shortest resource record on the wire: the root name, type, class, TTL and RDLENGTH.
-const RECORD_MIN: usize = 11;
 
 /// How a [`Locator`] finds DCs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +88,13 @@ pub struct LocatorConfig {
     pub attempts: u32,
     /// Lookups in progress at once; a lookup beyond it fails at once.
     pub max_pending: usize,
+}
+
+impl LocatorConfig {
+    /// Where and how often queries go.
+    fn servers(&self) -> Servers<'_> {
+        Servers { list: &self.nameservers, timeout: self.timeout, tries: self.attempts }
+    }
 }
 
 impl Default for LocatorConfig {
@@ -179,30 +177,21 @@ struct Lookup {
     expect: Expect,
 }
 
-/// A query on the wire.
+/// What the locator keeps with a query on the wire.
 #[derive(Debug)]
 struct Outstanding {
     /// The lookup it belongs to.
     lookup: u64,
     /// What was asked; a reply must carry exactly this question.
     question: Asked,
-    /// The encoded query, sent again as it is.
-    bytes: Vec<u8>,
-    /// Sends so far.
-    tries: u32,
-    /// Servers it was sent to (at most the configured ones: a server is listed once).
-    sent_to: Vec<SocketAddr>,
-    /// When the current try times out.
-    deadline: Instant,
 }
 
 /// Locates DCs by DNS; see the module documentation.
 pub struct Locator {
     cfg: LocatorConfig,
-    rng: Rng,
     next_slot: u64,
     lookups: BTreeMap<u64, Lookup>,
-    outstanding: BTreeMap<u16, Outstanding>,
+    outstanding: Queries<Outstanding>,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     answers: VecDeque<(u64, DnsAnswer)>,
     stats: LocatorStats,
@@ -224,10 +213,9 @@ impl Locator {
     pub fn new(cfg: LocatorConfig, rng: Rng) -> Self {
         Locator {
             cfg,
-            rng,
             next_slot: 0,
             lookups: BTreeMap::new(),
-            outstanding: BTreeMap::new(),
+            outstanding: Queries::new(rng),
             transmits: VecDeque::new(),
             answers: VecDeque::new(),
             stats: LocatorStats::default(),
@@ -278,9 +266,8 @@ impl Locator {
             return;
         };
         let id = msg.id();
-        let matches = self.outstanding.get(&id).is_some_and(|out| {
-            out.sent_to.contains(&from)
-                && msg.has_flags(PacketFlag::RESPONSE)
+        let matches = self.outstanding.awaited(id, from).is_some_and(|out| {
+            msg.has_flags(PacketFlag::RESPONSE)
                 && msg.opcode() == OPCODE::StandardQuery
                 && msg.questions.len() == 1
                 && msg.questions.first().is_some_and(|q| out.question.matches(q))
@@ -299,7 +286,7 @@ impl Locator {
             self.try_failed(now, id);
             return;
         }
-        if let Some(out) = self.outstanding.remove(&id) {
+        if let Some(out) = self.outstanding.remove(id) {
             self.on_reply(now, out, &Reply::new(&msg));
         }
     }
@@ -307,10 +294,9 @@ impl Locator {
     /// The deadline from [`Locator::poll_timeout`] passed: queries due are sent again, or
     /// fail when their attempts are used up.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<u16> = self.outstanding.iter().filter(|(_, out)| out.deadline <= now).map(|(&id, _)| id).collect();
-        for id in due {
+        for id in self.outstanding.due(now) {
             // An earlier failure in this loop may have ended the lookup and its queries.
-            if self.outstanding.contains_key(&id) {
+            if self.outstanding.contains(id) {
                 self.stats.timeouts = self.stats.timeouts.saturating_add(1);
                 self.try_failed(now, id);
             }
@@ -329,7 +315,7 @@ impl Locator {
 
     /// When to call [`Locator::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.outstanding.values().map(|out| out.deadline).min()
+        self.outstanding.next_deadline()
     }
 
     /// Replaces the nameservers (same ones, reordered by the driver when its address
@@ -370,14 +356,14 @@ impl Locator {
     fn apply(&mut self, now: Instant, slot: u64, id: u64, step: Step) {
         match step {
             Step::Done(answer) => {
-                self.outstanding.retain(|_, out| out.lookup != slot);
+                self.outstanding.retain(|out| out.lookup != slot);
                 self.answers.push_back((id, answer));
             }
             Step::Wait(stage) => {
                 self.lookups.insert(slot, Lookup { id, expect: stage });
             }
             Step::Ask(stage, questions) => {
-                self.outstanding.retain(|_, out| out.lookup != slot);
+                self.outstanding.retain(|out| out.lookup != slot);
                 self.lookups.insert(slot, Lookup { id, expect: stage });
                 for (name, rtype) in questions {
                     if !self.send(now, slot, name, rtype) {
@@ -393,45 +379,23 @@ impl Locator {
     /// Sends a new query to the first nameserver. False if there is no nameserver, no
     /// free DNS id or the message does not encode.
     fn send(&mut self, now: Instant, lookup: u64, name: DName, rtype: TYPE) -> bool {
-        let Some(&server) = self.cfg.nameservers.first() else { return false };
-        let Some(id) = self.free_id() else { return false };
         let question = Asked { name, rtype };
-        let Ok(bytes) = question.encode(id) else { return false };
-        self.transmits.push_back((server, bytes.clone()));
-        let deadline = now + self.cfg.timeout;
-        self.outstanding.insert(id, Outstanding { lookup, question, bytes, tries: 1, sent_to: vec![server], deadline });
-        true
-    }
-
-    /// A random DNS id no outstanding query uses.
-    fn free_id(&mut self) -> Option<u16> {
-        let start = self.rng.next_u32().to_be_bytes();
-        let start = u16::from_be_bytes([start[2], start[3]]);
-        // Probe from the random start: at most 2 x max_pending ids are taken, so this
-        // ends at once unless the table is close to full.
-        (0..=u16::MAX).map(|i| start.wrapping_add(i)).find(|id| !self.outstanding.contains_key(id))
+        let Ok(bytes) = question.encode() else { return false };
+        match self.outstanding.send(now, self.cfg.servers(), bytes, Outstanding { lookup, question }) {
+            Ok(transmit) => {
+                self.transmits.push_back(transmit);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// The current try of query `id` failed: send it to the next nameserver, or fail it.
     fn try_failed(&mut self, now: Instant, id: u16) {
-        let attempts = self.cfg.attempts.max(1);
-        let servers = &self.cfg.nameservers;
-        let Some(out) = self.outstanding.get_mut(&id) else { return };
-        let next = usize::try_from(out.tries).ok().and_then(|t| servers.get(t.checked_rem(servers.len())?));
-        match next {
-            Some(&server) if out.tries < attempts => {
-                out.tries = out.tries.saturating_add(1);
-                out.deadline = now + self.cfg.timeout;
-                if !out.sent_to.contains(&server) {
-                    out.sent_to.push(server);
-                }
-                self.transmits.push_back((server, out.bytes.clone()));
-            }
-            _ => {
-                if let Some(out) = self.outstanding.remove(&id) {
-                    self.on_failure(now, out);
-                }
-            }
+        match self.outstanding.retry(now, id, self.cfg.servers()) {
+            Some(Retry::Sent(server, bytes)) => self.transmits.push_back((server, bytes)),
+            Some(Retry::Failed(out)) => self.on_failure(now, out),
+            None => {}
         }
     }
 
@@ -631,23 +595,13 @@ impl DName {
     /// The name as the engines spell it, if it is a valid [`Fqdn`] (not the root, only
     /// letters, digits, hyphens and underscores).
     fn to_fqdn(&self) -> Option<Fqdn> {
-        let mut text = String::new();
-        for label in &self.0 {
-            if !label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return None;
-            }
-            if !text.is_empty() {
-                text.push('.');
-            }
-            text.extend(label.iter().map(|&b| char::from(b)));
-        }
-        Fqdn::new(&text).ok()
+        message::to_fqdn(self.0.iter().map(Vec::as_slice))
     }
 }
 
 impl PartialEq for DName {
     fn eq(&self, other: &DName) -> bool {
-        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| a.eq_ignore_ascii_case(b))
+        message::same_name(&self.0, &other.0)
     }
 }
 
@@ -680,12 +634,13 @@ struct Asked {
 
 impl Asked {
     /// The query: this question, recursion desired, an EDNS(0) payload of [`EDNS_PAYLOAD`].
-    fn encode(&self, id: u16) -> simple_dns::Result<Vec<u8>> {
-        let mut msg = Packet::new_query(id);
+    /// Its id is 0 until [`Queries::send`] gives it one.
+    fn encode(&self) -> simple_dns::Result<Vec<u8>> {
+        let mut msg = Packet::new_query(0);
         msg.set_flags(PacketFlag::RECURSION_DESIRED);
         msg.questions.push(simple_dns::Question::new(self.name.to_wire(), self.rtype.into(), CLASS::IN.into(), false));
         *msg.opt_mut() = Some(OPT { opt_codes: Vec::new(), udp_packet_size: EDNS_PAYLOAD, version: 0 });
-        msg.build_bytes_vec()
+        msg.build_bytes_vec_compressed()
     }
 
     /// True if a reply's question is exactly this one (the name in any case). A class
@@ -754,21 +709,10 @@ fn in_class(section: &[ResourceRecord<'_>]) -> Vec<Rec> {
         .collect()
 }
 
-/// Decodes a datagram as a DNS message with simple-dns. The section counts are checked
-/// against the datagram's length first (a question takes 5 bytes at least, a record 11):
-/// the decoder reserves room for every counted entry before reading any, so a short
-/// datagram must not make it reserve megabytes.
+/// Decodes a datagram as a DNS message with simple-dns, once its section counts are known
+/// to fit its length ([`Counts::fit`]).
 fn decode(bytes: &[u8]) -> Option<Packet<'_>> {
-    // header_buffer's readers index the buffer: only call them on a whole header.
-    if bytes.len() < HEADER_LEN {
-        return None;
-    }
-    let count = |read: fn(&[u8]) -> simple_dns::Result<u16>| read(bytes).ok().map(usize::from);
-    let questions = count(header_buffer::questions)?;
-    let records = count(header_buffer::answers)?
-        + count(header_buffer::name_servers)?
-        + count(header_buffer::additional_records)?;
-    if HEADER_LEN + QUESTION_MIN * questions + RECORD_MIN * records > bytes.len() {
+    if !Counts::read(bytes)?.fit(bytes.len()) {
         return None;
     }
     Packet::parse(bytes).ok()
@@ -823,6 +767,7 @@ fn address(record: &Rec, rtype: TYPE) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::HEADER_LEN;
     use rand_chacha::rand_core::SeedableRng;
     use simple_dns::rdata::{A, AAAA, CNAME, NS, SOA};
     use simple_dns::Question;

@@ -1,4 +1,4 @@
-//! Drives [`ntm_proto::dns::Locator`] against a real DNS server (house style, rule 19):
+//! Drives [`ntm_dns::Locator`] against a real DNS server (house style, rule 19):
 //! NSD, NLnet Labs' authoritative server, run in the foreground on 127.0.0.1 at a random
 //! high port from a temporary directory, serving a parent zone `ntm.test` with two
 //! delegated NTM zones:
@@ -14,11 +14,10 @@
 //! The test is skipped, with a notice on stderr, when `nsd` is not installed; CI installs
 //! it (`apt-get install -y nsd`). The server is stopped by its PID (SIGTERM, then SIGKILL)
 //! and its directory removed when the test ends, also when it fails.
-#![cfg(feature = "dns")]
 // A driver: sockets, clock, processes and files are its job, and the skip notice is printed.
 #![allow(clippy::disallowed_methods, clippy::print_stderr)]
 
-use ntm_proto::dns::{Locator, LocatorConfig};
+use ntm_dns::{Locator, LocatorConfig};
 use ntm_proto::engine::{DcLocation, DnsAnswer, DnsQuery};
 use ntm_proto::wire::Fqdn;
 use ntm_proto::Instant;

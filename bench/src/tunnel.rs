@@ -1,0 +1,174 @@
+//! Part: tunnel throughput and latency over the direct path, ntmobile (both builds) beside
+//! the bare path and the peers, round after round; each row keeps its best round.
+
+use crate::deploy::{agent_pid, agents_down, agents_up_with, NtmBuild, A_IP, B_IP};
+use crate::footprint::Footprint;
+use crate::measure::{measure, Measured, IPERF_SERVER};
+use crate::opts::Opts;
+use crate::peers::{peer_down, peer_up, Peer};
+use crate::table::Table;
+use crate::util::{gbit, log, mib, Res};
+use ntm_lab::deploy::Deployment;
+use std::time::Duration;
+
+pub fn tunnel_header() -> Vec<&'static str> {
+    vec![
+        "path",
+        "a→b Gbit/s",
+        "b→a Gbit/s",
+        "vs best peer",
+        "ping RTT ms",
+        "CPU s per Gbit (both ends)",
+        "RSS idle / peak MiB (larger end)",
+    ]
+}
+
+pub fn tunnel_row(name: &str, m: &Measured, best: Option<f64>) -> Vec<String> {
+    vec![
+        name.to_string(),
+        gbit(m.fwd_bps),
+        gbit(m.rev_bps),
+        best.filter(|b| *b > 0.0).map(|b| format!("{:.2}x", m.mean_bps() / b)).unwrap_or_else(|| "-".into()),
+        format!("{:.3}", m.rtt_ms),
+        if m.cpu > 0.0 { format!("{:.2}", m.cpu_per_gbit()) } else { "-".into() },
+        if m.rss.is_empty() { "-".into() } else { format!("{} / {}", mib(m.rss_idle()), mib(m.rss_peak())) },
+    ]
+}
+
+fn keep_best(slot: &mut Option<Res<Measured>>, r: Res<Measured>) {
+    let better = match (&*slot, &r) {
+        (None, _) | (Some(Err(_)), Ok(_)) => true,
+        (Some(Ok(old)), Ok(new)) => new.mean_bps() > old.mean_bps(),
+        _ => false,
+    };
+    if better {
+        *slot = Some(r);
+    }
+}
+
+pub fn part_tunnel(d: &mut Deployment, o: &Opts, fp: &mut Footprint) -> Table {
+    let mut t = Table::new("Tunnel throughput and latency (direct)", &tunnel_header());
+    t.intro = format!(
+        "Box a (198.51.100.2) and box b (203.0.113.2) of the lab deployment, joined through the lab's \
+         router by veth links; every row uses these same two namespaces and links, one after the other, \
+         in each of {} round(s). iperf3, one TCP stream, {} s each way; ping every 20 ms. Each row \
+         keeps its best round.",
+        o.rounds, o.secs
+    );
+    let (a, b) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone());
+    // One iperf3 server in box b for the whole part (it listens on every address).
+    if let Err(e) = d.lab.spawn(&b, "iperf-server", IPERF_SERVER, &[]) {
+        t.skip("all", &format!("failed: iperf3 server: {e}"));
+        return t;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let ends = [(a.clone(), A_IP), (b.clone(), B_IP)];
+    let mut bare: Option<Res<Measured>> = None;
+    // The agent as built for routers (release: opt-level "z", AES-CCM at 3) and for x86_64
+    // servers and gateways (profile speed: all at opt-level 3), each its own row.
+    let mut ntm: Vec<(NtmBuild, Option<Res<Measured>>)> = NtmBuild::ALL.iter().map(|b| (*b, None)).collect();
+    let mut peers: Vec<(Peer, Option<Res<Measured>>)> = Peer::ALL.iter().map(|p| (*p, None)).collect();
+    for round in 0..o.rounds {
+        log(&format!("tunnel round {}: bare path", round + 1));
+        let r = measure(&mut d.lab, &a, B_IP, &[], &[], o, &format!("bare{round}"));
+        keep_best(&mut bare, r);
+
+        for (build, slot) in ntm.iter_mut() {
+            let ntmd = build.ntmd(&d.bins);
+            if !ntmd.is_file() {
+                continue;
+            }
+            log(&format!("tunnel round {}: {}", round + 1, build.name()));
+            let r = agents_up_with(d, "direct", &ntmd).and_then(|b4| {
+                let pids: Vec<u32> = (0..2).filter_map(|i| agent_pid(d, i)).collect();
+                measure(&mut d.lab, &a, &b4, &pids, &[], o, &format!("ntm-{}{round}", build.tag()))
+            });
+            if let Err(e) = &r {
+                log(&format!("{}: {e}", build.name()));
+            }
+            keep_best(slot, r);
+            agents_down(d);
+        }
+
+        for (peer, slot) in peers.iter_mut() {
+            if peer.missing().is_some() {
+                continue;
+            }
+            log(&format!("tunnel round {}: {}", round + 1, peer.name()));
+            let r = match peer_up(&mut d.lab, &ends, *peer) {
+                Ok(up) => {
+                    let pids: Vec<u32> = up.procs.iter().map(|p| d.lab.proc(*p).pid()).collect();
+                    let r = measure(&mut d.lab, &a, &up.target, &pids, &[], o, &format!("{}{round}", peer.plan().0));
+                    peer_down(&mut d.lab, &ends, &up);
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &r {
+                log(&format!("{}: {e}", peer.name()));
+            }
+            keep_best(slot, r);
+        }
+    }
+    let best_peer = peers
+        .iter()
+        .filter_map(|(p, r)| match r {
+            Some(Ok(m)) => Some((*p, m.mean_bps())),
+            _ => None,
+        })
+        .max_by(|x, y| x.1.total_cmp(&y.1));
+    let best = best_peer.map(|b| b.1);
+    let emit = |t: &mut Table, name: &str, r: &Option<Res<Measured>>| match r {
+        Some(Ok(m)) => t.row(tunnel_row(name, m, best)),
+        Some(Err(e)) => t.skip(name, &format!("failed: {e}")),
+        None => t.skip(name, "skipped"),
+    };
+    emit(&mut t, "bare path (no tunnel)", &bare);
+    for (build, r) in &ntm {
+        let ntmd = build.ntmd(&d.bins);
+        if ntmd.is_file() {
+            emit(&mut t, &format!("**{}**", build.name()), r);
+        } else {
+            t.skip(
+                &format!("**{}**", build.name()),
+                &format!("skipped: {} not built ({})", ntmd.display(), build.how()),
+            );
+        }
+    }
+    for (p, r) in &peers {
+        match (p.missing(), r) {
+            (Some(why), _) => t.skip(p.name(), &why),
+            (None, r) => emit(&mut t, p.name(), r),
+        }
+    }
+    if let Some((p, _)) = best_peer {
+        t.note(format!(
+            "best peer in this run: {} (the ratio column divides the mean of both directions by its mean)",
+            p.name()
+        ));
+    }
+    for (build, r) in &ntm {
+        if let Some(Ok(m)) = r {
+            if let Some(b) = best {
+                t.note(format!(
+                    "{} against the best peer: {:.2}x (target: at least 1.2x)",
+                    build.name(),
+                    m.mean_bps() / b
+                ));
+            }
+            fp.rss.push((format!("ntmd, {} (each box)", build.profile()), m.rss_idle(), m.rss_peak()));
+        }
+    }
+    for (p, r) in &peers {
+        if let Some(Ok(m)) = r {
+            fp.rss.push((p.name().into(), m.rss_idle(), m.rss_peak()));
+        }
+    }
+    t.note(
+        "CPU: utime+stime of the two tunnel daemons (/proc/PID/stat) over both iperf3 runs, divided by the \
+         gigabits received; kernel work done outside the daemons' system calls (softirq) is not in it, for \
+         any row. RSS: VmRSS before the runs and VmHWM after them, of the larger of the two ends.",
+    );
+    t.note("ntmobile's rows are measured with `log_level: info` (the daemons' default); the peers use their defaults.");
+    t
+}
