@@ -8,8 +8,8 @@
 # TARGET is armv7, mipsel or mips (big endian); default all three. Per target:
 #   test     ntm-proto's unit and integration tests (all features; and the unit tests
 #            without default features, as the agent uses the library), ntm-dns's (the DC
-#            locator and the DNS stub), the agent's unit tests, its TLS login tests and
-#            its netlink tests against the kernel
+#            locator and the DNS stub), ntm-io's (the I/O layer), the agent's unit tests,
+#            its TLS login tests and its netlink tests against the kernel
 #   release  ntmd and the four servers, release profile (cross/sizes.sh prints sizes);
 #            with --agent-only just ntmd (what the lab needs; the CI's choice)
 # armv7 is built in Thumb-2; release builds keep no backtrace symbolizer (see README).

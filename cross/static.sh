@@ -8,7 +8,7 @@
 #
 # TARGET is armv7, aarch64, mipsel, mips (big endian) or x86_64; default all five. Per target:
 #   test     the tests of cross/build.sh but the lab: ntm-proto (all features, and the unit
-#            tests without default features), ntm-dns, ntmd's unit tests, its TLS login tests
+#            tests without default features), ntm-dns, ntm-io, ntmd's unit tests, its TLS login tests
 #            and its netlink tests against the kernel, one namespace per test (as root)
 #   release  ntmd, and for the 64-bit targets (aarch64, x86_64) the four servers too;
 #            checked static (no program interpreter) and started under qemu. On mips and
