@@ -140,16 +140,10 @@ struct ServerSaw {
     error: Option<String>,
 }
 
+/// The AS's own TLS provider (suites and groups as every server configures them), so that
+/// these tests log in to what a deployment offers.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    use rustls::crypto::ring::{cipher_suite, kx_group};
-    let mut provider = rustls::crypto::ring::default_provider();
-    provider.cipher_suites = vec![
-        cipher_suite::TLS13_AES_128_GCM_SHA256,
-        cipher_suite::TLS13_AES_256_GCM_SHA384,
-        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
-    ];
-    provider.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
-    Arc::new(provider)
+    ntm_servers::pki::provider()
 }
 
 /// A TLS 1.3 server presenting `chain` with `key`; client certificates from `ca` are required
