@@ -92,6 +92,15 @@ impl Framed {
         self.decoder.next_frame()
     }
 
+    /// Takes every whole frame buffered into `out`, in order. An error means a bad frame
+    /// came after those taken: the stream must be closed.
+    pub fn take_frames(&mut self, out: &mut Vec<Vec<u8>>) -> Result<(), WireError> {
+        while let Some(frame) = self.next_frame()? {
+            out.push(frame);
+        }
+        Ok(())
+    }
+
     /// Bytes held and not yet taken as frames.
     pub fn buffered(&self) -> usize {
         self.decoder.buffered()

@@ -71,17 +71,7 @@ impl Agent {
         let result = tls.drive();
         framed.push(&tls.take_received());
         let mut frames = Vec::new();
-        let mut bad = false;
-        loop {
-            match framed.next_frame() {
-                Ok(Some(f)) => frames.push(f),
-                Ok(None) => break,
-                Err(_) => {
-                    bad = true;
-                    break;
-                }
-            }
-        }
+        let bad = framed.take_frames(&mut frames).is_err();
         let interest = if tls.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
         let _ = self.poll.registry().reregister(tls.stream_mut(), AS_CONN, interest);
         for f in frames {
@@ -168,15 +158,8 @@ impl Agent {
                 ReadResult::Empty => {}
                 ReadResult::End | ReadResult::Fail => dead = true,
             }
-            loop {
-                match c.framed.next_frame() {
-                    Ok(Some(f)) => frames.push(f),
-                    Ok(None) => break,
-                    Err(_) => {
-                        dead = true;
-                        break;
-                    }
-                }
+            if c.framed.take_frames(&mut frames).is_err() {
+                dead = true;
             }
             if c.framed.over_cap() || (!dead && !c.framed.write_to(&mut c.stream)) {
                 dead = true;
