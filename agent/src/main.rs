@@ -21,13 +21,12 @@ use ntm_cmdline::{Command, Failure};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: ntm_cmdline::Usage = ntm_cmdline::Usage {
-    program: "ntmd",
-    version: env!("CARGO_PKG_VERSION"),
-    about: "the NTMobile agent (TUN device, tunnels, DNS hook, login to the AS)",
-    run_note: "needs CAP_NET_ADMIN",
-    commands: &[],
-};
+const USAGE: ntm_cmdline::Usage = ntm_cmdline::Usage::new(
+    "ntmd",
+    env!("CARGO_PKG_VERSION"),
+    "the NTMobile agent (TUN device, tunnels, DNS hook, login to the AS)",
+)
+.with_run_note("needs CAP_NET_ADMIN");
 
 fn load(path: &std::path::Path) -> Result<(config::AgentFile, material::Material), Failure> {
     let cfg = config::load(path)?;

@@ -127,6 +127,22 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// A program with only the common commands and nothing to note on `run`; `version` is
+    /// its crate's `env!("CARGO_PKG_VERSION")`.
+    pub const fn new(program: &'static str, version: &'static str, about: &'static str) -> Usage {
+        Usage { program, version, about, run_note: "", commands: &[] }
+    }
+
+    /// The same usage with a note on what `run` needs.
+    pub const fn with_run_note(self, run_note: &'static str) -> Usage {
+        Usage { run_note, ..self }
+    }
+
+    /// The same usage with the program's own commands (first word, whole usage text).
+    pub const fn with_commands(self, commands: &'static [(&'static str, &'static str)]) -> Usage {
+        Usage { commands, ..self }
+    }
+
     /// `PROGRAM VERSION (commit C)`.
     pub fn version_line(&self) -> String {
         match GIT_COMMIT {

@@ -365,14 +365,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     match first.to_str() {
         Some("-h" | "--help" | "help") => ntm_cmdline::out(&help()),
         Some("-V" | "--version") => {
-            let usage = ntm_cmdline::Usage {
-                program: PROGRAM,
-                version: env!("CARGO_PKG_VERSION"),
-                about: "",
-                run_note: "",
-                commands: &[],
-            };
-            usage.print_version();
+            ntm_cmdline::Usage::new(PROGRAM, env!("CARGO_PKG_VERSION"), "").print_version();
         }
         Some(_) if rest.iter().any(|a| a == "-h" || a == "--help") => ntm_cmdline::out(&help()),
         Some(sub) => {

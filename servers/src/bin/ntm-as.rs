@@ -3,13 +3,12 @@
 
 use ntm_servers::{cli, config::AsFile, daemon::account};
 
-const USAGE: cli::Usage = cli::Usage {
-    program: "ntm-as",
-    version: env!("CARGO_PKG_VERSION"),
-    about: "the NTMobile Account Server (accounts, login) and its administration commands",
-    run_note: "",
-    commands: account::ADMIN_USAGE,
-};
+const USAGE: cli::Usage = cli::Usage::new(
+    "ntm-as",
+    env!("CARGO_PKG_VERSION"),
+    "the NTMobile Account Server (accounts, login) and its administration commands",
+)
+.with_commands(account::ADMIN_USAGE);
 
 fn main() {
     std::process::exit(cli::main_with(&USAGE, |c: &AsFile| &c.common, account::build, Some(account::admin)));

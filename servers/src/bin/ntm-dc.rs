@@ -3,13 +3,11 @@
 
 use ntm_servers::{cli, config::DcFile, daemon::dc};
 
-const USAGE: cli::Usage = cli::Usage {
-    program: "ntm-dc",
-    version: env!("CARGO_PKG_VERSION"),
-    about: "the NTMobile Direction Coordinator (registration, virtual addresses, routes)",
-    run_note: "",
-    commands: &[],
-};
+const USAGE: cli::Usage = cli::Usage::new(
+    "ntm-dc",
+    env!("CARGO_PKG_VERSION"),
+    "the NTMobile Direction Coordinator (registration, virtual addresses, routes)",
+);
 
 fn main() {
     std::process::exit(cli::main_with(&USAGE, |c: &DcFile| &c.common, dc::build, None));

@@ -3,13 +3,11 @@
 
 use ntm_servers::{cli, config::NsFile, daemon::ns};
 
-const USAGE: cli::Usage = cli::Usage {
-    program: "ntm-ns",
-    version: env!("CARGO_PKG_VERSION"),
-    about: "the NTMobile Notification Server (TCP keepalive for nodes behind NAT)",
-    run_note: "",
-    commands: &[],
-};
+const USAGE: cli::Usage = cli::Usage::new(
+    "ntm-ns",
+    env!("CARGO_PKG_VERSION"),
+    "the NTMobile Notification Server (TCP keepalive for nodes behind NAT)",
+);
 
 fn main() {
     std::process::exit(cli::main_with(&USAGE, |c: &NsFile| &c.common, ns::build, None));

@@ -3,13 +3,7 @@
 
 use ntm_servers::{cli, config::RsFile, daemon::rs};
 
-const USAGE: cli::Usage = cli::Usage {
-    program: "ntm-rs",
-    version: env!("CARGO_PKG_VERSION"),
-    about: "the NTMobile Relay Server",
-    run_note: "",
-    commands: &[],
-};
+const USAGE: cli::Usage = cli::Usage::new("ntm-rs", env!("CARGO_PKG_VERSION"), "the NTMobile Relay Server");
 
 fn main() {
     std::process::exit(cli::main_with(&USAGE, |c: &RsFile| &c.common, rs::build, None));
