@@ -6,12 +6,16 @@
 //! equally good tunnels carries a packet, the order of messages after a timer) the same
 //! from run to run, as the simulator needs.
 //!
-//! Every change to a tunnel goes through a [`TunnelMut`] guard, which on drop files the
-//! tunnel's next deadline in the timer set and, when the tunnel came up or was superseded,
+//! Every change to a tunnel goes through a [`TunnelMut`] guard, which on drop marks the
+//! tunnel's deadline to be filed again in the timer set and, when the tunnel came up or was superseded,
 //! marks the routes of its peer's virtual addresses to be chosen again before the next
 //! lookup (or the next insertion or removal, which keeps that list short). So the data
 //! path finds its tunnel with a binary search, and the next deadline is the first entry of
-//! a sorted list instead of a fold over every tunnel. The table also holds the node's
+//! a sorted list instead of a fold over every tunnel. A deadline is filed again once per
+//! turn of the caller's loop, not once per packet: the guard only notes the tunnel, the
+//! next deadline is the earlier of the table's first entry and those of the noted tunnels,
+//! and the noted tunnels are filed before the due ones are looked for. An entry that went
+//! stale can only wake the node early, to find nothing due. The table also holds the node's
 //! other timers (`timer.rs`): every tunnel change must reach the one table.
 //!
 //! The indexes are sorted Vecs: a few dozen entries (`max_tunnels`), looked up by binary
@@ -59,6 +63,8 @@ struct Index {
     /// Peer virtual addresses whose route is chosen again before the next lookup (a
     /// tunnel to them came up or was superseded).
     stale: Vec<IpAddr>,
+    /// Tunnels changed since their deadline was last filed in `timers` (each once).
+    unfiled: Vec<TunnelId>,
     timers: Timers,
     timing: Timing,
 }
@@ -97,8 +103,14 @@ fn find<K: Ord + Copy, V: Copy>(v: &[(K, V)], key: K) -> Option<V> {
 
 impl Tunnels {
     pub(super) fn new(timing: Timing) -> Self {
-        let index =
-            Index { by_session: Vec::new(), routes: Vec::new(), stale: Vec::new(), timers: Timers::new(), timing };
+        let index = Index {
+            by_session: Vec::new(),
+            routes: Vec::new(),
+            stale: Vec::new(),
+            unfiled: Vec::new(),
+            timers: Timers::new(),
+            timing,
+        };
         Tunnels { all: Vec::new(), index, next_id: 0 }
     }
 
@@ -113,10 +125,15 @@ impl Tunnels {
 
     /// The earliest deadline in the node's timer table.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.index.timers.first()
+        let unfiled = self.index.unfiled.iter().filter_map(|id| self.get(*id)?.deadline(&self.index.timing)).min();
+        match (self.index.timers.first(), unfiled) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// True if a timer for which `which` holds is due at `now`.
+    /// True if a timer for which `which` holds is due at `now`. For the node's other timers:
+    /// a tunnel's entry may wait to be filed again (`due` files them).
     pub(super) fn any_due(&self, now: Instant, which: impl Fn(&Timer) -> bool) -> bool {
         self.index.timers.any_due(now, which)
     }
@@ -145,6 +162,7 @@ impl Tunnels {
         let (_, tunnel) = self.all.remove(i);
         put(&mut self.index.by_session, tunnel.session(), None);
         self.index.timers.set(Timer::Tunnel(id), None);
+        self.index.unfiled.retain(|u| *u != id);
         self.index.mark(tunnel.peer_addrs());
         self.reroute();
         Some(tunnel)
@@ -184,8 +202,19 @@ impl Tunnels {
     }
 
     /// The tunnels whose deadline is at or before `now`, in creation order.
-    pub(super) fn due(&self, now: Instant) -> Vec<TunnelId> {
+    pub(super) fn due(&mut self, now: Instant) -> Vec<TunnelId> {
+        self.file_deadlines();
         self.index.timers.due_tunnels(now)
+    }
+
+    /// Files the deadline of every tunnel changed since the last time.
+    fn file_deadlines(&mut self) {
+        for id in core::mem::take(&mut self.index.unfiled) {
+            if let Ok(i) = self.all.binary_search_by_key(&id, |e| e.0) {
+                let deadline = self.all.get(i).and_then(|e| e.1.deadline(&self.index.timing));
+                self.index.timers.set(Timer::Tunnel(id), deadline);
+            }
+        }
     }
 
     /// Chooses again the tunnel for each stale address. The same choice as a scan of
@@ -207,7 +236,7 @@ impl Tunnels {
     }
 }
 
-/// A tunnel being changed. On drop its timer is filed again, and if it came up or was
+/// A tunnel being changed. On drop its timer is marked to be filed again, and if it came up or was
 /// superseded its peer's routes are marked for choosing again.
 pub(super) struct TunnelMut<'a> {
     tunnel: &'a mut Tunnel,
@@ -235,7 +264,10 @@ impl DerefMut for TunnelMut<'_> {
 
 impl Drop for TunnelMut<'_> {
     fn drop(&mut self) {
-        self.index.timers.set(Timer::Tunnel(self.id), self.tunnel.deadline(&self.index.timing));
+        let unfiled = &mut self.index.unfiled;
+        if unfiled.last() != Some(&self.id) && !unfiled.contains(&self.id) {
+            unfiled.push(self.id);
+        }
         if self.tunnel.route_key() != self.key {
             self.index.mark(self.tunnel.peer_addrs());
         }
