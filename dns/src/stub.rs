@@ -187,6 +187,8 @@ pub struct StubStats {
     pub forwarded: u64,
     /// NOERROR answers made by the stub itself: virtual addresses and NODATA.
     pub answered: u64,
+    /// Of `answered`, those that carried an NTM virtual address (an A or AAAA record).
+    pub virtual_answers: u64,
     /// Upstream replies relayed to clients.
     pub relayed: u64,
     /// SERVFAIL answers, for any reason (the `over_limit` ones included).
@@ -609,6 +611,9 @@ impl DnsStub {
             _ => None,
         };
         bump(&mut self.stats.answered);
+        if rdata.is_some() {
+            bump(&mut self.stats.virtual_answers);
+        }
         self.respond(query, RCODE::NoError, rdata);
     }
 
@@ -868,6 +873,27 @@ mod tests {
         assert_eq!(r.answers[0].ttl, 5);
         assert_eq!(r.answers[0].rdata, RData::AAAA(AAAA { address: u128::from(vaddrs().v6) }));
         assert_eq!(r.opt().map(|o| o.udp_packet_size), Some(EDNS_PAYLOAD));
+    }
+
+    #[test]
+    fn counts_answers_with_a_virtual_address_apart_from_nodata() {
+        let mut s = stub(cfg());
+        // A virtual IPv4 address: counted.
+        let token = resolve(s.handle_query(T0, C1, &query(1, "node.ntm.test", TYPE::A)), "node.ntm.test");
+        s.resolved(T0, token, Ok(vaddrs()));
+        one(&mut s, Dest::Client, C1);
+        // The peer has no IPv6 virtual address: NODATA, answered but not counted.
+        let token = resolve(s.handle_query(T0, C1, &query(2, "node.ntm.test", TYPE::AAAA)), "node.ntm.test");
+        s.resolved(T0, token, Ok(VirtualAddrs { v6: std::net::Ipv6Addr::UNSPECIFIED, ..vaddrs() }));
+        assert!(Packet::parse(&one(&mut s, Dest::Client, C1)).unwrap().answers.is_empty());
+        // Another type for an NTM name: NODATA, not counted.
+        s.handle_query(T0, C1, &query(3, "node.ntm.test", TYPE::MX));
+        one(&mut s, Dest::Client, C1);
+        // A refused resolve: SERVFAIL, not counted.
+        let token = resolve(s.handle_query(T0, C1, &query(4, "other.ntm.test", TYPE::A)), "other.ntm.test");
+        s.resolved(T0, token, Err(ResolveError::Timeout));
+        one(&mut s, Dest::Client, C1);
+        assert_eq!((s.stats().answered, s.stats().virtual_answers, s.stats().servfail), (3, 1, 1));
     }
 
     #[test]

@@ -658,6 +658,8 @@ impl<D: Daemon> Driver<D> {
             obj.insert("connections".into(), self.conns.len().into());
             obj.insert("unauthenticated".into(), self.unauthenticated.values().sum::<usize>().into());
             obj.insert("buffered_bytes".into(), self.buffered.into());
+            // A gauge: connections not read until the engine is ready for their next frame.
+            obj.insert("paused_streams".into(), self.conns.iter().filter(|(_, c)| c.paused).count().into());
             if let Some(l) = &self.locator {
                 let st = l.stats();
                 obj.insert(

@@ -2,7 +2,7 @@
 //! sockets: half-closed peers, peers that do not read, peers that never finish a frame,
 //! replaced connections, the status socket, and what connections that are not live may
 //! cost: garbage frames, one source's share, a full table, partial frames in total, and
-//! frames held back while the engine is busy.
+//! frames held back while the engine is busy (and counted in the status).
 
 use ntm_proto::engine::{
     DnsAnswer, DnsQuery, DropCounters, DropReason, Engine, PeerIdentity, Received, StreamKind, Transmit, Via,
@@ -411,6 +411,45 @@ fn a_busy_engine_leaves_further_frames_in_the_socket() {
     assert!(turn_until(&mut d, 5, |d| d.daemon().engine.frames.len() == 2001), "{}", d.daemon().engine.frames.len());
     assert!(d.daemon().engine.frames.iter().all(|(from, _)| *from == me));
     assert_eq!(d.daemon().engine.frames[2000].1, b"echo 1999");
+}
+
+/// The status JSON, read from the socket at `path` while `d` turns.
+fn read_status(d: &mut Driver<Host>, path: &std::path::Path) -> serde_json::Value {
+    let reader = std::thread::spawn({
+        let path = path.to_path_buf();
+        move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            text
+        }
+    });
+    while !reader.is_finished() {
+        d.turn(Duration::from_millis(5)).unwrap();
+    }
+    serde_json::from_str(&reader.join().unwrap()).unwrap()
+}
+
+#[test]
+fn the_status_counts_streams_paused_for_a_busy_engine() {
+    let dir = std::env::temp_dir().join(format!("ntm-driver-paused-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("status.sock");
+    let mut d = driver_with(config(1, Some(path.clone())));
+    assert_eq!(read_status(&mut d, &path)["paused_streams"], 0);
+    let mut c = TcpStream::connect(d.listen_addrs()[0]).unwrap();
+    let mut bytes = frame(b"hold");
+    bytes.extend(frame(b"echo 1"));
+    c.write_all(&bytes).unwrap();
+    assert!(turn_until(&mut d, 5, |d| !d.daemon().engine.frames.is_empty()));
+    let st = read_status(&mut d, &path);
+    assert_eq!((st["connections"].as_u64(), st["paused_streams"].as_u64()), (Some(1), Some(1)), "{st}");
+    // Ready again: the stream is read and no longer counted.
+    d.daemon().engine.busy = None;
+    assert!(turn_until(&mut d, 5, |d| d.daemon().engine.frames.len() == 2));
+    assert_eq!(read_status(&mut d, &path)["paused_streams"], 0);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// True while the server has neither closed `c` nor sent anything on it.

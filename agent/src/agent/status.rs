@@ -5,6 +5,7 @@
 //! anyway.
 
 use super::{Agent, CONTROL, READ_BUDGET};
+use ntm_dns::stub::StubStats;
 use ntm_proto::engine::node::PathKind;
 use ntm_proto::engine::Engine;
 use std::fmt::Write;
@@ -195,23 +196,28 @@ impl Agent {
             j.num(why.name(), self.node.drops().get(why));
         }
         j.close();
-        let s = self.stub.stats();
-        j.open(Some("dns"))
-            .num("hooked", s.hooked)
-            .num("forwarded", s.forwarded)
-            .num("answered", s.answered)
-            .num("relayed", s.relayed)
-            .num("servfail", s.servfail)
-            .num("malformed", s.malformed)
-            .num("not_implemented", s.not_implemented)
-            .num("over_limit", s.over_limit)
-            .num("rate_limited", s.rate_limited)
-            .num("upstream_timeouts", s.upstream_timeouts)
-            .num("ignored", s.ignored)
-            .close();
+        dns_stats(&mut j, self.stub.stats());
         j.close();
         j.finish()
     }
+}
+
+/// The DNS stub's counters, as the `dns` object of the status.
+fn dns_stats(j: &mut Json, s: &StubStats) {
+    j.open(Some("dns"))
+        .num("hooked", s.hooked)
+        .num("forwarded", s.forwarded)
+        .num("answered", s.answered)
+        .num("virtual_answers", s.virtual_answers)
+        .num("relayed", s.relayed)
+        .num("servfail", s.servfail)
+        .num("malformed", s.malformed)
+        .num("not_implemented", s.not_implemented)
+        .num("over_limit", s.over_limit)
+        .num("rate_limited", s.rate_limited)
+        .num("upstream_timeouts", s.upstream_timeouts)
+        .num("ignored", s.ignored)
+        .close();
 }
 
 #[cfg(test)]
@@ -228,6 +234,20 @@ mod tests {
         assert_eq!(
             j.finish(),
             "{\"name\":\"box\\\"1\",\"n\":3,\"list\":[{\"up\":true},{\"x\":null}],\"inner\":{\"a\":\"b\"}}\n"
+        );
+    }
+
+    #[test]
+    fn dns_object_carries_the_virtual_answers() {
+        let stats = StubStats { answered: 5, virtual_answers: 3, ..StubStats::default() };
+        let mut j = Json::new();
+        j.open(None);
+        dns_stats(&mut j, &stats);
+        j.close();
+        let text = j.finish();
+        assert!(
+            text.starts_with("{\"dns\":{\"hooked\":0,\"forwarded\":0,\"answered\":5,\"virtual_answers\":3,"),
+            "{text}"
         );
     }
 }

@@ -122,3 +122,60 @@ wire_struct! {
         pub session: SessionId,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Key;
+    use crate::wire::{Lifetime, Message, MsgType};
+
+    fn direction() -> RouteDirection {
+        let fq = |s| Fqdn::new(s).unwrap();
+        RouteDirection {
+            request_id: RequestId(0x51),
+            session: SessionId(0x5e55_1011),
+            node: fq("mn.a.example"),
+            side: Side::Mn,
+            role: TunnelRole::Initiate,
+            peer: PeerInfo {
+                fqdn: fq("cn.b.example"),
+                virtual_addrs: VirtualAddrs { v4: [100, 64, 0, 2].into(), v6: "fd00::2".parse().unwrap() },
+                endpoints: List::from_vec(vec!["198.51.100.7:61000".parse().unwrap()]).unwrap(),
+            },
+            path: Path::Relay("[2001:db8:5::9]:3478".parse().unwrap()),
+            k_tun: KeyGrant { key: Key::from_bytes([0x11; 16]), lifetime: Lifetime(600) },
+            k_tmp: Some(KTmp::from_bytes([0x22; 16])),
+            peer_attestation: None,
+        }
+    }
+
+    fn parse(body: &[u8]) -> Result<Message, WireError> {
+        Message::parse_body(MsgType::RouteDirection, body)
+    }
+
+    #[test]
+    fn a_truncated_route_direction_is_refused() {
+        let msg = direction();
+        let body = Message::RouteDirection(msg.clone()).body_to_vec();
+        assert_eq!(body.len(), msg.encoded_len());
+        assert_eq!(parse(&body), Ok(Message::RouteDirection(msg.clone())));
+        // Cut anywhere, the last field included: the input ends before the format does.
+        for n in 0..body.len() {
+            assert_eq!(parse(&body[..n]), Err(WireError::Truncated), "cut at {n} of {}", body.len());
+        }
+        // A length byte that claims more than the body holds: the node's name, 255 bytes.
+        let mut long_name = body.clone();
+        long_name[8] = 0xff;
+        assert_eq!(parse(&long_name), Err(WireError::Truncated));
+        // The peer's endpoint count over its cap of 4 is refused before anything is read.
+        let count_at = 4 + 4 + msg.node.encoded_len() + 1 + 1 + msg.peer.fqdn.encoded_len() + 20;
+        assert_eq!(body[count_at], 1);
+        let mut many = body.clone();
+        many[count_at] = 5;
+        assert_eq!(parse(&many), Err(WireError::TooLong("list")));
+        // And one byte too many is refused as well.
+        let mut longer = body;
+        longer.push(0);
+        assert_eq!(parse(&longer), Err(WireError::TrailingBytes));
+    }
+}
