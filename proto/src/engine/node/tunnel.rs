@@ -218,6 +218,11 @@ pub(super) struct Tunnel {
     /// A renegotiation was asked for (K_mncn nears its end, or the relay stopped
     /// answering): not again for this session.
     rekey_requested: bool,
+    /// Where the peer's Path Probe came from straight, before our end was up (it can
+    /// overtake the Tunnel Response on the relay). Behind a NAT that picks a port per
+    /// destination that is the only address of the peer our probe can reach, so route
+    /// optimization probes it too.
+    heard_direct: Option<SocketAddr>,
 }
 
 /// A tunnel as status output shows it.
@@ -916,6 +921,7 @@ impl Node {
             superseded_until: None,
             reestablish: false,
             rekey_requested: false,
+            heard_direct: None,
         });
         if let Some(dst) = self.any_dc_addr() {
             self.send_to_dc(now, dst, &ack);
@@ -1112,12 +1118,16 @@ impl Node {
     /// Route optimization: probe the peer's observed addresses directly.
     fn start_probe(&mut self, now: Instant, id: TunnelId) {
         let Some(t) = self.tunnels.get(id) else { return };
-        let targets: Vec<SocketAddr> = t.peer.endpoints.iter().filter(|a| self.has_family(a)).copied().collect();
+        let mut targets: Vec<SocketAddr> = t.peer.endpoints.iter().filter(|a| self.has_family(a)).copied().collect();
+        if let Some(seen) = t.heard_direct.filter(|a| !targets.contains(a)) {
+            targets.push(seen);
+        }
         if targets.is_empty() {
             return;
         }
         let probe_id = self.rng.next_u32();
         let Some(mut t) = self.tunnels.get_mut(id) else { return };
+        t.heard_direct = None;
         let mut sends = Vec::with_capacity(targets.len());
         for &dst in &targets {
             sends.push(t.path_probe(now, probe_id, Some(dst)));
@@ -1158,6 +1168,9 @@ impl Node {
                 Received::Handled
             }
             Message::PathProbe(p) => {
+                if !t.is_established() && t.relay.is_some_and(|rs| rs != from) {
+                    t.heard_direct = Some(from);
+                }
                 drop(t);
                 if newest {
                     self.follow_peer(now, id, from);
