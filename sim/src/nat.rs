@@ -22,7 +22,7 @@
 use core::net::{Ipv4Addr, SocketAddrV4};
 use ntm_proto::time::{Duration, Instant};
 use rand_core::RngCore;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Which outbound flows share an external address and port (RFC 4787 section 4.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -177,6 +177,9 @@ pub(crate) struct Nat {
     pub(crate) outside: Ipv4Addr,
     by_key: BTreeMap<Key, u16>,
     by_port: BTreeMap<(Proto, u16), Entry>,
+    /// UDP ports of mappings dropped by [`Nat::rebind_udp`]: never handed out again, so
+    /// the next mapping of each internal endpoint gets another port.
+    burned: BTreeSet<u16>,
     pub(crate) stats: NatStats,
 }
 
@@ -187,7 +190,27 @@ const RANDOM_TRIES: usize = 32;
 
 impl Nat {
     pub(crate) fn new(outside: Ipv4Addr, cfg: NatConfig) -> Self {
-        Nat { cfg, outside, by_key: BTreeMap::new(), by_port: BTreeMap::new(), stats: NatStats::default() }
+        Nat {
+            cfg,
+            outside,
+            by_key: BTreeMap::new(),
+            by_port: BTreeMap::new(),
+            burned: BTreeSet::new(),
+            stats: NatStats::default(),
+        }
+    }
+
+    /// Forgets every UDP mapping, as a NAT that rebooted or rebinds does: what arrives on
+    /// the old ports is dropped, and the next packet out of each internal endpoint gets a
+    /// new external port.
+    pub(crate) fn rebind_udp(&mut self) {
+        let gone: Vec<(Proto, u16)> = self.by_port.keys().filter(|(p, _)| *p == Proto::Udp).copied().collect();
+        for k in gone {
+            if let Some(e) = self.by_port.remove(&k) {
+                self.by_key.remove(&e.key);
+            }
+            self.burned.insert(k.1);
+        }
     }
 
     fn timeout(&self, proto: Proto) -> Duration {
@@ -224,7 +247,9 @@ impl Nat {
     /// A free external port for `proto` (expired mappings count as free), or None.
     fn allocate(&mut self, now: Instant, proto: Proto, internal_port: u16, rng: &mut dyn RngCore) -> Option<u16> {
         let free = |nat: &mut Nat, port: u16| {
-            port >= FIRST_PORT && (!nat.by_port.contains_key(&(proto, port)) || nat.expire(now, proto, port))
+            port >= FIRST_PORT
+                && !(proto == Proto::Udp && nat.burned.contains(&port))
+                && (!nat.by_port.contains_key(&(proto, port)) || nat.expire(now, proto, port))
         };
         if self.cfg.ports == PortAllocation::Preserving && free(self, internal_port) {
             return Some(internal_port);

@@ -275,6 +275,15 @@ impl Sim {
         self.realm(realm).nat.as_ref().map(|n| n.outside)
     }
 
+    /// The realm's NAT forgets its UDP mappings and gives every internal endpoint a new
+    /// external port from its next packet on (a NAT reboot, or a carrier NAT rebinding).
+    /// The hosts behind it are not told.
+    pub fn rebind_nat(&mut self, realm: RealmId) {
+        if let Some(nat) = self.realm_mut(realm).nat.as_mut() {
+            nat.rebind_udp();
+        }
+    }
+
     /// What a realm's NAT did (all zero for realms without one).
     pub fn nat_stats(&self, realm: RealmId) -> NatStats {
         self.realm(realm).nat.as_ref().map(|n| n.stats).unwrap_or_default()

@@ -2,8 +2,11 @@
 //! users put boxes (a public IPv4 address, a public IPv6-only network, the four NAT
 //! behaviours of RFC 4787, a home NAT behind a carrier's CGN). For each pair: does the
 //! tunnel end direct or relayed, as hole punching allows; how long the set-up takes (DNS
-//! query to answer, simulated time); and how long the initiator is unreachable when it
-//! switches to another network of the same kind (a Wi-Fi to LTE switch). The table is
+//! query to answer, simulated time); and, for each kind of move the initiator makes, how
+//! long traffic stalls both ways (a new address on the same network, another network of
+//! the same kind, its NAT rebinding to a new port unannounced, a network of the other
+//! family and back). Moves the node must notice itself from the kernel (a link that goes
+//! down with its address kept) are the agent's part and are tested in the lab. The table is
 //! printed (`cargo test -p ntm-sim --test matrix -- --nocapture`). With the real binaries,
 //! lab/tests/nat.rs runs the NAT behaviours pairwise.
 
@@ -129,14 +132,6 @@ fn place_node(d: &mut Deployment, fqdn: &str, place: Place, n: u8) -> HostId {
     d.add_node(fqdn, realm, &[addr], NodeOpts::default())
 }
 
-/// Moves `h` to a new network of the same kind as `place` and tells it so.
-fn switch_network(d: &mut Deployment, h: HostId, place: Place, n: u8) {
-    let probe = place_node_realm(d, place, n);
-    d.sim.move_host(h, probe.0, &[probe.1]);
-    let now = d.now();
-    d.node(h).handle_network_change(now, vec![SocketAddr::new(probe.1, NODE_PORT)]);
-}
-
 /// A fresh network of the kind `place` and the address a box gets in it.
 fn place_node_realm(d: &mut Deployment, place: Place, n: u8) -> (RealmId, IpAddr) {
     match place {
@@ -172,32 +167,100 @@ fn place_node_realm(d: &mut Deployment, place: Place, n: u8) -> (RealmId, IpAddr
     }
 }
 
-/// Sends a packet from `a` to `b` every 20 ms until one of them arrives; the time until
-/// then (each packet may take longer than 20 ms: any that arrives counts).
-fn time_to_reach(d: &mut Deployment, a: HostId, b: HostId, limit: Duration) -> Option<Duration> {
+/// Both ends send a packet to the other every 20 ms, as a TCP connection's data and
+/// acknowledgements do, until a packet sent after the start has arrived each way; the
+/// time until then (a packet may take longer than 20 ms: any that arrives counts).
+fn stall(d: &mut Deployment, a: HostId, b: HostId, limit: Duration) -> Option<Duration> {
     let start = d.now();
-    let src = d.node(a).virtual_addrs()?;
-    let dst = d.node(b).virtual_addrs()?;
-    let _ = d.sim.take_ip(b);
-    let mut sent: Vec<Vec<u8>> = Vec::new();
+    let (va, vb) = (d.node(a).virtual_addrs()?, d.node(b).virtual_addrs()?);
+    let _ = (d.sim.take_ip(a), d.sim.take_ip(b));
+    let (mut to_a, mut to_b): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
+    let (mut a_heard, mut b_heard) = (false, false);
     while d.now() < start + limit {
-        let tag = u32::try_from(sent.len()).unwrap_or(u32::MAX);
-        let pkt = ipv4_packet(src.v4, dst.v4, &tag.to_be_bytes());
+        let tag = u32::try_from(to_a.len()).unwrap_or(u32::MAX).to_be_bytes();
+        let (ab, ba) = (ipv4_packet(va.v4, vb.v4, &tag), ipv4_packet(vb.v4, va.v4, &tag));
         let now = d.now();
-        let _ = d.node(a).send_ip(now, &pkt);
-        sent.push(pkt);
+        let _ = d.node(a).send_ip(now, &ab);
+        let _ = d.node(b).send_ip(now, &ba);
+        to_b.push(ab);
+        to_a.push(ba);
         let until: Instant = d.now() + Duration::from_millis(20);
-        if d.sim.run_until_cond(until, |s| s.take_ip(b).iter().any(|p| sent.contains(p))) {
+        let both = d.sim.run_until_cond(until, |s| {
+            a_heard |= s.take_ip(a).iter().any(|p| to_a.contains(p));
+            b_heard |= s.take_ip(b).iter().any(|p| to_b.contains(p));
+            a_heard && b_heard
+        });
+        if both {
             return Some(d.now().saturating_duration_since(start));
         }
     }
     None
 }
 
+/// The kinds of move the initiator makes, one after the other, in one run.
+#[derive(Clone, Copy, Debug)]
+enum Move {
+    /// A new address on the same network (a DHCP renumbering).
+    Renumber,
+    /// Another network of the same kind (Wi-Fi to LTE).
+    Switch,
+    /// Its NAT gives it a new external port without telling it.
+    Rebind,
+    /// To a network of the other family (IPv6-only, or IPv4 behind a NAT from IPv6-only).
+    OtherFamily,
+    /// And back to a network of its own kind.
+    Back,
+}
+
+const MOVES: [Move; 5] = [Move::Renumber, Move::Switch, Move::Rebind, Move::OtherFamily, Move::Back];
+
+/// Another address in the same subnet, clear of the others this test hands out.
+fn next_addr(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(a) + 40)),
+        IpAddr::V6(a) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) + 40)),
+    }
+}
+
+/// Makes the move `m` of `h` (placed at `place`); false if it does not apply there.
+fn make_move(d: &mut Deployment, h: HostId, place: Place, m: Move, n: u8) -> bool {
+    let tell = |d: &mut Deployment, addr: IpAddr| {
+        let now = d.now();
+        d.node(h).handle_network_change(now, vec![SocketAddr::new(addr, NODE_PORT)]);
+    };
+    match m {
+        Move::Renumber => {
+            let (realm, addr) = (d.sim.host_realm(h), next_addr(d.sim.addrs(h)[0]));
+            d.sim.move_host(h, realm, &[addr]);
+            tell(d, addr);
+        }
+        Move::Switch | Move::Back => {
+            let (realm, addr) = place_node_realm(d, place, n);
+            d.sim.move_host(h, realm, &[addr]);
+            tell(d, addr);
+        }
+        Move::Rebind => {
+            if !place.behaviour().nat {
+                return false;
+            }
+            let realm = d.sim.host_realm(h);
+            d.sim.rebind_nat(realm);
+        }
+        Move::OtherFamily => {
+            let other = if place.behaviour().has_v4 { Place::Only6 } else { Place::PortRestricted };
+            let (realm, addr) = place_node_realm(d, other, n);
+            d.sim.move_host(h, realm, &[addr]);
+            tell(d, addr);
+        }
+    }
+    true
+}
+
 struct Row {
     path: Option<PathKind>,
     setup: Duration,
-    after_move: Option<Duration>,
+    /// Per move: None if it does not apply, else the stall (None inside: never recovered).
+    moves: Vec<Option<Option<Duration>>>,
     /// The ends disagree about the path, or data does not pass.
     trouble: Option<String>,
 }
@@ -215,16 +278,32 @@ fn run_pair(i: usize, a: Place, b: Place) -> Row {
     let (path, peer_path) = (d.path(mn, "cn.zone-b.example"), d.path(cn, "mn.zone-a.example"));
     let pings = d.ping4(mn, cn, 1) && d.ping4(cn, mn, 2);
     if path != peer_path || !pings {
-        return Row {
-            path: None,
-            setup,
-            after_move: None,
-            trouble: Some(format!("paths {path:?}/{peer_path:?}, pings {pings}")),
-        };
+        let trouble = Some(format!("paths {path:?}/{peer_path:?}, pings {pings}"));
+        return Row { path: None, setup, moves: Vec::new(), trouble };
     }
-    switch_network(&mut d, mn, a, 3);
-    let after_move = time_to_reach(&mut d, cn, mn, Duration::from_secs(10));
-    Row { path, setup, after_move, trouble: None }
+    let mut moves = Vec::new();
+    for (k, m) in MOVES.into_iter().enumerate() {
+        if !make_move(&mut d, mn, a, m, 3 + u8::try_from(k).unwrap()) {
+            moves.push(None);
+            continue;
+        }
+        moves.push(Some(stall(&mut d, mn, cn, Duration::from_secs(10))));
+        // Let the move settle (new sessions, relay released) before the next one.
+        d.run_for(Duration::from_secs(5));
+    }
+    Row { path, setup, moves, trouble: None }
+}
+
+/// The moves known to stall over the budget, left for the rest of issue 15: the
+/// initiator's NAT rebinds to a new port without telling it while the peer sits behind a
+/// NAT that filters by port. Neither side hears the other then (the peer's NAT drops the
+/// new port, the initiator's drops what goes to the old one): on a direct path nothing
+/// recovers, on a relayed one the relay's silence watch takes 3.4-3.6 s. A dead-path watch
+/// on direct tunnels (probe on silence, then renegotiate through the DCs) is the fix. The
+/// test asserts this list is exact, so a fix must shorten it.
+fn known_gap(a: Place, b: Place, m: Move) -> bool {
+    let (x, y) = (a.behaviour(), b.behaviour());
+    matches!(m, Move::Rebind) && x.nat && y.nat && y.port_filter
 }
 
 fn ms(d: Duration) -> String {
@@ -232,9 +311,9 @@ fn ms(d: Duration) -> String {
 }
 
 #[test]
-fn every_pair_of_placements_goes_direct_where_hole_punching_allows_and_survives_a_switch() {
+fn every_pair_of_placements_goes_direct_where_hole_punching_allows_and_survives_every_move() {
     let mut table = String::from(
-        "| initiator \\ peer | path | set-up ms | peer reaches it after a network switch, ms |\n|---|---|---|---|\n",
+        "| initiator -> peer | path | set-up ms | renumber | switch | NAT rebind | other family | back |\n|---|---|---|---|---|---|---|---|\n",
     );
     let (mut direct, mut mismatches, mut slow) = (0, Vec::new(), Vec::new());
     let mut i = 0;
@@ -249,9 +328,19 @@ fn every_pair_of_placements_goes_direct_where_hole_punching_allows_and_survives_
                 mismatches.push(format!("{} -> {}: {:?}, predicted {expect:?}", a.name(), b.name(), row.path));
             }
             direct += usize::from(row.path == Some(PathKind::Direct));
-            match row.after_move {
-                Some(t) if t <= Duration::from_secs(1) => {}
-                other => slow.push(format!("{} -> {}: {other:?}", a.name(), b.name())),
+            let mut cells = Vec::new();
+            for (m, stalled) in MOVES.iter().zip(&row.moves) {
+                cells.push(match stalled {
+                    None => "-".to_string(),
+                    Some(Some(t)) => ms(*t),
+                    Some(None) => "never".to_string(),
+                });
+                if let Some(t) = stalled {
+                    let over = t.is_none_or(|t| t > Duration::from_secs(1));
+                    if over != known_gap(a, b, *m) {
+                        slow.push(format!("{} -> {}: {m:?}: {t:?} (known gap: {})", a.name(), b.name(), !over));
+                    }
+                }
             }
             table.push_str(&format!(
                 "| {} -> {} | {:?} | {} | {} |\n",
@@ -259,7 +348,7 @@ fn every_pair_of_placements_goes_direct_where_hole_punching_allows_and_survives_
                 b.name(),
                 row.path,
                 ms(row.setup),
-                row.after_move.map_or("never".into(), ms)
+                cells.join(" | ")
             ));
         }
     }
@@ -281,5 +370,5 @@ fn every_pair_of_placements_goes_direct_where_hole_punching_allows_and_survives_
         PLACES.len() * PLACES.len()
     );
     assert!(mismatches.is_empty(), "paths other than predicted:\n{}", mismatches.join("\n"));
-    assert!(slow.is_empty(), "peer unreachable over 1 s after the switch:\n{}", slow.join("\n"));
+    assert!(slow.is_empty(), "moves over 1 s other than the known gaps, or gaps now closed:\n{}", slow.join("\n"));
 }
