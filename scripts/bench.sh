@@ -11,7 +11,7 @@
 #                                      peers (Debian: wireguard-go, wireguard-tools, fastd;
 #                                      crates.io: boringtun-cli)
 #
-# Other arguments go to the bench: --only tunnel,relay,handover,setup,idle,footprint,capacity,
+# Other arguments go to the bench: --only tunnel,relay,handover,setup,idle,footprint,capacity,matrix,
 # --rounds N, --secs N, --moves N, --setups N, --idle-secs N. A part whose tool is missing says
 # "skipped: <why>" in its row; the exit code is 1 if a part failed.
 . "$(dirname "$0")/env.sh"

@@ -5,7 +5,7 @@
 //! tables (and writes them to `--out`); `docs/benchmarks.md` keeps the latest full run.
 //!
 //! ```text
-//! ntm-bench [--quick] [--out FILE] [--only tunnel,relay,handover,setup,idle,footprint,capacity]
+//! ntm-bench [--quick] [--out FILE] [--only tunnel,relay,handover,setup,idle,footprint,capacity,matrix]
 //!           [--rounds N] [--secs N] [--moves N] [--setups N] [--idle-secs N] [--ns-steps N,N]
 //! ```
 //!
@@ -24,7 +24,7 @@
 //! only) and is removed at the end, also on Ctrl-C; every wait is bounded.
 //!
 //! One module per part ([`tunnel`], [`relay`], [`handover`], [`setup`], [`idle`],
-//! [`footprint`], [`capacity`]), each making its table; what they share is in [`measure`]
+//! [`footprint`], [`capacity`], [`matrix`]), each making its table; what they share is in [`measure`]
 //! (ping and iperf3 through a path), [`peers`] (the other tunnels), [`deploy`] (the agents in
 //! a lab deployment), [`table`] and [`util`]. [`run`] runs the parts over two deployments
 //! and [`report`] heads their tables.
@@ -34,6 +34,7 @@ mod deploy;
 mod footprint;
 mod handover;
 mod idle;
+mod matrix;
 mod measure;
 mod opts;
 mod peers;
@@ -49,6 +50,7 @@ use crate::deploy::{agents_down, server_pid};
 use crate::footprint::{part_footprint, Footprint};
 use crate::handover::part_handover;
 use crate::idle::part_idle;
+use crate::matrix::part_matrix;
 use crate::opts::{parse_opts, Opts};
 use crate::relay::part_relay;
 use crate::report::{header, loadavg, Build};
@@ -158,6 +160,10 @@ fn run(o: &Opts) -> Res<(String, bool)> {
         log("server capacity");
         part_capacity(o, &bins, &load, &mut cap);
         tables.push((6, cap));
+    }
+    if o.wants("matrix") {
+        log("placement matrix");
+        tables.push((7, part_matrix(&load)));
     }
     tables.sort_by_key(|t| t.0);
     for (_, t) in &tables {
