@@ -461,6 +461,16 @@ pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), Failure> {
             }
         }
         ("account", cmd) => {
+            // An unknown word is a usage error before anything else is looked at (the
+            // store's configuration included).
+            const WORDS: [&str; 7] =
+                ["disable", "enable", "remove", "set-password", "bind-device", "bind-fqdn", "bind-oidc"];
+            if !WORDS.contains(&cmd) {
+                return Err(Failure::usage(format!(
+                    "account {cmd}: unknown command (add, list, {})",
+                    WORDS.join(", ")
+                )));
+            }
             let mut store = accounts(&o)?;
             let who = need(&o.account, "--account E|FQDN")?;
             let r = match cmd {
@@ -487,6 +497,21 @@ pub fn admin(word: &str, args: Vec<OsString>) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_account_command_is_named_before_the_configuration_is_asked_for() {
+        for word in ["--helpp", "disabel"] {
+            match admin("account", vec![word.into()]) {
+                Err(Failure::Usage(m)) => assert!(m.contains("unknown command") && m.contains(word), "{m}"),
+                other => panic!("{word}: {other:?}"),
+            }
+        }
+        // A known command without its options still asks for them.
+        match admin("account", vec!["disable".into()]) {
+            Err(Failure::Usage(m)) => assert!(m.contains("-c"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     /// The password threads' checks give the account store's verdicts, in both hash
     /// costs.
