@@ -401,7 +401,7 @@ fn usable_local_addrs_follow_links_and_paths() {
     let no2: HashSet<u32> = [3, 4, tun].into();
     assert_eq!(usable(&no2, &[via3.clone(), v6.clone()]), sockets(&["198.19.5.2", "[2001:db8:5::2]"], 4500));
     // No IPv6 path: no IPv6 address, though it is configured on a link that is up.
-    assert_eq!(usable(&all_up, &[via2.clone()]), sockets(&["198.19.10.2", "198.19.5.2"], 4500));
+    assert_eq!(usable(&all_up, std::slice::from_ref(&via2)), sockets(&["198.19.10.2", "198.19.5.2"], 4500));
     // The kernel would still send into link 2 without carrier (a linkdown route it does not
     // ignore): nothing of that family leaves, so none of its addresses is usable.
     assert_eq!(usable(&no2, &[via2.clone(), v6.clone()]), sockets(&["[2001:db8:5::2]"], 4500));
