@@ -135,11 +135,13 @@ impl Dc {
                 self.keys.remove(&rec.channel.id());
                 rec.channel = channel;
                 rec.attestation = kd.attestation;
-                // Nor do the places it was seen: the node registers again right after its
-                // login, from every family it has now, and an endpoint it no longer
-                // registers from (a network it left while the DC was not told) would keep
-                // the DC sending there instead of through the NS.
-                rec.seen = [None, None];
+                // Nor do the places it was seen, past its next registration: the node
+                // registers right after its login, from every family it has now, and an
+                // endpoint it no longer registers from (a network it left while the DC was
+                // not told) would keep the DC sending there instead of through the NS.
+                // With no address list held, that first registration counts as a move and
+                // drops the other family's endpoint until that family registers too; until
+                // then the DC can still reach the node where it was.
                 rec.local_addrs = List::new();
                 rec.ns = None;
                 rec.waiting.clear();
