@@ -93,6 +93,9 @@ fn uplink_lost_with_its_address_kept(label: &str, what: &str, down: impl Fn(&mut
     assert!(!after.iter().any(|a| a.starts_with("198.19.10.2:")), "no address of the dead link: {after:?}");
     assert_eq!(after.first().map(String::as_str), Some("198.19.5.2:4500"), "{after:?}");
     assert!(network_changes(&d, 0) > changes, "the agent counts the move as a network change");
+    // The DC reaches the box where it is now, not at the NAT it left.
+    let at_new = d.lab.wait_for(5, || dc_view_of_a(&d).0 == vec!["198.19.5.2:4500".to_string()]);
+    assert!(at_new, "the DC has box a at its new address only: {:?}", dc_view_of_a(&d));
     let end = stream.finish(&mut d);
     assert!(end.complete(), "every line came back once, in order: {:?}", end.exit);
     assert!(gap <= STALL_BUDGET, "{what}: pause {gap:?} over {STALL_BUDGET:?}");
