@@ -257,7 +257,10 @@ impl Netlink {
                 let ifname = self.names.get(&ifindex).cloned().unwrap_or_default();
                 Some(PathChoice { dst, src: r.prefsrc, ifindex, ifname })
             })),
-            Err(e) if e.raw_os_error().is_some_and(is_no_route) => Ok(None),
+            Err(e) if e.raw_os_error().is_some_and(is_no_route) => {
+                log::debug!("no path to {dst}: {e}");
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
