@@ -762,7 +762,7 @@ impl ChangeDebounce {
 ///
 /// The agent speaks rtnetlink with this small codec rather than with `netlink-packet-route`:
 /// that crate parses every link kind and traffic-control attribute the kernel knows, a third
-/// of the armv7 agent (212 KiB), while the agent reads five attributes and writes seven.
+/// of the armv7 agent (212 KiB), while the agent reads eight attributes and writes seven.
 /// The tests check the codec against that crate in both directions.
 mod wire {
     use std::net::IpAddr;
