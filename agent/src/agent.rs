@@ -29,7 +29,7 @@ use crate::batch::{Batch, BATCH};
 use crate::config::{AgentFile, Route};
 use crate::held::Held;
 use crate::material::{credential, Material};
-use crate::netlink::{overlapping_routes, usable_local_addrs, ChangeDebounce, Netlink};
+use crate::netlink::{overlapping_routes, ChangeDebounce, Netlink};
 use crate::servers::{ServerAddrs, QUERY_BIT};
 use crate::tls::{LoginTls, LoginTlsConfig};
 use datapath::{bind_udp6_only, size_buffers, tunnel_socket};
@@ -164,6 +164,16 @@ fn upstream_order(upstream: &[SocketAddr], local: &[SocketAddr]) -> Vec<SocketAd
     v
 }
 
+/// The destinations, one per family, for which the agent asks the kernel which path it
+/// would take: the static DC's address of that family, else the AS's, else a documentation
+/// address (RFC 5737, RFC 3849) that only a default route reaches.
+fn probe_destinations(dc: &[SocketAddr], account_servers: &[SocketAddr]) -> [IpAddr; 2] {
+    let pick = |v4: bool, fallback: IpAddr| {
+        dc.iter().chain(account_servers).map(SocketAddr::ip).find(|a| a.is_ipv4() == v4).unwrap_or(fallback)
+    };
+    [pick(true, IpAddr::from([192, 0, 2, 1])), pick(false, IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]))]
+}
+
 impl Agent {
     /// Opens every socket and the TUN device. Needs CAP_NET_ADMIN.
     pub fn new(cfg: AgentFile, material: Material) -> Result<Self, StartError> {
@@ -197,14 +207,15 @@ impl Agent {
         netlink.set_link_up(tun_index, Some(u32::from(cfg.tun.mtu)))?;
 
         let exclude: Vec<(IpAddr, u8)> = routes.iter().map(|r| (r.addr, r.len)).collect();
-        let local_addrs = usable_local_addrs(&netlink.addresses()?, &[tun_index], &exclude, cfg.udp_port);
-        log::info!("local addresses {local_addrs:?}");
-
-        let as_name = cfg.account_server_name.clone().ok_or("account_server_name: missing")?;
         // Names among the servers are looked up once the loop runs; until then the node
         // knows only the literal addresses (and its login waits for the rest).
         let as_addrs = ServerAddrs::new("AS", cfg.account_servers());
         let dc_addrs = ServerAddrs::new("static DC", cfg.static_dc_addrs());
+        let probes = probe_destinations(&dc_addrs.addrs(), &as_addrs.addrs());
+        let local_addrs = netlink.usable_addrs(&probes, &[tun_index], &exclude, cfg.udp_port)?;
+        log::info!("local addresses {local_addrs:?}");
+
+        let as_name = cfg.account_server_name.clone().ok_or("account_server_name: missing")?;
         let mut ncfg = NodeConfig::new(as_addrs.addrs(), as_name, credential, local_addrs.clone());
         ncfg.keepalive = if cfg.keepalive.as_str() == "ns" { KeepaliveMethod::Ns } else { KeepaliveMethod::Udp };
         if cfg.public_key_mode {
@@ -516,8 +527,9 @@ impl Agent {
     /// The debounced network change: tell the engine if our usable addresses changed.
     fn network_changed(&mut self, now: Instant) {
         let exclude: Vec<(IpAddr, u8)> = self.routes.iter().map(|r| (r.addr, r.len)).collect();
-        let addrs = match self.netlink.addresses() {
-            Ok(a) => usable_local_addrs(&a, &[self.tun_index], &exclude, self.cfg.udp_port),
+        let probes = probe_destinations(&self.dc_addrs.addrs(), &self.as_addrs.addrs());
+        let addrs = match self.netlink.usable_addrs(&probes, &[self.tun_index], &exclude, self.cfg.udp_port) {
+            Ok(a) => a,
             Err(e) => {
                 log::warn!("netlink dump: {e}");
                 return;
@@ -526,7 +538,7 @@ impl Agent {
         if addrs == self.local_addrs {
             return;
         }
-        log::info!("addresses changed: {:?} -> {addrs:?}", self.local_addrs);
+        log::info!("usable addresses changed: {:?} -> {addrs:?}", self.local_addrs);
         self.counters.network_changes += 1;
         let first = self.local_addrs.is_empty();
         self.local_addrs = addrs.clone();

@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use netlink::{usable_local_addrs, AddrFlags, AddrScope, IfAddr, NetEvent, Netlink};
+use netlink::{usable_local_addrs, AddrFlags, AddrScope, IfAddr, NetEvent, Netlink, PathChoice};
+use std::collections::HashSet;
 
 const ENV: &str = "NTM_NETLINK_NETNS";
 const PREFIX: &str = "ntmtest-";
@@ -194,12 +195,12 @@ fn dump_lists_the_addresses_of_an_interface() {
         );
 
         // What the node would report: only the two global addresses of d0.
-        let mut usable = usable_local_addrs(&addrs, &[], &[], 4000);
-        usable.sort();
+        let probes = [addr("192.0.2.1"), addr("2001:db8:1::1")];
+        let usable = nl.usable_addrs(&probes, &[], &[], 4000).unwrap();
         let expected: Vec<SocketAddr> =
             vec!["192.0.2.10:4000".parse().unwrap(), "[2001:db8:1::10]:4000".parse().unwrap()];
         assert_eq!(usable, expected);
-        assert!(usable_local_addrs(&addrs, &[d0], &[], 4000).is_empty());
+        assert!(nl.usable_addrs(&probes, &[d0], &[], 4000).unwrap().is_empty());
     });
 }
 
@@ -355,14 +356,106 @@ fn usable_local_addrs_filters() {
     addrs.push(site);
 
     let virtual_prefixes = [(addr("100.64.0.0"), 10), (addr("fd00:ffff::"), 32)];
-    let got = usable_local_addrs(&addrs, &[tun], &virtual_prefixes, 7000);
-    let want: Vec<SocketAddr> = ["192.0.2.10:7000", "10.0.0.5:7000", "[2001:db8::5]:7000", "[fd12::5]:7000"]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
-    assert_eq!(got, want);
+    let up: HashSet<u32> = [1, 2, 3, tun].into();
+    let paths = [path("192.0.2.1", Some("10.0.0.5"), 2), path("2001:db8::1", Some("2001:db8::5"), 3)];
+    let got = usable_local_addrs(&addrs, &up, &paths, &[tun], &virtual_prefixes, 7000);
+    // The kernel's preferred sources first, then the rest in the dump's order.
+    assert_eq!(got, sockets(&["10.0.0.5", "[2001:db8::5]", "192.0.2.10", "[fd12::5]"], 7000));
 
     // Without exclusions the TUN's and the virtual addresses would be reported.
-    assert_eq!(usable_local_addrs(&addrs, &[], &[], 7000).len(), 7);
-    assert!(usable_local_addrs(&[], &[], &[], 7000).is_empty());
+    assert_eq!(usable_local_addrs(&addrs, &up, &paths, &[], &[], 7000).len(), 7);
+    assert!(usable_local_addrs(&[], &up, &paths, &[], &[], 7000).is_empty());
+}
+
+fn path(dst: &str, src: Option<&str>, ifindex: u32) -> PathChoice {
+    PathChoice { dst: addr(dst), src: src.map(addr), ifindex, ifname: format!("if{ifindex}") }
+}
+
+fn sockets(addrs: &[&str], port: u16) -> Vec<SocketAddr> {
+    addrs.iter().map(|a| format!("{a}:{port}").parse().unwrap()).collect()
+}
+
+/// Links and routes decide, not the address list alone: an address on a link that is down
+/// is not usable, a family without a path (or whose path leaves through a link that is
+/// down, or through the TUN) is not usable, and the kernel's preferred source leads.
+#[test]
+fn usable_local_addrs_follow_links_and_paths() {
+    let tun = 9;
+    let addrs = [ifaddr(2, "198.19.10.2", 24), ifaddr(3, "198.19.5.2", 24), ifaddr(4, "2001:db8:5::2", 64)];
+    let all_up: HashSet<u32> = [2, 3, 4, tun].into();
+    let via2 = path("192.0.2.10", Some("198.19.10.2"), 2);
+    let via3 = path("192.0.2.10", Some("198.19.5.2"), 3);
+    let v6 = path("2001:db8::1", Some("2001:db8:5::2"), 4);
+    let usable = |up: &HashSet<u32>, paths: &[PathChoice]| usable_local_addrs(&addrs, up, paths, &[tun], &[], 4500);
+
+    assert_eq!(
+        usable(&all_up, &[via2.clone(), v6.clone()]),
+        sockets(&["198.19.10.2", "[2001:db8:5::2]", "198.19.5.2"], 4500)
+    );
+    // The default route moved to the other link, the addresses stayed: another list.
+    assert_eq!(
+        usable(&all_up, &[via3.clone(), v6.clone()]),
+        sockets(&["198.19.5.2", "[2001:db8:5::2]", "198.19.10.2"], 4500)
+    );
+    // Link 2 set down (its address kept): gone from the list.
+    let no2: HashSet<u32> = [3, 4, tun].into();
+    assert_eq!(usable(&no2, &[via3.clone(), v6.clone()]), sockets(&["198.19.5.2", "[2001:db8:5::2]"], 4500));
+    // No IPv6 path: no IPv6 address, though it is configured on a link that is up.
+    assert_eq!(usable(&all_up, std::slice::from_ref(&via2)), sockets(&["198.19.10.2", "198.19.5.2"], 4500));
+    // The kernel would still send into link 2 without carrier (a linkdown route it does not
+    // ignore): nothing of that family leaves, so none of its addresses is usable.
+    assert_eq!(usable(&no2, &[via2.clone(), v6.clone()]), sockets(&["[2001:db8:5::2]"], 4500));
+    // A path into the TUN is no way out either.
+    assert!(usable(&all_up, &[path("192.0.2.10", None, tun)]).is_empty());
+    // A path whose source the kernel did not name still makes the family usable.
+    assert_eq!(usable(&all_up, &[path("192.0.2.10", None, 3)]), sockets(&["198.19.10.2", "198.19.5.2"], 4500));
+}
+
+/// Against the kernel: two uplinks, the second with a default route of a higher metric.
+/// Setting the first down (its address stays) or taking its carrier moves the path, and
+/// [`Netlink::usable_addrs`] follows; an IPv6 address without an IPv6 route is not usable.
+#[test]
+fn usable_addrs_follow_link_state_and_routes() {
+    in_netns("usable_addrs_follow_link_state_and_routes", || {
+        ip("link set lo up");
+        ip("link add w0 type veth peer name w0p");
+        ip("link add w1 type veth peer name w1p");
+        for l in ["w0", "w0p", "w1", "w1p"] {
+            ip(&format!("link set {l} up"));
+        }
+        ip("addr add 198.19.10.2/24 dev w0");
+        ip("addr add 198.19.5.2/24 dev w1");
+        ip("addr add 2001:db8:5::2/64 dev w1 nodad");
+        ip("route add default via 198.19.10.1 dev w0");
+        ip("route add default via 198.19.5.1 dev w1 metric 200");
+        let mut nl = Netlink::open().unwrap();
+        let probes = [addr("192.0.2.10"), addr("2001:db8::1")];
+        let mut usable = || nl.usable_addrs(&probes, &[], &[], 4500).unwrap();
+        let w0 = sockets(&["198.19.10.2"], 4500)[0];
+        let w1 = sockets(&["198.19.5.2"], 4500)[0];
+        // No IPv6 route to the probe: the IPv6 address of w1 is not usable.
+        assert_eq!(usable(), vec![w0, w1]);
+
+        // Administratively down: the IPv4 address stays on w0, its routes go.
+        ip("link set w0 down");
+        assert!(ip("-4 addr show dev w0").contains("198.19.10.2"), "the address stays");
+        assert_eq!(usable(), vec![w1]);
+
+        // Up again, then the carrier goes (the other end of the cable): the kernel keeps
+        // w0's routes, marked linkdown, and by default still sends into them.
+        ip("link set w0 up");
+        ip("route add default via 198.19.10.1 dev w0");
+        assert_eq!(usable(), vec![w0, w1]);
+        ip("link set w0p down");
+        assert!(ip("route get 192.0.2.10").contains("dev w0"), "{}", ip("route get 192.0.2.10"));
+        assert_eq!(usable(), vec![], "nothing leaves through w0 without carrier");
+        // A box told to route around links without carrier takes w1.
+        std::fs::write("/proc/sys/net/ipv4/conf/all/ignore_routes_with_linkdown", "1").unwrap();
+        std::fs::write("/proc/sys/net/ipv4/conf/w0/ignore_routes_with_linkdown", "1").unwrap();
+        assert_eq!(usable(), vec![w1]);
+
+        // An IPv6 default route makes w1's IPv6 address usable, the kernel's source first.
+        ip("-6 route add default via 2001:db8:5::1 dev w1");
+        assert_eq!(usable(), vec![w1, sockets(&["[2001:db8:5::2]"], 4500)[0]]);
+    });
 }

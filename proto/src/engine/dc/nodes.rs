@@ -135,6 +135,14 @@ impl Dc {
                 self.keys.remove(&rec.channel.id());
                 rec.channel = channel;
                 rec.attestation = kd.attestation;
+                // Nor do the places it was seen, past its next registration: the node
+                // registers right after its login, from every family it has now, and an
+                // endpoint it no longer registers from (a network it left while the DC was
+                // not told) would keep the DC sending there instead of through the NS.
+                // With no address list held, that first registration counts as a move and
+                // drops the other family's endpoint until that family registers too; until
+                // then the DC can still reach the node where it was.
+                rec.local_addrs = List::new();
                 rec.ns = None;
                 rec.waiting.clear();
                 self.pending_ns.retain(|p| p.fqdn != kd.fqdn);
@@ -236,15 +244,20 @@ impl Dc {
         // addresses, so something between us rewrote it.
         let behind_nat = !r.local_addrs.iter().any(|a| *a == from);
         let fam = family(&from);
-        if let Some(slot) = rec.seen.get_mut(fam) {
-            *slot = Some(Seen { observed: from, behind_nat, last_seen: now });
-        }
-        // A family the node no longer has an address in is no longer a way to reach it
-        // (it moved from a dual-stack network to a single-stack one).
+        // The node's addresses changed (it moved): where it was seen in the other family
+        // is no longer known to hold. The node registers from every family it has after a
+        // change, so that family's registration puts it back; one that never comes (the
+        // family has no way out on the new network) leaves no stale endpoint behind.
+        let moved = rec.local_addrs.as_slice() != r.local_addrs.as_slice();
         for (f, slot) in rec.seen.iter_mut().enumerate() {
-            if !r.local_addrs.iter().any(|a| family(a) == f) {
+            // A family the node no longer has an address in is no longer a way to reach it
+            // (it moved from a dual-stack network to a single-stack one).
+            if f != fam && (moved || !r.local_addrs.iter().any(|a| family(a) == f)) {
                 *slot = None;
             }
+        }
+        if let Some(slot) = rec.seen.get_mut(fam) {
+            *slot = Some(Seen { observed: from, behind_nat, last_seen: now });
         }
         rec.virtual_addrs = Some(virtual_addrs);
         rec.local_addrs = r.local_addrs;
