@@ -87,4 +87,6 @@ fn a_relayed_ping_moves_to_the_other_rs_within_two_seconds_of_its_rs_dying() {
     assert!(back - killed <= BUDGET, "traffic flows again within {BUDGET} s of the kill: {:.3} s", back - killed);
     assert!(remote(&d, 0, B).starts_with(spare), "box a's tunnel moved to the other RS: {}", remote(&d, 0, B));
     assert!(remote(&d, 1, A).starts_with(spare), "box b's tunnel moved to the other RS: {}", remote(&d, 1, A));
+    let relay = d.tunnel(0, B).and_then(|t| t["relay"].as_str().map(str::to_string)).unwrap_or_default();
+    assert!(relay.starts_with(spare), "status names the tunnel's RS: {relay}");
 }

@@ -252,6 +252,9 @@ pub struct TunnelInfo {
     pub path: PathKind,
     /// Where packets go now (the peer or the RS).
     pub remote: Option<SocketAddr>,
+    /// The RS the DC chose for this session, if relayed (kept after route optimization
+    /// moved the tunnel to a direct path; a tunnel moved to another RS is a new session).
+    pub relay: Option<SocketAddr>,
     /// True if a newer session to the same peer replaced this one.
     pub superseded: bool,
     /// Data packets received.
@@ -459,6 +462,7 @@ impl Tunnel {
             established: self.is_established(),
             path: self.path(),
             remote: self.send_to(),
+            relay: self.relay,
             superseded: !self.is_live(),
             rx_packets: self.activity.rx_packets,
             tx_packets: self.activity.tx_packets,
