@@ -144,3 +144,31 @@ fn a_relayed_tunnel_comes_back_when_its_only_rs_returns_after_a_minute() {
     let gap = gap.expect("replies again within 30 s of the RS's restart");
     assert!(gap <= Duration::from_secs(5), "took {gap:?}");
 }
+
+#[test]
+fn a_slow_rs_left_behind_never_shares_a_k_tun_with_the_rs_that_took_over() {
+    // RS 1 is not dead but slow: the DC moves the renegotiation to RS 2 before RS 1
+    // answers, and RS 1 still takes the session when its Relay Direction arrives. Both
+    // seal Hole Punch Acks as Rs from counter 0 under the K_tun they were sent, so the
+    // two K_tuns must differ.
+    let opts = Options { relays: vec![(Duration::ZERO, 10_000), (ms(5), 10_000)], ..Options::default() };
+    let mut d = Deployment::new(153, opts);
+    let (mn, cn) = relayed_pair(&mut d);
+    let (rs1, rs2) = (d.relays[0], d.relays[1]);
+    let before = remote(&mut d, mn, "cn.zone-b.example").expect("a relayed tunnel");
+    assert_eq!(relay_at(&d, before), Some(rs1));
+    d.sim.set_host_delay(rs1, ms(1500));
+    let slowed = d.now();
+    let back = first_reply_after(&mut d, mn, cn, slowed + ms(1), slowed + Duration::from_secs(10));
+    assert!(back.is_some(), "replies again");
+    d.run_for(Duration::from_secs(5)); // RS 1 got its late Relay Direction
+    let after = remote(&mut d, mn, "cn.zone-b.example").expect("still relayed");
+    assert_eq!(relay_at(&d, after), Some(rs2), "the tunnel moved to RS 2");
+    let k_tun = |d: &mut Deployment, rs: HostId| -> Vec<u64> {
+        d.sim.engine::<Rs>(rs).held_keys().into_iter().filter(|(k, _)| *k == "K_tun").map(|(_, f)| f).collect()
+    };
+    let (one, two) = (k_tun(&mut d, rs1), k_tun(&mut d, rs2));
+    assert!(one.len() >= 2, "RS 1 holds the old session and the one it got late: {one:?}");
+    assert!(!two.is_empty());
+    assert!(two.iter().all(|f| !one.contains(f)), "no K_tun at both RSs: {one:?} {two:?}");
+}

@@ -494,8 +494,8 @@ impl Dc {
     /// Negotiation `i`'s Relay Direction to `relay` went unanswered. If it went sealed
     /// (no Key Share was under way, which a slow TLS handshake could explain), the RS is
     /// silent: noted, so that other negotiations avoid it too, and the negotiation moves
-    /// to the best other RS if there is one that is not silent (true). With none, the
-    /// same RS is asked again (it may be restarting).
+    /// to the best other RS if there is one that is not silent (true), with a new K_tun.
+    /// With none, the same RS is asked again (it may be restarting).
     fn relay_failover(&mut self, now: Instant, i: usize, relay: usize) -> bool {
         let Some(r) = self.relays.get_mut(relay) else { return false };
         if r.link.sharing() {
@@ -514,6 +514,14 @@ impl Dc {
             (self.relays.get(relay).map(|r| r.link.name.clone()), self.relays.get(next).map(|r| r.link.name.clone()));
         if let (Some(from), Some(to), Some(n)) = (names.0, names.1, self.negotiations.get(i)) {
             log::info!("negotiation {}: relay {from} does not answer; trying relay {to}", n.session);
+        }
+        // The silent RS may still take the session with the K_tun it was sent and answer a
+        // (replayed) punch under it, sealing as Rs from counter 0 as the next RS will: the
+        // next RS gets a fresh K_tun, so no (key, sender, counter) is sealed twice. No node
+        // has a K_tun of this negotiation yet (the Route Directions follow the RS's ack).
+        let k_tun = KTun::generate(&mut *self.rng);
+        if let Some(n) = self.negotiations.get_mut(i) {
+            n.k_tun = Some(k_tun);
         }
         self.direct_relay(now, i, next, None);
         true
