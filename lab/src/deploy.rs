@@ -817,3 +817,31 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The second Relay Server of [`Deployment::add_second_rs`]: its label, name, addresses.
+pub const RS2: (&str, &str, &str, &str) = ("rs2", "rs2.test", "192.0.2.31", "2001:db8:2::31");
+
+impl Deployment {
+    /// Starts a second RS (label "rs2", 192.0.2.31 and 2001:db8:2::31, port 4461) and
+    /// restarts both DCs with both RSs in their `relays`. Call it before the agents start.
+    pub fn add_second_rs(&mut self) -> Result<()> {
+        let (label, name, v4, v6) = RS2;
+        let srv = self.srv.clone();
+        self.lab.addr(&srv, "eth0", &format!("{v4}/24"))?;
+        self.lab.addr(&srv, "eth0", &format!("{v6}/64"))?;
+        let (l4, l6) = (format!("{v4}:4461"), format!("[{v6}]:4461"));
+        let rs = self.common(name, "rs", &[&l4, &l6], label)?;
+        self.server("ntm-rs", label, rs)?;
+        let relays = json!([{"name": "rs1.test", "addr": "192.0.2.30:4461"}, {"name": name, "addr": l4}]);
+        for dc in ["dc-a", "dc-b"] {
+            let path = self.lab.dir().join(format!("{dc}.json"));
+            let text = std::fs::read_to_string(&path)?;
+            let mut v: Value = serde_json::from_str(&text)
+                .map_err(|e| LabError::Command { what: format!("{dc} config"), stderr: e.to_string() })?;
+            merge(&mut v, json!({ "relays": relays }));
+            write_json(&path, &v)?;
+            self.restart_server(dc)?;
+        }
+        Ok(())
+    }
+}

@@ -165,6 +165,7 @@ impl Agent {
                 .bool("up", t.established)
                 .str("path", if t.path == PathKind::Relay { "relay" } else { "direct" })
                 .str("remote", &t.remote.map(|r| r.to_string()).unwrap_or_default())
+                .str("relay", &t.relay.map(|r| r.to_string()).unwrap_or_default())
                 .bool("superseded", t.superseded)
                 .num("rx_packets", t.rx_packets)
                 .num("tx_packets", t.tx_packets)

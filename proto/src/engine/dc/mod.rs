@@ -226,6 +226,27 @@ struct RelayLink {
     addrs: Vec<SocketAddr>,
     status: Option<(crate::wire::RequestId, Instant)>,
     next_status: Instant,
+    /// Since when it has left a sealed request unanswered (a Relay Direction, or a status
+    /// request): it is chosen only when no other RS fits, until it answers again (its
+    /// next status request, every `relay_status_interval`, asks).
+    silent_since: Option<Instant>,
+}
+
+impl RelayLink {
+    /// It answered something sealed: it is alive.
+    fn answered(&mut self) {
+        if self.silent_since.take().is_some() {
+            log::info!("relay {} answers again", self.link.name);
+        }
+    }
+
+    /// It left a sealed request unanswered.
+    fn fell_silent(&mut self, now: Instant) {
+        if self.silent_since.is_none() {
+            log::warn!("relay {} does not answer; choosing other relays while it is silent", self.link.name);
+            self.silent_since = Some(now);
+        }
+    }
 }
 
 /// An NS as the DC sees it.
@@ -294,6 +315,7 @@ impl Dc {
                 addrs: Vec::new(),
                 status: None,
                 next_status: now,
+                silent_since: None,
             })
             .collect();
         let ns = cfg
@@ -474,11 +496,14 @@ impl Dc {
                         .iter_mut()
                         .find(|l| l.name == peer.name)
                         .map(|l| (l.addr, l.handle_ack(now, &ack, lifetime))),
-                    Role::Rs => self
-                        .relays
-                        .iter_mut()
-                        .find(|r| r.link.name == peer.name)
-                        .map(|r| (r.link.addr, r.link.handle_ack(now, &ack, lifetime))),
+                    Role::Rs => self.relays.iter_mut().find(|r| r.link.name == peer.name).map(|r| {
+                        // A status request that waited for this key goes out only now: its
+                        // round-trip time is measured from here, not from the TLS set-up.
+                        if let Some((_, sent)) = &mut r.status {
+                            *sent = now;
+                        }
+                        (r.link.addr, r.link.handle_ack(now, &ack, lifetime))
+                    }),
                     Role::Ns => self
                         .ns
                         .iter_mut()
@@ -538,11 +563,13 @@ impl Dc {
             if now < r.next_status {
                 continue;
             }
-            r.next_status = now + self.cfg.relay_status_interval;
             if r.status.is_some() {
-                // The last status request went unanswered: the RS may have lost our key.
+                // The last status request went unanswered: the RS may have lost our key,
+                // or be gone.
                 r.link.forget_keys(now);
+                r.fell_silent(now);
             }
+            r.next_status = now + self.cfg.relay_status_interval;
             let request_id = self.ids.next();
             r.status = Some((request_id, now));
             self.send_server(now, To::Relay(i), Message::RelayStatus(crate::wire::relay::RelayStatus { request_id }));
@@ -550,6 +577,9 @@ impl Dc {
     }
 
     fn handle_relay_message(&mut self, now: Instant, i: usize, msg: Message) -> Received {
+        if let Some(r) = self.relays.get_mut(i) {
+            r.answered();
+        }
         match msg {
             Message::RelayStatusAck(a) => {
                 let Some(r) = self.relays.get_mut(i) else { return Received::Handled };

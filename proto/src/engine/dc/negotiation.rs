@@ -199,6 +199,11 @@ impl Forward {
     }
 }
 
+/// The shortest first wait for an RS's Relay Direction Ack (see `Dc::direct_relay`).
+const RELAY_ACK_MIN_WAIT: crate::time::Duration = crate::time::Duration::from_millis(100);
+/// The longest wait between two Relay Directions to a silent RS.
+const RELAY_ACK_MAX_WAIT: crate::time::Duration = crate::time::Duration::from_secs(1);
+
 /// How long finished negotiations are kept to recognise duplicates.
 const KEEP_FINISHED: crate::time::Duration = crate::time::Duration::from_secs(30);
 
@@ -399,8 +404,14 @@ impl Dc {
 
     /// The best RS for a pair (spec 4.4, "RS selection"): one with both families, not
     /// full, lowest measured round-trip time plus a load penalty. An RS whose status is
-    /// unknown is a last resort.
+    /// unknown is a last resort, and one that has fallen silent comes after all others
+    /// (it is still tried when it is the only one: it may be back).
     pub fn select_relay(&self, mn_v4: bool, cn_v4: bool) -> Option<usize> {
+        self.select_relay_except(mn_v4, cn_v4, None)
+    }
+
+    /// [`Dc::select_relay`] without the RS `except`.
+    fn select_relay_except(&self, mn_v4: bool, cn_v4: bool, except: Option<usize>) -> Option<usize> {
         self.relays
             .iter()
             .enumerate()
@@ -409,10 +420,11 @@ impl Dc {
                     || (r.addrs.iter().any(|a| a.is_ipv4() == mn_v4) && r.addrs.iter().any(|a| a.is_ipv4() == cn_v4))
             })
             .filter(|(_, r)| r.capacity == 0 || r.sessions < r.capacity)
+            .filter(|(i, _)| Some(*i) != except)
             .min_by_key(|(_, r)| {
                 let rtt = r.rtt.map_or(60_000, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
                 let load = if r.capacity > 0 { u64::from(r.sessions) * 1000 / u64::from(r.capacity) } else { 0 };
-                rtt.saturating_add(load)
+                (r.silent_since.is_some(), rtt.saturating_add(load))
             })
             .map(|(i, _)| i)
     }
@@ -456,10 +468,20 @@ impl Dc {
     fn direct_relay(&mut self, now: Instant, i: usize, relay: usize, again: Option<RequestId>) {
         let lifetime = Lifetime::from_duration(self.cfg.tunnel_key_lifetime);
         let request_id = again.unwrap_or_else(|| self.ids.next());
+        // An RS answers a Relay Direction at once: with its round-trip time measured, the
+        // first wait is a few of them (at least RELAY_ACK_MIN_WAIT), so that a dead RS
+        // costs a renegotiation little before another is tried (`relay_failover`). With
+        // no other RS, it is asked at least every RELAY_ACK_MAX_WAIT, so that the tunnel
+        // is set up soon after it is back.
+        let mut policy = self.cfg.negotiation_backoff;
+        if let Some(rtt) = self.relays.get(relay).and_then(|r| r.rtt) {
+            policy.initial = policy.initial.min(rtt.saturating_mul(3).max(RELAY_ACK_MIN_WAIT));
+        }
+        policy.max = policy.max.min(RELAY_ACK_MAX_WAIT).max(policy.initial);
         let Some(n) = self.negotiations.get_mut(i) else { return };
         let Some(key) = n.k_tun.clone() else { return };
         if again.is_none() {
-            n.state = State::ExpectRelayAck { request_id, retry: Retry::new(now, self.cfg.negotiation_backoff), relay };
+            n.state = State::ExpectRelayAck { request_id, retry: Retry::new(now, policy), relay };
         }
         let msg = Message::RelayDirection(RelayDirection {
             request_id,
@@ -467,6 +489,42 @@ impl Dc {
             k_tun: KeyGrant { key, lifetime },
         });
         self.send_server(now, To::Relay(relay), msg);
+    }
+
+    /// Negotiation `i`'s Relay Direction to `relay` went unanswered. If it went sealed
+    /// (no Key Share was under way, which a slow TLS handshake could explain), the RS is
+    /// silent: noted, so that other negotiations avoid it too, and the negotiation moves
+    /// to the best other RS if there is one that is not silent (true), with a new K_tun.
+    /// With none, the same RS is asked again (it may be restarting).
+    fn relay_failover(&mut self, now: Instant, i: usize, relay: usize) -> bool {
+        let Some(r) = self.relays.get_mut(relay) else { return false };
+        if r.link.sharing() {
+            return false;
+        }
+        r.fell_silent(now);
+        let fams = match self.negotiations.get(i).and_then(|n| n.decision) {
+            Some(Decision::Relay { mn_v4, cn_v4 }) => (mn_v4, cn_v4),
+            _ => return false,
+        };
+        let next = self
+            .select_relay_except(fams.0, fams.1, Some(relay))
+            .filter(|&x| self.relays.get(x).is_some_and(|r| r.silent_since.is_none()));
+        let Some(next) = next else { return false };
+        let names =
+            (self.relays.get(relay).map(|r| r.link.name.clone()), self.relays.get(next).map(|r| r.link.name.clone()));
+        if let (Some(from), Some(to), Some(n)) = (names.0, names.1, self.negotiations.get(i)) {
+            log::info!("negotiation {}: relay {from} does not answer; trying relay {to}", n.session);
+        }
+        // The silent RS may still take the session with the K_tun it was sent and answer a
+        // (replayed) punch under it, sealing as Rs from counter 0 as the next RS will: the
+        // next RS gets a fresh K_tun, so no (key, sender, counter) is sealed twice. No node
+        // has a K_tun of this negotiation yet (the Route Directions follow the RS's ack).
+        let k_tun = KTun::generate(&mut *self.rng);
+        if let Some(n) = self.negotiations.get_mut(i) {
+            n.k_tun = Some(k_tun);
+        }
+        self.direct_relay(now, i, next, None);
+        true
     }
 
     pub(super) fn handle_relay_ack(&mut self, now: Instant, relay: usize, a: RelayDirectionAck) -> Received {
@@ -807,6 +865,9 @@ impl Dc {
                     }
                 }
                 State::ExpectRelayAck { request_id, relay, .. } => {
+                    if self.relay_failover(now, i, relay) {
+                        continue;
+                    }
                     if let Some(r) = self.relays.get_mut(relay) {
                         r.link.forget_keys(now);
                         self.direct_relay(now, i, relay, Some(request_id));

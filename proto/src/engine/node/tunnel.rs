@@ -69,9 +69,16 @@ pub enum SendError {
     },
 }
 
-/// How long a relayed tunnel may send without hearing anything before the relay is
-/// checked, and how long the check waits before the tunnel is renegotiated.
-const RELAY_SILENCE: Duration = Duration::from_secs(4);
+/// How long a relayed tunnel may send without hearing anything back before the relay is
+/// checked: longer than a round trip through the relay, short enough that a dead RS is
+/// noticed well within a second of the first packet it swallowed.
+const RELAY_SILENCE: Duration = Duration::from_millis(400);
+/// The check of the relay: a hole punch every 200 ms, three in all; when none of them is
+/// acknowledged 200 ms after the last, the relay path is dead. One check at a time per
+/// tunnel, and a new one only after another `RELAY_SILENCE`, so a tunnel that sends into
+/// a silent peer costs the RS at most a punch every 400 ms.
+const RELAY_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+const RELAY_CHECK_ATTEMPTS: u32 = 3;
 
 /// A Direction Request in flight.
 pub(super) struct Direction {
@@ -131,9 +138,9 @@ enum Route {
         rs: SocketAddr,
         /// Route optimization, or the handover's punches to the RS.
         probe: Option<RelayProbe>,
-        /// When the RS was asked whether it still knows the session, after a silence;
-        /// cleared by anything heard on the tunnel.
-        check: Option<Instant>,
+        /// The punches asking the RS whether it still relays the session, after a
+        /// silence; cleared by anything heard on the tunnel.
+        check: Option<Retry>,
     },
 }
 
@@ -187,11 +194,18 @@ fn probe_policy() -> crate::engine::Backoff {
     crate::engine::Backoff { initial: PROBE_INTERVAL, max: PROBE_INTERVAL, attempts: PROBE_ATTEMPTS }
 }
 
+fn relay_check_policy() -> crate::engine::Backoff {
+    crate::engine::Backoff { initial: RELAY_CHECK_INTERVAL, max: RELAY_CHECK_INTERVAL, attempts: RELAY_CHECK_ATTEMPTS }
+}
+
 /// Traffic on a tunnel.
 #[derive(Clone, Copy)]
 struct Activity {
     last_rx: Instant,
     last_tx: Instant,
+    /// The first packet sent to where the tunnel sends since anything was last heard: on
+    /// the relay, what the relay's silence is measured from.
+    unanswered_since: Option<Instant>,
     /// Last data packet either way: what the idle timeout looks at.
     last_data: Instant,
     rx_packets: u64,
@@ -223,6 +237,9 @@ pub(super) struct Tunnel {
     /// destination that is the only address of the peer our probe can reach, so route
     /// optimization probes it too.
     heard_direct: Option<SocketAddr>,
+    /// That renegotiation is for a relay that stopped answering (or lost the session):
+    /// if it fails, the relay is watched again and the tunnel tries once more.
+    relay_lost: bool,
 }
 
 /// A tunnel as status output shows it.
@@ -240,6 +257,9 @@ pub struct TunnelInfo {
     pub path: PathKind,
     /// Where packets go now (the peer or the RS).
     pub remote: Option<SocketAddr>,
+    /// The RS the DC chose for this session, if relayed (kept after route optimization
+    /// moved the tunnel to a direct path; a tunnel moved to another RS is a new session).
+    pub relay: Option<SocketAddr>,
     /// True if a newer session to the same peer replaced this one.
     pub superseded: bool,
     /// Data packets received.
@@ -351,6 +371,7 @@ impl Tunnel {
     /// the relay is answered.
     fn heard(&mut self, now: Instant) {
         self.activity.last_rx = now;
+        self.activity.unanswered_since = None;
         if let Some(Established { route: Route::Relay { check, .. }, .. }) = self.established_mut() {
             *check = None;
         }
@@ -409,12 +430,12 @@ impl Tunnel {
         let rekey = self.rekey_at(timing);
         let tmp = self.k_tmp.as_ref().and(self.established_at()).map(|t| t + K_TMP_AFTER_SETUP);
         let check = match self.established() {
-            Some(Established { route: Route::Relay { check, .. }, .. }) => *check,
+            Some(Established { route: Route::Relay { check, .. }, .. }) => check.as_ref(),
             _ => None,
         };
         let relay = match (self.watches_relay(), check) {
-            (true, Some(at)) => Some(at + RELAY_SILENCE),
-            (true, None) if a.last_tx > a.last_rx => Some(a.last_rx + RELAY_SILENCE),
+            (true, Some(retry)) => Some(retry.deadline()),
+            (true, None) => a.unanswered_since.map(|t| t + RELAY_SILENCE),
             _ => None,
         };
         [state, probe, expiry, rekey, tmp, self.superseded_until, relay].into_iter().flatten().min()
@@ -446,6 +467,7 @@ impl Tunnel {
             established: self.is_established(),
             path: self.path(),
             remote: self.send_to(),
+            relay: self.relay,
             superseded: !self.is_live(),
             rx_packets: self.activity.rx_packets,
             tx_packets: self.activity.tx_packets,
@@ -462,13 +484,21 @@ impl Tunnel {
         let ch = self.mncn_mut()?;
         match ch.seal(now, msg) {
             Ok(bytes) => {
-                self.activity.last_tx = now;
+                self.sent(now, dst);
                 Some((dst, bytes))
             }
             Err(e) => {
                 log::warn!("cannot seal {:?} with K_mncn: {e}", msg.msg_type());
                 None
             }
+        }
+    }
+
+    /// Something went to `dst`; if that is where the tunnel sends, an answer is due.
+    fn sent(&mut self, now: Instant, dst: SocketAddr) {
+        self.activity.last_tx = now;
+        if self.activity.unanswered_since.is_none() && self.send_to() == Some(dst) {
+            self.activity.unanswered_since = Some(now);
         }
     }
 
@@ -580,8 +610,11 @@ impl Tunnel {
                 // Keep the NAT mappings on the path open: punch the RS, or probe the peer
                 // when we are behind NAT (a global node needs no keepalive).
                 if self.on_relay() {
-                    sends.push(self.hole_punch(now, false));
-                    self.activity.last_tx = now;
+                    let punch = self.hole_punch(now, false);
+                    if let Some((rs, _)) = &punch {
+                        self.sent(now, *rs);
+                    }
+                    sends.push(punch);
                 } else if self.send_to().is_some_and(|a| super::behind_nat(links, &a)) {
                     let id = rng.next_u32();
                     sends.push(self.path_probe(now, id, None));
@@ -735,6 +768,17 @@ impl Node {
         let Some(i) = self.directions.iter().position(|d| d.request_id == request_id) else { return };
         let d = self.directions.swap_remove(i);
         self.rearm_directions();
+        // A tunnel whose dead relay this request was to replace watches its relay again:
+        // once it has sent into silence for another RELAY_SILENCE and a check, it asks
+        // again (the RS may be back, or the DC may know another by then).
+        for id in self.tunnels.ids() {
+            let Some(mut t) = self.tunnels.get_mut(id) else { continue };
+            if t.relay_lost && t.peer.fqdn == d.peer && t.is_live() {
+                t.relay_lost = false;
+                t.rekey_requested = false;
+                t.activity.unanswered_since = None;
+            }
+        }
         self.fail_resolves(&d.peer, error);
     }
 
@@ -917,11 +961,19 @@ impl Node {
             k_tmp: rd.k_tmp,
             peer_key,
             state,
-            activity: Activity { last_rx: now, last_tx: now, last_data: now, rx_packets: 0, tx_packets: 0 },
+            activity: Activity {
+                last_rx: now,
+                last_tx: now,
+                unanswered_since: None,
+                last_data: now,
+                rx_packets: 0,
+                tx_packets: 0,
+            },
             superseded_until: None,
             reestablish: false,
             rekey_requested: false,
             heard_direct: None,
+            relay_lost: false,
         });
         if let Some(dst) = self.any_dc_addr() {
             self.send_to_dc(now, dst, &ack);
@@ -1326,7 +1378,7 @@ impl Node {
         if matches!(e.route, Route::Direct { .. }) {
             self.recent.record(now, session, to, buf);
         }
-        t.activity.last_tx = now;
+        t.sent(now, to);
         t.activity.last_data = now;
         t.activity.tx_packets += 1;
         Ok(to)
@@ -1383,6 +1435,7 @@ impl Node {
             return Received::Handled;
         }
         t.rekey_requested = true;
+        t.relay_lost = true;
         if let Some(Established { route: Route::Relay { check, .. }, .. }) = t.established_mut() {
             *check = None;
         }
@@ -1413,34 +1466,45 @@ impl Node {
             log::info!("K_mncn of tunnel {session} to {peer} nears its end; renegotiating");
             renegotiate = Some((peer, session));
         }
-        // A relayed tunnel we send on but hear nothing from (the RS restarted and lost the
-        // session, or the path to it broke): ask the RS with a punch; if it stays silent,
-        // renegotiate through the DCs, which set up a new relay session. Anything heard
-        // meanwhile ends the check (`Tunnel::heard`).
+        // A relayed tunnel we send on but hear nothing back from (the RS died or restarted
+        // and lost the session, or the path to it broke): after RELAY_SILENCE, ask the RS
+        // with punches; if none is acknowledged, the relay path is dead and the tunnel is
+        // renegotiated through the DCs, which set it up again through an RS that answers
+        // (docs/protocol.md, "Relay failover"). Anything heard meanwhile ends the check
+        // (`Tunnel::heard`).
         if t.watches_relay() {
             let (session, role, a) = (t.session, t.role, t.activity);
             let (mut punch, mut silent) = (false, false);
             if let Some(Established { route: Route::Relay { check, .. }, .. }) = t.established_mut() {
-                match *check {
-                    // Only the side that opened the tunnel renegotiates: when both did, each
-                    // side could keep a different one of the two new sessions.
-                    Some(at) if now >= at + RELAY_SILENCE && role == TunnelRole::Initiate => {
-                        *check = None;
-                        silent = true;
+                match check {
+                    Some(retry) if retry.due(now) => {
+                        if retry.again(now) {
+                            punch = true;
+                        } else {
+                            *check = None;
+                            silent = true;
+                            // Only the side that opened the tunnel renegotiates: when both
+                            // did, each side could keep a different one of the two new
+                            // sessions. The DC moves both sides.
+                            if role != TunnelRole::Initiate {
+                                log::debug!("the relay of tunnel {session} stopped answering; the peer renegotiates");
+                            }
+                        }
                     }
-                    Some(at) if now >= at + RELAY_SILENCE => {
-                        log::debug!("the relay of tunnel {session} stopped answering; the peer renegotiates");
-                        *check = None;
-                    }
-                    None if a.last_tx > a.last_rx && now >= a.last_rx + RELAY_SILENCE => {
-                        *check = Some(now);
+                    None if a.unanswered_since.is_some_and(|at| now >= at + RELAY_SILENCE) => {
+                        *check = Some(Retry::new(now, relay_check_policy()));
                         punch = true;
                     }
                     _ => {}
                 }
             }
             if silent {
+                // The next check, if this side goes on waiting, only after another silence.
+                t.activity.unanswered_since = Some(now);
+            }
+            if silent && role == TunnelRole::Initiate {
                 t.rekey_requested = true;
+                t.relay_lost = true;
                 let peer = t.peer.fqdn.clone();
                 log::warn!("the relay of tunnel {session} to {peer} stopped answering; renegotiating");
                 renegotiate = Some((peer, session));
