@@ -202,6 +202,10 @@ fn a_late_packet_from_the_old_address_does_not_move_the_peer_back() {
     };
     let (late, late_inner) = seal(&mut d, 10);
     let (newer, _) = seal(&mut d, 11);
+    // From here on cn sends nothing itself: the real cn is still at the old address, and
+    // anything newer it sent from there (its check of a path gone silent) would rightly
+    // bring mn back. Only the two packets above are in play.
+    d.sim.set_down(cn, true);
     d.sim.inject(RealmId::INTERNET, moved, mn_ip, newer);
     d.run_for(Duration::from_millis(200));
     assert_eq!(remote(&mut d), Some(moved), "mn follows cn to its new address");

@@ -93,6 +93,9 @@ const UNSAVED_MAX: usize = 4;
 
 /// Least time between two push requests for one node.
 const PUSH_INTERVAL: crate::time::Duration = crate::time::Duration::from_secs(10);
+/// A node heard from within this long still has its NAT's UDP mapping to the DC: NATs
+/// keep an idle one for 30 s at the least in practice (RFC 4787 REQ-5 asks for 2 min).
+const UDP_FRESH: crate::time::Duration = crate::time::Duration::from_secs(20);
 
 /// Plain refusals (for unknown keys) allowed per second, in total and per source: they
 /// are unauthenticated, so they are rate-limited to stay useless for reflection, and one
@@ -418,6 +421,20 @@ impl Dc {
         if rec.via_ns() {
             let Some(b) = rec.ns.as_ref() else { return false };
             let (ns, node_key_id) = (b.ns, b.key_id);
+            // A node heard from moments ago (it has just registered, after a move) still
+            // has its UDP mapping, while its connection to the NS may not be up again
+            // yet: send straight to it as well. The copy that arrives second is a replay
+            // to the node and dropped.
+            let fresh = rec
+                .seen
+                .iter()
+                .flatten()
+                .filter(|s| now.saturating_duration_since(s.last_seen) < UDP_FRESH)
+                .max_by_key(|s| s.last_seen)
+                .map(|s| s.observed);
+            if let Some(to) = fresh {
+                self.transmit(Via::Udp, to, bytes.clone());
+            }
             let Ok(payload) = Bytes::new(bytes) else { return false };
             let request_id = self.ids.next();
             self.send_server(now, To::Ns(ns), Message::Notify(Notify { request_id, node_key_id, payload }));

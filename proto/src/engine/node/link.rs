@@ -358,6 +358,21 @@ impl Node {
         Received::Handled
     }
 
+    /// Asks the DC on every registered link how it sees us now: a Keepalive, whose Ack
+    /// carries the address the DC saw. A NAT that rebound to another port shows there, and
+    /// `handle_keepalive_ack` then registers again and follows every tunnel as after a
+    /// move. A link with a keepalive already in flight is left to it.
+    pub(super) fn check_mapping(&mut self, now: Instant) {
+        for i in 0..self.links.len() {
+            let Some(link) = self.links.get_mut(i) else { continue };
+            let LinkState::Registered { pending: pending @ None, .. } = &mut link.state else { continue };
+            let request_id = self.ids.next();
+            *pending = Some((request_id, Retry::new(now, self.cfg.backoff)));
+            let dst = link.dc_addr;
+            self.send_to_dc(now, dst, &Message::Keepalive(Keepalive { request_id }));
+        }
+    }
+
     pub(super) fn drive_links(&mut self, now: Instant) {
         for i in 0..self.links.len() {
             let Some(link) = self.links.get_mut(i) else { continue };

@@ -69,16 +69,21 @@ pub enum SendError {
     },
 }
 
-/// How long a relayed tunnel may send without hearing anything back before the relay is
-/// checked: longer than a round trip through the relay, short enough that a dead RS is
-/// noticed well within a second of the first packet it swallowed.
-const RELAY_SILENCE: Duration = Duration::from_millis(400);
-/// The check of the relay: a hole punch every 200 ms, three in all; when none of them is
-/// acknowledged 200 ms after the last, the relay path is dead. One check at a time per
-/// tunnel, and a new one only after another `RELAY_SILENCE`, so a tunnel that sends into
-/// a silent peer costs the RS at most a punch every 400 ms.
-const RELAY_CHECK_INTERVAL: Duration = Duration::from_millis(200);
-const RELAY_CHECK_ATTEMPTS: u32 = 3;
+/// How long a tunnel may send without hearing anything back before its path is checked:
+/// longer than a round trip, short enough that a dead RS, or a NAT that rebound, is
+/// noticed well within a second of the first packet lost to it.
+const PATH_SILENCE: Duration = Duration::from_millis(400);
+/// The check of the path: a hole punch to the RS (relayed) or a Path Probe to the peer
+/// (direct) every 200 ms, three in all; when nothing is heard 200 ms after the last, the
+/// path is dead. One check at a time per tunnel, and a new one only after another
+/// `PATH_SILENCE`, so a tunnel that sends into a silent peer costs at most a punch or a
+/// probe every 400 ms.
+const PATH_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+const PATH_CHECK_ATTEMPTS: u32 = 3;
+/// Packets sent into the silence before it counts: a lone datagram that gets no answer
+/// (a ping, a DNS query) is not a sign of a dead path, and under loss its checks would
+/// now and then all be lost too.
+const PATH_SILENT_SENDS: u32 = 3;
 
 /// A Direction Request in flight.
 pub(super) struct Direction {
@@ -132,7 +137,13 @@ struct Established {
 enum Route {
     /// Straight to the peer at `to`; `probe` tells the peer our new address after a
     /// handover, until it answers.
-    Direct { to: SocketAddr, probe: Option<Probe> },
+    Direct {
+        to: SocketAddr,
+        probe: Option<Probe>,
+        /// The Path Probes asking the peer whether the path still works, after a silence;
+        /// cleared by anything heard on the tunnel.
+        check: Option<Retry>,
+    },
     /// Through the RS at `rs` (the tunnel's relay).
     Relay {
         rs: SocketAddr,
@@ -165,7 +176,7 @@ impl Established {
         let route = if relay == Some(to) {
             Route::Relay { rs: to, probe: None, check: None }
         } else {
-            Route::Direct { to, probe: None }
+            Route::Direct { to, probe: None, check: None }
         };
         Established { mncn, since: now, route }
     }
@@ -176,6 +187,19 @@ impl Route {
         match self {
             Route::Direct { to, .. } => *to,
             Route::Relay { rs, .. } => *rs,
+        }
+    }
+
+    /// The check of the path after a silence, whichever the path.
+    fn check(&self) -> Option<&Retry> {
+        match self {
+            Route::Direct { check, .. } | Route::Relay { check, .. } => check.as_ref(),
+        }
+    }
+
+    fn check_mut(&mut self) -> &mut Option<Retry> {
+        match self {
+            Route::Direct { check, .. } | Route::Relay { check, .. } => check,
         }
     }
 
@@ -194,8 +218,8 @@ fn probe_policy() -> crate::engine::Backoff {
     crate::engine::Backoff { initial: PROBE_INTERVAL, max: PROBE_INTERVAL, attempts: PROBE_ATTEMPTS }
 }
 
-fn relay_check_policy() -> crate::engine::Backoff {
-    crate::engine::Backoff { initial: RELAY_CHECK_INTERVAL, max: RELAY_CHECK_INTERVAL, attempts: RELAY_CHECK_ATTEMPTS }
+fn path_check_policy() -> crate::engine::Backoff {
+    crate::engine::Backoff { initial: PATH_CHECK_INTERVAL, max: PATH_CHECK_INTERVAL, attempts: PATH_CHECK_ATTEMPTS }
 }
 
 /// Traffic on a tunnel.
@@ -203,9 +227,11 @@ fn relay_check_policy() -> crate::engine::Backoff {
 struct Activity {
     last_rx: Instant,
     last_tx: Instant,
-    /// The first packet sent to where the tunnel sends since anything was last heard: on
-    /// the relay, what the relay's silence is measured from.
+    /// The first packet sent to where the tunnel sends since anything was last heard:
+    /// what the path's silence is measured from.
     unanswered_since: Option<Instant>,
+    /// Packets sent to where the tunnel sends since anything was last heard.
+    unanswered: u32,
     /// Last data packet either way: what the idle timeout looks at.
     last_data: Instant,
     rx_packets: u64,
@@ -237,9 +263,10 @@ pub(super) struct Tunnel {
     /// destination that is the only address of the peer our probe can reach, so route
     /// optimization probes it too.
     heard_direct: Option<SocketAddr>,
-    /// That renegotiation is for a relay that stopped answering (or lost the session):
-    /// if it fails, the relay is watched again and the tunnel tries once more.
-    relay_lost: bool,
+    /// That renegotiation is for a path that stopped answering (a relay, or the RS lost
+    /// the session; a direct path): if it fails, the path is watched again and the tunnel
+    /// tries once more.
+    path_lost: bool,
 }
 
 /// A tunnel as status output shows it.
@@ -338,9 +365,9 @@ impl Tunnel {
         }
     }
 
-    /// True while the relay's silence is watched (see `drive_tunnel`).
-    fn watches_relay(&self) -> bool {
-        self.on_relay() && self.is_established() && self.is_live() && !self.rekey_requested
+    /// True while the path's silence is watched (see `drive_tunnel`).
+    fn watches_path(&self) -> bool {
+        self.is_established() && self.is_live() && !self.rekey_requested
     }
 
     fn path(&self) -> PathKind {
@@ -368,12 +395,13 @@ impl Tunnel {
     }
 
     /// Something authentic came in on the tunnel: the path works, so a pending check of
-    /// the relay is answered.
+    /// it is answered.
     fn heard(&mut self, now: Instant) {
         self.activity.last_rx = now;
         self.activity.unanswered_since = None;
-        if let Some(Established { route: Route::Relay { check, .. }, .. }) = self.established_mut() {
-            *check = None;
+        self.activity.unanswered = 0;
+        if let Some(e) = self.established_mut() {
+            *e.route.check_mut() = None;
         }
     }
 
@@ -429,16 +457,13 @@ impl Tunnel {
         let expiry = self.mncn().map(Channel::expires);
         let rekey = self.rekey_at(timing);
         let tmp = self.k_tmp.as_ref().and(self.established_at()).map(|t| t + K_TMP_AFTER_SETUP);
-        let check = match self.established() {
-            Some(Established { route: Route::Relay { check, .. }, .. }) => check.as_ref(),
-            _ => None,
-        };
-        let relay = match (self.watches_relay(), check) {
+        let check = self.established().and_then(|e| e.route.check());
+        let watch = match (self.watches_path(), check) {
             (true, Some(retry)) => Some(retry.deadline()),
-            (true, None) => a.unanswered_since.map(|t| t + RELAY_SILENCE),
+            (true, None) if a.unanswered >= PATH_SILENT_SENDS => a.unanswered_since.map(|t| t + PATH_SILENCE),
             _ => None,
         };
-        [state, probe, expiry, rekey, tmp, self.superseded_until, relay].into_iter().flatten().min()
+        [state, probe, expiry, rekey, tmp, self.superseded_until, watch].into_iter().flatten().min()
     }
 
     /// When this node asks for a fresh negotiation, ahead of K_mncn's expiry.
@@ -497,8 +522,9 @@ impl Tunnel {
     /// Something went to `dst`; if that is where the tunnel sends, an answer is due.
     fn sent(&mut self, now: Instant, dst: SocketAddr) {
         self.activity.last_tx = now;
-        if self.activity.unanswered_since.is_none() && self.send_to() == Some(dst) {
-            self.activity.unanswered_since = Some(now);
+        if self.send_to() == Some(dst) {
+            self.activity.unanswered_since.get_or_insert(now);
+            self.activity.unanswered = self.activity.unanswered.saturating_add(1);
         }
     }
 
@@ -751,7 +777,7 @@ impl Node {
                     *probe = Some(RelayProbe::Punch(retry));
                     t.hole_punch(now, false)
                 }
-                Route::Direct { to, probe } => {
+                Route::Direct { to, probe, .. } => {
                     *probe = Some(Probe { id: probe_id, targets: vec![*to], retry });
                     t.path_probe(now, probe_id, None)
                 }
@@ -768,15 +794,16 @@ impl Node {
         let Some(i) = self.directions.iter().position(|d| d.request_id == request_id) else { return };
         let d = self.directions.swap_remove(i);
         self.rearm_directions();
-        // A tunnel whose dead relay this request was to replace watches its relay again:
-        // once it has sent into silence for another RELAY_SILENCE and a check, it asks
-        // again (the RS may be back, or the DC may know another by then).
+        // A tunnel whose dead path this request was to replace watches its path again:
+        // once it has sent into silence for another PATH_SILENCE and a check, it asks
+        // again (the RS or the peer may be back, or the DC may know another RS by then).
         for id in self.tunnels.ids() {
             let Some(mut t) = self.tunnels.get_mut(id) else { continue };
-            if t.relay_lost && t.peer.fqdn == d.peer && t.is_live() {
-                t.relay_lost = false;
+            if t.path_lost && t.peer.fqdn == d.peer && t.is_live() {
+                t.path_lost = false;
                 t.rekey_requested = false;
                 t.activity.unanswered_since = None;
+                t.activity.unanswered = 0;
             }
         }
         self.fail_resolves(&d.peer, error);
@@ -965,6 +992,7 @@ impl Node {
                 last_rx: now,
                 last_tx: now,
                 unanswered_since: None,
+                unanswered: 0,
                 last_data: now,
                 rx_packets: 0,
                 tx_packets: 0,
@@ -973,7 +1001,7 @@ impl Node {
             reestablish: false,
             rekey_requested: false,
             heard_direct: None,
-            relay_lost: false,
+            path_lost: false,
         });
         if let Some(dst) = self.any_dc_addr() {
             self.send_to_dc(now, dst, &ack);
@@ -1302,7 +1330,7 @@ impl Node {
     fn switch_to_direct(&mut self, now: Instant, id: TunnelId, to: SocketAddr) {
         let Some(mut t) = self.tunnels.get_mut(id) else { return };
         let Some(e) = t.established_mut() else { return };
-        e.route = Route::Direct { to, probe: None };
+        e.route = Route::Direct { to, probe: None, check: None };
         let (session, peer) = (t.session, t.peer.fqdn.clone());
         log::info!("tunnel {session} to {peer}: direct path {to} works; leaving the relay");
         let punch = t.hole_punch(now, true);
@@ -1435,7 +1463,7 @@ impl Node {
             return Received::Handled;
         }
         t.rekey_requested = true;
-        t.relay_lost = true;
+        t.path_lost = true;
         if let Some(Established { route: Route::Relay { check, .. }, .. }) = t.established_mut() {
             *check = None;
         }
@@ -1466,20 +1494,25 @@ impl Node {
             log::info!("K_mncn of tunnel {session} to {peer} nears its end; renegotiating");
             renegotiate = Some((peer, session));
         }
-        // A relayed tunnel we send on but hear nothing back from (the RS died or restarted
-        // and lost the session, or the path to it broke): after RELAY_SILENCE, ask the RS
-        // with punches; if none is acknowledged, the relay path is dead and the tunnel is
-        // renegotiated through the DCs, which set it up again through an RS that answers
-        // (docs/protocol.md, "Relay failover"). Anything heard meanwhile ends the check
+        // A tunnel we send on but hear nothing back from: on a relay the RS died or
+        // restarted and lost the session, or the path to it broke; on a direct path a NAT
+        // on the way rebound to a new port, or the peer left. After PATH_SILENCE, ask: the
+        // RS with punches, the peer with Path Probes, and the DC how it sees us now (a
+        // Keepalive: its Ack shows our own NAT's rebinding, which is then handled as a
+        // move, `handle_keepalive_ack`). If nothing is heard, the path is dead and the
+        // tunnel is renegotiated through the DCs, which set it up again on a path that
+        // works (docs/protocol.md, "Dead paths"). Anything heard meanwhile ends the check
         // (`Tunnel::heard`).
-        if t.watches_relay() {
-            let (session, role, a) = (t.session, t.role, t.activity);
-            let (mut punch, mut silent) = (false, false);
-            if let Some(Established { route: Route::Relay { check, .. }, .. }) = t.established_mut() {
+        let mut ask_dc = false;
+        if t.watches_path() {
+            let (session, role, a, relayed) = (t.session, t.role, t.activity, t.on_relay());
+            let (mut ask, mut silent) = (false, false);
+            if let Some(e) = t.established_mut() {
+                let check = e.route.check_mut();
                 match check {
                     Some(retry) if retry.due(now) => {
                         if retry.again(now) {
-                            punch = true;
+                            ask = true;
                         } else {
                             *check = None;
                             silent = true;
@@ -1487,13 +1520,16 @@ impl Node {
                             // did, each side could keep a different one of the two new
                             // sessions. The DC moves both sides.
                             if role != TunnelRole::Initiate {
-                                log::debug!("the relay of tunnel {session} stopped answering; the peer renegotiates");
+                                log::debug!("the path of tunnel {session} stopped answering; the peer renegotiates");
                             }
                         }
                     }
-                    None if a.unanswered_since.is_some_and(|at| now >= at + RELAY_SILENCE) => {
-                        *check = Some(Retry::new(now, relay_check_policy()));
-                        punch = true;
+                    None if a.unanswered >= PATH_SILENT_SENDS
+                        && a.unanswered_since.is_some_and(|at| now >= at + PATH_SILENCE) =>
+                    {
+                        *check = Some(Retry::new(now, path_check_policy()));
+                        ask = true;
+                        ask_dc = !relayed;
                     }
                     _ => {}
                 }
@@ -1504,17 +1540,24 @@ impl Node {
             }
             if silent && role == TunnelRole::Initiate {
                 t.rekey_requested = true;
-                t.relay_lost = true;
+                t.path_lost = true;
                 let peer = t.peer.fqdn.clone();
-                log::warn!("the relay of tunnel {session} to {peer} stopped answering; renegotiating");
+                let what = if relayed { "relay" } else { "direct path" };
+                log::warn!("the {what} of tunnel {session} to {peer} stopped answering; renegotiating");
                 renegotiate = Some((peer, session));
             }
-            if punch {
+            if ask && relayed {
                 sends.push(t.hole_punch(now, false));
+            } else if ask {
+                let id = self.rng.next_u32();
+                sends.push(t.path_probe(now, id, None));
             }
         }
         let alive = t.drive_state(now, &timing, &mut sends, &mut self.rng, &self.links);
         drop(t);
+        if ask_dc {
+            self.check_mapping(now);
+        }
         if let Some((peer, session)) = renegotiate {
             self.request_direction(now, peer, Some(session));
         }
