@@ -30,7 +30,8 @@ fn a_box_behind_a_nat_forgetting_idle_tcp_learns_its_interval_and_stays_reachabl
     if !tools_or_skip(label, &["ping", "nft", "dig", "socat"]) {
         return;
     }
-    let Some(mut d) = or_skip(Deployment::start_with(label, [Access::Global4, Access::Nat(NatKind::PortRestricted)]), label)
+    let Some(mut d) =
+        or_skip(Deployment::start_with(label, [Access::Global4, Access::Nat(NatKind::PortRestricted)]), label)
     else {
         return;
     };
@@ -72,7 +73,12 @@ fn a_box_behind_a_nat_forgetting_idle_tcp_learns_its_interval_and_stays_reachabl
     assert!(d.status(1).is_some_and(|s| s["notifications_ready"] == true));
     let data = payload(2000, 6);
     let got = d.tcp_echo(0, &format!("TCP4:{B}:7000"), &data, "after-idle");
-    assert!(got == data, "a new TCP connection from box a to the idle box b works ({} of {} bytes)", got.len(), data.len());
+    assert!(
+        got == data,
+        "a new TCP connection from box a to the idle box b works ({} of {} bytes)",
+        got.len(),
+        data.len()
+    );
     assert!(d.ping(0, &b_v4, 3), "box a pings box b");
     // Idle traffic per interval: one NsProbe and one NsKeepaliveAck frame (16-byte header,
     // 8- and 4-byte bodies, 16-byte tag, 2-byte length) in two segments, and their two

@@ -252,3 +252,37 @@ fn two_ns_kept_boxes_are_healthy_after_the_ns_is_killed() {
 fn two_ns_kept_boxes_are_healthy_after_the_ns_and_a_dc_are_killed() {
     kill_both_ns_kept("health-kill-ns-dc", &["ns", "dc-b", "dc-a"]);
 }
+
+/// The AS hands out keys for 60 s, so boxes log in again every 30 s; the AS is killed
+/// and restarted. Across the next relogins (well after the restart) both boxes stay
+/// healthy and box b, kept by the NS, stays reachable.
+#[test]
+fn boxes_stay_healthy_across_relogins_after_the_as_restarts() {
+    let Some(mut d) = lab("health-as-relogin", [Access::Global4, Access::Nat(NatKind::PortRestricted)]) else {
+        return;
+    };
+    let path = d.lab.dir().join("as.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["key_lifetime_secs"] = 60.into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    d.restart_server("as").unwrap();
+    let st = d.up_with_b_kept_by_ns().expect("b registers and uses the NS");
+    std::thread::sleep(Duration::from_secs(5));
+    kill_and_restart(&mut d, "as");
+    // Two relogins of each box go by; health is checked all along.
+    let until = Instant::now() + Duration::from_secs(75);
+    let mut unhealthy = Duration::ZERO;
+    while Instant::now() < until {
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_millis(500));
+        if !(0..2).all(|i| d.status(i).is_some_and(|s| healthy(&s, i == 1))) {
+            unhealthy += t.elapsed();
+        }
+    }
+    eprintln!("AS restart, relogins every 30 s: unhealthy for {unhealthy:?} of 75 s");
+    for i in 0..2 {
+        let s = d.status(i).unwrap_or_default();
+        assert!(healthy(&s, i == 1), "box {i} healthy after its relogins: {s}");
+    }
+    reach_b(&mut d, &v4(&st[1]), Instant::now(), Duration::from_secs(10), "after the AS restart and relogins");
+}

@@ -21,8 +21,8 @@ use ntm_proto::wire::login::{
     Credential, CredentialKind, IdToken, KeyDistribution, LoginRequest, LoginResponse, NtmAck, Password,
 };
 use ntm_proto::wire::notification::{
-    NotificationAck, NotificationRegistration, Notify, NotifyAck, NsKeepalive, NsKeepaliveAck, NsKeyAck, NsProbe,
-    NsKeyDistribution,
+    NotificationAck, NotificationRegistration, Notify, NotifyAck, NsKeepalive, NsKeepaliveAck, NsKeyAck,
+    NsKeyDistribution, NsProbe,
 };
 use ntm_proto::wire::refusal::{Reason, Refusal};
 use ntm_proto::wire::registration::{

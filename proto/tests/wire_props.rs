@@ -14,8 +14,8 @@ use ntm_proto::wire::login::{
     PASSWORD_MAX,
 };
 use ntm_proto::wire::notification::{
-    NotificationAck, NotificationRegistration, Notify, NotifyAck, NsKeepalive, NsKeepaliveAck, NsKeyAck, NsProbe,
-    NsKeyDistribution, NOTIFY_PAYLOAD_MAX,
+    NotificationAck, NotificationRegistration, Notify, NotifyAck, NsKeepalive, NsKeepaliveAck, NsKeyAck,
+    NsKeyDistribution, NsProbe, NOTIFY_PAYLOAD_MAX,
 };
 use ntm_proto::wire::refusal::{Reason, Refusal, DETAIL_MAX};
 use ntm_proto::wire::registration::{

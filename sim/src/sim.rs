@@ -490,7 +490,10 @@ impl Sim {
 
     /// Streams of `host` that are connecting or open (not broken).
     pub fn open_streams(&self, host: HostId) -> usize {
-        self.conns.values().filter(|c| c.involves(host) && !matches!(c.state, ConnState::Broken | ConnState::Reset(_))).count()
+        self.conns
+            .values()
+            .filter(|c| c.involves(host) && !matches!(c.state, ConnState::Broken | ConnState::Reset(_)))
+            .count()
     }
 
     /// Starts recording everything `host` sends and receives.

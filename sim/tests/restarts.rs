@@ -41,6 +41,8 @@ fn healthy(d: &mut Deployment, cn: HostId, mn: HostId) -> bool {
 /// The NS is down for `down`, then starts again with nothing.
 fn ns_down_for(seed: u64, down: Duration) {
     let (mut d, mn, cn) = pair(seed);
+    // Stopped: its connections are closed (the boxes hear), then it is gone.
+    d.sim.close_streams(d.ns);
     d.sim.set_down(d.ns, true);
     d.run_for(down);
     d.sim.replace_engine(d.ns, Ns::new(NsConfig::new(name("ns1.example"))).unwrap());

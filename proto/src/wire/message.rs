@@ -5,8 +5,8 @@ use super::direction::{DirectionRequest, NodeInfoAnswer, NodeInfoRequest};
 use super::keyshare::{KeyShare, KeyShareAck};
 use super::login::{KeyDistribution, LoginRequest, LoginResponse, NtmAck};
 use super::notification::{
-    NotificationAck, NotificationRegistration, Notify, NotifyAck, NsKeepalive, NsKeepaliveAck, NsKeyAck, NsProbe,
-    NsKeyDistribution,
+    NotificationAck, NotificationRegistration, Notify, NotifyAck, NsKeepalive, NsKeepaliveAck, NsKeyAck,
+    NsKeyDistribution, NsProbe,
 };
 use super::refusal::Refusal;
 use super::registration::{Keepalive, KeepaliveAck, RegistrationRequest, RegistrationResponse};
