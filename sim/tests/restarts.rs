@@ -68,3 +68,32 @@ fn boxes_use_the_ns_again_after_it_was_down_for_ten_seconds() {
 fn boxes_use_the_ns_again_after_it_was_down_for_five_minutes() {
     ns_down_for(161, secs(300));
 }
+
+/// The NS restarts, and goes down again just as the box, told that its key is unknown,
+/// asks its DC for a new one: the DC cannot give the key to the NS and answers without a
+/// grant. Once the NS is back, the box must use it again within a bounded time, not only
+/// at its next login.
+#[test]
+fn a_box_whose_ns_was_down_when_it_asked_for_a_new_key_uses_it_again_once_back() {
+    let (mut d, mn, cn) = pair(162);
+    d.sim.replace_engine(d.ns, Ns::new(NsConfig::new(name("ns1.example"))).unwrap());
+    let ns = d.ns;
+    // The box reconnects and is told its key is unknown; then the NS goes down.
+    assert!(d
+        .sim
+        .run_until_cond(d.now() + secs(30), |s| { s.drops(ns).get(ntm_proto::engine::DropReason::UnknownKey) > 0 }));
+    d.sim.close_streams(ns);
+    d.sim.set_down(ns, true);
+    d.run_for(secs(120));
+    d.sim.replace_engine(ns, Ns::new(NsConfig::new(name("ns1.example"))).unwrap());
+    d.sim.set_down(ns, false);
+    let back = d.now();
+    let ok = d.sim.run_until_cond(back + secs(300), |s| s.engine::<Node>(cn).notifications_ready());
+    assert!(ok, "the CN uses the NS again within 5 minutes of its return");
+    eprintln!(
+        "NS down while the CN asked for a key: CN back on the NS {:?} after its return",
+        d.now().saturating_duration_since(back)
+    );
+    assert!(healthy(&mut d, cn, mn));
+    assert!(d.resolve(mn, "cn.zone-b.example").is_ok() && d.ping4(mn, cn, 1));
+}

@@ -121,9 +121,6 @@ const KEEPALIVE_FLOOR_MIN: Duration = Duration::from_secs(10);
 /// A probe's acknowledgement may come this late (plus a sixteenth of its delay) before we
 /// call the mapping dead: TCP retransmissions on a lossy path take a few seconds.
 const PROBE_GRACE: Duration = Duration::from_secs(5);
-/// Probes held at a settled interval before trying a longer one again (the path's NAT may
-/// have been replaced, or the failure that settled it was a lost packet).
-const REPROBE_AFTER: u32 = 24;
 
 /// The node's keepalive interval toward its NS, learned from which probe delays held.
 #[derive(Clone, Copy, Debug)]
@@ -134,15 +131,16 @@ pub(super) struct KeepaliveLearning {
     current: Duration,
     /// The longest delay whose acknowledgement came (zero: none yet).
     held: Duration,
-    /// The shortest delay whose acknowledgement did not come.
+    /// The shortest delay whose acknowledgement did not come. Kept until the path
+    /// changes: trying a longer delay again would cost reachability each time (the box is
+    /// unreachable from the NAT's timeout until the failure is noticed), while a delay
+    /// too short costs only a few bytes.
     failed: Option<Duration>,
-    /// Probes that held since the interval stopped growing.
-    settled_for: u32,
 }
 
 impl KeepaliveLearning {
     fn new(max: Duration) -> Self {
-        KeepaliveLearning { max, current: max, held: Duration::ZERO, failed: None, settled_for: 0 }
+        KeepaliveLearning { max, current: max, held: Duration::ZERO, failed: None }
     }
 
     /// The shortest interval we fall back to: a sixtieth of the NS's (a minute for an
@@ -180,14 +178,6 @@ impl KeepaliveLearning {
         if delay < self.current {
             return; // an older, shorter probe
         }
-        if self.settled() && self.current < self.max {
-            self.settled_for += 1;
-            if self.settled_for >= REPROBE_AFTER {
-                log::info!("NS keepalive every {:?} held {REPROBE_AFTER} times; trying longer again", self.current);
-                self.failed = None;
-                self.settled_for = 0;
-            }
-        }
         if !self.settled() {
             self.current = self.grown();
         }
@@ -200,7 +190,6 @@ impl KeepaliveLearning {
             self.held = Duration::ZERO; // the path changed under us: start again from the floor
         }
         self.current = self.held.max(self.floor()).min(delay);
-        self.settled_for = 0;
         log::warn!(
             "NS keepalive of {delay:?} went unanswered (a NAT forgetting idle TCP?); now every {:?}",
             self.current
