@@ -79,3 +79,32 @@ fn a_nat_that_keeps_tcp_for_hours_keeps_the_hourly_interval() {
     assert_eq!(d.node(cn).ns_keepalive(), Some((secs(3600), secs(3600), true)));
     assert!(d.node(cn).notifications_ready());
 }
+
+#[test]
+fn after_a_move_the_interval_is_learned_again_for_the_new_nat() {
+    let (mut d, cn, mns) = deploy(152, secs(1800), 1);
+    d.run_for(secs(12 * 3600));
+    assert_eq!(d.node(cn).ns_keepalive().map(|k| (k.0, k.2)), Some((secs(1531), true)));
+
+    // To a network whose NAT keeps TCP for the RFC's 2 h 4 min: the interval grows back
+    // to the NS's, without a failure on the way.
+    let good = d.home(|o| RealmConfig::v4_only(o).with_nat(NatConfig::port_restricted_cone()));
+    d.sim.move_host(cn, good, &[ip("10.30.0.2")]);
+    let now = d.now();
+    d.node(cn).handle_network_change(now, vec![std::net::SocketAddr::new(ip("10.30.0.2"), NODE_PORT)]);
+    assert_eq!(d.node(cn).ns_keepalive().map(|k| k.2), Some(false), "learning again");
+    d.run_for(secs(4 * 3600));
+    assert_eq!(d.node(cn).ns_keepalive(), Some((secs(3600), secs(3600), true)));
+
+    // To one whose NAT forgets TCP after 10 minutes: a failure, then it settles below.
+    let bad = NatConfig { udp_timeout: secs(30), tcp_timeout: secs(600), ..NatConfig::port_restricted_cone() };
+    let bad = d.home(|o| RealmConfig::v4_only(o).with_nat(bad));
+    d.sim.move_host(cn, bad, &[ip("10.40.0.2")]);
+    let now = d.now();
+    d.node(cn).handle_network_change(now, vec![std::net::SocketAddr::new(ip("10.40.0.2"), NODE_PORT)]);
+    d.run_for(secs(8 * 3600));
+    let (interval, _, settled) = d.node(cn).ns_keepalive().unwrap();
+    eprintln!("after moving behind a 10-minute NAT: {interval:?}");
+    assert!(settled && interval < secs(600) && interval >= secs(400), "{interval:?}");
+    assert!(d.resolve(mns[0], "cn.zone-b.example").is_ok() && d.ping4(mns[0], cn, 7));
+}

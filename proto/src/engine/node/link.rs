@@ -157,9 +157,13 @@ impl KeepaliveLearning {
         }
     }
 
-    /// A new path (network change): what held on the old one says nothing.
+    /// A new path (network change): what failed on the old one says nothing about it.
+    /// The interval in use stays, and grows from there while it holds: starting over
+    /// from the NS's interval would leave a box that moves between the same networks
+    /// unreachable for half an hour after every move behind a NAT that forgets sooner.
     pub(super) fn reset(&mut self) {
-        *self = KeepaliveLearning::new(self.max);
+        self.held = Duration::ZERO;
+        self.failed = None;
     }
 
     /// True while the interval no longer grows.
