@@ -158,3 +158,131 @@ fn a_refused_box_logs_in_by_itself_once_its_account_is_enabled() {
     assert!(d.wait_registered(0, 20).is_some(), "box a logs in and registers by itself");
     eprintln!("account enabled: box a registered {:?} later", enabled.elapsed());
 }
+
+/// What a healthy box's status says: registered with its DC, not displaced, and for a box
+/// kept by the NS, its NS connection acknowledged.
+fn healthy(s: &Value, ns_kept: bool) -> bool {
+    s["registered"] == true && s["displaced"] == false && (!ns_kept || s["notifications_ready"] == true)
+}
+
+/// Both boxes up (b kept by the NS, idle, no tunnel yet); the servers `labels` are
+/// restarted together. Both boxes must be healthy again within 30 s, stay so, and box a
+/// must reach the idle box b by name (a Route Direction through the NS).
+fn restart_and_check(label: &str, labels: &[&str]) {
+    let Some((mut d, b_v4)) = ns_kept_b(label) else { return };
+    let what = format!("{} restart", labels.join("+"));
+    let restarted = Instant::now();
+    for l in labels {
+        d.restart_server(l).expect("the server starts again");
+    }
+    for i in 0..2 {
+        let ok = d.lab.wait_for(RECOVERY.as_secs(), || d.status(i).is_some_and(|s| healthy(&s, i == 1)));
+        let s = d.status(i).unwrap_or_default();
+        assert!(ok, "{what}: box {i} healthy within {RECOVERY:?}: {s}");
+    }
+    eprintln!("{what}: both boxes healthy {:?} after the restart", restarted.elapsed());
+    // Well after the restart: still healthy, and box b (idle since) reachable through the NS.
+    std::thread::sleep(Duration::from_secs(20));
+    for i in 0..2 {
+        let s = d.status(i).unwrap_or_default();
+        assert!(healthy(&s, i == 1), "{what}: box {i} still healthy 20 s later: {s}");
+    }
+    reach_b(&mut d, &b_v4, Instant::now(), Duration::from_secs(10), &format!("after the {what}"));
+    assert!(d.lab.wait_for(10, || d.status(1).is_some_and(|s| healthy(&s, true))), "{what}: b healthy at the end");
+}
+
+#[test]
+fn both_boxes_are_healthy_after_the_ns_restarts() {
+    restart_and_check("health-ns", &["ns"]);
+}
+
+#[test]
+fn both_boxes_are_healthy_after_the_as_restarts() {
+    restart_and_check("health-as", &["as"]);
+}
+
+#[test]
+fn both_boxes_are_healthy_after_their_dc_restarts() {
+    restart_and_check("health-dc", &["dc-b"]);
+}
+
+#[test]
+fn both_boxes_are_healthy_after_the_ns_and_the_dc_restart_together() {
+    restart_and_check("health-ns-dc", &["ns", "dc-b"]);
+}
+
+/// Both boxes behind NATs and kept by the NS; the servers `labels` are killed (SIGKILL)
+/// and started again together. Both must be healthy within 30 s and stay so, and each
+/// must reach the other, idle, by name.
+fn kill_both_ns_kept(label: &str, labels: &[&str]) {
+    let Some(mut d) = lab(label, [Access::Nat(NatKind::PortRestricted), Access::Nat(NatKind::PortRestricted)]) else {
+        return;
+    };
+    for i in 0..2 {
+        let nat = d.boxes[i].nat.clone().expect("a NAT");
+        for k in ["nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"] {
+            d.lab.sysctl(&nat, &format!("net.netfilter.{k}"), "3").unwrap();
+        }
+    }
+    let st = d.up_with(|_, _, c| c["keepalive"] = "ns".into()).unwrap();
+    assert!(d.lab.wait_for(10, || (0..2).all(|i| d.status(i).is_some_and(|s| healthy(&s, true)))));
+    std::thread::sleep(Duration::from_secs(5));
+    let what = format!("{} killed", labels.join("+"));
+    let killed = Instant::now();
+    for l in labels {
+        kill_and_restart(&mut d, l);
+    }
+    let ok = d.lab.wait_for(RECOVERY.as_secs(), || (0..2).all(|i| d.status(i).is_some_and(|s| healthy(&s, true))));
+    assert!(ok, "{what}: both healthy within {RECOVERY:?}: {:?} / {:?}", d.status(0), d.status(1));
+    eprintln!("{what}: both boxes healthy {:?} after the kill", killed.elapsed());
+    std::thread::sleep(Duration::from_secs(20));
+    for i in 0..2 {
+        let s = d.status(i).unwrap_or_default();
+        assert!(healthy(&s, true), "{what}: box {i} still healthy 20 s later: {s}");
+    }
+    reach_b(&mut d, &v4(&st[1]), Instant::now(), Duration::from_secs(10), &format!("after {what}"));
+}
+
+#[test]
+fn two_ns_kept_boxes_are_healthy_after_the_ns_is_killed() {
+    kill_both_ns_kept("health-kill-ns", &["ns"]);
+}
+
+#[test]
+fn two_ns_kept_boxes_are_healthy_after_the_ns_and_a_dc_are_killed() {
+    kill_both_ns_kept("health-kill-ns-dc", &["ns", "dc-b", "dc-a"]);
+}
+
+/// The AS hands out keys for 60 s, so boxes log in again every 30 s; the AS is killed
+/// and restarted. Across the next relogins (well after the restart) both boxes stay
+/// healthy and box b, kept by the NS, stays reachable.
+#[test]
+fn boxes_stay_healthy_across_relogins_after_the_as_restarts() {
+    let Some(mut d) = lab("health-as-relogin", [Access::Global4, Access::Nat(NatKind::PortRestricted)]) else {
+        return;
+    };
+    let path = d.lab.dir().join("as.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["key_lifetime_secs"] = 60.into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    d.restart_server("as").unwrap();
+    let st = d.up_with_b_kept_by_ns().expect("b registers and uses the NS");
+    std::thread::sleep(Duration::from_secs(5));
+    kill_and_restart(&mut d, "as");
+    // Two relogins of each box go by; health is checked all along.
+    let until = Instant::now() + Duration::from_secs(75);
+    let mut unhealthy = Duration::ZERO;
+    while Instant::now() < until {
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_millis(500));
+        if !(0..2).all(|i| d.status(i).is_some_and(|s| healthy(&s, i == 1))) {
+            unhealthy += t.elapsed();
+        }
+    }
+    eprintln!("AS restart, relogins every 30 s: unhealthy for {unhealthy:?} of 75 s");
+    for i in 0..2 {
+        let s = d.status(i).unwrap_or_default();
+        assert!(healthy(&s, i == 1), "box {i} healthy after its relogins: {s}");
+    }
+    reach_b(&mut d, &v4(&st[1]), Instant::now(), Duration::from_secs(10), "after the AS restart and relogins");
+}

@@ -22,7 +22,7 @@ use ntm_proto::wire::login::{
 };
 use ntm_proto::wire::notification::{
     NotificationAck, NotificationRegistration, Notify, NotifyAck, NsKeepalive, NsKeepaliveAck, NsKeyAck,
-    NsKeyDistribution,
+    NsKeyDistribution, NsProbe,
 };
 use ntm_proto::wire::refusal::{Reason, Refusal};
 use ntm_proto::wire::registration::{
@@ -550,6 +550,10 @@ fn fixtures() -> Vec<Fixture> {
         fx("ns_keepalive_ack", sealed(T::NsKeepaliveAck, Sender::Ns, 0x2001, 1), cat(&[
             &[0x00, 0x00, 0x00, 0x31],      // request_id 0x31
         ]), NsKeepaliveAck { request_id: RequestId(0x31) }),
+        fx("ns_probe", sealed(T::NsProbe, Sender::Node, 0x2001, 2), cat(&[
+            &[0x00, 0x00, 0x00, 0x33],      // request_id 0x33
+            &[0x00, 0x00, 0x05, 0xdc],      // delay 1500 s
+        ]), NsProbe { request_id: RequestId(0x33), delay: 1500 }),
         fx("ns_key_distribution", sealed(T::NsKeyDistribution, Sender::Dc, 0x3001, 0), cat(&[
             &[0x00, 0x00, 0x00, 0x32],      // request_id 0x32
             MN_NAME,                        // fqdn mn.a.example
@@ -925,7 +929,7 @@ fn parse_with(name: &str, offset: usize, value: u8) -> Result<Message, WireError
 
 #[test]
 fn every_message_type_has_a_fixture() {
-    assert_eq!(MsgType::ALL.len(), 35);
+    assert_eq!(MsgType::ALL.len(), 36);
     let all = fixtures();
     for ty in MsgType::ALL {
         assert!(all.iter().any(|f| f.header.msg_type == *ty), "no fixture for {ty:?}");
@@ -1107,7 +1111,7 @@ fn unknown_message_types_are_refused() {
         assert_eq!(Message::parse_body(env.msg_type(), env.body()), Err(WireError::UnknownType(t)));
         assert_eq!(parse(&bytes).err(), Some(WireError::UnknownType(t)));
     }
-    assert_eq!(unknown, 256 - 35);
+    assert_eq!(unknown, 256 - 36);
 }
 
 #[test]

@@ -15,7 +15,7 @@ use ntm_proto::wire::login::{
 };
 use ntm_proto::wire::notification::{
     NotificationAck, NotificationRegistration, Notify, NotifyAck, NsKeepalive, NsKeepaliveAck, NsKeyAck,
-    NsKeyDistribution, NOTIFY_PAYLOAD_MAX,
+    NsKeyDistribution, NsProbe, NOTIFY_PAYLOAD_MAX,
 };
 use ntm_proto::wire::refusal::{Reason, Refusal, DETAIL_MAX};
 use ntm_proto::wire::registration::{
@@ -277,6 +277,7 @@ fn body(ty: MsgType) -> BoxedStrategy<Message> {
             .prop_map(|(request_id, keepalive_interval)| NotificationAck { request_id, keepalive_interval })),
         MsgType::NsKeepalive => b(rid().prop_map(|request_id| NsKeepalive { request_id })),
         MsgType::NsKeepaliveAck => b(rid().prop_map(|request_id| NsKeepaliveAck { request_id })),
+        MsgType::NsProbe => b((rid(), any::<u32>()).prop_map(|(request_id, delay)| NsProbe { request_id, delay })),
         MsgType::NsKeyDistribution => b((rid(), fqdn(), kid(), grant())
             .prop_map(|(request_id, fqdn, key_id, k_ntmns)| NsKeyDistribution { request_id, fqdn, key_id, k_ntmns })),
         MsgType::NsKeyAck => b((rid(), kid()).prop_map(|(request_id, key_id)| NsKeyAck { request_id, key_id })),

@@ -499,7 +499,10 @@ impl Sim {
 
     /// Streams of `host` that are connecting or open (not broken).
     pub fn open_streams(&self, host: HostId) -> usize {
-        self.conns.values().filter(|c| c.involves(host) && !matches!(c.state, ConnState::Broken)).count()
+        self.conns
+            .values()
+            .filter(|c| c.involves(host) && !matches!(c.state, ConnState::Broken | ConnState::Reset(_)))
+            .count()
     }
 
     /// Starts recording everything `host` sends and receives.
@@ -1043,6 +1046,14 @@ impl Sim {
             ConnState::Connecting(pending) => return pending.push(frame),
             ConnState::Broken => false,
             ConnState::Open => true,
+            // The server was reset and dropped the connection; it no longer sends on it.
+            ConnState::Reset(told) if *told == from => return,
+            ConnState::Reset(_) => {
+                self.conns.remove(&id);
+                let incarnation = self.host(sender).incarnation;
+                self.schedule(now, Event::Closed { host: sender, incarnation, kind, peer: dst });
+                return;
+            }
         };
         // Every TCP mapping on the path must still be there; using it refreshes it.
         let nat_ports = self.conns.get(&id).map(|c| c.nat_ports.clone()).unwrap_or_default();
@@ -1052,6 +1063,16 @@ impl Sim {
                 .all(|&(r, port)| self.realm_mut(r).nat.as_mut().is_some_and(|n| n.touch_tcp(now, port)));
         if alive {
             self.schedule_frame(id, from.other(), frame);
+        } else if from == Side::Server && open && !nat_ports.is_empty() {
+            // From outside into a mapping the NAT forgot: only the sender hears (module doc).
+            let h = self.host_mut(sender);
+            h.stats.stream_broken += 1;
+            log::debug!("{}: {kind:?} stream with {dst} is reset by the client's NAT", h.name);
+            let incarnation = h.incarnation;
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.state = ConnState::Reset(Side::Server);
+            }
+            self.schedule(now, Event::Closed { host: sender, incarnation, kind, peer: dst });
         } else {
             let h = self.host_mut(sender);
             h.stats.stream_broken += 1;

@@ -16,8 +16,12 @@
 //! - A connection breaks when a NAT's TCP mapping on its path expires, when either host
 //!   moves or goes down. Nobody is told until someone sends on it: that send fails, and both
 //!   ends (if up) get `handle_stream_closed`, the sender at once, the other end after the
-//!   one-way latency (as a reset would arrive). A restarted engine's connections are reset
-//!   at once: the peers are told, the new engine is not.
+//!   one-way latency (as a reset would arrive). Except when the server sends on a
+//!   connection whose TCP mapping expired: the NAT no longer knows it, so the segment stops
+//!   there (a Linux router answers it with a reset) and only the server hears; the client
+//!   learns when it next sends, as a box behind a NAT that forgot its idle connection does.
+//!   A restarted engine's connections are reset at once: the peers are told, the new
+//!   engine is not.
 
 use crate::host::HostId;
 use crate::topology::{LinkId, RealmId};
@@ -32,6 +36,9 @@ pub(crate) enum ConnState {
     Open,
     /// Broken, not yet noticed by either end.
     Broken,
+    /// Broken, and this end was told (a reset reached it); the other end learns when it
+    /// next sends.
+    Reset(Side),
 }
 
 /// Which end of a connection.

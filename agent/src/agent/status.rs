@@ -142,6 +142,19 @@ impl Agent {
         j.bool("registered", self.node.is_registered());
         j.bool("displaced", self.node.is_displaced());
         j.bool("notifications_ready", self.node.notifications_ready());
+        // The NS keepalive interval learned for this path, and the NS's (the longest used).
+        match self.node.ns_keepalive() {
+            Some((interval, max, settled)) => {
+                j.open(Some("ns_keepalive"))
+                    .num("interval_secs", interval.as_secs())
+                    .num("max_secs", max.as_secs())
+                    .bool("settled", settled)
+                    .close();
+            }
+            None => {
+                j.null("ns_keepalive");
+            }
+        }
         match self.node.virtual_addrs() {
             Some(v) => {
                 j.str("virtual_ipv4", &v.v4.to_string()).str("virtual_ipv6", &v.v6.to_string());

@@ -10,6 +10,13 @@
 //! The per-node state is a key and a connection address, so an NS holds many idle
 //! connections cheaply; the driver's event loop owns the sockets.
 //!
+//! A node may instead send an NsProbe naming a delay: the NS acknowledges it only after
+//! that much silence (at most its keepalive interval), so the acknowledgement crosses the
+//! node's NAT only if the TCP mapping outlived the idle time. The node learns from it the
+//! longest interval its path holds (protocol.md, "NS keepalive interval"). Delayed
+//! acknowledgements are kept one per node, in deadline order, so `poll_timeout` stays
+//! O(1) and a node cannot make the NS hold more than one.
+//!
 //! Nothing here is persisted: an NS that restarts has lost every key. A node that comes
 //! back with a key the NS does not hold gets a plain UnknownKey refusal naming that key
 //! id on its connection; it then asks its DC for a fresh K_ntmns (registration with
@@ -26,9 +33,9 @@ use crate::keys::{DcNs, NtmNs};
 use crate::time::{Duration, Instant};
 use crate::wire::notification::{NotificationAck, Notify, NotifyAck, NsKeepaliveAck, NsKeyAck};
 use crate::wire::refusal::{Reason, Refusal};
-use crate::wire::{Envelope, Fqdn, Header, KeyId, Message, MsgType, Sender};
+use crate::wire::{Envelope, Fqdn, Header, KeyId, Message, MsgType, RequestId, Sender};
 use core::net::SocketAddr;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// How an NS is set up. [`NsConfig::new`] fills in the defaults.
 #[derive(Clone, Debug)]
@@ -55,6 +62,8 @@ struct NodeEntry {
     fqdn: Fqdn,
     channel: Channel<NtmNs>,
     conn: Option<SocketAddr>,
+    /// A probe to acknowledge at this time, on this connection.
+    probe: Option<(Instant, RequestId, SocketAddr)>,
 }
 
 /// The NS engine.
@@ -65,6 +74,8 @@ pub struct Ns {
     /// entries in place would carry up to half again as many empty slots.
     nodes: HashMap<KeyId, Box<NodeEntry>>,
     conns: HashMap<SocketAddr, KeyId>,
+    /// The nodes' delayed probe acknowledgements (`NodeEntry::probe`), by deadline.
+    probes: BTreeSet<(Instant, KeyId)>,
     out: VecDeque<Transmit>,
     drops: DropCounters,
     /// Expired keys are swept periodically rather than tracked one by one, so that
@@ -101,6 +112,7 @@ impl Ns {
             cfg,
             nodes: HashMap::new(),
             conns: HashMap::new(),
+            probes: BTreeSet::new(),
             out: VecDeque::new(),
             drops: DropCounters::default(),
             next_sweep: Instant::ZERO,
@@ -195,6 +207,7 @@ impl Ns {
                                 fqdn: kd.fqdn,
                                 channel,
                                 conn: None,
+                                probe: None,
                             }));
                             Message::NsKeyAck(NsKeyAck { request_id: kd.request_id, key_id: kd.key_id })
                         }
@@ -252,7 +265,17 @@ impl Ns {
             Message::NsKeepalive(k) if n.conn == Some(from) => {
                 Message::NsKeepaliveAck(NsKeepaliveAck { request_id: k.request_id })
             }
-            Message::NsKeepalive(_) => return self.drops.count(DropReason::Unauthorized),
+            Message::NsProbe(p) if n.conn == Some(from) => {
+                // At most the interval we ask for: a node cannot park an answer longer.
+                let delay = Duration::from_secs(u64::from(p.delay)).min(self.cfg.keepalive_interval);
+                let at = now + delay;
+                if let Some((old, ..)) = n.probe.replace((at, p.request_id, from)) {
+                    self.probes.remove(&(old, key_id));
+                }
+                self.probes.insert((at, key_id));
+                return Received::Handled;
+            }
+            Message::NsKeepalive(_) | Message::NsProbe(_) => return self.drops.count(DropReason::Unauthorized),
             _ => return self.drops.count(DropReason::Unexpected),
         };
         self.send_to_node(now, key_id, &reply);
@@ -339,6 +362,15 @@ impl Engine for Ns {
     fn handle_dns(&mut self, _now: Instant, _id: u64, _answer: DnsAnswer) {}
 
     fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, key_id)) = self.probes.first().filter(|(at, _)| *at <= now) {
+            self.probes.remove(&(at, key_id));
+            let Some(n) = self.nodes.get_mut(&key_id) else { continue };
+            let Some((_, request_id, conn)) = n.probe.take() else { continue };
+            // Only on the connection the probe came in: a newer one has its own probes.
+            if n.conn == Some(conn) {
+                self.send_to_node(now, key_id, &Message::NsKeepaliveAck(NsKeepaliveAck { request_id }));
+            }
+        }
         if now < self.next_sweep {
             return;
         }
@@ -363,7 +395,7 @@ impl Engine for Ns {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        Some(self.next_sweep)
+        Some(self.probes.first().map_or(self.next_sweep, |(at, _)| (*at).min(self.next_sweep)))
     }
 
     fn drops(&self) -> &DropCounters {

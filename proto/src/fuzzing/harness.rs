@@ -231,6 +231,7 @@ impl Seen {
             M::NotificationAck(m) => (Some(m.request_id), None, None),
             M::NsKeepalive(m) => (Some(m.request_id), None, None),
             M::NsKeepaliveAck(m) => (Some(m.request_id), None, None),
+            M::NsProbe(m) => (Some(m.request_id), None, None),
             M::NsKeyDistribution(m) => (Some(m.request_id), None, Some(m.key_id)),
             M::NsKeyAck(m) => (Some(m.request_id), None, Some(m.key_id)),
             M::Notify(m) => (Some(m.request_id), None, Some(m.node_key_id)),

@@ -34,7 +34,7 @@ use crate::wire::direction::{DirectionRequest, Endpoint, NodeInfo, NodeInfoAnswe
 use crate::wire::keyshare::{KeyShare, KeyShareAck, SharedKey};
 use crate::wire::login::{Credential, IdToken, KeyDistribution, LoginRequest, NtmAck, Password};
 use crate::wire::notification::{
-    NotificationRegistration, Notify, NotifyAck, NsKeepalive, NsKeyAck, NsKeyDistribution,
+    NotificationRegistration, Notify, NotifyAck, NsKeepalive, NsKeyAck, NsKeyDistribution, NsProbe,
 };
 use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::registration::{Keepalive, KeepaliveAck, KeepaliveMethod, RegistrationRequest};
@@ -887,6 +887,10 @@ impl Script<Ns> for NsScript {
                         fqdn,
                     })
                 }
+                1 if input.bool() => Message::NsProbe(NsProbe {
+                    request_id: RequestId(input.u32()),
+                    delay: input.pick(&[0u32, 1, 60, u32::MAX])?,
+                }),
                 1 => Message::NsKeepalive(NsKeepalive { request_id: RequestId(input.u32()) }),
                 _ => Message::Notify(Notify {
                     request_id: RequestId(input.u32()),

@@ -6,7 +6,7 @@ use super::keyshare::{KeyShare, KeyShareAck};
 use super::login::{KeyDistribution, LoginRequest, LoginResponse, NtmAck};
 use super::notification::{
     NotificationAck, NotificationRegistration, Notify, NotifyAck, NsKeepalive, NsKeepaliveAck, NsKeyAck,
-    NsKeyDistribution,
+    NsKeyDistribution, NsProbe,
 };
 use super::refusal::Refusal;
 use super::registration::{Keepalive, KeepaliveAck, RegistrationRequest, RegistrationResponse};
@@ -115,6 +115,8 @@ messages! {
     Notify(Notify) = 0x26,
     /// NS -> DC (K_dcns).
     NotifyAck(NotifyAck) = 0x27,
+    /// Node -> NS (K_ntmns, TCP).
+    NsProbe(NsProbe) = 0x28,
     /// Node -> DC (K_ntmdc).
     DirectionRequest(DirectionRequest) = 0x30,
     /// DC -> DC (K_dcdc).

@@ -7,6 +7,7 @@
 //! NotificationAck           request_id u32 | keepalive_interval u32 (s)
 //! NsKeepalive               request_id u32
 //! NsKeepaliveAck            request_id u32
+//! NsProbe                   request_id u32 | delay u32 (s)
 //! NsKeyDistribution         request_id u32 | fqdn | key_id u32 | K_ntmns (16) | lifetime u32
 //! NsKeyAck                  request_id u32 | key_id u32
 //! Notify                    request_id u32 | node_key_id u32 | payload (u16 len <= 1400)
@@ -44,6 +45,18 @@ wire_struct! {
     pub struct NsKeepalive {
         /// Matches the acknowledgement.
         pub request_id: RequestId,
+    }
+}
+
+wire_struct! {
+    /// Node -> NS: acknowledge this after `delay` seconds of silence, so that the
+    /// acknowledgement crosses the node's NAT only if its TCP mapping outlived that much
+    /// idle time (the node learns its keepalive interval from it).
+    pub struct NsProbe {
+        /// Matches the acknowledgement (an NsKeepaliveAck).
+        pub request_id: RequestId,
+        /// Seconds to wait before acknowledging (the NS caps it at its keepalive interval).
+        pub delay: u32,
     }
 }
 

@@ -9,6 +9,15 @@
 //! it has an address of; a lost connection moves on to the next such address, and a
 //! network change picks again.
 //!
+//! The NS's keepalive interval (an hour) is an upper bound: a NAT may forget an idle
+//! TCP mapping sooner, and the node would then be unreachable until its next keepalive.
+//! So the node keeps the connection alive with NsProbes, which the NS acknowledges only
+//! after the probe's delay of silence: an acknowledgement that does not come in time means
+//! the mapping died (the NS's answer hit a NAT that no longer knew the connection).
+//! [`KeepaliveLearning`] then falls back to the longest interval that held and grows again
+//! step by step, as adaptive push heartbeats do; it settles below the shortest interval
+//! that failed (protocol.md, "NS keepalive interval").
+//!
 //! An NS that restarted has lost our K_ntmns and says so with a plain UnknownKey refusal
 //! naming the key: the node then registers again with `ns_key_lost`, and its DC makes a
 //! fresh K_ntmns for it (protocol.md, section 10, "Recovery").
@@ -19,7 +28,7 @@ use crate::crypto::{parse_plain, Channel};
 use crate::engine::{Backoff, DropReason, Received, Retry, StreamKind, Via};
 use crate::keys::NtmNs;
 use crate::time::{Duration, Instant};
-use crate::wire::notification::{NotificationRegistration, NsKeepalive};
+use crate::wire::notification::{NotificationRegistration, NsProbe};
 use crate::wire::refusal::Reason;
 use crate::wire::registration::{
     Keepalive, KeepaliveAck, KeepaliveMethod, RegistrationRequest, RegistrationResponse, LOCAL_ADDRS_MAX,
@@ -89,10 +98,11 @@ enum NsState {
         request_id: RequestId,
         retry: Retry,
     },
+    /// Registered; a probe goes at `next_keepalive`, and the one in flight (its id,
+    /// delay and the time by which its acknowledgement must have come) is `pending`.
     Active {
-        interval: Duration,
         next_keepalive: Instant,
-        pending: Option<(RequestId, Retry)>,
+        pending: Option<(RequestId, Duration, Instant)>,
     },
     Reconnect {
         at: Instant,
@@ -104,6 +114,97 @@ enum NsState {
 
 /// Most node addresses kept for one NS (a couple per family).
 const NS_ADDRS_MAX: usize = 4;
+
+/// Shortest keepalive interval, whatever the NS asks: below this the keepalive traffic
+/// is no longer negligible, and a NAT that forgets TCP this fast is broken beyond help.
+const KEEPALIVE_FLOOR_MIN: Duration = Duration::from_secs(10);
+/// A probe's acknowledgement may come this late (plus a sixteenth of its delay) before we
+/// call the mapping dead: TCP retransmissions on a lossy path take a few seconds.
+const PROBE_GRACE: Duration = Duration::from_secs(5);
+
+/// The node's keepalive interval toward its NS, learned from which probe delays held.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct KeepaliveLearning {
+    /// The NS's interval: the longest we use.
+    max: Duration,
+    /// The interval the next probe uses.
+    current: Duration,
+    /// The longest delay whose acknowledgement came (zero: none yet).
+    held: Duration,
+    /// The shortest delay whose acknowledgement did not come. Kept until the path
+    /// changes: trying a longer delay again would cost reachability each time (the box is
+    /// unreachable from the NAT's timeout until the failure is noticed), while a delay
+    /// too short costs only a few bytes.
+    failed: Option<Duration>,
+}
+
+impl KeepaliveLearning {
+    fn new(max: Duration) -> Self {
+        KeepaliveLearning { max, current: max, held: Duration::ZERO, failed: None }
+    }
+
+    /// The shortest interval we fall back to: a sixtieth of the NS's (a minute for an
+    /// hour), at least [`KEEPALIVE_FLOOR_MIN`].
+    fn floor(&self) -> Duration {
+        (self.max / 60).max(KEEPALIVE_FLOOR_MIN).min(self.max)
+    }
+
+    /// The NS (again) told us its interval.
+    fn set_max(&mut self, max: Duration) {
+        if max != self.max {
+            *self = KeepaliveLearning { current: self.current.min(max), ..KeepaliveLearning::new(max) };
+            self.current = self.current.max(self.floor());
+        }
+    }
+
+    /// A new path (network change): what failed on the old one says nothing about it.
+    /// The interval in use stays, and grows from there while it holds: starting over
+    /// from the NS's interval would leave a box that moves between the same networks
+    /// unreachable for half an hour after every move behind a NAT that forgets sooner.
+    pub(super) fn reset(&mut self) {
+        self.held = Duration::ZERO;
+        self.failed = None;
+    }
+
+    /// True while the interval no longer grows.
+    pub(super) fn settled(&self) -> bool {
+        self.current >= self.max || self.failed.is_some_and(|f| self.grown() >= f)
+    }
+
+    fn grown(&self) -> Duration {
+        // Whole seconds, as probes carry them.
+        Duration::from_secs((self.current * 3 / 2).as_secs()).min(self.max)
+    }
+
+    /// A probe of `delay` was acknowledged: the mapping outlived that much silence.
+    fn held(&mut self, delay: Duration) {
+        self.held = self.held.max(delay);
+        if delay < self.current {
+            return; // an older, shorter probe
+        }
+        if !self.settled() {
+            self.current = self.grown();
+        }
+    }
+
+    /// A probe of `delay` went unanswered: the mapping died sooner.
+    fn failed(&mut self, delay: Duration) {
+        self.failed = Some(self.failed.map_or(delay, |f| f.min(delay)));
+        if self.held >= delay {
+            self.held = Duration::ZERO; // the path changed under us: start again from the floor
+        }
+        self.current = self.held.max(self.floor()).min(delay);
+        log::warn!(
+            "NS keepalive of {delay:?} went unanswered (a NAT forgetting idle TCP?); now every {:?}",
+            self.current
+        );
+    }
+
+    /// The interval in use and the NS's.
+    pub(super) fn interval(&self) -> (Duration, Duration) {
+        (self.current, self.max)
+    }
+}
 
 /// The node's TCP connection to its NS.
 pub(super) struct NsLink {
@@ -117,6 +218,9 @@ pub(super) struct NsLink {
     failures: u32,
     /// The NS said it does not hold this key; the next registrations tell the DC.
     lost: bool,
+    /// The keepalive interval learned for the path to the NS (None until the first
+    /// Notification Ack says the NS's).
+    pub(super) learning: Option<KeepaliveLearning>,
 }
 
 impl NsLink {
@@ -160,9 +264,7 @@ impl NsLink {
     pub(super) fn deadline(&self) -> Option<Instant> {
         match &self.state {
             NsState::ExpectAck { retry, .. } => Some(retry.deadline()),
-            NsState::Active { next_keepalive, pending, .. } => {
-                Some(pending.as_ref().map_or(*next_keepalive, |(_, r)| r.deadline()))
-            }
+            NsState::Active { next_keepalive, pending } => Some(pending.map_or(*next_keepalive, |(.., due)| due)),
             NsState::Reconnect { at, .. } => Some(*at),
             NsState::AwaitGrant => None,
         }
@@ -233,6 +335,9 @@ impl Node {
         // rather than when the next hourly keepalive finds it dead.
         if let Some(ns) = self.ns.as_mut() {
             ns.pick(&self.cfg.local_addrs, false);
+            if let Some(l) = ns.learning.as_mut() {
+                l.reset();
+            }
             ns.state = NsState::Reconnect { at: now };
         }
         self.drive_ns(now);
@@ -443,6 +548,7 @@ impl Node {
             state: NsState::ExpectAck { request_id, retry },
             failures: 0,
             lost: false,
+            learning: self.ns.as_ref().and_then(|ns| ns.learning),
         };
         for a in known.unwrap_or_default() {
             link.learn(a);
@@ -488,8 +594,13 @@ impl Node {
                 if request_id != a.request_id {
                     return self.drops.count(DropReason::Stale);
                 }
-                let interval = Duration::from_secs(u64::from(a.keepalive_interval.max(1)));
-                ns.state = NsState::Active { interval, next_keepalive: now + interval, pending: None };
+                let max = Duration::from_secs(u64::from(a.keepalive_interval.max(1)));
+                let learning = ns.learning.get_or_insert(KeepaliveLearning::new(max));
+                learning.set_max(max);
+                let interval = learning.current;
+                // The first probe goes at once: the acknowledgement just refreshed the
+                // mapping, and the probe's answer tells whether it outlives `interval`.
+                ns.state = NsState::Active { next_keepalive: now, pending: None };
                 ns.failures = 0;
                 ns.lost = false;
                 log::info!("NS {} holds our notifications; keepalive every {interval:?}", ns.name);
@@ -497,9 +608,15 @@ impl Node {
                 Received::Handled
             }
             Message::NsKeepaliveAck(a) => {
-                if let NsState::Active { pending, .. } = &mut ns.state {
-                    if pending.as_ref().is_some_and(|(id, _)| *id == a.request_id) {
+                if let NsState::Active { pending, next_keepalive } = &mut ns.state {
+                    if let Some((_, delay, _)) = pending.filter(|(id, ..)| *id == a.request_id) {
                         *pending = None;
+                        // The answer came after `delay` of silence, and crossing the NAT
+                        // refreshed the mapping: the next probe starts a new idle spell now.
+                        *next_keepalive = now;
+                        if let Some(l) = ns.learning.as_mut() {
+                            l.held(delay);
+                        }
                         return Received::Handled;
                     }
                 }
@@ -559,20 +676,23 @@ impl Node {
                     ns.connection_lost(now, &mut self.rng, &self.cfg.local_addrs);
                 }
             }
-            NsState::Active { interval, next_keepalive, pending } => match pending {
-                Some((id, retry)) if retry.due(now) => {
-                    if retry.again(now) {
-                        send_keepalive = Some(*id);
-                    } else {
-                        gave_up = Some(ns.addr());
-                        ns.connection_lost(now, &mut self.rng, &self.cfg.local_addrs);
+            NsState::Active { next_keepalive, pending } => match *pending {
+                Some((_, delay, due)) if now >= due => {
+                    // The answer did not cross back: the NAT forgot the connection (or the
+                    // NS is gone). Learn from it, and reconnect.
+                    if let Some(l) = ns.learning.as_mut() {
+                        l.failed(delay);
                     }
+                    gave_up = Some(ns.addr());
+                    ns.connection_lost(now, &mut self.rng, &self.cfg.local_addrs);
                 }
                 None if now >= *next_keepalive => {
+                    let delay = ns.learning.map_or(Duration::from_secs(3600), |l| l.current);
                     let id = self.ids.next();
-                    *pending = Some((id, Retry::new(now, backoff)));
-                    *next_keepalive = now + *interval;
-                    send_keepalive = Some(id);
+                    let grace = PROBE_GRACE + delay / 16 + backoff.initial;
+                    *pending = Some((id, delay, now + delay + grace));
+                    *next_keepalive = now + delay;
+                    send_keepalive = Some((id, delay));
                 }
                 _ => {}
             },
@@ -589,8 +709,9 @@ impl Node {
         if let Some(id) = send_reg {
             self.send_notification_registration(now, id);
         }
-        if let Some(request_id) = send_keepalive {
-            self.send_to_ns(now, &Message::NsKeepalive(NsKeepalive { request_id }));
+        if let Some((request_id, delay)) = send_keepalive {
+            let delay = u32::try_from(delay.as_secs()).unwrap_or(u32::MAX);
+            self.send_to_ns(now, &Message::NsProbe(NsProbe { request_id, delay }));
         }
     }
 }

@@ -411,6 +411,15 @@ impl Node {
         self.ns.as_ref().is_some_and(NsLink::is_active)
     }
 
+    /// The keepalive interval toward the NS in use, the NS's own (the longest we use),
+    /// and whether learning settled (protocol.md, "NS keepalive interval"); None before
+    /// the NS first acknowledged us.
+    pub fn ns_keepalive(&self) -> Option<(Duration, Duration, bool)> {
+        let l = self.ns.as_ref()?.learning?;
+        let (current, max) = l.interval();
+        Some((current, max, l.settled()))
+    }
+
     /// The node's configuration.
     pub fn config(&self) -> &NodeConfig {
         &self.cfg
