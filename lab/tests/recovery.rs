@@ -125,9 +125,12 @@ fn a_relayed_tunnel_comes_back_soon_after_the_rs_restarts() {
 
     let killed = kill_and_restart(&mut d, "rs");
     // The RS answers box a's first packet for the lost session with an "unknown session"
-    // hint and box a renegotiates at once. Without the hint box a only notices after 4 s
-    // of silence and a hole punch unanswered for 4 s more, so 3 s separates the two.
-    reach_b(&mut d, &b_v4, killed, Duration::from_secs(3), "RS restart");
+    // hint and box a renegotiates at once (about 1.2 s after the kill here, the restart
+    // included). Without the hint box a only notices a dead path after three unanswered
+    // packets, 400 ms of silence and three punches 200 ms apart: with one ping a second
+    // that is 2.6 s after the restart before its renegotiation starts, so 2.5 s
+    // separates the two.
+    reach_b(&mut d, &b_v4, killed, Duration::from_millis(2500), "RS restart");
     assert!(d.wait_path(0, B, "relay", 10), "relayed again");
 }
 
