@@ -274,20 +274,7 @@ fn the_status_socket_is_private_and_answers_in_full() {
     // A second daemon on the same socket is refused rather than stealing it.
     assert!(Driver::new(config(0, Some(path.clone())), host()).is_err());
     // Several megabytes, far over a socket buffer, arrive whole.
-    let reader = std::thread::spawn({
-        let path = path.clone();
-        move || {
-            let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
-            let mut text = String::new();
-            s.read_to_string(&mut text).unwrap();
-            text
-        }
-    });
-    while !reader.is_finished() {
-        d.turn(Duration::from_millis(10)).unwrap();
-    }
-    let text = reader.join().unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).expect("the whole JSON document");
+    let v = read_status(&mut d, &path);
     assert_eq!(v["filler"].as_str().map(str::len), Some(4 << 20));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -427,7 +414,7 @@ fn read_status(d: &mut Driver<Host>, path: &std::path::Path) -> serde_json::Valu
     while !reader.is_finished() {
         d.turn(Duration::from_millis(5)).unwrap();
     }
-    serde_json::from_str(&reader.join().unwrap()).unwrap()
+    serde_json::from_str(&reader.join().unwrap()).expect("the whole JSON document")
 }
 
 #[test]

@@ -100,25 +100,32 @@ fn predicted(a: Place, b: Place) -> PathKind {
     }
 }
 
-/// Puts a new node `fqdn` at `place` on a network of its own; `n` makes its addresses unique.
+/// Puts a new node `fqdn` at `place` on a network of its own.
 fn place_node(d: &mut Deployment, fqdn: &str, place: Place, n: u8) -> HostId {
-    let nat_realm = |d: &mut Deployment, nat: NatConfig| d.home(|o| RealmConfig::v4_only(o).with_nat(nat));
-    let (realm, addr): (RealmId, IpAddr) = match place {
+    let (realm, addr) = fresh_network(d, place, n);
+    d.add_node(fqdn, realm, &[addr], NodeOpts::default())
+}
+
+/// A new network of the kind `place` and the address a box gets in it; `n`, different
+/// for every call in a run, keeps names and public addresses apart.
+fn fresh_network(d: &mut Deployment, place: Place, n: u8) -> (RealmId, IpAddr) {
+    let nat = |d: &mut Deployment, cfg: NatConfig| d.home(|o| RealmConfig::v4_only(o).with_nat(cfg));
+    match place {
         Place::Public4 => (RealmId::INTERNET, ip(&format!("198.51.100.{}", 100 + n))),
         Place::Only6 => {
             let realm = d.sim.add_realm(&format!("v6only{n}"), RealmId::INTERNET, RealmConfig::v6_only());
             (realm, ip(&format!("2001:db8:60:{n}::2")))
         }
-        Place::FullCone => (nat_realm(d, NatConfig::full_cone()), ip("192.168.1.2")),
-        Place::AddressRestricted => (nat_realm(d, NatConfig::restricted_cone()), ip("192.168.1.2")),
-        Place::PortRestricted => (nat_realm(d, NatConfig::port_restricted_cone()), ip("192.168.1.2")),
-        Place::Symmetric => (nat_realm(d, NatConfig::symmetric()), ip("192.168.1.2")),
+        Place::FullCone => (nat(d, NatConfig::full_cone()), ip("192.168.1.2")),
+        Place::AddressRestricted => (nat(d, NatConfig::restricted_cone()), ip("192.168.1.2")),
+        Place::PortRestricted => (nat(d, NatConfig::port_restricted_cone()), ip("192.168.1.2")),
+        Place::Symmetric => (nat(d, NatConfig::symmetric()), ip("192.168.1.2")),
         Place::Cgn => {
+            let outside = format!("203.0.113.{}", 200 + n).parse().unwrap();
             let cgn = d.sim.add_realm(
                 &format!("cgn{n}"),
                 RealmId::INTERNET,
-                RealmConfig::v4_only(format!("203.0.113.{}", 200 + n).parse().unwrap())
-                    .with_nat(NatConfig::symmetric()),
+                RealmConfig::v4_only(outside).with_nat(NatConfig::symmetric()),
             );
             let home = d.sim.add_realm(
                 &format!("cgn-home{n}"),
@@ -127,42 +134,6 @@ fn place_node(d: &mut Deployment, fqdn: &str, place: Place, n: u8) -> HostId {
                     .with_nat(NatConfig::port_restricted_cone()),
             );
             (home, ip("192.168.7.2"))
-        }
-    };
-    d.add_node(fqdn, realm, &[addr], NodeOpts::default())
-}
-
-/// A fresh network of the kind `place` and the address a box gets in it.
-fn place_node_realm(d: &mut Deployment, place: Place, n: u8) -> (RealmId, IpAddr) {
-    match place {
-        Place::Public4 => (RealmId::INTERNET, ip(&format!("198.51.100.{}", 150 + n))),
-        Place::Only6 => {
-            let realm = d.sim.add_realm(&format!("v6only-b{n}"), RealmId::INTERNET, RealmConfig::v6_only());
-            (realm, ip(&format!("2001:db8:61:{n}::2")))
-        }
-        Place::Cgn => {
-            let cgn = d.sim.add_realm(
-                &format!("cgn-b{n}"),
-                RealmId::INTERNET,
-                RealmConfig::v4_only(format!("203.0.113.{}", 230 + n).parse().unwrap())
-                    .with_nat(NatConfig::symmetric()),
-            );
-            let home = d.sim.add_realm(
-                &format!("cgn-home-b{n}"),
-                cgn,
-                RealmConfig::v4_only(format!("100.64.1.{n}").parse().unwrap())
-                    .with_nat(NatConfig::port_restricted_cone()),
-            );
-            (home, ip("192.168.8.2"))
-        }
-        nat => {
-            let cfg = match nat {
-                Place::FullCone => NatConfig::full_cone(),
-                Place::AddressRestricted => NatConfig::restricted_cone(),
-                Place::PortRestricted => NatConfig::port_restricted_cone(),
-                _ => NatConfig::symmetric(),
-            };
-            (d.home(|o| RealmConfig::v4_only(o).with_nat(cfg)), ip("192.168.2.2"))
         }
     }
 }
@@ -235,7 +206,7 @@ fn make_move(d: &mut Deployment, h: HostId, place: Place, m: Move, n: u8) -> boo
             tell(d, addr);
         }
         Move::Switch | Move::Back => {
-            let (realm, addr) = place_node_realm(d, place, n);
+            let (realm, addr) = fresh_network(d, place, n);
             d.sim.move_host(h, realm, &[addr]);
             tell(d, addr);
         }
@@ -248,7 +219,7 @@ fn make_move(d: &mut Deployment, h: HostId, place: Place, m: Move, n: u8) -> boo
         }
         Move::OtherFamily => {
             let other = if place.behaviour().has_v4 { Place::Only6 } else { Place::PortRestricted };
-            let (realm, addr) = place_node_realm(d, other, n);
+            let (realm, addr) = fresh_network(d, other, n);
             d.sim.move_host(h, realm, &[addr]);
             tell(d, addr);
         }
