@@ -261,7 +261,13 @@ impl Netlink {
                 log::debug!("no path to {dst}: {e}");
                 Ok(None)
             }
-            Err(e) => Err(e),
+            // Any other answer (an errno this build does not know, as under qemu-user
+            // for MIPS) leaves the family unused until the next network change: the
+            // agent must not fail to start or stop following moves over it.
+            Err(e) => {
+                log::warn!("asking the kernel for its path to {dst}: {e}; that family is not used for now");
+                Ok(None)
+            }
         }
     }
 
