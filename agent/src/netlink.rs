@@ -1309,17 +1309,23 @@ mod tests {
         assert_eq!(got, wire::Link { index: 12, flags: wire::IFF_UP, name: Some("eth-wan".into()), operstate: None });
     }
 
+    /// A main-table unicast route message of `family` and prefix length `len`, no attributes.
+    fn unicast_route(family: AddressFamily, len: u8) -> RouteMessage {
+        let mut r = RouteMessage::default();
+        r.header.address_family = family;
+        r.header.destination_prefix_length = len;
+        r.header.table = 254;
+        r.header.kind = netlink_packet_route::route::RouteType::Unicast;
+        r
+    }
+
     /// The fields the move detection reads (a route reply's source and interface, a link's
     /// operational state and carrier), built by the reference crate in this host's byte
     /// order: the big-endian builds check them here, the captured bytes below being
     /// little-endian.
     #[test]
     fn route_replies_and_link_states_from_the_reference_crate() {
-        let mut r = RouteMessage::default();
-        r.header.address_family = AddressFamily::Inet6;
-        r.header.destination_prefix_length = 128;
-        r.header.table = 254;
-        r.header.kind = netlink_packet_route::route::RouteType::Unicast;
+        let mut r = unicast_route(AddressFamily::Inet6, 128);
         r.attributes.push(RouteAttribute::Destination(RouteAddress::from("2001:db8::1".parse::<IpAddr>().unwrap())));
         r.attributes.push(RouteAttribute::PrefSource(RouteAddress::from("2001:db8:a::2".parse::<IpAddr>().unwrap())));
         r.attributes.push(RouteAttribute::Oif(3));
@@ -1352,11 +1358,7 @@ mod tests {
 
     #[test]
     fn routes_from_the_reference_crate() {
-        let mut r = RouteMessage::default();
-        r.header.address_family = AddressFamily::Inet;
-        r.header.destination_prefix_length = 24;
-        r.header.table = 254;
-        r.header.kind = netlink_packet_route::route::RouteType::Unicast;
+        let mut r = unicast_route(AddressFamily::Inet, 24);
         r.attributes.push(RouteAttribute::Table(1000));
         r.attributes.push(RouteAttribute::Destination(RouteAddress::from("198.19.10.0".parse::<IpAddr>().unwrap())));
         r.attributes.push(RouteAttribute::Oif(7));
