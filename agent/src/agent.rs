@@ -584,6 +584,8 @@ impl Agent {
     fn route(&mut self, now: Instant, t: Transmit) {
         match t.via {
             Via::Udp => self.send_udp(t.dst, &t.payload),
+            // TODO(extra sockets): from the node's extra socket.
+            Via::UdpFrom(_) => self.send_udp(t.dst, &t.payload),
             Via::Stream { kind: StreamKind::Tls, .. } => self.send_as(now, t.dst, &t.payload),
             Via::Stream { kind: StreamKind::Tcp, .. } => self.send_ns(now, t.dst, &t.payload),
         }
@@ -637,6 +639,8 @@ impl Agent {
 
     fn handle_event(&mut self, now: Instant, ev: NodeEvent) {
         match ev {
+            // TODO(extra sockets): close them.
+            NodeEvent::LocalsReleased { .. } => {}
             NodeEvent::LoggedIn { fqdn } => {
                 log::info!("logged in as {fqdn}");
                 // The login connection is not needed any more.

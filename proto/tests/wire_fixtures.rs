@@ -26,10 +26,11 @@ use ntm_proto::wire::notification::{
 };
 use ntm_proto::wire::refusal::{Reason, Refusal};
 use ntm_proto::wire::registration::{
-    Keepalive, KeepaliveAck, KeepaliveKind, KeepaliveMethod, NsGrant, RegistrationRequest, RegistrationResponse,
+    Keepalive, KeepaliveAck, KeepaliveKind, KeepaliveMethod, MappingProbe, MappingProbeAck, NatMapping, NsGrant,
+    RegistrationRequest, RegistrationResponse,
 };
 use ntm_proto::wire::relay::{RelayDirection, RelayDirectionAck, RelayStatus, RelayStatusAck};
-use ntm_proto::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, TunnelRole};
+use ntm_proto::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, Traversal, TunnelRole};
 use ntm_proto::wire::tunnel::{
     HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
 };
@@ -465,6 +466,7 @@ fn fixtures() -> Vec<Fixture> {
             &[0x01],                        // behind_nat: true
             &[0x00, 0x14],                  // keepalive_interval 20 s
             &[0x00],                        // ns: absent
+            &[0x0d, 0x97],                  // mapping_port 3479
         ]), RegistrationResponse {
             request_id: RequestId(0x10),
             virtual_addrs: mn_vaddrs(),
@@ -472,6 +474,7 @@ fn fixtures() -> Vec<Fixture> {
             behind_nat: true,
             keepalive_interval: 20,
             ns: None,
+            mapping_port: 3479,
         }),
         fx("registration_response_v6_ns_v4", sealed(T::RegistrationResponse, Sender::Dc, 0x1001, 1), cat(&[
             &[0x00, 0x00, 0x00, 0x12],      // request_id 0x12
@@ -485,6 +488,7 @@ fn fixtures() -> Vec<Fixture> {
             &[0x00, 0x00, 0x20, 0x01],      //   key_id 0x2001
             &K_NTMNS,                       //   K_ntmns
             &[0x00, 0x01, 0x51, 0x80],      //   lifetime 86400 s
+            &[0x00, 0x00],                  // mapping_port: none
         ]), RegistrationResponse {
             request_id: RequestId(0x12),
             virtual_addrs: mn_vaddrs(),
@@ -497,6 +501,7 @@ fn fixtures() -> Vec<Fixture> {
                 key_id: KeyId(0x2001),
                 k_ntmns: grant(K_NTMNS, 86400),
             }),
+            mapping_port: 0,
         }),
         fx("registration_response_v4_ns_v6", sealed(T::RegistrationResponse, Sender::Dc, 0x1001, 2), cat(&[
             &[0x00, 0x00, 0x00, 0x13],      // request_id 0x13
@@ -510,6 +515,7 @@ fn fixtures() -> Vec<Fixture> {
             &[0x00, 0x00, 0x20, 0x02],      //   key_id 0x2002
             &K_NTMNS,                       //   K_ntmns
             &[0x00, 0x00, 0x00, 0x00],      //   lifetime 0 s
+            &[0x0d, 0x97],                  // mapping_port 3479
         ]), RegistrationResponse {
             request_id: RequestId(0x13),
             virtual_addrs: mn_vaddrs(),
@@ -522,6 +528,7 @@ fn fixtures() -> Vec<Fixture> {
                 key_id: KeyId(0x2002),
                 k_ntmns: grant(K_NTMNS, 0),
             }),
+            mapping_port: 3479,
         }),
         fx("keepalive", sealed(T::Keepalive, Sender::Node, 0x1001, 5), cat(&[
             &[0x00, 0x00, 0x00, 0x20],      // request_id 0x20
@@ -534,6 +541,14 @@ fn fixtures() -> Vec<Fixture> {
             &[0x00, 0x00, 0x00, 0x21],      // request_id 0x21
             OBSERVED_V6,                    // observed [2001:db8:ffff::7]:61000
         ]), KeepaliveAck { request_id: RequestId(0x21), observed: observed_v6() }),
+        fx("mapping_probe", sealed(T::MappingProbe, Sender::Node, 0x1001, 7), cat(&[
+            &[0x00, 0x00, 0x00, 0x22],      // request_id 0x22
+        ]), MappingProbe { request_id: RequestId(0x22) }),
+        fx("mapping_probe_ack", sealed(T::MappingProbeAck, Sender::Dc, 0x1001, 7), cat(&[
+            &[0x00, 0x00, 0x00, 0x22],      // request_id 0x22
+            OBSERVED_V4,                    // observed 198.51.100.7:61000
+            &[0x01],                        // mapping: independent
+        ]), MappingProbeAck { request_id: RequestId(0x22), observed: observed_v4(), mapping: NatMapping::Independent }),
 
         // ---- Notification Server (K_ntmns, K_dcns) ----
         fx("notification_registration", sealed(T::NotificationRegistration, Sender::Node, 0x2001, 0), cat(&[
@@ -615,8 +630,8 @@ fn fixtures() -> Vec<Fixture> {
             CN_NAME,                        // info.fqdn cn.b.example
             CN_VADDRS,                      // info.virtual_addrs
             &[0x02],                        // info.endpoints: 2 entries
-            OBSERVED_V4, &[0x01],           //   198.51.100.7:61000, behind_nat true
-            OBSERVED_V6, &[0x00],           //   [2001:db8:ffff::7]:61000, behind_nat false
+            OBSERVED_V4, &[0x01, 0x02],     //   198.51.100.7:61000, behind_nat true, mapping dependent
+            OBSERVED_V6, &[0x00, 0x00],     //   [2001:db8:ffff::7]:61000, behind_nat false, untested
             &[0x02],                        // info.local_addrs: 2 entries
             LOCAL_V4,                       //   192.0.2.10:40000
             LOCAL_V6,                       //   [2001:db8::10]:40000
@@ -628,8 +643,8 @@ fn fixtures() -> Vec<Fixture> {
                 fqdn: fq("cn.b.example"),
                 virtual_addrs: cn_vaddrs(),
                 endpoints: list(vec![
-                    Endpoint { observed: observed_v4(), behind_nat: true },
-                    Endpoint { observed: observed_v6(), behind_nat: false },
+                    Endpoint { observed: observed_v4(), behind_nat: true, mapping: NatMapping::Dependent },
+                    Endpoint { observed: observed_v6(), behind_nat: false, mapping: NatMapping::Untested },
                 ]),
                 local_addrs: list(vec![local_v4(), local_v6()]),
                 via_ns: false,
@@ -674,6 +689,7 @@ fn fixtures() -> Vec<Fixture> {
             &[0x00, 0x00, 0x02, 0x58],      // lifetime 600 s
             &[0x01], &K_TMP,                // k_tmp: present
             &[0x00],                        // peer_attestation: absent
+            &[0x00],                        // traversal: usual
         ]), RouteDirection {
             request_id: RequestId(0x50),
             session: SessionId(SESSION),
@@ -689,6 +705,7 @@ fn fixtures() -> Vec<Fixture> {
             k_tun: grant(K_TUN, 600),
             k_tmp: Some(KTmp::from_bytes(K_TMP)),
             peer_attestation: None,
+            traversal: Traversal::Usual,
         }),
         fx("route_direction_relay_v6", sealed(T::RouteDirection, Sender::Dc, 0x4001, 2), cat(&[
             &[0x00, 0x00, 0x00, 0x51],      // request_id 0x51
@@ -706,6 +723,7 @@ fn fixtures() -> Vec<Fixture> {
             &[0x00],                        // k_tmp: absent (public-key mode)
             &[0x01],                        // peer_attestation: present
             MN_NAME, &MN_PUB, &MN_ATT_SIG,  //   fqdn, public key, AS signature
+            &[0x00],                        // traversal: usual
         ]), RouteDirection {
             request_id: RequestId(0x51),
             session: SessionId(SESSION),
@@ -721,6 +739,7 @@ fn fixtures() -> Vec<Fixture> {
             k_tun: grant(K_TUN, 600),
             k_tmp: None,
             peer_attestation: Some(mn_attestation()),
+            traversal: Traversal::Usual,
         }),
         fx("route_direction_relay_v4", sealed(T::RouteDirection, Sender::Dc, 0x1001, 10), cat(&[
             &[0x00, 0x00, 0x00, 0x52],      // request_id 0x52
@@ -736,6 +755,7 @@ fn fixtures() -> Vec<Fixture> {
             &[0x00, 0x00, 0x02, 0x58],      // lifetime 600 s
             &[0x01], &K_TMP,                // k_tmp: present
             &[0x00],                        // peer_attestation: absent
+            &[0x02],                        // traversal: guess ports
         ]), RouteDirection {
             request_id: RequestId(0x52),
             session: SessionId(SESSION + 1),
@@ -747,6 +767,7 @@ fn fixtures() -> Vec<Fixture> {
             k_tun: grant(K_TUN, 600),
             k_tmp: Some(KTmp::from_bytes(K_TMP)),
             peer_attestation: None,
+            traversal: Traversal::GuessPorts,
         }),
         fx("route_direction_ack", sealed(T::RouteDirectionAck, Sender::Node, 0x1001, 9), cat(&[
             &[0x00, 0x00, 0x00, 0x50],      // request_id 0x50
@@ -929,7 +950,7 @@ fn parse_with(name: &str, offset: usize, value: u8) -> Result<Message, WireError
 
 #[test]
 fn every_message_type_has_a_fixture() {
-    assert_eq!(MsgType::ALL.len(), 36);
+    assert_eq!(MsgType::ALL.len(), 38);
     let all = fixtures();
     for ty in MsgType::ALL {
         assert!(all.iter().any(|f| f.header.msg_type == *ty), "no fixture for {ty:?}");
@@ -1111,7 +1132,7 @@ fn unknown_message_types_are_refused() {
         assert_eq!(Message::parse_body(env.msg_type(), env.body()), Err(WireError::UnknownType(t)));
         assert_eq!(parse(&bytes).err(), Some(WireError::UnknownType(t)));
     }
-    assert_eq!(unknown, 256 - 36);
+    assert_eq!(unknown, 256 - 38);
 }
 
 #[test]

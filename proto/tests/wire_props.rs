@@ -19,11 +19,11 @@ use ntm_proto::wire::notification::{
 };
 use ntm_proto::wire::refusal::{Reason, Refusal, DETAIL_MAX};
 use ntm_proto::wire::registration::{
-    Keepalive, KeepaliveAck, KeepaliveMethod, NsGrant, RegistrationRequest, RegistrationResponse, LOCAL_ADDRS_MAX,
-    PUSH_TOKEN_MAX,
+    Keepalive, KeepaliveAck, KeepaliveMethod, MappingProbe, MappingProbeAck, NatMapping, NsGrant, RegistrationRequest,
+    RegistrationResponse, LOCAL_ADDRS_MAX, PUSH_TOKEN_MAX,
 };
 use ntm_proto::wire::relay::{RelayDirection, RelayDirectionAck, RelayStatus, RelayStatusAck};
-use ntm_proto::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, TunnelRole};
+use ntm_proto::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, Traversal, TunnelRole};
 use ntm_proto::wire::tunnel::{
     HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
 };
@@ -161,7 +161,8 @@ fn node_info() -> impl Strategy<Value = NodeInfo> {
         fqdn(),
         virtual_addrs(),
         list::<_, 2>(
-            (socket_addr(), any::<bool>()).prop_map(|(observed, behind_nat)| Endpoint { observed, behind_nat }),
+            (socket_addr(), any::<bool>(), select(NatMapping::ALL))
+                .prop_map(|(observed, behind_nat, mapping)| Endpoint { observed, behind_nat, mapping }),
         ),
         list::<_, LOCAL_ADDRS_MAX>(socket_addr()),
         any::<bool>(),
@@ -260,16 +261,35 @@ fn body(ty: MsgType) -> BoxedStrategy<Message> {
                 keepalive,
                 ns_key_lost,
             })),
-        MsgType::RegistrationResponse => {
-            b((rid(), virtual_addrs(), socket_addr(), any::<bool>(), any::<u16>(), prop::option::of(ns_grant()))
-                .prop_map(|(request_id, virtual_addrs, observed, behind_nat, keepalive_interval, ns)| {
-                    RegistrationResponse { request_id, virtual_addrs, observed, behind_nat, keepalive_interval, ns }
-                }))
-        }
+        MsgType::RegistrationResponse => b((
+            rid(),
+            virtual_addrs(),
+            socket_addr(),
+            any::<bool>(),
+            any::<u16>(),
+            prop::option::of(ns_grant()),
+            any::<u16>(),
+        )
+            .prop_map(
+                |(request_id, virtual_addrs, observed, behind_nat, keepalive_interval, ns, mapping_port)| {
+                    RegistrationResponse {
+                        request_id,
+                        virtual_addrs,
+                        observed,
+                        behind_nat,
+                        keepalive_interval,
+                        ns,
+                        mapping_port,
+                    }
+                },
+            )),
         MsgType::Keepalive => b(rid().prop_map(|request_id| Keepalive { request_id })),
         MsgType::KeepaliveAck => {
             b((rid(), socket_addr()).prop_map(|(request_id, observed)| KeepaliveAck { request_id, observed }))
         }
+        MsgType::MappingProbe => b(rid().prop_map(|request_id| MappingProbe { request_id })),
+        MsgType::MappingProbeAck => b((rid(), socket_addr(), select(NatMapping::ALL))
+            .prop_map(|(request_id, observed, mapping)| MappingProbeAck { request_id, observed, mapping })),
         MsgType::NotificationRegistration => {
             b((rid(), fqdn()).prop_map(|(request_id, fqdn)| NotificationRegistration { request_id, fqdn }))
         }
@@ -301,13 +321,13 @@ fn body(ty: MsgType) -> BoxedStrategy<Message> {
         MsgType::RouteDirection => b((
             (rid(), sid(), fqdn(), select(Side::ALL), select(TunnelRole::ALL)),
             (fqdn(), virtual_addrs(), list(socket_addr())),
-            (path(), grant(), prop::option::of(key()), prop::option::of(attestation())),
+            (path(), grant(), prop::option::of(key()), prop::option::of(attestation()), select(Traversal::ALL)),
         )
             .prop_map(
                 |(
                     (request_id, session, node, side, role),
                     (fqdn, virtual_addrs, endpoints),
-                    (path, k_tun, k_tmp, peer_attestation),
+                    (path, k_tun, k_tmp, peer_attestation, traversal),
                 )| RouteDirection {
                     request_id,
                     session,
@@ -319,6 +339,7 @@ fn body(ty: MsgType) -> BoxedStrategy<Message> {
                     k_tun,
                     k_tmp,
                     peer_attestation,
+                    traversal,
                 },
             )),
         MsgType::RouteDirectionAck => {

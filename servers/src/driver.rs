@@ -1249,6 +1249,8 @@ impl<D: Daemon> Driver<D> {
     fn route(&mut self, t: Transmit) {
         match t.via {
             Via::Udp => self.send_udp(t.dst, &t.payload),
+            // TODO(mapping port): the DC's second socket.
+            Via::UdpFrom(_) => self.send_udp(t.dst, &t.payload),
             Via::Stream { kind, server } => {
                 let existing = self.by_peer.get(&(kind, t.dst)).copied();
                 let key = match (existing, server) {

@@ -684,6 +684,8 @@ impl Sim {
     fn transmit(&mut self, host: HostId, t: Transmit) {
         match t.via {
             Via::Udp => self.send_datagram(host, t.dst, t.payload),
+            // TODO(extra sockets): from the host's extra socket.
+            Via::UdpFrom(_) => self.send_datagram(host, t.dst, t.payload),
             Via::Stream { kind, server: Some(name) } => self.client_send(host, kind, name, t.dst, t.payload),
             Via::Stream { kind, server: None } => self.reply_send(host, kind, t.dst, t.payload),
         }

@@ -177,7 +177,7 @@ impl Agent {
                 };
                 match self.node.seal_ip_within(now, frame, path_mtu) {
                     Ok(dst) => {
-                        self.tx.set(sealed, total, dst);
+                        self.tx.set(sealed, total, dst.to);
                         sealed += 1;
                     }
                     Err(SendError::TooBig { mtu }) => {

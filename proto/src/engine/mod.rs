@@ -56,11 +56,31 @@ pub enum StreamKind {
     Tls,
 }
 
+/// One of an engine's UDP sockets. [`Local::MAIN`] is its configured port (one socket per
+/// family). The others are extra sockets: a node's for finding a direct path through a
+/// NAT that maps per destination (see `node::Node::handle_datagram_on`), and a DC's
+/// mapping port (`dc::MAPPING_PORT`).
+///
+/// A node's driver opens an extra socket on an ephemeral port of the destination's family
+/// when the engine first sends from it ([`Via::UdpFrom`]), passes what it receives to
+/// `Node::handle_datagram_on`, and closes it when the node raises
+/// `NodeEvent::LocalReleased`. The node keeps at most `node::LOCALS_MAX` open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Local(pub u16);
+
+impl Local {
+    /// The engine's configured port.
+    pub const MAIN: Local = Local(0);
+}
+
 /// How a message leaves the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Via {
     /// A UDP datagram from the engine's socket of the destination's family.
     Udp,
+    /// A UDP datagram from one of the engine's extra sockets ([`Local`]; never
+    /// [`Local::MAIN`], which is [`Via::Udp`]).
+    UdpFrom(Local),
     /// A framed message on the TCP or TLS stream with the destination. A client names the
     /// server it expects (`server`), and the driver connects and verifies the server's
     /// certificate for that name if no stream is open; a server answers with `None` on the

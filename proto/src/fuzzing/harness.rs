@@ -227,6 +227,8 @@ impl Seen {
             M::RegistrationResponse(m) => (Some(m.request_id), None, m.ns.as_ref().map(|g| g.key_id)),
             M::Keepalive(m) => (Some(m.request_id), None, None),
             M::KeepaliveAck(m) => (Some(m.request_id), None, None),
+            M::MappingProbe(m) => (Some(m.request_id), None, None),
+            M::MappingProbeAck(m) => (Some(m.request_id), None, None),
             M::NotificationRegistration(m) => (Some(m.request_id), None, None),
             M::NotificationAck(m) => (Some(m.request_id), None, None),
             M::NsKeepalive(m) => (Some(m.request_id), None, None),
@@ -655,7 +657,7 @@ impl<E: Subject> Harness<E> {
         } else {
             let Some(t) = input.pick(&self.recent) else { return };
             match t.via {
-                Via::Udp => {
+                Via::Udp | Via::UdpFrom(_) => {
                     self.datagram(t.dst, &t.payload);
                 }
                 Via::Stream { kind, .. } => {

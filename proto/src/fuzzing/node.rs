@@ -31,7 +31,7 @@ use crate::wire::login::{Credential, LoginResponse, Password};
 use crate::wire::notification::{NotificationAck, NotificationRegistration, Notify, NsKeepaliveAck};
 use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::registration::{Keepalive, KeepaliveAck, KeepaliveMethod, NsGrant, RegistrationResponse};
-use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, TunnelRole};
+use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, Traversal, TunnelRole};
 use crate::wire::tunnel::{
     HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
 };
@@ -276,6 +276,7 @@ impl NodeScript {
                     behind_nat,
                     keepalive_interval,
                     ns,
+                    mapping_port: 0,
                 })
             }
             1 => Message::KeepaliveAck(KeepaliveAck {
@@ -357,6 +358,7 @@ impl NodeScript {
             k_tun: KeyGrant { key: Key::from_bytes(ctx.k_tun), lifetime },
             k_tmp: ctx.k_tmp.map(Key::from_bytes),
             peer_attestation: attestation,
+            traversal: Traversal::Usual,
         }))
     }
 
@@ -553,7 +555,7 @@ impl Script<Node> for NodeScript {
             _ => {
                 let mut buf = input.bytes().to_vec();
                 if let Ok(to) = h.engine.seal_ip(now, &mut buf) {
-                    let t = Transmit { via: crate::engine::Via::Udp, dst: to, payload: buf };
+                    let t = Transmit { via: crate::engine::Via::Udp, dst: to.to, payload: buf };
                     super::harness::check_transmit(&t);
                 }
             }
@@ -639,6 +641,7 @@ fn setup(c: u8) -> Option<(Harness<Node>, NodeScript)> {
             observed: if v4 { NAT4 } else { LOCAL6 },
             behind_nat: v4,
             keepalive_interval: 20,
+            mapping_port: 0,
             ns: ns.map(|(key, id)| NsGrant {
                 ns_fqdn: name("ns1.example"),
                 ns_addr: NS,

@@ -37,9 +37,9 @@ use crate::wire::notification::{
     NotificationRegistration, Notify, NotifyAck, NsKeepalive, NsKeyAck, NsKeyDistribution, NsProbe,
 };
 use crate::wire::refusal::{Reason, Refusal};
-use crate::wire::registration::{Keepalive, KeepaliveAck, KeepaliveMethod, RegistrationRequest};
+use crate::wire::registration::{Keepalive, KeepaliveAck, KeepaliveMethod, NatMapping, RegistrationRequest};
 use crate::wire::relay::{RelayDirection, RelayDirectionAck, RelayStatus, RelayStatusAck};
-use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, TunnelRole};
+use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, Traversal, TunnelRole};
 use crate::wire::tunnel::{
     HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
 };
@@ -188,7 +188,8 @@ fn relay_v6(rs: SocketAddr) -> SocketAddr {
 
 fn pick_endpoints(input: &mut Input<'_>) -> Option<List<Endpoint, 2>> {
     let set = input.pick(&ENDPOINT_SETS)?;
-    List::from_vec(set.iter().map(|&(observed, behind_nat)| Endpoint { observed, behind_nat }).collect()).ok()
+    let mapping = NatMapping::Untested;
+    List::from_vec(set.iter().map(|&(observed, behind_nat)| Endpoint { observed, behind_nat, mapping }).collect()).ok()
 }
 
 impl DcScript {
@@ -286,6 +287,7 @@ impl DcScript {
                     k_tun: grant(h.rng.key(), lifetime),
                     k_tmp,
                     peer_attestation: None,
+                    traversal: Traversal::Usual,
                 })
             }
             3 => Message::RouteDirectionAck(RouteDirectionAck {

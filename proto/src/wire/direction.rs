@@ -7,11 +7,11 @@
 //! NodeInfoAnswer    request_id u32 | node info
 //! node info         fqdn | virtual v4 (4) | virtual v6 (16) | endpoints (list <= 2)
 //!                   | local_addrs (list <= 8) | via_ns u8 | attestation?
-//! endpoint          observed addr | behind_nat u8
+//! endpoint          observed addr | behind_nat u8 | mapping u8 (registration.rs)
 //! ```
 
 use super::pk::Attestation;
-use super::registration::LOCAL_ADDRS_MAX;
+use super::registration::{NatMapping, LOCAL_ADDRS_MAX};
 use super::{wire_struct, Fqdn, List, RequestId, SessionId, VirtualAddrs};
 use core::net::SocketAddr;
 
@@ -34,6 +34,8 @@ wire_struct! {
         pub observed: SocketAddr,
         /// True if that differs from every address the node reported.
         pub behind_nat: bool,
+        /// How the node's NAT maps (the DC's mapping test).
+        pub mapping: NatMapping,
     }
 }
 

@@ -9,7 +9,9 @@ use super::notification::{
     NsKeyDistribution, NsProbe,
 };
 use super::refusal::Refusal;
-use super::registration::{Keepalive, KeepaliveAck, RegistrationRequest, RegistrationResponse};
+use super::registration::{
+    Keepalive, KeepaliveAck, MappingProbe, MappingProbeAck, RegistrationRequest, RegistrationResponse,
+};
 use super::relay::{RelayDirection, RelayDirectionAck, RelayStatus, RelayStatusAck};
 use super::route::{RouteDirection, RouteDirectionAck};
 use super::tunnel::{HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse};
@@ -99,6 +101,10 @@ messages! {
     Keepalive(Keepalive) = 0x12,
     /// DC -> node (K_ntmdc).
     KeepaliveAck(KeepaliveAck) = 0x13,
+    /// Node -> the DC's mapping port (K_ntmdc).
+    MappingProbe(MappingProbe) = 0x14,
+    /// The DC's mapping port -> node (K_ntmdc).
+    MappingProbeAck(MappingProbeAck) = 0x15,
     /// Node -> NS (K_ntmns, TCP).
     NotificationRegistration(NotificationRegistration) = 0x20,
     /// NS -> node (K_ntmns, TCP).

@@ -7,14 +7,24 @@
 //! keepalive method      0x01 UDP | 0x02 TCP via NS | 0x03 push: token (u16 len <= 512)
 //! RegistrationResponse  request_id u32 | virtual v4 (4) | virtual v6 (16) | observed addr
 //!                       | behind_nat u8 | keepalive_interval u16 (s) | ns grant?
+//!                       | mapping_port u16
 //! ns grant              ns fqdn | ns addr | key_id u32 | K_ntmns (16) | lifetime u32
 //! Keepalive             request_id u32
 //! KeepaliveAck          request_id u32 | observed addr
+//! MappingProbe          request_id u32                      (to the DC's mapping port)
+//! MappingProbeAck       request_id u32 | observed addr | mapping u8   (from that port)
 //! ```
+//!
+//! The mapping test (RFC 5780 section 4.3, with a second port instead of a second
+//! address): the node sends a Mapping Probe from its tunnel port to the DC's second UDP
+//! port, and the DC compares where it saw the probe with where it saw the registration.
+//! The same outside port means the node's NAT keeps one mapping per inside socket
+//! (endpoint-independent); another port means a new mapping per destination.
 //! Addresses are `family u8 (4|6) | address | port u16`.
 
 use super::{
-    code_enum, wire_struct, Bytes, Codec, Fqdn, KeyId, List, Reader, RequestId, VirtualAddrs, WireError, Writer,
+    code_enum, known_code_codec, wire_struct, Bytes, Codec, Fqdn, KeyId, List, Reader, RequestId, VirtualAddrs,
+    WireError, Writer,
 };
 use crate::keys::{KeyGrant, NtmNs};
 use core::net::SocketAddr;
@@ -23,6 +33,22 @@ use core::net::SocketAddr;
 pub const LOCAL_ADDRS_MAX: usize = 8;
 /// Longest push-notification device token.
 pub const PUSH_TOKEN_MAX: usize = 512;
+
+code_enum! {
+    /// How the node's NAT maps its tunnel socket (RFC 4787 section 4.1), as the DC's
+    /// mapping test found it.
+    pub enum NatMapping {
+        /// Not tested (yet), or the test could not tell (another outside address).
+        Untested = 0x00,
+        /// One outside port whatever the destination ("cone"): a peer that knows it can
+        /// reach the node there once the node has sent to the peer.
+        Independent = 0x01,
+        /// A new outside port per destination ("symmetric"): nobody can know the port
+        /// the node's next destination will see.
+        Dependent = 0x02,
+    }
+}
+known_code_codec!(NatMapping, "NAT mapping");
 
 code_enum! {
     /// Keepalive method code points.
@@ -126,6 +152,8 @@ wire_struct! {
         pub keepalive_interval: u16,
         /// The NS to use, when the method is TCP via NS.
         pub ns: Option<NsGrant>,
+        /// The DC's second UDP port, for the mapping test (0: the DC has none).
+        pub mapping_port: u16,
     }
 }
 
@@ -144,5 +172,25 @@ wire_struct! {
         pub request_id: RequestId,
         /// The source address the DC saw.
         pub observed: SocketAddr,
+    }
+}
+
+wire_struct! {
+    /// Node -> the DC's mapping port: where do you see me from here?
+    pub struct MappingProbe {
+        /// Matches the acknowledgement.
+        pub request_id: RequestId,
+    }
+}
+
+wire_struct! {
+    /// DC -> node, from the mapping port: what the DC saw and concluded.
+    pub struct MappingProbeAck {
+        /// The probe this acknowledges.
+        pub request_id: RequestId,
+        /// The source address the DC saw on its mapping port.
+        pub observed: SocketAddr,
+        /// The verdict, from the registration's observed address and this one.
+        pub mapping: NatMapping,
     }
 }

@@ -7,6 +7,7 @@
 //!                    | peer: fqdn, virtual v4, virtual v6, endpoints (list <= 4)
 //!                    | path: 0x01 direct | 0x02 relay: relay addr
 //!                    | K_tun (16) | lifetime u32 | K_tmp? (16) | peer attestation?
+//!                    | traversal u8 (0x00 usual, 0x01 open ports, 0x02 guess ports)
 //! RouteDirectionAck  request_id u32 | session u32
 //! ```
 
@@ -39,6 +40,21 @@ code_enum! {
     }
 }
 known_code_codec!(TunnelRole, "tunnel role");
+
+code_enum! {
+    /// How a relayed tunnel looks for a direct path besides route optimization.
+    pub enum Traversal {
+        /// Route optimization only: probe the peer's observed addresses.
+        Usual = 0x00,
+        /// This node's NAT maps per destination and the peer's does not: open many
+        /// mappings toward the peer (many sockets, one probe each) for its guesses to meet.
+        OpenPorts = 0x01,
+        /// The peer's NAT maps per destination and this node's does not: send probes to
+        /// many ports of the peer's outside address, one of which may meet its mappings.
+        GuessPorts = 0x02,
+    }
+}
+known_code_codec!(Traversal, "traversal");
 
 wire_struct! {
     /// The peer as the node needs to know it.
@@ -110,6 +126,8 @@ wire_struct! {
         pub k_tmp: Option<KTmp>,
         /// The peer's attested public key (public-key mode).
         pub peer_attestation: Option<Attestation>,
+        /// What to try for a direct path while relayed.
+        pub traversal: Traversal,
     }
 }
 
@@ -146,6 +164,7 @@ mod tests {
             k_tun: KeyGrant { key: Key::from_bytes([0x11; 16]), lifetime: Lifetime(600) },
             k_tmp: Some(KTmp::from_bytes([0x22; 16])),
             peer_attestation: None,
+            traversal: Traversal::GuessPorts,
         }
     }
 

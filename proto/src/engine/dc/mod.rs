@@ -112,7 +112,16 @@ pub struct DcConfig {
     /// could lose in a crash, above all not virtual addresses it could give to another node
     /// after a restart. Off by default (a DC without storage answers at once).
     pub hold_registrations_until_saved: bool,
+    /// The DC's second UDP port, for the mapping test (registration.rs), on the same
+    /// address as its main port; 0: none (no node is tested, so none is told to search
+    /// for a direct path through a NAT that maps per destination). The driver passes what
+    /// arrives there to [`Dc::handle_mapping_datagram`] and sends [`MAPPING_PORT`]'s
+    /// datagrams from it.
+    pub mapping_port: u16,
 }
+
+/// The DC's socket on its mapping port ([`DcConfig::mapping_port`]).
+pub const MAPPING_PORT: crate::engine::Local = crate::engine::Local(1);
 
 impl DcConfig {
     /// A configuration with defaults.
@@ -141,6 +150,7 @@ impl DcConfig {
             relay_status_interval: Duration::from_secs(30),
             negotiation_timeout: Duration::from_secs(60),
             hold_registrations_until_saved: false,
+            mapping_port: 0,
         }
     }
 }

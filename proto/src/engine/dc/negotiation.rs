@@ -25,8 +25,9 @@ use crate::keys::{KTmp, KTun, KeyGrant};
 use crate::time::Instant;
 use crate::wire::direction::{DirectionRequest, NodeInfo, NodeInfoAnswer, NodeInfoRequest};
 use crate::wire::refusal::{Reason, Refusal};
+use crate::wire::registration::NatMapping;
 use crate::wire::relay::{RelayDirection, RelayDirectionAck};
-use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, TunnelRole};
+use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, Traversal, TunnelRole};
 use crate::wire::{Fqdn, Lifetime, List, Message, MsgType, RequestId, SessionId};
 use core::net::SocketAddr;
 
@@ -98,6 +99,25 @@ pub fn decide(mn: &NodeInfo, cn: &NodeInfo) -> Decision {
         }
     }
     Decision::NoRoute
+}
+
+/// What a relayed tunnel's end `me` tries for a direct path besides route optimization
+/// (see the node's spray.rs): a search of many ports when both are behind IPv4 NATs and
+/// exactly one of those maps per destination. Route optimization alone finds the path
+/// when neither does, and a guess cannot meet mappings that both sides hide.
+pub fn traversal(decision: Decision, me: &NodeInfo, peer: &NodeInfo) -> Traversal {
+    if decision != (Decision::Relay { mn_v4: true, cn_v4: true }) {
+        return Traversal::Usual;
+    }
+    let (Some(m), Some(p)) = (endpoint(me, true), endpoint(peer, true)) else { return Traversal::Usual };
+    if !(m.behind_nat && p.behind_nat) {
+        return Traversal::Usual;
+    }
+    match (m.mapping, p.mapping) {
+        (NatMapping::Dependent, NatMapping::Independent) => Traversal::OpenPorts,
+        (NatMapping::Independent, NatMapping::Dependent) => Traversal::GuessPorts,
+        _ => Traversal::Usual,
+    }
 }
 
 /// One negotiation at DC_MN.
@@ -581,6 +601,7 @@ impl Dc {
         let endpoints = List::from_vec(eps.into_iter().take(4).collect()).ok()?;
         let k_tun = n.k_tun.clone()?;
         let peer_attestation = if n.k_tmp.is_none() { peer.attestation.clone() } else { None };
+        let traversal = traversal(decision, me, peer);
         Some(RouteDirection {
             request_id: self.ids.next(),
             session: n.session,
@@ -592,6 +613,7 @@ impl Dc {
             k_tun: KeyGrant { key: k_tun, lifetime: Lifetime::from_duration(self.cfg.tunnel_key_lifetime) },
             k_tmp: n.k_tmp.clone(),
             peer_attestation,
+            traversal,
         })
     }
 
@@ -959,9 +981,13 @@ mod tests {
     use crate::wire::VirtualAddrs;
 
     fn info(eps: &[(&str, bool)]) -> NodeInfo {
+        mapped(eps, NatMapping::Untested)
+    }
+
+    fn mapped(eps: &[(&str, bool)], mapping: NatMapping) -> NodeInfo {
         let mut endpoints = List::new();
         for (a, nat) in eps {
-            endpoints.push(Endpoint { observed: a.parse().unwrap(), behind_nat: *nat }).unwrap();
+            endpoints.push(Endpoint { observed: a.parse().unwrap(), behind_nat: *nat, mapping }).unwrap();
         }
         NodeInfo {
             fqdn: Fqdn::new("n.example").unwrap(),
@@ -989,5 +1015,26 @@ mod tests {
         // IPv6 is preferred: no NAT there.
         assert_eq!(decide(&dual, &only6), Decision::Direct { v4: false, initiator: Side::Mn });
         assert_eq!(decide(&info(&[]), &global4), Decision::NoRoute);
+    }
+
+    #[test]
+    fn a_search_of_ports_is_directed_only_when_exactly_one_nat_maps_per_destination() {
+        let hard = mapped(&[("203.0.113.9:40000", true)], NatMapping::Dependent);
+        let easy = mapped(&[("198.51.100.9:4500", true)], NatMapping::Independent);
+        let hard2 = mapped(&[("192.0.2.77:50000", true)], NatMapping::Dependent);
+        let easy2 = mapped(&[("192.0.2.88:4500", true)], NatMapping::Independent);
+        let untested = mapped(&[("192.0.2.99:4500", true)], NatMapping::Untested);
+        let public = mapped(&[("192.0.2.1:4500", false)], NatMapping::Independent);
+        let t = |a: &NodeInfo, b: &NodeInfo| (traversal(decide(a, b), a, b), traversal(decide(a, b), b, a));
+        assert_eq!(t(&hard, &easy), (Traversal::OpenPorts, Traversal::GuessPorts));
+        assert_eq!(t(&easy, &hard), (Traversal::GuessPorts, Traversal::OpenPorts));
+        // Both symmetric: no guess can meet mappings that both sides hide.
+        assert_eq!(t(&hard, &hard2), (Traversal::Usual, Traversal::Usual));
+        // Both cone: route optimization finds the path.
+        assert_eq!(t(&easy, &easy2), (Traversal::Usual, Traversal::Usual));
+        // Not tested: nothing is known, nothing is spent.
+        assert_eq!(t(&hard, &untested), (Traversal::Usual, Traversal::Usual));
+        // One side public: the tunnel is direct, no search.
+        assert_eq!(t(&hard, &public), (Traversal::Usual, Traversal::Usual));
     }
 }

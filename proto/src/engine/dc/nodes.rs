@@ -12,7 +12,8 @@ use crate::wire::login::{KeyDistribution, NtmAck};
 use crate::wire::notification::{Notify, NsKeyDistribution};
 use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::registration::{
-    Keepalive, KeepaliveAck, KeepaliveMethod, NsGrant, RegistrationRequest, RegistrationResponse, LOCAL_ADDRS_MAX,
+    Keepalive, KeepaliveAck, KeepaliveMethod, MappingProbe, MappingProbeAck, NatMapping, NsGrant, RegistrationRequest,
+    RegistrationResponse, LOCAL_ADDRS_MAX,
 };
 use crate::wire::{Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, VirtualAddrs};
 use core::net::SocketAddr;
@@ -22,6 +23,8 @@ use core::net::SocketAddr;
 pub(super) struct Seen {
     pub(super) observed: SocketAddr,
     pub(super) behind_nat: bool,
+    /// The mapping test's verdict for `observed` (untested after every change of it).
+    pub(super) mapping: NatMapping,
     last_seen: Instant,
 }
 
@@ -260,7 +263,9 @@ impl Dc {
             }
         }
         if let Some(slot) = rec.seen.get_mut(fam) {
-            *slot = Some(Seen { observed: from, behind_nat, last_seen: now });
+            // The verdict holds while the node is seen at the same place.
+            let mapping = slot.filter(|s| s.observed == from).map_or(NatMapping::Untested, |s| s.mapping);
+            *slot = Some(Seen { observed: from, behind_nat, mapping, last_seen: now });
         }
         rec.virtual_addrs = Some(virtual_addrs);
         rec.local_addrs = r.local_addrs;
@@ -359,8 +364,51 @@ impl Dc {
             behind_nat,
             keepalive_interval,
             ns,
+            mapping_port: self.cfg.mapping_port,
         });
         self.send_to_node_at(now, fqdn, to, &msg);
+    }
+
+    /// A datagram to the mapping port ([`super::MAPPING_PORT`]): only a node's Mapping
+    /// Probe is taken there. The verdict compares where the probe came from with where the
+    /// node's registration or keepalive came from, in the same family: the same outside
+    /// address and port means one mapping whatever the destination.
+    pub fn handle_mapping_datagram(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) -> Received {
+        let (ty, sealed, key_id) = match crate::wire::Envelope::new_checked(buf) {
+            Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
+            Err(e) => return self.drops.count(DropReason::from(e)),
+        };
+        if !sealed || ty != MsgType::MappingProbe {
+            return self.drops.count(DropReason::Unexpected);
+        }
+        let Some(fqdn) = self.keys.get(&key_id).cloned() else { return self.drops.count(DropReason::UnknownKey) };
+        let Some(rec) = self.nodes.get_mut(&fqdn) else { return self.drops.count(DropReason::UnknownKey) };
+        let probe = match rec.channel.open(now, buf) {
+            Ok((_, Message::MappingProbe(p))) => p,
+            Ok(_) => return self.drops.count(DropReason::Unexpected),
+            Err(e) => return self.drops.count(DropReason::from(e)),
+        };
+        let MappingProbe { request_id } = probe;
+        // Only a node registered in this family is tested: its registration is the other
+        // observation.
+        let Some(Some(seen)) = rec.seen.get_mut(family(&from)) else { return self.drops.count(DropReason::Stale) };
+        let mapping = match (seen.observed.ip() == from.ip(), seen.observed.port() == from.port()) {
+            (true, true) => NatMapping::Independent,
+            (true, false) => NatMapping::Dependent,
+            // Another outside address (a NAT with a pool of them): a guess of ports at one
+            // address would miss.
+            (false, _) => NatMapping::Untested,
+        };
+        if seen.mapping != mapping {
+            log::info!("{fqdn}: NAT mapping at {} is {mapping:?} (mapping port saw {from})", seen.observed);
+        }
+        seen.mapping = mapping;
+        let msg = Message::MappingProbeAck(MappingProbeAck { request_id, observed: from, mapping });
+        match rec.channel.seal(now, &msg) {
+            Ok(bytes) => self.transmit(Via::UdpFrom(super::MAPPING_PORT), from, bytes),
+            Err(e) => log::warn!("cannot seal for {fqdn}: {e}"),
+        }
+        Received::Handled
     }
 
     fn handle_keepalive(&mut self, now: Instant, fqdn: &Fqdn, from: SocketAddr, k: Keepalive) -> Received {
@@ -370,6 +418,7 @@ impl Dc {
             if seen.observed != from {
                 log::info!("{fqdn}: NAT rebinding, now seen at {from}");
                 seen.observed = from;
+                seen.mapping = NatMapping::Untested;
             }
             seen.last_seen = now;
         }
@@ -458,7 +507,7 @@ impl Dc {
         let mut endpoints = List::new();
         for s in rec.seen.iter().flatten() {
             // At most two families, within the list's capacity of two.
-            let _ = endpoints.push(Endpoint { observed: s.observed, behind_nat: s.behind_nat });
+            let _ = endpoints.push(Endpoint { observed: s.observed, behind_nat: s.behind_nat, mapping: s.mapping });
         }
         if endpoints.is_empty() {
             return None;
@@ -650,7 +699,7 @@ impl Dc {
         let mut seen = [None, None];
         for (observed, behind_nat) in state.endpoints {
             if let Some(slot) = seen.get_mut(family(&observed)) {
-                *slot = Some(Seen { observed, behind_nat, last_seen: now });
+                *slot = Some(Seen { observed, behind_nat, mapping: NatMapping::Untested, last_seen: now });
             }
         }
         let ns = state.ns.and_then(|n| {

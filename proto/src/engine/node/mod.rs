@@ -15,13 +15,14 @@
 mod link;
 mod login;
 mod resend;
+mod spray;
 mod table;
 mod timer;
 mod tunnel;
 
 use super::{
-    Backoff, ConfigError, DcLocation, DnsAnswer, DnsQuery, DropCounters, DropReason, Engine, IdSource, PeerIdentity,
-    Received, Rng, StreamKind, Transmit, Via,
+    Backoff, ConfigError, DcLocation, DnsAnswer, DnsQuery, DropCounters, DropReason, Engine, IdSource, Local,
+    PeerIdentity, Received, Rng, StreamKind, Transmit, Via,
 };
 use crate::crypto::pk::{Attestation, KeyPair, PublicKey};
 use crate::crypto::Channel;
@@ -36,9 +37,10 @@ use std::collections::VecDeque;
 
 use link::{Link, NsLink};
 use login::Login;
+pub use spray::LOCALS_MAX;
 use table::{Timing, Tunnels};
+pub use tunnel::{Dest, SendError, TunnelInfo};
 use tunnel::{Direction, PendingResolve};
-pub use tunnel::{SendError, TunnelInfo};
 
 /// How a node is set up. [`NodeConfig::new`] fills in the defaults.
 #[derive(Clone, Debug)]
@@ -256,6 +258,13 @@ pub enum NodeEvent {
         /// The NS address the connection went to.
         addr: SocketAddr,
     },
+    /// The node is done with these extra sockets ([`crate::engine::Local`]): the driver
+    /// closes them. Nothing more is sent from them, and what still arrives on them is
+    /// dropped.
+    LocalsReleased {
+        /// The sockets.
+        locals: Vec<Local>,
+    },
 }
 
 /// What the node holds after login.
@@ -298,6 +307,9 @@ pub struct Node {
     drops: DropCounters,
     /// The last sealed data packets, for a peer that moves.
     recent: resend::Recent,
+    /// The extra sockets: the ones kept for direct paths found through a NAT that maps
+    /// per destination, and the search that opens them.
+    locals: spray::Locals,
     /// Data packets sent again after a peer moved.
     resent: u64,
     /// Another login for our name took over our registration (until we register again).
@@ -354,6 +366,7 @@ impl Node {
             queries: VecDeque::new(),
             drops: DropCounters::default(),
             recent: resend::Recent::default(),
+            locals: spray::Locals::default(),
             resent: 0,
             displaced: false,
         })
@@ -453,11 +466,17 @@ impl Node {
         self.events.push_back(ev);
     }
 
+    /// Queues a message. A datagram to a peer that is reached through one of the extra
+    /// sockets leaves from that socket.
     fn transmit(&mut self, via: Via, dst: SocketAddr, payload: Vec<u8>) {
         if self.out.len() >= OUT_MAX {
             self.drops.count(DropReason::Limit);
             return;
         }
+        let via = match (via, self.locals.local_for(dst)) {
+            (Via::Udp, local) if local != Local::MAIN => Via::UdpFrom(local),
+            (via, _) => via,
+        };
         self.out.push_back(Transmit { via, dst, payload });
     }
 
@@ -506,31 +525,56 @@ impl Node {
     }
 }
 
-impl Engine for Node {
-    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
+impl Node {
+    /// A datagram that arrived on the socket `local` ([`Engine::handle_datagram`] is this
+    /// for [`Local::MAIN`]). An extra socket carries only tunnel traffic: the Path Probes
+    /// of a search for a direct path, and the tunnels that found one through it.
+    pub fn handle_datagram_on(&mut self, now: Instant, local: Local, from: SocketAddr, buf: &mut [u8]) -> Received {
         let (ty, sealed, key_id) = match Envelope::new_checked(&buf[..]) {
             Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
             Err(e) => return self.drops.count(DropReason::from(e)),
         };
+        if local != Local::MAIN {
+            if !self.locals.is_open(local) {
+                return self.drops.count(DropReason::Stale);
+            }
+            return match ty {
+                MsgType::Data => self.handle_data(now, from, buf),
+                MsgType::PathProbe | MsgType::PathProbeAck => self.handle_mncn_message(now, local, from, buf),
+                _ => self.drops.count(DropReason::Unexpected),
+            };
+        }
         let from_dc = self.session.as_ref().is_some_and(|s| s.channel.id() == key_id);
         match ty {
             MsgType::Data => self.handle_data(now, from, buf),
             MsgType::TunnelRequest | MsgType::HolePunchAck => self.handle_tun_message(now, from, buf),
             MsgType::TunnelResponse | MsgType::PathProbe | MsgType::PathProbeAck => {
-                self.handle_mncn_message(now, from, buf)
+                self.handle_mncn_message(now, Local::MAIN, from, buf)
             }
             MsgType::Refusal if !sealed => self.handle_plain_refusal(now, from, buf),
-            MsgType::RegistrationResponse | MsgType::KeepaliveAck | MsgType::RouteDirection | MsgType::Refusal
+            MsgType::RegistrationResponse
+            | MsgType::KeepaliveAck
+            | MsgType::MappingProbeAck
+            | MsgType::RouteDirection
+            | MsgType::Refusal
                 if from_dc =>
             {
                 self.handle_dc_message(now, Some(from), buf)
             }
-            MsgType::RegistrationResponse | MsgType::KeepaliveAck | MsgType::RouteDirection | MsgType::Refusal => {
-                self.drops.count(DropReason::UnknownKey)
-            }
+            MsgType::RegistrationResponse
+            | MsgType::KeepaliveAck
+            | MsgType::MappingProbeAck
+            | MsgType::RouteDirection
+            | MsgType::Refusal => self.drops.count(DropReason::UnknownKey),
             MsgType::Unknown(_) => self.drops.count(DropReason::Malformed),
             _ => self.drops.count(DropReason::Unexpected),
         }
+    }
+}
+
+impl Engine for Node {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
+        self.handle_datagram_on(now, Local::MAIN, from, buf)
     }
 
     fn handle_stream(

@@ -20,7 +20,7 @@ use super::timer::Timer;
 use super::{ip_endpoints, Node, NodeEvent, PathKind, ResolveError, ResolveId};
 use crate::crypto::pk::{unwrap_from_peer, unwrap_with_tmp, wrap_for_peer, wrap_with_tmp, AttestedKey};
 use crate::crypto::{Channel, CryptoError, TAG_LEN};
-use crate::engine::{DropReason, Received, Retry, Via};
+use crate::engine::{DropReason, Local, Received, Retry, Via};
 use crate::keys::{KMnCn, KTmp, MnCn, Tun};
 use crate::time::{Duration, Instant};
 use crate::wire::direction::DirectionRequest;
@@ -51,6 +51,15 @@ const K_TMP_AFTER_SETUP: Duration = Duration::from_secs(30);
 /// Route-optimization probes: every 250 ms, 12 times (3 s), then stay on the relay.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 const PROBE_ATTEMPTS: u32 = 12;
+
+/// Where a sealed packet goes: the address, and the socket it leaves from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dest {
+    /// The peer or its RS.
+    pub to: SocketAddr,
+    /// The socket: [`Local::MAIN`] but for a peer reached through an extra socket.
+    pub local: Local,
+}
 
 /// Why a packet from the TUN device could not be sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1222,7 +1231,8 @@ impl Node {
     }
 
     /// Tunnel Response, Path Probe and Path Probe Ack, sealed with K_mncn.
-    pub(super) fn handle_mncn_message(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) -> Received {
+    pub(super) fn handle_mncn_message(&mut self, now: Instant, local: Local, from: SocketAddr, buf: &[u8]) -> Received {
+        let _ = local;
         let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(DropReason::Malformed) };
         let Some(id) = self.tunnels.by_session(SessionId(env.key_id().0)) else {
             return self.drops.count(DropReason::UnknownKey);
@@ -1377,7 +1387,7 @@ impl Node {
 
     /// Seals a packet from the TUN device in place for its tunnel and returns where to
     /// send it. `buf` is `[HEADER_LEN spare bytes | IP packet | TAG_LEN spare bytes]`.
-    pub fn seal_ip(&mut self, now: Instant, buf: &mut [u8]) -> Result<SocketAddr, SendError> {
+    pub fn seal_ip(&mut self, now: Instant, buf: &mut [u8]) -> Result<Dest, SendError> {
         self.seal_ip_within(now, buf, |_| u16::MAX)
     }
 
@@ -1389,7 +1399,7 @@ impl Node {
         now: Instant,
         buf: &mut [u8],
         path_mtu: impl Fn(&SocketAddr) -> u16,
-    ) -> Result<SocketAddr, SendError> {
+    ) -> Result<Dest, SendError> {
         let end = buf.len().checked_sub(TAG_LEN).filter(|&e| e > HEADER_LEN).ok_or(SendError::NotIp)?;
         let (_, dst) = buf.get(HEADER_LEN..end).and_then(ip_endpoints).ok_or(SendError::NotIp)?;
         let id = self.tunnels.route(dst).ok_or(SendError::NoTunnel(dst))?;
@@ -1409,7 +1419,7 @@ impl Node {
         t.sent(now, to);
         t.activity.last_data = now;
         t.activity.tx_packets += 1;
-        Ok(to)
+        Ok(Dest { to, local: self.locals.local_for(to) })
     }
 
     /// Convenience over [`Node::seal_ip`] for callers that do not manage buffers: seals a
@@ -1418,7 +1428,7 @@ impl Node {
         let mut buf = vec![0u8; HEADER_LEN + packet.len() + TAG_LEN];
         buf.get_mut(HEADER_LEN..HEADER_LEN + packet.len()).ok_or(SendError::NotIp)?.copy_from_slice(packet);
         let dst = self.seal_ip(now, &mut buf)?;
-        self.transmit(Via::Udp, dst, buf);
+        self.transmit(Via::Udp, dst.to, buf);
         Ok(())
     }
 
