@@ -770,6 +770,7 @@ impl Dc {
                 fqdn: r.fqdn.clone(),
                 virtual_addrs: r.virtual_addrs,
                 endpoints: r.seen.iter().flatten().map(|s| (s.observed, s.behind_nat)).collect(),
+                mappings: r.seen.iter().flatten().map(|s| s.mapping).collect(),
                 last_seen: r.seen.iter().flatten().map(|s| s.last_seen).max(),
                 via_ns: r.via_ns(),
                 key_expires: r.channel.expires(),
@@ -833,6 +834,8 @@ pub struct NodeStatus {
     pub virtual_addrs: Option<VirtualAddrs>,
     /// Where it was seen, with the NAT verdict.
     pub endpoints: Vec<(SocketAddr, bool)>,
+    /// The mapping test's verdict for each of `endpoints`, in the same order.
+    pub mappings: Vec<NatMapping>,
     /// True if the DC reaches it through an NS.
     pub via_ns: bool,
     /// When it last registered or kept alive.

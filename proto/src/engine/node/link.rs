@@ -31,7 +31,8 @@ use crate::time::{Duration, Instant};
 use crate::wire::notification::{NotificationRegistration, NsProbe};
 use crate::wire::refusal::Reason;
 use crate::wire::registration::{
-    Keepalive, KeepaliveAck, KeepaliveMethod, RegistrationRequest, RegistrationResponse, LOCAL_ADDRS_MAX,
+    Keepalive, KeepaliveAck, KeepaliveMethod, MappingProbe, MappingProbeAck, NatMapping, RegistrationRequest,
+    RegistrationResponse, LOCAL_ADDRS_MAX,
 };
 use crate::wire::{Envelope, Fqdn, List, Message, MsgType, RequestId, Sender};
 use core::net::SocketAddr;
@@ -59,8 +60,17 @@ pub(super) struct Link {
     pub(super) observed: Option<SocketAddr>,
     /// The DC's NAT verdict.
     pub(super) behind_nat: bool,
+    /// The DC's mapping test's verdict (registration.rs), for `observed`.
+    pub(super) mapping: NatMapping,
+    /// The Mapping Probe in flight: its id, its retransmission, where it goes.
+    mapping_probe: Option<(RequestId, Retry, SocketAddr)>,
     state: LinkState,
 }
+
+/// The Mapping Probe's retransmissions: a lost probe costs only the search for a direct
+/// path through a NAT that maps per destination, so a few tries suffice.
+const MAPPING_PROBE_BACKOFF: Backoff =
+    Backoff { initial: Duration::from_millis(300), max: Duration::from_secs(2), attempts: 4 };
 
 impl Link {
     /// One link per family in which both the node and the DC have an address.
@@ -73,6 +83,8 @@ impl Link {
                 dc_addr,
                 observed: None,
                 behind_nat: false,
+                mapping: NatMapping::Untested,
+                mapping_probe: None,
                 state: LinkState::Failed { retry_at: Instant::ZERO },
             })
             .collect()
@@ -83,13 +95,15 @@ impl Link {
     }
 
     pub(super) fn deadline(&self) -> Option<Instant> {
-        match &self.state {
+        let probe = self.mapping_probe.as_ref().map(|(_, r, _)| r.deadline());
+        let state = match &self.state {
             LinkState::ExpectRegistrationResponse { retry, .. } => Some(retry.deadline()),
             LinkState::Registered { next_keepalive, pending, .. } => {
                 pending.as_ref().map_or(*next_keepalive, |(_, r)| Some(r.deadline()))
             }
             LinkState::Failed { retry_at } => Some(*retry_at),
-        }
+        };
+        [probe, state].into_iter().flatten().min()
     }
 }
 
@@ -359,7 +373,7 @@ impl Node {
         _from: Option<SocketAddr>,
         r: RegistrationResponse,
     ) -> Received {
-        let Some(link) = self.links.iter_mut().find(|l| {
+        let Some(i) = self.links.iter().position(|l| {
             matches!(l.state, LinkState::ExpectRegistrationResponse { request_id, .. } if request_id == r.request_id)
         }) else {
             return self.drops.count(DropReason::Stale);
@@ -373,10 +387,24 @@ impl Node {
             (true, None, s) if s > 0 => Some(Duration::from_secs(u64::from(s))),
             _ => None,
         };
+        let probe_id = self.ids.next();
+        let Some(link) = self.links.get_mut(i) else { return Received::Handled };
+        if link.observed != Some(r.observed) {
+            link.mapping = NatMapping::Untested;
+        }
         link.observed = Some(r.observed);
         link.behind_nat = r.behind_nat;
+        // The mapping test, behind a NAT and when the DC has a mapping port: from the
+        // same socket to the DC's other port.
+        link.mapping_probe = (r.behind_nat && r.mapping_port != 0 && link.mapping == NatMapping::Untested).then(|| {
+            (probe_id, Retry::new(now, MAPPING_PROBE_BACKOFF), SocketAddr::new(link.dc_addr.ip(), r.mapping_port))
+        });
+        let probe_to = link.mapping_probe.as_ref().map(|(_, _, to)| *to);
         self.displaced = false;
         link.state = LinkState::Registered { interval, next_keepalive: interval.map(|d| now + d), pending: None };
+        if let Some(to) = probe_to {
+            self.send_to_dc(now, to, &Message::MappingProbe(MappingProbe { request_id: probe_id }));
+        }
         log::info!(
             "registered: virtual {} / {}, seen as {} ({})",
             r.virtual_addrs.v4,
@@ -463,6 +491,19 @@ impl Node {
         Received::Handled
     }
 
+    /// The DC's verdict on how our NAT maps (the answer to our Mapping Probe).
+    pub(super) fn handle_mapping_probe_ack(&mut self, a: MappingProbeAck) -> Received {
+        let Some(link) =
+            self.links.iter_mut().find(|l| l.mapping_probe.as_ref().is_some_and(|(id, _, _)| *id == a.request_id))
+        else {
+            return self.drops.count(DropReason::Stale);
+        };
+        link.mapping_probe = None;
+        link.mapping = a.mapping;
+        log::info!("NAT mapping: {:?} (the DC's mapping port saw us as {})", a.mapping, a.observed);
+        Received::Handled
+    }
+
     /// Asks the DC on every registered link how it sees us now: a Keepalive, whose Ack
     /// carries the address the DC saw. A NAT that rebound to another port shows there, and
     /// `handle_keepalive_ack` then registers again and follows every tunnel as after a
@@ -480,6 +521,19 @@ impl Node {
 
     pub(super) fn drive_links(&mut self, now: Instant) {
         for i in 0..self.links.len() {
+            let Some(link) = self.links.get_mut(i) else { continue };
+            if let Some((id, retry, to)) = &mut link.mapping_probe {
+                if retry.due(now) {
+                    if retry.again(now) {
+                        let (request_id, to) = (*id, *to);
+                        self.send_to_dc(now, to, &Message::MappingProbe(MappingProbe { request_id }));
+                    } else {
+                        // Firewalled, or an older DC: no verdict, no search of ports.
+                        log::info!("the DC's mapping port {to} does not answer; NAT mapping untested");
+                        link.mapping_probe = None;
+                    }
+                }
+            }
             let Some(link) = self.links.get_mut(i) else { continue };
             let dst = link.dc_addr;
             let mut resend = None;

@@ -30,14 +30,14 @@ use crate::keys::NtmDc;
 use crate::time::{Duration, Instant};
 use crate::wire::login::Credential;
 use crate::wire::refusal::Reason;
-use crate::wire::registration::KeepaliveMethod;
+use crate::wire::registration::{KeepaliveMethod, NatMapping};
 use crate::wire::{Envelope, Fqdn, Message, MsgType, SessionId, VirtualAddrs};
 use core::net::{IpAddr, SocketAddr};
 use std::collections::VecDeque;
 
 use link::{Link, NsLink};
 use login::Login;
-pub use spray::LOCALS_MAX;
+pub use spray::{TraversalStats, LOCALS_MAX};
 use table::{Timing, Tunnels};
 pub use tunnel::{Dest, SendError, TunnelInfo};
 use tunnel::{Direction, PendingResolve};
@@ -443,6 +443,16 @@ impl Node {
         self.resent
     }
 
+    /// How our NAT maps in IPv4, as the DC's mapping test found it (status).
+    pub fn nat_mapping(&self) -> NatMapping {
+        self.links.iter().find(|l| l.dc_addr.is_ipv4()).map_or(NatMapping::Untested, |l| l.mapping)
+    }
+
+    /// The searches for a direct path through a NAT that maps per destination (status).
+    pub fn traversal_stats(&self) -> TraversalStats {
+        self.locals.stats()
+    }
+
     /// Keys the node holds now, as (kind, fingerprint): for status output and for tests of
     /// key custody. Fingerprints reveal nothing about the keys.
     pub fn held_keys(&self) -> Vec<(&'static str, u64)> {
@@ -518,6 +528,7 @@ impl Node {
         match msg {
             Message::RegistrationResponse(r) => self.handle_registration_response(now, from, r),
             Message::KeepaliveAck(a) => self.handle_keepalive_ack(now, a),
+            Message::MappingProbeAck(a) => self.handle_mapping_probe_ack(a),
             Message::RouteDirection(rd) => self.handle_route_direction(now, rd),
             Message::Refusal(r) => self.handle_dc_refusal(now, r),
             _ => self.drops.count(DropReason::Unexpected),

@@ -32,6 +32,19 @@ pub const KEPT_MAX: usize = 32;
 /// Extra sockets a node has open at most: a search's and the kept ones.
 pub const LOCALS_MAX: usize = OPEN_SOCKETS as usize + KEPT_MAX;
 
+/// What the searches did, for status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraversalStats {
+    /// Searches started (either side).
+    pub searches: u64,
+    /// Searches that found a direct path.
+    pub found: u64,
+    /// Path Probes sent by searches (from extra sockets, or as guesses).
+    pub probes: u64,
+    /// Extra sockets open now.
+    pub open_sockets: usize,
+}
+
 /// A socket kept for a peer reached through it.
 struct Kept {
     /// The peer's address, as seen from that socket.
@@ -43,6 +56,7 @@ struct Kept {
 #[derive(Default)]
 pub(super) struct Locals {
     kept: Vec<Kept>,
+    stats: TraversalStats,
 }
 
 impl Locals {
@@ -52,6 +66,10 @@ impl Locals {
             return Local::MAIN;
         }
         self.kept.iter().find(|k| k.peer == to).map_or(Local::MAIN, |k| k.local)
+    }
+
+    pub(super) fn stats(&self) -> TraversalStats {
+        TraversalStats { open_sockets: self.kept.len(), ..self.stats }
     }
 
     /// True if `local` is open (kept, or part of the running search).
