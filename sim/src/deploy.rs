@@ -13,7 +13,7 @@
 use crate::{HostId, LinkConfig, RealmConfig, RealmId, Sim};
 use ntm_proto::crypto::pk::KeyPair;
 use ntm_proto::engine::account::{Account, AccountServer, Accounts, AsConfig, Verdict};
-use ntm_proto::engine::dc::{Dc, DcConfig, NsRef, ServerRef};
+use ntm_proto::engine::dc::{Dc, DcConfig, NsRef, ServerRef, MAPPING_PORT};
 use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, ResolveError};
 use ntm_proto::engine::ns::{Ns, NsConfig};
 use ntm_proto::engine::rs::{Rs, RsConfig};
@@ -29,6 +29,8 @@ use std::net::{IpAddr, SocketAddr};
 
 pub const SERVER_PORT: u16 = 4460;
 pub const NODE_PORT: u16 = 4500;
+/// The DCs' mapping port by default (the STUN port number; any other than theirs works).
+pub const DC_MAPPING_PORT: u16 = 3479;
 
 pub fn name(s: &str) -> Fqdn {
     Fqdn::new(s).unwrap()
@@ -86,11 +88,20 @@ pub struct Options {
     pub attest: bool,
     /// An OpenID Connect provider whose key the test holds.
     pub oidc: bool,
+    /// The DCs' mapping port ([`DcConfig::mapping_port`]); 0: none, so no node's NAT is
+    /// tested and no search for a direct path through a symmetric NAT runs.
+    pub mapping_port: u16,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { loss: 0.0, relays: vec![(Duration::ZERO, 10_000)], attest: false, oidc: false }
+        Options {
+            loss: 0.0,
+            relays: vec![(Duration::ZERO, 10_000)],
+            attest: false,
+            oidc: false,
+            mapping_port: DC_MAPPING_PORT,
+        }
     }
 }
 
@@ -204,6 +215,7 @@ impl Deployment {
                 DcConfig::new(name(n), vec![zone.clone()], (v4.parse().unwrap(), 24), (v6.parse().unwrap(), 112));
             c.relays = relay_refs.clone();
             c.notification_servers = vec![ns_ref.clone()];
+            c.mapping_port = opts.mapping_port;
             c
         };
         let dc_a_cfg = dc_cfg("dc.zone-a.example", &zone_a, "198.18.1.0", "2001:db8:ffa::");
@@ -226,6 +238,11 @@ impl Deployment {
             server_identity("dc.zone-b.example", Role::Dc),
             dc_b,
         );
+        if opts.mapping_port != 0 {
+            for dc in [dc_a, dc_b] {
+                sim.bind_socket(dc, MAPPING_PORT, opts.mapping_port);
+            }
+        }
 
         let mut relays = Vec::new();
         for (rname, v4, v6, extra, capacity) in relay_specs {
@@ -389,9 +406,7 @@ impl Deployment {
     /// All events a node produced so far (drained).
     pub fn events(&mut self, h: HostId) -> Vec<NodeEvent> {
         let mut v = self.held.remove(&h).unwrap_or_default();
-        while let Some(e) = self.node(h).poll_event() {
-            v.push(e);
-        }
+        v.extend(self.sim.node_events(h));
         v
     }
 
@@ -404,7 +419,7 @@ impl Deployment {
         let mut other = Vec::new();
         // `answer` says whether the answer came (None: Timeout below).
         let _ = self.sim.run_until_cond(deadline, |s| {
-            while let Some(e) = s.engine::<Node>(h).poll_event() {
+            for e in s.node_events(h) {
                 match e {
                     NodeEvent::Resolved { id: i, virtual_addrs, .. } if i == id => answer = Some(Ok(virtual_addrs)),
                     NodeEvent::ResolveFailed { id: i, error, .. } if i == id => answer = Some(Err(error)),

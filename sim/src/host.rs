@@ -4,13 +4,33 @@
 //! sends and receives, and accepts streams on that port too. Datagrams leave from the
 //! host's first address of the destination's family. Streams it opens use ephemeral ports
 //! (49152 and up).
+//!
+//! Extra UDP sockets ([`Local`], other than [`Local::MAIN`]): an engine that sends
+//! [`ntm_proto::engine::Via::UdpFrom`] gets that socket opened on a fresh ephemeral port
+//! the first time (a node's search for a direct path), or on a port the test bound
+//! beforehand ([`crate::Sim::bind_socket`]: the DC's mapping port). What arrives there
+//! goes to the engine's handler for that socket (`Node::handle_datagram_on`,
+//! `Dc::handle_mapping_datagram`); a node's `NodeEvent::LocalsReleased` closes them, and
+//! later datagrams to their ports count as [`HostStats::port_unreachable`]. A host has at
+//! most [`SOCKETS_MAX`] extra sockets open; a send that would open one more is dropped and
+//! counted ([`HostStats::sockets_refused`]), as `EMFILE` would.
 
+use crate::probe::Probe;
 use crate::topology::RealmId;
 use core::any::Any;
 use core::net::{IpAddr, SocketAddr};
-use ntm_proto::engine::{Engine, PeerIdentity, StreamKind};
+use ntm_proto::engine::dc::{Dc, MAPPING_PORT};
+use ntm_proto::engine::node::{Node, NodeEvent, LOCALS_MAX};
+use ntm_proto::engine::{Engine, Local, PeerIdentity, Received, StreamKind};
 use ntm_proto::time::Duration;
 use ntm_proto::time::Instant;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Extra UDP sockets a host may have open at once: a node's own bound, plus one.
+pub const SOCKETS_MAX: usize = LOCALS_MAX + 1;
+/// Node events kept for the test ([`crate::Sim::node_events`]); older ones are dropped
+/// and counted ([`HostStats::events_dropped`]).
+pub const EVENTS_MAX: usize = 4096;
 
 /// A host of the simulated network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -90,6 +110,17 @@ pub struct HostStats {
     pub stream_broken: u64,
     /// [`ntm_proto::engine::Received::Ip`] ranges outside the buffer.
     pub bad_ip_range: u64,
+    /// Extra sockets opened (by first use or [`crate::Sim::bind_socket`]).
+    pub sockets_opened: u64,
+    /// Extra sockets closed (released by the engine, or at a restart).
+    pub sockets_closed: u64,
+    /// Datagrams not sent because opening their extra socket would exceed [`SOCKETS_MAX`]
+    /// or no ephemeral port was free.
+    pub sockets_refused: u64,
+    /// Datagrams that reached an extra socket of an engine that has no handler for it.
+    pub no_handler: u64,
+    /// Node events dropped because the test did not read them ([`EVENTS_MAX`]).
+    pub events_dropped: u64,
 }
 
 /// A host as the simulator keeps it.
@@ -114,6 +145,13 @@ pub(crate) struct Host {
     pub(crate) stats: HostStats,
     /// Extra one-way delay of datagrams delivered to this host (a server farther away).
     pub(crate) extra_delay: Duration,
+    /// Open extra UDP sockets and their ports (at most [`SOCKETS_MAX`]).
+    pub(crate) sockets: BTreeMap<Local, u16>,
+    /// The sockets of `sockets` bound to a configured port (`Sim::bind_socket`).
+    pub(crate) bound: BTreeSet<Local>,
+    /// A node's events, drained after every input so that `LocalsReleased` closes its
+    /// sockets; the test reads them with `Sim::node_events`.
+    pub(crate) events: VecDeque<NodeEvent>,
 }
 
 /// First ephemeral port (RFC 6335's dynamic range).
@@ -133,6 +171,100 @@ impl Host {
         let port = self.next_ephemeral;
         self.next_ephemeral = self.next_ephemeral.checked_add(1).unwrap_or(EPHEMERAL_FIRST);
         port
+    }
+
+    /// The socket bound to `port`, if any.
+    pub(crate) fn socket_at(&self, port: u16) -> Option<Local> {
+        if port == self.port {
+            return Some(Local::MAIN);
+        }
+        self.sockets.iter().find(|(_, &p)| p == port).map(|(&l, _)| l)
+    }
+
+    /// The port of socket `local`, opening it on a fresh ephemeral port on first use; None
+    /// if the table is full or no port is free (counted).
+    pub(crate) fn socket_port(&mut self, local: Local) -> Option<u16> {
+        if local == Local::MAIN {
+            return Some(self.port);
+        }
+        if let Some(&port) = self.sockets.get(&local) {
+            return Some(port);
+        }
+        if self.sockets.len() >= SOCKETS_MAX {
+            self.stats.sockets_refused += 1;
+            log::debug!("{}: no room for socket {local:?} ({SOCKETS_MAX} open)", self.name);
+            return None;
+        }
+        // The ephemeral range holds far more ports than the table, so a free one turns up
+        // within the table's size plus the main port.
+        for _ in 0..=SOCKETS_MAX + 1 {
+            let port = self.ephemeral_port();
+            if self.socket_at(port).is_none() {
+                self.sockets.insert(local, port);
+                self.stats.sockets_opened += 1;
+                return Some(port);
+            }
+        }
+        self.stats.sockets_refused += 1;
+        None
+    }
+
+    /// Closes extra sockets (what arrives on their ports from now on is unreachable).
+    pub(crate) fn close_sockets(&mut self, locals: impl IntoIterator<Item = Local>) {
+        for local in locals {
+            self.bound.remove(&local);
+            if self.sockets.remove(&local).is_some() {
+                self.stats.sockets_closed += 1;
+            }
+        }
+    }
+
+    /// Takes the engine's events if it is a node, closing the sockets it released, and
+    /// keeps them for the test.
+    pub(crate) fn drain_events(&mut self) {
+        if let Some(probe) = self.engine.as_any_mut().downcast_mut::<Probe>() {
+            let released = probe.take_released();
+            return self.close_sockets(released);
+        }
+        let Some(node) = self.engine.as_any_mut().downcast_mut::<Node>() else { return };
+        let mut released = Vec::new();
+        let mut taken = Vec::new();
+        while let Some(ev) = node.poll_event() {
+            if let NodeEvent::LocalsReleased { locals } = &ev {
+                released.extend_from_slice(locals);
+            }
+            taken.push(ev);
+        }
+        self.close_sockets(released);
+        for ev in taken {
+            if self.events.len() >= EVENTS_MAX {
+                self.events.pop_front();
+                self.stats.events_dropped += 1;
+            }
+            self.events.push_back(ev);
+        }
+    }
+}
+
+/// A datagram that arrived on extra socket `local`, for the engines that have them; None
+/// if this engine has no handler for that socket.
+pub(crate) fn handle_datagram_on(
+    engine: &mut dyn AnyEngine,
+    now: Instant,
+    local: Local,
+    from: SocketAddr,
+    buf: &mut [u8],
+) -> Option<Received> {
+    let any = engine.as_any_mut();
+    if let Some(node) = any.downcast_mut::<Node>() {
+        return Some(node.handle_datagram_on(now, local, from, buf));
+    }
+    if let Some(probe) = any.downcast_mut::<Probe>() {
+        return Some(probe.handle_datagram_on(now, local, from, buf));
+    }
+    match any.downcast_mut::<Dc>() {
+        Some(dc) if local == MAPPING_PORT => Some(dc.handle_mapping_datagram(now, from, buf)),
+        _ => None,
     }
 }
 

@@ -9,7 +9,8 @@
 //!   double NAT. Each uplink and LAN has latency, jitter (which reorders) and loss.
 //! - **NATs** ([`nat`]): RFC 4787 mapping and filtering behaviours, port preservation or
 //!   random ports, UDP and TCP mapping timeouts, drop counters.
-//! - **Hosts** ([`host`]): an engine, its addresses and port; mobility
+//! - **Hosts** ([`host`]): an engine, its addresses and port (and extra UDP sockets:
+//!   a node's for finding direct paths, the DC's mapping port); mobility
 //!   ([`Sim::move_host`]), failure ([`Sim::set_down`]), restart ([`Sim::replace_engine`]),
 //!   captures of everything sent and received, and the inner IP packets the engine
 //!   decrypted.
@@ -55,7 +56,7 @@ pub mod stream;
 pub mod topology;
 
 pub use dns::{Dns, DnsLookup};
-pub use host::{AnyEngine, Captured, Carrier, Direction, HostId, HostStats};
+pub use host::{AnyEngine, Captured, Carrier, Direction, HostId, HostStats, EVENTS_MAX, SOCKETS_MAX};
 pub use nat::{Filtering, Mapping, NatConfig, NatStats, PortAllocation};
 pub use sim::{Sim, SimStats};
 pub use topology::{LinkConfig, LinkId, LinkStats, RealmConfig, RealmId};

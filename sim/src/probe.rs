@@ -5,9 +5,13 @@
 //! [`Probe::log`], and optionally echoes. It gives the data-plane hooks something to do:
 //! a datagram starting with [`IP_PREFIX`] is "decrypted" to the rest of the buffer
 //! ([`Received::Ip`]), and a relay probe forwards every datagram ([`Received::Forward`]).
+//! It can send from extra sockets ([`Probe::send_from`]) and release them
+//! ([`Probe::release`]), as a node does in its search for a direct path.
 
 use core::net::SocketAddr;
-use ntm_proto::engine::{DnsAnswer, DnsQuery, DropCounters, Engine, PeerIdentity, Received, StreamKind, Transmit, Via};
+use ntm_proto::engine::{
+    DnsAnswer, DnsQuery, DropCounters, Engine, Local, PeerIdentity, Received, StreamKind, Transmit, Via,
+};
 use ntm_proto::time::Instant;
 use ntm_proto::wire::Fqdn;
 use std::collections::VecDeque;
@@ -22,6 +26,17 @@ pub enum Heard {
     Datagram {
         /// When.
         at: Instant,
+        /// Source, after NAT.
+        from: SocketAddr,
+        /// The datagram.
+        payload: Vec<u8>,
+    },
+    /// A datagram on an extra socket.
+    DatagramOn {
+        /// When.
+        at: Instant,
+        /// The socket.
+        local: Local,
         /// Source, after NAT.
         from: SocketAddr,
         /// The datagram.
@@ -83,6 +98,8 @@ pub struct Probe {
     /// Everything handed to the probe, oldest first.
     pub log: Vec<Heard>,
     drops: DropCounters,
+    /// Extra sockets released and not yet taken by the simulator.
+    released: Vec<Local>,
 }
 
 impl Default for Probe {
@@ -101,6 +118,7 @@ impl Probe {
             timer: None,
             log: Vec::new(),
             drops: DropCounters::default(),
+            released: Vec::new(),
         }
     }
 
@@ -118,6 +136,43 @@ impl Probe {
     /// Sends a datagram.
     pub fn send(&mut self, dst: SocketAddr, payload: impl Into<Vec<u8>>) {
         self.outbox.push_back(Transmit { via: Via::Udp, dst, payload: payload.into() });
+    }
+
+    /// Sends a datagram from extra socket `local` (opened on first use).
+    pub fn send_from(&mut self, local: Local, dst: SocketAddr, payload: impl Into<Vec<u8>>) {
+        self.outbox.push_back(Transmit { via: Via::UdpFrom(local), dst, payload: payload.into() });
+    }
+
+    /// Closes extra sockets (the simulator takes them, as a node's driver takes
+    /// `NodeEvent::LocalsReleased`).
+    pub fn release(&mut self, locals: &[Local]) {
+        self.released.extend_from_slice(locals);
+    }
+
+    /// The sockets released since the last call (for the simulator).
+    pub(crate) fn take_released(&mut self) -> Vec<Local> {
+        core::mem::take(&mut self.released)
+    }
+
+    /// A datagram on extra socket `local`: logged, and echoed from that socket if the
+    /// probe echoes.
+    pub fn handle_datagram_on(&mut self, now: Instant, local: Local, from: SocketAddr, buf: &[u8]) -> Received {
+        self.log.push(Heard::DatagramOn { at: now, local, from, payload: buf.to_vec() });
+        if self.mode == Mode::Echo {
+            self.send_from(local, from, buf.to_vec());
+        }
+        Received::Handled
+    }
+
+    /// The datagrams heard on extra sockets, as (socket, source, payload).
+    pub fn datagrams_on(&self) -> Vec<(Local, SocketAddr, Vec<u8>)> {
+        self.log
+            .iter()
+            .filter_map(|h| match h {
+                Heard::DatagramOn { local, from, payload, .. } => Some((*local, *from, payload.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Sends a frame on a stream; `server` names the server to connect to (client side) or

@@ -19,7 +19,8 @@ use crate::stream::{Conn, ConnState, Side};
 use crate::topology::{LinkConfig, LinkId, LinkStats, Realm, RealmConfig, RealmId, DEFAULT_CORE, DEFAULT_UPLINK};
 use core::cmp::Ordering;
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
-use ntm_proto::engine::{DnsAnswer, DropCounters, PeerIdentity, Received, Rng, StreamKind, Transmit, Via};
+use ntm_proto::engine::node::NodeEvent;
+use ntm_proto::engine::{DnsAnswer, DropCounters, Local, PeerIdentity, Received, Rng, StreamKind, Transmit, Via};
 use ntm_proto::time::{Duration, Instant};
 use ntm_proto::wire::Fqdn;
 use rand_chacha::ChaCha20Rng;
@@ -32,6 +33,8 @@ pub struct SimStats {
     /// Datagrams with nowhere to go: an address nobody owns, a family the realm cannot
     /// carry, a host that moved away while they were in flight.
     pub no_route: u64,
+    /// Datagrams dropped by a rule of [`Sim::drop_next_to`].
+    pub dropped_by_rule: u64,
 }
 
 /// A datagram in flight, with its addresses as seen in the realm it is in.
@@ -108,6 +111,8 @@ pub struct Sim {
     dns: Dns,
     default_uplink: LinkConfig,
     stats: SimStats,
+    /// [`Sim::drop_next_to`]'s rules: destination, datagrams still to drop.
+    drop_rules: BTreeMap<SocketAddr, u32>,
 }
 
 impl core::fmt::Debug for Sim {
@@ -192,6 +197,7 @@ impl Sim {
             dns: Dns::default(),
             default_uplink: DEFAULT_UPLINK,
             stats: SimStats::default(),
+            drop_rules: BTreeMap::new(),
         }
     }
 
@@ -332,6 +338,9 @@ impl Sim {
             capture: None,
             stats: HostStats::default(),
             extra_delay: Duration::ZERO,
+            sockets: BTreeMap::new(),
+            bound: std::collections::BTreeSet::new(),
+            events: std::collections::VecDeque::new(),
         });
         HostId(self.hosts.len() - 1)
     }
@@ -358,6 +367,37 @@ impl Sim {
     /// its realm's last hop (for tests of choosing the nearest relay).
     pub fn set_host_delay(&mut self, host: HostId, delay: Duration) {
         self.host_mut(host).extra_delay = delay;
+    }
+
+    /// Opens extra socket `local` of `host` on `port` (e.g. the DC's mapping port), before
+    /// the engine first sends from it.
+    ///
+    /// # Panics
+    ///
+    /// If `local` is [`Local::MAIN`], already open, or `port` is taken on the host.
+    pub fn bind_socket(&mut self, host: HostId, local: Local, port: u16) {
+        let h = self.host_mut(host);
+        assert!(local != Local::MAIN, "{}: the main socket is bound by add_host", h.name);
+        assert!(!h.sockets.contains_key(&local), "{}: socket {local:?} is open", h.name);
+        assert!(h.socket_at(port).is_none(), "{}: port {port} is taken", h.name);
+        h.sockets.insert(local, port);
+        h.bound.insert(local);
+        h.stats.sockets_opened += 1;
+    }
+
+    /// The host's open extra sockets and their ports.
+    pub fn sockets(&self, host: HostId) -> Vec<(Local, u16)> {
+        self.host(host).sockets.iter().map(|(&l, &p)| (l, p)).collect()
+    }
+
+    /// The events a node host produced since the last call, in order. The simulator takes
+    /// a node's events after every input (its driver must see `LocalsReleased` to close
+    /// sockets), so tests read them here, not from the engine's `poll_event`. Empty for
+    /// other engines.
+    pub fn node_events(&mut self, host: HostId) -> Vec<NodeEvent> {
+        let h = self.host_mut(host);
+        h.drain_events();
+        h.events.drain(..).collect()
     }
 
     /// Finds a host by the name it was added with.
@@ -472,12 +512,20 @@ impl Sim {
 
     /// Replaces a host's engine (a restart, which also brings a down host back up): its
     /// streams are reset (the peers are told), answers meant for the old engine are
-    /// dropped. Addresses, captures and the IP inbox stay.
+    /// dropped, its extra sockets on ephemeral ports are closed and its unread node events
+    /// discarded. Addresses, captures, the IP inbox and the sockets bound with
+    /// [`Sim::bind_socket`] (configured ports, such as the DC's mapping port) stay.
     pub fn replace_engine<E: AnyEngine>(&mut self, host: HostId, engine: E) {
         // Close first, so the notifications to this host carry the old incarnation.
         self.close_streams(host);
         let h = self.host_mut(host);
         h.incarnation += 1;
+        // A restarted process binds its configured ports again but has none of the
+        // ephemeral sockets of the old one, and the old one's unread events went with it
+        // (as they did before the simulator took them).
+        let ephemeral: Vec<Local> = h.sockets.keys().filter(|l| !h.bound.contains(l)).copied().collect();
+        h.close_sockets(ephemeral);
+        h.events.clear();
         h.engine = Box::new(engine);
         h.down = false;
         h.dirty = true;
@@ -532,6 +580,16 @@ impl Sim {
     /// an attacker injecting or replaying traffic.
     pub fn inject(&mut self, realm: RealmId, src: SocketAddr, dst: SocketAddr, payload: Vec<u8>) {
         self.route(realm, Packet { src, dst, payload });
+    }
+
+    /// Drops the next `count` datagrams any host sends to `dst` (as named by the sender,
+    /// before any NAT), as a firewall rule would: a loss aimed at one message.
+    pub fn drop_next_to(&mut self, dst: SocketAddr, count: u32) {
+        if count == 0 {
+            self.drop_rules.remove(&dst);
+        } else {
+            self.drop_rules.insert(dst, count);
+        }
     }
 
     /// The DNS table and query log.
@@ -664,6 +722,7 @@ impl Sim {
             }
             self.transmit(host, t);
         }
+        self.host_mut(host).drain_events();
         loop {
             let h = self.host_mut(host);
             let Some(q) = h.engine.poll_dns() else { break };
@@ -683,9 +742,8 @@ impl Sim {
 
     fn transmit(&mut self, host: HostId, t: Transmit) {
         match t.via {
-            Via::Udp => self.send_datagram(host, t.dst, t.payload),
-            // TODO(extra sockets): from the host's extra socket.
-            Via::UdpFrom(_) => self.send_datagram(host, t.dst, t.payload),
+            Via::Udp => self.send_datagram(host, Local::MAIN, t.dst, t.payload),
+            Via::UdpFrom(local) => self.send_datagram(host, local, t.dst, t.payload),
             Via::Stream { kind, server: Some(name) } => self.client_send(host, kind, name, t.dst, t.payload),
             Via::Stream { kind, server: None } => self.reply_send(host, kind, t.dst, t.payload),
         }
@@ -750,15 +808,26 @@ impl Sim {
 
     // ---- datagrams -----------------------------------------------------------------
 
-    fn send_datagram(&mut self, host: HostId, dst: SocketAddr, payload: Vec<u8>) {
+    /// Sends from the host's socket `local` (opened on first use).
+    fn send_datagram(&mut self, host: HostId, local: Local, dst: SocketAddr, payload: Vec<u8>) {
         let h = self.host_mut(host);
         let Some(ip) = h.source_for(&dst) else {
             h.stats.no_source_addr += 1;
             log::debug!("{}: no address to reach {dst} from", h.name);
             return;
         };
-        let (src, realm) = (SocketAddr::new(ip, h.port), h.realm);
+        let Some(port) = h.socket_port(local) else { return };
+        let (src, realm) = (SocketAddr::new(ip, port), h.realm);
         self.record(host, Direction::Out, Carrier::Udp, src, dst, &payload);
+        if let Some(left) = self.drop_rules.get_mut(&dst) {
+            // Rules hold a count of at least 1 (drop_next_to removes a 0).
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                self.drop_rules.remove(&dst);
+            }
+            self.stats.dropped_by_rule += 1;
+            return;
+        }
         self.route(realm, Packet { src, dst, payload });
     }
 
@@ -847,21 +916,32 @@ impl Sim {
             h.stats.dropped_while_down += 1;
             return;
         }
-        if pkt.dst.port() != h.port {
+        let Some(local) = h.socket_at(pkt.dst.port()) else {
             h.stats.port_unreachable += 1;
             return;
-        }
+        };
         self.record(host, Direction::In, Carrier::Udp, pkt.src, pkt.dst, &pkt.payload);
         let now = self.now;
         let mut buf = pkt.payload;
         let h = self.host_mut(host);
-        match h.engine.handle_datagram(now, pkt.src, &mut buf) {
+        let received = if local == Local::MAIN {
+            h.engine.handle_datagram(now, pkt.src, &mut buf)
+        } else {
+            match crate::host::handle_datagram_on(h.engine.as_mut(), now, local, pkt.src, &mut buf) {
+                Some(r) => r,
+                None => {
+                    h.stats.no_handler += 1;
+                    return;
+                }
+            }
+        };
+        match received {
             Received::Ip(range) => match buf.get(range) {
                 Some(ip) => h.ip_inbox.push(ip.to_vec()),
                 None => h.stats.bad_ip_range += 1,
             },
             // An RS relaying: the same (possibly rewritten) buffer goes out of its socket.
-            Received::Forward(to) => self.send_datagram(host, to, buf),
+            Received::Forward(to) => self.send_datagram(host, local, to, buf),
             Received::Handled | Received::Dropped(_) => {}
         }
         self.drain(host);

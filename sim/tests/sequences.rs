@@ -351,7 +351,7 @@ fn handover_keeps_the_virtual_addresses_and_the_flow() {
     // The MN registers again from the new network: the DC now sees the LTE NAT's address.
     let mut seen_after = None;
     let registered = d.sim.run_until_cond(t0 + Duration::from_secs(10), |s| {
-        while let Some(e) = s.engine::<Node>(mn).poll_event() {
+        for e in s.node_events(mn) {
             if let NodeEvent::Registered { observed, .. } = e {
                 seen_after = Some(observed);
             }
@@ -699,7 +699,7 @@ fn a_push_node_is_woken_through_the_push_interface() {
     let deadline = d.now() + Duration::from_secs(20);
     let mut up = false;
     let resolved = d.sim.run_until_cond(deadline, |s| {
-        while let Some(e) = s.engine::<ntm_proto::engine::node::Node>(mn).poll_event() {
+        for e in s.node_events(mn) {
             up |= matches!(e, NodeEvent::Resolved { id: i, .. } if i == id);
         }
         up
