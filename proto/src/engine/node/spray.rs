@@ -152,7 +152,8 @@ impl Locals {
 
     pub(super) fn deadline(&self) -> Option<Instant> {
         let search = self.search.as_ref().map(|s| s.next.min(s.ends));
-        let waiting = self.waiting.iter().map(|p| p.not_before).min();
+        // A waiting search is due only once the running one ended.
+        let waiting = if self.search.is_none() { self.waiting.iter().map(|p| p.not_before).min() } else { None };
         [search, waiting, self.next_check].into_iter().flatten().min()
     }
 
