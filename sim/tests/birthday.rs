@@ -507,3 +507,27 @@ fn behind_a_nat_that_filters_by_address_only_the_peer_of_a_symmetric_nat_reaches
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn a_nat_that_maps_per_destination_address_looks_independent_and_its_search_fails_harmlessly() {
+    // The documented limit of a mapping test with a second port on one address
+    // (protocol.md 7.3.1): a NAT that maps per destination address keeps its port toward
+    // both of the DC's ports, so the DC finds it independent and sets off a search with a
+    // symmetric peer, which cannot meet (its guesses leave from a mapping the peer's
+    // probes do not reach). It must cost no more than a bounded search.
+    let adm = NatConfig { mapping: ntm_sim::Mapping::AddressDependent, ..NatConfig::port_restricted_cone() };
+    let mut d = Deployment::new(780, Options::default());
+    let mn = behind(&mut d, MN, adm);
+    let cn = behind(&mut d, CN, NatConfig::symmetric());
+    assert_eq!(tested(&mut d, mn), NatMapping::Independent, "looks independent");
+    assert_eq!(tested(&mut d, cn), NatMapping::Dependent);
+    assert!(d.resolve(mn, CN).is_ok());
+    assert!(until_direct(&mut d, mn, cn, secs(10)).is_none(), "no direct path");
+    let (hs, es) = (d.node(cn).traversal_stats(), d.node(mn).traversal_stats());
+    assert_eq!((hs.searches, es.searches, hs.found, es.found), (1, 1, 0, 0), "{hs:?} {es:?}");
+    assert_probes_bounded("address-dependent", hs, es);
+    assert_eq!((hs.open_sockets, es.open_sockets), (0, 0));
+    assert!(d.sim.sockets(cn).is_empty() && d.sim.sockets(mn).is_empty());
+    assert!(d.ping4(mn, cn, 1) && d.ping4(cn, mn, 2), "still relayed");
+    assert_eq!((d.path(mn, CN), d.path(cn, MN)), (Some(PathKind::Relay), Some(PathKind::Relay)));
+}
