@@ -26,8 +26,8 @@ use ntm_proto::time::Duration;
 use ntm_proto::time::Instant;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-/// Extra UDP sockets a host may have open at once: a node's own bound, plus one.
-pub const SOCKETS_MAX: usize = LOCALS_MAX + 1;
+/// Extra UDP sockets a host may have open at once: a node's own bound (the DC has one).
+pub const SOCKETS_MAX: usize = LOCALS_MAX;
 /// Node events kept for the test ([`crate::Sim::node_events`]); older ones are dropped
 /// and counted ([`HostStats::events_dropped`]).
 pub const EVENTS_MAX: usize = 4096;

@@ -713,6 +713,10 @@ impl Sim {
     /// Takes every output of a host's engine and puts it on its way.
     fn drain(&mut self, host: HostId) {
         let now = self.now;
+        // Events first: sockets the engine released in this step are closed before the
+        // ones it opens in the same step (a search that ends and the next that starts),
+        // and the engine sends nothing more from a socket once it released it.
+        self.host_mut(host).drain_events();
         loop {
             let h = self.host_mut(host);
             let Some(t) = h.engine.poll_transmit() else { break };
@@ -722,7 +726,6 @@ impl Sim {
             }
             self.transmit(host, t);
         }
-        self.host_mut(host).drain_events();
         loop {
             let h = self.host_mut(host);
             let Some(q) = h.engine.poll_dns() else { break };

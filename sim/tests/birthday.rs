@@ -564,7 +564,7 @@ fn under_loss_on_every_hop_the_search_still_finds_most_paths_and_data_flows_ever
 }
 
 #[test]
-#[ignore = "engine bug: a peer whose NAT lets all 256 Path Probes of a search in follows each to its source \\
+#[ignore = "engine bug: a peer whose NAT lets all 256 Path Probes of a search in follows each to its source \
             (follow_peer) and sends its recent data packets again every time (1280 resent for 500 sent)"]
 fn a_stream_during_a_search_is_not_sent_again_for_every_probe_of_it() {
     // The easy side's NAT filters by address only: every probe of the hard side's search
@@ -602,4 +602,36 @@ fn a_stream_during_a_search_is_not_sent_again_for_every_probe_of_it() {
     // side answers each; the hard side closes them at the first answer) and one ring.
     let unreachable = d.sim.host_stats(hard).port_unreachable;
     assert!(unreachable <= 256 + 32, "{unreachable} datagrams to the hard side's closed sockets");
+}
+
+#[test]
+fn searches_for_two_peers_run_one_after_the_other_within_the_socket_bound() {
+    // The hard side resolves two peers behind port-restricted NATs at once: one search
+    // waits for the other. The first finds nothing (its peer's uplink is cut meanwhile),
+    // and the second starts as it ends: the driver must close the first's sockets before
+    // opening the second's, or it would hold twice the node's bound.
+    let mut d = Deployment::new(790, Options::default());
+    let hard = behind(&mut d, MN, NatConfig::symmetric());
+    let cn1 = behind(&mut d, CN, NatConfig::port_restricted_cone());
+    let cn2 = behind(&mut d, "cn2.zone-b.example", NatConfig::port_restricted_cone());
+    for h in [hard, cn1, cn2] {
+        let _ = tested(&mut d, h);
+    }
+    assert!(d.resolve(hard, CN).is_ok());
+    assert!(d.resolve(hard, "cn2.zone-b.example").is_ok());
+    let cut = d.sim.host_realm(cn1);
+    d.sim.set_uplink(cut, LinkConfig::new(Duration::from_millis(10)).with_loss(1.0));
+    let mut most = 0;
+    let end = d.now() + secs(10);
+    while d.now() < end {
+        d.run_for(Duration::from_millis(10));
+        most = most.max(d.sim.sockets(hard).len());
+    }
+    d.sim.set_uplink(cut, LinkConfig::new(Duration::from_millis(10)));
+    let s = d.node(hard).traversal_stats();
+    println!("two searches: {s:?}, most sockets open at once {most}");
+    assert_eq!(s.searches, 2, "{s:?}");
+    assert_eq!(d.sim.host_stats(hard).sockets_refused, 0, "no socket refused");
+    assert!(most <= ntm_proto::engine::node::LOCALS_MAX, "{most} sockets open at once");
+    assert_eq!(d.path(hard, "cn2.zone-b.example"), Some(PathKind::Direct), "the second search found its peer");
 }
