@@ -79,7 +79,19 @@ fn the_dcs_mapping_test_finds_what_rfc_4787_predicts_behind_every_kind_of_nat() 
             Some(nat) => behind(&mut d, "mn.zone-a.example", nat),
             None => behind_cgn(&mut d, "mn.zone-a.example", 1),
         };
+        d.sim.enable_capture(d.dc_a);
         assert_eq!(tested(&mut d, h), expect, "{label}: the node's verdict");
+        // The answer left from the mapping port: a NAT that maps per destination lets in
+        // only what comes from where the probe went.
+        let acks: Vec<u16> = d
+            .sim
+            .capture(d.dc_a)
+            .iter()
+            .filter(|c| c.dir == Direction::Out && c.dst.port() != DC_MAPPING_PORT)
+            .filter(|c| Envelope::new_checked(&c.bytes[..]).is_ok_and(|e| e.msg_type() == MsgType::MappingProbeAck))
+            .map(|c| c.src.port())
+            .collect();
+        assert_eq!(acks, [DC_MAPPING_PORT], "{label}: one Mapping Probe Ack, from the mapping port");
         let v = dc_verdicts(&d, d.dc_a, "mn.zone-a.example");
         assert_eq!(v.len(), 1, "{label}: one IPv4 endpoint: {v:?}");
         assert_eq!((v[0].1, v[0].2), (true, expect), "{label}: the DC's verdict: {v:?}");
