@@ -278,6 +278,9 @@ pub(super) struct Tunnel {
     path_lost: bool,
     /// What the DC asked us to try for a direct path while relayed (spray.rs).
     traversal: Traversal,
+    /// The id of the Path Probe we last followed to a new address of the peer: its other
+    /// copies (a search sends one id from 256 sockets) are no move of the peer.
+    followed_probe: Option<u32>,
 }
 
 /// A tunnel as status output shows it.
@@ -1023,6 +1026,7 @@ impl Node {
             rekey_requested: false,
             heard_direct: None,
             traversal: rd.traversal,
+            followed_probe: None,
             path_lost: false,
         });
         if let Some(dst) = self.any_dc_addr() {
@@ -1291,8 +1295,15 @@ impl Node {
                 if !t.is_established() && t.relay.is_some_and(|rs| rs != from) {
                     t.heard_direct = Some(from);
                 }
+                // One probe id moves us once: a search's copies of it from its other
+                // sockets, which a NAT that filters by address alone lets in too, would
+                // each look like a move and send the recent packets again.
+                let follow = newest && t.followed_probe != Some(p.probe_id);
+                if follow && t.send_to().is_some_and(|to| to != from) {
+                    t.followed_probe = Some(p.probe_id);
+                }
                 drop(t);
-                if newest {
+                if follow {
                     self.follow_peer(now, id, from);
                 }
                 let msg = Message::PathProbeAck(PathProbeAck { probe_id: p.probe_id, observed: from });
@@ -1375,6 +1386,8 @@ impl Node {
         log::info!("tunnel {session} to {peer}: direct path {to} works; leaving the relay");
         let punch = t.hole_punch(now, true);
         drop(t);
+        // Route optimization got there first: a search for this tunnel is over.
+        self.search_over(now, session);
         self.send_udp(punch);
         self.emit(NodeEvent::PathChanged { session, peer, path: PathKind::Direct });
     }
