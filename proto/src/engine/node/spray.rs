@@ -143,6 +143,11 @@ impl Locals {
         self.kept.iter().find(|k| k.peer == to).map_or(Local::MAIN, |k| k.local)
     }
 
+    /// True while a search runs.
+    pub(super) fn searching(&self) -> bool {
+        self.search.is_some()
+    }
+
     /// True if `local` is open (kept, or part of the running search).
     pub(super) fn is_open(&self, local: Local) -> bool {
         self.kept.iter().any(|k| k.local == local) || self.search.as_ref().is_some_and(|s| s.owns(local))
@@ -204,6 +209,8 @@ impl Locals {
         let mut released = s.locals();
         if let Some((local, peer)) = keep {
             released.retain(|l| *l != local);
+            // A socket kept for this peer before (its NAT has moved on since) goes.
+            released.extend(self.kept.iter().filter(|k| k.peer == peer).map(|k| k.local));
             self.kept.retain(|k| k.peer != peer);
             if self.kept.len() >= KEPT_MAX {
                 released.push(self.kept.remove(0).local);
@@ -309,7 +316,17 @@ impl Node {
     /// hard side's sockets, or to the easy side from the peer's address but not the RS.
     pub(super) fn search_heard(&mut self, now: Instant, session: SessionId, local: Local, from: SocketAddr) -> bool {
         let Some(s) = self.locals.search.as_ref().filter(|s| s.plan.session == session) else { return false };
-        let hit = if s.plan.open { s.owns(local) } else { local == Local::MAIN && from.ip() == s.plan.peer.ip() };
+        let relay = self.tunnels.by_session(session).and_then(|id| self.tunnels.get(id)).and_then(|t| t.relay());
+        if relay == Some(from) {
+            return false;
+        }
+        // The hard side's tunnel socket has a mapping toward the peer too (route
+        // optimization's probes made it): a guess may land there.
+        let hit = if s.plan.open {
+            s.owns(local) || (local == Local::MAIN && from == s.plan.peer)
+        } else {
+            local == Local::MAIN && from.ip() == s.plan.peer.ip()
+        };
         if !hit {
             return false;
         }

@@ -402,6 +402,11 @@ impl Tunnel {
         self.send_to() == Some(to)
     }
 
+    /// The tunnel's RS, if relayed.
+    pub(super) fn relay(&self) -> Option<SocketAddr> {
+        self.relay
+    }
+
     /// True if the tunnel is up on its relay.
     pub(super) fn is_relayed(&self) -> bool {
         self.established().is_some_and(|e| matches!(e.route, Route::Relay { .. }))
@@ -1268,11 +1273,11 @@ impl Node {
             Err(e) => return self.drops.count(DropReason::from(e)),
         };
         t.heard(now);
-        if local != Local::MAIN || t.is_relayed() {
+        if self.locals.searching() {
             // Perhaps the answer to a search of ports (spray.rs): the path it came on works.
-            let (session, relay) = (t.session, t.relay);
+            let session = t.session;
             drop(t);
-            if relay != Some(from) && self.search_heard(now, session, local, from) {
+            if self.search_heard(now, session, local, from) {
                 self.switch_to_direct(now, id, from);
             }
             let Some(t2) = self.tunnels.get_mut(id) else { return Received::Handled };
@@ -1395,7 +1400,7 @@ impl Node {
     /// A data packet: open it in place and hand back the inner packet if it is from the
     /// peer's virtual address to ours (anything else is dropped: a peer may only send as
     /// itself).
-    pub(super) fn handle_data(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
+    pub(super) fn handle_data(&mut self, now: Instant, local: Local, from: SocketAddr, buf: &mut [u8]) -> Received {
         let Ok(env) = Envelope::new_checked(&buf[..]) else { return self.drops.count(DropReason::Malformed) };
         let Some(id) = self.tunnels.by_session(SessionId(env.key_id().0)) else {
             return self.drops.count(DropReason::UnknownKey);
@@ -1421,7 +1426,12 @@ impl Node {
         t.heard(now);
         t.activity.last_data = now;
         t.activity.rx_packets += 1;
+        let session = t.session;
         drop(t);
+        // Data can be the first thing heard on the path a search of ports opened.
+        if self.locals.searching() && self.search_heard(now, session, local, from) {
+            self.switch_to_direct(now, id, from);
+        }
         if newest {
             self.follow_peer(now, id, from);
         }
