@@ -276,8 +276,6 @@ fn ms(d: Duration) -> String {
 }
 
 #[test]
-#[ignore = "engine bug (birthday.rs, seed 771): addr-restricted -> home NAT + CGN goes direct but the \
-            first packets from the addr-restricted side go to a socket the CGN side's search closed"]
 fn every_pair_of_placements_goes_direct_where_hole_punching_allows_and_survives_every_move() {
     let mut table = String::from(
         "| initiator -> peer | path | set-up ms | renumber | switch | NAT rebind | other family | back |\n|---|---|---|---|---|---|---|---|\n",
