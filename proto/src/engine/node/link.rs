@@ -510,13 +510,20 @@ impl Node {
     /// move. A link with a keepalive already in flight is left to it.
     pub(super) fn check_mapping(&mut self, now: Instant) {
         for i in 0..self.links.len() {
-            let Some(link) = self.links.get_mut(i) else { continue };
-            let LinkState::Registered { pending: pending @ None, .. } = &mut link.state else { continue };
-            let request_id = self.ids.next();
-            *pending = Some((request_id, Retry::new(now, self.cfg.backoff)));
-            let dst = link.dc_addr;
-            self.send_to_dc(now, dst, &Message::Keepalive(Keepalive { request_id }));
+            if matches!(self.links.get(i).map(|l| &l.state), Some(LinkState::Registered { pending: None, .. })) {
+                self.send_keepalive(now, i);
+            }
         }
+    }
+
+    /// Sends link `i` a fresh Keepalive and waits for its Ack (`pending`).
+    fn send_keepalive(&mut self, now: Instant, i: usize) {
+        let request_id = self.ids.next();
+        let Some(link) = self.links.get_mut(i) else { return };
+        let LinkState::Registered { pending, .. } = &mut link.state else { return };
+        *pending = Some((request_id, Retry::new(now, self.cfg.backoff)));
+        let dst = link.dc_addr;
+        self.send_to_dc(now, dst, &Message::Keepalive(Keepalive { request_id }));
     }
 
     pub(super) fn drive_links(&mut self, now: Instant) {
@@ -538,6 +545,7 @@ impl Node {
             let dst = link.dc_addr;
             let mut resend = None;
             let mut reregister = false;
+            let mut keepalive = false;
             match &mut link.state {
                 LinkState::ExpectRegistrationResponse { request_id, retry } if retry.due(now) => {
                     if retry.again(now) {
@@ -560,16 +568,16 @@ impl Node {
                         }
                     } else if let (Some(at), Some(d)) = (*next_keepalive, *interval) {
                         if now >= at {
-                            let request_id = self.ids.next();
-                            *pending = Some((request_id, Retry::new(now, self.cfg.backoff)));
                             *next_keepalive = Some(now + d);
-                            let msg = Message::Keepalive(Keepalive { request_id });
-                            self.send_to_dc(now, dst, &msg);
+                            keepalive = true;
                         }
                     }
                 }
                 LinkState::Failed { retry_at } if now >= *retry_at => reregister = true,
                 _ => {}
+            }
+            if keepalive {
+                self.send_keepalive(now, i);
             }
             if let Some(request_id) = resend {
                 let msg = self.registration_request(request_id);

@@ -625,6 +625,7 @@ impl Engine for Node {
         self.drive_ns(now);
         self.drive_directions(now);
         self.drive_tunnels(now);
+        self.drive_search(now);
         self.drive_resolves(now);
     }
 
@@ -642,6 +643,7 @@ impl Engine for Node {
             self.links.iter().filter_map(Link::deadline).min(),
             self.ns.as_ref().and_then(NsLink::deadline),
             self.tunnels.next_deadline(),
+            self.locals.deadline(),
         ];
         deadlines.into_iter().flatten().min()
     }

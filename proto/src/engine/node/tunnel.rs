@@ -25,7 +25,7 @@ use crate::keys::{KMnCn, KTmp, MnCn, Tun};
 use crate::time::{Duration, Instant};
 use crate::wire::direction::DirectionRequest;
 use crate::wire::refusal::{Reason, Refusal};
-use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, TunnelRole};
+use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, Traversal, TunnelRole};
 use crate::wire::tunnel::{
     HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
 };
@@ -276,6 +276,8 @@ pub(super) struct Tunnel {
     /// the session; a direct path): if it fails, the path is watched again and the tunnel
     /// tries once more.
     path_lost: bool,
+    /// What the DC asked us to try for a direct path while relayed (spray.rs).
+    traversal: Traversal,
 }
 
 /// A tunnel as status output shows it.
@@ -390,6 +392,16 @@ impl Tunnel {
     /// Where packets go, once up.
     fn send_to(&self) -> Option<SocketAddr> {
         self.established().map(|e| e.route.to())
+    }
+
+    /// True if the tunnel is up and sends to `to` (directly or as its RS).
+    pub(super) fn sends_to(&self, to: SocketAddr) -> bool {
+        self.send_to() == Some(to)
+    }
+
+    /// True if the tunnel is up on its relay.
+    pub(super) fn is_relayed(&self) -> bool {
+        self.established().is_some_and(|e| matches!(e.route, Route::Relay { .. }))
     }
 
     pub(super) fn carries(&self, dst: IpAddr) -> bool {
@@ -514,7 +526,7 @@ impl Tunnel {
     }
 
     /// `msg` sealed with K_mncn for `dst`; counts as sent on the tunnel.
-    fn seal_mncn(&mut self, now: Instant, dst: SocketAddr, msg: &Message) -> Option<(SocketAddr, Vec<u8>)> {
+    pub(super) fn seal_mncn(&mut self, now: Instant, dst: SocketAddr, msg: &Message) -> Option<(SocketAddr, Vec<u8>)> {
         let ch = self.mncn_mut()?;
         match ch.seal(now, msg) {
             Ok(bytes) => {
@@ -1010,6 +1022,7 @@ impl Node {
             reestablish: false,
             rekey_requested: false,
             heard_direct: None,
+            traversal: rd.traversal,
             path_lost: false,
         });
         if let Some(dst) = self.any_dc_addr() {
@@ -1201,6 +1214,14 @@ impl Node {
         self.complete_resolves(&peer, virtual_addrs);
         if route_opt && path == PathKind::Relay {
             self.start_probe(now, id);
+            if let Some(t) = self.tunnels.get(id) {
+                // The DC's verdict on both NATs asks for a search of ports (spray.rs), at
+                // the peer's IPv4 outside address.
+                let peer = t.peer.endpoints.iter().find(|a| a.is_ipv4()).copied();
+                if let (Some(peer), traversal) = (peer, t.traversal) {
+                    self.locals.plan(now, session, traversal, peer);
+                }
+            }
         }
     }
 
@@ -1232,7 +1253,6 @@ impl Node {
 
     /// Tunnel Response, Path Probe and Path Probe Ack, sealed with K_mncn.
     pub(super) fn handle_mncn_message(&mut self, now: Instant, local: Local, from: SocketAddr, buf: &[u8]) -> Received {
-        let _ = local;
         let Ok(env) = Envelope::new_checked(buf) else { return self.drops.count(DropReason::Malformed) };
         let Some(id) = self.tunnels.by_session(SessionId(env.key_id().0)) else {
             return self.drops.count(DropReason::UnknownKey);
@@ -1244,6 +1264,16 @@ impl Node {
             Err(e) => return self.drops.count(DropReason::from(e)),
         };
         t.heard(now);
+        if local != Local::MAIN || t.is_relayed() {
+            // Perhaps the answer to a search of ports (spray.rs): the path it came on works.
+            let (session, relay) = (t.session, t.relay);
+            drop(t);
+            if relay != Some(from) && self.search_heard(now, session, local, from) {
+                self.switch_to_direct(now, id, from);
+            }
+            let Some(t2) = self.tunnels.get_mut(id) else { return Received::Handled };
+            t = t2;
+        }
         match msg {
             Message::TunnelResponse(r) => {
                 if !matches!(t.state, TunnelState::ExpectTunnelResponse { .. }) {
