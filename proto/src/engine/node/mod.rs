@@ -550,14 +550,14 @@ impl Node {
                 return self.drops.count(DropReason::Stale);
             }
             return match ty {
-                MsgType::Data => self.handle_data(now, from, buf),
+                MsgType::Data => self.handle_data(now, local, from, buf),
                 MsgType::PathProbe | MsgType::PathProbeAck => self.handle_mncn_message(now, local, from, buf),
                 _ => self.drops.count(DropReason::Unexpected),
             };
         }
         let from_dc = self.session.as_ref().is_some_and(|s| s.channel.id() == key_id);
         match ty {
-            MsgType::Data => self.handle_data(now, from, buf),
+            MsgType::Data => self.handle_data(now, Local::MAIN, from, buf),
             MsgType::TunnelRequest | MsgType::HolePunchAck => self.handle_tun_message(now, from, buf),
             MsgType::TunnelResponse | MsgType::PathProbe | MsgType::PathProbeAck => {
                 self.handle_mncn_message(now, Local::MAIN, from, buf)

@@ -26,7 +26,9 @@
 //! a search lasts at most [`SEARCH_TIME`]; the hard side sends at most 768 probes, the
 //! easy side 1024; at most [`LOCALS_MAX`] extra sockets are open at once. A search starts
 //! [`SEARCH_DELAY`] after the relayed tunnel came up, and not at all if route optimization
-//! found a direct path by then.
+//! found a direct path by then; it ends when route optimization does. Copies of one
+//! probe that a NAT filtering by address lets in from many sockets move the peer once
+//! (tunnel.rs, `followed_probe`).
 
 use super::table::TunnelId;
 use super::Node;
@@ -52,9 +54,10 @@ const GUESS_EVERY: Duration = Duration::from_millis(50);
 /// the hard side's mappings are open when the guesses arrive (a guess that reaches the
 /// hard NAT before them is lost, and a Linux NAT then avoids its port).
 const GUESS_LAG: Duration = Duration::from_millis(200);
-/// Route optimization's chance first: it finds the path at once where a NAT keeps one
-/// port per socket on the filtering side.
-const SEARCH_DELAY: Duration = Duration::from_millis(300);
+/// Route optimization's chance first: it finds the path within its first retries (250 ms
+/// apart) where the filtering side's NAT lets the hard side's new port in; a search
+/// started meanwhile would send 256 probes for nothing.
+const SEARCH_DELAY: Duration = Duration::from_millis(600);
 /// Longest a search lasts, from its start.
 const SEARCH_TIME: Duration = Duration::from_millis(3500);
 /// Searches waiting for the running one to end.
@@ -140,6 +143,11 @@ impl Locals {
         self.kept.iter().find(|k| k.peer == to).map_or(Local::MAIN, |k| k.local)
     }
 
+    /// True while a search runs.
+    pub(super) fn searching(&self) -> bool {
+        self.search.is_some()
+    }
+
     /// True if `local` is open (kept, or part of the running search).
     pub(super) fn is_open(&self, local: Local) -> bool {
         self.kept.iter().any(|k| k.local == local) || self.search.as_ref().is_some_and(|s| s.owns(local))
@@ -201,6 +209,8 @@ impl Locals {
         let mut released = s.locals();
         if let Some((local, peer)) = keep {
             released.retain(|l| *l != local);
+            // A socket kept for this peer before (its NAT has moved on since) goes.
+            released.extend(self.kept.iter().filter(|k| k.peer == peer).map(|k| k.local));
             self.kept.retain(|k| k.peer != peer);
             if self.kept.len() >= KEPT_MAX {
                 released.push(self.kept.remove(0).local);
@@ -306,7 +316,17 @@ impl Node {
     /// hard side's sockets, or to the easy side from the peer's address but not the RS.
     pub(super) fn search_heard(&mut self, now: Instant, session: SessionId, local: Local, from: SocketAddr) -> bool {
         let Some(s) = self.locals.search.as_ref().filter(|s| s.plan.session == session) else { return false };
-        let hit = if s.plan.open { s.owns(local) } else { local == Local::MAIN && from.ip() == s.plan.peer.ip() };
+        let relay = self.tunnels.by_session(session).and_then(|id| self.tunnels.get(id)).and_then(|t| t.relay());
+        if relay == Some(from) {
+            return false;
+        }
+        // The hard side's tunnel socket has a mapping toward the peer too (route
+        // optimization's probes made it): a guess may land there.
+        let hit = if s.plan.open {
+            s.owns(local) || (local == Local::MAIN && from == s.plan.peer)
+        } else {
+            local == Local::MAIN && from.ip() == s.plan.peer.ip()
+        };
         if !hit {
             return false;
         }
@@ -315,6 +335,15 @@ impl Node {
         let keep = (local != Local::MAIN).then_some((local, from));
         self.release(now, keep);
         true
+    }
+
+    /// The tunnel of `session` left its relay: a search for it ends, without a socket to
+    /// keep (it goes on from the socket that found the path).
+    pub(super) fn search_over(&mut self, now: Instant, session: SessionId) {
+        self.locals.waiting.retain(|p| p.session != session);
+        if self.locals.search.as_ref().is_some_and(|s| s.plan.session == session) {
+            self.release(now, None);
+        }
     }
 
     /// Ends the running search, keeping `keep`'s socket.

@@ -278,6 +278,9 @@ pub(super) struct Tunnel {
     path_lost: bool,
     /// What the DC asked us to try for a direct path while relayed (spray.rs).
     traversal: Traversal,
+    /// The id of the Path Probe we last followed to a new address of the peer: its other
+    /// copies (a search sends one id from 256 sockets) are no move of the peer.
+    followed_probe: Option<u32>,
 }
 
 /// A tunnel as status output shows it.
@@ -397,6 +400,11 @@ impl Tunnel {
     /// True if the tunnel is up and sends to `to` (directly or as its RS).
     pub(super) fn sends_to(&self, to: SocketAddr) -> bool {
         self.send_to() == Some(to)
+    }
+
+    /// The tunnel's RS, if relayed.
+    pub(super) fn relay(&self) -> Option<SocketAddr> {
+        self.relay
     }
 
     /// True if the tunnel is up on its relay.
@@ -1023,6 +1031,7 @@ impl Node {
             rekey_requested: false,
             heard_direct: None,
             traversal: rd.traversal,
+            followed_probe: None,
             path_lost: false,
         });
         if let Some(dst) = self.any_dc_addr() {
@@ -1264,11 +1273,11 @@ impl Node {
             Err(e) => return self.drops.count(DropReason::from(e)),
         };
         t.heard(now);
-        if local != Local::MAIN || t.is_relayed() {
+        if self.locals.searching() {
             // Perhaps the answer to a search of ports (spray.rs): the path it came on works.
-            let (session, relay) = (t.session, t.relay);
+            let session = t.session;
             drop(t);
-            if relay != Some(from) && self.search_heard(now, session, local, from) {
+            if self.search_heard(now, session, local, from) {
                 self.switch_to_direct(now, id, from);
             }
             let Some(t2) = self.tunnels.get_mut(id) else { return Received::Handled };
@@ -1291,8 +1300,15 @@ impl Node {
                 if !t.is_established() && t.relay.is_some_and(|rs| rs != from) {
                     t.heard_direct = Some(from);
                 }
+                // One probe id moves us once: a search's copies of it from its other
+                // sockets, which a NAT that filters by address alone lets in too, would
+                // each look like a move and send the recent packets again.
+                let follow = newest && t.followed_probe != Some(p.probe_id);
+                if follow && t.send_to().is_some_and(|to| to != from) {
+                    t.followed_probe = Some(p.probe_id);
+                }
                 drop(t);
-                if newest {
+                if follow {
                     self.follow_peer(now, id, from);
                 }
                 let msg = Message::PathProbeAck(PathProbeAck { probe_id: p.probe_id, observed: from });
@@ -1375,6 +1391,8 @@ impl Node {
         log::info!("tunnel {session} to {peer}: direct path {to} works; leaving the relay");
         let punch = t.hole_punch(now, true);
         drop(t);
+        // Route optimization got there first: a search for this tunnel is over.
+        self.search_over(now, session);
         self.send_udp(punch);
         self.emit(NodeEvent::PathChanged { session, peer, path: PathKind::Direct });
     }
@@ -1382,7 +1400,7 @@ impl Node {
     /// A data packet: open it in place and hand back the inner packet if it is from the
     /// peer's virtual address to ours (anything else is dropped: a peer may only send as
     /// itself).
-    pub(super) fn handle_data(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
+    pub(super) fn handle_data(&mut self, now: Instant, local: Local, from: SocketAddr, buf: &mut [u8]) -> Received {
         let Ok(env) = Envelope::new_checked(&buf[..]) else { return self.drops.count(DropReason::Malformed) };
         let Some(id) = self.tunnels.by_session(SessionId(env.key_id().0)) else {
             return self.drops.count(DropReason::UnknownKey);
@@ -1408,7 +1426,12 @@ impl Node {
         t.heard(now);
         t.activity.last_data = now;
         t.activity.rx_packets += 1;
+        let session = t.session;
         drop(t);
+        // Data can be the first thing heard on the path a search of ports opened.
+        if self.locals.searching() && self.search_heard(now, session, local, from) {
+            self.switch_to_direct(now, id, from);
+        }
         if newest {
             self.follow_peer(now, id, from);
         }
