@@ -6,6 +6,9 @@
 //! piles up replies and events:
 //! - the tunnel's UDP sockets (one per family, one port): datagrams, up to 32 per system
 //!   call (recvmmsg), go to the engine; decrypted inner packets go to the TUN device;
+//! - the node's extra sockets, while it searches for a direct path through a NAT that
+//!   maps per destination, or keeps one for a peer found that way (extra.rs): read like
+//!   the tunnel's;
 //! - the TUN device: packets are sealed in place for their tunnel, up to 32 of them read
 //!   before they are sent with one system call (sendmmsg);
 //! - the DNS stub's socket (the box's resolver points at it) and the upstream socket;
@@ -53,6 +56,7 @@ use std::os::fd::AsRawFd;
 use streams::NsConn;
 
 mod datapath;
+mod extra;
 mod status;
 mod streams;
 
@@ -69,6 +73,8 @@ const AS_CONN: Token = Token(10);
 const NS_CONN: Token = Token(11);
 /// Status answers still being written (see `ntm_io::StatusSocket`).
 const STATUS_REPLY_BASE: usize = 16;
+/// The node's extra sockets: `Local(k)` is `EXTRA_BASE + k` (extra.rs).
+const EXTRA_BASE: usize = 1 << 16;
 
 /// How often the ID token file is looked at for a new token.
 const TOKEN_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
@@ -128,6 +134,8 @@ pub struct Agent {
     debounce: ChangeDebounce,
     /// Sealed datagrams the kernel refused for want of a route, to be sent again.
     held: Held,
+    /// The node's extra sockets (extra.rs).
+    extra: extra::Extra,
     local_addrs: Vec<SocketAddr>,
     control: StatusSocket,
     signals: SignalFd,
@@ -319,6 +327,7 @@ impl Agent {
             netlink,
             debounce: ChangeDebounce::default(),
             held: Held::default(),
+            extra: extra::Extra::default(),
             local_addrs,
             control,
             signals,
@@ -368,7 +377,11 @@ impl Agent {
                     AS_CONN => self.drive_as(),
                     NS_CONN => self.drive_ns(r.writable),
                     t if self.control.owns(t) => self.control.writable(self.poll.registry(), t),
-                    _ => {}
+                    t => {
+                        if let Some(local) = extra::local_of(t) {
+                            self.read_extra(local);
+                        }
+                    }
                 }
                 // What this source's input produced goes out before the next source is
                 // read: the engine's and the stub's queues hold at most one budget's worth.
@@ -584,8 +597,7 @@ impl Agent {
     fn route(&mut self, now: Instant, t: Transmit) {
         match t.via {
             Via::Udp => self.send_udp(t.dst, &t.payload),
-            // TODO(extra sockets): from the node's extra socket.
-            Via::UdpFrom(_) => self.send_udp(t.dst, &t.payload),
+            Via::UdpFrom(local) => self.send_extra(local, t.dst, &t.payload),
             Via::Stream { kind: StreamKind::Tls, .. } => self.send_as(now, t.dst, &t.payload),
             Via::Stream { kind: StreamKind::Tcp, .. } => self.send_ns(now, t.dst, &t.payload),
         }
@@ -639,8 +651,7 @@ impl Agent {
 
     fn handle_event(&mut self, now: Instant, ev: NodeEvent) {
         match ev {
-            // TODO(extra sockets): close them.
-            NodeEvent::LocalsReleased { .. } => {}
+            NodeEvent::LocalsReleased { locals } => self.release_extra(&locals),
             NodeEvent::LoggedIn { fqdn } => {
                 log::info!("logged in as {fqdn}");
                 // The login connection is not needed any more.

@@ -22,6 +22,7 @@
 use nix::errno::Errno;
 use nix::sys::socket::{recvmmsg, sendmmsg, sendmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 use ntm_proto::crypto::TAG_LEN;
+use ntm_proto::engine::Local;
 use ntm_proto::wire::HEADER_LEN;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -68,9 +69,10 @@ pub struct Batch {
     /// Headers with room for one UDP_SEGMENT control message each.
     segmented: MultiHeaders<SockaddrStorage>,
     received: [Received; BATCH],
-    /// Per slot to send: its length and destination.
+    /// Per slot to send: its length, destination and the socket it leaves from.
     lens: [usize; BATCH],
     dsts: [Option<SockaddrStorage>; BATCH],
+    locals: [Local; BATCH],
     /// Whether to try UDP segmentation offload (cleared when the kernel refuses it).
     offload: bool,
 }
@@ -98,6 +100,7 @@ impl Batch {
             received: [Received::default(); BATCH],
             lens: [0; BATCH],
             dsts: [None; BATCH],
+            locals: [Local::MAIN; BATCH],
             offload: offload_works(),
         }
     }
@@ -142,12 +145,18 @@ impl Batch {
         Ok(n)
     }
 
-    /// Notes that slot `i` holds `len` bytes to send to `to`.
-    pub fn set(&mut self, i: usize, len: usize, to: SocketAddr) {
-        if let (Some(l), Some(d)) = (self.lens.get_mut(i), self.dsts.get_mut(i)) {
+    /// Notes that slot `i` holds `len` bytes to send to `to` from the socket `local`.
+    pub fn set(&mut self, i: usize, len: usize, to: SocketAddr, local: Local) {
+        if let (Some(l), Some(d), Some(s)) = (self.lens.get_mut(i), self.dsts.get_mut(i), self.locals.get_mut(i)) {
             *l = len.min(SLOT_LEN);
             *d = Some(SockaddrStorage::from(to));
+            *s = local;
         }
+    }
+
+    /// The socket noted for slot `i`.
+    fn local(&self, i: usize) -> Local {
+        self.locals.get(i).copied().unwrap_or(Local::MAIN)
     }
 
     /// The destination noted for slot `i`.
@@ -155,23 +164,24 @@ impl Batch {
         self.dsts.get(i).copied().flatten().as_ref().and_then(socket_addr)
     }
 
-    /// Sends the first `count` slots (noted with [`Batch::set`]) in order, each on the
-    /// socket of its family (`fd4`, `fd6`); how many the kernel took and how many it
-    /// refused (the rest still go, as one datagram at a time would). Each refused one is
-    /// shown to `refused` with its destination, bytes and error.
+    /// Sends the first `count` slots (noted with [`Batch::set`]) in order, each on its
+    /// socket (`fd(is IPv4, socket)`: the tunnel socket of its family for
+    /// [`Local::MAIN`]); how many the kernel took and how many it refused (the rest still
+    /// go, as one datagram at a time would). Each refused one is shown to `refused` with
+    /// its destination, socket, bytes and error.
     pub fn send_all(
         &mut self,
         count: usize,
-        fd4: Option<RawFd>,
-        fd6: Option<RawFd>,
-        mut refused: impl FnMut(SocketAddr, &[u8], Errno),
+        fd: impl Fn(bool, Local) -> Option<RawFd>,
+        mut refused: impl FnMut(SocketAddr, Local, &[u8], Errno),
     ) -> (u64, u64) {
         let count = count.min(BATCH);
         let (mut sent, mut failed) = (0u64, 0u64);
         let mut i = 0;
         while i < count {
             let v4 = self.destination(i).is_some_and(|d| d.is_ipv4());
-            let Some(fd) = (if v4 { fd4 } else { fd6 }) else {
+            let local = self.local(i);
+            let Some(fd) = fd(v4, local) else {
                 self.report(i, Errno::EAFNOSUPPORT, &mut refused);
                 failed += 1;
                 i += 1;
@@ -194,10 +204,11 @@ impl Batch {
                 }
             }
             // One by one (many per call): this run, and what follows up to the next run
-            // that can be segmented or the next datagram of the other family.
+            // that can be segmented or the next datagram of the other family or socket.
             let mut end = run.end.max(i + 1);
             while end < count
                 && self.destination(end).is_some_and(|d| d.is_ipv4()) == v4
+                && self.local(end) == local
                 && self.segment_run(end, count).len() < 2
             {
                 end += 1;
@@ -221,16 +232,16 @@ impl Batch {
         (sent, failed)
     }
 
-    fn report(&self, i: usize, e: Errno, refused: &mut impl FnMut(SocketAddr, &[u8], Errno)) {
+    fn report(&self, i: usize, e: Errno, refused: &mut impl FnMut(SocketAddr, Local, &[u8], Errno)) {
         let len = self.lens.get(i).copied().unwrap_or(0);
         let bytes = self.bufs.chunks_exact(SLOT_LEN).nth(i).and_then(|c| c.get(..len));
         if let (Some(to), Some(bytes)) = (self.destination(i), bytes) {
-            refused(to, bytes, e);
+            refused(to, self.local(i), bytes, e);
         }
     }
 
-    /// The slots from `start` that can go as one segmented message: one destination, the
-    /// length of the first, except the last, which may be shorter. Just `start` when
+    /// The slots from `start` that can go as one segmented message: one destination and
+    /// socket, the length of the first, except the last, which may be shorter. Just `start` when
     /// offload is off or the first is too large to be sent without fragmentation.
     fn segment_run(&self, start: usize, count: usize) -> Range<usize> {
         let (Some(dst), Some(&seg)) = (self.dsts.get(start).copied().flatten(), self.lens.get(start)) else {
@@ -240,11 +251,12 @@ impl Batch {
         if !self.offload || seg == 0 || seg > seg_max {
             return start..start + 1;
         }
+        let local = self.local(start);
         let mut end = start + 1;
         let mut total = seg;
         while end < count {
             let (Some(d), Some(&len)) = (self.dsts.get(end).copied().flatten(), self.lens.get(end)) else { break };
-            if d != dst || len > seg || len == 0 || total + len > SEGMENTED_MAX {
+            if d != dst || len > seg || len == 0 || total + len > SEGMENTED_MAX || self.local(end) != local {
                 break;
             }
             total += len;
@@ -355,11 +367,16 @@ mod tests {
         let to = rx.local_addr().unwrap();
         for (i, len) in lens.iter().enumerate() {
             out.slot_mut(i)[..*len].fill(i as u8);
-            out.set(i, *len, to);
+            out.set(i, *len, to, Local::MAIN);
         }
         assert_eq!(out.destination(0), Some(to));
+        let fd = tx.as_raw_fd();
         assert_eq!(
-            out.send_all(lens.len(), Some(tx.as_raw_fd()), None, |_, _, e| panic!("{e}")),
+            out.send_all(
+                lens.len(),
+                |v4, local| (v4 && local == Local::MAIN).then_some(fd),
+                |_, _, _, e| panic!("{e}")
+            ),
             (lens.len() as u64, 0)
         );
 
@@ -429,7 +446,7 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            b.set(i, len, to);
+            b.set(i, len, to, Local::MAIN);
         }
         assert_eq!(b.segment_run(0, 8), 0..3);
         assert_eq!(b.segment_run(3, 8), 3..4);
@@ -437,6 +454,60 @@ mod tests {
         assert_eq!(b.segment_run(6, 8), 6..7);
         assert_eq!(b.segment_run(7, 8), 7..8, "over the link MTU: not segmented");
         assert_eq!(b.with_offload(false).segment_run(0, 8), 0..1);
+    }
+
+    /// Each datagram leaves from the socket noted for it: a run to one destination is cut
+    /// where the socket changes (segmented or not), and the order per socket is kept.
+    #[test]
+    fn each_datagram_leaves_from_its_socket() {
+        for offload in [true, false] {
+            let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            rx.set_nonblocking(true).unwrap();
+            let to = rx.local_addr().unwrap();
+            let main = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let extra = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let (fd_main, fd_extra) = (main.as_raw_fd(), extra.as_raw_fd());
+            let mut out = Batch::new().with_offload(offload);
+            // Main, main, extra, extra, main, extra: equal lengths, one destination.
+            let locals = [Local::MAIN, Local::MAIN, Local(7), Local(7), Local::MAIN, Local(7)];
+            for (i, l) in locals.iter().enumerate() {
+                out.slot_mut(i)[..1000].fill(i as u8);
+                out.set(i, 1000, to, *l);
+            }
+            if offload {
+                assert_eq!(out.segment_run(0, 6), 0..2);
+                assert_eq!(out.segment_run(2, 6), 2..4);
+            }
+            let fd = |_: bool, l: Local| Some(if l == Local::MAIN { fd_main } else { fd_extra });
+            assert_eq!(out.send_all(6, fd, |_, _, _, e| panic!("{e}")), (6, 0));
+            let mut got: Vec<(SocketAddr, u8)> = Vec::new();
+            let mut buf = [0u8; 2000];
+            for _ in 0..200 {
+                match rx.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        assert_eq!(n, 1000);
+                        got.push((from, buf[0]));
+                    }
+                    Err(_) if got.len() == 6 => break,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+            let (m, e) = (main.local_addr().unwrap(), extra.local_addr().unwrap());
+            let from_main: Vec<u8> = got.iter().filter(|(f, _)| *f == m).map(|(_, i)| *i).collect();
+            let from_extra: Vec<u8> = got.iter().filter(|(f, _)| *f == e).map(|(_, i)| *i).collect();
+            assert_eq!((from_main, from_extra), (vec![0, 1, 4], vec![2, 3, 5]), "offload {offload}");
+        }
+        // A socket that is not open: refused with its socket, the rest still go.
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let main = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd_main = main.as_raw_fd();
+        let mut out = Batch::new();
+        out.set(0, 10, rx.local_addr().unwrap(), Local(3));
+        out.set(1, 10, rx.local_addr().unwrap(), Local::MAIN);
+        let mut refused = Vec::new();
+        let fd = |_: bool, l: Local| (l == Local::MAIN).then_some(fd_main);
+        assert_eq!(out.send_all(2, fd, |_, l, _, e| refused.push((l, e))), (1, 1));
+        assert_eq!(refused, vec![(Local(3), Errno::EAFNOSUPPORT)]);
     }
 
     /// One batch serves both tunnel sockets: the kernel's note of the last sender's

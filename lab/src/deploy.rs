@@ -789,6 +789,12 @@ impl Deployment {
     /// Stops the server `label` ("dc-a", "rs", ...) and starts it again with the same
     /// configuration; waits until it answers on its status socket.
     pub fn restart_server(&mut self, label: &str) -> Result<()> {
+        self.restart_server_with(label, |_| {})
+    }
+
+    /// [`Deployment::restart_server`] with its configuration changed by `tweak` first
+    /// (kept for later restarts).
+    pub fn restart_server_with(&mut self, label: &str, tweak: impl FnOnce(&mut Value)) -> Result<()> {
         let Some(i) = self.servers.iter().position(|(l, _, _)| l == label) else {
             return Err(LabError::Command { what: format!("restart {label}"), stderr: "no such server".into() });
         };
@@ -796,8 +802,9 @@ impl Deployment {
         self.lab.step(format!("restart {label}"));
         self.lab.proc(p).stop();
         let cfg = std::fs::read_to_string(self.lab.dir().join(format!("{label}.json")))?;
-        let v: Value = serde_json::from_str(&cfg)
+        let mut v: Value = serde_json::from_str(&cfg)
             .map_err(|e| LabError::Command { what: "config".into(), stderr: e.to_string() })?;
+        tweak(&mut v);
         self.servers.remove(i);
         let log = self.lab.dir().join(format!("{label}.log"));
         let _ = std::fs::rename(&log, self.lab.dir().join(format!("{label}.before-restart.log")));

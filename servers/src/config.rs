@@ -444,6 +444,35 @@ pub struct DcFile {
     /// Most nodes (default 100000).
     #[serde(default = "default_max_nodes")]
     pub max_nodes: usize,
+    /// The second UDP port for the NAT mapping test, on each `listen` address; absent:
+    /// the listen port + [`MAPPING_PORT_OFFSET`] (none if the listen port is 0, an
+    /// ephemeral one); 0: none, so no node is told to search for a direct path through a
+    /// NAT that maps per destination. See [`DcFile::mapping_port`].
+    #[serde(default)]
+    pub mapping_port: Option<u16>,
+}
+
+/// The default mapping port's distance from the DC's port: 4464 beside 4460. Not the
+/// next port: the usual plan (board/default, docs/servers.md) puts the RS on UDP 4461 and
+/// the NS on 4462, often on the same host as a DC listening on every address, which then
+/// could not bind its mapping port (or would take the RS's, by start order).
+pub const MAPPING_PORT_OFFSET: u16 = 4;
+
+impl DcFile {
+    /// The mapping port in use (0: none): the configured one, or the first listen
+    /// address's port + [`MAPPING_PORT_OFFSET`].
+    pub fn mapping_port(&self) -> u16 {
+        match self.mapping_port {
+            Some(p) => p,
+            None => self.common.listen.first().map_or(0, |a| {
+                if a.port() == 0 {
+                    0
+                } else {
+                    a.port().saturating_add(MAPPING_PORT_OFFSET)
+                }
+            }),
+        }
+    }
 }
 
 fn default_keepalive() -> u64 {
@@ -465,6 +494,7 @@ impl Validate for DcFile {
         "notification_servers",
         "dns",
         "max_nodes",
+        "mapping_port",
     ];
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
@@ -482,6 +512,16 @@ impl Validate for DcFile {
         }
         if self.notification_servers.iter().any(|n| n.node_addr.is_empty()) {
             return Err(("notification_servers.node_addr", "at least one address".into()));
+        }
+        let mapping = self.mapping_port();
+        if self.mapping_port.is_none() && self.common.listen.iter().any(|a| a.port() > u16::MAX - MAPPING_PORT_OFFSET) {
+            return Err((
+                "mapping_port",
+                format!("no default (the listen port + {MAPPING_PORT_OFFSET}) above 65535: give one, or 0 for none"),
+            ));
+        }
+        if mapping != 0 && self.common.listen.iter().any(|a| a.port() == mapping) {
+            return Err(("mapping_port", format!("{mapping} is a listen port: the mapping test needs a second port")));
         }
         Ok(())
     }
@@ -849,6 +889,27 @@ mod tests {
             assert!(err.contains(expect), "{field}: {err}");
         }
         assert!(parse::<DcFile>("{").unwrap_err().starts_with("not valid JSON"));
+    }
+
+    #[test]
+    fn the_mapping_port_is_the_listen_port_plus_four_unless_given() {
+        let dc = |extra: serde_json::Value| {
+            let mut v: serde_json::Value = serde_json::from_str(DC).unwrap();
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            parse::<DcFile>(&v.to_string())
+        };
+        let port = |c: Result<DcFile, String>| c.unwrap().mapping_port();
+        assert_eq!(port(dc(serde_json::json!({"listen": ["192.0.2.21:4460"]}))), 4464);
+        assert_eq!(port(dc(serde_json::json!({"listen": ["192.0.2.21:4460"], "mapping_port": 5000}))), 5000);
+        assert_eq!(port(dc(serde_json::json!({"listen": ["192.0.2.21:4460"], "mapping_port": 0}))), 0);
+        assert_eq!(port(dc(serde_json::json!({"listen": ["127.0.0.1:0"]}))), 0);
+        let err = dc(serde_json::json!({"listen": ["192.0.2.21:4460"], "mapping_port": 4460})).unwrap_err();
+        assert!(err.starts_with("field \"mapping_port\": 4460 is a listen port"), "{err}");
+        let err = dc(serde_json::json!({"listen": ["192.0.2.21:65533"]})).unwrap_err();
+        assert!(err.starts_with("field \"mapping_port\": no default (the listen port + 4) above 65535"), "{err}");
+        assert_eq!(port(dc(serde_json::json!({"listen": ["192.0.2.21:65533"], "mapping_port": 9}))), 9);
     }
 
     #[test]

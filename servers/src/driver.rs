@@ -41,7 +41,8 @@ use crate::udp::{Local, Locals, ServerUdp};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Poll, Token};
 use ntm_dns::Locator;
-use ntm_proto::engine::{DnsAnswer, Engine, PeerIdentity, Received, StreamKind, Transmit, Via};
+use ntm_proto::engine::Local as SocketId;
+use ntm_proto::engine::{DnsAnswer, DropReason, Engine, PeerIdentity, Received, StreamKind, Transmit, Via};
 use ntm_proto::time::{Duration, Instant};
 use ntm_proto::wire::frame::{encode_frame, FRAME_MAX};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -80,6 +81,12 @@ pub trait Daemon {
     }
     /// The daemon's deadline passed.
     fn handle_timeout(&mut self, _now: Instant) {}
+    /// A datagram that arrived on one of the extra UDP sockets ([`Driver::bind_extra_udp`]):
+    /// the engine's own method for that socket (the DC's mapping port). A daemon without
+    /// extra sockets never gets one.
+    fn handle_datagram_on(&mut self, _now: Instant, _socket: SocketId, _from: SocketAddr, _buf: &mut [u8]) -> Received {
+        Received::Dropped(DropReason::Unexpected)
+    }
 }
 
 /// New TLS configurations after a reload (certificate rotation).
@@ -311,11 +318,14 @@ pub struct Driver<D: Daemon> {
     daemon: D,
     poll: Poll,
     clock: Clock,
-    /// The UDP sockets of the configuration.
+    /// The UDP sockets of the configuration, then the extra ones
+    /// ([`Driver::bind_extra_udp`]).
     udp: Vec<ServerUdp>,
     /// For wildcard sockets: the socket and address each peer last wrote to, which
-    /// datagrams to it leave from.
+    /// datagrams to it leave from; one map for the configured sockets, one for the extra
+    /// ones (a node writes to both, and each answer leaves from the socket it is for).
     locals: Locals,
+    extra_locals: Locals,
     /// Room for a received datagram's packet info.
     cmsg: Vec<u8>,
     listeners: Vec<(TcpListener, StreamKind)>,
@@ -454,6 +464,7 @@ impl<D: Daemon> Driver<D> {
             clock: Clock::start(),
             udp,
             locals: Locals::default(),
+            extra_locals: Locals::default(),
             cmsg: crate::udp::cmsg_buffer(),
             listeners,
             dns_sockets,
@@ -487,7 +498,29 @@ impl<D: Daemon> Driver<D> {
 
     /// The bound UDP addresses (a port of 0 in the configuration becomes the real one).
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
-        self.udp.iter().filter_map(|s| s.sock.local_addr().ok()).collect()
+        self.udp.iter().filter(|s| s.local == SocketId::MAIN).filter_map(|s| s.sock.local_addr().ok()).collect()
+    }
+
+    /// Binds one of the engine's extra UDP sockets (`socket`, not
+    /// [`SocketId::MAIN`]) on `addr`: what arrives there goes to
+    /// [`Daemon::handle_datagram_on`], read within the same budget as the configured
+    /// sockets, and the engine's [`Via::UdpFrom`] datagrams for it leave from it. One per
+    /// family; the address it was bound to (with the real port if `addr` had 0).
+    pub fn bind_extra_udp(&mut self, socket: SocketId, addr: SocketAddr) -> io::Result<SocketAddr> {
+        if socket == SocketId::MAIN {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the main socket is not an extra one"));
+        }
+        let i = self.udp.len();
+        if i >= LISTEN_BASE - UDP_BASE {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many UDP sockets"));
+        }
+        let named = |e: io::Error| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}"));
+        let mut s = bind_udp(addr).and_then(|s| ServerUdp::new(s, addr)).map_err(named)?;
+        s.local = socket;
+        self.poll.registry().register(&mut s.sock, Token(UDP_BASE + i), Interest::READABLE)?;
+        let bound = s.sock.local_addr()?;
+        self.udp.push(s);
+        Ok(bound)
     }
 
     /// The bound listener addresses.
@@ -714,12 +747,14 @@ impl<D: Daemon> Driver<D> {
     }
 
     fn read_udp(&mut self, i: usize) {
+        let Some(socket) = self.udp.get(i).map(|s| s.local) else { return };
         for _ in 0..DATAGRAM_BUDGET {
             let Some(sock) = self.udp.get(i) else { return };
             let (n, from) = match sock.recv(&mut self.buf, &mut self.cmsg) {
                 Ok((n, from, local)) => {
                     if let Some((addr, ifindex)) = local {
-                        self.locals.learn(from, Local { socket: i, addr, ifindex });
+                        let map = if socket == SocketId::MAIN { &mut self.locals } else { &mut self.extra_locals };
+                        map.learn(from, Local { socket: i, addr, ifindex });
                     }
                     (n, from)
                 }
@@ -733,11 +768,16 @@ impl<D: Daemon> Driver<D> {
             self.stats.datagrams_in += 1;
             let now = self.clock.now();
             let Some(data) = self.buf.get_mut(..n) else { continue };
-            match self.daemon.engine().handle_datagram(now, from, data) {
+            let received = if socket == SocketId::MAIN {
+                self.daemon.engine().handle_datagram(now, from, data)
+            } else {
+                self.daemon.handle_datagram_on(now, socket, from, data)
+            };
+            match received {
                 Received::Forward(to) => {
                     // The relay's fast path: the same bytes, unchanged, to the other end.
                     let bytes = self.buf.get(..n).unwrap_or_default();
-                    send_udp(&self.udp, &mut self.locals, &mut self.stats, to, bytes);
+                    send_udp(&self.udp, &mut self.locals, &mut self.stats, SocketId::MAIN, to, bytes);
                 }
                 Received::Dropped(why) => log::trace!("dropped a datagram from {from}: {}", why.name()),
                 Received::Handled | Received::Ip(_) => {}
@@ -746,8 +786,9 @@ impl<D: Daemon> Driver<D> {
         self.turn.spent(Token(UDP_BASE + i));
     }
 
-    fn send_udp(&mut self, to: SocketAddr, bytes: &[u8]) {
-        send_udp(&self.udp, &mut self.locals, &mut self.stats, to, bytes);
+    fn send_udp(&mut self, socket: SocketId, to: SocketAddr, bytes: &[u8]) {
+        let locals = if socket == SocketId::MAIN { &mut self.locals } else { &mut self.extra_locals };
+        send_udp(&self.udp, locals, &mut self.stats, socket, to, bytes);
     }
 
     fn read_dns(&mut self, i: usize) {
@@ -1248,9 +1289,8 @@ impl<D: Daemon> Driver<D> {
     /// Hands one engine output to the network.
     fn route(&mut self, t: Transmit) {
         match t.via {
-            Via::Udp => self.send_udp(t.dst, &t.payload),
-            // TODO(mapping port): the DC's second socket.
-            Via::UdpFrom(_) => self.send_udp(t.dst, &t.payload),
+            Via::Udp => self.send_udp(SocketId::MAIN, t.dst, &t.payload),
+            Via::UdpFrom(socket) => self.send_udp(socket, t.dst, &t.payload),
             Via::Stream { kind, server } => {
                 let existing = self.by_peer.get(&(kind, t.dst)).copied();
                 let key = match (existing, server) {
@@ -1365,19 +1405,27 @@ fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
 }
 
-/// Sends one datagram: to a peer that wrote to a wildcard socket, from that socket and
-/// the address it wrote to; to any other, on the first socket of `to`'s family. A failure
-/// is counted (a full socket buffer drops the datagram, and the engines retransmit what
-/// matters).
-fn send_udp(udp: &[ServerUdp], locals: &mut Locals, stats: &mut DriverStats, to: SocketAddr, bytes: &[u8]) {
-    let known = locals.get(&to).and_then(|l| Some((udp.get(l.socket)?, l)));
+/// Sends one datagram from one of the engine's sockets (`socket`: the configured ones,
+/// or an extra one): to a peer that wrote to a wildcard socket of them, from that socket
+/// and the address it wrote to; to any other, on the first of them of `to`'s family
+/// (`locals` is the map of those sockets). A failure is counted (a full socket buffer
+/// drops the datagram, and the engines retransmit what matters).
+fn send_udp(
+    udp: &[ServerUdp],
+    locals: &mut Locals,
+    stats: &mut DriverStats,
+    socket: SocketId,
+    to: SocketAddr,
+    bytes: &[u8],
+) {
+    let known = locals.get(&to).and_then(|l| Some((udp.get(l.socket).filter(|s| s.local == socket)?, l)));
     let (sock, local) = match known {
         Some((s, l)) => (s, Some(l)),
-        None => match udp.iter().find(|s| s.v4 == to.is_ipv4()) {
+        None => match udp.iter().find(|s| s.v4 == to.is_ipv4() && s.local == socket) {
             Some(s) => (s, None),
             None => {
                 stats.send_failures += 1;
-                log::debug!("no UDP socket of {to}'s family");
+                log::debug!("no UDP socket {} of {to}'s family", socket.0);
                 return;
             }
         },

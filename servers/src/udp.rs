@@ -95,6 +95,9 @@ pub struct ServerUdp {
     pub v4: bool,
     /// Bound to a wildcard address: receives with the destination, replies from it.
     pub wildcard: bool,
+    /// Which of the engine's sockets it is: [`ntm_proto::engine::Local::MAIN`] for the
+    /// configured port, another for an extra one (the DC's mapping port).
+    pub local: ntm_proto::engine::Local,
 }
 
 /// Control message room for one packet info of either family.
@@ -116,7 +119,7 @@ impl ServerUdp {
                 setsockopt(&sock, sockopt::Ipv6RecvPacketInfo, &true)?;
             }
         }
-        Ok(ServerUdp { sock, v4: bound.is_ipv4(), wildcard })
+        Ok(ServerUdp { sock, v4: bound.is_ipv4(), wildcard, local: ntm_proto::engine::Local::MAIN })
     }
 
     /// Receives one datagram: its length, its source, and (on a wildcard socket) the

@@ -10,6 +10,7 @@ use common::site::{Site, SiteOptions};
 use common::*;
 use ntm_proto::engine::node::NodeEvent;
 use ntm_proto::wire::refusal::Reason;
+use ntm_proto::wire::registration::NatMapping;
 
 #[test]
 fn password_login_registers_and_a_wrong_password_is_refused() {
@@ -174,6 +175,42 @@ fn relay_direction_sets_up_a_session_that_forwards_both_ways() {
     // The relay never held more than K_dcrs and K_tun.
     let kinds: Vec<&String> = rs["keys"].as_object().unwrap().keys().collect();
     assert!(kinds.iter().all(|k| *k == "K_dcrs" || *k == "K_tun"), "{kinds:?}");
+}
+
+/// A node behind a NAT (one that reports an address the DC does not see) takes the
+/// mapping test after registering: its Mapping Probe from the tunnel socket reaches the
+/// DC's mapping port (`mapping_port` of the DC's file), which sees the same outside
+/// address and port as the registration (loopback keeps one port per socket) and says so
+/// to the node and in its status. A DC whose mapping port is taken does not start, and
+/// says which port.
+#[test]
+fn the_mapping_port_tests_a_node_behind_nat() {
+    let site = Site::start(SiteOptions { ns: false, relay: false, ..SiteOptions::default() });
+    site.add_password_account("a@example.org", "mn.zone-a.test", "pw-a");
+    let mut setup = site.setup("zone-a.test");
+    setup.fake_nat = true;
+    let mut mn = TestNode::new(&setup, Cred::Password("a@example.org".into(), "pw-a".into()));
+    assert!(bring_up(&mut mn));
+    let tested = run_until(&mut [&mut mn], 10, |ns| ns[0].node().nat_mapping() == NatMapping::Independent);
+    assert!(tested, "verdict {:?}; DC log:\n{}", mn.node().nat_mapping(), site.dc_a.log_text());
+    let dc = site.dc_a.status();
+    let ep = &dc["nodes"][0]["endpoints"][0];
+    assert_eq!((&ep["behind_nat"], &ep["mapping"]), (&true.into(), &"independent".into()), "{dc}");
+
+    // The same configuration with the mapping port of the running DC: it cannot be bound.
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&site.dc_a.config).unwrap()).unwrap();
+    let port = cfg["mapping_port"].as_u64().unwrap();
+    let listen_port = common::free_port("127.0.0.21".parse().unwrap());
+    cfg["listen"] = serde_json::json!([format!("127.0.0.21:{listen_port}")]);
+    cfg["state"] = site.dir.path().join("other.db").to_str().unwrap().into();
+    cfg["status_socket"] = site.dir.path().join("other.sock").to_str().unwrap().into();
+    let path = site.dir.path().join("taken.json");
+    common::write_json(&path, &cfg);
+    let out = std::process::Command::new(common::bin("ntm-dc")).arg("run").arg("-c").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("mapping_port: cannot bind UDP 127.0.0.21:{port}")), "{err}");
 }
 
 /// A node keeping alive through the NS (and "behind NAT" to its DC) is reached by a DC

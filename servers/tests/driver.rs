@@ -5,7 +5,7 @@
 //! frames held back while the engine is busy (and counted in the status).
 
 use ntm_proto::engine::{
-    DnsAnswer, DnsQuery, DropCounters, DropReason, Engine, PeerIdentity, Received, StreamKind, Transmit, Via,
+    DnsAnswer, DnsQuery, DropCounters, DropReason, Engine, Local, PeerIdentity, Received, StreamKind, Transmit, Via,
 };
 use ntm_proto::time::Instant;
 use ntm_servers::driver::{Daemon, Driver, DriverConfig, HANDSHAKE_TIMEOUT};
@@ -100,6 +100,17 @@ impl Daemon for Host {
     }
     fn status(&mut self, _now: Instant) -> serde_json::Value {
         serde_json::json!({ "filler": "x".repeat(self.status_bytes) })
+    }
+    /// On an extra socket: `echo...` comes back from the socket it arrived on, tagged
+    /// with the socket.
+    fn handle_datagram_on(&mut self, _now: Instant, socket: Local, from: SocketAddr, buf: &mut [u8]) -> Received {
+        if !buf.starts_with(b"echo") {
+            return Received::Dropped(DropReason::Unexpected);
+        }
+        let mut payload = format!("on {}: ", socket.0).into_bytes();
+        payload.extend_from_slice(buf);
+        self.engine.out.push_back(Transmit { via: Via::UdpFrom(socket), dst: from, payload });
+        Received::Handled
     }
 }
 
@@ -596,4 +607,33 @@ fn a_wildcard_socket_answers_from_the_address_the_peer_wrote_to() {
     if let Some(failures) = failures {
         assert!(failures.is_empty(), "{failures:#?}");
     }
+}
+
+/// An extra socket (the DC's mapping port): what arrives there goes to the daemon's
+/// `handle_datagram_on` with that socket, and the answer leaves from it, not from the
+/// main socket, even to a peer that also wrote to the main one (each socket keeps its
+/// own idea of where a peer wrote to). The peers' connected sockets take datagrams from
+/// the one address and port they are connected to only.
+#[test]
+fn an_extra_socket_hears_and_answers_on_its_own_port() {
+    let mut cfg = config(0, None);
+    cfg.udp = vec!["127.0.0.1:0".parse().unwrap()];
+    let mut d = driver_with(cfg);
+    let main = d.udp_addrs()[0];
+    let extra = d.bind_extra_udp(Local(1), "0.0.0.0:0".parse().unwrap()).unwrap();
+    assert_ne!(extra.port(), main.port());
+    assert_eq!(d.udp_addrs(), vec![main], "the extra socket is not one of the configured ones");
+    let extra = SocketAddr::new(main.ip(), extra.port());
+    let to_main = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    to_main.connect(main).unwrap();
+    assert_eq!(udp_answer(&mut d, &to_main, b"echo 1", &to_main).as_deref(), Some(&b"echo 1"[..]));
+    // The same peer's socket, now connected to the extra port.
+    to_main.connect(extra).unwrap();
+    assert_eq!(udp_answer(&mut d, &to_main, b"echo 2", &to_main).as_deref(), Some(&b"on 1: echo 2"[..]));
+    // And the main socket still answers from the main port.
+    to_main.connect(main).unwrap();
+    assert_eq!(udp_answer(&mut d, &to_main, b"echo 3", &to_main).as_deref(), Some(&b"echo 3"[..]));
+    assert!(d.bind_extra_udp(Local::MAIN, "127.0.0.1:0".parse().unwrap()).is_err());
+    let taken = d.bind_extra_udp(Local(1), main).unwrap_err().to_string();
+    assert!(taken.contains(&format!("cannot bind UDP {main}")), "{taken}");
 }

@@ -12,11 +12,11 @@ use mio::Token;
 use nix::errno::Errno;
 use ntm_proto::crypto::TAG_LEN;
 use ntm_proto::engine::node::SendError;
-use ntm_proto::engine::{Engine, Received};
+use ntm_proto::engine::{Local, Received};
 use ntm_proto::wire::HEADER_LEN;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 /// Bytes a tunnel adds to an inner packet: outer IP, UDP, the NTMobile header and tag.
 const OVERHEAD_V4: u16 = 20 + 8 + (HEADER_LEN + TAG_LEN) as u16;
@@ -95,6 +95,12 @@ impl Agent {
     pub(super) fn read_udp(&mut self, token: Token) {
         let sock = if token == UDP4 { self.udp4.as_ref() } else { self.udp6.as_ref() };
         let Some(fd) = sock.map(|s| s.as_raw_fd()) else { return };
+        self.read_tunnel(token, fd, token == UDP6, Local::MAIN);
+    }
+
+    /// Reads one tunnel socket, the main one of a family or an extra one (`local`), for
+    /// at most `READ_BUDGET` datagrams.
+    pub(super) fn read_tunnel(&mut self, token: Token, fd: RawFd, ipv6: bool, local: Local) {
         let mut read = 0;
         loop {
             if read >= READ_BUDGET {
@@ -103,7 +109,7 @@ impl Agent {
             }
             // WouldBlock ends the drain; so does any other error (as for one datagram at
             // a time before: the next readiness event tries again).
-            let Ok(n) = self.rx.recv(fd, token == UDP6) else { return };
+            let Ok(n) = self.rx.recv(fd, ipv6) else { return };
             read += n;
             let now = self.now();
             for i in 0..n {
@@ -115,7 +121,7 @@ impl Agent {
                     continue;
                 }
                 let Some(data) = self.rx.slot_mut(i).get_mut(..r.len) else { continue };
-                if let Received::Ip(range) = self.node.handle_datagram(now, from, data) {
+                if let Received::Ip(range) = self.node.handle_datagram_on(now, local, from, data) {
                     if let Some(pkt) = data.get(range) {
                         match self.tun.send(pkt) {
                             Ok(_) => self.counters.tun_out += 1,
@@ -177,7 +183,7 @@ impl Agent {
                 };
                 match self.node.seal_ip_within(now, frame, path_mtu) {
                     Ok(dst) => {
-                        self.tx.set(sealed, total, dst.to);
+                        self.tx.set(sealed, total, dst.to, dst.local);
                         sealed += 1;
                     }
                     Err(SendError::TooBig { mtu }) => {
@@ -205,16 +211,25 @@ impl Agent {
         }
     }
 
-    /// Sends the first `count` slots of the send batch, in order, on the socket of each
-    /// one's family. A datagram the kernel refuses for want of a route is held (see
-    /// held.rs); any other it refuses is counted and dropped. The rest go.
+    /// Sends the first `count` slots of the send batch, in order, each from its socket:
+    /// the tunnel socket of its family, or the extra socket the engine reaches that peer
+    /// through. A datagram the kernel refuses for want of a route is held (see held.rs;
+    /// only from the tunnel socket: a kept extra socket's peer is reached from that
+    /// socket only, and the engine sends its next packets there anyway); any other it
+    /// refuses is counted and dropped. The rest go.
     pub(super) fn send_sealed(&mut self, count: usize) {
         let fd4 = self.udp4.as_ref().map(|s| s.as_raw_fd());
         let fd6 = self.udp6.as_ref().map(|s| s.as_raw_fd());
+        let extra = &self.extra;
+        let fd = |v4: bool, local: Local| match (local == Local::MAIN, v4) {
+            (true, true) => fd4,
+            (true, false) => fd6,
+            (false, _) => extra.fd(local),
+        };
         let (held, now) = (&mut self.held, std::time::Instant::now());
         let mut kept = 0;
-        let (sent, failed) = self.tx.send_all(count, fd4, fd6, |to, bytes, e| {
-            if held.hold(now, to, bytes, e) {
+        let (sent, failed) = self.tx.send_all(count, fd, |to, local, bytes, e| {
+            if local == Local::MAIN && held.hold(now, to, bytes, e) {
                 kept += 1;
             }
         });

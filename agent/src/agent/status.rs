@@ -8,6 +8,7 @@ use super::{Agent, CONTROL, READ_BUDGET};
 use ntm_dns::stub::StubStats;
 use ntm_proto::engine::node::PathKind;
 use ntm_proto::engine::Engine;
+use ntm_proto::wire::registration::NatMapping;
 use std::fmt::Write;
 
 /// Builds a JSON object field by field.
@@ -163,6 +164,22 @@ impl Agent {
                 j.null("virtual_ipv4").null("virtual_ipv6");
             }
         }
+        let mapping = match self.node.nat_mapping() {
+            NatMapping::Independent => "independent",
+            NatMapping::Dependent => "dependent",
+            _ => "untested",
+        };
+        j.str("nat_mapping", mapping);
+        let t = self.node.traversal_stats();
+        j.open(Some("traversal"))
+            .num("searches", t.searches)
+            .num("found", t.found)
+            .num("probes", t.probes)
+            .num("open_sockets", t.open_sockets as u64)
+            .num("sockets_open_now", self.extra.len() as u64)
+            .num("sockets_opened", self.extra.opened)
+            .num("socket_failures", self.extra.failures)
+            .close();
         j.array("local_addrs");
         for a in &self.local_addrs {
             j.open(None).str("addr", &a.to_string()).close();

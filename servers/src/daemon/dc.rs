@@ -27,11 +27,13 @@ use crate::pki::ClientAuth;
 use crate::store::dc::{self as store, DcStore, COUNTER_RESERVE};
 use crate::store::StoreError;
 use ntm_dns::{Locator, LocatorConfig};
-use ntm_proto::engine::dc::{Dc, DcConfig, DcEvent, NodeState, NsRef, ServerRef};
-use ntm_proto::engine::Engine;
+use ntm_proto::engine::dc::{Dc, DcConfig, DcEvent, NodeState, NsRef, ServerRef, MAPPING_PORT};
+use ntm_proto::engine::{DropReason, Engine, Local, Received};
 use ntm_proto::time::{Duration, Instant};
+use ntm_proto::wire::registration::NatMapping;
 use ntm_proto::wire::{Fqdn, KeyId, VirtualAddrs};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 /// How often node counters are checked and expired rows pruned.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
@@ -268,7 +270,7 @@ impl Daemon for DcDaemon {
                     "fqdn": n.fqdn.as_str(),
                     "virtual_ipv4": n.virtual_addrs.map(|v| v.v4.to_string()),
                     "virtual_ipv6": n.virtual_addrs.map(|v| v.v6.to_string()),
-                    "endpoints": n.endpoints.iter().map(|(a, nat)| serde_json::json!({"addr": a.to_string(), "behind_nat": nat})).collect::<Vec<_>>(),
+                    "endpoints": n.endpoints.iter().zip(n.mappings.iter().copied().chain(std::iter::repeat(NatMapping::Untested))).map(|((a, nat), mapping)| serde_json::json!({"addr": a.to_string(), "behind_nat": nat, "mapping": mapping_name(mapping)})).collect::<Vec<_>>(),
                     "via_ns": n.via_ns,
                     "key_expires_unix_ms": n.key_expires.as_millis(),
                 })
@@ -288,6 +290,23 @@ impl Daemon for DcDaemon {
 
     fn reload(&mut self) -> Reload {
         reload_tls(&self.cfg.common.tls, ClientAuth::Required)
+    }
+
+    fn handle_datagram_on(&mut self, now: Instant, socket: Local, from: SocketAddr, buf: &mut [u8]) -> Received {
+        if socket == MAPPING_PORT {
+            self.dc.handle_mapping_datagram(now, from, buf)
+        } else {
+            Received::Dropped(DropReason::Unexpected)
+        }
+    }
+}
+
+/// A mapping verdict in status: "untested", "independent", "dependent".
+pub fn mapping_name(m: NatMapping) -> &'static str {
+    match m {
+        NatMapping::Independent => "independent",
+        NatMapping::Dependent => "dependent",
+        _ => "untested",
     }
 }
 
@@ -335,6 +354,7 @@ pub fn build(cfg: DcFile) -> Result<Driver<DcDaemon>, StartError> {
     dcfg.static_peers = cfg.dns.static_dcs.iter().map(|s| s.location()).collect();
     dcfg.max_nodes = cfg.max_nodes;
     dcfg.hold_registrations_until_saved = true;
+    dcfg.mapping_port = cfg.mapping_port();
     let clock = crate::driver::Clock::start();
     let now = clock.now();
     let mut dc = Dc::new(dcfg, os_rng(), now)?;
@@ -371,7 +391,23 @@ pub fn build(cfg: DcFile) -> Result<Driver<DcDaemon>, StartError> {
     let mut daemon = DcDaemon { dc, cfg, store, saved, next_refresh: now, next_prune: now, store_errors: 0 };
     // Reserve counters for the restored nodes before anything is sealed for them.
     daemon.refresh(now);
-    Ok(Driver::new(driver_cfg, daemon)?)
+    let mapping_port = daemon.cfg.mapping_port();
+    let mapping_addrs: Vec<SocketAddr> =
+        daemon.cfg.common.listen.iter().map(|a| SocketAddr::new(a.ip(), mapping_port)).collect();
+    let mut driver = Driver::new(driver_cfg, daemon)?;
+    if mapping_port != 0 {
+        // The same address as the main socket: the mapping test compares what one NAT
+        // does toward two ports of one destination address.
+        for addr in mapping_addrs {
+            driver.bind_extra_udp(MAPPING_PORT, addr).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("mapping_port: {e} (set \"mapping_port\" to a free port, or 0 for no mapping test)"),
+                )
+            })?;
+        }
+    }
+    Ok(driver)
 }
 
 #[cfg(test)]

@@ -135,9 +135,11 @@ impl Site {
             )
         });
         let dc = |label: &str, n: &str, z: &str, addr: SocketAddr, v4: &str, v6p: &str| {
+            // A free port for the mapping test (the default, the listen port + 1, may be
+            // another test's).
             let extra = serde_json::json!({
                 "zones": [z], "virtual_ipv4": v4, "virtual_ipv6": v6p, "state": d.join(format!("{label}.db")),
-                "relays": relays, "notification_servers": nss, "dns": dns,
+                "relays": relays, "notification_servers": nss, "dns": dns, "mapping_port": free_port(addr.ip()),
             });
             start("ntm-dc", label, merge(common(n, "dc", addr, label), extra))
         };
