@@ -29,8 +29,8 @@ use std::net::{IpAddr, SocketAddr};
 
 pub const SERVER_PORT: u16 = 4460;
 pub const NODE_PORT: u16 = 4500;
-/// The DCs' mapping port by default (the STUN port number; any other than theirs works).
-pub const DC_MAPPING_PORT: u16 = 3479;
+/// The DCs' mapping port by default: the daemon's default, its listen port + 4.
+pub const DC_MAPPING_PORT: u16 = SERVER_PORT + 4;
 
 pub fn name(s: &str) -> Fqdn {
     Fqdn::new(s).unwrap()
