@@ -240,6 +240,9 @@ impl Node {
             let session = self.locals.search.as_ref().map(|s| s.plan.session);
             log::info!("tunnel {}: no direct path found by guessing ports; staying on the relay", Fmt(session));
             self.release(now, None);
+            // The next search opens its sockets on the next call: a driver that sends
+            // before it takes events would otherwise hold both searches' sockets at once.
+            return;
         }
         if self.locals.search.is_none() {
             self.start_search(now);
