@@ -159,6 +159,37 @@ pub fn server_identity(n: &str, role: Role) -> Option<PeerIdentity> {
 }
 
 impl Deployment {
+    /// Both ends send a packet to the other every 20 ms, as a TCP connection's data and
+    /// acknowledgements do, until a packet sent after the start has arrived each way: the
+    /// time until then (a packet may take longer than 20 ms: any that arrives counts), or
+    /// None if that did not happen within `limit`. The stall of a move, measured.
+    pub fn stall(&mut self, a: HostId, b: HostId, limit: Duration) -> Option<Duration> {
+        let start = self.now();
+        let (va, vb) = (self.node(a).virtual_addrs()?, self.node(b).virtual_addrs()?);
+        let _ = (self.sim.take_ip(a), self.sim.take_ip(b));
+        let (mut to_a, mut to_b): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
+        let (mut a_heard, mut b_heard) = (false, false);
+        while self.now() < start + limit {
+            let tag = u32::try_from(to_a.len()).unwrap_or(u32::MAX).to_be_bytes();
+            let (ab, ba) = (ipv4_packet(va.v4, vb.v4, &tag), ipv4_packet(vb.v4, va.v4, &tag));
+            let now = self.now();
+            let _ = self.node(a).send_ip(now, &ab);
+            let _ = self.node(b).send_ip(now, &ba);
+            to_b.push(ab);
+            to_a.push(ba);
+            let until = self.now() + Duration::from_millis(20);
+            let both = self.sim.run_until_cond(until, |s| {
+                a_heard |= s.take_ip(a).iter().any(|p| to_a.contains(p));
+                b_heard |= s.take_ip(b).iter().any(|p| to_b.contains(p));
+                a_heard && b_heard
+            });
+            if both {
+                return Some(self.now().saturating_duration_since(start));
+            }
+        }
+        None
+    }
+
     pub fn new(seed: u64, opts: Options) -> Self {
         let mut sim = Sim::new(seed);
         if opts.loss > 0.0 {

@@ -396,35 +396,6 @@ fn a_search_that_finds_nothing_closes_every_socket_and_leaves_the_tunnel_on_the_
     assert_eq!(d.path(mn, CN), Some(PathKind::Relay));
 }
 
-/// Both ends send a packet to the other every 20 ms, as a TCP connection's data and
-/// acknowledgements do, until one sent after the start arrived each way: the stall.
-fn stall(d: &mut Deployment, a: HostId, b: HostId, limit: Duration) -> Option<Duration> {
-    let start = d.now();
-    let (va, vb) = (d.node(a).virtual_addrs()?, d.node(b).virtual_addrs()?);
-    let _ = (d.sim.take_ip(a), d.sim.take_ip(b));
-    let (mut to_a, mut to_b): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
-    let (mut a_heard, mut b_heard) = (false, false);
-    while d.now() < start + limit {
-        let tag = u32::try_from(to_a.len()).unwrap_or(u32::MAX).to_be_bytes();
-        let (ab, ba) = (ipv4_packet(va.v4, vb.v4, &tag), ipv4_packet(vb.v4, va.v4, &tag));
-        let now = d.now();
-        let _ = d.node(a).send_ip(now, &ab);
-        let _ = d.node(b).send_ip(now, &ba);
-        to_b.push(ab);
-        to_a.push(ba);
-        let until = d.now() + Duration::from_millis(20);
-        let both = d.sim.run_until_cond(until, |s| {
-            a_heard |= s.take_ip(a).iter().any(|p| to_a.contains(p));
-            b_heard |= s.take_ip(b).iter().any(|p| to_b.contains(p));
-            a_heard && b_heard
-        });
-        if both {
-            return Some(d.now().saturating_duration_since(start));
-        }
-    }
-    None
-}
-
 #[test]
 fn the_hard_side_moving_after_going_direct_continues_the_stream_within_a_second() {
     for (i, (a, b)) in
@@ -440,7 +411,7 @@ fn the_hard_side_moving_after_going_direct_continues_the_stream_within_a_second(
         d.sim.move_host(hard, lte, &[addr]);
         let now = d.now();
         d.node(hard).handle_network_change(now, vec![SocketAddr::new(addr, NODE_PORT)]);
-        let stalled = stall(&mut d, mn, cn, secs(10));
+        let stalled = d.stall(mn, cn, secs(10));
         println!("{label}: the hard side moved; stall {stalled:?}");
         assert!(stalled.is_some_and(|t| t <= secs(1)), "{label}: stall {stalled:?}");
         // It settles: data keeps flowing, on at most one kept socket.
@@ -558,7 +529,7 @@ fn under_loss_on_every_hop_the_search_still_finds_most_paths_and_data_flows_ever
         let (mut d, mn, cn, _) = tunnel(seed, opts, a, b);
         d.run_for(secs(8));
         // A stream both ways: data reaches each end within a second, whatever the path.
-        let took = stall(&mut d, mn, cn, secs(5));
+        let took = d.stall(mn, cn, secs(5));
         assert!(took.is_some_and(|t| t <= secs(1)), "seed {seed}: data both ways took {took:?}");
         d.run_for(secs(1));
         let paths = (d.path(mn, CN), d.path(cn, MN));

@@ -14,7 +14,7 @@
 #![allow(clippy::print_stdout)]
 
 use ntm_proto::engine::node::PathKind;
-use ntm_proto::time::{Duration, Instant};
+use ntm_proto::time::Duration;
 use ntm_sim::deploy::*;
 use ntm_sim::{HostId, NatConfig, RealmConfig, RealmId};
 use std::net::{IpAddr, SocketAddr};
@@ -144,36 +144,6 @@ fn fresh_network(d: &mut Deployment, place: Place, n: u8) -> (RealmId, IpAddr) {
     }
 }
 
-/// Both ends send a packet to the other every 20 ms, as a TCP connection's data and
-/// acknowledgements do, until a packet sent after the start has arrived each way; the
-/// time until then (a packet may take longer than 20 ms: any that arrives counts).
-fn stall(d: &mut Deployment, a: HostId, b: HostId, limit: Duration) -> Option<Duration> {
-    let start = d.now();
-    let (va, vb) = (d.node(a).virtual_addrs()?, d.node(b).virtual_addrs()?);
-    let _ = (d.sim.take_ip(a), d.sim.take_ip(b));
-    let (mut to_a, mut to_b): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
-    let (mut a_heard, mut b_heard) = (false, false);
-    while d.now() < start + limit {
-        let tag = u32::try_from(to_a.len()).unwrap_or(u32::MAX).to_be_bytes();
-        let (ab, ba) = (ipv4_packet(va.v4, vb.v4, &tag), ipv4_packet(vb.v4, va.v4, &tag));
-        let now = d.now();
-        let _ = d.node(a).send_ip(now, &ab);
-        let _ = d.node(b).send_ip(now, &ba);
-        to_b.push(ab);
-        to_a.push(ba);
-        let until: Instant = d.now() + Duration::from_millis(20);
-        let both = d.sim.run_until_cond(until, |s| {
-            a_heard |= s.take_ip(a).iter().any(|p| to_a.contains(p));
-            b_heard |= s.take_ip(b).iter().any(|p| to_b.contains(p));
-            a_heard && b_heard
-        });
-        if both {
-            return Some(d.now().saturating_duration_since(start));
-        }
-    }
-    None
-}
-
 /// The kinds of move the initiator makes, one after the other, in one run.
 #[derive(Clone, Copy, Debug)]
 enum Move {
@@ -264,7 +234,7 @@ fn run_pair(i: usize, a: Place, b: Place) -> Row {
             moves.push(None);
             continue;
         }
-        moves.push(Some(stall(&mut d, mn, cn, Duration::from_secs(10))));
+        moves.push(Some(d.stall(mn, cn, Duration::from_secs(10))));
         // Let the move settle (new sessions, relay released) before the next one.
         d.run_for(Duration::from_secs(5));
     }
