@@ -185,7 +185,7 @@ fn relay_direction_sets_up_a_session_that_forwards_both_ways() {
 /// says which port.
 #[test]
 fn the_mapping_port_tests_a_node_behind_nat() {
-    let site = Site::start(SiteOptions { ns: false, relay: false, ..SiteOptions::default() });
+    let mut site = Site::start(SiteOptions { ns: false, relay: false, ..SiteOptions::default() });
     site.add_password_account("a@example.org", "mn.zone-a.test", "pw-a");
     let mut setup = site.setup("zone-a.test");
     setup.fake_nat = true;
@@ -196,6 +196,14 @@ fn the_mapping_port_tests_a_node_behind_nat() {
     let dc = site.dc_a.status();
     let ep = &dc["nodes"][0]["endpoints"][0];
     assert_eq!((&ep["behind_nat"], &ep["mapping"]), (&true.into(), &"independent".into()), "{dc}");
+
+    // The verdict is saved with the node: a DC restarted from its database still has it
+    // (the node does not register again, so nothing else would tell it).
+    assert_eq!(site.dc_a.stop(), Some(0), "clean exit on SIGTERM");
+    let (cfg, d) = (site.dc_a.config.clone(), site.dir.path().to_path_buf());
+    site.dc_a = Running::start("ntm-dc", &cfg, &d.join("dc-a.sock"), &d.join("dc-a-2.log"));
+    let dc = site.dc_a.status();
+    assert_eq!(dc["nodes"][0]["endpoints"][0]["mapping"], "independent", "after the restart: {dc}");
 
     // The same configuration with the mapping port of the running DC: it cannot be bound.
     let mut cfg: serde_json::Value =

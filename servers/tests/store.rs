@@ -7,7 +7,7 @@ use ntm_proto::engine::dc::{NodeState, NsState};
 use ntm_proto::engine::{PeerIdentity, Role};
 use ntm_proto::keys::{KNtmDc, KNtmNs};
 use ntm_proto::time::Instant;
-use ntm_proto::wire::registration::KeepaliveMethod;
+use ntm_proto::wire::registration::{KeepaliveMethod, NatMapping};
 use ntm_proto::wire::{Bytes, Fqdn, KeyId, VirtualAddrs};
 use ntm_servers::oidc::IdClaims;
 use ntm_servers::store::accounts::{AccountStore, HashCost, OidcBinding};
@@ -286,7 +286,10 @@ fn snapshot(name: &str, seed: u64) -> NodeState {
             v4: format!("198.18.0.{}", 2 + seed).parse().unwrap(),
             v6: format!("2001:db8:ff::{}", 2 + seed).parse().unwrap(),
         }),
-        endpoints: vec![("203.0.113.7:4500".parse().unwrap(), true), ("[2001:db8::7]:4500".parse().unwrap(), false)],
+        endpoints: vec![
+            ("203.0.113.7:4500".parse().unwrap(), true, NatMapping::Dependent),
+            ("[2001:db8::7]:4500".parse().unwrap(), false, NatMapping::Untested),
+        ],
         local_addrs: vec!["192.168.1.10:4500".parse().unwrap(), "[2001:db8::7]:4500".parse().unwrap()],
         keepalive: KeepaliveMethod::Push(Bytes::new(b"device-token".to_vec()).unwrap()),
         ns: (seed % 2 == 1).then(|| NsState {
@@ -479,7 +482,8 @@ fn dc_store_opens_a_database_an_earlier_build_wrote() {
         peer_counter: 3,
         attestation: None,
         virtual_addrs: Some(v),
-        endpoints: vec![("203.0.113.7:4500".parse().unwrap(), true)],
+        // Written before the mapping test: untested.
+        endpoints: vec![("203.0.113.7:4500".parse().unwrap(), true, NatMapping::Untested)],
         local_addrs: vec!["192.168.1.10:4500".parse().unwrap()],
         keepalive: KeepaliveMethod::Udp,
         ns: Some(NsState {

@@ -217,7 +217,8 @@ impl Daemon for DcDaemon {
             match ev {
                 DcEvent::NodeKeyReceived { fqdn }
                 | DcEvent::NodeRegistered { fqdn, .. }
-                | DcEvent::NsBound { fqdn } => to_save.push(fqdn),
+                | DcEvent::NsBound { fqdn }
+                | DcEvent::MappingTested { fqdn, .. } => to_save.push(fqdn),
                 DcEvent::TunnelDirected { session, mn, cn, relay } => match relay {
                     Some(rs) => log::info!("tunnel {session}: {mn} <-> {cn} via {rs}"),
                     None => log::info!("tunnel {session}: {mn} <-> {cn} direct"),

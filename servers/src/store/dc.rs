@@ -19,7 +19,7 @@ use ntm_proto::crypto::pk::Attestation;
 use ntm_proto::engine::dc::{NodeState, NsState};
 use ntm_proto::keys::{KNtmDc, KNtmNs};
 use ntm_proto::time::Instant;
-use ntm_proto::wire::registration::KeepaliveMethod;
+use ntm_proto::wire::registration::{KeepaliveMethod, NatMapping};
 use ntm_proto::wire::{Codec, Fqdn, KeyId, VirtualAddrs};
 use rusqlite::{params, Connection};
 use std::path::Path;
@@ -51,7 +51,7 @@ const DC_MIGRATIONS: &[&str] = &["
         attestation  BLOB,                                    -- wire encoding
         v4           TEXT,
         v6           TEXT,
-        endpoints    TEXT NOT NULL,                           -- JSON [{addr, nat}]
+        endpoints    TEXT NOT NULL,                           -- JSON [{addr, nat, mapping}]
         local_addrs  TEXT NOT NULL,                           -- JSON [addr]
         keepalive    BLOB NOT NULL,                           -- wire encoding
         saved_ms     INTEGER NOT NULL,
@@ -89,10 +89,22 @@ pub fn needs_refresh(saved_reserved: u64, current_next: u64) -> bool {
     current_next >= saved_reserved.saturating_sub(COUNTER_RESERVE / 2)
 }
 
+/// A stored verdict; a code this build does not know counts as untested.
+fn stored_mapping(code: u8) -> NatMapping {
+    match NatMapping::from(code) {
+        NatMapping::Unknown(_) => NatMapping::Untested,
+        m => m,
+    }
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct EndpointJson {
     addr: SocketAddr,
     nat: bool,
+    /// The mapping test's verdict, as its code (0 untested: also what a database written
+    /// before the test has).
+    #[serde(default)]
+    mapping: u8,
 }
 
 /// The DC's database.
@@ -326,7 +338,11 @@ fn insert_node(tx: &rusqlite::Transaction<'_>, path: &str, node: &NodeState) -> 
     }
     let reserved = reserved_counter(node.next_counter);
     let invalid = |detail: String| StoreError::Invalid { what: "node state", detail };
-    let endpoints: Vec<EndpointJson> = node.endpoints.iter().map(|&(addr, nat)| EndpointJson { addr, nat }).collect();
+    let endpoints: Vec<EndpointJson> = node
+        .endpoints
+        .iter()
+        .map(|&(addr, nat, mapping)| EndpointJson { addr, nat, mapping: u8::from(mapping) })
+        .collect();
     let endpoints = serde_json::to_string(&endpoints).map_err(|e| invalid(format!("{}: endpoints: {e}", node.fqdn)))?;
     let local_addrs = serde_json::to_string(&node.local_addrs)
         .map_err(|e| invalid(format!("{}: local addresses: {e}", node.fqdn)))?;
@@ -403,7 +419,7 @@ fn decode_node(cols: NodeColumns, key: KNtmDc) -> Result<NodeState, &'static str
         peer_counter: u64_from_sql(peer_counter),
         attestation,
         virtual_addrs,
-        endpoints: endpoints.into_iter().map(|e| (e.addr, e.nat)).collect(),
+        endpoints: endpoints.into_iter().map(|e| (e.addr, e.nat, stored_mapping(e.mapping))).collect(),
         local_addrs,
         keepalive,
         ns: None,

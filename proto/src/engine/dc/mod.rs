@@ -182,6 +182,15 @@ pub enum DcEvent {
         /// The node.
         fqdn: Fqdn,
     },
+    /// The mapping test gave a node's endpoint a new verdict. It is part of the node's
+    /// saved state (`Dc::export_node`): a DC restarted without it would not direct a
+    /// search of ports for the node until it registers again.
+    MappingTested {
+        /// The node.
+        fqdn: Fqdn,
+        /// The verdict.
+        mapping: crate::wire::registration::NatMapping,
+    },
     /// A negotiation sent both Route Directions and both were acknowledged.
     TunnelDirected {
         /// The session.

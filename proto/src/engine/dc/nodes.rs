@@ -399,7 +399,8 @@ impl Dc {
             // address would miss.
             (false, _) => NatMapping::Untested,
         };
-        if seen.mapping != mapping {
+        let changed = seen.mapping != mapping;
+        if changed {
             log::info!("{fqdn}: NAT mapping at {} is {mapping:?} (mapping port saw {from})", seen.observed);
         }
         seen.mapping = mapping;
@@ -407,6 +408,10 @@ impl Dc {
         match rec.channel.seal(now, &msg) {
             Ok(bytes) => self.transmit(Via::UdpFrom(super::MAPPING_PORT), from, bytes),
             Err(e) => log::warn!("cannot seal for {fqdn}: {e}"),
+        }
+        if changed {
+            // Part of the node's saved state: a DC restarted from it still knows.
+            self.emit(DcEvent::MappingTested { fqdn, mapping });
         }
         Received::Handled
     }
@@ -668,7 +673,7 @@ impl Dc {
             peer_counter: r.channel.peer_top(Sender::Node),
             attestation: r.attestation.clone(),
             virtual_addrs: r.virtual_addrs,
-            endpoints: r.seen.iter().flatten().map(|s| (s.observed, s.behind_nat)).collect(),
+            endpoints: r.seen.iter().flatten().map(|s| (s.observed, s.behind_nat, s.mapping)).collect(),
             local_addrs: r.local_addrs.as_slice().to_vec(),
             keepalive: r.method.clone(),
             ns: r.ns.as_ref().filter(|b| b.acked).and_then(|b| {
@@ -697,9 +702,9 @@ impl Dc {
             self.pool.restore(&state.fqdn, v)?;
         }
         let mut seen = [None, None];
-        for (observed, behind_nat) in state.endpoints {
+        for (observed, behind_nat, mapping) in state.endpoints {
             if let Some(slot) = seen.get_mut(family(&observed)) {
-                *slot = Some(Seen { observed, behind_nat, mapping: NatMapping::Untested, last_seen: now });
+                *slot = Some(Seen { observed, behind_nat, mapping, last_seen: now });
             }
         }
         let ns = state.ns.and_then(|n| {
@@ -802,8 +807,8 @@ pub struct NodeState {
     pub attestation: Option<crate::crypto::pk::Attestation>,
     /// Its virtual addresses, once registered.
     pub virtual_addrs: Option<VirtualAddrs>,
-    /// Where it was seen, with the NAT verdict.
-    pub endpoints: Vec<(SocketAddr, bool)>,
+    /// Where it was seen, with the NAT verdict and the mapping test's.
+    pub endpoints: Vec<(SocketAddr, bool, NatMapping)>,
     /// Its own addresses.
     pub local_addrs: Vec<SocketAddr>,
     /// Its keepalive method.
