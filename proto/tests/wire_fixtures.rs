@@ -26,8 +26,8 @@ use ntm_proto::wire::notification::{
 };
 use ntm_proto::wire::refusal::{Reason, Refusal};
 use ntm_proto::wire::registration::{
-    Keepalive, KeepaliveAck, KeepaliveKind, KeepaliveMethod, MappingProbe, MappingProbeAck, NatMapping, NsGrant,
-    RegistrationRequest, RegistrationResponse,
+    Keepalive, KeepaliveAck, KeepaliveKind, KeepaliveMethod, MappingOffer, MappingProbe, MappingProbeAck, NatMapping,
+    NsGrant, RegistrationRequest, RegistrationResponse,
 };
 use ntm_proto::wire::relay::{RelayDirection, RelayDirectionAck, RelayStatus, RelayStatusAck};
 use ntm_proto::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, Traversal, TunnelRole};
@@ -35,7 +35,7 @@ use ntm_proto::wire::tunnel::{
     HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
 };
 use ntm_proto::wire::{
-    Bytes, Envelope, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, SessionId, Text,
+    Bytes, Envelope, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, SessionId, Tail, Text,
     VirtualAddrs, WireError, HEADER_LEN,
 };
 use ntm_proto::Instant;
@@ -466,7 +466,6 @@ fn fixtures() -> Vec<Fixture> {
             &[0x01],                        // behind_nat: true
             &[0x00, 0x14],                  // keepalive_interval 20 s
             &[0x00],                        // ns: absent
-            &[0x0d, 0x97],                  // mapping_port 3479
         ]), RegistrationResponse {
             request_id: RequestId(0x10),
             virtual_addrs: mn_vaddrs(),
@@ -474,7 +473,6 @@ fn fixtures() -> Vec<Fixture> {
             behind_nat: true,
             keepalive_interval: 20,
             ns: None,
-            mapping_port: 3479,
         }),
         fx("registration_response_v6_ns_v4", sealed(T::RegistrationResponse, Sender::Dc, 0x1001, 1), cat(&[
             &[0x00, 0x00, 0x00, 0x12],      // request_id 0x12
@@ -488,7 +486,6 @@ fn fixtures() -> Vec<Fixture> {
             &[0x00, 0x00, 0x20, 0x01],      //   key_id 0x2001
             &K_NTMNS,                       //   K_ntmns
             &[0x00, 0x01, 0x51, 0x80],      //   lifetime 86400 s
-            &[0x00, 0x00],                  // mapping_port: none
         ]), RegistrationResponse {
             request_id: RequestId(0x12),
             virtual_addrs: mn_vaddrs(),
@@ -501,7 +498,6 @@ fn fixtures() -> Vec<Fixture> {
                 key_id: KeyId(0x2001),
                 k_ntmns: grant(K_NTMNS, 86400),
             }),
-            mapping_port: 0,
         }),
         fx("registration_response_v4_ns_v6", sealed(T::RegistrationResponse, Sender::Dc, 0x1001, 2), cat(&[
             &[0x00, 0x00, 0x00, 0x13],      // request_id 0x13
@@ -515,7 +511,6 @@ fn fixtures() -> Vec<Fixture> {
             &[0x00, 0x00, 0x20, 0x02],      //   key_id 0x2002
             &K_NTMNS,                       //   K_ntmns
             &[0x00, 0x00, 0x00, 0x00],      //   lifetime 0 s
-            &[0x0d, 0x97],                  // mapping_port 3479
         ]), RegistrationResponse {
             request_id: RequestId(0x13),
             virtual_addrs: mn_vaddrs(),
@@ -528,7 +523,6 @@ fn fixtures() -> Vec<Fixture> {
                 key_id: KeyId(0x2002),
                 k_ntmns: grant(K_NTMNS, 0),
             }),
-            mapping_port: 3479,
         }),
         fx("keepalive", sealed(T::Keepalive, Sender::Node, 0x1001, 5), cat(&[
             &[0x00, 0x00, 0x00, 0x20],      // request_id 0x20
@@ -541,14 +535,17 @@ fn fixtures() -> Vec<Fixture> {
             &[0x00, 0x00, 0x00, 0x21],      // request_id 0x21
             OBSERVED_V6,                    // observed [2001:db8:ffff::7]:61000
         ]), KeepaliveAck { request_id: RequestId(0x21), observed: observed_v6() }),
+        fx("mapping_offer", sealed(T::MappingOffer, Sender::Dc, 0x1001, 6), cat(&[
+            &[0x11, 0x6c],                  // port 4460
+        ]), MappingOffer { port: 4460 }),
         fx("mapping_probe", sealed(T::MappingProbe, Sender::Node, 0x1001, 7), cat(&[
             &[0x00, 0x00, 0x00, 0x22],      // request_id 0x22
         ]), MappingProbe { request_id: RequestId(0x22) }),
         fx("mapping_probe_ack", sealed(T::MappingProbeAck, Sender::Dc, 0x1001, 7), cat(&[
             &[0x00, 0x00, 0x00, 0x22],      // request_id 0x22
             OBSERVED_V4,                    // observed 198.51.100.7:61000
-            &[0x01],                        // mapping: independent
-        ]), MappingProbeAck { request_id: RequestId(0x22), observed: observed_v4(), mapping: NatMapping::Independent }),
+            &[0x02],                        // mapping: dependent
+        ]), MappingProbeAck { request_id: RequestId(0x22), observed: observed_v4(), mapping: NatMapping::Dependent }),
 
         // ---- Notification Server (K_ntmns, K_dcns) ----
         fx("notification_registration", sealed(T::NotificationRegistration, Sender::Node, 0x2001, 0), cat(&[
@@ -630,8 +627,8 @@ fn fixtures() -> Vec<Fixture> {
             CN_NAME,                        // info.fqdn cn.b.example
             CN_VADDRS,                      // info.virtual_addrs
             &[0x02],                        // info.endpoints: 2 entries
-            OBSERVED_V4, &[0x01, 0x02],     //   198.51.100.7:61000, behind_nat true, mapping dependent
-            OBSERVED_V6, &[0x00, 0x00],     //   [2001:db8:ffff::7]:61000, behind_nat false, untested
+            OBSERVED_V4, &[0x01],           //   198.51.100.7:61000, behind_nat true
+            OBSERVED_V6, &[0x00],           //   [2001:db8:ffff::7]:61000, behind_nat false
             &[0x02],                        // info.local_addrs: 2 entries
             LOCAL_V4,                       //   192.0.2.10:40000
             LOCAL_V6,                       //   [2001:db8::10]:40000
@@ -643,12 +640,41 @@ fn fixtures() -> Vec<Fixture> {
                 fqdn: fq("cn.b.example"),
                 virtual_addrs: cn_vaddrs(),
                 endpoints: list(vec![
-                    Endpoint { observed: observed_v4(), behind_nat: true, mapping: NatMapping::Dependent },
-                    Endpoint { observed: observed_v6(), behind_nat: false, mapping: NatMapping::Untested },
+                    Endpoint { observed: observed_v4(), behind_nat: true },
+                    Endpoint { observed: observed_v6(), behind_nat: false },
                 ]),
                 local_addrs: list(vec![local_v4(), local_v6()]),
                 via_ns: false,
                 attestation: None,
+                mappings: Tail(List::new()),
+            },
+        }),
+        // With the mapping test's verdicts: the list follows (absent above: all untested,
+        // the bytes of builds before the test).
+        fx("node_info_answer_mappings", sealed(T::NodeInfoAnswer, Sender::DcPeer, 0x4001, 2), cat(&[
+            &[0x00, 0x00, 0x00, 0x44],      // request_id 0x44
+            CN_NAME,                        // info.fqdn cn.b.example
+            CN_VADDRS,                      // info.virtual_addrs
+            &[0x02],                        // info.endpoints: 2 entries
+            OBSERVED_V4, &[0x01],           //   198.51.100.7:61000, behind_nat true
+            OBSERVED_V6, &[0x00],           //   [2001:db8:ffff::7]:61000, behind_nat false
+            &[0x00],                        // info.local_addrs: none
+            &[0x00],                        // info.via_ns: false
+            &[0x00],                        // info.attestation: absent
+            &[0x02, 0x02, 0x00],            // info.mappings: dependent, untested
+        ]), NodeInfoAnswer {
+            request_id: RequestId(0x44),
+            info: NodeInfo {
+                fqdn: fq("cn.b.example"),
+                virtual_addrs: cn_vaddrs(),
+                endpoints: list(vec![
+                    Endpoint { observed: observed_v4(), behind_nat: true },
+                    Endpoint { observed: observed_v6(), behind_nat: false },
+                ]),
+                local_addrs: List::new(),
+                via_ns: false,
+                attestation: None,
+                mappings: Tail(list(vec![NatMapping::Dependent, NatMapping::Untested])),
             },
         }),
         fx("node_info_answer_public_key", sealed(T::NodeInfoAnswer, Sender::DcPeer, 0x4001, 1), cat(&[
@@ -669,6 +695,7 @@ fn fixtures() -> Vec<Fixture> {
                 local_addrs: List::new(),
                 via_ns: true,
                 attestation: Some(cn_attestation()),
+                mappings: Tail(List::new()),
             },
         }),
 
@@ -689,7 +716,6 @@ fn fixtures() -> Vec<Fixture> {
             &[0x00, 0x00, 0x02, 0x58],      // lifetime 600 s
             &[0x01], &K_TMP,                // k_tmp: present
             &[0x00],                        // peer_attestation: absent
-            &[0x00],                        // traversal: usual
         ]), RouteDirection {
             request_id: RequestId(0x50),
             session: SessionId(SESSION),
@@ -705,7 +731,7 @@ fn fixtures() -> Vec<Fixture> {
             k_tun: grant(K_TUN, 600),
             k_tmp: Some(KTmp::from_bytes(K_TMP)),
             peer_attestation: None,
-            traversal: Traversal::Usual,
+            traversal: Tail(Traversal::Usual),
         }),
         fx("route_direction_relay_v6", sealed(T::RouteDirection, Sender::Dc, 0x4001, 2), cat(&[
             &[0x00, 0x00, 0x00, 0x51],      // request_id 0x51
@@ -723,7 +749,6 @@ fn fixtures() -> Vec<Fixture> {
             &[0x00],                        // k_tmp: absent (public-key mode)
             &[0x01],                        // peer_attestation: present
             MN_NAME, &MN_PUB, &MN_ATT_SIG,  //   fqdn, public key, AS signature
-            &[0x00],                        // traversal: usual
         ]), RouteDirection {
             request_id: RequestId(0x51),
             session: SessionId(SESSION),
@@ -739,7 +764,7 @@ fn fixtures() -> Vec<Fixture> {
             k_tun: grant(K_TUN, 600),
             k_tmp: None,
             peer_attestation: Some(mn_attestation()),
-            traversal: Traversal::Usual,
+            traversal: Tail(Traversal::Usual),
         }),
         fx("route_direction_relay_v4", sealed(T::RouteDirection, Sender::Dc, 0x1001, 10), cat(&[
             &[0x00, 0x00, 0x00, 0x52],      // request_id 0x52
@@ -755,7 +780,6 @@ fn fixtures() -> Vec<Fixture> {
             &[0x00, 0x00, 0x02, 0x58],      // lifetime 600 s
             &[0x01], &K_TMP,                // k_tmp: present
             &[0x00],                        // peer_attestation: absent
-            &[0x02],                        // traversal: guess ports
         ]), RouteDirection {
             request_id: RequestId(0x52),
             session: SessionId(SESSION + 1),
@@ -767,7 +791,37 @@ fn fixtures() -> Vec<Fixture> {
             k_tun: grant(K_TUN, 600),
             k_tmp: Some(KTmp::from_bytes(K_TMP)),
             peer_attestation: None,
-            traversal: Traversal::GuessPorts,
+            traversal: Tail(Traversal::Usual),
+        }),
+        // The same with a search of ports: the traversal byte follows. Without it (all of
+        // the above) the bytes are those of builds before the search, which read them.
+        fx("route_direction_relay_v4_search", sealed(T::RouteDirection, Sender::Dc, 0x1001, 11), cat(&[
+            &[0x00, 0x00, 0x00, 0x53],      // request_id 0x53
+            &[0x5e, 0x55, 0x10, 0x12],      // session 0x5e551012
+            MN_NAME,                        // node mn.a.example
+            &[0x01],                        // side: MN
+            &[0x02],                        // role: await
+            CN_NAME,                        // peer.fqdn cn.b.example
+            CN_VADDRS,                      // peer.virtual_addrs
+            &[0x01], OBSERVED_V4,           // peer.endpoints: 198.51.100.7:61000
+            &[0x02], RELAY_V4,              // path: relay at 203.0.113.9:3478
+            &K_TUN,                         // K_tun
+            &[0x00, 0x00, 0x02, 0x58],      // lifetime 600 s
+            &[0x01], &K_TMP,                // k_tmp: present
+            &[0x00],                        // peer_attestation: absent
+            &[0x01],                        // traversal: open ports
+        ]), RouteDirection {
+            request_id: RequestId(0x53),
+            session: SessionId(SESSION + 1),
+            node: fq("mn.a.example"),
+            side: Side::Mn,
+            role: TunnelRole::Await,
+            peer: PeerInfo { fqdn: fq("cn.b.example"), virtual_addrs: cn_vaddrs(), endpoints: list(vec![observed_v4()]) },
+            path: Path::Relay(relay_v4()),
+            k_tun: grant(K_TUN, 600),
+            k_tmp: Some(KTmp::from_bytes(K_TMP)),
+            peer_attestation: None,
+            traversal: Tail(Traversal::OpenPorts),
         }),
         fx("route_direction_ack", sealed(T::RouteDirectionAck, Sender::Node, 0x1001, 9), cat(&[
             &[0x00, 0x00, 0x00, 0x50],      // request_id 0x50
@@ -950,7 +1004,7 @@ fn parse_with(name: &str, offset: usize, value: u8) -> Result<Message, WireError
 
 #[test]
 fn every_message_type_has_a_fixture() {
-    assert_eq!(MsgType::ALL.len(), 38);
+    assert_eq!(MsgType::ALL.len(), 39);
     let all = fixtures();
     for ty in MsgType::ALL {
         assert!(all.iter().any(|f| f.header.msg_type == *ty), "no fixture for {ty:?}");
@@ -1030,14 +1084,29 @@ fn values_emit_exactly_the_fixtures() {
     }
 }
 
+/// Messages whose body ends with a field earlier builds do not send (`Tail`), and how
+/// many bytes of it the fixture holds (0: absent, as earlier builds send it).
+fn tail_len(f: &Fixture) -> Option<usize> {
+    match f.name {
+        "route_direction_relay_v4_search" => Some(1),
+        "node_info_answer_mappings" => Some(3),
+        _ if matches!(f.header.msg_type, MsgType::RouteDirection | MsgType::NodeInfoAnswer) => Some(0),
+        _ => None,
+    }
+}
+
 #[test]
 fn every_truncated_prefix_is_refused() {
     for f in fixtures() {
         let bytes = f.bytes();
         let is_data = f.header.msg_type == MsgType::Data;
+        // Without its tail a message is what an earlier build sends: it reads.
+        let whole_but_tail = tail_len(&f).map(|t| bytes.len() - t);
         for n in 0..bytes.len() {
             let got = parse(&bytes[..n]);
-            if n < HEADER_LEN {
+            if Some(n) == whole_but_tail {
+                assert!(got.is_ok(), "{} without its tail: {got:?}", f.name);
+            } else if n < HEADER_LEN {
                 assert_eq!(got.err(), Some(WireError::Truncated), "{} cut at {n}", f.name);
             } else if n == HEADER_LEN || !is_data {
                 // Every body ends with a field of at least one byte, so any cut lands
@@ -1050,13 +1119,43 @@ fn every_truncated_prefix_is_refused() {
 
 #[test]
 fn a_trailing_byte_is_refused() {
-    for f in fixtures().into_iter().filter(|f| f.header.msg_type != MsgType::Data) {
+    // A message without its tail takes a byte there as the tail (below); with the tail,
+    // or with none possible, a byte more is refused.
+    let fixtures = fixtures().into_iter().filter(|f| f.header.msg_type != MsgType::Data && tail_len(f) != Some(0));
+    for f in fixtures {
         for extra in [0x00, 0x01, 0xff] {
             let mut bytes = f.bytes();
             bytes.push(extra);
             assert_eq!(parse(&bytes).err(), Some(WireError::TrailingBytes), "{} + {extra:#x}", f.name);
         }
     }
+}
+
+#[test]
+fn a_message_of_an_earlier_build_reads_as_before_and_one_byte_more_is_its_tail() {
+    // An earlier build's Route Direction (no traversal byte) is a search-free one, and
+    // this build writes a search-free one byte for byte as the earlier build did.
+    let f = fixture("route_direction_relay_v4");
+    let (_, m) = parse(&f.bytes()).unwrap();
+    let Message::RouteDirection(rd) = &m else { panic!("{m:?}") };
+    assert_eq!(rd.traversal, Tail(Traversal::Usual));
+    assert_eq!(m.body_to_vec(), f.body);
+    // The default is never written: 0x00 there is refused, as an unknown code is.
+    for (byte, want) in [(0x02, Ok(Traversal::GuessPorts)), (0x00, Err(())), (0x07, Err(()))] {
+        let mut bytes = f.bytes();
+        bytes.push(byte);
+        let got = parse(&bytes).map_err(|_| ()).and_then(|(_, m)| match m {
+            Message::RouteDirection(rd) => Ok(rd.traversal.0),
+            _ => Err(()),
+        });
+        assert_eq!(got, want, "traversal byte {byte:#x}");
+    }
+    // The same for Node Info: no verdicts sent when all are untested.
+    let f = fixture("node_info_answer");
+    let (_, m) = parse(&f.bytes()).unwrap();
+    let Message::NodeInfoAnswer(a) = &m else { panic!("{m:?}") };
+    assert!(a.info.mappings.0.is_empty());
+    assert_eq!(m.body_to_vec(), f.body);
 }
 
 /// The Data body is the rest of the message by definition: a shorter or longer body is a
@@ -1132,7 +1231,7 @@ fn unknown_message_types_are_refused() {
         assert_eq!(Message::parse_body(env.msg_type(), env.body()), Err(WireError::UnknownType(t)));
         assert_eq!(parse(&bytes).err(), Some(WireError::UnknownType(t)));
     }
-    assert_eq!(unknown, 256 - 38);
+    assert_eq!(unknown, 256 - 39);
 }
 
 #[test]

@@ -656,3 +656,22 @@ fn a_dc_restarted_from_its_saved_nodes_keeps_their_mapping_verdicts_and_still_di
     assert!(until_direct(&mut d, mn, cn, secs(5)).is_some(), "direct through a search directed after the restarts");
     assert_eq!(d.node(mn).traversal_stats().found, 1, "the search found it");
 }
+
+#[test]
+fn a_mapping_offer_that_overtakes_its_registration_response_still_starts_the_test() {
+    // With loss the sim also reorders: in this seed the DC's offer reaches the node before
+    // the Registration Response it follows (checked below, so the case is the one meant).
+    let mut d = Deployment::new(2000, Options { loss: 0.02, ..Options::default() });
+    let mn = place(&mut d, MN, Nat::Symmetric, 1);
+    d.sim.enable_capture(mn);
+    assert_eq!(tested(&mut d, mn), NatMapping::Dependent, "tested although the offer came first");
+    let arrived: Vec<MsgType> = d
+        .sim
+        .capture(mn)
+        .iter()
+        .filter(|c| c.dir == Direction::In)
+        .filter_map(|c| Envelope::new_checked(&c.bytes[..]).ok().map(|e| e.msg_type()))
+        .filter(|t| matches!(t, MsgType::MappingOffer | MsgType::RegistrationResponse))
+        .collect();
+    assert_eq!(arrived.first(), Some(&MsgType::MappingOffer), "the offer overtook the response: {arrived:?}");
+}

@@ -229,6 +229,7 @@ impl Seen {
             M::KeepaliveAck(m) => (Some(m.request_id), None, None),
             M::MappingProbe(m) => (Some(m.request_id), None, None),
             M::MappingProbeAck(m) => (Some(m.request_id), None, None),
+            M::MappingOffer(_) => (None, None, None),
             M::NotificationRegistration(m) => (Some(m.request_id), None, None),
             M::NotificationAck(m) => (Some(m.request_id), None, None),
             M::NsKeepalive(m) => (Some(m.request_id), None, None),

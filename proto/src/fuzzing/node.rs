@@ -36,7 +36,8 @@ use crate::wire::tunnel::{
     HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
 };
 use crate::wire::{
-    Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, SessionId, Text, VirtualAddrs,
+    Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, SessionId, Tail, Text,
+    VirtualAddrs,
 };
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
@@ -276,7 +277,6 @@ impl NodeScript {
                     behind_nat,
                     keepalive_interval,
                     ns,
-                    mapping_port: 0,
                 })
             }
             1 => Message::KeepaliveAck(KeepaliveAck {
@@ -358,7 +358,7 @@ impl NodeScript {
             k_tun: KeyGrant { key: Key::from_bytes(ctx.k_tun), lifetime },
             k_tmp: ctx.k_tmp.map(Key::from_bytes),
             peer_attestation: attestation,
-            traversal: Traversal::Usual,
+            traversal: Tail(Traversal::Usual),
         }))
     }
 
@@ -641,7 +641,6 @@ fn setup(c: u8) -> Option<(Harness<Node>, NodeScript)> {
             observed: if v4 { NAT4 } else { LOCAL6 },
             behind_nat: v4,
             keepalive_interval: 20,
-            mapping_port: 0,
             ns: ns.map(|(key, id)| NsGrant {
                 ns_fqdn: name("ns1.example"),
                 ns_addr: NS,

@@ -37,14 +37,15 @@ use crate::wire::notification::{
     NotificationRegistration, Notify, NotifyAck, NsKeepalive, NsKeyAck, NsKeyDistribution, NsProbe,
 };
 use crate::wire::refusal::{Reason, Refusal};
-use crate::wire::registration::{Keepalive, KeepaliveAck, KeepaliveMethod, NatMapping, RegistrationRequest};
+use crate::wire::registration::{Keepalive, KeepaliveAck, KeepaliveMethod, RegistrationRequest};
 use crate::wire::relay::{RelayDirection, RelayDirectionAck, RelayStatus, RelayStatusAck};
 use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, Traversal, TunnelRole};
 use crate::wire::tunnel::{
     HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
 };
 use crate::wire::{
-    Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, SessionId, Text, VirtualAddrs,
+    Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, SessionId, Tail, Text,
+    VirtualAddrs,
 };
 use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
@@ -188,8 +189,7 @@ fn relay_v6(rs: SocketAddr) -> SocketAddr {
 
 fn pick_endpoints(input: &mut Input<'_>) -> Option<List<Endpoint, 2>> {
     let set = input.pick(&ENDPOINT_SETS)?;
-    let mapping = NatMapping::Untested;
-    List::from_vec(set.iter().map(|&(observed, behind_nat)| Endpoint { observed, behind_nat, mapping }).collect()).ok()
+    List::from_vec(set.iter().map(|&(observed, behind_nat)| Endpoint { observed, behind_nat }).collect()).ok()
 }
 
 impl DcScript {
@@ -259,6 +259,7 @@ impl DcScript {
                     local_addrs: List::new(),
                     via_ns,
                     attestation: None,
+                    mappings: Tail(List::new()),
                 };
                 Message::NodeInfoAnswer(NodeInfoAnswer { request_id, info })
             }
@@ -287,7 +288,7 @@ impl DcScript {
                     k_tun: grant(h.rng.key(), lifetime),
                     k_tmp,
                     peer_attestation: None,
-                    traversal: Traversal::Usual,
+                    traversal: Tail(Traversal::Usual),
                 })
             }
             3 => Message::RouteDirectionAck(RouteDirectionAck {

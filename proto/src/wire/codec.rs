@@ -294,6 +294,41 @@ impl<T: Codec> Codec for Option<T> {
     }
 }
 
+/// A field that earlier builds neither send nor expect, at the very end of a message
+/// body: absent, it reads as `T::default()`; it is written only when it is not the
+/// default. So a message whose new field does not matter is byte for byte what an
+/// earlier build sends and reads, and an earlier build's message reads here. The default
+/// written out is refused, so each message keeps one encoding. Only the last field of a
+/// body may be one (anything after it would be taken for it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tail<T>(pub T);
+
+impl<T: Codec + Default + PartialEq> Codec for Tail<T> {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        if r.remaining() == 0 {
+            return Ok(Tail(T::default()));
+        }
+        // The default is never written: one encoding per message.
+        match T::decode(r)? {
+            v if v == T::default() => Err(WireError::BadValue("tail field written as its default")),
+            v => Ok(Tail(v)),
+        }
+    }
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        if self.0 == T::default() {
+            return Ok(());
+        }
+        self.0.encode(w)
+    }
+    fn encoded_len(&self) -> usize {
+        if self.0 == T::default() {
+            0
+        } else {
+            self.0.encoded_len()
+        }
+    }
+}
+
 /// A list of at most `MAX` values (`MAX` <= 255): a count byte, then the values.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct List<T, const MAX: usize>(Vec<T>);

@@ -7,12 +7,13 @@
 //! NodeInfoAnswer    request_id u32 | node info
 //! node info         fqdn | virtual v4 (4) | virtual v6 (16) | endpoints (list <= 2)
 //!                   | local_addrs (list <= 8) | via_ns u8 | attestation?
-//! endpoint          observed addr | behind_nat u8 | mapping u8 (registration.rs)
+//!                   | mappings (list <= 2 of u8, registration.rs)?: absent = all untested
+//! endpoint          observed addr | behind_nat u8
 //! ```
 
 use super::pk::Attestation;
 use super::registration::{NatMapping, LOCAL_ADDRS_MAX};
-use super::{wire_struct, Fqdn, List, RequestId, SessionId, VirtualAddrs};
+use super::{wire_struct, Fqdn, List, RequestId, SessionId, Tail, VirtualAddrs};
 use core::net::SocketAddr;
 
 wire_struct! {
@@ -34,8 +35,6 @@ wire_struct! {
         pub observed: SocketAddr,
         /// True if that differs from every address the node reported.
         pub behind_nat: bool,
-        /// How the node's NAT maps (the DC's mapping test).
-        pub mapping: NatMapping,
     }
 }
 
@@ -54,6 +53,9 @@ wire_struct! {
         pub via_ns: bool,
         /// Its attested public key (public-key mode).
         pub attestation: Option<Attestation>,
+        /// The mapping test's verdict for each of `endpoints`, in the same order (none:
+        /// all untested; earlier builds neither send nor read it).
+        pub mappings: Tail<List<NatMapping, 2>>,
     }
 }
 

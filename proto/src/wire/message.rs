@@ -10,7 +10,7 @@ use super::notification::{
 };
 use super::refusal::Refusal;
 use super::registration::{
-    Keepalive, KeepaliveAck, MappingProbe, MappingProbeAck, RegistrationRequest, RegistrationResponse,
+    Keepalive, KeepaliveAck, MappingOffer, MappingProbe, MappingProbeAck, RegistrationRequest, RegistrationResponse,
 };
 use super::relay::{RelayDirection, RelayDirectionAck, RelayStatus, RelayStatusAck};
 use super::route::{RouteDirection, RouteDirectionAck};
@@ -105,6 +105,8 @@ messages! {
     MappingProbe(MappingProbe) = 0x14,
     /// The DC's mapping port -> node (K_ntmdc).
     MappingProbeAck(MappingProbeAck) = 0x15,
+    /// DC -> node (K_ntmdc).
+    MappingOffer(MappingOffer) = 0x16,
     /// Node -> NS (K_ntmns, TCP).
     NotificationRegistration(NotificationRegistration) = 0x20,
     /// NS -> node (K_ntmns, TCP).

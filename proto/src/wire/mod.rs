@@ -29,7 +29,7 @@ pub mod route;
 pub mod tunnel;
 
 pub(crate) use codec::{code_enum, known_code_codec, wire_struct};
-pub use codec::{Bytes, Codec, List, Reader, Text, Writer};
+pub use codec::{Bytes, Codec, List, Reader, Tail, Text, Writer};
 pub use header::{field as header_field, Envelope, Header, Sender, FLAG_SEALED, HEADER_LEN, TAG_LEN, VERSION};
 pub use message::{Message, MsgType};
 pub use name::{Fqdn, FQDN_MAX};

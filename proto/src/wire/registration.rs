@@ -7,13 +7,17 @@
 //! keepalive method      0x01 UDP | 0x02 TCP via NS | 0x03 push: token (u16 len <= 512)
 //! RegistrationResponse  request_id u32 | virtual v4 (4) | virtual v6 (16) | observed addr
 //!                       | behind_nat u8 | keepalive_interval u16 (s) | ns grant?
-//!                       | mapping_port u16
 //! ns grant              ns fqdn | ns addr | key_id u32 | K_ntmns (16) | lifetime u32
 //! Keepalive             request_id u32
 //! KeepaliveAck          request_id u32 | observed addr
+//! MappingOffer          port u16                            (after a Registration Response)
 //! MappingProbe          request_id u32                      (to the DC's mapping port)
 //! MappingProbeAck       request_id u32 | observed addr | mapping u8   (from that port)
 //! ```
+//!
+//! The DC offers the test in a message of its own, not in the Registration Response, so
+//! that boxes of earlier builds (which drop a message type they do not know) still read
+//! every Registration Response.
 //!
 //! The mapping test (RFC 5780 section 4.3, with a second port instead of a second
 //! address): the node sends a Mapping Probe from its tunnel port to the DC's second UDP
@@ -49,6 +53,14 @@ code_enum! {
     }
 }
 known_code_codec!(NatMapping, "NAT mapping");
+
+// code_enum! holds the derives; the default of a field an earlier build does not send.
+#[allow(clippy::derivable_impls)]
+impl Default for NatMapping {
+    fn default() -> Self {
+        NatMapping::Untested
+    }
+}
 
 code_enum! {
     /// Keepalive method code points.
@@ -152,8 +164,6 @@ wire_struct! {
         pub keepalive_interval: u16,
         /// The NS to use, when the method is TCP via NS.
         pub ns: Option<NsGrant>,
-        /// The DC's second UDP port, for the mapping test (0: the DC has none).
-        pub mapping_port: u16,
     }
 }
 
@@ -172,6 +182,15 @@ wire_struct! {
         pub request_id: RequestId,
         /// The source address the DC saw.
         pub observed: SocketAddr,
+    }
+}
+
+wire_struct! {
+    /// DC -> node, behind a NAT, after its Registration Response: test your NAT's mapping
+    /// by sending a Mapping Probe to this port of my address.
+    pub struct MappingOffer {
+        /// The DC's mapping port.
+        pub port: u16,
     }
 }
 

@@ -7,14 +7,14 @@
 //!                    | peer: fqdn, virtual v4, virtual v6, endpoints (list <= 4)
 //!                    | path: 0x01 direct | 0x02 relay: relay addr
 //!                    | K_tun (16) | lifetime u32 | K_tmp? (16) | peer attestation?
-//!                    | traversal u8 (0x00 usual, 0x01 open ports, 0x02 guess ports)
+//!                    | traversal u8? (absent = 0x00 usual, 0x01 open ports, 0x02 guess ports)
 //! RouteDirectionAck  request_id u32 | session u32
 //! ```
 
 use super::pk::Attestation;
 use super::{
-    code_enum, known_code_codec, wire_struct, Codec, Fqdn, List, Reader, RequestId, SessionId, VirtualAddrs, WireError,
-    Writer,
+    code_enum, known_code_codec, wire_struct, Codec, Fqdn, List, Reader, RequestId, SessionId, Tail, VirtualAddrs,
+    WireError, Writer,
 };
 use crate::keys::{KTmp, KeyGrant, Tun};
 use core::net::SocketAddr;
@@ -55,6 +55,14 @@ code_enum! {
     }
 }
 known_code_codec!(Traversal, "traversal");
+
+// code_enum! holds the derives; the default of a field an earlier build does not send.
+#[allow(clippy::derivable_impls)]
+impl Default for Traversal {
+    fn default() -> Self {
+        Traversal::Usual
+    }
+}
 
 wire_struct! {
     /// The peer as the node needs to know it.
@@ -126,8 +134,9 @@ wire_struct! {
         pub k_tmp: Option<KTmp>,
         /// The peer's attested public key (public-key mode).
         pub peer_attestation: Option<Attestation>,
-        /// What to try for a direct path while relayed.
-        pub traversal: Traversal,
+        /// What to try for a direct path while relayed (absent: usual; earlier builds
+        /// neither send nor read it, and it is usual for every node they serve).
+        pub traversal: Tail<Traversal>,
     }
 }
 
@@ -164,7 +173,7 @@ mod tests {
             k_tun: KeyGrant { key: Key::from_bytes([0x11; 16]), lifetime: Lifetime(600) },
             k_tmp: Some(KTmp::from_bytes([0x22; 16])),
             peer_attestation: None,
-            traversal: Traversal::GuessPorts,
+            traversal: Tail(Traversal::GuessPorts),
         }
     }
 
@@ -178,8 +187,12 @@ mod tests {
         let body = Message::RouteDirection(msg.clone()).body_to_vec();
         assert_eq!(body.len(), msg.encoded_len());
         assert_eq!(parse(&body), Ok(Message::RouteDirection(msg.clone())));
-        // Cut anywhere, the last field included: the input ends before the format does.
-        for n in 0..body.len() {
+        // Without its last byte it is the same direction as an earlier build sends it,
+        // with no search of ports (the traversal is a `Tail`).
+        let usual = RouteDirection { traversal: Tail(Traversal::Usual), ..msg.clone() };
+        assert_eq!(parse(&body[..body.len() - 1]), Ok(Message::RouteDirection(usual)));
+        // Cut anywhere before that: the input ends before the format does.
+        for n in 0..body.len() - 1 {
             assert_eq!(parse(&body[..n]), Err(WireError::Truncated), "cut at {n} of {}", body.len());
         }
         // A length byte that claims more than the body holds: the node's name, 255 bytes.

@@ -28,7 +28,7 @@ use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::registration::NatMapping;
 use crate::wire::relay::{RelayDirection, RelayDirectionAck};
 use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, Traversal, TunnelRole};
-use crate::wire::{Fqdn, Lifetime, List, Message, MsgType, RequestId, SessionId};
+use crate::wire::{Fqdn, Lifetime, List, Message, MsgType, RequestId, SessionId, Tail};
 use core::net::SocketAddr;
 
 /// Who acknowledged a Route Direction.
@@ -82,6 +82,12 @@ fn endpoint(info: &NodeInfo, v4: bool) -> Option<&crate::wire::direction::Endpoi
     info.endpoints.iter().find(|e| e.observed.is_ipv4() == v4)
 }
 
+/// The mapping test's verdict for the node's endpoint in one family.
+fn mapping(info: &NodeInfo, v4: bool) -> NatMapping {
+    let i = info.endpoints.iter().position(|e| e.observed.is_ipv4() == v4);
+    i.and_then(|i| info.mappings.0.iter().nth(i).copied()).unwrap_or_default()
+}
+
 /// The route decision, without the RS choice (see the module documentation).
 pub fn decide(mn: &NodeInfo, cn: &NodeInfo) -> Decision {
     for v4 in [false, true] {
@@ -113,7 +119,7 @@ pub fn traversal(decision: Decision, me: &NodeInfo, peer: &NodeInfo) -> Traversa
     if !(m.behind_nat && p.behind_nat) {
         return Traversal::Usual;
     }
-    match (m.mapping, p.mapping) {
+    match (mapping(me, true), mapping(peer, true)) {
         (NatMapping::Dependent, NatMapping::Independent) => Traversal::OpenPorts,
         (NatMapping::Independent, NatMapping::Dependent) => Traversal::GuessPorts,
         _ => Traversal::Usual,
@@ -613,7 +619,7 @@ impl Dc {
             k_tun: KeyGrant { key: k_tun, lifetime: Lifetime::from_duration(self.cfg.tunnel_key_lifetime) },
             k_tmp: n.k_tmp.clone(),
             peer_attestation,
-            traversal,
+            traversal: Tail(traversal),
         })
     }
 
@@ -986,8 +992,10 @@ mod tests {
 
     fn mapped(eps: &[(&str, bool)], mapping: NatMapping) -> NodeInfo {
         let mut endpoints = List::new();
+        let mut mappings = List::new();
         for (a, nat) in eps {
-            endpoints.push(Endpoint { observed: a.parse().unwrap(), behind_nat: *nat, mapping }).unwrap();
+            endpoints.push(Endpoint { observed: a.parse().unwrap(), behind_nat: *nat }).unwrap();
+            mappings.push(mapping).unwrap();
         }
         NodeInfo {
             fqdn: Fqdn::new("n.example").unwrap(),
@@ -996,6 +1004,7 @@ mod tests {
             local_addrs: List::new(),
             via_ns: false,
             attestation: None,
+            mappings: Tail(mappings),
         }
     }
 

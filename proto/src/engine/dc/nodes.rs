@@ -12,10 +12,12 @@ use crate::wire::login::{KeyDistribution, NtmAck};
 use crate::wire::notification::{Notify, NsKeyDistribution};
 use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::registration::{
-    Keepalive, KeepaliveAck, KeepaliveMethod, MappingProbe, MappingProbeAck, NatMapping, NsGrant, RegistrationRequest,
-    RegistrationResponse, LOCAL_ADDRS_MAX,
+    Keepalive, KeepaliveAck, KeepaliveMethod, MappingOffer, MappingProbe, MappingProbeAck, NatMapping, NsGrant,
+    RegistrationRequest, RegistrationResponse, LOCAL_ADDRS_MAX,
 };
-use crate::wire::{Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, VirtualAddrs};
+use crate::wire::{
+    Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, Tail, VirtualAddrs,
+};
 use core::net::SocketAddr;
 
 /// Where the DC last saw a node in one family.
@@ -341,7 +343,9 @@ impl Dc {
         }
         let Some(rec) = self.nodes.get(fqdn) else { return };
         let Some(virtual_addrs) = rec.virtual_addrs else { return };
-        let behind_nat = rec.seen.get(family(&to)).copied().flatten().is_some_and(|s| s.behind_nat);
+        let seen = rec.seen.get(family(&to)).copied().flatten();
+        let behind_nat = seen.is_some_and(|s| s.behind_nat);
+        let untested = seen.is_some_and(|s| s.mapping == NatMapping::Untested);
         let ns = match (&rec.method, &rec.ns) {
             (KeepaliveMethod::Ns, Some(b)) if b.acked => self.ns.get(b.ns).and_then(|n| {
                 Some(NsGrant {
@@ -364,9 +368,14 @@ impl Dc {
             behind_nat,
             keepalive_interval,
             ns,
-            mapping_port: self.cfg.mapping_port,
         });
         self.send_to_node_at(now, fqdn, to, &msg);
+        // The mapping test, offered behind a NAT until it has a verdict. A box of an
+        // earlier build drops the offer, a type it does not know, and stays untested.
+        if behind_nat && untested && self.cfg.mapping_port != 0 {
+            let offer = Message::MappingOffer(MappingOffer { port: self.cfg.mapping_port });
+            self.send_to_node_at(now, fqdn, to, &offer);
+        }
     }
 
     /// A datagram to the mapping port ([`super::MAPPING_PORT`]): only a node's Mapping
@@ -509,10 +518,15 @@ impl Dc {
     pub(super) fn node_info(&self, fqdn: &Fqdn) -> Option<NodeInfo> {
         let rec = self.nodes.get(fqdn)?;
         let virtual_addrs = rec.virtual_addrs?;
-        let mut endpoints = List::new();
+        let (mut endpoints, mut mappings) = (List::new(), List::new());
         for s in rec.seen.iter().flatten() {
-            // At most two families, within the list's capacity of two.
-            let _ = endpoints.push(Endpoint { observed: s.observed, behind_nat: s.behind_nat, mapping: s.mapping });
+            // At most two families, within the lists' capacity of two.
+            let _ = endpoints.push(Endpoint { observed: s.observed, behind_nat: s.behind_nat });
+            let _ = mappings.push(s.mapping);
+        }
+        // All untested: no list (what an earlier build sends, and all it can read).
+        if mappings.iter().all(|m| *m == NatMapping::Untested) {
+            mappings = List::new();
         }
         if endpoints.is_empty() {
             return None;
@@ -524,6 +538,7 @@ impl Dc {
             local_addrs: rec.local_addrs.clone(),
             via_ns: rec.via_ns(),
             attestation: rec.attestation.clone(),
+            mappings: Tail(mappings),
         })
     }
 

@@ -31,8 +31,8 @@ use crate::time::{Duration, Instant};
 use crate::wire::notification::{NotificationRegistration, NsProbe};
 use crate::wire::refusal::Reason;
 use crate::wire::registration::{
-    Keepalive, KeepaliveAck, KeepaliveMethod, MappingProbe, MappingProbeAck, NatMapping, RegistrationRequest,
-    RegistrationResponse, LOCAL_ADDRS_MAX,
+    Keepalive, KeepaliveAck, KeepaliveMethod, MappingOffer, MappingProbe, MappingProbeAck, NatMapping,
+    RegistrationRequest, RegistrationResponse, LOCAL_ADDRS_MAX,
 };
 use crate::wire::{Envelope, Fqdn, List, Message, MsgType, RequestId, Sender};
 use core::net::SocketAddr;
@@ -323,6 +323,9 @@ impl Node {
         let msg = self.registration_request(request_id);
         let Some(link) = self.links.get_mut(i) else { return };
         link.state = LinkState::ExpectRegistrationResponse { request_id, retry: Retry::new(now, self.cfg.backoff) };
+        // A test still in flight is of where we registered from before; this
+        // registration's offer starts the next.
+        link.mapping_probe = None;
         let dst = link.dc_addr;
         self.send_to_dc(now, dst, &msg);
     }
@@ -387,24 +390,16 @@ impl Node {
             (true, None, s) if s > 0 => Some(Duration::from_secs(u64::from(s))),
             _ => None,
         };
-        let probe_id = self.ids.next();
         let Some(link) = self.links.get_mut(i) else { return Received::Handled };
         if link.observed != Some(r.observed) {
+            // Seen elsewhere: the old verdict says nothing (a test in flight is this
+            // registration's: its offer may have overtaken this response).
             link.mapping = NatMapping::Untested;
         }
         link.observed = Some(r.observed);
         link.behind_nat = r.behind_nat;
-        // The mapping test, behind a NAT and when the DC has a mapping port: from the
-        // same socket to the DC's other port.
-        link.mapping_probe = (r.behind_nat && r.mapping_port != 0 && link.mapping == NatMapping::Untested).then(|| {
-            (probe_id, Retry::new(now, MAPPING_PROBE_BACKOFF), SocketAddr::new(link.dc_addr.ip(), r.mapping_port))
-        });
-        let probe_to = link.mapping_probe.as_ref().map(|(_, _, to)| *to);
         self.displaced = false;
         link.state = LinkState::Registered { interval, next_keepalive: interval.map(|d| now + d), pending: None };
-        if let Some(to) = probe_to {
-            self.send_to_dc(now, to, &Message::MappingProbe(MappingProbe { request_id: probe_id }));
-        }
         log::info!(
             "registered: virtual {} / {}, seen as {} ({})",
             r.virtual_addrs.v4,
@@ -488,6 +483,26 @@ impl Node {
             self.register_link(now, i);
             self.begin_handover(now);
         }
+        Received::Handled
+    }
+
+    /// The DC offers the mapping test (after a Registration Response, behind a NAT): a
+    /// Mapping Probe from the tunnel socket to its mapping port, until the Ack comes.
+    pub(super) fn handle_mapping_offer(&mut self, now: Instant, from: Option<SocketAddr>, o: MappingOffer) -> Received {
+        let probe_id = self.ids.next();
+        let Some(link) = self.links.iter_mut().find(|l| Some(l.dc_addr) == from) else {
+            return self.drops.count(DropReason::Stale);
+        };
+        // The DC offers only to a node it saw behind a NAT and has no verdict for (the
+        // offer may overtake the Registration Response it follows, so until that is here
+        // the DC's word counts).
+        let wanted = link.behind_nat || !link.is_registered();
+        if !wanted || o.port == 0 || link.mapping_probe.is_some() {
+            return Received::Handled;
+        }
+        let to = SocketAddr::new(link.dc_addr.ip(), o.port);
+        link.mapping_probe = Some((probe_id, Retry::new(now, MAPPING_PROBE_BACKOFF), to));
+        self.send_to_dc(now, to, &Message::MappingProbe(MappingProbe { request_id: probe_id }));
         Received::Handled
     }
 

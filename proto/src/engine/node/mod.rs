@@ -529,6 +529,7 @@ impl Node {
             Message::RegistrationResponse(r) => self.handle_registration_response(now, from, r),
             Message::KeepaliveAck(a) => self.handle_keepalive_ack(now, a),
             Message::MappingProbeAck(a) => self.handle_mapping_probe_ack(a),
+            Message::MappingOffer(o) => self.handle_mapping_offer(now, from, o),
             Message::RouteDirection(rd) => self.handle_route_direction(now, rd),
             Message::Refusal(r) => self.handle_dc_refusal(now, r),
             _ => self.drops.count(DropReason::Unexpected),
@@ -565,6 +566,7 @@ impl Node {
             MsgType::Refusal if !sealed => self.handle_plain_refusal(now, from, buf),
             MsgType::RegistrationResponse
             | MsgType::KeepaliveAck
+            | MsgType::MappingOffer
             | MsgType::MappingProbeAck
             | MsgType::RouteDirection
             | MsgType::Refusal
@@ -574,6 +576,7 @@ impl Node {
             }
             MsgType::RegistrationResponse
             | MsgType::KeepaliveAck
+            | MsgType::MappingOffer
             | MsgType::MappingProbeAck
             | MsgType::RouteDirection
             | MsgType::Refusal => self.drops.count(DropReason::UnknownKey),

@@ -1030,7 +1030,7 @@ impl Node {
             reestablish: false,
             rekey_requested: false,
             heard_direct: None,
-            traversal: rd.traversal,
+            traversal: rd.traversal.0,
             followed_probe: None,
             path_lost: false,
         });
