@@ -68,6 +68,11 @@ pub enum NatKind {
     /// Address-and-port-dependent mapping (a random port per destination): hole
     /// punching cannot work through it.
     Symmetric,
+    /// [`NatKind::PortRestricted`] without the gate: a Linux host that masquerades with its
+    /// input left open (no firewall), so conntrack keeps an entry for every unsolicited
+    /// packet, and the box's own later packet to that sender gets another outside port.
+    /// Not in [`NatKind::ALL`] (the matrix's kinds).
+    PortRestrictedUngated,
 }
 
 impl NatKind {
@@ -84,13 +89,13 @@ impl NatKind {
             NatKind::AddressRestricted => {
                 format!("iifname \"{wan}\" udp dport {port} ip saddr @contacted dnat to {box_ip}:{port}")
             }
-            NatKind::PortRestricted | NatKind::Symmetric => String::new(),
+            NatKind::PortRestricted | NatKind::PortRestrictedUngated | NatKind::Symmetric => String::new(),
         };
         // Unsolicited packets are dropped before conntrack confirms an entry for them: a
         // kept entry would make the box's own later packet to that peer clash with it
         // and get another port, which real NATs of these kinds do not do.
         let gate = match self {
-            NatKind::FullCone => String::new(),
+            NatKind::FullCone | NatKind::PortRestrictedUngated => String::new(),
             NatKind::AddressRestricted => format!("iifname \"{wan}\" ct state new ip saddr != @contacted drop"),
             NatKind::PortRestricted | NatKind::Symmetric => format!("iifname \"{wan}\" ct state new drop"),
         };

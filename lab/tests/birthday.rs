@@ -81,6 +81,27 @@ fn round(d: &mut Deployment, kinds: [NatKind; 2], verdicts: [&str; 2], want: &st
     let a_v4 = st[0]["virtual_ipv4"].as_str().unwrap_or_default().to_string();
     assert_eq!(d.dig(0, B, "A"), b_v4, "{tag}: the hook answers b's virtual address");
     assert!(d.ping(0, &b_v4, 3), "{tag}: ping a -> b");
+    // "any": the path is not foretold; the search runs out (3.5 s), and the data must go
+    // both ways on whichever path it left (route optimization may still move it).
+    let any = want == "any";
+    let want = if any {
+        // The search is over when its sockets are closed (one may be kept).
+        let search_over = |d: &Deployment, i: usize| {
+            let t = d.status(i).unwrap_or_default()["traversal"].clone();
+            t["searches"].as_u64().unwrap_or(0) >= 1 && t["sockets_open_now"].as_u64().unwrap_or(999) <= 1
+        };
+        let over = d.lab.wait_for(10, || search_over(d, 0) && search_over(d, 1));
+        assert!(over, "{tag}: a search ran and ended");
+        let p = path(d, 0);
+        eprintln!("{tag}: settled on {p}");
+        if p == "direct" {
+            "direct"
+        } else {
+            "relay"
+        }
+    } else {
+        want
+    };
     d.lab.step(format!("{tag}: the tunnel settles on {want} on both sides"));
     let started = std::time::Instant::now();
     let settled = d.lab.wait_for(8, || path(d, 0) == want && path(d, 1) == want);
@@ -89,7 +110,7 @@ fn round(d: &mut Deployment, kinds: [NatKind; 2], verdicts: [&str; 2], want: &st
     let stats: Vec<Value> = (0..2).map(|i| d.status(i).unwrap_or_default()["traversal"].clone()).collect();
     eprintln!("{tag}: paths {pa}/{pb} after {took:?} (expected {want}); traversal a {} b {}", stats[0], stats[1]);
     assert!(settled, "{tag}: paths a {pa}, b {pb}, expected {want}; traversal a {} b {}", stats[0], stats[1]);
-    if want == "relay" {
+    if want == "relay" && !any {
         // Longer than a search may take (3.5 s): the relay is where it stays.
         let moved = d.lab.wait_for(5, || path(d, 0) == "direct" || path(d, 1) == "direct");
         assert!(!moved, "{tag}: went direct ({} / {})", path(d, 0), path(d, 1));
@@ -102,10 +123,15 @@ fn round(d: &mut Deployment, kinds: [NatKind; 2], verdicts: [&str; 2], want: &st
     assert!(echo(d, 1, port + 200, &format!("{tag}-ba")), "{tag}: TCP echo b -> a");
     let more = relayed(d) - before;
     // After the data, the path is still the one expected.
-    assert_eq!((path(d, 0), path(d, 1)), (want.to_string(), want.to_string()), "{tag}: the path held");
+    if !any {
+        assert_eq!((path(d, 0), path(d, 1)), (want.to_string(), want.to_string()), "{tag}: the path held");
+    }
     let stats: Vec<Value> = (0..2).map(|i| d.status(i).unwrap_or_default()["traversal"].clone()).collect();
     let sum = |k: &str| stats.iter().filter_map(|s| s[k].as_u64()).sum::<u64>();
-    if want == "direct" {
+    if any {
+        // Whatever the path: at most the one socket a search that met keeps.
+        assert!(sum("sockets_open_now") <= 1, "{tag}: {stats:?}");
+    } else if want == "direct" {
         // Keepalives of the relay path may still pass; the data does not (two 32 KiB
         // echoes are over a hundred packets).
         assert!(more < 20, "{tag}: the RS relayed {more} packets after the tunnel went direct");
@@ -114,7 +140,14 @@ fn round(d: &mut Deployment, kinds: [NatKind; 2], verdicts: [&str; 2], want: &st
         assert_eq!(sum("sockets_open_now"), 1, "{tag}: {stats:?}");
     } else {
         assert!(more >= 40, "{tag}: the RS relayed the data ({more} packets)");
-        assert_eq!(sum("searches"), 0, "{tag}: no search was asked for: {stats:?}");
+        // Two symmetric NATs: no search is asked for. A search that failed (an
+        // independent verdict on one side) closed every socket it opened.
+        let tested_pair = verdicts.contains(&"independent") && verdicts.contains(&"dependent");
+        if tested_pair {
+            assert_eq!((sum("found"), sum("sockets_open_now")), (0, 0), "{tag}: {stats:?}");
+        } else {
+            assert_eq!(sum("searches"), 0, "{tag}: no search was asked for: {stats:?}");
+        }
     }
     d.stop_agent(0);
     d.stop_agent(1);
@@ -130,6 +163,21 @@ fn a_symmetric_nat_meets_a_port_restricted_one_directly() {
     round(&mut d, [Symmetric, PortRestricted], ["dependent", "independent"], "direct", 4601);
     round(&mut d, [PortRestricted, Symmetric], ["independent", "dependent"], "direct", 4602);
     round(&mut d, [Symmetric, Symmetric], ["dependent", "dependent"], "relay", 4603);
+}
+
+/// The easy side behind a Linux host that masquerades with no firewall gate (input left
+/// open): conntrack keeps an entry for each of the hard side's probes that reach it, and
+/// the box's later packets to those ports, often to any new destination, leave from
+/// another outside port, which the hard side's NAT does not let in. The search then
+/// fails more often than not (a known limit, docs/protocol.md 7.8.2); whichever path it
+/// leaves, the tunnel works both ways and no socket stays open for nothing.
+#[test]
+fn a_symmetric_nat_facing_an_ungated_linux_masquerade_keeps_a_working_tunnel() {
+    use NatKind::{PortRestrictedUngated, Symmetric};
+    let Some(mut d) = lab("birthday-ungated", [Access::Nat(Symmetric), Access::Nat(PortRestrictedUngated)]) else {
+        return;
+    };
+    round(&mut d, [Symmetric, PortRestrictedUngated], ["dependent", "independent"], "any", 4621);
 }
 
 /// The same pair with DCs that have no mapping port (`mapping_port: 0`): nobody is tested,

@@ -675,3 +675,33 @@ fn a_mapping_offer_that_overtakes_its_registration_response_still_starts_the_tes
         .collect();
     assert_eq!(arrived.first(), Some(&MsgType::MappingOffer), "the offer overtook the response: {arrived:?}");
 }
+
+#[test]
+fn a_hard_side_that_leaves_its_nat_closes_its_kept_socket_and_keeps_the_stream() {
+    // An outside tester's case: the box behind the symmetric NAT goes direct through a
+    // kept socket, then moves out from behind the NAT (a public address) or behind a
+    // port-restricted one. The kept socket's mapping was its old NAT's: sending on from it
+    // reached nobody, for minutes.
+    let out_of_nat: [(&str, Option<NatConfig>); 2] =
+        [("public", None), ("port-restricted", Some(NatConfig::port_restricted_cone()))];
+    for (i, (label, nat)) in out_of_nat.into_iter().enumerate() {
+        let (mut d, mn, cn, _) =
+            tunnel(790 + u64::try_from(i).unwrap(), Options::default(), Nat::Symmetric, Nat::PortRestricted);
+        assert!(until_direct(&mut d, mn, cn, secs(5)).is_some(), "{label}: direct");
+        assert_eq!(d.node(mn).traversal_stats().open_sockets, 1, "{label}: one kept socket");
+        let (realm, addr) = match nat {
+            None => (RealmId::INTERNET, ip("198.51.100.77")),
+            Some(nat) => (d.home(|o| RealmConfig::v4_only(o).with_nat(nat)), ip("192.168.44.7")),
+        };
+        d.sim.move_host(mn, realm, &[addr]);
+        let now = d.now();
+        d.node(mn).handle_network_change(now, vec![SocketAddr::new(addr, NODE_PORT)]);
+        let stalled = d.stall(mn, cn, secs(10));
+        println!("{label}: the hard side left its NAT; stall {stalled:?}");
+        assert!(stalled.is_some_and(|t| t <= secs(1)), "{label}: stall {stalled:?}");
+        assert_eq!(d.node(mn).traversal_stats().open_sockets, 0, "{label}: the kept socket is closed");
+        assert!(d.sim.sockets(mn).is_empty(), "{label}: and the driver closed it: {:?}", d.sim.sockets(mn));
+        d.run_for(secs(30));
+        assert!(d.ping4(mn, cn, 1) && d.ping4(cn, mn, 2), "{label}: data 30 s after the move");
+    }
+}

@@ -364,6 +364,19 @@ impl Node {
         }
     }
 
+    /// We moved (or our NAT rebound): every extra socket goes, the running search and
+    /// the ones waiting end (the renegotiated tunnels ask for new ones).
+    pub(super) fn release_locals(&mut self, now: Instant) {
+        self.locals.waiting.clear();
+        self.release(now, None);
+        let kept: Vec<Local> = self.locals.kept.drain(..).map(|k| k.local).collect();
+        self.locals.next_check = None;
+        if !kept.is_empty() {
+            log::info!("moved: closing {} socket(s) kept for direct paths", kept.len());
+            self.emit(super::NodeEvent::LocalsReleased { locals: kept });
+        }
+    }
+
     /// Ends the running search, keeping `keep`'s socket.
     fn release(&mut self, now: Instant, keep: Option<(Local, SocketAddr)>) {
         let locals = self.locals.finish(keep);

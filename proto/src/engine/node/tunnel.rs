@@ -788,6 +788,9 @@ impl Node {
     /// After a network change: tell each peer (or its RS) our new address at once, and
     /// mark every live tunnel for renegotiation once we are registered again.
     pub(super) fn begin_handover(&mut self, now: Instant) {
+        // The extra sockets' mappings belong to the NAT we were behind: a kept one would
+        // go on sending from a port the peer's filter has never seen.
+        self.release_locals(now);
         for id in self.tunnels.ids() {
             let Some(mut t) = self.tunnels.get_mut(id) else { continue };
             if !t.is_live() {
