@@ -501,6 +501,11 @@ impl<D: Daemon> Driver<D> {
         self.udp.iter().filter(|s| s.local == SocketId::MAIN).filter_map(|s| s.sock.local_addr().ok()).collect()
     }
 
+    /// The addresses of the extra UDP sockets ([`Driver::bind_extra_udp`]).
+    pub fn extra_udp_addrs(&self) -> Vec<SocketAddr> {
+        self.udp.iter().filter(|s| s.local != SocketId::MAIN).filter_map(|s| s.sock.local_addr().ok()).collect()
+    }
+
     /// Binds one of the engine's extra UDP sockets (`socket`, not
     /// [`SocketId::MAIN`]) on `addr`: what arrives there goes to
     /// [`Daemon::handle_datagram_on`], read within the same budget as the configured

@@ -77,7 +77,10 @@ pub fn key_kinds(keys: &[(&'static str, u64)]) -> serde_json::Value {
 
 /// Runs a built driver until SIGTERM; returns the process exit code.
 pub fn run<D: Daemon>(program: &str, mut driver: Driver<D>) -> i32 {
-    log::info!("{program} running: UDP {:?}, TCP {:?}", driver.udp_addrs(), driver.listen_addrs());
+    let extra = driver.extra_udp_addrs();
+    // The DC's mapping port is one to open in a firewall too: say it.
+    let extra = if extra.is_empty() { String::new() } else { format!(", UDP (mapping port) {extra:?}") };
+    log::info!("{program} running: UDP {:?}{extra}, TCP {:?}", driver.udp_addrs(), driver.listen_addrs());
     match driver.run() {
         Ok(()) => 0,
         Err(e) => {
