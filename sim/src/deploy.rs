@@ -17,7 +17,7 @@ use ntm_proto::engine::dc::{Dc, DcConfig, NsRef, ServerRef, MAPPING_PORT};
 use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, ResolveError};
 use ntm_proto::engine::ns::{Ns, NsConfig};
 use ntm_proto::engine::rs::{Rs, RsConfig};
-use ntm_proto::engine::{DcLocation, PeerIdentity, Role};
+use ntm_proto::engine::{ConfigError, DcLocation, PeerIdentity, Role};
 use ntm_proto::time::{Duration, Instant};
 use ntm_proto::wire::login::{Credential, Password};
 use ntm_proto::wire::registration::KeepaliveMethod;
@@ -159,6 +159,25 @@ pub fn server_identity(n: &str, role: Role) -> Option<PeerIdentity> {
 }
 
 impl Deployment {
+    /// Restarts the DC `dc` from what its database would hold (`export_node` of every
+    /// node, then `restore_node` into a fresh engine, the counters reserved ahead as the
+    /// daemon's store does): a DC process restarted on its database.
+    pub fn restart_dc_from_saved_state(&mut self, dc: HostId, label: &str) -> Result<(), ConfigError> {
+        let saved: Vec<_> = {
+            let e = self.sim.engine_ref::<Dc>(dc);
+            e.node_names().iter().filter_map(|f| e.export_node(f)).collect()
+        };
+        let now = self.now();
+        let cfg = self.sim.engine_ref::<Dc>(dc).config().clone();
+        let mut fresh = Dc::new(cfg, self.sim.rng_for(label), now)?;
+        for s in saved {
+            let floor = s.next_counter + (1 << 20);
+            fresh.restore_node(now, s, floor)?;
+        }
+        self.sim.replace_engine(dc, fresh);
+        Ok(())
+    }
+
     /// Both ends send a packet to the other every 20 ms, as a TCP connection's data and
     /// acknowledgements do, until a packet sent after the start has arrived each way: the
     /// time until then (a packet may take longer than 20 ms: any that arrives counts), or

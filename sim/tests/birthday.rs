@@ -621,23 +621,6 @@ fn searches_for_two_peers_run_one_after_the_other_within_the_socket_bound() {
     assert_eq!(d.path(hard, "cn2.zone-b.example"), Some(PathKind::Direct), "the second search found its peer");
 }
 
-/// A DC restarted from what its database holds (`export_node` / `restore_node`, as the
-/// daemon's store does), the counters reserved ahead.
-fn restart_dc_from_saved_state(d: &mut Deployment, dc: HostId, label: &str) {
-    let saved: Vec<_> = {
-        let e = d.sim.engine_ref::<Dc>(dc);
-        e.node_names().iter().filter_map(|f| e.export_node(f)).collect()
-    };
-    let now = d.now();
-    let cfg = d.sim.engine_ref::<Dc>(dc).config().clone();
-    let mut fresh = Dc::new(cfg, d.sim.rng_for(label), now).unwrap();
-    for s in saved {
-        let floor = s.next_counter + (1 << 20);
-        fresh.restore_node(now, s, floor).unwrap();
-    }
-    d.sim.replace_engine(dc, fresh);
-}
-
 #[test]
 fn a_dc_restarted_from_its_saved_nodes_keeps_their_mapping_verdicts_and_still_directs_a_search() {
     let mut d = Deployment::new(780, Options::default());
@@ -647,8 +630,8 @@ fn a_dc_restarted_from_its_saved_nodes_keeps_their_mapping_verdicts_and_still_di
     // Both DCs restart from their saved state; the nodes do not register again (nothing
     // about them changed), so only the saved verdicts can tell the DCs.
     let (dc_a, dc_b) = (d.dc_a, d.dc_b);
-    restart_dc_from_saved_state(&mut d, dc_a, "dc-a-2");
-    restart_dc_from_saved_state(&mut d, dc_b, "dc-b-2");
+    d.restart_dc_from_saved_state(dc_a, "dc-a-2").unwrap();
+    d.restart_dc_from_saved_state(dc_b, "dc-b-2").unwrap();
     assert_eq!(dc_verdicts(&d, dc_a, MN).first().map(|v| v.2), Some(NatMapping::Dependent), "DC-A still knows");
     assert_eq!(dc_verdicts(&d, dc_b, CN).first().map(|v| v.2), Some(NatMapping::Independent), "DC-B still knows");
     d.run_for(secs(1));

@@ -73,23 +73,6 @@ fn restart_node(d: &mut Deployment, h: HostId, label: &str) -> Duration {
     d.now().saturating_duration_since(start)
 }
 
-/// Restarts a DC from what its database holds (the counter reserved ahead, as the
-/// daemon's store does).
-fn restart_dc_from_saved_state(d: &mut Deployment, dc: HostId, label: &str) {
-    let saved: Vec<_> = {
-        let e = d.sim.engine::<Dc>(dc);
-        e.node_names().iter().filter_map(|f| e.export_node(f)).collect()
-    };
-    let now = d.now();
-    let cfg = d.sim.engine::<Dc>(dc).config().clone();
-    let mut fresh = Dc::new(cfg, d.sim.rng_for(label), now).unwrap();
-    for s in saved {
-        let floor = s.next_counter + (1 << 20);
-        fresh.restore_node(now, s, floor).unwrap();
-    }
-    d.sim.replace_engine(dc, fresh);
-}
-
 /// A box kept reachable through the NS restarts three times. Each new process logs in
 /// afresh and must get a new K_ntmns: the one the DC had acknowledged for the previous
 /// process was sealed with from counter 0 already, by the node and by the NS.
@@ -139,14 +122,14 @@ fn restarts_of_the_dc_and_the_node_repeat_no_nonce() {
     assert!(d.resolve(mn, "cn.zone-b.example").is_ok());
 
     let (dc_a, dc_b) = (d.dc_a, d.dc_b);
-    restart_dc_from_saved_state(&mut d, dc_a, "dc-a-2");
-    restart_dc_from_saved_state(&mut d, dc_b, "dc-b-2");
+    d.restart_dc_from_saved_state(dc_a, "dc-a-2").unwrap();
+    d.restart_dc_from_saved_state(dc_b, "dc-b-2").unwrap();
     // The DCs seal for their nodes again: keepalive acks for mn, and the answers to the
     // registrations of the restarted cn.
     let _ = restart_node(&mut d, cn, "cn-2");
     d.run_for(Duration::from_secs(30));
-    restart_dc_from_saved_state(&mut d, dc_a, "dc-a-3");
-    restart_dc_from_saved_state(&mut d, dc_b, "dc-b-3");
+    d.restart_dc_from_saved_state(dc_a, "dc-a-3").unwrap();
+    d.restart_dc_from_saved_state(dc_b, "dc-b-3").unwrap();
     d.run_for(Duration::from_secs(30));
     let mn2 = global(&mut d, "mn2.zone-a.example", 11);
     assert!(d.bring_up(mn2));
