@@ -91,6 +91,10 @@ struct Counters {
     udp_in: u64,
     udp_out: u64,
     no_tunnel: u64,
+    /// Packets to a multicast, broadcast or link-local address (the kernel's own traffic
+    /// on the TUN link, such as IPv6 router solicitations): no tunnel carries them, and
+    /// no ICMP error answers them.
+    not_unicast: u64,
     too_big: u64,
     send_errors: u64,
     /// Tunnel datagrams too large for any agent to have sent (dropped).

@@ -5,7 +5,7 @@
 //! of the packet as the rules allow. Also Destination Unreachable for packets to a virtual
 //! address no tunnel serves.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The Internet checksum (RFC 1071) of `data`, starting from `sum`.
 fn checksum(mut sum: u32, data: &[u8]) -> u16 {
@@ -117,6 +117,20 @@ pub fn too_big(pkt: &[u8], mtu: u16) -> Option<Vec<u8>> {
     }
 }
 
+/// True if a packet to `dst` may be answered with an ICMP error: not one to a multicast,
+/// broadcast, unspecified or link-local address (RFC 1812 section 4.3.2.7, RFC 4443
+/// section 2.4 (e)). The kernel sends such packets on the TUN link by itself (IPv6 router
+/// solicitations to ff02::2); they are nobody's tunnel traffic.
+pub fn answerable(dst: IpAddr) -> bool {
+    match dst {
+        IpAddr::V4(a) => !(a.is_multicast() || a.is_broadcast() || a.is_unspecified() || a.is_link_local()),
+        IpAddr::V6(a) => {
+            let link_local = a.segments()[0] & 0xffc0 == 0xfe80;
+            !(a.is_multicast() || a.is_unspecified() || link_local)
+        }
+    }
+}
+
 /// "Destination unreachable" for a packet no tunnel carries (host unreachable for IPv4,
 /// address unreachable for IPv6).
 pub fn unreachable(pkt: &[u8]) -> Option<Vec<u8>> {
@@ -143,6 +157,16 @@ mod tests {
         let c = checksum(0, &p[..20]);
         p[10..12].copy_from_slice(&c.to_be_bytes());
         p
+    }
+
+    #[test]
+    fn no_error_answers_multicast_broadcast_or_link_local_destinations() {
+        for a in ["ff02::2", "ff05::1:3", "fe80::1", "::", "224.0.0.251", "255.255.255.255", "169.254.1.1", "0.0.0.0"] {
+            assert!(!answerable(a.parse().unwrap()), "{a}");
+        }
+        for a in ["198.18.2.2", "2001:db8:ffb::2", "192.0.2.1", "fd00::1"] {
+            assert!(answerable(a.parse().unwrap()), "{a}");
+        }
     }
 
     #[test]

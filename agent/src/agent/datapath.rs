@@ -194,6 +194,7 @@ impl Agent {
                             let _ = self.tun.send(&r);
                         }
                     }
+                    Err(SendError::NoTunnel(dst)) if !icmp::answerable(dst) => self.counters.not_unicast += 1,
                     Err(SendError::NoTunnel(_)) => {
                         self.counters.no_tunnel += 1;
                         let reply = frame.get(HEADER_LEN..HEADER_LEN + n).and_then(icmp::unreachable);

@@ -209,6 +209,7 @@ impl Agent {
             .num("udp_in", c.udp_in)
             .num("udp_out", c.udp_out)
             .num("no_tunnel", c.no_tunnel)
+            .num("not_unicast", c.not_unicast)
             .num("too_big", c.too_big)
             .num("send_errors", c.send_errors)
             .num("oversized", c.oversized)
