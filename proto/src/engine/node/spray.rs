@@ -29,7 +29,9 @@
 //! [`SEARCH_DELAY`] after the relayed tunnel came up, and not at all if route optimization
 //! found a direct path by then; it ends when route optimization does. Copies of one
 //! probe that a NAT filtering by address lets in from many sockets move the peer once
-//! (tunnel.rs, `followed_probe`).
+//! (tunnel.rs, `followed_probe`). A box that moves closes every extra socket: their
+//! mappings were the old NAT's. Where the search cannot succeed (an easy side behind a
+//! NAT without a firewall gate): docs/protocol.md 7.8.2.
 
 use super::table::TunnelId;
 use super::Node;
