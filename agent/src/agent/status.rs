@@ -8,7 +8,6 @@ use super::{Agent, CONTROL, READ_BUDGET};
 use ntm_dns::stub::StubStats;
 use ntm_proto::engine::node::PathKind;
 use ntm_proto::engine::Engine;
-use ntm_proto::wire::registration::NatMapping;
 use std::fmt::Write;
 
 /// Builds a JSON object field by field.
@@ -164,12 +163,7 @@ impl Agent {
                 j.null("virtual_ipv4").null("virtual_ipv6");
             }
         }
-        let mapping = match self.node.nat_mapping() {
-            NatMapping::Independent => "independent",
-            NatMapping::Dependent => "dependent",
-            _ => "untested",
-        };
-        j.str("nat_mapping", mapping);
+        j.str("nat_mapping", self.node.nat_mapping().label());
         let t = self.node.traversal_stats();
         j.open(Some("traversal"))
             .num("searches", t.searches)

@@ -54,6 +54,17 @@ code_enum! {
 }
 known_code_codec!(NatMapping, "NAT mapping");
 
+impl NatMapping {
+    /// The verdict's name in status output: "untested", "independent", "dependent".
+    pub fn label(self) -> &'static str {
+        match self {
+            NatMapping::Independent => "independent",
+            NatMapping::Dependent => "dependent",
+            NatMapping::Untested | NatMapping::Unknown(_) => "untested",
+        }
+    }
+}
+
 // code_enum! holds the derives; the default of a field an earlier build does not send.
 #[allow(clippy::derivable_impls)]
 impl Default for NatMapping {

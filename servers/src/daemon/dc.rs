@@ -271,7 +271,7 @@ impl Daemon for DcDaemon {
                     "fqdn": n.fqdn.as_str(),
                     "virtual_ipv4": n.virtual_addrs.map(|v| v.v4.to_string()),
                     "virtual_ipv6": n.virtual_addrs.map(|v| v.v6.to_string()),
-                    "endpoints": n.endpoints.iter().zip(n.mappings.iter().copied().chain(std::iter::repeat(NatMapping::Untested))).map(|((a, nat), mapping)| serde_json::json!({"addr": a.to_string(), "behind_nat": nat, "mapping": mapping_name(mapping)})).collect::<Vec<_>>(),
+                    "endpoints": n.endpoints.iter().zip(n.mappings.iter().copied().chain(std::iter::repeat(NatMapping::Untested))).map(|((a, nat), mapping)| serde_json::json!({"addr": a.to_string(), "behind_nat": nat, "mapping": mapping.label()})).collect::<Vec<_>>(),
                     "via_ns": n.via_ns,
                     "key_expires_unix_ms": n.key_expires.as_millis(),
                 })
@@ -299,15 +299,6 @@ impl Daemon for DcDaemon {
         } else {
             Received::Dropped(DropReason::Unexpected)
         }
-    }
-}
-
-/// A mapping verdict in status: "untested", "independent", "dependent".
-pub fn mapping_name(m: NatMapping) -> &'static str {
-    match m {
-        NatMapping::Independent => "independent",
-        NatMapping::Dependent => "dependent",
-        _ => "untested",
     }
 }
 

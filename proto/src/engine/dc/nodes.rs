@@ -210,6 +210,14 @@ impl Dc {
         self.send_to_node(now, fqdn, &msg, None);
     }
 
+    /// Opens a datagram sealed with a node's K_ntmdc (`key_id`): the node and the message.
+    fn open_from_node(&mut self, now: Instant, key_id: KeyId, buf: &[u8]) -> Result<(Fqdn, Message), DropReason> {
+        let fqdn = self.keys.get(&key_id).cloned().ok_or(DropReason::UnknownKey)?;
+        let rec = self.nodes.get_mut(&fqdn).ok_or(DropReason::UnknownKey)?;
+        let (_, msg) = rec.channel.open(now, buf).map_err(DropReason::from)?;
+        Ok((fqdn, msg))
+    }
+
     /// A datagram sealed with a node's K_ntmdc.
     pub(super) fn handle_node_datagram(
         &mut self,
@@ -218,11 +226,9 @@ impl Dc {
         key_id: KeyId,
         buf: &[u8],
     ) -> Received {
-        let Some(fqdn) = self.keys.get(&key_id).cloned() else { return self.drops.count(DropReason::UnknownKey) };
-        let Some(rec) = self.nodes.get_mut(&fqdn) else { return self.drops.count(DropReason::UnknownKey) };
-        let (_, msg) = match rec.channel.open(now, buf) {
+        let (fqdn, msg) = match self.open_from_node(now, key_id, buf) {
             Ok(m) => m,
-            Err(e) => return self.drops.count(DropReason::from(e)),
+            Err(why) => return self.drops.count(why),
         };
         match msg {
             Message::RegistrationRequest(r) => self.handle_registration(now, &fqdn, from, r),
@@ -390,14 +396,12 @@ impl Dc {
         if !sealed || ty != MsgType::MappingProbe {
             return self.drops.count(DropReason::Unexpected);
         }
-        let Some(fqdn) = self.keys.get(&key_id).cloned() else { return self.drops.count(DropReason::UnknownKey) };
-        let Some(rec) = self.nodes.get_mut(&fqdn) else { return self.drops.count(DropReason::UnknownKey) };
-        let probe = match rec.channel.open(now, buf) {
-            Ok((_, Message::MappingProbe(p))) => p,
+        let (fqdn, request_id) = match self.open_from_node(now, key_id, buf) {
+            Ok((fqdn, Message::MappingProbe(MappingProbe { request_id }))) => (fqdn, request_id),
             Ok(_) => return self.drops.count(DropReason::Unexpected),
-            Err(e) => return self.drops.count(DropReason::from(e)),
+            Err(why) => return self.drops.count(why),
         };
-        let MappingProbe { request_id } = probe;
+        let Some(rec) = self.nodes.get_mut(&fqdn) else { return self.drops.count(DropReason::UnknownKey) };
         // Only a node registered in this family is tested: its registration is the other
         // observation.
         let Some(Some(seen)) = rec.seen.get_mut(family(&from)) else { return self.drops.count(DropReason::Stale) };

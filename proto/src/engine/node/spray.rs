@@ -238,9 +238,8 @@ impl Node {
     /// Starts, continues and ends searches (called from `handle_timeout`).
     pub(super) fn drive_search(&mut self, now: Instant) {
         self.check_kept(now);
-        if self.locals.search.as_ref().is_some_and(|s| now >= s.ends) {
-            let session = self.locals.search.as_ref().map(|s| s.plan.session);
-            log::info!("tunnel {}: no direct path found by guessing ports; staying on the relay", Fmt(session));
+        if let Some(session) = self.locals.search.as_ref().filter(|s| now >= s.ends).map(|s| s.plan.session) {
+            log::info!("tunnel {session}: no direct path found by guessing ports; staying on the relay");
             self.release(now, None);
             // The next search opens its sockets on the next call: a driver that sends
             // before it takes events would otherwise hold both searches' sockets at once.
@@ -426,18 +425,6 @@ fn stride_from(r: u32) -> u32 {
 fn guess_port(offset: u32, stride: u32, i: u32) -> u16 {
     let walked = (u64::from(offset) + u64::from(i) * u64::from(stride)) % u64::from(PORT_COUNT);
     u16::try_from(u64::from(PORT_LOW) + walked).unwrap_or(u16::MAX)
-}
-
-/// A session for a log line, if any.
-struct Fmt(Option<SessionId>);
-
-impl core::fmt::Display for Fmt {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self.0 {
-            Some(s) => write!(f, "{s}"),
-            None => f.write_str("-"),
-        }
-    }
 }
 
 #[cfg(test)]
