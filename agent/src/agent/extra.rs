@@ -50,13 +50,8 @@ pub(super) fn local_of(token: Token) -> Option<Local> {
 }
 
 fn open(registry: &Registry, local: Local, v4: bool) -> io::Result<UdpSocket> {
-    let mut sock = if v4 {
-        let std = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))?;
-        std.set_nonblocking(true)?;
-        UdpSocket::from_std(std)
-    } else {
-        super::datapath::bind_udp6_only(0)?
-    };
+    let mut sock =
+        if v4 { super::bind_udp(SocketAddr::from(([0, 0, 0, 0], 0)))? } else { super::datapath::bind_udp6_only(0)? };
     size_buffers(&sock);
     registry.register(&mut sock, token(local), Interest::READABLE)?;
     Ok(sock)
