@@ -21,6 +21,10 @@ pub struct Measured {
     pub rss: Vec<(u64, u64)>,
     /// Extra CPU seconds, by daemon label (e.g. the RS).
     pub extra_cpu: Vec<(String, f64)>,
+    /// TCP retransmissions of the sending iperf3 over both runs.
+    pub retransmits: u64,
+    /// Bytes received over both runs.
+    pub bytes: f64,
 }
 
 impl Measured {
@@ -30,6 +34,14 @@ impl Measured {
     pub fn cpu_per_gbit(&self) -> f64 {
         if self.gbits > 0.0 {
             self.cpu / self.gbits
+        } else {
+            f64::NAN
+        }
+    }
+    /// TCP retransmissions per gigabyte received (10^9 bytes).
+    pub fn retransmits_per_gb(&self) -> f64 {
+        if self.bytes > 0.0 {
+            self.retransmits as f64 / (self.bytes / 1e9)
         } else {
             f64::NAN
         }
@@ -65,9 +77,18 @@ const IPERF_BUSY_WAIT_SECS: u64 = 15;
 /// the server busy for the next row.
 pub const IPERF_SERVER: &[&str] = &["iperf3", "-s", "--rcv-timeout", "5000"];
 
-/// The receiver's rate (bit/s) and bytes of one iperf3 run from box `a` to `dst` (`-R`:
-/// from `dst` to box `a`). The iperf3 server runs in the other box.
-pub fn iperf(lab: &mut Lab, a: &Ns, dst: &str, secs: u64, reverse: bool, tag: &str) -> Res<(f64, f64)> {
+/// One iperf3 run: the receiver's rate and bytes, and the sender's TCP retransmissions.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub bps: f64,
+    pub bytes: f64,
+    pub retransmits: u64,
+}
+
+/// One iperf3 run from box `a` to `dst` (`-R`: from `dst` to box `a`). The iperf3 server
+/// runs in the other box. With `-R` the client's report carries the server's sender
+/// statistics, so the retransmissions are the sender's either way.
+pub fn iperf(lab: &mut Lab, a: &Ns, dst: &str, secs: u64, reverse: bool, tag: &str) -> Res<Run> {
     let s = secs.to_string();
     let mut cmd = vec!["iperf3", "-c", dst, "-t", &s, "-J", "--connect-timeout", "3000"];
     if reverse {
@@ -95,8 +116,9 @@ pub fn iperf(lab: &mut Lab, a: &Ns, dst: &str, secs: u64, reverse: bool, tag: &s
         }
     };
     let r = &v["end"]["sum_received"];
+    let retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
     match (r["bits_per_second"].as_f64(), r["bytes"].as_f64()) {
-        (Some(bps), Some(bytes)) if bps > 0.0 => Ok((bps, bytes)),
+        (Some(bps), Some(bytes)) if bps > 0.0 => Ok(Run { bps, bytes, retransmits }),
         _ => Err(format!("iperf3 to {dst}: no result")),
     }
 }
@@ -126,13 +148,15 @@ pub fn measure(
     };
     let cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
     let extra0: Vec<f64> = extra.iter().map(|(_, p)| cpu_secs(*p)).collect();
-    let (fwd, fwd_bytes) = iperf(lab, a, dst, o.secs, false, tag)?;
-    let (rev, rev_bytes) = iperf(lab, a, dst, o.secs, true, tag)?;
+    let fwd = iperf(lab, a, dst, o.secs, false, tag)?;
+    let rev = iperf(lab, a, dst, o.secs, true, tag)?;
     m.cpu = pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0;
     m.extra_cpu = extra.iter().zip(extra0).map(|((l, p), c0)| (l.clone(), cpu_secs(*p) - c0)).collect();
-    m.fwd_bps = fwd;
-    m.rev_bps = rev;
-    m.gbits = (fwd_bytes + rev_bytes) * 8.0 / 1e9;
+    m.fwd_bps = fwd.bps;
+    m.rev_bps = rev.bps;
+    m.bytes = fwd.bytes + rev.bytes;
+    m.gbits = m.bytes * 8.0 / 1e9;
+    m.retransmits = fwd.retransmits + rev.retransmits;
     for (r, p) in m.rss.iter_mut().zip(pids) {
         r.1 = proc_kib(*p, "VmHWM");
     }
