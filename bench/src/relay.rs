@@ -41,9 +41,10 @@ pub fn part_relay(d: &mut Deployment, o: &Opts, cap: &mut Table) -> Table {
             t.row(tunnel_row("**ntmobile via RS**", &m, None));
             let rs_cpu = m.extra_cpu.first().map(|x| x.1).unwrap_or(0.0);
             t.note(format!(
-                "the RS itself: {:.2} CPU s per Gbit, {relayed} packets relayed in {:.1} s",
+                "the RS itself: {:.2} CPU s per Gbit, {relayed} packets relayed in {:.1} s, {} packets per RS CPU-second",
                 rs_cpu / m.gbits.max(1e-9),
-                wall_secs
+                wall_secs,
+                if rs_cpu > 0.0 { format!("{:.0}", relayed as f64 / rs_cpu) } else { "-".into() },
             ));
             t.note("CPU and RSS columns: the two agents (the RS's CPU is in the note above).");
             let per_cpu = if rs_cpu > 0.0 { format!("{:.0}", relayed as f64 / rs_cpu) } else { "-".into() };

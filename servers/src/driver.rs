@@ -623,6 +623,11 @@ impl<D: Daemon> Driver<D> {
         self.stop
     }
 
+    /// The engine's clock (for threads that call the same engine).
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
     /// The engine's clock.
     pub fn now(&self) -> Instant {
         self.clock.now()
