@@ -915,6 +915,27 @@ mod tests {
     }
 
     #[test]
+    fn the_rs_workers_are_a_count_from_1_to_64_or_auto() {
+        let with = |w: serde_json::Value| {
+            let mut v: serde_json::Value = serde_json::from_str(RS).unwrap();
+            v["workers"] = w;
+            parse::<RsFile>(&v.to_string())
+        };
+        assert_eq!(parse::<RsFile>(RS).unwrap().workers.count(), 1);
+        assert_eq!(with(2.into()).unwrap().workers, Workers::Count(2));
+        assert_eq!(with(64.into()).unwrap().workers.count(), 64);
+        let auto = with("auto".into()).unwrap().workers;
+        assert_eq!(auto, Workers::Auto);
+        assert!((1..=Workers::MAX).contains(&auto.count()));
+        assert_eq!(with(0.into()).unwrap_err(), "field \"workers\": 0: 1 to 64, or \"auto\"");
+        assert_eq!(with(65.into()).unwrap_err(), "field \"workers\": 65: 1 to 64, or \"auto\"");
+        let err = with((-1).into()).unwrap_err();
+        assert!(err.starts_with("field \"workers\": 1 to 64, or \"auto\""), "{err}");
+        let err = with("many".into()).unwrap_err();
+        assert!(err.starts_with("field \"workers\": \"many\": 1 to 64, or \"auto\""), "{err}");
+    }
+
+    #[test]
     fn a_minimal_dc_file_parses_with_defaults() {
         let c: DcFile = parse(DC).unwrap();
         assert_eq!(c.keepalive_interval_secs, 20);

@@ -485,3 +485,109 @@ impl Engine for Rs {
         &self.drops
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{Key, KeyGrant};
+    use crate::wire::keyshare::{KeyShare, SharedKey};
+    use crate::wire::tunnel::HolePunch;
+    use crate::wire::{Header, Lifetime, RequestId};
+
+    const DC: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(core::net::Ipv4Addr::new(192, 0, 2, 21)), 4460);
+    const MN: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(core::net::Ipv4Addr::new(198, 51, 100, 2)), 1024);
+    const CN: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(core::net::Ipv4Addr::new(203, 0, 113, 2)), 2048);
+    const SESSION: SessionId = SessionId(0x0102_0305);
+
+    fn grant<K: crate::keys::KeyKind>(key: [u8; 16]) -> KeyGrant<K> {
+        KeyGrant { key: Key::from_bytes(key), lifetime: Lifetime(3600) }
+    }
+
+    fn name(s: &str) -> Fqdn {
+        Fqdn::new(s).unwrap()
+    }
+
+    /// An RS with a DC's key (over TLS) and one session both of whose nodes punched.
+    /// Checks on the way that stream answers and datagram answers come apart.
+    fn rs_with_session(now: Instant) -> Rs {
+        let addr: SocketAddr = "192.0.2.30:4461".parse().unwrap();
+        let mut rs = Rs::new(RsConfig::new(name("rs1.test"), vec![addr])).unwrap();
+        let dc = PeerIdentity { name: name("dc.zone-a.test"), role: Role::Dc, public_key: None };
+        let share = Message::KeyShare(KeyShare {
+            request_id: RequestId(1),
+            key_id: KeyId(77),
+            key: SharedKey::DcRs(grant(*b"dc-rs key 16 byt")),
+            from: name("dc.zone-a.test"),
+        });
+        let r = rs.handle_stream(now, StreamKind::Tls, DC, Some(&dc), &plain(Sender::Dc, &share));
+        assert_eq!(r, Received::Handled);
+        assert_eq!(rs.poll_udp_transmit(), None, "a Key Share is answered on its stream");
+        assert!(rs.poll_stream_transmit().is_some_and(|t| matches!(t.via, Via::Stream { .. }) && t.dst == DC));
+
+        let mut dcrs =
+            Channel::<DcRs>::new(Key::from_bytes(*b"dc-rs key 16 byt"), KeyId(77), Sender::Dc, Instant::FAR_FUTURE)
+                .unwrap();
+        let rd = Message::RelayDirection(RelayDirection {
+            request_id: RequestId(2),
+            session: SESSION,
+            k_tun: grant(*b"k_tun of 16 byte"),
+        });
+        let mut bytes = dcrs.seal(now, &rd).unwrap();
+        assert_eq!(rs.handle_datagram(now, DC, &mut bytes), Received::Handled);
+        assert_eq!(rs.poll_stream_transmit(), None, "a Relay Direction is answered with a datagram");
+        assert!(rs.poll_udp_transmit().is_some_and(|t| t.via == Via::Udp && t.dst == DC));
+
+        for (side, sender, from) in [(Side::Mn, Sender::Mn, MN), (Side::Cn, Sender::Cn, CN)] {
+            let mut tun = Channel::<Tun>::new(
+                Key::from_bytes(*b"k_tun of 16 byte"),
+                KeyId(SESSION.0),
+                sender,
+                Instant::FAR_FUTURE,
+            )
+            .unwrap();
+            let mut bytes = tun.seal(now, &Message::HolePunch(HolePunch { side, release: false })).unwrap();
+            assert_eq!(rs.handle_datagram(now, from, &mut bytes), Received::Handled);
+            assert!(rs.poll_udp_transmit().is_some_and(|t| t.dst == from), "the hole-punch ack");
+        }
+        rs
+    }
+
+    /// A Data datagram of the session (K_mncn inside: the RS forwards it unread).
+    fn data(sender: Sender) -> Vec<u8> {
+        let header = Header { msg_type: MsgType::Data, sealed: true, sender, key_id: KeyId(SESSION.0), counter: 9 };
+        let mut bytes = header.to_bytes().to_vec();
+        bytes.extend_from_slice(&[0x5a; 48]);
+        bytes
+    }
+
+    #[test]
+    fn each_session_records_the_workers_that_relayed_it() {
+        let now = Instant::from_millis(1_000_000);
+        let mut rs = rs_with_session(now);
+        assert_eq!(rs.handle_datagram_on_worker(now, MN, &data(Sender::Initiator), 3), Received::Forward(CN));
+        assert_eq!(rs.handle_datagram_on_worker(now, CN, &data(Sender::Responder), 3), Received::Forward(MN));
+        let s = rs.sessions();
+        assert_eq!((s[0].relayed, s[0].workers), (2, 1 << 3));
+        // The checks are the same on any worker: a stranger's datagram is not relayed.
+        let stranger: SocketAddr = "198.51.100.9:1024".parse().unwrap();
+        let r = rs.handle_datagram_on_worker(now, stranger, &data(Sender::Initiator), 5);
+        assert_eq!(r, Received::Dropped(DropReason::Unauthorized));
+        assert_eq!(rs.handle_datagram(now, MN, &mut data(Sender::Initiator)), Received::Forward(CN));
+        let s = rs.sessions();
+        assert_eq!((s[0].relayed, s[0].workers), (3, 1 << 3 | 1));
+        assert_eq!(rs.poll_transmit(), None);
+    }
+
+    #[test]
+    fn a_lost_session_is_answered_on_the_worker_that_asked() {
+        let now = Instant::from_millis(1_000_000);
+        let mut rs = rs_with_session(now);
+        let mut other = data(Sender::Initiator);
+        other.get_mut(4..8).unwrap().copy_from_slice(&0x0a0b_0c0du32.to_be_bytes());
+        let r = rs.handle_datagram_on_worker(now, MN, &other, 1);
+        assert_eq!(r, Received::Dropped(DropReason::UnknownKey));
+        let hint = rs.poll_udp_transmit().expect("the unknown-session hint");
+        assert_eq!((hint.dst, hint.payload.get(4..8)), (MN, Some(&0x0a0b_0c0du32.to_be_bytes()[..])));
+        assert_eq!(rs.poll_stream_transmit(), None);
+    }
+}
