@@ -88,14 +88,6 @@ pub struct RsDaemon {
     cfg: RsFile,
 }
 
-impl RsDaemon {
-    /// The UDP addresses the workers bound (a port of 0 in the configuration becomes the
-    /// real one).
-    pub fn udp_addrs(&self) -> &[SocketAddr] {
-        self.workers.addrs()
-    }
-}
-
 impl Daemon for RsDaemon {
     type Engine = SharedRs;
 
@@ -135,6 +127,10 @@ impl Daemon for RsDaemon {
     fn reload(&mut self) -> Reload {
         reload_tls(&self.cfg.common.tls, ClientAuth::Required)
     }
+
+    fn own_udp_addrs(&self) -> Vec<SocketAddr> {
+        self.workers.addrs().to_vec()
+    }
 }
 
 /// Builds the RS from its configuration: binds the workers' sockets and the TLS
@@ -168,6 +164,6 @@ pub fn build(cfg: RsFile) -> Result<Driver<RsDaemon>, StartError> {
     let clock = driver.clock();
     let d = driver.daemon();
     d.workers.start(&rs, clock)?;
-    log::info!("relay: {} worker(s) on UDP {:?}", d.workers.count(), d.workers.addrs());
+    log::info!("relay: {} worker(s)", d.workers.count());
     Ok(driver)
 }
