@@ -656,6 +656,8 @@ fn try_segmentation() -> io::Result<bool> {
 }
 
 #[cfg(test)]
+// A kernel without segmentation offload skips a part, and says so.
+#[allow(clippy::print_stderr)]
 mod tests {
     use super::*;
     use ntm_proto::engine::rs::RsConfig;
@@ -739,7 +741,7 @@ mod tests {
         let mut w = worker(true);
         let to = SockaddrStorage::from(w.sockets[0].sock.local_addr().unwrap());
         let tx = std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
-        let mut recv = |w: &mut Worker| {
+        let recv = |w: &mut Worker| {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
             loop {
                 match w.recv(0) {
