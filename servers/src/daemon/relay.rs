@@ -252,7 +252,7 @@ impl Drop for Workers {
 fn steer_by_session(sock: &UdpSocket, count: usize) -> io::Result<()> {
     use nix::libc;
     let count = u32::try_from(count).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let key_id_offset = 4; // ntm_proto::wire::header::field::KEY_ID.start
+    let key_id_offset = u32::try_from(ntm_proto::wire::header_field::KEY_ID.start).unwrap_or(4);
     let mut program = [
         // A = the word at the key id (a shorter datagram ends the program with 0: worker 0).
         libc::sock_filter { code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16, jt: 0, jf: 0, k: key_id_offset },
@@ -415,8 +415,10 @@ impl Worker {
             let slot = i * SLOT;
             let step = if a.segment > 0 { a.segment } else { a.len.max(1) };
             coalesced += u64::from(a.segment > 0);
+            // Each datagram of the slot once; an empty one too (the engine counts it as
+            // malformed, as any driver's).
             let mut start = 0;
-            while start < a.len {
+            loop {
                 let len = step.min(a.len - start);
                 let Some(bytes) = self.slots.get(slot + start..slot + start + len) else { break };
                 datagrams += 1;
@@ -436,6 +438,9 @@ impl Worker {
                     Received::Handled | Received::Ip(_) => {}
                 }
                 start += len;
+                if start >= a.len {
+                    break;
+                }
             }
         }
         while let Some(t) = engine.poll_udp_transmit() {
@@ -728,6 +733,23 @@ mod tests {
             let want = if offload { (3, 8) } else { (0, 0) };
             assert_eq!((g(&w.stats.segmented_sends), g(&w.stats.segmented_datagrams)), want);
         }
+    }
+
+    #[test]
+    fn each_datagram_of_a_coalesced_group_and_an_empty_one_go_to_the_engine() {
+        let mut w = worker(false);
+        let from = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
+        w.slots[..350].fill(0xff); // no header of this version: each piece is refused alone
+        w.received[0] = Arrived { len: 350, from: Some(from), segment: 100 };
+        w.received[1] = Arrived { len: 0, from: Some(from), segment: 0 };
+        w.handle(2);
+        let drops = ntm_proto::engine::Engine::drops(&*lock(&w.engine)).clone();
+        let version = drops.get(ntm_proto::engine::DropReason::Version);
+        let malformed = drops.get(ntm_proto::engine::DropReason::Malformed);
+        assert_eq!((version, malformed), (4, 1), "{drops:?}");
+        assert_eq!(w.stats.datagrams_in.load(Ordering::Relaxed), 5);
+        assert_eq!(w.stats.coalesced.load(Ordering::Relaxed), 1);
+        assert!(w.out.is_empty());
     }
 
     /// Also after a batch that came without control messages (the kernel writes their
