@@ -22,8 +22,8 @@ pub fn part_relay(d: &mut Deployment, o: &Opts, cap: &mut Table) -> Table {
     let mut t = Table::new("Relayed throughput (through the RS)", &tunnel_header());
     t.intro = format!(
         "Box a has only IPv4 and box b only IPv6, so the DC sends their tunnel through the RS (dual stack). \
-         Same measurements as above; iperf3 {} s each way; the RS with {} relay worker(s) (`workers`), \
-         restarted before each row but a first with one.",
+         Same measurements as above; iperf3 {} s each way; one row per RS `workers` ({}), the RS \
+         restarted with that count before each row (but a first row of one, the deployment's own).",
         o.secs,
         o.rs_workers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", then ")
     );
