@@ -7,6 +7,7 @@
 //! ```text
 //! ntm-bench [--quick] [--out FILE] [--only tunnel,relay,handover,setup,idle,footprint,capacity,matrix]
 //!           [--rounds N] [--secs N] [--moves N] [--setups N] [--idle-secs N] [--ns-steps N,N]
+//!           [--rs-workers N,N]
 //! ```
 //!
 //! Needs root, the release binaries (`cargo build --release --workspace --bins`, found in

@@ -24,6 +24,8 @@ pub struct Opts {
     pub dc_secs: u64,
     /// Idle connections held at the NS (steps).
     pub ns_steps: Vec<usize>,
+    /// The RS's `workers` of each row of the relay part.
+    pub rs_workers: Vec<u64>,
     pub argv: String,
 }
 
@@ -45,6 +47,7 @@ pub fn parse_opts() -> Res<Opts> {
         dc_nodes: if quick { 1000 } else { 10_000 },
         dc_secs: if quick { 20 } else { 60 },
         ns_steps: if quick { vec![10_000] } else { vec![10_000, 100_000] },
+        rs_workers: if quick { vec![1] } else { vec![1, 2] },
         // The command line as the docs show it: without where the tables were written.
         argv: {
             let mut shown = Vec::new();
@@ -76,10 +79,13 @@ pub fn parse_opts() -> Res<Opts> {
             "--ns-steps" => {
                 o.ns_steps = val()?.split(',').map(|c| c.parse().map_err(e2s)).collect::<Res<_>>()?;
             }
+            "--rs-workers" => {
+                o.rs_workers = val()?.split(',').map(|c| c.parse().map_err(e2s)).collect::<Res<_>>()?;
+            }
             "-h" | "--help" => {
                 return Err(format!(
                     "usage: ntm-bench [--quick] [--out FILE] [--only {}] [--rounds N] [--secs N] [--moves N] \
-                     [--setups N] [--idle-secs N] [--ns-steps N,N]",
+                     [--setups N] [--idle-secs N] [--ns-steps N,N] [--rs-workers N,N]",
                     PARTS.join(",")
                 ))
             }
@@ -94,6 +100,9 @@ pub fn parse_opts() -> Res<Opts> {
     o.moves = (o.moves.clamp(2, 100) / 2) * 2;
     o.setups = o.setups.clamp(1, 100);
     o.idle_secs = o.idle_secs.clamp(10, 3600);
+    if o.rs_workers.is_empty() || o.rs_workers.iter().any(|w| !(1..=64).contains(w)) {
+        return Err("--rs-workers: numbers from 1 to 64".into());
+    }
     Ok(o)
 }
 

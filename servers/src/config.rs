@@ -650,6 +650,64 @@ pub struct RsFile {
     /// Most packets per second one session relays (default 200000).
     #[serde(default = "default_session_pps")]
     pub max_session_pps: u32,
+    /// Relay workers: threads that each read and send datagrams on their own socket of
+    /// the listen port (SO_REUSEPORT), a session's packets always to the same one; a
+    /// number from 1 to 64, or "auto" for one per CPU (default 1).
+    #[serde(default)]
+    pub workers: Workers,
+}
+
+/// The RS's `workers`: a count, or one per CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workers {
+    /// This many.
+    Count(u64),
+    /// One per CPU the process may run on (at most [`Workers::MAX`]).
+    Auto,
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Workers::Count(1)
+    }
+}
+
+impl Workers {
+    /// The most workers (a session records its workers in a 64-bit set).
+    pub const MAX: usize = 64;
+
+    /// How many threads to run.
+    pub fn count(self) -> usize {
+        match self {
+            Workers::Count(n) => usize::try_from(n).unwrap_or(Self::MAX).clamp(1, Self::MAX),
+            Workers::Auto => std::thread::available_parallelism().map_or(1, usize::from).min(Self::MAX),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Workers;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of workers or \"auto\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Workers, E> {
+                Ok(Workers::Count(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Workers, E> {
+                u64::try_from(v).map(Workers::Count).map_err(|_| E::custom("1 to 64, or \"auto\""))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Workers, E> {
+                match v {
+                    "auto" => Ok(Workers::Auto),
+                    _ => Err(E::custom(format!("\"{v}\": 1 to 64, or \"auto\""))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn default_max_sessions() -> usize {
@@ -675,7 +733,8 @@ impl RsFile {
 }
 
 impl Validate for RsFile {
-    const FIELDS: &'static [&'static str] = &["relay_addrs", "max_sessions", "session_idle_secs", "max_session_pps"];
+    const FIELDS: &'static [&'static str] =
+        &["relay_addrs", "max_sessions", "session_idle_secs", "max_session_pps", "workers"];
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
         self.common.check()?;
@@ -692,6 +751,11 @@ impl Validate for RsFile {
         }
         if self.max_sessions == 0 || self.session_idle_secs == 0 || self.max_session_pps == 0 {
             return Err(("max_sessions", "limits must be at least 1".into()));
+        }
+        if let Workers::Count(n) = self.workers {
+            if !(1..=Workers::MAX as u64).contains(&n) {
+                return Err(("workers", format!("{n}: 1 to {}, or \"auto\"", Workers::MAX)));
+            }
         }
         Ok(())
     }
@@ -848,6 +912,27 @@ mod tests {
             (c.common.log_target, c.common.syslog_socket.as_path()),
             (LogTarget::Syslog, Path::new("/tmp/log.sock"))
         );
+    }
+
+    #[test]
+    fn the_rs_workers_are_a_count_from_1_to_64_or_auto() {
+        let with = |w: serde_json::Value| {
+            let mut v: serde_json::Value = serde_json::from_str(RS).unwrap();
+            v["workers"] = w;
+            parse::<RsFile>(&v.to_string())
+        };
+        assert_eq!(parse::<RsFile>(RS).unwrap().workers.count(), 1);
+        assert_eq!(with(2.into()).unwrap().workers, Workers::Count(2));
+        assert_eq!(with(64.into()).unwrap().workers.count(), 64);
+        let auto = with("auto".into()).unwrap().workers;
+        assert_eq!(auto, Workers::Auto);
+        assert!((1..=Workers::MAX).contains(&auto.count()));
+        assert_eq!(with(0.into()).unwrap_err(), "field \"workers\": 0: 1 to 64, or \"auto\"");
+        assert_eq!(with(65.into()).unwrap_err(), "field \"workers\": 65: 1 to 64, or \"auto\"");
+        let err = with((-1).into()).unwrap_err();
+        assert!(err.starts_with("field \"workers\": 1 to 64, or \"auto\""), "{err}");
+        let err = with("many".into()).unwrap_err();
+        assert!(err.starts_with("field \"workers\": \"many\": 1 to 64, or \"auto\""), "{err}");
     }
 
     #[test]

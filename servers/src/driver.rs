@@ -75,6 +75,10 @@ pub trait Daemon {
     fn reload(&mut self) -> Reload {
         Reload::default()
     }
+    /// UDP addresses the daemon serves on sockets of its own (the RS's relay workers).
+    fn own_udp_addrs(&self) -> Vec<SocketAddr> {
+        Vec::new()
+    }
     /// The daemon's own next deadline (persistence, ...).
     fn poll_timeout(&self) -> Option<Instant> {
         None
@@ -496,9 +500,13 @@ impl<D: Daemon> Driver<D> {
         })
     }
 
-    /// The bound UDP addresses (a port of 0 in the configuration becomes the real one).
+    /// The bound UDP addresses (a port of 0 in the configuration becomes the real one),
+    /// the driver's and then the daemon's own.
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
-        self.udp.iter().filter(|s| s.local == SocketId::MAIN).filter_map(|s| s.sock.local_addr().ok()).collect()
+        let mut v: Vec<SocketAddr> =
+            self.udp.iter().filter(|s| s.local == SocketId::MAIN).filter_map(|s| s.sock.local_addr().ok()).collect();
+        v.extend(self.daemon.own_udp_addrs());
+        v
     }
 
     /// The addresses of the extra UDP sockets ([`Driver::bind_extra_udp`]).
@@ -621,6 +629,11 @@ impl<D: Daemon> Driver<D> {
     /// True once a stop signal arrived.
     pub fn stopped(&self) -> bool {
         self.stop
+    }
+
+    /// The engine's clock (for threads that call the same engine).
+    pub fn clock(&self) -> Clock {
+        self.clock
     }
 
     /// The engine's clock.

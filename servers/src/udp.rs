@@ -138,21 +138,8 @@ impl ServerUdp {
         // the reply then leaves from the kernel's choice, as without packet info.
         if let Ok(cmsgs) = msg.cmsgs() {
             for c in cmsgs {
-                match c {
-                    ControlMessageOwned::Ipv4PacketInfo(pi) => {
-                        let addr = Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr));
-                        if !addr.is_unspecified() && !addr.is_broadcast() && !addr.is_multicast() {
-                            local = Some((IpAddr::V4(addr), 0));
-                        }
-                    }
-                    ControlMessageOwned::Ipv6PacketInfo(pi) => {
-                        let addr = Ipv6Addr::from(pi.ipi6_addr.s6_addr);
-                        if !addr.is_unspecified() && !addr.is_multicast() {
-                            let ifindex = if addr.is_unicast_link_local() { pi.ipi6_ifindex } else { 0 };
-                            local = Some((IpAddr::V6(addr), ifindex));
-                        }
-                    }
-                    _ => {}
+                if let Some(d) = packet_info(&c) {
+                    local = Some(d);
                 }
             }
         }
@@ -167,41 +154,65 @@ impl ServerUdp {
         };
         let iov = [IoSlice::new(bytes)];
         let dst = SockaddrStorage::from(to);
-        let sent = match local.addr {
-            IpAddr::V4(a) => {
-                let pi = libc::in_pktinfo {
-                    ipi_ifindex: 0,
-                    ipi_spec_dst: libc::in_addr { s_addr: u32::from(a).to_be() },
-                    ipi_addr: libc::in_addr { s_addr: 0 },
-                };
-                sendmsg(
-                    self.sock.as_raw_fd(),
-                    &iov,
-                    &[ControlMessage::Ipv4PacketInfo(&pi)],
-                    MsgFlags::empty(),
-                    Some(&dst),
-                )
-            }
-            IpAddr::V6(a) => {
-                let pi = libc::in6_pktinfo {
-                    ipi6_addr: libc::in6_addr { s6_addr: a.octets() },
-                    ipi6_ifindex: local.ifindex,
-                };
-                sendmsg(
-                    self.sock.as_raw_fd(),
-                    &iov,
-                    &[ControlMessage::Ipv6PacketInfo(&pi)],
-                    MsgFlags::empty(),
-                    Some(&dst),
-                )
-            }
-        };
+        let info = SourceInfo::new(local);
+        let sent = sendmsg(self.sock.as_raw_fd(), &iov, &[info.message()], MsgFlags::empty(), Some(&dst));
         sent.map(|_| ()).map_err(io::Error::from)
     }
 }
 
+/// The destination address (and for IPv6 link-local, the interface) a packet info
+/// control message gives; None for other messages and for addresses no reply can leave
+/// from (unspecified, broadcast, multicast).
+pub fn packet_info(c: &ControlMessageOwned) -> Option<Dst> {
+    match c {
+        ControlMessageOwned::Ipv4PacketInfo(pi) => {
+            let addr = Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr));
+            (!addr.is_unspecified() && !addr.is_broadcast() && !addr.is_multicast()).then_some((IpAddr::V4(addr), 0))
+        }
+        ControlMessageOwned::Ipv6PacketInfo(pi) => {
+            let addr = Ipv6Addr::from(pi.ipi6_addr.s6_addr);
+            let ifindex = if addr.is_unicast_link_local() { pi.ipi6_ifindex } else { 0 };
+            (!addr.is_unspecified() && !addr.is_multicast()).then_some((IpAddr::V6(addr), ifindex))
+        }
+        _ => None,
+    }
+}
+
+/// The packet info that makes a datagram leave from a local address.
+pub(crate) enum SourceInfo {
+    /// IPv4.
+    V4(libc::in_pktinfo),
+    /// IPv6.
+    V6(libc::in6_pktinfo),
+}
+
+impl SourceInfo {
+    /// From `local`.
+    pub(crate) fn new(local: Local) -> Self {
+        match local.addr {
+            IpAddr::V4(a) => SourceInfo::V4(libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr { s_addr: u32::from(a).to_be() },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            }),
+            IpAddr::V6(a) => SourceInfo::V6(libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr { s6_addr: a.octets() },
+                ipi6_ifindex: local.ifindex,
+            }),
+        }
+    }
+
+    /// As a control message.
+    pub(crate) fn message(&self) -> ControlMessage<'_> {
+        match self {
+            SourceInfo::V4(pi) => ControlMessage::Ipv4PacketInfo(pi),
+            SourceInfo::V6(pi) => ControlMessage::Ipv6PacketInfo(pi),
+        }
+    }
+}
+
 /// The standard form of a received source address.
-fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
+pub fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = s.as_sockaddr_in() {
         return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
     }

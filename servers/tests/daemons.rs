@@ -11,6 +11,7 @@ use common::*;
 use ntm_proto::engine::node::NodeEvent;
 use ntm_proto::wire::refusal::Reason;
 use ntm_proto::wire::registration::NatMapping;
+use std::process::Command;
 
 #[test]
 fn password_login_registers_and_a_wrong_password_is_refused() {
@@ -175,6 +176,87 @@ fn relay_direction_sets_up_a_session_that_forwards_both_ways() {
     // The relay never held more than K_dcrs and K_tun.
     let kinds: Vec<&String> = rs["keys"].as_object().unwrap().keys().collect();
     assert!(kinds.iter().all(|k| *k == "K_dcrs" || *k == "K_tun"), "{kinds:?}");
+}
+
+/// The relay with two workers (`"workers": 2`): several relayed sessions flow both ways,
+/// each session's datagrams in both directions (from two addresses) are relayed by the
+/// one worker its id steers them to, and the workers' counts add up to the sessions'. A
+/// SIGHUP keeps it relaying; after a restart the nodes set their sessions up again
+/// (the RS answers their datagrams for the lost sessions) and traffic flows again; the
+/// restarted RS listens on the wildcard address, so its workers answer each node from the
+/// address it wrote to (packet info), not from the kernel's choice (127.0.0.1).
+#[test]
+fn two_relay_workers_keep_each_session_on_one_and_survive_reload_and_restart() {
+    let mut site = Site::start(SiteOptions { ns: false, ..SiteOptions::default() });
+    let restart_rs = |site: &mut Site, tweak: &dyn Fn(&mut serde_json::Value)| {
+        let rs = site.rs.as_mut().unwrap();
+        assert_eq!(rs.stop(), Some(0));
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rs.config).unwrap()).unwrap();
+        tweak(&mut cfg);
+        write_json(&rs.config, &cfg);
+        *rs = Running::start("ntm-rs", &rs.config.clone(), &rs.status.clone(), &rs.log.clone());
+    };
+    restart_rs(&mut site, &|c| c["workers"] = 2.into());
+    const PAIRS: usize = 4;
+    let mut nodes = Vec::new();
+    for i in 0..PAIRS {
+        for (zone, side) in [("zone-a.test", "mn"), ("zone-b.test", "cn")] {
+            let email = format!("{side}{i}@example.org");
+            site.add_password_account(&email, &format!("{side}{i}.{zone}"), "pw");
+            let mut setup = site.setup(zone);
+            setup.fake_nat = true;
+            setup.route_optimization = false;
+            nodes.push(TestNode::new(&setup, Cred::Password(email, "pw".into())));
+        }
+    }
+    for n in &mut nodes {
+        assert!(bring_up(n));
+    }
+    let mut all: Vec<&mut TestNode> = nodes.iter_mut().collect();
+    for i in 0..PAIRS {
+        assert!(resolve(&mut all, 2 * i, &format!("cn{i}.zone-b.test")).is_ok(), "pair {i} resolves");
+    }
+    let every_pair_both_ways =
+        |all: &mut Vec<&mut TestNode>| (0..PAIRS).all(|i| ping(all, 2 * i, 2 * i + 1) && ping(all, 2 * i + 1, 2 * i));
+    let check = |rs: &serde_json::Value| {
+        let sessions = rs["sessions"].as_array().unwrap();
+        assert_eq!(sessions.len(), PAIRS, "{rs}");
+        for s in sessions {
+            let id = u32::from_str_radix(s["session"].as_str().unwrap(), 16).unwrap();
+            assert_eq!(s["workers"], serde_json::json!([id % 2]), "session {id:08x} on its one worker: {rs}");
+            assert!(s["relayed"].as_u64().unwrap() >= 3, "{rs}");
+        }
+        let workers = rs["workers"].as_array().unwrap();
+        assert_eq!(workers.len(), 2, "{rs}");
+        let by_workers: u64 = workers.iter().map(|w| w["relayed"].as_u64().unwrap()).sum();
+        let by_sessions: u64 = sessions.iter().map(|s| s["relayed"].as_u64().unwrap()).sum();
+        assert_eq!(by_workers, by_sessions, "the workers' counts add up: {rs}");
+    };
+    assert!(every_pair_both_ways(&mut all), "relayed both ways");
+    check(&site.rs.as_ref().unwrap().status());
+
+    // SIGHUP: the TLS files are read again, the workers relay on.
+    let pid = site.rs.as_ref().unwrap().child.id().to_string();
+    assert!(Command::new("kill").arg("-HUP").arg(&pid).status().unwrap().success());
+    let reloaded =
+        run_until(&mut all, 5, |_| site.rs.as_ref().unwrap().log_text().contains("reload: TLS files read again"));
+    assert!(reloaded, "{}", site.rs.as_ref().unwrap().log_text());
+    assert!(every_pair_both_ways(&mut all), "relayed after SIGHUP");
+
+    // A restart loses the sessions; the nodes set them up again through their DCs.
+    restart_rs(&mut site, &|c| {
+        let listen = c["listen"][0].as_str().unwrap().to_string();
+        let port = listen.rsplit(':').next().unwrap().to_string();
+        c["relay_addrs"] = serde_json::json!([listen]);
+        c["listen"] = serde_json::json!([format!("0.0.0.0:{port}")]);
+    });
+    assert_eq!(site.rs.as_ref().unwrap().status()["workers"].as_array().unwrap().len(), 2);
+    assert!(site.rs.as_ref().unwrap().status()["sessions"].as_array().unwrap().is_empty());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !every_pair_both_ways(&mut all) {
+        assert!(std::time::Instant::now() < deadline, "relayed again after the restart");
+    }
+    check(&site.rs.as_ref().unwrap().status());
 }
 
 /// A node behind a NAT (one that reports an address the DC does not see) takes the

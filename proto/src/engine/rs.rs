@@ -11,7 +11,16 @@
 //!
 //! Inputs: [`Engine`] calls. Forwarded packets come back from
 //! [`Engine::handle_datagram`] as [`Received::Forward`]: the driver sends the unchanged
-//! buffer to that address.
+//! buffer to that address. Nothing is copied or allocated on that path, so a driver can
+//! hand over a whole batch of received datagrams in place.
+//!
+//! A driver may run several relay workers (threads, each with its own socket of the same
+//! port) over one engine behind a lock. It then says which worker handled a datagram
+//! ([`Rs::handle_datagram_on_worker`]), which each session records for status, and takes
+//! the datagrams the engine answers with ([`Rs::poll_udp_transmit`]) separately from what
+//! goes on the DCs' TLS streams ([`Rs::poll_stream_transmit`]): a worker drains the first
+//! before it lets go of the lock, so each answer leaves from the worker (and socket) whose
+//! datagram asked for it.
 
 use super::keyshare::SharedKeys;
 use super::{
@@ -72,6 +81,8 @@ struct Session {
     second: u64,
     budget: u32,
     relayed: u64,
+    /// The workers that relayed its packets, one bit each (bit `w % 64`).
+    workers: u64,
 }
 
 impl Session {
@@ -106,6 +117,9 @@ pub struct RelaySessionInfo {
     pub cn: Option<SocketAddr>,
     /// Packets relayed.
     pub relayed: u64,
+    /// The driver's workers that relayed them, one bit per worker (bit 0 when the driver
+    /// has one).
+    pub workers: u64,
 }
 
 /// The RS engine.
@@ -113,7 +127,9 @@ pub struct Rs {
     cfg: RsConfig,
     dc_keys: SharedKeys<DcRs>,
     sessions: HashMap<SessionId, Session>,
+    /// Datagrams to send, and messages for the DCs' streams.
     out: VecDeque<Transmit>,
+    out_stream: VecDeque<Transmit>,
     drops: DropCounters,
     /// The second of `now`, and unknown-session refusals sent in it (rate limit).
     hints: crate::engine::hints::HintBudget,
@@ -164,6 +180,7 @@ impl Rs {
             cfg,
             sessions: HashMap::new(),
             out: VecDeque::new(),
+            out_stream: VecDeque::new(),
             drops: DropCounters::default(),
             hints: crate::engine::hints::HintBudget::new(HINTS_PER_SECOND, HINTS_PER_SOURCE),
         })
@@ -174,7 +191,13 @@ impl Rs {
         let mut v: Vec<_> = self
             .sessions
             .iter()
-            .map(|(id, s)| RelaySessionInfo { session: *id, mn: s.mn, cn: s.cn, relayed: s.relayed })
+            .map(|(id, s)| RelaySessionInfo {
+                session: *id,
+                mn: s.mn,
+                cn: s.cn,
+                relayed: s.relayed,
+                workers: s.workers,
+            })
             .collect();
         v.sort_by_key(|s| s.session);
         v
@@ -188,6 +211,43 @@ impl Rs {
             v.push(("K_tun", s.k_tun.key().fingerprint()));
         }
         v
+    }
+
+    /// [`Engine::handle_datagram`] for a driver with several relay workers: `worker` (its
+    /// index) handled the datagram, which the session records if it relays it
+    /// ([`RelaySessionInfo::workers`]). The checks and counters are the same for every
+    /// worker.
+    pub fn handle_datagram_on_worker(&mut self, now: Instant, from: SocketAddr, buf: &[u8], worker: usize) -> Received {
+        let (ty, sealed, key_id) = match Envelope::new_checked(buf) {
+            Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
+            Err(e) => return self.drops.count(DropReason::from(e)),
+        };
+        if !sealed {
+            return self.drops.count(DropReason::Unauthorized);
+        }
+        let session = SessionId(key_id.0);
+        match ty {
+            MsgType::RelayDirection | MsgType::RelayStatus => self.handle_dc_message(now, from, key_id, buf),
+            MsgType::HolePunch => self.handle_hole_punch(now, from, session, buf),
+            MsgType::TunnelRequest
+            | MsgType::TunnelResponse
+            | MsgType::Data
+            | MsgType::PathProbe
+            | MsgType::PathProbeAck => self.forward(now, from, session, ty, buf, worker),
+            MsgType::Unknown(_) => self.drops.count(DropReason::Malformed),
+            _ => self.drops.count(DropReason::Unexpected),
+        }
+    }
+
+    /// The next datagram to send (an answer to a datagram: a hole-punch ack, a reply to
+    /// a DC, an unknown-session hint), leaving what goes on streams.
+    pub fn poll_udp_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    /// The next message for a DC's stream, leaving the datagrams.
+    pub fn poll_stream_transmit(&mut self) -> Option<Transmit> {
+        self.out_stream.pop_front()
     }
 
     fn relay_addrs(&self) -> List<SocketAddr, 4> {
@@ -263,6 +323,7 @@ impl Rs {
                 second: 0,
                 budget: 0,
                 relayed: 0,
+                workers: 0,
             },
         );
         ack
@@ -324,7 +385,15 @@ impl Rs {
     }
 
     /// Anything else for a session: forward between the two learned endpoints.
-    fn forward(&mut self, now: Instant, from: SocketAddr, session: SessionId, ty: MsgType, buf: &[u8]) -> Received {
+    fn forward(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        session: SessionId,
+        ty: MsgType,
+        buf: &[u8],
+        worker: usize,
+    ) -> Received {
         let max_pps = self.cfg.max_session_pps;
         let Some(s) = self.sessions.get_mut(&session) else { return self.refuse_unknown_session(now, from, buf) };
         let Some(side) = s.side_of(from) else { return self.drops.count(DropReason::Unauthorized) };
@@ -349,31 +418,14 @@ impl Rs {
         s.budget -= 1;
         s.last_activity = now;
         s.relayed += 1;
+        s.workers |= 1 << (worker % 64);
         Received::Forward(to)
     }
 }
 
 impl Engine for Rs {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
-        let (ty, sealed, key_id) = match Envelope::new_checked(&buf[..]) {
-            Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
-            Err(e) => return self.drops.count(DropReason::from(e)),
-        };
-        if !sealed {
-            return self.drops.count(DropReason::Unauthorized);
-        }
-        let session = SessionId(key_id.0);
-        match ty {
-            MsgType::RelayDirection | MsgType::RelayStatus => self.handle_dc_message(now, from, key_id, buf),
-            MsgType::HolePunch => self.handle_hole_punch(now, from, session, buf),
-            MsgType::TunnelRequest
-            | MsgType::TunnelResponse
-            | MsgType::Data
-            | MsgType::PathProbe
-            | MsgType::PathProbeAck => self.forward(now, from, session, ty, buf),
-            MsgType::Unknown(_) => self.drops.count(DropReason::Malformed),
-            _ => self.drops.count(DropReason::Unexpected),
-        }
+        self.handle_datagram_on_worker(now, from, buf, 0)
     }
 
     fn handle_stream(
@@ -391,7 +443,7 @@ impl Engine for Rs {
             Ok((_, Message::KeyShare(ks))) => match self.dc_keys.accept(now, &peer.name, Sender::Rs, ks) {
                 Some(ack) => {
                     let via = Via::Stream { kind: StreamKind::Tls, server: None };
-                    self.out.push_back(Transmit { via, dst: from, payload: plain(Sender::Rs, &ack) });
+                    self.out_stream.push_back(Transmit { via, dst: from, payload: plain(Sender::Rs, &ack) });
                     Received::Handled
                 }
                 None => self.drops.count(DropReason::Unauthorized),
@@ -417,7 +469,7 @@ impl Engine for Rs {
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.pop_front()
+        self.out_stream.pop_front().or_else(|| self.out.pop_front())
     }
 
     fn poll_dns(&mut self) -> Option<DnsQuery> {
@@ -431,5 +483,111 @@ impl Engine for Rs {
 
     fn drops(&self) -> &DropCounters {
         &self.drops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{Key, KeyGrant};
+    use crate::wire::keyshare::{KeyShare, SharedKey};
+    use crate::wire::tunnel::HolePunch;
+    use crate::wire::{Header, Lifetime, RequestId};
+
+    const DC: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(core::net::Ipv4Addr::new(192, 0, 2, 21)), 4460);
+    const MN: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(core::net::Ipv4Addr::new(198, 51, 100, 2)), 1024);
+    const CN: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(core::net::Ipv4Addr::new(203, 0, 113, 2)), 2048);
+    const SESSION: SessionId = SessionId(0x0102_0305);
+
+    fn grant<K: crate::keys::KeyKind>(key: [u8; 16]) -> KeyGrant<K> {
+        KeyGrant { key: Key::from_bytes(key), lifetime: Lifetime(3600) }
+    }
+
+    fn name(s: &str) -> Fqdn {
+        Fqdn::new(s).unwrap()
+    }
+
+    /// An RS with a DC's key (over TLS) and one session both of whose nodes punched.
+    /// Checks on the way that stream answers and datagram answers come apart.
+    fn rs_with_session(now: Instant) -> Rs {
+        let addr: SocketAddr = "192.0.2.30:4461".parse().unwrap();
+        let mut rs = Rs::new(RsConfig::new(name("rs1.test"), vec![addr])).unwrap();
+        let dc = PeerIdentity { name: name("dc.zone-a.test"), role: Role::Dc, public_key: None };
+        let share = Message::KeyShare(KeyShare {
+            request_id: RequestId(1),
+            key_id: KeyId(77),
+            key: SharedKey::DcRs(grant(*b"dc-rs key 16 byt")),
+            from: name("dc.zone-a.test"),
+        });
+        let r = rs.handle_stream(now, StreamKind::Tls, DC, Some(&dc), &plain(Sender::Dc, &share));
+        assert_eq!(r, Received::Handled);
+        assert_eq!(rs.poll_udp_transmit(), None, "a Key Share is answered on its stream");
+        assert!(rs.poll_stream_transmit().is_some_and(|t| matches!(t.via, Via::Stream { .. }) && t.dst == DC));
+
+        let mut dcrs =
+            Channel::<DcRs>::new(Key::from_bytes(*b"dc-rs key 16 byt"), KeyId(77), Sender::Dc, Instant::FAR_FUTURE)
+                .unwrap();
+        let rd = Message::RelayDirection(RelayDirection {
+            request_id: RequestId(2),
+            session: SESSION,
+            k_tun: grant(*b"k_tun of 16 byte"),
+        });
+        let mut bytes = dcrs.seal(now, &rd).unwrap();
+        assert_eq!(rs.handle_datagram(now, DC, &mut bytes), Received::Handled);
+        assert_eq!(rs.poll_stream_transmit(), None, "a Relay Direction is answered with a datagram");
+        assert!(rs.poll_udp_transmit().is_some_and(|t| t.via == Via::Udp && t.dst == DC));
+
+        for (side, sender, from) in [(Side::Mn, Sender::Mn, MN), (Side::Cn, Sender::Cn, CN)] {
+            let mut tun = Channel::<Tun>::new(
+                Key::from_bytes(*b"k_tun of 16 byte"),
+                KeyId(SESSION.0),
+                sender,
+                Instant::FAR_FUTURE,
+            )
+            .unwrap();
+            let mut bytes = tun.seal(now, &Message::HolePunch(HolePunch { side, release: false })).unwrap();
+            assert_eq!(rs.handle_datagram(now, from, &mut bytes), Received::Handled);
+            assert!(rs.poll_udp_transmit().is_some_and(|t| t.dst == from), "the hole-punch ack");
+        }
+        rs
+    }
+
+    /// A Data datagram of the session (K_mncn inside: the RS forwards it unread).
+    fn data(sender: Sender) -> Vec<u8> {
+        let header = Header { msg_type: MsgType::Data, sealed: true, sender, key_id: KeyId(SESSION.0), counter: 9 };
+        let mut bytes = header.to_bytes().to_vec();
+        bytes.extend_from_slice(&[0x5a; 48]);
+        bytes
+    }
+
+    #[test]
+    fn each_session_records_the_workers_that_relayed_it() {
+        let now = Instant::from_millis(1_000_000);
+        let mut rs = rs_with_session(now);
+        assert_eq!(rs.handle_datagram_on_worker(now, MN, &data(Sender::Initiator), 3), Received::Forward(CN));
+        assert_eq!(rs.handle_datagram_on_worker(now, CN, &data(Sender::Responder), 3), Received::Forward(MN));
+        let s = rs.sessions();
+        assert_eq!((s[0].relayed, s[0].workers), (2, 1 << 3));
+        // The checks are the same on any worker: a stranger's datagram is not relayed.
+        let stranger: SocketAddr = "198.51.100.9:1024".parse().unwrap();
+        let r = rs.handle_datagram_on_worker(now, stranger, &data(Sender::Initiator), 5);
+        assert_eq!(r, Received::Dropped(DropReason::Unauthorized));
+        assert_eq!(rs.handle_datagram(now, MN, &mut data(Sender::Initiator)), Received::Forward(CN));
+        let s = rs.sessions();
+        assert_eq!((s[0].relayed, s[0].workers), (3, 1 << 3 | 1));
+        assert_eq!(rs.poll_transmit(), None);
+    }
+
+    #[test]
+    fn a_lost_session_is_answered_on_the_worker_that_asked() {
+        let now = Instant::from_millis(1_000_000);
+        let mut rs = rs_with_session(now);
+        let mut other = data(Sender::Initiator);
+        other.get_mut(4..8).unwrap().copy_from_slice(&0x0a0b_0c0du32.to_be_bytes());
+        let r = rs.handle_datagram_on_worker(now, MN, &other, 1);
+        assert_eq!(r, Received::Dropped(DropReason::UnknownKey));
+        let hint = rs.poll_udp_transmit().expect("the unknown-session hint");
+        assert_eq!((hint.dst, hint.payload.get(4..8)), (MN, Some(&0x0a0b_0c0du32.to_be_bytes()[..])));
+        assert_eq!(rs.poll_stream_transmit(), None);
     }
 }

@@ -8,6 +8,8 @@ pub mod dc;
 #[cfg(feature = "ns")]
 pub mod ns;
 #[cfg(feature = "rs")]
+pub mod relay;
+#[cfg(feature = "rs")]
 pub mod rs;
 
 use crate::config::{Common, TlsFiles};

@@ -1,66 +1,150 @@
 //! `ntm-rs`: the Relay Server.
+//!
+//! Two sides over one engine ([`Rs`], behind a lock): the control thread runs the
+//! [`Driver`] for the DCs' TLS streams, timers, signals and status, with no UDP socket
+//! of its own; the relay workers ([`relay::Workers`]) read and send the UDP port in
+//! batches, `workers` of them (the configuration's), each session on one of them.
 
+use super::relay::{self, Workers};
 use super::{drops_json, identify, key_kinds, reload_tls, tls_configs, StartError};
 use crate::config::{secs, RsFile};
 use crate::driver::{Daemon, Driver, DriverConfig, Reload};
 use crate::pki::ClientAuth;
 use ntm_proto::engine::rs::{Rs, RsConfig};
-use ntm_proto::engine::Engine;
+use ntm_proto::engine::{DnsAnswer, DnsQuery, DropCounters, Engine, PeerIdentity, Received, StreamKind, Transmit};
 use ntm_proto::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
-/// The RS daemon: the engine and where its TLS files are (for SIGHUP).
+/// The engine as the control thread sees it: every call takes the lock. Datagrams are
+/// the workers' ([`Rs::poll_udp_transmit`]); this side sends only what goes on streams.
+#[derive(Debug)]
+pub struct SharedRs {
+    rs: Arc<Mutex<Rs>>,
+    /// The engine's drop counters as of the last call from this side ([`Engine::drops`]
+    /// hands out a reference, which a lock cannot; status reads the engine itself).
+    drops: DropCounters,
+}
+
+impl SharedRs {
+    fn with<T>(&mut self, f: impl FnOnce(&mut Rs) -> T) -> T {
+        let mut rs = relay::lock(&self.rs);
+        let out = f(&mut rs);
+        self.drops = rs.drops().clone();
+        out
+    }
+}
+
+impl Engine for SharedRs {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
+        self.with(|rs| rs.handle_datagram(now, from, buf))
+    }
+
+    fn handle_stream(
+        &mut self,
+        now: Instant,
+        kind: StreamKind,
+        from: SocketAddr,
+        peer: Option<&PeerIdentity>,
+        frame: &[u8],
+    ) -> Received {
+        self.with(|rs| rs.handle_stream(now, kind, from, peer, frame))
+    }
+
+    fn handle_stream_closed(&mut self, now: Instant, kind: StreamKind, peer: SocketAddr) {
+        self.with(|rs| rs.handle_stream_closed(now, kind, peer));
+    }
+
+    fn handle_dns(&mut self, now: Instant, id: u64, answer: DnsAnswer) {
+        self.with(|rs| rs.handle_dns(now, id, answer));
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.with(|rs| rs.handle_timeout(now));
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.with(Rs::poll_stream_transmit)
+    }
+
+    fn poll_dns(&mut self) -> Option<DnsQuery> {
+        None
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        relay::lock(&self.rs).poll_timeout()
+    }
+
+    fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+}
+
+/// The RS daemon: the engine, its workers, and where its TLS files are (for SIGHUP).
 #[derive(Debug)]
 pub struct RsDaemon {
-    rs: Rs,
+    rs: SharedRs,
+    workers: Workers,
     cfg: RsFile,
 }
 
 impl Daemon for RsDaemon {
-    type Engine = Rs;
+    type Engine = SharedRs;
 
-    fn engine(&mut self) -> &mut Rs {
+    fn engine(&mut self) -> &mut SharedRs {
         &mut self.rs
     }
 
     fn status(&mut self, _now: Instant) -> serde_json::Value {
-        let sessions: Vec<serde_json::Value> = self
-            .rs
+        let rs = relay::lock(&self.rs.rs);
+        let sessions: Vec<serde_json::Value> = rs
             .sessions()
             .iter()
             .map(|s| {
+                let workers: Vec<u32> = (0..64).filter(|w| s.workers & (1 << w) != 0).collect();
                 serde_json::json!({
                     "session": s.session.to_string(),
                     "mn": s.mn.map(|a| a.to_string()),
                     "cn": s.cn.map(|a| a.to_string()),
                     "relayed": s.relayed,
+                    "workers": workers,
                 })
             })
             .collect();
+        let workers: Vec<serde_json::Value> = self.workers.stats().iter().enumerate().map(|(i, w)| w.json(i)).collect();
         serde_json::json!({
             "role": "rs",
             "name": self.cfg.common.name.as_str(),
             "relay_addrs": self.cfg.advertised().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "udp": self.workers.addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "sessions": sessions,
-            "keys": key_kinds(&self.rs.held_keys()),
-            "dropped": drops_json(self.rs.drops()),
+            "workers": workers,
+            "keys": key_kinds(&rs.held_keys()),
+            "dropped": drops_json(rs.drops()),
         })
     }
 
     fn reload(&mut self) -> Reload {
         reload_tls(&self.cfg.common.tls, ClientAuth::Required)
     }
+
+    fn own_udp_addrs(&self) -> Vec<SocketAddr> {
+        self.workers.addrs().to_vec()
+    }
 }
 
-/// Builds the RS from its configuration.
+/// Builds the RS from its configuration: binds the workers' sockets and the TLS
+/// listeners, then starts the workers.
 pub fn build(cfg: RsFile) -> Result<Driver<RsDaemon>, StartError> {
     let (server, _) = tls_configs(&cfg.common.tls, ClientAuth::Required)?;
     let mut rc = RsConfig::new(cfg.common.name.clone(), cfg.advertised());
     rc.max_sessions = cfg.max_sessions;
     rc.session_idle_timeout = secs(cfg.session_idle_secs);
     rc.max_session_pps = cfg.max_session_pps;
-    let rs = Rs::new(rc)?;
+    let rs = Arc::new(Mutex::new(Rs::new(rc)?));
+    let workers = Workers::bind(&cfg.common.listen, cfg.workers.count())?;
     let dc = DriverConfig {
-        udp: cfg.common.listen.clone(),
+        udp: Vec::new(),
         tls: cfg.common.listen.clone(),
         tcp: Vec::new(),
         tls_server: Some(server),
@@ -75,5 +159,11 @@ pub fn build(cfg: RsFile) -> Result<Driver<RsDaemon>, StartError> {
         max_unauthenticated_per_source: cfg.common.max_unauthenticated_per_source,
         max_buffered_bytes: cfg.common.max_buffered_bytes,
     };
-    Ok(Driver::new(dc, RsDaemon { rs, cfg })?)
+    let shared = SharedRs { rs: Arc::clone(&rs), drops: DropCounters::default() };
+    let mut driver = Driver::new(dc, RsDaemon { rs: shared, workers, cfg })?;
+    let clock = driver.clock();
+    let d = driver.daemon();
+    d.workers.start(&rs, clock)?;
+    log::info!("relay: {} worker(s)", d.workers.count());
+    Ok(driver)
 }
