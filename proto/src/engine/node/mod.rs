@@ -586,6 +586,46 @@ impl Node {
     }
 }
 
+impl Node {
+    /// [`Node::handle_datagram_on`] for a batch of datagrams that arrived on `local`, each
+    /// with its sender: `out[i]` is what handling `datagrams[i]` after `datagrams[..i]`,
+    /// one at a time, would give, with the same effects, in the same order. Consecutive
+    /// data datagrams of one tunnel are opened with one multi-buffer call
+    /// ([`Channel::open_many_in_place`]); anything else goes through
+    /// [`Node::handle_datagram_on`] in its turn. Datagrams past the end of `out` are not
+    /// touched.
+    pub fn handle_datagrams_on(
+        &mut self,
+        now: Instant,
+        local: Local,
+        datagrams: &mut [(SocketAddr, &mut [u8])],
+        out: &mut [Received],
+    ) {
+        let n = datagrams.len().min(out.len());
+        let mut i = 0;
+        while i < n {
+            let id = datagrams.get(i).and_then(|(_, b)| self.data_batch_tunnel(local, b));
+            // A run: the datagrams that go with this one (see `data_batch_tunnel` for why
+            // they can all be looked at before any is handled).
+            let mut end = i + 1;
+            if id.is_some() {
+                while end < n
+                    && end - i < tunnel::DATA_RUN_MAX
+                    && datagrams.get(end).and_then(|(_, b)| self.data_batch_tunnel(local, b)) == id
+                {
+                    end += 1;
+                }
+            }
+            match (id, datagrams.get_mut(i..end), out.get_mut(i..end)) {
+                (Some(id), Some(d), Some(o)) if end - i > 1 => self.handle_data_run(now, local, id, d, o),
+                (_, Some([(from, buf), ..]), Some([o, ..])) => *o = self.handle_datagram_on(now, local, *from, buf),
+                _ => {}
+            }
+            i = if end - i > 1 && id.is_some() { end } else { i + 1 };
+        }
+    }
+}
+
 impl Engine for Node {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &mut [u8]) -> Received {
         self.handle_datagram_on(now, Local::MAIN, from, buf)
