@@ -265,11 +265,7 @@ impl Lane {
         let start = k * 16;
         for (i, byte) in input.iter_mut().enumerate() {
             let o = start + i;
-            *byte = if o < self.head_len {
-                self.head[o]
-            } else {
-                m.aad.get(o - self.head_len).copied().unwrap_or(0)
-            };
+            *byte = if o < self.head_len { self.head[o] } else { m.aad.get(o - self.head_len).copied().unwrap_or(0) };
         }
         xor(&self.mac, &input)
     }
