@@ -48,7 +48,7 @@ impl Aead {
         &self.0
     }
 
-    /// Decrypts `buf` in place if `tag` verifies; leaves garbage in `buf` otherwise.
+    /// Decrypts `buf` in place if `tag` verifies; zeroes `buf` otherwise.
     pub fn open(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<(), CryptoError> {
         self.0.open(nonce, aad, buf, tag).map_err(|e| match e {
             AeadError::Forged | AeadError::TooLong => CryptoError::Forged,

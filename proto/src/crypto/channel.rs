@@ -267,7 +267,8 @@ impl<K: KeyKind> Channel<K> {
         out: &mut [Result<Opened, CryptoError>],
     ) {
         let n = bufs.len().min(out.len());
-        for (bufs, out) in bufs[..n].chunks_mut(ntm_aead::LANES).zip(out[..n].chunks_mut(ntm_aead::LANES)) {
+        let (bufs, out) = (bufs.get_mut(..n).unwrap_or_default(), out.get_mut(..n).unwrap_or_default());
+        for (bufs, out) in bufs.chunks_mut(ntm_aead::LANES).zip(out.chunks_mut(ntm_aead::LANES)) {
             self.open_lanes(now, bufs, out);
         }
     }

@@ -11,6 +11,11 @@
 //! packet from the TUN device). Outputs: [`Engine::poll_transmit`], [`Engine::poll_dns`],
 //! [`Engine::poll_timeout`] and [`Node::poll_event`]. Decrypted packets for the TUN device
 //! come back from [`Engine::handle_datagram`] as [`Received::Ip`].
+//!
+//! The data path also takes batches: [`Node::handle_datagrams_on`] and
+//! [`Node::seal_ip_batch_within`] give, item by item, what the one-at-a-time calls give in
+//! the same order, but run the AES-CCM of consecutive packets of one tunnel side by side
+//! (`ntm-aead`'s multi-buffer CCM), which is several times the speed per packet.
 
 mod link;
 mod login;

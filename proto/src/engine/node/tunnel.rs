@@ -1572,7 +1572,12 @@ impl Node {
             let routed = self.route_frame(frame, &path_mtu);
             if let (Some((id, start)), Ok((to_id, _))) = (run, &routed) {
                 if *to_id != id || i - start >= DATA_RUN_MAX {
-                    self.seal_run(now, id, &mut frames[start..i], &mut out[start..i]);
+                    self.seal_run(
+                        now,
+                        id,
+                        frames.get_mut(start..i).unwrap_or_default(),
+                        out.get_mut(start..i).unwrap_or_default(),
+                    );
                     run = None;
                 }
             }
@@ -1587,7 +1592,12 @@ impl Node {
             }
         }
         if let Some((id, start)) = run {
-            self.seal_run(now, id, &mut frames[start..n], &mut out[start..n]);
+            self.seal_run(
+                now,
+                id,
+                frames.get_mut(start..n).unwrap_or_default(),
+                out.get_mut(start..n).unwrap_or_default(),
+            );
         }
     }
 
