@@ -236,6 +236,22 @@ impl Lane {
         self.mac_next.saturating_sub(1 + self.aad_blocks)
     }
 
+    /// How many of the MAC's next steps read whole payload blocks that are ready (for
+    /// opening: decrypted), from the next one on; 0 if the next is not one.
+    #[inline(always)]
+    fn whole_blocks_ready(&self, len: usize, open: bool) -> usize {
+        if self.mac_next <= self.aad_blocks {
+            return 0;
+        }
+        let j = self.mac_next - 1 - self.aad_blocks;
+        let whole = (len / 16).saturating_sub(j);
+        if open {
+            whole.min(self.ctr_next.saturating_sub(1 + j))
+        } else {
+            whole
+        }
+    }
+
     /// Can the MAC take its next block now? Opening reads only decrypted blocks.
     #[inline(always)]
     fn mac_ready(&self, open: bool) -> bool {
@@ -401,6 +417,46 @@ fn interleave<B: BlockBackend<BlockSize = U16>>(
     let mut next_ctr_lane = 0;
     let count = lanes.len();
     loop {
+        // The common case first: every unfinished chain is inside its payload, with whole
+        // blocks ready, and it fills the pass (or no counter block waits for the slots).
+        // Then a run of passes needs no bookkeeping per slot.
+        let mut active = [0usize; PAR_MAX];
+        let mut k = 0;
+        let mut steps = usize::MAX;
+        for (li, (lane, m)) in lanes.iter().zip(msgs.iter()).enumerate() {
+            if lane.mac_next == lane.mac_end {
+                continue;
+            }
+            let full = lane.whole_blocks_ready(m.buf.len(), open);
+            if full == 0 || k == width {
+                steps = 0;
+                break;
+            }
+            active[k] = li;
+            k += 1;
+            steps = steps.min(full);
+        }
+        if k > 0 && steps > 0 && (open || k == width) {
+            let active = &active[..k];
+            for _ in 0..steps {
+                for (slot, &li) in par.iter_mut().zip(active) {
+                    let lane = &lanes[li];
+                    let at = (lane.mac_next - 1 - lane.aad_blocks) * 16;
+                    *slot = xor(&lane.mac, &load(msgs[li].buf.get(at..).unwrap_or_default())).into();
+                }
+                if k == 1 {
+                    backend.proc_block_inplace(&mut par[0]);
+                } else {
+                    backend.proc_par_blocks_inplace(&mut par);
+                }
+                for (slot, &li) in par.iter().zip(active) {
+                    let lane = &mut lanes[li];
+                    lane.mac = (*slot).into();
+                    lane.mac_next += 1;
+                }
+            }
+            continue;
+        }
         let mut n = 0;
         for (li, (lane, m)) in lanes.iter_mut().zip(msgs.iter()).enumerate() {
             if n == width {
