@@ -77,7 +77,6 @@ pub enum AeadError {
 }
 
 /// One message of a batch for [`Aead::seal_many`] or [`Aead::open_many`].
-#[derive(Debug)]
 pub struct Message<'a> {
     /// Its nonce.
     pub nonce: [u8; NONCE_LEN],
@@ -87,6 +86,13 @@ pub struct Message<'a> {
     pub buf: &'a mut [u8],
     /// The tag: written by sealing, checked by opening.
     pub tag: [u8; TAG_LEN],
+}
+
+impl core::fmt::Debug for Message<'_> {
+    /// Lengths only: the buffer may hold plaintext.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Message").field("aad", &self.aad.len()).field("buf", &self.buf.len()).finish_non_exhaustive()
+    }
 }
 
 /// An AES-128-CCM instance with its key schedule expanded once. The `aes` crate's
@@ -192,7 +198,6 @@ struct Lane {
 
 impl Lane {
     /// Sets up the lane for `m`; an error leaves it with nothing to do.
-    #[inline(always)]
     fn start(&mut self, m: &Message<'_>) -> Result<(), AeadError> {
         if m.buf.len() >= MAX_LEN {
             return Err(AeadError::TooLong);
@@ -338,31 +343,25 @@ impl BlockClosure for Passes<'_, '_, '_> {
     #[inline(always)]
     fn call<B: BlockBackend<BlockSize = U16>>(self, backend: &mut B) {
         let Passes { lanes, msgs, open } = self;
-        if let ([lane], [m]) = (&mut *lanes, &mut *msgs) {
-            // One message: its MAC is a chain whatever the order, so CTR goes in wide
-            // passes before (opening) or after (sealing) it, with the least work per
-            // block on the chain.
-            if open {
-                ctr_all(backend, lane, m);
-            }
-            while lane.mac_next < lane.mac_end {
-                let mut b = lane.mac_input(m).into();
-                backend.proc_block_inplace(&mut b);
-                lane.mac = b.into();
-                lane.mac_next += 1;
-            }
-            if !open {
-                ctr_all(backend, lane, m);
-            }
-            return;
-        }
         if open {
             // Decrypt everything first: then every MAC chain can run to its end.
             for (lane, m) in lanes.iter_mut().zip(msgs.iter_mut()) {
                 ctr_all(backend, lane, m);
             }
         }
-        interleave(backend, lanes, msgs, open);
+        if let ([lane], [m]) = (&mut *lanes, &*msgs) {
+            // One message: its chain with the least work per block on it; its counter
+            // blocks go in wide passes before (opening) or after (sealing) it.
+            while lane.mac_next < lane.mac_end {
+                let mut b = lane.mac_input(m).into();
+                backend.proc_block_inplace(&mut b);
+                lane.mac = b.into();
+                lane.mac_next += 1;
+            }
+        } else {
+            interleave(backend, lanes, msgs, open);
+        }
+        // What sealing left (nothing, when opening).
         for (lane, m) in lanes.iter_mut().zip(msgs.iter_mut()) {
             ctr_all(backend, lane, m);
         }
