@@ -280,8 +280,8 @@ impl<K: KeyKind> Channel<K> {
             /// Refused by its header (not by the replay window): final.
             Refused(CryptoError),
             /// Its header is ours: (sender, counter), and the body's end if there is
-            /// room for a tag (else it is truncated). Whether it is opened and whether it
-            /// authenticated is in `opened`.
+            /// room for a tag (else it is truncated). Whether it was opened is in `lane`,
+            /// whether it authenticated in `verified`.
             Admitted(Sender, u64, Option<usize>),
         }
         let mut pre: heapless::Vec<Pre, { ntm_aead::LANES }> = heapless::Vec::new();
