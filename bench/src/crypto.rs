@@ -2,19 +2,16 @@
 //! core, the `ccm` crate one packet at a time beside `ntm-aead` one at a time and eight at
 //! once (its multi-buffer CCM, which the node's batch calls use), for 64-, 512- and
 //! 1400-byte packets with a 20-byte header as associated data. This program is built with
-//! the release profile's code generation (`ntm-aead` and `aes` at opt-level 3), as the
-//! daemons are. `aead/examples/ccm_speed.rs` prints the same table without the lab.
+//! the release profile's code generation, as the daemons are, and all three are compiled
+//! in `ntm-aead` (at opt-level 3; the `ccm` crate through its `reference` feature).
+//! `aead/examples/ccm_speed.rs` prints the same table without the lab.
 
 use crate::opts::Opts;
 use crate::table::Table;
-use ccm::aead::generic_array::GenericArray;
-use ccm::aead::{AeadInPlace, KeyInit};
-use ccm::consts::{U12, U16};
+use ntm_aead::reference::Reference;
 use ntm_aead::{Aead, Message, LANES, NONCE_LEN, TAG_LEN};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-
-type Reference = ccm::Ccm<aes::Aes128Enc, U16, U12>;
 
 const AAD_LEN: usize = 20;
 
@@ -54,7 +51,7 @@ pub fn part_crypto(o: &Opts) -> Table {
         &["packet", "operation", "ccm crate, per packet", "ntm-aead, per packet", "ntm-aead, batch of 8"],
     );
     let key = [0x42u8; 16];
-    let reference = Reference::new(GenericArray::from_slice(&key));
+    let reference = Reference::new(&key);
     let ours = Aead::new(&key);
     let aad = [7u8; AAD_LEN];
     for size in [64usize, 512, 1400] {
@@ -62,8 +59,7 @@ pub fn part_crypto(o: &Opts) -> Table {
         let mut many: Vec<Vec<u8>> = (0..LANES).map(|_| vec![0x5au8; size]).collect();
         let cell = |ns: f64| format!("{ns:.0} ns, {:.2} Gbit/s", size as f64 * 8.0 / ns);
         let seal_ref = time(budget, 1, |i| {
-            let t = reference.encrypt_in_place_detached(GenericArray::from_slice(&nonce(i)), &aad, &mut one);
-            let _ = black_box(t);
+            let _ = black_box(reference.seal(&nonce(i), &aad, &mut one));
         });
         let seal_one = time(budget, 1, |i| {
             let _ = black_box(ours.seal(&nonce(i), &aad, &mut one));
@@ -85,13 +81,7 @@ pub fn part_crypto(o: &Opts) -> Table {
         let Ok(tag) = ours.seal(&nonce(1), &aad, &mut sealed) else { continue };
         let open_ref = time(budget, 1, |_| {
             one.copy_from_slice(&sealed);
-            let r = reference.decrypt_in_place_detached(
-                GenericArray::from_slice(&nonce(1)),
-                &aad,
-                &mut one,
-                GenericArray::from_slice(&tag),
-            );
-            let _ = black_box(r);
+            let _ = black_box(reference.open(&nonce(1), &aad, &mut one, &tag));
         });
         let open_one = time(budget, 1, |_| {
             one.copy_from_slice(&sealed);
