@@ -5,7 +5,7 @@
 //! tables (and writes them to `--out`); `docs/benchmarks.md` keeps the latest full run.
 //!
 //! ```text
-//! ntm-bench [--quick] [--out FILE] [--only tunnel,relay,handover,setup,idle,footprint,capacity,matrix]
+//! ntm-bench [--quick] [--out FILE] [--only tunnel,relay,handover,setup,idle,footprint,capacity,matrix,crypto]
 //!           [--rounds N] [--secs N] [--moves N] [--setups N] [--idle-secs N] [--ns-steps N,N]
 //!           [--rs-workers N,N]
 //! ```
@@ -25,12 +25,13 @@
 //! only) and is removed at the end, also on Ctrl-C; every wait is bounded.
 //!
 //! One module per part ([`tunnel`], [`relay`], [`handover`], [`setup`], [`idle`],
-//! [`footprint`], [`capacity`], [`matrix`]), each making its table; what they share is in [`measure`]
+//! [`footprint`], [`capacity`], [`matrix`], [`crypto`]), each making its table; what they share is in [`measure`]
 //! (ping and iperf3 through a path), [`peers`] (the other tunnels), [`deploy`] (the agents in
 //! a lab deployment), [`table`] and [`util`]. [`run`] runs the parts over two deployments
 //! and [`report`] heads their tables.
 
 mod capacity;
+mod crypto;
 mod deploy;
 mod footprint;
 mod handover;
@@ -89,6 +90,11 @@ fn run(o: &Opts) -> Res<(String, bool)> {
         }
     }
 
+    if o.wants("crypto") {
+        // First, while no daemon runs: a measure of one core.
+        log("AES-CCM micro-benchmark");
+        tables.push((8, crypto::part_crypto(o)));
+    }
     let direct_parts = ["tunnel", "handover", "setup"].iter().any(|p| o.wants(p));
     if direct_parts || o.wants("footprint") {
         log("deployment: both boxes on public IPv4 (direct tunnel)");

@@ -29,7 +29,7 @@ pub struct Opts {
     pub argv: String,
 }
 
-const PARTS: [&str; 8] = ["tunnel", "relay", "handover", "setup", "idle", "footprint", "capacity", "matrix"];
+const PARTS: [&str; 9] = ["tunnel", "relay", "handover", "setup", "idle", "footprint", "capacity", "matrix", "crypto"];
 
 pub fn parse_opts() -> Res<Opts> {
     let args: Vec<String> = std::env::args().skip(1).collect();

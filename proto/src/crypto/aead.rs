@@ -42,7 +42,13 @@ impl Aead {
         self.0.seal(nonce, aad, buf).map_err(|_| CryptoError::Wire(crate::wire::WireError::TooLong("sealed body")))
     }
 
-    /// Decrypts `buf` in place if `tag` verifies; leaves garbage in `buf` otherwise.
+    /// The cipher itself, for batches ([`ntm_aead::Aead::seal_many`] and
+    /// [`ntm_aead::Aead::open_many`]; [`super::Channel`] uses them).
+    pub(crate) fn batch(&self) -> &ntm_aead::Aead {
+        &self.0
+    }
+
+    /// Decrypts `buf` in place if `tag` verifies; zeroes `buf` otherwise.
     pub fn open(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<(), CryptoError> {
         self.0.open(nonce, aad, buf, tag).map_err(|e| match e {
             AeadError::Forged | AeadError::TooLong => CryptoError::Forged,

@@ -7,6 +7,9 @@ use crate::wire::{Envelope, Header, KeyId, Message, Sender, HEADER_LEN};
 use core::ops::Range;
 use zeroize::Zeroizing;
 
+/// Bodies must be shorter than this: CCM's limit with a 12-byte nonce (2^24 bytes).
+const SEAL_MAX: usize = 1 << 24;
+
 /// A message [`Channel::open_in_place`] authenticated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Opened {
@@ -175,8 +178,178 @@ impl<K: KeyKind> Channel<K> {
         Ok(())
     }
 
+    /// How many more messages this channel can seal before its counter runs out or
+    /// reaches its limit ([`Channel::limit_counter`]).
+    pub fn counters_left(&self) -> u64 {
+        // The limit is at most u64::MAX, which is never used.
+        self.limit.saturating_sub(self.next_counter)
+    }
+
+    /// [`Channel::seal_in_place`] for several buffers at once, each with the next counter
+    /// in order, sealed side by side ([`ntm_aead::Aead::seal_many`]): the data plane's
+    /// batch. Everything that can fail is checked before any counter is taken (the key's
+    /// expiry, every buffer's room for header and tag, enough counters left for all), and
+    /// then nothing fails: either every buffer is sealed or none is and no counter is
+    /// spent. The error is the one [`Channel::seal_in_place`] would give for the first
+    /// buffer that fails in turn.
+    pub fn seal_many_in_place(
+        &mut self,
+        now: Instant,
+        msg_type: crate::wire::MsgType,
+        bufs: &mut [&mut [u8]],
+    ) -> Result<(), CryptoError> {
+        if self.is_expired(now) {
+            return Err(CryptoError::Expired);
+        }
+        for b in bufs.iter() {
+            let body = b
+                .len()
+                .checked_sub(TAG_LEN + HEADER_LEN)
+                .ok_or(CryptoError::Wire(crate::wire::WireError::BufferTooSmall))?;
+            if body >= SEAL_MAX {
+                return Err(CryptoError::Wire(crate::wire::WireError::TooLong("sealed body")));
+            }
+        }
+        let left = self.counters_left();
+        if (bufs.len() as u64) > left {
+            // The counter the first buffer without one would take.
+            return Err(if self.next_counter.saturating_add(left) == u64::MAX {
+                CryptoError::CounterExhausted
+            } else {
+                CryptoError::CounterNotReserved
+            });
+        }
+        let first = self.next_counter;
+        // Checked above: `first + len` is at most the limit.
+        self.next_counter = first + bufs.len() as u64;
+        let mut counter = first;
+        for chunk in bufs.chunks_mut(ntm_aead::LANES) {
+            let mut msgs: heapless::Vec<ntm_aead::Message<'_>, { ntm_aead::LANES }> = heapless::Vec::new();
+            let mut tags: heapless::Vec<&mut [u8], { ntm_aead::LANES }> = heapless::Vec::new();
+            for b in chunk.iter_mut() {
+                let header = Header { msg_type, sealed: true, sender: self.local, key_id: self.id, counter };
+                let (head, rest) = b.split_at_mut(HEADER_LEN);
+                head.copy_from_slice(&header.to_bytes());
+                let body_len = rest.len() - TAG_LEN;
+                let (body, tag) = rest.split_at_mut(body_len);
+                let m =
+                    ntm_aead::Message { nonce: nonce(self.local, counter), aad: head, buf: body, tag: [0; TAG_LEN] };
+                // At most LANES of each: the chunk's length.
+                let _ = msgs.push(m);
+                let _ = tags.push(tag);
+                counter += 1;
+            }
+            let mut out = [Ok(()); ntm_aead::LANES];
+            self.aead.batch().seal_many(&mut msgs, &mut out);
+            for ((m, tag), r) in msgs.iter().zip(tags.iter_mut()).zip(out) {
+                // Lengths were checked above; a failure here would be a bug, and the
+                // counters it took stay spent.
+                r.map_err(|_| CryptoError::Wire(crate::wire::WireError::TooLong("sealed body")))?;
+                tag.copy_from_slice(&m.tag);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Channel::open_in_place`] for several buffers at once: `out[i]` is exactly what
+    /// opening `bufs[i]` after `bufs[..i]`, one at a time, would give. The headers are
+    /// checked first (replay window included), the messages that pass are opened side by
+    /// side ([`ntm_aead::Aead::open_many`]), and then, in order, each is checked against
+    /// the replay window again and committed to it only if its tag verified: so of two
+    /// copies of one counter in a batch one opens and the other is
+    /// [`CryptoError::Replayed`], and a forged message never moves the window. The body of
+    /// a buffer whose result is an error may hold garbage. Buffers past the end of `out`
+    /// are not touched.
+    pub fn open_many_in_place(
+        &mut self,
+        now: Instant,
+        bufs: &mut [&mut [u8]],
+        out: &mut [Result<Opened, CryptoError>],
+    ) {
+        let n = bufs.len().min(out.len());
+        let (bufs, out) = (bufs.get_mut(..n).unwrap_or_default(), out.get_mut(..n).unwrap_or_default());
+        for (bufs, out) in bufs.chunks_mut(ntm_aead::LANES).zip(out.chunks_mut(ntm_aead::LANES)) {
+            self.open_lanes(now, bufs, out);
+        }
+    }
+
+    /// [`Channel::open_many_in_place`] for at most `ntm_aead::LANES` buffers.
+    fn open_lanes(&mut self, now: Instant, bufs: &mut [&mut [u8]], out: &mut [Result<Opened, CryptoError>]) {
+        /// What the checks before opening found for one buffer.
+        enum Pre {
+            /// Refused by its header (not by the replay window): final.
+            Refused(CryptoError),
+            /// Its header is ours: (sender, counter), and the body's end if there is
+            /// room for a tag (else it is truncated). Whether it was opened is in `lane`,
+            /// whether it authenticated in `verified`.
+            Admitted(Sender, u64, Option<usize>),
+        }
+        let mut pre: heapless::Vec<Pre, { ntm_aead::LANES }> = heapless::Vec::new();
+        let mut msgs: heapless::Vec<ntm_aead::Message<'_>, { ntm_aead::LANES }> = heapless::Vec::new();
+        // For each buffer: the index of its message in `msgs`, if it is opened.
+        let mut lane: [Option<usize>; ntm_aead::LANES] = [None; ntm_aead::LANES];
+        for (i, b) in bufs.iter_mut().enumerate() {
+            let admitted =
+                Envelope::new_checked(&b[..]).map_err(CryptoError::from).and_then(|env| self.admit_header(now, &env));
+            let (sender, counter) = match admitted {
+                Ok(sc) => sc,
+                Err(e) => {
+                    let _ = pre.push(Pre::Refused(e));
+                    continue;
+                }
+            };
+            let body_end = b.len().checked_sub(TAG_LEN).filter(|&e| e >= HEADER_LEN);
+            let _ = pre.push(Pre::Admitted(sender, counter, body_end));
+            // A counter the window refuses now it refuses after any commit too (the
+            // window only moves up and fills): no need to open it.
+            let (Some(end), Ok(())) = (body_end, self.check_window(sender, counter)) else { continue };
+            let (head, rest) = b.split_at_mut(HEADER_LEN);
+            let (body, tag) = rest.split_at_mut(end - HEADER_LEN);
+            let mut t = [0u8; TAG_LEN];
+            t.copy_from_slice(tag);
+            if let Some(slot) = lane.get_mut(i) {
+                *slot = Some(msgs.len());
+            }
+            let _ = msgs.push(ntm_aead::Message { nonce: nonce(sender, counter), aad: head, buf: body, tag: t });
+        }
+        let mut verified = [Ok(()); ntm_aead::LANES];
+        self.aead.batch().open_many(&mut msgs, &mut verified);
+        drop(msgs);
+        // In order, as one at a time: the window as the earlier buffers left it, then the
+        // length, then the tag; commit only what authenticated.
+        for ((p, o), l) in pre.iter().zip(out.iter_mut()).zip(lane) {
+            *o = match *p {
+                Pre::Refused(e) => Err(e),
+                Pre::Admitted(sender, counter, body_end) => self.check_window(sender, counter).and_then(|()| {
+                    let end = body_end.ok_or(CryptoError::Wire(crate::wire::WireError::Truncated))?;
+                    match l.and_then(|k| verified.get(k)) {
+                        Some(Ok(())) => {}
+                        _ => return Err(CryptoError::Forged),
+                    }
+                    let newest = self.window_for(sender).commit(counter);
+                    Ok(Opened { body: HEADER_LEN..end, newest })
+                }),
+            };
+        }
+    }
+
     /// Checks the header of `buf` against this channel and returns (sender, counter).
     fn admit(&self, now: Instant, env: &Envelope<&[u8]>) -> Result<(Sender, u64), CryptoError> {
+        let (sender, counter) = self.admit_header(now, env)?;
+        self.check_window(sender, counter)?;
+        Ok((sender, counter))
+    }
+
+    /// Is `counter` from `sender` fresh in its replay window (now)?
+    fn check_window(&self, sender: Sender, counter: u64) -> Result<(), CryptoError> {
+        match self.windows.iter().find(|(s, _)| *s == sender) {
+            Some((_, w)) => w.check(counter),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Channel::admit`] but for the replay window.
+    fn admit_header(&self, now: Instant, env: &Envelope<&[u8]>) -> Result<(Sender, u64), CryptoError> {
         if !env.sealed() {
             return Err(CryptoError::NotSealed);
         }
@@ -193,11 +366,7 @@ impl<K: KeyKind> Channel<K> {
         if self.is_expired(now) {
             return Err(CryptoError::Expired);
         }
-        let counter = env.counter();
-        if let Some((_, w)) = self.windows.iter().find(|(s, _)| *s == sender) {
-            w.check(counter)?;
-        }
-        Ok((sender, counter))
+        Ok((sender, env.counter()))
     }
 
     /// Opens a sealed message in place: where its plaintext body is in `buf`, and whether

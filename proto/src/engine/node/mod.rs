@@ -11,6 +11,11 @@
 //! packet from the TUN device). Outputs: [`Engine::poll_transmit`], [`Engine::poll_dns`],
 //! [`Engine::poll_timeout`] and [`Node::poll_event`]. Decrypted packets for the TUN device
 //! come back from [`Engine::handle_datagram`] as [`Received::Ip`].
+//!
+//! The data path also takes batches: [`Node::handle_datagrams_on`] and
+//! [`Node::seal_ip_batch_within`] give, item by item, what the one-at-a-time calls give in
+//! the same order, but run the AES-CCM of consecutive packets of one tunnel side by side
+//! (`ntm-aead`'s multi-buffer CCM, about twice the speed per packet of one at a time).
 
 mod link;
 mod login;
@@ -582,6 +587,46 @@ impl Node {
             | MsgType::Refusal => self.drops.count(DropReason::UnknownKey),
             MsgType::Unknown(_) => self.drops.count(DropReason::Malformed),
             _ => self.drops.count(DropReason::Unexpected),
+        }
+    }
+}
+
+impl Node {
+    /// [`Node::handle_datagram_on`] for a batch of datagrams that arrived on `local`, each
+    /// with its sender: `out[i]` is what handling `datagrams[i]` after `datagrams[..i]`,
+    /// one at a time, would give, with the same effects, in the same order. Consecutive
+    /// data datagrams of one tunnel are opened with one multi-buffer call
+    /// ([`Channel::open_many_in_place`]); anything else goes through
+    /// [`Node::handle_datagram_on`] in its turn. Datagrams past the end of `out` are not
+    /// touched.
+    pub fn handle_datagrams_on(
+        &mut self,
+        now: Instant,
+        local: Local,
+        datagrams: &mut [(SocketAddr, &mut [u8])],
+        out: &mut [Received],
+    ) {
+        let n = datagrams.len().min(out.len());
+        let mut i = 0;
+        while i < n {
+            let id = datagrams.get(i).and_then(|(_, b)| self.data_batch_tunnel(local, b));
+            // A run: the datagrams that go with this one (see `data_batch_tunnel` for why
+            // they can all be looked at before any is handled).
+            let mut end = i + 1;
+            if id.is_some() {
+                while end < n
+                    && end - i < tunnel::DATA_RUN_MAX
+                    && datagrams.get(end).and_then(|(_, b)| self.data_batch_tunnel(local, b)) == id
+                {
+                    end += 1;
+                }
+            }
+            match (id, datagrams.get_mut(i..end), out.get_mut(i..end)) {
+                (Some(id), Some(d), Some(o)) if end - i > 1 => self.handle_data_run(now, local, id, d, o),
+                (_, Some([(from, buf), ..]), Some([o, ..])) => *o = self.handle_datagram_on(now, local, *from, buf),
+                _ => {}
+            }
+            i = end;
         }
     }
 }

@@ -19,7 +19,7 @@ use super::table::{RouteKey, Timing, TunnelId};
 use super::timer::Timer;
 use super::{ip_endpoints, Node, NodeEvent, PathKind, ResolveError, ResolveId};
 use crate::crypto::pk::{unwrap_from_peer, unwrap_with_tmp, wrap_for_peer, wrap_with_tmp, AttestedKey};
-use crate::crypto::{Channel, CryptoError, TAG_LEN};
+use crate::crypto::{Channel, CryptoError, Opened, TAG_LEN};
 use crate::engine::{DropReason, Local, Received, Retry, Via};
 use crate::keys::{KMnCn, KTmp, MnCn, Tun};
 use crate::time::{Duration, Instant};
@@ -34,6 +34,9 @@ use crate::wire::{
 };
 use core::net::{IpAddr, SocketAddr};
 
+/// Most data packets of one tunnel sealed or opened in one multi-buffer call (a receive
+/// or send batch of the agent holds up to 64).
+pub(super) const DATA_RUN_MAX: usize = 64;
 /// How long a superseded session keeps receiving after its replacement is up.
 const SUPERSEDED_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for the peer's Tunnel Request.
@@ -1408,16 +1411,84 @@ impl Node {
         let Some(id) = self.tunnels.by_session(SessionId(env.key_id().0)) else {
             return self.drops.count(DropReason::UnknownKey);
         };
-        let my_virtual = self.virtual_addrs;
         let Some(mut t) = self.tunnels.get_mut(id) else { return self.drops.count(DropReason::UnknownKey) };
         let Some(ch) = t.mncn_mut() else { return self.drops.count(DropReason::Stale) };
-        let (range, newest) = match ch.open_in_place(now, buf) {
+        let opened = ch.open_in_place(now, buf);
+        drop(t);
+        self.data_opened(now, local, from, id, opened, buf)
+    }
+
+    /// The tunnel a data datagram arriving on `local` would be opened with, if it can go
+    /// in a batch ([`Node::handle_datagrams_on`]) with the same results as one at a time:
+    /// a data packet of a tunnel that holds K_mncn, while no search for a direct path
+    /// runs. (Handling a data packet changes nothing this depends on, except through a
+    /// search, which may close `local` or end on the packet.)
+    pub(super) fn data_batch_tunnel(&self, local: Local, buf: &[u8]) -> Option<TunnelId> {
+        if self.locals.searching() || (local != Local::MAIN && !self.locals.is_open(local)) {
+            return None;
+        }
+        let env = Envelope::new_checked(buf).ok()?;
+        if env.msg_type() != MsgType::Data {
+            return None;
+        }
+        let id = self.tunnels.by_session(SessionId(env.key_id().0))?;
+        self.tunnels.get(id)?.mncn().map(|_| id)
+    }
+
+    /// Data datagrams of tunnel `id` ([`Node::data_batch_tunnel`]), at most
+    /// `DATA_RUN_MAX`: opened with one multi-buffer call, then each handled in order as
+    /// [`Node::handle_data`] would, into `out`.
+    pub(super) fn handle_data_run(
+        &mut self,
+        now: Instant,
+        local: Local,
+        id: TunnelId,
+        datagrams: &mut [(SocketAddr, &mut [u8])],
+        out: &mut [Received],
+    ) {
+        let mut opened: heapless::Vec<Result<Opened, CryptoError>, DATA_RUN_MAX> = heapless::Vec::new();
+        {
+            let mut bufs: heapless::Vec<&mut [u8], DATA_RUN_MAX> = heapless::Vec::new();
+            for (_, b) in datagrams.iter_mut() {
+                if bufs.push(&mut **b).is_err() {
+                    break;
+                }
+                let _ = opened.push(Err(CryptoError::Forged));
+            }
+            match self.tunnels.get_mut(id) {
+                Some(mut t) => match t.mncn_mut() {
+                    Some(ch) => ch.open_many_in_place(now, &mut bufs, &mut opened),
+                    None => opened.iter_mut().for_each(|o| *o = Err(CryptoError::WrongKeyId)),
+                },
+                None => opened.iter_mut().for_each(|o| *o = Err(CryptoError::WrongKeyId)),
+            }
+        }
+        for (((from, buf), o), r) in datagrams.iter_mut().zip(out.iter_mut()).zip(opened) {
+            *o = self.data_opened(now, local, *from, id, r, buf);
+        }
+    }
+
+    /// What follows opening a data packet of tunnel `id` from `from` on `local`.
+    fn data_opened(
+        &mut self,
+        now: Instant,
+        local: Local,
+        from: SocketAddr,
+        id: TunnelId,
+        opened: Result<Opened, CryptoError>,
+        buf: &[u8],
+    ) -> Received {
+        let (range, newest) = match opened {
             Ok(o) => (o.body, o.newest),
             // A copy of a data packet (the network's, or sent again after a handover)
             // is a late duplicate; it was delivered once, or is too late to matter.
             Err(CryptoError::Replayed | CryptoError::TooOld) => return self.drops.count(DropReason::Stale),
+            // The tunnel went between the check and the opening (not on any path today).
+            Err(CryptoError::WrongKeyId) => return self.drops.count(DropReason::UnknownKey),
             Err(e) => return self.drops.count(DropReason::from(e)),
         };
+        let my_virtual = self.virtual_addrs;
+        let Some(mut t) = self.tunnels.get_mut(id) else { return self.drops.count(DropReason::UnknownKey) };
         let inner = buf.get(range.clone()).unwrap_or(&[]);
         let ok = match (ip_endpoints(inner), my_virtual) {
             (Some((src, dst)), Some(me)) => t.carries(src) && (dst == IpAddr::V4(me.v4) || dst == IpAddr::V6(me.v6)),
@@ -1476,6 +1547,120 @@ impl Node {
         t.activity.last_data = now;
         t.activity.tx_packets += 1;
         Ok(Dest { to, local: self.locals.local_for(to) })
+    }
+
+    /// [`Node::seal_ip_within`] for a batch of packets from the TUN device: `out[i]` is
+    /// what `seal_ip_within(now, frames[i], ..)` would give after the frames before it,
+    /// with the same effects (counters, the copies kept for a peer that moves, the
+    /// tunnels' activity), but consecutive packets for one tunnel are sealed with one
+    /// multi-buffer call ([`Channel::seal_many_in_place`]). A frame refused before
+    /// sealing (not IP, no tunnel, too big) does not end such a run. `path_mtu` gets the
+    /// inner packet and where it would go. Frames past the end of `out` are not touched.
+    pub fn seal_ip_batch_within(
+        &mut self,
+        now: Instant,
+        frames: &mut [&mut [u8]],
+        path_mtu: impl Fn(&[u8], &SocketAddr) -> u16,
+        out: &mut [Result<Dest, SendError>],
+    ) {
+        let n = frames.len().min(out.len());
+        // The run being gathered: its tunnel and first frame; the frames routed to it are
+        // the `Ok` ones of `out[start..]` (the refused ones have their error already).
+        let mut run: Option<(TunnelId, usize)> = None;
+        for i in 0..n {
+            let Some(frame) = frames.get(i) else { break };
+            let routed = self.route_frame(frame, &path_mtu);
+            if let (Some((id, start)), Ok((to_id, _))) = (run, &routed) {
+                if *to_id != id || i - start >= DATA_RUN_MAX {
+                    self.seal_run(
+                        now,
+                        id,
+                        frames.get_mut(start..i).unwrap_or_default(),
+                        out.get_mut(start..i).unwrap_or_default(),
+                    );
+                    run = None;
+                }
+            }
+            if let Some(o) = out.get_mut(i) {
+                *o = match routed {
+                    Ok((id, to)) => {
+                        run.get_or_insert((id, i));
+                        Ok(Dest { to, local: Local::MAIN })
+                    }
+                    Err(e) => Err(e),
+                };
+            }
+        }
+        if let Some((id, start)) = run {
+            self.seal_run(
+                now,
+                id,
+                frames.get_mut(start..n).unwrap_or_default(),
+                out.get_mut(start..n).unwrap_or_default(),
+            );
+        }
+    }
+
+    /// The checks of [`Node::seal_ip_within`] before sealing: the tunnel and where to.
+    fn route_frame(
+        &mut self,
+        buf: &[u8],
+        path_mtu: &impl Fn(&[u8], &SocketAddr) -> u16,
+    ) -> Result<(TunnelId, SocketAddr), SendError> {
+        let end = buf.len().checked_sub(TAG_LEN).filter(|&e| e > HEADER_LEN).ok_or(SendError::NotIp)?;
+        let inner = buf.get(HEADER_LEN..end).ok_or(SendError::NotIp)?;
+        let (_, dst) = ip_endpoints(inner).ok_or(SendError::NotIp)?;
+        let id = self.tunnels.route(dst).ok_or(SendError::NoTunnel(dst))?;
+        let to = self.tunnels.get(id).and_then(Tunnel::send_to).ok_or(SendError::NoTunnel(dst))?;
+        let mtu = path_mtu(inner, &to);
+        if inner.len() > usize::from(mtu) {
+            return Err(SendError::TooBig { mtu });
+        }
+        Ok((id, to))
+    }
+
+    /// Seals the frames of `frames` whose `out` is `Ok` (routed to tunnel `id`) and
+    /// applies the effects of each in order; an `Ok` becomes the error sealing gave.
+    fn seal_run(&mut self, now: Instant, id: TunnelId, frames: &mut [&mut [u8]], out: &mut [Result<Dest, SendError>]) {
+        if self.tunnels.get(id).and_then(Tunnel::established).is_none() {
+            // Not on any path: the run was routed to `id` just now, and routing, sealing
+            // and the effects of sealing leave every tunnel's state as it was.
+            for (f, o) in frames.iter().zip(out.iter_mut()).filter(|(_, o)| o.is_ok()) {
+                let dst = f.get(HEADER_LEN..).and_then(ip_endpoints).map(|(_, d)| d);
+                *o = Err(dst.map_or(SendError::NotIp, SendError::NoTunnel));
+            }
+            return;
+        }
+        let Some(mut t) = self.tunnels.get_mut(id) else { return };
+        let session = t.session;
+        let Some(e) = t.established_mut() else { return };
+        let (to, direct) = (e.route.to(), matches!(e.route, Route::Direct { .. }));
+        let mut bufs: heapless::Vec<&mut [u8], DATA_RUN_MAX> = heapless::Vec::new();
+        for (f, _) in frames.iter_mut().zip(out.iter()).filter(|(_, o)| o.is_ok()) {
+            let _ = bufs.push(&mut **f);
+        }
+        if e.mncn.seal_many_in_place(now, MsgType::Data, &mut bufs).is_err() {
+            // Refused as a whole before any counter was taken: one at a time gives each
+            // frame its own outcome, as without the batch.
+            let routed = out.iter_mut().filter(|o| o.is_ok());
+            for (f, o) in bufs.iter_mut().zip(routed) {
+                if let Err(err) = e.mncn.seal_in_place(now, MsgType::Data, f) {
+                    *o = Err(SendError::Crypto(err));
+                }
+            }
+        }
+        drop(bufs);
+        let dest = Dest { to, local: self.locals.local_for(to) };
+        for (f, o) in frames.iter_mut().zip(out.iter_mut()).filter(|(_, o)| o.is_ok()) {
+            // Only a direct path loses packets to a moving peer; the RS stays where it is.
+            if direct {
+                self.recent.record(now, session, to, f);
+            }
+            t.sent(now, to);
+            t.activity.last_data = now;
+            t.activity.tx_packets += 1;
+            *o = Ok(dest);
+        }
     }
 
     /// Convenience over [`Node::seal_ip`] for callers that do not manage buffers: seals a
