@@ -38,6 +38,7 @@ count_results() {
 # is only built here; netlink_tests runs it in namespaces of its own.
 qemu_tests() {
 	local cargo_fn=$1
+	"$cargo_fn" test -p ntm-aead --lib
 	"$cargo_fn" test -p ntm-proto --all-features --lib --tests
 	"$cargo_fn" test -p ntm-proto --no-default-features --lib
 	"$cargo_fn" test -p ntm-dns --lib --tests
