@@ -73,13 +73,24 @@ fn softnet_drops() -> u64 {
 
 /// One iperf3 run from box a to `dst` (`reverse`: from `dst` to box a): bytes received,
 /// the receiver's rate in Gbit/s and the sender's retransmissions as iperf3 reports them.
-fn iperf(d: &mut Deployment, dst: &str, reverse: bool, tag: &str) -> (f64, f64, u64) {
+/// With `stall`, that process (the receiving agent) is stopped for 40 ms every 200 ms
+/// while the transfer runs, as a busy box deschedules it.
+fn iperf(d: &mut Deployment, dst: &str, reverse: bool, tag: &str, stall: Option<usize>) -> (f64, f64, u64) {
     let a = d.boxes[0].ns.clone();
     let mut cmd = vec!["iperf3", "-c", dst, "-t", SECS, "-J", "--connect-timeout", "3000"];
     if reverse {
         cmd.extend(["-R", "--rcv-timeout", "5000"]);
     }
     let p = d.lab.spawn(&a, tag, &cmd, &[]).expect("iperf3 client");
+    if let Some(agent) = stall {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while d.lab.proc(p).alive() && std::time::Instant::now() < give_up {
+            d.lab.proc(agent).signal(19); // SIGSTOP
+            std::thread::sleep(std::time::Duration::from_millis(40));
+            d.lab.proc(agent).signal(18); // SIGCONT
+            std::thread::sleep(std::time::Duration::from_millis(160));
+        }
+    }
     assert!(d.lab.proc(p).wait(30).is_some(), "iperf3 {tag} ends");
     let log = d.lab.proc(p).log_text();
     let v: Value = serde_json::from_str(&log[log.find('{').unwrap_or(0)..]).expect("iperf3 -J output");
@@ -107,8 +118,10 @@ fn bulk_tcp_through_the_tunnel_with_and_without_tun_offloads() {
     let Some(mut d) = or_skip(Deployment::start(label), label) else { return };
     let (a, b) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone());
     d.lab.spawn(&b, "iperf-server", &["iperf3", "-s", "--rcv-timeout", "5000"], &[]).expect("iperf3 server");
-    for offload in [true, false] {
-        d.lab.step(format!("agents with tun.offload {offload}"));
+    // Offloads on, off, and on with the receiving agent stalled now and then: the tunnel
+    // socket's receive buffer must hold what arrives meanwhile.
+    for (offload, stalls) in [(true, false), (false, false), (true, true)] {
+        d.lab.step(format!("agents with tun.offload {offload}, stalls {stalls}"));
         let st = d
             .up_with(|_, _, cfg| {
                 cfg["tun"] = serde_json::json!({ "offload": offload });
@@ -124,15 +137,18 @@ fn bulk_tcp_through_the_tunnel_with_and_without_tun_offloads() {
         let idle: Vec<u64> = pids.iter().map(|p| proc_kib(*p, "VmRSS")).collect();
         let (ca, cb, soft) = (counters(&d, &a), counters(&d, &b), softnet_drops());
         let (mut total, mut retransmitted) = (0.0, 0);
-        for (reverse, dir) in [(false, "a->b"), (true, "b->a")] {
+        let dirs: &[(bool, &str)] = if stalls { &[(false, "a->b")] } else { &[(false, "a->b"), (true, "b->a")] };
+        for &(reverse, dir) in dirs {
             let (sa, sb) = (counters(&d, &a), counters(&d, &b));
-            let (bytes, gbps, retrans) = iperf(&mut d, &b4, reverse, &format!("iperf-{offload}-{dir}"));
+            let stall = if stalls { d.boxes[1].proc } else { None };
+            let (bytes, gbps, retrans) = iperf(&mut d, &b4, reverse, &format!("iperf-{offload}-{dir}"), stall);
             let sender = if reverse { &b } else { &a };
             let before = if reverse { &sb } else { &sa };
             let kernel = counters(&d, sender)["Tcp.RetransSegs"].saturating_sub(before["Tcp.RetransSegs"]);
             eprintln!(
-                "offload {offload} {dir}: {gbps:.2} Gbit/s, {:.0} MB, iperf3 retransmits {retrans}, sender's \
+                "offload {offload}{} {dir}: {gbps:.2} Gbit/s, {:.0} MB, iperf3 retransmits {retrans}, sender's \
                  RetransSegs {kernel}: {:.0} per GB",
+                if stalls { " (receiver stalled)" } else { "" },
                 bytes / 1e6,
                 kernel as f64 / (bytes / 1e9).max(1e-9)
             );
@@ -143,7 +159,7 @@ fn bulk_tcp_through_the_tunnel_with_and_without_tun_offloads() {
         let per_gb = retransmitted as f64 / (total / 1e9);
         assert!(
             per_gb <= RETRANS_PER_GB_MAX,
-            "offload {offload}: {retransmitted} TCP retransmissions in {:.0} MB ({per_gb:.0} per GB)",
+            "offload {offload}, stalls {stalls}: {retransmitted} TCP retransmissions in {:.0} MB ({per_gb:.0} per GB)",
             total / 1e6
         );
         let peak: Vec<u64> = pids.iter().map(|p| proc_kib(*p, "VmHWM")).collect();
@@ -153,7 +169,9 @@ fn bulk_tcp_through_the_tunnel_with_and_without_tun_offloads() {
         eprintln!("  softnet drops (whole machine): {}", softnet_drops() - soft);
         let (split, coalesced) = (offload_counters(&d, 0), offload_counters(&d, 1));
         eprintln!("  super-packets read/written: box a {split:?}, box b {coalesced:?}");
-        if offload {
+        if stalls {
+            assert!(split.0 > 0 && coalesced.1 > 0, "super-packets a->b: a {split:?} b {coalesced:?}");
+        } else if offload {
             // The kernel handed the agents TCP super-packets to split, and each agent
             // wrote coalesced ones (both directions ran).
             assert!(split.0 > 0 && coalesced.0 > 0, "super-packets read: a {split:?} b {coalesced:?}");
