@@ -137,11 +137,16 @@ fn bulk_tcp_through_the_tunnel_with_and_without_tun_offloads() {
         let idle: Vec<u64> = pids.iter().map(|p| proc_kib(*p, "VmRSS")).collect();
         let (ca, cb, soft) = (counters(&d, &a), counters(&d, &b), softnet_drops());
         let (mut total, mut retransmitted) = (0.0, 0);
-        let dirs: &[(bool, &str)] = if stalls { &[(false, "a->b")] } else { &[(false, "a->b"), (true, "b->a")] };
-        for &(reverse, dir) in dirs {
+        let b6 = st[1]["virtual_ipv6"].as_str().expect("b's virtual IPv6").to_string();
+        // IPv4 both ways; IPv6 both ways too (TCPv6 super-packets) when not stalling.
+        let mut runs = vec![(false, "a->b", &b4)];
+        if !stalls {
+            runs.extend([(true, "b->a", &b4), (false, "a->b-ipv6", &b6), (true, "b->a-ipv6", &b6)]);
+        }
+        for (reverse, dir, dst) in runs {
             let (sa, sb) = (counters(&d, &a), counters(&d, &b));
             let stall = if stalls { d.boxes[1].proc } else { None };
-            let (bytes, gbps, retrans) = iperf(&mut d, &b4, reverse, &format!("iperf-{offload}-{dir}"), stall);
+            let (bytes, gbps, retrans) = iperf(&mut d, dst, reverse, &format!("iperf-{offload}-{dir}"), stall);
             let sender = if reverse { &b } else { &a };
             let before = if reverse { &sb } else { &sa };
             let kernel = counters(&d, sender)["Tcp.RetransSegs"].saturating_sub(before["Tcp.RetransSegs"]);
