@@ -2,7 +2,10 @@
 //! them) and the TUN device. Datagrams come in up to a batch per system call and go to
 //! the engine, their inner packets to the TUN device; packets from the TUN device are
 //! sealed in place and sent a batch per call. Each source is read for at most
-//! `READ_BUDGET` per turn.
+//! `READ_BUDGET` per turn. With the TUN offloads (`tun.offload`, `crate::offload`) a read
+//! from the TUN device may be a TCP super-packet, cut into segments that are sealed one to
+//! a slot, and the inner TCP segments of a receive batch are coalesced into super-packets
+//! before they are written; without them, one packet per read and per write.
 
 use super::{Agent, READ_BUDGET, TUN, UDP4, UDP6};
 use crate::batch::{BATCH, SLOT_LEN};
@@ -217,6 +220,7 @@ impl Agent {
                 Ok(Plan::Split(s)) => (Some(s), s.count),
                 Err(_) => {
                     self.counters.tun_bad += 1;
+                    read += 1;
                     continue;
                 }
             };
@@ -318,8 +322,7 @@ impl Agent {
             let mut run = [0usize; BATCH];
             let mut len = 1;
             let mut end = i + 1;
-            let seg = TcpSeg::parse(first);
-            if let Some(f) = seg {
+            if let Some(f) = TcpSeg::parse(first) {
                 let (mut last, mut payload) = (f, f.payload);
                 while end < opened.len() && len < BATCH {
                     let next = inner(end);
@@ -334,10 +337,11 @@ impl Agent {
                     }
                     end += 1;
                 }
-                if len > 1 {
+                let mut hdr = [0u8; VNET_HDR_LEN + 120];
+                let h =
+                    if len > 1 { offload::coalesced_header(first, &f, payload, last.psh(), &mut hdr) } else { None };
+                if let Some(h) = h {
                     run[0] = i;
-                    let mut hdr = [0u8; VNET_HDR_LEN + 120];
-                    let h = offload::coalesced_header(first, &f, payload, last.psh(), &mut hdr).unwrap_or(0);
                     let mut iov = [IoSlice::new(&[]); BATCH + 1];
                     iov[0] = IoSlice::new(hdr.get(..h).unwrap_or_default());
                     for (v, &k) in iov[1..].iter_mut().zip(&run[..len]) {
