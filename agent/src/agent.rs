@@ -233,7 +233,7 @@ impl Agent {
         tun.set_nonblock()?;
         if offload {
             // A kernel without them refuses the flags: the header stays, with nothing in it.
-            let flags = crate::offload::enable(tun.as_raw_fd());
+            let flags = crate::offload::enable(&tun);
             log::info!("TUN offloads: {flags:#x} (checksum 0x1, TSO 0x6, USO 0x60)");
         }
         let tun_read = if offload { vec![0u8; crate::offload::READ_MAX] } else { Vec::new() };

@@ -20,7 +20,7 @@
 //! with [`Bad`] and the caller counts and drops it.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::AsRawFd;
 
 /// Bytes of the virtio-net header at the start of every read and write.
 pub const VNET_HDR_LEN: usize = 10;
@@ -393,10 +393,11 @@ pub fn coalesced_header(first: &[u8], f: &TcpSeg, payload: usize, psh: bool, out
     Some(n)
 }
 
-/// Turns on the offloads of the TUN device `fd` (opened with `IFF_VNET_HDR`): checksums,
+/// Turns on the offloads of the TUN device `dev` (opened with `IFF_VNET_HDR`): checksums,
 /// TSO for IPv4 and IPv6, and UDP segmentation where the kernel has it (Linux 6.2). A
 /// kernel that refuses a set gets the next smaller one; the set it took (0 if none).
-pub fn enable(fd: RawFd) -> u32 {
+pub fn enable(dev: &tun::Device) -> u32 {
+    let fd = dev.as_raw_fd();
     let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
     for flags in [base | TUN_F_USO4 | TUN_F_USO6, base, TUN_F_CSUM, 0] {
         match sys::set_offload(fd, flags) {
@@ -407,21 +408,21 @@ pub fn enable(fd: RawFd) -> u32 {
     0
 }
 
-/// Reads one packet (with its header) from the TUN device `fd` into `buf`.
-pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    Ok(nix::unistd::read(sys::borrow(fd), buf)?)
+/// Reads one packet (with its header) from the TUN device `dev` into `buf`.
+pub fn read(dev: &tun::Device, buf: &mut [u8]) -> io::Result<usize> {
+    Ok(nix::unistd::read(sys::borrow(dev), buf)?)
 }
 
-/// Writes the pieces `iov` to the TUN device `fd` as one packet (the first piece its
+/// Writes the pieces `iov` to the TUN device `dev` as one packet (the first piece its
 /// virtio-net header).
-pub fn write(fd: RawFd, iov: &[io::IoSlice<'_>]) -> io::Result<usize> {
-    Ok(nix::sys::uio::writev(sys::borrow(fd), iov)?)
+pub fn write(dev: &tun::Device, iov: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    Ok(nix::sys::uio::writev(sys::borrow(dev), iov)?)
 }
 
 /// The two calls the safe wrappers lack.
 #[allow(unsafe_code)]
 mod sys {
-    use std::os::fd::{BorrowedFd, RawFd};
+    use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
     // TUNSETOFFLOAD = _IOW('T', 208, unsigned int): the flags by value.
     nix::ioctl_write_int!(tun_set_offload, b'T', 208);
@@ -432,11 +433,11 @@ mod sys {
         unsafe { tun_set_offload(fd, flags.into()) }.map(drop)
     }
 
-    pub fn borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {
-        // SAFETY: callers pass the TUN device's descriptor, which the agent keeps open for
-        // its whole life (the device is dropped only with the agent), and use the borrow
-        // for one system call.
-        unsafe { BorrowedFd::borrow_raw(fd) }
+    /// The device's descriptor (the tun crate offers only `AsRawFd`).
+    pub fn borrow(dev: &tun::Device) -> BorrowedFd<'_> {
+        // SAFETY: the device owns its descriptor and closes it only when dropped; the
+        // borrow cannot outlive the device it was taken from.
+        unsafe { BorrowedFd::borrow_raw(dev.as_raw_fd()) }
     }
 }
 

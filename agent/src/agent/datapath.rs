@@ -203,11 +203,10 @@ impl Agent {
     /// segment takes its first slot, so no segment waits for a slot or is dropped for
     /// want of one).
     fn read_tun_offload(&mut self) {
-        let fd = self.tun.as_raw_fd();
         let (mut read, mut sealed) = (0, 0);
         while read < READ_BUDGET {
             // WouldBlock, or an error (as in read_tun: stop until the next event).
-            let Ok(n) = offload::read(fd, &mut self.tun_read) else {
+            let Ok(n) = offload::read(&self.tun, &mut self.tun_read) else {
                 self.send_sealed(sealed);
                 return;
             };
@@ -297,7 +296,7 @@ impl Agent {
     /// of the kernel, with the offloads on).
     fn tun_send(&self, pkt: &[u8]) -> io::Result<usize> {
         if self.offload {
-            offload::write(self.tun.as_raw_fd(), &[IoSlice::new(&[0; VNET_HDR_LEN]), IoSlice::new(pkt)])
+            offload::write(&self.tun, &[IoSlice::new(&[0; VNET_HDR_LEN]), IoSlice::new(pkt)])
         } else {
             self.tun.send(pkt)
         }
@@ -308,8 +307,7 @@ impl Agent {
     /// on: consecutive segments of one TCP flow as one super-packet (GRO, see
     /// `crate::offload`), every other packet on its own.
     fn write_coalesced(&mut self, opened: &[Range<usize>]) {
-        let fd = self.tun.as_raw_fd();
-        let rx = &self.rx;
+        let (tun, rx) = (&self.tun, &self.rx);
         let inner = |i: usize| rx.slot(i).get(opened.get(i).cloned().unwrap_or_default()).unwrap_or_default();
         let mut i = 0;
         while i < opened.len() {
@@ -347,7 +345,7 @@ impl Agent {
                     for (v, &k) in iov[1..].iter_mut().zip(&run[..len]) {
                         *v = IoSlice::new(inner(k).get(f.hdrs..).unwrap_or_default());
                     }
-                    match offload::write(fd, &iov[..=len]) {
+                    match offload::write(tun, &iov[..=len]) {
                         Ok(_) => {
                             self.counters.tun_out += len as u64;
                             self.counters.tun_super_out += 1;
@@ -358,7 +356,7 @@ impl Agent {
                     continue;
                 }
             }
-            match offload::write(fd, &[IoSlice::new(&[0; VNET_HDR_LEN]), IoSlice::new(first)]) {
+            match offload::write(tun, &[IoSlice::new(&[0; VNET_HDR_LEN]), IoSlice::new(first)]) {
                 Ok(_) => self.counters.tun_out += 1,
                 Err(_) => self.counters.send_errors += 1,
             }
