@@ -126,6 +126,8 @@ pub struct Agent {
     /// reads go to (a super-packet is up to 64 KiB; empty without the offloads).
     offload: bool,
     tun_read: Vec<u8>,
+    /// The kernel took TSO (`TUNSETOFFLOAD`): received TCP segments are coalesced.
+    tun_gso: bool,
     tun_index: u32,
     tun_addrs: Option<VirtualAddrs>,
     routes: Vec<Route>,
@@ -231,10 +233,12 @@ impl Agent {
         });
         let tun = tun::create(&tun_cfg).map_err(|e| format!("TUN device {}: {e}", cfg.tun.name))?;
         tun.set_nonblock()?;
+        let mut tun_gso = false;
         if offload {
             // A kernel without them refuses the flags: the header stays, with nothing in it.
             let flags = crate::offload::enable(&tun);
             log::info!("TUN offloads: {flags:#x} (checksum 0x1, TSO 0x6, USO 0x60)");
+            tun_gso = flags & crate::offload::TUN_F_TSO != 0;
         }
         let tun_read = if offload { vec![0u8; crate::offload::READ_MAX] } else { Vec::new() };
         let mut netlink = Netlink::open()?;
@@ -342,6 +346,7 @@ impl Agent {
             tun,
             offload,
             tun_read,
+            tun_gso,
             tun_index,
             tun_addrs: None,
             routes,

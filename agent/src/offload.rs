@@ -13,9 +13,12 @@
 //! (GRO), which the kernel takes whole, so its stack does its per-packet work once per
 //! run.
 //!
-//! Byte order: the IP and transport fields are big-endian; the virtio-net header of a TUN
-//! device is in the host's order (the "legacy" header: the kernel reads it with
-//! `tun_is_little_endian`, true on little-endian hosts and unset TUNSETVNETBE).
+//! Byte order: the IP and transport fields are big-endian; the virtio-net header is
+//! little-endian. The kernel's default for it is the host's order, so [`enable`] asks for
+//! little-endian first (TUNSETVNETLE, a no-op on little-endian hosts); where that is
+//! refused (an emulator such as qemu-user running a big-endian agent on a little-endian
+//! kernel may not pass it on) no offload is turned on and nothing is coalesced, so every
+//! header stays zero and its order does not matter.
 //! Nothing here allocates or panics on bad input: a read that cannot be split is refused
 //! with [`Bad`] and the caller counts and drops it.
 
@@ -39,6 +42,8 @@ const GSO_ECN: u8 = 0x80;
 const TUN_F_CSUM: u32 = 0x01;
 const TUN_F_TSO4: u32 = 0x02;
 const TUN_F_TSO6: u32 = 0x04;
+/// Either TSO flag: the kernel takes TCP super-packets (and so coalesced ones are written).
+pub const TUN_F_TSO: u32 = TUN_F_TSO4 | TUN_F_TSO6;
 const TUN_F_USO4: u32 = 0x20;
 const TUN_F_USO6: u32 = 0x40;
 
@@ -74,7 +79,7 @@ impl VnetHdr {
     /// The header at the start of `buf`; None if `buf` is shorter.
     pub fn parse(buf: &[u8]) -> Option<Self> {
         let b = buf.get(..VNET_HDR_LEN)?;
-        let u = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+        let u = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
         Some(VnetHdr {
             flags: b[0],
             gso_type: b[1],
@@ -90,7 +95,7 @@ impl VnetHdr {
         b[0] = self.flags;
         b[1] = self.gso_type;
         for (at, v) in [(2, self.hdr_len), (4, self.gso_size), (6, self.csum_start), (8, self.csum_offset)] {
-            b[at..at + 2].copy_from_slice(&v.to_ne_bytes());
+            b[at..at + 2].copy_from_slice(&v.to_le_bytes());
         }
         b
     }
@@ -396,8 +401,14 @@ pub fn coalesced_header(first: &[u8], f: &TcpSeg, payload: usize, psh: bool, out
 /// Turns on the offloads of the TUN device `dev` (opened with `IFF_VNET_HDR`): checksums,
 /// TSO for IPv4 and IPv6, and UDP segmentation where the kernel has it (Linux 6.2). A
 /// kernel that refuses a set gets the next smaller one; the set it took (0 if none).
+/// Nothing is turned on unless the header can be little-endian (see the module's
+/// documentation).
 pub fn enable(dev: &tun::Device) -> u32 {
     let fd = dev.as_raw_fd();
+    if let Err(e) = sys::set_vnet_le(fd) {
+        log::info!("TUNSETVNETLE: {e}: no TUN offloads");
+        return 0;
+    }
     let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
     for flags in [base | TUN_F_USO4 | TUN_F_USO6, base, TUN_F_CSUM, 0] {
         match sys::set_offload(fd, flags) {
@@ -419,7 +430,7 @@ pub fn write(dev: &tun::Device, iov: &[io::IoSlice<'_>]) -> io::Result<usize> {
     Ok(nix::sys::uio::writev(sys::borrow(dev), iov)?)
 }
 
-/// The two calls the safe wrappers lack.
+/// The calls the safe wrappers lack.
 #[allow(unsafe_code)]
 mod sys {
     use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -431,6 +442,16 @@ mod sys {
         // SAFETY: TUNSETOFFLOAD takes an integer, not a pointer: the kernel reads nothing
         // of ours. A descriptor that is not a TUN device gets an error, nothing else.
         unsafe { tun_set_offload(fd, flags.into()) }.map(drop)
+    }
+
+    // TUNSETVNETLE = _IOW('T', 220, int): a pointer to the flag.
+    nix::ioctl_write_ptr!(tun_set_vnet_le, b'T', 220, nix::libc::c_int);
+
+    pub fn set_vnet_le(fd: RawFd) -> nix::Result<()> {
+        let on: nix::libc::c_int = 1;
+        // SAFETY: the kernel reads one int through the pointer, which points to `on` for
+        // the whole call.
+        unsafe { tun_set_vnet_le(fd, &on) }.map(drop)
     }
 
     /// The device's descriptor (the tun crate offers only `AsRawFd`).
@@ -553,11 +574,11 @@ mod tests {
     }
 
     #[test]
-    fn the_header_round_trips_in_host_order() {
+    fn the_header_round_trips_little_endian() {
         let h = VnetHdr { flags: 1, gso_type: 4, hdr_len: 72, gso_size: 1348, csum_start: 40, csum_offset: 16 };
         let b = h.emit();
         assert_eq!(VnetHdr::parse(&b), Some(h));
-        assert_eq!(&b[4..6], &1348u16.to_ne_bytes());
+        assert_eq!(&b[4..6], &[0x44, 0x05], "little-endian");
         assert_eq!(VnetHdr::parse(&b[..9]), None);
     }
 

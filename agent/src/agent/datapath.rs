@@ -311,9 +311,9 @@ impl Agent {
     /// Writes the inner packets of the receive batch (`opened[i]`: the packet's bytes in
     /// slot `i`, empty for a datagram that held none) to the TUN device with the offloads
     /// on: consecutive segments of one TCP flow as one super-packet (GRO, see
-    /// `crate::offload`), every other packet on its own.
+    /// `crate::offload`; only where the kernel took TSO), every other packet on its own.
     fn write_coalesced(&mut self, opened: &[Range<usize>]) {
-        let (tun, rx) = (&self.tun, &self.rx);
+        let (tun, rx, gso) = (&self.tun, &self.rx, self.tun_gso);
         let inner = |i: usize| rx.slot(i).get(opened.get(i).cloned().unwrap_or_default()).unwrap_or_default();
         let mut i = 0;
         while i < opened.len() {
@@ -326,7 +326,7 @@ impl Agent {
             let mut run = [0usize; BATCH];
             let mut len = 1;
             let mut end = i + 1;
-            if let Some(f) = TcpSeg::parse(first) {
+            if let Some(f) = TcpSeg::parse(first).filter(|_| gso) {
                 let (mut last, mut payload) = (f, f.payload);
                 while end < opened.len() && len < BATCH {
                     let next = inner(end);
