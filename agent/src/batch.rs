@@ -117,6 +117,11 @@ impl Batch {
         self.bufs.get_mut(i * SLOT_LEN..(i + 1) * SLOT_LEN).unwrap_or_default()
     }
 
+    /// Slot `i`, to read (an empty slice if `i` is out of range).
+    pub fn slot(&self, i: usize) -> &[u8] {
+        self.bufs.get(i * SLOT_LEN..(i + 1) * SLOT_LEN).unwrap_or_default()
+    }
+
     /// What [`Batch::recv`] put in slot `i`.
     pub fn received(&self, i: usize) -> Received {
         self.received.get(i).copied().unwrap_or_default()

@@ -71,6 +71,15 @@ pub struct TunSettings {
     /// big" answer.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// The TUN offloads (Linux): the device passes TCP super-packets of up to 64 KiB each
+    /// way behind virtio-net headers, which the agent cuts into segments and coalesces.
+    /// `false`: one packet per read and write.
+    #[serde(default = "default_offload")]
+    pub offload: bool,
+}
+
+fn default_offload() -> bool {
+    true
 }
 
 fn default_tun_name() -> HString<15> {
@@ -99,7 +108,7 @@ impl Default for DnsSettings {
 
 impl Default for TunSettings {
     fn default() -> Self {
-        TunSettings { name: default_tun_name(), mtu: default_mtu() }
+        TunSettings { name: default_tun_name(), mtu: default_mtu(), offload: default_offload() }
     }
 }
 
@@ -501,6 +510,13 @@ pub(crate) mod tests {
         assert_eq!(c.udp_port, 4500);
         assert_eq!(c.tun.name.as_str(), "ntm0");
         assert_eq!(c.tun.mtu, 1420);
+        assert!(c.tun.offload);
+        let c = parse(&MIN.replacen('{', r#"{ "tun": {"offload": false},"#, 1)).unwrap();
+        assert!(!c.tun.offload);
+        for bad in [r#""off""#, "0", "null"] {
+            let err = parse(&MIN.replacen('{', &format!(r#"{{ "tun": {{"offload": {bad}}},"#), 1)).unwrap_err();
+            assert!(err.contains("tun.offload"), "{bad}: {err}");
+        }
         assert_eq!(c.keepalive.as_str(), "udp");
         assert_eq!(c.dns.listen, "127.0.0.53:53".parse().unwrap());
         assert_eq!(c.routes().unwrap()[0], Route { addr: "198.18.0.0".parse().unwrap(), len: 15 });

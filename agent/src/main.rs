@@ -12,6 +12,7 @@ mod held;
 mod icmp;
 mod material;
 mod netlink;
+mod offload;
 mod privs;
 mod servers;
 mod tls;

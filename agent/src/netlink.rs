@@ -343,6 +343,16 @@ impl Netlink {
         self.exchange(request, none).map(drop)
     }
 
+    /// Sets the length of the interface's transmit queue (for a TUN device: packets the
+    /// kernel holds for the agent to read before it drops them).
+    pub fn set_tx_queue_len(&mut self, ifindex: u32, len: u32) -> io::Result<()> {
+        let seq = self.next_seq();
+        let request = wire::Request::new(wire::RTM_SETLINK, wire::NLM_F_ACK, seq)
+            .ifinfomsg(ifindex, 0, 0)
+            .attr_u32(wire::IFLA_TXQLEN, len);
+        self.exchange(request, none).map(drop)
+    }
+
     /// Adds `addr/prefix_len` to the interface (spec 5: the TUN carries the virtual addresses).
     /// An address that is already there is success, so a restart may configure again.
     pub fn add_address(&mut self, ifindex: u32, addr: IpAddr, prefix_len: u8) -> io::Result<()> {
@@ -815,6 +825,7 @@ mod wire {
     // if_link.h, if.h
     pub const IFLA_IFNAME: u16 = 3;
     pub const IFLA_MTU: u16 = 4;
+    pub const IFLA_TXQLEN: u16 = 13;
     pub const IFF_UP: u32 = 0x1;
     pub const IFF_RUNNING: u32 = 0x40;
     pub const IFF_LOWER_UP: u32 = 0x1_0000;
@@ -1241,6 +1252,14 @@ mod tests {
         let NetlinkPayload::InnerMessage(RouteNetlinkMessage::SetLink(l)) = m.payload else { panic!("{m:?}") };
         assert_eq!((l.header.index, l.header.flags, l.header.change_mask), (9, LinkFlags::Up, LinkFlags::Up));
         assert_eq!(l.attributes, vec![LinkAttribute::Mtu(1400)]);
+        let m = reference(
+            &wire::Request::new(wire::RTM_SETLINK, wire::NLM_F_ACK, 42)
+                .ifinfomsg(9, 0, 0)
+                .attr_u32(wire::IFLA_TXQLEN, 3000)
+                .finish(),
+        );
+        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::SetLink(l)) = m.payload else { panic!("{m:?}") };
+        assert_eq!(l.attributes, vec![LinkAttribute::TxQueueLen(3000)]);
 
         let m = reference(
             &wire::Request::new(wire::RTM_GETLINK, 0, 1)
