@@ -122,6 +122,19 @@ impl Batch {
         self.bufs.get(i * SLOT_LEN..(i + 1) * SLOT_LEN).unwrap_or_default()
     }
 
+    /// Every slot, in order, each [`SLOT_LEN`] bytes: to hand a whole batch to the engine.
+    pub fn slots_mut(&mut self) -> std::slice::ChunksExactMut<'_, u8> {
+        self.bufs.chunks_exact_mut(SLOT_LEN)
+    }
+
+    /// Notes that slot `i` holds nothing to send ([`Batch::send_all`] passes over it).
+    pub fn clear(&mut self, i: usize) {
+        if let (Some(l), Some(d)) = (self.lens.get_mut(i), self.dsts.get_mut(i)) {
+            *l = 0;
+            *d = None;
+        }
+    }
+
     /// What [`Batch::recv`] put in slot `i`.
     pub fn received(&self, i: usize) -> Received {
         self.received.get(i).copied().unwrap_or_default()
@@ -184,7 +197,11 @@ impl Batch {
         let (mut sent, mut failed) = (0u64, 0u64);
         let mut i = 0;
         while i < count {
-            let v4 = self.destination(i).is_some_and(|d| d.is_ipv4());
+            // A cleared slot (its packet was refused before sealing).
+            let Some(v4) = self.destination(i).map(|d| d.is_ipv4()) else {
+                i += 1;
+                continue;
+            };
             let local = self.local(i);
             let Some(fd) = fd(v4, local) else {
                 self.report(i, Errno::EAFNOSUPPORT, &mut refused);
@@ -212,7 +229,7 @@ impl Batch {
             // that can be segmented or the next datagram of the other family or socket.
             let mut end = run.end.max(i + 1);
             while end < count
-                && self.destination(end).is_some_and(|d| d.is_ipv4()) == v4
+                && self.destination(end).is_some_and(|d| d.is_ipv4() == v4)
                 && self.local(end) == local
                 && self.segment_run(end, count).len() < 2
             {

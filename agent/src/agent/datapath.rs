@@ -15,7 +15,7 @@ use mio::net::UdpSocket;
 use mio::Token;
 use nix::errno::Errno;
 use ntm_proto::crypto::TAG_LEN;
-use ntm_proto::engine::node::SendError;
+use ntm_proto::engine::node::{Dest, SendError};
 use ntm_proto::engine::{Local, Received};
 use ntm_proto::wire::HEADER_LEN;
 use std::io::{self, IoSlice};
@@ -123,32 +123,50 @@ impl Agent {
             let Ok(n) = self.rx.recv(fd, ipv6) else { return };
             read += n;
             let now = self.now();
-            let mut opened: [Range<usize>; BATCH] = std::array::from_fn(|_| 0..0);
-            for i in 0..n {
-                self.counters.udp_in += 1;
-                let r = self.rx.received(i);
-                let Some(from) = r.from else { continue };
-                if r.truncated {
-                    self.counters.oversized += 1;
-                    continue;
-                }
-                let Some(data) = self.rx.slot_mut(i).get_mut(..r.len) else { continue };
-                if let Received::Ip(range) = self.node.handle_datagram_on(now, local, from, data) {
-                    if self.offload {
-                        // Written below, coalesced where they can be.
-                        if let Some(o) = opened.get_mut(i) {
-                            *o = range;
-                        }
-                    } else if let Some(pkt) = data.get(range) {
-                        match self.tun.send(pkt) {
-                            Ok(_) => self.counters.tun_out += 1,
-                            Err(_) => self.counters.send_errors += 1,
+            // The datagrams to hand to the engine, all at once (consecutive ones of one
+            // tunnel are opened side by side, see `ntm_aead`), and the slot of each.
+            let mut slot_of = [0usize; BATCH];
+            let mut results: [Received; BATCH] = std::array::from_fn(|_| Received::Handled);
+            let received: [crate::batch::Received; BATCH] = std::array::from_fn(|i| self.rx.received(i));
+            let given;
+            {
+                let mut datagrams: heapless::Vec<(SocketAddr, &mut [u8]), BATCH> = heapless::Vec::new();
+                for (i, slot) in self.rx.slots_mut().enumerate().take(n) {
+                    self.counters.udp_in += 1;
+                    let r = received.get(i).copied().unwrap_or_default();
+                    let Some(from) = r.from else { continue };
+                    if r.truncated {
+                        self.counters.oversized += 1;
+                        continue;
+                    }
+                    let k = datagrams.len();
+                    if datagrams.push((from, slot.get_mut(..r.len).unwrap_or_default())).is_ok() {
+                        if let Some(s) = slot_of.get_mut(k) {
+                            *s = i;
                         }
                     }
                 }
+                given = datagrams.len();
+                self.node.handle_datagrams_on(now, local, &mut datagrams, &mut results);
+            }
+            // Where each slot's inner packet is (empty for a datagram that held none).
+            let mut opened: [Range<usize>; BATCH] = std::array::from_fn(|_| 0..0);
+            for (r, &i) in results.iter().zip(&slot_of).take(given) {
+                if let (Received::Ip(range), Some(o)) = (r, opened.get_mut(i)) {
+                    *o = range.clone();
+                }
             }
             if self.offload {
+                // Coalesced where they can be.
                 self.write_coalesced(opened.get(..n).unwrap_or_default());
+            } else {
+                for (i, range) in opened.iter().enumerate().take(n) {
+                    let Some(pkt) = self.rx.slot(i).get(range.clone()).filter(|p| !p.is_empty()) else { continue };
+                    match self.tun.send(pkt) {
+                        Ok(_) => self.counters.tun_out += 1,
+                        Err(_) => self.counters.send_errors += 1,
+                    }
+                }
             }
             // A short batch means the queue ran empty (recvmmsg stops at the first
             // WouldBlock): no need for another call to hear it again.
@@ -170,11 +188,11 @@ impl Agent {
                 self.turn.spent(TUN);
                 return;
             }
-            let now = self.now();
-            let mut sealed = 0;
+            let mut lens = [0usize; BATCH];
+            let mut filled = 0;
             let mut drained = false;
-            while sealed < BATCH {
-                let slot = self.tx.slot_mut(sealed);
+            while filled < BATCH {
+                let slot = self.tx.slot_mut(filled);
                 let space = slot.get_mut(HEADER_LEN..SLOT_LEN - TAG_LEN).unwrap_or_default();
                 let room = space.len();
                 let n = match self.tun.recv(space) {
@@ -192,11 +210,13 @@ impl Agent {
                     self.counters.send_errors += 1;
                     continue;
                 }
-                if self.seal_slot(now, sealed, n) {
-                    sealed += 1;
+                if let Some(l) = lens.get_mut(filled) {
+                    *l = n;
                 }
+                filled += 1;
             }
-            self.send_sealed(sealed);
+            let now = self.now();
+            self.seal_and_send(now, lens.get(..filled).unwrap_or_default());
             if drained {
                 return;
             }
@@ -209,11 +229,13 @@ impl Agent {
     /// segment takes its first slot, so no segment waits for a slot or is dropped for
     /// want of one).
     fn read_tun_offload(&mut self) {
-        let (mut read, mut sealed) = (0, 0);
+        let (mut read, mut filled) = (0, 0);
+        let mut lens = [0usize; BATCH];
         while read < READ_BUDGET {
             // WouldBlock, or an error (as in read_tun: stop until the next event).
             let Ok(n) = offload::read(&self.tun, &mut self.tun_read) else {
-                self.send_sealed(sealed);
+                let now = self.now();
+                self.seal_and_send(now, lens.get(..filled).unwrap_or_default());
                 return;
             };
             let now = self.now();
@@ -233,12 +255,12 @@ impl Agent {
             self.counters.tun_super_in += u64::from(split.is_some());
             read += count;
             for k in 0..count {
-                if sealed == BATCH {
-                    self.send_sealed(sealed);
-                    sealed = 0;
+                if filled == BATCH {
+                    self.seal_and_send(now, &lens);
+                    filled = 0;
                 }
                 let pkt = self.tun_read.get(VNET_HDR_LEN..n).unwrap_or_default();
-                let space = self.tx.slot_mut(sealed).get_mut(HEADER_LEN..SLOT_LEN - TAG_LEN).unwrap_or_default();
+                let space = self.tx.slot_mut(filled).get_mut(HEADER_LEN..SLOT_LEN - TAG_LEN).unwrap_or_default();
                 let len = match &split {
                     Some(s) => s.segment(pkt, k, space),
                     None => space.get_mut(..pkt.len()).map(|d| d.copy_from_slice(pkt)).map(|()| pkt.len()),
@@ -248,54 +270,79 @@ impl Agent {
                     self.counters.send_errors += 1;
                     continue;
                 };
-                if self.seal_slot(now, sealed, len) {
-                    sealed += 1;
+                if let Some(l) = lens.get_mut(filled) {
+                    *l = len;
                 }
+                filled += 1;
             }
         }
-        self.send_sealed(sealed);
+        let now = self.now();
+        self.seal_and_send(now, lens.get(..filled).unwrap_or_default());
         self.turn.spent(TUN);
     }
 
-    /// Seals the inner packet of `n` bytes in send slot `i` (at `HEADER_LEN`) for its
-    /// tunnel and notes it for sending; whether it is to be sent. A packet that cannot go
-    /// is counted, and answered with ICMP where that helps the sender.
-    fn seal_slot(&mut self, now: ntm_proto::time::Instant, i: usize, n: usize) -> bool {
-        let total = HEADER_LEN + n + TAG_LEN;
-        let Some(frame) = self.tx.slot_mut(i).get_mut(..total) else { return false };
-        // IPv4 without Don't Fragment may be as large as it likes: the outer datagram
-        // is fragmented instead. Everything else must fit the path.
-        let inner = frame.get(HEADER_LEN..).unwrap_or(&[]);
-        let may_fragment = inner.first().is_some_and(|b| b >> 4 == 4) && inner.get(6).is_some_and(|b| b & 0x40 == 0);
-        let path_mtu = |to: &SocketAddr| match (may_fragment, to.is_ipv4()) {
-            (true, _) => u16::MAX,
-            (false, true) => LINK_MTU - OVERHEAD_V4,
-            (false, false) => LINK_MTU - OVERHEAD_V6,
-        };
-        match self.node.seal_ip_within(now, frame, path_mtu) {
-            Ok(dst) => {
-                self.tx.set(i, total, dst.to, dst.local);
-                return true;
+    /// Seals the inner packets in the first send slots (`lens[i]` bytes at `HEADER_LEN` of
+    /// slot `i`) for their tunnels, all in one call to the engine (consecutive packets of
+    /// one tunnel are sealed side by side, see `ntm_aead`), and sends them. A packet that
+    /// cannot go is counted, and answered with ICMP where that helps the sender.
+    fn seal_and_send(&mut self, now: ntm_proto::time::Instant, lens: &[usize]) {
+        let count = lens.len().min(BATCH);
+        if count == 0 {
+            return;
+        }
+        let mut out: [Result<Dest, SendError>; BATCH] = std::array::from_fn(|_| Err(SendError::NotIp));
+        {
+            let mut frames: heapless::Vec<&mut [u8], BATCH> = heapless::Vec::new();
+            for (slot, &n) in self.tx.slots_mut().zip(lens) {
+                let _ = frames.push(slot.get_mut(..HEADER_LEN + n + TAG_LEN).unwrap_or_default());
             }
-            Err(SendError::TooBig { mtu }) => {
+            // IPv4 without Don't Fragment may be as large as it likes: the outer datagram
+            // is fragmented instead. Everything else must fit the path.
+            let path_mtu = |inner: &[u8], to: &SocketAddr| {
+                let may_fragment =
+                    inner.first().is_some_and(|b| b >> 4 == 4) && inner.get(6).is_some_and(|b| b & 0x40 == 0);
+                match (may_fragment, to.is_ipv4()) {
+                    (true, _) => u16::MAX,
+                    (false, true) => LINK_MTU - OVERHEAD_V4,
+                    (false, false) => LINK_MTU - OVERHEAD_V6,
+                }
+            };
+            let out = out.get_mut(..count).unwrap_or_default();
+            self.node.seal_ip_batch_within(now, &mut frames, path_mtu, out);
+        }
+        for (i, (r, &n)) in out.iter().zip(lens).enumerate().take(count) {
+            match r {
+                Ok(dst) => self.tx.set(i, HEADER_LEN + n + TAG_LEN, dst.to, dst.local),
+                Err(e) => {
+                    self.tx.clear(i);
+                    self.refused(i, n, e);
+                }
+            }
+        }
+        self.send_sealed(count);
+    }
+
+    /// Counts the packet of `n` bytes in send slot `i` that the engine refused to seal
+    /// (so it is still in clear), and answers it with ICMP where that helps the sender.
+    fn refused(&mut self, i: usize, n: usize, e: &SendError) {
+        let inner = self.tx.slot(i).get(HEADER_LEN..HEADER_LEN + n).unwrap_or_default();
+        match e {
+            SendError::TooBig { mtu } => {
                 // Too big for the path: tell the sender (the packet is dropped).
                 self.counters.too_big += 1;
-                let reply = frame.get(HEADER_LEN..HEADER_LEN + n).and_then(|p| icmp::too_big(p, mtu));
-                if let Some(r) = reply {
+                if let Some(r) = icmp::too_big(inner, *mtu) {
                     let _ = self.tun_send(&r);
                 }
             }
-            Err(SendError::NoTunnel(dst)) if !icmp::answerable(dst) => self.counters.not_unicast += 1,
-            Err(SendError::NoTunnel(_)) => {
+            SendError::NoTunnel(dst) if !icmp::answerable(*dst) => self.counters.not_unicast += 1,
+            SendError::NoTunnel(_) => {
                 self.counters.no_tunnel += 1;
-                let reply = frame.get(HEADER_LEN..HEADER_LEN + n).and_then(icmp::unreachable);
-                if let Some(r) = reply {
+                if let Some(r) = icmp::unreachable(inner) {
                     let _ = self.tun_send(&r);
                 }
             }
-            Err(_) => self.counters.send_errors += 1,
+            _ => self.counters.send_errors += 1,
         }
-        false
     }
 
     /// Writes one packet to the TUN device (behind a virtio-net header that asks nothing
