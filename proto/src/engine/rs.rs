@@ -63,7 +63,7 @@ impl RsConfig {
             relay_addrs,
             max_sessions: 10_000,
             session_idle_timeout: Duration::from_secs(90),
-            max_session_pps: 200_000,
+            max_session_pps: 500_000,
             max_dc_keys: 256,
         }
     }

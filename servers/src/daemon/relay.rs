@@ -130,8 +130,23 @@ fn bind_one(addr: SocketAddr, shared: bool) -> io::Result<UdpSocket> {
         setsockopt(&s, sockopt::ReusePort, &true)?;
     }
     s.set_nonblocking(true)?;
+    size_buffers(&s);
     s.bind(&addr.into())?;
     Ok(UdpSocket::from_std(s.into()))
+}
+
+/// Room in the kernel for relayed datagrams while a worker is busy: a TCP window of a
+/// tunnel arrives faster than a worker takes it for a moment, and each datagram the
+/// default buffer (about 200 KiB) drops costs the tunnel's application a retransmission.
+const RELAY_SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Sets a relay socket's buffers (as root beyond the sysctl limits, else up to them).
+fn size_buffers(s: &socket2::Socket) {
+    let n = &RELAY_SOCKET_BUFFER;
+    let forced = setsockopt(s, sockopt::RcvBufForce, n).and_then(|()| setsockopt(s, sockopt::SndBufForce, n));
+    if forced.is_err() && setsockopt(s, sockopt::RcvBuf, n).and_then(|()| setsockopt(s, sockopt::SndBuf, n)).is_err() {
+        log::debug!("could not size the relay socket's buffers");
+    }
 }
 
 impl Workers {
