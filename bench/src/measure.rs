@@ -54,19 +54,23 @@ impl Measured {
     }
 }
 
-/// `ping` from `ns` to `dst`: the mean round-trip time in ms.
+/// `ping` from `ns` to `dst`: the median round-trip time in ms. The median, not the mean:
+/// on a shared virtual machine one late wake-up of any process on the path (ping, either
+/// daemon) adds a millisecond to a sample, and a few of those moved the mean of 50
+/// samples by half from run to run, for every row alike.
 fn ping_rtt(lab: &Lab, ns: &Ns, dst: &str, count: u32) -> Res<f64> {
     let c = count.to_string();
-    let out = lab.try_exec(ns, &["ping", "-q", "-c", &c, "-i", "0.02", "-W", "2", dst]).map_err(e2s)?;
+    let out = lab.try_exec(ns, &["ping", "-c", &c, "-i", "0.02", "-W", "2", dst]).map_err(e2s)?;
     let t = text(&out);
-    // rtt min/avg/max/mdev = 0.061/0.083/0.131/0.018 ms
-    let avg = t
+    // 64 bytes from 198.18.2.2: icmp_seq=1 ttl=63 time=0.083 ms
+    let mut times: Vec<f64> = t
         .lines()
-        .find(|l| l.contains("min/avg/max"))
-        .and_then(|l| l.split('=').nth(1))
-        .and_then(|v| v.trim().split('/').nth(1))
-        .and_then(|v| v.parse().ok());
-    avg.ok_or_else(|| format!("ping {dst}: {}", t.trim()))
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|v| v.split_whitespace().next())
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times.get(times.len() / 2).copied().ok_or_else(|| format!("ping {dst}: {}", t.trim()))
 }
 
 /// How long a client waits for a busy iperf3 server: more than the server's receive timeout.
@@ -142,7 +146,7 @@ pub fn measure(
         return Err(format!("no path to {dst} within 10 s"));
     }
     let mut m = Measured {
-        rtt_ms: ping_rtt(lab, a, dst, if o.quick { 10 } else { 50 })?,
+        rtt_ms: ping_rtt(lab, a, dst, if o.quick { 10 } else { 200 })?,
         rss: pids.iter().map(|p| (proc_kib(*p, "VmRSS"), 0)).collect(),
         ..Measured::default()
     };

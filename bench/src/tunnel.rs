@@ -17,7 +17,7 @@ pub fn tunnel_header() -> Vec<&'static str> {
         "a→b Gbit/s",
         "b→a Gbit/s",
         "vs boringtun 1 thread",
-        "ping RTT ms",
+        "ping RTT ms (median)",
         "CPU s per Gbit (both ends)",
         "TCP retransmits per GB",
         "RSS idle / peak MiB (larger end)",
@@ -54,7 +54,7 @@ pub fn part_tunnel(d: &mut Deployment, o: &Opts, fp: &mut Footprint) -> Table {
     t.intro = format!(
         "Box a (198.51.100.2) and box b (203.0.113.2) of the lab deployment, joined through the lab's \
          router by veth links; every row uses these same two namespaces and links, one after the other, \
-         in each of {} round(s). iperf3, one TCP stream, {} s each way; ping every 20 ms. Each row \
+         in each of {} round(s). iperf3, one TCP stream, {} s each way; 200 pings every 20 ms (10 with --quick) before them, the median shown. Each row \
          keeps its best round.",
         o.rounds, o.secs
     );
