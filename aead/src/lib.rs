@@ -32,7 +32,7 @@
 //! to their ends. Messages of any lengths go in one batch; a short one leaves its slots to
 //! the others once done. A batch of one ([`Aead::seal`], [`Aead::open`]) runs its chain
 //! with one block per call and its counter blocks in wide passes before or after it, as
-//! the `ccm` crate does (measured as fast; `examples/ccm_speed.rs` compares the three).
+//! the `ccm` crate does (measured as fast: `ntm-bench --only crypto` compares the three).
 //!
 //! Tags are compared in constant time. A message that does not verify has its buffer
 //! zeroed (no unverified plaintext leaves), and the others in its batch are unaffected.

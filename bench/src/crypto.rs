@@ -4,7 +4,7 @@
 //! 1400-byte packets with a 20-byte header as associated data. This program is built with
 //! the release profile's code generation, as the daemons are, and all three are compiled
 //! in `ntm-aead` (at opt-level 3; the `ccm` crate through its `reference` feature).
-//! `aead/examples/ccm_speed.rs` prints the same table without the lab.
+//! (`./scripts/bench.sh --only crypto` runs just this part, in a few seconds.)
 
 use crate::opts::Opts;
 use crate::table::Table;
