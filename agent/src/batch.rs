@@ -274,11 +274,18 @@ impl Batch {
             return start..start + 1;
         }
         let local = self.local(start);
+        let key = self.key_id(start);
         let mut end = start + 1;
         let mut total = seg;
         while end < count {
             let (Some(d), Some(&len)) = (self.dsts.get(end).copied().flatten(), self.lens.get(end)) else { break };
-            if d != dst || len > seg || len == 0 || total + len > SEGMENTED_MAX || self.local(end) != local {
+            if d != dst
+                || len > seg
+                || len == 0
+                || total + len > SEGMENTED_MAX
+                || self.local(end) != local
+                || self.key_id(end) != key
+            {
                 break;
             }
             total += len;
@@ -288,6 +295,15 @@ impl Batch {
             }
         }
         start..end
+    }
+
+    /// The key id in the header of the datagram in slot `i` (the session, for data). A
+    /// segmented message holds one session's datagrams only: a receiver sees it as one
+    /// (the kernel picks a relay's worker by the first datagram's key id,
+    /// SO_REUSEPORT, and GRO may keep the message whole), so datagrams of two sessions
+    /// to one relay in one message would reach one session's worker.
+    fn key_id(&self, i: usize) -> Option<&[u8]> {
+        self.bufs.chunks_exact(SLOT_LEN).nth(i).and_then(|slot| slot.get(ntm_proto::wire::header_field::KEY_ID))
     }
 
     /// Sends the slots `run` to their one destination as one message that the kernel cuts
@@ -388,7 +404,10 @@ mod tests {
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = rx.local_addr().unwrap();
         for (i, len) in lens.iter().enumerate() {
-            out.slot_mut(i)[..*len].fill(i as u8);
+            let slot = &mut out.slot_mut(i)[..*len];
+            slot.fill(i as u8);
+            // One session's datagrams (runs are cut where the key id changes).
+            slot.iter_mut().take(KEY.end).skip(KEY.start).for_each(|b| *b = 0xAB);
             out.set(i, *len, to, Local::MAIN);
         }
         assert_eq!(out.destination(0), Some(to));
@@ -422,11 +441,14 @@ mod tests {
         got
     }
 
+    const KEY: Range<usize> = ntm_proto::wire::header_field::KEY_ID;
+
     fn check(got: &[Vec<u8>], lens: &[usize]) {
         assert_eq!(got.len(), lens.len());
         for (i, (d, len)) in got.iter().zip(lens).enumerate() {
             assert_eq!(d.len(), *len, "datagram {i}");
-            assert!(d.iter().all(|b| *b == i as u8), "datagram {i}");
+            let want = |k: usize| if KEY.contains(&k) { 0xAB } else { i as u8 };
+            assert!(d.iter().enumerate().all(|(k, b)| *b == want(k)), "datagram {i}");
         }
     }
 
@@ -475,6 +497,13 @@ mod tests {
         assert_eq!(b.segment_run(4, 8), 4..6);
         assert_eq!(b.segment_run(6, 8), 6..7);
         assert_eq!(b.segment_run(7, 8), 7..8, "over the link MTU: not segmented");
+        // Another session's datagram (its key id) to the same destination ends a run: a
+        // relay steers the whole message to the worker of the first one's session.
+        b.slot_mut(1)[KEY].copy_from_slice(&[0, 0, 0, 7]);
+        assert_eq!(b.segment_run(0, 8), 0..1);
+        assert_eq!(b.segment_run(1, 8), 1..2);
+        b.slot_mut(2)[KEY].copy_from_slice(&[0, 0, 0, 7]);
+        assert_eq!(b.segment_run(1, 8), 1..3);
         assert_eq!(b.with_offload(false).segment_run(0, 8), 0..1);
     }
 

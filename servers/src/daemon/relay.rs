@@ -209,13 +209,20 @@ impl Workers {
     /// Starts the threads over `engine`, on the control thread's `clock`.
     pub fn start(&mut self, engine: &Arc<Mutex<Rs>>, clock: Clock) -> io::Result<()> {
         let offload = segmentation_works();
+        // Coalescing on receive (UDP_GRO) only with one worker: the kernel picks the
+        // socket of a group of the same addresses and ports by its first datagram, and a
+        // box's datagrams of several sessions through this relay share those, so with
+        // more workers a group could carry another worker's sessions to this one.
+        let gro = self.sockets.len() == 1;
         for (index, mut sockets) in std::mem::take(&mut self.sockets).into_iter().enumerate() {
             let poll = Poll::new()?;
             for (i, s) in sockets.iter_mut().enumerate() {
                 poll.registry().register(&mut s.sock, Token(i), Interest::READABLE)?;
                 // Coalesced groups are a saving only; a kernel without UDP_GRO sends
                 // each datagram as it is.
-                let _ = setsockopt(&s.sock, sockopt::UdpGroSegment, &true);
+                if gro {
+                    let _ = setsockopt(&s.sock, sockopt::UdpGroSegment, &true);
+                }
             }
             self.wakers.push(Waker::new(poll.registry(), WAKE)?);
             let (engine, stats, stop) =
