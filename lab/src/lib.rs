@@ -10,6 +10,7 @@
 //! created later removes namespaces left by runs that were killed.
 
 pub mod deploy;
+pub mod pcap;
 pub mod stream;
 
 use std::fmt::Write as _;

@@ -7,56 +7,8 @@
 use ntm_lab::deploy::{or_skip, read_status, Deployment};
 use ntm_lab::{proc_kib, tools_or_skip};
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-/// The UDP datagrams of a pcap file: (destination, payload). Reads the link types tcpdump
-/// writes for one interface (Ethernet) and for `-i any` (Linux cooked, v1 and v2).
-fn udp_datagrams(pcap: &[u8]) -> Vec<(SocketAddr, Vec<u8>)> {
-    let u16_at = |b: &[u8], i: usize| b.get(i..i + 2).map(|x| u16::from_be_bytes([x[0], x[1]]));
-    let Some(head) = pcap.get(..24) else { return Vec::new() };
-    let le = head[..4] == [0xd4, 0xc3, 0xb2, 0xa1];
-    let u32_at = |b: &[u8], i: usize| {
-        b.get(i..i + 4).map(|x| {
-            let a = [x[0], x[1], x[2], x[3]];
-            if le {
-                u32::from_le_bytes(a)
-            } else {
-                u32::from_be_bytes(a)
-            }
-        })
-    };
-    let (link, mut at, mut out) = (u32_at(head, 20).unwrap_or(0), 24, Vec::new());
-    while let Some(caplen) = u32_at(pcap, at + 8) {
-        let Some(frame) = pcap.get(at + 16..at + 16 + caplen as usize) else { break };
-        at += 16 + caplen as usize;
-        let (ethertype, ip_at) = match link {
-            1 => (u16_at(frame, 12), 14),
-            113 => (u16_at(frame, 14), 16),
-            276 => (u16_at(frame, 0), 20),
-            _ => return out,
-        };
-        let Some(ip) = frame.get(ip_at..) else { continue };
-        let (dst, udp) = match (ethertype, ip.first().map(|b| b >> 4)) {
-            (Some(0x0800), Some(4)) if ip.get(9) == Some(&17) => {
-                let Some(d) = ip.get(16..20) else { continue };
-                let ihl = usize::from(ip[0] & 0x0f) * 4;
-                (IpAddr::V4(Ipv4Addr::new(d[0], d[1], d[2], d[3])), ip.get(ihl..))
-            }
-            (Some(0x86dd), Some(6)) if ip.get(6) == Some(&17) => {
-                let Some(d) = ip.get(24..40).and_then(|d| <[u8; 16]>::try_from(d).ok()) else { continue };
-                (IpAddr::V6(Ipv6Addr::from(d)), ip.get(40..))
-            }
-            _ => continue,
-        };
-        let Some(udp) = udp else { continue };
-        let (Some(port), Some(len)) = (u16_at(udp, 2), u16_at(udp, 4)) else { continue };
-        if let Some(payload) = udp.get(8..usize::from(len)) {
-            out.push((SocketAddr::new(dst, port), payload.to_vec()));
-        }
-    }
-    out
-}
 
 fn dropped_total(status: &serde_json::Value) -> u64 {
     status["dropped"].as_object().map_or(0, |m| m.values().filter_map(serde_json::Value::as_u64).sum())
@@ -101,7 +53,7 @@ fn junk_and_replayed_datagrams_at_every_udp_port_leave_every_daemon_alive_small_
     // The captured datagrams to the servers' and the boxes' ports, each once.
     let ports = [4460, 4461, 4462, 4500];
     let mut by_dst: BTreeMap<SocketAddr, Vec<Vec<u8>>> = BTreeMap::new();
-    let all = caps.iter().flat_map(|(_, pcap)| udp_datagrams(&std::fs::read(pcap).expect("capture")));
+    let all = caps.iter().flat_map(|(_, pcap)| ntm_lab::pcap::udp_datagrams(&std::fs::read(pcap).expect("capture")));
     for (dst, payload) in all {
         let list = by_dst.entry(dst).or_default();
         if ports.contains(&dst.port()) && !list.contains(&payload) {
