@@ -17,19 +17,17 @@
 //! not tried again. A kernel older than 4.18 does not refuse: it ignores the control
 //! message and would send each run as one long datagram. So segmentation is used only
 //! after a trial on loopback at start-up has shown the kernel cutting a message into the
-//! right datagrams ([`offload_works`]). Nothing here allocates after [`Batch::new`].
+//! right datagrams (`ntm_io::udp::segmentation_works`). Nothing here allocates after [`Batch::new`].
 
 use nix::errno::Errno;
-use nix::sys::socket::{recvmmsg, sendmmsg, sendmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+use nix::sys::socket::{recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 use ntm_proto::crypto::TAG_LEN;
 use ntm_proto::engine::Local;
 use ntm_proto::wire::HEADER_LEN;
 use std::io::{IoSlice, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::os::fd::RawFd;
 
 /// Datagrams handled per system call.
 pub const BATCH: usize = 32;
@@ -101,7 +99,7 @@ impl Batch {
             lens: [0; BATCH],
             dsts: [None; BATCH],
             locals: [Local::MAIN; BATCH],
-            offload: offload_works(),
+            offload: ntm_io::udp::segmentation_works(),
         }
     }
 
@@ -348,42 +346,6 @@ impl Batch {
     }
 }
 
-/// Whether UDP segmentation offload works on this machine, tried once per process (see the
-/// module's documentation): a message of 250 bytes with a segment size of 100 is sent over
-/// loopback and must arrive as datagrams of 100, 100 and 50 bytes. Besides kernels before
-/// 4.18, this catches qemu-user, which hands the control message of a big-endian guest to
-/// the host kernel in the guest's byte order.
-pub fn offload_works() -> bool {
-    static WORKS: OnceLock<bool> = OnceLock::new();
-    *WORKS.get_or_init(|| {
-        let works = try_offload().unwrap_or(false);
-        log::info!("UDP segmentation offload: {}", if works { "used" } else { "not available" });
-        works
-    })
-}
-
-fn try_offload() -> std::io::Result<bool> {
-    // An address, not the string "127.0.0.1:0": binding to a string may resolve it, which
-    // links the C library's DNS resolver into the static binaries (28 KiB on MIPS).
-    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let rx = std::net::UdpSocket::bind(loopback)?;
-    rx.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let tx = std::net::UdpSocket::bind(loopback)?;
-    let to = SockaddrStorage::from(rx.local_addr()?);
-    let message = [0x5a_u8; 250];
-    let segment: u16 = 100;
-    let cmsgs = [ControlMessage::UdpGsoSegments(&segment)];
-    sendmsg(tx.as_raw_fd(), &[IoSlice::new(&message)], &cmsgs, MsgFlags::empty(), Some(&to))?;
-    let mut buf = [0u8; 300];
-    for want in [100, 100, 50] {
-        let (n, from) = rx.recv_from(&mut buf)?;
-        if n != want || from != tx.local_addr()? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(a) = s.as_sockaddr_in() {
         return Some(SocketAddr::from(std::net::SocketAddrV4::from(*a)));
@@ -453,14 +415,8 @@ mod tests {
     }
 
     #[test]
-    fn the_offload_trial_is_answered_by_the_kernel() {
-        // Linux 4.18 and later (this host's kernel) cut the trial message correctly; under
-        // qemu-user for a big-endian guest the trial must fail rather than glue datagrams.
-        let big_endian_guest = cfg!(target_endian = "big");
-        if !big_endian_guest {
-            assert!(offload_works());
-        }
-        assert_eq!(Batch::new().offload, offload_works());
+    fn a_batch_segments_where_the_kernel_trial_says_so() {
+        assert_eq!(Batch::new().offload, ntm_io::udp::segmentation_works());
     }
 
     #[test]

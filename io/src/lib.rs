@@ -9,7 +9,8 @@
 //!   with its caps: at most one frame's worth of input held, output bounded;
 //! - [`StatusSocket`]: the Unix socket that answers `status`, written without ever
 //!   blocking the loop;
-//! - [`Clock`]: the engines' clock, which never goes backwards.
+//! - [`Clock`]: the engines' clock, which never goes backwards;
+//! - [`udp`]: the UDP segmentation trial and socket buffer sizing of the batched paths.
 //!
 //! It must stay small: the agent runs on routers with a few MiB of flash, so TLS and
 //! JSON are the callers' (rustls and serde_json in the servers, embedded-tls and a
@@ -19,6 +20,7 @@ mod clock;
 mod framed;
 mod status;
 mod turn;
+pub mod udp;
 
 pub use clock::Clock;
 pub use framed::{Framed, ReadResult, Refused};

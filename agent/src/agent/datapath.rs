@@ -41,14 +41,7 @@ const TUNNEL_SEND_BUFFER: usize = 2 * 1024 * 1024;
 
 /// Sets the tunnel socket's buffers (as root beyond the sysctl limits, else up to them).
 pub(super) fn size_buffers(sock: &UdpSocket) {
-    use nix::sys::socket::{setsockopt, sockopt};
-    use std::os::fd::AsFd;
-    let fd = sock.as_fd();
-    let (r, s) = (&TUNNEL_RECV_BUFFER, &TUNNEL_SEND_BUFFER);
-    let forced = setsockopt(&fd, sockopt::RcvBufForce, r).and_then(|()| setsockopt(&fd, sockopt::SndBufForce, s));
-    if forced.is_err()
-        && setsockopt(&fd, sockopt::RcvBuf, r).and_then(|()| setsockopt(&fd, sockopt::SndBuf, s)).is_err()
-    {
+    if !ntm_io::udp::size_buffers(sock, TUNNEL_RECV_BUFFER, TUNNEL_SEND_BUFFER) {
         log::debug!("could not size the tunnel socket's buffers");
     }
 }

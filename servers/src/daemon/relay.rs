@@ -11,7 +11,7 @@
 //! coalesced (UDP_GRO, the receiving half of a peer's segmentation) in one piece, and
 //! relays the pieces one by one, each checked and counted like any datagram. Offload is
 //! used only after a trial at start-up has shown the kernel cutting a message into the
-//! right datagrams ([`segmentation_works`]), and is given up if the kernel refuses it.
+//! right datagrams (`ntm_io::udp::segmentation_works`), and is given up if the kernel refuses it.
 //!
 //! All workers share one engine behind a lock, taken once per batch; the control thread
 //! (TLS from the DCs, timers, status) takes it for its own calls. A worker drains the
@@ -38,10 +38,10 @@ use ntm_io::Clock;
 use ntm_proto::engine::rs::Rs;
 use ntm_proto::engine::{Received, Transmit};
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 /// Datagrams (or coalesced groups of them) taken per system call.
@@ -142,9 +142,7 @@ const RELAY_SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
 /// Sets a relay socket's buffers (as root beyond the sysctl limits, else up to them).
 fn size_buffers(s: &socket2::Socket) {
-    let n = &RELAY_SOCKET_BUFFER;
-    let forced = setsockopt(s, sockopt::RcvBufForce, n).and_then(|()| setsockopt(s, sockopt::SndBufForce, n));
-    if forced.is_err() && setsockopt(s, sockopt::RcvBuf, n).and_then(|()| setsockopt(s, sockopt::SndBuf, n)).is_err() {
+    if !ntm_io::udp::size_buffers(s, RELAY_SOCKET_BUFFER, RELAY_SOCKET_BUFFER) {
         log::debug!("could not size the relay socket's buffers");
     }
 }
@@ -208,7 +206,7 @@ impl Workers {
 
     /// Starts the threads over `engine`, on the control thread's `clock`.
     pub fn start(&mut self, engine: &Arc<Mutex<Rs>>, clock: Clock) -> io::Result<()> {
-        let offload = segmentation_works();
+        let offload = ntm_io::udp::segmentation_works();
         // Coalescing on receive (UDP_GRO) only with one worker: the kernel picks the
         // socket of a group of the same addresses and ports by its first datagram, and a
         // box's datagrams of several sessions through this relay share those, so with
@@ -646,48 +644,13 @@ fn send_one(
     }
 }
 
-/// Whether UDP segmentation offload works here, tried once per process: a message of
-/// 300 bytes with segments of 120 sent over loopback must arrive as 120, 120 and 60
-/// bytes. A kernel before 4.18 ignores the control message and sends one datagram; an
-/// emulator may pass it on wrongly; a host without loopback fails the trial.
-pub fn segmentation_works() -> bool {
-    static WORKS: OnceLock<bool> = OnceLock::new();
-    *WORKS.get_or_init(|| {
-        let works = try_segmentation().unwrap_or(false);
-        log::info!("relay: UDP segmentation offload {}", if works { "used" } else { "not available" });
-        works
-    })
-}
-
-fn try_segmentation() -> io::Result<bool> {
-    let lo = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let rx = std::net::UdpSocket::bind(lo)?;
-    rx.set_read_timeout(Some(std::time::Duration::from_millis(200)))?;
-    let tx = std::net::UdpSocket::bind(lo)?;
-    let message = [7u8; 300];
-    let segment: u16 = 120;
-    let to = SockaddrStorage::from(rx.local_addr()?);
-    sendmsg(
-        tx.as_raw_fd(),
-        &[IoSlice::new(&message)],
-        &[ControlMessage::UdpGsoSegments(&segment)],
-        MsgFlags::empty(),
-        Some(&to),
-    )?;
-    let mut buf = [0u8; 400];
-    let mut got = Vec::new();
-    for _ in 0..3 {
-        got.push(rx.recv(&mut buf)?);
-    }
-    Ok(got == [120, 120, 60])
-}
-
 #[cfg(test)]
 // A kernel without segmentation offload skips a part, and says so.
 #[allow(clippy::print_stderr)]
 mod tests {
     use super::*;
     use ntm_proto::engine::rs::RsConfig;
+    use std::net::Ipv4Addr;
 
     /// A worker on one socket of 127.0.0.1 (not started: the test calls its steps).
     fn worker(offload: bool) -> Worker {
@@ -727,7 +690,7 @@ mod tests {
         // to another destination in the middle.
         let lens = [1200, 1200, 1200, 700, 1300, 90, 90, 1200, 1200];
         for offload in [false, true] {
-            if offload && !segmentation_works() {
+            if offload && !ntm_io::udp::segmentation_works() {
                 eprintln!("NOTICE: no UDP segmentation offload here: only the plain path was tested");
                 continue;
             }
@@ -778,7 +741,7 @@ mod tests {
     /// length, 0, back into the message headers).
     #[test]
     fn a_coalesced_group_arrives_with_its_datagram_length() {
-        if !segmentation_works() {
+        if !ntm_io::udp::segmentation_works() {
             eprintln!("NOTICE: no UDP segmentation offload here: no coalesced group to receive");
             return;
         }
