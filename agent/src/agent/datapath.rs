@@ -118,10 +118,9 @@ impl Agent {
             let now = self.now();
             // The datagrams to hand to the engine, all at once (consecutive ones of one
             // tunnel are opened side by side, see `ntm_aead`), and the slot of each.
-            let mut slot_of = [0usize; BATCH];
+            let mut slot_of: heapless::Vec<usize, BATCH> = heapless::Vec::new();
             let mut results: [Received; BATCH] = std::array::from_fn(|_| Received::Handled);
             let received: [crate::batch::Received; BATCH] = std::array::from_fn(|i| self.rx.received(i));
-            let given;
             {
                 let mut datagrams: heapless::Vec<(SocketAddr, &mut [u8]), BATCH> = heapless::Vec::new();
                 for (i, slot) in self.rx.slots_mut().enumerate().take(n) {
@@ -132,19 +131,15 @@ impl Agent {
                         self.counters.oversized += 1;
                         continue;
                     }
-                    let k = datagrams.len();
-                    if datagrams.push((from, slot.get_mut(..r.len).unwrap_or_default())).is_ok() {
-                        if let Some(s) = slot_of.get_mut(k) {
-                            *s = i;
-                        }
-                    }
+                    // Both hold at most BATCH, one per slot of the batch.
+                    let _ = datagrams.push((from, slot.get_mut(..r.len).unwrap_or_default()));
+                    let _ = slot_of.push(i);
                 }
-                given = datagrams.len();
                 self.node.handle_datagrams_on(now, local, &mut datagrams, &mut results);
             }
             // Where each slot's inner packet is (empty for a datagram that held none).
             let mut opened: [Range<usize>; BATCH] = std::array::from_fn(|_| 0..0);
-            for (r, &i) in results.iter().zip(&slot_of).take(given) {
+            for (r, &i) in results.iter().zip(&slot_of) {
                 if let (Received::Ip(range), Some(o)) = (r, opened.get_mut(i)) {
                     *o = range.clone();
                 }
@@ -181,11 +176,11 @@ impl Agent {
                 self.turn.spent(TUN);
                 return;
             }
-            let mut lens = [0usize; BATCH];
-            let mut filled = 0;
+            // The inner packet's length in each send slot filled so far.
+            let mut lens: heapless::Vec<usize, BATCH> = heapless::Vec::new();
             let mut drained = false;
-            while filled < BATCH {
-                let slot = self.tx.slot_mut(filled);
+            while !lens.is_full() {
+                let slot = self.tx.slot_mut(lens.len());
                 let space = slot.get_mut(HEADER_LEN..SLOT_LEN - TAG_LEN).unwrap_or_default();
                 let room = space.len();
                 let n = match self.tun.recv(space) {
@@ -203,13 +198,10 @@ impl Agent {
                     self.counters.send_errors += 1;
                     continue;
                 }
-                if let Some(l) = lens.get_mut(filled) {
-                    *l = n;
-                }
-                filled += 1;
+                let _ = lens.push(n);
             }
             let now = self.now();
-            self.seal_and_send(now, lens.get(..filled).unwrap_or_default());
+            self.seal_and_send(now, &lens);
             if drained {
                 return;
             }
@@ -222,13 +214,14 @@ impl Agent {
     /// segment takes its first slot, so no segment waits for a slot or is dropped for
     /// want of one).
     fn read_tun_offload(&mut self) {
-        let (mut read, mut filled) = (0, 0);
-        let mut lens = [0usize; BATCH];
+        let mut read = 0;
+        // The inner packet's length in each send slot filled so far.
+        let mut lens: heapless::Vec<usize, BATCH> = heapless::Vec::new();
         while read < READ_BUDGET {
             // WouldBlock, or an error (as in read_tun: stop until the next event).
             let Ok(n) = offload::read(&self.tun, &mut self.tun_read) else {
                 let now = self.now();
-                self.seal_and_send(now, lens.get(..filled).unwrap_or_default());
+                self.seal_and_send(now, &lens);
                 return;
             };
             let now = self.now();
@@ -248,12 +241,12 @@ impl Agent {
             self.counters.tun_super_in += u64::from(split.is_some());
             read += count;
             for k in 0..count {
-                if filled == BATCH {
+                if lens.is_full() {
                     self.seal_and_send(now, &lens);
-                    filled = 0;
+                    lens.clear();
                 }
                 let pkt = self.tun_read.get(VNET_HDR_LEN..n).unwrap_or_default();
-                let space = self.tx.slot_mut(filled).get_mut(HEADER_LEN..SLOT_LEN - TAG_LEN).unwrap_or_default();
+                let space = self.tx.slot_mut(lens.len()).get_mut(HEADER_LEN..SLOT_LEN - TAG_LEN).unwrap_or_default();
                 let len = match &split {
                     Some(s) => s.segment(pkt, k, space),
                     None => space.get_mut(..pkt.len()).map(|d| d.copy_from_slice(pkt)).map(|()| pkt.len()),
@@ -263,14 +256,11 @@ impl Agent {
                     self.counters.send_errors += 1;
                     continue;
                 };
-                if let Some(l) = lens.get_mut(filled) {
-                    *l = len;
-                }
-                filled += 1;
+                let _ = lens.push(len);
             }
         }
         let now = self.now();
-        self.seal_and_send(now, lens.get(..filled).unwrap_or_default());
+        self.seal_and_send(now, &lens);
         self.turn.spent(TUN);
     }
 
