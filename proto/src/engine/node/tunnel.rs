@@ -1527,26 +1527,11 @@ impl Node {
         buf: &mut [u8],
         path_mtu: impl Fn(&SocketAddr) -> u16,
     ) -> Result<Dest, SendError> {
-        let end = buf.len().checked_sub(TAG_LEN).filter(|&e| e > HEADER_LEN).ok_or(SendError::NotIp)?;
-        let (_, dst) = buf.get(HEADER_LEN..end).and_then(ip_endpoints).ok_or(SendError::NotIp)?;
-        let id = self.tunnels.route(dst).ok_or(SendError::NoTunnel(dst))?;
-        let mut t = self.tunnels.get_mut(id).ok_or(SendError::NoTunnel(dst))?;
-        let session = t.session;
-        let e = t.established_mut().ok_or(SendError::NoTunnel(dst))?;
-        let to = e.route.to();
-        let mtu = path_mtu(&to);
-        if end - HEADER_LEN > usize::from(mtu) {
-            return Err(SendError::TooBig { mtu });
-        }
-        e.mncn.seal_in_place(now, MsgType::Data, buf).map_err(SendError::Crypto)?;
-        // Only a direct path loses packets to a moving peer; the RS stays where it is.
-        if matches!(e.route, Route::Direct { .. }) {
-            self.recent.record(now, session, to, buf);
-        }
-        t.sent(now, to);
-        t.activity.last_data = now;
-        t.activity.tx_packets += 1;
-        Ok(Dest { to, local: self.locals.local_for(to) })
+        // A batch of one: the batch's path is the only one that seals data.
+        let mut out = [Err(SendError::NotIp)];
+        self.seal_ip_batch_within(now, &mut [buf], |_, to| path_mtu(to), &mut out);
+        let [r] = out;
+        r
     }
 
     /// [`Node::seal_ip_within`] for a batch of packets from the TUN device: `out[i]` is
