@@ -72,8 +72,10 @@ mod tests {
     #[test]
     fn buffers_are_sized() {
         let s = std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
-        assert!(size_buffers(&s, 1 << 20, 1 << 19));
-        // Linux doubles what it is given (bookkeeping); at least the size asked for.
-        assert!(nix::sys::socket::getsockopt(&s, sockopt::RcvBuf).unwrap() >= 1 << 19);
+        // Sizes under the sysctl limits, so that either way (forced as root, or not) sets
+        // them; Linux reports twice what it was given (its bookkeeping).
+        assert!(size_buffers(&s, 6000, 5000));
+        assert_eq!(nix::sys::socket::getsockopt(&s, sockopt::RcvBuf).unwrap(), 12000);
+        assert_eq!(nix::sys::socket::getsockopt(&s, sockopt::SndBuf).unwrap(), 10000);
     }
 }
