@@ -31,15 +31,19 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== release binaries (the end-to-end tests run them)"
 cargo build --workspace --bins --locked --release
-echo "== cargo test (release profile for the crypto-heavy simulations)"
-cargo test --workspace --locked --release --no-run
+echo "== cargo test (optimized for the crypto-heavy simulations: the profile \"tests\" of Cargo.toml)"
+# The end-to-end tests run the release binaries built above.
+target_dir=${CARGO_TARGET_DIR:-target}
+case $target_dir in /*) ;; *) target_dir="$(pwd)/$target_dir" ;; esac
+export NTM_BIN_DIR="$target_dir/release"
+cargo test --workspace --locked --profile tests --no-run
 # The lab files that spend minutes waiting on timers (servers restarting, a NAT forgetting
 # idle TCP, NS connections replaced) run beside the rest instead of after it: each lab run
 # has namespaces of its own, and cargo holds no lock while tests run. The throughput tests
 # (offload, relay_workers, outsider16) run last, when these have mostly finished waiting.
 waiting="recovery ns_keepalive ns_move"
 later="offload relay_workers outsider16"
-waiting_log=target/lab-waiting.log
+waiting_log="$target_dir/lab-waiting.log"
 only() { for t in "$@"; do printf -- '--test %s ' "$t"; done; }
 lab_rest() {
 	for f in lab/tests/*.rs; do
@@ -48,15 +52,15 @@ lab_rest() {
 	done
 }
 # shellcheck disable=SC2046,SC2086 # the --test arguments are words on purpose
-cargo test --locked --release -p ntm-lab $(only $waiting) >"$waiting_log" 2>&1 &
+cargo test --locked --profile tests -p ntm-lab $(only $waiting) >"$waiting_log" 2>&1 &
 waiting_pid=$!
 trap 'kill "$waiting_pid" 2>/dev/null || true' EXIT
-cargo test --workspace --locked --release --exclude ntm-lab
+cargo test --workspace --locked --profile tests --exclude ntm-lab
 # shellcheck disable=SC2046,SC2086
-cargo test --locked --release -p ntm-lab --lib --bins $(lab_rest)
-cargo test --locked --release -p ntm-lab --doc
+cargo test --locked --profile tests -p ntm-lab --lib --bins $(lab_rest)
+cargo test --locked --profile tests -p ntm-lab --doc
 # shellcheck disable=SC2046,SC2086
-cargo test --locked --release -p ntm-lab $(only $later)
+cargo test --locked --profile tests -p ntm-lab $(only $later)
 echo "== the lab files that ran beside the rest: $waiting"
 if wait "$waiting_pid"; then cat "$waiting_log"; else
 	cat "$waiting_log"

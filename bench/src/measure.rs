@@ -2,7 +2,7 @@
 //! time and memory of the daemons on the path.
 
 use crate::opts::Opts;
-use crate::util::{cpu_secs, e2s, text, Res};
+use crate::util::{cpu_ns, cpu_secs, e2s, text, Res};
 use ntm_lab::{proc_kib, Lab, Ns};
 use serde_json::Value;
 use std::time::Duration;
@@ -13,6 +13,8 @@ pub struct Measured {
     pub fwd_bps: f64,
     pub rev_bps: f64,
     pub rtt_ms: f64,
+    /// CPU microseconds the measured daemons spent per ping (request and reply, both ends).
+    pub ping_cpu_us: f64,
     /// CPU seconds of the measured daemons over both runs.
     pub cpu: f64,
     /// Gigabits moved over both runs.
@@ -145,8 +147,13 @@ pub fn measure(
     if !ok {
         return Err(format!("no path to {dst} within 10 s"));
     }
+    let pings = if o.quick { 10 } else { 200 };
+    let ns0: u64 = pids.iter().map(|p| cpu_ns(*p)).sum();
+    let rtt_ms = ping_rtt(lab, a, dst, pings)?;
+    let ns1: u64 = pids.iter().map(|p| cpu_ns(*p)).sum();
     let mut m = Measured {
-        rtt_ms: ping_rtt(lab, a, dst, if o.quick { 10 } else { 200 })?,
+        rtt_ms,
+        ping_cpu_us: ns1.saturating_sub(ns0) as f64 / 1e3 / f64::from(pings),
         rss: pids.iter().map(|p| (proc_kib(*p, "VmRSS"), 0)).collect(),
         ..Measured::default()
     };
