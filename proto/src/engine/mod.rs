@@ -34,6 +34,7 @@ pub mod node;
 #[cfg(feature = "servers")]
 pub mod ns;
 #[cfg(feature = "servers")]
+pub mod gateway;
 pub mod rs;
 
 pub use retransmit::{Backoff, Retry};
@@ -166,6 +167,10 @@ pub struct DnsQuery {
     pub id: u64,
     /// The name to locate.
     pub name: Fqdn,
+    /// Look up the name's own addresses (A and AAAA) instead of its DC: the answer is
+    /// [`DnsAnswer::Dc`] with `name` and its addresses (port 0), or [`DnsAnswer::Failed`]
+    /// (a DC's gateway to ordinary hosts asks this).
+    pub addresses: bool,
 }
 
 /// Where a DC is.

@@ -21,7 +21,13 @@
 //! goes on the DCs' TLS streams ([`Rs::poll_stream_transmit`]): a worker drains the first
 //! before it lets go of the lock, so each answer leaves from the worker (and socket) whose
 //! datagram asked for it.
+//!
+//! With a [`GatewayConfig`] the RS is also a gateway to ordinary hosts (see
+//! [`super::gateway`]): a box's Data of a gateway session comes back from
+//! [`Engine::handle_datagram`] as [`Received::Ip`], rewritten for the RS's TUN device, and
+//! [`Rs::handle_gateway_packet`] takes what the TUN device gives back.
 
+use super::gateway::{Gateway, GatewayConfig, GatewaySessionInfo, GatewayStats, Refuse};
 use super::keyshare::SharedKeys;
 use super::{
     ConfigError, DnsAnswer, DnsQuery, DropCounters, DropReason, Engine, PeerIdentity, Received, Role, StreamKind,
@@ -31,7 +37,7 @@ use crate::crypto::{parse_plain, plain, Channel};
 use crate::keys::{DcRs, Tun};
 use crate::time::{Duration, Instant};
 use crate::wire::refusal::{Reason, Refusal};
-use crate::wire::relay::{RelayDirection, RelayDirectionAck, RelayStatusAck};
+use crate::wire::relay::{GatewayDirection, RelayDirection, RelayDirectionAck, RelayStatusAck};
 use crate::wire::route::Side;
 use crate::wire::tunnel::HolePunchAck;
 use crate::wire::{Envelope, Fqdn, KeyId, List, Message, MsgType, Sender, SessionId};
@@ -53,6 +59,8 @@ pub struct RsConfig {
     pub max_session_pps: u32,
     /// Most DC keys held.
     pub max_dc_keys: usize,
+    /// Be a gateway to ordinary hosts (none: Gateway Directions are refused).
+    pub gateway: Option<GatewayConfig>,
 }
 
 impl RsConfig {
@@ -65,6 +73,7 @@ impl RsConfig {
             session_idle_timeout: Duration::from_secs(90),
             max_session_pps: 500_000,
             max_dc_keys: 256,
+            gateway: None,
         }
     }
 }
@@ -127,6 +136,8 @@ pub struct Rs {
     cfg: RsConfig,
     dc_keys: SharedKeys<DcRs>,
     sessions: HashMap<SessionId, Session>,
+    /// The gateway's sessions, if it is one.
+    gateway: Option<Gateway>,
     /// Datagrams to send, and messages for the DCs' streams.
     out: VecDeque<Transmit>,
     out_stream: VecDeque<Transmit>,
@@ -175,7 +186,13 @@ impl Rs {
         if cfg.relay_addrs.len() > 4 {
             return Err(ConfigError::new("relay_addrs", "at most four addresses"));
         }
+        if let Some(g) = &cfg.gateway {
+            if g.internal.1 > 30 {
+                return Err(ConfigError::new("gateway.internal", "an IPv4 prefix of /30 or wider"));
+            }
+        }
         Ok(Rs {
+            gateway: cfg.gateway.clone().map(Gateway::new),
             dc_keys: SharedKeys::new(cfg.max_dc_keys),
             cfg,
             sessions: HashMap::new(),
@@ -210,15 +227,46 @@ impl Rs {
         for s in self.sessions.values() {
             v.push(("K_tun", s.k_tun.key().fingerprint()));
         }
+        if let Some(g) = &self.gateway {
+            g.held_keys(&mut v);
+        }
         v
+    }
+
+    /// The gateway sessions (none if the RS is no gateway).
+    pub fn gateway_sessions(&self) -> Vec<GatewaySessionInfo> {
+        self.gateway.as_ref().map(Gateway::sessions).unwrap_or_default()
+    }
+
+    /// The gateway's counters, if the RS is one.
+    pub fn gateway_stats(&self) -> Option<GatewayStats> {
+        self.gateway.as_ref().map(Gateway::stats)
+    }
+
+    /// An IP packet from the gateway's TUN device (an ordinary host's answer): the
+    /// datagram for the box, or nothing (dropped and counted).
+    pub fn handle_gateway_packet(&mut self, now: Instant, packet: &[u8]) -> Option<Transmit> {
+        let g = self.gateway.as_mut()?;
+        g.from_host(now, packet, &mut self.drops)
+    }
+
+    fn is_gateway_session(&self, session: SessionId) -> bool {
+        self.gateway.as_ref().is_some_and(|g| g.contains(session))
     }
 
     /// [`Engine::handle_datagram`] for a driver with several relay workers: `worker` (its
     /// index) handled the datagram, which the session records if it relays it
     /// ([`RelaySessionInfo::workers`]). The checks and counters are the same for every
     /// worker.
-    pub fn handle_datagram_on_worker(&mut self, now: Instant, from: SocketAddr, buf: &[u8], worker: usize) -> Received {
-        let (ty, sealed, key_id) = match Envelope::new_checked(buf) {
+    /// A gateway session's data is opened and rewritten in `buf` ([`Received::Ip`]).
+    pub fn handle_datagram_on_worker(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &mut [u8],
+        worker: usize,
+    ) -> Received {
+        let (ty, sealed, key_id) = match Envelope::new_checked(&buf[..]) {
             Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
             Err(e) => return self.drops.count(DropReason::from(e)),
         };
@@ -227,8 +275,13 @@ impl Rs {
         }
         let session = SessionId(key_id.0);
         match ty {
-            MsgType::RelayDirection | MsgType::RelayStatus => self.handle_dc_message(now, from, key_id, buf),
-            MsgType::HolePunch => self.handle_hole_punch(now, from, session, buf),
+            MsgType::RelayDirection | MsgType::RelayStatus | MsgType::GatewayDirection => {
+                self.handle_dc_message(now, from, key_id, &buf[..])
+            }
+            MsgType::HolePunch if self.is_gateway_session(session) => {
+                self.handle_gateway_punch(now, from, session, &buf[..])
+            }
+            MsgType::HolePunch => self.handle_hole_punch(now, from, session, &buf[..]),
             MsgType::TunnelRequest
             | MsgType::TunnelResponse
             | MsgType::Data
@@ -271,9 +324,11 @@ impl Rs {
         };
         let reply = match msg {
             Message::RelayDirection(rd) => self.handle_relay_direction(now, rd),
+            Message::GatewayDirection(gd) => self.handle_gateway_direction(now, gd),
             Message::RelayStatus(s) => Message::RelayStatusAck(RelayStatusAck {
                 request_id: s.request_id,
-                sessions: u32::try_from(self.sessions.len()).unwrap_or(u32::MAX),
+                sessions: u32::try_from(self.sessions.len() + self.gateway.as_ref().map_or(0, Gateway::len))
+                    .unwrap_or(u32::MAX),
                 capacity: u32::try_from(self.cfg.max_sessions).unwrap_or(u32::MAX),
                 relay_addrs: self.relay_addrs(),
             }),
@@ -327,6 +382,55 @@ impl Rs {
             },
         );
         ack
+    }
+
+    fn handle_gateway_direction(&mut self, now: Instant, gd: GatewayDirection) -> Message {
+        let refusal = |reason, detail: &str| {
+            Message::Refusal(Refusal::new(MsgType::GatewayDirection, gd.request_id, reason, detail))
+        };
+        let Some(g) = self.gateway.as_mut() else {
+            self.drops.count(DropReason::Unexpected);
+            return refusal(Reason::Unauthorized, "this relay is no gateway");
+        };
+        match g.open(now, gd.session, gd.k_tun, gd.node, gd.synthetic, gd.real) {
+            Ok(()) => Message::RelayDirectionAck(RelayDirectionAck {
+                request_id: gd.request_id,
+                session: gd.session,
+                relay_addrs: self.relay_addrs(),
+            }),
+            Err(Refuse::Full) => {
+                self.drops.count(DropReason::Limit);
+                refusal(Reason::Overloaded, "gateway session table full")
+            }
+            Err(Refuse::BadKey) => refusal(Reason::Internal, "unusable K_tun"),
+        }
+    }
+
+    /// A box's hole punch on a gateway session: authenticated with K_tun, it says where
+    /// the box is now (answers go there).
+    fn handle_gateway_punch(&mut self, now: Instant, from: SocketAddr, session: SessionId, buf: &[u8]) -> Received {
+        let Some(s) = self.gateway.as_mut().and_then(|g| g.get_mut(session)) else {
+            return self.drops.count(DropReason::UnknownKey);
+        };
+        let (header, msg) = match s.k_tun.open(now, buf) {
+            Ok(m) => m,
+            Err(e) => return self.drops.count(DropReason::from(e)),
+        };
+        let Message::HolePunch(p) = msg else { return self.drops.count(DropReason::Unexpected) };
+        if header.sender != Sender::Mn || p.side != Side::Mn {
+            return self.drops.count(DropReason::Unauthorized);
+        }
+        s.last_activity = now;
+        if s.endpoint != Some(from) {
+            log::info!("gateway session {session}: the box is at {from}");
+        }
+        s.endpoint = Some(from);
+        let ack = Message::HolePunchAck(HolePunchAck { observed: from });
+        match s.k_tun.seal(now, &ack) {
+            Ok(bytes) => self.out.push_back(Transmit { via: Via::Udp, dst: from, payload: bytes }),
+            Err(e) => log::warn!("cannot seal hole-punch ack: {e}"),
+        }
+        Received::Handled
     }
 
     /// A hole punch: authenticate it with K_tun and record the sender's endpoint.
@@ -391,11 +495,21 @@ impl Rs {
         from: SocketAddr,
         session: SessionId,
         ty: MsgType,
-        buf: &[u8],
+        buf: &mut [u8],
         worker: usize,
     ) -> Received {
         let max_pps = self.cfg.max_session_pps;
-        let Some(s) = self.sessions.get_mut(&session) else { return self.refuse_unknown_session(now, from, buf) };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            // Not a relayed session: a gateway's (looked up only here, so a relayed
+            // session's packets cost nothing more), or none.
+            if let Some(g) = self.gateway.as_mut().filter(|g| g.contains(session)) {
+                if ty == MsgType::Data {
+                    return g.from_box(now, session, buf, &mut self.drops);
+                }
+                return self.drops.count(DropReason::Unexpected);
+            }
+            return self.refuse_unknown_session(now, from, buf);
+        };
         let Some(side) = s.side_of(from) else { return self.drops.count(DropReason::Unauthorized) };
         if ty == MsgType::TunnelRequest {
             // Under K_tun, so the RS can and does check it before passing it on. Only the
@@ -458,6 +572,9 @@ impl Engine for Rs {
     fn handle_dns(&mut self, _now: Instant, _id: u64, _answer: DnsAnswer) {}
 
     fn handle_timeout(&mut self, now: Instant) {
+        if let Some(g) = self.gateway.as_mut() {
+            g.expire(now);
+        }
         let idle = self.cfg.session_idle_timeout;
         self.sessions.retain(|id, s| {
             let keep = now < s.last_activity + idle && !s.k_tun.is_expired(now);
@@ -478,7 +595,8 @@ impl Engine for Rs {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let idle = self.cfg.session_idle_timeout;
-        self.sessions.values().map(|s| (s.last_activity + idle).min(s.k_tun.expires())).min()
+        let relayed = self.sessions.values().map(|s| (s.last_activity + idle).min(s.k_tun.expires())).min();
+        [relayed, self.gateway.as_ref().and_then(Gateway::deadline)].into_iter().flatten().min()
     }
 
     fn drops(&self) -> &DropCounters {
@@ -564,13 +682,13 @@ mod tests {
     fn each_session_records_the_workers_that_relayed_it() {
         let now = Instant::from_millis(1_000_000);
         let mut rs = rs_with_session(now);
-        assert_eq!(rs.handle_datagram_on_worker(now, MN, &data(Sender::Initiator), 3), Received::Forward(CN));
-        assert_eq!(rs.handle_datagram_on_worker(now, CN, &data(Sender::Responder), 3), Received::Forward(MN));
+        assert_eq!(rs.handle_datagram_on_worker(now, MN, &mut data(Sender::Initiator), 3), Received::Forward(CN));
+        assert_eq!(rs.handle_datagram_on_worker(now, CN, &mut data(Sender::Responder), 3), Received::Forward(MN));
         let s = rs.sessions();
         assert_eq!((s[0].relayed, s[0].workers), (2, 1 << 3));
         // The checks are the same on any worker: a stranger's datagram is not relayed.
         let stranger: SocketAddr = "198.51.100.9:1024".parse().unwrap();
-        let r = rs.handle_datagram_on_worker(now, stranger, &data(Sender::Initiator), 5);
+        let r = rs.handle_datagram_on_worker(now, stranger, &mut data(Sender::Initiator), 5);
         assert_eq!(r, Received::Dropped(DropReason::Unauthorized));
         assert_eq!(rs.handle_datagram(now, MN, &mut data(Sender::Initiator)), Received::Forward(CN));
         let s = rs.sessions();
@@ -584,7 +702,7 @@ mod tests {
         let mut rs = rs_with_session(now);
         let mut other = data(Sender::Initiator);
         other.get_mut(4..8).unwrap().copy_from_slice(&0x0a0b_0c0du32.to_be_bytes());
-        let r = rs.handle_datagram_on_worker(now, MN, &other, 1);
+        let r = rs.handle_datagram_on_worker(now, MN, &mut other, 1);
         assert_eq!(r, Received::Dropped(DropReason::UnknownKey));
         let hint = rs.poll_udp_transmit().expect("the unknown-session hint");
         assert_eq!((hint.dst, hint.payload.get(4..8)), (MN, Some(&0x0a0b_0c0du32.to_be_bytes()[..])));
