@@ -336,6 +336,11 @@ impl Gateway {
     /// back, sealed for the box and addressed to where it last punched from.
     pub(super) fn from_host(&mut self, now: Instant, packet: &[u8], drops: &mut DropCounters) -> Option<Transmit> {
         let max_pps = self.cfg.max_session_pps;
+        if packet.first().is_some_and(|b| b >> 4 == 6) {
+            // The kernel's own IPv6 on the device (router solicitations, MLD): no host's
+            // answer, nothing to count.
+            return None;
+        }
         let Some(ip) = Ipv4::parse(packet) else {
             self.stats.dropped_malformed += 1;
             drops.count(DropReason::Malformed);

@@ -35,6 +35,7 @@ pub mod node;
 pub mod ns;
 #[cfg(feature = "servers")]
 pub mod gateway;
+#[cfg(feature = "servers")]
 pub mod rs;
 
 pub use retransmit::{Backoff, Retry};
