@@ -17,7 +17,7 @@
 use ntm_lab::deploy::{or_skip, payload, read_status, Access, Deployment, NatKind};
 use ntm_lab::tools_or_skip;
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const HOST: &str = "host.plain.example";
 const HOST_IP: &str = "198.19.80.80";
@@ -110,50 +110,73 @@ fn a_box_keeps_its_download_from_an_ordinary_host_through_the_rs_across_moves() 
     assert_eq!(t["path"], "relay", "{t}");
     assert!(t["remote"].as_str().is_some_and(|r| r.starts_with(RS_IP)), "through the RS: {t}");
 
-    d.lab.step("ordinary host: iperf3 server (one test) and busybox httpd with a 24 MB file");
+    d.lab.step("ordinary host: iperf3 server (one test at a time) and busybox httpd with a 24 MB file");
     let web = d.lab.dir().join("www");
     std::fs::create_dir_all(&web).unwrap();
     let big = payload(24 << 20, 17);
     std::fs::write(web.join("big"), &big).unwrap();
-    let iperf_server = d.lab.spawn(&host, "iperf-host", &["iperf3", "-s", "-1", "-J"], &[]).unwrap();
     let web_dir = web.to_str().unwrap().to_string();
     d.lab.spawn(&host, "httpd-host", &["busybox", "httpd", "-f", "-p", "8080", "-h", &web_dir], &[]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
 
-    // 1. iperf3 from the host to box a for 8 s, box a moving to eth1 after 3 s.
+    // iperf3 from the host to box a for 8 s, box a moving after 3 s: to eth1, then back
+    // behind its NAT. Each time the same connections carry on.
+    let mut stalls = Vec::new();
+    for (away, what) in [(true, "NAT on eth0 -> eth1 (198.19.5.2)"), (false, "eth1 -> NAT on eth0")] {
+        let tag = if away { "away" } else { "back" };
+        let server = d.lab.spawn(&host, &format!("iperf-host-{tag}"), &["iperf3", "-s", "-1", "-J"], &[]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let a = d.boxes[0].ns.clone();
+        let cmd = ["iperf3", "-c", HOST, "-R", "-t", "8", "-i", "0.1", "-b", "40M", "-J", "--rcv-timeout", "5000"];
+        let client = d.lab.spawn(&a, &format!("iperf-a-{tag}"), &cmd, &[]).unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        d.lab.step(format!("box a moves: {what}, mid-transfer"));
+        move_a(&d, away);
+        assert!(d.lab.proc(client).wait(30).is_some(), "iperf3 ends");
+        let log = d.lab.proc(client).log_text();
+        let report: Value = serde_json::from_str(&log[log.find('{').unwrap_or(0)..]).expect("iperf3 -J output");
+        assert!(report["error"].is_null(), "iperf3 through the gateway ({what}): {}", report["error"]);
+        let (stall, bytes) = longest_silence(&report);
+        eprintln!("gateway, box moves {what} (iperf3 -R, 40 Mbit/s): longest silence {stall:?}, {bytes} bytes");
+        assert!(bytes > 20e6, "the transfer ran: {bytes} bytes");
+        stalls.push((what, stall));
+        // The host saw the RS, never the box.
+        assert!(d.lab.proc(server).wait(10).is_some(), "the iperf3 server ends after its test");
+        let slog = d.lab.proc(server).log_text();
+        let sreport: Value = serde_json::from_str(&slog[slog.find('{').unwrap_or(0)..]).expect("iperf3 server -J");
+        let peers: Vec<String> = sreport["start"]["connected"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|x| x["remote_host"].as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        assert!(!peers.is_empty() && peers.iter().all(|p| p == RS_IP), "the host sees only the RS: {peers:?}");
+    }
+
+    // A download from the web server, box a moving to eth1 in the middle: curl does not
+    // reconnect, so the whole file means the same connection carried it. (curl's own rate
+    // limit closes the receive window now and then, so a segment lost in the move may
+    // wait for the host's retransmission timer: its pause is printed, not held to the
+    // budget.)
     let a = d.boxes[0].ns.clone();
-    let cmd = ["iperf3", "-c", HOST, "-R", "-t", "8", "-i", "0.1", "-b", "40M", "-J", "--rcv-timeout", "5000"];
-    let client = d.lab.spawn(&a, "iperf-a", &cmd, &[]).unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    d.lab.step("box a moves: NAT on eth0 -> eth1 (198.19.5.2), mid-transfer");
-    move_a(&d, true);
-    assert!(d.lab.proc(client).wait(30).is_some(), "iperf3 ends");
-    let log = d.lab.proc(client).log_text();
-    let report: Value = serde_json::from_str(&log[log.find('{').unwrap_or(0)..]).expect("iperf3 -J output");
-    assert!(report["error"].is_null(), "iperf3 through the gateway: {}", report["error"]);
-    let (stall, bytes) = longest_silence(&report);
-    eprintln!("gateway, move away (iperf3 -R, 40 Mbit/s): longest silence {stall:?}, {bytes} bytes received");
-    assert!(bytes > 20e6, "the transfer ran: {bytes} bytes");
-    // The host saw the RS, never the box.
-    assert!(d.lab.proc(iperf_server).wait(10).is_some(), "the iperf3 server ends after its test");
-    let slog = d.lab.proc(iperf_server).log_text();
-    let sreport: Value = serde_json::from_str(&slog[slog.find('{').unwrap_or(0)..]).expect("iperf3 server -J");
-    let peers: Vec<String> = sreport["start"]["connected"]
-        .as_array()
-        .map(|c| c.iter().filter_map(|x| x["remote_host"].as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    assert!(!peers.is_empty() && peers.iter().all(|p| p == RS_IP), "the host sees only the RS: {peers:?}");
-
-    // 2. A download from the web server, box a moving back behind its NAT in the middle:
-    // curl does not reconnect, so the whole file means the same connection carried it.
     let out = d.lab.dir().join("big.out");
     let url = format!("http://{HOST}:8080/big");
     let o = out.to_str().unwrap().to_string();
     let curl = ["curl", "-s", "-f", "--limit-rate", "6M", "-m", "40", "-o", &o, &url];
     let dl = d.lab.spawn(&a, "curl-a", &curl, &[]).unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    d.lab.step("box a moves back: eth1 -> NAT on eth0, mid-download");
-    move_a(&d, false);
+    d.lab.step("box a moves to eth1, mid-download");
+    let size = || std::fs::metadata(&out).map_or(0, |m| m.len());
+    let moved = Instant::now();
+    move_a(&d, true);
+    // The longest time the file did not grow after the move (sampled every 10 ms).
+    let (mut last, mut grew_at, mut pause) = (size(), moved, Duration::ZERO);
+    while d.lab.proc(dl).alive() && moved.elapsed() < Duration::from_secs(45) {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = size();
+        if now != last {
+            pause = pause.max(grew_at.elapsed());
+            (last, grew_at) = (now, Instant::now());
+        }
+    }
+    eprintln!("gateway, box moves to eth1 (curl at 6 MB/s): longest pause in the download {pause:?}");
     assert_eq!(d.lab.proc(dl).wait(45), Some(0), "curl completes: {}", d.lab.proc(dl).log_text());
     assert!(std::fs::read(&out).unwrap_or_default() == big, "the whole file, byte for byte");
 
@@ -169,5 +192,7 @@ fn a_box_keeps_its_download_from_an_ordinary_host_through_the_rs_across_moves() 
     // Nothing else is reachable through the gateway: an address of the synthetic pool the
     // DC never gave out has no tunnel.
     assert!(!d.ping(0, "198.18.100.200", 2), "no tunnel to an address the DC did not give");
-    assert!(stall <= STALL_BUDGET, "move away: silence {stall:?} over {STALL_BUDGET:?}");
+    for (what, stall) in stalls {
+        assert!(stall <= STALL_BUDGET, "{what}: silence {stall:?} over {STALL_BUDGET:?}");
+    }
 }

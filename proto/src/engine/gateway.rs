@@ -117,6 +117,42 @@ pub(super) struct GatewaySession {
     flows: HashMap<(u8, u16, u16), Instant>,
     to_host: u64,
     to_box: u64,
+    /// The last datagrams sent to the box (when, where, the sealed bytes), to send again
+    /// when it turns up at a new address ([`GatewaySession::moved`]).
+    recent: std::collections::VecDeque<(Instant, SocketAddr, Vec<u8>)>,
+}
+
+/// Datagrams to the box kept for a move, and how old and how many bytes of them go again
+/// (as the node keeps its own, see node/resend.rs): what went to the box's old address
+/// between its move and its first punch from the new one would otherwise be lost, and the
+/// ordinary host's TCP would wait for its retransmission timer.
+const RECENT_SLOTS: usize = 48;
+const RECENT_WINDOW: Duration = Duration::from_millis(300);
+const RECENT_BYTES_MAX: usize = 64 * 1024;
+
+impl GatewaySession {
+    /// The box punched from `to`: it is there now. If that is a new address, the recent
+    /// datagrams that went to the old one go again, oldest first (a copy the box had
+    /// received after all is refused by its replay window: nothing is delivered twice,
+    /// and nothing is sealed again).
+    pub(super) fn moved(&mut self, now: Instant, to: SocketAddr) -> Vec<Transmit> {
+        let old = self.endpoint.replace(to);
+        let Some(old) = old.filter(|o| *o != to) else { return Vec::new() };
+        let mut bytes = 0;
+        let mut again: Vec<Transmit> = self
+            .recent
+            .iter()
+            .rev()
+            .filter(|(at, dst, _)| *dst == old && now < *at + RECENT_WINDOW)
+            .take_while(|(_, _, b)| {
+                bytes += b.len();
+                bytes <= RECENT_BYTES_MAX
+            })
+            .map(|(_, _, b)| Transmit { via: Via::Udp, dst: to, payload: b.clone() })
+            .collect();
+        again.reverse();
+        again
+    }
 }
 
 /// One (box, synthetic address) pair's internal address.
@@ -223,11 +259,10 @@ impl Gateway {
             self.stats.refused += 1;
             return Err(Refuse::Full);
         }
-        let internal = match self.mappings.get_mut(&(node, synthetic)) {
-            Some(m) => {
-                m.session = session;
-                m.internal
-            }
+        let internal = match self.mappings.get(&(node, synthetic)) {
+            // The pair's address, so the kernel's NAT state (and the host's view) stays.
+            // Answers go on the pair's session until the box sends on this one.
+            Some(m) => m.internal,
             None => {
                 let Some(internal) = self.free_internal() else {
                     self.stats.refused += 1;
@@ -265,6 +300,7 @@ impl Gateway {
                 flows: HashMap::new(),
                 to_host: 0,
                 to_box: 0,
+                recent: std::collections::VecDeque::new(),
             },
         );
         Ok(())
@@ -373,6 +409,10 @@ impl Gateway {
         s.last_activity = now;
         s.to_box += 1;
         self.stats.to_boxes += 1;
+        if s.recent.len() >= RECENT_SLOTS {
+            s.recent.pop_front();
+        }
+        s.recent.push_back((now, to, out.clone()));
         Some(Transmit { via: Via::Udp, dst: to, payload: out })
     }
 

@@ -424,7 +424,8 @@ impl Rs {
         if s.endpoint != Some(from) {
             log::info!("gateway session {session}: the box is at {from}");
         }
-        s.endpoint = Some(from);
+        let again = s.moved(now, from);
+        self.out.extend(again);
         let ack = Message::HolePunchAck(HolePunchAck { observed: from });
         match s.k_tun.seal(now, &ack) {
             Ok(bytes) => self.out.push_back(Transmit { via: Via::Udp, dst: from, payload: bytes }),
