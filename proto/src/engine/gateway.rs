@@ -555,8 +555,10 @@ fn rewrite(p: &mut [u8], ip: &Ipv4, src: Ipv4Addr, dst: Ipv4Addr) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    pub(crate) const TCP_PROTO: u8 = TCP;
 
     /// The one's-complement sum over `data`, folded and inverted.
     fn checksum(data: &[u8], init: u32) -> u16 {
@@ -571,7 +573,7 @@ mod tests {
     }
 
     /// An IPv4 TCP or UDP packet with correct checksums.
-    fn packet(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn packet(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
         let l4_len = if proto == TCP { 20 } else { 8 } + payload.len();
         let total = 20 + l4_len;
         let mut p = vec![0u8; total];
@@ -594,7 +596,7 @@ mod tests {
         p
     }
 
-    fn fill_checksums(p: &mut [u8]) {
+    pub(crate) fn fill_checksums(p: &mut [u8]) {
         p[10..12].copy_from_slice(&[0, 0]);
         let h = checksum(&p[..20], 0);
         p[10..12].copy_from_slice(&h.to_be_bytes());

@@ -697,6 +697,152 @@ mod tests {
         assert_eq!(rs.poll_transmit(), None);
     }
 
+    const NODE: core::net::Ipv4Addr = core::net::Ipv4Addr::new(198, 18, 1, 2);
+    const SYNTHETIC: core::net::Ipv4Addr = core::net::Ipv4Addr::new(198, 18, 100, 1);
+    const REAL: core::net::Ipv4Addr = core::net::Ipv4Addr::new(198, 19, 80, 80);
+    const INTERNAL: core::net::Ipv4Addr = core::net::Ipv4Addr::new(100, 100, 0, 2);
+    const K_TUN: [u8; 16] = *b"gateway k_tun 16";
+
+    /// An RS with a DC's key and, if `gateway`, a gateway with 100.100.0.0/24.
+    fn rs_and_dc(now: Instant, gateway: bool) -> (Rs, Channel<DcRs>) {
+        let addr: SocketAddr = "192.0.2.30:4461".parse().unwrap();
+        let mut cfg = RsConfig::new(name("rs1.test"), vec![addr]);
+        if gateway {
+            cfg.gateway = Some(GatewayConfig::new((core::net::Ipv4Addr::new(100, 100, 0, 0), 24)));
+        }
+        let mut rs = Rs::new(cfg).unwrap();
+        let dc = PeerIdentity { name: name("dc.zone-a.test"), role: Role::Dc, public_key: None };
+        let share = Message::KeyShare(KeyShare {
+            request_id: RequestId(1),
+            key_id: KeyId(77),
+            key: SharedKey::DcRs(grant(*b"dc-rs key 16 byt")),
+            from: name("dc.zone-a.test"),
+        });
+        rs.handle_stream(now, StreamKind::Tls, DC, Some(&dc), &plain(Sender::Dc, &share));
+        let _ = rs.poll_stream_transmit();
+        let dcrs =
+            Channel::<DcRs>::new(Key::from_bytes(*b"dc-rs key 16 byt"), KeyId(77), Sender::Dc, Instant::FAR_FUTURE)
+                .unwrap();
+        (rs, dcrs)
+    }
+
+    /// Directs gateway session `session` for the box and returns the RS's answer.
+    fn direct_gateway(rs: &mut Rs, dcrs: &mut Channel<DcRs>, now: Instant, session: SessionId) -> Message {
+        let gd = Message::GatewayDirection(GatewayDirection {
+            request_id: RequestId(session.0),
+            session,
+            k_tun: grant(K_TUN),
+            node: NODE,
+            synthetic: SYNTHETIC,
+            real: REAL,
+        });
+        let mut bytes = dcrs.seal(now, &gd).unwrap();
+        assert_eq!(rs.handle_datagram(now, DC, &mut bytes), Received::Handled);
+        let reply = rs.poll_udp_transmit().expect("an answer to the DC");
+        dcrs.open(now, &reply.payload).unwrap().1
+    }
+
+    /// The box's two channels of a gateway session: K_tun (punches) and the data key.
+    fn box_channels(session: SessionId) -> (Channel<Tun>, Channel<crate::keys::MnCn>) {
+        let k = Key::<Tun>::from_bytes(K_TUN);
+        let data = Channel::new(k.gateway_data_key(), KeyId(session.0), Sender::Initiator, Instant::FAR_FUTURE);
+        (Channel::new(k, KeyId(session.0), Sender::Mn, Instant::FAR_FUTURE).unwrap(), data.unwrap())
+    }
+
+    fn punch(rs: &mut Rs, tun: &mut Channel<Tun>, now: Instant, from: SocketAddr) {
+        let mut bytes = tun.seal(now, &Message::HolePunch(HolePunch { side: Side::Mn, release: false })).unwrap();
+        assert_eq!(rs.handle_datagram(now, from, &mut bytes), Received::Handled);
+    }
+
+    fn sealed_packet(data: &mut Channel<crate::keys::MnCn>, now: Instant, dst: core::net::Ipv4Addr) -> Vec<u8> {
+        let ip = crate::engine::gateway::tests::packet(crate::engine::gateway::tests::TCP_PROTO, NODE, dst, b"GET /");
+        let body = crate::wire::data::DataBody::new(ip).unwrap();
+        data.seal(now, &Message::Data(body)).unwrap()
+    }
+
+    #[test]
+    fn a_gateway_session_carries_only_the_box_to_its_host_and_back() {
+        let now = Instant::from_millis(1_000_000);
+        let session = SessionId(0x6a7e_0001);
+        let (mut rs, mut dcrs) = rs_and_dc(now, true);
+        let ack = direct_gateway(&mut rs, &mut dcrs, now, session);
+        assert!(matches!(ack, Message::RelayDirectionAck(a) if a.session == session), "acknowledged");
+        let (mut tun, mut data) = box_channels(session);
+        punch(&mut rs, &mut tun, now, MN);
+        let punch_ack = rs.poll_udp_transmit().expect("the punch is acknowledged");
+        assert_eq!(tun.open(now, &punch_ack.payload).map(|(h, _)| h.sender), Ok(Sender::Rs));
+
+        // To the synthetic address: opened, and rewritten to leave from the internal one.
+        let mut bytes = sealed_packet(&mut data, now, SYNTHETIC);
+        let Received::Ip(r) = rs.handle_datagram(now, MN, &mut bytes) else { panic!("not for the TUN device") };
+        let mut out = bytes[r].to_vec();
+        assert_eq!((&out[12..16], &out[16..20]), (&INTERNAL.octets()[..], &REAL.octets()[..]));
+        let mut fixed = out.clone();
+        crate::engine::gateway::tests::fill_checksums(&mut fixed);
+        assert_eq!(out, fixed, "checksums right after the rewrite");
+
+        // Anything else the box sends is no one's business: dropped and counted.
+        let mut other = sealed_packet(&mut data, now, core::net::Ipv4Addr::new(192, 0, 2, 99));
+        assert_eq!(rs.handle_datagram(now, MN, &mut other), Received::Dropped(DropReason::Unauthorized));
+        assert_eq!(rs.gateway_stats().map(|g| g.dropped_not_allowed), Some(1));
+
+        // The host's answer goes back to the box, as from the synthetic address.
+        out[12..20].copy_from_slice(&[REAL.octets(), INTERNAL.octets()].concat());
+        crate::engine::gateway::tests::fill_checksums(&mut out);
+        let t = rs.handle_gateway_packet(now, &out).expect("an answer for the box");
+        assert_eq!(t.dst, MN);
+        let (h, msg) = data.open(now, &t.payload).unwrap();
+        assert_eq!(h.sender, Sender::Responder);
+        let Message::Data(body) = msg else { panic!("data") };
+        let ip = body.as_slice();
+        assert_eq!((&ip[12..16], &ip[16..20]), (&SYNTHETIC.octets()[..], &NODE.octets()[..]));
+        // From anyone but the host, to the internal address: not the box's business.
+        out[12..16].copy_from_slice(&[192, 0, 2, 99]);
+        assert_eq!(rs.handle_gateway_packet(now, &out), None);
+        assert_eq!(rs.gateway_stats().map(|g| (g.to_hosts, g.to_boxes, g.dropped_unmapped)), Some((1, 1, 1)));
+
+        // The box moves: its punch from the new address brings the recent answer again.
+        let moved: SocketAddr = "198.19.5.2:4500".parse().unwrap();
+        let later = now + Duration::from_millis(100);
+        punch(&mut rs, &mut tun, later, moved);
+        let again = rs.poll_udp_transmit().expect("the recent answer again");
+        assert_eq!((again.dst, &again.payload), (moved, &t.payload), "the same sealed bytes, not sealed again");
+        assert!(rs.poll_udp_transmit().is_some_and(|a| a.dst == moved), "then the punch's ack");
+        assert_eq!(rs.handle_gateway_packet(later, &fixed_answer(&out)).map(|t| t.dst), Some(moved));
+    }
+
+    /// `packet` from the host again (source put back).
+    fn fixed_answer(packet: &[u8]) -> Vec<u8> {
+        let mut p = packet.to_vec();
+        p[12..16].copy_from_slice(&REAL.octets());
+        crate::engine::gateway::tests::fill_checksums(&mut p);
+        p
+    }
+
+    #[test]
+    fn a_renegotiated_gateway_session_keeps_the_internal_address() {
+        let now = Instant::from_millis(1_000_000);
+        let (mut rs, mut dcrs) = rs_and_dc(now, true);
+        for s in [SessionId(11), SessionId(12)] {
+            assert!(matches!(direct_gateway(&mut rs, &mut dcrs, now, s), Message::RelayDirectionAck(_)));
+        }
+        let sessions = rs.gateway_sessions();
+        assert_eq!(sessions.len(), 2);
+        assert!(sessions.iter().all(|s| s.internal == INTERNAL), "one address for the pair: {sessions:?}");
+        // Both end: the address is free again.
+        rs.handle_timeout(now + Duration::from_secs(3600));
+        assert!(rs.gateway_sessions().is_empty());
+    }
+
+    #[test]
+    fn an_rs_without_a_gateway_refuses_gateway_directions() {
+        let now = Instant::from_millis(1_000_000);
+        let (mut rs, mut dcrs) = rs_and_dc(now, false);
+        let answer = direct_gateway(&mut rs, &mut dcrs, now, SessionId(5));
+        assert!(matches!(&answer, Message::Refusal(r) if r.reason == Reason::Unauthorized), "{answer:?}");
+        assert!(rs.held_keys().iter().all(|(k, _)| *k == "K_dcrs"), "no K_tun taken");
+    }
+
     #[test]
     fn a_lost_session_is_answered_on_the_worker_that_asked() {
         let now = Instant::from_millis(1_000_000);
