@@ -1160,4 +1160,41 @@ mod tests {
             r#"{"name": "rs.example", "listen": ["192.0.2.30:4460"], "tls": {"ca": "a", "cert": "b", "key": "c"}}"#;
         assert_eq!(parse::<RsFile>(rs).unwrap().advertised(), vec!["192.0.2.30:4460".parse().unwrap()]);
     }
+
+    #[test]
+    fn gateway_settings_are_checked_with_the_field_named() {
+        let mut v: serde_json::Value = serde_json::from_str(DC).unwrap();
+        v["relays"] = serde_json::json!([{"name": "rs1.example", "addr": "192.0.2.30:4461"}]);
+        let ok = serde_json::json!({"names": ["plain.example"], "prefixes": ["198.51.100.0/24"], "pool": "198.19.100.0/24"});
+        v["gateway"] = ok.clone();
+        let c = parse::<DcFile>(&v.to_string()).unwrap();
+        assert_eq!(c.gateway.unwrap().names(), Ok((false, vec![Fqdn::new("plain.example").unwrap()])));
+        v["gateway"]["names"] = serde_json::json!(["*"]);
+        assert_eq!(parse::<DcFile>(&v.to_string()).unwrap().gateway.unwrap().names(), Ok((true, Vec::new())));
+        for (field, bad) in [
+            ("gateway.names", serde_json::json!({"names": ["*", "plain.example"], "pool": "198.19.100.0/24"})),
+            ("gateway.names", serde_json::json!({"names": [], "pool": "198.19.100.0/24"})),
+            ("gateway.names", serde_json::json!({"names": ["bad name!"], "pool": "198.19.100.0/24"})),
+            ("gateway.pool", serde_json::json!({"names": ["*"], "pool": "198.18.7.0/24"})),
+            ("gateway.pool", serde_json::json!({"names": ["*"], "pool": "198.19.100.1/32"})),
+            ("gateway.rs", serde_json::json!({"names": ["*"], "rs": ["rs9.example"], "pool": "198.19.100.0/24"})),
+        ] {
+            v["gateway"] = bad.clone();
+            let err = parse::<DcFile>(&v.to_string()).map(|_| ()).unwrap_err();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
+        let mut rs: serde_json::Value = serde_json::from_str(RS).unwrap();
+        rs["gateway"] = serde_json::json!({"internal": "100.100.0.0/24"});
+        let g = parse::<RsFile>(&rs.to_string()).unwrap().gateway.unwrap();
+        assert_eq!((g.tun.as_str(), g.max_sessions_per_box, g.idle_secs), ("ntmgw0", 16, 300));
+        for (field, bad) in [
+            ("gateway.internal", serde_json::json!({"internal": "100.100.0.0/31"})),
+            ("gateway.tun", serde_json::json!({"internal": "100.100.0.0/24", "tun": "a-name-far-too-long"})),
+            ("gateway", serde_json::json!({"internal": "100.100.0.0/24", "max_flows_per_session": 0})),
+        ] {
+            rs["gateway"] = bad.clone();
+            let err = parse::<RsFile>(&rs.to_string()).map(|_| ()).unwrap_err();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
+    }
 }

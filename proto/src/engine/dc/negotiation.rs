@@ -1201,6 +1201,31 @@ mod tests {
     }
 
     #[test]
+    fn a_gateway_policy_and_its_synthetic_addresses() {
+        let policy = GatewayPolicy {
+            relays: Vec::new(),
+            all: false,
+            names: vec![Fqdn::new("plain.example").unwrap()],
+            prefixes: vec![([198, 51, 100, 0].into(), 24)],
+            pool: ([198, 18, 100, 0].into(), 30),
+        };
+        assert!(policy.covers(&Fqdn::new("www.plain.example").unwrap()));
+        assert!(policy.covers(&Fqdn::new("plain.example").unwrap()));
+        assert!(!policy.covers(&Fqdn::new("plain.example.org").unwrap()));
+        assert!(policy.allows([198, 51, 100, 7].into()) && !policy.allows([198, 51, 101, 7].into()));
+        // A /30 has two hosts: the same real address keeps its synthetic one, a third
+        // host takes the least recently used one's.
+        let mut pool = SyntheticPool::new(policy.pool);
+        let t = |ms| Instant::from_millis(ms);
+        let (a, b, c): (Ipv4Addr, Ipv4Addr, Ipv4Addr) = ([192, 0, 2, 1].into(), [192, 0, 2, 2].into(), [192, 0, 2, 3].into());
+        assert_eq!(pool.get(t(1), a), Some([198, 18, 100, 1].into()));
+        assert_eq!(pool.get(t(2), b), Some([198, 18, 100, 2].into()));
+        assert_eq!(pool.get(t(3), a), Some([198, 18, 100, 1].into()), "the same host, the same address");
+        assert_eq!(pool.get(t(4), c), Some([198, 18, 100, 2].into()), "b was used least recently");
+        assert_eq!(pool.get(t(5), a), Some([198, 18, 100, 1].into()));
+    }
+
+    #[test]
     fn route_decisions_for_each_placement() {
         let global4 = info(&[("192.0.2.1:4500", false)]);
         let nat4 = info(&[("203.0.113.9:1024", true)]);
