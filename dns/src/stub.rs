@@ -892,6 +892,35 @@ mod tests {
     }
 
     #[test]
+    fn gateway_names_are_hooked_once_the_dc_offers_them() {
+        let mut s = stub(cfg());
+        // Before the offer an ordinary name goes upstream.
+        assert!(matches!(s.handle_query(T0, C1, &query(1, "www.plain.example", TYPE::A)), Outcome::Nothing));
+        assert_eq!(drain(&mut s).first().map(|(d, to, _)| (*d, *to)), Some((Dest::Upstream, U1)));
+        s.set_gateway_names(false, vec![Fqdn::new("plain.example").unwrap()]);
+        let token = resolve(s.handle_query(T0, C1, &query(2, "www.plain.example", TYPE::A)), "www.plain.example");
+        s.resolved(T0, token, Ok(VirtualAddrs { v6: std::net::Ipv6Addr::UNSPECIFIED, ..vaddrs() }));
+        let answer = one(&mut s, Dest::Client, C1);
+        let r = Packet::parse(&answer).unwrap();
+        assert_eq!(r.answers[0].rdata, RData::A(A { address: u32::from(vaddrs().v4) }), "the synthetic address");
+        // Other types of an ordinary name, and names the offer does not name: upstream.
+        assert!(matches!(s.handle_query(T0, C1, &query(3, "www.plain.example", TYPE::MX)), Outcome::Nothing));
+        assert_eq!(drain(&mut s).first().map(|(d, _, _)| *d), Some(Dest::Upstream));
+        assert!(matches!(s.handle_query(T0, C1, &query(4, "plain.example.org", TYPE::A)), Outcome::Nothing));
+        assert_eq!(drain(&mut s).first().map(|(d, _, _)| *d), Some(Dest::Upstream));
+        // The DC refuses it as not NTMobile (outside its prefixes): ordinary DNS after all.
+        let token = resolve(s.handle_query(T0, C1, &query(5, "other.plain.example", TYPE::A)), "other.plain.example");
+        s.resolved(T0, token, Err(ResolveError::NotNtm));
+        assert_eq!(drain(&mut s).first().map(|(d, _, _)| *d), Some(Dest::Upstream));
+        // Every name: NTM names stay NTM names.
+        s.set_gateway_names(true, Vec::new());
+        resolve(s.handle_query(T0, C1, &query(6, "anything.example", TYPE::A)), "anything.example");
+        resolve(s.handle_query(T0, C1, &query(7, "node.ntm.test", TYPE::A)), "node.ntm.test");
+        s.handle_query(T0, C1, &query(8, "node.ntm.test", TYPE::MX));
+        assert_eq!(drain(&mut s).first().map(|(d, _, _)| *d), Some(Dest::Client), "NODATA for an NTM name");
+    }
+
+    #[test]
     fn hooks_aaaa_with_edns_and_answers_the_virtual_v6() {
         let mut s = stub(StubConfig { answer_ttl: 5, ..cfg() });
         let q = query_msg(7, "node2.ntm.test.", TYPE::AAAA, true);
