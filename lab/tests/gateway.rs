@@ -91,8 +91,7 @@ fn a_box_keeps_its_download_from_an_ordinary_host_through_the_rs_across_moves() 
         .unwrap();
     d.restart_server_with("rs", |c| c["gateway"] = json!({"internal": "100.100.0.0/24"})).unwrap();
     d.restart_server_with("dc-a", |c| {
-        c["gateway"] =
-            json!({"names": ["plain.example"], "prefixes": ["198.19.80.0/24"], "pool": "198.18.100.0/24"});
+        c["gateway"] = json!({"names": ["plain.example"], "prefixes": ["198.19.80.0/24"], "pool": "198.18.100.0/24"});
     })
     .unwrap();
     let _st = d.up_with(|_, _, _| {}).unwrap();

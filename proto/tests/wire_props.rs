@@ -273,8 +273,10 @@ fn body(ty: MsgType) -> BoxedStrategy<Message> {
             b((rid(), socket_addr()).prop_map(|(request_id, observed)| KeepaliveAck { request_id, observed }))
         }
         MsgType::MappingOffer => b(any::<u16>().prop_map(|port| MappingOffer { port })),
-        MsgType::GatewayOffer => b((any::<bool>(), list(fqdn()))
-            .prop_map(|(all, names)| ntm_proto::wire::route::GatewayOffer { all, names })),
+        MsgType::GatewayOffer => {
+            b((any::<bool>(), list(fqdn()))
+                .prop_map(|(all, names)| ntm_proto::wire::route::GatewayOffer { all, names }))
+        }
         MsgType::MappingProbe => b(rid().prop_map(|request_id| MappingProbe { request_id })),
         MsgType::MappingProbeAck => b((rid(), socket_addr(), select(NatMapping::ALL))
             .prop_map(|(request_id, observed, mapping)| MappingProbeAck { request_id, observed, mapping })),

@@ -1165,7 +1165,8 @@ mod tests {
     fn gateway_settings_are_checked_with_the_field_named() {
         let mut v: serde_json::Value = serde_json::from_str(DC).unwrap();
         v["relays"] = serde_json::json!([{"name": "rs1.example", "addr": "192.0.2.30:4461"}]);
-        let ok = serde_json::json!({"names": ["plain.example"], "prefixes": ["198.51.100.0/24"], "pool": "198.19.100.0/24"});
+        let ok =
+            serde_json::json!({"names": ["plain.example"], "prefixes": ["198.51.100.0/24"], "pool": "198.19.100.0/24"});
         v["gateway"] = ok.clone();
         let c = parse::<DcFile>(&v.to_string()).unwrap();
         assert_eq!(c.gateway.unwrap().names(), Ok((false, vec![Fqdn::new("plain.example").unwrap()])));

@@ -318,7 +318,7 @@ impl Gateway {
     /// A Data datagram of gateway session `session` from the box: opened, checked and
     /// rewritten in place: [`Received::Ip`] with the range of `buf` to write to the TUN
     /// device, or the drop.
-    pub(super) fn from_box(
+    pub(super) fn box_packet(
         &mut self,
         now: Instant,
         session: SessionId,
@@ -370,7 +370,7 @@ impl Gateway {
 
     /// An IP packet the RS's TUN device gave back (an ordinary host's answer): mapped
     /// back, sealed for the box and addressed to where it last punched from.
-    pub(super) fn from_host(&mut self, now: Instant, packet: &[u8], drops: &mut DropCounters) -> Option<Transmit> {
+    pub(super) fn host_packet(&mut self, now: Instant, packet: &[u8], drops: &mut DropCounters) -> Option<Transmit> {
         let max_pps = self.cfg.max_session_pps;
         if packet.first().is_some_and(|b| b >> 4 == 6) {
             // The kernel's own IPv6 on the device (router solicitations, MLD): no host's
@@ -432,8 +432,7 @@ impl Gateway {
             if sessions.contains_key(&m.session) {
                 continue;
             }
-            match sessions.iter().filter(|(_, s)| (s.node, s.synthetic) == *pair).max_by_key(|(_, s)| s.last_activity)
-            {
+            match sessions.iter().filter(|(_, s)| (s.node, s.synthetic) == *pair).max_by_key(|(_, s)| s.last_activity) {
                 Some((id, _)) => m.session = *id,
                 None => freed.push(*pair),
             }
@@ -497,7 +496,8 @@ impl Ipv4 {
         let proto = b(9)?;
         let addr = |i: usize| Some(Ipv4Addr::new(b(i)?, b(i + 1)?, b(i + 2)?, b(i + 3)?));
         let first_fragment = offset == 0;
-        let port = |i: usize| if first_fragment { Some(u16::from_be_bytes([b(ihl + i)?, b(ihl + i + 1)?])) } else { None };
+        let port =
+            |i: usize| if first_fragment { Some(u16::from_be_bytes([b(ihl + i)?, b(ihl + i + 1)?])) } else { None };
         let (src_port, dst_port) = match proto {
             TCP | UDP => (port(0), port(2)),
             ICMP => (port(4), None),
@@ -509,11 +509,11 @@ impl Ipv4 {
 
 /// RFC 1624: the one's-complement checksum `sum` after 32 bits `old` became `new`.
 fn adjust(sum: u16, old: Ipv4Addr, new: Ipv4Addr) -> u16 {
-    let (o, n) = (old.octets(), new.octets());
+    let (o, n) = (u32::from(old), u32::from(new));
     let mut acc = u32::from(!sum);
-    for i in [0, 2] {
-        let at = |a: &[u8; 4]| u32::from(u16::from_be_bytes([a[i], a[i + 1]]));
-        acc += u32::from(!(at(&o) as u16)) + at(&n);
+    for shift in [16, 0] {
+        let (o16, n16) = ((o >> shift) as u16, (n >> shift) as u16);
+        acc += u32::from(!o16) + u32::from(n16);
     }
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
@@ -523,7 +523,9 @@ fn adjust(sum: u16, old: Ipv4Addr, new: Ipv4Addr) -> u16 {
 
 fn adjust_at(p: &mut [u8], at: usize, old: Ipv4Addr, new: Ipv4Addr, udp: bool) {
     let Some(field) = p.get_mut(at..at + 2) else { return };
-    let sum = u16::from_be_bytes([field[0], field[1]]);
+    let mut bytes = [0u8; 2];
+    bytes.copy_from_slice(field);
+    let sum = u16::from_be_bytes(bytes);
     if udp && sum == 0 {
         return; // no checksum
     }

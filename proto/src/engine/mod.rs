@@ -27,14 +27,14 @@ pub mod account;
 #[cfg(feature = "servers")]
 pub mod dc;
 #[cfg(feature = "servers")]
+pub mod gateway;
+#[cfg(feature = "servers")]
 pub(crate) mod hints;
 #[cfg(feature = "servers")]
 pub(crate) mod keyshare;
 pub mod node;
 #[cfg(feature = "servers")]
 pub mod ns;
-#[cfg(feature = "servers")]
-pub mod gateway;
 #[cfg(feature = "servers")]
 pub mod rs;
 

@@ -247,7 +247,7 @@ impl Rs {
     /// datagram for the box, or nothing (dropped and counted).
     pub fn handle_gateway_packet(&mut self, now: Instant, packet: &[u8]) -> Option<Transmit> {
         let g = self.gateway.as_mut()?;
-        g.from_host(now, packet, &mut self.drops)
+        g.host_packet(now, packet, &mut self.drops)
     }
 
     fn is_gateway_session(&self, session: SessionId) -> bool {
@@ -505,7 +505,7 @@ impl Rs {
             // session's packets cost nothing more), or none.
             if let Some(g) = self.gateway.as_mut().filter(|g| g.contains(session)) {
                 if ty == MsgType::Data {
-                    return g.from_box(now, session, buf, &mut self.drops);
+                    return g.box_packet(now, session, buf, &mut self.drops);
                 }
                 return self.drops.count(DropReason::Unexpected);
             }

@@ -239,7 +239,8 @@ mod tests {
 
     #[test]
     fn a_gateway_path_and_offer_round_trip() {
-        let msg = RouteDirection { path: Path::Gateway("192.0.2.30:4461".parse().unwrap()), k_tmp: None, ..direction() };
+        let msg =
+            RouteDirection { path: Path::Gateway("192.0.2.30:4461".parse().unwrap()), k_tmp: None, ..direction() };
         let body = Message::RouteDirection(msg.clone()).body_to_vec();
         assert_eq!(parse(&body), Ok(Message::RouteDirection(msg.clone())));
         // The path's code: 0x03, then the RS's address (family 4, address, port).
@@ -249,10 +250,8 @@ mod tests {
         unknown[at] = 0x04;
         assert_eq!(parse(&unknown), Err(WireError::BadValue("path")));
 
-        let offer = GatewayOffer {
-            all: false,
-            names: List::from_vec(vec![Fqdn::new("example.org").unwrap()]).unwrap(),
-        };
+        let offer =
+            GatewayOffer { all: false, names: List::from_vec(vec![Fqdn::new("example.org").unwrap()]).unwrap() };
         let body = Message::GatewayOffer(offer.clone()).body_to_vec();
         assert_eq!(body, [&[0x00, 0x01, 0x0b][..], b"example.org"].concat());
         assert_eq!(Message::parse_body(MsgType::GatewayOffer, &body), Ok(Message::GatewayOffer(offer)));

@@ -220,9 +220,7 @@ pub fn build(cfg: RsFile) -> Result<Driver<RsDaemon>, StartError> {
     d.workers.start(&rs, clock)?;
     log::info!("relay: {} worker(s)", d.workers.count());
     if let Some((tun, senders)) = gateway {
-        std::thread::Builder::new()
-            .name("gateway".into())
-            .spawn(move || run_gateway(&tun.0, &rs, clock, &senders))?;
+        std::thread::Builder::new().name("gateway".into()).spawn(move || run_gateway(&tun.0, &rs, clock, &senders))?;
     }
     Ok(driver)
 }

@@ -519,7 +519,12 @@ impl Dc {
         };
         let k_tun = KTun::generate(&mut *self.rng);
         let Some(n) = self.negotiations.get_mut(i) else { return };
-        log::info!("negotiation {}: {} reaches ordinary host {} ({real}) as {synthetic} via gateway", n.session, n.mn, n.cn);
+        log::info!(
+            "negotiation {}: {} reaches ordinary host {} ({real}) as {synthetic} via gateway",
+            n.session,
+            n.mn,
+            n.cn
+        );
         n.home = Some(Home::Local);
         n.decision = Some(Decision::Gateway { mn_v4 });
         n.gateway = Some(GatewayTarget { real, synthetic });
@@ -1217,7 +1222,8 @@ mod tests {
         // host takes the least recently used one's.
         let mut pool = SyntheticPool::new(policy.pool);
         let t = |ms| Instant::from_millis(ms);
-        let (a, b, c): (Ipv4Addr, Ipv4Addr, Ipv4Addr) = ([192, 0, 2, 1].into(), [192, 0, 2, 2].into(), [192, 0, 2, 3].into());
+        let (a, b, c): (Ipv4Addr, Ipv4Addr, Ipv4Addr) =
+            ([192, 0, 2, 1].into(), [192, 0, 2, 2].into(), [192, 0, 2, 3].into());
         assert_eq!(pool.get(t(1), a), Some([198, 18, 100, 1].into()));
         assert_eq!(pool.get(t(2), b), Some([198, 18, 100, 2].into()));
         assert_eq!(pool.get(t(3), a), Some([198, 18, 100, 1].into()), "the same host, the same address");
