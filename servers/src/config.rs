@@ -734,8 +734,8 @@ pub struct RsGateway {
     #[serde(default = "default_gateway_sessions")]
     pub max_sessions: usize,
     /// Most gateway sessions of one box (default 16).
-    #[serde(default = "default_gateway_per_box")]
-    pub max_sessions_per_box: usize,
+    #[serde(default = "default_gateway_hosts_per_box")]
+    pub max_hosts_per_box: usize,
     /// Most flows (protocol and ports) of one session (default 256).
     #[serde(default = "default_gateway_flows")]
     pub max_flows_per_session: usize,
@@ -752,7 +752,7 @@ fn default_gateway_sessions() -> usize {
     1024
 }
 
-fn default_gateway_per_box() -> usize {
+fn default_gateway_hosts_per_box() -> usize {
     16
 }
 
@@ -871,7 +871,7 @@ impl Validate for RsFile {
             if g.internal.len > 30 {
                 return Err(("gateway.internal", "an IPv4 prefix of /30 or wider".into()));
             }
-            if g.max_sessions == 0 || g.max_sessions_per_box == 0 || g.max_flows_per_session == 0 || g.idle_secs == 0 {
+            if g.max_sessions == 0 || g.max_hosts_per_box == 0 || g.max_flows_per_session == 0 || g.idle_secs == 0 {
                 return Err(("gateway", "limits must be at least 1".into()));
             }
         }
@@ -1187,7 +1187,7 @@ mod tests {
         let mut rs: serde_json::Value = serde_json::from_str(RS).unwrap();
         rs["gateway"] = serde_json::json!({"internal": "100.100.0.0/24"});
         let g = parse::<RsFile>(&rs.to_string()).unwrap().gateway.unwrap();
-        assert_eq!((g.tun.as_str(), g.max_sessions_per_box, g.idle_secs), ("ntmgw0", 16, 300));
+        assert_eq!((g.tun.as_str(), g.max_hosts_per_box, g.idle_secs), ("ntmgw0", 16, 300));
         for (field, bad) in [
             ("gateway.internal", serde_json::json!({"internal": "100.100.0.0/31"})),
             ("gateway.tun", serde_json::json!({"internal": "100.100.0.0/24", "tun": "a-name-far-too-long"})),

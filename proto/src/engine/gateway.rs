@@ -35,8 +35,9 @@ pub struct GatewayConfig {
     pub internal: (Ipv4Addr, u8),
     /// Most gateway sessions at once.
     pub max_sessions: usize,
-    /// Most gateway sessions of one box (by its virtual address).
-    pub max_sessions_per_box: usize,
+    /// Most ordinary hosts (synthetic addresses) one box (by its virtual address) reaches
+    /// at once; each pair has at most [`SESSIONS_PER_PAIR`] sessions.
+    pub max_hosts_per_box: usize,
     /// Most flows (protocol, ports) one session may open.
     pub max_flows_per_session: usize,
     /// A session with no packet for this long ends; a flow with none for this long no
@@ -52,7 +53,7 @@ impl GatewayConfig {
         GatewayConfig {
             internal,
             max_sessions: 1024,
-            max_sessions_per_box: 16,
+            max_hosts_per_box: 16,
             max_flows_per_session: 256,
             idle_timeout: Duration::from_secs(300),
             max_session_pps: 100_000,
@@ -155,6 +156,9 @@ impl GatewaySession {
     }
 }
 
+/// Most sessions of one (box, synthetic address) pair.
+pub const SESSIONS_PER_PAIR: usize = 4;
+
 /// One (box, synthetic address) pair's internal address.
 struct Mapping {
     internal: Ipv4Addr,
@@ -254,15 +258,36 @@ impl Gateway {
         if self.sessions.contains_key(&session) {
             return Ok(());
         }
-        let of_box = self.sessions.values().filter(|s| s.node == node).count();
-        if self.sessions.len() >= self.cfg.max_sessions || of_box >= self.cfg.max_sessions_per_box {
+        let new_pair = !self.mappings.contains_key(&(node, synthetic));
+        let hosts = self.mappings.keys().filter(|(n, _)| *n == node).count();
+        if self.sessions.len() >= self.cfg.max_sessions || (new_pair && hosts >= self.cfg.max_hosts_per_box) {
             self.stats.refused += 1;
             return Err(Refuse::Full);
         }
-        let internal = match self.mappings.get(&(node, synthetic)) {
+        // A box that moves often renegotiates often: the pair's least recently active
+        // session makes room (the box has left it; its tunnel ended after its grace).
+        let of_pair: Vec<(SessionId, Instant)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| (s.node, s.synthetic) == (node, synthetic))
+            .map(|(id, s)| (*id, s.last_activity))
+            .collect();
+        if of_pair.len() >= SESSIONS_PER_PAIR {
+            if let Some((old, _)) = of_pair.iter().min_by_key(|(_, at)| *at) {
+                log::info!("gateway session {old} ended: replaced by {session}");
+                self.sessions.remove(old);
+            }
+        }
+        let live = &self.sessions;
+        let internal = match self.mappings.get_mut(&(node, synthetic)) {
             // The pair's address, so the kernel's NAT state (and the host's view) stays.
             // Answers go on the pair's session until the box sends on this one.
-            Some(m) => m.internal,
+            Some(m) => {
+                if !live.contains_key(&m.session) {
+                    m.session = session;
+                }
+                m.internal
+            }
             None => {
                 let Some(internal) = self.free_internal() else {
                     self.stats.refused += 1;

@@ -835,6 +835,41 @@ mod tests {
     }
 
     #[test]
+    fn a_box_that_moves_often_keeps_a_few_sessions_per_host_and_its_hosts_are_capped() {
+        let now = Instant::from_millis(1_000_000);
+        let (mut rs, mut dcrs) = rs_and_dc(now, true);
+        // Twenty renegotiations to one host: the four most recent sessions stay.
+        for n in 0..20u32 {
+            let at = now + Duration::from_secs(u64::from(n));
+            assert!(matches!(
+                direct_gateway(&mut rs, &mut dcrs, at, SessionId(100 + n)),
+                Message::RelayDirectionAck(_)
+            ));
+        }
+        let sessions: Vec<u32> = rs.gateway_sessions().iter().map(|s| s.session.0).collect();
+        assert_eq!(sessions, vec![116, 117, 118, 119]);
+        assert!(rs.gateway_sessions().iter().all(|s| s.internal == INTERNAL));
+        // Other hosts count against the box's cap (16 by default), its own renegotiations do not.
+        let mut refused = 0;
+        for h in 2..=17u8 {
+            let gd = Message::GatewayDirection(GatewayDirection {
+                request_id: RequestId(u32::from(h)),
+                session: SessionId(1000 + u32::from(h)),
+                k_tun: grant(K_TUN),
+                node: NODE,
+                synthetic: core::net::Ipv4Addr::new(198, 18, 100, h),
+                real: REAL,
+            });
+            let mut bytes = dcrs.seal(now, &gd).unwrap();
+            rs.handle_datagram(now, DC, &mut bytes);
+            let reply = rs.poll_udp_transmit().unwrap();
+            refused += usize::from(matches!(dcrs.open(now, &reply.payload).unwrap().1, Message::Refusal(_)));
+        }
+        assert_eq!(refused, 1, "the 17th host of one box is refused");
+        assert!(matches!(direct_gateway(&mut rs, &mut dcrs, now, SessionId(120)), Message::RelayDirectionAck(_)));
+    }
+
+    #[test]
     fn an_rs_without_a_gateway_refuses_gateway_directions() {
         let now = Instant::from_millis(1_000_000);
         let (mut rs, mut dcrs) = rs_and_dc(now, false);

@@ -181,7 +181,7 @@ pub fn build(cfg: RsFile) -> Result<Driver<RsDaemon>, StartError> {
     if let Some(g) = &cfg.gateway {
         let mut gc = GatewayConfig::new((g.internal.addr, g.internal.len));
         gc.max_sessions = g.max_sessions;
-        gc.max_sessions_per_box = g.max_sessions_per_box;
+        gc.max_hosts_per_box = g.max_hosts_per_box;
         gc.max_flows_per_session = g.max_flows_per_session;
         gc.idle_timeout = secs(g.idle_secs);
         gc.max_session_pps = cfg.max_session_pps;
