@@ -172,6 +172,8 @@ pub(super) struct Gateway {
     sessions: HashMap<SessionId, GatewaySession>,
     mappings: HashMap<(Ipv4Addr, Ipv4Addr), Mapping>,
     by_internal: HashMap<Ipv4Addr, (Ipv4Addr, Ipv4Addr)>,
+    /// Where the search for a free internal address starts (host 2 + this).
+    next_internal: u32,
     stats: GatewayStats,
 }
 
@@ -198,6 +200,7 @@ impl Gateway {
             sessions: HashMap::new(),
             mappings: HashMap::new(),
             by_internal: HashMap::new(),
+            next_internal: 0,
             stats: GatewayStats::default(),
         }
     }
@@ -331,13 +334,24 @@ impl Gateway {
         Ok(())
     }
 
-    fn free_internal(&self) -> Option<Ipv4Addr> {
+    /// A free internal address, the one after the last given out first: an address is
+    /// given again only after the whole pool was, so that the kernel's translation
+    /// entries of a pair that ended (a TCP entry lives for days) have long gone before
+    /// another pair gets its address.
+    fn free_internal(&mut self) -> Option<Ipv4Addr> {
         let (p, len) = self.cfg.internal;
         let m = mask(len);
         let base = u32::from(p) & m;
-        let hosts = (!m).saturating_sub(1);
-        // The first address is the TUN device's own.
-        (2..=hosts).map(|h| Ipv4Addr::from(base + h)).find(|a| !self.by_internal.contains_key(a))
+        // The first address is the TUN device's own: hosts 2 to `last`.
+        let last = (!m).saturating_sub(1);
+        let count = last.checked_sub(1)?;
+        let start = self.next_internal;
+        let found = (0..count)
+            .map(|i| 2 + (start + i) % count)
+            .map(|h| Ipv4Addr::from(base + h))
+            .find(|a| !self.by_internal.contains_key(a))?;
+        self.next_internal = (u32::from(found) - base - 2 + 1) % count;
+        Some(found)
     }
 
     /// A Data datagram of gateway session `session` from the box: opened, checked and

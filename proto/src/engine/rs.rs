@@ -829,9 +829,14 @@ mod tests {
         let sessions = rs.gateway_sessions();
         assert_eq!(sessions.len(), 2);
         assert!(sessions.iter().all(|s| s.internal == INTERNAL), "one address for the pair: {sessions:?}");
-        // Both end: the address is free again.
-        rs.handle_timeout(now + Duration::from_secs(3600));
+        // Both end: the address is free, but the next pair gets the next one (the
+        // kernel may still hold translation entries of this one).
+        let later = now + Duration::from_secs(301);
+        rs.handle_timeout(later);
         assert!(rs.gateway_sessions().is_empty());
+        assert!(matches!(direct_gateway(&mut rs, &mut dcrs, later, SessionId(13)), Message::RelayDirectionAck(_)));
+        let next = core::net::Ipv4Addr::new(100, 100, 0, 3);
+        assert_eq!(rs.gateway_sessions().first().map(|s| s.internal), Some(next));
     }
 
     #[test]
