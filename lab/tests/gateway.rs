@@ -185,12 +185,20 @@ fn a_box_keeps_its_download_from_an_ordinary_host_through_the_rs_across_moves() 
     let sessions = g["sessions"].as_array().cloned().unwrap_or_default();
     assert!(!sessions.is_empty() && sessions.iter().all(|x| x["real"] == HOST_IP), "{g}");
     assert!(g["to_hosts"].as_u64().unwrap_or(0) > 1000 && g["to_boxes"].as_u64().unwrap_or(0) > 10_000, "{g}");
-    assert_eq!(g["dropped_not_allowed"], 0, "{g}");
+    assert_eq!(g["dropped_not_allowed"], 0, "nothing the box sent was refused: {g}");
     eprintln!("RS gateway: {g}");
 
     // Nothing else is reachable through the gateway: an address of the synthetic pool the
-    // DC never gave out has no tunnel.
+    // DC never gave out has no tunnel, and a packet into the tunnel from any source but
+    // the box's virtual address (a second address on its TUN device) is dropped and
+    // counted by the RS.
     assert!(!d.ping(0, "198.18.100.200", 2), "no tunnel to an address the DC did not give");
+    d.lab.exec(&a, &["ip", "addr", "add", "198.18.1.99/32", "dev", "ntm0"]).unwrap();
+    let spoofed =
+        d.lab.try_exec(&a, &["ping", "-4", "-c", "3", "-i", "0.2", "-W", "1", "-I", "198.18.1.99", &synthetic]);
+    assert!(!spoofed.is_ok_and(|o| o.status.success()), "no answer to another source");
+    let dropped = || rs_status(&d)["gateway"]["dropped_not_allowed"].as_u64().unwrap_or(0);
+    assert!(d.lab.wait_for(5, || dropped() >= 3), "the RS drops and counts them: {}", dropped());
     for (what, stall) in stalls {
         assert!(stall <= STALL_BUDGET, "{what}: silence {stall:?} over {STALL_BUDGET:?}");
     }
