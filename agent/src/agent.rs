@@ -714,6 +714,14 @@ impl Agent {
                 self.configure_tun(virtual_addrs);
             }
             NodeEvent::NotificationsReady => log::info!("the NS keeps us reachable"),
+            NodeEvent::GatewayNames { all, names } => {
+                if all {
+                    log::info!("the DC's gateway carries every ordinary name");
+                } else {
+                    log::info!("the DC's gateway carries {} name(s)", names.len());
+                }
+                self.stub.set_gateway_names(all, names);
+            }
             NodeEvent::AccountServerUnreachable => {
                 // Its name may point elsewhere now (names only; addresses stay as they are).
                 self.as_addrs.resolve(now, &mut self.locator, &mut self.next_lookup);

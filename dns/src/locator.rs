@@ -835,7 +835,7 @@ mod tests {
     }
 
     fn q(id: u64, name: &str) -> DnsQuery {
-        DnsQuery { id, name: fq(name) }
+        DnsQuery { id, name: fq(name), addresses: false }
     }
 
     fn at(ms: u64) -> Instant {

@@ -33,6 +33,12 @@
 //!    Should the driver never report back, the stub gives up after [`HOOK_BACKSTOP`] with
 //!    SERVFAIL (the node's own `resolve_timeout`, 10 s by default, normally fires first)
 //!    and ignores the late token.
+//!
+//!    A name the DC offered for its gateway to ordinary hosts
+//!    ([`DnsStub::set_gateway_names`]) is hooked the same way for class IN, type A or
+//!    AAAA, and answered with the synthetic address the DC gave it (AAAA: NODATA, the
+//!    gateway is IPv4 only). Its other types are forwarded (rule 3): it is an ordinary
+//!    name.
 //! 2. **NODATA**: any other type or class for such a name (MX, TXT, HTTPS, SRV, ANY, ...)
 //!    is answered NOERROR with no records. It is not sent upstream: the public answer
 //!    could carry a real address (HTTPS `ipv4hint`, a CNAME, an MX host) and lead the
@@ -298,6 +304,9 @@ pub struct DnsStub {
     buckets: Vec<(IpAddr, Bucket)>,
     total: Option<Bucket>,
     stats: StubStats,
+    /// The DC's gateway names: every ordinary name, or these and the names below them.
+    gateway_all: bool,
+    gateway_names: Vec<Fqdn>,
 }
 
 /// Clients whose look-up budget is remembered; the one heard from longest ago makes room.
@@ -346,7 +355,16 @@ impl DnsStub {
             buckets: Vec::new(),
             total: None,
             stats: StubStats::default(),
+            gateway_all: false,
+            gateway_names: Vec::new(),
         }
+    }
+
+    /// The names the DC's gateway carries (a Gateway Offer): hooked like NTM names, and
+    /// forwarded upstream when the DC refuses them as not NTMobile names.
+    pub fn set_gateway_names(&mut self, all: bool, names: Vec<Fqdn>) {
+        self.gateway_all = all;
+        self.gateway_names = names;
     }
 
     /// A query from a client (the box's resolver or an application) arrived from `from`.
@@ -374,12 +392,15 @@ impl DnsStub {
             }
         };
 
-        let Some(name) = self.ntm_name(&query.question.qname) else {
-            return self.start_forward(now, query);
-        };
         let hookable = query.question.qclass == QCLASS::CLASS(CLASS::IN)
             && !query.question.unicast_response
             && matches!(query.question.qtype, QTYPE::TYPE(TYPE::A) | QTYPE::TYPE(TYPE::AAAA));
+        let Some(name) = self.ntm_name(&query.question.qname) else {
+            if let Some(name) = self.gateway_name(&query.question.qname).filter(|_| hookable) {
+                return self.hook(now, name, query);
+            }
+            return self.start_forward(now, query);
+        };
         if !hookable {
             // Rule 2: never upstream, never a real address.
             bump(&mut self.stats.answered);
@@ -506,6 +527,16 @@ impl DnsStub {
         let domains = &self.cfg.ntm_domains;
         let below = domains.iter().any(|d| name.is_within(d)) && !domains.contains(&name);
         below.then_some(name)
+    }
+
+    /// The name if the DC's gateway carries it (rule 1).
+    fn gateway_name(&self, qname: &Name<'_>) -> Option<Fqdn> {
+        if !self.gateway_all && self.gateway_names.is_empty() {
+            return None;
+        }
+        let name = message::to_fqdn(qname.as_bytes())?;
+        let carried = self.gateway_all || self.gateway_names.iter().any(|d| name.is_within(d));
+        carried.then_some(name)
     }
 
     /// Rule 1: joins or starts the resolve of `name`.
@@ -858,6 +889,35 @@ mod tests {
         assert_eq!(s.pending(), 0);
         assert_eq!(s.poll_timeout(), None);
         assert_eq!((s.stats().hooked, s.stats().answered, s.stats().forwarded), (1, 1, 0));
+    }
+
+    #[test]
+    fn gateway_names_are_hooked_once_the_dc_offers_them() {
+        let mut s = stub(cfg());
+        // Before the offer an ordinary name goes upstream.
+        assert!(matches!(s.handle_query(T0, C1, &query(1, "www.plain.example", TYPE::A)), Outcome::Nothing));
+        assert_eq!(drain(&mut s).first().map(|(d, to, _)| (*d, *to)), Some((Dest::Upstream, U1)));
+        s.set_gateway_names(false, vec![Fqdn::new("plain.example").unwrap()]);
+        let token = resolve(s.handle_query(T0, C1, &query(2, "www.plain.example", TYPE::A)), "www.plain.example");
+        s.resolved(T0, token, Ok(VirtualAddrs { v6: std::net::Ipv6Addr::UNSPECIFIED, ..vaddrs() }));
+        let answer = one(&mut s, Dest::Client, C1);
+        let r = Packet::parse(&answer).unwrap();
+        assert_eq!(r.answers[0].rdata, RData::A(A { address: u32::from(vaddrs().v4) }), "the synthetic address");
+        // Other types of an ordinary name, and names the offer does not name: upstream.
+        assert!(matches!(s.handle_query(T0, C1, &query(3, "www.plain.example", TYPE::MX)), Outcome::Nothing));
+        assert_eq!(drain(&mut s).first().map(|(d, _, _)| *d), Some(Dest::Upstream));
+        assert!(matches!(s.handle_query(T0, C1, &query(4, "plain.example.org", TYPE::A)), Outcome::Nothing));
+        assert_eq!(drain(&mut s).first().map(|(d, _, _)| *d), Some(Dest::Upstream));
+        // The DC refuses it as not NTMobile (outside its prefixes): ordinary DNS after all.
+        let token = resolve(s.handle_query(T0, C1, &query(5, "other.plain.example", TYPE::A)), "other.plain.example");
+        s.resolved(T0, token, Err(ResolveError::NotNtm));
+        assert_eq!(drain(&mut s).first().map(|(d, _, _)| *d), Some(Dest::Upstream));
+        // Every name: NTM names stay NTM names.
+        s.set_gateway_names(true, Vec::new());
+        resolve(s.handle_query(T0, C1, &query(6, "anything.example", TYPE::A)), "anything.example");
+        resolve(s.handle_query(T0, C1, &query(7, "node.ntm.test", TYPE::A)), "node.ntm.test");
+        s.handle_query(T0, C1, &query(8, "node.ntm.test", TYPE::MX));
+        assert_eq!(drain(&mut s).first().map(|(d, _, _)| *d), Some(Dest::Client), "NODATA for an NTM name");
     }
 
     #[test]

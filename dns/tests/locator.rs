@@ -233,7 +233,7 @@ impl Driver {
     fn resolve(&mut self, name: &str) -> (DnsAnswer, usize) {
         let id = self.next_id;
         self.next_id += 1;
-        self.locator.start(self.now(), DnsQuery { id, name: fqdn(name) });
+        self.locator.start(self.now(), DnsQuery { id, name: fqdn(name), addresses: false });
         let mut sent = 0;
         let mut buf = [0u8; 4096];
         loop {

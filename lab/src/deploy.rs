@@ -451,7 +451,7 @@ impl Deployment {
             (
                 "plain.example",
                 "$ORIGIN plain.example.\n$TTL 60\n@ SOA ns.plain.example. admin.plain.example. 1 60 60 600 60\n\
-                 @ NS ns.plain.example.\nns A 192.0.2.53\nwww A 192.0.2.80\n\
+                 @ NS ns.plain.example.\nns A 192.0.2.53\nwww A 192.0.2.80\nhost A 198.19.80.80\n\
                  as A 192.0.2.10\nas AAAA 2001:db8:2::10\n"
                     .to_string(),
             ),

@@ -124,6 +124,22 @@ impl<K: KeyKind> fmt::Debug for Key<K> {
     }
 }
 
+impl Key<Tun> {
+    /// The key a gateway session's data is sealed under (box as `Initiator`, its RS as
+    /// `Responder`): one-way derived from K_tun, so that both ends of the session have it
+    /// from the K_tun the DC gave them, and it is a distinct key of the data kind: no
+    /// (key, sender, counter) of K_tun's own messages can meet one of the data.
+    pub fn gateway_data_key(&self) -> KMnCn {
+        let mut h = Sha256::new();
+        h.update(b"NTMobile gateway data key v1\0");
+        h.update(self.bytes);
+        let d = h.finalize();
+        let mut bytes = [0u8; KEY_LEN];
+        bytes.copy_from_slice(d.get(..KEY_LEN).unwrap_or(&[0; KEY_LEN]));
+        Key::from_bytes(bytes)
+    }
+}
+
 /// Constant-time comparison: the time taken does not depend on where keys differ.
 impl<K: KeyKind> PartialEq for Key<K> {
     fn eq(&self, other: &Self) -> bool {

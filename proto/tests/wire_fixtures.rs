@@ -29,7 +29,7 @@ use ntm_proto::wire::registration::{
     Keepalive, KeepaliveAck, KeepaliveKind, KeepaliveMethod, MappingOffer, MappingProbe, MappingProbeAck, NatMapping,
     NsGrant, RegistrationRequest, RegistrationResponse,
 };
-use ntm_proto::wire::relay::{RelayDirection, RelayDirectionAck, RelayStatus, RelayStatusAck};
+use ntm_proto::wire::relay::{GatewayDirection, RelayDirection, RelayDirectionAck, RelayStatus, RelayStatusAck};
 use ntm_proto::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, Traversal, TunnelRole};
 use ntm_proto::wire::tunnel::{
     HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
@@ -538,6 +538,14 @@ fn fixtures() -> Vec<Fixture> {
         fx("mapping_offer", sealed(T::MappingOffer, Sender::Dc, 0x1001, 6), cat(&[
             &[0x11, 0x6c],                  // port 4460
         ]), MappingOffer { port: 4460 }),
+        fx("gateway_offer", sealed(T::GatewayOffer, Sender::Dc, 0x1001, 8), cat(&[
+            &[0x00],                        // all: no
+            &[0x01],                        // names: 1 entry
+            b"\x0dplain.example",           //   plain.example
+        ]), ntm_proto::wire::route::GatewayOffer {
+            all: false,
+            names: list(vec![fq("plain.example")]),
+        }),
         fx("mapping_probe", sealed(T::MappingProbe, Sender::Node, 0x1001, 7), cat(&[
             &[0x00, 0x00, 0x00, 0x22],      // request_id 0x22
         ]), MappingProbe { request_id: RequestId(0x22) }),
@@ -850,6 +858,22 @@ fn fixtures() -> Vec<Fixture> {
             session: SessionId(SESSION),
             relay_addrs: list(vec![relay_v4(), relay_v6()]),
         }),
+        fx("gateway_direction", sealed(T::GatewayDirection, Sender::Dc, 0x5001, 2), cat(&[
+            &[0x00, 0x00, 0x00, 0x62],      // request_id 0x62
+            &[0x5e, 0x55, 0x10, 0x11],      // session 0x5e551011
+            &K_TUN,                         // K_tun
+            &[0x00, 0x00, 0x02, 0x58],      // lifetime 600 s
+            &[198, 18, 1, 2],               // node 198.18.1.2
+            &[198, 18, 100, 1],             // synthetic 198.18.100.1
+            &[198, 19, 80, 80],             // real 198.19.80.80
+        ]), GatewayDirection {
+            request_id: RequestId(0x62),
+            session: SessionId(SESSION),
+            k_tun: grant(K_TUN, 600),
+            node: [198, 18, 1, 2].into(),
+            synthetic: [198, 18, 100, 1].into(),
+            real: [198, 19, 80, 80].into(),
+        }),
         fx("relay_status", sealed(T::RelayStatus, Sender::Dc, 0x5001, 1), cat(&[
             &[0x00, 0x00, 0x00, 0x61],      // request_id 0x61
         ]), RelayStatus { request_id: RequestId(0x61) }),
@@ -1004,7 +1028,7 @@ fn parse_with(name: &str, offset: usize, value: u8) -> Result<Message, WireError
 
 #[test]
 fn every_message_type_has_a_fixture() {
-    assert_eq!(MsgType::ALL.len(), 39);
+    assert_eq!(MsgType::ALL.len(), 41);
     let all = fixtures();
     for ty in MsgType::ALL {
         assert!(all.iter().any(|f| f.header.msg_type == *ty), "no fixture for {ty:?}");
@@ -1231,7 +1255,7 @@ fn unknown_message_types_are_refused() {
         assert_eq!(Message::parse_body(env.msg_type(), env.body()), Err(WireError::UnknownType(t)));
         assert_eq!(parse(&bytes).err(), Some(WireError::UnknownType(t)));
     }
-    assert_eq!(unknown, 256 - 39);
+    assert_eq!(unknown, 256 - 41);
 }
 
 #[test]
@@ -1273,7 +1297,8 @@ fn unknown_paths_are_refused() {
     // virtual addrs, endpoint count, two endpoints) | path
     let offset = 4 + 4 + MN_NAME.len() + 2 + CN_NAME.len() + 20 + 1 + OBSERVED_V4.len() + OBSERVED_V6.len();
     assert_eq!(fixture("route_direction_direct").body[offset], 0x01);
-    for v in (0..=255u8).filter(|v| !matches!(v, 1 | 2)) {
+    // 0x03 (gateway) is known: an address follows, where the direct path has K_tun.
+    for v in (0..=255u8).filter(|v| !matches!(v, 1..=3)) {
         assert_eq!(parse_with("route_direction_direct", offset, v), Err(WireError::BadValue("path")), "{v}");
     }
 }

@@ -22,7 +22,7 @@ use ntm_proto::wire::registration::{
     Keepalive, KeepaliveAck, KeepaliveMethod, MappingOffer, MappingProbe, MappingProbeAck, NatMapping, NsGrant,
     RegistrationRequest, RegistrationResponse, LOCAL_ADDRS_MAX, PUSH_TOKEN_MAX,
 };
-use ntm_proto::wire::relay::{RelayDirection, RelayDirectionAck, RelayStatus, RelayStatusAck};
+use ntm_proto::wire::relay::{GatewayDirection, RelayDirection, RelayDirectionAck, RelayStatus, RelayStatusAck};
 use ntm_proto::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, Traversal, TunnelRole};
 use ntm_proto::wire::tunnel::{
     HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
@@ -180,7 +180,7 @@ fn node_info() -> impl Strategy<Value = NodeInfo> {
 }
 
 fn path() -> impl Strategy<Value = Path> {
-    prop_oneof![Just(Path::Direct), socket_addr().prop_map(Path::Relay)]
+    prop_oneof![Just(Path::Direct), socket_addr().prop_map(Path::Relay), socket_addr().prop_map(Path::Gateway)]
 }
 
 fn wrapped_key() -> impl Strategy<Value = WrappedKey> {
@@ -273,6 +273,10 @@ fn body(ty: MsgType) -> BoxedStrategy<Message> {
             b((rid(), socket_addr()).prop_map(|(request_id, observed)| KeepaliveAck { request_id, observed }))
         }
         MsgType::MappingOffer => b(any::<u16>().prop_map(|port| MappingOffer { port })),
+        MsgType::GatewayOffer => {
+            b((any::<bool>(), list(fqdn()))
+                .prop_map(|(all, names)| ntm_proto::wire::route::GatewayOffer { all, names }))
+        }
         MsgType::MappingProbe => b(rid().prop_map(|request_id| MappingProbe { request_id })),
         MsgType::MappingProbeAck => b((rid(), socket_addr(), select(NatMapping::ALL))
             .prop_map(|(request_id, observed, mapping)| MappingProbeAck { request_id, observed, mapping })),
@@ -345,6 +349,15 @@ fn body(ty: MsgType) -> BoxedStrategy<Message> {
         MsgType::RelayDirectionAck => b((rid(), sid(), list(socket_addr()))
             .prop_map(|(request_id, session, relay_addrs)| RelayDirectionAck { request_id, session, relay_addrs })),
         MsgType::RelayStatus => b(rid().prop_map(|request_id| RelayStatus { request_id })),
+        MsgType::GatewayDirection => b((rid(), sid(), grant(), any::<[u8; 4]>(), any::<[u8; 4]>(), any::<[u8; 4]>())
+            .prop_map(|(request_id, session, k_tun, node, synthetic, real)| GatewayDirection {
+                request_id,
+                session,
+                k_tun,
+                node: Ipv4Addr::from(node),
+                synthetic: Ipv4Addr::from(synthetic),
+                real: Ipv4Addr::from(real),
+            })),
         MsgType::RelayStatusAck => b((rid(), any::<u32>(), any::<u32>(), list(socket_addr())).prop_map(
             |(request_id, sessions, capacity, relay_addrs)| RelayStatusAck {
                 request_id,

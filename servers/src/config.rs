@@ -450,6 +450,48 @@ pub struct DcFile {
     /// NAT that maps per destination. See [`DcFile::mapping_port`].
     #[serde(default)]
     pub mapping_port: Option<u16>,
+    /// The gateway to ordinary hosts through RSs (absent: none, nothing changes).
+    #[serde(default)]
+    pub gateway: Option<DcGateway>,
+}
+
+/// A DC's `gateway`: which ordinary hosts (without NTMobile) its boxes reach through an
+/// RS, which keeps their connections across the boxes' moves.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DcGateway {
+    /// The relays to use, by name, among `relays` (absent or empty: the usual choice).
+    #[serde(default)]
+    pub rs: Vec<Fqdn>,
+    /// Names that go this way, each with the names below it; `["*"]`: every name that is
+    /// not an NTMobile node's.
+    pub names: Vec<String>,
+    /// Only ordinary hosts whose address lies in one of these IPv4 prefixes (absent:
+    /// any).
+    #[serde(default)]
+    pub prefixes: Vec<Prefix<Ipv4Addr>>,
+    /// The synthetic addresses boxes get for ordinary hosts: an IPv4 prefix inside what
+    /// the boxes route into their TUN device (`virtual_routes`), outside every DC's
+    /// virtual prefix.
+    pub pool: Prefix<Ipv4Addr>,
+}
+
+impl DcGateway {
+    /// The names as the engine takes them: every name, or these.
+    pub fn names(&self) -> Result<(bool, Vec<Fqdn>), String> {
+        if self.names.iter().any(|n| n == "*") {
+            if self.names.len() > 1 {
+                return Err("\"*\" stands alone".into());
+            }
+            return Ok((true, Vec::new()));
+        }
+        if self.names.is_empty() || self.names.len() > 16 {
+            return Err("1 to 16 names, or [\"*\"]".into());
+        }
+        let names: Result<Vec<Fqdn>, String> =
+            self.names.iter().map(|n| Fqdn::new(n).map_err(|e| format!("\"{n}\": {e}"))).collect();
+        names.map(|v| (false, v))
+    }
 }
 
 /// The default mapping port's distance from the DC's port: 4464 beside 4460. Not the
@@ -495,6 +537,7 @@ impl Validate for DcFile {
         "dns",
         "max_nodes",
         "mapping_port",
+        "gateway",
     ];
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
@@ -522,6 +565,20 @@ impl Validate for DcFile {
         }
         if mapping != 0 && self.common.listen.iter().any(|a| a.port() == mapping) {
             return Err(("mapping_port", format!("{mapping} is a listen port: the mapping test needs a second port")));
+        }
+        if let Some(g) = &self.gateway {
+            g.names().map_err(|e| ("gateway.names", e))?;
+            if let Some(r) = g.rs.iter().find(|r| !self.relays.iter().any(|c| c.name == **r)) {
+                return Err(("gateway.rs", format!("{r} is not among \"relays\"")));
+            }
+            if g.rs.is_empty() && self.relays.is_empty() {
+                return Err(("gateway", "needs \"relays\"".into()));
+            }
+            let v = self.virtual_ipv4;
+            let overlap = ntm_proto::engine::dc::in_prefix(g.pool.addr, (v.addr, v.len.min(g.pool.len)));
+            if g.pool.len > 30 || overlap {
+                return Err(("gateway.pool", "an IPv4 prefix of /30 or wider outside \"virtual_ipv4\"".into()));
+            }
         }
         Ok(())
     }
@@ -656,6 +713,55 @@ pub struct RsFile {
     /// number from 1 to 64, or "auto" for one per CPU (default 1).
     #[serde(default)]
     pub workers: Workers,
+    /// Be a gateway to ordinary hosts (absent: Gateway Directions are refused).
+    #[serde(default)]
+    pub gateway: Option<RsGateway>,
+}
+
+/// An RS's `gateway`: the TUN device its boxes' packets to ordinary hosts go out by,
+/// and the limits. The kernel forwards them and must masquerade `internal` (see
+/// docs/servers.md for the nftables rule and the forwarding setting).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RsGateway {
+    /// The TUN device's name (default "ntmgw0").
+    #[serde(default = "default_gateway_tun")]
+    pub tun: String,
+    /// The internal IPv4 prefix: the TUN device takes its first address, each (box,
+    /// ordinary host) pair one of the others.
+    pub internal: Prefix<Ipv4Addr>,
+    /// Most gateway sessions (default 1024).
+    #[serde(default = "default_gateway_sessions")]
+    pub max_sessions: usize,
+    /// Most gateway sessions of one box (default 16).
+    #[serde(default = "default_gateway_hosts_per_box")]
+    pub max_hosts_per_box: usize,
+    /// Most flows (protocol and ports) of one session (default 256).
+    #[serde(default = "default_gateway_flows")]
+    pub max_flows_per_session: usize,
+    /// Idle time that ends a gateway session, seconds (default 300).
+    #[serde(default = "default_gateway_idle")]
+    pub idle_secs: u64,
+}
+
+fn default_gateway_tun() -> String {
+    "ntmgw0".into()
+}
+
+fn default_gateway_sessions() -> usize {
+    1024
+}
+
+fn default_gateway_hosts_per_box() -> usize {
+    16
+}
+
+fn default_gateway_flows() -> usize {
+    256
+}
+
+fn default_gateway_idle() -> u64 {
+    300
 }
 
 /// The RS's `workers`: a count, or one per CPU.
@@ -735,7 +841,7 @@ impl RsFile {
 
 impl Validate for RsFile {
     const FIELDS: &'static [&'static str] =
-        &["relay_addrs", "max_sessions", "session_idle_secs", "max_session_pps", "workers"];
+        &["relay_addrs", "max_sessions", "session_idle_secs", "max_session_pps", "workers", "gateway"];
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
         self.common.check()?;
@@ -756,6 +862,17 @@ impl Validate for RsFile {
         if let Workers::Count(n) = self.workers {
             if !(1..=Workers::MAX as u64).contains(&n) {
                 return Err(("workers", format!("{n}: 1 to {}, or \"auto\"", Workers::MAX)));
+            }
+        }
+        if let Some(g) = &self.gateway {
+            if g.tun.is_empty() || g.tun.len() > 15 {
+                return Err(("gateway.tun", "a device name of 1 to 15 characters".into()));
+            }
+            if g.internal.len > 30 {
+                return Err(("gateway.internal", "an IPv4 prefix of /30 or wider".into()));
+            }
+            if g.max_sessions == 0 || g.max_hosts_per_box == 0 || g.max_flows_per_session == 0 || g.idle_secs == 0 {
+                return Err(("gateway", "limits must be at least 1".into()));
             }
         }
         Ok(())
@@ -1042,5 +1159,43 @@ mod tests {
         let rs =
             r#"{"name": "rs.example", "listen": ["192.0.2.30:4460"], "tls": {"ca": "a", "cert": "b", "key": "c"}}"#;
         assert_eq!(parse::<RsFile>(rs).unwrap().advertised(), vec!["192.0.2.30:4460".parse().unwrap()]);
+    }
+
+    #[test]
+    fn gateway_settings_are_checked_with_the_field_named() {
+        let mut v: serde_json::Value = serde_json::from_str(DC).unwrap();
+        v["relays"] = serde_json::json!([{"name": "rs1.example", "addr": "192.0.2.30:4461"}]);
+        let ok =
+            serde_json::json!({"names": ["plain.example"], "prefixes": ["198.51.100.0/24"], "pool": "198.19.100.0/24"});
+        v["gateway"] = ok.clone();
+        let c = parse::<DcFile>(&v.to_string()).unwrap();
+        assert_eq!(c.gateway.unwrap().names(), Ok((false, vec![Fqdn::new("plain.example").unwrap()])));
+        v["gateway"]["names"] = serde_json::json!(["*"]);
+        assert_eq!(parse::<DcFile>(&v.to_string()).unwrap().gateway.unwrap().names(), Ok((true, Vec::new())));
+        for (field, bad) in [
+            ("gateway.names", serde_json::json!({"names": ["*", "plain.example"], "pool": "198.19.100.0/24"})),
+            ("gateway.names", serde_json::json!({"names": [], "pool": "198.19.100.0/24"})),
+            ("gateway.names", serde_json::json!({"names": ["bad name!"], "pool": "198.19.100.0/24"})),
+            ("gateway.pool", serde_json::json!({"names": ["*"], "pool": "198.18.7.0/24"})),
+            ("gateway.pool", serde_json::json!({"names": ["*"], "pool": "198.19.100.1/32"})),
+            ("gateway.rs", serde_json::json!({"names": ["*"], "rs": ["rs9.example"], "pool": "198.19.100.0/24"})),
+        ] {
+            v["gateway"] = bad.clone();
+            let err = parse::<DcFile>(&v.to_string()).map(|_| ()).unwrap_err();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
+        let mut rs: serde_json::Value = serde_json::from_str(RS).unwrap();
+        rs["gateway"] = serde_json::json!({"internal": "100.100.0.0/24"});
+        let g = parse::<RsFile>(&rs.to_string()).unwrap().gateway.unwrap();
+        assert_eq!((g.tun.as_str(), g.max_hosts_per_box, g.idle_secs), ("ntmgw0", 16, 300));
+        for (field, bad) in [
+            ("gateway.internal", serde_json::json!({"internal": "100.100.0.0/31"})),
+            ("gateway.tun", serde_json::json!({"internal": "100.100.0.0/24", "tun": "a-name-far-too-long"})),
+            ("gateway", serde_json::json!({"internal": "100.100.0.0/24", "max_flows_per_session": 0})),
+        ] {
+            rs["gateway"] = bad.clone();
+            let err = parse::<RsFile>(&rs.to_string()).map(|_| ()).unwrap_err();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
     }
 }

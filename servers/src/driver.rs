@@ -1364,6 +1364,7 @@ impl<D: Daemon> Driver<D> {
                 busy = true;
                 self.stats.dns_lookups += 1;
                 match self.locator.as_mut() {
+                    Some(l) if q.addresses => l.start_addresses(now, q.id, &q.name, 0),
                     Some(l) => l.start(now, q),
                     None => self.daemon.engine().handle_dns(now, q.id, DnsAnswer::Failed),
                 }

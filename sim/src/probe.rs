@@ -189,7 +189,7 @@ impl Probe {
 
     /// Asks which DC serves `name`.
     pub fn resolve(&mut self, id: u64, name: Fqdn) {
-        self.queries.push_back(DnsQuery { id, name });
+        self.queries.push_back(DnsQuery { id, name, addresses: false });
     }
 
     /// Asks for `handle_timeout` at `at`.

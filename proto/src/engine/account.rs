@@ -473,7 +473,7 @@ impl<A: Accounts> AccountServer<A> {
             None => {
                 let query = self.next_query;
                 self.next_query += 1;
-                self.queries.push_back(DnsQuery { id: query, name: fqdn.clone() });
+                self.queries.push_back(DnsQuery { id: query, name: fqdn.clone(), addresses: false });
                 Step::ExpectDcLocation { query }
             }
         };

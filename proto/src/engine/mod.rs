@@ -27,6 +27,8 @@ pub mod account;
 #[cfg(feature = "servers")]
 pub mod dc;
 #[cfg(feature = "servers")]
+pub mod gateway;
+#[cfg(feature = "servers")]
 pub(crate) mod hints;
 #[cfg(feature = "servers")]
 pub(crate) mod keyshare;
@@ -166,6 +168,10 @@ pub struct DnsQuery {
     pub id: u64,
     /// The name to locate.
     pub name: Fqdn,
+    /// Look up the name's own addresses (A and AAAA) instead of its DC: the answer is
+    /// [`DnsAnswer::Dc`] with `name` and its addresses (port 0), or [`DnsAnswer::Failed`]
+    /// (a DC's gateway to ordinary hosts asks this).
+    pub addresses: bool,
 }
 
 /// Where a DC is.

@@ -21,7 +21,13 @@
 //! goes on the DCs' TLS streams ([`Rs::poll_stream_transmit`]): a worker drains the first
 //! before it lets go of the lock, so each answer leaves from the worker (and socket) whose
 //! datagram asked for it.
+//!
+//! With a [`GatewayConfig`] the RS is also a gateway to ordinary hosts (see
+//! [`super::gateway`]): a box's Data of a gateway session comes back from
+//! [`Engine::handle_datagram`] as [`Received::Ip`], rewritten for the RS's TUN device, and
+//! [`Rs::handle_gateway_packet`] takes what the TUN device gives back.
 
+use super::gateway::{Gateway, GatewayConfig, GatewaySessionInfo, GatewayStats, Refuse};
 use super::keyshare::SharedKeys;
 use super::{
     ConfigError, DnsAnswer, DnsQuery, DropCounters, DropReason, Engine, PeerIdentity, Received, Role, StreamKind,
@@ -31,7 +37,7 @@ use crate::crypto::{parse_plain, plain, Channel};
 use crate::keys::{DcRs, Tun};
 use crate::time::{Duration, Instant};
 use crate::wire::refusal::{Reason, Refusal};
-use crate::wire::relay::{RelayDirection, RelayDirectionAck, RelayStatusAck};
+use crate::wire::relay::{GatewayDirection, RelayDirection, RelayDirectionAck, RelayStatusAck};
 use crate::wire::route::Side;
 use crate::wire::tunnel::HolePunchAck;
 use crate::wire::{Envelope, Fqdn, KeyId, List, Message, MsgType, Sender, SessionId};
@@ -53,6 +59,8 @@ pub struct RsConfig {
     pub max_session_pps: u32,
     /// Most DC keys held.
     pub max_dc_keys: usize,
+    /// Be a gateway to ordinary hosts (none: Gateway Directions are refused).
+    pub gateway: Option<GatewayConfig>,
 }
 
 impl RsConfig {
@@ -65,6 +73,7 @@ impl RsConfig {
             session_idle_timeout: Duration::from_secs(90),
             max_session_pps: 500_000,
             max_dc_keys: 256,
+            gateway: None,
         }
     }
 }
@@ -127,6 +136,8 @@ pub struct Rs {
     cfg: RsConfig,
     dc_keys: SharedKeys<DcRs>,
     sessions: HashMap<SessionId, Session>,
+    /// The gateway's sessions, if it is one.
+    gateway: Option<Gateway>,
     /// Datagrams to send, and messages for the DCs' streams.
     out: VecDeque<Transmit>,
     out_stream: VecDeque<Transmit>,
@@ -175,7 +186,13 @@ impl Rs {
         if cfg.relay_addrs.len() > 4 {
             return Err(ConfigError::new("relay_addrs", "at most four addresses"));
         }
+        if let Some(g) = &cfg.gateway {
+            if g.internal.1 > 30 {
+                return Err(ConfigError::new("gateway.internal", "an IPv4 prefix of /30 or wider"));
+            }
+        }
         Ok(Rs {
+            gateway: cfg.gateway.clone().map(Gateway::new),
             dc_keys: SharedKeys::new(cfg.max_dc_keys),
             cfg,
             sessions: HashMap::new(),
@@ -210,15 +227,46 @@ impl Rs {
         for s in self.sessions.values() {
             v.push(("K_tun", s.k_tun.key().fingerprint()));
         }
+        if let Some(g) = &self.gateway {
+            g.held_keys(&mut v);
+        }
         v
+    }
+
+    /// The gateway sessions (none if the RS is no gateway).
+    pub fn gateway_sessions(&self) -> Vec<GatewaySessionInfo> {
+        self.gateway.as_ref().map(Gateway::sessions).unwrap_or_default()
+    }
+
+    /// The gateway's counters, if the RS is one.
+    pub fn gateway_stats(&self) -> Option<GatewayStats> {
+        self.gateway.as_ref().map(Gateway::stats)
+    }
+
+    /// An IP packet from the gateway's TUN device (an ordinary host's answer): the
+    /// datagram for the box, or nothing (dropped and counted).
+    pub fn handle_gateway_packet(&mut self, now: Instant, packet: &[u8]) -> Option<Transmit> {
+        let g = self.gateway.as_mut()?;
+        g.host_packet(now, packet, &mut self.drops)
+    }
+
+    fn is_gateway_session(&self, session: SessionId) -> bool {
+        self.gateway.as_ref().is_some_and(|g| g.contains(session))
     }
 
     /// [`Engine::handle_datagram`] for a driver with several relay workers: `worker` (its
     /// index) handled the datagram, which the session records if it relays it
     /// ([`RelaySessionInfo::workers`]). The checks and counters are the same for every
     /// worker.
-    pub fn handle_datagram_on_worker(&mut self, now: Instant, from: SocketAddr, buf: &[u8], worker: usize) -> Received {
-        let (ty, sealed, key_id) = match Envelope::new_checked(buf) {
+    /// A gateway session's data is opened and rewritten in `buf` ([`Received::Ip`]).
+    pub fn handle_datagram_on_worker(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &mut [u8],
+        worker: usize,
+    ) -> Received {
+        let (ty, sealed, key_id) = match Envelope::new_checked(&buf[..]) {
             Ok(e) => (e.msg_type(), e.sealed(), e.key_id()),
             Err(e) => return self.drops.count(DropReason::from(e)),
         };
@@ -227,8 +275,13 @@ impl Rs {
         }
         let session = SessionId(key_id.0);
         match ty {
-            MsgType::RelayDirection | MsgType::RelayStatus => self.handle_dc_message(now, from, key_id, buf),
-            MsgType::HolePunch => self.handle_hole_punch(now, from, session, buf),
+            MsgType::RelayDirection | MsgType::RelayStatus | MsgType::GatewayDirection => {
+                self.handle_dc_message(now, from, key_id, &buf[..])
+            }
+            MsgType::HolePunch if self.is_gateway_session(session) => {
+                self.handle_gateway_punch(now, from, session, &buf[..])
+            }
+            MsgType::HolePunch => self.handle_hole_punch(now, from, session, &buf[..]),
             MsgType::TunnelRequest
             | MsgType::TunnelResponse
             | MsgType::Data
@@ -271,9 +324,11 @@ impl Rs {
         };
         let reply = match msg {
             Message::RelayDirection(rd) => self.handle_relay_direction(now, rd),
+            Message::GatewayDirection(gd) => self.handle_gateway_direction(now, gd),
             Message::RelayStatus(s) => Message::RelayStatusAck(RelayStatusAck {
                 request_id: s.request_id,
-                sessions: u32::try_from(self.sessions.len()).unwrap_or(u32::MAX),
+                sessions: u32::try_from(self.sessions.len() + self.gateway.as_ref().map_or(0, Gateway::len))
+                    .unwrap_or(u32::MAX),
                 capacity: u32::try_from(self.cfg.max_sessions).unwrap_or(u32::MAX),
                 relay_addrs: self.relay_addrs(),
             }),
@@ -327,6 +382,56 @@ impl Rs {
             },
         );
         ack
+    }
+
+    fn handle_gateway_direction(&mut self, now: Instant, gd: GatewayDirection) -> Message {
+        let refusal = |reason, detail: &str| {
+            Message::Refusal(Refusal::new(MsgType::GatewayDirection, gd.request_id, reason, detail))
+        };
+        let Some(g) = self.gateway.as_mut() else {
+            self.drops.count(DropReason::Unexpected);
+            return refusal(Reason::Unauthorized, "this relay is no gateway");
+        };
+        match g.open(now, gd.session, gd.k_tun, gd.node, gd.synthetic, gd.real) {
+            Ok(()) => Message::RelayDirectionAck(RelayDirectionAck {
+                request_id: gd.request_id,
+                session: gd.session,
+                relay_addrs: self.relay_addrs(),
+            }),
+            Err(Refuse::Full) => {
+                self.drops.count(DropReason::Limit);
+                refusal(Reason::Overloaded, "gateway session table full")
+            }
+            Err(Refuse::BadKey) => refusal(Reason::Internal, "unusable K_tun"),
+        }
+    }
+
+    /// A box's hole punch on a gateway session: authenticated with K_tun, it says where
+    /// the box is now (answers go there).
+    fn handle_gateway_punch(&mut self, now: Instant, from: SocketAddr, session: SessionId, buf: &[u8]) -> Received {
+        let Some(s) = self.gateway.as_mut().and_then(|g| g.get_mut(session)) else {
+            return self.drops.count(DropReason::UnknownKey);
+        };
+        let (header, msg) = match s.k_tun.open(now, buf) {
+            Ok(m) => m,
+            Err(e) => return self.drops.count(DropReason::from(e)),
+        };
+        let Message::HolePunch(p) = msg else { return self.drops.count(DropReason::Unexpected) };
+        if header.sender != Sender::Mn || p.side != Side::Mn {
+            return self.drops.count(DropReason::Unauthorized);
+        }
+        s.last_activity = now;
+        if s.endpoint != Some(from) {
+            log::info!("gateway session {session}: the box is at {from}");
+        }
+        let again = s.moved(now, from);
+        self.out.extend(again);
+        let ack = Message::HolePunchAck(HolePunchAck { observed: from });
+        match s.k_tun.seal(now, &ack) {
+            Ok(bytes) => self.out.push_back(Transmit { via: Via::Udp, dst: from, payload: bytes }),
+            Err(e) => log::warn!("cannot seal hole-punch ack: {e}"),
+        }
+        Received::Handled
     }
 
     /// A hole punch: authenticate it with K_tun and record the sender's endpoint.
@@ -391,11 +496,21 @@ impl Rs {
         from: SocketAddr,
         session: SessionId,
         ty: MsgType,
-        buf: &[u8],
+        buf: &mut [u8],
         worker: usize,
     ) -> Received {
         let max_pps = self.cfg.max_session_pps;
-        let Some(s) = self.sessions.get_mut(&session) else { return self.refuse_unknown_session(now, from, buf) };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            // Not a relayed session: a gateway's (looked up only here, so a relayed
+            // session's packets cost nothing more), or none.
+            if let Some(g) = self.gateway.as_mut().filter(|g| g.contains(session)) {
+                if ty == MsgType::Data {
+                    return g.box_packet(now, session, buf, &mut self.drops);
+                }
+                return self.drops.count(DropReason::Unexpected);
+            }
+            return self.refuse_unknown_session(now, from, buf);
+        };
         let Some(side) = s.side_of(from) else { return self.drops.count(DropReason::Unauthorized) };
         if ty == MsgType::TunnelRequest {
             // Under K_tun, so the RS can and does check it before passing it on. Only the
@@ -458,6 +573,9 @@ impl Engine for Rs {
     fn handle_dns(&mut self, _now: Instant, _id: u64, _answer: DnsAnswer) {}
 
     fn handle_timeout(&mut self, now: Instant) {
+        if let Some(g) = self.gateway.as_mut() {
+            g.expire(now);
+        }
         let idle = self.cfg.session_idle_timeout;
         self.sessions.retain(|id, s| {
             let keep = now < s.last_activity + idle && !s.k_tun.is_expired(now);
@@ -478,7 +596,8 @@ impl Engine for Rs {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let idle = self.cfg.session_idle_timeout;
-        self.sessions.values().map(|s| (s.last_activity + idle).min(s.k_tun.expires())).min()
+        let relayed = self.sessions.values().map(|s| (s.last_activity + idle).min(s.k_tun.expires())).min();
+        [relayed, self.gateway.as_ref().and_then(Gateway::deadline)].into_iter().flatten().min()
     }
 
     fn drops(&self) -> &DropCounters {
@@ -564,18 +683,204 @@ mod tests {
     fn each_session_records_the_workers_that_relayed_it() {
         let now = Instant::from_millis(1_000_000);
         let mut rs = rs_with_session(now);
-        assert_eq!(rs.handle_datagram_on_worker(now, MN, &data(Sender::Initiator), 3), Received::Forward(CN));
-        assert_eq!(rs.handle_datagram_on_worker(now, CN, &data(Sender::Responder), 3), Received::Forward(MN));
+        assert_eq!(rs.handle_datagram_on_worker(now, MN, &mut data(Sender::Initiator), 3), Received::Forward(CN));
+        assert_eq!(rs.handle_datagram_on_worker(now, CN, &mut data(Sender::Responder), 3), Received::Forward(MN));
         let s = rs.sessions();
         assert_eq!((s[0].relayed, s[0].workers), (2, 1 << 3));
         // The checks are the same on any worker: a stranger's datagram is not relayed.
         let stranger: SocketAddr = "198.51.100.9:1024".parse().unwrap();
-        let r = rs.handle_datagram_on_worker(now, stranger, &data(Sender::Initiator), 5);
+        let r = rs.handle_datagram_on_worker(now, stranger, &mut data(Sender::Initiator), 5);
         assert_eq!(r, Received::Dropped(DropReason::Unauthorized));
         assert_eq!(rs.handle_datagram(now, MN, &mut data(Sender::Initiator)), Received::Forward(CN));
         let s = rs.sessions();
         assert_eq!((s[0].relayed, s[0].workers), (3, 1 << 3 | 1));
         assert_eq!(rs.poll_transmit(), None);
+    }
+
+    const NODE: core::net::Ipv4Addr = core::net::Ipv4Addr::new(198, 18, 1, 2);
+    const SYNTHETIC: core::net::Ipv4Addr = core::net::Ipv4Addr::new(198, 18, 100, 1);
+    const REAL: core::net::Ipv4Addr = core::net::Ipv4Addr::new(198, 19, 80, 80);
+    const INTERNAL: core::net::Ipv4Addr = core::net::Ipv4Addr::new(100, 100, 0, 2);
+    const K_TUN: [u8; 16] = *b"gateway k_tun 16";
+
+    /// An RS with a DC's key and, if `gateway`, a gateway with 100.100.0.0/24.
+    fn rs_and_dc(now: Instant, gateway: bool) -> (Rs, Channel<DcRs>) {
+        let addr: SocketAddr = "192.0.2.30:4461".parse().unwrap();
+        let mut cfg = RsConfig::new(name("rs1.test"), vec![addr]);
+        if gateway {
+            cfg.gateway = Some(GatewayConfig::new((core::net::Ipv4Addr::new(100, 100, 0, 0), 24)));
+        }
+        let mut rs = Rs::new(cfg).unwrap();
+        let dc = PeerIdentity { name: name("dc.zone-a.test"), role: Role::Dc, public_key: None };
+        let share = Message::KeyShare(KeyShare {
+            request_id: RequestId(1),
+            key_id: KeyId(77),
+            key: SharedKey::DcRs(grant(*b"dc-rs key 16 byt")),
+            from: name("dc.zone-a.test"),
+        });
+        rs.handle_stream(now, StreamKind::Tls, DC, Some(&dc), &plain(Sender::Dc, &share));
+        let _ = rs.poll_stream_transmit();
+        let dcrs =
+            Channel::<DcRs>::new(Key::from_bytes(*b"dc-rs key 16 byt"), KeyId(77), Sender::Dc, Instant::FAR_FUTURE)
+                .unwrap();
+        (rs, dcrs)
+    }
+
+    /// Directs gateway session `session` for the box and returns the RS's answer.
+    fn direct_gateway(rs: &mut Rs, dcrs: &mut Channel<DcRs>, now: Instant, session: SessionId) -> Message {
+        let gd = Message::GatewayDirection(GatewayDirection {
+            request_id: RequestId(session.0),
+            session,
+            k_tun: grant(K_TUN),
+            node: NODE,
+            synthetic: SYNTHETIC,
+            real: REAL,
+        });
+        let mut bytes = dcrs.seal(now, &gd).unwrap();
+        assert_eq!(rs.handle_datagram(now, DC, &mut bytes), Received::Handled);
+        let reply = rs.poll_udp_transmit().expect("an answer to the DC");
+        dcrs.open(now, &reply.payload).unwrap().1
+    }
+
+    /// The box's two channels of a gateway session: K_tun (punches) and the data key.
+    fn box_channels(session: SessionId) -> (Channel<Tun>, Channel<crate::keys::MnCn>) {
+        let k = Key::<Tun>::from_bytes(K_TUN);
+        let data = Channel::new(k.gateway_data_key(), KeyId(session.0), Sender::Initiator, Instant::FAR_FUTURE);
+        (Channel::new(k, KeyId(session.0), Sender::Mn, Instant::FAR_FUTURE).unwrap(), data.unwrap())
+    }
+
+    fn punch(rs: &mut Rs, tun: &mut Channel<Tun>, now: Instant, from: SocketAddr) {
+        let mut bytes = tun.seal(now, &Message::HolePunch(HolePunch { side: Side::Mn, release: false })).unwrap();
+        assert_eq!(rs.handle_datagram(now, from, &mut bytes), Received::Handled);
+    }
+
+    fn sealed_packet(data: &mut Channel<crate::keys::MnCn>, now: Instant, dst: core::net::Ipv4Addr) -> Vec<u8> {
+        let ip = crate::engine::gateway::tests::packet(crate::engine::gateway::tests::TCP_PROTO, NODE, dst, b"GET /");
+        let body = crate::wire::data::DataBody::new(ip).unwrap();
+        data.seal(now, &Message::Data(body)).unwrap()
+    }
+
+    #[test]
+    fn a_gateway_session_carries_only_the_box_to_its_host_and_back() {
+        let now = Instant::from_millis(1_000_000);
+        let session = SessionId(0x6a7e_0001);
+        let (mut rs, mut dcrs) = rs_and_dc(now, true);
+        let ack = direct_gateway(&mut rs, &mut dcrs, now, session);
+        assert!(matches!(ack, Message::RelayDirectionAck(a) if a.session == session), "acknowledged");
+        let (mut tun, mut data) = box_channels(session);
+        punch(&mut rs, &mut tun, now, MN);
+        let punch_ack = rs.poll_udp_transmit().expect("the punch is acknowledged");
+        assert_eq!(tun.open(now, &punch_ack.payload).map(|(h, _)| h.sender), Ok(Sender::Rs));
+
+        // To the synthetic address: opened, and rewritten to leave from the internal one.
+        let mut bytes = sealed_packet(&mut data, now, SYNTHETIC);
+        let Received::Ip(r) = rs.handle_datagram(now, MN, &mut bytes) else { panic!("not for the TUN device") };
+        let mut out = bytes[r].to_vec();
+        assert_eq!((&out[12..16], &out[16..20]), (&INTERNAL.octets()[..], &REAL.octets()[..]));
+        let mut fixed = out.clone();
+        crate::engine::gateway::tests::fill_checksums(&mut fixed);
+        assert_eq!(out, fixed, "checksums right after the rewrite");
+
+        // Anything else the box sends is no one's business: dropped and counted.
+        let mut other = sealed_packet(&mut data, now, core::net::Ipv4Addr::new(192, 0, 2, 99));
+        assert_eq!(rs.handle_datagram(now, MN, &mut other), Received::Dropped(DropReason::Unauthorized));
+        assert_eq!(rs.gateway_stats().map(|g| g.dropped_not_allowed), Some(1));
+
+        // The host's answer goes back to the box, as from the synthetic address.
+        out[12..20].copy_from_slice(&[REAL.octets(), INTERNAL.octets()].concat());
+        crate::engine::gateway::tests::fill_checksums(&mut out);
+        let t = rs.handle_gateway_packet(now, &out).expect("an answer for the box");
+        assert_eq!(t.dst, MN);
+        let (h, msg) = data.open(now, &t.payload).unwrap();
+        assert_eq!(h.sender, Sender::Responder);
+        let Message::Data(body) = msg else { panic!("data") };
+        let ip = body.as_slice();
+        assert_eq!((&ip[12..16], &ip[16..20]), (&SYNTHETIC.octets()[..], &NODE.octets()[..]));
+        // From anyone but the host, to the internal address: not the box's business.
+        out[12..16].copy_from_slice(&[192, 0, 2, 99]);
+        assert_eq!(rs.handle_gateway_packet(now, &out), None);
+        assert_eq!(rs.gateway_stats().map(|g| (g.to_hosts, g.to_boxes, g.dropped_unmapped)), Some((1, 1, 1)));
+
+        // The box moves: its punch from the new address brings the recent answer again.
+        let moved: SocketAddr = "198.19.5.2:4500".parse().unwrap();
+        let later = now + Duration::from_millis(100);
+        punch(&mut rs, &mut tun, later, moved);
+        let again = rs.poll_udp_transmit().expect("the recent answer again");
+        assert_eq!((again.dst, &again.payload), (moved, &t.payload), "the same sealed bytes, not sealed again");
+        assert!(rs.poll_udp_transmit().is_some_and(|a| a.dst == moved), "then the punch's ack");
+        assert_eq!(rs.handle_gateway_packet(later, &fixed_answer(&out)).map(|t| t.dst), Some(moved));
+    }
+
+    /// `packet` from the host again (source put back).
+    fn fixed_answer(packet: &[u8]) -> Vec<u8> {
+        let mut p = packet.to_vec();
+        p[12..16].copy_from_slice(&REAL.octets());
+        crate::engine::gateway::tests::fill_checksums(&mut p);
+        p
+    }
+
+    #[test]
+    fn a_renegotiated_gateway_session_keeps_the_internal_address() {
+        let now = Instant::from_millis(1_000_000);
+        let (mut rs, mut dcrs) = rs_and_dc(now, true);
+        for s in [SessionId(11), SessionId(12)] {
+            assert!(matches!(direct_gateway(&mut rs, &mut dcrs, now, s), Message::RelayDirectionAck(_)));
+        }
+        let sessions = rs.gateway_sessions();
+        assert_eq!(sessions.len(), 2);
+        assert!(sessions.iter().all(|s| s.internal == INTERNAL), "one address for the pair: {sessions:?}");
+        // Both end: the address is free, but the next pair gets the next one (the
+        // kernel may still hold translation entries of this one).
+        let later = now + Duration::from_secs(301);
+        rs.handle_timeout(later);
+        assert!(rs.gateway_sessions().is_empty());
+        assert!(matches!(direct_gateway(&mut rs, &mut dcrs, later, SessionId(13)), Message::RelayDirectionAck(_)));
+        let next = core::net::Ipv4Addr::new(100, 100, 0, 3);
+        assert_eq!(rs.gateway_sessions().first().map(|s| s.internal), Some(next));
+    }
+
+    #[test]
+    fn a_box_that_moves_often_keeps_a_few_sessions_per_host_and_its_hosts_are_capped() {
+        let now = Instant::from_millis(1_000_000);
+        let (mut rs, mut dcrs) = rs_and_dc(now, true);
+        // Twenty renegotiations to one host: the four most recent sessions stay.
+        for n in 0..20u32 {
+            let at = now + Duration::from_secs(u64::from(n));
+            assert!(matches!(
+                direct_gateway(&mut rs, &mut dcrs, at, SessionId(100 + n)),
+                Message::RelayDirectionAck(_)
+            ));
+        }
+        let sessions: Vec<u32> = rs.gateway_sessions().iter().map(|s| s.session.0).collect();
+        assert_eq!(sessions, vec![116, 117, 118, 119]);
+        assert!(rs.gateway_sessions().iter().all(|s| s.internal == INTERNAL));
+        // Other hosts count against the box's cap (16 by default), its own renegotiations do not.
+        let mut refused = 0;
+        for h in 2..=17u8 {
+            let gd = Message::GatewayDirection(GatewayDirection {
+                request_id: RequestId(u32::from(h)),
+                session: SessionId(1000 + u32::from(h)),
+                k_tun: grant(K_TUN),
+                node: NODE,
+                synthetic: core::net::Ipv4Addr::new(198, 18, 100, h),
+                real: REAL,
+            });
+            let mut bytes = dcrs.seal(now, &gd).unwrap();
+            rs.handle_datagram(now, DC, &mut bytes);
+            let reply = rs.poll_udp_transmit().unwrap();
+            refused += usize::from(matches!(dcrs.open(now, &reply.payload).unwrap().1, Message::Refusal(_)));
+        }
+        assert_eq!(refused, 1, "the 17th host of one box is refused");
+        assert!(matches!(direct_gateway(&mut rs, &mut dcrs, now, SessionId(120)), Message::RelayDirectionAck(_)));
+    }
+
+    #[test]
+    fn an_rs_without_a_gateway_refuses_gateway_directions() {
+        let now = Instant::from_millis(1_000_000);
+        let (mut rs, mut dcrs) = rs_and_dc(now, false);
+        let answer = direct_gateway(&mut rs, &mut dcrs, now, SessionId(5));
+        assert!(matches!(&answer, Message::Refusal(r) if r.reason == Reason::Unauthorized), "{answer:?}");
+        assert!(rs.held_keys().iter().all(|(k, _)| *k == "K_dcrs"), "no K_tun taken");
     }
 
     #[test]
@@ -584,7 +889,7 @@ mod tests {
         let mut rs = rs_with_session(now);
         let mut other = data(Sender::Initiator);
         other.get_mut(4..8).unwrap().copy_from_slice(&0x0a0b_0c0du32.to_be_bytes());
-        let r = rs.handle_datagram_on_worker(now, MN, &other, 1);
+        let r = rs.handle_datagram_on_worker(now, MN, &mut other, 1);
         assert_eq!(r, Received::Dropped(DropReason::UnknownKey));
         let hint = rs.poll_udp_transmit().expect("the unknown-session hint");
         assert_eq!((hint.dst, hint.payload.get(4..8)), (MN, Some(&0x0a0b_0c0du32.to_be_bytes()[..])));

@@ -333,7 +333,7 @@ impl NodeScript {
             Some(t) => t.clone(),
             None => {
                 let from = match path {
-                    Path::Relay(a) => a,
+                    Path::Relay(a) | Path::Gateway(a) => a,
                     Path::Direct => eps.first().copied().unwrap_or(PEER4),
                 };
                 let k_tmp = if with_tmp { Some(h.rng.key()) } else { None };

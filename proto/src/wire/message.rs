@@ -12,8 +12,8 @@ use super::refusal::Refusal;
 use super::registration::{
     Keepalive, KeepaliveAck, MappingOffer, MappingProbe, MappingProbeAck, RegistrationRequest, RegistrationResponse,
 };
-use super::relay::{RelayDirection, RelayDirectionAck, RelayStatus, RelayStatusAck};
-use super::route::{RouteDirection, RouteDirectionAck};
+use super::relay::{GatewayDirection, RelayDirection, RelayDirectionAck, RelayStatus, RelayStatusAck};
+use super::route::{GatewayOffer, RouteDirection, RouteDirectionAck};
 use super::tunnel::{HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse};
 use super::{code_enum, Codec, Reader, WireError, Writer};
 
@@ -107,6 +107,8 @@ messages! {
     MappingProbeAck(MappingProbeAck) = 0x15,
     /// DC -> node (K_ntmdc).
     MappingOffer(MappingOffer) = 0x16,
+    /// DC -> node (K_ntmdc).
+    GatewayOffer(GatewayOffer) = 0x17,
     /// Node -> NS (K_ntmns, TCP).
     NotificationRegistration(NotificationRegistration) = 0x20,
     /// NS -> node (K_ntmns, TCP).
@@ -143,6 +145,8 @@ messages! {
     RelayStatus(RelayStatus) = 0x52,
     /// RS -> DC (K_dcrs).
     RelayStatusAck(RelayStatusAck) = 0x53,
+    /// DC -> RS (K_dcrs); acknowledged with a Relay Direction Ack.
+    GatewayDirection(GatewayDirection) = 0x54,
     /// Node -> node, maybe via RS (K_tun).
     TunnelRequest(TunnelRequest) = 0x60,
     /// Node -> node, maybe via RS (K_mncn).

@@ -7,11 +7,12 @@
 //! RelayDirectionAck  request_id u32 | session u32 | relay_addrs (list <= 4)
 //! RelayStatus        request_id u32
 //! RelayStatusAck     request_id u32 | sessions u32 | capacity u32 | relay_addrs (list <= 4)
+//! GatewayDirection   request_id u32 | session u32 | K_tun (16) | lifetime u32 | node v4 | synthetic v4 | real v4
 //! ```
 
 use super::{wire_struct, List, RequestId, SessionId};
 use crate::keys::{KeyGrant, Tun};
-use core::net::SocketAddr;
+use core::net::{Ipv4Addr, SocketAddr};
 
 wire_struct! {
     /// DC_MN -> RS: relay this session.
@@ -56,5 +57,27 @@ wire_struct! {
         pub capacity: u32,
         /// The relay's addresses.
         pub relay_addrs: List<SocketAddr, 4>,
+    }
+}
+
+wire_struct! {
+    /// DC_MN -> RS: be the gateway of this box's session to an ordinary host (one without
+    /// NTMobile). The RS opens the box's Data under K_tun (the data key derived from it,
+    /// see [`crate::keys::KTun::gateway_data_key`]), sends packets to `synthetic` on to
+    /// `real` from its own address, and returns the answers. Acknowledged with a
+    /// [`RelayDirectionAck`].
+    pub struct GatewayDirection {
+        /// Matches the acknowledgement.
+        pub request_id: RequestId,
+        /// The box's session.
+        pub session: SessionId,
+        /// K_tun, for the box's hole punches and (derived) its data.
+        pub k_tun: KeyGrant<Tun>,
+        /// The box's virtual IPv4 address: the only source its packets may have.
+        pub node: Ipv4Addr,
+        /// The address the box was given for the ordinary host: the only destination.
+        pub synthetic: Ipv4Addr,
+        /// The ordinary host's real address, where the RS sends the packets.
+        pub real: Ipv4Addr,
     }
 }

@@ -5,11 +5,18 @@
 //! ```text
 //! RouteDirection     request_id u32 | session u32 | node fqdn | side u8 | role u8
 //!                    | peer: fqdn, virtual v4, virtual v6, endpoints (list <= 4)
-//!                    | path: 0x01 direct | 0x02 relay: relay addr
+//!                    | path: 0x01 direct | 0x02 relay: relay addr | 0x03 gateway: RS addr
 //!                    | K_tun (16) | lifetime u32 | K_tmp? (16) | peer attestation?
 //!                    | traversal u8? (absent = 0x00 usual, 0x01 open ports, 0x02 guess ports)
 //! RouteDirectionAck  request_id u32 | session u32
+//! GatewayOffer       all u8 | names (list <= 16 fqdn)
 //! ```
+//!
+//! A Route Direction with the gateway path is for a tunnel to an ordinary host (one
+//! without NTMobile) through the RS at that address: the peer is the host's name, its
+//! virtual addresses the synthetic ones the DC gave it, with no endpoints; the node sends
+//! no Tunnel Request (there is no peer to answer it) and seals its data under the key
+//! derived from K_tun ([`crate::keys::KTun::gateway_data_key`]) for the RS.
 
 use super::pk::Attestation;
 use super::{
@@ -84,6 +91,8 @@ pub enum Path {
     Direct,
     /// Through a Relay Server at this address.
     Relay(SocketAddr),
+    /// To an ordinary host, through the Relay Server at this address as its gateway.
+    Gateway(SocketAddr),
 }
 
 impl Codec for Path {
@@ -91,6 +100,7 @@ impl Codec for Path {
         match r.u8()? {
             0x01 => Ok(Path::Direct),
             0x02 => Ok(Path::Relay(Codec::decode(r)?)),
+            0x03 => Ok(Path::Gateway(Codec::decode(r)?)),
             _ => Err(WireError::BadValue("path")),
         }
     }
@@ -101,12 +111,16 @@ impl Codec for Path {
                 w.u8(0x02)?;
                 a.encode(w)
             }
+            Path::Gateway(a) => {
+                w.u8(0x03)?;
+                a.encode(w)
+            }
         }
     }
     fn encoded_len(&self) -> usize {
         1 + match self {
             Path::Direct => 0,
-            Path::Relay(a) => a.encoded_len(),
+            Path::Relay(a) | Path::Gateway(a) => a.encoded_len(),
         }
     }
 }
@@ -137,6 +151,18 @@ wire_struct! {
         /// What to try for a direct path while relayed (absent: usual; earlier builds
         /// neither send nor read it, and it is usual for every node they serve).
         pub traversal: Tail<Traversal>,
+    }
+}
+
+wire_struct! {
+    /// DC -> node, after its Registration Response when the DC is a gateway to ordinary
+    /// hosts: the names the node's DNS hook should ask the DC about rather than ordinary
+    /// DNS. A node of an earlier build drops it (a type it does not know).
+    pub struct GatewayOffer {
+        /// Every name outside the NTM domains.
+        pub all: bool,
+        /// These names and the names below them.
+        pub names: List<Fqdn, 16>,
     }
 }
 
@@ -209,5 +235,28 @@ mod tests {
         let mut longer = body;
         longer.push(0);
         assert_eq!(parse(&longer), Err(WireError::TrailingBytes));
+    }
+
+    #[test]
+    fn a_gateway_path_and_offer_round_trip() {
+        let msg =
+            RouteDirection { path: Path::Gateway("192.0.2.30:4461".parse().unwrap()), k_tmp: None, ..direction() };
+        let body = Message::RouteDirection(msg.clone()).body_to_vec();
+        assert_eq!(parse(&body), Ok(Message::RouteDirection(msg.clone())));
+        // The path's code: 0x03, then the RS's address (family 4, address, port).
+        let at = 4 + 4 + msg.node.encoded_len() + 2 + msg.peer.encoded_len();
+        assert_eq!(body.get(at..at + 8), Some(&[0x03, 0x04, 192, 0, 2, 30, 0x11, 0x6d][..]));
+        let mut unknown = body.clone();
+        unknown[at] = 0x04;
+        assert_eq!(parse(&unknown), Err(WireError::BadValue("path")));
+
+        let offer =
+            GatewayOffer { all: false, names: List::from_vec(vec![Fqdn::new("example.org").unwrap()]).unwrap() };
+        let body = Message::GatewayOffer(offer.clone()).body_to_vec();
+        assert_eq!(body, [&[0x00, 0x01, 0x0b][..], b"example.org"].concat());
+        assert_eq!(Message::parse_body(MsgType::GatewayOffer, &body), Ok(Message::GatewayOffer(offer)));
+        for n in 0..body.len() {
+            assert_eq!(Message::parse_body(MsgType::GatewayOffer, &body[..n]), Err(WireError::Truncated));
+        }
     }
 }

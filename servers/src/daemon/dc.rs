@@ -347,6 +347,17 @@ pub fn build(cfg: DcFile) -> Result<Driver<DcDaemon>, StartError> {
     dcfg.max_nodes = cfg.max_nodes;
     dcfg.hold_registrations_until_saved = true;
     dcfg.mapping_port = cfg.mapping_port();
+    if let Some(g) = &cfg.gateway {
+        // `validate` checked the names.
+        let (all, names) = g.names().map_err(|e| StartError::from(format!("gateway.names: {e}")))?;
+        dcfg.gateway = Some(ntm_proto::engine::dc::GatewayPolicy {
+            relays: g.rs.clone(),
+            all,
+            names,
+            prefixes: g.prefixes.iter().map(|p| (p.addr, p.len)).collect(),
+            pool: (g.pool.addr, g.pool.len),
+        });
+    }
     let clock = crate::driver::Clock::start();
     let now = clock.now();
     let mut dc = Dc::new(dcfg, os_rng(), now)?;

@@ -107,6 +107,15 @@ impl WorkerStats {
     }
 }
 
+/// The gateway's TUN device (see `rs.rs`).
+pub struct GatewayTun(pub tun::Device);
+
+impl std::fmt::Debug for GatewayTun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GatewayTun")
+    }
+}
+
 /// The workers: bound by [`Workers::bind`], running after [`Workers::start`], stopped
 /// and joined when dropped.
 #[derive(Debug)]
@@ -118,6 +127,9 @@ pub struct Workers {
     stop: Arc<AtomicBool>,
     wakers: Vec<Waker>,
     threads: Vec<JoinHandle<()>>,
+    /// The gateway's TUN device, where the workers write the boxes' packets to ordinary
+    /// hosts ([`Received::Ip`]).
+    tun: Option<Arc<GatewayTun>>,
 }
 
 fn bind_one(addr: SocketAddr, shared: bool) -> io::Result<UdpSocket> {
@@ -186,7 +198,27 @@ impl Workers {
             stop: Arc::new(AtomicBool::new(false)),
             wakers: Vec::new(),
             threads: Vec::new(),
+            tun: None,
         })
+    }
+
+    /// The gateway's TUN device, for the workers to write to (before [`Workers::start`]).
+    pub fn set_gateway_tun(&mut self, tun: Arc<GatewayTun>) {
+        self.tun = Some(tun);
+    }
+
+    /// A copy of the first worker's socket of each listen address (the same socket, so
+    /// nothing changes in the steering group), for the gateway to send the answers of
+    /// ordinary hosts from the relay's port. Before [`Workers::start`].
+    pub fn senders(&self) -> io::Result<Vec<std::net::UdpSocket>> {
+        let Some(first) = self.sockets.first() else { return Ok(Vec::new()) };
+        first
+            .iter()
+            .map(|s| {
+                let fd = std::os::fd::AsFd::as_fd(&s.sock).try_clone_to_owned()?;
+                Ok(std::net::UdpSocket::from(fd))
+            })
+            .collect()
     }
 
     /// The bound addresses.
@@ -225,6 +257,7 @@ impl Workers {
             self.wakers.push(Waker::new(poll.registry(), WAKE)?);
             let (engine, stats, stop) =
                 (Arc::clone(engine), self.stats.get(index).cloned().unwrap_or_default(), Arc::clone(&self.stop));
+            let tun = self.tun.clone();
             let thread = std::thread::Builder::new().name(format!("relay-{index}")).spawn(move || {
                 let mut w = Worker {
                     index,
@@ -241,6 +274,8 @@ impl Workers {
                     answers: Vec::new(),
                     headers: MultiHeaders::preallocate(BATCH, None),
                     offload,
+                    tun,
+                    to_tun: Vec::new(),
                 };
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())).is_err() {
                     // A worker gone would leave its share of the sessions unrelayed.
@@ -339,6 +374,9 @@ struct Worker {
     answers: Vec<Transmit>,
     headers: MultiHeaders<SockaddrStorage>,
     offload: bool,
+    /// The gateway's TUN device, and the slots' packets for it (start, length).
+    tun: Option<Arc<GatewayTun>>,
+    to_tun: Vec<(usize, usize)>,
 }
 
 impl Worker {
@@ -440,9 +478,11 @@ impl Worker {
             let mut start = 0;
             loop {
                 let len = step.min(a.len - start);
-                let Some(bytes) = self.slots.get(slot + start..slot + start + len) else { break };
+                let Some(bytes) = self.slots.get_mut(slot + start..slot + start + len) else { break };
                 datagrams += 1;
                 match engine.handle_datagram_on_worker(now, from, bytes, self.index) {
+                    // A gateway session's packet for an ordinary host, rewritten in place.
+                    Received::Ip(r) => self.to_tun.push((slot + start + r.start, r.len())),
                     Received::Forward(to) => {
                         relayed += 1;
                         let socket = self.sockets.iter().position(|s| s.v4 == to.is_ipv4());
@@ -455,7 +495,7 @@ impl Worker {
                         }
                     }
                     Received::Dropped(why) => log::trace!("dropped a datagram from {from}: {}", why.name()),
-                    Received::Handled | Received::Ip(_) => {}
+                    Received::Handled => {}
                 }
                 start += len;
                 if start >= a.len {
@@ -475,6 +515,14 @@ impl Worker {
 
     /// Sends what [`Worker::handle`] noted, then the engine's answers.
     fn send(&mut self) {
+        for (start, len) in self.to_tun.drain(..) {
+            let packet = self.slots.get(start..start + len).unwrap_or_default();
+            if let Some(tun) = &self.tun {
+                if tun.0.send(packet).is_err() {
+                    WorkerStats::add(&self.stats.send_failures, 1);
+                }
+            }
+        }
         let mut i = 0;
         while i < self.out.len() {
             let run = self.segment_run(i);
@@ -675,6 +723,8 @@ mod tests {
             answers: Vec::new(),
             headers: MultiHeaders::preallocate(BATCH, None),
             offload,
+            tun: None,
+            to_tun: Vec::new(),
         }
     }
 

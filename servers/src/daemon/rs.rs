@@ -4,16 +4,23 @@
 //! [`Driver`] for the DCs' TLS streams, timers, signals and status, with no UDP socket
 //! of its own; the relay workers ([`relay::Workers`]) read and send the UDP port in
 //! batches, `workers` of them (the configuration's), each session on one of them.
+//!
+//! As a gateway to ordinary hosts (`gateway` in the configuration) the RS opens a TUN
+//! device at start, while it still has the privilege: the workers write the boxes'
+//! packets to it, and a gateway thread reads the hosts' answers from it, hands them to
+//! the engine and sends what it gives back from the relay's port (a copy of the first
+//! worker's socket). The kernel forwards and masquerades; see docs/servers.md.
 
 use super::relay::{self, Workers};
 use super::{drops_json, identify, key_kinds, reload_tls, tls_configs, StartError};
-use crate::config::{secs, RsFile};
+use crate::config::{secs, RsFile, RsGateway};
 use crate::driver::{Daemon, Driver, DriverConfig, Reload};
 use crate::pki::ClientAuth;
+use ntm_proto::engine::gateway::GatewayConfig;
 use ntm_proto::engine::rs::{Rs, RsConfig};
 use ntm_proto::engine::{DnsAnswer, DnsQuery, DropCounters, Engine, PeerIdentity, Received, StreamKind, Transmit};
 use ntm_proto::time::{Duration, Instant};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 /// The engine as the control thread sees it: every call takes the lock. Datagrams are
@@ -112,8 +119,38 @@ impl Daemon for RsDaemon {
             })
             .collect();
         let workers: Vec<serde_json::Value> = self.workers.stats().iter().enumerate().map(|(i, w)| w.json(i)).collect();
+        let gateway = rs.gateway_stats().map(|g| {
+            let sessions: Vec<serde_json::Value> = rs
+                .gateway_sessions()
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "session": s.session.to_string(),
+                        "node": s.node.to_string(),
+                        "synthetic": s.synthetic.to_string(),
+                        "real": s.real.to_string(),
+                        "internal": s.internal.to_string(),
+                        "endpoint": s.endpoint.map(|a| a.to_string()),
+                        "flows": s.flows,
+                        "to_host": s.to_host,
+                        "to_box": s.to_box,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "sessions": sessions,
+                "to_hosts": g.to_hosts,
+                "to_boxes": g.to_boxes,
+                "dropped_not_allowed": g.dropped_not_allowed,
+                "dropped_limit": g.dropped_limit,
+                "dropped_unmapped": g.dropped_unmapped,
+                "dropped_malformed": g.dropped_malformed,
+                "refused": g.refused,
+            })
+        });
         serde_json::json!({
             "role": "rs",
+            "gateway": gateway,
             "name": self.cfg.common.name.as_str(),
             "relay_addrs": self.cfg.advertised().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "udp": self.workers.addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -141,8 +178,25 @@ pub fn build(cfg: RsFile) -> Result<Driver<RsDaemon>, StartError> {
     rc.max_sessions = cfg.max_sessions;
     rc.session_idle_timeout = secs(cfg.session_idle_secs);
     rc.max_session_pps = cfg.max_session_pps;
+    if let Some(g) = &cfg.gateway {
+        let mut gc = GatewayConfig::new((g.internal.addr, g.internal.len));
+        gc.max_sessions = g.max_sessions;
+        gc.max_hosts_per_box = g.max_hosts_per_box;
+        gc.max_flows_per_session = g.max_flows_per_session;
+        gc.idle_timeout = secs(g.idle_secs);
+        gc.max_session_pps = cfg.max_session_pps;
+        rc.gateway = Some(gc);
+    }
     let rs = Arc::new(Mutex::new(Rs::new(rc)?));
-    let workers = Workers::bind(&cfg.common.listen, cfg.workers.count())?;
+    let mut workers = Workers::bind(&cfg.common.listen, cfg.workers.count())?;
+    let gateway = match &cfg.gateway {
+        Some(g) => {
+            let tun = Arc::new(relay::GatewayTun(open_tun(g)?));
+            workers.set_gateway_tun(Arc::clone(&tun));
+            Some((tun, workers.senders()?))
+        }
+        None => None,
+    };
     let dc = DriverConfig {
         udp: Vec::new(),
         tls: cfg.common.listen.clone(),
@@ -165,5 +219,53 @@ pub fn build(cfg: RsFile) -> Result<Driver<RsDaemon>, StartError> {
     let d = driver.daemon();
     d.workers.start(&rs, clock)?;
     log::info!("relay: {} worker(s)", d.workers.count());
+    if let Some((tun, senders)) = gateway {
+        std::thread::Builder::new().name("gateway".into()).spawn(move || run_gateway(&tun.0, &rs, clock, &senders))?;
+    }
     Ok(driver)
+}
+
+/// The gateway's TUN device: up, with the internal prefix's first address.
+fn open_tun(g: &RsGateway) -> Result<tun::Device, StartError> {
+    let len = u32::from(g.internal.len.min(32));
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    let own = Ipv4Addr::from((u32::from(g.internal.addr) & mask) + 1);
+    let mut tc = tun::Configuration::default();
+    tc.tun_name(g.tun.as_str()).address(own).netmask(Ipv4Addr::from(mask)).mtu(1500).up();
+    let dev = tun::create(&tc).map_err(|e| format!("gateway TUN device {}: {e}", g.tun))?;
+    log::info!("gateway: TUN device {} with {own}/{len}", g.tun);
+    Ok(dev)
+}
+
+/// The gateway thread: answers of ordinary hosts from the TUN device, back to the boxes.
+fn run_gateway(tun: &tun::Device, rs: &Arc<Mutex<Rs>>, clock: ntm_io::Clock, senders: &[std::net::UdpSocket]) {
+    let families: Vec<bool> = senders.iter().map(|s| s.local_addr().is_ok_and(|a| a.is_ipv4())).collect();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let n = match tun.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted || e.kind() == std::io::ErrorKind::WouldBlock => {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                continue;
+            }
+            Err(e) => {
+                log::error!("gateway TUN device: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        };
+        let Some(packet) = buf.get(..n) else { continue };
+        let out = {
+            let mut engine = relay::lock(rs);
+            let now = clock.now();
+            engine.handle_gateway_packet(now, packet)
+        };
+        let Some(t) = out else { continue };
+        let sock = families.iter().position(|&v4| v4 == t.dst.is_ipv4()).and_then(|i| senders.get(i));
+        if sock.is_none_or(|s| s.send_to(&t.payload, t.dst).is_err()) {
+            log::debug!("gateway: an answer to {} not sent", t.dst);
+        }
+    }
 }

@@ -230,7 +230,7 @@ impl Nsd {
             );
             let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
             sock.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
-            l.start(Instant::ZERO, ntm_proto::engine::DnsQuery { id: 1, name: zone.clone() });
+            l.start(Instant::ZERO, ntm_proto::engine::DnsQuery { id: 1, name: zone.clone(), addresses: false });
             while let Some((to, b)) = l.poll_transmit() {
                 let _ = sock.send_to(&b, to);
             }

@@ -15,7 +15,7 @@ mod negotiation;
 mod nodes;
 mod pool;
 
-pub use negotiation::{decide, Decision};
+pub use negotiation::{decide, in_prefix, Decision, GatewayPolicy};
 pub use nodes::{NodeState, NodeStatus, NsState};
 pub use pool::VirtualPool;
 
@@ -118,6 +118,8 @@ pub struct DcConfig {
     /// arrives there to [`Dc::handle_mapping_datagram`] and sends [`MAPPING_PORT`]'s
     /// datagrams from it.
     pub mapping_port: u16,
+    /// The gateway to ordinary hosts (none: no gateway, nothing changes).
+    pub gateway: Option<negotiation::GatewayPolicy>,
 }
 
 /// The DC's socket on its mapping port ([`DcConfig::mapping_port`]).
@@ -151,6 +153,7 @@ impl DcConfig {
             negotiation_timeout: Duration::from_secs(60),
             hold_registrations_until_saved: false,
             mapping_port: 0,
+            gateway: None,
         }
     }
 }
@@ -285,6 +288,8 @@ pub struct Dc {
     rng: Rng,
     ids: IdSource,
     pool: VirtualPool,
+    /// The gateway's synthetic addresses (with a gateway policy).
+    synthetic: Option<negotiation::SyntheticPool>,
     nodes: HashMap<Fqdn, NodeRecord>,
     keys: HashMap<KeyId, Fqdn>,
     peers: Vec<ServerLink<DcDc>>,
@@ -322,6 +327,30 @@ impl Dc {
             return Err(ConfigError::new("zones", "at least one zone is needed"));
         }
         let pool = VirtualPool::new(cfg.virtual_v4.0, cfg.virtual_v4.1, cfg.virtual_v6.0, cfg.virtual_v6.1)?;
+        let synthetic = match &cfg.gateway {
+            Some(g) => {
+                let overlaps = negotiation::in_prefix(g.pool.0, (cfg.virtual_v4.0, cfg.virtual_v4.1.min(g.pool.1)));
+                if g.pool.1 > 30 || overlaps {
+                    return Err(ConfigError::new(
+                        "gateway.pool",
+                        "an IPv4 prefix of /30 or wider outside the virtual IPv4 prefix",
+                    ));
+                }
+                if g.names.len() > 16 {
+                    return Err(ConfigError::new("gateway.names", "at most 16 names (or \"*\")"));
+                }
+                if !g.all && g.names.is_empty() {
+                    return Err(ConfigError::new("gateway.names", "at least one name, or \"*\""));
+                }
+                let missing = g.relays.iter().find(|r| !cfg.relays.iter().any(|c| c.name == **r));
+                if let Some(r) = missing {
+                    log::error!("gateway relay {r} is not among the configured relays");
+                    return Err(ConfigError::new("gateway.rs", "names of configured relays only"));
+                }
+                Some(negotiation::SyntheticPool::new(g.pool))
+            }
+            None => None,
+        };
         let ids = IdSource::new(&mut *rng);
         let relays = cfg
             .relays
@@ -347,6 +376,7 @@ impl Dc {
             rng,
             ids,
             pool,
+            synthetic,
             nodes: HashMap::new(),
             keys: HashMap::new(),
             peers: Vec::new(),
@@ -447,11 +477,19 @@ impl Dc {
         self.transmit(Via::Stream { kind: StreamKind::Tls, server: None }, dst, bytes);
     }
 
+    /// Looks up `name`'s own addresses for negotiation `session` (the gateway).
+    fn query_addresses(&mut self, name: Fqdn, session: SessionId) {
+        let id = self.next_query;
+        self.next_query += 1;
+        self.dns_waits.insert(id, session);
+        self.queries.push_back(DnsQuery { id, name, addresses: true });
+    }
+
     fn query(&mut self, name: Fqdn, session: SessionId) -> u64 {
         let id = self.next_query;
         self.next_query += 1;
         self.dns_waits.insert(id, session);
-        self.queries.push_back(DnsQuery { id, name });
+        self.queries.push_back(DnsQuery { id, name, addresses: false });
         id
     }
 

@@ -26,10 +26,10 @@ use crate::time::Instant;
 use crate::wire::direction::{DirectionRequest, NodeInfo, NodeInfoAnswer, NodeInfoRequest};
 use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::registration::NatMapping;
-use crate::wire::relay::{RelayDirection, RelayDirectionAck};
+use crate::wire::relay::{GatewayDirection, RelayDirection, RelayDirectionAck};
 use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, Traversal, TunnelRole};
 use crate::wire::{Fqdn, Lifetime, List, Message, MsgType, RequestId, SessionId, Tail};
-use core::net::SocketAddr;
+use core::net::{Ipv4Addr, SocketAddr};
 
 /// Who acknowledged a Route Direction.
 #[derive(Clone, Copy)]
@@ -76,6 +76,90 @@ pub enum Decision {
     },
     /// No shared family and nothing to relay between.
     NoRoute,
+    /// To an ordinary host through an RS as its gateway; MN's side in `mn_v4`'s family.
+    Gateway {
+        /// MN's family.
+        mn_v4: bool,
+    },
+}
+
+/// Which ordinary hosts (hosts without NTMobile) a DC's boxes reach through an RS as
+/// their gateway (see docs/servers.md, "gateway"). None in a DC's configuration: nothing
+/// changes, an ordinary name is refused NotNtm and the box asks ordinary DNS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayPolicy {
+    /// The RSs to use, by name (empty: the usual RS selection among all).
+    pub relays: Vec<Fqdn>,
+    /// Every name outside the NTM domains.
+    pub all: bool,
+    /// These names and the names below them.
+    pub names: Vec<Fqdn>,
+    /// Only real addresses in these prefixes (empty: any).
+    pub prefixes: Vec<(Ipv4Addr, u8)>,
+    /// The synthetic addresses handed to boxes for ordinary hosts: inside what the boxes
+    /// route into their TUN device, outside every DC's virtual prefix.
+    pub pool: (Ipv4Addr, u8),
+}
+
+/// True if `a` lies in `prefix`.
+pub fn in_prefix(a: Ipv4Addr, (p, len): (Ipv4Addr, u8)) -> bool {
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
+    u32::from(a) & mask == u32::from(p) & mask
+}
+
+impl GatewayPolicy {
+    /// True if the box may reach `name` through the gateway.
+    pub fn covers(&self, name: &Fqdn) -> bool {
+        self.all || self.names.iter().any(|n| name.is_within(n))
+    }
+
+    /// True if the gateway may send to `real`.
+    pub fn allows(&self, real: Ipv4Addr) -> bool {
+        self.prefixes.is_empty() || self.prefixes.iter().any(|&p| in_prefix(real, p))
+    }
+}
+
+/// The synthetic address of each ordinary host's real address: the same one for the
+/// same real address as long as the pool has room (a full pool gives the least recently
+/// used one to a new host).
+pub(super) struct SyntheticPool {
+    base: u32,
+    hosts: u32,
+    by_real: std::collections::HashMap<Ipv4Addr, (Ipv4Addr, Instant)>,
+}
+
+impl SyntheticPool {
+    pub(super) fn new((p, len): (Ipv4Addr, u8)) -> Self {
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
+        let hosts = (!mask).saturating_sub(1);
+        SyntheticPool { base: u32::from(p) & mask, hosts, by_real: std::collections::HashMap::new() }
+    }
+
+    pub(super) fn get(&mut self, now: Instant, real: Ipv4Addr) -> Option<Ipv4Addr> {
+        if let Some((synthetic, used)) = self.by_real.get_mut(&real) {
+            *used = now;
+            return Some(*synthetic);
+        }
+        let taken: std::collections::HashSet<Ipv4Addr> = self.by_real.values().map(|(a, _)| *a).collect();
+        let free = (1..=self.hosts).map(|h| Ipv4Addr::from(self.base + h)).find(|a| !taken.contains(a));
+        let synthetic = match free {
+            Some(a) => a,
+            None => {
+                let (&old, &(a, _)) = self.by_real.iter().min_by_key(|(_, (_, used))| *used)?;
+                self.by_real.remove(&old);
+                a
+            }
+        };
+        self.by_real.insert(real, (synthetic, now));
+        Some(synthetic)
+    }
+}
+
+/// A gateway negotiation's ordinary host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GatewayTarget {
+    real: Ipv4Addr,
+    synthetic: Ipv4Addr,
 }
 
 fn endpoint(info: &NodeInfo, v4: bool) -> Option<&crate::wire::direction::Endpoint> {
@@ -139,6 +223,9 @@ pub(super) struct Negotiation {
     k_tun: Option<KTun>,
     k_tmp: Option<KTmp>,
     relay: Option<(usize, SocketAddr, SocketAddr)>,
+    /// Looking up (or found) an ordinary host for the gateway.
+    gateway_lookup: bool,
+    gateway: Option<GatewayTarget>,
     expires: Instant,
     /// Why it failed, to answer retransmitted Direction Requests.
     failure: Option<(Reason, String)>,
@@ -192,7 +279,7 @@ impl Negotiation {
 
     fn first_side(&self) -> Side {
         match self.decision {
-            Some(Decision::Direct { initiator: Side::Cn, .. }) => Side::Mn,
+            Some(Decision::Direct { initiator: Side::Cn, .. }) | Some(Decision::Gateway { .. }) => Side::Mn,
             _ => Side::Cn,
         }
     }
@@ -315,6 +402,8 @@ impl Dc {
             k_tun: None,
             k_tmp: None,
             relay: None,
+            gateway_lookup: false,
+            gateway: None,
             expires: now + self.cfg.negotiation_timeout,
             failure: None,
         });
@@ -351,9 +440,26 @@ impl Dc {
         if !matches!(self.negotiations.get(i).map(|n| &n.state), Some(State::ExpectDcLocation)) {
             return;
         }
+        if self.negotiations.get(i).is_some_and(|n| n.gateway_lookup) {
+            return self.gateway_addresses(now, i, answer);
+        }
         let loc = match answer {
             crate::engine::DnsAnswer::Dc(loc) if !loc.addrs.is_empty() => loc,
-            crate::engine::DnsAnswer::NotNtm => return self.fail(now, i, Reason::NotNtm, "not an NTMobile name"),
+            crate::engine::DnsAnswer::NotNtm => {
+                let cn = self.negotiations.get(i).map(|n| n.cn.clone());
+                if let (Some(cn), Some(policy)) = (cn, &self.cfg.gateway) {
+                    if policy.covers(&cn) {
+                        // An ordinary host the box reaches through the gateway: its own
+                        // addresses are looked up next.
+                        if let Some(n) = self.negotiations.get_mut(i) {
+                            n.gateway_lookup = true;
+                        }
+                        self.query_addresses(cn, session);
+                        return;
+                    }
+                }
+                return self.fail(now, i, Reason::NotNtm, "not an NTMobile name");
+            }
             // A lookup that failed says nothing about the name: a temporary refusal, so
             // the node does not take an NTMobile name for an ordinary one.
             _ => return self.fail(now, i, Reason::PeerUnreachable, "DNS lookup of the peer's zone failed"),
@@ -369,6 +475,62 @@ impl Dc {
         n.state = State::ExpectNodeInfo { request_id, retry: Retry::new(now, self.cfg.negotiation_backoff) };
         let msg = Message::NodeInfoRequest(NodeInfoRequest { request_id, fqdn: n.cn.clone(), requester: n.mn.clone() });
         self.send_server(now, To::Peer(peer), msg);
+    }
+
+    /// The ordinary host's addresses: its first IPv4 address the policy allows gets a
+    /// synthetic address, and the RS is directed. A host the gateway does not serve (no
+    /// such address, or the lookup failed) is refused NotNtm, so the box asks ordinary
+    /// DNS as it would without a gateway.
+    fn gateway_addresses(&mut self, now: Instant, i: usize, answer: crate::engine::DnsAnswer) {
+        let Some(policy) = self.cfg.gateway.clone() else { return };
+        let addrs = match answer {
+            crate::engine::DnsAnswer::Dc(loc) => loc.addrs,
+            _ => Vec::new(),
+        };
+        let real = addrs.iter().find_map(|a| match a.ip() {
+            core::net::IpAddr::V4(v4) if policy.allows(v4) => Some(v4),
+            _ => None,
+        });
+        let Some(real) = real else {
+            return self.fail(now, i, Reason::NotNtm, "not an NTMobile name; not for the gateway");
+        };
+        let Some(mn_info) = self.negotiations.get(i).and_then(|n| self.node_info(&n.mn)) else {
+            return self.fail(now, i, Reason::Internal, "asking node is not registered");
+        };
+        let mn_v4 = endpoint(&mn_info, true).is_some();
+        if !mn_v4 && endpoint(&mn_info, false).is_none() {
+            return self.fail(now, i, Reason::NoRoute, "asking node has no endpoint");
+        }
+        let Some(synthetic) = self.synthetic.as_mut().and_then(|p| p.get(now, real)) else {
+            return self.fail(now, i, Reason::Internal, "no synthetic address");
+        };
+        let relay = if policy.relays.is_empty() {
+            self.select_relay(mn_v4, true)
+        } else {
+            self.relays
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| policy.relays.contains(&r.link.name))
+                .min_by_key(|(_, r)| (r.silent_since.is_some(), r.rtt))
+                .map(|(x, _)| x)
+        };
+        let Some(relay) = relay else {
+            return self.fail(now, i, Reason::NoRelay, "no gateway relay server");
+        };
+        let k_tun = KTun::generate(&mut *self.rng);
+        let Some(n) = self.negotiations.get_mut(i) else { return };
+        log::info!(
+            "negotiation {}: {} reaches ordinary host {} ({real}) as {synthetic} via gateway",
+            n.session,
+            n.mn,
+            n.cn
+        );
+        n.home = Some(Home::Local);
+        n.decision = Some(Decision::Gateway { mn_v4 });
+        n.gateway = Some(GatewayTarget { real, synthetic });
+        n.k_tun = Some(k_tun);
+        n.k_tmp = None;
+        self.direct_relay(now, i, relay, None);
     }
 
     /// Messages from another DC, sealed with K_dcdc.
@@ -479,6 +641,8 @@ impl Dc {
         }
         match decision {
             Decision::NoRoute => self.fail(now, i, Reason::NoRoute, "no address family to reach the peer"),
+            // Only an ordinary host's addresses lead there (`gateway_addresses`).
+            Decision::Gateway { .. } => self.fail(now, i, Reason::Internal, "gateway decision for a node"),
             Decision::Direct { .. } => self.send_direction(now, i, true),
             Decision::Relay { mn_v4, cn_v4 } => {
                 let Some(relay) = self.select_relay(mn_v4, cn_v4) else {
@@ -504,16 +668,24 @@ impl Dc {
             policy.initial = policy.initial.min(rtt.saturating_mul(3).max(RELAY_ACK_MIN_WAIT));
         }
         policy.max = policy.max.min(RELAY_ACK_MAX_WAIT).max(policy.initial);
+        let node_v4 = self.negotiations.get(i).and_then(|n| self.node_info(&n.mn)).map(|m| m.virtual_addrs.v4);
         let Some(n) = self.negotiations.get_mut(i) else { return };
         let Some(key) = n.k_tun.clone() else { return };
         if again.is_none() {
             n.state = State::ExpectRelayAck { request_id, retry: Retry::new(now, policy), relay };
         }
-        let msg = Message::RelayDirection(RelayDirection {
-            request_id,
-            session: n.session,
-            k_tun: KeyGrant { key, lifetime },
-        });
+        let k_tun = KeyGrant { key, lifetime };
+        let msg = match (n.gateway, node_v4) {
+            (Some(g), Some(node)) => Message::GatewayDirection(GatewayDirection {
+                request_id,
+                session: n.session,
+                k_tun,
+                node,
+                synthetic: g.synthetic,
+                real: g.real,
+            }),
+            _ => Message::RelayDirection(RelayDirection { request_id, session: n.session, k_tun }),
+        };
         self.send_server(now, To::Relay(relay), msg);
     }
 
@@ -530,6 +702,7 @@ impl Dc {
         r.fell_silent(now);
         let fams = match self.negotiations.get(i).and_then(|n| n.decision) {
             Some(Decision::Relay { mn_v4, cn_v4 }) => (mn_v4, cn_v4),
+            Some(Decision::Gateway { mn_v4 }) => (mn_v4, true),
             _ => return false,
         };
         let next = self
@@ -560,8 +733,10 @@ impl Dc {
         }) else {
             return self.drops.count(DropReason::Stale);
         };
-        let Some(Decision::Relay { mn_v4, cn_v4 }) = self.negotiations.get(i).and_then(|n| n.decision) else {
-            return Received::Handled;
+        let (mn_v4, cn_v4) = match self.negotiations.get(i).and_then(|n| n.decision) {
+            Some(Decision::Relay { mn_v4, cn_v4 }) => (mn_v4, cn_v4),
+            Some(Decision::Gateway { mn_v4 }) => (mn_v4, true),
+            _ => return Received::Handled,
         };
         let pick = |v4: bool| a.relay_addrs.iter().find(|x| x.is_ipv4() == v4).copied();
         match (pick(mn_v4), pick(cn_v4)) {
@@ -584,6 +759,26 @@ impl Dc {
     /// The Route Direction for `side` of negotiation `i`.
     fn route_direction(&mut self, i: usize, side: Side) -> Option<RouteDirection> {
         let n = self.negotiations.get(i)?;
+        if let (Some(g), Some((_, m, _))) = (n.gateway, n.relay) {
+            // The box's only direction: the ordinary host by its name and synthetic
+            // address, behind the RS; no endpoints, no K_tmp.
+            let virtual_addrs = crate::wire::VirtualAddrs { v4: g.synthetic, v6: core::net::Ipv6Addr::UNSPECIFIED };
+            let peer = PeerInfo { fqdn: n.cn.clone(), virtual_addrs, endpoints: List::default() };
+            let (node, session, key) = (n.mn.clone(), n.session, n.k_tun.clone()?);
+            return Some(RouteDirection {
+                request_id: self.ids.next(),
+                session,
+                node,
+                side: Side::Mn,
+                role: TunnelRole::Initiate,
+                peer,
+                path: Path::Gateway(m),
+                k_tun: KeyGrant { key, lifetime: Lifetime::from_duration(self.cfg.tunnel_key_lifetime) },
+                k_tmp: None,
+                peer_attestation: None,
+                traversal: Tail(Traversal::Usual),
+            });
+        }
         let mn_info = self.node_info(&n.mn)?;
         let cn_info = n.cn_info.clone()?;
         let decision = n.decision?;
@@ -647,6 +842,7 @@ impl Dc {
         let prefer_v4 = match n.decision {
             Some(Decision::Direct { v4, .. }) => Some(v4),
             Some(Decision::Relay { mn_v4, cn_v4 }) => Some(if side == Side::Mn { mn_v4 } else { cn_v4 }),
+            Some(Decision::Gateway { mn_v4 }) => Some(mn_v4),
             _ => None,
         };
         let msg = Message::RouteDirection(rd);
@@ -679,7 +875,8 @@ impl Dc {
             return self.drops.count(DropReason::Unauthorized);
         }
         match n.state {
-            State::ExpectFirstAck { .. } => self.send_direction(now, i, false),
+            // A gateway session has one node: its acknowledgement finishes it.
+            State::ExpectFirstAck { .. } if n.gateway.is_none() => self.send_direction(now, i, false),
             _ => {
                 n.state = State::Finished { until: now + KEEP_FINISHED };
                 // The DC's part is done: it forgets the tunnel keys.
@@ -1006,6 +1203,32 @@ mod tests {
             attestation: None,
             mappings: Tail(mappings),
         }
+    }
+
+    #[test]
+    fn a_gateway_policy_and_its_synthetic_addresses() {
+        let policy = GatewayPolicy {
+            relays: Vec::new(),
+            all: false,
+            names: vec![Fqdn::new("plain.example").unwrap()],
+            prefixes: vec![([198, 51, 100, 0].into(), 24)],
+            pool: ([198, 18, 100, 0].into(), 30),
+        };
+        assert!(policy.covers(&Fqdn::new("www.plain.example").unwrap()));
+        assert!(policy.covers(&Fqdn::new("plain.example").unwrap()));
+        assert!(!policy.covers(&Fqdn::new("plain.example.org").unwrap()));
+        assert!(policy.allows([198, 51, 100, 7].into()) && !policy.allows([198, 51, 101, 7].into()));
+        // A /30 has two hosts: the same real address keeps its synthetic one, a third
+        // host takes the least recently used one's.
+        let mut pool = SyntheticPool::new(policy.pool);
+        let t = |ms| Instant::from_millis(ms);
+        let (a, b, c): (Ipv4Addr, Ipv4Addr, Ipv4Addr) =
+            ([192, 0, 2, 1].into(), [192, 0, 2, 2].into(), [192, 0, 2, 3].into());
+        assert_eq!(pool.get(t(1), a), Some([198, 18, 100, 1].into()));
+        assert_eq!(pool.get(t(2), b), Some([198, 18, 100, 2].into()));
+        assert_eq!(pool.get(t(3), a), Some([198, 18, 100, 1].into()), "the same host, the same address");
+        assert_eq!(pool.get(t(4), c), Some([198, 18, 100, 2].into()), "b was used least recently");
+        assert_eq!(pool.get(t(5), a), Some([198, 18, 100, 1].into()));
     }
 
     #[test]

@@ -382,6 +382,13 @@ impl Dc {
             let offer = Message::MappingOffer(MappingOffer { port: self.cfg.mapping_port });
             self.send_to_node_at(now, fqdn, to, &offer);
         }
+        // The names the gateway serves, for the box's DNS hook. A box of an earlier build
+        // drops the offer and never asks for them: nothing changes for it.
+        if let Some(g) = &self.cfg.gateway {
+            let names = crate::wire::List::from_vec(g.names.iter().take(16).cloned().collect()).unwrap_or_default();
+            let offer = Message::GatewayOffer(crate::wire::route::GatewayOffer { all: g.all, names });
+            self.send_to_node_at(now, fqdn, to, &offer);
+        }
     }
 
     /// A datagram to the mapping port ([`super::MAPPING_PORT`]): only a node's Mapping

@@ -207,6 +207,14 @@ pub enum NodeEvent {
     },
     /// The NS accepted the node's Notification Registration.
     NotificationsReady,
+    /// The DC is a gateway to ordinary hosts (a Gateway Offer): the DNS hook should ask
+    /// the DC ([`Node::resolve`]) for these names too, not only for NTM names.
+    GatewayNames {
+        /// Every ordinary name.
+        all: bool,
+        /// These names and the names below them.
+        names: Vec<Fqdn>,
+    },
     /// Every AS address of a login round failed (no connection, or no answer): the
     /// driver may resolve the AS's name again and give the result to
     /// [`Node::set_account_servers`]. The node tries again after its backoff.
@@ -498,7 +506,7 @@ impl Node {
     fn query(&mut self, name: Fqdn) -> u64 {
         let id = self.next_query;
         self.next_query += 1;
-        self.queries.push_back(DnsQuery { id, name });
+        self.queries.push_back(DnsQuery { id, name, addresses: false });
         id
     }
 
@@ -535,6 +543,13 @@ impl Node {
             Message::KeepaliveAck(a) => self.handle_keepalive_ack(now, a),
             Message::MappingProbeAck(a) => self.handle_mapping_probe_ack(a),
             Message::MappingOffer(o) => self.handle_mapping_offer(now, from, o),
+            Message::GatewayOffer(o) => {
+                // The DC's word on which ordinary names its RSs carry: the driver's DNS
+                // hook asks for them as for NTM names.
+                let names = o.names.iter().cloned().collect();
+                self.emit(NodeEvent::GatewayNames { all: o.all, names });
+                Received::Handled
+            }
             Message::RouteDirection(rd) => self.handle_route_direction(now, rd),
             Message::Refusal(r) => self.handle_dc_refusal(now, r),
             _ => self.drops.count(DropReason::Unexpected),
@@ -572,6 +587,7 @@ impl Node {
             MsgType::RegistrationResponse
             | MsgType::KeepaliveAck
             | MsgType::MappingOffer
+            | MsgType::GatewayOffer
             | MsgType::MappingProbeAck
             | MsgType::RouteDirection
             | MsgType::Refusal
@@ -582,6 +598,7 @@ impl Node {
             MsgType::RegistrationResponse
             | MsgType::KeepaliveAck
             | MsgType::MappingOffer
+            | MsgType::GatewayOffer
             | MsgType::MappingProbeAck
             | MsgType::RouteDirection
             | MsgType::Refusal => self.drops.count(DropReason::UnknownKey),

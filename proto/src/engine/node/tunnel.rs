@@ -258,6 +258,10 @@ pub(super) struct Tunnel {
     role: TunnelRole,
     /// The RS, for a relayed session (hole punches go there in any state).
     relay: Option<SocketAddr>,
+    /// The peer is an ordinary host behind `relay` as its gateway: no Tunnel Request,
+    /// the data key is derived from K_tun, the tunnel is up once the RS acknowledges a
+    /// punch (see [`Path::Gateway`]).
+    gateway: bool,
     k_tun: Channel<Tun>,
     k_tmp: Option<KTmp>,
     peer_key: Option<AttestedKey>,
@@ -976,7 +980,10 @@ impl Node {
             }
             _ => None,
         };
-        if peer_key.is_none() && (rd.k_tmp.is_none() || self.cfg.strict_public_key_mode) {
+        let gateway = matches!(rd.path, Path::Gateway(_));
+        // A gateway tunnel wraps no K_mncn: its data key comes from K_tun, which the RS
+        // at its other end holds.
+        if !gateway && peer_key.is_none() && (rd.k_tmp.is_none() || self.cfg.strict_public_key_mode) {
             self.refuse_to_dc(
                 now,
                 MsgType::RouteDirection,
@@ -998,7 +1005,7 @@ impl Node {
             }
         }
         let relay = match rd.path {
-            Path::Relay(a) => Some(a),
+            Path::Relay(a) | Path::Gateway(a) => Some(a),
             Path::Direct => None,
         };
         log::info!(
@@ -1007,7 +1014,7 @@ impl Node {
             rd.side,
             rd.role,
             rd.peer.fqdn,
-            relay.map_or("directly".to_string(), |a| format!("via RS {a}"))
+            relay.map_or("directly".to_string(), |a| format!("via RS {a}{}", if gateway { " (gateway)" } else { "" }))
         );
         let state = match relay {
             Some(_) => TunnelState::Punching { retry: Retry::new(now, self.cfg.tunnel_backoff) },
@@ -1019,6 +1026,7 @@ impl Node {
             side: rd.side,
             role: rd.role,
             relay,
+            gateway,
             k_tun,
             k_tmp: rd.k_tmp,
             peer_key,
@@ -1130,7 +1138,18 @@ impl Node {
             }
             return Received::Handled;
         }
-        if t.role == TunnelRole::Initiate {
+        if t.gateway {
+            // The RS is the other end and holds the session: the tunnel is up.
+            let key = t.k_tun.key().gateway_data_key();
+            let (Some(rs), expires) = (t.relay, t.k_tun.expires()) else { return Received::Handled };
+            let Ok(data) = Channel::new(key, KeyId(t.session.0), Sender::Initiator, expires) else {
+                return Received::Handled;
+            };
+            t.state = TunnelState::Established(Established::new(now, data, Some(rs), rs));
+            t.up(now);
+            drop(t);
+            self.tunnel_established(now, id);
+        } else if t.role == TunnelRole::Initiate {
             drop(t);
             self.start_tunnel_request(now, id);
         } else {

@@ -1,0 +1,687 @@
+//! The RS as a gateway to ordinary hosts (hosts without NTMobile).
+//!
+//! A DC sets up a gateway session with a Gateway Direction: the box's virtual address,
+//! the synthetic address the DC gave the box for the ordinary host, the host's real
+//! address, and K_tun. The box hole-punches as on a relayed tunnel and then sends its
+//! packets to the synthetic address as Data sealed under the data key derived from K_tun
+//! (the box as `Initiator`, the RS as `Responder`). The RS opens them, lets through only
+//! packets from the box's virtual address to the synthetic one (no open relay), and
+//! rewrites them: destination synthetic -> real, source box -> an internal address of its
+//! own, one per (box, synthetic address) pair, so that every answer maps back to exactly
+//! one box. The driver writes them to a TUN device; the kernel masquerades the internal
+//! pool behind the RS's address. An answer read from the TUN device is mapped back
+//! (source real -> synthetic, destination internal -> box), sealed, and sent to where the
+//! box last punched from, so a box that moves keeps its connections: the ordinary host
+//! only ever sees the RS's address.
+//!
+//! A renegotiated session of the same box to the same host (after a move, or a new key)
+//! takes over the pair's internal address, so the kernel's NAT state, and with it the
+//! host's view of every connection, stays the same.
+
+use super::{DropCounters, DropReason, Received, Transmit, Via};
+use crate::crypto::{Channel, TAG_LEN};
+use crate::keys::{MnCn, Tun};
+use crate::time::{Duration, Instant};
+use crate::wire::{MsgType, SessionId, HEADER_LEN};
+use core::net::{Ipv4Addr, SocketAddr};
+use std::collections::HashMap;
+
+/// How an RS is a gateway. [`GatewayConfig::new`] fills in the defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// The internal IPv4 prefix: its first address is the TUN device's, each of the
+    /// others one (box, ordinary host) pair's, masqueraded behind the RS's address by the
+    /// kernel.
+    pub internal: (Ipv4Addr, u8),
+    /// Most gateway sessions at once.
+    pub max_sessions: usize,
+    /// Most ordinary hosts (synthetic addresses) one box (by its virtual address) reaches
+    /// at once; each pair has at most [`SESSIONS_PER_PAIR`] sessions.
+    pub max_hosts_per_box: usize,
+    /// Most flows (protocol, ports) one session may open.
+    pub max_flows_per_session: usize,
+    /// A session with no packet for this long ends; a flow with none for this long no
+    /// longer counts.
+    pub idle_timeout: Duration,
+    /// Most packets per second one session may carry (both directions together).
+    pub max_session_pps: u32,
+}
+
+impl GatewayConfig {
+    /// Defaults for the internal prefix `internal`.
+    pub fn new(internal: (Ipv4Addr, u8)) -> Self {
+        GatewayConfig {
+            internal,
+            max_sessions: 1024,
+            max_hosts_per_box: 16,
+            max_flows_per_session: 256,
+            idle_timeout: Duration::from_secs(300),
+            max_session_pps: 100_000,
+        }
+    }
+}
+
+/// Gateway counters for status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatewayStats {
+    /// Packets from boxes sent on to ordinary hosts.
+    pub to_hosts: u64,
+    /// Packets from ordinary hosts returned to boxes.
+    pub to_boxes: u64,
+    /// Box packets to anything but the session's synthetic address, or from anything
+    /// but the box's virtual address (no open relay).
+    pub dropped_not_allowed: u64,
+    /// Packets over a session's rate, or a new flow over its flow limit.
+    pub dropped_limit: u64,
+    /// Packets from the TUN device for no session, or not from the session's host.
+    pub dropped_unmapped: u64,
+    /// Packets that are not IPv4 or do not parse.
+    pub dropped_malformed: u64,
+    /// Gateway Directions refused (no gateway configured, table full).
+    pub refused: u64,
+}
+
+/// A gateway session as status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewaySessionInfo {
+    /// The session.
+    pub session: SessionId,
+    /// The box's virtual address.
+    pub node: Ipv4Addr,
+    /// The synthetic address and the real one behind it.
+    pub synthetic: Ipv4Addr,
+    /// The ordinary host.
+    pub real: Ipv4Addr,
+    /// The internal address its packets leave from.
+    pub internal: Ipv4Addr,
+    /// Where the box last punched from.
+    pub endpoint: Option<SocketAddr>,
+    /// Flows counted now.
+    pub flows: usize,
+    /// Packets each way: to the host, to the box.
+    pub to_host: u64,
+    /// Packets to the box.
+    pub to_box: u64,
+}
+
+pub(super) struct GatewaySession {
+    pub(super) k_tun: Channel<Tun>,
+    data: Channel<MnCn>,
+    node: Ipv4Addr,
+    synthetic: Ipv4Addr,
+    real: Ipv4Addr,
+    internal: Ipv4Addr,
+    pub(super) endpoint: Option<SocketAddr>,
+    pub(super) last_activity: Instant,
+    second: u64,
+    budget: u32,
+    flows: HashMap<(u8, u16, u16), Instant>,
+    to_host: u64,
+    to_box: u64,
+    /// The last datagrams sent to the box (when, where, the sealed bytes), to send again
+    /// when it turns up at a new address ([`GatewaySession::moved`]).
+    recent: std::collections::VecDeque<(Instant, SocketAddr, Vec<u8>)>,
+}
+
+/// Datagrams to the box kept for a move, and how old and how many bytes of them go again
+/// (as the node keeps its own, see node/resend.rs): what went to the box's old address
+/// between its move and its first punch from the new one would otherwise be lost, and the
+/// ordinary host's TCP would wait for its retransmission timer.
+const RECENT_SLOTS: usize = 48;
+const RECENT_WINDOW: Duration = Duration::from_millis(300);
+const RECENT_BYTES_MAX: usize = 64 * 1024;
+
+impl GatewaySession {
+    /// The box punched from `to`: it is there now. If that is a new address, the recent
+    /// datagrams that went to the old one go again, oldest first (a copy the box had
+    /// received after all is refused by its replay window: nothing is delivered twice,
+    /// and nothing is sealed again).
+    pub(super) fn moved(&mut self, now: Instant, to: SocketAddr) -> Vec<Transmit> {
+        let old = self.endpoint.replace(to);
+        let Some(old) = old.filter(|o| *o != to) else { return Vec::new() };
+        let mut bytes = 0;
+        let mut again: Vec<Transmit> = self
+            .recent
+            .iter()
+            .rev()
+            .filter(|(at, dst, _)| *dst == old && now < *at + RECENT_WINDOW)
+            .take_while(|(_, _, b)| {
+                bytes += b.len();
+                bytes <= RECENT_BYTES_MAX
+            })
+            .map(|(_, _, b)| Transmit { via: Via::Udp, dst: to, payload: b.clone() })
+            .collect();
+        again.reverse();
+        again
+    }
+}
+
+/// Most sessions of one (box, synthetic address) pair.
+pub const SESSIONS_PER_PAIR: usize = 4;
+
+/// One (box, synthetic address) pair's internal address.
+struct Mapping {
+    internal: Ipv4Addr,
+    /// The session answers go back on: the last one the box sent on.
+    session: SessionId,
+}
+
+/// The gateway sessions of an RS.
+pub(super) struct Gateway {
+    cfg: GatewayConfig,
+    sessions: HashMap<SessionId, GatewaySession>,
+    mappings: HashMap<(Ipv4Addr, Ipv4Addr), Mapping>,
+    by_internal: HashMap<Ipv4Addr, (Ipv4Addr, Ipv4Addr)>,
+    /// Where the search for a free internal address starts (host 2 + this).
+    next_internal: u32,
+    stats: GatewayStats,
+}
+
+/// Why a Gateway Direction is refused.
+pub(super) enum Refuse {
+    /// The table is full, or the box has its share.
+    Full,
+    /// K_tun cannot be used.
+    BadKey,
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len.min(32)))
+    }
+}
+
+impl Gateway {
+    pub(super) fn new(cfg: GatewayConfig) -> Self {
+        Gateway {
+            cfg,
+            sessions: HashMap::new(),
+            mappings: HashMap::new(),
+            by_internal: HashMap::new(),
+            next_internal: 0,
+            stats: GatewayStats::default(),
+        }
+    }
+
+    pub(super) fn stats(&self) -> GatewayStats {
+        self.stats
+    }
+
+    pub(super) fn contains(&self, session: SessionId) -> bool {
+        self.sessions.contains_key(&session)
+    }
+
+    pub(super) fn get_mut(&mut self, session: SessionId) -> Option<&mut GatewaySession> {
+        self.sessions.get_mut(&session)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub(super) fn held_keys(&self, out: &mut Vec<(&'static str, u64)>) {
+        for s in self.sessions.values() {
+            out.push(("K_tun", s.k_tun.key().fingerprint()));
+        }
+    }
+
+    pub(super) fn sessions(&self) -> Vec<GatewaySessionInfo> {
+        let mut v: Vec<_> = self
+            .sessions
+            .iter()
+            .map(|(id, s)| GatewaySessionInfo {
+                session: *id,
+                node: s.node,
+                synthetic: s.synthetic,
+                real: s.real,
+                internal: s.internal,
+                endpoint: s.endpoint,
+                flows: s.flows.len(),
+                to_host: s.to_host,
+                to_box: s.to_box,
+            })
+            .collect();
+        v.sort_by_key(|s| s.session);
+        v
+    }
+
+    /// A new session (a Gateway Direction); a retransmission is no new one.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn open(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        k_tun: crate::keys::KeyGrant<Tun>,
+        node: Ipv4Addr,
+        synthetic: Ipv4Addr,
+        real: Ipv4Addr,
+    ) -> Result<(), Refuse> {
+        if self.sessions.contains_key(&session) {
+            return Ok(());
+        }
+        let new_pair = !self.mappings.contains_key(&(node, synthetic));
+        let hosts = self.mappings.keys().filter(|(n, _)| *n == node).count();
+        if self.sessions.len() >= self.cfg.max_sessions || (new_pair && hosts >= self.cfg.max_hosts_per_box) {
+            self.stats.refused += 1;
+            return Err(Refuse::Full);
+        }
+        // A box that moves often renegotiates often: the pair's least recently active
+        // session makes room (the box has left it; its tunnel ended after its grace).
+        let of_pair: Vec<(SessionId, Instant)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| (s.node, s.synthetic) == (node, synthetic))
+            .map(|(id, s)| (*id, s.last_activity))
+            .collect();
+        if of_pair.len() >= SESSIONS_PER_PAIR {
+            if let Some((old, _)) = of_pair.iter().min_by_key(|(_, at)| *at) {
+                log::info!("gateway session {old} ended: replaced by {session}");
+                self.sessions.remove(old);
+            }
+        }
+        let live = &self.sessions;
+        let internal = match self.mappings.get_mut(&(node, synthetic)) {
+            // The pair's address, so the kernel's NAT state (and the host's view) stays.
+            // Answers go on the pair's session until the box sends on this one.
+            Some(m) => {
+                if !live.contains_key(&m.session) {
+                    m.session = session;
+                }
+                m.internal
+            }
+            None => {
+                let Some(internal) = self.free_internal() else {
+                    self.stats.refused += 1;
+                    return Err(Refuse::Full);
+                };
+                self.mappings.insert((node, synthetic), Mapping { internal, session });
+                self.by_internal.insert(internal, (node, synthetic));
+                internal
+            }
+        };
+        let expires = now + k_tun.lifetime.duration();
+        let id = crate::wire::KeyId(session.0);
+        let data_key = k_tun.key.gateway_data_key();
+        let (Ok(k_tun), Ok(data)) = (
+            Channel::new(k_tun.key, id, crate::wire::Sender::Rs, expires),
+            Channel::new(data_key, id, crate::wire::Sender::Responder, expires),
+        ) else {
+            self.stats.refused += 1;
+            return Err(Refuse::BadKey);
+        };
+        log::info!("gateway session {session}: {node} -> {synthetic} is {real}, leaves as {internal}");
+        self.sessions.insert(
+            session,
+            GatewaySession {
+                k_tun,
+                data,
+                node,
+                synthetic,
+                real,
+                internal,
+                endpoint: None,
+                last_activity: now,
+                second: 0,
+                budget: 0,
+                flows: HashMap::new(),
+                to_host: 0,
+                to_box: 0,
+                recent: std::collections::VecDeque::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// A free internal address, the one after the last given out first: an address is
+    /// given again only after the whole pool was, so that the kernel's translation
+    /// entries of a pair that ended (a TCP entry lives for days) have long gone before
+    /// another pair gets its address.
+    fn free_internal(&mut self) -> Option<Ipv4Addr> {
+        let (p, len) = self.cfg.internal;
+        let m = mask(len);
+        let base = u32::from(p) & m;
+        // The first address is the TUN device's own: hosts 2 to `last`.
+        let last = (!m).saturating_sub(1);
+        let count = last.checked_sub(1)?;
+        let start = self.next_internal;
+        let found = (0..count)
+            .map(|i| 2 + (start + i) % count)
+            .map(|h| Ipv4Addr::from(base + h))
+            .find(|a| !self.by_internal.contains_key(a))?;
+        self.next_internal = (u32::from(found) - base - 2 + 1) % count;
+        Some(found)
+    }
+
+    /// A Data datagram of gateway session `session` from the box: opened, checked and
+    /// rewritten in place: [`Received::Ip`] with the range of `buf` to write to the TUN
+    /// device, or the drop.
+    pub(super) fn box_packet(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        buf: &mut [u8],
+        drops: &mut DropCounters,
+    ) -> Received {
+        let max_pps = self.cfg.max_session_pps;
+        let (max_flows, idle) = (self.cfg.max_flows_per_session, self.cfg.idle_timeout);
+        let Some(s) = self.sessions.get_mut(&session) else { return drops.count(DropReason::UnknownKey) };
+        if !take_budget(s, now, max_pps) {
+            self.stats.dropped_limit += 1;
+            return drops.count(DropReason::Limit);
+        }
+        let opened = match s.data.open_in_place(now, buf) {
+            Ok(o) => o,
+            Err(e) => return drops.count(DropReason::from(e)),
+        };
+        let body = opened.body;
+        let Some(packet) = buf.get_mut(body.clone()) else { return drops.count(DropReason::Malformed) };
+        let Some(ip) = Ipv4::parse(packet) else {
+            self.stats.dropped_malformed += 1;
+            return drops.count(DropReason::Malformed);
+        };
+        if ip.src != s.node || ip.dst != s.synthetic {
+            // Anything but the box to its ordinary host: no open relay.
+            self.stats.dropped_not_allowed += 1;
+            return drops.count(DropReason::Unauthorized);
+        }
+        let flow = (ip.proto, ip.src_port.unwrap_or(0), ip.dst_port.unwrap_or(0));
+        if !s.flows.contains_key(&flow) {
+            if s.flows.len() >= max_flows {
+                s.flows.retain(|_, last| now < *last + idle);
+            }
+            if s.flows.len() >= max_flows {
+                self.stats.dropped_limit += 1;
+                return drops.count(DropReason::Limit);
+            }
+        }
+        s.flows.insert(flow, now);
+        rewrite(packet, &ip, s.internal, s.real);
+        s.last_activity = now;
+        s.to_host += 1;
+        self.stats.to_hosts += 1;
+        if let Some(m) = self.mappings.get_mut(&(s.node, s.synthetic)) {
+            m.session = session;
+        }
+        Received::Ip(body)
+    }
+
+    /// An IP packet the RS's TUN device gave back (an ordinary host's answer): mapped
+    /// back, sealed for the box and addressed to where it last punched from.
+    pub(super) fn host_packet(&mut self, now: Instant, packet: &[u8], drops: &mut DropCounters) -> Option<Transmit> {
+        let max_pps = self.cfg.max_session_pps;
+        if packet.first().is_some_and(|b| b >> 4 == 6) {
+            // The kernel's own IPv6 on the device (router solicitations, MLD): no host's
+            // answer, nothing to count.
+            return None;
+        }
+        let Some(ip) = Ipv4::parse(packet) else {
+            self.stats.dropped_malformed += 1;
+            drops.count(DropReason::Malformed);
+            return None;
+        };
+        let session = self.by_internal.get(&ip.dst).and_then(|pair| self.mappings.get(pair)).map(|m| m.session);
+        let Some(s) = session.and_then(|id| self.sessions.get_mut(&id)) else {
+            self.stats.dropped_unmapped += 1;
+            drops.count(DropReason::UnknownKey);
+            return None;
+        };
+        let (Some(to), true) = (s.endpoint, ip.src == s.real) else {
+            self.stats.dropped_unmapped += 1;
+            drops.count(DropReason::Unauthorized);
+            return None;
+        };
+        if !take_budget(s, now, max_pps) {
+            self.stats.dropped_limit += 1;
+            drops.count(DropReason::Limit);
+            return None;
+        }
+        let mut out = vec![0u8; HEADER_LEN + packet.len() + TAG_LEN];
+        let inner = out.get_mut(HEADER_LEN..HEADER_LEN + packet.len())?;
+        inner.copy_from_slice(packet);
+        rewrite(inner, &ip, s.synthetic, s.node);
+        if let Err(e) = s.data.seal_in_place(now, MsgType::Data, &mut out) {
+            log::warn!("gateway session: cannot seal for the box: {e}");
+            return None;
+        }
+        s.last_activity = now;
+        s.to_box += 1;
+        self.stats.to_boxes += 1;
+        if s.recent.len() >= RECENT_SLOTS {
+            s.recent.pop_front();
+        }
+        s.recent.push_back((now, to, out.clone()));
+        Some(Transmit { via: Via::Udp, dst: to, payload: out })
+    }
+
+    /// Ends idle and expired sessions, and frees the internal addresses no session uses.
+    pub(super) fn expire(&mut self, now: Instant) {
+        let idle = self.cfg.idle_timeout;
+        self.sessions.retain(|id, s| {
+            let keep = now < s.last_activity + idle && !s.k_tun.is_expired(now);
+            if !keep {
+                log::info!("gateway session {id} ended (idle or key expired)");
+            }
+            keep
+        });
+        let sessions = &self.sessions;
+        let mut freed = Vec::new();
+        for (pair, m) in self.mappings.iter_mut() {
+            if sessions.contains_key(&m.session) {
+                continue;
+            }
+            match sessions.iter().filter(|(_, s)| (s.node, s.synthetic) == *pair).max_by_key(|(_, s)| s.last_activity) {
+                Some((id, _)) => m.session = *id,
+                None => freed.push(*pair),
+            }
+        }
+        for pair in freed {
+            if let Some(m) = self.mappings.remove(&pair) {
+                self.by_internal.remove(&m.internal);
+            }
+        }
+    }
+
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        let idle = self.cfg.idle_timeout;
+        self.sessions.values().map(|s| (s.last_activity + idle).min(s.k_tun.expires())).min()
+    }
+}
+
+fn take_budget(s: &mut GatewaySession, now: Instant, max_pps: u32) -> bool {
+    let second = now.as_millis() / 1000;
+    if s.second != second {
+        s.second = second;
+        s.budget = max_pps;
+    }
+    if s.budget == 0 {
+        return false;
+    }
+    s.budget -= 1;
+    true
+}
+
+/// What the gateway reads of an IPv4 packet.
+struct Ipv4 {
+    ihl: usize,
+    proto: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    /// Ports (TCP, UDP) or the echo identifier (ICMP, as the source), first fragments
+    /// only.
+    src_port: Option<u16>,
+    dst_port: Option<u16>,
+    /// The transport header is in this packet (not a later fragment).
+    first_fragment: bool,
+}
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+
+impl Ipv4 {
+    fn parse(p: &[u8]) -> Option<Ipv4> {
+        let b = |i: usize| p.get(i).copied();
+        if b(0)? >> 4 != 4 {
+            return None;
+        }
+        let ihl = usize::from(b(0)? & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([b(2)?, b(3)?]));
+        if ihl < 20 || total < ihl || total > p.len() {
+            return None;
+        }
+        let offset = u16::from_be_bytes([b(6)?, b(7)?]) & 0x1fff;
+        let proto = b(9)?;
+        let addr = |i: usize| Some(Ipv4Addr::new(b(i)?, b(i + 1)?, b(i + 2)?, b(i + 3)?));
+        let first_fragment = offset == 0;
+        let port =
+            |i: usize| if first_fragment { Some(u16::from_be_bytes([b(ihl + i)?, b(ihl + i + 1)?])) } else { None };
+        let (src_port, dst_port) = match proto {
+            TCP | UDP => (port(0), port(2)),
+            ICMP => (port(4), None),
+            _ => (None, None),
+        };
+        Some(Ipv4 { ihl, proto, src: addr(12)?, dst: addr(16)?, src_port, dst_port, first_fragment })
+    }
+}
+
+/// RFC 1624: the one's-complement checksum `sum` after 32 bits `old` became `new`.
+fn adjust(sum: u16, old: Ipv4Addr, new: Ipv4Addr) -> u16 {
+    let (o, n) = (u32::from(old), u32::from(new));
+    let mut acc = u32::from(!sum);
+    for shift in [16, 0] {
+        let (o16, n16) = ((o >> shift) as u16, (n >> shift) as u16);
+        acc += u32::from(!o16) + u32::from(n16);
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+fn adjust_at(p: &mut [u8], at: usize, old: Ipv4Addr, new: Ipv4Addr, udp: bool) {
+    let Some(field) = p.get_mut(at..at + 2) else { return };
+    let mut bytes = [0u8; 2];
+    bytes.copy_from_slice(field);
+    let sum = u16::from_be_bytes(bytes);
+    if udp && sum == 0 {
+        return; // no checksum
+    }
+    let mut next = adjust(sum, old, new);
+    if udp && next == 0 {
+        next = 0xffff;
+    }
+    field.copy_from_slice(&next.to_be_bytes());
+}
+
+/// Sets the packet's source to `src` and destination to `dst`, with the IPv4 header's
+/// checksum and TCP's or UDP's (their pseudo-header has the addresses) updated. ICMP's
+/// checksum does not cover the addresses.
+fn rewrite(p: &mut [u8], ip: &Ipv4, src: Ipv4Addr, dst: Ipv4Addr) {
+    let l4 = match (ip.proto, ip.first_fragment) {
+        (TCP, true) => Some((ip.ihl + 16, false)),
+        (UDP, true) => Some((ip.ihl + 6, true)),
+        _ => None,
+    };
+    for (old, new, at) in [(ip.src, src, 12), (ip.dst, dst, 16)] {
+        adjust_at(p, 10, old, new, false);
+        if let Some((sum_at, udp)) = l4 {
+            adjust_at(p, sum_at, old, new, udp);
+        }
+        if let Some(field) = p.get_mut(at..at + 4) {
+            field.copy_from_slice(&new.octets());
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) const TCP_PROTO: u8 = TCP;
+
+    /// The one's-complement sum over `data`, folded and inverted.
+    fn checksum(data: &[u8], init: u32) -> u16 {
+        let mut acc = init;
+        for c in data.chunks(2) {
+            acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        !(acc as u16)
+    }
+
+    /// An IPv4 TCP or UDP packet with correct checksums.
+    pub(crate) fn packet(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+        let l4_len = if proto == TCP { 20 } else { 8 } + payload.len();
+        let total = 20 + l4_len;
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = proto;
+        p[12..16].copy_from_slice(&src.octets());
+        p[16..20].copy_from_slice(&dst.octets());
+        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&80u16.to_be_bytes());
+        if proto == TCP {
+            p[32] = 0x50;
+            p[40..].copy_from_slice(payload);
+        } else {
+            p[24..26].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            p[28..].copy_from_slice(payload);
+        }
+        fill_checksums(&mut p);
+        p
+    }
+
+    pub(crate) fn fill_checksums(p: &mut [u8]) {
+        p[10..12].copy_from_slice(&[0, 0]);
+        let h = checksum(&p[..20], 0);
+        p[10..12].copy_from_slice(&h.to_be_bytes());
+        let proto = p[9];
+        let at = if proto == TCP { 36 } else { 26 };
+        p[at..at + 2].copy_from_slice(&[0, 0]);
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&p[12..20]);
+        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&((p.len() - 20) as u16).to_be_bytes());
+        pseudo.extend_from_slice(&p[20..]);
+        let mut s = checksum(&pseudo, 0);
+        if proto == UDP && s == 0 {
+            s = 0xffff;
+        }
+        p[at..at + 2].copy_from_slice(&s.to_be_bytes());
+    }
+
+    #[test]
+    fn a_rewrite_keeps_every_checksum_right() {
+        let (a, b) = (Ipv4Addr::new(198, 18, 1, 2), Ipv4Addr::new(198, 18, 100, 1));
+        let (c, d) = (Ipv4Addr::new(100, 127, 0, 1), Ipv4Addr::new(203, 0, 113, 80));
+        for proto in [TCP, UDP] {
+            for payload in [&b""[..], b"x", b"odd length payload!", &[0xff; 100]] {
+                let mut p = packet(proto, a, b, payload);
+                let ip = Ipv4::parse(&p).unwrap();
+                assert_eq!((ip.src, ip.dst, ip.src_port, ip.dst_port), (a, b, Some(40000), Some(80)));
+                rewrite(&mut p, &ip, c, d);
+                let mut want = p.clone();
+                fill_checksums(&mut want);
+                assert_eq!(p, want, "proto {proto}, {} bytes of payload", payload.len());
+                assert_eq!(&p[12..20], &[c.octets(), d.octets()].concat()[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn what_is_not_a_whole_ipv4_packet_does_not_parse() {
+        let p = packet(TCP, Ipv4Addr::new(198, 18, 1, 2), Ipv4Addr::new(198, 18, 100, 1), b"abc");
+        for n in 0..p.len() {
+            assert!(Ipv4::parse(&p[..n]).is_none(), "cut at {n}");
+        }
+        let mut v6 = p.clone();
+        v6[0] = 0x60;
+        assert!(Ipv4::parse(&v6).is_none());
+    }
+}
