@@ -1,0 +1,124 @@
+//! The box serves its LAN (issue 17, part 2): each box has a LAN namespace behind it (a
+//! veth `lan0` to a "LAN host" whose default route is the box). Box b announces its LAN
+//! prefix. The LAN host of box a resolves box b's name through box a's DNS stub, then holds
+//! two TCP connections: one to box b itself (by the virtual address it resolved; box a
+//! masquerades the LAN source) and one to box b's LAN host (the announced prefix). Box a
+//! moves to another network in the middle; both connections go on, and the stalls are
+//! printed (`--nocapture`). Also: a query from outside the LAN subnets is not answered,
+//! a peer cannot send to a LAN address outside the announced prefixes, and an announced
+//! prefix overlapping another box's is refused with a clear error.
+//!
+//! Needs root, nft, NSD, dig and socat; the binaries come from
+//! `cargo build --release --workspace --bins` (or `NTM_BIN_DIR`).
+//!
+//! Addresses: box a's LAN 198.19.31.0/24 (box .1, host .2), box b's LAN 198.19.32.0/24
+//! (announced) and 198.19.33.0/24 (not announced), all on `lan0` of each box.
+
+#![allow(clippy::print_stderr)]
+
+use ntm_lab::deploy::{or_skip, Access, Deployment, NatKind};
+use ntm_lab::stream::LineStream;
+use ntm_lab::{tools_or_skip, Ns};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const B: &str = "b.zone-b.test";
+/// Box b's announced LAN prefix.
+const B_LAN: &str = "198.19.32.0/24";
+/// The longest pause a move may cause in a LAN device's connection (as for the box's own,
+/// moves.rs).
+const STALL_BUDGET: Duration = Duration::from_secs(1);
+
+/// Gives box `i` a LAN: `lan0` on the box with `box_cidrs`, a LAN host namespace with
+/// `host_cidrs` whose default route is the box.
+fn lan(d: &mut Deployment, i: usize, box_cidrs: &[&str], host_cidrs: &[&str]) -> Ns {
+    let x = if i == 0 { "a" } else { "b" };
+    let host = d.lab.netns(&format!("lanhost-{x}"), false).unwrap();
+    let bx = d.boxes[i].ns.clone();
+    d.lab.step(format!("box {x}: lan0 {box_cidrs:?}, LAN host {host_cidrs:?}"));
+    d.lab.link(&bx, "lan0", &host, "eth0").unwrap();
+    for c in box_cidrs {
+        d.lab.addr(&bx, "lan0", c).unwrap();
+    }
+    for c in host_cidrs {
+        d.lab.addr(&host, "eth0", c).unwrap();
+    }
+    let gw = box_cidrs[0].split('/').next().unwrap_or_default().to_string();
+    d.lab.route(&host, &["default", "via", &gw]).unwrap();
+    host
+}
+
+fn lan_cfg(c: &mut Value, announce: &[&str]) {
+    c["lan"] = json!({"interfaces": ["lan0"], "announce": announce});
+}
+
+/// The two boxes with their LANs, box a behind a NAT with a spare uplink for the move,
+/// box b announcing [`B_LAN`]; both agents registered. (deployment, LAN host a, LAN host b)
+fn two_lans(label: &str) -> Option<(Deployment, Ns, Ns)> {
+    if !tools_or_skip(label, &["socat", "nft", "dig"]) {
+        return None;
+    }
+    let mut d = or_skip(Deployment::start_with(label, [Access::Nat(NatKind::PortRestricted), Access::Global4]), label)?;
+    let host_a = lan(&mut d, 0, &["198.19.31.1/24"], &["198.19.31.2/24"]);
+    let host_b = lan(&mut d, 1, &["198.19.32.1/24", "198.19.33.1/24"], &["198.19.32.2/24", "198.19.33.2/24"]);
+    d.up_with(|_, i, c| lan_cfg(c, if i == 1 { &[B_LAN] } else { &[] })).expect("both boxes register");
+    Some((d, host_a, host_b))
+}
+
+/// `dig +short` from `ns` through the DNS server at `server`, from `source` if given.
+fn dig_from(d: &Deployment, ns: &Ns, server: &str, source: Option<&str>, name: &str) -> String {
+    let at = format!("@{server}");
+    let mut cmd = vec!["dig", "+short", "+time=2", "+tries=1", &at, name, "A"];
+    if let Some(s) = source {
+        cmd.extend(["-b", s]);
+    }
+    d.lab.try_exec(ns, &cmd).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
+
+fn lan_counter(d: &Deployment, i: usize, what: &str) -> u64 {
+    d.status(i).and_then(|s| s["lan"][what].as_u64()).unwrap_or(0)
+}
+
+/// Waits until the stream has gone on for 40 more echoes; its longest pause after `moved`.
+fn stall_after(d: &Deployment, stream: &LineStream, moved: Instant, what: &str) -> Duration {
+    let n = stream.count();
+    assert!(d.lab.wait_for(30, || stream.count() >= n + 40), "{what}: the stream goes on after the move");
+    let gap = stream.longest_gap_after(moved);
+    eprintln!("{what}: longest pause in the stream {gap:?}");
+    gap
+}
+
+/// The LAN host of box a reaches box b (masquerade) and box b's LAN host (announced
+/// prefix) by name through box a, and both connections survive box a's move.
+#[test]
+fn a_lan_device_reaches_a_peer_and_its_lan_across_a_move() {
+    let Some((mut d, host_a, host_b)) = two_lans("lan-move") else { return };
+    d.lab.step("LAN host a: dig b.zone-b.test @198.19.31.1");
+    let vb = dig_from(&d, &host_a, "198.19.31.1", None, B);
+    assert!(vb.starts_with("198.18.2."), "box b's virtual address through box a's stub: {vb:?}");
+
+    d.echo_server(1, "echo-b", "TCP4-LISTEN:7000,reuseaddr,fork").unwrap();
+    d.lab.spawn(&host_b, "echo-lanhost-b", &["socat", "TCP4-LISTEN:7001,reuseaddr,fork", "EXEC:cat"], &[]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let every = Duration::from_millis(50);
+    let run = Duration::from_secs(90);
+    let to_box = LineStream::start_in(&mut d, &host_a, &format!("TCP4:{vb}:7000"), every, run).unwrap();
+    let to_lan = LineStream::start_in(&mut d, &host_a, "TCP4:198.19.32.2:7001", every, run).unwrap();
+    assert!(d.lab.wait_for(15, || to_box.count() >= 20), "LAN host a -> box b runs");
+    assert!(d.lab.wait_for(15, || to_lan.count() >= 20), "LAN host a -> LAN host b runs");
+
+    d.lab.step("box a: second uplink eth1 198.19.5.2/24, then eth0 down");
+    let a = d.boxes[0].ns.clone();
+    d.lab.exec(&a, &["ip", "addr", "add", "198.19.5.2/24", "dev", "eth1"]).unwrap();
+    d.lab.exec(&a, &["ip", "route", "add", "default", "via", "198.19.5.1", "dev", "eth1", "metric", "200"]).unwrap();
+    let moved = Instant::now();
+    d.lab.exec(&a, &["ip", "link", "set", "eth0", "down"]).unwrap();
+    let gap_box = stall_after(&d, &to_box, moved, "LAN host a -> box b (masquerade), box a moves");
+    let gap_lan = stall_after(&d, &to_lan, moved, "LAN host a -> LAN host b (announced), box a moves");
+    let end_box = to_box.finish(&mut d);
+    let end_lan = to_lan.finish(&mut d);
+    assert!(end_box.complete(), "to box b: every line back once, in order, one connection: {:?}", end_box.exit);
+    assert!(end_lan.complete(), "to LAN host b: every line back once, in order, one connection: {:?}", end_lan.exit);
+    assert!(gap_box <= STALL_BUDGET, "to box b: pause {gap_box:?} over {STALL_BUDGET:?}");
+    assert!(gap_lan <= STALL_BUDGET, "to LAN host b: pause {gap_lan:?} over {STALL_BUDGET:?}");
+}
