@@ -122,3 +122,64 @@ fn a_lan_device_reaches_a_peer_and_its_lan_across_a_move() {
     assert!(gap_box <= STALL_BUDGET, "to box b: pause {gap_box:?} over {STALL_BUDGET:?}");
     assert!(gap_lan <= STALL_BUDGET, "to LAN host b: pause {gap_lan:?} over {STALL_BUDGET:?}");
 }
+
+/// The TCP peers that `ns` sees on its local port `port` (`ss`), as "address:port".
+fn tcp_peers(d: &Deployment, ns: &Ns, port: u16) -> String {
+    let filter = format!("( sport = :{port} )");
+    let o = d.lab.try_exec(ns, &["ss", "-tnH", "state", "established", &filter]);
+    o.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default()
+}
+
+/// What each side sees, and what the box refuses: box b and its LAN host see box a's
+/// virtual address (masquerade: box a announces nothing); the LAN stub answers its own
+/// subnet only; a peer reaches none of the LAN outside the announced prefixes; a prefix
+/// overlapping the virtual prefixes is refused with a clear error.
+#[test]
+fn lan_sources_are_masqueraded_and_nothing_else_crosses() {
+    let Some((mut d, host_a, host_b)) = two_lans("lan-edges") else { return };
+    let va = d.status(0).and_then(|s| s["virtual_ipv4"].as_str().map(str::to_string)).unwrap_or_default();
+    let vb = dig_from(&d, &host_a, "198.19.31.1", None, B);
+    assert!(vb.starts_with("198.18.2."), "{vb:?}");
+    d.echo_server(1, "echo-b", "TCP4-LISTEN:7000,reuseaddr,fork").unwrap();
+    d.lab.spawn(&host_b, "echo-lanhost-b", &["socat", "TCP4-LISTEN:7001,reuseaddr,fork", "EXEC:cat"], &[]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let every = Duration::from_millis(50);
+    let run = Duration::from_secs(20);
+    let to_box = LineStream::start_in(&mut d, &host_a, &format!("TCP4:{vb}:7000"), every, run).unwrap();
+    let to_lan = LineStream::start_in(&mut d, &host_a, "TCP4:198.19.32.2:7001", every, run).unwrap();
+    assert!(d.lab.wait_for(15, || to_box.count() >= 5 && to_lan.count() >= 5), "both connections run");
+    let bx = d.boxes[1].ns.clone();
+    let (on_box, on_lan) = (tcp_peers(&d, &bx, 7000), tcp_peers(&d, &host_b, 7001));
+    assert!(on_box.contains(&format!("{va}:")), "box b sees box a's virtual address {va}: {on_box}");
+    assert!(on_lan.contains(&format!("{va}:")), "LAN host b sees box a's virtual address {va}: {on_lan}");
+    assert!(!on_box.contains("198.19.31.") && !on_lan.contains("198.19.31."), "no LAN address of box a crosses");
+    let _ = (to_box.finish(&mut d), to_lan.finish(&mut d));
+
+    d.lab.step("LAN host a asks box a's stub from 198.19.34.7, outside the LAN's subnet");
+    d.lab.addr(&host_a, "eth0", "198.19.34.7/32").unwrap();
+    let refused = lan_counter(&d, 0, "dns_refused");
+    let outside = dig_from(&d, &host_a, "198.19.31.1", Some("198.19.34.7"), B);
+    assert!(outside.is_empty() || outside.contains("timed out"), "no answer outside the LAN: {outside:?}");
+    assert!(outside.is_empty() || !outside.contains("198.18."), "{outside:?}");
+    assert!(lan_counter(&d, 0, "dns_refused") > refused, "the stub counted the query it dropped");
+
+    d.lab.step("box a routes 198.19.33.0/24 (box b's, not announced) into ntm0 and pings 198.19.33.2");
+    let a = d.boxes[0].ns.clone();
+    d.lab.exec(&a, &["ip", "route", "add", "198.19.33.0/24", "dev", "ntm0"]).unwrap();
+    let no_tunnel = d.status(0).and_then(|s| s["counters"]["no_tunnel"].as_u64()).unwrap_or(0);
+    assert!(!d.ping(0, "198.19.33.2", 2), "nothing reaches box b's LAN outside its announced prefix");
+    let counted = d.status(0).and_then(|s| s["counters"]["no_tunnel"].as_u64()).unwrap_or(0);
+    assert!(counted > no_tunnel, "box a has no tunnel for it: {no_tunnel} -> {counted}");
+    assert!(d.ping(0, "198.19.32.2", 2), "the announced prefix is reachable from box a itself");
+
+    d.lab.step("ntmd check: a prefix overlapping the virtual prefixes is refused");
+    let mut cfg = d.agent_config(0);
+    lan_cfg(&mut cfg, &["198.18.1.0/24"]);
+    let path = d.lab.dir().join("overlap.json");
+    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let bin = d.bins.join("ntmd");
+    let o = std::process::Command::new(&bin).args(["check", "-c"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("lan.announce") && err.contains("overlaps the virtual prefix 198.18.0.0/16"), "{err}");
+}
