@@ -1107,7 +1107,14 @@ fn tail_len(f: &Fixture) -> Option<usize> {
     match f.name {
         "route_direction_relay_v4_search" => Some(1),
         "node_info_answer_mappings" => Some(3),
-        _ if matches!(f.header.msg_type, MsgType::RouteDirection | MsgType::NodeInfoAnswer) => Some(0),
+        "registration_request_announced" => Some(7),
+        _ if matches!(
+            f.header.msg_type,
+            MsgType::RouteDirection | MsgType::NodeInfoAnswer | MsgType::RegistrationRequest
+        ) =>
+        {
+            Some(0)
+        }
         _ => None,
     }
 }
@@ -1140,10 +1147,19 @@ fn a_trailing_byte_is_refused() {
     // or with none possible, a byte more is refused.
     let fixtures = fixtures().into_iter().filter(|f| f.header.msg_type != MsgType::Data && tail_len(f) != Some(0));
     for f in fixtures {
+        // A Route Direction or Node Info with its first tail field (traversal, mappings)
+        // takes a byte more as the start of its second (announced prefixes), which is
+        // then refused as cut short, over its cap or written as its default.
+        let second_tail = matches!(f.name, "route_direction_relay_v4_search" | "node_info_answer_mappings");
         for extra in [0x00, 0x01, 0xff] {
             let mut bytes = f.bytes();
             bytes.push(extra);
-            assert_eq!(parse(&bytes).err(), Some(WireError::TrailingBytes), "{} + {extra:#x}", f.name);
+            let got = parse(&bytes).err();
+            if second_tail {
+                assert!(got.is_some() && got != Some(WireError::TrailingBytes), "{} + {extra:#x}: {got:?}", f.name);
+            } else {
+                assert_eq!(got, Some(WireError::TrailingBytes), "{} + {extra:#x}", f.name);
+            }
         }
     }
 }

@@ -44,24 +44,11 @@ use crate::wire::tunnel::{
     HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
 };
 use crate::wire::{
-    Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, Prefix, RequestId, Sender, SessionId, Tail, Tails,
-    Text, VirtualAddrs,
+    Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, SessionId, Tail, Tails, Text,
+    VirtualAddrs,
 };
 use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// Announced prefixes (subnet routes) from the input: none, or one IPv4 prefix of any
-/// length, which may overlap the DC's pool or another node's.
-fn fuzz_prefixes(input: &mut Input<'_>) -> List<Prefix, { crate::wire::prefix::ANNOUNCED_MAX }> {
-    let mut l = List::new();
-    if input.bool() {
-        let len = input.u8() % 33;
-        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-        if let Some(p) = Prefix::new(Ipv4Addr::from(input.u32() & mask).into(), len) {
-            let _ = l.push(p);
-        }
-    }
-    l
-}
 use std::sync::OnceLock;
 
 const AS_ADDR: SocketAddr = v4(192, 0, 2, 10, 4460);
@@ -228,7 +215,7 @@ impl DcScript {
                     local_addrs,
                     keepalive,
                     ns_key_lost,
-                    announced: Tail(fuzz_prefixes(input)),
+                    announced: Tail(List::new()),
                 })
             }
             1 => Message::Keepalive(Keepalive { request_id: RequestId(input.u32()) }),
@@ -274,7 +261,7 @@ impl DcScript {
                     local_addrs: List::new(),
                     via_ns,
                     attestation: None,
-                    tail: Tails(List::new(), fuzz_prefixes(input)),
+                    tail: Tails(List::new(), List::new()),
                 };
                 Message::NodeInfoAnswer(NodeInfoAnswer { request_id, info })
             }
@@ -303,7 +290,7 @@ impl DcScript {
                     k_tun: grant(h.rng.key(), lifetime),
                     k_tmp,
                     peer_attestation: None,
-                    tail: Tails(Traversal::Usual, fuzz_prefixes(input)),
+                    tail: Tails(Traversal::Usual, List::new()),
                 })
             }
             3 => Message::RouteDirectionAck(RouteDirectionAck {
