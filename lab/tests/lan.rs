@@ -182,4 +182,28 @@ fn lan_sources_are_masqueraded_and_nothing_else_crosses() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("lan.announce") && err.contains("overlaps the virtual prefix 198.18.0.0/16"), "{err}");
+
+    d.lab.step("box a stops: its nftables table goes with it");
+    let table = |d: &Deployment| {
+        d.lab.try_exec(&a, &["nft", "list", "table", "inet", "ntmd"]).is_ok_and(|o| o.status.success())
+    };
+    assert!(table(&d), "the agent's table is in place while it runs");
+    d.stop_agent(0);
+    assert!(!table(&d), "the agent deleted its table when it stopped");
+
+    d.lab.step("box a again, announcing 198.18.1.128/25 (inside DC-A's virtual prefix, which it does not route)");
+    let mut cfg = d.agent_config(0);
+    cfg["virtual_routes"] = json!(["198.18.2.0/24", "2001:db8:ff0::/44"]);
+    lan_cfg(&mut cfg, &["198.18.1.128/25"]);
+    let p = d.start_agent(0, &cfg).unwrap();
+    let want = "announced prefix 198.18.1.128/25 overlaps the virtual prefix 198.18.1.0/24";
+    let refused =
+        || d.status(0).and_then(|s| s["registration_refused"].as_str().map(str::to_string)).unwrap_or_default();
+    assert!(d.lab.wait_for(20, || refused().contains(want)), "the DC's refusal in the status: {:?}", refused());
+    assert!(d.status(0).is_some_and(|s| s["registered"] == false), "not registered");
+    let log = d.lab.proc(p).log_text();
+    assert!(
+        log.contains("ERROR") && log.contains(&format!("the DC refused our registration: Conflict: {want}")),
+        "{log}"
+    );
 }
