@@ -719,12 +719,12 @@ impl Agent {
         want.sort();
         want.dedup();
         for p in self.peer_routes.iter().filter(|p| !want.contains(p)) {
-            if let Err(e) = self.netlink.del_route(self.tun_index, p.addr(), p.len()) {
+            if let Err(e) = self.netlink.del_route(self.tun_index, p.addr(), p.prefix_len()) {
                 log::warn!("route {p} out of {}: {e}", self.cfg.tun.name);
             }
         }
         for p in want.iter().filter(|p| !self.peer_routes.contains(p)) {
-            match self.netlink.add_route(self.tun_index, p.addr(), p.len(), None) {
+            match self.netlink.add_route(self.tun_index, p.addr(), p.prefix_len(), None) {
                 Ok(()) => log::info!("route {p} into {} (a peer's announced prefix)", self.cfg.tun.name),
                 Err(e) => log::warn!("route {p} into {}: {e}", self.cfg.tun.name),
             }

@@ -52,13 +52,8 @@ impl Prefix {
     }
 
     /// The prefix length.
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
-    }
-
-    /// True for `0.0.0.0/0` and `::/0` (never empty: a prefix always holds addresses).
-    pub fn is_default(&self) -> bool {
-        self.len == 0
     }
 
     /// `ip` lies inside the prefix.

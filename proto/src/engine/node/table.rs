@@ -233,7 +233,7 @@ impl Tunnels {
         if core::mem::take(&mut self.index.prefixes_stale) {
             let mut prefixes: Vec<(Prefix, TunnelId)> = Vec::new();
             let mut all: Vec<Prefix> = self.all.iter().flat_map(|(_, t)| t.peer_prefixes().iter().copied()).collect();
-            all.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+            all.sort_by(|a, b| b.prefix_len().cmp(&a.prefix_len()).then(a.cmp(b)));
             all.dedup();
             for p in all {
                 let best = self
