@@ -723,13 +723,28 @@ impl Agent {
                 log::warn!("route {p} out of {}: {e}", self.cfg.tun.name);
             }
         }
-        for p in want.iter().filter(|p| !self.peer_routes.contains(p)) {
+        self.peer_routes.retain(|p| want.contains(p));
+        let new: Vec<Prefix> = want.into_iter().filter(|p| !self.peer_routes.contains(p)).collect();
+        if new.is_empty() {
+            return;
+        }
+        let existing = self.netlink.routes().unwrap_or_default();
+        for p in new {
+            // A peer's prefix that overlaps a network of this box (its LAN, its uplink)
+            // is not routed: the route would replace or shadow the box's own (an equal
+            // prefix is replaced), and the LAN or the uplink would go into the tunnel.
+            if let Some(o) = overlapping_routes(&existing, p.addr(), p.prefix_len(), self.tun_index).first() {
+                log::warn!("a peer's announced prefix {p} is not routed: it overlaps the route {o} of this box");
+                continue;
+            }
             match self.netlink.add_route(self.tun_index, p.addr(), p.prefix_len(), None) {
-                Ok(()) => log::info!("route {p} into {} (a peer's announced prefix)", self.cfg.tun.name),
+                Ok(()) => {
+                    log::info!("route {p} into {} (a peer's announced prefix)", self.cfg.tun.name);
+                    self.peer_routes.push(p);
+                }
                 Err(e) => log::warn!("route {p} into {}: {e}", self.cfg.tun.name),
             }
         }
-        self.peer_routes = want;
     }
 
     /// Warns of each route already on the box that overlaps a virtual prefix: once the

@@ -55,13 +55,18 @@ fn lan_cfg(c: &mut Value, announce: &[&str]) {
 /// The two boxes with their LANs, box a behind a NAT with a spare uplink for the move,
 /// box b announcing [`B_LAN`]; both agents registered. (deployment, LAN host a, LAN host b)
 fn two_lans(label: &str) -> Option<(Deployment, Ns, Ns)> {
+    two_lans_announcing(label, &[B_LAN])
+}
+
+/// [`two_lans`] with box b announcing `b_announce`.
+fn two_lans_announcing(label: &str, b_announce: &[&str]) -> Option<(Deployment, Ns, Ns)> {
     if !tools_or_skip(label, &["socat", "nft", "dig"]) {
         return None;
     }
     let mut d = or_skip(Deployment::start_with(label, [Access::Nat(NatKind::PortRestricted), Access::Global4]), label)?;
     let host_a = lan(&mut d, 0, &["198.19.31.1/24"], &["198.19.31.2/24"]);
     let host_b = lan(&mut d, 1, &["198.19.32.1/24", "198.19.33.1/24"], &["198.19.32.2/24", "198.19.33.2/24"]);
-    d.up_with(|_, i, c| lan_cfg(c, if i == 1 { &[B_LAN] } else { &[] })).expect("both boxes register");
+    d.up_with(|_, i, c| lan_cfg(c, if i == 1 { b_announce } else { &[] })).expect("both boxes register");
     Some((d, host_a, host_b))
 }
 
@@ -132,11 +137,13 @@ fn tcp_peers(d: &Deployment, ns: &Ns, port: u16) -> String {
 
 /// What each side sees, and what the box refuses: box b and its LAN host see box a's
 /// virtual address (masquerade: box a announces nothing); the LAN stub answers its own
-/// subnet only; a peer reaches none of the LAN outside the announced prefixes; a prefix
+/// subnet only; a peer reaches none of the LAN outside the announced prefixes; a peer's
+/// prefix that overlaps box a's own LAN is not routed into the tunnel; a prefix
 /// overlapping the virtual prefixes is refused with a clear error.
 #[test]
 fn lan_sources_are_masqueraded_and_nothing_else_crosses() {
-    let Some((mut d, host_a, host_b)) = two_lans("lan-edges") else { return };
+    // Box b also announces box a's LAN (198.19.31.0/24; another DC, so no refusal).
+    let Some((mut d, host_a, host_b)) = two_lans_announcing("lan-edges", &[B_LAN, "198.19.31.0/24"]) else { return };
     let va = d.status(0).and_then(|s| s["virtual_ipv4"].as_str().map(str::to_string)).unwrap_or_default();
     let vb = dig_from(&d, &host_a, "198.19.31.1", None, B);
     assert!(vb.starts_with("198.18.2."), "{vb:?}");
@@ -171,6 +178,12 @@ fn lan_sources_are_masqueraded_and_nothing_else_crosses() {
     let counted = d.status(0).and_then(|s| s["counters"]["no_tunnel"].as_u64()).unwrap_or(0);
     assert!(counted > no_tunnel, "box a has no tunnel for it: {no_tunnel} -> {counted}");
     assert!(d.ping(0, "198.19.32.2", 2), "the announced prefix is reachable from box a itself");
+    let routes = d.lab.exec(&a, &["ip", "-4", "route", "show", "198.19.31.0/24"]).unwrap();
+    let routes = String::from_utf8_lossy(&routes.stdout).to_string();
+    assert!(routes.contains("dev lan0") && !routes.contains("ntm0"), "box a's own LAN stays on lan0: {routes}");
+    assert!(d.ping(0, "198.19.31.2", 2), "box a still reaches its own LAN host");
+    let log = d.boxes[0].proc.map(|p| d.lab.proc(p).log_text()).unwrap_or_default();
+    assert!(log.contains("prefix 198.19.31.0/24 is not routed: it overlaps the route 198.19.31.0/24 dev lan0"), "{log}");
 
     d.lab.step("ntmd check: a prefix overlapping the virtual prefixes is refused");
     let mut cfg = d.agent_config(0);
