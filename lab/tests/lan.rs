@@ -183,7 +183,10 @@ fn lan_sources_are_masqueraded_and_nothing_else_crosses() {
     assert!(routes.contains("dev lan0") && !routes.contains("ntm0"), "box a's own LAN stays on lan0: {routes}");
     assert!(d.ping(0, "198.19.31.2", 2), "box a still reaches its own LAN host");
     let log = d.boxes[0].proc.map(|p| d.lab.proc(p).log_text()).unwrap_or_default();
-    assert!(log.contains("prefix 198.19.31.0/24 is not routed: it overlaps the route 198.19.31.0/24 dev lan0"), "{log}");
+    assert!(
+        log.contains("prefix 198.19.31.0/24 is not routed: it overlaps the route 198.19.31.0/24 dev lan0"),
+        "{log}"
+    );
 
     d.lab.step("ntmd check: a prefix overlapping the virtual prefixes is refused");
     let mut cfg = d.agent_config(0);
@@ -208,6 +211,8 @@ fn lan_sources_are_masqueraded_and_nothing_else_crosses() {
     let mut cfg = d.agent_config(0);
     cfg["virtual_routes"] = json!(["198.18.2.0/24", "2001:db8:ff0::/44"]);
     lan_cfg(&mut cfg, &["198.18.1.128/25"]);
+    // As an unprivileged user this time: the table must still go when it stops.
+    cfg["user"] = "nobody".into();
     let p = d.start_agent(0, &cfg).unwrap();
     let want = "announced prefix 198.18.1.128/25 overlaps the virtual prefix 198.18.1.0/24";
     let refused =
@@ -219,4 +224,8 @@ fn lan_sources_are_masqueraded_and_nothing_else_crosses() {
         log.contains("ERROR") && log.contains(&format!("the DC refused our registration: Conflict: {want}")),
         "{log}"
     );
+    assert!(log.contains("running as nobody"), "{log}");
+    assert!(table(&d), "the table of the agent running as nobody");
+    d.stop_agent(0);
+    assert!(!table(&d), "deleted at exit also by an agent left with CAP_NET_ADMIN only: {}", d.lab.proc(p).log_text());
 }
