@@ -91,7 +91,13 @@ impl Lan {
         }
         let ruleset = ruleset(cfg, &announced);
         nft(&ruleset).map_err(|e| format!("lan: nftables table inet {TABLE}: {e}"))?;
-        log::info!("LAN {:?} served: subnets {subnets:?}, announced {announced:?}", lan.interfaces.as_slice());
+        let list = |v: &[Prefix]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ");
+        log::info!(
+            "LAN {:?} served: subnets {}, announced {}",
+            lan.interfaces.as_slice(),
+            list(&subnets),
+            if announced.is_empty() { "none".to_string() } else { list(&announced) }
+        );
         let mut me = Lan { subnets, dns: Vec::new(), dns_refused: 0, applied: true };
         if lan.dns {
             let port = cfg.dns.listen.port();
