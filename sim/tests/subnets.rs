@@ -52,6 +52,14 @@ fn an_overlapping_announcement_is_refused_naming_the_prefix_and_the_other_node()
     let one = nodes.iter().find(|n| n.fqdn.as_str() == "one.zone-a.example").unwrap();
     assert_eq!(one.announced, vec![prefix("192.168.50.0/24")], "the DC keeps what the first box announced");
 
+    // A DC restarted on its database still knows whose prefix it is.
+    d.restart_dc_from_saved_state(dc_a, "dc-a-2").unwrap();
+    let _ = refusals(&mut d, second);
+    d.run_for(Duration::from_secs(30));
+    assert!(!d.node(second).is_registered(), "still refused after the DC's restart");
+    let r = refusals(&mut d, second);
+    assert!(r.iter().any(|(_, detail)| detail == want), "{r:?}");
+
     // The DC's own virtual prefix is no LAN prefix either.
     let third = node(&mut d, "three.zone-a.example", 12, &["198.18.0.0/16"]);
     d.start(third);

@@ -421,6 +421,7 @@ mod tests {
             virtual_addrs: None,
             endpoints: Vec::new(),
             local_addrs: Vec::new(),
+            announced: Vec::new(),
             keepalive: KeepaliveMethod::Udp,
             ns: None,
         }

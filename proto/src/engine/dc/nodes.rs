@@ -722,6 +722,7 @@ impl Dc {
             virtual_addrs: r.virtual_addrs,
             endpoints: r.seen.iter().flatten().map(|s| (s.observed, s.behind_nat, s.mapping)).collect(),
             local_addrs: r.local_addrs.as_slice().to_vec(),
+            announced: r.announced.as_slice().to_vec(),
             keepalive: r.method.clone(),
             ns: r.ns.as_ref().filter(|b| b.acked).and_then(|b| {
                 let name = self.ns.get(b.ns)?.link.name.clone();
@@ -760,6 +761,7 @@ impl Dc {
         });
         let local_addrs =
             List::from_vec(state.local_addrs.into_iter().take(LOCAL_ADDRS_MAX).collect()).unwrap_or_default();
+        let announced = List::from_vec(state.announced.into_iter().take(ANNOUNCED_MAX).collect()).unwrap_or_default();
         if let Some(old) = self.nodes.get(&state.fqdn) {
             self.keys.remove(&old.channel.id());
         }
@@ -773,7 +775,7 @@ impl Dc {
                 virtual_addrs: state.virtual_addrs,
                 seen,
                 local_addrs,
-                announced: List::new(),
+                announced,
                 method: state.keepalive,
                 ns,
                 waiting: Vec::new(),
@@ -860,6 +862,8 @@ pub struct NodeState {
     pub endpoints: Vec<(SocketAddr, bool, NatMapping)>,
     /// Its own addresses.
     pub local_addrs: Vec<SocketAddr>,
+    /// The prefixes it announced (subnet routes).
+    pub announced: Vec<Prefix>,
     /// Its keepalive method.
     pub keepalive: KeepaliveMethod,
     /// Its NS and K_ntmns, if it keeps alive through one.
