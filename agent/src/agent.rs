@@ -31,6 +31,7 @@
 use crate::batch::{Batch, BATCH};
 use crate::config::{AgentFile, Route};
 use crate::held::Held;
+use crate::lan::Lan;
 use crate::material::{credential, Material};
 use crate::netlink::{overlapping_routes, ChangeDebounce, Netlink};
 use crate::servers::{ServerAddrs, QUERY_BIT};
@@ -48,7 +49,7 @@ use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, ResolveId};
 use ntm_proto::engine::{DcLocation, DnsAnswer, Engine, StreamKind, Transmit, Via};
 use ntm_proto::time::Instant;
 use ntm_proto::wire::registration::KeepaliveMethod;
-use ntm_proto::wire::VirtualAddrs;
+use ntm_proto::wire::{Prefix, VirtualAddrs};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -75,6 +76,8 @@ const NS_CONN: Token = Token(11);
 const STATUS_REPLY_BASE: usize = 16;
 /// The node's extra sockets: `Local(k)` is `EXTRA_BASE + k` (extra.rs).
 const EXTRA_BASE: usize = 1 << 16;
+/// The DNS stub's sockets on the LAN addresses (`lan.rs`): `LAN_DNS_BASE + i`.
+const LAN_DNS_BASE: usize = 1 << 20;
 
 /// How often the ID token file is looked at for a new token.
 const TOKEN_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
@@ -135,6 +138,12 @@ pub struct Agent {
     dns_up4: Option<UdpSocket>,
     dns_up6: Option<UdpSocket>,
     stub: DnsStub,
+    /// The LAN the box serves (`lan` in the configuration).
+    lan: Option<Lan>,
+    /// The peers' announced prefixes routed into the TUN device now.
+    peer_routes: Vec<Prefix>,
+    /// The DC's last refusal of our registration, until a registration succeeds.
+    registration_refused: Option<String>,
     locator: Locator,
     resolves: HashMap<ResolveId, u64>,
     tls_cfg: LoginTlsConfig,
@@ -252,6 +261,9 @@ impl Agent {
             log::warn!("{}: transmit queue length {TUN_TX_QUEUE}: {e}", cfg.tun.name);
         }
 
+        // Forwarding, the nftables table and the LAN's DNS sockets, while still root.
+        let mut lan = Lan::start(&cfg, &mut netlink)?;
+
         let exclude: Vec<(IpAddr, u8)> = routes.iter().map(|r| (r.addr, r.len)).collect();
         // Names among the servers are looked up once the loop runs; until then the node
         // knows only the literal addresses (and its login waits for the rest).
@@ -270,6 +282,7 @@ impl Agent {
         }
         ncfg.static_dc = cfg.static_dc.as_ref().map(|d| DcLocation { name: d.name.clone(), addrs: dc_addrs.addrs() });
         ncfg.max_tunnels = usize::from(cfg.max_tunnels);
+        ncfg.announced = cfg.announced()?;
         // With no address yet (no network at boot), the node starts once one appears.
         let node = Node::new(
             NodeConfig {
@@ -334,6 +347,9 @@ impl Agent {
             r.register(s, DNS_UP6, Interest::READABLE)?;
         }
         r.register(&mut SourceFd(&netlink.as_raw_fd()), NETLINK, Interest::READABLE)?;
+        for (i, (_, s)) in lan.iter_mut().flat_map(|l| l.dns.iter_mut()).enumerate() {
+            r.register(s, Token(LAN_DNS_BASE + i), Interest::READABLE)?;
+        }
         r.register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
 
         Ok(Agent {
@@ -354,6 +370,9 @@ impl Agent {
             dns_up4,
             dns_up6,
             stub,
+            lan,
+            peer_routes: Vec::new(),
+            registration_refused: None,
             locator,
             resolves: HashMap::new(),
             tls_cfg,
@@ -418,6 +437,7 @@ impl Agent {
                     AS_CONN => self.drive_as(),
                     NS_CONN => self.drive_ns(r.writable),
                     t if self.control.owns(t) => self.control.writable(self.poll.registry(), t),
+                    t if t.0 >= LAN_DNS_BASE => self.read_dns_lan(t),
                     t => {
                         if let Some(local) = extra::local_of(t) {
                             self.read_extra(local);
@@ -545,6 +565,31 @@ impl Agent {
         self.turn.spent(DNS_CLIENT);
     }
 
+    /// A query on one of the LAN's stub sockets: answered only for the LAN's own subnets.
+    fn read_dns_lan(&mut self, token: Token) {
+        let mut buf = [0u8; 1500];
+        for _ in 0..READ_BUDGET {
+            let Some(lan) = self.lan.as_mut() else { return };
+            let Some((_, sock)) = lan.dns.get(token.0 - LAN_DNS_BASE) else { return };
+            let (n, from) = match sock.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(_) => return,
+            };
+            if !lan.may_ask(from) {
+                // No open resolver: only the LAN's devices.
+                lan.dns_refused += 1;
+                continue;
+            }
+            let now = self.now();
+            let Some(q) = buf.get(..n) else { continue };
+            if let Outcome::Resolve { token, name } = self.stub.handle_query(now, from, q) {
+                let id = self.node.resolve(now, name);
+                self.resolves.insert(id, token);
+            }
+        }
+        self.turn.spent(token);
+    }
+
     fn read_dns_upstream(&mut self, token: Token) {
         let mut buf = [0u8; 4096];
         for _ in 0..READ_BUDGET {
@@ -666,6 +711,42 @@ impl Agent {
         }
     }
 
+    /// Routes the announced prefixes of the peers of established tunnels into the TUN
+    /// device, and takes back those no tunnel carries any more (subnet routes, `lan.rs`).
+    fn route_peer_prefixes(&mut self) {
+        let mut want: Vec<Prefix> =
+            self.node.tunnels().into_iter().filter(|t| t.established).flat_map(|t| t.peer_prefixes).collect();
+        want.sort();
+        want.dedup();
+        for p in self.peer_routes.iter().filter(|p| !want.contains(p)) {
+            if let Err(e) = self.netlink.del_route(self.tun_index, p.addr(), p.prefix_len()) {
+                log::warn!("route {p} out of {}: {e}", self.cfg.tun.name);
+            }
+        }
+        self.peer_routes.retain(|p| want.contains(p));
+        let new: Vec<Prefix> = want.into_iter().filter(|p| !self.peer_routes.contains(p)).collect();
+        if new.is_empty() {
+            return;
+        }
+        let existing = self.netlink.routes().unwrap_or_default();
+        for p in new {
+            // A peer's prefix that overlaps a network of this box (its LAN, its uplink)
+            // is not routed: the route would replace or shadow the box's own (an equal
+            // prefix is replaced), and the LAN or the uplink would go into the tunnel.
+            if let Some(o) = overlapping_routes(&existing, p.addr(), p.prefix_len(), self.tun_index).first() {
+                log::warn!("a peer's announced prefix {p} is not routed: it overlaps the route {o} of this box");
+                continue;
+            }
+            match self.netlink.add_route(self.tun_index, p.addr(), p.prefix_len(), None) {
+                Ok(()) => {
+                    log::info!("route {p} into {} (a peer's announced prefix)", self.cfg.tun.name);
+                    self.peer_routes.push(p);
+                }
+                Err(e) => log::warn!("route {p} into {}: {e}", self.cfg.tun.name),
+            }
+        }
+    }
+
     /// Warns of each route already on the box that overlaps a virtual prefix: once the
     /// prefix goes into the TUN device, some addresses go the wrong way (see
     /// [`overlapping_routes`]). A misconfiguration the agent cannot settle, so it
@@ -711,7 +792,16 @@ impl Agent {
             }
             NodeEvent::Registered { virtual_addrs, observed, behind_nat } => {
                 log::info!("registered; seen as {observed}{}", if behind_nat { " (behind NAT)" } else { "" });
+                self.registration_refused = None;
                 self.configure_tun(virtual_addrs);
+            }
+            NodeEvent::RegistrationRefused { reason, detail } => {
+                // Once per new refusal: the node asks again after its backoff.
+                let text = format!("{reason:?}: {detail}");
+                if self.registration_refused.as_ref() != Some(&text) {
+                    log::error!("the DC refused our registration: {text}");
+                }
+                self.registration_refused = Some(text);
             }
             NodeEvent::NotificationsReady => log::info!("the NS keeps us reachable"),
             NodeEvent::GatewayNames { all, names } => {
@@ -738,9 +828,15 @@ impl Agent {
                     self.stub.resolved(now, token, Err(error));
                 }
             }
-            NodeEvent::TunnelUp { session, peer, path } => log::info!("tunnel {session} to {peer} up ({path:?})"),
+            NodeEvent::TunnelUp { session, peer, path } => {
+                log::info!("tunnel {session} to {peer} up ({path:?})");
+                self.route_peer_prefixes();
+            }
             NodeEvent::PathChanged { session, peer, path } => log::info!("tunnel {session} to {peer} now {path:?}"),
-            NodeEvent::TunnelDown { session, peer } => log::info!("tunnel {session} to {peer} down"),
+            NodeEvent::TunnelDown { session, peer } => {
+                log::info!("tunnel {session} to {peer} down");
+                self.route_peer_prefixes();
+            }
             NodeEvent::NsConnectionLost { addr } => {
                 // The node's next frame for the NS opens a new connection.
                 if self.ns_conn.as_ref().is_some_and(|c| c.peer == addr) {
@@ -781,7 +877,9 @@ impl Agent {
             while let Some((dest, to, bytes)) = self.stub.poll_transmit() {
                 match dest {
                     Dest::Client => {
-                        let _ = self.dns_client.send_to(&bytes, to);
+                        // A LAN device is answered from the LAN socket of its subnet.
+                        let sock = self.lan.as_ref().and_then(|l| l.socket_for(to)).unwrap_or(&self.dns_client);
+                        let _ = sock.send_to(&bytes, to);
                     }
                     Dest::Upstream => self.send_dns_upstream(to, &bytes),
                 }

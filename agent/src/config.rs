@@ -4,7 +4,7 @@
 //! one line naming the file and the field.
 
 use heapless::{String as HString, Vec as HVec};
-use ntm_proto::wire::Fqdn;
+use ntm_proto::wire::{Fqdn, Prefix};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -247,6 +247,38 @@ pub struct AgentFile {
     /// keeping only CAP_NET_ADMIN (`privs.rs`); none: stay root, also with only that.
     #[serde(default)]
     pub user: Option<HString<64>>,
+    /// The box serves the LAN behind it (`lan.rs`); absent: only the box's own processes
+    /// use the tunnels.
+    #[serde(default)]
+    pub lan: Option<LanSettings>,
+}
+
+/// The LAN the box serves: its devices reach peers through the tunnels.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanSettings {
+    /// The LAN interfaces (e.g. "br-lan"); each must exist when the agent starts.
+    #[serde(default)]
+    pub interfaces: HVec<HString<15>, 4>,
+    /// LAN sources are translated to the box's virtual address on their way into the
+    /// tunnels (except sources inside `announce`, which keep theirs).
+    #[serde(default = "yes")]
+    pub masquerade: bool,
+    /// Prefixes of the LAN that peers may reach (subnet routes), sent to the DC at
+    /// registration; at most 8.
+    #[serde(default)]
+    pub announce: HVec<HString<48>, 8>,
+    /// The DNS stub also answers queries from the LAN, on the LAN interfaces' addresses.
+    #[serde(default = "yes")]
+    pub dns: bool,
+    /// Forwarding to and from the TUN device limited to: LAN to tunnel, tunnel to the
+    /// announced prefixes (and the answers of connections the LAN opened).
+    #[serde(default = "yes")]
+    pub firewall: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_keepalive() -> HString<8> {
@@ -296,22 +328,48 @@ pub struct Route {
     pub len: u8,
 }
 
+impl Route {
+    /// Parses `address/length`.
+    pub fn parse(r: &str) -> Result<Route, String> {
+        let (a, l) = r.split_once('/').ok_or_else(|| format!("\"{r}\" is not address/length"))?;
+        let addr: IpAddr = a.parse().map_err(|_| format!("\"{a}\" is not an address"))?;
+        let len: u8 = l.parse().map_err(|_| format!("\"{l}\" is not a prefix length"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(format!("prefix length {len} over {max}"));
+        }
+        Ok(Route { addr, len })
+    }
+
+    /// The prefix as a wire prefix (host bits must be clear).
+    pub fn prefix(&self) -> Result<Prefix, String> {
+        Prefix::new(self.addr, self.len).ok_or_else(|| format!("{}/{}: host bits set", self.addr, self.len))
+    }
+}
+
 impl AgentFile {
     /// The routes, parsed.
     pub fn routes(&self) -> Result<Vec<Route>, String> {
-        self.virtual_routes
-            .iter()
-            .map(|r| {
-                let (a, l) = r.split_once('/').ok_or_else(|| format!("\"{r}\" is not address/length"))?;
-                let addr: IpAddr = a.parse().map_err(|_| format!("\"{a}\" is not an address"))?;
-                let len: u8 = l.parse().map_err(|_| format!("\"{l}\" is not a prefix length"))?;
-                let max = if addr.is_ipv4() { 32 } else { 128 };
-                if len > max {
-                    return Err(format!("prefix length {len} over {max}"));
-                }
-                Ok(Route { addr, len })
-            })
-            .collect()
+        self.virtual_routes.iter().map(|r| Route::parse(r)).collect()
+    }
+
+    /// The prefixes `lan.announce` gives, checked (no host bits, none overlapping a
+    /// virtual prefix or another of them); empty without `lan`.
+    pub fn announced(&self) -> Result<Vec<Prefix>, String> {
+        let Some(lan) = &self.lan else { return Ok(Vec::new()) };
+        let virt: Vec<Prefix> = self.routes()?.iter().filter_map(|r| r.prefix().ok()).collect();
+        let mut out: Vec<Prefix> = Vec::new();
+        for a in &lan.announce {
+            let p = Route::parse(a)?.prefix()?;
+            if let Some(v) = virt.iter().find(|v| v.overlaps(&p)) {
+                return Err(format!("{p} overlaps the virtual prefix {v}"));
+            }
+            if let Some(o) = out.iter().find(|o| o.overlaps(&p)) {
+                return Err(format!("{p} overlaps {o}"));
+            }
+            out.push(p);
+        }
+        Ok(out)
     }
 
     /// The AS's entries, `account_server` first (checked by `parse`, so none is dropped
@@ -414,6 +472,15 @@ impl AgentFile {
             return Err(("max_tunnels", "at least 1".into()));
         }
         crate::privs::account(self).map_err(|e| ("user", e))?;
+        if let Some(lan) = &self.lan {
+            if lan.interfaces.is_empty() {
+                return Err(("lan.interfaces", "missing: at least one interface".into()));
+            }
+            if lan.interfaces.iter().any(|i| i.is_empty() || *i == self.tun.name) {
+                return Err(("lan.interfaces", "an empty name, or the TUN device".into()));
+            }
+            self.announced().map_err(|e| ("lan.announce", e))?;
+        }
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ mod batch;
 mod config;
 mod held;
 mod icmp;
+mod lan;
 mod material;
 mod netlink;
 mod offload;

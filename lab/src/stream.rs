@@ -61,7 +61,19 @@ impl LineStream {
         run_for: Duration,
     ) -> Result<LineStream> {
         let ns = d.boxes[i].ns.clone();
-        let proc = d.lab.spawn_piped(&ns, "stream", &["socat", "-T", "90", "-", target])?;
+        Self::start_in(d, &ns, target, every, run_for)
+    }
+
+    /// As [`LineStream::start_paced`], from any namespace of the lab (e.g. a device on a
+    /// box's LAN).
+    pub fn start_in(
+        d: &mut Deployment,
+        ns: &crate::Ns,
+        target: &str,
+        every: Duration,
+        run_for: Duration,
+    ) -> Result<LineStream> {
+        let proc = d.lab.spawn_piped(ns, "stream", &["socat", "-T", "90", "-", target])?;
         let (Some(mut input), Some(output)) = (d.lab.proc(proc).take_stdin(), d.lab.proc(proc).take_stdout()) else {
             return Err(crate::LabError::Command { what: "socat pipes".into(), stderr: String::new() });
         };

@@ -28,8 +28,8 @@ use ntm_proto::wire::tunnel::{
     HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
 };
 use ntm_proto::wire::{
-    Bytes, Codec, Envelope, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, SessionId, Tail,
-    Text, VirtualAddrs, WireError, FQDN_MAX, HEADER_LEN,
+    Bytes, Codec, Envelope, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, Prefix, RequestId, Sender,
+    SessionId, Tail, Tails, Text, VirtualAddrs, WireError, FQDN_MAX, HEADER_LEN,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -166,17 +166,33 @@ fn node_info() -> impl Strategy<Value = NodeInfo> {
         list::<_, LOCAL_ADDRS_MAX>(socket_addr()),
         any::<bool>(),
         prop::option::of(attestation()),
-        list::<_, 2>(select(NatMapping::ALL)),
+        (list::<_, 2>(select(NatMapping::ALL)), list::<_, 8>(prefix())),
     )
-        .prop_map(|(fqdn, virtual_addrs, endpoints, local_addrs, via_ns, attestation, mappings)| NodeInfo {
-            fqdn,
-            virtual_addrs,
-            endpoints,
-            local_addrs,
-            via_ns,
-            attestation,
-            mappings: Tail(mappings),
+        .prop_map(|(fqdn, virtual_addrs, endpoints, local_addrs, via_ns, attestation, (mappings, announced))| {
+            NodeInfo {
+                fqdn,
+                virtual_addrs,
+                endpoints,
+                local_addrs,
+                via_ns,
+                attestation,
+                tail: Tails(mappings, announced),
+            }
         })
+}
+
+/// An IPv4 or IPv6 prefix with its host bits clear.
+fn prefix() -> impl Strategy<Value = Prefix> {
+    prop_oneof![
+        (any::<u32>(), 0..=32u8).prop_map(|(a, len)| {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            Prefix::new(Ipv4Addr::from(a & mask).into(), len).unwrap()
+        }),
+        (any::<u128>(), 0..=128u8).prop_map(|(a, len)| {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            Prefix::new(Ipv6Addr::from(a & mask).into(), len).unwrap()
+        }),
+    ]
 }
 
 fn path() -> impl Strategy<Value = Path> {
@@ -255,13 +271,16 @@ fn body(ty: MsgType) -> BoxedStrategy<Message> {
         MsgType::KeyShare => b((rid(), kid(), shared_key(), fqdn())
             .prop_map(|(request_id, key_id, key, from)| KeyShare { request_id, key_id, key, from })),
         MsgType::KeyShareAck => b((rid(), kid()).prop_map(|(request_id, key_id)| KeyShareAck { request_id, key_id })),
-        MsgType::RegistrationRequest => b((rid(), list(socket_addr()), keepalive_method(), prop::option::of(kid()))
-            .prop_map(|(request_id, local_addrs, keepalive, ns_key_lost)| RegistrationRequest {
-                request_id,
-                local_addrs,
-                keepalive,
-                ns_key_lost,
-            })),
+        MsgType::RegistrationRequest => {
+            b((rid(), list(socket_addr()), keepalive_method(), prop::option::of(kid()), list::<_, 8>(prefix()))
+                .prop_map(|(request_id, local_addrs, keepalive, ns_key_lost, announced)| RegistrationRequest {
+                    request_id,
+                    local_addrs,
+                    keepalive,
+                    ns_key_lost,
+                    announced: Tail(announced),
+                }))
+        }
         MsgType::RegistrationResponse => {
             b((rid(), virtual_addrs(), socket_addr(), any::<bool>(), any::<u16>(), prop::option::of(ns_grant()))
                 .prop_map(|(request_id, virtual_addrs, observed, behind_nat, keepalive_interval, ns)| {
@@ -316,7 +335,7 @@ fn body(ty: MsgType) -> BoxedStrategy<Message> {
                 grant(),
                 prop::option::of(key()),
                 prop::option::of(attestation()),
-                select(Traversal::ALL).prop_map(Tail),
+                (select(Traversal::ALL), list::<_, 8>(prefix())).prop_map(|(t, p)| Tails(t, p)),
             ),
         )
             .prop_map(
@@ -335,7 +354,7 @@ fn body(ty: MsgType) -> BoxedStrategy<Message> {
                     k_tun,
                     k_tmp,
                     peer_attestation,
-                    traversal,
+                    tail: traversal,
                 },
             )),
         MsgType::RouteDirectionAck => {
@@ -454,12 +473,22 @@ fn body_len_is_the_emitted_length() {
     });
 }
 
+/// The message ends with `Tails` whose second field is absent: a byte more is read as it.
+fn second_tail_absent(m: &Message) -> bool {
+    match m {
+        Message::RouteDirection(rd) => rd.tail.1.is_empty(),
+        Message::NodeInfoAnswer(a) => a.info.tail.1.is_empty(),
+        _ => false,
+    }
+}
+
 /// The bytes of the body's last field if it is a `Tail` (a field earlier builds neither
 /// send nor read): None for types without one, Some(0) when it is absent.
 fn tail_len(m: &Message) -> Option<usize> {
     match m {
-        Message::RouteDirection(rd) => Some(rd.traversal.encoded_len()),
-        Message::NodeInfoAnswer(a) => Some(a.info.mappings.encoded_len()),
+        Message::RouteDirection(rd) => Some(rd.tail.encoded_len()),
+        Message::NodeInfoAnswer(a) => Some(a.info.tail.encoded_len()),
+        Message::RegistrationRequest(r) => Some(r.announced.encoded_len()),
         _ => None,
     }
 }
@@ -477,6 +506,17 @@ fn every_truncation_is_refused() {
                 prop_assert!(got.is_ok());
             } else if Some(n) == whole_but_tail {
                 prop_assert!(got.is_ok(), "without its tail: {:?}", got);
+            } else if whole_but_tail.is_some_and(|w| n > w) {
+                // Inside two tail fields (`Tails`): a cut between them reads (or is the
+                // first written as its default, refused); a cut inside one is short.
+                let default = WireError::BadValue("tail field written as its default");
+                let e = got.as_ref().err();
+                prop_assert!(
+                    e.is_none() || e == Some(&WireError::Truncated) || e == Some(&default),
+                    "cut at {}: {:?}",
+                    n,
+                    e
+                );
             } else {
                 prop_assert_eq!(got.err(), Some(WireError::Truncated), "cut at {}", n);
             }
@@ -492,7 +532,7 @@ fn a_trailing_byte_is_refused() {
         bytes.push(0);
         if ty == MsgType::Data {
             prop_assert!(parse(&bytes).is_ok());
-        } else if tail_len(&m) == Some(0) {
+        } else if tail_len(&m) == Some(0) || second_tail_absent(&m) {
             // Read as the absent tail, written out as its default (or cut short): refused.
             prop_assert!(parse(&bytes).is_err());
         } else {

@@ -8,7 +8,7 @@ use ntm_proto::engine::{PeerIdentity, Role};
 use ntm_proto::keys::{KNtmDc, KNtmNs};
 use ntm_proto::time::Instant;
 use ntm_proto::wire::registration::{KeepaliveMethod, NatMapping};
-use ntm_proto::wire::{Bytes, Fqdn, KeyId, VirtualAddrs};
+use ntm_proto::wire::{Bytes, Fqdn, KeyId, Prefix, VirtualAddrs};
 use ntm_servers::oidc::IdClaims;
 use ntm_servers::store::accounts::{AccountStore, HashCost, OidcBinding};
 use ntm_servers::store::dc::{needs_refresh, reserved_counter, DcStore, COUNTER_RESERVE};
@@ -257,7 +257,7 @@ fn store_newer_schema_is_refused() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let e = DcStore::open(db.path()).unwrap_err();
-    assert!(matches!(e, StoreError::SchemaTooNew { found: 99, known: 1, .. }), "{e}");
+    assert!(matches!(e, StoreError::SchemaTooNew { found: 99, known: 2, .. }), "{e}");
     let line = e.to_string();
     assert!(line.contains(&db.path().display().to_string()) && !line.contains('\n'), "{line}");
 }
@@ -291,6 +291,10 @@ fn snapshot(name: &str, seed: u64) -> NodeState {
             ("[2001:db8::7]:4500".parse().unwrap(), false, NatMapping::Untested),
         ],
         local_addrs: vec!["192.168.1.10:4500".parse().unwrap(), "[2001:db8::7]:4500".parse().unwrap()],
+        announced: vec![
+            Prefix::new(format!("192.168.{seed}.0").parse().unwrap(), 24).unwrap(),
+            Prefix::new("2001:db8:1::".parse().unwrap(), 48).unwrap(),
+        ],
         keepalive: KeepaliveMethod::Push(Bytes::new(b"device-token".to_vec()).unwrap()),
         ns: (seed % 2 == 1).then(|| NsState {
             ns: fqdn("ns1.example"),
@@ -485,6 +489,8 @@ fn dc_store_opens_a_database_an_earlier_build_wrote() {
         // Written before the mapping test: untested.
         endpoints: vec![("203.0.113.7:4500".parse().unwrap(), true, NatMapping::Untested)],
         local_addrs: vec!["192.168.1.10:4500".parse().unwrap()],
+        // Written before subnet routes: none.
+        announced: Vec::new(),
         keepalive: KeepaliveMethod::Udp,
         ns: Some(NsState {
             ns: fqdn("ns1.example"),

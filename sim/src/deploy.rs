@@ -122,6 +122,8 @@ pub struct NodeOpts {
     pub tunnel_key_lifetime: Option<Duration>,
     /// The node's own cap on look-ups in flight (a hostile node sets it high).
     pub max_pending_resolves: Option<usize>,
+    /// The LAN prefixes it announces (subnet routes).
+    pub announced: Vec<ntm_proto::wire::Prefix>,
 }
 
 impl Default for NodeOpts {
@@ -133,6 +135,7 @@ impl Default for NodeOpts {
             udp_keepalive: None,
             tunnel_key_lifetime: None,
             max_pending_resolves: None,
+            announced: Vec::new(),
         }
     }
 }
@@ -412,6 +415,7 @@ impl Deployment {
             cfg.max_pending_resolves = m;
         }
         cfg.key_pair = if opts.public_key_mode { key_pair.clone() } else { None };
+        cfg.announced = opts.announced;
         let node = Node::new(cfg, self.sim.rng_for(fqdn)).unwrap();
         let identity = match (&opts.login, &key_pair) {
             (Login::Device, Some(k)) => Some(PeerIdentity { name: f, role: Role::Node, public_key: Some(k.public()) }),

@@ -94,6 +94,13 @@ impl Json {
         self
     }
 
+    /// A string inside an array.
+    pub fn string(&mut self, v: &str) -> &mut Self {
+        self.sep();
+        self.string_raw(v);
+        self
+    }
+
     /// A number field.
     pub fn num(&mut self, key: &str, v: u64) -> &mut Self {
         self.key(key);
@@ -140,6 +147,10 @@ impl Agent {
             None => j.null("fqdn"),
         };
         j.bool("registered", self.node.is_registered());
+        match &self.registration_refused {
+            Some(r) => j.str("registration_refused", r),
+            None => j.null("registration_refused"),
+        };
         j.bool("displaced", self.node.is_displaced());
         j.bool("notifications_ready", self.node.notifications_ready());
         // The NS keepalive interval learned for this path, and the NS's (the longest used).
@@ -192,8 +203,13 @@ impl Agent {
                 .str("relay", &t.relay.map(|r| r.to_string()).unwrap_or_default())
                 .bool("superseded", t.superseded)
                 .num("rx_packets", t.rx_packets)
-                .num("tx_packets", t.tx_packets)
-                .close();
+                .num("tx_packets", t.tx_packets);
+            j.array("peer_prefixes");
+            for p in &t.peer_prefixes {
+                j.string(&p.to_string());
+            }
+            j.end_array();
+            j.close();
         }
         j.end_array();
         let c = &self.counters;
@@ -226,6 +242,9 @@ impl Agent {
         }
         j.close();
         dns_stats(&mut j, self.stub.stats());
+        if let Some(lan) = &self.lan {
+            j.open(Some("lan")).num("dns_refused", lan.dns_refused).close();
+        }
         j.close();
         j.finish()
     }

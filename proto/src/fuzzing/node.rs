@@ -36,7 +36,7 @@ use crate::wire::tunnel::{
     HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
 };
 use crate::wire::{
-    Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, SessionId, Tail, Text,
+    Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, SessionId, Tails, Text,
     VirtualAddrs,
 };
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -358,7 +358,7 @@ impl NodeScript {
             k_tun: KeyGrant { key: Key::from_bytes(ctx.k_tun), lifetime },
             k_tmp: ctx.k_tmp.map(Key::from_bytes),
             peer_attestation: attestation,
-            traversal: Tail(Traversal::Usual),
+            tail: Tails(Traversal::Usual, List::new()),
         }))
     }
 

@@ -44,10 +44,11 @@ use crate::wire::tunnel::{
     HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
 };
 use crate::wire::{
-    Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, SessionId, Tail, Text,
+    Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, SessionId, Tail, Tails, Text,
     VirtualAddrs,
 };
 use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
 use std::sync::OnceLock;
 
 const AS_ADDR: SocketAddr = v4(192, 0, 2, 10, 4460);
@@ -214,6 +215,7 @@ impl DcScript {
                     local_addrs,
                     keepalive,
                     ns_key_lost,
+                    announced: Tail(List::new()),
                 })
             }
             1 => Message::Keepalive(Keepalive { request_id: RequestId(input.u32()) }),
@@ -259,7 +261,7 @@ impl DcScript {
                     local_addrs: List::new(),
                     via_ns,
                     attestation: None,
-                    mappings: Tail(List::new()),
+                    tail: Tails(List::new(), List::new()),
                 };
                 Message::NodeInfoAnswer(NodeInfoAnswer { request_id, info })
             }
@@ -288,7 +290,7 @@ impl DcScript {
                     k_tun: grant(h.rng.key(), lifetime),
                     k_tmp,
                     peer_attestation: None,
-                    traversal: Tail(Traversal::Usual),
+                    tail: Tails(Traversal::Usual, List::new()),
                 })
             }
             3 => Message::RouteDirectionAck(RouteDirectionAck {
@@ -560,6 +562,7 @@ fn dc_setup(c: u8) -> Option<(Harness<Dc>, DcScript)> {
             local_addrs: List::from_vec(local.to_vec()).ok()?,
             keepalive: KeepaliveMethod::Udp,
             ns_key_lost: None,
+            announced: Tail(List::new()),
         });
         let slot = h.slots.get_mut(i)?;
         let from = slot.from;

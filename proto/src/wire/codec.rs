@@ -329,6 +329,45 @@ impl<T: Codec + Default + PartialEq> Codec for Tail<T> {
     }
 }
 
+/// Two fields that earlier builds neither send nor expect, at the very end of a body,
+/// when a later build adds a second one after a [`Tail`]: absent, both read as their
+/// defaults; else `A` is written in full (its default too) and `B` follows as a [`Tail`].
+/// So a message with `B` at its default is byte for byte the message with `Tail<A>`, and
+/// each message keeps one encoding (both written as defaults is refused).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tails<A, B>(pub A, pub B);
+
+impl<A: Codec + Default + PartialEq, B: Codec + Default + PartialEq> Codec for Tails<A, B> {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        if r.remaining() == 0 {
+            return Ok(Tails(A::default(), B::default()));
+        }
+        let a = A::decode(r)?;
+        let Tail(b) = Tail::<B>::decode(r)?;
+        if a == A::default() && b == B::default() {
+            return Err(WireError::BadValue("tail field written as its default"));
+        }
+        Ok(Tails(a, b))
+    }
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        if self.0 == A::default() && self.1 == B::default() {
+            return Ok(());
+        }
+        self.0.encode(w)?;
+        if self.1 == B::default() {
+            return Ok(());
+        }
+        self.1.encode(w)
+    }
+    fn encoded_len(&self) -> usize {
+        if self.0 == A::default() && self.1 == B::default() {
+            0
+        } else {
+            self.0.encoded_len() + if self.1 == B::default() { 0 } else { self.1.encoded_len() }
+        }
+    }
+}
+
 /// A list of at most `MAX` values (`MAX` <= 255): a count byte, then the values.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct List<T, const MAX: usize>(Vec<T>);

@@ -7,13 +7,15 @@
 //! NodeInfoAnswer    request_id u32 | node info
 //! node info         fqdn | virtual v4 (4) | virtual v6 (16) | endpoints (list <= 2)
 //!                   | local_addrs (list <= 8) | via_ns u8 | attestation?
-//!                   | mappings (list <= 2 of u8, registration.rs)?: absent = all untested
+//!                   | tails?: mappings (list <= 2 of u8, registration.rs; empty = all
+//!                     untested) | announced (list <= 8 of prefix, prefix.rs)?
 //! endpoint          observed addr | behind_nat u8
 //! ```
 
 use super::pk::Attestation;
+use super::prefix::{Prefix, ANNOUNCED_MAX};
 use super::registration::{NatMapping, LOCAL_ADDRS_MAX};
-use super::{wire_struct, Fqdn, List, RequestId, SessionId, Tail, VirtualAddrs};
+use super::{wire_struct, Fqdn, List, RequestId, SessionId, Tails, VirtualAddrs};
 use core::net::SocketAddr;
 
 wire_struct! {
@@ -53,9 +55,10 @@ wire_struct! {
         pub via_ns: bool,
         /// Its attested public key (public-key mode).
         pub attestation: Option<Attestation>,
-        /// The mapping test's verdict for each of `endpoints`, in the same order (none:
-        /// all untested; earlier builds neither send nor read it).
-        pub mappings: Tail<List<NatMapping, 2>>,
+        /// `.0`: the mapping test's verdict for each of `endpoints`, in the same order
+        /// (none: all untested); `.1`: the prefixes the node announced at registration
+        /// (subnet routes). Earlier builds neither send nor read them.
+        pub tail: Tails<List<NatMapping, 2>, List<Prefix, ANNOUNCED_MAX>>,
     }
 }
 

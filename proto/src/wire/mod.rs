@@ -22,6 +22,7 @@ pub mod keyshare;
 pub mod login;
 pub mod notification;
 pub mod pk;
+pub mod prefix;
 pub mod refusal;
 pub mod registration;
 pub mod relay;
@@ -29,10 +30,11 @@ pub mod route;
 pub mod tunnel;
 
 pub(crate) use codec::{code_enum, known_code_codec, wire_struct};
-pub use codec::{Bytes, Codec, List, Reader, Tail, Text, Writer};
+pub use codec::{Bytes, Codec, List, Reader, Tail, Tails, Text, Writer};
 pub use header::{field as header_field, Envelope, Header, Sender, FLAG_SEALED, HEADER_LEN, TAG_LEN, VERSION};
 pub use message::{Message, MsgType};
 pub use name::{Fqdn, FQDN_MAX};
+pub use prefix::Prefix;
 
 use core::fmt;
 use core::time::Duration;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! RegistrationRequest   request_id u32 | local_addrs (list <= 8) | keepalive method
-//!                       | ns_key_lost key_id u32?
+//!                       | ns_key_lost key_id u32? | announced (list <= 8 of prefix)?
 //! keepalive method      0x01 UDP | 0x02 TCP via NS | 0x03 push: token (u16 len <= 512)
 //! RegistrationResponse  request_id u32 | virtual v4 (4) | virtual v6 (16) | observed addr
 //!                       | behind_nat u8 | keepalive_interval u16 (s) | ns grant?
@@ -26,8 +26,9 @@
 //! (endpoint-independent); another port means a new mapping per destination.
 //! Addresses are `family u8 (4|6) | address | port u16`.
 
+use super::prefix::{Prefix, ANNOUNCED_MAX};
 use super::{
-    code_enum, known_code_codec, wire_struct, Bytes, Codec, Fqdn, KeyId, List, Reader, RequestId, VirtualAddrs,
+    code_enum, known_code_codec, wire_struct, Bytes, Codec, Fqdn, KeyId, List, Reader, RequestId, Tail, VirtualAddrs,
     WireError, Writer,
 };
 use crate::keys::{KeyGrant, NtmNs};
@@ -143,6 +144,9 @@ wire_struct! {
         /// The K_ntmns id our NS said it does not know (it restarted or dropped the
         /// key): the DC makes a fresh K_ntmns instead of granting that one again.
         pub ns_key_lost: Option<KeyId>,
+        /// The LAN prefixes the node routes for (subnet routes, `lan.announce`), for the DC
+        /// to pass on to its peers (none: earlier builds neither send nor read it).
+        pub announced: Tail<List<Prefix, ANNOUNCED_MAX>>,
     }
 }
 

@@ -7,7 +7,8 @@
 //!                    | peer: fqdn, virtual v4, virtual v6, endpoints (list <= 4)
 //!                    | path: 0x01 direct | 0x02 relay: relay addr | 0x03 gateway: RS addr
 //!                    | K_tun (16) | lifetime u32 | K_tmp? (16) | peer attestation?
-//!                    | traversal u8? (absent = 0x00 usual, 0x01 open ports, 0x02 guess ports)
+//!                    | tails?: traversal u8 (0x00 usual, 0x01 open ports, 0x02 guess ports)
+//!                      | peer's announced prefixes (list <= 8 of prefix)?
 //! RouteDirectionAck  request_id u32 | session u32
 //! GatewayOffer       all u8 | names (list <= 16 fqdn)
 //! ```
@@ -19,8 +20,9 @@
 //! derived from K_tun ([`crate::keys::KTun::gateway_data_key`]) for the RS.
 
 use super::pk::Attestation;
+use super::prefix::{Prefix, ANNOUNCED_MAX};
 use super::{
-    code_enum, known_code_codec, wire_struct, Codec, Fqdn, List, Reader, RequestId, SessionId, Tail, VirtualAddrs,
+    code_enum, known_code_codec, wire_struct, Codec, Fqdn, List, Reader, RequestId, SessionId, Tails, VirtualAddrs,
     WireError, Writer,
 };
 use crate::keys::{KTmp, KeyGrant, Tun};
@@ -148,9 +150,10 @@ wire_struct! {
         pub k_tmp: Option<KTmp>,
         /// The peer's attested public key (public-key mode).
         pub peer_attestation: Option<Attestation>,
-        /// What to try for a direct path while relayed (absent: usual; earlier builds
-        /// neither send nor read it, and it is usual for every node they serve).
-        pub traversal: Tail<Traversal>,
+        /// `.0`: what to try for a direct path while relayed (usual for every node of
+        /// earlier builds); `.1`: the peer's announced prefixes (subnet routes into this
+        /// tunnel). Absent: usual and none; earlier builds neither send nor read them.
+        pub tail: Tails<Traversal, List<Prefix, ANNOUNCED_MAX>>,
     }
 }
 
@@ -199,7 +202,7 @@ mod tests {
             k_tun: KeyGrant { key: Key::from_bytes([0x11; 16]), lifetime: Lifetime(600) },
             k_tmp: Some(KTmp::from_bytes([0x22; 16])),
             peer_attestation: None,
-            traversal: Tail(Traversal::GuessPorts),
+            tail: Tails(Traversal::GuessPorts, List::new()),
         }
     }
 
@@ -215,7 +218,7 @@ mod tests {
         assert_eq!(parse(&body), Ok(Message::RouteDirection(msg.clone())));
         // Without its last byte it is the same direction as an earlier build sends it,
         // with no search of ports (the traversal is a `Tail`).
-        let usual = RouteDirection { traversal: Tail(Traversal::Usual), ..msg.clone() };
+        let usual = RouteDirection { tail: Tails(Traversal::Usual, List::new()), ..msg.clone() };
         assert_eq!(parse(&body[..body.len() - 1]), Ok(Message::RouteDirection(usual)));
         // Cut anywhere before that: the input ends before the format does.
         for n in 0..body.len() - 1 {
@@ -231,10 +234,19 @@ mod tests {
         let mut many = body.clone();
         many[count_at] = 5;
         assert_eq!(parse(&many), Err(WireError::TooLong("list")));
-        // And one byte too many is refused as well.
-        let mut longer = body;
+        // A byte more is an empty list of prefixes written out: refused (one encoding).
+        let mut longer = body.clone();
         longer.push(0);
-        assert_eq!(parse(&longer), Err(WireError::TrailingBytes));
+        assert_eq!(parse(&longer), Err(WireError::BadValue("tail field written as its default")));
+        // The peer's announced prefixes follow the traversal, written even when usual.
+        let lan = Prefix::new([192, 168, 2, 0].into(), 24).unwrap();
+        let routed = RouteDirection { tail: Tails(Traversal::Usual, List::from_vec(vec![lan]).unwrap()), ..msg };
+        let b = Message::RouteDirection(routed.clone()).body_to_vec();
+        assert_eq!(&b[body.len() - 1..], &[0x00, 1, 4, 24, 192, 168, 2, 0]);
+        assert_eq!(parse(&b), Ok(Message::RouteDirection(routed)));
+        let mut more = b;
+        more.push(0);
+        assert_eq!(parse(&more), Err(WireError::TrailingBytes));
     }
 
     #[test]

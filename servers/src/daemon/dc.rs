@@ -273,6 +273,7 @@ impl Daemon for DcDaemon {
                     "virtual_ipv6": n.virtual_addrs.map(|v| v.v6.to_string()),
                     "endpoints": n.endpoints.iter().zip(n.mappings.iter().copied().chain(std::iter::repeat(NatMapping::Untested))).map(|((a, nat), mapping)| serde_json::json!({"addr": a.to_string(), "behind_nat": nat, "mapping": mapping.label()})).collect::<Vec<_>>(),
                     "via_ns": n.via_ns,
+                    "announced": n.announced.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                     "key_expires_unix_ms": n.key_expires.as_millis(),
                 })
             })
@@ -431,6 +432,7 @@ mod tests {
             virtual_addrs: None,
             endpoints: Vec::new(),
             local_addrs: Vec::new(),
+            announced: Vec::new(),
             keepalive: KeepaliveMethod::Udp,
             ns: None,
         }
@@ -662,6 +664,7 @@ mod tests {
                 local_addrs: local,
                 keepalive: KeepaliveMethod::Udp,
                 ns_key_lost: None,
+                announced: Default::default(),
             });
             let mut bytes = self.channel.seal(now, &msg).unwrap();
             d.dc.handle_datagram(now, self.addr, &mut bytes);

@@ -20,7 +20,7 @@ use ntm_proto::engine::dc::{NodeState, NsState};
 use ntm_proto::keys::{KNtmDc, KNtmNs};
 use ntm_proto::time::Instant;
 use ntm_proto::wire::registration::{KeepaliveMethod, NatMapping};
-use ntm_proto::wire::{Codec, Fqdn, KeyId, VirtualAddrs};
+use ntm_proto::wire::{Codec, Fqdn, KeyId, Prefix, VirtualAddrs};
 use rusqlite::{params, Connection};
 use std::path::Path;
 
@@ -35,7 +35,8 @@ fn u64_from_sql(v: i64) -> u64 {
 }
 
 /// The DC schema, one migration per version.
-const DC_MIGRATIONS: &[&str] = &["
+const DC_MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE assignments (
         fqdn TEXT PRIMARY KEY,
         v4   TEXT NOT NULL UNIQUE,
@@ -64,7 +65,12 @@ const DC_MIGRATIONS: &[&str] = &["
         key        BLOB NOT NULL CHECK (length(key) = 16),    -- K_ntmns: secret
         expires_ms INTEGER NOT NULL
     ) STRICT;
-"];
+",
+    "
+    -- The prefixes each node announced (subnet routes): JSON [\"a/len\"].
+    ALTER TABLE nodes ADD COLUMN announced TEXT NOT NULL DEFAULT '[]';
+",
+];
 
 /// How far ahead of the channel's next counter [`DcStore::save_node`] reserves. A DC that
 /// crashes resumes at the saved value, skipping at most this many counters (of 2^64).
@@ -250,7 +256,7 @@ impl DcStore {
             .conn
             .prepare(
                 "SELECT fqdn, key_id, expires_ms, next_counter, peer_counter, attestation, v4, v6, \
-                 endpoints, local_addrs, keepalive, key FROM nodes ORDER BY fqdn",
+                 endpoints, local_addrs, keepalive, key, announced FROM nodes ORDER BY fqdn",
             )
             .map_err(sql_err(&self.path, "loading node state"))?;
         let mut rows = stmt.query([]).map_err(sql_err(&self.path, "loading node state"))?;
@@ -263,7 +269,12 @@ impl DcStore {
                 Err(_) => Err("key is not a blob"),
             };
             let name = cols.0.clone();
-            match key.and_then(|key| decode_node(cols, key)) {
+            let announced = row.get::<_, String>(12).map_err(|_| "announced prefixes are not text");
+            let node = key.and_then(|key| decode_node(cols, key)).and_then(|mut n| {
+                n.announced = decode_prefixes(&announced?)?;
+                Ok(n)
+            });
+            match node {
                 Ok(n) => out.push(n),
                 Err(detail) => log::warn!("database {}: node {name:?} skipped: {detail}", self.path),
             }
@@ -346,6 +357,9 @@ fn insert_node(tx: &rusqlite::Transaction<'_>, path: &str, node: &NodeState) -> 
     let endpoints = serde_json::to_string(&endpoints).map_err(|e| invalid(format!("{}: endpoints: {e}", node.fqdn)))?;
     let local_addrs = serde_json::to_string(&node.local_addrs)
         .map_err(|e| invalid(format!("{}: local addresses: {e}", node.fqdn)))?;
+    let announced: Vec<String> = node.announced.iter().map(|p| p.to_string()).collect();
+    let announced =
+        serde_json::to_string(&announced).map_err(|e| invalid(format!("{}: announced prefixes: {e}", node.fqdn)))?;
     let attestation = node.attestation.as_ref().map(Codec::to_vec);
     let (v4, v6) = match node.virtual_addrs {
         Some(a) => (Some(a.v4.to_string()), Some(a.v6.to_string())),
@@ -353,8 +367,8 @@ fn insert_node(tx: &rusqlite::Transaction<'_>, path: &str, node: &NodeState) -> 
     };
     tx.execute(
         "INSERT OR REPLACE INTO nodes (fqdn, key_id, key, expires_ms, next_counter, peer_counter, attestation, \
-         v4, v6, endpoints, local_addrs, keepalive, saved_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+         v4, v6, endpoints, local_addrs, keepalive, saved_ms, announced) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             node.fqdn.as_str(),
             i64::from(node.key_id.0),
@@ -370,6 +384,7 @@ fn insert_node(tx: &rusqlite::Transaction<'_>, path: &str, node: &NodeState) -> 
             local_addrs,
             node.keepalive.to_vec(),
             time_to_sql(unix_now_ms()),
+            announced,
         ],
     )
     .map_err(sql_err(path, "saving node state"))?;
@@ -421,9 +436,23 @@ fn decode_node(cols: NodeColumns, key: KNtmDc) -> Result<NodeState, &'static str
         virtual_addrs,
         endpoints: endpoints.into_iter().map(|e| (e.addr, e.nat, stored_mapping(e.mapping))).collect(),
         local_addrs,
+        announced: Vec::new(),
         keepalive,
         ns: None,
     })
+}
+
+/// The stored prefixes (`["a/len", ...]`), each checked as on the wire.
+fn decode_prefixes(json: &str) -> Result<Vec<Prefix>, &'static str> {
+    let texts: Vec<String> = serde_json::from_str(json).map_err(|_| "announced prefixes do not decode")?;
+    texts
+        .iter()
+        .map(|t| {
+            let (a, l) = t.split_once('/').ok_or("bad announced prefix")?;
+            let addr = a.parse().map_err(|_| "bad announced prefix")?;
+            Prefix::new(addr, l.parse().map_err(|_| "bad announced prefix")?).ok_or("bad announced prefix")
+        })
+        .collect()
 }
 
 fn decode_ns(ns: String, key_id: i64, key: &[u8], expires_ms: i64) -> Result<NsState, &'static str> {

@@ -52,6 +52,7 @@ fn registration(n: &mut LoadNode, i: usize, local: SocketAddr) -> Res<Vec<u8>> {
         local_addrs: List::from_vec(vec![local]).map_err(err("list"))?,
         keepalive: KeepaliveMethod::Udp,
         ns_key_lost: None,
+        announced: Default::default(),
     });
     n.channel.seal(proto_now(), &msg).map_err(err("seal"))
 }

@@ -28,7 +28,7 @@ use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::registration::NatMapping;
 use crate::wire::relay::{GatewayDirection, RelayDirection, RelayDirectionAck};
 use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, Traversal, TunnelRole};
-use crate::wire::{Fqdn, Lifetime, List, Message, MsgType, RequestId, SessionId, Tail};
+use crate::wire::{Fqdn, Lifetime, List, Message, MsgType, RequestId, SessionId, Tails};
 use core::net::{Ipv4Addr, SocketAddr};
 
 /// Who acknowledged a Route Direction.
@@ -169,7 +169,7 @@ fn endpoint(info: &NodeInfo, v4: bool) -> Option<&crate::wire::direction::Endpoi
 /// The mapping test's verdict for the node's endpoint in one family.
 fn mapping(info: &NodeInfo, v4: bool) -> NatMapping {
     let i = info.endpoints.iter().position(|e| e.observed.is_ipv4() == v4);
-    i.and_then(|i| info.mappings.0.iter().nth(i).copied()).unwrap_or_default()
+    i.and_then(|i| info.tail.0.iter().nth(i).copied()).unwrap_or_default()
 }
 
 /// The route decision, without the RS choice (see the module documentation).
@@ -776,7 +776,7 @@ impl Dc {
                 k_tun: KeyGrant { key, lifetime: Lifetime::from_duration(self.cfg.tunnel_key_lifetime) },
                 k_tmp: None,
                 peer_attestation: None,
-                traversal: Tail(Traversal::Usual),
+                tail: Tails(Traversal::Usual, List::new()),
             });
         }
         let mn_info = self.node_info(&n.mn)?;
@@ -814,7 +814,7 @@ impl Dc {
             k_tun: KeyGrant { key: k_tun, lifetime: Lifetime::from_duration(self.cfg.tunnel_key_lifetime) },
             k_tmp: n.k_tmp.clone(),
             peer_attestation,
-            traversal: Tail(traversal),
+            tail: Tails(traversal, peer.tail.1.clone()),
         })
     }
 
@@ -1201,7 +1201,7 @@ mod tests {
             local_addrs: List::new(),
             via_ns: false,
             attestation: None,
-            mappings: Tail(mappings),
+            tail: Tails(mappings, List::new()),
         }
     }
 

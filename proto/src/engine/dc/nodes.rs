@@ -10,13 +10,14 @@ use crate::time::Instant;
 use crate::wire::direction::{Endpoint, NodeInfo};
 use crate::wire::login::{KeyDistribution, NtmAck};
 use crate::wire::notification::{Notify, NsKeyDistribution};
+use crate::wire::prefix::ANNOUNCED_MAX;
 use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::registration::{
     Keepalive, KeepaliveAck, KeepaliveMethod, MappingOffer, MappingProbe, MappingProbeAck, NatMapping, NsGrant,
     RegistrationRequest, RegistrationResponse, LOCAL_ADDRS_MAX,
 };
 use crate::wire::{
-    Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, RequestId, Sender, Tail, VirtualAddrs,
+    Bytes, Fqdn, Header, KeyId, Lifetime, List, Message, MsgType, Prefix, RequestId, Sender, Tails, VirtualAddrs,
 };
 use core::net::SocketAddr;
 
@@ -48,6 +49,8 @@ pub(super) struct NodeRecord {
     /// Where the node was seen: [IPv4, IPv6].
     pub(super) seen: [Option<Seen>; 2],
     local_addrs: List<SocketAddr, LOCAL_ADDRS_MAX>,
+    /// The prefixes it announced at its last registration (subnet routes).
+    pub(super) announced: List<Prefix, ANNOUNCED_MAX>,
     method: KeepaliveMethod,
     ns: Option<NsBinding>,
     /// Registrations waiting for the NS to acknowledge K_ntmns.
@@ -166,6 +169,7 @@ impl Dc {
                         virtual_addrs: None,
                         seen: [None, None],
                         local_addrs: List::new(),
+                        announced: List::new(),
                         method: KeepaliveMethod::Udp,
                         ns: None,
                         waiting: Vec::new(),
@@ -240,7 +244,30 @@ impl Dc {
         }
     }
 
+    /// Why `fqdn` may not announce `announced`: a prefix overlapping this DC's virtual
+    /// prefixes or another node's announced prefix (two boxes cannot both route it).
+    fn announce_conflict(&self, fqdn: &Fqdn, announced: &[Prefix]) -> Option<String> {
+        for p in announced {
+            if let Some(v) = self.pool.prefixes().iter().find(|v| v.overlaps(p)) {
+                return Some(format!("announced prefix {p} overlaps the virtual prefix {v}"));
+            }
+            for (other, rec) in self.nodes.iter().filter(|(n, _)| *n != fqdn) {
+                if let Some(o) = rec.announced.iter().find(|o| o.overlaps(p)) {
+                    return Some(format!("announced prefix {p} overlaps {o} of {other}"));
+                }
+            }
+        }
+        None
+    }
+
     fn handle_registration(&mut self, now: Instant, fqdn: &Fqdn, from: SocketAddr, r: RegistrationRequest) -> Received {
+        if let Some(detail) = self.announce_conflict(fqdn, r.announced.0.as_slice()) {
+            log::warn!("{fqdn}: registration refused: {detail}");
+            let msg =
+                Message::Refusal(Refusal::new(MsgType::RegistrationRequest, r.request_id, Reason::Conflict, &detail));
+            self.send_to_node_at(now, fqdn, from, &msg);
+            return self.drops.count(DropReason::Unauthorized);
+        }
         let Some(virtual_addrs) = self.pool.assign(fqdn) else {
             let msg = Message::Refusal(Refusal::new(
                 MsgType::RegistrationRequest,
@@ -277,6 +304,7 @@ impl Dc {
         }
         rec.virtual_addrs = Some(virtual_addrs);
         rec.local_addrs = r.local_addrs;
+        rec.announced = r.announced.0;
         rec.method = r.keepalive;
         rec.saved = false;
         let ns_key_lost = r.ns_key_lost;
@@ -549,7 +577,7 @@ impl Dc {
             local_addrs: rec.local_addrs.clone(),
             via_ns: rec.via_ns(),
             attestation: rec.attestation.clone(),
-            mappings: Tail(mappings),
+            tail: Tails(mappings, rec.announced.clone()),
         })
     }
 
@@ -701,6 +729,7 @@ impl Dc {
             virtual_addrs: r.virtual_addrs,
             endpoints: r.seen.iter().flatten().map(|s| (s.observed, s.behind_nat, s.mapping)).collect(),
             local_addrs: r.local_addrs.as_slice().to_vec(),
+            announced: r.announced.as_slice().to_vec(),
             keepalive: r.method.clone(),
             ns: r.ns.as_ref().filter(|b| b.acked).and_then(|b| {
                 let name = self.ns.get(b.ns)?.link.name.clone();
@@ -739,6 +768,7 @@ impl Dc {
         });
         let local_addrs =
             List::from_vec(state.local_addrs.into_iter().take(LOCAL_ADDRS_MAX).collect()).unwrap_or_default();
+        let announced = List::from_vec(state.announced.into_iter().take(ANNOUNCED_MAX).collect()).unwrap_or_default();
         if let Some(old) = self.nodes.get(&state.fqdn) {
             self.keys.remove(&old.channel.id());
         }
@@ -752,6 +782,7 @@ impl Dc {
                 virtual_addrs: state.virtual_addrs,
                 seen,
                 local_addrs,
+                announced,
                 method: state.keepalive,
                 ns,
                 waiting: Vec::new(),
@@ -802,6 +833,7 @@ impl Dc {
                 virtual_addrs: r.virtual_addrs,
                 endpoints: r.seen.iter().flatten().map(|s| (s.observed, s.behind_nat)).collect(),
                 mappings: r.seen.iter().flatten().map(|s| s.mapping).collect(),
+                announced: r.announced.as_slice().to_vec(),
                 last_seen: r.seen.iter().flatten().map(|s| s.last_seen).max(),
                 via_ns: r.via_ns(),
                 key_expires: r.channel.expires(),
@@ -837,6 +869,8 @@ pub struct NodeState {
     pub endpoints: Vec<(SocketAddr, bool, NatMapping)>,
     /// Its own addresses.
     pub local_addrs: Vec<SocketAddr>,
+    /// The prefixes it announced (subnet routes).
+    pub announced: Vec<Prefix>,
     /// Its keepalive method.
     pub keepalive: KeepaliveMethod,
     /// Its NS and K_ntmns, if it keeps alive through one.
@@ -867,6 +901,8 @@ pub struct NodeStatus {
     pub endpoints: Vec<(SocketAddr, bool)>,
     /// The mapping test's verdict for each of `endpoints`, in the same order.
     pub mappings: Vec<NatMapping>,
+    /// The prefixes it announced (subnet routes).
+    pub announced: Vec<Prefix>,
     /// True if the DC reaches it through an NS.
     pub via_ns: bool,
     /// When it last registered or kept alive.

@@ -15,6 +15,8 @@ pub struct VirtualPool {
     /// Usable host numbers are 2..=last (0 is the network, 1 reserved, the top v4 address
     /// is the broadcast address).
     last: u32,
+    /// The prefixes, for the check of announced prefixes (`nodes.rs`).
+    prefixes: Vec<crate::wire::Prefix>,
     by_name: HashMap<Fqdn, u32>,
     used: HashSet<u32>,
     next: u32,
@@ -44,7 +46,24 @@ impl VirtualPool {
             return Err(ConfigError::new("virtual_ipv6_prefix", "address has host bits set"));
         }
         let last = (!v4_mask).saturating_sub(1);
-        Ok(VirtualPool { v4_base, v6_base, last, by_name: HashMap::new(), used: HashSet::new(), next: 2 })
+        let prefixes = [
+            crate::wire::Prefix::new(Ipv4Addr::from(v4_base).into(), v4_len),
+            crate::wire::Prefix::new(Ipv6Addr::from(v6_base).into(), v6_len),
+        ];
+        Ok(VirtualPool {
+            v4_base,
+            v6_base,
+            last,
+            prefixes: prefixes.into_iter().flatten().collect(),
+            by_name: HashMap::new(),
+            used: HashSet::new(),
+            next: 2,
+        })
+    }
+
+    /// The pool's prefixes (IPv4, IPv6).
+    pub fn prefixes(&self) -> &[crate::wire::Prefix] {
+        &self.prefixes
     }
 
     fn addrs(&self, host: u32) -> VirtualAddrs {

@@ -315,6 +315,11 @@ impl Node {
             local_addrs,
             keepalive: self.cfg.keepalive.clone(),
             ns_key_lost: self.ns.as_ref().filter(|ns| ns.lost).map(|ns| ns.channel.id()),
+            // At most ANNOUNCED_MAX are kept (the agent's configuration holds no more).
+            announced: crate::wire::Tail(
+                List::from_vec(self.cfg.announced.iter().take(crate::wire::prefix::ANNOUNCED_MAX).copied().collect())
+                    .unwrap_or_default(),
+            ),
         })
     }
 

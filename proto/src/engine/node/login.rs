@@ -344,6 +344,9 @@ impl Node {
                     self.handle_displaced(now);
                 }
             }
+            (MsgType::RegistrationRequest, reason) => {
+                self.emit(NodeEvent::RegistrationRefused { reason, detail: r.detail.as_str().to_string() });
+            }
             (MsgType::DirectionRequest, reason) => {
                 let error = if reason == Reason::NotNtm { ResolveError::NotNtm } else { ResolveError::Refused(reason) };
                 self.fail_direction(r.request_id, error);

@@ -82,6 +82,9 @@ pub struct NodeConfig {
     pub tunnel_backoff: Backoff,
     /// Most tunnels at once (further Route Directions are refused).
     pub max_tunnels: usize,
+    /// The LAN prefixes this node routes for (subnet routes), announced at registration:
+    /// packets from a tunnel may be for these as well as for the node's virtual address.
+    pub announced: Vec<crate::wire::Prefix>,
     /// Most DNS-hook queries waiting at once.
     pub max_pending_resolves: usize,
     /// How long a DNS-hook query may wait for its tunnel.
@@ -139,6 +142,7 @@ impl NodeConfig {
             backoff: Backoff::DEFAULT,
             tunnel_backoff: Backoff { initial: Duration::from_millis(300), max: Duration::from_secs(2), attempts: 16 },
             max_tunnels: 64,
+            announced: Vec::new(),
             max_pending_resolves: 64,
             resolve_timeout: Duration::from_secs(10),
             route_optimization: true,
@@ -204,6 +208,14 @@ pub enum NodeEvent {
         observed: SocketAddr,
         /// The DC's NAT verdict.
         behind_nat: bool,
+    },
+    /// The DC refused a Registration Request (e.g. `Conflict`: an announced prefix
+    /// overlaps another node's). The node tries again after its backoff.
+    RegistrationRefused {
+        /// The DC's reason.
+        reason: Reason,
+        /// The DC's explanation (names the prefix and the other node for a conflict).
+        detail: String,
     },
     /// The NS accepted the node's Notification Registration.
     NotificationsReady,

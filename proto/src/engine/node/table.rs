@@ -25,7 +25,7 @@
 use super::timer::{Timer, Timers};
 use super::tunnel::Tunnel;
 use crate::time::{Duration, Instant};
-use crate::wire::SessionId;
+use crate::wire::{Prefix, SessionId};
 use core::net::IpAddr;
 use core::ops::{Deref, DerefMut};
 
@@ -63,6 +63,10 @@ struct Index {
     /// Peer virtual addresses whose route is chosen again before the next lookup (a
     /// tunnel to them came up or was superseded).
     stale: Vec<IpAddr>,
+    /// The peers' announced prefixes (subnet routes), longest first, each with the tunnel
+    /// chosen as for `routes`; chosen again whenever any route is (they change rarely).
+    prefixes: Vec<(Prefix, TunnelId)>,
+    prefixes_stale: bool,
     /// Tunnels changed since their deadline was last filed in `timers` (each once).
     unfiled: Vec<TunnelId>,
     timers: Timers,
@@ -72,6 +76,7 @@ struct Index {
 impl Index {
     /// The routes of `addrs` are to be chosen again.
     fn mark(&mut self, addrs: [IpAddr; 2]) {
+        self.prefixes_stale = true;
         for a in addrs {
             if !self.stale.contains(&a) {
                 self.stale.push(a);
@@ -107,6 +112,8 @@ impl Tunnels {
             by_session: Vec::new(),
             routes: Vec::new(),
             stale: Vec::new(),
+            prefixes: Vec::new(),
+            prefixes_stale: false,
             unfiled: Vec::new(),
             timers: Timers::new(),
             timing,
@@ -188,7 +195,9 @@ impl Tunnels {
     /// The tunnel that carries packets to the peer virtual address `dst`.
     pub(super) fn route(&mut self, dst: IpAddr) -> Option<TunnelId> {
         self.reroute();
+        // A virtual address first; else the longest announced prefix holding `dst`.
         find(&self.index.routes, dst)
+            .or_else(|| self.index.prefixes.iter().find(|(p, _)| p.contains(dst)).map(|(_, id)| *id))
     }
 
     /// The tunnels in creation order.
@@ -221,6 +230,24 @@ impl Tunnels {
     /// every tunnel at send time: the greatest (live, established at) wins, the later
     /// created on a tie.
     fn reroute(&mut self) {
+        if core::mem::take(&mut self.index.prefixes_stale) {
+            let mut prefixes: Vec<(Prefix, TunnelId)> = Vec::new();
+            let mut all: Vec<Prefix> = self.all.iter().flat_map(|(_, t)| t.peer_prefixes().iter().copied()).collect();
+            all.sort_by(|a, b| b.prefix_len().cmp(&a.prefix_len()).then(a.cmp(b)));
+            all.dedup();
+            for p in all {
+                let best = self
+                    .all
+                    .iter()
+                    .filter(|(_, t)| t.is_established() && t.peer_prefixes().contains(&p))
+                    .max_by_key(|(_, t)| t.route_key())
+                    .map(|(id, _)| *id);
+                if let Some(id) = best {
+                    prefixes.push((p, id));
+                }
+            }
+            self.index.prefixes = prefixes;
+        }
         if self.index.stale.is_empty() {
             return;
         }

@@ -24,13 +24,14 @@ use crate::engine::{DropReason, Local, Received, Retry, Via};
 use crate::keys::{KMnCn, KTmp, MnCn, Tun};
 use crate::time::{Duration, Instant};
 use crate::wire::direction::DirectionRequest;
+use crate::wire::prefix::{Prefix, ANNOUNCED_MAX};
 use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::route::{Path, PeerInfo, RouteDirection, RouteDirectionAck, Side, Traversal, TunnelRole};
 use crate::wire::tunnel::{
     HolePunch, HolePunchAck, PathProbe, PathProbeAck, TunnelRequest, TunnelResponse, WrappedKey,
 };
 use crate::wire::{
-    Envelope, Fqdn, Header, KeyId, Message, MsgType, RequestId, Sender, SessionId, VirtualAddrs, HEADER_LEN,
+    Envelope, Fqdn, Header, KeyId, List, Message, MsgType, RequestId, Sender, SessionId, VirtualAddrs, HEADER_LEN,
 };
 use core::net::{IpAddr, SocketAddr};
 
@@ -285,6 +286,8 @@ pub(super) struct Tunnel {
     path_lost: bool,
     /// What the DC asked us to try for a direct path while relayed (spray.rs).
     traversal: Traversal,
+    /// The peer's announced LAN prefixes (subnet routes into this tunnel).
+    peer_prefixes: List<Prefix, ANNOUNCED_MAX>,
     /// The id of the Path Probe we last followed to a new address of the peer: its other
     /// copies (a search sends one id from 256 sockets) are no move of the peer.
     followed_probe: Option<u32>,
@@ -314,6 +317,8 @@ pub struct TunnelInfo {
     pub rx_packets: u64,
     /// Data packets sent.
     pub tx_packets: u64,
+    /// The peer's announced LAN prefixes (routed into this tunnel while it is up).
+    pub peer_prefixes: Vec<Prefix>,
 }
 
 fn side_sender(side: Side) -> Sender {
@@ -419,11 +424,18 @@ impl Tunnel {
         self.established().is_some_and(|e| matches!(e.route, Route::Relay { .. }))
     }
 
+    /// `dst` is the peer's: its virtual address or inside a prefix it announced.
     pub(super) fn carries(&self, dst: IpAddr) -> bool {
-        match dst {
+        let virtual_addr = match dst {
             IpAddr::V4(a) => a == self.peer.virtual_addrs.v4,
             IpAddr::V6(a) => a == self.peer.virtual_addrs.v6,
-        }
+        };
+        virtual_addr || self.peer_prefixes.iter().any(|p| p.contains(dst))
+    }
+
+    /// The peer's announced prefixes.
+    pub(super) fn peer_prefixes(&self) -> &[Prefix] {
+        self.peer_prefixes.as_slice()
     }
 
     pub(super) fn peer_addrs(&self) -> [IpAddr; 2] {
@@ -532,6 +544,7 @@ impl Tunnel {
             superseded: !self.is_live(),
             rx_packets: self.activity.rx_packets,
             tx_packets: self.activity.tx_packets,
+            peer_prefixes: self.peer_prefixes.as_slice().to_vec(),
         }
     }
 
@@ -1044,7 +1057,8 @@ impl Node {
             reestablish: false,
             rekey_requested: false,
             heard_direct: None,
-            traversal: rd.traversal.0,
+            traversal: rd.tail.0,
+            peer_prefixes: rd.tail.1,
             followed_probe: None,
             path_lost: false,
         });
@@ -1509,8 +1523,15 @@ impl Node {
         let my_virtual = self.virtual_addrs;
         let Some(mut t) = self.tunnels.get_mut(id) else { return self.drops.count(DropReason::UnknownKey) };
         let inner = buf.get(range.clone()).unwrap_or(&[]);
+        // From the peer (its virtual address or a prefix it announced), to us (our
+        // virtual address or a prefix we announced): nothing else crosses the tunnel.
         let ok = match (ip_endpoints(inner), my_virtual) {
-            (Some((src, dst)), Some(me)) => t.carries(src) && (dst == IpAddr::V4(me.v4) || dst == IpAddr::V6(me.v6)),
+            (Some((src, dst)), Some(me)) => {
+                t.carries(src)
+                    && (dst == IpAddr::V4(me.v4)
+                        || dst == IpAddr::V6(me.v6)
+                        || self.cfg.announced.iter().any(|p| p.contains(dst)))
+            }
             _ => false,
         };
         if !ok {
