@@ -3,15 +3,21 @@
 //! running `ntmd` behind different NATs (full cone and symmetric). The boxes find each
 //! other by name through the agent's DNS hook, the tunnel starts through the relay and
 //! moves to the direct path, and box a leaves its NAT for another network during a
-//! transfer. Everything is removed at the end, also on Ctrl-C.
+//! transfer. Then the two things a router does for others: a PC on box a's LAN (no agent)
+//! reaches box b and a camera on box b's announced LAN through the tunnel, and box a
+//! downloads from an ordinary web server (no NTMobile) through the RS as its gateway,
+//! moving back behind its NAT in the middle. Everything is removed at the end, also on
+//! Ctrl-C.
 //!
 //! Needs root, the release binaries (`cargo build --release --workspace --bins`), NSD, dig,
-//! ping, and iperf3 for the throughput step. `scripts/demo.sh` does all of it.
+//! ping, nft, curl and busybox (the web server), and iperf3 for the throughput step.
+//! `scripts/demo.sh` does all of it.
 
 #![allow(clippy::print_stdout)]
 
-use ntm_lab::deploy::{Access, Deployment, NatKind};
+use ntm_lab::deploy::{payload, Access, Deployment, NatKind};
 use ntm_lab::{have, Ns};
+use serde_json::json;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -53,10 +59,18 @@ fn run() -> Result<(), String> {
     let mut d =
         Deployment::start_with("demo", [Access::Nat(NatKind::FullCone), Access::Nat(NatKind::Symmetric)]).map_err(e)?;
     say(&format!("   servers up in {:?}; logs in {}", t.elapsed(), d.lab.dir().display()));
+    let (host, pc, camera) = extras(&mut d).map_err(e)?;
 
     say("== starting ntmd in both boxes: TLS login with the device certificate, registration");
     let t = Instant::now();
-    let st = d.up_with(|_, _, _| {}).map_err(e)?;
+    // Both boxes serve a LAN; box b announces its LAN's prefix (subnet route), box a
+    // masquerades its LAN behind its own virtual address.
+    let st = d
+        .up_with(|_, i, c| {
+            let announce: &[&str] = if i == 1 { &[CAMERA_LAN] } else { &[] };
+            c["lan"] = json!({"interfaces": ["lan0"], "announce": announce});
+        })
+        .map_err(e)?;
     for s in &st {
         say(&format!(
             "   {} has virtual {} and {}; its own address is {} (behind NAT)",
@@ -119,6 +133,8 @@ fn run() -> Result<(), String> {
         ));
     }
     say(&format!("   tunnel: {}", status_line(&d, 0, "b.zone-b.test")));
+    lan_chapter(&mut d, &pc, &camera, &b4);
+    gateway_chapter(&mut d, &host)?;
     say("== ntmd status in box a (what `ntmd status` prints)");
     let sock = d.boxes[0].status.clone();
     let status = std::process::Command::new(d.bins.join("ntmd"))
@@ -129,6 +145,141 @@ fn run() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     say(&String::from_utf8_lossy(&status.stdout));
     say("== done: stopping everything and deleting the namespaces");
+    Ok(())
+}
+
+/// Box b's LAN, announced: the camera is 198.19.32.2.
+const CAMERA_LAN: &str = "198.19.32.0/24";
+const CAMERA: &str = "198.19.32.2";
+/// Box a's LAN (not announced: masqueraded): the PC is 198.19.31.2, box a is .1.
+const PC: &str = "198.19.31.2";
+const BOX_A_LAN: &str = "198.19.31.1";
+/// The ordinary web server (no NTMobile), its name in NSD's zone plain.example.
+const HOST: &str = "host.plain.example";
+const HOST_IP: &str = "198.19.80.80";
+const WEB_FILE_BYTES: usize = 24 << 20;
+
+/// The parts beyond the two boxes, made before the agents start: a LAN behind each box
+/// (a PC behind box a, a camera behind box b), the ordinary web server behind the router,
+/// and the gateway in the servers' namespace (the RS's TUN device, the operator's nft
+/// rule, DC-A's policy for plain.example). (web server, PC, camera)
+fn extras(d: &mut Deployment) -> ntm_lab::Result<(Ns, Ns, Ns)> {
+    say("   a PC on box a's LAN, a camera on box b's LAN (no agent on either)");
+    let mut lan = |i: usize, label: &str, box_ip: &str, dev_ip: &str| -> ntm_lab::Result<Ns> {
+        let dev = d.lab.netns(label, false)?;
+        let bx = d.boxes[i].ns.clone();
+        d.lab.link(&bx, "lan0", &dev, "eth0")?;
+        d.lab.addr(&bx, "lan0", &format!("{box_ip}/24"))?;
+        d.lab.addr(&dev, "eth0", &format!("{dev_ip}/24"))?;
+        d.lab.route(&dev, &["default", "via", box_ip])?;
+        Ok(dev)
+    };
+    let pc = lan(0, "pc", BOX_A_LAN, PC)?;
+    let camera = lan(1, "camera", "198.19.32.1", CAMERA)?;
+    say("   an ordinary web server (no NTMobile) at 198.19.80.80 behind the router; the RS is its gateway");
+    let (srv, rtr) = (d.srv.clone(), d.rtr.clone());
+    let host = d.lab.netns("host", false)?;
+    d.lab.link(&host, "eth0", &rtr, "h0")?;
+    d.lab.addr(&rtr, "h0", "198.19.80.1/24")?;
+    d.lab.addr(&host, "eth0", &format!("{HOST_IP}/24"))?;
+    d.lab.route(&host, &["default", "via", "198.19.80.1"])?;
+    let web = d.lab.dir().join("www");
+    std::fs::create_dir_all(&web)?;
+    std::fs::write(web.join("big"), payload(WEB_FILE_BYTES, 17))?;
+    let web = web.to_string_lossy().to_string();
+    d.lab.spawn(&host, "httpd", &["busybox", "httpd", "-f", "-p", "8080", "-h", &web], &[])?;
+    d.lab.sysctl(&srv, "net.ipv4.ip_forward", "1")?;
+    d.lab.nft(
+        &srv,
+        "table ip ntm-gateway {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  \
+         ip saddr 100.100.0.0/24 oifname \"eth0\" snat to 192.0.2.30\n }\n}\n",
+    )?;
+    d.restart_server_with("rs", |c| c["gateway"] = json!({"internal": "100.100.0.0/24"}))?;
+    d.restart_server_with("dc-a", |c| {
+        c["gateway"] = json!({"names": ["plain.example"], "prefixes": ["198.19.80.0/24"], "pool": "198.18.100.0/24"});
+    })?;
+    Ok((host, pc, camera))
+}
+
+/// A PC on box a's LAN looks up box b through box a and reaches box b and the camera on
+/// box b's announced LAN.
+fn lan_chapter(d: &mut Deployment, pc: &Ns, camera: &Ns, b4: &str) {
+    say("== a PC on box a's LAN (no agent) uses the tunnel through its router, box a");
+    let at = format!("@{BOX_A_LAN}");
+    let answer = out(d, pc, &["dig", "+short", "+time=2", "+tries=1", &at, "b.zone-b.test", "A"]);
+    say(&format!("   the PC asks box a for b.zone-b.test: {}", answer.trim()));
+    say(&last_lines(&out(d, pc, &["ping", "-c", "3", "-i", "0.2", b4]), 1));
+    say("   and reaches the camera on box b's LAN (box b announced 198.19.32.0/24 when it registered):");
+    say(&last_lines(&out(d, pc, &["ping", "-c", "3", "-i", "0.2", CAMERA]), 1));
+    // The camera tells each TCP client the address it sees.
+    let told = d
+        .lab
+        .spawn(camera, "camera-tell", &["socat", "TCP4-LISTEN:7001,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR"], &[])
+        .is_ok();
+    std::thread::sleep(Duration::from_millis(200));
+    let seen = if told { out(d, pc, &["socat", "-T", "3", "-", "TCP4:198.19.32.2:7001"]) } else { String::new() };
+    say(&format!("   the camera sees the PC as {} (box a's virtual address: box a masquerades its LAN)", seen.trim()));
+}
+
+/// Box a downloads from the ordinary web server through the RS and moves back behind its
+/// NAT in the middle; the same connection completes.
+fn gateway_chapter(d: &mut Deployment, host: &Ns) -> Result<(), String> {
+    say("== an ordinary web server (no NTMobile) through the RS: box a downloads and moves mid-download");
+    let synthetic = d.dig(0, HOST, "A");
+    say(&format!(
+        "   DC-A's policy sends plain.example through the RS: {HOST} answers {synthetic} in box a (really {HOST_IP})"
+    ));
+    let a = d.boxes[0].ns.clone();
+    let file = d.lab.dir().join("big.out");
+    let url = format!("http://{HOST}:8080/big");
+    let o = file.to_string_lossy().to_string();
+    // 3 MB/s: 8 s for the file, so that most of it crosses the network after the move
+    // (socket buffers hold several MB).
+    let curl = ["curl", "-s", "-f", "--limit-rate", "3M", "-m", "40", "-o", &o, &url];
+    let dl = d.lab.spawn(&a, "curl", &curl, &[]).map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(2));
+    // busybox httpd listens on IPv6 too: its peers show as [::ffff:a.b.c.d]:port.
+    let seen = out(d, host, &["ss", "-tnH"]);
+    let peer = seen
+        .lines()
+        .filter(|l| l.starts_with("ESTAB"))
+        .filter_map(|l| l.split_whitespace().last())
+        .map(|p| p.replace("[::ffff:", "").replace(']', ""))
+        .find(|p| !p.is_empty())
+        .unwrap_or_else(|| "?".into());
+    say(&format!("   the web server sees its client at {peer}: the RS, not box a"));
+    move_box_a_back(d)?;
+    let done = d.lab.proc(dl).wait(45);
+    let got = std::fs::metadata(&file).map_or(0, |m| m.len());
+    say(&format!(
+        "   curl {}: {got} of {WEB_FILE_BYTES} bytes over one TCP connection",
+        if done == Some(0) { "completed" } else { "failed" }
+    ));
+    let rs = ntm_lab::deploy::read_status(&d.lab.dir().join("rs.sock")).unwrap_or_default();
+    let g = &rs["gateway"];
+    say(&format!(
+        "   RS gateway: {} packets to the host, {} back to the box, {} refused as not allowed",
+        g["to_hosts"], g["to_boxes"], g["dropped_not_allowed"]
+    ));
+    Ok(())
+}
+
+/// Box a goes back from its public address to its NAT.
+fn move_box_a_back(d: &mut Deployment) -> Result<(), String> {
+    let a = d.boxes[0].ns.clone();
+    let t = Instant::now();
+    let moved = (|| -> ntm_lab::Result<()> {
+        d.lab.del_addr(&a, "eth1", "198.19.5.2/24")?;
+        d.lab.addr(&a, "eth0", "198.19.10.2/24")?;
+        d.lab.route(&a, &["default", "via", "198.19.10.1"])
+    })();
+    moved.map_err(|e| e.to_string())?;
+    let ok = d.lab.wait_for(10, || d.status(0).is_some_and(|s| s["local_addrs"].to_string().contains("198.19.10.2")));
+    say(&format!(
+        "   moved back: 198.19.5.2 -> 198.19.10.2 (behind NAT); the agent re-registered{} in {:?}",
+        if ok { "" } else { " (not yet)" },
+        t.elapsed()
+    ));
     Ok(())
 }
 
