@@ -379,6 +379,22 @@ for sh in dash "busybox sh"; do
 	run_init "$sh" reload
 	check "$t no user option: no user in the JSON" sh -c '! grep -q "\"user\"" "$1"' sh "$W/run/ntmobile.json"
 
+	# Subnet routes: an announced prefix gives a lan section on the device of the network
+	# 'lan', the agent's own masquerade, DNS and filter off (fw4 and dnsmasq do them here).
+	printf "\tlist lan_announce '192.168.7.0/24'\n" >>"$W/config/ntmobile"
+	NTM_TEST_DEV_lan=br-lan run_init "$sh" reload
+	json_is lan '{"interfaces": ["br-lan"], "masquerade": false, "announce": ["192.168.7.0/24"], "dns": false, "firewall": false}'
+	"$BIN/ntmd" check -c "$W/run/ntmobile.json" >"$W/check.out" 2>&1
+	check "$t ... a JSON ntmd check accepts ($(cat "$W/check.out"))" test $? = 0
+	printf "\tlist lan_interface 'eth9'\n\toption lan_masquerade '1'\n" >>"$W/config/ntmobile"
+	NTM_TEST_DEV_lan=br-lan run_init "$sh" reload
+	json_is lan '{"interfaces": ["eth9"], "masquerade": true, "announce": ["192.168.7.0/24"], "dns": false, "firewall": false}' \
+		"the JSON's lan has a device name given as it is, and masquerade asked for"
+	sed -i -e "/lan_announce/d" -e "/lan_interface/d" "$W/config/ntmobile"
+	set_option lan_masquerade ""
+	run_init "$sh" reload
+	check "$t no lan option: no lan in the JSON" sh -c '! grep -q "\"lan\"" "$1"' sh "$W/run/ntmobile.json"
+
 	# Stop: dnsmasq forgets the domains.
 	: >"$W/log"
 	run_init "$sh" stop
