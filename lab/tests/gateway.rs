@@ -106,7 +106,7 @@ fn a_box_keeps_its_download_from_an_ordinary_host_through_the_rs_across_moves() 
     // falls back to ordinary DNS.
     assert_eq!(d.dig(0, "www.plain.example", "A"), "192.0.2.80", "outside the policy: ordinary DNS");
     let t = d.tunnel(0, HOST).expect("box a has a tunnel to the ordinary host");
-    assert_eq!(t["path"], "relay", "{t}");
+    assert_eq!(t["path"], "gateway", "{t}");
     assert!(t["remote"].as_str().is_some_and(|r| r.starts_with(RS_IP)), "through the RS: {t}");
 
     d.lab.step("ordinary host: iperf3 server (one test at a time) and busybox httpd with a 24 MB file");

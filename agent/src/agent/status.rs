@@ -198,7 +198,14 @@ impl Agent {
                 .str("peer_ipv4", &t.peer_virtual.v4.to_string())
                 .str("peer_ipv6", &t.peer_virtual.v6.to_string())
                 .bool("up", t.established)
-                .str("path", if t.path == PathKind::Relay { "relay" } else { "direct" })
+                .str(
+                    "path",
+                    match t.path {
+                        PathKind::Relay if t.gateway => "gateway",
+                        PathKind::Relay => "relay",
+                        PathKind::Direct => "direct",
+                    },
+                )
                 .str("remote", &t.remote.map(|r| r.to_string()).unwrap_or_default())
                 .str("relay", &t.relay.map(|r| r.to_string()).unwrap_or_default())
                 .bool("superseded", t.superseded)

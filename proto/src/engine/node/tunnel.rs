@@ -319,6 +319,8 @@ pub struct TunnelInfo {
     pub tx_packets: u64,
     /// The peer's announced LAN prefixes (routed into this tunnel while it is up).
     pub peer_prefixes: Vec<Prefix>,
+    /// The peer is an ordinary host and the RS at `relay` its gateway (path relay).
+    pub gateway: bool,
 }
 
 fn side_sender(side: Side) -> Sender {
@@ -545,6 +547,7 @@ impl Tunnel {
             rx_packets: self.activity.rx_packets,
             tx_packets: self.activity.tx_packets,
             peer_prefixes: self.peer_prefixes.as_slice().to_vec(),
+            gateway: self.gateway,
         }
     }
 
