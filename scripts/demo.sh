@@ -13,6 +13,6 @@ if [ "${1:-}" = "--sim" ] || [ "$(id -u)" != 0 ]; then
 	exec cargo run --release --locked -q -p ntm-sim --example demo -- "$@"
 fi
 install_missing ip:iproute2 nft:nftables nsd:nsd dig:dnsutils ping:iputils-ping iperf3:iperf3 cc:build-essential \
-	socat:socat curl:curl tcpdump:tcpdump sysctl:procps
+	socat:socat curl:curl tcpdump:tcpdump sysctl:procps busybox:busybox
 cargo build --release --locked -q --workspace --bins
 exec cargo run --release --locked -q -p ntm-lab --example netdemo
