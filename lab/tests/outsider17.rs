@@ -587,7 +587,7 @@ fn a_peer_announcing_the_servers_subnet_does_not_capture_them() {
 /// works at once.
 #[test]
 fn without_the_nft_rule_the_counters_show_it() {
-    let Some((mut d, _host)) = gateway_deployment_with("o17-gw-nonft", false) else { return };
+    let Some((d, _host)) = gateway_deployment_with("o17-gw-nonft", false) else { return };
     let syn = d.dig(0, HOST, "A");
     assert!(syn.starts_with("198.18.100."), "{syn:?}");
     let got = d.tcp_echo(0, &format!("TCP4:{syn}:7000,connect-timeout=3"), b"hello", "no-nft");
