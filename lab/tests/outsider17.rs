@@ -13,7 +13,7 @@
 //! relayed tunnel (both behind NATs); a source outside the announced prefix is
 //! masqueraded; box b's LAN device holds a stream to box a's LAN device while box a moves;
 //! box a's agent is killed with SIGKILL and started again (its nftables table replaced,
-//! not doubled).
+//! not doubled); IPv6 LAN prefixes announced both ways.
 //!
 //! Needs root, nft, NSD, dig, socat, curl, ping; the binaries come from
 //! `cargo build --release --workspace --bins` (or `NTM_BIN_DIR`).
@@ -677,4 +677,62 @@ fn a_full_pool_does_not_redirect_a_synthetic_address_in_use() {
     assert!(answers.iter().all(|(_, a)| a != &syn), "another host was given the host's synthetic address {syn}");
     assert_eq!(at_host, "host", "the host's synthetic address still reaches the host");
     assert!(flowing && end.complete(), "the open connection to the host is not taken over: {:?}", end.exit);
+}
+
+/// Announced IPv6 LAN prefixes (docs: `lan.announce` takes IPv6 too; IPv6 forwarding is
+/// the router's, switched on here as OpenWrt does): box a's LAN device reaches box b's
+/// LAN device over IPv6 inside a tunnel over IPv4, with ping and a TCP echo, and sees its
+/// own address.
+#[test]
+fn announced_ipv6_lans_reach_each_other() {
+    let label = "o17-lan6";
+    if !tools_or_skip(label, &["socat", "nft", "dig", "ping"]) {
+        return;
+    }
+    let Some(mut d) = or_skip(Deployment::start_with(label, [Access::Global4, Access::Nat(NatKind::FullCone)]), label)
+    else {
+        return;
+    };
+    let host_a = lan(&mut d, 0, &["198.19.31.1/24", "2001:db8:31::1/64"], &["198.19.31.2/24", "2001:db8:31::2/64"]);
+    let host_b = lan(&mut d, 1, &["198.19.32.1/24", "2001:db8:32::1/64"], &["198.19.32.2/24", "2001:db8:32::2/64"]);
+    for (h, gw) in [(&host_a, "2001:db8:31::1"), (&host_b, "2001:db8:32::1")] {
+        d.lab.route(h, &["default", "via", gw]).unwrap();
+    }
+    for i in 0..2 {
+        let ns = d.boxes[i].ns.clone();
+        d.lab.sysctl(&ns, "net.ipv6.conf.all.forwarding", "1").unwrap();
+    }
+    d.up_with(|_, i, c| {
+        let announce =
+            if i == 0 { ["198.19.31.0/24", "2001:db8:31::/64"] } else { ["198.19.32.0/24", "2001:db8:32::/64"] };
+        c["lan"] = json!({"interfaces": ["lan0"], "announce": announce});
+    })
+    .expect("both boxes register");
+    let vb = d.dig(0, "b.zone-b.test", "A");
+    assert!(vb.starts_with("198.18.2."), "a tunnel to box b: {vb:?}");
+    let prefixes = d.tunnel(0, "b.zone-b.test").map(|t| t["peer_prefixes"].to_string()).unwrap_or_default();
+    assert!(prefixes.contains("2001:db8:32::/64"), "box a learned box b's IPv6 prefix: {prefixes}");
+    let ping6 = |d: &Deployment, dst: &str| {
+        d.lab
+            .try_exec(&host_a, &["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", dst])
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(ping6(&d, "2001:db8:32::2"), "LAN host a pings LAN host b over IPv6");
+    d.lab.spawn(&host_b, "echo6-b", &["socat", "TCP6-LISTEN:7006,reuseaddr,fork", "EXEC:cat"], &[]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let stream = LineStream::start_in(
+        &mut d,
+        &host_a,
+        "TCP6:[2001:db8:32::2]:7006",
+        Duration::from_millis(50),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert!(d.lab.wait_for(15, || stream.count() >= 10), "a TCP stream over IPv6 between the LANs");
+    let peers = tcp_peers(&d, &host_b, 7006);
+    let end = stream.finish(&mut d);
+    assert!(end.complete(), "{:?}", end.exit);
+    assert!(peers.contains("2001:db8:31::2"), "LAN host b sees LAN host a's own IPv6 address: {peers}");
+    let table = table_text(&d, &d.boxes[1].ns.clone());
+    eprintln!("box b's table with IPv6 prefixes:\n{table}");
 }
