@@ -5,7 +5,7 @@
 //! NAT; both DCs have a gateway policy to the same ordinary host through the one RS, with
 //! the same synthetic pool (DC-B with `names: ["*"]`), so both boxes may get the same
 //! synthetic address. Both boxes talk to the host at once from the same source port (their
-//! flows must not mix), over TCP, UDP and ICMP; box a then opens more flows than the RS's
+//! flows must not mix), over TCP, UDP and ICMP, also with replays, forgeries and junk at the RS; box a then opens more flows than the RS's
 //! `max_flows_per_session` (counted, box b unaffected); DC-A and the RS restart (after
 //! DC-A's restart a synthetic address in use is given to another host: ignored, a bug).
 //!
@@ -735,4 +735,80 @@ fn announced_ipv6_lans_reach_each_other() {
     assert!(peers.contains("2001:db8:31::2"), "LAN host b sees LAN host a's own IPv6 address: {peers}");
     let table = table_text(&d, &d.boxes[1].ns.clone());
     eprintln!("box b's table with IPv6 prefixes:\n{table}");
+}
+
+/// An attacker next to the router replays box a's captured gateway datagrams at the RS
+/// from its own address, forges variants of them, and sends junk, while both boxes
+/// use the host: the RS must not move box a's session to the attacker, and both boxes'
+/// data arrives intact.
+#[test]
+fn replays_and_junk_at_the_rs_gateway_session() {
+    if !tools_or_skip("o17-gw-replay", &["tcpdump"]) {
+        return;
+    }
+    let Some((mut d, _host)) = gateway_deployment("o17-gw-replay") else { return };
+    let syn_a = d.dig(0, HOST, "A");
+    let syn_b = d.dig(1, HOST, "A");
+    assert!(syn_a.starts_with("198.18.100.") && syn_b.starts_with("198.18.100."), "{syn_a:?} {syn_b:?}");
+    let rtr = d.rtr.clone();
+    let pcap = d.lab.dir().join("gw.pcap");
+    let pcap_s = pcap.display().to_string();
+    let cap = d
+        .lab
+        .spawn(&rtr, "tcpdump-gw", &["tcpdump", "-n", "-U", "-s", "0", "-i", "srv0", "-w", &pcap_s, "udp"], &[])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let data = payload(1 << 20, 5);
+    assert!(d.tcp_echo(0, &format!("TCP4:{syn_a}:7000"), &data, "captured") == data, "the captured echo");
+    let _ = d.lab.try_exec(&d.boxes[0].ns, &["ping", "-c", "100", "-i", "0.01", "-q", &syn_a]);
+    std::thread::sleep(Duration::from_millis(300));
+    d.lab.proc(cap).signal(2);
+    d.lab.proc(cap).wait(5);
+    let to_rs: Vec<Vec<u8>> = ntm_lab::pcap::udp_datagrams(&std::fs::read(&pcap).unwrap_or_default())
+        .into_iter()
+        .filter(|(a, _)| a.to_string() == "192.0.2.30:4461")
+        .map(|(_, p)| p)
+        .collect();
+    assert!(to_rs.len() > 100, "box a's datagrams to the RS captured: {}", to_rs.len());
+    let hex: String =
+        to_rs.iter().take(2000).map(|p| p.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n").collect();
+    let file = d.lab.dir().join("replay-rs.hex");
+    std::fs::write(&file, hex).unwrap();
+    let file = file.display().to_string();
+    let endpoint = |d: &Deployment| {
+        rs_gateway(d)["sessions"]
+            .as_array()
+            .and_then(|s| s.iter().find(|x| x["node"].as_str().is_some_and(|n| n.starts_with("198.18.1."))).cloned())
+            .map(|s| s["endpoint"].to_string())
+            .unwrap_or_default()
+    };
+    let before = endpoint(&d);
+
+    d.lab.step("replays, forgeries and junk at the RS from the router, during echoes of both boxes");
+    let flood = d.bins.join("ntm-flood").display().to_string();
+    let jobs = [
+        vec![flood.as_str(), "replay", "192.0.2.30:4461", &file, "100000", "5"],
+        vec![flood.as_str(), "forge", "192.0.2.30:4461", &file, "100000", "5"],
+        vec![flood.as_str(), "junk", "192.0.2.30:4461", "100000", "5"],
+    ];
+    let procs: Vec<usize> =
+        jobs.iter().enumerate().map(|(n, j)| d.lab.spawn(&rtr, &format!("flood-{n}"), j, &[]).unwrap()).collect();
+    let (da, db) = (payload(2 << 20, 8), payload(2 << 20, 9));
+    let got_a = d.tcp_echo(0, &format!("TCP4:{syn_a}:7000"), &da, "under-attack-a");
+    let got_b = d.tcp_echo(1, &format!("TCP4:{syn_b}:7000"), &db, "under-attack-b");
+    let mut sent = Vec::new();
+    for p in procs {
+        d.lab.proc(p).wait(20);
+        sent.push(d.lab.proc(p).log_text().trim().to_string());
+    }
+    let after = endpoint(&d);
+    let g = rs_gateway(&d);
+    let rs = read_status(&d.lab.dir().join("rs.sock")).unwrap_or_default();
+    eprintln!(
+        "floods {sent:?}; box a's endpoint at the RS {before} -> {after}; RS dropped {}; gateway {g}",
+        rs["dropped"]
+    );
+    assert!(got_a == da, "box a's echo intact under attack ({} bytes)", got_a.len());
+    assert!(got_b == db, "box b's echo intact under attack ({} bytes)", got_b.len());
+    assert_eq!(after, before, "the RS did not move box a's session to the attacker");
 }
