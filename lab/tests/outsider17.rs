@@ -213,7 +213,7 @@ fn a_dc_restart_does_not_redirect_a_synthetic_address_to_another_host() {
     let Some((mut d, _host)) = gateway_deployment("o17-gw-dc") else { return };
     let syn_a = d.dig(0, HOST, "A");
     assert!(syn_a.starts_with("198.18.100."), "{syn_a:?}");
-    d.lab.step("box a: a line stream to the host; DC-A restarts (synthetic addresses in memory only)");
+    d.lab.step("box a: a line stream to the host; DC-A restarts (its synthetic addresses are saved)");
     let every = Duration::from_millis(50);
     let stream =
         LineStream::start_paced(&mut d, 0, &format!("TCP4:{syn_a}:7000"), every, Duration::from_secs(60)).unwrap();
