@@ -43,8 +43,8 @@ pub struct GatewayConfig {
     pub internal: (Ipv4Addr, u8),
     /// Most gateway sessions at once.
     pub max_sessions: usize,
-    /// Most ordinary hosts (synthetic addresses) one box (by its virtual address) reaches
-    /// at once; each pair has at most [`SESSIONS_PER_PAIR`] sessions.
+    /// Most ordinary hosts (pairs of synthetic and real address) one box (by its virtual
+    /// address) reaches at once; each pair has at most [`SESSIONS_PER_PAIR`] sessions.
     pub max_hosts_per_box: usize,
     /// Most flows (protocol, ports) one session has open at once.
     pub max_flows_per_session: usize,
