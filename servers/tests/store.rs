@@ -257,7 +257,7 @@ fn store_newer_schema_is_refused() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let e = DcStore::open(db.path()).unwrap_err();
-    assert!(matches!(e, StoreError::SchemaTooNew { found: 99, known: 2, .. }), "{e}");
+    assert!(matches!(e, StoreError::SchemaTooNew { found: 99, known: 3, .. }), "{e}");
     let line = e.to_string();
     assert!(line.contains(&db.path().display().to_string()) && !line.contains('\n'), "{line}");
 }
