@@ -6,8 +6,8 @@
 //! the same synthetic pool (DC-B with `names: ["*"]`), so both boxes may get the same
 //! synthetic address. Both boxes talk to the host at once from the same source port (their
 //! flows must not mix), over TCP, UDP and ICMP, also with replays, forgeries and junk at the RS; box a then opens more flows than the RS's
-//! `max_flows_per_session` (counted, box b unaffected); DC-A and the RS restart (after
-//! DC-A's restart a synthetic address in use is given to another host: ignored, a bug).
+//! `max_flows_per_session` (counted, box b unaffected); DC-A and the RS restart (a
+//! restarted DC, and a full pool, never give a synthetic address in use to another host).
 //!
 //! LAN: both boxes announce a LAN prefix (two-way subnet routing, no masquerade) over a
 //! relayed tunnel (both behind NATs); a source outside the announced prefix is
@@ -209,13 +209,11 @@ fn two_boxes_share_an_ordinary_host_through_the_gateway() {
 /// hand out the synthetic address box a still uses for the first host: the first host's
 /// connections must not be carried to the second one.
 #[test]
-#[ignore = "bug: after a DC restart the DC gives box a the synthetic address it still uses for another host; \
-            box a and the RS then carry the old host's connections to the new host"]
 fn a_dc_restart_does_not_redirect_a_synthetic_address_to_another_host() {
     let Some((mut d, _host)) = gateway_deployment("o17-gw-dc") else { return };
     let syn_a = d.dig(0, HOST, "A");
     assert!(syn_a.starts_with("198.18.100."), "{syn_a:?}");
-    d.lab.step("box a: a line stream to the host; DC-A restarts (synthetic addresses in memory only)");
+    d.lab.step("box a: a line stream to the host; DC-A restarts (its synthetic addresses are saved)");
     let every = Duration::from_millis(50);
     let stream =
         LineStream::start_paced(&mut d, 0, &format!("TCP4:{syn_a}:7000"), every, Duration::from_secs(60)).unwrap();
@@ -638,8 +636,6 @@ fn a_pool_outside_virtual_routes_is_not_answered() {
 /// it still has a connection to the first: the DC recycles the least recently used
 /// synthetic address, which box a still uses for that host.
 #[test]
-#[ignore = "bug: a full pool recycles a synthetic address a box still uses; the box and the RS then carry \
-            the old host's connections to the new host (same cause as the DC restart case)"]
 fn a_full_pool_does_not_redirect_a_synthetic_address_in_use() {
     let Some((mut d, _host)) = gateway_deployment("o17-gw-pool30") else { return };
     d.restart_server_with("dc-a", |c| {

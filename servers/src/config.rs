@@ -494,6 +494,13 @@ impl DcGateway {
     }
 }
 
+/// True if `p`'s address has bits set beyond its length (198.18.100.7/24): a mistake
+/// the engine would silently mask.
+fn has_host_bits(p: &Prefix<Ipv4Addr>) -> bool {
+    let mask = if p.len == 0 { 0 } else { u32::MAX << (32 - u32::from(p.len.min(32))) };
+    u32::from(p.addr) & !mask != 0
+}
+
 /// The default mapping port's distance from the DC's port: 4464 beside 4460. Not the
 /// next port: the usual plan (board/default, docs/servers.md) puts the RS on UDP 4461 and
 /// the NS on 4462, often on the same host as a DC listening on every address, which then
@@ -573,6 +580,12 @@ impl Validate for DcFile {
             }
             if g.rs.is_empty() && self.relays.is_empty() {
                 return Err(("gateway", "needs \"relays\"".into()));
+            }
+            if let Some(p) = g.prefixes.iter().find(|p| has_host_bits(p)) {
+                return Err(("gateway.prefixes", format!("{}/{} has host bits set", p.addr, p.len)));
+            }
+            if has_host_bits(&g.pool) {
+                return Err(("gateway.pool", format!("{}/{} has host bits set", g.pool.addr, g.pool.len)));
             }
             let v = self.virtual_ipv4;
             let overlap = ntm_proto::engine::dc::in_prefix(g.pool.addr, (v.addr, v.len.min(g.pool.len)));
@@ -742,6 +755,14 @@ pub struct RsGateway {
     /// Idle time that ends a gateway session, seconds (default 300).
     #[serde(default = "default_gateway_idle")]
     pub idle_secs: u64,
+    /// Idle time after which a UDP or ICMP flow, or a TCP connection that ended, no
+    /// longer counts, seconds (default 60).
+    #[serde(default = "default_gateway_flow_idle")]
+    pub flow_idle_secs: u64,
+}
+
+fn default_gateway_flow_idle() -> u64 {
+    60
 }
 
 fn default_gateway_tun() -> String {
@@ -871,7 +892,15 @@ impl Validate for RsFile {
             if g.internal.len > 30 {
                 return Err(("gateway.internal", "an IPv4 prefix of /30 or wider".into()));
             }
-            if g.max_sessions == 0 || g.max_hosts_per_box == 0 || g.max_flows_per_session == 0 || g.idle_secs == 0 {
+            if has_host_bits(&g.internal) {
+                return Err(("gateway.internal", format!("{}/{} has host bits set", g.internal.addr, g.internal.len)));
+            }
+            if g.max_sessions == 0
+                || g.max_hosts_per_box == 0
+                || g.max_flows_per_session == 0
+                || g.idle_secs == 0
+                || g.flow_idle_secs == 0
+            {
                 return Err(("gateway", "limits must be at least 1".into()));
             }
         }
@@ -1178,6 +1207,11 @@ mod tests {
             ("gateway.names", serde_json::json!({"names": ["bad name!"], "pool": "198.19.100.0/24"})),
             ("gateway.pool", serde_json::json!({"names": ["*"], "pool": "198.18.7.0/24"})),
             ("gateway.pool", serde_json::json!({"names": ["*"], "pool": "198.19.100.1/32"})),
+            ("gateway.pool", serde_json::json!({"names": ["*"], "pool": "198.19.100.7/24"})),
+            (
+                "gateway.prefixes",
+                serde_json::json!({"names": ["*"], "prefixes": ["198.51.100.7/24"], "pool": "198.19.100.0/24"}),
+            ),
             ("gateway.rs", serde_json::json!({"names": ["*"], "rs": ["rs9.example"], "pool": "198.19.100.0/24"})),
         ] {
             v["gateway"] = bad.clone();
@@ -1190,6 +1224,8 @@ mod tests {
         assert_eq!((g.tun.as_str(), g.max_hosts_per_box, g.idle_secs), ("ntmgw0", 16, 300));
         for (field, bad) in [
             ("gateway.internal", serde_json::json!({"internal": "100.100.0.0/31"})),
+            ("gateway.internal", serde_json::json!({"internal": "100.100.0.7/24"})),
+            ("gateway", serde_json::json!({"internal": "100.100.0.0/24", "flow_idle_secs": 0})),
             ("gateway.tun", serde_json::json!({"internal": "100.100.0.0/24", "tun": "a-name-far-too-long"})),
             ("gateway", serde_json::json!({"internal": "100.100.0.0/24", "max_flows_per_session": 0})),
         ] {

@@ -257,7 +257,7 @@ fn store_newer_schema_is_refused() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let e = DcStore::open(db.path()).unwrap_err();
-    assert!(matches!(e, StoreError::SchemaTooNew { found: 99, known: 2, .. }), "{e}");
+    assert!(matches!(e, StoreError::SchemaTooNew { found: 99, known: 3, .. }), "{e}");
     let line = e.to_string();
     assert!(line.contains(&db.path().display().to_string()) && !line.contains('\n'), "{line}");
 }
@@ -500,4 +500,37 @@ fn dc_store_opens_a_database_an_earlier_build_wrote() {
         }),
     };
     assert_eq!(s.load_nodes().unwrap(), vec![want]);
+}
+
+/// The gateway's synthetic addresses survive a reopen (what a DC restart restores), an
+/// address given to another real address replaces that address's row, a later lookup is
+/// kept over an older one, and a database of an earlier schema gains the table empty.
+#[test]
+fn dc_store_keeps_gateway_addresses_across_reopen() {
+    let ip = |s: &str| s.parse::<core::net::Ipv4Addr>().unwrap();
+    let db = TempDb::new("dc-synthetic");
+    {
+        let conn = rusqlite::Connection::open(db.path()).unwrap();
+        conn.execute_batch(DC_SCHEMA_1).unwrap();
+    }
+    let mut s = DcStore::open(db.path()).unwrap();
+    assert_eq!(s.load_synthetic().unwrap(), Vec::new());
+    s.save_synthetic(&[(ip("198.19.80.2"), ip("198.18.100.1"), 1_000), (ip("198.19.80.3"), ip("198.18.100.2"), 2_000)])
+        .unwrap();
+    s.save_synthetic(&[(ip("198.19.80.2"), ip("198.18.100.1"), 500)]).unwrap();
+    drop(s);
+    let mut s = DcStore::open(db.path()).unwrap();
+    assert_eq!(
+        s.load_synthetic().unwrap(),
+        vec![(ip("198.19.80.2"), ip("198.18.100.1"), 1_000), (ip("198.19.80.3"), ip("198.18.100.2"), 2_000)]
+    );
+    // 198.18.100.2 recycled to another host: the old host's row goes.
+    s.save_synthetic(&[(ip("198.19.80.4"), ip("198.18.100.2"), 9_000)]).unwrap();
+    assert_eq!(
+        s.load_synthetic().unwrap(),
+        vec![(ip("198.19.80.2"), ip("198.18.100.1"), 1_000), (ip("198.19.80.4"), ip("198.18.100.2"), 9_000)]
+    );
+    let conn = rusqlite::Connection::open(db.path()).unwrap();
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, 3);
 }

@@ -7,8 +7,8 @@
 //! (the box as `Initiator`, the RS as `Responder`). The RS opens them, lets through only
 //! packets from the box's virtual address to the synthetic one (no open relay), and
 //! rewrites them: destination synthetic -> real, source box -> an internal address of its
-//! own, one per (box, synthetic address) pair, so that every answer maps back to exactly
-//! one box. The driver writes them to a TUN device; the kernel masquerades the internal
+//! own, one per (box, synthetic address, real address) triple, so that every answer maps
+//! back to exactly one box and one host. The driver writes them to a TUN device; the kernel masquerades the internal
 //! pool behind the RS's address. An answer read from the TUN device is mapped back
 //! (source real -> synthetic, destination internal -> box), sealed, and sent to where the
 //! box last punched from, so a box that moves keeps its connections: the ordinary host
@@ -16,7 +16,15 @@
 //!
 //! A renegotiated session of the same box to the same host (after a move, or a new key)
 //! takes over the pair's internal address, so the kernel's NAT state, and with it the
-//! host's view of every connection, stays the same.
+//! host's view of every connection, stays the same. A session of the same box and
+//! synthetic address to another real address (a DC that gave the address to another
+//! host) is another pair with an internal address of its own: it never takes over the
+//! first pair's, so the kernel's NAT state of the first host's connections cannot carry
+//! them to the second host.
+//!
+//! Flows: a TCP flow ends with a RST or a FIN each way and no longer counts toward
+//! `max_flows_per_session`; other flows (UDP, ICMP) and ended TCP flows are forgotten
+//! after `flow_idle_timeout`, an open TCP flow after the session's `idle_timeout`.
 
 use super::{DropCounters, DropReason, Received, Transmit, Via};
 use crate::crypto::{Channel, TAG_LEN};
@@ -35,14 +43,17 @@ pub struct GatewayConfig {
     pub internal: (Ipv4Addr, u8),
     /// Most gateway sessions at once.
     pub max_sessions: usize,
-    /// Most ordinary hosts (synthetic addresses) one box (by its virtual address) reaches
-    /// at once; each pair has at most [`SESSIONS_PER_PAIR`] sessions.
+    /// Most ordinary hosts (pairs of synthetic and real address) one box (by its virtual
+    /// address) reaches at once; each pair has at most [`SESSIONS_PER_PAIR`] sessions.
     pub max_hosts_per_box: usize,
-    /// Most flows (protocol, ports) one session may open.
+    /// Most flows (protocol, ports) one session has open at once.
     pub max_flows_per_session: usize,
-    /// A session with no packet for this long ends; a flow with none for this long no
-    /// longer counts.
+    /// A session with no packet for this long ends; an open TCP flow with none for this
+    /// long no longer counts.
     pub idle_timeout: Duration,
+    /// A UDP or ICMP flow with no packet for this long no longer counts (an ended TCP
+    /// flow counts no more at once, and is forgotten after this).
+    pub flow_idle_timeout: Duration,
     /// Most packets per second one session may carry (both directions together).
     pub max_session_pps: u32,
 }
@@ -56,6 +67,7 @@ impl GatewayConfig {
             max_hosts_per_box: 16,
             max_flows_per_session: 256,
             idle_timeout: Duration::from_secs(300),
+            flow_idle_timeout: Duration::from_secs(60),
             max_session_pps: 100_000,
         }
     }
@@ -96,7 +108,7 @@ pub struct GatewaySessionInfo {
     pub internal: Ipv4Addr,
     /// Where the box last punched from.
     pub endpoint: Option<SocketAddr>,
-    /// Flows counted now.
+    /// Flows open now (counted toward the limit).
     pub flows: usize,
     /// Packets each way: to the host, to the box.
     pub to_host: u64,
@@ -115,7 +127,7 @@ pub(super) struct GatewaySession {
     pub(super) last_activity: Instant,
     second: u64,
     budget: u32,
-    flows: HashMap<(u8, u16, u16), Instant>,
+    flows: HashMap<(u8, u16, u16), Flow>,
     to_host: u64,
     to_box: u64,
     /// The last datagrams sent to the box (when, where, the sealed bytes), to send again
@@ -132,6 +144,10 @@ const RECENT_WINDOW: Duration = Duration::from_millis(300);
 const RECENT_BYTES_MAX: usize = 64 * 1024;
 
 impl GatewaySession {
+    fn pair(&self) -> Pair {
+        (self.node, self.synthetic, self.real)
+    }
+
     /// The box punched from `to`: it is there now. If that is a new address, the recent
     /// datagrams that went to the old one go again, oldest first (a copy the box had
     /// received after all is refused by its replay window: nothing is delivered twice,
@@ -156,10 +172,66 @@ impl GatewaySession {
     }
 }
 
-/// Most sessions of one (box, synthetic address) pair.
+/// A flow of a session: (protocol, box port, host port).
+#[derive(Clone, Copy, Debug)]
+struct Flow {
+    last: Instant,
+    tcp: bool,
+    /// TCP: the box's SYN seen (an open connection, kept for the session's idle time;
+    /// a TCP flow first seen mid-connection is kept for the flow idle time).
+    syn: bool,
+    /// TCP: a FIN seen from the box, from the host.
+    fin_box: bool,
+    fin_host: bool,
+    /// TCP: a RST seen, or a FIN each way: the connection is over.
+    ended: bool,
+}
+
+impl Flow {
+    fn new(now: Instant, tcp: bool) -> Self {
+        Flow { last: now, tcp, syn: false, fin_box: false, fin_host: false, ended: false }
+    }
+
+    /// Counts toward the session's flow limit at `now`.
+    fn open(&self, now: Instant, idle: Duration, flow_idle: Duration) -> bool {
+        let timeout = if self.syn && !self.ended { idle } else { flow_idle };
+        !self.ended && now < self.last + timeout
+    }
+
+    /// A packet of the flow with TCP flags `flags`, from the box or from the host.
+    fn seen(&mut self, now: Instant, flags: Option<u8>, from_box: bool) {
+        self.last = now;
+        let Some(f) = flags.filter(|_| self.tcp) else { return };
+        if f & TCP_SYN != 0 && f & TCP_ACK == 0 && from_box {
+            // A new connection (or one on an ended one's ports).
+            *self = Flow::new(now, true);
+            self.syn = true;
+        }
+        if f & TCP_FIN != 0 {
+            if from_box {
+                self.fin_box = true;
+            } else {
+                self.fin_host = true;
+            }
+        }
+        if f & TCP_RST != 0 || (self.fin_box && self.fin_host) {
+            self.ended = true;
+        }
+    }
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Most sessions of one (box, synthetic address, real address) pair.
 pub const SESSIONS_PER_PAIR: usize = 4;
 
-/// One (box, synthetic address) pair's internal address.
+/// A pair: the box's virtual address, the synthetic address, the real address.
+type Pair = (Ipv4Addr, Ipv4Addr, Ipv4Addr);
+
+/// One (box, synthetic address, real address) pair's internal address.
 struct Mapping {
     internal: Ipv4Addr,
     /// The session answers go back on: the last one the box sent on.
@@ -170,8 +242,8 @@ struct Mapping {
 pub(super) struct Gateway {
     cfg: GatewayConfig,
     sessions: HashMap<SessionId, GatewaySession>,
-    mappings: HashMap<(Ipv4Addr, Ipv4Addr), Mapping>,
-    by_internal: HashMap<Ipv4Addr, (Ipv4Addr, Ipv4Addr)>,
+    mappings: HashMap<Pair, Mapping>,
+    by_internal: HashMap<Ipv4Addr, Pair>,
     /// Where the search for a free internal address starts (host 2 + this).
     next_internal: u32,
     stats: GatewayStats,
@@ -238,7 +310,7 @@ impl Gateway {
                 real: s.real,
                 internal: s.internal,
                 endpoint: s.endpoint,
-                flows: s.flows.len(),
+                flows: s.flows.values().filter(|f| !f.ended).count(),
                 to_host: s.to_host,
                 to_box: s.to_box,
             })
@@ -261,20 +333,17 @@ impl Gateway {
         if self.sessions.contains_key(&session) {
             return Ok(());
         }
-        let new_pair = !self.mappings.contains_key(&(node, synthetic));
-        let hosts = self.mappings.keys().filter(|(n, _)| *n == node).count();
+        let pair = (node, synthetic, real);
+        let new_pair = !self.mappings.contains_key(&pair);
+        let hosts = self.mappings.keys().filter(|(n, _, _)| *n == node).count();
         if self.sessions.len() >= self.cfg.max_sessions || (new_pair && hosts >= self.cfg.max_hosts_per_box) {
             self.stats.refused += 1;
             return Err(Refuse::Full);
         }
         // A box that moves often renegotiates often: the pair's least recently active
         // session makes room (the box has left it; its tunnel ended after its grace).
-        let of_pair: Vec<(SessionId, Instant)> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| (s.node, s.synthetic) == (node, synthetic))
-            .map(|(id, s)| (*id, s.last_activity))
-            .collect();
+        let of_pair: Vec<(SessionId, Instant)> =
+            self.sessions.iter().filter(|(_, s)| s.pair() == pair).map(|(id, s)| (*id, s.last_activity)).collect();
         if of_pair.len() >= SESSIONS_PER_PAIR {
             if let Some((old, _)) = of_pair.iter().min_by_key(|(_, at)| *at) {
                 log::info!("gateway session {old} ended: replaced by {session}");
@@ -282,7 +351,7 @@ impl Gateway {
             }
         }
         let live = &self.sessions;
-        let internal = match self.mappings.get_mut(&(node, synthetic)) {
+        let internal = match self.mappings.get_mut(&pair) {
             // The pair's address, so the kernel's NAT state (and the host's view) stays.
             // Answers go on the pair's session until the box sends on this one.
             Some(m) => {
@@ -296,8 +365,14 @@ impl Gateway {
                     self.stats.refused += 1;
                     return Err(Refuse::Full);
                 };
-                self.mappings.insert((node, synthetic), Mapping { internal, session });
-                self.by_internal.insert(internal, (node, synthetic));
+                if self.mappings.keys().any(|(n, s, _)| (*n, *s) == (node, synthetic)) {
+                    log::warn!(
+                        "gateway session {session}: {node} -> {synthetic} is now {real}, while a session to \
+                         another real address lives: a pair of its own (leaves as {internal})"
+                    );
+                }
+                self.mappings.insert(pair, Mapping { internal, session });
+                self.by_internal.insert(internal, pair);
                 internal
             }
         };
@@ -365,7 +440,8 @@ impl Gateway {
         drops: &mut DropCounters,
     ) -> Received {
         let max_pps = self.cfg.max_session_pps;
-        let (max_flows, idle) = (self.cfg.max_flows_per_session, self.cfg.idle_timeout);
+        let (max_flows, idle, flow_idle) =
+            (self.cfg.max_flows_per_session, self.cfg.idle_timeout, self.cfg.flow_idle_timeout);
         let Some(s) = self.sessions.get_mut(&session) else { return drops.count(DropReason::UnknownKey) };
         if !take_budget(s, now, max_pps) {
             self.stats.dropped_limit += 1;
@@ -386,22 +462,26 @@ impl Gateway {
             self.stats.dropped_not_allowed += 1;
             return drops.count(DropReason::Unauthorized);
         }
-        let flow = (ip.proto, ip.src_port.unwrap_or(0), ip.dst_port.unwrap_or(0));
-        if !s.flows.contains_key(&flow) {
+        let key = (ip.proto, ip.src_port.unwrap_or(0), ip.dst_port.unwrap_or(0));
+        let reopens = |f: &Flow| f.ended && ip.tcp_flags.is_some_and(|x| x & TCP_SYN != 0 && x & TCP_ACK == 0);
+        if s.flows.get(&key).is_none_or(|f| reopens(f) || (!f.ended && !f.open(now, idle, flow_idle))) {
+            // A new flow (or a new connection on an ended one's ports): within the limit
+            // of open flows. Ended and idle flows are forgotten when the table fills.
             if s.flows.len() >= max_flows {
-                s.flows.retain(|_, last| now < *last + idle);
+                s.flows.retain(|_, f| f.open(now, idle, flow_idle));
             }
-            if s.flows.len() >= max_flows {
+            let open = s.flows.values().filter(|f| f.open(now, idle, flow_idle)).count();
+            if open >= max_flows {
                 self.stats.dropped_limit += 1;
                 return drops.count(DropReason::Limit);
             }
         }
-        s.flows.insert(flow, now);
+        s.flows.entry(key).or_insert_with(|| Flow::new(now, ip.proto == TCP)).seen(now, ip.tcp_flags, true);
         rewrite(packet, &ip, s.internal, s.real);
         s.last_activity = now;
         s.to_host += 1;
         self.stats.to_hosts += 1;
-        if let Some(m) = self.mappings.get_mut(&(s.node, s.synthetic)) {
+        if let Some(m) = self.mappings.get_mut(&s.pair()) {
             m.session = session;
         }
         Received::Ip(body)
@@ -441,6 +521,11 @@ impl Gateway {
         let inner = out.get_mut(HEADER_LEN..HEADER_LEN + packet.len())?;
         inner.copy_from_slice(packet);
         rewrite(inner, &ip, s.synthetic, s.node);
+        // The host's side of a flow the box opened: its FIN or RST ends a TCP flow.
+        let key = (ip.proto, ip.dst_port.unwrap_or(0), ip.src_port.unwrap_or(0));
+        if let Some(f) = s.flows.get_mut(&key).filter(|_| ip.proto == TCP) {
+            f.seen(now, ip.tcp_flags, false);
+        }
         if let Err(e) = s.data.seal_in_place(now, MsgType::Data, &mut out) {
             log::warn!("gateway session: cannot seal for the box: {e}");
             return None;
@@ -471,7 +556,7 @@ impl Gateway {
             if sessions.contains_key(&m.session) {
                 continue;
             }
-            match sessions.iter().filter(|(_, s)| (s.node, s.synthetic) == *pair).max_by_key(|(_, s)| s.last_activity) {
+            match sessions.iter().filter(|(_, s)| s.pair() == *pair).max_by_key(|(_, s)| s.last_activity) {
                 Some((id, _)) => m.session = *id,
                 None => freed.push(*pair),
             }
@@ -514,6 +599,8 @@ struct Ipv4 {
     dst_port: Option<u16>,
     /// The transport header is in this packet (not a later fragment).
     first_fragment: bool,
+    /// TCP's flags (first fragments only).
+    tcp_flags: Option<u8>,
 }
 
 const TCP: u8 = 6;
@@ -542,7 +629,8 @@ impl Ipv4 {
             ICMP => (port(4), None),
             _ => (None, None),
         };
-        Some(Ipv4 { ihl, proto, src: addr(12)?, dst: addr(16)?, src_port, dst_port, first_fragment })
+        let tcp_flags = if proto == TCP && first_fragment { b(ihl + 13) } else { None };
+        Some(Ipv4 { ihl, proto, src: addr(12)?, dst: addr(16)?, src_port, dst_port, first_fragment, tcp_flags })
     }
 }
 
@@ -672,6 +760,151 @@ pub(crate) mod tests {
                 assert_eq!(&p[12..20], &[c.octets(), d.octets()].concat()[..]);
             }
         }
+    }
+
+    use crate::keys::{Key, KeyGrant};
+    use crate::wire::{KeyId, Lifetime, Message, Sender};
+
+    const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+    const SYNTHETIC: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+
+    fn k_tun(session: SessionId) -> [u8; 16] {
+        let mut k = *b"gateway k_tun 16";
+        k[..4].copy_from_slice(&session.0.to_be_bytes());
+        k
+    }
+
+    fn open_session(gw: &mut Gateway, now: Instant, session: SessionId, real: Ipv4Addr) -> Channel<MnCn> {
+        let grant = KeyGrant { key: Key::from_bytes(k_tun(session)), lifetime: Lifetime(3600) };
+        assert!(gw.open(now, session, grant, NODE, SYNTHETIC, real).is_ok());
+        gw.get_mut(session).unwrap().endpoint = Some("198.51.100.2:1024".parse().unwrap());
+        let key = Key::<Tun>::from_bytes(k_tun(session)).gateway_data_key();
+        Channel::new(key, KeyId(session.0), Sender::Initiator, Instant::FAR_FUTURE).unwrap()
+    }
+
+    /// A TCP segment with ports and flags.
+    fn segment(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut p = packet(TCP, src, dst, b"");
+        p[20..22].copy_from_slice(&sport.to_be_bytes());
+        p[22..24].copy_from_slice(&dport.to_be_bytes());
+        p[33] = flags;
+        fill_checksums(&mut p);
+        p
+    }
+
+    /// The box's packet through session `session`: what goes to the TUN device, or None.
+    fn from_box(
+        gw: &mut Gateway,
+        data: &mut Channel<MnCn>,
+        now: Instant,
+        session: SessionId,
+        ip: Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        let body = crate::wire::data::DataBody::new(ip).unwrap();
+        let mut bytes = data.seal(now, &Message::Data(body)).unwrap();
+        match gw.box_packet(now, session, &mut bytes, &mut DropCounters::default()) {
+            Received::Ip(r) => Some(bytes[r].to_vec()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_synthetic_address_given_to_another_host_never_takes_over_the_first_hosts_pair() {
+        let mut gw = Gateway::new(GatewayConfig::new((Ipv4Addr::new(100, 100, 0, 0), 24)));
+        let now = Instant::from_millis(1_000_000);
+        let (host, www) = (Ipv4Addr::new(198, 19, 80, 2), Ipv4Addr::new(198, 19, 80, 3));
+        let (a, b) = (SessionId(0x6a7e_0001), SessionId(0x6a7e_0002));
+        let mut data_a = open_session(&mut gw, now, a, host);
+        // The DC gave the same synthetic address for another host (a restart, a recycle).
+        let mut data_b = open_session(&mut gw, now, b, www);
+        let out_a = from_box(&mut gw, &mut data_a, now, a, segment(NODE, SYNTHETIC, 40000, 7000, 0x10)).unwrap();
+        let out_b = from_box(&mut gw, &mut data_b, now, b, segment(NODE, SYNTHETIC, 40001, 7003, 0x02)).unwrap();
+        let (internal_a, internal_b) = (&out_a[12..16], &out_b[12..16]);
+        assert_eq!((&out_a[16..20], &out_b[16..20]), (&host.octets()[..], &www.octets()[..]));
+        assert_ne!(internal_a, internal_b, "each real address leaves from an internal address of its own");
+        // The first host's answer still goes on the first session, and only there.
+        let mut ans = segment(host, Ipv4Addr::from(<[u8; 4]>::try_from(internal_a).unwrap()), 7000, 40000, 0x10);
+        let t = gw.host_packet(now, &ans, &mut DropCounters::default()).expect("the host's answer");
+        assert!(data_a.open(now, &t.payload).is_ok(), "sealed for session a");
+        // Session a keeps its pair when a packet comes on b, and the other way round.
+        from_box(&mut gw, &mut data_b, now, b, segment(NODE, SYNTHETIC, 40001, 7003, 0x10)).unwrap();
+        let t = gw.host_packet(now, &ans, &mut DropCounters::default()).expect("the host's answer");
+        assert!(data_a.open(now, &t.payload).is_ok(), "still sealed for session a");
+        ans[12..16].copy_from_slice(&www.octets());
+        fill_checksums(&mut ans);
+        assert!(gw.host_packet(now, &ans, &mut DropCounters::default()).is_none(), "www cannot answer on host's pair");
+        assert_eq!(gw.sessions().len(), 2);
+    }
+
+    #[test]
+    fn closed_tcp_connections_free_their_flows() {
+        let mut cfg = GatewayConfig::new((Ipv4Addr::new(100, 100, 0, 0), 24));
+        cfg.max_flows_per_session = 8;
+        let mut gw = Gateway::new(cfg);
+        let real = Ipv4Addr::new(198, 19, 80, 2);
+        let session = SessionId(0x6a7e_0003);
+        let mut now = Instant::from_millis(1_000_000);
+        let mut data = open_session(&mut gw, now, session, real);
+        let internal = gw.sessions()[0].internal;
+        let host = |gw: &mut Gateway, now, sport, flags| {
+            let p = segment(real, internal, 7000, sport, flags);
+            assert!(gw.host_packet(now, &p, &mut DropCounters::default()).is_some());
+        };
+        // 1000 short connections one after another, half closed by the box first, half
+        // reset: every one gets through under a limit of 8 open flows.
+        for i in 0..1000u16 {
+            let port = 20000 + i;
+            let mut send = |gw: &mut Gateway, flags| {
+                from_box(gw, &mut data, now, session, segment(NODE, SYNTHETIC, port, 7000, flags))
+            };
+            assert!(send(&mut gw, 0x02).is_some(), "connection {i}: SYN");
+            host(&mut gw, now, port, 0x12);
+            assert!(send(&mut gw, 0x10).is_some(), "connection {i}: ACK");
+            if i % 2 == 0 {
+                assert!(send(&mut gw, 0x11).is_some(), "connection {i}: FIN");
+                host(&mut gw, now, port, 0x11);
+                assert!(send(&mut gw, 0x10).is_some(), "connection {i}: the last ACK");
+            } else {
+                assert!(send(&mut gw, 0x04).is_some(), "connection {i}: RST");
+            }
+            now = now + Duration::from_millis(10);
+        }
+        assert_eq!(gw.stats().dropped_limit, 0);
+        // The limit still bounds open flows: 8 open connections, the ninth is refused.
+        for i in 0..8u16 {
+            assert!(
+                from_box(&mut gw, &mut data, now, session, segment(NODE, SYNTHETIC, 30000 + i, 7000, 0x02)).is_some()
+            );
+        }
+        assert!(from_box(&mut gw, &mut data, now, session, segment(NODE, SYNTHETIC, 30009, 7000, 0x02)).is_none());
+        assert_eq!(gw.stats().dropped_limit, 1);
+        assert_eq!(gw.sessions()[0].flows, 8);
+    }
+
+    #[test]
+    fn udp_flows_free_themselves_after_the_flow_idle_time() {
+        let mut cfg = GatewayConfig::new((Ipv4Addr::new(100, 100, 0, 0), 24));
+        cfg.max_flows_per_session = 8;
+        let flow_idle = cfg.flow_idle_timeout;
+        assert!(flow_idle < cfg.idle_timeout);
+        let mut gw = Gateway::new(cfg);
+        let session = SessionId(0x6a7e_0004);
+        let mut now = Instant::from_millis(1_000_000);
+        let mut data = open_session(&mut gw, now, session, Ipv4Addr::new(198, 19, 80, 2));
+        let udp = |sport: u16| {
+            let mut p = packet(UDP, NODE, SYNTHETIC, b"q");
+            p[20..22].copy_from_slice(&sport.to_be_bytes());
+            fill_checksums(&mut p);
+            p
+        };
+        for i in 0..8 {
+            assert!(from_box(&mut gw, &mut data, now, session, udp(5000 + i)).is_some());
+        }
+        assert!(from_box(&mut gw, &mut data, now, session, udp(5100)).is_none(), "the ninth at once: refused");
+        now = now + flow_idle;
+        // The session lives (one flow goes on), the other flows are over.
+        assert!(from_box(&mut gw, &mut data, now, session, udp(5000)).is_some());
+        assert!(from_box(&mut gw, &mut data, now, session, udp(5100)).is_some(), "a new one after the flow idle time");
     }
 
     #[test]

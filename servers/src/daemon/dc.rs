@@ -213,6 +213,7 @@ impl Daemon for DcDaemon {
 
     fn after(&mut self, now: Instant) {
         let mut to_save: Vec<Fqdn> = Vec::new();
+        let mut synthetic = Vec::new();
         while let Some(ev) = self.dc.poll_event() {
             match ev {
                 DcEvent::NodeKeyReceived { fqdn }
@@ -226,9 +227,16 @@ impl Daemon for DcDaemon {
                 DcEvent::TunnelRefused { session, mn, cn, reason } => {
                     log::info!("tunnel {session}: {mn} -> {cn} refused: {reason:?}")
                 }
+                DcEvent::SyntheticUsed { real, synthetic: s, at } => synthetic.push((real, s, at.as_millis())),
                 DcEvent::PushNeeded { fqdn, .. } => {
                     log::warn!("{fqdn} must be woken by a push notification; no push service is configured")
                 }
+            }
+        }
+        if !synthetic.is_empty() {
+            if let Err(e) = self.store.save_synthetic(&synthetic) {
+                self.store_errors += 1;
+                log::error!("{e}");
             }
         }
         // A node's state is exported at save time, so one save covers all its events.
@@ -287,6 +295,10 @@ impl Daemon for DcDaemon {
             "keys": key_kinds(&self.dc.held_keys()),
             "dropped": drops_json(self.dc.drops()),
             "database_errors": self.store_errors,
+            "gateway": self.dc.synthetic_stats().map(|(given, full)| serde_json::json!({
+                "synthetic_given": given,
+                "refused_pool_full": full,
+            })),
         })
     }
 
@@ -311,6 +323,11 @@ fn restore(dc: &mut Dc, store: &DcStore, now: Instant) -> Result<HashMap<Fqdn, S
     for (fqdn, addrs) in store.load_assignments()? {
         if let Err(e) = dc.restore_assignment(&fqdn, addrs) {
             log::warn!("database {}: assignment of {fqdn} not restored: {e}", store.path());
+        }
+    }
+    for (real, synthetic, at) in store.load_synthetic()? {
+        if let Err(e) = dc.restore_synthetic(real, synthetic, Instant::from_millis(at)) {
+            log::info!("database {}: gateway address of {real} not restored: {e}", store.path());
         }
     }
     let mut saved = HashMap::new();

@@ -184,6 +184,7 @@ pub fn build(cfg: RsFile) -> Result<Driver<RsDaemon>, StartError> {
         gc.max_hosts_per_box = g.max_hosts_per_box;
         gc.max_flows_per_session = g.max_flows_per_session;
         gc.idle_timeout = secs(g.idle_secs);
+        gc.flow_idle_timeout = secs(g.flow_idle_secs);
         gc.max_session_pps = cfg.max_session_pps;
         rc.gateway = Some(gc);
     }

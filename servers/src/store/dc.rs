@@ -14,7 +14,7 @@
 
 use super::{open_db, sql_err, time_to_sql, unique_err, unix_now_ms, Result, StoreError};
 use core::fmt;
-use core::net::SocketAddr;
+use core::net::{Ipv4Addr, SocketAddr};
 use ntm_proto::crypto::pk::Attestation;
 use ntm_proto::engine::dc::{NodeState, NsState};
 use ntm_proto::keys::{KNtmDc, KNtmNs};
@@ -69,6 +69,15 @@ const DC_MIGRATIONS: &[&str] = &[
     "
     -- The prefixes each node announced (subnet routes): JSON [\"a/len\"].
     ALTER TABLE nodes ADD COLUMN announced TEXT NOT NULL DEFAULT '[]';
+",
+    "
+    -- The gateway's synthetic addresses: the last lookup of each ordinary host's real
+    -- address, so that a restarted DC holds what boxes may still use.
+    CREATE TABLE synthetic (
+        real         TEXT PRIMARY KEY,
+        synthetic    TEXT NOT NULL UNIQUE,
+        last_used_ms INTEGER NOT NULL                          -- the engine's clock (UNIX ms)
+    ) STRICT;
 ",
 ];
 
@@ -203,6 +212,54 @@ impl DcStore {
                 let v4 = v4.parse().map_err(|_| corrupt("bad IPv4 address"))?;
                 let v6 = v6.parse().map_err(|_| corrupt("bad IPv6 address"))?;
                 Ok((name, VirtualAddrs { v4, v6 }))
+            })
+            .collect()
+    }
+
+    /// Records gateway lookups (`DcEvent::SyntheticUsed`: real address, synthetic address,
+    /// time in ms) in one transaction. A synthetic address given to another real address
+    /// replaces that address's row.
+    pub fn save_synthetic(&mut self, used: &[(Ipv4Addr, Ipv4Addr, u64)]) -> Result<()> {
+        let path = self.path.clone();
+        let err = || sql_err(&path, "saving gateway addresses");
+        let tx = self.conn.transaction().map_err(err())?;
+        for (real, synthetic, at) in used {
+            let (real, synthetic) = (real.to_string(), synthetic.to_string());
+            tx.execute("DELETE FROM synthetic WHERE synthetic = ?1 AND real != ?2", params![synthetic, real])
+                .map_err(err())?;
+            tx.execute(
+                "INSERT INTO synthetic (real, synthetic, last_used_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (real) DO UPDATE SET synthetic = ?2, last_used_ms = max(last_used_ms, ?3)",
+                params![real, synthetic, time_to_sql(*at)],
+            )
+            .map_err(err())?;
+        }
+        tx.commit().map_err(err())
+    }
+
+    /// Every saved gateway lookup (real, synthetic, time in ms), for `Dc::restore_synthetic`.
+    /// A row that does not parse is an error: skipping it could give its address to
+    /// another host.
+    pub fn load_synthetic(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT real, synthetic, last_used_ms FROM synthetic ORDER BY synthetic")
+            .map_err(sql_err(&self.path, "loading gateway addresses"))?;
+        let rows: Vec<(String, String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(sql_err(&self.path, "loading gateway addresses"))?;
+        rows.into_iter()
+            .map(|(real, synthetic, at)| {
+                let corrupt = |detail: &str| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    row: format!("gateway address of {real:?}"),
+                    detail: detail.to_owned(),
+                };
+                let r = real.parse().map_err(|_| corrupt("bad real address"))?;
+                let s = synthetic.parse().map_err(|_| corrupt("bad synthetic address"))?;
+                let at = u64::try_from(at).map_err(|_| corrupt("bad time"))?;
+                Ok((r, s, at))
             })
             .collect()
     }

@@ -215,6 +215,18 @@ pub enum DcEvent {
         /// Its push service token.
         token: Vec<u8>,
     },
+    /// A box looked up an ordinary host through the gateway: `real` has the synthetic
+    /// address `synthetic`, last looked up at `at`. A daemon that persists nodes saves it
+    /// and gives it back with [`Dc::restore_synthetic`] at start-up, so a restarted DC
+    /// does not give an address a box may still use to another host.
+    SyntheticUsed {
+        /// The ordinary host's real address.
+        real: core::net::Ipv4Addr,
+        /// Its synthetic address.
+        synthetic: core::net::Ipv4Addr,
+        /// The lookup's time.
+        at: Instant,
+    },
     /// A negotiation failed.
     TunnelRefused {
         /// The session.
@@ -347,7 +359,7 @@ impl Dc {
                     log::error!("gateway relay {r} is not among the configured relays");
                     return Err(ConfigError::new("gateway.rs", "names of configured relays only"));
                 }
-                Some(negotiation::SyntheticPool::new(g.pool))
+                Some(negotiation::SyntheticPool::new(g.pool, cfg.tunnel_key_lifetime))
             }
             None => None,
         };
@@ -412,6 +424,25 @@ impl Dc {
     /// The virtual address assignments (to persist them, and for status).
     pub fn pool(&self) -> &VirtualPool {
         &self.pool
+    }
+
+    /// Restores a gateway lookup (a [`DcEvent::SyntheticUsed`] saved by the daemon) at
+    /// start-up. Refused: no gateway, an address outside the pool (the pool changed), or
+    /// one restored for another real address.
+    pub fn restore_synthetic(
+        &mut self,
+        real: core::net::Ipv4Addr,
+        synthetic: core::net::Ipv4Addr,
+        at: Instant,
+    ) -> Result<(), ConfigError> {
+        let pool = self.synthetic.as_mut().ok_or_else(|| ConfigError::new("gateway", "no gateway configured"))?;
+        pool.restore(real, synthetic, at).map_err(|e| ConfigError::new("gateway.pool", format!("{synthetic}: {e}")))
+    }
+
+    /// The gateway's synthetic addresses given out, and the lookups refused because
+    /// every address was held (None without a gateway).
+    pub fn synthetic_stats(&self) -> Option<(usize, u64)> {
+        self.synthetic.as_ref().map(|p| (p.len(), p.full))
     }
 
     /// Restores a virtual address assignment (from the DC's database at start-up).

@@ -120,38 +120,92 @@ impl GatewayPolicy {
 }
 
 /// The synthetic address of each ordinary host's real address: the same one for the
-/// same real address as long as the pool has room (a full pool gives the least recently
-/// used one to a new host).
+/// same real address. A box may use a synthetic address for as long as the tunnel key
+/// it got with it lives (the RS ends the gateway session when the key expires; a box
+/// that goes on renegotiates, which is a lookup again), so an address is given to
+/// another real address only when it was not looked up for `hold` (the tunnel key
+/// lifetime). With no such address the name is refused: nothing a box still uses is
+/// ever redirected to another host. The daemon saves every lookup
+/// ([`crate::engine::dc::DcEvent::SyntheticUsed`]) and restores them at start-up
+/// ([`SyntheticPool::restore`]), so a restart does not forget what is in use.
 pub(super) struct SyntheticPool {
     base: u32,
     hosts: u32,
+    hold: crate::time::Duration,
     by_real: std::collections::HashMap<Ipv4Addr, (Ipv4Addr, Instant)>,
+    by_synthetic: std::collections::HashMap<Ipv4Addr, Ipv4Addr>,
+    /// Lookups refused because every address was held.
+    pub(super) full: u64,
 }
 
 impl SyntheticPool {
-    pub(super) fn new((p, len): (Ipv4Addr, u8)) -> Self {
+    pub(super) fn new((p, len): (Ipv4Addr, u8), hold: crate::time::Duration) -> Self {
         let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
         let hosts = (!mask).saturating_sub(1);
-        SyntheticPool { base: u32::from(p) & mask, hosts, by_real: std::collections::HashMap::new() }
+        SyntheticPool {
+            base: u32::from(p) & mask,
+            hosts,
+            hold,
+            by_real: std::collections::HashMap::new(),
+            by_synthetic: std::collections::HashMap::new(),
+            full: 0,
+        }
     }
 
+    /// True if `a` is one of the pool's host addresses.
+    fn holds(&self, a: Ipv4Addr) -> bool {
+        let h = u32::from(a).wrapping_sub(self.base);
+        (1..=self.hosts).contains(&h)
+    }
+
+    /// The synthetic address of `real`, looked up now. None when every address is held
+    /// by another real address looked up within the hold time.
     pub(super) fn get(&mut self, now: Instant, real: Ipv4Addr) -> Option<Ipv4Addr> {
         if let Some((synthetic, used)) = self.by_real.get_mut(&real) {
-            *used = now;
+            *used = (*used).max(now);
             return Some(*synthetic);
         }
-        let taken: std::collections::HashSet<Ipv4Addr> = self.by_real.values().map(|(a, _)| *a).collect();
-        let free = (1..=self.hosts).map(|h| Ipv4Addr::from(self.base + h)).find(|a| !taken.contains(a));
+        let free = (1..=self.hosts).map(|h| Ipv4Addr::from(self.base + h)).find(|a| !self.by_synthetic.contains_key(a));
         let synthetic = match free {
             Some(a) => a,
             None => {
-                let (&old, &(a, _)) = self.by_real.iter().min_by_key(|(_, (_, used))| *used)?;
+                // The address looked up longest ago, if that is at least the hold time ago.
+                let hold = self.hold;
+                let (&old, &(a, _)) = self
+                    .by_real
+                    .iter()
+                    .filter(|(_, (_, used))| *used + hold <= now)
+                    .min_by_key(|(_, (_, used))| *used)?;
                 self.by_real.remove(&old);
                 a
             }
         };
         self.by_real.insert(real, (synthetic, now));
+        self.by_synthetic.insert(synthetic, real);
         Some(synthetic)
+    }
+
+    /// Restores a saved lookup. Refuses an address outside the pool (the pool changed:
+    /// no box can route it) or one already restored for another real address.
+    pub(super) fn restore(&mut self, real: Ipv4Addr, synthetic: Ipv4Addr, used: Instant) -> Result<(), &'static str> {
+        if !self.holds(synthetic) {
+            return Err("outside the gateway pool");
+        }
+        match self.by_synthetic.get(&synthetic) {
+            Some(r) if *r != real => return Err("held for another real address"),
+            _ => {}
+        }
+        if let Some((old, _)) = self.by_real.get(&real).copied().filter(|(s, _)| *s != synthetic) {
+            self.by_synthetic.remove(&old);
+        }
+        self.by_real.insert(real, (synthetic, used));
+        self.by_synthetic.insert(synthetic, real);
+        Ok(())
+    }
+
+    /// How many addresses are given out (some may be free again after the hold time).
+    pub(super) fn len(&self) -> usize {
+        self.by_real.len()
     }
 }
 
@@ -501,9 +555,15 @@ impl Dc {
         if !mn_v4 && endpoint(&mn_info, false).is_none() {
             return self.fail(now, i, Reason::NoRoute, "asking node has no endpoint");
         }
-        let Some(synthetic) = self.synthetic.as_mut().and_then(|p| p.get(now, real)) else {
-            return self.fail(now, i, Reason::Internal, "no synthetic address");
+        let Some(pool) = self.synthetic.as_mut() else { return };
+        let Some(synthetic) = pool.get(now, real) else {
+            // Every address may still be in use: refused rather than recycled, so the box
+            // asks ordinary DNS (and nothing it still uses goes to another host).
+            pool.full += 1;
+            log::warn!("gateway pool full: every synthetic address was looked up within the hold time; {real} refused");
+            return self.fail(now, i, Reason::NotNtm, "gateway pool full");
         };
+        self.emit(super::DcEvent::SyntheticUsed { real, synthetic, at: now });
         let relay = if policy.relays.is_empty() {
             self.select_relay(mn_v4, true)
         } else {
@@ -1218,17 +1278,42 @@ mod tests {
         assert!(policy.covers(&Fqdn::new("plain.example").unwrap()));
         assert!(!policy.covers(&Fqdn::new("plain.example.org").unwrap()));
         assert!(policy.allows([198, 51, 100, 7].into()) && !policy.allows([198, 51, 101, 7].into()));
-        // A /30 has two hosts: the same real address keeps its synthetic one, a third
-        // host takes the least recently used one's.
-        let mut pool = SyntheticPool::new(policy.pool);
+        // A /30 has two hosts: the same real address keeps its synthetic one; a third
+        // host is refused while both were looked up within the hold time, and takes the
+        // one looked up longest ago once that is the hold time ago.
+        let hold = crate::time::Duration::from_secs(100);
+        let mut pool = SyntheticPool::new(policy.pool, hold);
         let t = |ms| Instant::from_millis(ms);
         let (a, b, c): (Ipv4Addr, Ipv4Addr, Ipv4Addr) =
             ([192, 0, 2, 1].into(), [192, 0, 2, 2].into(), [192, 0, 2, 3].into());
         assert_eq!(pool.get(t(1), a), Some([198, 18, 100, 1].into()));
         assert_eq!(pool.get(t(2), b), Some([198, 18, 100, 2].into()));
         assert_eq!(pool.get(t(3), a), Some([198, 18, 100, 1].into()), "the same host, the same address");
-        assert_eq!(pool.get(t(4), c), Some([198, 18, 100, 2].into()), "b was used least recently");
-        assert_eq!(pool.get(t(5), a), Some([198, 18, 100, 1].into()));
+        assert_eq!(pool.get(t(4), c), None, "both addresses may be in use: c is refused, not given one");
+        assert_eq!(pool.get(t(99_000), c), None, "b was looked up less than the hold time ago");
+        assert_eq!(pool.get(t(100_002), c), Some([198, 18, 100, 2].into()), "b was not looked up for the hold time");
+        assert_eq!(pool.get(t(100_003), a), Some([198, 18, 100, 1].into()));
+        assert_eq!(pool.get(t(100_004), b), None, "b's address went to c, a's is held");
+    }
+
+    #[test]
+    fn a_restored_pool_keeps_what_was_in_use() {
+        // What a restarted DC restores: a lookup saved before the restart keeps its address
+        // from every other host for the hold time.
+        let hold = crate::time::Duration::from_secs(100);
+        let t = |ms| Instant::from_millis(ms);
+        let (host, www): (Ipv4Addr, Ipv4Addr) = ([198, 19, 80, 2].into(), [198, 19, 80, 3].into());
+        let s1: Ipv4Addr = [198, 18, 100, 1].into();
+        let mut pool = SyntheticPool::new(([198, 18, 100, 0].into(), 24), hold);
+        pool.restore(host, s1, t(1_000)).unwrap();
+        assert_ne!(pool.get(t(2_000), www), Some(s1), "www does not get the host's address");
+        assert_eq!(pool.get(t(2_001), host), Some(s1), "the host keeps it");
+        assert!(pool.restore(www, s1, t(1)).is_err(), "one address, one real address");
+        assert!(pool.restore(www, [198, 18, 101, 1].into(), t(1)).is_err(), "outside the pool");
+        let mut small = SyntheticPool::new(([198, 18, 100, 0].into(), 30), hold);
+        small.restore(host, s1, t(1_000)).unwrap();
+        small.restore(www, [198, 18, 100, 2].into(), t(1_000)).unwrap();
+        assert_eq!(small.get(t(2_000), [198, 19, 80, 4].into()), None, "a restored full pool refuses");
     }
 
     #[test]
