@@ -150,17 +150,17 @@ fn a_box_keeps_its_download_from_an_ordinary_host_through_the_rs_across_moves() 
     }
 
     // A download from the web server, box a moving to eth1 in the middle: curl does not
-    // reconnect, so the whole file means the same connection carried it. (curl's own rate
-    // limit closes the receive window now and then, so a segment lost in the move may
-    // wait for the host's retransmission timer: its pause is printed, not held to the
-    // budget.)
+    // reconnect, so the whole file means the same connection carried it. The host's link
+    // is a 40 Mbit/s bottleneck (tc, as a WAN link would be), so that the file crosses
+    // the network during the move: unpaced, it would be at the box within a second, in
+    // socket buffers (and curl's --limit-rate only slows curl's reading of them).
     let a = d.boxes[0].ns.clone();
+    let tbf = ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "40mbit", "burst", "64kb", "latency", "50ms"];
+    d.lab.exec(&host, &tbf).unwrap();
     let out = d.lab.dir().join("big.out");
     let url = format!("http://{HOST}:8080/big");
     let o = out.to_str().unwrap().to_string();
-    // 3 MB/s: 8 s for the file. Socket buffers hold several MB, so at a higher rate the
-    // host had handed over the whole file before the move (its socket was closing).
-    let curl = ["curl", "-s", "-f", "--limit-rate", "3M", "-m", "40", "-o", &o, &url];
+    let curl = ["curl", "-s", "-f", "-m", "40", "-o", &o, &url];
     let dl = d.lab.spawn(&a, "curl-a", &curl, &[]).unwrap();
     // The download runs: box a moves once a good part of the file has arrived.
     let size = || std::fs::metadata(&out).map_or(0, |m| m.len());
@@ -180,7 +180,7 @@ fn a_box_keeps_its_download_from_an_ordinary_host_through_the_rs_across_moves() 
             (last, grew_at) = (now, Instant::now());
         }
     }
-    eprintln!("gateway, box moves to eth1 (curl at 3 MB/s): longest pause in the download {pause:?}");
+    eprintln!("gateway, box moves to eth1 (curl, 40 Mbit/s link): longest pause in the download {pause:?}");
     assert_eq!(d.lab.proc(dl).wait(45), Some(0), "curl completes: {}", d.lab.proc(dl).log_text());
     // Much of the file crossed the network after the move (not only out of buffers at
     // the box): the RS sent box a thousands of datagrams more.
