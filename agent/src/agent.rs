@@ -49,7 +49,7 @@ use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, ResolveId};
 use ntm_proto::engine::{DcLocation, DnsAnswer, Engine, StreamKind, Transmit, Via};
 use ntm_proto::time::Instant;
 use ntm_proto::wire::registration::KeepaliveMethod;
-use ntm_proto::wire::{Prefix, VirtualAddrs};
+use ntm_proto::wire::{Fqdn, Prefix, VirtualAddrs};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -145,7 +145,8 @@ pub struct Agent {
     /// The peers' announced prefixes routed into the TUN device now.
     peer_routes: Vec<Prefix>,
     /// The peers' announced prefixes refused (by the node or by [`peer_prefix_conflict`]),
-    /// by peer and prefix, with why: each is logged once and counted once.
+    /// by peer and prefix, with why, while an established tunnel of the peer announces
+    /// them: each is logged and counted once.
     refused_prefixes: BTreeMap<(String, Prefix), String>,
     /// The DC's last refusal of our registration, until a registration succeeds.
     registration_refused: Option<String>,
@@ -726,11 +727,14 @@ impl Agent {
     /// ([`peer_prefix_conflict`]) is not routed: logged once, counted, shown.
     fn route_peer_prefixes(&mut self) {
         let tunnels: Vec<_> = self.node.tunnels().into_iter().filter(|t| t.established).collect();
+        // A prefix refused earlier stays refused while a tunnel of its peer announces it:
+        // checked (and logged, counted) once. The box's routes are read only for a prefix
+        // not seen before.
+        let seen = |peer: &Fqdn, p: &Prefix| {
+            self.peer_routes.contains(p) || self.refused_prefixes.contains_key(&(peer.to_string(), *p))
+        };
         let any_new = tunnels.iter().any(|t| {
-            t.peer_prefixes.iter().any(|p| !self.peer_routes.contains(p))
-                || t.refused_prefixes
-                    .iter()
-                    .any(|(p, _)| !self.refused_prefixes.contains_key(&(t.peer.to_string(), *p)))
+            t.peer_prefixes.iter().chain(t.refused_prefixes.iter().map(|(p, _)| p)).any(|p| !seen(&t.peer, p))
         });
         let existing = if any_new { self.netlink.routes().unwrap_or_default() } else { Vec::new() };
         let mut keep: Vec<(IpAddr, &str)> = self.node.server_addrs().into_iter().map(|a| (a, "a server")).collect();
@@ -742,6 +746,10 @@ impl Agent {
             let peer = t.peer.to_string();
             refused.extend(t.refused_prefixes.iter().map(|(p, why)| (peer.clone(), *p, why.to_string())));
             for p in &t.peer_prefixes {
+                if let Some(why) = self.refused_prefixes.get(&(peer.clone(), *p)) {
+                    refused.push((peer.clone(), *p, why.clone()));
+                    continue;
+                }
                 // One routed already was checked against the box's routes then (which now
                 // include it); the servers may have changed since.
                 let routes = if self.peer_routes.contains(p) { &[][..] } else { &existing[..] };
@@ -751,13 +759,15 @@ impl Agent {
                 }
             }
         }
+        let mut now_refused = BTreeMap::new();
         for (peer, p, why) in refused {
-            if let std::collections::btree_map::Entry::Vacant(e) = self.refused_prefixes.entry((peer, p)) {
-                log::warn!("the prefix {p} announced by {} is not routed: {why}", e.key().0);
+            if !self.refused_prefixes.contains_key(&(peer.clone(), p)) {
+                log::warn!("{peer}'s announced prefix {p} is not routed: {why}");
                 self.counters.peer_prefixes_refused += 1;
-                e.insert(why);
             }
+            now_refused.insert((peer, p), why);
         }
+        self.refused_prefixes = now_refused;
         want.sort();
         want.dedup();
         for p in self.peer_routes.iter().filter(|p| !want.contains(p)) {
