@@ -33,7 +33,7 @@ use crate::config::{AgentFile, Route};
 use crate::held::Held;
 use crate::lan::Lan;
 use crate::material::{credential, Material};
-use crate::netlink::{overlapping_routes, ChangeDebounce, Netlink};
+use crate::netlink::{overlapping_routes, ChangeDebounce, KernelRoute, Netlink};
 use crate::servers::{ServerAddrs, QUERY_BIT};
 use crate::tls::{LoginTls, LoginTlsConfig};
 use datapath::{bind_udp6_only, size_buffers, tunnel_socket};
@@ -49,8 +49,8 @@ use ntm_proto::engine::node::{Node, NodeConfig, NodeEvent, ResolveId};
 use ntm_proto::engine::{DcLocation, DnsAnswer, Engine, StreamKind, Transmit, Via};
 use ntm_proto::time::Instant;
 use ntm_proto::wire::registration::KeepaliveMethod;
-use ntm_proto::wire::{Prefix, VirtualAddrs};
-use std::collections::HashMap;
+use ntm_proto::wire::{Fqdn, Prefix, VirtualAddrs};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -111,6 +111,8 @@ struct Counters {
     tun_bad: u64,
     network_changes: u64,
     tls_failures: u64,
+    /// Peers' announced prefixes refused (each peer and prefix once).
+    peer_prefixes_refused: u64,
 }
 
 /// The agent.
@@ -142,6 +144,10 @@ pub struct Agent {
     lan: Option<Lan>,
     /// The peers' announced prefixes routed into the TUN device now.
     peer_routes: Vec<Prefix>,
+    /// The peers' announced prefixes refused (by the node or by [`peer_prefix_conflict`]),
+    /// by peer and prefix, with why, while an established tunnel of the peer announces
+    /// them: each is logged and counted once.
+    refused_prefixes: BTreeMap<(String, Prefix), String>,
     /// The DC's last refusal of our registration, until a registration succeeds.
     registration_refused: Option<String>,
     locator: Locator,
@@ -283,6 +289,8 @@ impl Agent {
         ncfg.static_dc = cfg.static_dc.as_ref().map(|d| DcLocation { name: d.name.clone(), addrs: dc_addrs.addrs() });
         ncfg.max_tunnels = usize::from(cfg.max_tunnels);
         ncfg.announced = cfg.announced()?;
+        ncfg.virtual_routes = cfg.routes()?.iter().map(Route::prefix).collect::<Result<_, _>>()?;
+        ncfg.accept_peer_prefixes = Some(cfg.accepted_peer_prefixes()?);
         // With no address yet (no network at boot), the node starts once one appears.
         let node = Node::new(
             NodeConfig {
@@ -372,6 +380,7 @@ impl Agent {
             stub,
             lan,
             peer_routes: Vec::new(),
+            refused_prefixes: BTreeMap::new(),
             registration_refused: None,
             locator,
             resolves: HashMap::new(),
@@ -713,9 +722,52 @@ impl Agent {
 
     /// Routes the announced prefixes of the peers of established tunnels into the TUN
     /// device, and takes back those no tunnel carries any more (subnet routes, `lan.rs`).
+    /// A prefix the node refused (outside `accept_peer_prefixes`, over the virtual routes)
+    /// or one over this box's own networks, servers or DNS upstreams
+    /// ([`peer_prefix_conflict`]) is not routed: logged once, counted, shown.
     fn route_peer_prefixes(&mut self) {
-        let mut want: Vec<Prefix> =
-            self.node.tunnels().into_iter().filter(|t| t.established).flat_map(|t| t.peer_prefixes).collect();
+        let tunnels: Vec<_> = self.node.tunnels().into_iter().filter(|t| t.established).collect();
+        // A prefix refused earlier stays refused while a tunnel of its peer announces it:
+        // checked (and logged, counted) once. The box's routes are read only for a prefix
+        // not seen before.
+        let seen = |peer: &Fqdn, p: &Prefix| {
+            self.peer_routes.contains(p) || self.refused_prefixes.contains_key(&(peer.to_string(), *p))
+        };
+        let any_new = tunnels.iter().any(|t| {
+            t.peer_prefixes.iter().chain(t.refused_prefixes.iter().map(|(p, _)| p)).any(|p| !seen(&t.peer, p))
+        });
+        let existing = if any_new { self.netlink.routes().unwrap_or_default() } else { Vec::new() };
+        let mut keep: Vec<(IpAddr, &str)> = self.node.server_addrs().into_iter().map(|a| (a, "a server")).collect();
+        keep.extend(self.cfg.dns.upstream.iter().map(|a| (a.ip(), "a DNS upstream")));
+        keep.extend(self.local_addrs.iter().map(|a| (a.ip(), "an address")));
+        let mut want: Vec<Prefix> = Vec::new();
+        let mut refused: Vec<(String, Prefix, String)> = Vec::new();
+        for t in &tunnels {
+            let peer = t.peer.to_string();
+            refused.extend(t.refused_prefixes.iter().map(|(p, why)| (peer.clone(), *p, why.to_string())));
+            for p in &t.peer_prefixes {
+                if let Some(why) = self.refused_prefixes.get(&(peer.clone(), *p)) {
+                    refused.push((peer.clone(), *p, why.clone()));
+                    continue;
+                }
+                // One routed already was checked against the box's routes then (which now
+                // include it); the servers may have changed since.
+                let routes = if self.peer_routes.contains(p) { &[][..] } else { &existing[..] };
+                match peer_prefix_conflict(*p, routes, self.tun_index, &keep) {
+                    Some(why) => refused.push((peer.clone(), *p, why)),
+                    None => want.push(*p),
+                }
+            }
+        }
+        let mut now_refused = BTreeMap::new();
+        for (peer, p, why) in refused {
+            if !self.refused_prefixes.contains_key(&(peer.clone(), p)) {
+                log::warn!("{peer}'s announced prefix {p} is not routed: {why}");
+                self.counters.peer_prefixes_refused += 1;
+            }
+            now_refused.insert((peer, p), why);
+        }
+        self.refused_prefixes = now_refused;
         want.sort();
         want.dedup();
         for p in self.peer_routes.iter().filter(|p| !want.contains(p)) {
@@ -724,19 +776,7 @@ impl Agent {
             }
         }
         self.peer_routes.retain(|p| want.contains(p));
-        let new: Vec<Prefix> = want.into_iter().filter(|p| !self.peer_routes.contains(p)).collect();
-        if new.is_empty() {
-            return;
-        }
-        let existing = self.netlink.routes().unwrap_or_default();
-        for p in new {
-            // A peer's prefix that overlaps a network of this box (its LAN, its uplink)
-            // is not routed: the route would replace or shadow the box's own (an equal
-            // prefix is replaced), and the LAN or the uplink would go into the tunnel.
-            if let Some(o) = overlapping_routes(&existing, p.addr(), p.prefix_len(), self.tun_index).first() {
-                log::warn!("a peer's announced prefix {p} is not routed: it overlaps the route {o} of this box");
-                continue;
-            }
+        for p in want.into_iter().filter(|p| !self.peer_routes.contains(p)).collect::<Vec<_>>() {
             match self.netlink.add_route(self.tun_index, p.addr(), p.prefix_len(), None) {
                 Ok(()) => {
                     log::info!("route {p} into {} (a peer's announced prefix)", self.cfg.tun.name);
@@ -895,5 +935,51 @@ impl Agent {
         if let Some(s) = sock {
             let _ = s.send_to(bytes, to);
         }
+    }
+}
+
+/// Why a peer's announced prefix must not go into the TUN device, if it must not: it
+/// overlaps a route of this box (its LAN, its uplink: the route would replace or shadow
+/// the box's own, and that network would go into the tunnel), or it holds an address the
+/// box must reach directly (`keep`: its servers, DNS upstreams, own addresses; the
+/// default route reaches those, and a peer announcing them would cut the box off them
+/// or read its traffic to them).
+fn peer_prefix_conflict(p: Prefix, routes: &[KernelRoute], own: u32, keep: &[(IpAddr, &str)]) -> Option<String> {
+    if let Some(o) = overlapping_routes(routes, p.addr(), p.prefix_len(), own).first() {
+        return Some(format!("it overlaps the route {o} of this box"));
+    }
+    keep.iter().find(|(a, _)| p.contains(*a)).map(|(a, what)| format!("it holds {a}, {what} of this box"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(s: &str) -> Prefix {
+        let (a, l) = s.split_once('/').unwrap();
+        Prefix::new(a.parse().unwrap(), l.parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_peer_prefix_over_a_server_or_a_route_of_the_box_is_refused() {
+        let routes = [
+            KernelRoute { dst: "10.1.0.0".parse().unwrap(), prefix_len: 24, ifindex: 2, ifname: "lan0".into() },
+            KernelRoute { dst: "10.9.0.0".parse().unwrap(), prefix_len: 16, ifindex: 7, ifname: "ntm0".into() },
+        ];
+        let keep = [("192.0.2.20".parse().unwrap(), "a server"), ("2001:db8::53".parse().unwrap(), "a DNS upstream")];
+        let why = |p: &str| peer_prefix_conflict(prefix(p), &routes, 7, &keep);
+        // The servers' subnet, wider or narrower, and the DNS upstream's.
+        assert!(why("192.0.2.0/24").unwrap().contains("192.0.2.20, a server"));
+        assert!(why("192.0.0.0/8").is_some());
+        assert!(why("192.0.2.20/32").is_some());
+        assert!(why("2001:db8::/32").unwrap().contains("a DNS upstream"));
+        // The box's LAN, wider or narrower; the TUN device's own routes do not count.
+        assert!(why("10.1.0.0/16").unwrap().contains("10.1.0.0/24 dev lan0"));
+        assert!(why("10.1.0.128/25").is_some());
+        assert_eq!(why("10.9.0.0/16"), None);
+        // Beside all of them.
+        assert_eq!(why("192.0.3.0/24"), None);
+        assert_eq!(why("10.2.0.0/24"), None);
+        assert_eq!(why("fd00:1::/64"), None);
     }
 }

@@ -222,6 +222,12 @@ pub struct AgentFile {
     /// deployment), e.g. "198.18.0.0/15" (required).
     #[serde(default)]
     pub virtual_routes: HVec<HString<48>, 8>,
+    /// Where peers' announced prefixes may lie for the box to route them into the TUN
+    /// device; each must also stay clear of the box's own networks, servers and DNS
+    /// upstreams and of the virtual routes (docs/agent.md). Absent: the private ranges
+    /// ([`DEFAULT_PEER_PREFIXES`]); `[]`: none.
+    #[serde(default)]
+    pub accept_peer_prefixes: Option<HVec<HString<48>, 16>>,
     /// The DNS hook (required: its `ntm_domains`).
     #[serde(default)]
     pub dns: DnsSettings,
@@ -315,6 +321,9 @@ fn default_syslog_socket() -> PathStr {
     s
 }
 
+/// The peers' prefixes accepted without `accept_peer_prefixes`: the private ranges.
+pub const DEFAULT_PEER_PREFIXES: [&str; 4] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"];
+
 fn default_max_tunnels() -> u16 {
     64
 }
@@ -351,6 +360,15 @@ impl AgentFile {
     /// The routes, parsed.
     pub fn routes(&self) -> Result<Vec<Route>, String> {
         self.virtual_routes.iter().map(|r| Route::parse(r)).collect()
+    }
+
+    /// Where peers' announced prefixes may lie (`accept_peer_prefixes`, or the private
+    /// ranges without it).
+    pub fn accepted_peer_prefixes(&self) -> Result<Vec<Prefix>, String> {
+        match &self.accept_peer_prefixes {
+            Some(list) => list.iter().map(|p| Route::parse(p)?.prefix()).collect(),
+            None => DEFAULT_PEER_PREFIXES.iter().map(|p| Route::parse(p)?.prefix()).collect(),
+        }
     }
 
     /// The prefixes `lan.announce` gives, checked (no host bits, none overlapping a
@@ -456,6 +474,7 @@ impl AgentFile {
             return Err(("virtual_routes", "missing: at least one prefix".into()));
         }
         self.routes().map_err(|e| ("virtual_routes", e))?;
+        self.accepted_peer_prefixes().map_err(|e| ("accept_peer_prefixes", e))?;
         if self.dns.ntm_domains.is_empty() {
             return Err(("dns.ntm_domains", "missing: at least one domain".into()));
         }
@@ -645,6 +664,19 @@ pub(crate) mod tests {
         );
         let err = parse(&no_upstream).unwrap_err();
         assert!(err.contains("dns.upstream") && err.contains("by name"), "{err}");
+    }
+
+    #[test]
+    fn peer_prefixes_default_to_the_private_ranges() {
+        let c = parse(MIN).unwrap();
+        let got: Vec<String> = c.accepted_peer_prefixes().unwrap().iter().map(|p| p.to_string()).collect();
+        assert_eq!(got, DEFAULT_PEER_PREFIXES);
+        let none = parse(&MIN.replacen('{', r#"{ "accept_peer_prefixes": [],"#, 1)).unwrap();
+        assert!(none.accepted_peer_prefixes().unwrap().is_empty());
+        let lab = parse(&MIN.replacen('{', r#"{ "accept_peer_prefixes": ["198.19.0.0/16"],"#, 1)).unwrap();
+        assert_eq!(lab.accepted_peer_prefixes().unwrap()[0].to_string(), "198.19.0.0/16");
+        let bad = MIN.replacen('{', r#"{ "accept_peer_prefixes": ["198.19.0.1/16"],"#, 1);
+        assert!(parse(&bad).unwrap_err().contains("accept_peer_prefixes"));
     }
 
     #[test]

@@ -69,6 +69,8 @@ fn run() -> Result<(), String> {
         .up_with(|_, i, c| {
             let announce: &[&str] = if i == 1 { &[CAMERA_LAN] } else { &[] };
             c["lan"] = json!({"interfaces": ["lan0"], "announce": announce});
+            // The demo's LANs are in 198.19.0.0/16, not the private ranges accepted by default.
+            c["accept_peer_prefixes"] = json!(["198.19.0.0/16"]);
         })
         .map_err(e)?;
     for s in &st {

@@ -48,8 +48,13 @@ fn lan(d: &mut Deployment, i: usize, box_cidrs: &[&str], host_cidrs: &[&str]) ->
     host
 }
 
+/// Where the lab's peers' LAN prefixes lie (not in the private ranges the agent accepts
+/// by default).
+const PEER_PREFIXES: [&str; 2] = ["198.19.0.0/16", "2001:db8::/32"];
+
 fn lan_cfg(c: &mut Value, announce: &[&str]) {
     c["lan"] = json!({"interfaces": ["lan0"], "announce": announce});
+    c["accept_peer_prefixes"] = json!(PEER_PREFIXES);
 }
 
 /// The two boxes with their LANs, box a behind a NAT with a spare uplink for the move,

@@ -219,6 +219,12 @@ impl Agent {
             j.close();
         }
         j.end_array();
+        // Peers' announced prefixes not routed, and why (docs/agent.md).
+        j.array("refused_peer_prefixes");
+        for ((peer, p), why) in &self.refused_prefixes {
+            j.open(None).str("peer", peer).str("prefix", &p.to_string()).str("reason", why).close();
+        }
+        j.end_array();
         let c = &self.counters;
         j.open(Some("counters"))
             .num("tun_in", c.tun_in)
@@ -239,6 +245,7 @@ impl Agent {
             .num("held_dropped", self.held.stats().dropped)
             .num("resent_to_moved_peer", self.node.resent_packets())
             .num("tls_failures", c.tls_failures)
+            .num("peer_prefixes_refused", c.peer_prefixes_refused)
             .num("netlink_undecodable", self.netlink.undecodable())
             .num("loop_turns", self.turn.turns())
             .num("budget_exhausted", self.turn.budget_exhausted())

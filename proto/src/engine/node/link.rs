@@ -238,6 +238,11 @@ pub(super) struct NsLink {
 }
 
 impl NsLink {
+    /// The NS's node addresses granted so far.
+    pub(super) fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
     pub(super) fn addr(&self) -> SocketAddr {
         // `current` always indexes `addrs`, which is never empty (see `learn`, `pick`).
         self.addrs.get(self.current).or(self.addrs.first()).copied().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))

@@ -85,6 +85,15 @@ pub struct NodeConfig {
     /// The LAN prefixes this node routes for (subnet routes), announced at registration:
     /// packets from a tunnel may be for these as well as for the node's virtual address.
     pub announced: Vec<crate::wire::Prefix>,
+    /// The prefixes the driver routes into its TUN device (the box's `virtual_routes`). A
+    /// Route Direction whose peer virtual address lies outside them is refused: the
+    /// kernel would send that address's packets another way, in clear. A family without
+    /// a prefix here is not checked (empty: none is).
+    pub virtual_routes: Vec<crate::wire::Prefix>,
+    /// A peer's announced prefix is accepted (sealed to, shown for routing) only inside
+    /// one of these, and only if it overlaps neither `virtual_routes` nor `announced`.
+    /// `None`: any prefix outside those two.
+    pub accept_peer_prefixes: Option<Vec<crate::wire::Prefix>>,
     /// Most DNS-hook queries waiting at once.
     pub max_pending_resolves: usize,
     /// How long a DNS-hook query may wait for its tunnel.
@@ -143,6 +152,8 @@ impl NodeConfig {
             tunnel_backoff: Backoff { initial: Duration::from_millis(300), max: Duration::from_secs(2), attempts: 16 },
             max_tunnels: 64,
             announced: Vec::new(),
+            virtual_routes: Vec::new(),
+            accept_peer_prefixes: None,
             max_pending_resolves: 64,
             resolve_timeout: Duration::from_secs(10),
             route_optimization: true,
@@ -534,6 +545,20 @@ impl Node {
 
     /// The DC address to use when no particular link is implied: the first registered
     /// link's, else the first link's.
+    /// The addresses of the servers the node talks to: the AS, its DCs (static or
+    /// registered with), its NS and the RSs of its tunnels. A driver must keep them out
+    /// of the TUN device (see `accept_peer_prefixes`).
+    pub fn server_addrs(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self.cfg.account_servers.iter().map(|a| a.ip()).collect();
+        v.extend(self.cfg.static_dc.iter().flat_map(|d| d.addrs.iter().map(|a| a.ip())));
+        v.extend(self.links.iter().map(|l| l.dc_addr.ip()));
+        v.extend(self.ns.iter().flat_map(|ns| ns.addrs().iter().map(|a| a.ip())));
+        v.extend(self.tunnels.iter().filter_map(|(_, t)| t.relay()).map(|a| a.ip()));
+        v.sort();
+        v.dedup();
+        v
+    }
+
     fn any_dc_addr(&self) -> Option<SocketAddr> {
         self.links.iter().find(|l| l.is_registered()).or(self.links.first()).map(|l| l.dc_addr)
     }

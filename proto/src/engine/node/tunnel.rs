@@ -288,6 +288,9 @@ pub(super) struct Tunnel {
     traversal: Traversal,
     /// The peer's announced LAN prefixes (subnet routes into this tunnel).
     peer_prefixes: List<Prefix, ANNOUNCED_MAX>,
+    /// The peer's announced prefixes this node refused, each with why
+    /// ([`Node::check_peer_prefix`]): never sealed to.
+    refused_prefixes: Vec<(Prefix, &'static str)>,
     /// The id of the Path Probe we last followed to a new address of the peer: its other
     /// copies (a search sends one id from 256 sockets) are no move of the peer.
     followed_probe: Option<u32>,
@@ -319,6 +322,9 @@ pub struct TunnelInfo {
     pub tx_packets: u64,
     /// The peer's announced LAN prefixes (routed into this tunnel while it is up).
     pub peer_prefixes: Vec<Prefix>,
+    /// The peer's announced prefixes this node refused, each with why (not in
+    /// `peer_prefixes`; the driver logs and shows them).
+    pub refused_prefixes: Vec<(Prefix, &'static str)>,
     /// The peer is an ordinary host and the RS at `relay` its gateway (path relay).
     pub gateway: bool,
 }
@@ -547,6 +553,7 @@ impl Tunnel {
             rx_packets: self.activity.rx_packets,
             tx_packets: self.activity.tx_packets,
             peer_prefixes: self.peer_prefixes.as_slice().to_vec(),
+            refused_prefixes: self.refused_prefixes.clone(),
             gateway: self.gateway,
         }
     }
@@ -1009,6 +1016,21 @@ impl Node {
             );
             return self.drops.count(DropReason::Unauthorized);
         }
+        if let Some(detail) = self.check_peer_virtual(&rd.peer) {
+            log::warn!("Route Direction for {} refused: {detail}", rd.peer.fqdn);
+            self.refuse_to_dc(now, MsgType::RouteDirection, rd.request_id, Reason::Unauthorized, &detail);
+            return self.drops.count(DropReason::Unauthorized);
+        }
+        let mut peer_prefixes = List::new();
+        let mut refused_prefixes = Vec::new();
+        for p in rd.tail.1.as_slice() {
+            match self.check_peer_prefix(p) {
+                None => {
+                    let _ = peer_prefixes.push(*p);
+                }
+                Some(why) => refused_prefixes.push((*p, why)),
+            }
+        }
         let expires = now + rd.k_tun.lifetime.duration();
         let k_tun = match Channel::new(rd.k_tun.key, KeyId(rd.session.0), side_sender(rd.side), expires) {
             Ok(c) => c,
@@ -1061,7 +1083,8 @@ impl Node {
             rekey_requested: false,
             heard_direct: None,
             traversal: rd.tail.0,
-            peer_prefixes: rd.tail.1,
+            peer_prefixes,
+            refused_prefixes,
             followed_probe: None,
             path_lost: false,
         });
@@ -1075,6 +1098,50 @@ impl Node {
             self.start_tunnel_request(now, id);
         }
         Received::Handled
+    }
+
+    /// Why a Route Direction's peer virtual address cannot be taken, if it cannot: one
+    /// outside `virtual_routes` would leave by another route, in clear, and one a live
+    /// tunnel to another peer already carries would take that peer's packets (a renewed
+    /// session to the same peer supersedes its old one instead). An unspecified address
+    /// (a gateway peer has no IPv6 one) is no address; a family `virtual_routes` has no
+    /// prefix of is not checked (nor routed by the box).
+    fn check_peer_virtual(&self, peer: &PeerInfo) -> Option<String> {
+        let v = peer.virtual_addrs;
+        let addrs = [IpAddr::V4(v.v4), IpAddr::V6(v.v6)];
+        let routes = &self.cfg.virtual_routes;
+        for a in addrs.into_iter().filter(|a| !a.is_unspecified()) {
+            let family = routes.iter().any(|r| r.addr().is_ipv4() == a.is_ipv4());
+            if family && !routes.iter().any(|r| r.contains(a)) {
+                let list: Vec<String> = routes.iter().map(|r| r.to_string()).collect();
+                return Some(format!("peer virtual address {a} outside virtual_routes [{}]", list.join(", ")));
+            }
+            let other = self
+                .tunnels
+                .iter()
+                .find(|(_, t)| t.is_live() && t.peer.fqdn != peer.fqdn && t.peer_addrs().contains(&a));
+            if let Some((_, t)) = other {
+                return Some(format!("peer virtual address {a} is already {}'s", t.peer.fqdn));
+            }
+        }
+        None
+    }
+
+    /// Why a peer's announced prefix is not taken, if it is not: outside
+    /// `accept_peer_prefixes`, or over the virtual prefixes or this node's own announced
+    /// ones (it would take packets meant for other peers or for the node's LAN).
+    pub(super) fn check_peer_prefix(&self, p: &Prefix) -> Option<&'static str> {
+        if self.cfg.virtual_routes.iter().any(|r| r.overlaps(p)) {
+            return Some("overlaps the virtual routes");
+        }
+        if self.cfg.announced.iter().any(|a| a.overlaps(p)) {
+            return Some("overlaps a prefix this box announces");
+        }
+        let allow = self.cfg.accept_peer_prefixes.as_ref();
+        if allow.is_some_and(|l| !l.iter().any(|a| a.prefix_len() <= p.prefix_len() && a.contains(p.addr()))) {
+            return Some("outside accept_peer_prefixes");
+        }
+        None
     }
 
     /// Where the Tunnel Request goes: the RS, or the peer's first endpoint in a family we
