@@ -190,6 +190,11 @@ fn extras(d: &mut Deployment) -> ntm_lab::Result<(Ns, Ns, Ns)> {
     std::fs::write(web.join("big"), payload(WEB_FILE_BYTES, 17))?;
     let web = web.to_string_lossy().to_string();
     d.lab.spawn(&host, "httpd", &["busybox", "httpd", "-f", "-p", "8080", "-h", &web], &[])?;
+    // The web server's link: 40 Mbit/s, as a WAN link might be (the download takes 5 s).
+    d.lab.exec(
+        &host,
+        &["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "40mbit", "burst", "64kb", "latency", "50ms"],
+    )?;
     d.lab.sysctl(&srv, "net.ipv4.ip_forward", "1")?;
     d.lab.nft(
         &srv,
@@ -235,9 +240,7 @@ fn gateway_chapter(d: &mut Deployment, host: &Ns) -> Result<(), String> {
     let file = d.lab.dir().join("big.out");
     let url = format!("http://{HOST}:8080/big");
     let o = file.to_string_lossy().to_string();
-    // 3 MB/s: 8 s for the file, so that most of it crosses the network after the move
-    // (socket buffers hold several MB).
-    let curl = ["curl", "-s", "-f", "--limit-rate", "3M", "-m", "40", "-o", &o, &url];
+    let curl = ["curl", "-s", "-f", "-m", "40", "-o", &o, &url];
     let dl = d.lab.spawn(&a, "curl", &curl, &[]).map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_secs(2));
     // busybox httpd listens on IPv6 too: its peers show as [::ffff:a.b.c.d]:port.

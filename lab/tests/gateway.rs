@@ -155,7 +155,8 @@ fn a_box_keeps_its_download_from_an_ordinary_host_through_the_rs_across_moves() 
     // the network during the move: unpaced, it would be at the box within a second, in
     // socket buffers (and curl's --limit-rate only slows curl's reading of them).
     let a = d.boxes[0].ns.clone();
-    let tbf = ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "40mbit", "burst", "64kb", "latency", "50ms"];
+    let tbf =
+        ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "40mbit", "burst", "64kb", "latency", "50ms"];
     d.lab.exec(&host, &tbf).unwrap();
     let out = d.lab.dir().join("big.out");
     let url = format!("http://{HOST}:8080/big");
