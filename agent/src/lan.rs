@@ -30,7 +30,6 @@ use ntm_proto::wire::Prefix;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Stdio};
 
 /// The agent's nftables table (family inet).
 pub const TABLE: &str = "ntmd";
@@ -170,41 +169,59 @@ pub fn ruleset(cfg: &AgentFile, announced: &[Prefix]) -> String {
     t
 }
 
-/// Runs `nft -f -` with `script`. After the drop of privileges the agent keeps only
-/// CAP_NET_ADMIN, which a child does not inherit: the child raises it as ambient before
-/// it runs nft, so deleting the table at exit works also under `user`.
+/// Runs `nft -f -` with `script` on its standard input; nft's error output if it fails.
+///
+/// The child is started with posix_spawn (through nix), not `std::process::Command`,
+/// whose machinery would be most of this module's size in the router builds (about
+/// 10 KiB of armv7 code). After the drop of privileges the agent keeps only
+/// CAP_NET_ADMIN, which an executed program keeps only as an ambient capability: the
+/// agent raises it as one before the spawn (nft is the only program it ever runs), so
+/// deleting the table at exit works also under `user`.
 fn nft(script: &str) -> Result<(), String> {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new("nft");
-    cmd.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-    // SAFETY (the crate's one other unsafe block is offload.rs's ioctl): the closure runs in the child between fork and exec; it makes two system
-    // calls through `caps` (capget/capset, prctl) and touches no lock the parent held (the
-    // agent is one thread).
-    #[allow(unsafe_code)]
-    unsafe {
-        cmd.pre_exec(|| {
-            use caps::{CapSet, Capability};
-            if caps::has_cap(None, CapSet::Permitted, Capability::CAP_NET_ADMIN).unwrap_or(false) {
-                let _ = caps::raise(None, CapSet::Inheritable, Capability::CAP_NET_ADMIN);
-                let _ = caps::raise(None, CapSet::Ambient, Capability::CAP_NET_ADMIN);
-            }
-            Ok(())
-        });
+    use nix::fcntl::OFlag;
+    use nix::spawn::{posix_spawnp, PosixSpawnAttr, PosixSpawnFileActions};
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use std::io::Read as _;
+    use std::os::fd::AsRawFd as _;
+    {
+        use caps::{CapSet, Capability};
+        if caps::has_cap(None, CapSet::Permitted, Capability::CAP_NET_ADMIN).unwrap_or(false) {
+            let _ = caps::raise(None, CapSet::Inheritable, Capability::CAP_NET_ADMIN);
+            let _ = caps::raise(None, CapSet::Ambient, Capability::CAP_NET_ADMIN);
+        }
     }
-    let mut child = cmd.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => "nft not found: the lan section needs nftables (the nft command)".to_string(),
-        _ => format!("nft: {e}"),
+    let err = |what: &str, e: nix::Error| format!("nft: {what}: {e}");
+    // Both pipes close on exec; the child gets their other ends as its standard input
+    // and outputs.
+    let (in_r, in_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
+    let mut actions = PosixSpawnFileActions::init().map_err(|e| err("spawn", e))?;
+    actions.add_dup2(in_r.as_raw_fd(), 0).map_err(|e| err("spawn", e))?;
+    // nft says nothing on its standard output when it succeeds: both outputs are its
+    // message when it fails.
+    actions.add_dup2(err_w.as_raw_fd(), 1).map_err(|e| err("spawn", e))?;
+    actions.add_dup2(err_w.as_raw_fd(), 2).map_err(|e| err("spawn", e))?;
+    let attr = PosixSpawnAttr::init().map_err(|e| err("spawn", e))?;
+    let no_env: [&std::ffi::CStr; 0] = [];
+    let pid = posix_spawnp(c"nft", &actions, &attr, &[c"nft", c"-f", c"-"], &no_env).map_err(|e| match e {
+        nix::Error::ENOENT => NFT_MISSING.to_string(),
+        e => err("spawn", e),
     })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(|e| format!("nft: {e}"))?;
-    }
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    drop((in_r, err_w));
+    // A write error (nft gone early) shows in its exit status and error output below.
+    let _ = std::fs::File::from(in_w).write_all(script.as_bytes());
+    let mut said = String::new();
+    let _ = std::fs::File::from(err_r).take(4096).read_to_string(&mut said);
+    match waitpid(pid, None) {
+        Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+        Ok(WaitStatus::Exited(_, 127)) => Err(NFT_MISSING.to_string()),
+        Ok(status) => Err(format!("nft: {} ({status:?})", said.trim())),
+        Err(e) => Err(err("wait", e)),
     }
 }
+
+/// The error when the `nft` command is not there.
+const NFT_MISSING: &str = "nft not found: the lan section needs nftables (the nft command)";
 
 #[cfg(test)]
 mod tests {

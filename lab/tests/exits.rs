@@ -74,3 +74,31 @@ fn a_missing_or_garbage_key_file_exits_1_and_a_bad_field_exits_2() {
     let p = d.start_agent(0, &d.agent_config(0)).unwrap();
     assert!(d.wait_registered(0, 30).is_some(), "the unchanged configuration works: {}", d.lab.proc(p).log_text());
 }
+
+/// A `lan` section on a box without the `nft` command: the agent stops at start with exit
+/// 1 and one line naming what is missing, instead of serving a LAN without its rules.
+#[test]
+fn a_lan_section_without_nft_stops_the_agent_with_one_clear_line() {
+    let label = "exit-nft";
+    let Some(d) = or_skip(Deployment::start(label), label) else { return };
+    let dir = d.lab.dir().to_path_buf();
+    let ns = d.boxes[0].ns.clone();
+    d.lab.exec(&ns, &["ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p"]).unwrap();
+    d.lab.exec(&ns, &["ip", "addr", "add", "198.19.31.1/24", "dev", "lan0"]).unwrap();
+    d.lab.exec(&ns, &["ip", "link", "set", "lan0", "up"]).unwrap();
+    let mut cfg = d.agent_config(0);
+    cfg["lan"] = serde_json::json!({"interfaces": ["lan0"]});
+    let path = dir.join("lan-no-nft.json");
+    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let bin = d.bins.join("ntmd");
+    // A PATH without nft (ntmd is named by its full path).
+    let empty = dir.join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let path_var = format!("PATH={}", empty.display());
+    let out =
+        d.lab.try_exec(&ns, &["env", &path_var, bin.to_str().unwrap(), "run", "-c", path.to_str().unwrap()]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "ntmd run with lan and no nft: {err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains("ERROR") || l.contains("ntmd:")).collect();
+    assert!(errors.iter().any(|l| l.contains("nft not found")), "one line says nft is missing: {err}");
+}
