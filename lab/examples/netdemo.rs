@@ -167,17 +167,8 @@ const WEB_FILE_BYTES: usize = 24 << 20;
 /// rule, DC-A's policy for plain.example). (web server, PC, camera)
 fn extras(d: &mut Deployment) -> ntm_lab::Result<(Ns, Ns, Ns)> {
     say("   a PC on box a's LAN, a camera on box b's LAN (no agent on either)");
-    let mut lan = |i: usize, label: &str, box_ip: &str, dev_ip: &str| -> ntm_lab::Result<Ns> {
-        let dev = d.lab.netns(label, false)?;
-        let bx = d.boxes[i].ns.clone();
-        d.lab.link(&bx, "lan0", &dev, "eth0")?;
-        d.lab.addr(&bx, "lan0", &format!("{box_ip}/24"))?;
-        d.lab.addr(&dev, "eth0", &format!("{dev_ip}/24"))?;
-        d.lab.route(&dev, &["default", "via", box_ip])?;
-        Ok(dev)
-    };
-    let pc = lan(0, "pc", BOX_A_LAN, PC)?;
-    let camera = lan(1, "camera", "198.19.32.1", CAMERA)?;
+    let pc = d.lan_host(0, "pc", &[&format!("{BOX_A_LAN}/24")], &[&format!("{PC}/24")])?;
+    let camera = d.lan_host(1, "camera", &["198.19.32.1/24"], &[&format!("{CAMERA}/24")])?;
     say("   an ordinary web server (no NTMobile) at 198.19.80.80 behind the router; the RS is its gateway");
     let (srv, rtr) = (d.srv.clone(), d.rtr.clone());
     let host = d.lab.netns("host", false)?;

@@ -734,6 +734,25 @@ impl Deployment {
             .is_ok_and(|o| o.status.success())
     }
 
+    /// Gives box `i` a LAN: a namespace `label` (a LAN host without an agent) joined to
+    /// the box by a veth, `lan0` on the box with `box_cidrs` and `eth0` on the host with
+    /// `host_cidrs`; the host's default route is the box's first address.
+    pub fn lan_host(&mut self, i: usize, label: &str, box_cidrs: &[&str], host_cidrs: &[&str]) -> Result<Ns> {
+        let host = self.lab.netns(label, false)?;
+        let bx = self.boxes[i].ns.clone();
+        self.lab.step(format!("{label}: behind box {i}, lan0 {box_cidrs:?}, host {host_cidrs:?}"));
+        self.lab.link(&bx, "lan0", &host, "eth0")?;
+        for c in box_cidrs {
+            self.lab.addr(&bx, "lan0", c)?;
+        }
+        for c in host_cidrs {
+            self.lab.addr(&host, "eth0", c)?;
+        }
+        let gw = box_cidrs.first().and_then(|c| c.split('/').next()).unwrap_or_default().to_string();
+        self.lab.route(&host, &["default", "via", &gw])?;
+        Ok(host)
+    }
+
     /// Starts an echo server (socat, `EXEC:cat`) in box `i` on `listen` (a socat
     /// address such as `TCP4-LISTEN:7000,reuseaddr,fork`).
     pub fn echo_server(&mut self, i: usize, label: &str, listen: &str) -> Result<usize> {

@@ -121,6 +121,19 @@ impl LineStream {
         self.echoes.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
+    /// Waits (at most 30 s) until the stream has gone on for 40 more echoes after a move
+    /// made at `moved`, and prints its longest pause after it (`what` names the move);
+    /// `None` if the stream did not go on.
+    pub fn stall_after(&self, d: &Deployment, moved: Instant, what: &str) -> Option<Duration> {
+        let n = self.count();
+        if !d.lab.wait_for(30, || self.count() >= n + 40) {
+            return None;
+        }
+        let gap = self.longest_gap_after(moved);
+        let _ = writeln!(std::io::stderr(), "{what}: longest pause in the stream {gap:?}");
+        Some(gap)
+    }
+
     /// The longest time between two echoes, counting those that came after `t`.
     pub fn longest_gap_after(&self, t: Instant) -> Duration {
         let Ok(e) = self.echoes.lock() else { return Duration::ZERO };

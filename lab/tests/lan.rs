@@ -29,25 +29,6 @@ const B_LAN: &str = "198.19.32.0/24";
 /// moves.rs).
 const STALL_BUDGET: Duration = Duration::from_secs(1);
 
-/// Gives box `i` a LAN: `lan0` on the box with `box_cidrs`, a LAN host namespace with
-/// `host_cidrs` whose default route is the box.
-fn lan(d: &mut Deployment, i: usize, box_cidrs: &[&str], host_cidrs: &[&str]) -> Ns {
-    let x = if i == 0 { "a" } else { "b" };
-    let host = d.lab.netns(&format!("lanhost-{x}"), false).unwrap();
-    let bx = d.boxes[i].ns.clone();
-    d.lab.step(format!("box {x}: lan0 {box_cidrs:?}, LAN host {host_cidrs:?}"));
-    d.lab.link(&bx, "lan0", &host, "eth0").unwrap();
-    for c in box_cidrs {
-        d.lab.addr(&bx, "lan0", c).unwrap();
-    }
-    for c in host_cidrs {
-        d.lab.addr(&host, "eth0", c).unwrap();
-    }
-    let gw = box_cidrs[0].split('/').next().unwrap_or_default().to_string();
-    d.lab.route(&host, &["default", "via", &gw]).unwrap();
-    host
-}
-
 /// Where the lab's peers' LAN prefixes lie (not in the private ranges the agent accepts
 /// by default).
 const PEER_PREFIXES: [&str; 2] = ["198.19.0.0/16", "2001:db8::/32"];
@@ -69,8 +50,10 @@ fn two_lans_announcing(label: &str, b_announce: &[&str]) -> Option<(Deployment, 
         return None;
     }
     let mut d = or_skip(Deployment::start_with(label, [Access::Nat(NatKind::PortRestricted), Access::Global4]), label)?;
-    let host_a = lan(&mut d, 0, &["198.19.31.1/24"], &["198.19.31.2/24"]);
-    let host_b = lan(&mut d, 1, &["198.19.32.1/24", "198.19.33.1/24"], &["198.19.32.2/24", "198.19.33.2/24"]);
+    let host_a = d.lan_host(0, "lanhost-a", &["198.19.31.1/24"], &["198.19.31.2/24"]).unwrap();
+    let host_b = d
+        .lan_host(1, "lanhost-b", &["198.19.32.1/24", "198.19.33.1/24"], &["198.19.32.2/24", "198.19.33.2/24"])
+        .unwrap();
     d.up_with(|_, i, c| lan_cfg(c, if i == 1 { b_announce } else { &[] })).expect("both boxes register");
     Some((d, host_a, host_b))
 }
@@ -87,15 +70,6 @@ fn dig_from(d: &Deployment, ns: &Ns, server: &str, source: Option<&str>, name: &
 
 fn lan_counter(d: &Deployment, i: usize, what: &str) -> u64 {
     d.status(i).and_then(|s| s["lan"][what].as_u64()).unwrap_or(0)
-}
-
-/// Waits until the stream has gone on for 40 more echoes; its longest pause after `moved`.
-fn stall_after(d: &Deployment, stream: &LineStream, moved: Instant, what: &str) -> Duration {
-    let n = stream.count();
-    assert!(d.lab.wait_for(30, || stream.count() >= n + 40), "{what}: the stream goes on after the move");
-    let gap = stream.longest_gap_after(moved);
-    eprintln!("{what}: longest pause in the stream {gap:?}");
-    gap
 }
 
 /// The LAN host of box a reaches box b (masquerade) and box b's LAN host (announced
@@ -123,8 +97,12 @@ fn a_lan_device_reaches_a_peer_and_its_lan_across_a_move() {
     d.lab.exec(&a, &["ip", "route", "add", "default", "via", "198.19.5.1", "dev", "eth1", "metric", "200"]).unwrap();
     let moved = Instant::now();
     d.lab.exec(&a, &["ip", "link", "set", "eth0", "down"]).unwrap();
-    let gap_box = stall_after(&d, &to_box, moved, "LAN host a -> box b (masquerade), box a moves");
-    let gap_lan = stall_after(&d, &to_lan, moved, "LAN host a -> LAN host b (announced), box a moves");
+    let gap_box = to_box
+        .stall_after(&d, moved, "LAN host a -> box b (masquerade), box a moves")
+        .expect("the stream goes on after the move");
+    let gap_lan = to_lan
+        .stall_after(&d, moved, "LAN host a -> LAN host b (announced), box a moves")
+        .expect("the stream goes on after the move");
     let end_box = to_box.finish(&mut d);
     let end_lan = to_lan.finish(&mut d);
     assert!(end_box.complete(), "to box b: every line back once, in order, one connection: {:?}", end_box.exit);

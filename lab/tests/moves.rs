@@ -58,16 +58,6 @@ fn second_uplink_v4(d: &mut Deployment) {
     ip_a(d, &["route", "add", "default", "via", "198.19.5.1", "dev", "eth1", "metric", "200"]);
 }
 
-/// Waits until the stream has gone on for `lines` more echoes after a move made at `moved`;
-/// the longest pause after it.
-fn stall_after(d: &Deployment, stream: &LineStream, moved: Instant, what: &str) -> Duration {
-    let n = stream.count();
-    assert!(d.lab.wait_for(30, || stream.count() >= n + 40), "{what}: the stream goes on after the move");
-    let gap = stream.longest_gap_after(moved);
-    eprintln!("{what}: longest pause in the stream {gap:?}");
-    gap
-}
-
 /// The uplink box a uses goes away while its address stays on it (`down` does that), the
 /// second uplink is already up: the stream continues within the budget, the agent counts a
 /// network change and no longer lists the address of the dead link.
@@ -88,7 +78,7 @@ fn uplink_lost_with_its_address_kept(label: &str, what: &str, down: impl Fn(&mut
     let a = d.boxes[0].ns.clone();
     let addr = d.lab.exec(&a, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).unwrap();
     assert!(String::from_utf8_lossy(&addr.stdout).contains("198.19.10.2"), "the address stays on the dead link");
-    let gap = stall_after(&d, &stream, moved, what);
+    let gap = stream.stall_after(&d, moved, what).expect("the stream goes on after the move");
     let after = local_addrs(&d, 0);
     assert!(!after.iter().any(|a| a.starts_with("198.19.10.2:")), "no address of the dead link: {after:?}");
     assert_eq!(after.first().map(String::as_str), Some("198.19.5.2:4500"), "{after:?}");
@@ -171,7 +161,8 @@ fn ipv4_nat_to_ipv6_only_and_back_by_link_state_keeps_the_stream() {
     ip_a(&d, &["link", "set", "eth0", "down"]);
     ip_a(&d, &["link", "set", "eth1", "up"]);
     ip_a(&d, &["-6", "route", "add", "default", "via", "2001:db8:5::1", "dev", "eth1"]);
-    let away = stall_after(&d, &stream, moved, "IPv4 NAT -> IPv6 only (link down)");
+    let away =
+        stream.stall_after(&d, moved, "IPv4 NAT -> IPv6 only (link down)").expect("the stream goes on after the move");
     assert!(d.wait_path(0, B, "relay", 10), "relayed across the families");
     assert_eq!(local_addrs(&d, 0), vec!["[2001:db8:5::2]:4500".to_string()], "only the IPv6 address is usable");
 
@@ -180,7 +171,9 @@ fn ipv4_nat_to_ipv6_only_and_back_by_link_state_keeps_the_stream() {
     ip_a(&d, &["link", "set", "eth1", "down"]);
     ip_a(&d, &["link", "set", "eth0", "up"]);
     ip_a(&d, &["route", "add", "default", "via", "198.19.10.1", "dev", "eth0"]);
-    let back = stall_after(&d, &stream, back_at, "IPv6 only -> IPv4 NAT (link down)");
+    let back = stream
+        .stall_after(&d, back_at, "IPv6 only -> IPv4 NAT (link down)")
+        .expect("the stream goes on after the move");
     let end = stream.finish(&mut d);
     assert!(end.complete(), "every line came back once, in order: {:?}", end.exit);
     assert_eq!(local_addrs(&d, 0), vec!["198.19.10.2:4500".to_string()], "the IPv6 address is on a dead link");

@@ -277,24 +277,6 @@ fn the_gateway_stream_across_an_rs_restart() {
 /// by default).
 const PEER_PREFIXES: [&str; 2] = ["198.19.0.0/16", "2001:db8::/32"];
 
-/// Gives box `i` a LAN: `lan0` with `box_cidrs`, a LAN host with `host_cidrs` routed
-/// through the box.
-fn lan(d: &mut Deployment, i: usize, box_cidrs: &[&str], host_cidrs: &[&str]) -> Ns {
-    let x = if i == 0 { "a" } else { "b" };
-    let host = d.lab.netns(&format!("lan-{x}"), false).unwrap();
-    let bx = d.boxes[i].ns.clone();
-    d.lab.link(&bx, "lan0", &host, "eth0").unwrap();
-    for c in box_cidrs {
-        d.lab.addr(&bx, "lan0", c).unwrap();
-    }
-    for c in host_cidrs {
-        d.lab.addr(&host, "eth0", c).unwrap();
-    }
-    let gw = box_cidrs[0].split('/').next().unwrap_or_default().to_string();
-    d.lab.route(&host, &["default", "via", &gw]).unwrap();
-    host
-}
-
 /// The established TCP peers of `ns` on local port `port`.
 fn tcp_peers(d: &Deployment, ns: &Ns, port: u16) -> String {
     let filter = format!("( sport = :{port} )");
@@ -330,8 +312,10 @@ fn two_announced_lans_route_both_ways_across_a_move_and_a_kill() {
     }
     let access = [Access::DoubleNat(NatKind::Symmetric), Access::Nat(NatKind::Symmetric)];
     let Some(mut d) = or_skip(Deployment::start_with(label, access), label) else { return };
-    let host_a = lan(&mut d, 0, &["198.19.31.1/24", "198.19.36.1/24"], &["198.19.31.2/24", "198.19.36.2/24"]);
-    let host_b = lan(&mut d, 1, &["198.19.32.1/24", "198.19.33.1/24"], &["198.19.32.2/24", "198.19.33.2/24"]);
+    let host_a =
+        d.lan_host(0, "lan-a", &["198.19.31.1/24", "198.19.36.1/24"], &["198.19.31.2/24", "198.19.36.2/24"]).unwrap();
+    let host_b =
+        d.lan_host(1, "lan-b", &["198.19.32.1/24", "198.19.33.1/24"], &["198.19.32.2/24", "198.19.33.2/24"]).unwrap();
     let cfg = |i: usize, c: &mut Value| {
         let announce = if i == 0 { "198.19.31.0/24" } else { "198.19.32.0/24" };
         c["lan"] = json!({"interfaces": ["lan0"], "announce": [announce]});
@@ -722,8 +706,12 @@ fn announced_ipv6_lans_reach_each_other() {
     else {
         return;
     };
-    let host_a = lan(&mut d, 0, &["198.19.31.1/24", "2001:db8:31::1/64"], &["198.19.31.2/24", "2001:db8:31::2/64"]);
-    let host_b = lan(&mut d, 1, &["198.19.32.1/24", "2001:db8:32::1/64"], &["198.19.32.2/24", "2001:db8:32::2/64"]);
+    let host_a = d
+        .lan_host(0, "lan-a", &["198.19.31.1/24", "2001:db8:31::1/64"], &["198.19.31.2/24", "2001:db8:31::2/64"])
+        .unwrap();
+    let host_b = d
+        .lan_host(1, "lan-b", &["198.19.32.1/24", "2001:db8:32::1/64"], &["198.19.32.2/24", "2001:db8:32::2/64"])
+        .unwrap();
     for (h, gw) in [(&host_a, "2001:db8:31::1"), (&host_b, "2001:db8:32::1")] {
         d.lab.route(h, &["default", "via", gw]).unwrap();
     }

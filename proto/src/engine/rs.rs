@@ -629,23 +629,7 @@ mod tests {
     /// An RS with a DC's key (over TLS) and one session both of whose nodes punched.
     /// Checks on the way that stream answers and datagram answers come apart.
     fn rs_with_session(now: Instant) -> Rs {
-        let addr: SocketAddr = "192.0.2.30:4461".parse().unwrap();
-        let mut rs = Rs::new(RsConfig::new(name("rs1.test"), vec![addr])).unwrap();
-        let dc = PeerIdentity { name: name("dc.zone-a.test"), role: Role::Dc, public_key: None };
-        let share = Message::KeyShare(KeyShare {
-            request_id: RequestId(1),
-            key_id: KeyId(77),
-            key: SharedKey::DcRs(grant(*b"dc-rs key 16 byt")),
-            from: name("dc.zone-a.test"),
-        });
-        let r = rs.handle_stream(now, StreamKind::Tls, DC, Some(&dc), &plain(Sender::Dc, &share));
-        assert_eq!(r, Received::Handled);
-        assert_eq!(rs.poll_udp_transmit(), None, "a Key Share is answered on its stream");
-        assert!(rs.poll_stream_transmit().is_some_and(|t| matches!(t.via, Via::Stream { .. }) && t.dst == DC));
-
-        let mut dcrs =
-            Channel::<DcRs>::new(Key::from_bytes(*b"dc-rs key 16 byt"), KeyId(77), Sender::Dc, Instant::FAR_FUTURE)
-                .unwrap();
+        let (mut rs, mut dcrs) = rs_and_dc(now, false);
         let rd = Message::RelayDirection(RelayDirection {
             request_id: RequestId(2),
             session: SESSION,
@@ -703,7 +687,8 @@ mod tests {
     const INTERNAL: core::net::Ipv4Addr = core::net::Ipv4Addr::new(100, 100, 0, 2);
     const K_TUN: [u8; 16] = *b"gateway k_tun 16";
 
-    /// An RS with a DC's key and, if `gateway`, a gateway with 100.100.0.0/24.
+    /// An RS with a DC's key (over TLS; checks that the stream answers it) and, if
+    /// `gateway`, a gateway with 100.100.0.0/24.
     fn rs_and_dc(now: Instant, gateway: bool) -> (Rs, Channel<DcRs>) {
         let addr: SocketAddr = "192.0.2.30:4461".parse().unwrap();
         let mut cfg = RsConfig::new(name("rs1.test"), vec![addr]);
@@ -718,8 +703,10 @@ mod tests {
             key: SharedKey::DcRs(grant(*b"dc-rs key 16 byt")),
             from: name("dc.zone-a.test"),
         });
-        rs.handle_stream(now, StreamKind::Tls, DC, Some(&dc), &plain(Sender::Dc, &share));
-        let _ = rs.poll_stream_transmit();
+        let r = rs.handle_stream(now, StreamKind::Tls, DC, Some(&dc), &plain(Sender::Dc, &share));
+        assert_eq!(r, Received::Handled);
+        assert_eq!(rs.poll_udp_transmit(), None, "a Key Share is answered on its stream");
+        assert!(rs.poll_stream_transmit().is_some_and(|t| matches!(t.via, Via::Stream { .. }) && t.dst == DC));
         let dcrs =
             Channel::<DcRs>::new(Key::from_bytes(*b"dc-rs key 16 byt"), KeyId(77), Sender::Dc, Instant::FAR_FUTURE)
                 .unwrap();
