@@ -47,21 +47,6 @@ pub struct Lan {
     applied: bool,
 }
 
-/// The network of `addr/len`.
-fn network(addr: IpAddr, len: u8) -> Option<Prefix> {
-    let net = match addr {
-        IpAddr::V4(a) => {
-            let m = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
-            IpAddr::V4((u32::from(a) & m).into())
-        }
-        IpAddr::V6(a) => {
-            let m = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) };
-            IpAddr::V6((u128::from(a) & m).into())
-        }
-    };
-    Prefix::new(net, len)
-}
-
 impl Lan {
     /// Sets up forwarding, the table and the LAN DNS sockets; `None` without `lan`. Needs
     /// root (or CAP_NET_ADMIN and CAP_NET_BIND_SERVICE), so it runs before the drop.
@@ -82,7 +67,7 @@ impl Lan {
             .filter(|a| indexes.contains(&a.ifindex) && a.scope == AddrScope::Universe)
             .map(|a| (a.addr, a.prefix_len))
             .collect();
-        let mut subnets: Vec<Prefix> = own.iter().filter_map(|&(a, l)| network(a, l)).collect();
+        let mut subnets: Vec<Prefix> = own.iter().filter_map(|&(a, l)| Prefix::holding(a, l)).collect();
         subnets.dedup();
         for name in lan.interfaces.iter().chain(std::iter::once(&cfg.tun.name)) {
             let path = format!("/proc/sys/net/ipv4/conf/{name}/forwarding");

@@ -497,8 +497,7 @@ impl DcGateway {
 /// True if `p`'s address has bits set beyond its length (198.18.100.7/24): a mistake
 /// the engine would silently mask.
 fn has_host_bits(p: &Prefix<Ipv4Addr>) -> bool {
-    let mask = if p.len == 0 { 0 } else { u32::MAX << (32 - u32::from(p.len.min(32))) };
-    u32::from(p.addr) & !mask != 0
+    ntm_proto::wire::Prefix::new(p.addr.into(), p.len).is_none()
 }
 
 /// The default mapping port's distance from the DC's port: 4464 beside 4460. Not the

@@ -30,6 +30,7 @@ use super::{DropCounters, DropReason, Received, Transmit, Via};
 use crate::crypto::{Channel, TAG_LEN};
 use crate::keys::{MnCn, Tun};
 use crate::time::{Duration, Instant};
+use crate::wire::prefix::v4_mask;
 use crate::wire::{MsgType, SessionId, HEADER_LEN};
 use core::net::{Ipv4Addr, SocketAddr};
 use std::collections::HashMap;
@@ -257,14 +258,6 @@ pub(super) enum Refuse {
     BadKey,
 }
 
-fn mask(len: u8) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len.min(32)))
-    }
-}
-
 impl Gateway {
     pub(super) fn new(cfg: GatewayConfig) -> Self {
         Gateway {
@@ -415,7 +408,7 @@ impl Gateway {
     /// another pair gets its address.
     fn free_internal(&mut self) -> Option<Ipv4Addr> {
         let (p, len) = self.cfg.internal;
-        let m = mask(len);
+        let m = v4_mask(len);
         let base = u32::from(p) & m;
         // The first address is the TUN device's own: hosts 2 to `last`.
         let last = (!m).saturating_sub(1);

@@ -39,7 +39,25 @@ fn mask(len: u8, width: u8) -> u128 {
     }
 }
 
+/// The netmask of an IPv4 prefix of length `len` (a length over 32 counts as 32).
+pub fn v4_mask(len: u8) -> u32 {
+    // The top `len` bits of a 32-bit number: below 2^32, so the cast keeps them all.
+    mask(len.min(32), 32) as u32
+}
+
 impl Prefix {
+    /// The prefix of length `len` that holds `addr` (its host bits cleared, as for an
+    /// interface address); `None` if `len` is over the family's width.
+    pub fn holding(addr: IpAddr, len: u8) -> Option<Prefix> {
+        let (bits, width) = mask_bits(addr);
+        let net = bits & mask(len.min(width), width);
+        let addr = match addr {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(net as u32)),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(net)),
+        };
+        Prefix::new(addr, len)
+    }
+
     /// `addr/len`; `None` if `len` is over the family's width or host bits are set.
     pub fn new(addr: IpAddr, len: u8) -> Option<Prefix> {
         let (bits, width) = mask_bits(addr);
@@ -125,6 +143,15 @@ mod tests {
         assert!(Prefix::new("2001:db8::".parse().unwrap(), 129).is_none());
         assert!(Prefix::new("0.0.0.0".parse().unwrap(), 0).is_some());
         assert!(Prefix::new("10.0.0.1".parse().unwrap(), 32).is_some());
+    }
+
+    #[test]
+    fn the_prefix_holding_an_address_and_the_v4_mask() {
+        assert_eq!(Prefix::holding("192.168.2.77".parse().unwrap(), 24), Some(p("192.168.2.0/24")));
+        assert_eq!(Prefix::holding("2001:db8:1::9".parse().unwrap(), 48), Some(p("2001:db8:1::/48")));
+        assert_eq!(Prefix::holding("10.1.2.3".parse().unwrap(), 0), Some(p("0.0.0.0/0")));
+        assert_eq!(Prefix::holding("10.1.2.3".parse().unwrap(), 33), None);
+        assert_eq!((v4_mask(0), v4_mask(24), v4_mask(32), v4_mask(40)), (0, 0xffff_ff00, u32::MAX, u32::MAX));
     }
 
     #[test]

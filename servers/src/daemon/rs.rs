@@ -228,8 +228,8 @@ pub fn build(cfg: RsFile) -> Result<Driver<RsDaemon>, StartError> {
 
 /// The gateway's TUN device: up, with the internal prefix's first address.
 fn open_tun(g: &RsGateway) -> Result<tun::Device, StartError> {
-    let len = u32::from(g.internal.len.min(32));
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    let len = g.internal.len.min(32);
+    let mask = ntm_proto::wire::prefix::v4_mask(len);
     let own = Ipv4Addr::from((u32::from(g.internal.addr) & mask) + 1);
     let mut tc = tun::Configuration::default();
     tc.tun_name(g.tun.as_str()).address(own).netmask(Ipv4Addr::from(mask)).mtu(1500).up();

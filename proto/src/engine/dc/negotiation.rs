@@ -24,6 +24,7 @@ use crate::engine::{DropReason, Received, Retry};
 use crate::keys::{KTmp, KTun, KeyGrant};
 use crate::time::Instant;
 use crate::wire::direction::{DirectionRequest, NodeInfo, NodeInfoAnswer, NodeInfoRequest};
+use crate::wire::prefix::v4_mask;
 use crate::wire::refusal::{Reason, Refusal};
 use crate::wire::registration::NatMapping;
 use crate::wire::relay::{GatewayDirection, RelayDirection, RelayDirectionAck};
@@ -103,7 +104,7 @@ pub struct GatewayPolicy {
 
 /// True if `a` lies in `prefix`.
 pub fn in_prefix(a: Ipv4Addr, (p, len): (Ipv4Addr, u8)) -> bool {
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
+    let mask = v4_mask(len);
     u32::from(a) & mask == u32::from(p) & mask
 }
 
@@ -140,7 +141,7 @@ pub(super) struct SyntheticPool {
 
 impl SyntheticPool {
     pub(super) fn new((p, len): (Ipv4Addr, u8), hold: crate::time::Duration) -> Self {
-        let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
+        let mask = v4_mask(len);
         let hosts = (!mask).saturating_sub(1);
         SyntheticPool {
             base: u32::from(p) & mask,
