@@ -25,8 +25,9 @@
 //! with AES-NI), while the unit could work on eight independent blocks in that time. So
 //! [`Aead::seal_many`] and [`Aead::open_many`] run the MAC chains of up to [`LANES`]
 //! messages side by side: each pass through the cipher's parallel block function takes
-//! the next MAC block of every message that has one, and fills the slots left with
-//! counter blocks (CTR has no chain). When sealing, a counter block for payload block `j`
+//! the next MAC block of every message that has one; around the runs of whole payload
+//! blocks (B0, the aad, a last partial block) it fills the slots left with counter blocks
+//! (CTR has no chain), and the rest go in full passes at the end. When sealing, a counter block for payload block `j`
 //! is used only after the MAC read plaintext block `j`; when opening, every message is
 //! decrypted first (in passes of consecutive counter blocks), so all chains can then run
 //! to their ends. Messages of any lengths go in one batch; a short one leaves its slots to
@@ -417,8 +418,11 @@ fn interleave<B: BlockBackend<BlockSize = U16>>(
     let count = lanes.len();
     loop {
         // The common case first: every unfinished chain is inside its payload, with whole
-        // blocks ready, and it fills the pass (or no counter block waits for the slots).
-        // Then a run of passes needs no bookkeeping per slot.
+        // blocks ready. Then a run of passes needs no bookkeeping per slot. When sealing
+        // fewer messages than the pass is wide, the free slots stay empty and the counter
+        // blocks wait for `ctr_all`'s full passes: filling those slots here cost more in
+        // bookkeeping per slot than the passes it saved (a batch of three 1400-byte
+        // messages sealed about a fifth faster this way on an Intel Xeon with AES-NI).
         let mut active = [0usize; PAR_MAX];
         let mut k = 0;
         let mut steps = usize::MAX;
@@ -435,7 +439,7 @@ fn interleave<B: BlockBackend<BlockSize = U16>>(
             k += 1;
             steps = steps.min(full);
         }
-        if k > 0 && steps > 0 && (open || k == width) {
+        if k > 0 && steps > 0 {
             let active = &active[..k];
             for _ in 0..steps {
                 for (slot, &li) in par.iter_mut().zip(active) {

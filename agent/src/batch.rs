@@ -133,7 +133,13 @@ impl Batch {
         }
     }
 
-    /// What [`Batch::recv`] put in slot `i`.
+    /// The first `n` slots with what [`Batch::recv`] put in each, in order.
+    pub fn received_slots_mut(&mut self, n: usize) -> impl Iterator<Item = (Received, &mut [u8])> {
+        self.received.iter().copied().zip(self.bufs.chunks_exact_mut(SLOT_LEN)).take(n)
+    }
+
+    /// What [`Batch::recv`] put in slot `i` (tests).
+    #[cfg(test)]
     pub fn received(&self, i: usize) -> Received {
         self.received.get(i).copied().unwrap_or_default()
     }

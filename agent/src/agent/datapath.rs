@@ -120,12 +120,10 @@ impl Agent {
             // tunnel are opened side by side, see `ntm_aead`), and the slot of each.
             let mut slot_of: heapless::Vec<usize, BATCH> = heapless::Vec::new();
             let mut results: [Received; BATCH] = std::array::from_fn(|_| Received::Handled);
-            let received: [crate::batch::Received; BATCH] = std::array::from_fn(|i| self.rx.received(i));
             {
                 let mut datagrams: heapless::Vec<(SocketAddr, &mut [u8]), BATCH> = heapless::Vec::new();
-                for (i, slot) in self.rx.slots_mut().enumerate().take(n) {
+                for (i, (r, slot)) in self.rx.received_slots_mut(n).enumerate() {
                     self.counters.udp_in += 1;
-                    let r = received.get(i).copied().unwrap_or_default();
                     let Some(from) = r.from else { continue };
                     if r.truncated {
                         self.counters.oversized += 1;
@@ -165,7 +163,11 @@ impl Agent {
     }
 
     /// Packets from applications: read up to a batch of them, seal each in place for its
-    /// tunnel, and send the batch.
+    /// tunnel, and send the batch. The first packet read after a wake-up is sent on its own
+    /// before the next read: on an idle tunnel that next read finds the device empty, and
+    /// the packet would wait out that system call (a ping's round trip holds two such
+    /// waits). Under load a wake-up's later reads fill whole batches as before, so this
+    /// costs one more send per wake-up, not per packet.
     pub(super) fn read_tun(&mut self) {
         if self.offload {
             return self.read_tun_offload();
@@ -199,6 +201,10 @@ impl Agent {
                     continue;
                 }
                 let _ = lens.push(n);
+                if read == 1 {
+                    // The first packet of a wake-up goes at once (see `Agent::read_tun`).
+                    break;
+                }
             }
             let now = self.now();
             self.seal_and_send(now, &lens);
@@ -257,6 +263,11 @@ impl Agent {
                     continue;
                 };
                 let _ = lens.push(len);
+            }
+            if read == 1 {
+                // A lone packet first in a wake-up goes at once (see `Agent::read_tun`).
+                self.seal_and_send(now, &lens);
+                lens.clear();
             }
         }
         let now = self.now();
