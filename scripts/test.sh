@@ -12,14 +12,15 @@
 # ping, tcpdump (captures), openssl (an impostor AS), iperf3 and curl (applications),
 # busybox (its start-stop-daemon runs the init scripts as on a box), taskset and renice
 # (util-linux, bsdutils: the flood test slows the agent on purpose), a C compiler, procps
-# (sysctl and kill: the lab sets sysctls in namespaces and signals its processes), and
-# the init scripts' linter, shellcheck. scripts/test-tools.sh checks that this list holds
+# (sysctl and kill: the lab sets sysctls in namespaces and signals its processes), strace
+# (the order of the agent's system calls for one packet), and the init scripts' linter,
+# shellcheck. scripts/test-tools.sh checks that this list holds
 # every tool the tests use.
 if [ "$(id -u)" = 0 ]; then
 	install_missing ip:iproute2 nft:nftables nsd:nsd dig:dnsutils socat:socat ping:iputils-ping \
 		tcpdump:tcpdump openssl:openssl iperf3:iperf3 curl:curl busybox:busybox cc:build-essential \
 		taskset:util-linux renice:bsdutils update-ca-certificates:ca-certificates sysctl:procps \
-		shellcheck:shellcheck git:git
+		shellcheck:shellcheck git:git strace:strace
 	echo "== every tool the tests use is installed by the list above"
 	./scripts/test-tools.sh
 else
