@@ -586,9 +586,9 @@ fn a_peer_announcing_the_servers_subnet_does_not_capture_them() {
     assert!(log.contains("b.zone-b.test's announced prefix 192.0.2.0/24 is not routed: it holds 192.0.2."), "{log}");
 }
 
-/// The RS host without the operator's nft rule: nothing comes back, and the RS's counters
-/// show it (packets to the host, none back; the RS logs no hint); the rule added later
-/// works at once.
+/// The RS host without the operator's nft rule: nothing comes back, the RS's counters
+/// show it (packets to the host, none back), and the RS warns once, naming the rule; the
+/// rule added later works at once.
 #[test]
 fn without_the_nft_rule_the_counters_show_it() {
     let Some((d, _host)) = gateway_deployment_with("o17-gw-nonft", false) else { return };
@@ -601,6 +601,9 @@ fn without_the_nft_rule_the_counters_show_it() {
     eprintln!("without the nft rule: echo {:?}; RS gateway {g}; RS warnings {hints:#?}", String::from_utf8_lossy(&got));
     assert!(got.is_empty(), "nothing comes back without the translation");
     assert!(counter(&g, "to_hosts") > 0 && counter(&g, "to_boxes") == 0, "{g}");
+    assert_eq!(counter(&g, "no_answer_warnings"), 1, "{g}");
+    let hint = hints.iter().filter(|l| l.contains("no host has answered") && l.contains("nft rule")).count();
+    assert_eq!(hint, 1, "one warning that names the missing rule: {hints:#?}");
     gateway_nft(&d);
     let got = d.tcp_echo(0, &format!("TCP4:{syn}:7000,connect-timeout=3"), b"hello", "with-nft");
     assert_eq!(got, b"hello", "the rule added later works at once");

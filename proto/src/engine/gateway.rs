@@ -92,7 +92,16 @@ pub struct GatewayStats {
     pub dropped_malformed: u64,
     /// Gateway Directions refused (no gateway configured, table full).
     pub refused: u64,
+    /// Times the RS warned that packets go on to hosts and no host has ever answered
+    /// (at most once per run): the sign of a host without the operator's translation rule.
+    pub no_answer_warnings: u64,
 }
+
+/// No host has answered since the RS started, and at least this many packets went on to
+/// hosts, the first this long ago: the RS warns once that the answers may have no way back.
+/// A TCP connection's first SYN and its first retransmission (one second later) are enough.
+const NO_ANSWER_PACKETS: u64 = 2;
+const NO_ANSWER_AFTER: Duration = Duration::from_secs(1);
 
 /// A gateway session as status shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -248,6 +257,10 @@ pub(super) struct Gateway {
     /// Where the search for a free internal address starts (host 2 + this).
     next_internal: u32,
     stats: GatewayStats,
+    /// A packet came back from the TUN device: the kernel translates answers back.
+    heard_back: bool,
+    /// When the first packet went on to a host (while none has come back).
+    first_sent: Option<Instant>,
 }
 
 /// Why a Gateway Direction is refused.
@@ -267,6 +280,8 @@ impl Gateway {
             by_internal: HashMap::new(),
             next_internal: 0,
             stats: GatewayStats::default(),
+            heard_back: false,
+            first_sent: None,
         }
     }
 
@@ -477,7 +492,32 @@ impl Gateway {
         if let Some(m) = self.mappings.get_mut(&s.pair()) {
             m.session = session;
         }
+        self.check_answers(now);
         Received::Ip(body)
+    }
+
+    /// Warns once if packets keep going on to hosts and nothing has ever come back. The
+    /// usual cause is an RS host that does not translate the internal addresses to its own
+    /// (ip_forward and the nft rule of docs/servers.md): the hosts then answer addresses
+    /// that lead nowhere, and without this the RS would say nothing at all.
+    fn check_answers(&mut self, now: Instant) {
+        if self.heard_back || self.stats.no_answer_warnings > 0 {
+            return;
+        }
+        let first = *self.first_sent.get_or_insert(now);
+        if self.stats.to_hosts >= NO_ANSWER_PACKETS && now.saturating_duration_since(first) >= NO_ANSWER_AFTER {
+            self.stats.no_answer_warnings += 1;
+            log::warn!(
+                "gateway: {} packets went on to ordinary hosts over {} s and no host has answered since the RS \
+                 started: check that this host forwards and translates the internal prefix {}/{} to its own \
+                 address (ip_forward and the nft rule, docs/servers.md \"Gateway\"); without them no answer \
+                 can come back",
+                self.stats.to_hosts,
+                now.saturating_duration_since(first).as_secs(),
+                self.cfg.internal.0,
+                self.cfg.internal.1
+            );
+        }
     }
 
     /// An IP packet the RS's TUN device gave back (an ordinary host's answer): mapped
@@ -494,6 +534,7 @@ impl Gateway {
             drops.count(DropReason::Malformed);
             return None;
         };
+        self.heard_back = true;
         let session = self.by_internal.get(&ip.dst).and_then(|pair| self.mappings.get(pair)).map(|m| m.session);
         let Some(s) = session.and_then(|id| self.sessions.get_mut(&id)) else {
             self.stats.dropped_unmapped += 1;
@@ -898,6 +939,42 @@ pub(crate) mod tests {
         // The session lives (one flow goes on), the other flows are over.
         assert!(from_box(&mut gw, &mut data, now, session, udp(5000)).is_some());
         assert!(from_box(&mut gw, &mut data, now, session, udp(5100)).is_some(), "a new one after the flow idle time");
+    }
+
+    #[test]
+    fn packets_to_hosts_that_never_answer_are_warned_of_once() {
+        let (host, session) = (Ipv4Addr::new(198, 19, 80, 2), SessionId(0x6a7e_0005));
+        let syn = |port| segment(NODE, SYNTHETIC, port, 7000, 0x02);
+        // No answer ever: the SYN and its retransmission a second later warn, once.
+        let mut gw = Gateway::new(GatewayConfig::new((Ipv4Addr::new(100, 100, 0, 0), 24)));
+        let mut now = Instant::from_millis(1_000_000);
+        let mut data = open_session(&mut gw, now, session, host);
+        assert!(from_box(&mut gw, &mut data, now, session, syn(40000)).is_some());
+        assert_eq!(gw.stats().no_answer_warnings, 0, "one packet is no sign");
+        now = now + Duration::from_millis(500);
+        assert!(from_box(&mut gw, &mut data, now, session, syn(40000)).is_some());
+        assert_eq!(gw.stats().no_answer_warnings, 0, "half a second is no sign");
+        now = now + Duration::from_millis(500);
+        assert!(from_box(&mut gw, &mut data, now, session, syn(40000)).is_some());
+        assert_eq!(gw.stats().no_answer_warnings, 1, "a second of silence is");
+        for i in 0..10 {
+            now = now + Duration::from_secs(1);
+            assert!(from_box(&mut gw, &mut data, now, session, syn(40001 + i)).is_some());
+        }
+        assert_eq!(gw.stats().no_answer_warnings, 1, "once per run");
+        // A host answered once: a silent one later is no sign of a missing rule.
+        let mut gw = Gateway::new(GatewayConfig::new((Ipv4Addr::new(100, 100, 0, 0), 24)));
+        let mut data = open_session(&mut gw, now, session, host);
+        let internal = gw.sessions()[0].internal;
+        assert!(from_box(&mut gw, &mut data, now, session, syn(40000)).is_some());
+        assert!(gw
+            .host_packet(now, &segment(host, internal, 7000, 40000, 0x12), &mut DropCounters::default())
+            .is_some());
+        for i in 0..10 {
+            now = now + Duration::from_secs(1);
+            assert!(from_box(&mut gw, &mut data, now, session, syn(41000 + i)).is_some());
+        }
+        assert_eq!(gw.stats().no_answer_warnings, 0);
     }
 
     #[test]

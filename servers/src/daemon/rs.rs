@@ -146,6 +146,7 @@ impl Daemon for RsDaemon {
                 "dropped_unmapped": g.dropped_unmapped,
                 "dropped_malformed": g.dropped_malformed,
                 "refused": g.refused,
+                "no_answer_warnings": g.no_answer_warnings,
             })
         });
         serde_json::json!({
