@@ -640,11 +640,16 @@ fn a_pool_outside_virtual_routes_is_not_answered() {
             std::thread::sleep(Duration::from_millis(200)); // paces the look-ups
         }
     }
-    answers.push(d.dig(0, "www.plain.example", "A"));
+    // More look-ups: each brings the same Route Direction again, refused again, and
+    // logged at warn only the first time.
+    for _ in 0..3 {
+        answers.push(d.dig(0, "www.plain.example", "A"));
+    }
     let log = a_log(&mut d);
     let hints: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
     eprintln!("pool outside virtual_routes: www -> {answers:?}; box a warnings {hints:#?}");
     assert!(refused, "box a warns of the address outside its virtual_routes: {hints:#?}");
+    assert_eq!(hints.iter().filter(|l| warned(l)).count(), 1, "warned once: {hints:#?}");
     assert!(
         answers.iter().all(|a| !a.contains("198.19.200.")),
         "box a answers an address it does not route: {answers:?}"

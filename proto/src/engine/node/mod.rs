@@ -350,6 +350,8 @@ pub struct Node {
     resent: u64,
     /// Another login for our name took over our registration (until we register again).
     displaced: bool,
+    /// Refusals of a Route Direction already logged at warn (see `tunnel::REFUSALS_KEPT`).
+    refusals_warned: VecDeque<String>,
 }
 
 impl core::fmt::Debug for Node {
@@ -405,6 +407,7 @@ impl Node {
             locals: spray::Locals::default(),
             resent: 0,
             displaced: false,
+            refusals_warned: VecDeque::new(),
         })
     }
 

@@ -49,6 +49,8 @@ const AWAIT_TUNNEL_REQUEST: Duration = Duration::from_secs(60);
 pub(super) const ENDED_MEMORY: Duration = Duration::from_secs(600);
 /// Most ended sessions remembered (the oldest are forgotten first).
 const ENDED_MAX: usize = 4096;
+/// Reasons for refused Route Directions remembered, so each is logged at warn once.
+pub(super) const REFUSALS_KEPT: usize = 32;
 /// The responder keeps K_tmp this long after the tunnel is up, to answer a retransmitted
 /// Tunnel Request; then K_tmp is gone (it protects one negotiation only).
 const K_TMP_AFTER_SETUP: Duration = Duration::from_secs(30);
@@ -1017,7 +1019,12 @@ impl Node {
             return self.drops.count(DropReason::Unauthorized);
         }
         if let Some(detail) = self.check_peer_virtual(&rd.peer) {
-            log::warn!("Route Direction for {} refused: {detail}", rd.peer.fqdn);
+            let line = format!("Route Direction for {} refused: {detail}", rd.peer.fqdn);
+            if self.first_refusal(&line) {
+                log::warn!("{line}");
+            } else {
+                log::debug!("{line}");
+            }
             self.refuse_to_dc(now, MsgType::RouteDirection, rd.request_id, Reason::Unauthorized, &detail);
             return self.drops.count(DropReason::Unauthorized);
         }
@@ -1106,6 +1113,21 @@ impl Node {
     /// session to the same peer supersedes its old one instead). An unspecified address
     /// (a gateway peer has no IPv6 one) is no address; a family `virtual_routes` has no
     /// prefix of is not checked (nor routed by the box).
+    /// Whether this refusal is logged for the first time. The DC sends the same Route
+    /// Direction again on each look-up of the name and on each retry, and the box refuses
+    /// each: the reason goes to the log at warn once, then at debug. The last
+    /// [`REFUSALS_KEPT`] reasons are remembered.
+    fn first_refusal(&mut self, line: &str) -> bool {
+        if self.refusals_warned.iter().any(|l| l == line) {
+            return false;
+        }
+        if self.refusals_warned.len() >= REFUSALS_KEPT {
+            self.refusals_warned.pop_front();
+        }
+        self.refusals_warned.push_back(line.to_string());
+        true
+    }
+
     fn check_peer_virtual(&self, peer: &PeerInfo) -> Option<String> {
         let v = peer.virtual_addrs;
         let addrs = [IpAddr::V4(v.v4), IpAddr::V6(v.v6)];
