@@ -27,11 +27,11 @@
 //! messages side by side: each pass through the cipher's parallel block function takes
 //! the next MAC block of every message that has one; around the runs of whole payload
 //! blocks (B0, the aad, a last partial block) it fills the slots left with counter blocks
-//! (CTR has no chain), and the rest go in full passes at the end. When sealing, a counter block for payload block `j`
-//! is used only after the MAC read plaintext block `j`; when opening, every message is
-//! decrypted first (in passes of consecutive counter blocks), so all chains can then run
-//! to their ends. Messages of any lengths go in one batch; a short one leaves its slots to
-//! the others once done. A batch of one ([`Aead::seal`], [`Aead::open`]) runs its chain
+//! (CTR has no chain), and the rest go in full passes at the end. When sealing, a counter
+//! block for payload block `j` is used only after the MAC read plaintext block `j`; when
+//! opening, every message is decrypted first (in passes of consecutive counter blocks), so
+//! all chains can then run to their ends. Messages of any lengths go in one batch; a short
+//! one leaves its slots to the others once done. A batch of one ([`Aead::seal`], [`Aead::open`]) runs its chain
 //! with one block per call and its counter blocks in wide passes before or after it, as
 //! the `ccm` crate does (measured as fast: `ntm-bench --only crypto` compares the three).
 //!

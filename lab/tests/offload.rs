@@ -228,23 +228,20 @@ fn an_idle_packet_is_sent_before_the_device_is_read_again() {
         let pid = d.boxes[0].proc.map(|p| d.lab.proc(p).pid()).expect("box a's agent");
         let fd = tun_fd(pid);
         let trace = d.lab.dir().join(format!("strace-{offload}.txt"));
-        let err = d.lab.dir().join(format!("strace-{offload}.err"));
-        let mut strace = std::process::Command::new("strace")
-            .args(["-p", &pid.to_string(), "-e", "trace=read,readv,sendmmsg,sendmsg,sendto", "-o"])
-            .arg(&trace)
-            .stderr(std::fs::File::create(&err).expect("strace's log"))
-            .spawn()
-            .expect("strace starts");
-        let attached = || std::fs::read_to_string(&err).is_ok_and(|t| t.contains("attached"));
+        let trace_arg = trace.to_string_lossy().into_owned();
+        // In the lab, so that a failing test still stops it (strace then detaches).
+        let argv =
+            ["strace", "-p", &pid.to_string(), "-e", "trace=read,readv,sendmmsg,sendmsg,sendto", "-o", &trace_arg];
+        let strace = d.lab.spawn(&a, &format!("strace-{offload}"), &argv, &[]).expect("strace starts");
+        let log = d.lab.proc(strace).log.clone();
+        let attached = || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("attached"));
         assert!(d.lab.wait_for(5, attached), "strace attached to {pid}");
         // 1000 bytes of ICMP data: a 1028-byte IPv4 packet, 1038 bytes with the virtio-net
         // header of the offload path.
         let ping = d.lab.try_exec(&a, &["ping", "-c", "1", "-W", "2", "-s", "1000", &b4]);
         assert!(ping.is_ok_and(|o| o.status.success()), "the ping through the tunnel");
         std::thread::sleep(std::time::Duration::from_millis(200));
-        // SIGINT: strace detaches from the agent and exits.
-        let _ = std::process::Command::new("kill").args(["-INT", &strace.id().to_string()]).status();
-        let _ = strace.wait();
+        d.lab.proc(strace).stop();
         let text = std::fs::read_to_string(&trace).expect("strace's output");
         let on_tun = format!("read({fd}, ");
         let size = if offload { "= 1038" } else { "= 1028" };

@@ -1107,12 +1107,6 @@ impl Node {
         Received::Handled
     }
 
-    /// Why a Route Direction's peer virtual address cannot be taken, if it cannot: one
-    /// outside `virtual_routes` would leave by another route, in clear, and one a live
-    /// tunnel to another peer already carries would take that peer's packets (a renewed
-    /// session to the same peer supersedes its old one instead). An unspecified address
-    /// (a gateway peer has no IPv6 one) is no address; a family `virtual_routes` has no
-    /// prefix of is not checked (nor routed by the box).
     /// Whether this refusal is logged for the first time. The DC sends the same Route
     /// Direction again on each look-up of the name and on each retry, and the box refuses
     /// each: the reason goes to the log at warn once, then at debug. The last
@@ -1128,6 +1122,12 @@ impl Node {
         true
     }
 
+    /// Why a Route Direction's peer virtual address cannot be taken, if it cannot: one
+    /// outside `virtual_routes` would leave by another route, in clear, and one a live
+    /// tunnel to another peer already carries would take that peer's packets (a renewed
+    /// session to the same peer supersedes its old one instead). An unspecified address
+    /// (a gateway peer has no IPv6 one) is no address; a family `virtual_routes` has no
+    /// prefix of is not checked (nor routed by the box).
     fn check_peer_virtual(&self, peer: &PeerInfo) -> Option<String> {
         let v = peer.virtual_addrs;
         let addrs = [IpAddr::V4(v.v4), IpAddr::V6(v.v6)];
