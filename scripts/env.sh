@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Shared set-up for the project's scripts: find or install a Rust toolchain.
 # Sourced, not run.
 set -eu

@@ -13,7 +13,7 @@ if ! rustup toolchain list | grep -q '^nightly'; then
 	rustup toolchain install nightly --profile minimal >&2
 fi
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked >&2
-cd fuzz
+cd fuzz || exit 1
 targets=${*:-$(cargo +nightly fuzz list)}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT INT TERM

@@ -7,32 +7,35 @@
 # and the foreign agent in the lab (it installs Debian's cross toolchain when root). With
 # NTM_STATIC=1 (or a list of targets) also the static musl builds of cross/static.sh.
 . "$(dirname "$0")/env.sh"
+# Each step's heading says how long the run has taken so far, so a slow CI run shows where.
+t0=$(date +%s)
+step() { echo "== $* [$(($(date +%s) - t0)) s in]"; }
 # The tools the end-to-end tests use (as root; a non-root run skips those tests): iproute2
 # (namespaces, veth), nftables (NAT), NSD (a real authoritative DNS server), dig, socat,
 # ping, tcpdump (captures), openssl (an impostor AS), iperf3 and curl (applications),
 # busybox (its start-stop-daemon runs the init scripts as on a box), taskset and renice
 # (util-linux, bsdutils: the flood test slows the agent on purpose), a C compiler, procps
 # (sysctl and kill: the lab sets sysctls in namespaces and signals its processes), strace
-# (the order of the agent's system calls for one packet), and the init scripts' linter,
-# shellcheck. scripts/test-tools.sh checks that this list holds
-# every tool the tests use.
+# (the order of the agent's system calls for one packet), and the linter of the init
+# scripts (shellcheck). scripts/test-tools.sh checks that this list holds every tool the
+# tests use.
 if [ "$(id -u)" = 0 ]; then
 	install_missing ip:iproute2 nft:nftables nsd:nsd dig:dnsutils socat:socat ping:iputils-ping \
 		tcpdump:tcpdump openssl:openssl iperf3:iperf3 curl:curl busybox:busybox cc:build-essential \
 		taskset:util-linux renice:bsdutils update-ca-certificates:ca-certificates sysctl:procps \
 		shellcheck:shellcheck git:git strace:strace
-	echo "== every tool the tests use is installed by the list above"
+	step "every tool the tests use is installed by the list above"
 	./scripts/test-tools.sh
 else
-	echo "== not root: nothing installed, the end-to-end tests will be skipped"
+	step "not root: nothing installed, the end-to-end tests will be skipped"
 fi
-echo "== cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== release binaries (the end-to-end tests run them)"
+step "release binaries (the end-to-end tests run them)"
 cargo build --workspace --bins --locked --release
-echo "== cargo test (optimized for the crypto-heavy simulations: the profile \"tests\" of Cargo.toml)"
+step "cargo test (optimized for the crypto-heavy simulations: the profile \"tests\" of Cargo.toml)"
 # The end-to-end tests run the release binaries built above.
 target_dir=${CARGO_TARGET_DIR:-target}
 case $target_dir in /*) ;; *) target_dir="$(pwd)/$target_dir" ;; esac
@@ -62,38 +65,38 @@ cargo test --locked --profile tests -p ntm-lab --lib --bins $(lab_rest)
 cargo test --locked --profile tests -p ntm-lab --doc
 # shellcheck disable=SC2046,SC2086
 cargo test --locked --profile tests -p ntm-lab $(only $later)
-echo "== the lab files that ran beside the rest: $waiting"
+step "the lab files that ran beside the rest: $waiting"
 if wait "$waiting_pid"; then cat "$waiting_log"; else
 	cat "$waiting_log"
 	echo "FAILED: lab tests $waiting (above)" >&2
 	exit 1
 fi
 trap - EXIT
-echo "== init scripts (SysV, start-stop-daemon from Debian and BusyBox)"
+step "init scripts (SysV, start-stop-daemon from Debian and BusyBox)"
 NTM_NO_BUILD=1 ./scripts/test-init.sh
-echo "== the OpenWrt package (.ipk contents; init script against procd, uci, jshn stand-ins)" && packaging/openwrt/test.sh
-echo "== Buildroot: ntmobile.hash against Buildroot's own download step (skips without a Buildroot)" && ./scripts/test-buildroot-hash.sh
-echo "== package installs keep the machine's policy-rc.d"
+step "the OpenWrt package (.ipk contents; init script against procd, uci, jshn stand-ins)" && packaging/openwrt/test.sh
+step "Buildroot: ntmobile.hash against Buildroot's own download step (skips without a Buildroot)" && ./scripts/test-buildroot-hash.sh
+step "package installs keep the machine's policy-rc.d"
 ./scripts/test-apt-install.sh
-echo "== proto without the server engines (the agent's build, ntm-dns on top of it; then with the fuzz harness, which the tests add)"
+step "proto without the server engines (the agent's build, ntm-dns on top of it; then with the fuzz harness, which the tests add)"
 cargo clippy -p ntm-proto --locked --no-default-features -- -D warnings
 cargo clippy -p ntm-proto --locked --no-default-features --features fuzzing -- -D warnings
 cargo test -p ntm-proto --locked --no-default-features --lib
 cargo clippy -p ntm-dns --locked -- -D warnings
 if [ "${NTM_CROSS:-}" = 1 ]; then
-	echo "== big-endian MIPS: tests under qemu-user, ntmd, the foreign agent in the lab"
+	step "big-endian MIPS: tests under qemu-user, ntmd, the foreign agent in the lab"
 	cross/build.sh --agent-only mips
 else
-	echo "== big-endian MIPS: skipped (NTM_CROSS=1 runs cross/build.sh --agent-only mips)"
+	step "big-endian MIPS: skipped (NTM_CROSS=1 runs cross/build.sh --agent-only mips)"
 fi
 # Static musl builds (cross/static.sh): NTM_STATIC=1 for all five targets, or a list of
 # them (NTM_STATIC="armv7 mipsel"). Off by default: each target costs minutes (cross/README.md).
 if [ -n "${NTM_STATIC:-}" ]; then
 	[ "$NTM_STATIC" != 1 ] || NTM_STATIC=""
-	echo "== static musl builds: tests under qemu-user, release binaries (${NTM_STATIC:-all targets})"
+	step "static musl builds: tests under qemu-user, release binaries (${NTM_STATIC:-all targets})"
 	# shellcheck disable=SC2086 # a list of targets
 	cross/static.sh $NTM_STATIC
 else
-	echo "== static musl builds: skipped (NTM_STATIC=1 or NTM_STATIC=\"armv7 mipsel ...\" runs cross/static.sh)"
+	step "static musl builds: skipped (NTM_STATIC=1 or NTM_STATIC=\"armv7 mipsel ...\" runs cross/static.sh)"
 fi
-echo "all tests passed"
+echo "all tests passed [$(($(date +%s) - t0)) s]"
