@@ -313,11 +313,61 @@ fn load(b: &[u8]) -> [u8; 16] {
     }
 }
 
+/// `a ^= b` for one block that the cipher reads next, or that was just written by it.
+///
+/// On x86_64 in one SSE register, with one 16-byte load and store each. The `u128` of
+/// [`xor`] compiles to two 8-byte XORs into memory there, and a 16-byte load of what two
+/// narrower stores wrote cannot be forwarded from them: it waits until both stores have
+/// left the core. That stall came on every block of every pass (the chains' states and
+/// the counter blocks go through memory to the cipher's backend) and cost sealing about a
+/// third of its time on an Intel Xeon (a batch of eight 1400-byte messages, 930 against
+/// 650 ns a message). Elsewhere, the `u128` form.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[inline(always)]
+fn xor_block(a: &mut [u8; 16], b: &[u8; 16]) {
+    use core::arch::x86_64::{_mm_loadu_si128, _mm_storeu_si128, _mm_xor_si128};
+    // SAFETY: every x86_64 target has SSE2; both pointers come from references to 16
+    // bytes (valid, and `a`'s exclusive), and the unaligned forms need no alignment.
+    unsafe {
+        _mm_storeu_si128(
+            a.as_mut_ptr().cast(),
+            _mm_xor_si128(_mm_loadu_si128(a.as_ptr().cast()), _mm_loadu_si128(b.as_ptr().cast())),
+        )
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn xor_block(a: &mut [u8; 16], b: &[u8; 16]) {
+    *a = xor(a, b);
+}
+
+/// Writes `v` big-endian into `block` (a counter block) with one 16-byte store on x86_64,
+/// for the reason of [`xor_block`].
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[inline(always)]
+fn put_be(block: &mut [u8; 16], v: u128) {
+    use core::arch::x86_64::{_mm_set_epi64x, _mm_storeu_si128};
+    // Big-endian bytes read as a little-endian number: its low half is the first 8 bytes.
+    let le = v.swap_bytes();
+    // SAFETY: every x86_64 target has SSE2; the pointer comes from a reference to 16 bytes
+    // and the unaligned store needs no alignment.
+    unsafe { _mm_storeu_si128(block.as_mut_ptr().cast(), _mm_set_epi64x((le >> 64) as u64 as i64, le as u64 as i64)) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn put_be(block: &mut [u8; 16], v: u128) {
+    *block = v.to_be_bytes();
+}
+
 /// XORs `ks` into the first 16 bytes of `b` (all of `b` if shorter).
 #[inline(always)]
 fn xor_into(b: &mut [u8], ks: &[u8; 16]) {
     match b.first_chunk_mut::<16>() {
-        Some(full) => *full = xor(full, ks),
+        Some(full) => xor_block(full, ks),
         None => {
             for (x, k) in b.iter_mut().zip(ks) {
                 *x ^= k;
@@ -356,8 +406,18 @@ impl BlockClosure for Passes<'_, '_, '_> {
             while lane.mac_next < lane.mac_end {
                 let mut b = lane.mac_input(m).into();
                 backend.proc_block_inplace(&mut b);
-                lane.mac = b.into();
                 lane.mac_next += 1;
+                // A run of whole payload blocks: the state stays in `b` (see `xor_block`).
+                let run = lane.whole_blocks_ready(m.buf.len(), open);
+                let at = lane.payload_read() * 16;
+                for block in m.buf.get(at..at + run * 16).unwrap_or_default().chunks_exact(16) {
+                    if let Some(block) = block.first_chunk::<16>() {
+                        xor_block(b.as_mut(), block);
+                    }
+                    backend.proc_block_inplace(&mut b);
+                }
+                lane.mac_next += run;
+                lane.mac = b.into();
             }
         } else {
             interleave(backend, lanes, msgs, open);
@@ -384,7 +444,7 @@ fn ctr_all<B: BlockBackend<BlockSize = U16>>(backend: &mut B, lane: &mut Lane, m
     while lane.ctr_next < lane.ctr_end {
         let n = (lane.ctr_end - lane.ctr_next).min(width);
         for (k, block) in par.iter_mut().enumerate().take(n) {
-            *block = (lane.a0 + (lane.ctr_next + k) as u128).to_be_bytes().into();
+            put_be(block.as_mut(), lane.a0 + (lane.ctr_next + k) as u128);
         }
         if n == 1 {
             backend.proc_block_inplace(&mut par[0]);
@@ -440,23 +500,31 @@ fn interleave<B: BlockBackend<BlockSize = U16>>(
             steps = steps.min(full);
         }
         if k > 0 && steps > 0 {
-            let active = &active[..k];
-            for _ in 0..steps {
-                for (slot, &li) in par.iter_mut().zip(active) {
-                    let lane = &lanes[li];
-                    let at = (lane.mac_next - 1 - lane.aad_blocks) * 16;
-                    *slot = xor(&lane.mac, &load(msgs[li].buf.get(at..).unwrap_or_default())).into();
+            // The chain's state stays in its slot from pass to pass: each pass XORs the
+            // next plaintext block into it, read from a slice cut once for the run.
+            let mut runs: [&[u8]; PAR_MAX] = [&[]; PAR_MAX];
+            for ((slot, run), &li) in par.iter_mut().zip(runs.iter_mut()).zip(&active[..k]) {
+                let lane = &mut lanes[li];
+                let at = (lane.mac_next - 1 - lane.aad_blocks) * 16;
+                *run = msgs[li].buf.get(at..at + steps * 16).unwrap_or_default();
+                *slot = lane.mac.into();
+                lane.mac_next += steps;
+            }
+            for step in 0..steps {
+                for (slot, run) in par.iter_mut().zip(&runs[..k]) {
+                    let block: &mut [u8; 16] = slot.as_mut();
+                    if let Some(p) = run.get(step * 16..).and_then(|r| r.first_chunk::<16>()) {
+                        xor_block(block, p);
+                    }
                 }
                 if k == 1 {
                     backend.proc_block_inplace(&mut par[0]);
                 } else {
                     backend.proc_par_blocks_inplace(&mut par);
                 }
-                for (slot, &li) in par.iter().zip(active) {
-                    let lane = &mut lanes[li];
-                    lane.mac = (*slot).into();
-                    lane.mac_next += 1;
-                }
+            }
+            for (slot, &li) in par.iter().zip(&active[..k]) {
+                lanes[li].mac = (*slot).into();
             }
             continue;
         }
@@ -472,6 +540,14 @@ fn interleave<B: BlockBackend<BlockSize = U16>>(
                 n += 1;
             }
         }
+        if n == 0 {
+            // Every chain is done: an unfinished MAC of a message being sealed is always
+            // ready, and one being opened was decrypted first. What is left is counter
+            // blocks, which `ctr_all` runs in passes of consecutive blocks with no
+            // bookkeeping per slot (taking them here cost sealing a quarter of its time).
+            debug_assert!(lanes.iter().all(|l| l.mac_next == l.mac_end));
+            return;
+        }
         let first = next_ctr_lane;
         for j in 0..count {
             if n == width {
@@ -481,7 +557,7 @@ fn interleave<B: BlockBackend<BlockSize = U16>>(
             let lane = &mut lanes[li];
             let before = n;
             while n < width && lane.ctr_ready(open) {
-                par[n] = (lane.a0 + lane.ctr_next as u128).to_be_bytes().into();
+                put_be(par[n].as_mut(), lane.a0 + lane.ctr_next as u128);
                 what[n] = (li, lane.ctr_next);
                 lane.ctr_next += 1;
                 n += 1;
@@ -490,16 +566,10 @@ fn interleave<B: BlockBackend<BlockSize = U16>>(
                 next_ctr_lane = (li + 1) % count;
             }
         }
-        // Nothing ready means every MAC is done: an unfinished MAC of a message being
-        // sealed is always ready, and one being opened was decrypted first. What is
-        // left is counter blocks, for `ctr_all`.
-        match n {
-            0 => {
-                debug_assert!(lanes.iter().all(|l| l.mac_next == l.mac_end));
-                return;
-            }
-            1 => backend.proc_block_inplace(&mut par[0]),
-            _ => backend.proc_par_blocks_inplace(&mut par),
+        if n == 1 {
+            backend.proc_block_inplace(&mut par[0]);
+        } else {
+            backend.proc_par_blocks_inplace(&mut par);
         }
         for (block, &(li, i)) in par.iter().zip(what.iter()).take(n) {
             let out: &[u8; 16] = block.as_ref();
