@@ -5,7 +5,7 @@
 //! of the packet as the rules allow. Also Destination Unreachable for packets to a virtual
 //! address no tunnel serves.
 
-use crate::offload::{fold, sum};
+use crate::offload::{fold, pseudo, sum};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The Internet checksum (RFC 1071) of `data`, starting from the unfolded sum `initial`
@@ -69,14 +69,8 @@ fn icmp6(pkt: &[u8], kind: u8, code: u8, rest: [u8; 4]) -> Option<Vec<u8>> {
     let mut icmp = vec![kind, code, 0, 0];
     icmp.extend_from_slice(&rest);
     icmp.extend_from_slice(quote);
-    let len = u32::try_from(icmp.len()).ok()?;
-    // Pseudo-header: source, destination, length, next header.
-    let mut pseudo = Vec::with_capacity(40);
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&len.to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, 58]);
-    let c = checksum(sum(&pseudo, 0), &icmp);
+    // The answer's pseudo-header has the packet's two addresses, swapped.
+    let c = checksum(pseudo(pkt, true, 58, icmp.len()), &icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     let mut out = vec![0x60, 0, 0, 0];
     out.extend_from_slice(&u16::try_from(icmp.len()).ok()?.to_be_bytes());

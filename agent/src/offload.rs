@@ -242,7 +242,8 @@ fn write_l4_checksum(pkt: &mut [u8], v6: bool, l4: usize, at: usize, tcp: bool) 
 }
 
 /// The unfolded sum of the pseudo-header of `pkt` for `proto` and `len` bytes of it.
-fn pseudo(pkt: &[u8], v6: bool, proto: u8, len: usize) -> u64 {
+/// The addresses' order does not change it, so it also serves an answer to `pkt`.
+pub fn pseudo(pkt: &[u8], v6: bool, proto: u8, len: usize) -> u64 {
     let addrs = if v6 { pkt.get(8..40) } else { pkt.get(12..20) };
     sum(addrs.unwrap_or_default(), u64::from(proto) + len as u64)
 }
