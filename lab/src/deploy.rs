@@ -718,9 +718,16 @@ impl Deployment {
 
     /// `dig +short` through box `i`'s DNS hook.
     pub fn dig(&self, i: usize, name: &str, ty: &str) -> String {
+        self.dig_tries(i, name, ty, 2)
+    }
+
+    /// [`Deployment::dig`] with `tries` tries of 3 s each, for a lossy network where the
+    /// tunnel behind the answer may need several retransmissions.
+    pub fn dig_tries(&self, i: usize, name: &str, ty: &str, tries: u32) -> String {
         let ns = &self.boxes[i].ns;
-        match self.lab.try_exec(ns, &["dig", "+short", "+time=3", "+tries=2", "@127.0.0.53", name, ty]) {
-            Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        let tries = format!("+tries={tries}");
+        match self.lab.try_exec(ns, &["dig", "+short", "+time=3", &tries, "@127.0.0.53", name, ty]) {
+            Ok(o) => crate::dig_answer(&o.stdout),
             Err(_) => String::new(),
         }
     }

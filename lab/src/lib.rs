@@ -579,6 +579,15 @@ pub fn tools_or_skip(what: &str, tools: &[&str]) -> bool {
     false
 }
 
+/// The answer lines of `dig +short` output. dig writes its own remarks there too (";;"
+/// lines, e.g. a try that timed out before a retry got the answer); they are dropped,
+/// so a slow first try does not read as a wrong answer.
+pub fn dig_answer(stdout: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stdout);
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with(';')).collect();
+    lines.join("\n")
+}
+
 /// The effective user id, read from /proc (no libc dependency).
 fn unsafe_euid() -> u32 {
     std::fs::read_to_string("/proc/self/status")
@@ -595,6 +604,14 @@ fn unsafe_euid() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dig_answers_lose_digs_remarks_but_keep_every_record() {
+        let out = b";; communications error to 127.0.0.53#53: timed out\n198.18.2.2\n";
+        assert_eq!(dig_answer(out), "198.18.2.2");
+        assert_eq!(dig_answer(b"198.18.2.2\n2001:db8::2\n"), "198.18.2.2\n2001:db8::2");
+        assert_eq!(dig_answer(b";; connection timed out; no servers could be reached\n"), "");
+    }
 
     #[test]
     fn namespaces_are_made_linked_and_removed() {

@@ -65,7 +65,7 @@ fn dig_from(d: &Deployment, ns: &Ns, server: &str, source: Option<&str>, name: &
     if let Some(s) = source {
         cmd.extend(["-b", s]);
     }
-    d.lab.try_exec(ns, &cmd).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    d.lab.try_exec(ns, &cmd).map(|o| ntm_lab::dig_answer(&o.stdout)).unwrap_or_default()
 }
 
 fn lan_counter(d: &Deployment, i: usize, what: &str) -> u64 {

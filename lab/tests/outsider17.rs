@@ -330,7 +330,7 @@ fn two_announced_lans_route_both_ways_across_a_move_and_a_kill() {
     let got = d
         .lab
         .try_exec(&host_b, &["dig", "+short", "+time=3", "+tries=2", "@198.19.32.1", "a.zone-a.test", "A"])
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .map(|o| ntm_lab::dig_answer(&o.stdout))
         .unwrap_or_default();
     assert_eq!(got, va, "box a's virtual address through box b's LAN stub");
     for (h, port) in [(&host_a, "7002"), (&host_b, "7001")] {
