@@ -3,7 +3,7 @@
 # cross compilers, runs the tests under qemu-user, and runs the foreign agent against the
 # host's agent through the real servers (lab/tests/foreign.rs). See cross/README.md.
 #
-#   cross/build.sh [--no-test] [--no-lab] [--agent-only] [TARGET...]
+#   cross/build.sh [--no-test] [--no-lab] [--agent-only] [--install-only | --build-only] [TARGET...]
 #
 # TARGET is armv7, mipsel or mips (big endian); default all three. Per target:
 #   test     ntm-proto's unit and integration tests (all features; and the unit tests
@@ -14,6 +14,9 @@
 #            with --agent-only just ntmd (what the lab needs; the CI's choice)
 # armv7 is built in Thumb-2; release builds keep no backtrace symbolizer (see README).
 #   lab      the foreign ntmd in a box of the lab deployment (needs root)
+# --install-only installs the Debian packages and stops; --build-only compiles what the
+# test and release phases need and runs nothing, so a later run only tests (scripts/test.sh
+# compiles in the background while the host's lab tests wait on timers).
 # Output goes to target/cross (the host's target/ cache is left alone); logs to
 # target/cross/logs. Installs the Debian packages it needs when run as root.
 set -euo pipefail
@@ -25,15 +28,19 @@ root=$(pwd)
 run_tests=1
 run_lab=1
 agent_only=""
+install_only=""
+build_only=""
 targets=()
 for arg in "$@"; do
 	case "$arg" in
 	--no-test) run_tests="" ;;
 	--no-lab) run_lab="" ;;
 	--agent-only) agent_only=1 ;;
+	--install-only) install_only=1 ;;
+	--build-only) build_only=1 ;;
 	armv7 | mipsel | mips) targets+=("$arg") ;;
 	-h | --help)
-		sed -n '2,17p' "$0"
+		sed -n '2,20p' "$0"
 		exit 0
 		;;
 	*)
@@ -63,6 +70,7 @@ for t in "${targets[@]}"; do
 	want_pkg "gcc-$prefix" "libc6-dev-$debarch-cross"
 done
 install_wanted
+[ -z "$install_only" ] || exit 0
 
 # The host's toolchain (rustup's, as scripts/test.sh uses) builds the host binaries and
 # the lab test; Debian's builds the foreign ones: it ships the standard library's source,
@@ -95,6 +103,12 @@ phase_tests() {
 	netlink_tests "$log" 2>&1 | tee -a "$log"
 }
 
+# --build-only: the compilation of phase_tests and phase_release, nothing run.
+build_everything() {
+	qemu_tests xcargo --no-run
+	phase_release
+}
+
 # The standard library of the release build keeps its stack trace on panic but not the
 # symbolizer (gimli, addr2line, miniz_oxide): a stripped binary has no symbols to resolve
 # anyway, and it is ~110 KiB of ntmd (cross/README.md, "Footprint").
@@ -110,6 +124,7 @@ phase_lab() {
 		-- --nocapture 2>&1 | grep -v ' DEBUG ' | tee "$lab_log"
 }
 
+[ -z "$build_only" ] || run_lab=""
 if [ -n "$run_lab" ]; then
 	if [ "$(id -u)" = 0 ]; then
 		echo "== host release binaries (the lab runs them beside the foreign agent)"
@@ -139,6 +154,13 @@ for t in "${targets[@]}"; do
 	log="$logs/$t.log"
 	lab_log="$logs/$t-lab.log"
 	line="$t ($triple):"
+	if [ -n "$build_only" ]; then
+		log="$logs/$t-build.log"
+		: >"$log"
+		echo "== $t: compiling the tests and the release build (nothing run)"
+		build_everything
+		continue
+	fi
 
 	if [ -n "$run_tests" ]; then
 		timed tests
@@ -168,6 +190,7 @@ for t in "${targets[@]}"; do
 $line"
 done
 
+[ -z "$build_only" ] || exit 0
 echo "== summary$summary"
 cross/sizes.sh "${targets[@]}"
 if [ -n "$run_tests$run_lab" ]; then

@@ -35,9 +35,11 @@ count_results() {
 
 # The tests that run under qemu-user, built (and, but for the netlink test, run) with the
 # cargo of the calling script: build.sh's xcargo or static.sh's zcargo. The netlink test
-# is only built here; netlink_tests runs it in namespaces of its own.
+# is only built here; netlink_tests runs it in namespaces of its own. Further arguments go
+# to the first cargo run (--no-run: build only).
 qemu_tests() {
 	local cargo_fn=$1
+	shift
 	# One package set, one feature set and one set of targets for the build that runs
 	# and the one that adds the netlink test, so each crate is compiled once: Cargo
 	# resolves features per invocation (a package's dev-dependencies count only when its
@@ -49,7 +51,7 @@ qemu_tests() {
 	local args=(--config profile.dev.debug=0 -p ntm-aead -p ntm-proto -p ntm-dns -p ntm-io -p ntm-agent
 		--features ntm-proto/serde,ntm-proto/fuzzing --lib --bins --test crypto_batch --test crypto_channel
 		--test fuzz_corpus --test wire_fixtures --test wire_props --test locator --test tls_login)
-	"$cargo_fn" test "${args[@]}"
+	"$cargo_fn" test "${args[@]}" "$@"
 	"$cargo_fn" test "${args[@]}" --test netlink --no-run
 }
 

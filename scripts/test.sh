@@ -41,6 +41,19 @@ target_dir=${CARGO_TARGET_DIR:-target}
 case $target_dir in /*) ;; *) target_dir="$(pwd)/$target_dir" ;; esac
 export NTM_BIN_DIR="$target_dir/release"
 cargo test --workspace --locked --profile tests --no-run
+# Compiling for big-endian MIPS takes minutes of both cores; the lab tests below mostly
+# wait on timers. So the compilation runs now, in the background at the lowest priority
+# (nice 19: it takes the CPU the tests leave), and the MIPS step further down only runs
+# the tests. The packages are installed first, in the foreground: the install steps
+# further down must not meet a dpkg lock held by it.
+cross_pid=""
+cross_log="$target_dir/cross-build.log"
+if [ "${NTM_CROSS:-}" = 1 ]; then
+	cross/build.sh --install-only mips
+	# setsid: its own process group, so an early exit stops all of its compilers.
+	setsid nice -n 19 cross/build.sh --build-only --agent-only mips >"$cross_log" 2>&1 &
+	cross_pid=$!
+fi
 # The lab files that spend minutes waiting on timers (servers restarting, a NAT forgetting
 # idle TCP, NS connections replaced) run beside the rest instead of after it: each lab run
 # has namespaces of its own, and cargo holds no lock while tests run. The throughput tests
@@ -58,7 +71,11 @@ lab_rest() {
 # shellcheck disable=SC2046,SC2086 # the --test arguments are words on purpose
 cargo test --locked --profile tests -p ntm-lab $(only $waiting) >"$waiting_log" 2>&1 &
 waiting_pid=$!
-trap 'kill "$waiting_pid" 2>/dev/null || true' EXIT
+stop_background() {
+	kill "$waiting_pid" 2>/dev/null || true
+	[ -z "$cross_pid" ] || kill -- "-$cross_pid" 2>/dev/null || true
+}
+trap stop_background EXIT
 cargo test --workspace --locked --profile tests --exclude ntm-lab
 # shellcheck disable=SC2046,SC2086
 cargo test --locked --profile tests -p ntm-lab --lib --bins $(lab_rest)
@@ -71,7 +88,7 @@ if wait "$waiting_pid"; then cat "$waiting_log"; else
 	echo "FAILED: lab tests $waiting (above)" >&2
 	exit 1
 fi
-trap - EXIT
+waiting_pid=""
 step "init scripts (SysV, start-stop-daemon from Debian and BusyBox)"
 NTM_NO_BUILD=1 ./scripts/test-init.sh
 step "the OpenWrt package (.ipk contents; init script against procd, uci, jshn stand-ins)" && packaging/openwrt/test.sh
@@ -81,9 +98,18 @@ step "package installs keep the machine's policy-rc.d"
 step "proto without the server engines (the agent's build, ntm-dns on top of it; then with the fuzz harness, which the tests add)"
 cargo clippy -p ntm-proto --locked --no-default-features -- -D warnings
 cargo clippy -p ntm-proto --locked --no-default-features --features fuzzing -- -D warnings
-cargo test -p ntm-proto --locked --no-default-features --lib
+# The tests' profile, whose dependencies are built already (a profile of its own compiled
+# them all again: a minute).
+cargo test -p ntm-proto --locked --profile tests --no-default-features --lib
 cargo clippy -p ntm-dns --locked -- -D warnings
 if [ "${NTM_CROSS:-}" = 1 ]; then
+	step "big-endian MIPS: the compilation begun in the background"
+	if wait "$cross_pid"; then tail -n 5 "$cross_log"; else
+		cat "$cross_log"
+		echo "FAILED: cross/build.sh --build-only --agent-only mips (above)" >&2
+		exit 1
+	fi
+	cross_pid=""
 	step "big-endian MIPS: tests under qemu-user, ntmd, the foreign agent in the lab"
 	cross/build.sh --agent-only mips
 else
