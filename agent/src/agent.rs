@@ -36,7 +36,7 @@ use crate::material::{credential, Material};
 use crate::netlink::{overlapping_routes, ChangeDebounce, KernelRoute, Netlink};
 use crate::servers::{ServerAddrs, QUERY_BIT};
 use crate::tls::{LoginTls, LoginTlsConfig};
-use datapath::{bind_udp6_only, size_buffers, tunnel_socket};
+use datapath::{bind_udp6_only, queue_errors, size_buffers, tunnel_socket};
 use mio::net::UdpSocket;
 use mio::unix::SourceFd;
 use mio::{Interest, Poll, Token};
@@ -101,6 +101,10 @@ struct Counters {
     /// no ICMP error answers them.
     not_unicast: u64,
     too_big: u64,
+    /// ICMP errors the kernel reported about datagrams the tunnel sockets sent.
+    icmp_errors: u64,
+    /// IPv4 packets without Don't Fragment cut into fragments to fit a narrow path.
+    fragmented: u64,
     send_errors: u64,
     /// Tunnel datagrams too large for any agent to have sent (dropped).
     oversized: u64,
@@ -166,6 +170,8 @@ pub struct Agent {
     debounce: ChangeDebounce,
     /// Sealed datagrams the kernel refused for want of a route, to be sent again.
     held: Held,
+    /// The path MTU to each destination of tunnel datagrams.
+    pmtus: crate::pmtu::PathMtus,
     /// The node's extra sockets (extra.rs).
     extra: extra::Extra,
     local_addrs: Vec<SocketAddr>,
@@ -236,6 +242,7 @@ impl Agent {
         }
         for s in udp4.iter().chain(udp6.iter()) {
             size_buffers(s);
+            queue_errors(s);
         }
 
         let mut tun_cfg = tun::Configuration::default();
@@ -396,6 +403,7 @@ impl Agent {
             netlink,
             debounce: ChangeDebounce::default(),
             held: Held::default(),
+            pmtus: crate::pmtu::PathMtus::default(),
             extra: extra::Extra::default(),
             local_addrs,
             control,
@@ -444,7 +452,12 @@ impl Agent {
             let ready = self.turn.wait(&mut self.poll, wait)?;
             for r in &ready {
                 match r.token {
-                    UDP4 | UDP6 => self.read_udp(r.token),
+                    UDP4 | UDP6 => {
+                        if r.error {
+                            self.read_udp_errors(r.token);
+                        }
+                        self.read_udp(r.token);
+                    }
                     TUN => self.read_tun(),
                     DNS_CLIENT => self.read_dns_client(),
                     DNS_UP4 | DNS_UP6 => self.read_dns_upstream(r.token),
@@ -457,6 +470,9 @@ impl Agent {
                     t if t.0 >= LAN_DNS_BASE => self.read_dns_lan(t),
                     t => {
                         if let Some(local) = extra::local_of(t) {
+                            if r.error {
+                                self.read_extra_errors(local);
+                            }
                             self.read_extra(local);
                         }
                     }

@@ -73,6 +73,9 @@ pub struct Batch {
     locals: [Local; BATCH],
     /// Whether to try UDP segmentation offload (cleared when the kernel refuses it).
     offload: bool,
+    /// A segmented message went out: the kernel can do it, so a later refusal is about
+    /// that message (its segments were larger than the path MTU the kernel just learned).
+    segmented_sent: bool,
 }
 
 impl std::fmt::Debug for Batch {
@@ -100,6 +103,7 @@ impl Batch {
             dsts: [None; BATCH],
             locals: [Local::MAIN; BATCH],
             offload: ntm_io::udp::segmentation_works(),
+            segmented_sent: false,
         }
     }
 
@@ -218,9 +222,13 @@ impl Batch {
                 match self.send_segmented(fd, run.clone()) {
                     Ok(()) => {
                         sent += run.len() as u64;
+                        self.segmented_sent = true;
                         i = run.end;
                         continue;
                     }
+                    // Segments larger than the path MTU the kernel knows (EINVAL on some
+                    // kernels, EMSGSIZE on others) once segmented messages went out.
+                    Err(Errno::EINVAL) if self.segmented_sent => {}
                     Err(e @ (Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP)) => {
                         log::info!("UDP segmentation offload refused ({e}): sending datagrams one by one");
                         self.offload = false;
@@ -352,7 +360,7 @@ impl Batch {
     }
 }
 
-fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
+pub fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(a) = s.as_sockaddr_in() {
         return Some(SocketAddr::from(std::net::SocketAddrV4::from(*a)));
     }

@@ -14,6 +14,7 @@ mod lan;
 mod material;
 mod netlink;
 mod offload;
+mod pmtu;
 mod privs;
 mod servers;
 mod tls;

@@ -271,6 +271,43 @@ impl Netlink {
         }
     }
 
+    /// The largest datagram the kernel would send to `dst` unfragmented now (IP header
+    /// included): the path MTU it learned from an ICMP error (or a route's own MTU), else
+    /// the MTU of the interface it would send out of. `None` if it has no route there or
+    /// did not say.
+    pub fn path_mtu(&mut self, dst: IpAddr) -> io::Result<Option<u32>> {
+        let seq = self.next_seq();
+        let full = if dst.is_ipv4() { 32 } else { 128 };
+        let request = wire::Request::new(wire::RTM_GETROUTE, wire::NLM_F_ACK, seq)
+            .rtmsg_query(wire::family(dst), full)
+            .attr_addr(wire::RTA_DST, dst);
+        let routes = |m: &wire::Message| match m.kind {
+            wire::RTM_NEWROUTE => wire::route(m.payload),
+            _ => None,
+        };
+        let route = match self.exchange(request, routes) {
+            Ok((replies, _)) => replies.into_iter().next(),
+            Err(e) if e.raw_os_error().is_some_and(is_no_route) => None,
+            Err(e) => return Err(e),
+        };
+        let Some(route) = route else { return Ok(None) };
+        if route.mtu.is_some() {
+            return Ok(route.mtu);
+        }
+        let Some(oif) = route.oif else { return Ok(None) };
+        let seq = self.next_seq();
+        let request = wire::Request::new(wire::RTM_GETLINK, wire::NLM_F_ACK, seq).ifinfomsg(oif, 0, 0);
+        let links = |m: &wire::Message| match m.kind {
+            wire::RTM_NEWLINK => wire::link(m.payload).and_then(|l| l.mtu),
+            _ => None,
+        };
+        match self.exchange(request, links) {
+            Ok((replies, _)) => Ok(replies.first().copied()),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The addresses the node may use now ([`usable_local_addrs`]): the addresses, the
     /// links' state and, for each destination of `probes` (one per family: a server's
     /// address), the kernel's own choice of path, all read afresh.
@@ -1046,13 +1083,15 @@ mod wire {
         pub name: Option<String>,
         /// `IFLA_OPERSTATE` (`IF_OPER_*`), if the kernel sent it.
         pub operstate: Option<u8>,
+        /// `IFLA_MTU`, if the kernel sent it.
+        pub mtu: Option<u32>,
     }
 
     pub fn link(payload: &[u8]) -> Option<Link> {
         let index = u32_at(payload, 4)?;
         let flags = u32_at(payload, 8)?;
         let _ = payload.get(..IFINFOMSG_LEN)?;
-        let mut l = Link { index, flags, name: None, operstate: None };
+        let mut l = Link { index, flags, name: None, operstate: None, mtu: None };
         for (kind, value) in attrs(payload, IFINFOMSG_LEN) {
             match kind {
                 IFLA_IFNAME => {
@@ -1060,6 +1099,7 @@ mod wire {
                     l.name = std::str::from_utf8(v).ok().map(str::to_owned);
                 }
                 IFLA_OPERSTATE => l.operstate = value.first().copied(),
+                IFLA_MTU => l.mtu = u32_at(value, 0),
                 _ => {}
             }
         }
@@ -1080,6 +1120,9 @@ mod wire {
         pub oif: Option<u32>,
         /// The source address the kernel picks (answers to a route query carry it).
         pub prefsrc: Option<IpAddr>,
+        /// `RTAX_MTU` of `RTA_METRICS`: a route's own MTU, or in the answer to a route
+        /// query the path MTU the kernel learned from an ICMP error.
+        pub mtu: Option<u32>,
     }
 
     pub fn route(payload: &[u8]) -> Option<Route> {
@@ -1087,13 +1130,17 @@ mod wire {
             return None;
         };
         let _ = payload.get(..RTMSG_LEN)?;
-        let mut r = Route { family, dst_len, table: u32::from(table), kind, dst: None, oif: None, prefsrc: None };
+        let mut r =
+            Route { family, dst_len, table: u32::from(table), kind, dst: None, oif: None, prefsrc: None, mtu: None };
         for (k, value) in attrs(payload, RTMSG_LEN) {
             match k {
                 RTA_DST => r.dst = parse_addr(value),
                 RTA_OIF => r.oif = u32_at(value, 0),
                 RTA_PREFSRC => r.prefsrc = parse_addr(value),
                 RTA_TABLE => r.table = u32_at(value, 0).unwrap_or(r.table),
+                RTA_METRICS => {
+                    r.mtu = attrs(value, 0).find(|(k, _)| *k == RTAX_MTU).and_then(|(_, v)| u32_at(v, 0));
+                }
                 _ => {}
             }
         }
@@ -1325,7 +1372,16 @@ mod tests {
         let bytes = datagram(vec![RouteNetlinkMessage::NewLink(l)]);
         let ms = wire::messages(&bytes, &mut bad);
         let got = wire::link(ms[0].payload).expect("decodes");
-        assert_eq!(got, wire::Link { index: 12, flags: wire::IFF_UP, name: Some("eth-wan".into()), operstate: None });
+        assert_eq!(
+            got,
+            wire::Link {
+                index: 12,
+                flags: wire::IFF_UP,
+                name: Some("eth-wan".into()),
+                operstate: None,
+                mtu: Some(1500)
+            }
+        );
     }
 
     /// A main-table unicast route message of `family` and prefix length `len`, no attributes.
@@ -1354,6 +1410,16 @@ mod tests {
         let got = wire::route(ms[0].payload).expect("decodes");
         assert_eq!((got.family, got.oif), (wire::AF_INET6, Some(3)));
         assert_eq!(got.prefsrc, Some("2001:db8:a::2".parse().unwrap()));
+        assert_eq!(got.mtu, None);
+
+        // The answer for a destination whose path MTU the kernel learned from an ICMP
+        // error carries it among the route's metrics.
+        let mut r = unicast_route(AddressFamily::Inet, 32);
+        r.attributes.push(RouteAttribute::Oif(3));
+        r.attributes.push(RouteAttribute::Metrics(vec![RouteMetric::Lock(0), RouteMetric::Mtu(1400)]));
+        let bytes = datagram(vec![RouteNetlinkMessage::NewRoute(r)]);
+        let ms = wire::messages(&bytes, &mut bad);
+        assert_eq!(wire::route(ms[0].payload).expect("decodes").mtu, Some(1400));
 
         use netlink_packet_route::link::State;
         for (flags, state, usable) in [
@@ -1395,6 +1461,7 @@ mod tests {
                 dst: Some("198.19.10.0".parse().unwrap()),
                 oif: Some(7),
                 prefsrc: None,
+                mtu: None,
             }
         );
         assert_eq!(wire::route(&ms[0].payload[..8]), None, "a short header is no route");

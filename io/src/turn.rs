@@ -18,6 +18,9 @@ pub struct Ready {
     pub readable: bool,
     /// It may take output.
     pub writable: bool,
+    /// It reported an error (EPOLLERR): for a socket with IP_RECVERR, its error queue has
+    /// something (an ICMP error about a datagram it sent).
+    pub error: bool,
 }
 
 /// The poll's events, and the sources to read on the next turn.
@@ -55,11 +58,12 @@ impl Turn {
             token: e.token(),
             readable: e.is_readable(),
             writable: e.is_writable(),
+            error: e.is_error(),
         }));
         for token in self.again.drain(..) {
             match ready.iter_mut().find(|r| r.token == token) {
                 Some(r) => r.readable = true,
-                None => ready.push(Ready { token, readable: true, writable: false }),
+                None => ready.push(Ready { token, readable: true, writable: false, error: false }),
             }
         }
         Ok(ready)
@@ -126,7 +130,7 @@ mod tests {
         let started = std::time::Instant::now();
         let ready = turn.wait(&mut poll, Duration::from_secs(10)).unwrap();
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert_eq!(ready, vec![Ready { token: a, readable: true, writable: false }]);
+        assert_eq!(ready, vec![Ready { token: a, readable: true, writable: false, error: false }]);
         turn.done(ready);
         assert!(!turn.pending());
         assert_eq!(turn.budget_exhausted(), 2);

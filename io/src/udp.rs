@@ -56,6 +56,37 @@ pub fn size_buffers(fd: impl AsFd, recv: usize, send: usize) -> bool {
         || setsockopt(&fd, sockopt::RcvBuf, &recv).and_then(|()| setsockopt(&fd, sockopt::SndBuf, &send)).is_ok()
 }
 
+/// Sets Don't Fragment on every datagram an IPv4 UDP socket sends, and has the kernel
+/// refuse (EMSGSIZE) a datagram larger than the path MTU it knows instead of fragmenting
+/// it (`IP_MTU_DISCOVER` = `IP_PMTUDISC_DO`). The default (`IP_PMTUDISC_WANT`) decides
+/// Don't Fragment by the size of what the socket hands over, which for a segmented
+/// message is the whole message: its datagrams go without it, routers on a narrow path
+/// cut them into fragments without a word, and where fragments are dropped the tunnel
+/// stalls. With it, such a router answers ICMP "fragmentation needed" and the sender
+/// learns the path MTU. nix 0.31 has no wrapper for this option.
+#[allow(unsafe_code)]
+pub fn always_dont_fragment(fd: impl AsFd) -> std::io::Result<()> {
+    use nix::libc;
+    let value: libc::c_int = libc::IP_PMTUDISC_DO;
+    let len = libc::socklen_t::try_from(std::mem::size_of_val(&value)).unwrap_or(4);
+    // SAFETY: the descriptor is borrowed for the duration of the call, and the kernel reads
+    // `len` bytes from a pointer to an int that outlives the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&raw const value).cast(),
+            len,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +98,15 @@ mod tests {
         if cfg!(target_endian = "little") {
             assert!(segmentation_works());
         }
+    }
+
+    #[test]
+    fn dont_fragment_is_taken_by_a_udp_socket_only() {
+        let s = std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
+        always_dont_fragment(&s).expect("an IPv4 UDP socket takes it");
+        let not_a_socket = std::fs::File::open("/dev/null").unwrap();
+        let e = always_dont_fragment(&not_a_socket).expect_err("not a socket");
+        assert_eq!(e.raw_os_error(), Some(nix::libc::ENOTSOCK), "{e}");
     }
 
     #[test]

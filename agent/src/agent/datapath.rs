@@ -11,6 +11,7 @@ use super::{Agent, READ_BUDGET, TUN, UDP4, UDP6};
 use crate::batch::{BATCH, SLOT_LEN};
 use crate::icmp;
 use crate::offload::{self, Plan, TcpSeg, VnetHdr, VNET_HDR_LEN};
+use crate::pmtu;
 use mio::net::UdpSocket;
 use mio::Token;
 use nix::errno::Errno;
@@ -19,15 +20,16 @@ use ntm_proto::engine::node::{Dest, SendError};
 use ntm_proto::engine::{Local, Received};
 use ntm_proto::wire::HEADER_LEN;
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 
 /// Bytes a tunnel adds to an inner packet: outer IP, UDP, the NTMobile header and tag.
 const OVERHEAD_V4: u16 = 20 + 8 + (HEADER_LEN + TAG_LEN) as u16;
 const OVERHEAD_V6: u16 = 40 + 8 + (HEADER_LEN + TAG_LEN) as u16;
-/// The physical MTU assumed for the path (tunnel packets must fit in it).
-const LINK_MTU: u16 = 1500;
+/// ICMP errors read from a tunnel socket's error queue per readiness event at most (each
+/// is charged to the socket's receive buffer while queued).
+const ERRORS_PER_EVENT: usize = 256;
 /// Room in the kernel for tunnel datagrams while the loop is busy: a TCP burst through
 /// the tunnel arrives faster than one thread takes it for a moment, and every datagram
 /// the default buffer (about 200 KiB) drops costs the application a retransmission. The
@@ -43,6 +45,29 @@ const TUNNEL_SEND_BUFFER: usize = 2 * 1024 * 1024;
 pub(super) fn size_buffers(sock: &UdpSocket) {
     if !ntm_io::udp::size_buffers(sock, TUNNEL_RECV_BUFFER, TUNNEL_SEND_BUFFER) {
         log::debug!("could not size the tunnel socket's buffers");
+    }
+}
+
+/// Asks the kernel to queue the ICMP errors about the socket's own datagrams for the agent
+/// (`IP_RECVERR`, `IPV6_RECVERR`): "fragmentation needed" and "packet too big" tell it
+/// the path MTU at once (see `crate::pmtu`). Without it they only change the kernel's
+/// route cache, which the agent reads again within `pmtu::RECHECK`.
+/// IPv4 datagrams also always carry Don't Fragment (`ntm_io::udp::always_dont_fragment`:
+/// otherwise segmented sends go without it, and a narrow router fragments them silently).
+pub(super) fn queue_errors(sock: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let r = match sock.local_addr() {
+        Ok(a) if a.is_ipv4() => {
+            if let Err(e) = ntm_io::udp::always_dont_fragment(sock) {
+                log::debug!("IPv4 tunnel datagrams may go without Don't Fragment: {e}");
+            }
+            setsockopt(sock, sockopt::Ipv4RecvErr, &true)
+        }
+        Ok(_) => setsockopt(sock, sockopt::Ipv6RecvErr, &true),
+        Err(_) => return,
+    };
+    if let Err(e) = r {
+        log::debug!("the tunnel socket will not report ICMP errors: {e}");
     }
 }
 
@@ -96,6 +121,14 @@ impl Agent {
         }
     }
 
+    /// The ICMP errors queued for a main tunnel socket.
+    pub(super) fn read_udp_errors(&mut self, token: Token) {
+        let sock = if token == UDP4 { self.udp4.as_ref() } else { self.udp6.as_ref() };
+        if let Some(fd) = sock.map(|s| s.as_raw_fd()) {
+            self.read_socket_errors(fd);
+        }
+    }
+
     pub(super) fn read_udp(&mut self, token: Token) {
         let sock = if token == UDP4 { self.udp4.as_ref() } else { self.udp6.as_ref() };
         let Some(fd) = sock.map(|s| s.as_raw_fd()) else { return };
@@ -106,14 +139,25 @@ impl Agent {
     /// at most `READ_BUDGET` datagrams.
     pub(super) fn read_tunnel(&mut self, token: Token, fd: RawFd, ipv6: bool, local: Local) {
         let mut read = 0;
+        let mut error_seen = false;
         loop {
             if read >= READ_BUDGET {
                 self.turn.spent(token);
                 return;
             }
-            // WouldBlock ends the drain; so does any other error (as for one datagram at
-            // a time before: the next readiness event tries again).
-            let Ok(n) = self.rx.recv(fd, ipv6) else { return };
+            // WouldBlock ends the drain. An ICMP error about a datagram this socket sent
+            // (IP_RECVERR) is returned by the next receive, once, even while datagrams
+            // wait: read on once. Any other error ends the drain too (the next readiness
+            // event tries again).
+            let n = match self.rx.recv(fd, ipv6) {
+                Ok(n) => n,
+                Err(Errno::EAGAIN) => return,
+                Err(_) if !error_seen => {
+                    error_seen = true;
+                    continue;
+                }
+                Err(_) => return,
+            };
             read += n;
             let now = self.now();
             // The datagrams to hand to the engine, all at once (consecutive ones of one
@@ -280,6 +324,44 @@ impl Agent {
     /// one tunnel are sealed side by side, see `ntm_aead`), and sends them. A packet that
     /// cannot go is counted, and answered with ICMP where that helps the sender.
     fn seal_and_send(&mut self, now: ntm_proto::time::Instant, lens: &[usize]) {
+        let mut to_cut = Vec::new();
+        self.seal_and_send_some(now, lens, &mut to_cut);
+        if !to_cut.is_empty() {
+            self.send_fragments(now, to_cut);
+        }
+    }
+
+    /// IPv4 packets without Don't Fragment that did not fit their tunnel's path, cut into
+    /// fragments that do (`pmtu::fragment_v4`), sealed and sent a batch at a time.
+    fn send_fragments(&mut self, now: ntm_proto::time::Instant, packets: Vec<(Vec<u8>, u16)>) {
+        let mut lens: heapless::Vec<usize, BATCH> = heapless::Vec::new();
+        let mut left = Vec::new();
+        for (pkt, limit) in packets {
+            let Some(frags) = pmtu::fragment_v4(&pkt, usize::from(limit)) else {
+                self.counters.too_big += 1;
+                continue;
+            };
+            self.counters.fragmented += 1;
+            for f in frags {
+                if lens.is_full() {
+                    self.seal_and_send_some(now, &lens, &mut left);
+                    lens.clear();
+                }
+                let space = self.tx.slot_mut(lens.len()).get_mut(HEADER_LEN..SLOT_LEN - TAG_LEN).unwrap_or_default();
+                if let Some(d) = space.get_mut(..f.len()) {
+                    d.copy_from_slice(&f);
+                    let _ = lens.push(f.len());
+                }
+            }
+        }
+        self.seal_and_send_some(now, &lens, &mut left);
+        // A fragment that did not fit either (the path narrowed meanwhile) is dropped.
+        self.counters.too_big += left.len() as u64;
+    }
+
+    /// [`Agent::seal_and_send`], but IPv4 packets without Don't Fragment too big for their
+    /// path are added to `to_cut` (with the size that fits) instead of being answered.
+    fn seal_and_send_some(&mut self, now: ntm_proto::time::Instant, lens: &[usize], to_cut: &mut Vec<(Vec<u8>, u16)>) {
         let count = lens.len().min(BATCH);
         if count == 0 {
             return;
@@ -290,16 +372,28 @@ impl Agent {
             for (slot, &n) in self.tx.slots_mut().zip(lens) {
                 let _ = frames.push(slot.get_mut(..HEADER_LEN + n + TAG_LEN).unwrap_or_default());
             }
-            // IPv4 without Don't Fragment may be as large as it likes: the outer datagram
-            // is fragmented instead. Everything else must fit the path.
+            // Everything must fit the path to its destination (crate::pmtu), but for IPv4
+            // without Don't Fragment over IPv6: its datagram may be fragmented by the
+            // kernel (IPv4 datagrams never are, see `queue_errors`).
+            let (mtus, clock) = (&self.pmtus, std::time::Instant::now());
+            // The last destination's path MTU: a batch mostly goes to one.
+            let last: std::cell::Cell<Option<(IpAddr, u16)>> = std::cell::Cell::new(None);
             let path_mtu = |inner: &[u8], to: &SocketAddr| {
-                let may_fragment =
-                    inner.first().is_some_and(|b| b >> 4 == 4) && inner.get(6).is_some_and(|b| b & 0x40 == 0);
-                match (may_fragment, to.is_ipv4()) {
-                    (true, _) => u16::MAX,
-                    (false, true) => LINK_MTU - OVERHEAD_V4,
-                    (false, false) => LINK_MTU - OVERHEAD_V6,
+                let version = inner.first().map(|b| b >> 4);
+                let may_fragment = version == Some(4) && inner.get(6).is_some_and(|b| b & 0x40 == 0);
+                if may_fragment && to.is_ipv6() {
+                    return u16::MAX;
                 }
+                let link = match last.get() {
+                    Some((ip, mtu)) if ip == to.ip() => mtu,
+                    _ => {
+                        let mtu = mtus.get(to.ip(), clock);
+                        last.set(Some((to.ip(), mtu)));
+                        mtu
+                    }
+                };
+                let overhead = if to.is_ipv4() { OVERHEAD_V4 } else { OVERHEAD_V6 };
+                pmtu::inner_limit(link, overhead, version == Some(6))
             };
             let out = out.get_mut(..count).unwrap_or_default();
             self.node.seal_ip_batch_within(now, &mut frames, path_mtu, out);
@@ -307,6 +401,11 @@ impl Agent {
         for (i, (r, &n)) in out.iter().zip(lens).enumerate().take(count) {
             match r {
                 Ok(dst) => self.tx.set(i, HEADER_LEN + n + TAG_LEN, dst.to, dst.local),
+                Err(SendError::TooBig { mtu }) if self.may_cut(i, n) => {
+                    let pkt = self.tx.slot(i).get(HEADER_LEN..HEADER_LEN + n).unwrap_or_default().to_vec();
+                    self.tx.clear(i);
+                    to_cut.push((pkt, *mtu));
+                }
                 Err(e) => {
                     self.tx.clear(i);
                     self.refused(i, n, e);
@@ -314,6 +413,77 @@ impl Agent {
             }
         }
         self.send_sealed(count);
+        self.check_path_mtus(&[]);
+    }
+
+    /// Whether the inner packet of `n` bytes in send slot `i` is IPv4 without Don't
+    /// Fragment (a router may cut it).
+    fn may_cut(&self, i: usize, n: usize) -> bool {
+        let inner = self.tx.slot(i).get(HEADER_LEN..HEADER_LEN + n).unwrap_or_default();
+        inner.first().is_some_and(|b| b >> 4 == 4) && inner.get(6).is_some_and(|b| b & 0x40 == 0)
+    }
+
+    /// Asks the kernel for the path MTU of the destinations sealing met without a recent
+    /// answer, and of `also` (with what an ICMP error said of each, used if the kernel
+    /// does not answer).
+    pub(super) fn check_path_mtus(&mut self, also: &[(IpAddr, u32)]) {
+        let mut ask: Vec<(IpAddr, Option<u32>)> = self.pmtus.take_wanted().into_iter().map(|d| (d, None)).collect();
+        for &(dst, said) in also {
+            match ask.iter_mut().find(|(d, _)| *d == dst) {
+                Some(a) => a.1 = Some(said),
+                None => ask.push((dst, Some(said))),
+            }
+        }
+        let now = std::time::Instant::now();
+        for (dst, said) in ask {
+            let mtu = match self.netlink.path_mtu(dst) {
+                Ok(m) => m.or(said),
+                Err(e) => {
+                    log::debug!("asking the kernel for the path MTU to {dst}: {e}");
+                    said
+                }
+            };
+            if self.pmtus.set(dst, mtu, now) {
+                log::info!("path MTU to {dst}: {} bytes", self.pmtus.get(dst, now));
+            }
+        }
+    }
+
+    /// Reads the ICMP errors the kernel queued about datagrams a tunnel socket sent
+    /// (IP_RECVERR): those that tell a path MTU ("fragmentation needed", "packet too
+    /// big", or the kernel's own refusal) make the agent ask for it at once; the others
+    /// (a peer's port unreachable, say) are only counted, as the tunnel's own timers deal
+    /// with a peer that went away.
+    pub(super) fn read_socket_errors(&mut self, fd: RawFd) {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+        let mut mtus: Vec<(IpAddr, u32)> = Vec::new();
+        for _ in 0..ERRORS_PER_EVENT {
+            // The start of the datagram the error is about: not needed, so kept short.
+            let mut head = [0u8; 64];
+            let mut iov = [std::io::IoSliceMut::new(&mut head)];
+            let mut space = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
+            let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+            let Ok(msg) = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut space), flags) else { break };
+            let dst = msg.address.as_ref().and_then(crate::batch::socket_addr).map(|a| a.ip());
+            let Ok(cmsgs) = msg.cmsgs() else { continue };
+            for c in cmsgs {
+                let err = match c {
+                    ControlMessageOwned::Ipv4RecvErr(e, _) | ControlMessageOwned::Ipv6RecvErr(e, _) => e,
+                    _ => continue,
+                };
+                self.counters.icmp_errors += 1;
+                if let (Some(dst), true) = (dst, err.ee_errno == Errno::EMSGSIZE as u32 && err.ee_info > 0) {
+                    if !mtus.iter().any(|(d, _)| *d == dst) {
+                        mtus.push((dst, err.ee_info));
+                    }
+                }
+            }
+        }
+        let now = std::time::Instant::now();
+        mtus.retain(|(dst, said)| self.pmtus.worth_asking(*dst, *said, now));
+        if !mtus.is_empty() {
+            self.check_path_mtus(&mtus);
+        }
     }
 
     /// Counts the packet of `n` bytes in send slot `i` that the engine refused to seal

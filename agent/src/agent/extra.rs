@@ -53,6 +53,7 @@ fn open(registry: &Registry, local: Local, v4: bool) -> io::Result<UdpSocket> {
     let mut sock =
         if v4 { super::bind_udp(SocketAddr::from(([0, 0, 0, 0], 0)))? } else { super::datapath::bind_udp6_only(0)? };
     size_buffers(&sock);
+    super::datapath::queue_errors(&sock);
     registry.register(&mut sock, token(local), Interest::READABLE)?;
     Ok(sock)
 }
@@ -122,6 +123,12 @@ impl Agent {
         let Some(s) = self.extra.open.get(&local) else { return };
         let (fd, v6) = (s.sock.as_raw_fd(), !s.v4);
         self.read_tunnel(token(local), fd, v6, local);
+    }
+
+    /// The ICMP errors queued for `local`'s socket.
+    pub(super) fn read_extra_errors(&mut self, local: Local) {
+        let Some(fd) = self.extra.fd(local) else { return };
+        self.read_socket_errors(fd);
     }
 
     /// Closes the sockets the node is done with.

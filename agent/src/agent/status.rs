@@ -225,6 +225,12 @@ impl Agent {
             j.open(None).str("peer", peer).str("prefix", &p.to_string()).str("reason", why).close();
         }
         j.end_array();
+        // The destinations whose path MTU is under 1500 bytes (crate::pmtu).
+        j.array("path_mtus");
+        for (dst, mtu) in self.pmtus.reduced() {
+            j.open(None).str("to", &dst.to_string()).num("mtu", u64::from(mtu)).close();
+        }
+        j.end_array();
         let c = &self.counters;
         j.open(Some("counters"))
             .num("tun_in", c.tun_in)
@@ -234,6 +240,9 @@ impl Agent {
             .num("no_tunnel", c.no_tunnel)
             .num("not_unicast", c.not_unicast)
             .num("too_big", c.too_big)
+            .num("icmp_errors", c.icmp_errors)
+            .num("fragmented", c.fragmented)
+            .num("path_mtu_changes", self.pmtus.changes)
             .num("send_errors", c.send_errors)
             .num("oversized", c.oversized)
             .num("tun_super_in", c.tun_super_in)
