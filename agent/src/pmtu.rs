@@ -15,7 +15,6 @@
 //! fragments.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -25,8 +24,9 @@ pub const LINK_MTU: u16 = 1500;
 /// How often a destination's path MTU is asked again while datagrams go there.
 pub const RECHECK: Duration = Duration::from_secs(30);
 /// Destinations remembered at most (one per tunnel's path, relays included); the one
-/// checked longest ago makes room.
-const MAX_ENTRIES: usize = 512;
+/// checked longest ago makes room (and is asked again if still used). A short list: a
+/// box has few peers, and a batch's look-ups hit the same one (see the data path).
+const MAX_ENTRIES: usize = 64;
 /// The smallest path MTU taken from the kernel or an ICMP error. Linux's own floor for
 /// IPv4 is 552 (`min_pmtu`); IPv6 requires 1280 of every link.
 const FLOOR_V4: u16 = 552;
@@ -52,7 +52,7 @@ struct Entry {
 /// The known path MTUs, and the destinations to ask the kernel about after this batch.
 #[derive(Debug, Default)]
 pub struct PathMtus {
-    known: HashMap<IpAddr, Entry>,
+    known: Vec<(IpAddr, Entry)>,
     /// Destinations seen with no answer yet, or with one older than [`RECHECK`]; filled
     /// while a batch is sealed (by shared reference), taken by [`PathMtus::take_wanted`].
     wanted: RefCell<Vec<IpAddr>>,
@@ -65,7 +65,7 @@ impl PathMtus {
     /// destination not asked about yet, or not for [`RECHECK`], is noted for
     /// [`PathMtus::take_wanted`].
     pub fn get(&self, dst: IpAddr, now: Instant) -> u16 {
-        let entry = self.known.get(&dst);
+        let entry = self.entry(dst);
         if entry.is_none_or(|e| now.saturating_duration_since(e.checked) >= RECHECK) {
             let mut wanted = self.wanted.borrow_mut();
             if !wanted.contains(&dst) && wanted.len() < 8 {
@@ -85,32 +85,43 @@ impl PathMtus {
     pub fn set(&mut self, dst: IpAddr, mtu: Option<u32>, now: Instant) -> bool {
         let floor = if dst.is_ipv4() { FLOOR_V4 } else { FLOOR_V6 };
         let mtu = mtu.map_or(LINK_MTU, |m| u16::try_from(m).unwrap_or(u16::MAX).clamp(floor, LINK_MTU));
-        if self.known.len() >= MAX_ENTRIES && !self.known.contains_key(&dst) {
-            let oldest = self.known.iter().min_by_key(|(_, e)| e.checked).map(|(a, _)| *a);
-            if let Some(a) = oldest {
-                self.known.remove(&a);
+        let before = match self.known.iter_mut().find(|(a, _)| *a == dst) {
+            Some((_, e)) => {
+                e.checked = now;
+                std::mem::replace(&mut e.mtu, mtu)
             }
-        }
-        let icmp_asked = self.known.get(&dst).and_then(|e| e.icmp_asked);
-        let before = self.known.insert(dst, Entry { mtu, checked: now, icmp_asked }).map_or(LINK_MTU, |e| e.mtu);
+            None => {
+                if self.known.len() >= MAX_ENTRIES {
+                    let oldest = self.known.iter().enumerate().min_by_key(|(_, (_, e))| e.checked).map(|(i, _)| i);
+                    if let Some(i) = oldest {
+                        self.known.swap_remove(i);
+                    }
+                }
+                self.known.push((dst, Entry { mtu, checked: now, icmp_asked: None }));
+                LINK_MTU
+            }
+        };
         if before != mtu {
             self.changes += 1;
         }
         before != mtu
     }
 
-    /// Whether an ICMP error that says the path to `dst` carries `said` bytes is worth
-    /// asking the kernel about now: it says less than what is known, and no ICMP error
-    /// about `dst` made the agent ask within [`ICMP_RECHECK`] (a forged flood of them
-    /// costs at most one question a second per destination). Notes the question.
-    pub fn worth_asking(&mut self, dst: IpAddr, said: u32, now: Instant) -> bool {
-        let Some(e) = self.known.get_mut(&dst) else { return true };
-        let recent = e.icmp_asked.is_some_and(|t| now.saturating_duration_since(t) < ICMP_RECHECK);
-        if said >= u32::from(e.mtu) || recent {
+    /// Whether an ICMP error about a datagram to `dst` is worth asking the kernel about
+    /// now (it updated its path MTU before it reported the error): not if another one
+    /// made the agent ask within [`ICMP_RECHECK`], as anyone on the path can send them (a
+    /// flood costs at most one question a second per destination). Notes the question.
+    pub fn worth_asking(&mut self, dst: IpAddr, now: Instant) -> bool {
+        let Some((_, e)) = self.known.iter_mut().find(|(a, _)| *a == dst) else { return true };
+        if e.icmp_asked.is_some_and(|t| now.saturating_duration_since(t) < ICMP_RECHECK) {
             return false;
         }
         e.icmp_asked = Some(now);
         true
+    }
+
+    fn entry(&self, dst: IpAddr) -> Option<&Entry> {
+        self.known.iter().find(|(a, _)| *a == dst).map(|(_, e)| e)
     }
 
     /// The destinations with a path MTU under [`LINK_MTU`], for status.
@@ -289,19 +300,18 @@ mod tests {
     }
 
     #[test]
-    fn icmp_errors_make_the_agent_ask_only_for_less_and_at_most_once_a_second() {
+    fn icmp_errors_make_the_agent_ask_at_most_once_a_second() {
         let mut m = PathMtus::default();
         let t = Instant::now();
         let dst = ip("203.0.113.2");
-        assert!(m.worth_asking(dst, 1400, t), "nothing known yet");
+        assert!(m.worth_asking(dst, t), "nothing known yet");
         m.set(dst, Some(1400), t);
-        assert!(!m.worth_asking(dst, 1400, t), "no news");
-        assert!(!m.worth_asking(dst, 1500, t), "more than known: the kernel never raises it on ICMP");
-        assert!(m.worth_asking(dst, 1300, t));
-        assert!(!m.worth_asking(dst, 1200, t + Duration::from_millis(500)), "within a second of the last");
-        m.set(dst, Some(1400), t + Duration::from_millis(600));
-        assert!(!m.worth_asking(dst, 1200, t + Duration::from_millis(900)), "an answer does not reset it");
-        assert!(m.worth_asking(dst, 1200, t + ICMP_RECHECK));
+        assert!(m.worth_asking(dst, t));
+        assert!(!m.worth_asking(dst, t + Duration::from_millis(500)), "within a second of the last");
+        m.set(dst, Some(1300), t + Duration::from_millis(600));
+        assert!(!m.worth_asking(dst, t + Duration::from_millis(900)), "an answer does not reset it");
+        assert!(m.worth_asking(dst, t + ICMP_RECHECK));
+        assert!(m.worth_asking(ip("203.0.113.3"), t), "per destination");
     }
 
     #[test]
@@ -316,7 +326,8 @@ mod tests {
             );
         }
         assert_eq!(m.known.len(), MAX_ENTRIES);
-        assert!(!m.known.contains_key(&IpAddr::from(std::net::Ipv4Addr::from(0xc612_0000))), "the oldest went");
+        assert!(m.entry(IpAddr::from(std::net::Ipv4Addr::from(0xc612_0000))).is_none(), "the oldest went");
+        assert!(m.entry(IpAddr::from(std::net::Ipv4Addr::from(0xc612_0000 + MAX_ENTRIES as u32 + 9))).is_some());
     }
 
     #[test]

@@ -424,23 +424,21 @@ impl Agent {
     }
 
     /// Asks the kernel for the path MTU of the destinations sealing met without a recent
-    /// answer, and of `also` (with what an ICMP error said of each, used if the kernel
-    /// does not answer).
-    pub(super) fn check_path_mtus(&mut self, also: &[(IpAddr, u32)]) {
-        let mut ask: Vec<(IpAddr, Option<u32>)> = self.pmtus.take_wanted().into_iter().map(|d| (d, None)).collect();
-        for &(dst, said) in also {
-            match ask.iter_mut().find(|(d, _)| *d == dst) {
-                Some(a) => a.1 = Some(said),
-                None => ask.push((dst, Some(said))),
+    /// answer, and of `also`.
+    pub(super) fn check_path_mtus(&mut self, also: &[IpAddr]) {
+        let mut ask = self.pmtus.take_wanted();
+        for dst in also {
+            if !ask.contains(dst) {
+                ask.push(*dst);
             }
         }
         let now = std::time::Instant::now();
-        for (dst, said) in ask {
+        for dst in ask {
             let mtu = match self.netlink.path_mtu(dst) {
-                Ok(m) => m.or(said),
+                Ok(m) => m,
                 Err(e) => {
                     log::debug!("asking the kernel for the path MTU to {dst}: {e}");
-                    said
+                    None
                 }
             };
             if self.pmtus.set(dst, mtu, now) {
@@ -450,39 +448,31 @@ impl Agent {
     }
 
     /// Reads the ICMP errors the kernel queued about datagrams a tunnel socket sent
-    /// (IP_RECVERR): those that tell a path MTU ("fragmentation needed", "packet too
-    /// big", or the kernel's own refusal) make the agent ask for it at once; the others
-    /// (a peer's port unreachable, say) are only counted, as the tunnel's own timers deal
-    /// with a peer that went away.
+    /// (IP_RECVERR). The kernel updated its path MTU for the datagram's destination before
+    /// it queued the error ("fragmentation needed", "packet too big"), so the agent asks
+    /// it again for each destination named; other errors (a peer's port unreachable, say)
+    /// change nothing there, and the tunnel's own timers deal with a peer that went away.
+    /// The errors' own contents are not decoded: the destination is all the agent needs.
     pub(super) fn read_socket_errors(&mut self, fd: RawFd) {
-        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
-        let mut mtus: Vec<(IpAddr, u32)> = Vec::new();
+        use nix::sys::socket::{recvmsg, MsgFlags, SockaddrStorage};
+        let mut dsts: Vec<IpAddr> = Vec::new();
         for _ in 0..ERRORS_PER_EVENT {
             // The start of the datagram the error is about: not needed, so kept short.
             let mut head = [0u8; 64];
             let mut iov = [std::io::IoSliceMut::new(&mut head)];
-            let mut space = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
             let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
-            let Ok(msg) = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut space), flags) else { break };
-            let dst = msg.address.as_ref().and_then(crate::batch::socket_addr).map(|a| a.ip());
-            let Ok(cmsgs) = msg.cmsgs() else { continue };
-            for c in cmsgs {
-                let err = match c {
-                    ControlMessageOwned::Ipv4RecvErr(e, _) | ControlMessageOwned::Ipv6RecvErr(e, _) => e,
-                    _ => continue,
-                };
-                self.counters.icmp_errors += 1;
-                if let (Some(dst), true) = (dst, err.ee_errno == Errno::EMSGSIZE as u32 && err.ee_info > 0) {
-                    if !mtus.iter().any(|(d, _)| *d == dst) {
-                        mtus.push((dst, err.ee_info));
-                    }
+            let Ok(msg) = recvmsg::<SockaddrStorage>(fd, &mut iov, None, flags) else { break };
+            self.counters.icmp_errors += 1;
+            if let Some(dst) = msg.address.as_ref().and_then(crate::batch::socket_addr).map(|a| a.ip()) {
+                if !dsts.contains(&dst) {
+                    dsts.push(dst);
                 }
             }
         }
         let now = std::time::Instant::now();
-        mtus.retain(|(dst, said)| self.pmtus.worth_asking(*dst, *said, now));
-        if !mtus.is_empty() {
-            self.check_path_mtus(&mtus);
+        dsts.retain(|dst| self.pmtus.worth_asking(*dst, now));
+        if !dsts.is_empty() {
+            self.check_path_mtus(&dsts);
         }
     }
 
