@@ -672,6 +672,8 @@ impl Agent {
         }
         log::info!("usable addresses changed: {:?} -> {addrs:?}", self.local_addrs);
         self.counters.network_changes += 1;
+        // Another network, other paths: every path MTU is asked again at its next use.
+        self.pmtus.forget();
         let first = self.local_addrs.is_empty();
         self.local_addrs = addrs.clone();
         // A connection to the NS from an address that went away is replaced now: the

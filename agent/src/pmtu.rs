@@ -75,6 +75,11 @@ impl PathMtus {
         entry.map_or(LINK_MTU, |e| e.mtu)
     }
 
+    /// Forgets every path MTU (the box moved to another network).
+    pub fn forget(&mut self) {
+        self.known.clear();
+    }
+
     /// The destinations to ask the kernel about.
     pub fn take_wanted(&mut self) -> Vec<IpAddr> {
         std::mem::take(self.wanted.get_mut())
@@ -279,6 +284,9 @@ mod tests {
         assert!(!m.set(ip("203.0.113.2"), Some(1400), t + RECHECK), "no change");
         assert_eq!(m.changes, 1);
         assert_eq!(m.reduced(), vec![(ip("203.0.113.2"), 1400)]);
+        m.forget();
+        assert_eq!(m.get(ip("203.0.113.2"), t + RECHECK), LINK_MTU, "asked again after a move");
+        assert!(m.reduced().is_empty());
     }
 
     #[test]
