@@ -242,17 +242,8 @@ impl Netlink {
     /// address it would pick and the interface it would send it out of. `None` if it has no
     /// route there (unreachable, prohibited, no route of that family at all).
     pub fn route_to(&mut self, dst: IpAddr) -> io::Result<Option<PathChoice>> {
-        let seq = self.next_seq();
-        let full = if dst.is_ipv4() { 32 } else { 128 };
-        let request = wire::Request::new(wire::RTM_GETROUTE, wire::NLM_F_ACK, seq)
-            .rtmsg_query(wire::family(dst), full)
-            .attr_addr(wire::RTA_DST, dst);
-        let routes = |m: &wire::Message| match m.kind {
-            wire::RTM_NEWROUTE => wire::route(m.payload),
-            _ => None,
-        };
-        match self.exchange(request, routes) {
-            Ok((replies, _)) => Ok(replies.into_iter().next().and_then(|r| {
+        match self.route_query(dst) {
+            Ok(route) => Ok(route.and_then(|r| {
                 let ifindex = r.oif?;
                 let ifname = self.names.get(&ifindex).cloned().unwrap_or_default();
                 Some(PathChoice { dst, src: r.prefsrc, ifindex, ifname })
@@ -271,11 +262,8 @@ impl Netlink {
         }
     }
 
-    /// The largest datagram the kernel would send to `dst` unfragmented now (IP header
-    /// included): the path MTU it learned from an ICMP error (or a route's own MTU), else
-    /// the MTU of the interface it would send out of. `None` if it has no route there or
-    /// did not say.
-    pub fn path_mtu(&mut self, dst: IpAddr) -> io::Result<Option<u32>> {
+    /// The kernel's answer to a route query for `dst` (`ip route get`).
+    fn route_query(&mut self, dst: IpAddr) -> io::Result<Option<wire::Route>> {
         let seq = self.next_seq();
         let full = if dst.is_ipv4() { 32 } else { 128 };
         let request = wire::Request::new(wire::RTM_GETROUTE, wire::NLM_F_ACK, seq)
@@ -285,8 +273,16 @@ impl Netlink {
             wire::RTM_NEWROUTE => wire::route(m.payload),
             _ => None,
         };
-        let route = match self.exchange(request, routes) {
-            Ok((replies, _)) => replies.into_iter().next(),
+        self.exchange(request, routes).map(|(replies, _)| replies.into_iter().next())
+    }
+
+    /// The largest datagram the kernel would send to `dst` unfragmented now (IP header
+    /// included): the path MTU it learned from an ICMP error (or a route's own MTU), else
+    /// the MTU of the interface it would send out of. `None` if it has no route there or
+    /// did not say.
+    pub fn path_mtu(&mut self, dst: IpAddr) -> io::Result<Option<u32>> {
+        let route = match self.route_query(dst) {
+            Ok(route) => route,
             Err(e) if e.raw_os_error().is_some_and(is_no_route) => None,
             Err(e) => return Err(e),
         };

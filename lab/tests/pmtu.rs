@@ -48,6 +48,16 @@ fn echo_both_ways(d: &mut Deployment) {
     }
 }
 
+/// Box `i` reports the narrow path MTU to `peer` and answered its TCP with "too big";
+/// its counters.
+fn assert_learned(d: &Deployment, i: usize, peer: &str) -> Value {
+    let (mtus, c) = learned(d, i);
+    eprintln!("box {i}: path MTUs {mtus:?}; counters {c}");
+    assert!(mtus.contains(&(peer.to_string(), u64::from(NARROW))), "box {i} knows the path MTU to {peer}: {mtus:?}");
+    assert!(c["too_big"].as_u64().unwrap() >= 1, "box {i} told its TCP to send less: {c}");
+    c
+}
+
 /// The path MTUs box `i` reports (`ntmd status`), and its counters.
 fn learned(d: &Deployment, i: usize) -> (Vec<(String, u64)>, Value) {
     let s = d.status(i).expect("status");
@@ -108,13 +118,7 @@ fn a_narrow_uplink_behind_a_nat_that_drops_fragments() {
     assert!(c["fragmented"].as_u64().unwrap() >= 1, "box a cut packets without Don't Fragment: {c}");
     echo_both_ways(&mut d);
     for (i, peer) in [(0, "203.0.113.2"), (1, "198.51.100.2")] {
-        let (mtus, c) = learned(&d, i);
-        eprintln!("box {i}: path MTUs {mtus:?}; counters {c}");
-        assert!(
-            mtus.contains(&(peer.to_string(), u64::from(NARROW))),
-            "box {i} learned the path MTU to {peer}: {mtus:?}"
-        );
-        assert!(c["too_big"].as_u64().unwrap() >= 1, "box {i} told its TCP to send less: {c}");
+        let c = assert_learned(&d, i, peer);
         assert!(c["icmp_errors"].as_u64().unwrap() >= 1, "box {i} heard the ICMP error: {c}");
     }
     eprintln!("fragments dropped: rtr {}, NAT {}", fragments_dropped(&d, &rtr), fragments_dropped(&d, &nat));
@@ -143,13 +147,7 @@ fn a_narrow_own_link_over_ipv6() {
     let tunnel = d.tunnel(0, "b.zone-b.test").expect("a's tunnel to b");
     assert!(tunnel["remote"].as_str().unwrap_or_default().starts_with("[2001:db8:b::2]"), "over IPv6: {tunnel}");
     for (i, peer) in [(0, "2001:db8:b::2"), (1, "2001:db8:a::2")] {
-        let (mtus, c) = learned(&d, i);
-        eprintln!("box {i}: path MTUs {mtus:?}; counters {c}");
-        assert!(
-            mtus.contains(&(peer.to_string(), u64::from(NARROW))),
-            "box {i} knows the path MTU to {peer}: {mtus:?}"
-        );
-        assert!(c["too_big"].as_u64().unwrap() >= 1, "box {i} told its TCP to send less: {c}");
+        assert_learned(&d, i, peer);
     }
     eprintln!("fragments dropped: rtr {}", fragments_dropped(&d, &rtr));
 }
