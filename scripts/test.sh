@@ -16,14 +16,14 @@ step() { echo "== $* [$(($(date +%s) - t0)) s in]"; }
 # busybox (its start-stop-daemon runs the init scripts as on a box), taskset and renice
 # (util-linux, bsdutils: the flood test slows the agent on purpose), a C compiler, procps
 # (sysctl and kill: the lab sets sysctls in namespaces and signals its processes), strace
-# (the order of the agent's system calls for one packet), and the linter of the init
-# scripts (shellcheck). scripts/test-tools.sh checks that this list holds every tool the
-# tests use.
+# (the order of the agent's system calls for one packet), the linter of the init
+# scripts (shellcheck), and python3 (forged ICMP errors from a raw socket).
+# scripts/test-tools.sh checks that this list holds every tool the tests use.
 if [ "$(id -u)" = 0 ]; then
 	install_missing ip:iproute2 nft:nftables nsd:nsd dig:dnsutils socat:socat ping:iputils-ping \
 		tcpdump:tcpdump openssl:openssl iperf3:iperf3 curl:curl busybox:busybox cc:build-essential \
 		taskset:util-linux renice:bsdutils update-ca-certificates:ca-certificates sysctl:procps \
-		shellcheck:shellcheck git:git strace:strace
+		shellcheck:shellcheck git:git strace:strace python3:python3-minimal
 	step "every tool the tests use is installed by the list above"
 	./scripts/test-tools.sh
 else

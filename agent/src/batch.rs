@@ -67,10 +67,12 @@ pub struct Batch {
     /// Headers with room for one UDP_SEGMENT control message each.
     segmented: MultiHeaders<SockaddrStorage>,
     received: [Received; BATCH],
-    /// Per slot to send: its length, destination and the socket it leaves from.
+    /// Per slot to send: its length, destination and the socket it leaves from, and
+    /// whether its IPv4 datagram may go without Don't Fragment.
     lens: [usize; BATCH],
     dsts: [Option<SockaddrStorage>; BATCH],
     locals: [Local; BATCH],
+    fragments: [bool; BATCH],
     /// Whether to try UDP segmentation offload (cleared when the kernel refuses it).
     offload: bool,
     /// A segmented message went out: the kernel can do it, so a later refusal is about
@@ -102,6 +104,7 @@ impl Batch {
             lens: [0; BATCH],
             dsts: [None; BATCH],
             locals: [Local::MAIN; BATCH],
+            fragments: [false; BATCH],
             offload: ntm_io::udp::segmentation_works(),
             segmented_sent: false,
         }
@@ -178,6 +181,22 @@ impl Batch {
             *d = Some(SockaddrStorage::from(to));
             *s = local;
         }
+        if let Some(f) = self.fragments.get_mut(i) {
+            *f = false;
+        }
+    }
+
+    /// Lets slot `i`'s IPv4 datagram go without Don't Fragment (the tunnel sockets set it,
+    /// see `ntm_io::udp::dont_fragment`): it is larger than its path and must go anyway,
+    /// so the kernel fragments it. It is sent on its own.
+    pub fn allow_fragments(&mut self, i: usize) {
+        if let Some(f) = self.fragments.get_mut(i) {
+            *f = true;
+        }
+    }
+
+    fn fragments(&self, i: usize) -> bool {
+        self.fragments.get(i).copied().unwrap_or(false)
     }
 
     /// The socket noted for slot `i`.
@@ -241,6 +260,8 @@ impl Batch {
             // that can be segmented or the next datagram of the other family or socket.
             let mut end = run.end.max(i + 1);
             while end < count
+                && !self.fragments(i)
+                && !self.fragments(end)
                 && self.destination(end).is_some_and(|d| d.is_ipv4() == v4)
                 && self.local(end) == local
                 && self.segment_run(end, count).len() < 2
@@ -249,7 +270,16 @@ impl Batch {
             }
             let mut j = i;
             while j < end {
-                match self.send(fd, j..end) {
+                let result = if self.fragments(j) {
+                    // Without Don't Fragment for this one datagram (see allow_fragments).
+                    let _ = ntm_io::udp::dont_fragment(fd, false);
+                    let r = self.send(fd, j..j + 1);
+                    let _ = ntm_io::udp::dont_fragment(fd, true);
+                    r
+                } else {
+                    self.send(fd, j..end)
+                };
+                match result {
                     Ok(k) if k > 0 => {
                         sent += k as u64;
                         j += k;
@@ -282,7 +312,7 @@ impl Batch {
             return start..start + 1;
         };
         let seg_max = if dst.as_sockaddr_in().is_some() { SEGMENT_MAX_V4 } else { SEGMENT_MAX_V6 };
-        if !self.offload || seg == 0 || seg > seg_max {
+        if !self.offload || seg == 0 || seg > seg_max || self.fragments(start) {
             return start..start + 1;
         }
         let local = self.local(start);
@@ -292,6 +322,7 @@ impl Batch {
         while end < count {
             let (Some(d), Some(&len)) = (self.dsts.get(end).copied().flatten(), self.lens.get(end)) else { break };
             if d != dst
+                || self.fragments(end)
                 || len > seg
                 || len == 0
                 || total + len > SEGMENTED_MAX
@@ -475,6 +506,37 @@ mod tests {
         b.slot_mut(2)[KEY].copy_from_slice(&[0, 0, 0, 7]);
         assert_eq!(b.segment_run(1, 8), 1..3);
         assert_eq!(b.with_offload(false).segment_run(0, 8), 0..1);
+    }
+
+    /// A datagram larger than its path that must go anyway is sent on its own (the socket
+    /// without Don't Fragment for it), and everything around it still arrives in order.
+    #[test]
+    fn a_datagram_allowed_to_fragment_goes_alone() {
+        let mut b = Batch::new().with_offload(true);
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        ntm_io::udp::dont_fragment(tx.as_raw_fd(), true).unwrap();
+        let to = rx.local_addr().unwrap();
+        for i in 0..6 {
+            let slot = &mut b.slot_mut(i)[..1000];
+            slot.fill(i as u8);
+            slot.iter_mut().take(KEY.end).skip(KEY.start).for_each(|x| *x = 0xAB);
+            b.set(i, 1000, to, Local::MAIN);
+        }
+        b.allow_fragments(2);
+        assert_eq!(b.segment_run(0, 6), 0..2, "a run stops before it");
+        assert_eq!(b.segment_run(2, 6), 2..3, "and it is a run of its own");
+        assert_eq!(b.segment_run(3, 6), 3..6);
+        let fd = tx.as_raw_fd();
+        assert_eq!(b.send_all(6, |_, _| Some(fd), |_, _, _, e| panic!("{e}")), (6, 0));
+        let mut buf = [0u8; 2000];
+        for i in 0..6 {
+            let n = rx.recv(&mut buf).unwrap();
+            assert_eq!((n, buf[KEY.end]), (1000, i as u8));
+        }
+        b.set(2, 1000, to, Local::MAIN);
+        assert_eq!(b.segment_run(0, 6), 0..6, "set again, the slot is an ordinary one");
     }
 
     /// Each datagram leaves from the socket noted for it: a run to one destination is cut

@@ -50,7 +50,7 @@ struct Entry {
 }
 
 /// The known path MTUs, and the destinations to ask the kernel about after this batch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PathMtus {
     known: Vec<(IpAddr, Entry)>,
     /// Destinations seen with no answer yet, or with one older than [`RECHECK`]; filled
@@ -58,9 +58,28 @@ pub struct PathMtus {
     wanted: RefCell<Vec<IpAddr>>,
     /// Times the path MTU of a destination changed (status).
     pub changes: u64,
+    /// The smallest path MTU known ([`LINK_MTU`] if none is smaller): a datagram no larger
+    /// fits every path, without a look-up.
+    smallest: u16,
+}
+
+impl Default for PathMtus {
+    fn default() -> Self {
+        PathMtus { known: Vec::new(), wanted: RefCell::new(Vec::new()), changes: 0, smallest: LINK_MTU }
+    }
 }
 
 impl PathMtus {
+    /// The path MTU known for `dst` ([`LINK_MTU`] if none), without noting anything.
+    pub fn known(&self, dst: IpAddr) -> u16 {
+        self.entry(dst).map_or(LINK_MTU, |e| e.mtu)
+    }
+
+    /// The smallest path MTU known.
+    pub fn smallest(&self) -> u16 {
+        self.smallest
+    }
+
     /// The path MTU to `dst` as known now ([`LINK_MTU`] when not known yet). A
     /// destination not asked about yet, or not for [`RECHECK`], is noted for
     /// [`PathMtus::take_wanted`].
@@ -78,6 +97,7 @@ impl PathMtus {
     /// Forgets every path MTU (the box moved to another network).
     pub fn forget(&mut self) {
         self.known.clear();
+        self.smallest = LINK_MTU;
     }
 
     /// The destinations to ask the kernel about.
@@ -106,6 +126,7 @@ impl PathMtus {
                 LINK_MTU
             }
         };
+        self.smallest = self.known.iter().map(|(_, e)| e.mtu).min().unwrap_or(LINK_MTU);
         if before != mtu {
             self.changes += 1;
         }
@@ -113,11 +134,13 @@ impl PathMtus {
     }
 
     /// Whether an ICMP error about a datagram to `dst` is worth asking the kernel about
-    /// now (it updated its path MTU before it reported the error): not if another one
-    /// made the agent ask within [`ICMP_RECHECK`], as anyone on the path can send them (a
-    /// flood costs at most one question a second per destination). Notes the question.
+    /// now (it updated its path MTU before it reported the error): only for a destination
+    /// the agent sends to (asked about before), and not if another one made the agent ask
+    /// within [`ICMP_RECHECK`]. Anyone who knows the addresses can forge them: a flood
+    /// costs at most one question a second per destination the agent uses, and errors
+    /// about any other destination cost nothing. Notes the question.
     pub fn worth_asking(&mut self, dst: IpAddr, now: Instant) -> bool {
-        let Some((_, e)) = self.known.iter_mut().find(|(a, _)| *a == dst) else { return true };
+        let Some((_, e)) = self.known.iter_mut().find(|(a, _)| *a == dst) else { return false };
         if e.icmp_asked.is_some_and(|t| now.saturating_duration_since(t) < ICMP_RECHECK) {
             return false;
         }
@@ -284,7 +307,9 @@ mod tests {
         assert!(!m.set(ip("203.0.113.2"), Some(1400), t + RECHECK), "no change");
         assert_eq!(m.changes, 1);
         assert_eq!(m.reduced(), vec![(ip("203.0.113.2"), 1400)]);
+        assert_eq!((m.smallest(), m.known(ip("203.0.113.2")), m.known(ip("203.0.113.9"))), (1400, 1400, LINK_MTU));
         m.forget();
+        assert_eq!(m.smallest(), LINK_MTU);
         assert_eq!(m.get(ip("203.0.113.2"), t + RECHECK), LINK_MTU, "asked again after a move");
         assert!(m.reduced().is_empty());
     }
@@ -312,14 +337,19 @@ mod tests {
         let mut m = PathMtus::default();
         let t = Instant::now();
         let dst = ip("203.0.113.2");
-        assert!(m.worth_asking(dst, t), "nothing known yet");
+        assert!(!m.worth_asking(dst, t), "not a destination the agent sends to (yet)");
         m.set(dst, Some(1400), t);
         assert!(m.worth_asking(dst, t));
         assert!(!m.worth_asking(dst, t + Duration::from_millis(500)), "within a second of the last");
         m.set(dst, Some(1300), t + Duration::from_millis(600));
         assert!(!m.worth_asking(dst, t + Duration::from_millis(900)), "an answer does not reset it");
         assert!(m.worth_asking(dst, t + ICMP_RECHECK));
+        m.set(ip("203.0.113.3"), None, t);
         assert!(m.worth_asking(ip("203.0.113.3"), t), "per destination");
+        for i in 0..1000u32 {
+            assert!(!m.worth_asking(IpAddr::from(std::net::Ipv4Addr::from(0xc612_0000 + i)), t), "made-up ones");
+        }
+        assert_eq!(m.known.len(), 2);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use nix::sys::socket::{sendmsg, setsockopt, sockopt, ControlMessage, MsgFlags, SockaddrStorage};
 use std::io::IoSlice;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -56,30 +56,23 @@ pub fn size_buffers(fd: impl AsFd, recv: usize, send: usize) -> bool {
         || setsockopt(&fd, sockopt::RcvBuf, &recv).and_then(|()| setsockopt(&fd, sockopt::SndBuf, &send)).is_ok()
 }
 
-/// Sets Don't Fragment on every datagram an IPv4 UDP socket sends, and has the kernel
-/// refuse (EMSGSIZE) a datagram larger than the path MTU it knows instead of fragmenting
-/// it (`IP_MTU_DISCOVER` = `IP_PMTUDISC_DO`). The default (`IP_PMTUDISC_WANT`) decides
-/// Don't Fragment by the size of what the socket hands over, which for a segmented
-/// message is the whole message: its datagrams go without it, routers on a narrow path
-/// cut them into fragments without a word, and where fragments are dropped the tunnel
-/// stalls. With it, such a router answers ICMP "fragmentation needed" and the sender
-/// learns the path MTU. nix 0.31 has no wrapper for this option.
+/// With `on`, an IPv4 UDP socket sets Don't Fragment on every datagram it sends and the
+/// kernel refuses (EMSGSIZE) a datagram larger than the path MTU it knows instead of
+/// fragmenting it (`IP_MTU_DISCOVER` = `IP_PMTUDISC_DO`); without, the kernel's default
+/// (`IP_PMTUDISC_WANT`), which fragments what is larger. The default decides Don't
+/// Fragment by the size of what the socket hands over, which for a segmented message is
+/// the whole message: its datagrams go without it, routers on a narrow path cut them into
+/// fragments without a word, and where fragments are dropped the tunnel stalls. With it,
+/// such a router answers ICMP "fragmentation needed" and the sender learns the path MTU.
+/// nix 0.31 has no wrapper for this option.
 #[allow(unsafe_code)]
-pub fn always_dont_fragment(fd: impl AsFd) -> std::io::Result<()> {
+pub fn dont_fragment(fd: RawFd, on: bool) -> std::io::Result<()> {
     use nix::libc;
-    let value: libc::c_int = libc::IP_PMTUDISC_DO;
+    let value: libc::c_int = if on { libc::IP_PMTUDISC_DO } else { libc::IP_PMTUDISC_WANT };
     let len = libc::socklen_t::try_from(std::mem::size_of_val(&value)).unwrap_or(4);
-    // SAFETY: the descriptor is borrowed for the duration of the call, and the kernel reads
-    // `len` bytes from a pointer to an int that outlives the call.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_fd().as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            (&raw const value).cast(),
-            len,
-        )
-    };
+    // SAFETY: the kernel reads `len` bytes from a pointer to an int that outlives the call;
+    // a descriptor that is not an open socket gets an error (EBADF, ENOTSOCK), nothing else.
+    let r = unsafe { libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, (&raw const value).cast(), len) };
     if r == 0 {
         Ok(())
     } else {
@@ -103,9 +96,10 @@ mod tests {
     #[test]
     fn dont_fragment_is_taken_by_a_udp_socket_only() {
         let s = std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
-        always_dont_fragment(&s).expect("an IPv4 UDP socket takes it");
+        dont_fragment(s.as_raw_fd(), true).expect("an IPv4 UDP socket takes it");
+        dont_fragment(s.as_raw_fd(), false).expect("and back");
         let not_a_socket = std::fs::File::open("/dev/null").unwrap();
-        let e = always_dont_fragment(&not_a_socket).expect_err("not a socket");
+        let e = dont_fragment(not_a_socket.as_raw_fd(), true).expect_err("not a socket");
         assert_eq!(e.raw_os_error(), Some(nix::libc::ENOTSOCK), "{e}");
     }
 

@@ -732,6 +732,46 @@ impl Deployment {
         }
     }
 
+    /// Makes `ns` drop every IPv4 and IPv6 fragment that reaches it, counting them: before
+    /// conntrack puts fragments together (priority -450), as a firewall in front would.
+    pub fn drop_fragments(&mut self, ns: &Ns) -> Result<()> {
+        self.lab.nft(
+            ns,
+            "table inet nofrag {\n\tchain pre { type filter hook prerouting priority -450; policy accept;\n\
+             \t\tip frag-off & 0x3fff != 0 counter drop\n\t\tip6 nexthdr ipv6-frag counter drop\n\t}\n}\n",
+        )
+    }
+
+    /// The fragments `ns` dropped since [`Deployment::drop_fragments`] (0 without it).
+    pub fn fragments_dropped(&self, ns: &Ns) -> u64 {
+        let Ok(out) = self.lab.try_exec(ns, &["nft", "list", "table", "inet", "nofrag"]) else { return 0 };
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.split("counter packets ").skip(1).filter_map(|t| t.split(' ').next()?.parse::<u64>().ok()).sum()
+    }
+
+    /// Sets the MTU of the interfaces `ends` (namespace, device).
+    pub fn set_mtu(&self, mtu: u16, ends: &[(&Ns, &str)]) -> Result<()> {
+        for (ns, dev) in ends {
+            self.lab.exec(ns, &["ip", "link", "set", dev, "mtu", &mtu.to_string()])?;
+        }
+        Ok(())
+    }
+
+    /// The path MTUs box `i`'s agent reports (`path_mtus` of `ntmd status`: destination,
+    /// bytes), and its counters.
+    pub fn path_mtus(&self, i: usize) -> (Vec<(String, u64)>, Value) {
+        let s = self.status(i).unwrap_or_default();
+        let mtus = s["path_mtus"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| (m["to"].as_str().unwrap_or_default().to_string(), m["mtu"].as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (mtus, s["counters"].clone())
+    }
+
     /// `ping` from box `i`: true if at least one of `count` answers came.
     pub fn ping(&self, i: usize, dst: &str, count: u32) -> bool {
         let fam = if dst.contains(':') { "-6" } else { "-4" };

@@ -14,23 +14,9 @@ use std::time::Instant;
 
 const NARROW: u16 = 1400;
 
-/// Drops every IPv4 and IPv6 fragment that reaches `ns`, counting them: before
-/// conntrack puts fragments together (priority -450), as a firewall in front would.
-fn drop_fragments(d: &mut Deployment, ns: &Ns) {
-    d.lab
-        .nft(
-            ns,
-            "table inet nofrag {\n\tchain pre { type filter hook prerouting priority -450; policy accept;\n\
-             \t\tip frag-off & 0x3fff != 0 counter drop\n\t\tip6 nexthdr ipv6-frag counter drop\n\t}\n}\n",
-        )
-        .unwrap();
-}
-
 /// Sets the MTU of both ends of a link.
 fn narrow(d: &Deployment, ends: [(&Ns, &str); 2]) {
-    for (ns, dev) in ends {
-        d.lab.exec(ns, &["ip", "link", "set", dev, "mtu", &NARROW.to_string()]).unwrap();
-    }
+    d.set_mtu(NARROW, &ends).unwrap();
 }
 
 /// 1 MiB echoed over TCP by name from box `i` to the other box's echo server on port
@@ -51,30 +37,11 @@ fn echo_both_ways(d: &mut Deployment) {
 /// Box `i` reports the narrow path MTU to `peer` and answered its TCP with "too big";
 /// its counters.
 fn assert_learned(d: &Deployment, i: usize, peer: &str) -> Value {
-    let (mtus, c) = learned(d, i);
+    let (mtus, c) = d.path_mtus(i);
     eprintln!("box {i}: path MTUs {mtus:?}; counters {c}");
     assert!(mtus.contains(&(peer.to_string(), u64::from(NARROW))), "box {i} knows the path MTU to {peer}: {mtus:?}");
     assert!(c["too_big"].as_u64().unwrap() >= 1, "box {i} told its TCP to send less: {c}");
     c
-}
-
-/// The path MTUs box `i` reports (`ntmd status`), and its counters.
-fn learned(d: &Deployment, i: usize) -> (Vec<(String, u64)>, Value) {
-    let s = d.status(i).expect("status");
-    let mtus = s["path_mtus"]
-        .as_array()
-        .expect("path_mtus")
-        .iter()
-        .map(|m| (m["to"].as_str().unwrap_or_default().to_string(), m["mtu"].as_u64().unwrap_or(0)))
-        .collect();
-    (mtus, s["counters"].clone())
-}
-
-/// The fragments `ns` dropped.
-fn fragments_dropped(d: &Deployment, ns: &Ns) -> u64 {
-    let out = d.lab.exec(ns, &["nft", "list", "table", "inet", "nofrag"]).unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    text.split("counter packets ").skip(1).filter_map(|t| t.split(' ').next()?.parse::<u64>().ok()).sum()
 }
 
 /// Box b is behind a NAT whose uplink is narrow, and the router and the NAT drop
@@ -95,8 +62,8 @@ fn a_narrow_uplink_behind_a_nat_that_drops_fragments() {
     let (rtr, nat) = (d.rtr.clone(), d.boxes[1].nat.clone().expect("box b's NAT"));
     d.lab.step(format!("the NAT's uplink (nat-b wan0, rtr b0) carries {NARROW} bytes; rtr and the NAT drop fragments"));
     narrow(&d, [(&nat, "wan0"), (&rtr, "b0")]);
-    drop_fragments(&mut d, &rtr);
-    drop_fragments(&mut d, &nat);
+    d.drop_fragments(&rtr).unwrap();
+    d.drop_fragments(&nat).unwrap();
     let st = d.up_with(|_, _, _| {}).unwrap();
     let b4 = st[1]["virtual_ipv4"].as_str().unwrap().to_string();
     assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4);
@@ -114,14 +81,14 @@ fn a_narrow_uplink_behind_a_nat_that_drops_fragments() {
     let text = String::from_utf8_lossy(&ping.stdout).to_string();
     let replies = text.matches("bytes from").count();
     assert!(replies >= 2, "unfragmentable pings came back: {text}");
-    let (_, c) = learned(&d, 0);
+    let (_, c) = d.path_mtus(0);
     assert!(c["fragmented"].as_u64().unwrap() >= 1, "box a cut packets without Don't Fragment: {c}");
     echo_both_ways(&mut d);
     for (i, peer) in [(0, "203.0.113.2"), (1, "198.51.100.2")] {
         let c = assert_learned(&d, i, peer);
         assert!(c["icmp_errors"].as_u64().unwrap() >= 1, "box {i} heard the ICMP error: {c}");
     }
-    eprintln!("fragments dropped: rtr {}, NAT {}", fragments_dropped(&d, &rtr), fragments_dropped(&d, &nat));
+    eprintln!("fragments dropped: rtr {}, NAT {}", d.fragments_dropped(&rtr), d.fragments_dropped(&nat));
 }
 
 /// Box b's own link is narrow (as on PPPoE), the tunnel runs over IPv6 and the router
@@ -139,7 +106,7 @@ fn a_narrow_own_link_over_ipv6() {
     let (rtr, b) = (d.rtr.clone(), d.boxes[1].ns.clone());
     d.lab.step(format!("box b's link (b eth0, rtr b0) carries {NARROW} bytes; rtr drops fragments"));
     narrow(&d, [(&b, "eth0"), (&rtr, "b0")]);
-    drop_fragments(&mut d, &rtr);
+    d.drop_fragments(&rtr).unwrap();
     let st = d.up_with(|_, _, _| {}).unwrap();
     let b4 = st[1]["virtual_ipv4"].as_str().unwrap().to_string();
     assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4);
@@ -149,5 +116,5 @@ fn a_narrow_own_link_over_ipv6() {
     for (i, peer) in [(0, "2001:db8:b::2"), (1, "2001:db8:a::2")] {
         assert_learned(&d, i, peer);
     }
-    eprintln!("fragments dropped: rtr {}", fragments_dropped(&d, &rtr));
+    eprintln!("fragments dropped: rtr {}", d.fragments_dropped(&rtr));
 }

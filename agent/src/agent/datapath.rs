@@ -52,13 +52,14 @@ pub(super) fn size_buffers(sock: &UdpSocket) {
 /// (`IP_RECVERR`, `IPV6_RECVERR`): "fragmentation needed" and "packet too big" tell it
 /// the path MTU at once (see `crate::pmtu`). Without it they only change the kernel's
 /// route cache, which the agent reads again within `pmtu::RECHECK`.
-/// IPv4 datagrams also always carry Don't Fragment (`ntm_io::udp::always_dont_fragment`:
-/// otherwise segmented sends go without it, and a narrow router fragments them silently).
+/// IPv4 datagrams also carry Don't Fragment (`ntm_io::udp::dont_fragment`: otherwise
+/// segmented sends go without it, and a narrow router fragments them silently), but for
+/// those larger than the path that must go anyway (`Batch::allow_fragments`).
 pub(super) fn queue_errors(sock: &UdpSocket) {
     use nix::sys::socket::{setsockopt, sockopt};
     let r = match sock.local_addr() {
         Ok(a) if a.is_ipv4() => {
-            if let Err(e) = ntm_io::udp::always_dont_fragment(sock) {
+            if let Err(e) = ntm_io::udp::dont_fragment(sock.as_raw_fd(), true) {
                 log::debug!("IPv4 tunnel datagrams may go without Don't Fragment: {e}");
             }
             setsockopt(sock, sockopt::Ipv4RecvErr, &true)
@@ -400,7 +401,20 @@ impl Agent {
         }
         for (i, (r, &n)) in out.iter().zip(lens).enumerate().take(count) {
             match r {
-                Ok(dst) => self.tx.set(i, HEADER_LEN + n + TAG_LEN, dst.to, dst.local),
+                Ok(dst) => {
+                    let len = HEADER_LEN + n + TAG_LEN;
+                    self.tx.set(i, len, dst.to, dst.local);
+                    // An inner packet at its family's floor on a path narrower than that
+                    // (pmtu::inner_limit): its IPv4 datagram goes without Don't Fragment
+                    // and the kernel fragments it. (IPv6 datagrams it fragments anyway.)
+                    let outer = len + usize::from(OVERHEAD_V4) - HEADER_LEN - TAG_LEN;
+                    if dst.to.is_ipv4()
+                        && outer > usize::from(self.pmtus.smallest())
+                        && outer > usize::from(self.pmtus.known(dst.to.ip()))
+                    {
+                        self.tx.allow_fragments(i);
+                    }
+                }
                 Err(SendError::TooBig { mtu }) if self.may_cut(i, n) => {
                     let pkt = self.tx.slot(i).get(HEADER_LEN..HEADER_LEN + n).unwrap_or_default().to_vec();
                     self.tx.clear(i);
