@@ -512,7 +512,9 @@ mod tests {
     /// without Don't Fragment for it), and everything around it still arrives in order.
     #[test]
     fn a_datagram_allowed_to_fragment_goes_alone() {
-        let mut b = Batch::new().with_offload(true);
+        // Segmentation as the start-up trial finds it: qemu-user for a big-endian guest
+        // hands the segment size to the host kernel in the guest's byte order.
+        let mut b = Batch::new();
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -525,9 +527,11 @@ mod tests {
             b.set(i, 1000, to, Local::MAIN);
         }
         b.allow_fragments(2);
-        assert_eq!(b.segment_run(0, 6), 0..2, "a run stops before it");
-        assert_eq!(b.segment_run(2, 6), 2..3, "and it is a run of its own");
-        assert_eq!(b.segment_run(3, 6), 3..6);
+        if b.offload {
+            assert_eq!(b.segment_run(0, 6), 0..2, "a run stops before it");
+            assert_eq!(b.segment_run(3, 6), 3..6);
+        }
+        assert_eq!(b.segment_run(2, 6), 2..3, "it is a run of its own");
         let fd = tx.as_raw_fd();
         assert_eq!(b.send_all(6, |_, _| Some(fd), |_, _, _, e| panic!("{e}")), (6, 0));
         let mut buf = [0u8; 2000];
@@ -536,7 +540,10 @@ mod tests {
             assert_eq!((n, buf[KEY.end]), (1000, i as u8));
         }
         b.set(2, 1000, to, Local::MAIN);
-        assert_eq!(b.segment_run(0, 6), 0..6, "set again, the slot is an ordinary one");
+        assert!(!b.fragments(2), "set again, the slot is an ordinary one");
+        if b.offload {
+            assert_eq!(b.segment_run(0, 6), 0..6);
+        }
     }
 
     /// Each datagram leaves from the socket noted for it: a run to one destination is cut
