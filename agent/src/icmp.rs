@@ -87,8 +87,7 @@ fn icmp6(pkt: &[u8], kind: u8, code: u8, rest: [u8; 4]) -> Option<Vec<u8>> {
 pub fn too_big(pkt: &[u8], mtu: u16) -> Option<Vec<u8>> {
     match pkt.first()? >> 4 {
         4 => {
-            let df = pkt.get(6).is_some_and(|b| b & 0x40 != 0);
-            if !df {
+            if crate::pmtu::v4_without_df(pkt) {
                 return None;
             }
             let m = mtu.to_be_bytes();

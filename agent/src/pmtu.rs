@@ -161,6 +161,11 @@ impl PathMtus {
     }
 }
 
+/// Whether `inner` is IPv4 without Don't Fragment (a router on the way may cut it).
+pub fn v4_without_df(inner: &[u8]) -> bool {
+    inner.first().is_some_and(|b| b >> 4 == 4) && inner.get(6).is_some_and(|b| b & 0x40 == 0)
+}
+
 /// The largest inner packet that may go through a path of `path_mtu` bytes after
 /// `overhead` bytes of tunnel are added: what fits, but never less than the inner
 /// family's floor (see [`INNER_FLOOR_V6`]).

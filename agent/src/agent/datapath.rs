@@ -380,9 +380,7 @@ impl Agent {
             // The last destination's path MTU: a batch mostly goes to one.
             let last: std::cell::Cell<Option<(IpAddr, u16)>> = std::cell::Cell::new(None);
             let path_mtu = |inner: &[u8], to: &SocketAddr| {
-                let version = inner.first().map(|b| b >> 4);
-                let may_fragment = version == Some(4) && inner.get(6).is_some_and(|b| b & 0x40 == 0);
-                if may_fragment && to.is_ipv6() {
+                if to.is_ipv6() && pmtu::v4_without_df(inner) {
                     return u16::MAX;
                 }
                 let link = match last.get() {
@@ -394,7 +392,7 @@ impl Agent {
                     }
                 };
                 let overhead = if to.is_ipv4() { OVERHEAD_V4 } else { OVERHEAD_V6 };
-                pmtu::inner_limit(link, overhead, version == Some(6))
+                pmtu::inner_limit(link, overhead, inner.first().is_some_and(|b| b >> 4 == 6))
             };
             let out = out.get_mut(..count).unwrap_or_default();
             self.node.seal_ip_batch_within(now, &mut frames, path_mtu, out);
@@ -407,7 +405,7 @@ impl Agent {
                     // An inner packet at its family's floor on a path narrower than that
                     // (pmtu::inner_limit): its IPv4 datagram goes without Don't Fragment
                     // and the kernel fragments it. (IPv6 datagrams it fragments anyway.)
-                    let outer = len + usize::from(OVERHEAD_V4) - HEADER_LEN - TAG_LEN;
+                    let outer = n + usize::from(OVERHEAD_V4);
                     if dst.to.is_ipv4()
                         && outer > usize::from(self.pmtus.smallest())
                         && outer > usize::from(self.pmtus.known(dst.to.ip()))
@@ -433,8 +431,7 @@ impl Agent {
     /// Whether the inner packet of `n` bytes in send slot `i` is IPv4 without Don't
     /// Fragment (a router may cut it).
     fn may_cut(&self, i: usize, n: usize) -> bool {
-        let inner = self.tx.slot(i).get(HEADER_LEN..HEADER_LEN + n).unwrap_or_default();
-        inner.first().is_some_and(|b| b >> 4 == 4) && inner.get(6).is_some_and(|b| b & 0x40 == 0)
+        pmtu::v4_without_df(self.tx.slot(i).get(HEADER_LEN..HEADER_LEN + n).unwrap_or_default())
     }
 
     /// Asks the kernel for the path MTU of the destinations sealing met without a recent
@@ -456,7 +453,7 @@ impl Agent {
                 }
             };
             if self.pmtus.set(dst, mtu, now) {
-                log::info!("path MTU to {dst}: {} bytes", self.pmtus.get(dst, now));
+                log::info!("path MTU to {dst}: {} bytes", self.pmtus.known(dst));
             }
         }
     }
