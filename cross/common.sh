@@ -48,7 +48,7 @@ qemu_tests() {
 	# under qemu. No debug information: a failing test still names its assertion, and
 	# qemu-user has no debugger attached.
 	# shellcheck disable=SC2054 # the commas separate Cargo's features
-	local args=(--config profile.dev.debug=0 -p ntm-aead -p ntm-proto -p ntm-dns -p ntm-io -p ntm-agent
+	local args=(--config profile.dev.debug=0 -p ntm-aead -p ntm-csum -p ntm-proto -p ntm-dns -p ntm-io -p ntm-agent
 		--features ntm-proto/serde,ntm-proto/fuzzing --lib --bins --test crypto_batch --test crypto_channel
 		--test fuzz_corpus --test wire_fixtures --test wire_props --test locator --test tls_login)
 	"$cargo_fn" test "${args[@]}" "$@"

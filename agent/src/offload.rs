@@ -22,6 +22,7 @@
 //! Nothing here allocates or panics on bad input: a read that cannot be split is refused
 //! with [`Bad`] and the caller counts and drops it.
 
+pub use ntm_csum::{fold, sum};
 use std::io;
 use std::os::fd::AsRawFd;
 
@@ -248,59 +249,6 @@ pub fn pseudo(pkt: &[u8], v6: bool, proto: u8, len: usize) -> u64 {
     sum(addrs.unwrap_or_default(), u64::from(proto) + len as u64)
 }
 
-/// The ones' complement sum of `data` (big-endian 16-bit words, an odd byte padded) added
-/// to `initial`, unfolded.
-///
-/// Runs of 16 bytes are summed as native 64-bit words with each carry added back in, in
-/// two sums that overlap: the ones' complement sum is the same over any word size, and
-/// in the other byte order it comes out byte-swapped (RFC 1071, section 2). The sender sums
-/// every segment it cuts from a TSO super-packet; with four bytes to an addition that cost
-/// a quarter of what sealing the segment did (`perf`, 2026-12-07).
-pub fn sum(data: &[u8], initial: u64) -> u64 {
-    let (mut a, mut b) = (0u64, 0u64);
-    let mut runs = data.chunks_exact(16);
-    for run in &mut runs {
-        let (x, y) = run.split_at(8);
-        a = add_carry(a, u64::from_ne_bytes(x.try_into().unwrap_or_default()));
-        b = add_carry(b, u64::from_ne_bytes(y.try_into().unwrap_or_default()));
-    }
-    let s = add_carry(a, b);
-    let native = fold((s & 0xffff_ffff) + (s >> 32));
-    sum_words(runs.remainder(), initial + u64::from(u16::from_be_bytes(native.to_ne_bytes())))
-}
-
-/// `a + b` with the carry out added back in (ones' complement addition of 64-bit words).
-fn add_carry(a: u64, b: u64) -> u64 {
-    let (s, carry) = a.overflowing_add(b);
-    s + u64::from(carry)
-}
-
-/// [`sum`] four bytes at a time, for what is left after the 16-byte runs.
-fn sum_words(data: &[u8], initial: u64) -> u64 {
-    let mut s = initial;
-    let mut words = data.chunks_exact(4);
-    for w in &mut words {
-        s += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
-    }
-    let rest = words.remainder();
-    let mut pairs = rest.chunks_exact(2);
-    for p in &mut pairs {
-        s += u64::from(u16::from_be_bytes([p[0], p[1]]));
-    }
-    if let [b] = pairs.remainder() {
-        s += u64::from(*b) << 8;
-    }
-    s
-}
-
-/// A sum folded to 16 bits.
-pub fn fold(mut s: u64) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
 fn get16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
@@ -493,8 +441,8 @@ mod sys {
 mod tests {
     use super::*;
 
-    /// A checksum computed the plain way (16-bit words, one at a time, folded at the end),
-    /// independent of [`sum`].
+    /// A checksum computed the plain way (16-bit words, one at a time, folded as it goes),
+    /// independent of `ntm_csum`.
     fn naive(data: &[u8]) -> u16 {
         let mut s: u32 = 0;
         let mut i = 0;
@@ -506,26 +454,6 @@ mod tests {
             i += 2;
         }
         s as u16
-    }
-
-    /// The 16-byte runs of [`sum`] and its tail, against the plain way: random bytes (and
-    /// all ones, all zeros), every length up to 300 and around a segment's, at every
-    /// alignment of the first byte, from random starting sums.
-    #[test]
-    fn the_sum_of_wide_words_is_the_sum_of_16_bit_words() {
-        use rand_chacha::rand_core::{RngCore, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
-        let mut random = vec![0u8; 1600];
-        rng.fill_bytes(&mut random);
-        let lens = (0..=300).chain(1380..=1500);
-        for len in lens {
-            for data in [&random[..], &[0xff; 1600][..], &[0; 1600][..]] {
-                let at = (rng.next_u32() % 8) as usize;
-                let d = &data[at..at + len];
-                let initial = u64::from(rng.next_u32() % 0x3_0000);
-                assert_eq!(fold(sum(d, initial)), fold(u64::from(naive(d)) + initial), "{len} bytes from {at}");
-            }
-        }
     }
 
     /// Whether `pkt`'s IPv4 header checksum (if IPv4) and TCP/UDP checksum verify.

@@ -155,7 +155,19 @@ impl Proc {
     }
 
     /// SIGTERM, wait up to 5 s, then SIGKILL. The exit code, if it exited normally.
+    /// Processes it started that outlive it (socat's `fork` children serving a connection,
+    /// a shell's background jobs) are found before it is signalled and killed after it,
+    /// by PID: otherwise they outlived a failing test, holding ports and namespaces.
     pub fn stop(&mut self) -> Option<i32> {
+        let children = descendants(self.pid());
+        let code = self.stop_main();
+        for pid in children {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).stderr(Stdio::null()).status();
+        }
+        code
+    }
+
+    fn stop_main(&mut self) -> Option<i32> {
         if !self.alive() {
             return self.child.wait().ok().and_then(|s| s.code());
         }
@@ -193,6 +205,31 @@ impl Drop for Proc {
             l.retain(|p| *p != self.pid());
         }
     }
+}
+
+/// The processes below `pid` (its children, theirs, ...), from the parent PIDs in
+/// `/proc/*/stat`; an exited child waiting to be reaped is no longer listed there once
+/// reaped, so a PID taken here is still that process when it is killed right after.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((p, ppid));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// PIDs of the processes labs started and have not yet reaped, for [`emergency_cleanup`].
@@ -638,6 +675,34 @@ mod tests {
         let list = String::from_utf8_lossy(&out.stdout);
         for n in names {
             assert!(!list.contains(&n), "{n} removed");
+        }
+    }
+
+    /// A process that leaves a child behind when it is stopped (as socat's `fork` children
+    /// did after a failing test): stopping it stops the child too.
+    #[test]
+    fn a_stopped_process_takes_its_children_with_it() {
+        let mut lab = match Lab::new("selftest") {
+            Ok(l) => l,
+            Err(e) => {
+                assert!(std::env::var_os("NTM_REQUIRE_LAB").is_none(), "{e}");
+                eprint_report(&format!("SKIPPED: {e}"));
+                return;
+            }
+        };
+        let a = lab.netns("a", false).unwrap();
+        // sh ends on SIGTERM while it waits; the sleep it started would live on.
+        let i = lab.spawn(&a, "parent", &["sh", "-c", "sleep 300 & wait"], &[]).unwrap();
+        let parent = lab.proc(i).pid();
+        assert!(lab.wait_for(5, || !descendants(parent).is_empty()), "the child started");
+        let children = descendants(parent);
+        lab.proc(i).stop();
+        for c in children {
+            let gone = lab.wait_for(5, || {
+                std::fs::read_to_string(format!("/proc/{c}/stat"))
+                    .map_or(true, |s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+            });
+            assert!(gone, "child {c} of {parent} still runs");
         }
     }
 }
