@@ -571,17 +571,7 @@ fn interleave<B: BlockBackend<BlockSize = U16>>(
                 lane.mac_next += steps;
             }
             for step in 0..steps {
-                for (slot, run) in par.iter_mut().zip(&runs[..k]) {
-                    let block: &mut [u8; 16] = slot.as_mut();
-                    if let Some(p) = run.get(step * 16..).and_then(|r| r.first_chunk::<16>()) {
-                        xor_block(block, p);
-                    }
-                }
-                if k == 1 {
-                    backend.proc_block_inplace(&mut par[0]);
-                } else {
-                    backend.proc_par_blocks_inplace(&mut par);
-                }
+                mac_pass(backend, &mut par, &runs[..k], step);
             }
             for (slot, &li) in par.iter().zip(&active[..k]) {
                 lanes[li].mac = (*slot).into();
@@ -645,6 +635,23 @@ fn interleave<B: BlockBackend<BlockSize = U16>>(
     }
 }
 
+/// Pass `step` of a run over whole blocks: the chain in slot `i` of `par` takes block
+/// `step` of `runs[i]`, then the pass goes through the cipher.
+#[inline(always)]
+fn mac_pass<B: BlockBackend<BlockSize = U16>>(backend: &mut B, par: &mut ParBlocks<B>, runs: &[&[u8]], step: usize) {
+    for (slot, run) in par.iter_mut().zip(runs) {
+        let block: &mut [u8; 16] = slot.as_mut();
+        if let Some(p) = run.get(step * 16..).and_then(|r| r.first_chunk::<16>()) {
+            xor_block(block, p);
+        }
+    }
+    if runs.len() == 1 {
+        backend.proc_block_inplace(&mut par[0]);
+    } else {
+        backend.proc_par_blocks_inplace(par);
+    }
+}
+
 /// A run of `steps` (at most a pass's width) MAC passes over whole plaintext blocks of
 /// the `active` lanes when sealing with a pipelined AES unit ([`pipelined`]).
 ///
@@ -688,17 +695,7 @@ fn seal_run<B: BlockBackend<BlockSize = U16>>(
     }
     let k = active.len();
     for step in 0..steps {
-        for (slot, run) in par.iter_mut().zip(&runs[..k]) {
-            let block: &mut [u8; 16] = slot.as_mut();
-            if let Some(p) = run.get(step * 16..).and_then(|r| r.first_chunk::<16>()) {
-                xor_block(block, p);
-            }
-        }
-        if k == 1 {
-            backend.proc_block_inplace(&mut par[0]);
-        } else {
-            backend.proc_par_blocks_inplace(&mut par);
-        }
+        mac_pass(backend, &mut par, &runs[..k], step);
         if let Some((pass, first)) = behind.get_mut(step).filter(|(p, _)| !p.is_empty()) {
             for (j, block) in ks.iter_mut().enumerate() {
                 put_be(block.as_mut(), *first + j as u128);

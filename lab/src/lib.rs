@@ -208,8 +208,9 @@ impl Drop for Proc {
 }
 
 /// The processes below `pid` (its children, theirs, ...), from the parent PIDs in
-/// `/proc/*/stat`; an exited child waiting to be reaped is no longer listed there once
-/// reaped, so a PID taken here is still that process when it is killed right after.
+/// `/proc/*/stat`. One that exits between this listing and a kill a few seconds later
+/// leaves its PID free, but the kernel hands PIDs out in rising order up to `pid_max`,
+/// so another process gets it only if the counter wraps around in between.
 pub fn descendants(pid: u32) -> Vec<u32> {
     let mut parent_of = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -650,16 +651,21 @@ mod tests {
         assert_eq!(dig_answer(b";; connection timed out; no servers could be reached\n"), "");
     }
 
-    #[test]
-    fn namespaces_are_made_linked_and_removed() {
-        let mut lab = match Lab::new("selftest") {
-            Ok(l) => l,
+    /// A lab for a self-test, or None (reported) where labs cannot run and none is required.
+    fn self_test_lab() -> Option<Lab> {
+        match Lab::new("selftest") {
+            Ok(l) => Some(l),
             Err(e) => {
                 assert!(std::env::var_os("NTM_REQUIRE_LAB").is_none(), "{e}");
                 eprint_report(&format!("SKIPPED: {e}"));
-                return;
+                None
             }
-        };
+        }
+    }
+
+    #[test]
+    fn namespaces_are_made_linked_and_removed() {
+        let Some(mut lab) = self_test_lab() else { return };
         let a = lab.netns("a", false).unwrap();
         let b = lab.netns("b", false).unwrap();
         lab.link(&a, "va", &b, "vb").unwrap();
@@ -682,14 +688,7 @@ mod tests {
     /// did after a failing test): stopping it stops the child too.
     #[test]
     fn a_stopped_process_takes_its_children_with_it() {
-        let mut lab = match Lab::new("selftest") {
-            Ok(l) => l,
-            Err(e) => {
-                assert!(std::env::var_os("NTM_REQUIRE_LAB").is_none(), "{e}");
-                eprint_report(&format!("SKIPPED: {e}"));
-                return;
-            }
-        };
+        let Some(mut lab) = self_test_lab() else { return };
         let a = lab.netns("a", false).unwrap();
         // sh ends on SIGTERM while it waits; the sleep it started would live on.
         let i = lab.spawn(&a, "parent", &["sh", "-c", "sleep 300 & wait"], &[]).unwrap();
