@@ -28,10 +28,10 @@
 //! the next MAC block of every message that has one; around the runs of whole payload
 //! blocks (B0, the aad, a last partial block) it fills the slots left with counter blocks
 //! (CTR has no chain), and the rest go in full passes at the end. When sealing, a counter
-//! block for payload block `j` is used only after the MAC read plaintext block `j`: the
-//! runs of whole blocks go [`LANES`] passes at a time, and after each MAC pass one lane
-//! encrypts a pass of the blocks its MAC read before the run, so the counter passes fill
-//! the time the chains wait. When opening, every message is decrypted first (in passes of
+//! block for payload block `j` is used only after the MAC read plaintext block `j`. With
+//! an AES unit that pipelines (AES-NI, ARMv8), the runs of whole blocks go as many passes
+//! at a time as a pass has blocks, and after each MAC pass one lane encrypts a pass of the
+//! blocks its MAC read before the run, so the counter passes fill the time the chains wait. When opening, every message is decrypted first (in passes of
 //! consecutive counter blocks), so all chains can then run to their ends. The A0 blocks
 //! (for the tags) of a batch go in passes of their own. Messages of any lengths go in one batch; a short
 //! one leaves its slots to the others once done. A batch of one ([`Aead::seal`], [`Aead::open`]) runs its chain
