@@ -258,9 +258,11 @@ impl Batch {
             }
             // One by one (many per call): this run, and what follows up to the next run
             // that can be segmented or the next datagram of the other family or socket.
+            // A datagram allowed to fragment goes alone (its socket option is set for it).
+            let alone = self.fragments(i);
             let mut end = run.end.max(i + 1);
             while end < count
-                && !self.fragments(i)
+                && !alone
                 && !self.fragments(end)
                 && self.destination(end).is_some_and(|d| d.is_ipv4() == v4)
                 && self.local(end) == local

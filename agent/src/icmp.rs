@@ -5,11 +5,12 @@
 //! of the packet as the rules allow. Also Destination Unreachable for packets to a virtual
 //! address no tunnel serves.
 
-use crate::offload::{fold, pseudo, sum};
+use crate::offload::pseudo;
+use ntm_csum::{fold, sum};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The Internet checksum (RFC 1071) of `data`, starting from the unfolded sum `initial`
-/// (offload's ones' complement sum, which the data path uses too).
+/// (`ntm_csum`'s ones' complement sum, which the data path uses too).
 fn checksum(initial: u64, data: &[u8]) -> u16 {
     !fold(sum(data, initial))
 }

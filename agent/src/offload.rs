@@ -22,7 +22,7 @@
 //! Nothing here allocates or panics on bad input: a read that cannot be split is refused
 //! with [`Bad`] and the caller counts and drops it.
 
-pub use ntm_csum::{fold, sum};
+use ntm_csum::{fold, sum};
 use std::io;
 use std::os::fd::AsRawFd;
 

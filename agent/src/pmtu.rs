@@ -182,7 +182,7 @@ pub fn inner_limit(path_mtu: u16, overhead: u16, inner_v6: bool) -> u16 {
 /// be cut this way: Don't Fragment set, IP options (which ones to copy differs per
 /// option; such packets are rare), a length that does not match, or `max` under 28.
 pub fn fragment_v4(pkt: &[u8], max: usize) -> Option<Vec<Vec<u8>>> {
-    use crate::offload::{fold, sum};
+    use ntm_csum::{fold, sum};
     let header = pkt.get(..20)?;
     let total = usize::from(u16::from_be_bytes([header[2], header[3]]));
     let flags = u16::from_be_bytes([header[6], header[7]]);
@@ -219,7 +219,7 @@ mod tests {
     /// An IPv4 UDP packet of `len` bytes in all, its flags and fragment offset `flags`,
     /// with a correct header checksum; the payload counts up.
     fn v4(len: usize, flags: u16) -> Vec<u8> {
-        use crate::offload::{fold, sum};
+        use ntm_csum::{fold, sum};
         let mut p: Vec<u8> = (0..len).map(|i| i as u8).collect();
         p[..20].copy_from_slice(&[0x45, 0, 0, 0, 0x12, 0x34, 0, 0, 64, 17, 0, 0, 198, 18, 1, 2, 198, 18, 2, 2]);
         p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
@@ -232,7 +232,7 @@ mod tests {
     /// Puts fragments together again as a receiving host does (by offset), checking
     /// each fragment's header on the way; the payload and the last fragment's MF.
     fn reassemble(frags: &[Vec<u8>], max: usize) -> (Vec<u8>, bool) {
-        use crate::offload::{fold, sum};
+        use ntm_csum::{fold, sum};
         let mut payload = Vec::new();
         let mut last_more = false;
         for f in frags {

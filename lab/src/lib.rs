@@ -215,10 +215,7 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     let mut parent_of = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if let Some(ppid) = ppid {
+        if let Some((_, ppid)) = proc_state(p) {
             parent_of.push((p, ppid));
         }
     }
@@ -231,6 +228,16 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     }
     found.remove(0);
     found
+}
+
+/// The state letter (R, S, Z, ...) and parent PID of process `pid`, from `/proc/PID/stat`;
+/// None if there is no such process.
+pub fn proc_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.next()?.parse().ok()?))
 }
 
 /// PIDs of the processes labs started and have not yet reaped, for [`emergency_cleanup`].
@@ -697,10 +704,7 @@ mod tests {
         let children = descendants(parent);
         lab.proc(i).stop();
         for c in children {
-            let gone = lab.wait_for(5, || {
-                std::fs::read_to_string(format!("/proc/{c}/stat"))
-                    .map_or(true, |s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
-            });
+            let gone = lab.wait_for(5, || proc_state(c).is_none_or(|(state, _)| state == 'Z'));
             assert!(gone, "child {c} of {parent} still runs");
         }
     }

@@ -82,6 +82,23 @@ fn ping(d: &Deployment, i: usize, args: &[&str]) -> usize {
     n
 }
 
+/// Brings both boxes up and returns their status and box b's virtual address for the DNS
+/// record type `record` ("A" or "AAAA"), checked by a look-up from box a.
+fn up(d: &mut Deployment, record: &str) -> ([Value; 2], String) {
+    let st = d.up_with(|_, _, _| {}).unwrap();
+    let key = if record == "AAAA" { "virtual_ipv6" } else { "virtual_ipv4" };
+    let b = st[1][key].as_str().unwrap().to_string();
+    assert_eq!(d.dig(0, "b.zone-b.test", record), b);
+    (st, b)
+}
+
+/// Sets the MTU of box `i`'s own link to the router (its `eth0` and the router's end), for
+/// a box with a global address (no NAT in between).
+fn narrow_own_link(d: &Deployment, i: usize, mtu: u16) {
+    let rtr_end = ["a0", "b0"][i];
+    d.set_mtu(mtu, &[(&d.boxes[i].ns, "eth0"), (&d.rtr, rtr_end)]).unwrap();
+}
+
 fn start(label: &str, access: [Access; 2]) -> Option<Deployment> {
     if !tools_or_skip(label, TOOLS) {
         return None;
@@ -104,9 +121,7 @@ fn narrow_link_between_cgn_and_home_nat() {
     for ns in [&rtr, &cgn, &nat] {
         d.drop_fragments(ns).unwrap();
     }
-    let st = d.up_with(|_, _, _| {}).unwrap();
-    let b4 = st[1]["virtual_ipv4"].as_str().unwrap().to_string();
-    assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4);
+    up(&mut d, "A");
     echo_servers(&mut d);
     let len = 1024 * 1024;
     let ab = echo(&d, 0, "TCP4:b.zone-b.test:7000", len, "ab");
@@ -186,9 +201,7 @@ fn own_link_narrows_mid_stream_then_widens() {
     let Some(mut d) = start(label, [Access::Global4, Access::Global4]) else { return };
     let (rtr, b) = (d.rtr.clone(), d.boxes[1].ns.clone());
     d.drop_fragments(&rtr).unwrap();
-    let st = d.up_with(|_, _, _| {}).unwrap();
-    let b4 = st[1]["virtual_ipv4"].as_str().unwrap().to_string();
-    assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4);
+    let (st, b4) = up(&mut d, "A");
     d.lab.spawn(&b, "iperf3-s", &["iperf3", "-s", "-p", "5201"], &[]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let a = d.boxes[0].ns.clone();
@@ -204,7 +217,7 @@ fn own_link_narrows_mid_stream_then_widens() {
     std::thread::sleep(Duration::from_secs(4));
     d.lab.step("box b's link narrows to 1400 mid-stream");
     let narrowed = Instant::now();
-    d.set_mtu(1400, &[(&b, "eth0"), (&rtr, "b0")]).unwrap();
+    narrow_own_link(&d, 1, 1400);
     d.lab.proc(client).wait(30);
     let text = d.lab.proc(client).log_text();
     let iv = bidir_intervals(&text);
@@ -232,7 +245,7 @@ fn own_link_narrows_mid_stream_then_widens() {
 
     // Widen again; keep traffic going so that box b asks again (every 30 s while it sends).
     d.lab.step("box b's link widens to 1500 again");
-    d.set_mtu(1500, &[(&b, "eth0"), (&rtr, "b0")]).unwrap();
+    narrow_own_link(&d, 1, 1500);
     let widened = Instant::now();
     let a4 = st[0]["virtual_ipv4"].as_str().unwrap().to_string();
     let mut forgot = None;
@@ -266,12 +279,9 @@ fn own_link_narrows_mid_stream_then_widens() {
 fn ipv6_inside_ipv4_on_a_1300_byte_path() {
     let label = "opmtu-6in4";
     let Some(mut d) = start(label, [Access::Global4, Access::Global4]) else { return };
-    let (rtr, b) = (d.rtr.clone(), d.boxes[1].ns.clone());
     d.lab.step("box b's link carries 1300 bytes; fragments are allowed");
-    d.set_mtu(1300, &[(&b, "eth0"), (&rtr, "b0")]).unwrap();
-    let st = d.up_with(|_, _, _| {}).unwrap();
-    let b6 = st[1]["virtual_ipv6"].as_str().unwrap().to_string();
-    assert_eq!(d.dig(0, "b.zone-b.test", "AAAA"), b6);
+    narrow_own_link(&d, 1, 1300);
+    let (_, b6) = up(&mut d, "AAAA");
     echo_servers(&mut d);
     // IPv4 inside first (limit 1240, above 552: should be fine).
     let len = 1024 * 1024;
@@ -293,12 +303,9 @@ fn ipv6_inside_ipv4_on_a_1300_byte_path() {
 fn ipv4_path_of_576_bytes() {
     let label = "opmtu-576";
     let Some(mut d) = start(label, [Access::Global4, Access::Global4]) else { return };
-    let (rtr, b) = (d.rtr.clone(), d.boxes[1].ns.clone());
     d.lab.step("box b's link carries 576 bytes; fragments are allowed");
-    d.set_mtu(576, &[(&b, "eth0"), (&rtr, "b0")]).unwrap();
-    let st = d.up_with(|_, _, _| {}).unwrap();
-    let b4 = st[1]["virtual_ipv4"].as_str().unwrap().to_string();
-    assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4);
+    narrow_own_link(&d, 1, 576);
+    let (_, b4) = up(&mut d, "A");
     echo_servers(&mut d);
     let small = ping(&d, 0, &["-4", "-s", "400", &b4]);
     let len = 256 * 1024;
@@ -356,9 +363,7 @@ fn forged_fragmentation_needed_with_a_tiny_mtu() {
     let label = "opmtu-forge";
     let Some(mut d) = start(label, [Access::Global4, Access::Global4]) else { return };
     let srv = d.srv.clone();
-    let st = d.up_with(|_, _, _| {}).unwrap();
-    let b4 = st[1]["virtual_ipv4"].as_str().unwrap().to_string();
-    assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4);
+    let (_, b4) = up(&mut d, "A");
     echo_servers(&mut d);
     let len = 256 * 1024;
     assert_eq!(echo(&d, 0, "TCP4:b.zone-b.test:7000", len, "before"), len, "works before the forgery");
@@ -395,9 +400,7 @@ fn forged_icmp_flood_about_many_destinations() {
     let label = "opmtu-flood";
     let Some(mut d) = start(label, [Access::Global4, Access::Global4]) else { return };
     let rtr = d.rtr.clone();
-    let st = d.up_with(|_, _, _| {}).unwrap();
-    let b4 = st[1]["virtual_ipv4"].as_str().unwrap().to_string();
-    assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4);
+    let (_, b4) = up(&mut d, "A");
     echo_servers(&mut d);
     let pid = d.lab.proc(d.boxes[0].proc.unwrap()).pid();
     let rss0 = ntm_lab::proc_kib(pid, "VmRSS");
@@ -449,12 +452,9 @@ fn forged_icmp_flood_about_many_destinations() {
 fn relayed_tunnel_with_a_narrow_side() {
     let label = "opmtu-relay";
     let Some(mut d) = start(label, [Access::Global4, Access::Global6]) else { return };
-    let (rtr, a) = (d.rtr.clone(), d.boxes[0].ns.clone());
     d.lab.step("box a's link carries 1400; fragments allowed");
-    d.set_mtu(1400, &[(&a, "eth0"), (&rtr, "a0")]).unwrap();
-    let st = d.up_with(|_, _, _| {}).unwrap();
-    let b4 = st[1]["virtual_ipv4"].as_str().unwrap().to_string();
-    assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4);
+    narrow_own_link(&d, 0, 1400);
+    up(&mut d, "A");
     echo_servers(&mut d);
     let t = d.tunnel(0, "b.zone-b.test").unwrap();
     eprintln!("a's tunnel: path {} remote {}", t["path"], t["remote"]);
@@ -477,12 +477,9 @@ fn relayed_tunnel_with_a_narrow_side() {
 fn ipv6_path_of_1280_bytes() {
     let label = "opmtu-1280";
     let Some(mut d) = start(label, [Access::Dual, Access::Dual]) else { return };
-    let (rtr, b) = (d.rtr.clone(), d.boxes[1].ns.clone());
     d.lab.step("box b's link carries 1280 bytes; fragments are allowed");
-    d.set_mtu(1280, &[(&b, "eth0"), (&rtr, "b0")]).unwrap();
-    let st = d.up_with(|_, _, _| {}).unwrap();
-    let b6 = st[1]["virtual_ipv6"].as_str().unwrap().to_string();
-    assert_eq!(d.dig(0, "b.zone-b.test", "AAAA"), b6);
+    narrow_own_link(&d, 1, 1280);
+    let (_, b6) = up(&mut d, "AAAA");
     echo_servers(&mut d);
     let t = d.tunnel(0, "b.zone-b.test").unwrap();
     eprintln!("a's tunnel remote {}", t["remote"]);
@@ -528,11 +525,9 @@ fn large_udp_datagrams_over_a_narrow_path() {
     let Some(mut d) = start(label, [Access::Global4, Access::Global4]) else { return };
     let (rtr, b) = (d.rtr.clone(), d.boxes[1].ns.clone());
     d.lab.step("box b's link carries 1400; rtr drops fragments");
-    d.set_mtu(1400, &[(&b, "eth0"), (&rtr, "b0")]).unwrap();
+    narrow_own_link(&d, 1, 1400);
     d.drop_fragments(&rtr).unwrap();
-    let st = d.up_with(|_, _, _| {}).unwrap();
-    let b4 = st[1]["virtual_ipv4"].as_str().unwrap().to_string();
-    assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4);
+    let (_, b4) = up(&mut d, "A");
     d.lab.spawn(&b, "iperf3-s", &["iperf3", "-s", "-p", "5202"], &[]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let up = udp_iperf(&mut d, 0, &b4, &[]);
