@@ -78,10 +78,28 @@ fn ping_rtt(lab: &Lab, ns: &Ns, dst: &str, count: u32) -> Res<f64> {
 /// How long a client waits for a busy iperf3 server: more than the server's receive timeout.
 const IPERF_BUSY_WAIT_SECS: u64 = 15;
 
-/// The iperf3 server of a part. `--rcv-timeout`: a test whose data stops (its tunnel was
-/// taken down under it) ends after 5 s instead of the default 120 s, so it cannot keep
-/// the server busy for the next row.
-pub const IPERF_SERVER: &[&str] = &["iperf3", "-s", "--rcv-timeout", "5000"];
+/// The iperf3 server of one measured path. `--rcv-timeout`: a test whose data stops ends
+/// after 5 s instead of the default 120 s.
+const IPERF_SERVER: &[&str] = &["iperf3", "-s", "--rcv-timeout", "5000"];
+
+/// Runs `f` with a fresh iperf3 server in `ns`, and stops the server (and anything it
+/// forked) afterwards, whatever `f` gave. One server per path, not per part: a server
+/// that outlived a row could still hold that row's last test (a tunnel taken down while
+/// the server was sending: `--rcv-timeout` only guards a receiver), so the next row
+/// found it "busy" until it gave up (CI, 2026-12-07: the fastd row failed that way).
+fn with_iperf_server<T>(lab: &mut Lab, ns: &Ns, tag: &str, f: impl FnOnce(&mut Lab) -> Res<T>) -> Res<T> {
+    let p = lab.spawn(ns, &format!("iperf-server-{tag}"), IPERF_SERVER, &[]).map_err(e2s)?;
+    let listening = lab.wait_for(5, || {
+        lab.try_exec(ns, &["ss", "-Hltn", "sport = :5201"]).is_ok_and(|o| !o.stdout.trim_ascii().is_empty())
+    });
+    let r = if listening {
+        f(lab)
+    } else {
+        Err(format!("iperf3 server in {}: not listening within 5 s: {}", ns.name, lab.proc(p).log_text().trim()))
+    };
+    lab.proc(p).stop();
+    r
+}
 
 /// One iperf3 run: the receiver's rate and bytes, and the sender's TCP retransmissions.
 #[derive(Debug, Clone, Copy)]
@@ -92,9 +110,9 @@ pub struct Run {
 }
 
 /// One iperf3 run from box `a` to `dst` (`-R`: from `dst` to box `a`). The iperf3 server
-/// runs in the other box. With `-R` the client's report carries the server's sender
+/// runs in the other box ([`with_iperf_server`]). With `-R` the client's report carries the server's sender
 /// statistics, so the retransmissions are the sender's either way.
-pub fn iperf(lab: &mut Lab, a: &Ns, dst: &str, secs: u64, reverse: bool, tag: &str) -> Res<Run> {
+fn iperf(lab: &mut Lab, a: &Ns, dst: &str, secs: u64, reverse: bool, tag: &str) -> Res<Run> {
     let s = secs.to_string();
     let mut cmd = vec!["iperf3", "-c", dst, "-t", &s, "-J", "--connect-timeout", "3000"];
     if reverse {
@@ -129,11 +147,12 @@ pub fn iperf(lab: &mut Lab, a: &Ns, dst: &str, secs: u64, reverse: bool, tag: &s
     }
 }
 
-/// Ping and iperf3 both ways from box a to `dst`, with the CPU time and memory of `pids`
-/// (the tunnel daemons of both ends) and of `extra` (other daemons on the path).
+/// Ping and iperf3 both ways from box `a` to `dst`, an address of box `b` (where the iperf3
+/// server runs), with the CPU time and memory of `pids` (the tunnel daemons of both ends)
+/// and of `extra` (other daemons on the path).
 pub fn measure(
     lab: &mut Lab,
-    a: &Ns,
+    (a, b): (&Ns, &Ns),
     dst: &str,
     pids: &[u32],
     extra: &[(String, u32)],
@@ -159,8 +178,9 @@ pub fn measure(
     };
     let cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
     let extra0: Vec<f64> = extra.iter().map(|(_, p)| cpu_secs(*p)).collect();
-    let fwd = iperf(lab, a, dst, o.secs, false, tag)?;
-    let rev = iperf(lab, a, dst, o.secs, true, tag)?;
+    let (fwd, rev) = with_iperf_server(lab, b, tag, |lab| {
+        Ok((iperf(lab, a, dst, o.secs, false, tag)?, iperf(lab, a, dst, o.secs, true, tag)?))
+    })?;
     m.cpu = pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0;
     m.extra_cpu = extra.iter().zip(extra0).map(|((l, p), c0)| (l.clone(), cpu_secs(*p) - c0)).collect();
     m.fwd_bps = fwd.bps;

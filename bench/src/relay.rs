@@ -3,7 +3,7 @@
 //! that `workers` before each row).
 
 use crate::deploy::{agent_pid, agents_down, agents_up, server_pid};
-use crate::measure::{measure, Measured, IPERF_SERVER};
+use crate::measure::{measure, Measured};
 use crate::opts::Opts;
 use crate::table::Table;
 use crate::tunnel::{tunnel_header, tunnel_row};
@@ -28,12 +28,10 @@ pub fn part_relay(d: &mut Deployment, o: &Opts, cap: &mut Table) -> Table {
         o.rs_workers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", then ")
     );
     let b = d.boxes[1].ns.clone();
-    let server = d.lab.spawn(&b, "iperf-server", IPERF_SERVER, &[]).map_err(e2s);
     for (k, &workers) in o.rs_workers.iter().enumerate() {
         let plural = if workers == 1 { "" } else { "s" };
         let name = format!("**ntmobile via RS**, {workers} worker{plural}");
         let r = (|| -> Res<(Measured, f64, u64)> {
-            server.clone()?;
             if k > 0 {
                 agents_down(d);
             }
@@ -47,7 +45,7 @@ pub fn part_relay(d: &mut Deployment, o: &Opts, cap: &mut Table) -> Table {
             let rs = server_pid(d, "rs").ok_or("no RS process")?;
             let relayed0 = rs_relayed(d);
             let t0 = Instant::now();
-            let m = measure(&mut d.lab, &a, &b4, &pids, &[("RS".into(), rs)], o, &format!("relay-{workers}"))?;
+            let m = measure(&mut d.lab, (&a, &b), &b4, &pids, &[("RS".into(), rs)], o, &format!("relay-{workers}"))?;
             let wall_secs = t0.elapsed().as_secs_f64();
             Ok((m, wall_secs, rs_relayed(d) - relayed0))
         })();

@@ -3,13 +3,12 @@
 
 use crate::deploy::{agent_pid, agents_down, agents_up_with, NtmBuild, A_IP, B_IP};
 use crate::footprint::Footprint;
-use crate::measure::{measure, Measured, IPERF_SERVER};
+use crate::measure::{measure, Measured};
 use crate::opts::Opts;
 use crate::peers::{peer_down, peer_up, Peer};
 use crate::table::Table;
 use crate::util::{gbit, log, mib, Res};
 use ntm_lab::deploy::Deployment;
-use std::time::Duration;
 
 pub fn tunnel_header() -> Vec<&'static str> {
     vec![
@@ -70,12 +69,6 @@ pub fn part_tunnel(d: &mut Deployment, o: &Opts, fp: &mut Footprint) -> Table {
         o.rounds, o.secs
     );
     let (a, b) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone());
-    // One iperf3 server in box b for the whole part (it listens on every address).
-    if let Err(e) = d.lab.spawn(&b, "iperf-server", IPERF_SERVER, &[]) {
-        t.skip("all", &format!("failed: iperf3 server: {e}"));
-        return t;
-    }
-    std::thread::sleep(Duration::from_millis(300));
     let ends = [(a.clone(), A_IP), (b.clone(), B_IP)];
     let mut bare: Option<Res<Measured>> = None;
     // The agent as built for routers (release: opt-level "z", AES-CCM at 3) and for x86_64
@@ -84,7 +77,7 @@ pub fn part_tunnel(d: &mut Deployment, o: &Opts, fp: &mut Footprint) -> Table {
     let mut peers: Vec<(Peer, Option<Res<Measured>>)> = Peer::ALL.iter().map(|p| (*p, None)).collect();
     for round in 0..o.rounds {
         log(&format!("tunnel round {}: bare path", round + 1));
-        let r = measure(&mut d.lab, &a, B_IP, &[], &[], o, &format!("bare{round}"));
+        let r = measure(&mut d.lab, (&a, &b), B_IP, &[], &[], o, &format!("bare{round}"));
         keep_best(&mut bare, r);
 
         for (build, slot) in ntm.iter_mut() {
@@ -95,7 +88,7 @@ pub fn part_tunnel(d: &mut Deployment, o: &Opts, fp: &mut Footprint) -> Table {
             log(&format!("tunnel round {}: {}", round + 1, build.name()));
             let r = agents_up_with(d, "direct", &ntmd).and_then(|b4| {
                 let pids: Vec<u32> = (0..2).filter_map(|i| agent_pid(d, i)).collect();
-                measure(&mut d.lab, &a, &b4, &pids, &[], o, &format!("ntm-{}{round}", build.tag()))
+                measure(&mut d.lab, (&a, &b), &b4, &pids, &[], o, &format!("ntm-{}{round}", build.tag()))
             });
             if let Err(e) = &r {
                 log(&format!("{}: {e}", build.name()));
@@ -112,7 +105,8 @@ pub fn part_tunnel(d: &mut Deployment, o: &Opts, fp: &mut Footprint) -> Table {
             let r = match peer_up(&mut d.lab, &ends, *peer) {
                 Ok(up) => {
                     let pids: Vec<u32> = up.procs.iter().map(|p| d.lab.proc(*p).pid()).collect();
-                    let r = measure(&mut d.lab, &a, &up.target, &pids, &[], o, &format!("{}{round}", peer.plan().0));
+                    let r =
+                        measure(&mut d.lab, (&a, &b), &up.target, &pids, &[], o, &format!("{}{round}", peer.plan().0));
                     peer_down(&mut d.lab, &ends, &up);
                     r
                 }
