@@ -31,12 +31,13 @@
 use crate::batch::{Batch, BATCH};
 use crate::config::{AgentFile, Route};
 use crate::held::Held;
+use crate::inbox::Inbox;
 use crate::lan::Lan;
 use crate::material::{credential, Material};
 use crate::netlink::{overlapping_routes, ChangeDebounce, KernelRoute, Netlink};
 use crate::servers::{ServerAddrs, QUERY_BIT};
 use crate::tls::{LoginTls, LoginTlsConfig};
-use datapath::{bind_udp6_only, queue_errors, size_buffers, tunnel_socket};
+use datapath::{bind_udp6_only, coalesce, queue_errors, size_buffers, tunnel_socket};
 use mio::net::UdpSocket;
 use mio::unix::SourceFd;
 use mio::{Interest, Poll, Token};
@@ -108,6 +109,8 @@ struct Counters {
     send_errors: u64,
     /// Tunnel datagrams too large for any agent to have sent (dropped).
     oversized: u64,
+    /// Coalesced groups of tunnel datagrams received (each datagram is in `udp_in`).
+    udp_groups_in: u64,
     /// With the TUN offloads: super-packets read (and cut into segments), super-packets
     /// written (segments coalesced), reads dropped for a header that could not be used.
     tun_super_in: u64,
@@ -180,7 +183,7 @@ pub struct Agent {
     counters: Counters,
     /// Tunnel datagrams received in one call; packets from the TUN device sealed in place
     /// and sent in one call.
-    rx: Batch,
+    rx: Inbox,
     tx: Batch,
     /// The poll's events, and the sources that used up their budget with input left:
     /// edge-triggered readiness will not report them again, so they are read on the next
@@ -240,9 +243,14 @@ impl Agent {
         if udp4.is_none() && udp6.is_none() {
             return Err(format!("cannot bind UDP port {port}: this host has neither IPv4 nor IPv6").into());
         }
+        // Coalesced groups on receive where the kernel can (see crate::inbox).
+        let coalescing = cfg.udp_coalescing && ntm_io::udp::coalescing_works();
         for s in udp4.iter().chain(udp6.iter()) {
             size_buffers(s);
             queue_errors(s);
+            if coalescing {
+                coalesce(s);
+            }
         }
 
         let mut tun_cfg = tun::Configuration::default();
@@ -404,12 +412,12 @@ impl Agent {
             debounce: ChangeDebounce::default(),
             held: Held::default(),
             pmtus: crate::pmtu::PathMtus::default(),
-            extra: extra::Extra::default(),
+            extra: extra::Extra::new(coalescing),
             local_addrs,
             control,
             signals,
             counters: Counters::default(),
-            rx: Batch::new(),
+            rx: Inbox::new(coalescing),
             tx: Batch::new(),
             turn: Turn::new(256),
             stop: false,

@@ -1,10 +1,10 @@
-//! Batches of tunnel datagrams: many per system call (recvmmsg, sendmmsg) instead of one.
+//! Batches of tunnel datagrams to send: many per system call (sendmmsg) instead of one.
+//! (The receiving side is `crate::inbox`.)
 //!
 //! A [`Batch`] owns [`BATCH`] slots of [`SLOT_LEN`] bytes, allocated once when the agent
-//! starts. [`Batch::recv`] fills slots from a UDP socket in one call; the caller then
-//! works on each slot in place ([`Batch::slot_mut`]). On the sending side the caller fills
-//! slots one by one (a packet from the TUN device, sealed in place), notes each with
-//! [`Batch::set`], and [`Batch::send_all`] sends them in order.
+//! starts. The caller fills slots one by one (a packet from the TUN device, sealed in
+//! place, [`Batch::slot_mut`]), notes each with [`Batch::set`], and [`Batch::send_all`]
+//! sends them in order.
 //!
 //! Sending uses UDP segmentation offload (UDP_SEGMENT, Linux 4.18) where it can: a run of
 //! datagrams to one destination, all of one length but the last, which may be shorter,
@@ -20,11 +20,11 @@
 //! right datagrams (`ntm_io::udp::segmentation_works`). Nothing here allocates after [`Batch::new`].
 
 use nix::errno::Errno;
-use nix::sys::socket::{recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 use ntm_proto::crypto::TAG_LEN;
 use ntm_proto::engine::Local;
 use ntm_proto::wire::HEADER_LEN;
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::RawFd;
@@ -42,31 +42,15 @@ const SEGMENTED_MAX: usize = 65_000;
 
 /// One slot: room for the largest tunnel datagram an agent sends, an inner packet of a TUN
 /// MTU of at most [`crate::config::TUN_MTU_MAX`] with the header in front and the tag
-/// behind. A larger datagram does not fit and is dropped (see [`Received::truncated`]).
+/// behind. A larger datagram does not fit and is dropped (`crate::inbox` counts it).
 pub const SLOT_LEN: usize = HEADER_LEN + crate::config::TUN_MTU_MAX as usize + TAG_LEN;
-
-/// What one received slot holds.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Received {
-    /// Bytes in the slot.
-    pub len: usize,
-    /// The sender (None if the kernel gave no IPv4 or IPv6 address).
-    pub from: Option<SocketAddr>,
-    /// The datagram was larger than the slot; the slot holds only its start.
-    pub truncated: bool,
-}
 
 /// The slots and the kernel's message headers for one direction of the data path.
 pub struct Batch {
     bufs: Vec<u8>,
     headers: MultiHeaders<SockaddrStorage>,
-    /// Headers to receive with, one set per address family: the kernel writes the length
-    /// of each sender's address back into them (16 bytes for IPv4), which would cut an
-    /// IPv6 address short the next time.
-    recv_headers: [MultiHeaders<SockaddrStorage>; 2],
     /// Headers with room for one UDP_SEGMENT control message each.
     segmented: MultiHeaders<SockaddrStorage>,
-    received: [Received; BATCH],
     /// Per slot to send: its length, destination and the socket it leaves from, and
     /// whether its IPv4 datagram may go without Don't Fragment.
     lens: [usize; BATCH],
@@ -94,13 +78,12 @@ impl Default for Batch {
 
 impl Batch {
     /// Allocates the slots (zeroed pages: the kernel backs only those that get used).
+    #[inline(never)] // called once; kept out of `Agent::new` (the agent's size on small boxes)
     pub fn new() -> Self {
         Batch {
             bufs: vec![0u8; BATCH * SLOT_LEN],
             headers: MultiHeaders::preallocate(BATCH, None),
-            recv_headers: [MultiHeaders::preallocate(BATCH, None), MultiHeaders::preallocate(BATCH, None)],
             segmented: MultiHeaders::preallocate(1, Some(nix::cmsg_space!(u16))),
-            received: [Received::default(); BATCH],
             lens: [0; BATCH],
             dsts: [None; BATCH],
             locals: [Local::MAIN; BATCH],
@@ -140,40 +123,6 @@ impl Batch {
         }
     }
 
-    /// The first `n` slots with what [`Batch::recv`] put in each, in order.
-    pub fn received_slots_mut(&mut self, n: usize) -> impl Iterator<Item = (Received, &mut [u8])> {
-        self.received.iter().copied().zip(self.bufs.chunks_exact_mut(SLOT_LEN)).take(n)
-    }
-
-    /// What [`Batch::recv`] put in slot `i` (tests).
-    #[cfg(test)]
-    pub fn received(&self, i: usize) -> Received {
-        self.received.get(i).copied().unwrap_or_default()
-    }
-
-    /// Receives up to [`BATCH`] datagrams from the non-blocking socket `fd` (of IPv6 if
-    /// `ipv6`, else of IPv4) into the slots; how many. Fewer than [`BATCH`] means the
-    /// socket's queue ran empty (or an error came after some datagrams; the kernel reports
-    /// it on the next call).
-    pub fn recv(&mut self, fd: RawFd, ipv6: bool) -> nix::Result<usize> {
-        let mut chunks = self.bufs.chunks_exact_mut(SLOT_LEN);
-        let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
-            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
-        let [headers4, headers6] = &mut self.recv_headers;
-        let headers = if ipv6 { headers6 } else { headers4 };
-        let results = recvmmsg(fd, headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)?;
-        let mut n = 0;
-        for (msg, slot) in results.zip(self.received.iter_mut()) {
-            *slot = Received {
-                len: msg.bytes.min(SLOT_LEN),
-                from: msg.address.as_ref().and_then(socket_addr),
-                truncated: msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.bytes > SLOT_LEN,
-            };
-            n += 1;
-        }
-        Ok(n)
-    }
-
     /// Notes that slot `i` holds `len` bytes to send to `to` from the socket `local`.
     pub fn set(&mut self, i: usize, len: usize, to: SocketAddr, local: Local) {
         if let (Some(l), Some(d), Some(s)) = (self.lens.get_mut(i), self.dsts.get_mut(i), self.locals.get_mut(i)) {
@@ -206,7 +155,7 @@ impl Batch {
 
     /// The destination noted for slot `i`.
     pub fn destination(&self, i: usize) -> Option<SocketAddr> {
-        self.dsts.get(i).copied().flatten().as_ref().and_then(socket_addr)
+        self.dsts.get(i).copied().flatten().as_ref().and_then(ntm_io::udp::socket_addr)
     }
 
     /// Sends the first `count` slots (noted with [`Batch::set`]) in order, each on its
@@ -393,13 +342,6 @@ impl Batch {
     }
 }
 
-pub fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(a) = s.as_sockaddr_in() {
-        return Some(SocketAddr::from(std::net::SocketAddrV4::from(*a)));
-    }
-    s.as_sockaddr_in6().map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,20 +372,23 @@ mod tests {
             (lens.len() as u64, 0)
         );
 
-        let mut inb = Batch::new();
+        // Received one datagram per slot (no coalescing), as sent.
+        let mut inb = ntm_io::udp::RecvMany::new(BATCH, SLOT_LEN);
         let mut got = Vec::new();
         for _ in 0..200 {
-            match inb.recv(rx.as_raw_fd(), false) {
+            match inb.recv(rx.as_raw_fd()) {
                 Ok(n) => {
                     for i in 0..n {
-                        let r = inb.received(i);
+                        let r = inb.message(i);
                         assert_eq!(r.from, Some(tx.local_addr().unwrap()));
-                        assert!(!r.truncated);
-                        got.push(inb.slot_mut(i)[..r.len].to_vec());
+                        assert!(!r.truncated && r.segment == 0);
+                        got.push(inb.bytes()[i * SLOT_LEN..][..r.len].to_vec());
                     }
                 }
                 Err(Errno::EAGAIN) if got.len() == lens.len() => break,
-                Err(Errno::EAGAIN) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(Errno::EAGAIN) => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
                 Err(e) => panic!("{e}"),
             }
         }
@@ -603,57 +548,5 @@ mod tests {
         let fd = |_: bool, l: Local| (l == Local::MAIN).then_some(fd_main);
         assert_eq!(out.send_all(2, fd, |_, l, _, e| refused.push((l, e))), (1, 1));
         assert_eq!(refused, vec![(Local(3), Errno::EAFNOSUPPORT)]);
-    }
-
-    /// One batch serves both tunnel sockets: the kernel's note of the last sender's
-    /// address length (16 bytes for IPv4) must not cut the next IPv6 sender short.
-    #[test]
-    fn one_batch_receives_from_both_families() {
-        let mut inb = Batch::new();
-        for addr in ["127.0.0.1:0", "[::1]:0", "127.0.0.1:0", "[::1]:0"] {
-            let ipv6 = addr.starts_with('[');
-            let rx = std::net::UdpSocket::bind(addr).unwrap();
-            rx.set_nonblocking(true).unwrap();
-            let tx = std::net::UdpSocket::bind(addr).unwrap();
-            for _ in 0..3 {
-                tx.send_to(b"hello", rx.local_addr().unwrap()).unwrap();
-            }
-            let mut got = 0;
-            for _ in 0..100 {
-                match inb.recv(rx.as_raw_fd(), ipv6) {
-                    Ok(n) => {
-                        for i in 0..n {
-                            assert_eq!(inb.received(i).from, Some(tx.local_addr().unwrap()), "from {addr}");
-                        }
-                        got += n;
-                    }
-                    Err(_) if got == 3 => break,
-                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
-                }
-            }
-            assert_eq!(got, 3);
-        }
-    }
-
-    #[test]
-    fn a_datagram_larger_than_a_slot_is_marked_truncated() {
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_nonblocking(true).unwrap();
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        tx.send_to(&vec![1u8; SLOT_LEN + 10], rx.local_addr().unwrap()).unwrap();
-        let mut inb = Batch::new();
-        let mut n = 0;
-        for _ in 0..100 {
-            match inb.recv(rx.as_raw_fd(), false) {
-                Ok(k) => {
-                    n = k;
-                    break;
-                }
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
-            }
-        }
-        assert_eq!(n, 1);
-        assert!(inb.received(0).truncated);
-        assert_eq!(inb.received(0).len, SLOT_LEN);
     }
 }

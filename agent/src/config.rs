@@ -74,11 +74,11 @@ pub struct TunSettings {
     /// The TUN offloads (Linux): the device passes TCP super-packets of up to 64 KiB each
     /// way behind virtio-net headers, which the agent cuts into segments and coalesces.
     /// `false`: one packet per read and write.
-    #[serde(default = "default_offload")]
+    #[serde(default = "default_true")]
     pub offload: bool,
 }
 
-fn default_offload() -> bool {
+fn default_true() -> bool {
     true
 }
 
@@ -108,7 +108,7 @@ impl Default for DnsSettings {
 
 impl Default for TunSettings {
     fn default() -> Self {
-        TunSettings { name: default_tun_name(), mtu: default_mtu(), offload: default_offload() }
+        TunSettings { name: default_tun_name(), mtu: default_mtu(), offload: default_true() }
     }
 }
 
@@ -215,6 +215,11 @@ pub struct AgentFile {
     /// The tunnel's UDP port (both families).
     #[serde(default = "default_udp_port")]
     pub udp_port: u16,
+    /// The tunnel sockets take runs of datagrams as coalesced groups (UDP_GRO, Linux 5.0)
+    /// where the kernel can: 512 KiB of receive slots instead of 289 KiB. `false`: one
+    /// datagram per slot; for kernels or emulators where coalescing misbehaves.
+    #[serde(default = "default_true")]
+    pub udp_coalescing: bool,
     /// The TUN device.
     #[serde(default)]
     pub tun: TunSettings,
@@ -603,6 +608,10 @@ pub(crate) mod tests {
             let err = parse(&MIN.replacen('{', &format!(r#"{{ "tun": {{"offload": {bad}}},"#), 1)).unwrap_err();
             assert!(err.contains("tun.offload"), "{bad}: {err}");
         }
+        assert!(parse(MIN).unwrap().udp_coalescing);
+        assert!(!parse(&MIN.replacen('{', r#"{ "udp_coalescing": false,"#, 1)).unwrap().udp_coalescing);
+        let err = parse(&MIN.replacen('{', r#"{ "udp_coalescing": "yes","#, 1)).unwrap_err();
+        assert!(err.contains("udp_coalescing"), "{err}");
         assert_eq!(c.keepalive.as_str(), "udp");
         assert_eq!(c.dns.listen, "127.0.0.53:53".parse().unwrap());
         assert_eq!(c.routes().unwrap()[0], Route { addr: "198.18.0.0".parse().unwrap(), len: 15 });

@@ -10,6 +10,7 @@ mod batch;
 mod config;
 mod held;
 mod icmp;
+mod inbox;
 mod lan;
 mod material;
 mod netlink;

@@ -10,7 +10,8 @@
 //! - [`StatusSocket`]: the Unix socket that answers `status`, written without ever
 //!   blocking the loop;
 //! - [`Clock`]: the engines' clock, which never goes backwards;
-//! - [`udp`]: the UDP segmentation trial and socket buffer sizing of the batched paths.
+//! - [`udp`]: the UDP segmentation and coalescing trials, socket buffer sizing, and
+//!   receiving many messages per call ([`udp::RecvMany`]) for the batched paths.
 //!
 //! It must stay small: the agent runs on routers with a few MiB of flash, so TLS and
 //! JSON are the callers' (rustls and serde_json in the servers, embedded-tls and a

@@ -1,6 +1,11 @@
 //! What the agent's and the relay's batched UDP paths share: whether the kernel segments
-//! a message into datagrams for us (UDP segmentation offload), and the size of a busy
-//! socket's buffers.
+//! a message into datagrams for us (UDP segmentation offload), the size of a busy
+//! socket's buffers, and receiving many messages per call, coalesced groups among them
+//! ([`RecvMany`]).
+
+mod recv;
+
+pub use recv::{coalesce, Message, RecvMany, GROUP_MAX};
 
 use nix::sys::socket::{sendmsg, setsockopt, sockopt, ControlMessage, MsgFlags, SockaddrStorage};
 use std::io::IoSlice;
@@ -15,34 +20,67 @@ use std::time::Duration;
 /// ignores the control message and would send one long datagram; qemu-user hands the
 /// control message of a big-endian guest to the host kernel in the guest's byte order.
 pub fn segmentation_works() -> bool {
-    static WORKS: OnceLock<bool> = OnceLock::new();
+    trials().0
+}
+
+/// Whether a socket with `UDP_GRO` receives a segmented message whole, with its datagram
+/// length, on this machine; tried once per process over loopback after the segmentation
+/// trial, with the same message. A kernel before 5.0 refuses the option; under qemu-user
+/// the control message may not come through as sent.
+pub fn coalescing_works() -> bool {
+    trials().1
+}
+
+/// Both trials, once per process: (segmentation, coalescing).
+fn trials() -> (bool, bool) {
+    static WORKS: OnceLock<(bool, bool)> = OnceLock::new();
     *WORKS.get_or_init(|| {
-        let works = try_segmentation().unwrap_or(false);
-        log::info!("UDP segmentation offload: {}", if works { "used" } else { "not available" });
-        works
+        let (segments, coalesces) = try_both().unwrap_or((false, false));
+        let said = match (segments, coalesces) {
+            (true, true) => "used, both",
+            (true, false) => "segmentation used, receive coalescing not available",
+            _ => "not available",
+        };
+        log::info!("UDP segmentation offload and receive coalescing: {said}");
+        (segments, coalesces)
     })
 }
 
-fn try_segmentation() -> std::io::Result<bool> {
+/// The segmentation trial, then (if it passed) the coalescing trial on the same sockets.
+fn try_both() -> std::io::Result<(bool, bool)> {
     // An address, not the string "127.0.0.1:0": binding to a string may resolve it, which
     // links the C library's DNS resolver into the static binaries (28 KiB on MIPS).
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let rx = std::net::UdpSocket::bind(loopback)?;
     rx.set_read_timeout(Some(Duration::from_millis(200)))?;
     let tx = std::net::UdpSocket::bind(loopback)?;
+    send_trial(&rx, &tx)?;
+    let mut buf = [0u8; 300];
+    for want in [100, 100, 50] {
+        let (n, from) = rx.recv_from(&mut buf)?;
+        if n != want || from != tx.local_addr()? {
+            return Ok((false, false));
+        }
+    }
+    Ok((true, recv::try_coalescing(&rx, &tx).unwrap_or(false)))
+}
+
+/// Sends the trial message from `tx` to `rx`: 250 bytes with a segment size of 100.
+fn send_trial(rx: &std::net::UdpSocket, tx: &std::net::UdpSocket) -> std::io::Result<()> {
     let to = SockaddrStorage::from(rx.local_addr()?);
     let message = [0x5a_u8; 250];
     let segment: u16 = 100;
     let cmsgs = [ControlMessage::UdpGsoSegments(&segment)];
     sendmsg(tx.as_raw_fd(), &[IoSlice::new(&message)], &cmsgs, MsgFlags::empty(), Some(&to))?;
-    let mut buf = [0u8; 300];
-    for want in [100, 100, 50] {
-        let (n, from) = rx.recv_from(&mut buf)?;
-        if n != want || from != tx.local_addr()? {
-            return Ok(false);
-        }
+    Ok(())
+}
+
+/// The IPv4 or IPv6 address in `s` (None for any other family).
+pub fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(a) = s.as_sockaddr_in() {
+        return Some(SocketAddr::from(std::net::SocketAddrV4::from(*a)));
     }
-    Ok(true)
+    s.as_sockaddr_in6().map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a)))
 }
 
 /// Sets a socket's receive and send buffers to `recv` and `send` bytes: as root beyond the

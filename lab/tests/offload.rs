@@ -1,6 +1,7 @@
 //! A bulk TCP transfer through the tunnel with the real agents, with the TUN offloads on
 //! (`tun.offload`: virtio-net headers, TCP super-packets split on the way in and coalesced
-//! on the way out) and off (one packet per read and write): iperf3 one stream each way,
+//! on the way out) and the tunnel sockets taking coalesced groups (`udp_coalescing`), and
+//! with both off (one packet per read and write, one datagram per slot): iperf3 one stream each way,
 //! its retransmissions and the kernel's drop counters in both boxes printed; and, with
 //! strace, the order of the agent's system calls for one packet of an idle tunnel. Needs
 //! root, iperf3 and strace; the binaries come from `cargo build --release --workspace --bins`.
@@ -105,13 +106,16 @@ fn iperf(d: &mut Deployment, dst: &str, reverse: bool, tag: &str, stall: Option<
     (bytes, gbps, retrans)
 }
 
-/// Box `i`'s agent's super-packets read and written (see `ntmd status`); asserts it
-/// dropped nothing: no send error, no unusable TUN read.
-fn super_packets(d: &Deployment, i: usize) -> (u64, u64) {
+/// Box `i`'s agent's super-packets read and written, and coalesced groups of tunnel
+/// datagrams received (see `ntmd status`); asserts it dropped nothing: no send error, no
+/// unusable TUN read, no tunnel datagram too long for its slot.
+fn super_packets(d: &Deployment, i: usize) -> (u64, u64, u64) {
     let s = d.status(i).expect("status");
     let c = &s["counters"];
-    assert_eq!((c["send_errors"].as_u64(), c["tun_bad"].as_u64()), (Some(0), Some(0)), "box {i}: {c}");
-    (c["tun_super_in"].as_u64().unwrap_or(0), c["tun_super_out"].as_u64().unwrap_or(0))
+    let dropped = (c["send_errors"].as_u64(), c["tun_bad"].as_u64(), c["oversized"].as_u64());
+    assert_eq!(dropped, (Some(0), Some(0), Some(0)), "box {i}: {c}");
+    let n = |k: &str| c[k].as_u64().unwrap_or(0);
+    (n("tun_super_in"), n("tun_super_out"), n("udp_groups_in"))
 }
 
 #[test]
@@ -124,15 +128,23 @@ fn bulk_tcp_through_the_tunnel_with_and_without_tun_offloads() {
     let (a, b) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone());
     d.lab.spawn(&b, "iperf-server", &["iperf3", "-s", "--rcv-timeout", "5000"], &[]).expect("iperf3 server");
     // Offloads on, off, and on with the receiving agent stalled now and then: the tunnel
-    // socket's receive buffer must hold what arrives meanwhile.
+    // socket's receive buffer must hold what arrives meanwhile. "Off" is the plain path of
+    // an old kernel: no TUN offloads and no coalesced groups on the tunnel sockets
+    // (`udp_coalescing`; the sender still segments its runs, which the receiving kernel
+    // then cuts up).
     for (offload, stalls) in [(true, false), (false, false), (true, true)] {
-        d.lab.step(format!("agents with tun.offload {offload}, stalls {stalls}"));
+        d.lab.step(format!("agents with tun.offload and udp_coalescing {offload}, stalls {stalls}"));
         let st = d
             .up_with(|_, _, cfg| {
                 cfg["tun"] = serde_json::json!({ "offload": offload });
+                cfg["udp_coalescing"] = offload.into();
                 cfg["log_level"] = "info".into();
             })
             .expect("both agents register");
+        for i in 0..2 {
+            let s = d.status(i).expect("status");
+            assert_eq!(s["udp_coalescing"].as_bool(), Some(offload), "box {i}: udp_coalescing in status");
+        }
         let b4 = st[1]["virtual_ipv4"].as_str().expect("b's virtual IPv4").to_string();
         // The name through box a's DNS hook opens the tunnel.
         assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4);
@@ -178,16 +190,19 @@ fn bulk_tcp_through_the_tunnel_with_and_without_tun_offloads() {
         eprintln!("  box b: {}", moved(&cb, &counters(&d, &b)));
         eprintln!("  softnet drops (whole machine): {}", softnet_drops() - soft);
         let (sup_a, sup_b) = (super_packets(&d, 0), super_packets(&d, 1));
-        eprintln!("  super-packets read/written: box a {sup_a:?}, box b {sup_b:?}");
+        eprintln!("  super-packets read/written, groups received: box a {sup_a:?}, box b {sup_b:?}");
         if stalls {
             assert!(sup_a.0 > 0 && sup_b.1 > 0, "super-packets a->b: a {sup_a:?} b {sup_b:?}");
+            assert!(sup_b.2 > 0, "b received a's segmented runs as groups: {sup_b:?}");
         } else if offload {
             // The kernel handed each agent TCP super-packets to cut, and each wrote
-            // coalesced ones (both directions ran).
+            // coalesced ones (both directions ran); each received the other's segmented
+            // runs whole.
             assert!(sup_a.0 > 0 && sup_b.0 > 0, "super-packets read: a {sup_a:?} b {sup_b:?}");
             assert!(sup_a.1 > 0 && sup_b.1 > 0, "super-packets written: a {sup_a:?} b {sup_b:?}");
+            assert!(sup_a.2 > 0 && sup_b.2 > 0, "groups received: a {sup_a:?} b {sup_b:?}");
         } else {
-            assert_eq!((sup_a, sup_b), ((0, 0), (0, 0)), "no offload: one packet per read and write");
+            assert_eq!((sup_a, sup_b), ((0, 0, 0), (0, 0, 0)), "no offload: one packet per read and write");
         }
         d.stop_agent(0);
         d.stop_agent(1);

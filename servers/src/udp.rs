@@ -18,7 +18,7 @@ use nix::sys::socket::{
 };
 use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 
 /// Most peers whose local address is remembered; over it the map starts again (a peer
@@ -212,13 +212,7 @@ impl SourceInfo {
 }
 
 /// The standard form of a received source address.
-pub fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = s.as_sockaddr_in() {
-        return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
-    }
-    let v6 = s.as_sockaddr_in6()?;
-    Some(SocketAddr::V6(SocketAddrV6::from(*v6)))
-}
+pub use ntm_io::udp::socket_addr;
 
 #[cfg(test)]
 mod tests {

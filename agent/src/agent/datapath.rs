@@ -1,15 +1,17 @@
 //! The tunnel's data path: the UDP sockets (one port, both families where the host has
-//! them) and the TUN device. Datagrams come in up to a batch per system call and go to
-//! the engine, their inner packets to the TUN device; packets from the TUN device are
+//! them) and the TUN device. Datagrams come in many per system call (whole coalesced
+//! groups of them where the kernel can, see `crate::inbox`) and go to the engine a batch
+//! at a time, their inner packets to the TUN device; packets from the TUN device are
 //! sealed in place and sent a batch per call. Each source is read for at most
 //! `READ_BUDGET` per turn. With the TUN offloads (`tun.offload`, `crate::offload`) a read
 //! from the TUN device may be a TCP super-packet, cut into segments that are sealed one to
 //! a slot, and the inner TCP segments of a receive batch are coalesced into super-packets
 //! before they are written; without them, one packet per read and per write.
 
-use super::{Agent, READ_BUDGET, TUN, UDP4, UDP6};
+use super::{Agent, READ_BUDGET, TUN, UDP4};
 use crate::batch::{BATCH, SLOT_LEN};
 use crate::icmp;
+use crate::inbox::{Cursor, Inbox, Tally};
 use crate::offload::{self, Plan, TcpSeg, VnetHdr, VNET_HDR_LEN};
 use crate::pmtu;
 use mio::net::UdpSocket;
@@ -70,6 +72,13 @@ pub(super) fn queue_errors(sock: &UdpSocket) {
     if let Err(e) = r {
         log::debug!("the tunnel socket will not report ICMP errors: {e}");
     }
+}
+
+/// Asks the kernel for coalesced groups on a tunnel socket (see `crate::inbox`), once the
+/// start-up trial showed that it gives them. The receive slots hold them whether it takes
+/// the option or not, so a refusal changes nothing but the speed.
+pub(super) fn coalesce(sock: &UdpSocket) {
+    let _ = ntm_io::udp::coalesce(sock);
 }
 
 /// An IPv6-only socket on `port`: the IPv4 socket owns the port's IPv4 side (the kernel's
@@ -133,12 +142,12 @@ impl Agent {
     pub(super) fn read_udp(&mut self, token: Token) {
         let sock = if token == UDP4 { self.udp4.as_ref() } else { self.udp6.as_ref() };
         let Some(fd) = sock.map(|s| s.as_raw_fd()) else { return };
-        self.read_tunnel(token, fd, token == UDP6, Local::MAIN);
+        self.read_tunnel(token, fd, Local::MAIN);
     }
 
     /// Reads one tunnel socket, the main one of a family or an extra one (`local`), for
     /// at most `READ_BUDGET` datagrams.
-    pub(super) fn read_tunnel(&mut self, token: Token, fd: RawFd, ipv6: bool, local: Local) {
+    pub(super) fn read_tunnel(&mut self, token: Token, fd: RawFd, local: Local) {
         let mut read = 0;
         let mut error_seen = false;
         loop {
@@ -150,7 +159,7 @@ impl Agent {
             // (IP_RECVERR) is returned by the next receive, once, even while datagrams
             // wait: read on once. Any other error ends the drain too (the next readiness
             // event tries again).
-            let n = match self.rx.recv(fd, ipv6) {
+            let n = match self.rx.recv(fd) {
                 Ok(n) => n,
                 Err(Errno::EAGAIN) => return,
                 Err(_) if !error_seen => {
@@ -159,49 +168,51 @@ impl Agent {
                 }
                 Err(_) => return,
             };
-            read += n;
             let now = self.now();
-            // The datagrams to hand to the engine, all at once (consecutive ones of one
-            // tunnel are opened side by side, see `ntm_aead`), and the slot of each.
-            let mut slot_of: heapless::Vec<usize, BATCH> = heapless::Vec::new();
-            let mut results: [Received; BATCH] = std::array::from_fn(|_| Received::Handled);
-            {
-                let mut datagrams: heapless::Vec<(SocketAddr, &mut [u8]), BATCH> = heapless::Vec::new();
-                for (i, (r, slot)) in self.rx.received_slots_mut(n).enumerate() {
-                    self.counters.udp_in += 1;
-                    let Some(from) = r.from else { continue };
-                    if r.truncated {
-                        self.counters.oversized += 1;
-                        continue;
-                    }
-                    // Both hold at most BATCH, one per slot of the batch.
-                    let _ = datagrams.push((from, slot.get_mut(..r.len).unwrap_or_default()));
-                    let _ = slot_of.push(i);
+            // The datagrams of the messages, a batch at a time (a coalesced group may hold
+            // more than one batch), all at once to the engine: consecutive ones of one
+            // tunnel are opened side by side (see `ntm_aead`).
+            let (mut at, mut tally) = (Cursor::default(), Tally::default());
+            while !Inbox::done(&at, n) {
+                let mut starts: heapless::Vec<usize, BATCH> = heapless::Vec::new();
+                let mut results: [Received; BATCH] = std::array::from_fn(|_| Received::Handled);
+                {
+                    let mut datagrams = heapless::Vec::new();
+                    self.rx.next_datagrams(n, &mut at, &mut datagrams, &mut starts, &mut tally);
+                    self.node.handle_datagrams_on(now, local, &mut datagrams, &mut results);
                 }
-                self.node.handle_datagrams_on(now, local, &mut datagrams, &mut results);
-            }
-            // Where each slot's inner packet is (empty for a datagram that held none).
-            let mut opened: [Range<usize>; BATCH] = std::array::from_fn(|_| 0..0);
-            for (r, &i) in results.iter().zip(&slot_of) {
-                if let (Received::Ip(range), Some(o)) = (r, opened.get_mut(i)) {
-                    *o = range.clone();
-                }
-            }
-            if self.offload {
-                // Coalesced where they can be.
-                self.write_coalesced(opened.get(..n).unwrap_or_default());
-            } else {
-                for (i, range) in opened.iter().enumerate().take(n) {
-                    let Some(pkt) = self.rx.slot(i).get(range.clone()).filter(|p| !p.is_empty()) else { continue };
-                    match self.tun.send(pkt) {
-                        Ok(_) => self.counters.tun_out += 1,
-                        Err(_) => self.counters.send_errors += 1,
+                // Where each datagram's inner packet is in the slots (empty for a datagram
+                // that held none).
+                let mut opened: [Range<usize>; BATCH] = std::array::from_fn(|_| 0..0);
+                for ((r, &start), o) in results.iter().zip(&starts).zip(opened.iter_mut()) {
+                    if let Received::Ip(range) = r {
+                        *o = start + range.start..start + range.end;
                     }
                 }
+                let opened = opened.get(..starts.len()).unwrap_or_default();
+                if self.offload {
+                    // Coalesced where they can be.
+                    self.write_coalesced(opened);
+                } else {
+                    for range in opened {
+                        let pkt = self.rx.get(range.clone());
+                        if pkt.is_empty() {
+                            continue;
+                        }
+                        match self.tun.send(pkt) {
+                            Ok(_) => self.counters.tun_out += 1,
+                            Err(_) => self.counters.send_errors += 1,
+                        }
+                    }
+                }
             }
-            // A short batch means the queue ran empty (recvmmsg stops at the first
+            self.counters.udp_in += tally.datagrams;
+            self.counters.oversized += tally.truncated;
+            self.counters.udp_groups_in += tally.groups;
+            read += usize::try_from(tally.datagrams).unwrap_or(usize::MAX);
+            // A short receive means the queue ran empty (recvmmsg stops at the first
             // WouldBlock): no need for another call to hear it again.
-            if n < BATCH {
+            if n < self.rx.slots() {
                 return;
             }
         }
@@ -474,7 +485,7 @@ impl Agent {
             let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
             let Ok(msg) = recvmsg::<SockaddrStorage>(fd, &mut iov, None, flags) else { break };
             self.counters.icmp_errors += 1;
-            if let Some(dst) = msg.address.as_ref().and_then(crate::batch::socket_addr).map(|a| a.ip()) {
+            if let Some(dst) = msg.address.as_ref().and_then(ntm_io::udp::socket_addr).map(|a| a.ip()) {
                 if !dsts.contains(&dst) {
                     dsts.push(dst);
                 }
@@ -520,13 +531,14 @@ impl Agent {
         }
     }
 
-    /// Writes the inner packets of the receive batch (`opened[i]`: the packet's bytes in
-    /// slot `i`, empty for a datagram that held none) to the TUN device with the offloads
+    /// Writes the inner packets of a batch of received datagrams (`opened[i]`: where
+    /// datagram `i`'s packet is in the slots, empty for one that held none) to the TUN
+    /// device with the offloads
     /// on: consecutive segments of one TCP flow as one super-packet (GRO, see
     /// `crate::offload`; only where the kernel took TSO), every other packet on its own.
     fn write_coalesced(&mut self, opened: &[Range<usize>]) {
         let (tun, rx, gso) = (&self.tun, &self.rx, self.tun_gso);
-        let inner = |i: usize| rx.slot(i).get(opened.get(i).cloned().unwrap_or_default()).unwrap_or_default();
+        let inner = |i: usize| rx.get(opened.get(i).cloned().unwrap_or_default());
         let mut i = 0;
         while i < opened.len() {
             let first = inner(i);

@@ -31,6 +31,8 @@ pub(super) struct Extra {
     pub(super) opened: u64,
     /// Sockets that could not be opened (or were over [`LOCALS_MAX`]).
     pub(super) failures: u64,
+    /// New sockets take coalesced groups, as the tunnel sockets do (`crate::inbox`).
+    pub(super) coalescing: bool,
 }
 
 #[derive(Debug)]
@@ -49,16 +51,24 @@ pub(super) fn local_of(token: Token) -> Option<Local> {
     token.0.checked_sub(EXTRA_BASE).and_then(|k| u16::try_from(k).ok()).map(Local)
 }
 
-fn open(registry: &Registry, local: Local, v4: bool) -> io::Result<UdpSocket> {
+fn open(registry: &Registry, local: Local, v4: bool, coalescing: bool) -> io::Result<UdpSocket> {
     let mut sock =
         if v4 { super::bind_udp(SocketAddr::from(([0, 0, 0, 0], 0)))? } else { super::datapath::bind_udp6_only(0)? };
     size_buffers(&sock);
     super::datapath::queue_errors(&sock);
+    if coalescing {
+        super::datapath::coalesce(&sock);
+    }
     registry.register(&mut sock, token(local), Interest::READABLE)?;
     Ok(sock)
 }
 
 impl Extra {
+    /// None open yet; new ones take coalesced groups with `coalescing`.
+    pub(super) fn new(coalescing: bool) -> Self {
+        Extra { coalescing, ..Extra::default() }
+    }
+
     /// How many are open.
     pub(super) fn len(&self) -> usize {
         self.open.len()
@@ -76,7 +86,7 @@ impl Extra {
             let opened = if self.open.len() >= LOCALS_MAX || local == Local::MAIN {
                 Err(io::Error::other(format!("{} extra sockets are open already", self.open.len())))
             } else {
-                open(registry, local, to.is_ipv4())
+                open(registry, local, to.is_ipv4(), self.coalescing)
             };
             match opened {
                 Ok(sock) => {
@@ -121,8 +131,8 @@ impl Agent {
     /// Reads the extra socket `local` (as the tunnel socket, within the same budget).
     pub(super) fn read_extra(&mut self, local: Local) {
         let Some(s) = self.extra.open.get(&local) else { return };
-        let (fd, v6) = (s.sock.as_raw_fd(), !s.v4);
-        self.read_tunnel(token(local), fd, v6, local);
+        let fd = s.sock.as_raw_fd();
+        self.read_tunnel(token(local), fd, local);
     }
 
     /// The ICMP errors queued for `local`'s socket.

@@ -231,11 +231,14 @@ impl Agent {
             j.open(None).str("to", &dst.to_string()).num("mtu", u64::from(mtu)).close();
         }
         j.end_array();
+        // Whether the tunnel sockets take coalesced groups (crate::inbox).
+        j.bool("udp_coalescing", self.rx.coalescing());
         let c = &self.counters;
         j.open(Some("counters"))
             .num("tun_in", c.tun_in)
             .num("tun_out", c.tun_out)
             .num("udp_in", c.udp_in)
+            .num("udp_groups_in", c.udp_groups_in)
             .num("udp_out", c.udp_out)
             .num("no_tunnel", c.no_tunnel)
             .num("not_unicast", c.not_unicast)
