@@ -78,25 +78,13 @@ fn ping_rtt(lab: &Lab, ns: &Ns, dst: &str, count: u32) -> Res<f64> {
 /// How long a client waits for a busy iperf3 server: more than the server's receive timeout.
 const IPERF_BUSY_WAIT_SECS: u64 = 15;
 
-/// The iperf3 server of one measured path. `--rcv-timeout`: a test whose data stops ends
-/// after 5 s instead of the default 120 s.
-const IPERF_SERVER: &[&str] = &["iperf3", "-s", "--rcv-timeout", "5000"];
-
-/// Runs `f` with a fresh iperf3 server in `ns`, and stops the server (and anything it
-/// forked) afterwards, whatever `f` gave. One server per path, not per part: a server
-/// that outlived a row could still hold that row's last test (a tunnel taken down while
-/// the server was sending: `--rcv-timeout` only guards a receiver), so the next row
-/// found it "busy" until it gave up (CI, 2026-12-07: the fastd row failed that way).
+/// Runs `f` with a fresh iperf3 server in `ns` ([`Lab::iperf_server`]), and stops the
+/// server (and anything it forked) afterwards, whatever `f` gave. One server per path,
+/// not per part: a server that outlived a row could still hold that row's last test, and
+/// the next row found it "busy" until it gave up (CI, 2026-12-07: the fastd row).
 fn with_iperf_server<T>(lab: &mut Lab, ns: &Ns, tag: &str, f: impl FnOnce(&mut Lab) -> Res<T>) -> Res<T> {
-    let p = lab.spawn(ns, &format!("iperf-server-{tag}"), IPERF_SERVER, &[]).map_err(e2s)?;
-    let listening = lab.wait_for(5, || {
-        lab.try_exec(ns, &["ss", "-Hltn", "sport = :5201"]).is_ok_and(|o| !o.stdout.trim_ascii().is_empty())
-    });
-    let r = if listening {
-        f(lab)
-    } else {
-        Err(format!("iperf3 server in {}: not listening within 5 s: {}", ns.name, lab.proc(p).log_text().trim()))
-    };
+    let p = lab.iperf_server(ns, &format!("iperf-server-{tag}")).map_err(e2s)?;
+    let r = f(lab);
     lab.proc(p).stop();
     r
 }

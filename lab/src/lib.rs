@@ -475,6 +475,25 @@ impl Lab {
         Ok(self.procs.len() - 1)
     }
 
+    /// Starts an iperf3 server in `ns` (port 5201) and waits until it listens. A test
+    /// stops it ([`Proc::stop`]) once its runs through one path are done: a server kept
+    /// across paths can still hold the last test of a path that was taken down under it,
+    /// and answer the next path's client "busy" (the bench's fastd row failed so in CI on
+    /// 2026-12-07). `--rcv-timeout`: a receiving test whose data stops ends after 5 s.
+    pub fn iperf_server(&mut self, ns: &Ns, label: &str) -> Result<usize> {
+        let p = self.spawn(ns, label, &["iperf3", "-s", "--rcv-timeout", "5000"], &[])?;
+        let listening = self.wait_for(5, || {
+            self.try_exec(ns, &["ss", "-Hltn", "sport = :5201"]).is_ok_and(|o| !o.stdout.trim_ascii().is_empty())
+        });
+        if !listening {
+            let log = self.proc(p).log_text();
+            self.proc(p).stop();
+            let what = format!("iperf3 -s in {} (not listening within 5 s)", ns.name);
+            return Err(LabError::Command { what, stderr: log });
+        }
+        Ok(p)
+    }
+
     /// Like [`Lab::spawn`], but stdin and stdout are pipes for the test (see
     /// [`Proc::take_stdin`]); stderr goes to the log.
     pub fn spawn_piped(&mut self, ns: &Ns, label: &str, cmd: &[&str]) -> Result<usize> {

@@ -126,7 +126,6 @@ fn bulk_tcp_through_the_tunnel_with_and_without_tun_offloads() {
     }
     let Some(mut d) = or_skip(Deployment::start(label), label) else { return };
     let (a, b) = (d.boxes[0].ns.clone(), d.boxes[1].ns.clone());
-    d.lab.spawn(&b, "iperf-server", &["iperf3", "-s", "--rcv-timeout", "5000"], &[]).expect("iperf3 server");
     // Offloads on, off, and on with the receiving agent stalled now and then: the tunnel
     // socket's receive buffer must hold what arrives meanwhile. "Off" is the plain path of
     // an old kernel: no TUN offloads and no coalesced groups on the tunnel sockets
@@ -145,6 +144,8 @@ fn bulk_tcp_through_the_tunnel_with_and_without_tun_offloads() {
             let s = d.status(i).expect("status");
             assert_eq!(s["udp_coalescing"].as_bool(), Some(offload), "box {i}: udp_coalescing in status");
         }
+        // A server of this configuration's own (see `Lab::iperf_server`).
+        let server = d.lab.iperf_server(&b, &format!("iperf-server-{offload}-{stalls}")).expect("iperf3 server");
         let b4 = st[1]["virtual_ipv4"].as_str().expect("b's virtual IPv4").to_string();
         // The name through box a's DNS hook opens the tunnel.
         assert_eq!(d.dig(0, "b.zone-b.test", "A"), b4);
@@ -204,6 +205,7 @@ fn bulk_tcp_through_the_tunnel_with_and_without_tun_offloads() {
         } else {
             assert_eq!((sup_a, sup_b), ((0, 0, 0), (0, 0, 0)), "no offload: one packet per read and write");
         }
+        d.lab.proc(server).stop();
         d.stop_agent(0);
         d.stop_agent(1);
     }

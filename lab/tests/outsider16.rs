@@ -196,8 +196,7 @@ fn cgn_box_to_ipv6_box_relayed_by_two_workers_with_every_offload_combination() {
 /// small UDP datagrams), printed.
 fn iperf_battery(d: &mut Deployment, tag: &str, b4: &str, b6: &str) {
     d.lab.step("iperf3 runs");
-    let srv = d.lab.spawn(&d.boxes[1].ns.clone(), &format!("iperf-s-{tag}"), &["iperf3", "-s"], &[]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let srv = d.lab.iperf_server(&d.boxes[1].ns.clone(), &format!("iperf-s-{tag}")).unwrap();
     for args in [
         vec!["-c", b4],
         vec!["-c", b4, "-R"],
@@ -375,10 +374,9 @@ fn four_relayed_sessions(workers: u64) {
         assert!(d.lab.wait_for(15, || d.ping(0, &v4, 1)), "a reaches {fqdn}");
         assert!(d.wait_path(0, &fqdn, "relay", 10), "{fqdn} relayed");
         let ns = d.boxes[i].ns.clone();
-        d.lab.spawn(&ns, &format!("iperf-s-{i}"), &["iperf3", "-s"], &[]).unwrap();
+        d.lab.iperf_server(&ns, &format!("iperf-s-{i}")).unwrap();
         dsts.push(v4);
     }
-    std::thread::sleep(Duration::from_millis(300));
     let rs0 = rs_status(&d);
     eprintln!("RS sessions: {}", rs0["sessions"]);
     let mut failures = Vec::new();
@@ -480,8 +478,7 @@ fn a_small_session_budget_is_counted_and_the_stream_goes_on() {
     assert!(d.lab.wait_for(15, || d.ping(0, &b4, 1)), "a reaches b");
     assert!(d.wait_path(0, B, "relay", 10), "relayed");
     let b = d.boxes[1].ns.clone();
-    d.lab.spawn(&b, "iperf-s", &["iperf3", "-s"], &[]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    d.lab.iperf_server(&b, "iperf-s").unwrap();
     let (mbit, retrans, _, err) = iperf(&d, &["-c", &b4]);
     let rs = rs_status(&d);
     eprintln!("budget 20000 pps: {mbit:.0} Mbit/s, {retrans} retransmits {err}; RS dropped {}", rs["dropped"]);

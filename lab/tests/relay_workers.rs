@@ -13,7 +13,6 @@
 use ntm_lab::deploy::{or_skip, read_status, Access, Deployment};
 use ntm_lab::tools_or_skip;
 use serde_json::Value;
-use std::time::Duration;
 
 const B: &str = "b.zone-b.test";
 
@@ -73,8 +72,7 @@ fn relay_with_workers(workers: u64) {
     assert!(d.ping(0, &b_v4, 3), "box a reaches box b");
     assert!(d.wait_path(0, B, "relay", 10), "the tunnel is relayed");
     let b = d.boxes[1].ns.clone();
-    d.lab.spawn(&b, "iperf-server", &["iperf3", "-s"], &[]).expect("iperf3 server");
-    std::thread::sleep(Duration::from_millis(300));
+    d.lab.iperf_server(&b, "iperf-server").expect("iperf3 server");
 
     let pid = {
         let i = d.servers.iter().find(|(l, _, _)| l == "rs").map(|s| s.2).expect("the RS runs");
