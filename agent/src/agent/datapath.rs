@@ -9,7 +9,7 @@
 //! before they are written; without them, one packet per read and per write.
 
 use super::{Agent, READ_BUDGET, TUN, UDP4};
-use crate::batch::{BATCH, SLOT_LEN};
+use crate::batch::{errno, once_more, BATCH, SLOT_LEN};
 use crate::icmp;
 use crate::inbox::{Cursor, Inbox, Tally};
 use crate::offload::{self, Plan, TcpSeg, VnetHdr, VNET_HDR_LEN};
@@ -74,6 +74,12 @@ pub(super) fn queue_errors(sock: &UdpSocket) {
     }
 }
 
+/// Sends one datagram from a tunnel socket (a second time if the first try failed with
+/// what may have been a forged ICMP error, see `crate::batch::once_more`); whether it went.
+pub(super) fn send_one(sock: &UdpSocket, to: SocketAddr, bytes: &[u8]) -> bool {
+    once_more(|| sock.send_to(bytes, to).map_err(errno)).is_ok()
+}
+
 /// Asks the kernel for coalesced groups on a tunnel socket (see `crate::inbox`), once the
 /// start-up trial showed that it gives them. The receive slots hold them whether it takes
 /// the option or not, so a refusal changes nothing but the speed.
@@ -124,10 +130,10 @@ impl Agent {
     }
 
     pub(super) fn send_udp(&mut self, to: SocketAddr, bytes: &[u8]) {
-        let ok = self.socket_for(&to).map(|s| s.send_to(bytes, to));
-        match ok {
-            Some(Ok(_)) => self.counters.udp_out += 1,
-            _ => self.counters.send_errors += 1,
+        if self.socket_for(&to).is_some_and(|s| send_one(s, to, bytes)) {
+            self.counters.udp_out += 1;
+        } else {
+            self.counters.send_errors += 1;
         }
     }
 

@@ -12,7 +12,7 @@
 //! (descriptors, memory) is counted and logged once per run: the search goes on with the
 //! others, and what the engine sends from it is counted as a send error.
 
-use super::datapath::size_buffers;
+use super::datapath::{send_one, size_buffers};
 use super::{Agent, EXTRA_BASE};
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
@@ -121,10 +121,11 @@ impl Extra {
 impl Agent {
     /// Sends one datagram from the extra socket `local`, opening it at first use.
     pub(super) fn send_extra(&mut self, local: Local, to: SocketAddr, bytes: &[u8]) {
-        let sent = self.extra.socket(self.poll.registry(), local, to).map(|s| s.send_to(bytes, to));
-        match sent {
-            Some(Ok(_)) => self.counters.udp_out += 1,
-            _ => self.counters.send_errors += 1,
+        let sent = self.extra.socket(self.poll.registry(), local, to).is_some_and(|s| send_one(s, to, bytes));
+        if sent {
+            self.counters.udp_out += 1;
+        } else {
+            self.counters.send_errors += 1;
         }
     }
 
