@@ -464,7 +464,9 @@ mod tests {
         let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let fd = tx.as_raw_fd();
-        for offload in [false, true] {
+        // Segmented too where the kernel does it right (not under qemu-user for a
+        // big-endian guest, where it would glue the datagrams).
+        for offload in [false, ntm_io::udp::segmentation_works()] {
             tx.send_to(b"to nobody", closed).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(20));
             let mut out = Batch::new().with_offload(offload);
