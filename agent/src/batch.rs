@@ -345,8 +345,8 @@ impl Batch {
     }
 }
 
-/// A send system call, made a second time if the first failed with an error that may
-/// have been the socket's pending one. The tunnel sockets report ICMP errors
+/// A send (or receive) system call, made a second time if the first failed with an error
+/// that may have been the socket's pending one. The tunnel sockets report ICMP errors
 /// (`IP_RECVERR`): the kernel then also keeps the last one as the socket's pending error
 /// and fails the socket's next send with it, whatever that send was. Anyone who can
 /// guess the two tunnel endpoints can forge such errors (port unreachable, or protocol

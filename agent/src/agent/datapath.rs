@@ -155,25 +155,17 @@ impl Agent {
     /// at most `READ_BUDGET` datagrams.
     pub(super) fn read_tunnel(&mut self, token: Token, fd: RawFd, local: Local) {
         let mut read = 0;
-        let mut error_seen = false;
         loop {
             if read >= READ_BUDGET {
                 self.turn.spent(token);
                 return;
             }
             // WouldBlock ends the drain. An ICMP error about a datagram this socket sent
-            // (IP_RECVERR) is returned by the next receive, once, even while datagrams
-            // wait: read on once. Any other error ends the drain too (the next readiness
-            // event tries again).
-            let n = match self.rx.recv(fd) {
-                Ok(n) => n,
-                Err(Errno::EAGAIN) => return,
-                Err(_) if !error_seen => {
-                    error_seen = true;
-                    continue;
-                }
-                Err(_) => return,
-            };
+            // (IP_RECVERR) is the socket's pending error, returned by the next receive
+            // even while datagrams wait: the receive is made once more, as a send is
+            // (`once_more`). Any other error ends the drain (the next readiness event
+            // tries again).
+            let Ok(n) = once_more(|| self.rx.recv(fd)) else { return };
             let now = self.now();
             // The datagrams of the messages, a batch at a time (a coalesced group may hold
             // more than one batch), all at once to the engine: consecutive ones of one
@@ -635,9 +627,8 @@ impl Agent {
         let (udp4, udp6) = (self.udp4.as_ref(), self.udp6.as_ref());
         let sent = self.held.retry(std::time::Instant::now(), |to, bytes| {
             let sock = if to.is_ipv4() { udp4 } else { udp6 };
-            match sock.map(|s| s.send_to(bytes, to)) {
-                Some(Ok(_)) => Ok(()),
-                Some(Err(e)) => Err(e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)),
+            match sock.map(|s| once_more(|| s.send_to(bytes, to).map_err(errno))) {
+                Some(r) => r.map(drop),
                 None => Err(Errno::EAFNOSUPPORT),
             }
         });
