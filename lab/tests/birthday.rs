@@ -58,6 +58,17 @@ fn echo(d: &mut Deployment, from: usize, port: u16, tag: &str) -> bool {
     back == data
 }
 
+/// Whether the hard side's search (the box whose DC said "dependent") found the path on
+/// its tunnel socket rather than on one of the 256 it opened: its log says so.
+fn found_on_tunnel_socket(d: &mut Deployment, verdicts: [&str; 2]) -> bool {
+    let Some(hard) = verdicts.iter().position(|v| *v == "dependent") else { return false };
+    let session = d.tunnel(hard, FQDN[1 - hard]).map(|t| t["session"].as_str().unwrap_or_default().to_string());
+    let Some(session) = session.filter(|s| !s.is_empty()) else { return false };
+    let log = d.lab.proc(d.boxes[hard].proc.unwrap()).log_text();
+    let line = format!("tunnel {session}: direct path to");
+    log.lines().any(|l| l.contains(&line) && l.ends_with("found by the search (socket 0)"))
+}
+
 /// One round: NATs `kinds` in front of boxes a and b (fresh conntrack: a new tunnel port),
 /// both agents up; each DC's verdict is `verdicts`; box a reaches b by name, the tunnel
 /// settles on `want` ("direct" or "relay") on both sides within a few seconds, and ping and
@@ -136,8 +147,11 @@ fn round(d: &mut Deployment, kinds: [NatKind; 2], verdicts: [&str; 2], want: &st
         // echoes are over a hundred packets).
         assert!(more < 20, "{tag}: the RS relayed {more} packets after the tunnel went direct");
         assert!(sum("found") >= 1, "{tag}: a search found the path: {stats:?}");
-        // The hard side keeps the one socket that met the peer and closed the others.
-        assert_eq!(sum("sockets_open_now"), 1, "{tag}: {stats:?}");
+        // The hard side keeps the one socket that met the peer and closed the others;
+        // none if the peer's guess landed on its tunnel socket's mapping (route
+        // optimization's probes made one toward the peer: about one find in 257).
+        let kept = if found_on_tunnel_socket(d, verdicts) { 0 } else { 1 };
+        assert_eq!(sum("sockets_open_now"), kept, "{tag}: {stats:?}");
     } else {
         assert!(more >= 40, "{tag}: the RS relayed the data ({more} packets)");
         // Two symmetric NATs: no search is asked for. A search that failed (an
