@@ -38,6 +38,12 @@
 //! with one block per call and its counter blocks in wide passes before or after it, as
 //! the `ccm` crate does (measured as fast: `ntm-bench --only crypto` compares the three).
 //!
+//! On x86_64 CPUs with VAES (`wide`), the passes go through this crate's own backend:
+//! eight blocks in four 256-bit registers, two blocks per instruction, and the runs of
+//! whole payload blocks keep the chains' states in registers from pass to pass (with the
+//! trailing counter passes between them, when sealing) instead of storing and loading
+//! them around every pass. Elsewhere the `aes` crate's backends, as before.
+//!
 //! Tags are compared in constant time. A message that does not verify has its buffer
 //! zeroed (no unverified plaintext leaves), and the others in its batch are unaffected.
 //! The key schedule is cleared on drop (the `aes` crate's `zeroize` feature).
@@ -45,6 +51,9 @@
 //! The `ccm` crate (RustCrypto) is the reference this is tested against.
 
 #![no_std]
+
+#[cfg(target_arch = "x86_64")]
+mod wide;
 
 use aes::cipher::consts::U16;
 use aes::cipher::generic_array::GenericArray;
@@ -101,8 +110,13 @@ impl core::fmt::Debug for Message<'_> {
 }
 
 /// An AES-128-CCM instance with its key schedule expanded once. The `aes` crate's
-/// `zeroize` feature clears the schedule on drop.
-pub struct Aead(Aes128Enc);
+/// `zeroize` feature clears the schedule on drop (and `wide::Keys` its own).
+pub struct Aead {
+    narrow: Aes128Enc,
+    /// The same key for VAES, where the CPU has it (x86_64): the passes go through it.
+    #[cfg(target_arch = "x86_64")]
+    wide: Option<wide::Keys>,
+}
 
 impl core::fmt::Debug for Aead {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -113,7 +127,30 @@ impl core::fmt::Debug for Aead {
 impl Aead {
     /// Expands `key`.
     pub fn new(key: &[u8; KEY_LEN]) -> Self {
-        Aead(Aes128Enc::new(GenericArray::from_slice(key)))
+        Aead {
+            narrow: Aes128Enc::new(GenericArray::from_slice(key)),
+            #[cfg(target_arch = "x86_64")]
+            wide: wide::Keys::new(key),
+        }
+    }
+
+    /// Expands `key` for the `aes` crate's backends only, even where the CPU has VAES
+    /// (tests and benchmarks compare the two).
+    #[doc(hidden)]
+    pub fn without_vaes(key: &[u8; KEY_LEN]) -> Self {
+        Aead {
+            narrow: Aes128Enc::new(GenericArray::from_slice(key)),
+            #[cfg(target_arch = "x86_64")]
+            wide: None,
+        }
+    }
+
+    /// Whether the passes go through VAES (x86_64 CPUs that have it).
+    pub fn uses_vaes(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self.wide.is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     /// Encrypts `buf` in place and returns the tag.
@@ -160,7 +197,19 @@ impl Aead {
             for ((lane, m), r) in lanes.iter_mut().zip(msgs.iter()).zip(out.iter_mut()) {
                 *r = lane.start(m);
             }
-            self.0.encrypt_with_backend(Passes { lanes: &mut lanes[..msgs.len()], msgs: &mut msgs[..], open });
+            #[cfg(target_arch = "x86_64")]
+            let fast = Fast { vaes: self.wide.as_ref() };
+            #[cfg(not(target_arch = "x86_64"))]
+            let fast = Fast::default();
+            let passes = Passes { lanes: &mut lanes[..msgs.len()], msgs: &mut msgs[..], open, fast };
+            #[cfg(target_arch = "x86_64")]
+            if let Some(wide) = &self.wide {
+                wide.encrypt_with_backend(passes);
+            } else {
+                self.narrow.encrypt_with_backend(passes);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            self.narrow.encrypt_with_backend(passes);
             for ((lane, m), r) in lanes.iter().zip(msgs.iter_mut()).zip(out.iter_mut()) {
                 if r.is_err() {
                     continue;
@@ -388,6 +437,32 @@ struct Passes<'l, 'm, 'a> {
     lanes: &'l mut [Lane],
     msgs: &'m mut [Message<'a>],
     open: bool,
+    fast: Fast<'l>,
+}
+
+/// Runs of MAC passes with the chains' states kept in registers, where the backend is
+/// this crate's own (VAES, see `wide`); elsewhere the passes go through the backend one
+/// at a time and the states through memory.
+#[derive(Clone, Copy, Default)]
+struct Fast<'k> {
+    #[cfg(target_arch = "x86_64")]
+    vaes: Option<&'k wide::Keys>,
+    #[cfg(not(target_arch = "x86_64"))]
+    none: core::marker::PhantomData<&'k ()>,
+}
+
+impl Fast<'_> {
+    /// `steps` MAC passes over whole blocks (`wide::Keys::mac_run`), with the counter
+    /// passes of `behind` between them; false if they are left to the caller.
+    #[inline(always)]
+    fn run(self, states: &mut [aes::Block], runs: &[&[u8]], behind: &mut [(&mut [u8], u128)], steps: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(keys) = self.vaes {
+            return keys.mac_run(states, runs, behind, steps);
+        }
+        let _ = (states, runs, behind, steps);
+        false
+    }
 }
 
 impl BlockSizeUser for Passes<'_, '_, '_> {
@@ -397,7 +472,7 @@ impl BlockSizeUser for Passes<'_, '_, '_> {
 impl BlockClosure for Passes<'_, '_, '_> {
     #[inline(always)]
     fn call<B: BlockBackend<BlockSize = U16>>(self, backend: &mut B) {
-        let Passes { lanes, msgs, open } = self;
+        let Passes { lanes, msgs, open, fast } = self;
         if lanes.len() > 1 && pipelined::<B>() {
             first_counter_blocks(backend, lanes);
         }
@@ -426,14 +501,12 @@ impl BlockClosure for Passes<'_, '_, '_> {
                 lane.mac_next += run;
                 lane.mac = b.into();
             }
-        } else if option_env!("NOMAC").is_none() {
-            interleave(backend, lanes, msgs, open);
+        } else {
+            interleave(backend, fast, lanes, msgs, open);
         }
         // What sealing left (nothing, when opening).
-        if option_env!("NOCTR").is_none() {
-            for (lane, m) in lanes.iter_mut().zip(msgs.iter_mut()) {
-                ctr_all(backend, lane, m);
-            }
+        for (lane, m) in lanes.iter_mut().zip(msgs.iter_mut()) {
+            ctr_all(backend, lane, m);
         }
     }
 }
@@ -521,6 +594,7 @@ fn ctr_all<B: BlockBackend<BlockSize = U16>>(backend: &mut B, lane: &mut Lane, m
 #[inline(always)]
 fn interleave<B: BlockBackend<BlockSize = U16>>(
     backend: &mut B,
+    fast: Fast<'_>,
     lanes: &mut [Lane],
     msgs: &mut [Message<'_>],
     open: bool,
@@ -557,7 +631,7 @@ fn interleave<B: BlockBackend<BlockSize = U16>>(
         }
         if k > 0 && steps > 0 {
             if !open && pipelined::<B>() {
-                seal_run(backend, lanes, msgs, &active[..k], steps.min(width));
+                seal_run(backend, fast, lanes, msgs, &active[..k], steps.min(width));
                 continue;
             }
             // The chain's state stays in its slot from pass to pass: each pass XORs the
@@ -570,8 +644,10 @@ fn interleave<B: BlockBackend<BlockSize = U16>>(
                 *slot = lane.mac.into();
                 lane.mac_next += steps;
             }
-            for step in 0..steps {
-                mac_pass(backend, &mut par, &runs[..k], step);
+            if !fast.run(&mut par, &runs[..k], &mut [], steps) {
+                for step in 0..steps {
+                    mac_pass(backend, &mut par, &runs[..k], step);
+                }
             }
             for (slot, &li) in par.iter().zip(&active[..k]) {
                 lanes[li].mac = (*slot).into();
@@ -664,6 +740,7 @@ fn mac_pass<B: BlockBackend<BlockSize = U16>>(backend: &mut B, par: &mut ParBloc
 #[inline(always)]
 fn seal_run<B: BlockBackend<BlockSize = U16>>(
     backend: &mut B,
+    fast: Fast<'_>,
     lanes: &mut [Lane],
     msgs: &mut [Message<'_>],
     active: &[usize],
@@ -694,7 +771,8 @@ fn seal_run<B: BlockBackend<BlockSize = U16>>(
         lane.mac_next += steps;
     }
     let k = active.len();
-    for step in 0..steps {
+    let fast_done = fast.run(&mut par, &runs[..k], behind.get_mut(..steps).unwrap_or_default(), steps);
+    for step in (0..steps).filter(|_| !fast_done) {
         mac_pass(backend, &mut par, &runs[..k], step);
         if let Some((pass, first)) = behind.get_mut(step).filter(|(p, _)| !p.is_empty()) {
             for (j, block) in ks.iter_mut().enumerate() {
@@ -857,7 +935,20 @@ mod tests {
     #[test]
     fn equal_lengths_in_full_batches_match_the_reference() {
         let key = [0x2a; KEY_LEN];
-        let aead = Aead::new(&key);
+        for aead in both(&key) {
+            equal_lengths_match_the_reference(&key, &aead);
+        }
+    }
+
+    /// The instance of `Aead::new`, and where that one uses VAES, one that does not.
+    fn both(key: &[u8; KEY_LEN]) -> Vec<Aead> {
+        let ours = Aead::new(key);
+        let narrow = ours.uses_vaes().then(|| Aead::without_vaes(key));
+        std::iter::once(ours).chain(narrow).collect()
+    }
+
+    fn equal_lengths_match_the_reference(key: &[u8; KEY_LEN], aead: &Aead) {
+        let key = *key;
         for len in [127, 128, 129, 384, 1399, 1400, 9000] {
             for count in [2, 3, LANES, LANES + 1, 2 * LANES + 3] {
                 let cases: Vec<Case> = (0..count)
@@ -923,6 +1014,37 @@ mod tests {
             .collect()
     }
 
+    /// [`batches_match_the_ccm_crate`] for one instance.
+    fn batch_matches(key: &[u8; KEY_LEN], aead: &Aead, cases: &[Case]) -> Result<(), TestCaseError> {
+        let key = *key;
+        let want: Vec<_> = cases.iter().map(|c| reference_seal(&key, c)).collect();
+        let mut bufs: Vec<Vec<u8>> = cases.iter().map(|c| c.plain.clone()).collect();
+        let tags = std::vec![[0u8; TAG_LEN]; cases.len()];
+        let mut out = std::vec![Err(AeadError::Forged); cases.len()];
+        let mut msgs = messages(cases, &mut bufs, &tags);
+        aead.seal_many(&mut msgs, &mut out);
+        let got_tags: Vec<[u8; TAG_LEN]> = msgs.iter().map(|m| m.tag).collect();
+        drop(msgs);
+        for (i, (c, (ct, tag))) in cases.iter().zip(&want).enumerate() {
+            prop_assert_eq!(out[i], Ok(()));
+            prop_assert_eq!(&bufs[i], ct, "ciphertext of message {}", i);
+            prop_assert_eq!(&got_tags[i], tag, "tag of message {}", i);
+            let mut one = c.plain.clone();
+            prop_assert_eq!(&aead.seal(&c.nonce, &c.aad, &mut one).unwrap(), tag);
+            prop_assert_eq!(&one, ct);
+            aead.open(&c.nonce, &c.aad, &mut one, tag).unwrap();
+            prop_assert_eq!(&one, &c.plain);
+        }
+        let mut msgs = messages(cases, &mut bufs, &got_tags);
+        aead.open_many(&mut msgs, &mut out);
+        drop(msgs);
+        for (i, c) in cases.iter().enumerate() {
+            prop_assert_eq!(out[i], Ok(()));
+            prop_assert_eq!(&bufs[i], &c.plain);
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -931,31 +1053,8 @@ mod tests {
         /// gives back the plaintexts, and seal/open one at a time agree too.
         #[test]
         fn batches_match_the_ccm_crate(key in any::<[u8; KEY_LEN]>(), cases in proptest::collection::vec(case(), 1..12)) {
-            let aead = Aead::new(&key);
-            let want: Vec<_> = cases.iter().map(|c| reference_seal(&key, c)).collect();
-            let mut bufs: Vec<Vec<u8>> = cases.iter().map(|c| c.plain.clone()).collect();
-            let tags = std::vec![[0u8; TAG_LEN]; cases.len()];
-            let mut out = std::vec![Err(AeadError::Forged); cases.len()];
-            let mut msgs = messages(&cases, &mut bufs, &tags);
-            aead.seal_many(&mut msgs, &mut out);
-            let got_tags: Vec<[u8; TAG_LEN]> = msgs.iter().map(|m| m.tag).collect();
-            drop(msgs);
-            for (i, (c, (ct, tag))) in cases.iter().zip(&want).enumerate() {
-                prop_assert_eq!(out[i], Ok(()));
-                prop_assert_eq!(&bufs[i], ct, "ciphertext of message {}", i);
-                prop_assert_eq!(&got_tags[i], tag, "tag of message {}", i);
-                let mut one = c.plain.clone();
-                prop_assert_eq!(&aead.seal(&c.nonce, &c.aad, &mut one).unwrap(), tag);
-                prop_assert_eq!(&one, ct);
-                aead.open(&c.nonce, &c.aad, &mut one, tag).unwrap();
-                prop_assert_eq!(&one, &c.plain);
-            }
-            let mut msgs = messages(&cases, &mut bufs, &got_tags);
-            aead.open_many(&mut msgs, &mut out);
-            drop(msgs);
-            for (i, c) in cases.iter().enumerate() {
-                prop_assert_eq!(out[i], Ok(()));
-                prop_assert_eq!(&bufs[i], &c.plain);
+            for aead in both(&key) {
+                batch_matches(&key, &aead, &cases)?;
             }
         }
 
