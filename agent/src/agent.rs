@@ -4,12 +4,12 @@
 //! waiting is read again on the next turn, after every other ready source had its turn and
 //! what the turn produced went out, so a flooded socket neither starves the others nor
 //! piles up replies and events:
-//! - the tunnel's UDP sockets (one per family, one port): datagrams, up to 32 per system
+//! - the tunnel's UDP sockets (one per family, one port): datagrams, up to 44 per system
 //!   call (recvmmsg), go to the engine; decrypted inner packets go to the TUN device;
 //! - the node's extra sockets, while it searches for a direct path through a NAT that
 //!   maps per destination, or keeps one for a peer found that way (extra.rs): read like
 //!   the tunnel's;
-//! - the TUN device: packets are sealed in place for their tunnel, up to 32 of them read
+//! - the TUN device: packets are sealed in place for their tunnel, up to 44 of them read
 //!   before they are sent with one system call (sendmmsg);
 //! - the DNS stub's socket (the box's resolver points at it) and the upstream socket;
 //! - the TLS stream to the AS (embedded-tls, only during login) and the TCP stream to the NS;

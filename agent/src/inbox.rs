@@ -7,7 +7,7 @@
 //! it up again in the sender's softirq before the socket's queue, and one receive takes a
 //! whole run. Slots must then hold 64 KiB each, so there are fewer of them
 //! ([`GROUP_SLOTS`], 512 KiB in all); without coalescing, [`BATCH`] slots of the largest
-//! tunnel datagram (289 KiB in all), as before. A group is cut into its datagrams here;
+//! tunnel datagram (397 KiB in all), as before. A group is cut into its datagrams here;
 //! the engine sees the same datagrams either way. Nothing here allocates after
 //! [`Inbox::new`].
 
