@@ -72,6 +72,15 @@ pub const TAG_LEN: usize = 16;
 /// longer; it is processed [`LANES`] messages at a time.
 pub const LANES: usize = 8;
 
+/// Whether this CPU runs the passes through VAES (x86_64 with AES-NI, AVX2 and VAES; see
+/// `wide`): what every [`Aead::new`] here does.
+pub fn vaes_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return wide::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Bytes of the length field (L) for a 12-byte nonce.
 const L: usize = 15 - NONCE_LEN;
 /// A message must be shorter than this (the L-byte length field).

@@ -39,11 +39,16 @@ pub(crate) struct Keys {
     rk: [__m128i; ROUNDS],
 }
 
+/// Whether this CPU has AES-NI, AVX2 and VAES, and the kernel saves their registers.
+pub(crate) fn available() -> bool {
+    vaes_cpu::get()
+}
+
 impl Keys {
-    /// Expands `key`, if this CPU has AES-NI, AVX2 and VAES (and the kernel saves their
-    /// registers); None otherwise.
+    /// Expands `key`, if this CPU has AES-NI, AVX2 and VAES ([`available`]); None
+    /// otherwise.
     pub(crate) fn new(key: &[u8; 16]) -> Option<Self> {
-        if !vaes_cpu::get() {
+        if !available() {
             return None;
         }
         // SAFETY: the CPU has AES-NI (checked just above).

@@ -233,6 +233,8 @@ impl Agent {
         j.end_array();
         // Whether the tunnel sockets take coalesced groups (crate::inbox).
         j.bool("udp_coalescing", self.rx.coalescing());
+        // Whether AES-CCM runs through VAES (x86_64 CPUs that have it; ntm_aead).
+        j.bool("aes_vaes", ntm_proto::crypto::vaes_available());
         let c = &self.counters;
         j.open(Some("counters"))
             .num("tun_in", c.tun_in)

@@ -18,6 +18,8 @@ mod replay;
 
 pub use aead::{nonce, Aead, TAG_LEN};
 pub use channel::{parse_plain, plain, Channel, Opened};
+/// Whether AES-CCM runs through VAES on this CPU (`ntm_aead`).
+pub use ntm_aead::vaes_available;
 pub use replay::{ReplayWindow, WINDOW_BITS};
 
 use crate::wire::{Sender, WireError};
