@@ -6,9 +6,13 @@
 //! cycles a round, and a pass that runs beside another (a MAC chain's pass and a counter
 //! pass, see `seal_run`) competes with it for those two slots. Here a pass of eight is
 //! four instructions a round, so the MAC chains run at the instruction's latency and the
-//! counter passes fit in beside them. The passes are the same eight blocks as the `aes`
-//! crate's backend: the rest of this crate does not change, only the backend it is
-//! handed ([`Keys::encrypt_with_backend`]).
+//! counter passes fit in beside them. Two parts:
+//! - a backend of the same eight-block passes as the `aes` crate's, handed to the rest of
+//!   the crate in its place ([`Keys::encrypt_with_backend`]);
+//! - runs of MAC passes over whole blocks with the chains' states kept in registers
+//!   ([`Keys::mac_run`]). The backend alone gained little: each pass stored the states
+//!   and loaded them again, and the chains waited on those stores and loads more than on
+//!   the rounds.
 //!
 //! The key schedule is AES-128's (FIPS 197), expanded with AES-NI's key-generation assist
 //! as Intel's AES-NI white paper describes; it is cleared on drop. The tests compare every
@@ -69,9 +73,7 @@ impl Keys {
         // SAFETY: a `Keys` exists only where `new` found the features `inner` enables.
         unsafe { inner(&self.rk, f) }
     }
-}
 
-impl Keys {
     /// `steps` MAC passes over whole blocks with the chains' states in registers: the
     /// chain in `states[i]` takes `runs[i]`'s blocks one per pass (a lane past the end of
     /// `runs` takes zero blocks; its state is ignored), and after pass `s` the pass of
