@@ -411,12 +411,20 @@ fn xor_block(a: &mut [u8; 16], b: &[u8; 16]) {
 #[allow(unsafe_code)]
 #[inline(always)]
 fn put_be(block: &mut [u8; 16], v: u128) {
-    use core::arch::x86_64::{_mm_set_epi64x, _mm_storeu_si128};
-    // Big-endian bytes read as a little-endian number: its low half is the first 8 bytes.
-    let le = v.swap_bytes();
     // SAFETY: every x86_64 target has SSE2; the pointer comes from a reference to 16 bytes
     // and the unaligned store needs no alignment.
-    unsafe { _mm_storeu_si128(block.as_mut_ptr().cast(), _mm_set_epi64x((le >> 64) as u64 as i64, le as u64 as i64)) }
+    unsafe { core::arch::x86_64::_mm_storeu_si128(block.as_mut_ptr().cast(), be_block(v)) }
+}
+
+/// `v` as a big-endian block in a register (x86_64; SSE2, which every x86_64 has).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[inline(always)]
+fn be_block(v: u128) -> core::arch::x86_64::__m128i {
+    // Big-endian bytes read as a little-endian number: its low half is the first 8 bytes.
+    let le = v.swap_bytes();
+    // SAFETY: every x86_64 target has SSE2.
+    unsafe { core::arch::x86_64::_mm_set_epi64x((le >> 64) as u64 as i64, le as u64 as i64) }
 }
 
 #[cfg(not(target_arch = "x86_64"))]

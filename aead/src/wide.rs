@@ -23,14 +23,15 @@
 // targets, which do not compile this module: x86_64 builds need Rust 1.89 or later.
 #![allow(clippy::incompatible_msrv)]
 
+use super::be_block;
 use aes::cipher::consts::{U16, U8};
 use aes::cipher::inout::InOut;
 use aes::cipher::{Block, BlockBackend, BlockClosure, BlockSizeUser, ParBlocks, ParBlocksSizeUser};
 use core::arch::x86_64::{
     __m128i, __m256i, _mm256_aesenc_epi128, _mm256_aesenclast_epi128, _mm256_broadcastsi128_si256, _mm256_loadu_si256,
     _mm256_set_m128i, _mm256_setzero_si256, _mm256_storeu2_m128i, _mm256_storeu_si256, _mm256_xor_si256,
-    _mm_aesenc_si128, _mm_aesenclast_si128, _mm_aeskeygenassist_si128, _mm_loadu_si128, _mm_set_epi64x,
-    _mm_setzero_si128, _mm_shuffle_epi32, _mm_slli_si128, _mm_storeu_si128, _mm_xor_si128,
+    _mm_aesenc_si128, _mm_aesenclast_si128, _mm_aeskeygenassist_si128, _mm_loadu_si128, _mm_setzero_si128,
+    _mm_shuffle_epi32, _mm_slli_si128, _mm_storeu_si128, _mm_xor_si128,
 };
 
 cpufeatures::new!(vaes_cpu, "aes", "avx2", "vaes");
@@ -64,11 +65,7 @@ impl Keys {
     pub(crate) fn encrypt_with_backend(&self, f: impl BlockClosure<BlockSize = U16>) {
         #[target_feature(enable = "aes,avx,avx2,vaes")]
         fn inner(rk: &[__m128i; ROUNDS], f: impl BlockClosure<BlockSize = U16>) {
-            let mut wide = [_mm256_setzero_si256(); ROUNDS];
-            for (w, k) in wide.iter_mut().zip(rk) {
-                *w = _mm256_broadcastsi128_si256(*k);
-            }
-            f.call(&mut Backend { rk, wide });
+            f.call(&mut Backend { rk, wide: broadcast(rk) });
         }
         // SAFETY: a `Keys` exists only where `new` found the features `inner` enables.
         unsafe { inner(&self.rk, f) }
@@ -205,20 +202,27 @@ fn encrypt1(rk: &[__m128i; ROUNDS], block: &mut Block<Backend<'_>>) {
     unsafe { _mm_storeu_si128(p.cast(), b) };
 }
 
-/// The two blocks at `p + at` (both inside the caller's 128 bytes), in one register,
-/// loaded 16 bytes at a time (see `encrypt8`).
+/// Each round key broadcast to both halves of a 256-bit register.
 #[inline]
 #[target_feature(enable = "avx,avx2")]
-fn load2(p: *mut u8, at: usize) -> __m256i {
-    // The second address through `black_box`: the compiler cannot tell that the blocks
-    // are adjacent, and keeps two 16-byte loads instead of merging them into one.
-    // SAFETY: the callers pass `at` of 0, 32, 64 or 96 into a 128-byte buffer; unaligned
-    // loads.
-    unsafe {
-        let lo = _mm_loadu_si128(p.add(at).cast());
-        let hi = _mm_loadu_si128(core::hint::black_box(p.add(at + 16)).cast());
-        _mm256_set_m128i(hi, lo)
+fn broadcast(rk: &[__m128i; ROUNDS]) -> [__m256i; ROUNDS] {
+    let mut wide = [_mm256_setzero_si256(); ROUNDS];
+    for (w, k) in wide.iter_mut().zip(rk) {
+        *w = _mm256_broadcastsi128_si256(*k);
     }
+    wide
+}
+
+/// The blocks at `lo` and `hi` in one register (`lo` in the low half), with two 16-byte
+/// loads.
+///
+/// # Safety
+/// Both point to 16 readable bytes (no alignment needed).
+#[inline]
+#[target_feature(enable = "avx,avx2")]
+unsafe fn pair(lo: *const u8, hi: *const u8) -> __m256i {
+    // SAFETY: the caller's promise; unaligned loads.
+    unsafe { _mm256_set_m128i(_mm_loadu_si128(hi.cast()), _mm_loadu_si128(lo.cast())) }
 }
 
 /// Encrypts eight blocks in place, two to a register.
@@ -230,35 +234,22 @@ fn encrypt8(wide: &[__m256i; ROUNDS], blocks: &mut ParBlocks<Backend<'_>>) {
     // Each block is loaded on its own, two 16-byte loads to a register: the callers write
     // the blocks with 16-byte stores just before, and a 32-byte load across two of them
     // cannot be forwarded from the stores (it waits until they have left the core).
-    let mut b = [load2(p, 0), load2(p, 32), load2(p, 64), load2(p, 96)];
-    for x in &mut b {
-        *x = _mm256_xor_si256(*x, wide[0]);
-    }
-    for k in &wide[1..ROUNDS - 1] {
-        for x in &mut b {
-            *x = _mm256_aesenc_epi128(*x, *k);
-        }
-    }
+    // The second address of each pair goes through `black_box`: the compiler cannot tell
+    // that the blocks are adjacent, and keeps two 16-byte loads instead of merging them.
+    // SAFETY: `blocks` is 128 bytes; `p.add(32 * i)` and `p.add(32 * i + 16)` for i < 4
+    // stay inside them.
+    let load = |i: usize| unsafe { pair(p.add(32 * i), core::hint::black_box(p.add(32 * i + 16))) };
+    let mut b = [load(0), load(1), load(2), load(3)];
+    rounds(&mut b, wide);
     // Stored a block at a time too: the callers read them back one block at a time.
     for (i, x) in b.iter().enumerate() {
-        let last = _mm256_aesenclast_epi128(*x, wide[ROUNDS - 1]);
-        // SAFETY: `blocks` is 128 writable bytes; `p.add(32 * i + 16)` for i < 4 stays
-        // inside them; unaligned stores.
-        unsafe { _mm256_storeu2_m128i(p.add(32 * i + 16).cast(), p.add(32 * i).cast(), last) };
+        // SAFETY: as above; unaligned stores.
+        unsafe { _mm256_storeu2_m128i(p.add(32 * i + 16).cast(), p.add(32 * i).cast(), *x) };
     }
 }
 
 /// A zero block: the input of the lanes that have no run.
 static ZERO: [u8; 16] = [0; 16];
-
-/// Counter block `v` (big-endian) in a register.
-#[inline]
-#[target_feature(enable = "avx")]
-fn counter(v: u128) -> __m128i {
-    // Big-endian bytes read as a little-endian number: its low half is the first 8 bytes.
-    let le = v.swap_bytes();
-    _mm_set_epi64x((le >> 64) as u64 as i64, le as u64 as i64)
-}
 
 /// The ten rounds of AES-128 on four registers of two blocks.
 #[inline]
@@ -289,10 +280,7 @@ unsafe fn run8(
     behind: &mut [(&mut [u8], u128)],
     steps: usize,
 ) {
-    let mut wide = [_mm256_setzero_si256(); ROUNDS];
-    for (w, k) in wide.iter_mut().zip(rk) {
-        *w = _mm256_broadcastsi128_si256(*k);
-    }
+    let wide = broadcast(rk);
     // Each lane's next input block, and how far it moves per pass (0: the zero block).
     let mut at: [*const u8; 8] = [ZERO.as_ptr(); 8];
     let mut stride = [0usize; 8];
@@ -307,7 +295,6 @@ unsafe fn run8(
     // lane without one reads `ZERO` with a stride of 0; a pass of `behind` is 128 bytes.
     // All forms are unaligned.
     unsafe {
-        let pair = |p: *const u8, q: *const u8| _mm256_set_m128i(_mm_loadu_si128(q.cast()), _mm_loadu_si128(p.cast()));
         let mut s = [
             pair(sp, sp.add(16)),
             pair(sp.add(32), sp.add(48)),
@@ -325,7 +312,7 @@ unsafe fn run8(
                 let mut c = [_mm256_setzero_si256(); 4];
                 for (j, x) in c.iter_mut().enumerate() {
                     let n = *first + 2 * j as u128;
-                    *x = _mm256_set_m128i(counter(n + 1), counter(n));
+                    *x = _mm256_set_m128i(be_block(n + 1), be_block(n));
                 }
                 rounds(&mut c, &wide);
                 let pp = pass.as_mut_ptr();

@@ -75,9 +75,9 @@ pub(super) fn queue_errors(sock: &UdpSocket) {
 }
 
 /// Sends one datagram from a tunnel socket (a second time if the first try failed with
-/// what may have been a forged ICMP error, see `crate::batch::once_more`); whether it went.
-pub(super) fn send_one(sock: &UdpSocket, to: SocketAddr, bytes: &[u8]) -> bool {
-    once_more(|| sock.send_to(bytes, to).map_err(errno)).is_ok()
+/// what may have been a forged ICMP error, see `crate::batch::once_more`).
+pub(super) fn send_one(sock: &UdpSocket, to: SocketAddr, bytes: &[u8]) -> nix::Result<()> {
+    once_more(|| sock.send_to(bytes, to).map_err(errno)).map(drop)
 }
 
 /// Asks the kernel for coalesced groups on a tunnel socket (see `crate::inbox`), once the
@@ -130,7 +130,7 @@ impl Agent {
     }
 
     pub(super) fn send_udp(&mut self, to: SocketAddr, bytes: &[u8]) {
-        if self.socket_for(&to).is_some_and(|s| send_one(s, to, bytes)) {
+        if self.socket_for(&to).is_some_and(|s| send_one(s, to, bytes).is_ok()) {
             self.counters.udp_out += 1;
         } else {
             self.counters.send_errors += 1;
@@ -627,10 +627,7 @@ impl Agent {
         let (udp4, udp6) = (self.udp4.as_ref(), self.udp6.as_ref());
         let sent = self.held.retry(std::time::Instant::now(), |to, bytes| {
             let sock = if to.is_ipv4() { udp4 } else { udp6 };
-            match sock.map(|s| once_more(|| s.send_to(bytes, to).map_err(errno))) {
-                Some(r) => r.map(drop),
-                None => Err(Errno::EAFNOSUPPORT),
-            }
+            sock.map_or(Err(Errno::EAFNOSUPPORT), |s| send_one(s, to, bytes))
         });
         self.counters.udp_out += sent;
     }

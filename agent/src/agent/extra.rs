@@ -121,7 +121,7 @@ impl Extra {
 impl Agent {
     /// Sends one datagram from the extra socket `local`, opening it at first use.
     pub(super) fn send_extra(&mut self, local: Local, to: SocketAddr, bytes: &[u8]) {
-        let sent = self.extra.socket(self.poll.registry(), local, to).is_some_and(|s| send_one(s, to, bytes));
+        let sent = self.extra.socket(self.poll.registry(), local, to).is_some_and(|s| send_one(s, to, bytes).is_ok());
         if sent {
             self.counters.udp_out += 1;
         } else {
