@@ -26,12 +26,22 @@ pub fn name(s: &str) -> Fqdn {
     Fqdn::new(s).unwrap()
 }
 
-/// A port free a moment ago on `ip`, for both UDP and TCP.
+/// A port free a moment ago on `ip`, for both UDP and TCP. It is taken below the kernel's
+/// ephemeral range (32768 and up by default), and each port is handed out once per
+/// process: a port the kernel picked for port 0 was free to be picked again, for another
+/// test's socket or a daemon's client socket, between this check and the test's own bind
+/// (CI failed once with "Address already in use").
 pub fn free_port(ip: IpAddr) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 32_768 - FIRST;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(97) % COUNT;
     loop {
-        let u = UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap();
-        let port = u.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(SocketAddr::new(ip, port)).is_ok() {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % COUNT) as u16;
+        let addr = SocketAddr::new(ip, port);
+        if UdpSocket::bind(addr).is_ok() && std::net::TcpListener::bind(addr).is_ok() {
             return port;
         }
     }
